@@ -1,0 +1,93 @@
+"""The one small interface every datapath implements.
+
+A datapath *renders* what it would program from plain data (no root, no
+kernel), and *applies* a rendering inside one network namespace the run
+created. Rendering and applying are separate so rules can be diffed and
+golden-tested, and so sync timing can split render time from apply time.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from bench.errors import ApplyError, InputError
+from bench.model import ServicePortView
+
+
+@dataclass(frozen=True)
+class NodeContext:
+    """What a node's proxy knows about itself (kube-proxy's flags and node info)."""
+
+    node_name: str
+    node_ips: tuple[str, ...]
+    cluster_cidr: str  # pod CIDR of the cluster, kube-proxy's --cluster-cidr
+    masquerade_bit: int = 14  # --iptables-masquerade-bit: mark 0x4000
+    # Addresses NodePorts listen on; empty means every local address
+    # (kube-proxy's --nodeport-addresses default).
+    nodeport_addresses: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        try:
+            ipaddress.IPv4Network(self.cluster_cidr, strict=False)
+        except ValueError:
+            raise InputError(
+                f"cluster CIDR {self.cluster_cidr!r} is not an IPv4 network (e.g. 10.0.0.0/8)",
+                field="--cluster-cidr",
+            ) from None
+        for ip in self.node_ips:
+            try:
+                ipaddress.IPv4Address(ip)
+            except ValueError:
+                raise InputError(
+                    f"node IP {ip!r} is not an IPv4 address (e.g. 192.168.0.2)",
+                    field="--node-ip",
+                ) from None
+
+    @property
+    def masquerade_mark(self) -> str:
+        return f"{1 << self.masquerade_bit:#x}"
+
+
+class Datapath(ABC):
+    """One way of implementing Services on a node."""
+
+    name: str  # e.g. "iptables", "nftables"
+
+    @property
+    def variant(self) -> str:
+        """The datapath's own variant, recorded with every result (e.g. ``iptables-nft``)."""
+        return self.name
+
+    @abstractmethod
+    def render(self, ports: Sequence[ServicePortView], ctx: NodeContext) -> str:
+        """What a full sync would program, as the text (or listing) that gets applied."""
+
+    @abstractmethod
+    def apply(self, rendered: str, netns: str) -> None:
+        """Program ``rendered`` inside the named network namespace (never the host's)."""
+
+    def cleanup(self, netns: str) -> None:  # noqa: B027 - optional hook
+        """Remove everything this datapath programmed in ``netns``."""
+
+
+def run_in_netns(netns: str, argv: Sequence[str], stdin: str | None = None,
+                 timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a tool inside ``netns``; a non-zero exit raises ApplyError with its stderr."""
+    if not netns:
+        raise ValueError("refusing to run a datapath tool outside a run's namespace")
+    cmd = ["ip", "netns", "exec", netns, *argv]
+    try:
+        proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise ApplyError(f"{argv[0]} in {netns} did not finish within {timeout} s") from None
+    except FileNotFoundError:
+        raise ApplyError(f"{argv[0]} is not installed: run scripts/setup.sh") from None
+    if proc.returncode != 0:
+        msg = (proc.stderr or proc.stdout).strip().splitlines()
+        first = msg[0] if msg else f"exit code {proc.returncode}"
+        raise ApplyError(f"{argv[0]} failed in {netns}: {first}")
+    return proc

@@ -1,0 +1,37 @@
+"""The project's own error types.
+
+Expected failures (bad input, a missing kernel feature, a busy resource) are
+raised as :class:`KpbenchError`; the CLI prints them as one line and exits 2.
+Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class KpbenchError(Exception):
+    """An expected error, reported to the user as one line."""
+
+    exit_code = 2
+
+
+class InputError(KpbenchError):
+    """Malformed user input: a services file, a scenario, a CLI argument.
+
+    The message names the file, the object and the field, and the fix.
+    """
+
+    def __init__(self, message: str, *, source: str | None = None, obj: str | None = None,
+                 field: str | None = None) -> None:
+        self.source = source
+        self.obj = obj
+        self.field = field
+        where = ": ".join(p for p in (source, obj, field) if p)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class FeatureMissing(KpbenchError):
+    """The kernel or the machine lacks something a datapath or probe needs."""
+
+
+class ApplyError(KpbenchError):
+    """Programming a datapath failed; carries the tool's own message."""

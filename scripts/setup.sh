@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Idempotent set-up: Debian packages, kernel headers for BCC, tracefs, and a
+# virtual environment (.venv) that sees Debian's python3-bpfcc.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+    iproute2 iptables nftables ipset conntrack ipvsadm ethtool tcpdump
+    tcpreplay netsniff-ng
+    python3-venv python3-pip python3-bpfcc bpfcc-tools linux-headers-amd64
+)
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+if [ "$(id -u)" -ne 0 ]; then
+    log "run as root (it installs Debian packages and prepares /lib/modules for BCC)"
+    exit 2
+fi
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# BCC compiles against /lib/modules/$(uname -r)/build. A kernel without its
+# own headers (e.g. a Firecracker guest) gets Debian's newest headers: they do
+# not match the running kernel, so probes read only tracepoint arguments and
+# __sk_buff fields (see DESIGN.md). `kpbench doctor` reports the mismatch.
+krel="$(uname -r)"
+moddir="/lib/modules/$krel"
+if [ ! -e "$moddir/build/include" ]; then
+    hdr="$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n1)"
+    common="$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n1)"
+    if [ -n "$hdr" ] && [ -n "$common" ]; then
+        log "linking $moddir/build -> $hdr and source -> $common (headers do not match $krel)"
+        mkdir -p "$moddir"
+        ln -sfn "$hdr" "$moddir/build"
+        ln -sfn "$common" "$moddir/source"
+    else
+        log "warning: no kernel headers found under /usr/src; BPF probes will not compile"
+    fi
+fi
+
+if [ ! -d /sys/kernel/tracing/events ] && [ -d /sys/kernel/tracing ]; then
+    mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || log "warning: could not mount tracefs"
+fi
+if [ ! -d /sys/kernel/debug/tracing ] && [ -d /sys/kernel/debug ] && ! mountpoint -q /sys/kernel/debug; then
+    mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null || true
+fi
+
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import bcc" 2>/dev/null; then
+    log "creating .venv on /usr/bin/python3 with system site packages (for Debian's bcc)"
+    rm -rf .venv
+    /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+log "installing kpbench and its Python dependencies into .venv"
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e ".[test]"
+.venv/bin/python -c "import bcc, pyroute2, scapy, numpy" || { log "venv check failed"; exit 1; }
+log "ready: .venv/bin/kpbench"
