@@ -1,0 +1,1 @@
+"""One module per ``kpbench`` subcommand, each with ``add_parser(sub)``."""

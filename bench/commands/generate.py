@@ -1,0 +1,48 @@
+"""``kpbench generate``: write a synthetic cluster of N services x E endpoints.
+
+The output is a Kubernetes ``List`` of v1 Service and discovery.k8s.io/v1
+EndpointSlice objects, the same format ``--services`` reads from a real
+cluster dump. Endpoints are spread round-robin over the nodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import yaml
+
+from bench.generate import GenSpec, generate, to_k8s
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="write a synthetic services file (N x E)",
+                       description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--services", type=int, required=True, metavar="N")
+    p.add_argument("--endpoints", type=int, default=10, metavar="E",
+                   help="endpoints per service (default 10)")
+    p.add_argument("--nodes", type=int, default=2, help="nodes to spread endpoints over")
+    p.add_argument("--type", default="ClusterIP", choices=["ClusterIP", "NodePort"])
+    p.add_argument("--protocol", default="TCP", choices=["TCP", "UDP"])
+    p.add_argument("--affinity-timeout", type=int, default=None, metavar="SECONDS",
+                   help="set sessionAffinity: ClientIP with this timeout")
+    p.add_argument("--external-traffic-policy", default="Cluster", choices=["Cluster", "Local"])
+    p.add_argument("-o", "--output", default="-", help="file to write (default stdout)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = GenSpec(
+        services=args.services, endpoints=args.endpoints, nodes=args.nodes, type=args.type,
+        protocol=args.protocol,
+        session_affinity="ClientIP" if args.affinity_timeout else "None",
+        affinity_timeout=args.affinity_timeout or 10800,
+        external_traffic_policy=args.external_traffic_policy)
+    text = yaml.safe_dump(to_k8s(*generate(spec)), sort_keys=False)
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        with open(args.output, "w") as f:
+            f.write(text)
+    return 0
