@@ -1,0 +1,465 @@
+"""kube-proxy's nftables mode: the ``nft -f`` transaction of a full sync.
+
+:meth:`NftablesDatapath.render` returns, line for line, the transaction that
+kube-proxy's nftables proxier (``pkg/proxy/nftables/proxier.go``) hands to
+``nft -f -`` on its first full sync after start-up, in knftables' syntax
+(``add table`` / ``add chain`` / ``flush chain`` / ``add rule`` /
+``add element`` ...): one ``table ip kube-proxy``, dispatch through the
+``service-ips`` / ``service-nodeports`` verdict maps, per-service-port chains
+``service-``, ``local-``, ``external-``, ``firewall-<H8>-ns/name/proto/port``,
+per-endpoint chains ``endpoint-<H8>-ns/name/proto/port__ip/port``,
+``numgen random mod N vmap`` load balancing and per-endpoint affinity sets.
+:meth:`~NftablesDatapath.apply` runs it as one ``nft -f -`` inside a namespace.
+
+Verified against upstream (kubernetes/kubernetes, read 2026-11): the test
+file ``pkg/proxy/nftables/proxier_test.go`` at commit 81810de635aa (base
+chains ``filter-prerouting-pre-dnat`` / ``filter-output-pre-dnat`` at
+priority -110, ``filter-input|forward|output`` at 0, the ``cluster-ips`` set)
+and ``proxier.go`` at b0f823e6ccd8 for the rule logic. For the inputs of
+TestOverallNFTablesRules, TestSyncProxyRulesRepeated (its first state),
+TestSyncProxyRulesStartup (final state) and TestBadIPs, the state this
+transaction leaves equals upstream's expected dump, compared the way the
+test's ``sortNFTablesTransaction`` does. Known differences, all deliberate:
+
+- The masquerade mark is printed as kube-proxy prints it (``%#08x``:
+  ``0x00004000``); upstream's fake proxier sets ``0x4000``. Same value.
+- Services come in input order; kube-proxy iterates a Go map, so its order
+  of chains and elements varies from sync to sync (nftables ignores it).
+- No ``masqueradeAll``, topology hints, LoadBalancer ``ipMode: Proxy`` or
+  IPv6: :mod:`bench.model` does not carry them (defaults are rendered).
+
+Idempotence, as upstream does it: every object is ``add``-ed (a no-op when
+it exists), then the chains, sets and maps whose content a full sync owns are
+``flush``-ed and refilled, and the base chains are added and deleted once
+first, so a table from another kube-proxy version (other priorities) is
+replaced instead of failing the transaction. Affinity sets are only added,
+never flushed, so client stickiness survives a resync. Chains of services
+that disappeared are not removed: kube-proxy lists the table, flushes them and
+deletes them a second later in a separate transaction, which needs state a
+stateless render does not have; they are unreferenced and cost nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+from collections.abc import Sequence
+
+from bench.datapaths.base import Datapath, NodeContext, run_in_netns
+from bench.model import ServiceEndpoint, ServicePortView, sorted_endpoints
+
+TABLE = "kube-proxy"
+_T = f"ip {TABLE}"  # family + table, as every knftables command spells it
+
+# (name, type, hook, priority): kube-proxy writes numeric priorities, because older
+# nft refuses some named ones (e.g. "dstnat" on the output hook).
+_BASE_CHAINS = (
+    ("filter-prerouting-pre-dnat", "filter", "prerouting", -110),
+    ("filter-output-pre-dnat", "filter", "output", -110),
+    ("filter-input", "filter", "input", 0),
+    ("filter-forward", "filter", "forward", 0),
+    ("filter-output", "filter", "output", 0),
+    ("nat-prerouting", "nat", "prerouting", -100),
+    ("nat-output", "nat", "output", -100),
+    ("nat-postrouting", "nat", "postrouting", 100),
+)
+
+# (regular chain, base chain jumping to it, match): the order of rules within each base chain
+# is the order here.
+_JUMP_CHAINS = (
+    ("nodeport-endpoints-check", "filter-input", "ct state new"),
+    ("service-endpoints-check", "filter-input", "ct state new"),
+    ("service-endpoints-check", "filter-forward", "ct state new"),
+    ("service-endpoints-check", "filter-output", "ct state new"),
+    ("firewall-check", "filter-prerouting-pre-dnat", "ct state new"),
+    ("firewall-check", "filter-output-pre-dnat", "ct state new"),
+    ("services", "nat-output", ""),
+    ("services", "nat-prerouting", ""),
+    ("masquerading", "nat-postrouting", ""),
+    ("cluster-ips-check", "filter-forward", "ct state new"),
+    ("cluster-ips-check", "filter-output", "ct state new"),
+)
+
+_VERDICT_KEY = "ipv4_addr . inet_proto . inet_service : verdict"
+_PORT_KEY = "inet_proto . inet_service : verdict"
+MARK_MASQ = "mark-for-masquerade"
+REJECT_CHAIN = "reject-chain"
+
+# knftables.NameLengthMax (256) minus the longest chain-name prefix kube-proxy uses (16).
+_CHAIN_NAME_BASE_MAX = 256 - 16
+
+
+def _hash_and_truncate(name: str) -> str:
+    # The hash keeps names unique when truncated and tells near-identical names apart.
+    digest = base64.b32encode(hashlib.sha256(name.encode()).digest()).decode()
+    name = f"{digest[:8]}-{name}"
+    if len(name) > _CHAIN_NAME_BASE_MAX:
+        name = name[: _CHAIN_NAME_BASE_MAX - 3] + "..."
+    return name
+
+
+def service_port_chain_base(namespace: str, name: str, protocol: str, port_name: str) -> str:
+    """``<H8>-ns/name/proto/port``, the suffix of a service port's chains.
+
+    ``<H8>`` is the first 8 characters of base32(sha256("ns/name/proto/port")),
+    protocol in lower case, port the port's *name* (empty for an unnamed port).
+    """
+    return _hash_and_truncate(f"{namespace}/{name}/{protocol.lower()}/{port_name}")
+
+
+def endpoint_chain_base(namespace: str, name: str, protocol: str, port_name: str, ip: str,
+                        port: int) -> str:
+    """``<H8>-ns/name/proto/port__ip/port``, the suffix of an endpoint's chain and set."""
+    # Colons are not allowed in chain names (IPv6 endpoints).
+    ip = ip.replace(":", ".")
+    return _hash_and_truncate(
+        f"{namespace}/{name}/{protocol.lower()}/{port_name}__{ip}/{port}")
+
+
+def _go_mark(bit: int) -> str:
+    # kube-proxy formats the mark with Go's "%#08x": eight digits after the 0x.
+    return f"0x{1 << bit:08x}"
+
+
+def _ip(addr: str) -> str:
+    """Canonical IPv4 text; like Go's ParseIPSloppy, leading zeros are decimal."""
+    addr = addr.strip()
+    try:
+        return str(ipaddress.IPv4Address(addr))
+    except ValueError:
+        return ".".join(str(int(part)) for part in addr.split("."))
+
+
+def _cidr(cidr: str) -> str:
+    """Canonical network text (host bits cleared), as kube-proxy prints a parsed CIDR."""
+    addr, _, plen = cidr.strip().partition("/")
+    return str(ipaddress.IPv4Network(f"{_ip(addr)}/{int(plen or 32)}", strict=False))
+
+
+class _Transaction:
+    """The lines of one ``nft -f`` transaction, written as knftables writes them."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self._ensured: set[str] = set()
+
+    def op(self, line: str) -> None:
+        self.lines.append(line)
+
+    def ensure_chain(self, chain: str) -> None:
+        """Add and flush ``chain`` once, so it holds exactly what this transaction puts there."""
+        # A second flush would drop rules this transaction has already written.
+        if chain in self._ensured:
+            return
+        self._ensured.add(chain)
+        self.op(f"add chain {_T} {chain}")
+        self.op(f"flush chain {_T} {chain}")
+
+    def rule(self, chain: str, rule: str, comment: str | None = None) -> None:
+        suffix = f' comment "{comment}"' if comment else ""
+        self.op(f"add rule {_T} {chain} {rule}{suffix}")
+
+    def element(self, name: str, key: Sequence[str | int], value: str | None = None,
+                comment: str | None = None) -> None:
+        line = f"add element {_T} {name} {{ {' . '.join(str(k) for k in key)}"
+        if comment:
+            line += f' comment "{comment}"'
+        if value:
+            line += f" : {value}"
+        self.op(line + " }")
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def _nodeport_ips(ctx: NodeContext) -> list[str] | None:
+    """Addresses for the ``nodeport-ips`` set, or None for "every local address".
+
+    kube-proxy's nftables mode defaults ``--nodeport-addresses`` to ``primary`` (the
+    node's IP), not to every local address as iptables mode does; a CIDR of length 0
+    (``0.0.0.0/0``) asks for every local address (``fib daddr type local``).
+    """
+    if not ctx.nodeport_addresses or tuple(ctx.nodeport_addresses) == ("primary",):
+        return [_ip(ip) for ip in ctx.node_ips[:1]]
+    nets = [ipaddress.IPv4Network(_cidr(c)) for c in ctx.nodeport_addresses if ":" not in c]
+    if any(n.prefixlen == 0 for n in nets):
+        return None
+    # kube-proxy matches the CIDRs against interface addresses; the node IPs are ours.
+    return [_ip(ip) for ip in ctx.node_ips
+            if any(ipaddress.IPv4Address(_ip(ip)) in n for n in nets)]
+
+
+def _setup(tx: _Transaction, ctx: NodeContext, service_cidrs: Sequence[str]) -> None:
+    """The fixed skeleton kube-proxy's setupNFTables writes at the start of a full sync."""
+    mark = _go_mark(ctx.masquerade_bit)
+    tx.op(f'add table {_T} {{ comment "rules for kube-proxy" ; }}')
+    # First sync after start-up: recreate the base chains so that a table left by another
+    # kube-proxy version, with other hooks or priorities, cannot fail the transaction.
+    for name, *_ in _BASE_CHAINS:
+        tx.op(f"add chain {_T} {name}")
+        tx.op(f"delete chain {_T} {name}")
+    for name, typ, hook, prio in _BASE_CHAINS:
+        tx.op(f"add chain {_T} {name} {{ type {typ} hook {hook} priority {prio} ; }}")
+        tx.op(f"flush chain {_T} {name}")
+    for dst, src, match in _JUMP_CHAINS:
+        tx.ensure_chain(dst)
+        tx.rule(src, f"{match} jump {dst}".lstrip())
+    for chain in ("services", "cluster-ips-check", "masquerading", MARK_MASQ):
+        tx.ensure_chain(chain)
+
+    tx.rule(MARK_MASQ, f"mark set mark or {mark}")
+    tx.rule("masquerading", f"mark and {mark} == 0 return")
+    tx.rule("masquerading", f"mark set mark xor {mark}")
+    tx.rule("masquerading", "masquerade fully-random")
+
+    tx.op(f'add set {_T} cluster-ips {{ type ipv4_addr ; comment "Active ClusterIPs" ; }}')
+    tx.rule("cluster-ips-check", "ip daddr @cluster-ips reject",
+            "Reject traffic to invalid ports of ClusterIPs")
+    if service_cidrs:
+        cidrs = ",".join(_cidr(c) for c in service_cidrs)
+        tx.rule("cluster-ips-check", f"ip daddr {{ {cidrs} }} drop",
+                "Drop traffic to unallocated ClusterIPs")
+
+    # "add" then "delete" rather than a bare "delete", which fails if the set is absent.
+    tx.op(f'add set {_T} nodeport-ips {{ type ipv4_addr ; '
+          f'comment "IPs that accept NodePort traffic" ; }}')
+    nodeport_ips = _nodeport_ips(ctx)
+    if nodeport_ips is None:
+        tx.op(f"delete set {_T} nodeport-ips")
+    else:
+        tx.op(f"flush set {_T} nodeport-ips")
+        for ip in nodeport_ips:
+            tx.element("nodeport-ips", [ip])
+
+    tx.op(f'add map {_T} no-endpoint-services {{ type {_VERDICT_KEY} ; '
+          f'comment "vmap to drop or reject packets to services with no endpoints" ; }}')
+    tx.op(f'add map {_T} no-endpoint-nodeports {{ type {_PORT_KEY} ; '
+          f'comment "vmap to drop or reject packets to service nodeports with no endpoints" ; }}')
+    tx.op(f'add chain {_T} {REJECT_CHAIN} '
+          f'{{ comment "helper for @no-endpoint-services / @no-endpoint-nodeports" ; }}')
+    tx.op(f"flush chain {_T} {REJECT_CHAIN}")
+    tx.rule(REJECT_CHAIN, "reject")
+    tx.rule("service-endpoints-check",
+            "ip daddr . meta l4proto . th dport vmap @no-endpoint-services")
+    nodeport_match = ("ip daddr != 127.0.0.0/8" if nodeport_ips is None
+                      else "ip daddr @nodeport-ips")
+    tx.rule("nodeport-endpoints-check",
+            f"{nodeport_match} meta l4proto . th dport vmap @no-endpoint-nodeports")
+
+    tx.op(f'add map {_T} firewall-ips {{ type {_VERDICT_KEY} ; '
+          f'comment "destinations that are subject to LoadBalancerSourceRanges" ; }}')
+    tx.ensure_chain("firewall-check")
+    tx.rule("firewall-check", "ip daddr . meta l4proto . th dport vmap @firewall-ips")
+
+    tx.op(f'add map {_T} service-ips {{ type {_VERDICT_KEY} ; '
+          f'comment "ClusterIP, ExternalIP and LoadBalancer IP traffic" ; }}')
+    tx.op(f'add map {_T} service-nodeports {{ type {_PORT_KEY} ; comment "NodePort traffic" ; }}')
+    tx.rule("services", "ip daddr . meta l4proto . th dport vmap @service-ips")
+    nodeport_dispatch = ("fib daddr type local ip daddr != 127.0.0.0/8" if nodeport_ips is None
+                         else "ip daddr @nodeport-ips")
+    tx.rule("services", f"{nodeport_dispatch} meta l4proto . th dport vmap @service-nodeports")
+
+    # A full sync owns every element of the dispatch sets and maps: empty them here.
+    tx.op(f"flush set {_T} cluster-ips")
+    for name in ("service-ips", "firewall-ips", "no-endpoint-services", "no-endpoint-nodeports",
+                 "service-nodeports"):
+        tx.op(f"flush map {_T} {name}")
+
+
+def _render_service_port(tx: _Transaction, view: ServicePortView, ctx: NodeContext) -> None:
+    """Chains, rules and map elements of one service port (the unit of a partial sync)."""
+    svc, sp = view.service, view.port
+    proto = sp.protocol.lower()
+    base = service_port_chain_base(svc.namespace, svc.name, proto, sp.name)
+    cluster_chain, local_chain = f"service-{base}", f"local-{base}"
+    external_chain, fw_chain = f"external-{base}", f"firewall-{base}"
+    cluster_ip = _ip(svc.cluster_ip)
+    external_ips = [_ip(ip) for ip in svc.external_ips]
+    lb_ips = [_ip(ip) for ip in svc.load_balancer_ips] if svc.type == "LoadBalancer" else []
+    node_port = sp.node_port if svc.has_node_ports else None
+    affinity = svc.session_affinity == "ClientIP"
+    masq_mark_jump = f"jump {MARK_MASQ}"
+
+    # kube-proxy's CategorizeEndpoints: which endpoint lists each traffic policy uses.
+    internal_local = svc.internal_traffic_policy == "Local"
+    external_local = svc.external_policy_local
+    externally_accessible = bool(node_port or lb_ips or external_ips)
+    uses_cluster = not internal_local or externally_accessible
+    uses_local = internal_local or (external_local and externally_accessible)
+    # Ready endpoints, or else serving-and-terminating ones; "any" is cluster-wide.
+    has_endpoints = bool(view.cluster_endpoints)
+    cluster_eps = sorted_endpoints(view.cluster_endpoints) if uses_cluster else ()
+    local_eps = sorted_endpoints(view.local_endpoints) if uses_local else ()
+    reachable = sorted_endpoints(set(cluster_eps) | set(local_eps))
+
+    def ep_base(ep: ServiceEndpoint) -> str:
+        return endpoint_chain_base(svc.namespace, svc.name, proto, sp.name, ep.ip, ep.port)
+
+    for ep in reachable:
+        tx.ensure_chain(f"endpoint-{ep_base(ep)}")
+    uses_cluster_chain = bool(cluster_eps)
+    if uses_cluster_chain:
+        tx.ensure_chain(cluster_chain)
+    uses_local_chain = bool(local_eps)
+    if uses_local_chain:
+        tx.ensure_chain(local_chain)
+
+    internal_chain, has_internal = cluster_chain, has_endpoints
+    if internal_local:
+        internal_chain, has_internal = local_chain, has_endpoints and bool(local_eps)
+    external_policy_chain, has_external = cluster_chain, has_endpoints
+    if external_local:
+        external_policy_chain, has_external = local_chain, has_endpoints and bool(local_eps)
+    # Needed even without external endpoints: it holds the local-traffic short circuits.
+    uses_external_chain = has_endpoints and externally_accessible
+    if uses_external_chain:
+        tx.ensure_chain(external_chain)
+
+    if not has_endpoints:
+        internal_verdict = external_verdict = f"goto {REJECT_CHAIN}"
+    else:
+        # Local policy with no local endpoint: drop, but the other kind of traffic still works.
+        internal_verdict = external_verdict = "drop"
+
+    tx.element("cluster-ips", [cluster_ip])
+    if has_internal:
+        tx.element("service-ips", [cluster_ip, proto, sp.port], f"goto {internal_chain}")
+    else:
+        tx.element("no-endpoint-services", [cluster_ip, proto, sp.port], internal_verdict,
+                   view.name)
+    for ip in external_ips:
+        if has_endpoints:
+            tx.element("service-ips", [ip, proto, sp.port], f"goto {external_chain}")
+        if not has_external:
+            tx.element("no-endpoint-services", [ip, proto, sp.port], external_verdict, view.name)
+
+    uses_fw_chain = bool(lb_ips) and bool(svc.load_balancer_source_ranges)
+    if uses_fw_chain:
+        tx.ensure_chain(fw_chain)
+    for ip in lb_ips:
+        if has_endpoints:
+            tx.element("service-ips", [ip, proto, sp.port], f"goto {external_chain}")
+        if uses_fw_chain:
+            tx.element("firewall-ips", [ip, proto, sp.port], f"goto {fw_chain}")
+    if not has_external:
+        for ip in lb_ips:
+            tx.element("no-endpoint-services", [ip, proto, sp.port], external_verdict, view.name)
+
+    if node_port:
+        # NodePorts are not subject to loadBalancerSourceRanges (kube-proxy cannot change that).
+        if has_endpoints:
+            tx.element("service-nodeports", [proto, node_port], f"goto {external_chain}")
+        if not has_external:
+            tx.element("no-endpoint-nodeports", [proto, node_port], external_verdict, view.name)
+
+    pod_cidr = _cidr(ctx.cluster_cidr)
+    if has_internal:
+        # Off-cluster clients of a ClusterIP may be routed via another node: masquerade them.
+        tx.rule(internal_chain, f"ip daddr {cluster_ip} ip saddr != {pod_cidr} {masq_mark_jump}")
+
+    if uses_external_chain:
+        if not external_local:
+            tx.rule(external_chain, masq_mark_jump)
+        else:
+            # Pods and the node itself reach eTP:Local services through every endpoint, as
+            # if they had gone out to the load balancer and come back; only the node's own
+            # traffic needs masquerading (its source would be the service IP).
+            tx.rule(external_chain, f"ip saddr {pod_cidr} goto {cluster_chain}",
+                    "short-circuit pod traffic")
+            tx.rule(external_chain, f"fib saddr type local {masq_mark_jump}",
+                    "masquerade local traffic")
+            tx.rule(external_chain, f"fib saddr type local goto {cluster_chain}",
+                    "short-circuit local traffic")
+        if has_external:
+            tx.rule(external_chain, f"goto {external_policy_chain}")
+
+    if uses_fw_chain:
+        sources = [_cidr(c) for c in svc.load_balancer_source_ranges]
+        # A node connecting to a VIP-style LB IP it holds locally arrives from the LB IP.
+        node_ip = ipaddress.IPv4Address(_ip(ctx.node_ips[0])) if ctx.node_ips else None
+        if node_ip is not None and any(node_ip in ipaddress.IPv4Network(c) for c in sources):
+            sources += lb_ips
+        tx.rule(fw_chain, f"ip saddr != {{ {' , '.join(sources)} }} drop")
+
+    if affinity:
+        for ep in reachable:
+            # "dynamic" although nft only needs it for stateful objects: some kernels add it
+            # themselves, and re-adding the set without it would then fail.
+            tx.op(f"add set {_T} affinity-{ep_base(ep)} {{ type ipv4_addr ; "
+                  f"flags dynamic,timeout ; timeout {svc.affinity_timeout}s ; }}")
+
+    for chain, eps, used in ((cluster_chain, cluster_eps, uses_cluster_chain),
+                             (local_chain, local_eps, uses_local_chain)):
+        if not used:
+            continue
+        if affinity:
+            for ep in eps:
+                tx.rule(chain, f"ip saddr @affinity-{ep_base(ep)} goto endpoint-{ep_base(ep)}")
+        vmap = " , ".join(f"{i} : goto endpoint-{ep_base(ep)}" for i, ep in enumerate(eps))
+        tx.rule(chain, f"numgen random mod {len(eps)} vmap {{ {vmap} }}")
+
+    for ep in reachable:
+        chain = f"endpoint-{ep_base(ep)}"
+        # Hairpin: a pod reaching itself through the service must not see its own address.
+        tx.rule(chain, f"ip saddr {_ip(ep.ip)} {masq_mark_jump}")
+        if affinity:
+            tx.rule(chain, f"update @affinity-{ep_base(ep)} {{ ip saddr }}")
+        tx.rule(chain, f"meta l4proto {proto} dnat to {_ip(ep.ip)}:{ep.port}")
+
+
+def render_full_sync(ports: Sequence[ServicePortView], ctx: NodeContext,
+                     service_cidrs: Sequence[str] = ()) -> str:
+    """The transaction of a kube-proxy full sync for ``ports`` as seen by ``ctx``'s node."""
+    tx = _Transaction()
+    _setup(tx, ctx, service_cidrs)
+    for view in ports:
+        _render_service_port(tx, view, ctx)
+    return tx.text()
+
+
+def count_objects(rendered: str) -> dict[str, int]:
+    """What a rendering leaves in the table: chains, rules, sets, maps, set/map elements."""
+    chains: set[str] = set()
+    sets: set[str] = set()
+    maps: set[str] = set()
+    counts = {"rules": 0, "elements": 0}
+    for line in rendered.splitlines():
+        words = line.split(" ", 5)
+        if len(words) < 5:
+            continue
+        verb, kind, name = words[0], words[1], words[4]
+        live = {"chain": chains, "set": sets, "map": maps}.get(kind)
+        if live is not None and verb == "add":
+            live.add(name)
+        elif live is not None and verb == "delete":
+            live.discard(name)
+        elif verb == "add" and kind in ("rule", "element"):
+            counts[f"{kind}s"] += 1
+    return {"chains": len(chains), "rules": counts["rules"], "sets": len(sets),
+            "maps": len(maps), "elements": counts["elements"]}
+
+
+class NftablesDatapath(Datapath):
+    """kube-proxy in nftables mode: one ``nft -f`` transaction per sync."""
+
+    name = "nftables"
+
+    def __init__(self, service_cidrs: Sequence[str] = ()) -> None:
+        # kube-proxy learns the service CIDRs from ServiceCIDR objects; with them it drops
+        # traffic to unallocated ClusterIPs. NodeContext does not carry them (yet).
+        self.service_cidrs = tuple(service_cidrs)
+
+    def render(self, ports: Sequence[ServicePortView], ctx: NodeContext) -> str:
+        """The ``nft -f`` transaction of kube-proxy's first full sync (see module doc)."""
+        return render_full_sync(ports, ctx, self.service_cidrs)
+
+    def apply(self, rendered: str, netns: str) -> None:
+        """Run ``rendered`` as one ``nft -f -`` transaction inside ``netns``."""
+        run_in_netns(netns, ["nft", "-f", "-"], stdin=rendered)
+
+    def cleanup(self, netns: str) -> None:
+        """Delete ``table ip kube-proxy`` in ``netns``; nothing to do if it is absent."""
+        # "add" first so that the delete cannot fail on a missing table (no "destroy"
+        # before nft 1.0.8), as kube-proxy's CleanupLeftovers tolerates NotFound.
+        run_in_netns(netns, ["nft", "-f", "-"], stdin=f"add table {_T}\ndelete table {_T}\n")

@@ -1,0 +1,96 @@
+"""Shared test set-up.
+
+Privileged tests (marker ``privileged``) need root. As root, a privileged
+test may only be skipped for a kernel feature this machine provably lacks,
+via :func:`require_feature`; any other skip fails the run. The host's own
+network state is snapshotted before the session and compared after it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+FEATURE_SKIP = "kernel feature missing:"
+IS_ROOT = os.geteuid() == 0
+
+# What the tests must never change in the host's own namespace.
+HOST_STATE_COMMANDS = (
+    ["iptables-legacy-save"],
+    ["iptables-nft-save"],
+    ["nft", "list", "ruleset"],
+    ["ip", "-d", "link", "show"],
+    ["ip", "addr", "show"],
+    ["ip", "route", "show", "table", "all"],
+    ["sysctl", "net.ipv4.ip_forward", "net.ipv4.conf.all.route_localnet",
+     "net.ipv4.conf.all.rp_filter"],
+)
+
+
+def host_state() -> dict[str, str]:
+    """The host namespace's firewall, links, addresses, routes and sysctls, as text."""
+    state = {}
+    for argv in HOST_STATE_COMMANDS:
+        p = subprocess.run(argv, capture_output=True, text=True)
+        lines = [ln for ln in p.stdout.splitlines() if not ln.startswith("#")]
+        state[" ".join(argv)] = "\n".join(lines)
+    return state
+
+
+def require_feature(name: str) -> None:
+    """Skip unless the kernel has feature ``name`` (as detected by bench.features)."""
+    from bench.features import detect
+
+    f = detect()[name]
+    if not f.ok:
+        pytest.skip(f"{FEATURE_SKIP} {name} ({f.detail})")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if IS_ROOT:
+        session.config._kpbench_host_state = host_state()  # type: ignore[attr-defined]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if IS_ROOT:
+        return
+    skip = pytest.mark.skip(reason="needs root (privileged test)")
+    for item in items:
+        if "privileged" in item.keywords:
+            item.add_marker(skip)
+
+
+_bad_skips: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if not (IS_ROOT and report.skipped and "privileged" in report.keywords):
+        return
+    reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else ""
+    if FEATURE_SKIP not in reason:
+        _bad_skips.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    tr = session.config.pluginmanager.get_plugin("terminalreporter")
+    problems = []
+    if _bad_skips:
+        problems.append("privileged tests were skipped as root without a missing kernel "
+                        "feature:\n  " + "\n  ".join(_bad_skips))
+    before = getattr(session.config, "_kpbench_host_state", None)
+    if before is not None:
+        after = host_state()
+        changed = [k for k in before if before[k] != after[k]]
+        if changed:
+            problems.append("the host's own network state changed during the tests: "
+                            + ", ".join(changed))
+    if problems:
+        for p in problems:
+            if tr is not None:
+                tr.write_line(f"ERROR: {p}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
