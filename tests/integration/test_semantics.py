@@ -1,0 +1,119 @@
+"""Service semantics proven with real packets, for each netfilter datapath.
+
+Each datapath variant gets its own namespace cluster (see semantics.py);
+connections are real TCP connections (and UDP requests) from the in-cluster
+client pod or the external client, answered by echo servers that report the
+peer address they saw.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import pytest
+from scipy.stats import chisquare
+
+from bench import layout as L
+from bench.datapaths import make_datapath
+from bench.netclient import connect_many
+from bench.testbed import Testbed
+from tests.conftest import require_feature
+from tests.integration import semantics as S
+
+pytestmark = pytest.mark.privileged
+
+VARIANTS = {
+    "iptables-legacy": ("iptables", "legacy"),
+    "iptables-nft": ("iptables", "nft"),
+    "nftables": ("nftables", "legacy"),
+}
+NODE_ADDRESSES = {L.node_ip(0), L.node_ip(1), L.pod_gateway(0), L.pod_gateway(1)}
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def bed(request: pytest.FixtureRequest):
+    name, backend = VARIANTS[request.param]
+    require_feature(request.param)
+    services, slices = S.semantics_cluster()
+    with Testbed(make_datapath(name, backend), services, slices, nodes=2) as tb:
+        yield tb
+
+
+def svc(name: str) -> tuple[str, int, str]:
+    vip, port, proto, *_ = S.SERVICES[name]
+    return vip, port, proto
+
+
+def test_clusterip_reaches_backends_on_both_nodes_uniformly(bed: Testbed) -> None:
+    vip, port, proto = svc("web")
+    attempts = connect_many(bed.cluster.client_pod_ns, proto, vip, port, count=400)
+    assert all(a.ok for a in attempts), Counter(a.error for a in attempts)
+    seen = Counter(a.pod for a in attempts)
+    assert set(seen) == {S.POD_OF[ip] for ip in (S.A, S.B, S.C, S.D)}
+    # Random balancing: chi-square must not reject uniformity at p = 0.001.
+    assert chisquare(list(seen.values())).pvalue > 0.001, seen
+    # Pod-to-service traffic inside the cluster CIDR is not masqueraded.
+    assert {a.peer_ip for a in attempts} == {L.client_pod_ip()}
+
+
+def test_udp_clusterip(bed: Testbed) -> None:
+    vip, port, proto = svc("dns")
+    attempts = connect_many(bed.cluster.client_pod_ns, proto, vip, port, count=40)
+    assert all(a.ok for a in attempts), Counter(a.error for a in attempts)
+    assert {a.pod for a in attempts} <= {S.POD_OF[S.A], S.POD_OF[S.C]}
+
+
+def test_nodeport_through_either_node_is_snatted_to_a_node(bed: Testbed) -> None:
+    _, _, proto = svc("np-cluster")
+    for i in range(2):
+        attempts = connect_many(bed.cluster.client_ns, proto, L.node_ip(i), 30080, count=40)
+        assert all(a.ok for a in attempts), (i, Counter(a.error for a in attempts))
+        assert {a.pod for a in attempts} == {S.POD_OF[S.A], S.POD_OF[S.C]}
+        # externalTrafficPolicy: Cluster masquerades: the backend sees a node address.
+        assert {a.peer_ip for a in attempts} <= NODE_ADDRESSES
+        assert L.CLIENT_IP not in {a.peer_ip for a in attempts}
+
+
+def test_nodeport_local_keeps_client_ip_and_fails_without_local_endpoint(bed: Testbed) -> None:
+    # node-1 has the only endpoint: the backend sees the real client address.
+    attempts = connect_many(bed.cluster.client_ns, "TCP", L.node_ip(1), 30081, count=20)
+    assert all(a.ok for a in attempts), Counter(a.error for a in attempts)
+    assert {a.peer_ip for a in attempts} == {L.CLIENT_IP}
+    # node-0 has none: kube-proxy drops there, so the connection is never delivered.
+    # A drop shows as a timeout; 1 s is plenty on a veth where a reply takes < 1 ms.
+    (a,) = connect_many(bed.cluster.client_ns, "TCP", L.node_ip(0), 30081, count=1, timeout=1)
+    assert not a.ok and a.error == "timeout", a
+
+
+def test_not_ready_endpoint_gets_no_new_connections(bed: Testbed) -> None:
+    vip, port, proto = svc("readiness")
+    attempts = connect_many(bed.cluster.client_pod_ns, proto, vip, port, count=120)
+    assert all(a.ok for a in attempts)
+    seen = Counter(a.pod for a in attempts)
+    assert S.POD_OF[S.B] not in seen
+    assert set(seen) == {S.POD_OF[S.A], S.POD_OF[S.C]}
+
+
+def test_service_without_endpoints_is_rejected_at_once(bed: Testbed) -> None:
+    vip, port, proto = svc("empty")
+    # A REJECT answers with an ICMP error: the client sees "refused", not a timeout.
+    (a,) = connect_many(bed.cluster.client_pod_ns, proto, vip, port, count=1, timeout=3)
+    assert not a.ok and a.error == "refused", a
+
+
+def test_client_ip_affinity_sticks_then_expires(bed: Testbed) -> None:
+    vip, port, proto = svc("sticky")
+    ns = bed.cluster.client_pod_ns
+    attempts = connect_many(ns, proto, vip, port, count=60)
+    assert all(a.ok for a in attempts)
+    assert len({a.pod for a in attempts}) == 1, Counter(a.pod for a in attempts)
+    # After the timeout with no traffic the choice is random again: over 8 expiries
+    # at least two endpoints must be chosen (all-equal by chance: 4**-7, about 6e-5).
+    firsts = []
+    for _ in range(8):
+        time.sleep(S.AFFINITY_TIMEOUT + 1)
+        (a,) = connect_many(ns, proto, vip, port, count=1)
+        assert a.ok
+        firsts.append(a.pod)
+    assert len(set(firsts)) > 1, firsts
