@@ -7,9 +7,9 @@ run namespace with their peer placed straight into another run namespace.
 
 ::
 
-    client (192.168.0.100) ─┐
-                            ├─ br0 in <prefix>-ul (underlay 192.168.0.0/24)
-    node-i (192.168.0.2+i) ─┘
+    client (eth0 192.168.0.100) ─┐
+                                 ├─ br0 in <prefix>-ul (underlay 192.168.0.0/24)
+    node-i (ul0 192.168.0.2+i) ──┘
       ├─ p<j> ── pod<i>-<j> (10.<i+1>.x.y/32, default via 10.<i+1>.0.1)
       └─ pc  ── cpod (10.1.0.100, node 0 only: the in-cluster client)
 
@@ -45,6 +45,11 @@ log = logging.getLogger(__name__)
 PREFIX_RE = re.compile(r"^(kpb[0-9a-f]{6})-")
 RUN_DIR = Path("/run/kpbench")
 RT_SCOPE_LINK = 253
+# Interface names inside a node are unique across the cluster (pods and
+# clients use eth0), so tracepoints that only see a device name can tell
+# the node's own hops: ul0 to the underlay, p<j> to pod j, pc to the client pod.
+NODE_UNDERLAY_IF = "ul0"
+CLIENT_POD_IF = "pc"
 
 # Set in every node, like kube-proxy and a CNI would.
 NODE_SYSCTLS = (
@@ -126,14 +131,15 @@ class Cluster:
             ul.link("add", ifname="br0", kind="bridge")
             br = ul.link_lookup(ifname="br0")[0]
             ul.link("set", index=br, state="up")
-            self._underlay_member(ul, br, self.client_ns, "c0", L.CLIENT_IP)
+            self._underlay_member(ul, br, self.client_ns, "c0", L.CLIENT_IP, "eth0")
             for i in range(self.node_count):
-                self._underlay_member(ul, br, self.node_ns(i), f"n{i}", L.node_ip(i))
+                self._underlay_member(ul, br, self.node_ns(i), f"n{i}", L.node_ip(i),
+                                      NODE_UNDERLAY_IF)
         finally:
             ul.close()
         for i in range(self.node_count):
             self._node(i)
-        self._pod(self.client_pod_ns, 0, "pc", L.client_pod_ip())
+        self._pod(self.client_pod_ns, 0, CLIENT_POD_IF, L.client_pod_ip())
         for pod in self.layout.pods:
             self._pod(self.pod_ns(pod), pod.node, f"p{pod.index}", pod.ip)
 
@@ -160,12 +166,13 @@ class Cluster:
         ns.link("set", index=lo, state="up")
         return ns
 
-    def _underlay_member(self, ul: NetNS, br: int, name: str, port: str, ip: str) -> None:
+    def _underlay_member(self, ul: NetNS, br: int, name: str, port: str, ip: str,
+                         ifname: str) -> None:
         ns = self._add_ns(name)
         try:
-            ns.link("add", ifname="eth0", kind="veth",
+            ns.link("add", ifname=ifname, kind="veth",
                     peer={"ifname": port, "net_ns_fd": self.underlay_ns})
-            idx = ns.link_lookup(ifname="eth0")[0]
+            idx = ns.link_lookup(ifname=ifname)[0]
             ns.addr("add", index=idx, address=ip, prefixlen=L.UNDERLAY.prefixlen)
             ns.link("set", index=idx, state="up")
         finally:
