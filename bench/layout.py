@@ -17,6 +17,7 @@ from bench.model import ServicePortView
 UNDERLAY = ipaddress.IPv4Network("192.168.0.0/24")
 CLUSTER_CIDR = "10.0.0.0/8"
 SERVICE_CIDR = ipaddress.IPv4Network("172.30.0.0/16")
+UNDERLAY_GATEWAY = "192.168.0.1"  # default route of every node; does not forward
 CLIENT_IP = "192.168.0.100"  # the external client on the underlay
 MAX_NODES = 16
 DEFAULT_MAX_PODS = 32
@@ -97,7 +98,7 @@ def plan_layout(views: Sequence[ServicePortView], nodes: int = 2,
     if len(names) > MAX_NODES:
         raise InputError(f"endpoints name {len(names)} nodes; kpbench builds at most {MAX_NODES}",
                          field="nodeName")
-    reserved = {CLIENT_IP, client_pod_ip(), *(node_ip(i) for i in range(len(names))),
+    reserved = {CLIENT_IP, UNDERLAY_GATEWAY, client_pod_ip(), *(node_ip(i) for i in range(len(names))),
                 *(pod_gateway(i) for i in range(len(names)))}
     ports: dict[str, tuple[int, set[int], set[int]]] = {}
     omitted = 0

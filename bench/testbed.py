@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 
 
 class Testbed:
+    __test__ = False  # not a pytest test class, despite the name
+
     """Build the namespace cluster for ``services`` and program ``datapath`` on each node."""
 
     def __init__(self, datapath: Datapath, services: Sequence[Service],

@@ -8,7 +8,7 @@ run namespace with their peer placed straight into another run namespace.
 ::
 
     client (eth0 192.168.0.100) ─┐
-                                 ├─ br0 in <prefix>-ul (underlay 192.168.0.0/24)
+                                 ├─ br0 192.168.0.1 in <prefix>-ul (underlay, router)
     node-i (ul0 192.168.0.2+i) ──┘
       ├─ p<j> ── pod<i>-<j> (10.<i+1>.x.y/32, default via 10.<i+1>.0.1)
       └─ pc  ── cpod (10.1.0.100, node 0 only: the in-cluster client)
@@ -130,6 +130,10 @@ class Cluster:
         try:
             ul.link("add", ifname="br0", kind="bridge")
             br = ul.link_lookup(ifname="br0")[0]
+            # The underlay's router: nodes need a default route, as real ones have, or
+            # traffic to a service without rules would fail routing before netfilter's
+            # FORWARD hook sees it. It does not forward (ip_forward stays 0).
+            ul.addr("add", index=br, address=L.UNDERLAY_GATEWAY, prefixlen=L.UNDERLAY.prefixlen)
             ul.link("set", index=br, state="up")
             self._underlay_member(ul, br, self.client_ns, "c0", L.CLIENT_IP, "eth0")
             for i in range(self.node_count):
@@ -187,6 +191,7 @@ class Cluster:
             for k in range(self.node_count):
                 if k != i:
                     ns.route("add", dst=str(L.pod_cidr(k)), gateway=L.node_ip(k))
+            ns.route("add", dst="0.0.0.0/0", gateway=L.UNDERLAY_GATEWAY)
         finally:
             ns.close()
 
