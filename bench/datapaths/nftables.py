@@ -11,15 +11,18 @@ per-endpoint chains ``endpoint-<H8>-ns/name/proto/port__ip/port``,
 ``numgen random mod N vmap`` load balancing and per-endpoint affinity sets.
 :meth:`~NftablesDatapath.apply` runs it as one ``nft -f -`` inside a namespace.
 
-Verified against upstream (kubernetes/kubernetes, read 2026-11): the test
-file ``pkg/proxy/nftables/proxier_test.go`` at commit 81810de635aa (base
-chains ``filter-prerouting-pre-dnat`` / ``filter-output-pre-dnat`` at
-priority -110, ``filter-input|forward|output`` at 0, the ``cluster-ips`` set)
-and ``proxier.go`` at b0f823e6ccd8 for the rule logic. For the inputs of
-TestOverallNFTablesRules, TestSyncProxyRulesRepeated (its first state),
-TestSyncProxyRulesStartup (final state) and TestBadIPs, the state this
-transaction leaves equals upstream's expected dump, compared the way the
-test's ``sortNFTablesTransaction`` does. Known differences, all deliberate:
+Verified against upstream kubernetes/kubernetes: ``pkg/proxy/nftables/
+proxier_test.go`` at commit 81810de635aa, with the rule logic read in
+``proxier.go`` at b0f823e6ccd8 (that test is newer: its base chains are
+``filter-prerouting-pre-dnat`` / ``filter-output-pre-dnat`` at priority -110
+and ``filter-input|forward|output`` at 0, and its ClusterIP masquerade rule
+has no ``<proto> dport``; both follow the test here). For the inputs of
+TestOverallNFTablesRules, TestSyncProxyRulesRepeated (two of its states),
+TestSyncProxyRulesStartup (final state) and TestBadIPs, the table this
+transaction leaves equals upstream's expected dump, compared as the test's
+``sortNFTablesTransaction`` does; the chain names of
+Test_servicePortChainNameBase and Test_servicePortEndpointChainNameBase
+(hashing, IPv6, truncation) match too. Known differences, all deliberate:
 
 - The masquerade mark is printed as kube-proxy prints it (``%#08x``:
   ``0x00004000``); upstream's fake proxier sets ``0x4000``. Same value.
@@ -108,13 +111,13 @@ def service_port_chain_base(namespace: str, name: str, protocol: str, port_name:
     return _hash_and_truncate(f"{namespace}/{name}/{protocol.lower()}/{port_name}")
 
 
-def endpoint_chain_base(namespace: str, name: str, protocol: str, port_name: str, ip: str,
-                        port: int) -> str:
+def endpoint_chain_base(
+    namespace: str, name: str, protocol: str, port_name: str, ip: str, port: int
+) -> str:
     """``<H8>-ns/name/proto/port__ip/port``, the suffix of an endpoint's chain and set."""
     # Colons are not allowed in chain names (IPv6 endpoints).
     ip = ip.replace(":", ".")
-    return _hash_and_truncate(
-        f"{namespace}/{name}/{protocol.lower()}/{port_name}__{ip}/{port}")
+    return _hash_and_truncate(f"{namespace}/{name}/{protocol.lower()}/{port_name}__{ip}/{port}")
 
 
 def _go_mark(bit: int) -> str:
@@ -160,8 +163,13 @@ class _Transaction:
         suffix = f' comment "{comment}"' if comment else ""
         self.op(f"add rule {_T} {chain} {rule}{suffix}")
 
-    def element(self, name: str, key: Sequence[str | int], value: str | None = None,
-                comment: str | None = None) -> None:
+    def element(
+        self,
+        name: str,
+        key: Sequence[str | int],
+        value: str | None = None,
+        comment: str | None = None,
+    ) -> None:
         line = f"add element {_T} {name} {{ {' . '.join(str(k) for k in key)}"
         if comment:
             line += f' comment "{comment}"'
@@ -186,8 +194,9 @@ def _nodeport_ips(ctx: NodeContext) -> list[str] | None:
     if any(n.prefixlen == 0 for n in nets):
         return None
     # kube-proxy matches the CIDRs against interface addresses; the node IPs are ours.
-    return [_ip(ip) for ip in ctx.node_ips
-            if any(ipaddress.IPv4Address(_ip(ip)) in n for n in nets)]
+    return [
+        _ip(ip) for ip in ctx.node_ips if any(ipaddress.IPv4Address(_ip(ip)) in n for n in nets)
+    ]
 
 
 def _setup(tx: _Transaction, ctx: NodeContext, service_cidrs: Sequence[str]) -> None:
@@ -214,16 +223,24 @@ def _setup(tx: _Transaction, ctx: NodeContext, service_cidrs: Sequence[str]) -> 
     tx.rule("masquerading", "masquerade fully-random")
 
     tx.op(f'add set {_T} cluster-ips {{ type ipv4_addr ; comment "Active ClusterIPs" ; }}')
-    tx.rule("cluster-ips-check", "ip daddr @cluster-ips reject",
-            "Reject traffic to invalid ports of ClusterIPs")
+    tx.rule(
+        "cluster-ips-check",
+        "ip daddr @cluster-ips reject",
+        "Reject traffic to invalid ports of ClusterIPs",
+    )
     if service_cidrs:
         cidrs = ",".join(_cidr(c) for c in service_cidrs)
-        tx.rule("cluster-ips-check", f"ip daddr {{ {cidrs} }} drop",
-                "Drop traffic to unallocated ClusterIPs")
+        tx.rule(
+            "cluster-ips-check",
+            f"ip daddr {{ {cidrs} }} drop",
+            "Drop traffic to unallocated ClusterIPs",
+        )
 
     # "add" then "delete" rather than a bare "delete", which fails if the set is absent.
-    tx.op(f'add set {_T} nodeport-ips {{ type ipv4_addr ; '
-          f'comment "IPs that accept NodePort traffic" ; }}')
+    tx.op(
+        f"add set {_T} nodeport-ips {{ type ipv4_addr ; "
+        f'comment "IPs that accept NodePort traffic" ; }}'
+    )
     nodeport_ips = _nodeport_ips(ctx)
     if nodeport_ips is None:
         tx.op(f"delete set {_T} nodeport-ips")
@@ -232,38 +249,58 @@ def _setup(tx: _Transaction, ctx: NodeContext, service_cidrs: Sequence[str]) -> 
         for ip in nodeport_ips:
             tx.element("nodeport-ips", [ip])
 
-    tx.op(f'add map {_T} no-endpoint-services {{ type {_VERDICT_KEY} ; '
-          f'comment "vmap to drop or reject packets to services with no endpoints" ; }}')
-    tx.op(f'add map {_T} no-endpoint-nodeports {{ type {_PORT_KEY} ; '
-          f'comment "vmap to drop or reject packets to service nodeports with no endpoints" ; }}')
-    tx.op(f'add chain {_T} {REJECT_CHAIN} '
-          f'{{ comment "helper for @no-endpoint-services / @no-endpoint-nodeports" ; }}')
+    tx.op(
+        f"add map {_T} no-endpoint-services {{ type {_VERDICT_KEY} ; "
+        f'comment "vmap to drop or reject packets to services with no endpoints" ; }}'
+    )
+    tx.op(
+        f"add map {_T} no-endpoint-nodeports {{ type {_PORT_KEY} ; "
+        f'comment "vmap to drop or reject packets to service nodeports with no endpoints" ; }}'
+    )
+    tx.op(
+        f"add chain {_T} {REJECT_CHAIN} "
+        f'{{ comment "helper for @no-endpoint-services / @no-endpoint-nodeports" ; }}'
+    )
     tx.op(f"flush chain {_T} {REJECT_CHAIN}")
     tx.rule(REJECT_CHAIN, "reject")
-    tx.rule("service-endpoints-check",
-            "ip daddr . meta l4proto . th dport vmap @no-endpoint-services")
-    nodeport_match = ("ip daddr != 127.0.0.0/8" if nodeport_ips is None
-                      else "ip daddr @nodeport-ips")
-    tx.rule("nodeport-endpoints-check",
-            f"{nodeport_match} meta l4proto . th dport vmap @no-endpoint-nodeports")
+    tx.rule(
+        "service-endpoints-check", "ip daddr . meta l4proto . th dport vmap @no-endpoint-services"
+    )
+    nodeport_match = "ip daddr != 127.0.0.0/8" if nodeport_ips is None else "ip daddr @nodeport-ips"
+    tx.rule(
+        "nodeport-endpoints-check",
+        f"{nodeport_match} meta l4proto . th dport vmap @no-endpoint-nodeports",
+    )
 
-    tx.op(f'add map {_T} firewall-ips {{ type {_VERDICT_KEY} ; '
-          f'comment "destinations that are subject to LoadBalancerSourceRanges" ; }}')
+    tx.op(
+        f"add map {_T} firewall-ips {{ type {_VERDICT_KEY} ; "
+        f'comment "destinations that are subject to LoadBalancerSourceRanges" ; }}'
+    )
     tx.ensure_chain("firewall-check")
     tx.rule("firewall-check", "ip daddr . meta l4proto . th dport vmap @firewall-ips")
 
-    tx.op(f'add map {_T} service-ips {{ type {_VERDICT_KEY} ; '
-          f'comment "ClusterIP, ExternalIP and LoadBalancer IP traffic" ; }}')
+    tx.op(
+        f"add map {_T} service-ips {{ type {_VERDICT_KEY} ; "
+        f'comment "ClusterIP, ExternalIP and LoadBalancer IP traffic" ; }}'
+    )
     tx.op(f'add map {_T} service-nodeports {{ type {_PORT_KEY} ; comment "NodePort traffic" ; }}')
     tx.rule("services", "ip daddr . meta l4proto . th dport vmap @service-ips")
-    nodeport_dispatch = ("fib daddr type local ip daddr != 127.0.0.0/8" if nodeport_ips is None
-                         else "ip daddr @nodeport-ips")
+    nodeport_dispatch = (
+        "fib daddr type local ip daddr != 127.0.0.0/8"
+        if nodeport_ips is None
+        else "ip daddr @nodeport-ips"
+    )
     tx.rule("services", f"{nodeport_dispatch} meta l4proto . th dport vmap @service-nodeports")
 
     # A full sync owns every element of the dispatch sets and maps: empty them here.
     tx.op(f"flush set {_T} cluster-ips")
-    for name in ("service-ips", "firewall-ips", "no-endpoint-services", "no-endpoint-nodeports",
-                 "service-nodeports"):
+    for name in (
+        "service-ips",
+        "firewall-ips",
+        "no-endpoint-services",
+        "no-endpoint-nodeports",
+        "service-nodeports",
+    ):
         tx.op(f"flush map {_T} {name}")
 
 
@@ -294,7 +331,7 @@ def _render_service_port(tx: _Transaction, view: ServicePortView, ctx: NodeConte
     reachable = sorted_endpoints(set(cluster_eps) | set(local_eps))
 
     def ep_base(ep: ServiceEndpoint) -> str:
-        return endpoint_chain_base(svc.namespace, svc.name, proto, sp.name, ep.ip, ep.port)
+        return endpoint_chain_base(svc.namespace, svc.name, proto, sp.name, _ip(ep.ip), ep.port)
 
     for ep in reachable:
         tx.ensure_chain(f"endpoint-{ep_base(ep)}")
@@ -326,8 +363,9 @@ def _render_service_port(tx: _Transaction, view: ServicePortView, ctx: NodeConte
     if has_internal:
         tx.element("service-ips", [cluster_ip, proto, sp.port], f"goto {internal_chain}")
     else:
-        tx.element("no-endpoint-services", [cluster_ip, proto, sp.port], internal_verdict,
-                   view.name)
+        tx.element(
+            "no-endpoint-services", [cluster_ip, proto, sp.port], internal_verdict, view.name
+        )
     for ip in external_ips:
         if has_endpoints:
             tx.element("service-ips", [ip, proto, sp.port], f"goto {external_chain}")
@@ -365,12 +403,19 @@ def _render_service_port(tx: _Transaction, view: ServicePortView, ctx: NodeConte
             # Pods and the node itself reach eTP:Local services through every endpoint, as
             # if they had gone out to the load balancer and come back; only the node's own
             # traffic needs masquerading (its source would be the service IP).
-            tx.rule(external_chain, f"ip saddr {pod_cidr} goto {cluster_chain}",
-                    "short-circuit pod traffic")
-            tx.rule(external_chain, f"fib saddr type local {masq_mark_jump}",
-                    "masquerade local traffic")
-            tx.rule(external_chain, f"fib saddr type local goto {cluster_chain}",
-                    "short-circuit local traffic")
+            tx.rule(
+                external_chain,
+                f"ip saddr {pod_cidr} goto {cluster_chain}",
+                "short-circuit pod traffic",
+            )
+            tx.rule(
+                external_chain, f"fib saddr type local {masq_mark_jump}", "masquerade local traffic"
+            )
+            tx.rule(
+                external_chain,
+                f"fib saddr type local goto {cluster_chain}",
+                "short-circuit local traffic",
+            )
         if has_external:
             tx.rule(external_chain, f"goto {external_policy_chain}")
 
@@ -386,11 +431,15 @@ def _render_service_port(tx: _Transaction, view: ServicePortView, ctx: NodeConte
         for ep in reachable:
             # "dynamic" although nft only needs it for stateful objects: some kernels add it
             # themselves, and re-adding the set without it would then fail.
-            tx.op(f"add set {_T} affinity-{ep_base(ep)} {{ type ipv4_addr ; "
-                  f"flags dynamic,timeout ; timeout {svc.affinity_timeout}s ; }}")
+            tx.op(
+                f"add set {_T} affinity-{ep_base(ep)} {{ type ipv4_addr ; "
+                f"flags dynamic,timeout ; timeout {svc.affinity_timeout}s ; }}"
+            )
 
-    for chain, eps, used in ((cluster_chain, cluster_eps, uses_cluster_chain),
-                             (local_chain, local_eps, uses_local_chain)):
+    for chain, eps, used in (
+        (cluster_chain, cluster_eps, uses_cluster_chain),
+        (local_chain, local_eps, uses_local_chain),
+    ):
         if not used:
             continue
         if affinity:
@@ -408,8 +457,9 @@ def _render_service_port(tx: _Transaction, view: ServicePortView, ctx: NodeConte
         tx.rule(chain, f"meta l4proto {proto} dnat to {_ip(ep.ip)}:{ep.port}")
 
 
-def render_full_sync(ports: Sequence[ServicePortView], ctx: NodeContext,
-                     service_cidrs: Sequence[str] = ()) -> str:
+def render_full_sync(
+    ports: Sequence[ServicePortView], ctx: NodeContext, service_cidrs: Sequence[str] = ()
+) -> str:
     """The transaction of a kube-proxy full sync for ``ports`` as seen by ``ctx``'s node."""
     tx = _Transaction()
     _setup(tx, ctx, service_cidrs)
@@ -436,8 +486,13 @@ def count_objects(rendered: str) -> dict[str, int]:
             live.discard(name)
         elif verb == "add" and kind in ("rule", "element"):
             counts[f"{kind}s"] += 1
-    return {"chains": len(chains), "rules": counts["rules"], "sets": len(sets),
-            "maps": len(maps), "elements": counts["elements"]}
+    return {
+        "chains": len(chains),
+        "rules": counts["rules"],
+        "sets": len(sets),
+        "maps": len(maps),
+        "elements": counts["elements"],
+    }
 
 
 class NftablesDatapath(Datapath):
