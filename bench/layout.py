@@ -73,6 +73,11 @@ def default_node_names(n: int) -> tuple[str, ...]:
     return tuple(f"node-{i}" for i in range(n))
 
 
+def check_nodes(nodes: int) -> None:
+    if not 1 <= nodes <= MAX_NODES:
+        raise InputError(f"--nodes {nodes} is out of range (1-{MAX_NODES})", field="--nodes")
+
+
 def plan_layout(views: Sequence[ServicePortView], nodes: int = 2,
                 max_pods: int = DEFAULT_MAX_PODS) -> Layout:
     """Decide which nodes and pods to build for these service ports.
@@ -82,8 +87,7 @@ def plan_layout(views: Sequence[ServicePortView], nodes: int = 2,
     address, in service order, up to ``max_pods``; endpoints beyond that are
     still programmed but have nothing behind them.
     """
-    if not 1 <= nodes <= MAX_NODES:
-        raise InputError(f"--nodes {nodes} is out of range (1-{MAX_NODES})", field="--nodes")
+    check_nodes(nodes)
     names: list[str] = []
     for v in views:
         for e in v.endpoints:

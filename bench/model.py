@@ -136,9 +136,34 @@ class ServicePortView:
         return _usable(tuple(e for e in self.endpoints if e.is_local))
 
     @property
+    def uses_cluster_endpoints(self) -> bool:
+        """Some traffic to this port may go to any endpoint (kube-proxy's UsesClusterEndpoints)."""
+        svc = self.service
+        return svc.internal_traffic_policy == "Cluster" or (
+            self.externally_accessible and svc.external_traffic_policy == "Cluster")
+
+    @property
+    def uses_local_endpoints(self) -> bool:
+        """Some traffic to this port may only go to local endpoints (UsesLocalEndpoints)."""
+        svc = self.service
+        return svc.internal_traffic_policy == "Local" or (
+            self.externally_accessible and svc.external_traffic_policy == "Local")
+
+    @property
+    def externally_accessible(self) -> bool:
+        svc = self.service
+        return (self.port.node_port is not None or bool(svc.external_ips)
+                or bool(svc.load_balancer_ips))
+
+    @property
     def all_endpoints(self) -> tuple[ServiceEndpoint, ...]:
-        """Every endpoint a rule may be written for (ready, or serving while terminating)."""
-        used = set(self.cluster_endpoints) | set(self.local_endpoints)
+        """Every endpoint some rule is written for (kube-proxy's allReachableEndpoints):
+        the cluster endpoints if the policies use them, plus the local ones if they do."""
+        used: set[ServiceEndpoint] = set()
+        if self.uses_cluster_endpoints:
+            used |= set(self.cluster_endpoints)
+        if self.uses_local_endpoints:
+            used |= set(self.local_endpoints)
         return tuple(e for e in self.endpoints if e in used)
 
 

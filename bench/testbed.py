@@ -33,7 +33,7 @@ class Testbed:
 
     def node_context(self, i: int) -> NodeContext:
         return NodeContext(node_name=self.layout.node_names[i], node_ips=(L.node_ip(i),),
-                           cluster_cidr=L.CLUSTER_CIDR)
+                           cluster_cidr=L.CLUSTER_CIDR, service_cidrs=(str(L.SERVICE_CIDR),))
 
     def views(self, i: int) -> list[ServicePortView]:
         return service_port_views(self.services, self.slices, self.layout.node_names[i])

@@ -36,6 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cluster-cidr", default=L.CLUSTER_CIDR,
                    help=f"pod CIDR of the cluster, as kube-proxy's --cluster-cidr "
                         f"(default {L.CLUSTER_CIDR})")
+    p.add_argument("--service-cidr", action="append", dest="service_cidrs", metavar="CIDR",
+                   help="the cluster's service CIDR (repeatable); nftables drops traffic to "
+                        "unallocated ClusterIPs in it (default: none, no such rule)")
     p.set_defaults(func=run)
 
 
@@ -43,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     ips = args.node_ips or [DEFAULT_NODE_IP]
     datapath = make_datapath(args.datapath, args.iptables_backend)
     ctx = NodeContext(node_name=args.node_name, node_ips=tuple(ips),
-                      cluster_cidr=args.cluster_cidr)
+                      cluster_cidr=args.cluster_cidr,
+                      service_cidrs=tuple(args.service_cidrs or ()))
     objs = load_services(args.services)
     views = service_port_views(objs.services, objs.slices, args.node_name)
     sys.stdout.write(datapath.render(views, ctx))

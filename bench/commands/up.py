@@ -39,6 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     datapath = make_datapath(args.datapath, args.iptables_backend)
+    L.check_nodes(args.nodes)
     objs = load_services(args.services)
     for prefix, names in leftovers().items():
         log.warning("warning: leftovers of an earlier run %s (%d namespaces): "

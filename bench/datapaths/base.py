@@ -26,9 +26,12 @@ class NodeContext:
     node_ips: tuple[str, ...]
     cluster_cidr: str  # pod CIDR of the cluster, kube-proxy's --cluster-cidr
     masquerade_bit: int = 14  # --iptables-masquerade-bit: mark 0x4000
-    # Addresses NodePorts listen on; empty means every local address
-    # (kube-proxy's --nodeport-addresses default).
+    # kube-proxy's --nodeport-addresses. Empty means the mode's default: every local
+    # address for iptables, the node's primary IP for nftables.
     nodeport_addresses: tuple[str, ...] = field(default=())
+    # The cluster's service CIDRs (ServiceCIDR objects); nftables mode drops traffic
+    # to unallocated ClusterIPs in them. Empty: that rule is not written.
+    service_cidrs: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
         try:
@@ -38,6 +41,12 @@ class NodeContext:
                 f"cluster CIDR {self.cluster_cidr!r} is not an IPv4 network (e.g. 10.0.0.0/8)",
                 field="--cluster-cidr",
             ) from None
+        for cidr in self.service_cidrs:
+            try:
+                ipaddress.IPv4Network(cidr, strict=False)
+            except ValueError:
+                raise InputError(f"service CIDR {cidr!r} is not an IPv4 network "
+                                 "(e.g. 172.30.0.0/16)", field="--service-cidr") from None
         for ip in self.node_ips:
             try:
                 ipaddress.IPv4Address(ip)

@@ -500,14 +500,9 @@ class NftablesDatapath(Datapath):
 
     name = "nftables"
 
-    def __init__(self, service_cidrs: Sequence[str] = ()) -> None:
-        # kube-proxy learns the service CIDRs from ServiceCIDR objects; with them it drops
-        # traffic to unallocated ClusterIPs. NodeContext does not carry them (yet).
-        self.service_cidrs = tuple(service_cidrs)
-
     def render(self, ports: Sequence[ServicePortView], ctx: NodeContext) -> str:
         """The ``nft -f`` transaction of kube-proxy's first full sync (see module doc)."""
-        return render_full_sync(ports, ctx, self.service_cidrs)
+        return render_full_sync(ports, ctx, ctx.service_cidrs)
 
     def apply(self, rendered: str, netns: str) -> None:
         """Run ``rendered`` as one ``nft -f -`` transaction inside ``netns``."""

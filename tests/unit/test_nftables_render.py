@@ -38,8 +38,9 @@ GOLDEN = Path(__file__).parents[1] / "data" / "golden" / "nftables"
 NODE = "test-node"
 # Upstream's test conventions: node IP 192.168.0.2, pod CIDR 10.0.0.0/8,
 # service CIDR 172.30.0.0/16, --nodeport-addresses 192.168.0.2/32, mark bit 14.
-CTX = NodeContext(NODE, ("192.168.0.2",), "10.0.0.0/8", nodeport_addresses=("192.168.0.2/32",))
-DATAPATH = NftablesDatapath(service_cidrs=("172.30.0.0/16",))
+CTX = NodeContext(NODE, ("192.168.0.2",), "10.0.0.0/8", nodeport_addresses=("192.168.0.2/32",),
+                  service_cidrs=("172.30.0.0/16",))
+DATAPATH = NftablesDatapath()
 
 
 def _render(
@@ -257,7 +258,9 @@ def test_nodeport_addresses() -> None:
 
 
 def test_skeleton_is_idempotent_and_written_like_kube_proxy() -> None:
-    lines = NftablesDatapath().render([], CTX).splitlines()
+    no_cidrs = NodeContext(NODE, ("192.168.0.2",), "10.0.0.0/8",
+                           nodeport_addresses=("192.168.0.2/32",))
+    lines = NftablesDatapath().render([], no_cidrs).splitlines()
     assert lines[0] == 'add table ip kube-proxy { comment "rules for kube-proxy" ; }'
     # Base chains are recreated once, then added with numeric priorities and flushed.
     assert lines[1:3] == [
