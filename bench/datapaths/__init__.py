@@ -7,6 +7,12 @@ from bench.errors import InputError
 
 DATAPATH_NAMES = ("iptables", "nftables")
 IPTABLES_BACKENDS = ("legacy", "nft")
+# What scenarios and results call a datapath: its name plus its own variant.
+VARIANTS: dict[str, tuple[str, str]] = {
+    "iptables-legacy": ("iptables", "legacy"),
+    "iptables-nft": ("iptables", "nft"),
+    "nftables": ("nftables", "legacy"),
+}
 
 
 def make_datapath(name: str, iptables_backend: str = "legacy") -> Datapath:
@@ -26,4 +32,12 @@ def make_datapath(name: str, iptables_backend: str = "legacy") -> Datapath:
                      field="--datapath")
 
 
-__all__ = ["DATAPATH_NAMES", "IPTABLES_BACKENDS", "Datapath", "NodeContext", "make_datapath"]
+def make_variant(variant: str) -> Datapath:
+    """The datapath for a variant name such as ``iptables-nft``."""
+    if variant not in VARIANTS:
+        raise InputError(f"unknown datapath {variant!r}; choose one of {', '.join(VARIANTS)}",
+                         field="datapath")
+    return make_datapath(*VARIANTS[variant])
+
+
+__all__ = ["VARIANTS", "make_variant", "DATAPATH_NAMES", "IPTABLES_BACKENDS", "Datapath", "NodeContext", "make_datapath"]

@@ -15,7 +15,7 @@ import pytest
 from scipy.stats import chisquare
 
 from bench import layout as L
-from bench.datapaths import make_datapath
+from bench.datapaths import VARIANTS, make_variant
 from bench.netclient import connect_many
 from bench.testbed import Testbed
 from tests.conftest import require_feature
@@ -23,20 +23,14 @@ from tests.integration import semantics as S
 
 pytestmark = pytest.mark.privileged
 
-VARIANTS = {
-    "iptables-legacy": ("iptables", "legacy"),
-    "iptables-nft": ("iptables", "nft"),
-    "nftables": ("nftables", "legacy"),
-}
 NODE_ADDRESSES = {L.node_ip(0), L.node_ip(1), L.pod_gateway(0), L.pod_gateway(1)}
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
 def bed(request: pytest.FixtureRequest):
-    name, backend = VARIANTS[request.param]
     require_feature(request.param)
     services, slices = S.semantics_cluster()
-    with Testbed(make_datapath(name, backend), services, slices, nodes=2) as tb:
+    with Testbed(make_variant(request.param), services, slices, nodes=2) as tb:
         yield tb
 
 
