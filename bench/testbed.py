@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from bench import layout as L
 from bench.datapaths import Datapath, NodeContext
@@ -17,19 +17,32 @@ log = logging.getLogger(__name__)
 
 
 class Testbed:
-    __test__ = False  # not a pytest test class, despite the name
+    """Build the namespace cluster for ``services`` and program ``datapath`` on each node.
 
-    """Build the namespace cluster for ``services`` and program ``datapath`` on each node."""
+    ``pod_services`` (service keys ``ns/name``) limits which services get real
+    backend pods: a scale run programs thousands of services but only sends
+    traffic to the measured one. ``echo`` starts the TCP/UDP echo listeners
+    (semantics checks); benchmarks leave it off so no userspace process
+    perturbs what is measured. ``sync_on_enter`` programs the datapath when
+    the cluster is up; the runner turns it off to time the first sync itself.
+    """
+
+    __test__ = False  # not a pytest test class, despite the name
 
     def __init__(self, datapath: Datapath, services: Sequence[Service],
                  slices: Sequence[EndpointSlice], nodes: int = 2,
-                 max_pods: int = L.DEFAULT_MAX_PODS) -> None:
+                 max_pods: int = L.DEFAULT_MAX_PODS, *,
+                 pod_services: Collection[str] | None = None, echo: bool = True,
+                 sync_on_enter: bool = True) -> None:
         self.datapath = datapath
         self.services = list(services)
         self.slices = list(slices)
-        self.layout: Layout = plan_layout(service_port_views(services, slices, None), nodes,
+        backed = [s for s in services if pod_services is None or s.key in pod_services]
+        self.layout: Layout = plan_layout(service_port_views(backed, slices, None), nodes,
                                           max_pods)
         self.cluster = Cluster(self.layout)
+        self.echo = echo
+        self.sync_on_enter = sync_on_enter
 
     def node_context(self, i: int) -> NodeContext:
         return NodeContext(node_name=self.layout.node_names[i], node_ips=(L.node_ip(i),),
@@ -41,8 +54,10 @@ class Testbed:
     def __enter__(self) -> Testbed:
         self.cluster.__enter__()
         try:
-            self.cluster.start_echo()
-            self.sync()
+            if self.echo:
+                self.cluster.start_echo()
+            if self.sync_on_enter:
+                self.sync()
         except BaseException:
             self.cluster.teardown()
             raise
