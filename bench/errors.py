@@ -35,3 +35,11 @@ class FeatureMissing(KpbenchError):
 
 class ApplyError(KpbenchError):
     """Programming a datapath failed; carries the tool's own message."""
+
+
+class ApplyTimeout(ApplyError):
+    """Programming a datapath took longer than the allowed time (the tool was stopped)."""
+
+    def __init__(self, message: str, seconds: float) -> None:
+        super().__init__(message)
+        self.seconds = seconds

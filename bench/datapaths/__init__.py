@@ -40,4 +40,4 @@ def make_variant(variant: str) -> Datapath:
     return make_datapath(*VARIANTS[variant])
 
 
-__all__ = ["VARIANTS", "make_variant", "DATAPATH_NAMES", "IPTABLES_BACKENDS", "Datapath", "NodeContext", "make_datapath"]
+__all__ = ["DATAPATH_NAMES", "IPTABLES_BACKENDS", "VARIANTS", "Datapath", "NodeContext", "make_datapath", "make_variant"]

@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from bench.errors import ApplyError, InputError
+from bench.errors import ApplyError, ApplyTimeout, InputError
 from bench.model import ServicePortView
 
 
@@ -65,6 +65,9 @@ class Datapath(ABC):
     """One way of implementing Services on a node."""
 
     name: str  # e.g. "iptables", "nftables"
+    # Longest an apply may take before its tool is stopped (ApplyTimeout); the runner
+    # sets it from the scenario's per-point limit. None: no limit.
+    apply_timeout: float | None = None
 
     @property
     def variant(self) -> str:
@@ -79,23 +82,32 @@ class Datapath(ABC):
     def apply(self, rendered: str, netns: str) -> None:
         """Program ``rendered`` inside the named network namespace (never the host's)."""
 
-    def cleanup(self, netns: str) -> None:  # noqa: B027 - optional hook
+    def cleanup(self, netns: str) -> None:
         """Remove everything this datapath programmed in ``netns``."""
 
 
 def run_in_netns(netns: str, argv: Sequence[str], stdin: str | None = None,
-                 timeout: float | None = None) -> subprocess.CompletedProcess[str]:
-    """Run a tool inside ``netns``; a non-zero exit raises ApplyError with its stderr."""
+                 timeout: float | None = None,
+                 check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a tool inside ``netns``.
+
+    With ``check`` a non-zero exit raises ApplyError carrying the tool's own
+    first line of error; without it the caller reads ``returncode`` (for
+    tools whose exit status is an answer, like ``iptables -C``). Exceeding
+    ``timeout`` stops the tool and raises ApplyTimeout.
+    """
     if not netns:
         raise ValueError("refusing to run a datapath tool outside a run's namespace")
     cmd = ["ip", "netns", "exec", netns, *argv]
     try:
-        proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout,
+                              check=False)
     except subprocess.TimeoutExpired:
-        raise ApplyError(f"{argv[0]} in {netns} did not finish within {timeout} s") from None
+        raise ApplyTimeout(f"{argv[0]} in {netns} did not finish within {timeout:g} s",
+                           seconds=timeout or 0.0) from None
     except FileNotFoundError:
         raise ApplyError(f"{argv[0]} is not installed: run scripts/setup.sh") from None
-    if proc.returncode != 0:
+    if check and proc.returncode != 0:
         msg = (proc.stderr or proc.stdout).strip().splitlines()
         first = msg[0] if msg else f"exit code {proc.returncode}"
         raise ApplyError(f"{argv[0]} failed in {netns}: {first}")

@@ -50,7 +50,6 @@ import base64
 import hashlib
 import ipaddress
 import re
-import subprocess
 import sys
 import time
 from collections.abc import Collection, Sequence
@@ -376,7 +375,7 @@ class IptablesDatapath(Datapath):
             rendered = with_stale_chains_deleted(rendered, self._save(netns, "nat"), active)
             self._last_stale_cleanup = now
         run_in_netns(netns, [self._tool("restore"), *WAIT_FLAGS, "--noflush", "--counters"],
-                     stdin=rendered)
+                     stdin=rendered, timeout=self.apply_timeout)
 
     def _save(self, netns: str, table: str) -> str:
         return run_in_netns(netns, [self._tool("save"), "-t", table]).stdout
@@ -388,15 +387,9 @@ class IptablesDatapath(Datapath):
         run_in_netns(netns, [self._tool(""), *WAIT_FLAGS, *args])
 
     def _iptables_rc(self, netns: str, *args: str) -> int:
-        # run_in_netns raises on any failure; EnsureRule/EnsureChain need the exit status.
-        if not netns:
-            raise ValueError("refusing to run a datapath tool outside a run's namespace")
-        argv = ["ip", "netns", "exec", netns, self._tool(""), *WAIT_FLAGS, *args]
-        try:
-            return subprocess.run(argv, check=False, capture_output=True, text=True,
-                                  timeout=30).returncode
-        except FileNotFoundError:
-            raise ApplyError(f"{self._tool('')} is not installed: run scripts/setup.sh") from None
+        # EnsureRule/EnsureChain need the exit status, not an exception.
+        return run_in_netns(netns, [self._tool(""), *WAIT_FLAGS, *args], timeout=30,
+                            check=False).returncode
 
 
 def _render_service_port(view: ServicePortView, flags: _Flags) -> _PortRules:

@@ -506,7 +506,7 @@ class NftablesDatapath(Datapath):
 
     def apply(self, rendered: str, netns: str) -> None:
         """Run ``rendered`` as one ``nft -f -`` transaction inside ``netns``."""
-        run_in_netns(netns, ["nft", "-f", "-"], stdin=rendered)
+        run_in_netns(netns, ["nft", "-f", "-"], stdin=rendered, timeout=self.apply_timeout)
 
     def cleanup(self, netns: str) -> None:
         """Delete ``table ip kube-proxy`` in ``netns``; nothing to do if it is absent."""

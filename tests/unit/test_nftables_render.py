@@ -294,7 +294,7 @@ def test_apply_and_cleanup_are_one_nft_transaction_each(monkeypatch: pytest.Monk
     monkeypatch.setattr(
         nftables,
         "run_in_netns",
-        lambda netns, argv, stdin=None: calls.append((netns, list(argv), stdin)),
+        lambda netns, argv, stdin=None, **kw: calls.append((netns, list(argv), stdin)),
     )
     dp = NftablesDatapath()
     dp.apply("add table ip kube-proxy\n", "kpb-node-1")
