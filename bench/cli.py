@@ -8,10 +8,10 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from bench.commands import clean, doctor, generate, render, up
+from bench.commands import clean, doctor, export, generate, plot, render, up
 from bench.errors import KpbenchError
 
-COMMANDS = (render, up, generate, doctor, clean)
+COMMANDS = (render, up, generate, doctor, clean, export, plot)
 
 DESCRIPTION = """\
 kpbench measures what Kubernetes Service datapaths (iptables, nftables, ...)

@@ -1,0 +1,619 @@
+"""The result schema and store: one JSON document per run, rewritten atomically.
+
+A result file holds the scenario as given, the environment that bends the
+numbers, and one entry per measured point (datapath x scale x workload x
+rate x position) with its repetitions and a summary computed from them.
+The runner adds points as they complete; every addition rewrites the whole
+file atomically, so a run that is interrupted (Ctrl-C, a kernel oops, a power
+cut) leaves a valid file holding every point completed so far, with status
+"running" or "interrupted".
+
+Rules the summary follows (bench.stats): latency percentiles come from the
+merge of the repetitions' histograms, never from averaging per-repetition
+percentiles; a measurement a probe failed to take is recorded under
+``missing`` with the reason and is null in the data — never zero.
+
+Schema version history (``schema_version``, an integer; bump it on any change
+a reader of the previous version would misread, and say here what changed):
+
+- 1 (2026-11): first version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import importlib.metadata
+import importlib.util
+import json
+import math
+import os
+import platform
+import re
+import socket
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, NotRequired, Self, TypedDict
+
+from bench import stats
+from bench.errors import InputError, KpbenchError
+
+SCHEMA_VERSION = 1
+KIND = "kpbench-result"
+
+RUN_STATUSES = ("running", "complete", "interrupted", "failed")
+POINT_STATUSES = ("ok", "failed", "exceeded-limit")
+WHERE = ("host", "vm")
+VM_ACCELS = ("kvm", "tcg")
+
+RunStatus = Literal["running", "complete", "interrupted", "failed"]
+PointStatus = Literal["ok", "failed", "exceeded-limit"]
+
+# The checkout whose commit a result records: the one this module runs from.
+CHECKOUT = Path(__file__).resolve().parent.parent
+TOOL_TIMEOUT_S = 5.0
+
+
+# -- document shape ----------------------------------------------------------------------
+
+class ScenarioDoc(TypedDict):
+    name: str
+    path: str
+    text: str  # the TOML exactly as given, so a result can be re-run or audited
+
+
+class VmDoc(TypedDict):
+    accel: Literal["kvm", "tcg"]
+    kernel: str
+
+
+class EnvironmentDoc(TypedDict):
+    kernel_release: str
+    kernel_version: str
+    where: Literal["host", "vm"]
+    vm: VmDoc | None
+    cpu_model: str | None
+    cpu_count: int | None
+    governor: str | None
+    python: str
+    kpbench: str | None
+    tools: dict[str, str | None]
+    git_commit: str | None
+    git_dirty: bool | None
+    hostname: str
+
+
+class SetupDoc(TypedDict):
+    sync_seconds: float | None
+    settle_seconds: float | None
+    state_size: dict[str, Any]
+
+
+class RepetitionDoc(TypedDict):
+    offered_pps: float | None
+    achieved_pps: float | None
+    sent: int
+    delivered: int
+    latency_hist: dict[str, Any] | None
+    cpu_ns_per_packet: float | None
+    softirq_ns: int | None
+    drops: dict[str, int] | None
+    transit_hist: dict[str, Any] | None
+
+
+class SummaryDoc(TypedDict):
+    offered_pps: float | None
+    achieved_pps: float | None
+    delivered_pps: float | None
+    loss: float | None
+    latency_ns: dict[str, float | int | None] | None
+    cpu_ns_per_packet: float | None
+    drops: dict[str, int] | None
+    transit_ns: dict[str, float | int | None] | None
+
+
+class PointDoc(TypedDict):
+    id: str
+    datapath: str
+    variant: str
+    services: int
+    endpoints: int
+    workload: str
+    rate_pps: int | None  # None: the generator's top speed
+    position: str
+    position_index: int
+    status: PointStatus
+    error: str | None
+    setup: SetupDoc
+    repetitions: list[RepetitionDoc]
+    summary: NotRequired[SummaryDoc]
+    missing: dict[str, str]
+    probe_overhead: dict[str, Any] | None
+
+
+class ResultDoc(TypedDict):
+    schema_version: int
+    kind: str
+    run_id: str
+    started: str
+    finished: str | None
+    status: RunStatus
+    scenario: ScenarioDoc
+    environment: EnvironmentDoc
+    points: list[PointDoc]
+
+
+# -- builders ------------------------------------------------------------------------------
+
+def make_repetition(*, sent: int, delivered: int, offered_pps: float | None = None,
+                    achieved_pps: float | None = None,
+                    latency_hist: stats.Histogram | dict[str, Any] | None = None,
+                    cpu_ns_per_packet: float | None = None, softirq_ns: int | None = None,
+                    drops: Mapping[str, int] | None = None,
+                    transit_hist: stats.Histogram | dict[str, Any] | None = None,
+                    ) -> RepetitionDoc:
+    """One repetition of a point. Leave a measurement None when it was not taken."""
+    if sent < 0 or delivered < 0:
+        raise ValueError(f"sent ({sent}) and delivered ({delivered}) must be >= 0")
+    return RepetitionDoc(
+        offered_pps=offered_pps, achieved_pps=achieved_pps, sent=int(sent),
+        delivered=int(delivered), latency_hist=_hist_json(latency_hist),
+        cpu_ns_per_packet=cpu_ns_per_packet, softirq_ns=softirq_ns,
+        drops=dict(drops) if drops is not None else None,
+        transit_hist=_hist_json(transit_hist))
+
+
+def make_point(*, datapath: str, variant: str, services: int, endpoints: int, workload: str,
+               rate_pps: int | None, position: str, position_index: int,
+               status: PointStatus = "ok", error: str | None = None,
+               sync_seconds: float | None = None, settle_seconds: float | None = None,
+               state_size: Mapping[str, Any] | None = None,
+               repetitions: list[RepetitionDoc] | None = None,
+               missing: Mapping[str, str] | None = None,
+               probe_overhead: Mapping[str, Any] | None = None,
+               id: str | None = None) -> PointDoc:
+    """One measured point; its ``id`` defaults to a readable key of its coordinates.
+
+    The summary is not part of it: :func:`summarise_point` computes it, and
+    :meth:`ResultWriter.add_point` stores it.
+    """
+    if status not in POINT_STATUSES:
+        raise ValueError(f"point status {status!r} is not one of {POINT_STATUSES}")
+    rate = "top" if rate_pps is None else str(rate_pps)
+    pid = id or f"{variant}/{workload}/s{services}/e{endpoints}/r{rate}/{position}"
+    return PointDoc(
+        id=pid, datapath=datapath, variant=variant, services=int(services),
+        endpoints=int(endpoints), workload=workload, rate_pps=rate_pps, position=position,
+        position_index=int(position_index), status=status, error=error,
+        setup=SetupDoc(sync_seconds=sync_seconds, settle_seconds=settle_seconds,
+                       state_size=dict(state_size or {})),
+        repetitions=list(repetitions or []), missing=dict(missing or {}),
+        probe_overhead=dict(probe_overhead) if probe_overhead is not None else None)
+
+
+def _hist_json(h: stats.Histogram | dict[str, Any] | None) -> dict[str, Any] | None:
+    if h is None or isinstance(h, dict):
+        return h
+    return h.to_json()
+
+
+# -- summary -------------------------------------------------------------------------------
+
+def _merged(reps: list[RepetitionDoc], key: str) -> dict[str, float | int | None] | None:
+    hists = [stats.Histogram.from_json(r[key]) for r in reps  # type: ignore[literal-required]
+             if r.get(key) is not None]
+    if not hists:
+        return None
+    merged = stats.merge(hists)
+    if merged.count == 0:
+        return None
+    return stats.summary(merged)
+
+
+def summarise_point(point: PointDoc) -> SummaryDoc:
+    """The point's summary, pooled over its repetitions.
+
+    - latency_ns / transit_ns: count, min, mean, p50, p90, p99, p99.9, max of
+      the MERGED histograms of all repetitions (None if no repetition has one);
+    - achieved_pps / delivered_pps: total packets over total time, where a
+      repetition's time is sent / achieved_pps (repetitions without a rate are
+      left out); offered_pps: the mean of the offered rates;
+    - loss: 1 - sum(delivered) / sum(sent);
+    - cpu_ns_per_packet: sum(softirq_ns) / sum(delivered) over the repetitions
+      that measured it (a repetition with only cpu_ns_per_packet counts as
+      cpu_ns_per_packet x delivered);
+    - drops: per-reason sums over the repetitions that counted drops.
+    """
+    reps = point.get("repetitions") or []
+    offered = [r["offered_pps"] for r in reps if r.get("offered_pps") is not None]
+    seconds = 0.0  # time of the repetitions whose generator rate is known
+    timed_sent = timed_delivered = 0
+    for r in reps:
+        rate = r.get("achieved_pps")
+        if rate is not None and rate > 0 and r["sent"] > 0:
+            seconds += r["sent"] / rate
+            timed_sent += r["sent"]
+            timed_delivered += r["delivered"]
+    sent = sum(r["sent"] for r in reps)
+    delivered = sum(r["delivered"] for r in reps)
+
+    cpu_ns = 0.0
+    cpu_pkts = 0
+    for r in reps:
+        if r.get("softirq_ns") is not None:
+            cpu_ns += r["softirq_ns"]  # type: ignore[operator]
+            cpu_pkts += r["delivered"]
+        elif r.get("cpu_ns_per_packet") is not None:
+            cpu_ns += r["cpu_ns_per_packet"] * r["delivered"]  # type: ignore[operator]
+            cpu_pkts += r["delivered"]
+
+    drops: dict[str, int] | None = None
+    for r in reps:
+        if r.get("drops") is not None:
+            drops = drops or {}
+            for reason, n in r["drops"].items():  # type: ignore[union-attr]
+                drops[reason] = drops.get(reason, 0) + int(n)
+
+    return SummaryDoc(
+        offered_pps=sum(o for o in offered if o is not None) / len(offered) if offered else None,
+        achieved_pps=timed_sent / seconds if seconds > 0 else None,
+        delivered_pps=timed_delivered / seconds if seconds > 0 else None,
+        loss=1 - delivered / sent if sent > 0 else None,
+        latency_ns=_merged(reps, "latency_hist"),
+        cpu_ns_per_packet=cpu_ns / cpu_pkts if cpu_pkts > 0 else None,
+        drops=drops,
+        transit_ns=_merged(reps, "transit_hist"),
+    )
+
+
+# -- environment ---------------------------------------------------------------------------
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return None
+
+
+def _cpu_model() -> str | None:
+    text = _read("/proc/cpuinfo") or ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("model name", "Processor", "cpu model"):
+            return value.strip()
+    return platform.processor() or None
+
+
+def _run(argv: list[str], cwd: Path | None = None) -> str | None:
+    """First line of a short command's output, or None if it is absent, fails or hangs."""
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=TOOL_TIMEOUT_S,
+                           cwd=cwd, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if p.returncode != 0:
+        return None
+    lines = [ln.strip() for ln in (p.stdout or p.stderr).splitlines() if ln.strip()]
+    return lines[0] if lines else ""
+
+
+def _dist_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _bcc_version() -> str | None:
+    # Debian's python3-bpfcc has no dist-info (and PyPI's "bcc" is an unrelated
+    # package), so read bcc/version.py without importing bcc (which loads libbcc).
+    try:
+        spec = importlib.util.find_spec("bcc")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for d in spec.submodule_search_locations:
+        m = re.search(r"__version__\s*=\s*['\"]([^'\"]+)", _read(f"{d}/version.py") or "")
+        if m:
+            return m.group(1)
+    return None
+
+
+def tool_versions() -> dict[str, str | None]:
+    """Versions of the tools and libraries whose behaviour the numbers depend on (None: absent)."""
+    return {
+        "iptables": _run(["iptables", "--version"]),
+        "iptables-legacy": _run(["iptables-legacy", "--version"]),
+        "iptables-nft": _run(["iptables-nft", "--version"]),
+        "nft": _run(["nft", "--version"]),
+        "tcpreplay": _run(["tcpreplay", "--version"]),
+        "bcc": _bcc_version(),
+        "pyroute2": _dist_version("pyroute2"),
+        "scapy": _dist_version("scapy"),
+        "numpy": _dist_version("numpy"),
+    }
+
+
+def git_state(checkout: Path = CHECKOUT) -> tuple[str | None, bool | None]:
+    """(HEAD commit, whether the work tree has changes) of ``checkout``; (None, None) outside git."""
+    commit = _run(["git", "rev-parse", "HEAD"], cwd=checkout)
+    if not commit:
+        return None, None
+    try:
+        p = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True,
+                           timeout=TOOL_TIMEOUT_S, cwd=checkout, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return commit, None
+    return commit, (bool(p.stdout.strip()) if p.returncode == 0 else None)
+
+
+def capture_environment(where: Literal["host", "vm"] = "host",
+                        vm: VmDoc | Mapping[str, str] | None = None) -> EnvironmentDoc:
+    """The environment of this process: kernel, CPU, governor, versions, git state.
+
+    ``where`` says whether this runs on the host or inside the harness's VM;
+    for "vm", ``vm`` gives {"accel": "kvm" | "tcg", "kernel": ...} (TCG makes
+    absolute times slower, so results must say so).
+    """
+    if where not in WHERE:
+        raise ValueError(f"where must be one of {WHERE}, got {where!r}")
+    vm_doc: VmDoc | None = None
+    if where == "vm":
+        if not vm or vm.get("accel") not in VM_ACCELS or not vm.get("kernel"):
+            raise ValueError(f"where='vm' needs vm={{'accel': one of {VM_ACCELS}, "
+                             f"'kernel': ...}}, got {vm!r}")
+        vm_doc = VmDoc(accel=vm["accel"], kernel=str(vm["kernel"]))  # type: ignore[typeddict-item]
+    elif vm is not None:
+        raise ValueError("vm is only meaningful with where='vm'")
+    uname = platform.uname()
+    governor = _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
+    commit, dirty = git_state()
+    return EnvironmentDoc(
+        kernel_release=uname.release,
+        kernel_version=uname.version,
+        where=where,
+        vm=vm_doc,
+        cpu_model=_cpu_model(),
+        cpu_count=os.cpu_count(),
+        governor=governor.strip() if governor else None,
+        python=f"{platform.python_implementation()} {platform.python_version()}",
+        kpbench=_dist_version("kpbench"),
+        tools=tool_versions(),
+        git_commit=commit,
+        git_dirty=dirty,
+        hostname=socket.gethostname(),
+    )
+
+
+# -- paths ---------------------------------------------------------------------------------
+
+def _slug(text: str, fallback: str) -> str:
+    s = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-.")
+    return s or fallback
+
+
+def machine_name(hostname: str | None = None) -> str:
+    """A file-name-safe name for this machine (its short host name, lower case)."""
+    host = hostname if hostname is not None else socket.gethostname()
+    return _slug(host.split(".")[0], "unknown-machine")
+
+
+def result_path(results_dir: str | Path, scenario_name: str,
+                environment: EnvironmentDoc | None = None,
+                now: _dt.datetime | None = None) -> Path:
+    """Where a run's result goes: ``<dir>/<machine>/<date>_<commit>[-dirty]_<scenario>.json``.
+
+    The date carries the time to the second (``20261129T143012``) so that two
+    runs of one scenario on one day do not collide. Results are laid out by
+    machine first because numbers from different machines are not comparable.
+    """
+    if environment is None:
+        host = socket.gethostname()
+        commit, dirty = git_state()
+    else:
+        host, commit, dirty = (environment["hostname"], environment["git_commit"],
+                               environment["git_dirty"])
+    stamp = (now or _dt.datetime.now(_dt.UTC)).strftime("%Y%m%dT%H%M%S")
+    rev = (commit[:12] if commit else "nogit") + ("-dirty" if dirty else "")
+    name = f"{stamp}_{rev}_{_slug(scenario_name, 'scenario')}.json"
+    return Path(results_dir) / machine_name(host) / name
+
+
+# -- writing -------------------------------------------------------------------------------
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def _check_finite(obj: Any, where: str) -> None:
+    # JSON has no NaN/Infinity; a NaN in a result means a division by zero
+    # upstream, so name where it is instead of writing an unreadable file.
+    if isinstance(obj, float) and not math.isfinite(obj):
+        raise ValueError(f"{where} is {obj!r}; record a missing measurement as None "
+                         f"(and its reason under 'missing')")
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _check_finite(v, f"{where}.{k}")
+    elif isinstance(obj, list | tuple):
+        for i, v in enumerate(obj):
+            _check_finite(v, f"{where}[{i}]")
+
+
+def write_json_atomic(path: str | Path, doc: Any) -> None:
+    """Replace ``path`` with ``doc`` as JSON, atomically: readers see the old or the new file.
+
+    The temporary file lives in the same directory (os.replace is atomic only
+    within one file system) and is fsynced before the rename; the directory is
+    fsynced after it so the rename itself survives a power cut.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=1, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+class ResultWriter:
+    """Writes one run's result file, rewriting it atomically after every change.
+
+    Use as a context manager: leaving the block normally marks the run
+    "complete", by KeyboardInterrupt "interrupted", by any other exception
+    "failed" (the exception still propagates). Refuses to overwrite an
+    existing file.
+    """
+
+    def __init__(self, path: str | Path, *, scenario: ScenarioDoc | Mapping[str, str],
+                 environment: EnvironmentDoc, run_id: str | None = None) -> None:
+        self.path = Path(path)
+        if self.path.exists():
+            raise KpbenchError(f"{self.path}: a result already exists there; "
+                               f"choose another path or move it away")
+        for key in ("name", "path", "text"):
+            if not isinstance(scenario.get(key), str):
+                raise TypeError(f"scenario needs a string {key!r}")
+        self.document: ResultDoc = ResultDoc(
+            schema_version=SCHEMA_VERSION, kind=KIND,
+            run_id=run_id or uuid.uuid4().hex[:12], started=_now(), finished=None,
+            status="running",
+            scenario=ScenarioDoc(name=scenario["name"], path=scenario["path"],
+                                 text=scenario["text"]),
+            environment=environment, points=[])
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._write()
+
+    def _write(self) -> None:
+        write_json_atomic(self.path, self.document)
+
+    def add_point(self, point: PointDoc) -> PointDoc:
+        """Store a finished point (computing its summary if absent) and rewrite the file."""
+        if point.get("status") not in POINT_STATUSES:
+            raise ValueError(f"point {point.get('id')!r}: status {point.get('status')!r} "
+                             f"is not one of {POINT_STATUSES}")
+        if self.document["status"] != "running":
+            raise ValueError(f"{self.path}: run already finished ({self.document['status']})")
+        if any(p["id"] == point["id"] for p in self.document["points"]):
+            raise ValueError(f"{self.path}: point id {point['id']!r} added twice")
+        point = dict(point)  # type: ignore[assignment]
+        if "summary" not in point:
+            point["summary"] = summarise_point(point)
+        _check_finite(point, f"point {point['id']!r}")
+        self.document["points"].append(point)
+        try:
+            self._write()
+        except BaseException:
+            self.document["points"].pop()  # keep memory equal to what is on disk
+            raise
+        return point
+
+    def finish(self, status: RunStatus = "complete") -> None:
+        """Mark the run as ended with ``status`` and write the final file."""
+        if status not in RUN_STATUSES or status == "running":
+            raise ValueError(f"finish status must be complete, interrupted or failed, "
+                             f"got {status!r}")
+        self.document["status"] = status
+        self.document["finished"] = _now()
+        self._write()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self.document["status"] != "running":
+            return
+        if exc_type is None:
+            self.finish("complete")
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.finish("interrupted")
+        else:
+            self.finish("failed")
+
+
+# -- reading -------------------------------------------------------------------------------
+
+_REQUIRED_TOP = ("run_id", "started", "status", "scenario", "environment", "points")
+_REQUIRED_POINT = ("id", "datapath", "variant", "services", "endpoints", "workload",
+                   "rate_pps", "position", "status", "repetitions")
+
+
+def validate_result(doc: Any, source: str) -> ResultDoc:
+    """Check a parsed document is a result this version reads; InputError says what to do."""
+    if not isinstance(doc, dict) or doc.get("kind") != KIND:
+        kind = doc.get("kind") if isinstance(doc, dict) else type(doc).__name__
+        raise InputError(f"not a kpbench result (kind is {kind!r}, expected {KIND!r}); "
+                         f"pass a file that `kpbench run` wrote", source=source)
+    version = doc.get("schema_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise InputError(f"schema_version is {version!r}, expected an integer; the file is "
+                         f"damaged or was not written by kpbench", source=source)
+    if version > SCHEMA_VERSION:
+        raise InputError(f"schema_version {version} is newer than this kpbench reads "
+                         f"({SCHEMA_VERSION}); upgrade kpbench (git pull in the checkout) "
+                         f"to read it", source=source)
+    if version < SCHEMA_VERSION:
+        raise InputError(f"schema_version {version} is older than this kpbench reads "
+                         f"({SCHEMA_VERSION}); read it with the kpbench commit that wrote it "
+                         f"(environment.git_commit) or re-run the scenario", source=source)
+    for key in _REQUIRED_TOP:
+        if key not in doc:
+            raise InputError(f"missing {key!r}; the file is damaged", source=source)
+    if doc["status"] not in RUN_STATUSES:
+        raise InputError(f"status {doc['status']!r} is not one of {RUN_STATUSES}",
+                         source=source)
+    if not isinstance(doc["points"], list):
+        raise InputError("'points' is not a list; the file is damaged", source=source)
+    for i, p in enumerate(doc["points"]):
+        if not isinstance(p, dict):
+            raise InputError("is not an object", source=source, obj=f"points[{i}]")
+        for key in _REQUIRED_POINT:
+            if key not in p:
+                raise InputError("missing; the file is damaged", source=source,
+                                 obj=f"points[{i}]", field=key)
+        if p["status"] not in POINT_STATUSES:
+            raise InputError(f"{p['status']!r} is not one of {POINT_STATUSES}", source=source,
+                             obj=f"points[{i}]", field="status")
+    return doc  # type: ignore[return-value]
+
+
+def load_result(path: str | Path) -> ResultDoc:
+    """Read and validate a result file (InputError, one line, if it cannot be used)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError("no such file", source=str(path)) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read: {e}", source=str(path)) from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"not valid JSON (line {e.lineno} column {e.colno}: {e.msg})",
+                         source=str(path)) from None
+    return validate_result(doc, str(path))
+
+
+def iter_points(doc: ResultDoc) -> Iterator[PointDoc]:
+    """The points of a result, each with a summary (computed if the file lacks one)."""
+    for p in doc["points"]:
+        if "summary" not in p or p["summary"] is None:
+            p = dict(p)  # type: ignore[assignment]
+            p["summary"] = summarise_point(p)
+        yield p

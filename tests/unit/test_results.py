@@ -1,0 +1,236 @@
+"""The result schema and store: atomic writes, version refusal, summaries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bench import results, stats
+from bench.errors import InputError, KpbenchError
+from bench.results import (
+    ResultWriter,
+    load_result,
+    make_point,
+    make_repetition,
+    result_path,
+    summarise_point,
+)
+
+SCENARIO = {"name": "unit", "path": "scenarios/unit.toml", "text": "name = 'unit'\n"}
+ENV: dict[str, Any] = {
+    "kernel_release": "6.1.0", "kernel_version": "#1 SMP", "where": "host", "vm": None,
+    "cpu_model": "test cpu", "cpu_count": 2, "governor": None, "python": "CPython 3.11",
+    "kpbench": "0.1.0", "tools": {}, "git_commit": "0123456789abcdef0123", "git_dirty": False,
+    "hostname": "Bench-01.example.org",
+}
+
+
+def point(i: int, **kw: Any) -> results.PointDoc:
+    reps = [make_repetition(sent=1000, delivered=990, offered_pps=1000.0, achieved_pps=1000.0,
+                            latency_hist=stats.Histogram.from_samples([10_000] * 990),
+                            softirq_ns=990 * 2000)]
+    return make_point(datapath="nftables", variant="nftables", services=100 * (i + 1),
+                      endpoints=10, workload="udp", rate_pps=1000, position="last",
+                      position_index=99, repetitions=reps, **kw)
+
+
+def test_writer_keeps_a_valid_file_after_every_point(tmp_path: Path) -> None:
+    path = tmp_path / "m" / "r.json"
+    w = ResultWriter(path, scenario=SCENARIO, environment=ENV, run_id="run1")
+    assert load_result(path)["status"] == "running"
+    w.add_point(point(0))
+    w.add_point(point(1))
+    doc = load_result(path)
+    assert [p["services"] for p in doc["points"]] == [100, 200]
+    assert doc["points"][0]["summary"]["loss"] == pytest.approx(0.01)
+    assert doc["status"] == "running" and doc["finished"] is None
+    w.finish("complete")
+    doc = load_result(path)
+    assert doc["status"] == "complete" and doc["finished"]
+    assert doc["scenario"] == SCENARIO and doc["environment"] == ENV
+    assert list(tmp_path.rglob("*.tmp")) == []
+
+
+def test_crash_mid_write_leaves_the_old_file_intact(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "r.json"
+    w = ResultWriter(path, scenario=SCENARIO, environment=ENV)
+    w.add_point(point(0))
+    before = path.read_bytes()
+    real_dump = json.dump
+
+    def dump_half_then_die(obj: Any, fp: Any, **kw: Any) -> None:
+        text = json.dumps(obj, **kw)
+        fp.write(text[: len(text) // 2])
+        fp.flush()
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(json, "dump", dump_half_then_die)
+    with pytest.raises(OSError, match="No space"):
+        w.add_point(point(1))
+    monkeypatch.setattr(json, "dump", real_dump)
+    assert path.read_bytes() == before
+    assert [p["services"] for p in load_result(path)["points"]] == [100]
+    assert list(tmp_path.glob(".*.tmp")) == []  # the half-written temp file is removed
+    # The writer's memory matches the disk, so the run can continue.
+    w.add_point(point(1))
+    assert len(load_result(path)["points"]) == 2
+
+
+def test_crash_before_rename_leaves_the_old_file_intact(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "r.json"
+    w = ResultWriter(path, scenario=SCENARIO, environment=ENV)
+    before = path.read_bytes()
+
+    def die(*a: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(results.os, "replace", die)
+    with pytest.raises(KeyboardInterrupt):
+        w.add_point(point(0))
+    assert path.read_bytes() == before
+
+
+def test_context_manager_records_interruption(tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    with pytest.raises(KeyboardInterrupt), \
+            ResultWriter(path, scenario=SCENARIO, environment=ENV) as w:
+        w.add_point(point(0))
+        raise KeyboardInterrupt
+    doc = load_result(path)
+    assert doc["status"] == "interrupted" and len(doc["points"]) == 1
+    with pytest.raises(KpbenchError, match="already exists"):
+        ResultWriter(path, scenario=SCENARIO, environment=ENV)
+
+
+def test_writer_refuses_nan_and_duplicate_ids(tmp_path: Path) -> None:
+    w = ResultWriter(tmp_path / "r.json", scenario=SCENARIO, environment=ENV)
+    p = point(0)
+    p["setup"]["sync_seconds"] = float("nan")
+    with pytest.raises(ValueError, match=r"setup\.sync_seconds is nan"):
+        w.add_point(p)
+    w.add_point(point(0))
+    with pytest.raises(ValueError, match="added twice"):
+        w.add_point(point(0))
+
+
+def write_doc(tmp_path: Path, **changes: Any) -> Path:
+    w = ResultWriter(tmp_path / "r.json", scenario=SCENARIO, environment=ENV)
+    doc = {**w.document, **changes}
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_newer_schema_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    path = write_doc(tmp_path, schema_version=results.SCHEMA_VERSION + 1)
+    with pytest.raises(InputError, match=r"edited\.json: schema_version 2 is newer.*upgrade"):
+        load_result(path)
+
+
+def test_older_schema_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    path = write_doc(tmp_path, schema_version=results.SCHEMA_VERSION - 1)
+    with pytest.raises(InputError, match=r"schema_version 0 is older.*git_commit.*re-run"):
+        load_result(path)
+
+
+@pytest.mark.parametrize("changes,needle", [
+    ({"kind": "pyperf"}, "not a kpbench result"),
+    ({"schema_version": "1"}, "expected an integer"),
+    ({"status": "done"}, "status 'done'"),
+    ({"points": [{"id": "x"}]}, "points[0]: datapath: missing"),
+])
+def test_malformed_documents_are_refused(tmp_path: Path, changes: dict[str, Any],
+                                         needle: str) -> None:
+    with pytest.raises(InputError) as e:
+        load_result(write_doc(tmp_path, **changes))
+    assert needle in str(e.value)
+
+
+def test_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no such file"):
+        load_result(tmp_path / "nope.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{\"kind\": ")
+    with pytest.raises(InputError, match="not valid JSON"):
+        load_result(bad)
+
+
+def test_summarise_point_known_answers() -> None:
+    # Two repetitions with different rates and latency distributions.
+    lat_a = np.full(900, 10_000)                                   # 900 packets at 10 us
+    lat_b = np.concatenate([np.full(80, 10_000), np.full(20, 1_000_000)])  # 100, 20 slow
+    reps = [
+        make_repetition(sent=1000, delivered=900, offered_pps=1000, achieved_pps=1000,
+                        latency_hist=stats.Histogram.from_samples(lat_a), softirq_ns=900 * 3000,
+                        drops={"NETFILTER_DROP": 60, "NO_SOCKET": 40}),
+        make_repetition(sent=1000, delivered=100, offered_pps=1000, achieved_pps=500,
+                        latency_hist=stats.Histogram.from_samples(lat_b), softirq_ns=100 * 5000,
+                        drops={"NETFILTER_DROP": 900}),
+    ]
+    p = make_point(datapath="iptables", variant="iptables-legacy", services=1000, endpoints=10,
+                   workload="udp", rate_pps=1000, position="last", position_index=999,
+                   repetitions=reps)
+    s = summarise_point(p)
+    assert s["offered_pps"] == 1000
+    # 2000 packets sent in 1 s + 2 s.
+    assert s["achieved_pps"] == pytest.approx(2000 / 3)
+    assert s["delivered_pps"] == pytest.approx(1000 / 3)
+    assert s["loss"] == pytest.approx(0.5)
+    # (900*3000 + 100*5000) / 1000 delivered.
+    assert s["cpu_ns_per_packet"] == pytest.approx(3200)
+    assert s["drops"] == {"NETFILTER_DROP": 960, "NO_SOCKET": 40}
+    lat = s["latency_ns"]
+    assert lat is not None and lat["count"] == 1000
+    # Merged: 20 slow packets in 1000 are 2 %, so p50/p90 are fast and p99 is slow.
+    assert lat["p50"] == pytest.approx(10_000, rel=stats.MAX_RELATIVE_ERROR)
+    assert lat["p90"] == pytest.approx(10_000, rel=stats.MAX_RELATIVE_ERROR)
+    assert lat["p99"] == pytest.approx(1_000_000, rel=stats.MAX_RELATIVE_ERROR)
+    # The per-repetition p90s average to ~505 us; the merged p90 is not that.
+    per_rep_p90 = [stats.percentiles(x)["p90"] for x in (lat_a, lat_b)]
+    assert np.mean(per_rep_p90) == 505_000
+    assert s["transit_ns"] is None
+
+
+def test_summarise_point_with_missing_measurements() -> None:
+    reps = [make_repetition(sent=10, delivered=10), make_repetition(sent=10, delivered=5)]
+    p = make_point(datapath="nftables", variant="nftables", services=10, endpoints=1,
+                   workload="udp", rate_pps=None, position="first", position_index=0,
+                   repetitions=reps, missing={"latency": "probe failed to attach"})
+    s = summarise_point(p)
+    assert s["loss"] == pytest.approx(0.25)
+    # Not measured stays None, never 0.
+    assert s["latency_ns"] is None and s["cpu_ns_per_packet"] is None
+    assert s["achieved_pps"] is None and s["drops"] is None
+    failed = make_point(datapath="nftables", variant="nftables", services=10, endpoints=1,
+                        workload="udp", rate_pps=None, position="first", position_index=0,
+                        status="exceeded-limit", error="sync took more than 600 s")
+    assert summarise_point(failed)["loss"] is None
+
+
+def test_result_path_layout() -> None:
+    import datetime as dt
+    when = dt.datetime(2026, 11, 29, 14, 30, 12, tzinfo=dt.UTC)
+    p = result_path("results", "Default Suite", ENV, when)
+    assert p == Path("results/bench-01/20261129T143012_0123456789ab_default-suite.json")
+    dirty = result_path("results", "x", {**ENV, "git_dirty": True, "git_commit": None}, when)
+    assert dirty.name == "20261129T143012_nogit-dirty_x.json"
+
+
+def test_capture_environment_shape() -> None:
+    env = results.capture_environment()
+    assert env["where"] == "host" and env["vm"] is None
+    assert env["kernel_release"] and env["hostname"] and env["python"].startswith("CPython")
+    for tool in ("iptables", "nft", "tcpreplay", "bcc", "pyroute2", "scapy", "numpy"):
+        assert tool in env["tools"]
+    assert env["tools"]["numpy"] == np.__version__
+    json.dumps(env)
+    vm = results.capture_environment("vm", {"accel": "tcg", "kernel": "6.1.0-amd64"})
+    assert vm["vm"] == {"accel": "tcg", "kernel": "6.1.0-amd64"}
+    with pytest.raises(ValueError, match="accel"):
+        results.capture_environment("vm", {"accel": "hvf", "kernel": "x"})
