@@ -185,7 +185,8 @@ def service_port_views(
     """Join every service port to its endpoints, as seen from ``node_name``.
 
     Endpoint ports are matched by port name and protocol; an address that
-    appears in several slices counts once. Services keep their input order.
+    appears in several slices counts once (the local copy preferred).
+    Services keep their input order.
     """
     by_service: dict[str, list[EndpointSlice]] = {}
     for s in slices:
@@ -211,6 +212,10 @@ def service_port_views(
                             terminating=ep.terminating,
                             is_local=node_name is not None and ep.node_name == node_name,
                         )
-                        seen.setdefault(se.address, se)
+                        # The same address in several slices counts once; like
+                        # kube-proxy, the copy that says it is local wins.
+                        if se.address not in seen or (se.is_local
+                                                      and not seen[se.address].is_local):
+                            seen[se.address] = se
             views.append(ServicePortView(svc, sp, sorted_endpoints(seen.values())))
     return views
