@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
 
-from bench.commands import clean, doctor, export, generate, plot, render, up
+from bench.commands import clean, doctor, export, generate, plot, render, run, up
 from bench.errors import KpbenchError
 
-COMMANDS = (render, up, generate, doctor, clean, export, plot)
+COMMANDS = (run, render, up, generate, doctor, clean, export, plot)
 
 DESCRIPTION = """\
 kpbench measures what Kubernetes Service datapaths (iptables, nftables, ...)
@@ -31,7 +32,16 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C so every cleanup path runs."""
 
 
+_MAIN_PID = os.getpid()
+
+
 def _on_sigterm(signum: int, frame: object) -> None:
+    # pyroute2 forks helper processes that inherit this handler and are stopped with
+    # SIGTERM: in them, die the default way instead of running our cleanup paths.
+    if os.getpid() != _MAIN_PID:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     raise _Terminated()
 
 
@@ -51,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)  # argparse: exit 2 with a one-line usage error
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="kpbench: %(message)s", stream=sys.stderr)
+    global _MAIN_PID
+    _MAIN_PID = os.getpid()
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.func(args) or 0)

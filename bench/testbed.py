@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 
 from bench import layout as L
 from bench.datapaths import Datapath, NodeContext
@@ -67,17 +68,34 @@ class Testbed:
         self.cluster.teardown()
 
     def sync(self, services: Sequence[Service] | None = None,
-             slices: Sequence[EndpointSlice] | None = None) -> float:
-        """Full sync of every node to ``services``/``slices``; returns the wall seconds."""
+             slices: Sequence[EndpointSlice] | None = None) -> SyncTiming:
+        """Full sync of every node to ``services``/``slices``, timed render vs apply."""
         if services is not None:
             self.services = list(services)
         if slices is not None:
             self.slices = list(slices)
-        start = time.monotonic()
+        timing = SyncTiming()
         for i in range(self.cluster.node_count):
+            t0 = time.monotonic()
             rendered = self.datapath.render(self.views(i), self.node_context(i))
+            t1 = time.monotonic()
             self.datapath.apply(rendered, self.cluster.node_ns(i))
-        took = time.monotonic() - start
+            timing.render_seconds += t1 - t0
+            timing.apply_seconds += time.monotonic() - t1
+            timing.rendered.append(rendered)
         log.debug("synced %d services on %d nodes in %.3f s", len(self.services),
-                  self.cluster.node_count, took)
-        return took
+                  self.cluster.node_count, timing.total)
+        return timing
+
+
+@dataclass
+class SyncTiming:
+    """Wall time of one sync over every node: render (ours) and apply (tool + kernel)."""
+
+    render_seconds: float = 0.0
+    apply_seconds: float = 0.0
+    rendered: list[str] = field(default_factory=list)  # per node
+
+    @property
+    def total(self) -> float:
+        return self.render_seconds + self.apply_seconds

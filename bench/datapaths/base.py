@@ -82,6 +82,10 @@ class Datapath(ABC):
     def apply(self, rendered: str, netns: str) -> None:
         """Program ``rendered`` inside the named network namespace (never the host's)."""
 
+    def state_size(self, rendered: str) -> dict[str, int]:
+        """Size of the programmed state (rules, chains, map elements) for a rendering."""
+        return {}
+
     def cleanup(self, netns: str) -> None:
         """Remove everything this datapath programmed in ``netns``."""
 

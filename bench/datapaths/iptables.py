@@ -289,6 +289,9 @@ class IptablesDatapath(Datapath):
 
     # --- applying --------------------------------------------------------------
 
+    def state_size(self, rendered: str) -> dict[str, int]:
+        return count_rules(rendered)
+
     def apply(self, rendered: str, netns: str) -> None:
         """Program a full sync: nfacct counters, base chains and jumps, then one restore."""
         self._init_once(netns)

@@ -504,6 +504,9 @@ class NftablesDatapath(Datapath):
         """The ``nft -f`` transaction of kube-proxy's first full sync (see module doc)."""
         return render_full_sync(ports, ctx, ctx.service_cidrs)
 
+    def state_size(self, rendered: str) -> dict[str, int]:
+        return count_objects(rendered)
+
     def apply(self, rendered: str, netns: str) -> None:
         """Run ``rendered`` as one ``nft -f -`` transaction inside ``netns``."""
         run_in_netns(netns, ["nft", "-f", "-"], stdin=rendered, timeout=self.apply_timeout)

@@ -1,0 +1,54 @@
+"""``kpbench run``: measure a scenario and write its result, CSV and plots.
+
+Runs every point of the scenario (datapath x services x workload, with
+repetitions), printing progress with an ETA on stderr. The result is one JSON
+file under --results (results/<machine>/<date>_<commit>_<scenario>.json),
+rewritten atomically after each point, so Ctrl-C keeps what was measured.
+Then it exports the tidy CSV and draws the plots next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bench.scenario import load_scenario
+
+DEFAULT_RESULTS = Path(__file__).resolve().parents[2] / "results"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a benchmark scenario (TOML) and write its results",
+                       description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("scenario", metavar="SCENARIO", help="scenario file, e.g. "
+                   "scenarios/default.toml")
+    p.add_argument("--results", metavar="DIR", default=str(DEFAULT_RESULTS),
+                   help=f"results directory (default {DEFAULT_RESULTS})")
+    p.add_argument("--no-export", action="store_true", help="skip the CSV and the plots")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from bench.runner import Runner
+    from bench.topology import leftovers
+
+    scenario = load_scenario(args.scenario)
+    for prefix, names in leftovers().items():
+        print(f"kpbench: warning: leftovers of an earlier run {prefix} ({len(names)} "
+              "namespaces): run `kpbench clean`")
+    runner = Runner(scenario, Path(args.results))
+    path = runner.run()
+    print(path)
+    if not args.no_export:
+        from bench.export import default_csv_path, write_csv
+        from bench.plots import plot_result
+        from bench.results import load_result
+
+        result = load_result(path)
+        csv = default_csv_path(path)
+        write_csv(result, csv)
+        print(csv)
+        for fig in plot_result(result, path.with_name(f"{path.stem}-plots")):
+            print(fig)
+    return 0

@@ -1,0 +1,295 @@
+"""Execute a scenario: datapath x services x workload x repetition.
+
+For every datapath variant and scale the runner builds a namespace cluster
+with N generated services (backend pods only behind the measured one),
+times the first full sync, waits until the kernel settles, attaches the
+probes, and replays each workload at the scenario's fixed offered rate. A
+point that fails is recorded with its error and the run goes on; a sync
+beyond the per-point limit is recorded as ``exceeded-limit`` with the time
+it reached; Ctrl-C stops at once, tears everything down and keeps the
+points already measured (the result file is rewritten atomically after
+every point).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from bench import probes as P
+from bench import results as R
+from bench.datapaths import make_variant
+from bench.errors import ApplyTimeout, FeatureMissing, KpbenchError
+from bench.features import DATAPATH_NEEDS, detect
+from bench.generate import GenSpec, generate
+from bench.scenario import Scenario
+from bench.stats import Histogram
+from bench.testbed import SyncTiming, Testbed
+from bench.traffic import NEW_FLOW_WORKLOADS, Target
+
+log = logging.getLogger("kpbench")
+
+# Settling: bursts of this many new-flow packets at this rate, until two
+# consecutive medians agree within the scenario's tolerance.
+SETTLE_PACKETS = 300
+SETTLE_RATE_PPS = 3000
+DRAIN_SECONDS = 0.05  # packets still in flight when tcpreplay returns
+SEQ_STRIDE = 1 << 20  # sequence space per repetition: fresh flows every time
+
+
+class Progress:
+    """One line per step on stderr, with elapsed time and an ETA."""
+
+    def __init__(self, scenario: Scenario, out: TextIO = sys.stderr) -> None:
+        self.sc = scenario
+        self.out = out
+        self.total = len(scenario.points)
+        self.done = 0
+        self.start = time.monotonic()
+        self.sync_seconds: dict[str, tuple[int, float]] = {}  # variant -> (services, s)
+        self.traffic_seconds: list[float] = []
+
+    def _estimate(self, variant: str, services: int) -> float:
+        # Traffic time is near-constant per point; sync time grows about linearly with
+        # the number of services (O(rules)), scaled from the last sync measured.
+        traffic = (sum(self.traffic_seconds) / len(self.traffic_seconds)
+                   if self.traffic_seconds else
+                   self.sc.repetitions * self.sc.packets / self.sc.rate_pps + 2)
+        n0, s0 = self.sync_seconds.get(variant, (1, 0.5))
+        return traffic + s0 * services / max(n0, 1) / len(self.sc.workloads)
+
+    def eta(self) -> float:
+        return sum(self._estimate(dp, n) for dp, n, _ in self.sc.points[self.done:])
+
+    def say(self, what: str) -> None:
+        elapsed = time.monotonic() - self.start
+        pct = 100 * self.done // max(self.total, 1)
+        print(f"[{self.done:>3}/{self.total} {pct:>3}%] {what}  "
+              f"(elapsed {_fmt(elapsed)}, ETA ~{_fmt(self.eta())})", file=self.out, flush=True)
+
+
+def _fmt(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+@dataclass
+class ProbeSet:
+    """The probes a scenario asks for; the ones that failed are recorded as missing."""
+
+    latency: P.LatencyProbe
+    others: dict[str, P.Probe] = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[ProbeSet]:
+        try:
+            # Without the latency probe nothing counts delivered packets: that is fatal.
+            self.latency.attach()
+            for name, probe in list(self.others.items()):
+                try:
+                    probe.attach()
+                except FeatureMissing as e:
+                    log.warning("warning: %s; its measurement is recorded as missing", e)
+                    self.missing[name] = str(e)
+                    del self.others[name]
+            yield self
+        finally:
+            for probe in (self.latency, *self.others.values()):
+                probe.detach()
+
+    def start(self, seq_base: int) -> None:
+        self.latency.start(seq_base)
+        for probe in self.others.values():
+            probe.start()
+
+
+class Runner:
+    def __init__(self, scenario: Scenario, results_dir: Path, out: TextIO = sys.stderr) -> None:
+        self.sc = scenario
+        self.results_dir = results_dir
+        self.progress = Progress(scenario, out)
+        self.workdir = Path(tempfile.mkdtemp(prefix="kpbench-"))
+        self.overhead_done = False
+
+    def run(self) -> Path:
+        """Run every point; returns the result file (complete, or partial on Ctrl-C)."""
+        env = R.capture_environment()
+        path = R.result_path(self.results_dir, self.sc.name, env)
+        scenario_doc = {"name": self.sc.name, "path": self.sc.path, "text": self.sc.text}
+        log.info("result: %s", path)
+        try:
+            with R.ResultWriter(path, scenario=scenario_doc, environment=env) as writer:
+                for variant in self.sc.datapaths:
+                    missing = self._missing_feature(variant)
+                    for n in self.sc.scales(variant):
+                        if missing:
+                            self._record_all(writer, variant, n, "failed", missing)
+                            continue
+                        self._scale_point(writer, variant, n)
+        finally:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        return path
+
+    # --- one datapath at one scale -------------------------------------------
+    def _missing_feature(self, variant: str) -> str | None:
+        found = detect()
+        lacking = [found[f] for f in DATAPATH_NEEDS.get(variant, ()) if not found[f].ok]
+        if lacking:
+            reason = "; ".join(f"{f.name}: {f.detail}" for f in lacking)
+            log.warning("warning: %s is not available on this kernel (%s); its points are "
+                        "recorded as failed", variant, reason)
+            return f"kernel feature missing: {reason}"
+        return None
+
+    def _record_all(self, writer: R.ResultWriter, variant: str, n: int, status: str,
+                    error: str, **setup: Any) -> None:
+        for w in self.sc.workloads:
+            writer.add_point(self._point(variant, n, w, status=status, error=error, **setup))
+            self.progress.done += 1
+        self.progress.say(f"{variant} {n} services: {status}: {error}")
+
+    def _point(self, variant: str, n: int, workload: str, **kw: Any) -> R.PointDoc:
+        position = self.sc.position if isinstance(self.sc.position, str) else "index"
+        return R.make_point(datapath=variant.split("-")[0], variant=variant, services=n,
+                            endpoints=self.sc.endpoints, workload=workload,
+                            rate_pps=self.sc.rate_pps, position=position,
+                            position_index=self.sc.position_index(n), **kw)
+
+    def _protocol(self) -> str:
+        if all(w.startswith("udp") for w in self.sc.workloads):
+            return "UDP"
+        if all(w.startswith("tcp") for w in self.sc.workloads):
+            return "TCP"
+        raise KpbenchError("a scenario mixes UDP and TCP workloads; split it in two "
+                           "(services are generated with one protocol)")
+
+    def _scale_point(self, writer: R.ResultWriter, variant: str, n: int) -> None:
+        sc = self.sc
+        self.progress.say(f"{variant}: {n} services x {sc.endpoints} endpoints: building")
+        services, slices = generate(GenSpec(services=n, endpoints=sc.endpoints, nodes=sc.nodes,
+                                            protocol=self._protocol()))
+        measured = services[sc.position_index(n)]
+        datapath = make_variant(variant)
+        datapath.apply_timeout = sc.point_time_limit
+        bed = Testbed(datapath, services, slices, sc.nodes, pod_services={measured.key},
+                      echo=False, sync_on_enter=False)
+        with bed:
+            self.progress.say(f"{variant}: {n} services: full sync")
+            try:
+                timing = bed.sync()
+            except ApplyTimeout as e:
+                self._record_all(writer, variant, n, "exceeded-limit", str(e),
+                                 sync_seconds=e.seconds)
+                return
+            except KpbenchError as e:
+                self._record_all(writer, variant, n, "failed", str(e))
+                return
+            self.progress.sync_seconds[variant] = (n, timing.total)
+            state = datapath.state_size(timing.rendered[0])
+            target_port = measured.ports[0].port
+            probes = ProbeSet(P.LatencyProbe.for_cluster(bed.cluster),
+                              {name: cls() for name, cls in (("cpu", P.CpuProbe),
+                                                             ("drops", P.DropsProbe),
+                                                             ("transit", P.TransitProbe))
+                               if name in sc.probes})
+            try:
+                with probes.attached():
+                    settle = self._settle(bed, measured.cluster_ip, target_port, probes)
+                    for workload in sc.workloads:
+                        point = self._measure(bed, variant, n, workload, measured.cluster_ip,
+                                              target_port, probes, timing, settle, state)
+                        writer.add_point(point)
+                        self.progress.done += 1
+            except FeatureMissing as e:
+                remaining = [w for w in sc.workloads
+                             if not any(p["id"] == self._point(variant, n, w)["id"]
+                                        for p in writer.document["points"])]
+                for w in remaining:
+                    writer.add_point(self._point(variant, n, w, status="failed", error=str(e),
+                                                 sync_seconds=timing.total, state_size=state))
+                    self.progress.done += 1
+
+    def _settle(self, bed: Testbed, vip: str, port: int, probes: ProbeSet) -> float:
+        """Wait until new-flow latency stops drifting after the sync; returns seconds waited."""
+        start = time.monotonic()
+        target = Target.from_client_pod(bed.cluster, vip, port)
+        pcap = self.workdir / "settle.pcap"
+        last: float | None = None
+        seq = 0
+        while time.monotonic() - start < self.sc.settle_timeout:
+            target.build_pcap("udp-new", SETTLE_PACKETS, pcap, seq_start=seq)
+            probes.latency.start(seq)
+            target.replay(pcap, SETTLE_RATE_PPS, timeout=30)
+            time.sleep(DRAIN_SECONDS)
+            reading = probes.latency.read()
+            seq += SEQ_STRIDE
+            if not len(reading.latency_ns):
+                break  # nothing arrives: the measurement itself will say why
+            median = float(np.median(reading.latency_ns))
+            if last is not None and abs(median - last) <= self.sc.settle_tolerance * last:
+                return time.monotonic() - start
+            last = median
+        return time.monotonic() - start
+
+    def _measure(self, bed: Testbed, variant: str, n: int, workload: str, vip: str, port: int,
+                 probes: ProbeSet, timing: SyncTiming, settle: float,
+                 state: dict[str, int]) -> R.PointDoc:
+        sc = self.sc
+        target = Target.from_client_pod(bed.cluster, vip, port)
+        if sc.warmup_packets:
+            warm = self.workdir / "warmup.pcap"
+            if workload in NEW_FLOW_WORKLOADS:
+                target.build_pcap(workload, sc.warmup_packets, warm, seq_start=SEQ_STRIDE * 999)
+            else:
+                target.build_warmup_pcap(workload, warm)
+            target.replay(warm, sc.rate_pps, timeout=60)
+        reps = []
+        budget = sc.packets / sc.rate_pps * 3 + 30
+        for r in range(sc.repetitions):
+            self.progress.say(f"{variant}: {n} services: {workload} rep {r + 1}/"
+                              f"{sc.repetitions}")
+            pcap = self.workdir / f"{workload}.pcap"
+            seq = SEQ_STRIDE * (r + 1)
+            target.build_pcap(workload, sc.packets, pcap, seq_start=seq)
+            probes.start(seq)
+            t0 = time.monotonic()
+            stats = target.replay(pcap, sc.rate_pps, timeout=budget)
+            self.progress.traffic_seconds.append(time.monotonic() - t0)
+            time.sleep(DRAIN_SECONDS)
+            reps.append(self._repetition(stats, probes))
+        return self._point(variant, n, workload, repetitions=reps, sync_seconds=timing.total,
+                           settle_seconds=settle, state_size=state, missing=probes.missing)
+
+    @staticmethod
+    def _repetition(stats: Any, probes: ProbeSet) -> R.RepetitionDoc:
+        lat = probes.latency.read()
+        delivered = lat.delivered_seen
+        kw: dict[str, Any] = {}
+        if "cpu" in probes.others:
+            cpu = probes.others["cpu"].read()  # type: ignore[attr-defined]
+            kw["softirq_ns"] = cpu.net_rx_ns
+            kw["cpu_ns_per_packet"] = cpu.net_rx_ns / delivered if delivered else None
+        if "drops" in probes.others:
+            kw["drops"] = probes.others["drops"].read().ipv4_by_reason  # type: ignore[attr-defined]
+        if "transit" in probes.others:
+            tr = probes.others["transit"].read()  # type: ignore[attr-defined]
+            lower, upper = P.transit_bucket_bounds()
+            mids = ((lower + upper - 1) / 2).astype("int64")
+            samples = mids.repeat(tr.hist)
+            kw["transit_hist"] = Histogram.from_samples(samples) if len(samples) else None
+        return R.make_repetition(
+            sent=stats.sent, delivered=delivered, offered_pps=stats.offered_pps,
+            achieved_pps=stats.achieved_pps,
+            latency_hist=Histogram.from_samples(lat.latency_ns) if len(lat.latency_ns) else None,
+            **kw)
