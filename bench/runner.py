@@ -65,8 +65,14 @@ class Progress:
         traffic = (sum(self.traffic_seconds) / len(self.traffic_seconds)
                    if self.traffic_seconds else
                    self.sc.repetitions * self.sc.packets / self.sc.rate_pps + 2)
-        n0, s0 = self.sync_seconds.get(variant, (1, 0.5))
-        return traffic + s0 * services / max(n0, 1) / len(self.sc.workloads)
+        # Seconds per service: this variant's last sync, else the slowest one seen so far.
+        per_service = [s / n for n, s in self.sync_seconds.values()]
+        if variant in self.sync_seconds:
+            n0, s0 = self.sync_seconds[variant]
+            rate = s0 / n0
+        else:
+            rate = max(per_service, default=0.001)
+        return traffic + rate * services / len(self.sc.workloads)
 
     def eta(self) -> float:
         return sum(self._estimate(dp, n) for dp, n, _ in self.sc.points[self.done:])
