@@ -26,6 +26,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from bench import interrupts
 from bench import probes as P
 from bench import results as R
 from bench.datapaths import make_variant
@@ -111,8 +112,9 @@ class ProbeSet:
                     del self.others[name]
             yield self
         finally:
-            for probe in (self.latency, *self.others.values()):
-                probe.detach()
+            with interrupts.deferred():
+                for probe in (self.latency, *self.others.values()):
+                    probe.detach()
 
     def start(self, seq_base: int) -> None:
         self.latency.start(seq_base)

@@ -36,6 +36,7 @@ from typing import Any
 
 from pyroute2 import NetNS, netns
 
+from bench import interrupts
 from bench import layout as L
 from bench.errors import FeatureMissing, KpbenchError
 from bench.layout import Layout, PodSpec
@@ -149,6 +150,10 @@ class Cluster:
 
     def teardown(self) -> None:
         """Stop the echo servers and delete every namespace this run made."""
+        with interrupts.deferred():
+            self._teardown()
+
+    def _teardown(self) -> None:
         if self._echo is not None:
             with contextlib.suppress(ProcessLookupError):
                 self._echo.terminate()
