@@ -7,8 +7,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from bench.commands import clean, doctor, export, generate, plot, render, run, up
 from bench import interrupts
+from bench.commands import clean, doctor, export, generate, plot, render, run, up
 from bench.errors import KpbenchError
 
 COMMANDS = (run, render, up, generate, doctor, clean, export, plot)

@@ -116,7 +116,7 @@ def _bpf_attach(name: str, text: str, hint: str) -> Feature:
         return Feature(name, False, "bcc not importable")
     try:
         BPF(text=text).cleanup()
-    except Exception as e:  # noqa: BLE001 - BCC raises bare Exception for load failures
+    except Exception as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         return Feature(name, False, f"{reason} ({hint})")
     return Feature(name, True, "attached a probe to nf_hook_slow")

@@ -48,7 +48,7 @@ def generate(spec: GenSpec) -> tuple[list[Service], list[EndpointSlice]]:
     if not 1 <= spec.services <= max_svc:
         raise InputError(f"{spec.services} services do not fit the service CIDR "
                          f"{L.SERVICE_CIDR} (1-{max_svc})", field="services")
-    if not 0 <= spec.endpoints or spec.services * spec.endpoints > max_eps:
+    if spec.endpoints < 0 or spec.services * spec.endpoints > max_eps:
         raise InputError(f"{spec.services}x{spec.endpoints} endpoints exceed the pod CIDRs of "
                          f"{spec.nodes} nodes ({max_eps}); use fewer endpoints or more nodes",
                          field="endpoints")

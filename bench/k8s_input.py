@@ -114,7 +114,8 @@ def parse_objects(text: str, source: str = "<input>") -> LoadedObjects:
     if skipped:
         out.warnings.append(f"{source}: skipped (not proxied): {', '.join(skipped)}")
     if unsupported:
-        out.warnings.append(f"{source}: ignored unsupported fields: {', '.join(sorted(unsupported))}")
+        fields = ", ".join(sorted(unsupported))
+        out.warnings.append(f"{source}: ignored unsupported fields: {fields}")
     return out
 
 
@@ -173,7 +174,8 @@ def _check_api(obj: dict[str, Any], versions: tuple[str, ...], source: str, labe
 def _get(d: Any, key: str, typ: type | tuple[type, ...], source: str, label: str, field: str,
          default: Any = None, required: bool = False) -> Any:
     if not isinstance(d, dict):
-        raise InputError("expected a mapping", source=source, obj=label, field=field.rsplit(".", 1)[0])
+        raise InputError("expected a mapping", source=source, obj=label,
+                         field=field.rsplit(".", 1)[0])
     if key not in d or d[key] is None:
         if required:
             raise InputError("missing required field", source=source, obj=label, field=field)

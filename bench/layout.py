@@ -102,7 +102,8 @@ def plan_layout(views: Sequence[ServicePortView], nodes: int = 2,
     if len(names) > MAX_NODES:
         raise InputError(f"endpoints name {len(names)} nodes; kpbench builds at most {MAX_NODES}",
                          field="nodeName")
-    reserved = {CLIENT_IP, UNDERLAY_GATEWAY, client_pod_ip(), *(node_ip(i) for i in range(len(names))),
+    reserved = {CLIENT_IP, UNDERLAY_GATEWAY, client_pod_ip(),
+                *(node_ip(i) for i in range(len(names))),
                 *(pod_gateway(i) for i in range(len(names)))}
     ports: dict[str, tuple[int, set[int], set[int]]] = {}
     omitted = 0

@@ -340,7 +340,9 @@ def tool_versions() -> dict[str, str | None]:
 
 
 def git_state(checkout: Path = CHECKOUT) -> tuple[str | None, bool | None]:
-    """(HEAD commit, whether the work tree has changes) of ``checkout``; (None, None) outside git."""
+    """(HEAD commit, whether the work tree has changes) of ``checkout``.
+
+    (None, None) outside git."""
     commit = _run(["git", "rev-parse", "HEAD"], cwd=checkout)
     if not commit:
         return None, None

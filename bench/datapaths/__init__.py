@@ -40,4 +40,5 @@ def make_variant(variant: str) -> Datapath:
     return make_datapath(*VARIANTS[variant])
 
 
-__all__ = ["DATAPATH_NAMES", "IPTABLES_BACKENDS", "VARIANTS", "Datapath", "NodeContext", "make_datapath", "make_variant"]
+__all__ = ["DATAPATH_NAMES", "IPTABLES_BACKENDS", "VARIANTS", "Datapath", "NodeContext",
+           "make_datapath", "make_variant"]

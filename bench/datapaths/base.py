@@ -86,7 +86,7 @@ class Datapath(ABC):
         """Size of the programmed state (rules, chains, map elements) for a rendering."""
         return {}
 
-    def cleanup(self, netns: str) -> None:
+    def cleanup(self, netns: str) -> None:  # noqa: B027 - optional hook
         """Remove everything this datapath programmed in ``netns``."""
 
 

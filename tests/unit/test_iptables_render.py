@@ -104,7 +104,8 @@ def test_chain_names_hash_like_kube_proxy() -> None:
     # Names taken from upstream's test dumps for the same service ports and endpoints.
     assert port_proto_hash("ns1/svc1:p80", "tcp") == "XPGD46QRK7WJZT7O"
     assert port_proto_hash("ns2/svc2:p8080", "tcp") == "2VJB64SDSIJUP5T6"
-    assert endpoint_chain_name("ns1/svc1:p80", "tcp", "10.180.0.1:80") == "KUBE-SEP-SXIVWICOYRO3J4NJ"
+    assert (endpoint_chain_name("ns1/svc1:p80", "tcp", "10.180.0.1:80")
+            == "KUBE-SEP-SXIVWICOYRO3J4NJ")
     assert endpoint_chain_name("ns1/svc1:p80", "tcp", "10.0.0.0:80") == "KUBE-SEP-DKGQUZGBKLTPAR56"
     # The protocol is hashed in lowercase, as kube-proxy passes it.
     assert port_proto_hash("ns1/svc1:p80", "TCP") != "XPGD46QRK7WJZT7O"
@@ -219,7 +220,8 @@ def test_large_cluster_mode_drops_endpoint_comments() -> None:
     masq, *ladder = _rules(rendered, "KUBE-SVC-XPGD46QRK7WJZT7O")
     assert len(ladder) == 1001 and not any("--comment" in r for r in ladder)
     assert ladder[0].startswith(
-        f"-A KUBE-SVC-XPGD46QRK7WJZT7O -m statistic --mode random --probability {probability(1001)}")
+        "-A KUBE-SVC-XPGD46QRK7WJZT7O -m statistic --mode random "
+        f"--probability {probability(1001)}")
     # Service-level comments stay.
     assert '--comment "ns1/svc1:p80 cluster IP"' in masq
 
