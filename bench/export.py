@@ -69,6 +69,7 @@ def _summary_metrics(point: PointDoc) -> Iterator[tuple[str, Any, str]]:
     yield from _dist_rows("latency", s.get("latency_ns"))
     yield from _dist_rows("transit", s.get("transit_ns"))
     yield from _drops_rows(s.get("drops"))
+    yield from _sync_rows(s.get("sync"))
     for key, value in sorted((point.get("probe_overhead") or {}).items()):
         if isinstance(value, int | float) and not isinstance(value, bool):
             yield f"probe_overhead.{key}", value, ""
@@ -84,6 +85,13 @@ def _repetition_metrics(rep: RepetitionDoc) -> Iterator[tuple[str, Any, str]]:
         if h is not None:
             yield from _dist_rows(name, stats.summary(stats.Histogram.from_json(h)))
     yield from _drops_rows(rep.get("drops"))
+    yield from _sync_rows(rep.get("sync"))
+
+
+def _sync_rows(sync: dict[str, float | None] | None) -> Iterator[tuple[str, Any, str]]:
+    for key, value in sorted((sync or {}).items()):
+        if value is not None:
+            yield f"sync.{key}", value, "s"
 
 
 def rows(result: ResultDoc) -> Iterator[Row]:

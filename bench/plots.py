@@ -6,6 +6,8 @@ For every workload in a result, three figures, each as PNG and SVG:
   against the number of services, one colour per datapath variant, log x;
 - ``cpu-vs-services_<workload>``: softirq CPU ns per delivered packet against
   the number of services;
+- ``sync-vs-services_<workload>`` (for ``sync-*`` workloads instead of the
+  three above): total, apply and time-to-effect seconds per sync, log-log;
 - ``latency-cdf_<workload>``: the latency CDF of each datapath variant at the
   largest number of services it was measured at, from the merged histograms.
 
@@ -151,6 +153,13 @@ def _latency_us(q: str) -> Callable[[PointDoc], float | None]:
     return get
 
 
+def _sync(key: str) -> Callable[[PointDoc], float | None]:
+    def get(p: PointDoc) -> float | None:
+        v = (p["summary"].get("sync") or {}).get(key)
+        return v if v is not None and v > 0 else None
+    return get
+
+
 def _cpu(p: PointDoc) -> float | None:
     return p["summary"].get("cpu_ns_per_packet")
 
@@ -226,6 +235,15 @@ def plot_result(result: ResultDoc, out_dir: str | Path,
             continue
         series = _group(ok)
         slug = _slug(workload)
+        if workload.startswith("sync-"):
+            fig, notes = _vs_services(
+                series, colors, f"Rule sync vs number of services — {workload}",
+                "seconds", [("total", "-", _sync("total")), ("apply", "--", _sync("apply")),
+                            ("time to effect", ":", _sync("effect"))], "sync", skipped)
+            if fig is not None:
+                fig.axes[0].set_yscale("log")  # sync times span orders of magnitude
+                written += _save(fig, out, f"sync-vs-services_{slug}", formats)
+            continue
         figures = (
             ("latency-vs-services", *_vs_services(
                 series, colors, f"Latency vs number of services — workload {workload}",

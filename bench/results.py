@@ -31,6 +31,7 @@ import os
 import platform
 import re
 import socket
+import statistics
 import subprocess
 import tempfile
 import uuid
@@ -103,6 +104,9 @@ class RepetitionDoc(TypedDict):
     softirq_ns: int | None
     drops: dict[str, int] | None
     transit_hist: dict[str, Any] | None
+    # Sync points (workload "sync-*"): seconds of render, apply, kernel time in the
+    # applying tool's syscalls, time to effect, ... (None: not measured).
+    sync: NotRequired[dict[str, float | None]]
 
 
 class SummaryDoc(TypedDict):
@@ -114,6 +118,7 @@ class SummaryDoc(TypedDict):
     cpu_ns_per_packet: float | None
     drops: dict[str, int] | None
     transit_ns: dict[str, float | int | None] | None
+    sync: NotRequired[dict[str, float | None]]  # per key: median over repetitions
 
 
 class PointDoc(TypedDict):
@@ -155,16 +160,20 @@ def make_repetition(*, sent: int, delivered: int, offered_pps: float | None = No
                     cpu_ns_per_packet: float | None = None, softirq_ns: int | None = None,
                     drops: Mapping[str, int] | None = None,
                     transit_hist: stats.Histogram | dict[str, Any] | None = None,
+                    sync: Mapping[str, float | None] | None = None,
                     ) -> RepetitionDoc:
     """One repetition of a point. Leave a measurement None when it was not taken."""
     if sent < 0 or delivered < 0:
         raise ValueError(f"sent ({sent}) and delivered ({delivered}) must be >= 0")
-    return RepetitionDoc(
+    rep = RepetitionDoc(
         offered_pps=offered_pps, achieved_pps=achieved_pps, sent=int(sent),
         delivered=int(delivered), latency_hist=_hist_json(latency_hist),
         cpu_ns_per_packet=cpu_ns_per_packet, softirq_ns=softirq_ns,
         drops=dict(drops) if drops is not None else None,
         transit_hist=_hist_json(transit_hist))
+    if sync is not None:
+        rep["sync"] = dict(sync)
+    return rep
 
 
 def make_point(*, datapath: str, variant: str, services: int, endpoints: int, workload: str,
@@ -258,7 +267,7 @@ def summarise_point(point: PointDoc) -> SummaryDoc:
             for reason, n in r["drops"].items():  # type: ignore[union-attr]
                 drops[reason] = drops.get(reason, 0) + int(n)
 
-    return SummaryDoc(
+    summary = SummaryDoc(
         offered_pps=sum(o for o in offered if o is not None) / len(offered) if offered else None,
         achieved_pps=timed_sent / seconds if seconds > 0 else None,
         delivered_pps=timed_delivered / seconds if seconds > 0 else None,
@@ -268,6 +277,14 @@ def summarise_point(point: PointDoc) -> SummaryDoc:
         drops=drops,
         transit_ns=_merged(reps, "transit_hist"),
     )
+    sync_keys = sorted({k for r in reps for k in (r.get("sync") or {})})
+    if sync_keys:
+        summary["sync"] = {}
+        for key in sync_keys:
+            values = [r["sync"][key] for r in reps  # type: ignore[typeddict-item]
+                      if (r.get("sync") or {}).get(key) is not None]
+            summary["sync"][key] = float(statistics.median(values)) if values else None
+    return summary
 
 
 # -- environment ---------------------------------------------------------------------------

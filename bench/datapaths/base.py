@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import subprocess
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from bench.errors import ApplyError, ApplyTimeout, InputError
@@ -81,6 +81,19 @@ class Datapath(ABC):
     @abstractmethod
     def apply(self, rendered: str, netns: str) -> None:
         """Program ``rendered`` inside the named network namespace (never the host's)."""
+
+    def render_partial(self, ports: Sequence[ServicePortView], ctx: NodeContext,
+                       changed: Collection[str]) -> str:
+        """A partial sync after the Services in ``changed`` (``ns/name``) changed.
+
+        ``ports`` is the whole current state. Datapaths without a partial mode
+        render a full sync (the default).
+        """
+        return self.render(ports, ctx)
+
+    def apply_partial(self, rendered: str, netns: str) -> None:
+        """Program a :meth:`render_partial` result (default: like a full sync)."""
+        self.apply(rendered, netns)
 
     def state_size(self, rendered: str) -> dict[str, int]:
         """Size of the programmed state (rules, chains, map elements) for a rendering."""

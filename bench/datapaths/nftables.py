@@ -47,7 +47,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from bench.datapaths.base import Datapath, NodeContext, run_in_netns
 from bench.model import ServiceEndpoint, ServicePortView, sorted_endpoints
@@ -199,13 +199,14 @@ def _nodeport_ips(ctx: NodeContext) -> list[str] | None:
     ]
 
 
-def _setup(tx: _Transaction, ctx: NodeContext, service_cidrs: Sequence[str]) -> None:
-    """The fixed skeleton kube-proxy's setupNFTables writes at the start of a full sync."""
+def _setup(tx: _Transaction, ctx: NodeContext, service_cidrs: Sequence[str],
+           startup: bool = True) -> None:
+    """The fixed skeleton kube-proxy's setupNFTables writes at the start of every sync."""
     mark = _go_mark(ctx.masquerade_bit)
     tx.op(f'add table {_T} {{ comment "rules for kube-proxy" ; }}')
     # First sync after start-up: recreate the base chains so that a table left by another
     # kube-proxy version, with other hooks or priorities, cannot fail the transaction.
-    for name, *_ in _BASE_CHAINS:
+    for name, *_ in _BASE_CHAINS if startup else ():
         tx.op(f"add chain {_T} {name}")
         tx.op(f"delete chain {_T} {name}")
     for name, typ, hook, prio in _BASE_CHAINS:
@@ -468,6 +469,49 @@ def render_full_sync(
     return tx.text()
 
 
+def render_partial_sync(
+    ports: Sequence[ServicePortView], ctx: NodeContext, changed: Collection[str],
+    stale_chains: Collection[str] = (), service_cidrs: Sequence[str] = (),
+) -> tuple[str, set[str]]:
+    """A kube-proxy partial sync: only the Services in ``changed`` get their chains rewritten.
+
+    As upstream: the dispatch sets and maps are rebuilt in full on every sync
+    (element adds are cheap), the chains of unchanged services are left as
+    they are, chains no longer used are flushed now and deleted on the next
+    sync (``stale_chains``, once nothing can reference them), and the base
+    chains are not recreated (that happens only on the first sync after
+    start-up). Returns the transaction and the chains it made stale.
+    """
+    tx = _Transaction()
+    _setup(tx, ctx, service_cidrs, startup=False)
+    for chain in sorted(stale_chains):
+        tx.op(f"add chain {_T} {chain}")
+        tx.op(f"delete chain {_T} {chain}")
+    for view in ports:
+        if view.service.key in changed:
+            _render_service_port(tx, view, ctx)
+        else:
+            part = _Transaction()
+            _render_service_port(part, view, ctx)
+            tx.lines.extend(ln for ln in part.lines if ln.startswith("add element "))
+    return tx.text(), set()
+
+
+def service_chains(rendered: str) -> set[str]:
+    """Per-service and per-endpoint chains a transaction writes (to find stale ones)."""
+    prefix = f"add chain {_T} "
+    return {ln[len(prefix):].split(" ", 1)[0] for ln in rendered.splitlines()
+            if ln.startswith(prefix)
+            and ln[len(prefix):].startswith(("service-", "local-", "external-", "firewall-",
+                                             "endpoint-"))}
+
+
+def _chain_service(chain: str) -> str:
+    """``ns/name`` of a per-service chain (``<kind>-<HASH8>-ns/name/proto/port[__ep]``)."""
+    rest = chain.split("-", 2)[-1]
+    return "/".join(rest.split("/")[:2])
+
+
 def count_objects(rendered: str) -> dict[str, int]:
     """What a rendering leaves in the table: chains, rules, sets, maps, set/map elements."""
     chains: set[str] = set()
@@ -500,9 +544,36 @@ class NftablesDatapath(Datapath):
 
     name = "nftables"
 
+    def __init__(self) -> None:
+        # Per node: the service chains in use after the last sync, and the chains a
+        # partial sync flushed that the next one deletes (as upstream's staleChains).
+        self._chains: dict[str, set[str]] = {}
+        self._stale: dict[str, set[str]] = {}
+
     def render(self, ports: Sequence[ServicePortView], ctx: NodeContext) -> str:
         """The ``nft -f`` transaction of kube-proxy's first full sync (see module doc)."""
-        return render_full_sync(ports, ctx, ctx.service_cidrs)
+        text = render_full_sync(ports, ctx, ctx.service_cidrs)
+        self._chains[ctx.node_name] = service_chains(text)
+        self._stale[ctx.node_name] = set()
+        return text
+
+    def render_partial(self, ports: Sequence[ServicePortView], ctx: NodeContext,
+                       changed: Collection[str]) -> str:
+        """A partial sync after the Services in ``changed`` (``ns/name``) changed."""
+        node = ctx.node_name
+        text, _ = render_partial_sync(ports, ctx, changed, self._stale.get(node, set()),
+                                      ctx.service_cidrs)
+        # Chains of changed services that this sync no longer writes are flushed now and
+        # deleted next time. Unchanged services keep their chains.
+        before = self._chains.get(node, set())
+        in_use = {c for c in before if _chain_service(c) not in changed}
+        in_use |= service_chains(text)
+        gone = before - in_use
+        if gone:
+            text += "".join(f"add chain {_T} {c}\nflush chain {_T} {c}\n" for c in sorted(gone))
+        self._chains[node] = in_use
+        self._stale[node] = gone
+        return text
 
     def state_size(self, rendered: str) -> dict[str, int]:
         return count_objects(rendered)
