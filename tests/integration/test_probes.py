@@ -1,0 +1,339 @@
+"""Every probe checked against a known workload (send 23, see 23), the latency
+probe against an independent clock (a tbf qdisc's rate), and the probes' cost
+measured with and without them.
+
+The cluster has no datapath: the client pod sends straight to a pod IP, on
+node 0 (pod0-0, one node hop) or node 1 (pod1-0, across the underlay).
+The tracepoint probes see the whole machine (other runs on it too); exact
+counts are asserted on the run's own packets, which the drops and transit
+probes tell apart by the skb addresses tagged at the client's egress.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench import traffic as T
+from bench.errors import FeatureMissing
+from bench.generate import GenSpec, generate
+from bench.layout import PodSpec, plan_layout
+from bench.model import service_port_views
+from bench.probes import (
+    CpuProbe,
+    DropsProbe,
+    LatencyProbe,
+    Probe,
+    TcHook,
+    TransitProbe,
+    print_symbolic,
+    transit_bucket_bounds,
+)
+from bench.topology import Cluster, in_netns, run_netns
+from tests.conftest import require_feature
+
+pytestmark = pytest.mark.privileged
+
+PORT = 8080
+DRAIN = 0.05  # seconds for the last packets to leave the softirq after tcpreplay returns
+PAYLOAD = 123  # bytes: not the runner's default, so the frames are recognisable in a capture
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    require_feature("bcc")
+    require_feature("tracepoints")
+    services, slices = generate(GenSpec(services=1, endpoints=2, nodes=2, protocol="UDP"))
+    with Cluster(plan_layout(service_port_views(services, slices, None), nodes=2)) as c:
+        # Resolve neighbours on every hop once, so no measured packet waits for ARP.
+        for pod in c.layout.pods:
+            target = T.Target.from_client_pod(c, pod.ip, PORT)
+            target.replay(target.build_warmup_pcap("udp-new", Path("/tmp") / f"{c.prefix}.w"),
+                          1000, 10)
+        Path(f"/tmp/{c.prefix}.w").unlink()
+        yield c
+
+
+def pod_on(cluster: Cluster, node: int) -> PodSpec:
+    return next(p for p in cluster.layout.pods if p.node == node)
+
+
+def send(cluster: Cluster, pod: PodSpec, tmp_path: Path, count: int = 23,
+         workload: str = "udp-new", pps: int | None = 1000, payload_len: int = PAYLOAD,
+         seq_start: int = 0) -> T.ReplayStats:
+    target = T.Target.from_client_pod(cluster, pod.ip, PORT)
+    pcap = target.build_pcap(workload, count, tmp_path / f"{workload}-{count}.pcap",
+                             seq_start=seq_start, payload_len=payload_len)
+    stats = target.replay(pcap, pps, timeout=60)
+    assert (stats.sent, stats.failed) == (count, 0)
+    time.sleep(DRAIN)
+    return stats
+
+
+# --- latency ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("workload", ["udp-new", "tcp-syn"])
+def test_latency_sees_23_at_both_ends_and_a_small_positive_latency(
+        cluster: Cluster, tmp_path: Path, workload: str) -> None:
+    with LatencyProbe.for_cluster(cluster) as lat:
+        lat.start(seq_base=500)
+        send(cluster, pod_on(cluster, 0), tmp_path, workload=workload, seq_start=500)
+        r = lat.read()
+    assert (r.sent_seen, r.delivered_seen, r.departed, r.lost) == (23, 23, 23, 0)
+    assert (r.out_of_range, r.duplicates) == (0, 0)
+    assert list(r.seqs) == list(range(500, 523))
+    # No datapath rules: one veth, one forward, one veth.
+    assert (r.latency_ns > 0).all()
+    assert 0 < r.percentiles()[50] < 1_000_000
+
+
+def test_latency_matches_a_tbf_rate_limiter(cluster: Cluster, tmp_path: Path) -> None:
+    """tbf at rate R queues a back-to-back burst: packet k leaves k * size * 8 / R after
+    the first. With R slow enough that the send spacing is < 1 % of that, the
+    latency slope must be size * 8 / R (within 15 %)."""
+    node, pod = cluster.node_ns(0), pod_on(cluster, 0)
+    size, rate_bps = 1000, 8_000_000  # one frame per ms
+    expected_ns = size * 8 / rate_bps * 1e9
+    run_netns(node, ["tc", "qdisc", "add", "dev", f"p{pod.index}", "root", "tbf", "rate",
+                     f"{rate_bps}bit", "burst", "1600", "limit", "100000"])
+    try:
+        with LatencyProbe.for_cluster(cluster) as lat:
+            lat.start()
+            send(cluster, pod, tmp_path, pps=None, payload_len=size - T.frame_len("udp-new", 0))
+            time.sleep(23 * expected_ns / 1e9)
+            r = lat.read()
+    finally:
+        run_netns(node, ["tc", "qdisc", "del", "dev", f"p{pod.index}", "root"])
+    assert len(r.latency_ns) == 23
+    # Skip the first two: the bucket starts with 1600 bytes of tokens.
+    k = np.arange(2, 23)
+    slope = np.polyfit(k, r.latency_ns[2:].astype(float), 1)[0]
+    assert slope == pytest.approx(expected_ns, rel=0.15), (slope, r.latency_ns)
+
+
+def test_latency_ignores_warmup_and_out_of_window_packets(cluster: Cluster,
+                                                          tmp_path: Path) -> None:
+    pod = pod_on(cluster, 0)
+    target = T.Target.from_client_pod(cluster, pod.ip, PORT)
+    with LatencyProbe.for_cluster(cluster, capacity=100) as lat:
+        lat.start(seq_base=0)
+        target.replay(target.build_warmup_pcap("udp-established", tmp_path / "w.pcap"),
+                      1000, 10)
+        send(cluster, pod, tmp_path, count=23, seq_start=90)
+        r = lat.read()
+    assert (r.sent_seen, r.delivered_seen) == (23, 23)  # the 16 warm-up packets are not ours
+    assert (len(r.latency_ns), r.out_of_range) == (10, 2 * 13)  # slots 90-99 only
+
+
+def test_latency_probe_detaches_cleanly(cluster: Cluster) -> None:
+    lat = LatencyProbe.for_cluster(cluster)
+    lat.attach()
+    pod_ns = cluster.pod_ns(pod_on(cluster, 0))
+    assert "kpb_arrive" in tc(pod_ns, "filter", "show", "dev", "eth0", "ingress")
+    assert "kpb_depart" in tc(cluster.client_pod_ns, "filter", "show", "dev", "eth0", "egress")
+    lat.detach()
+    lat.detach()
+    assert "clsact" not in tc(pod_ns, "qdisc", "show", "dev", "eth0")
+    assert "clsact" not in tc(cluster.client_pod_ns, "qdisc", "show", "dev", "eth0")
+
+
+def test_latency_keeps_a_clsact_it_did_not_create(cluster: Cluster) -> None:
+    pod_ns = cluster.pod_ns(pod_on(cluster, 1))
+    run_netns(pod_ns, ["tc", "qdisc", "add", "dev", "eth0", "clsact"])
+    try:
+        with LatencyProbe(TcHook(cluster.client_pod_ns), [TcHook(pod_ns)]):
+            assert "kpb_arrive" in tc(pod_ns, "filter", "show", "dev", "eth0", "ingress")
+        assert "clsact" in tc(pod_ns, "qdisc", "show", "dev", "eth0")
+        assert "kpb_arrive" not in tc(pod_ns, "filter", "show", "dev", "eth0", "ingress")
+    finally:
+        run_netns(pod_ns, ["tc", "qdisc", "del", "dev", "eth0", "clsact"])
+
+
+def test_attach_error_is_feature_missing_naming_the_probe(cluster: Cluster) -> None:
+    lat = LatencyProbe(TcHook(cluster.client_pod_ns),
+                       [TcHook(cluster.pod_ns(pod_on(cluster, 0))), TcHook("kpb000000-gone")])
+    with pytest.raises(FeatureMissing, match="^latency probe: .*kpb000000-gone"):
+        lat.attach()
+    assert not lat.attached
+    # The hooks attached before the failure were removed again.
+    assert "clsact" not in tc(cluster.client_pod_ns, "qdisc", "show", "dev", "eth0")
+    assert not Path("/run/netns/kpb000000-gone").exists()
+
+
+# --- drops -----------------------------------------------------------------------
+
+def test_drops_names_the_pod_ingress_tc_drop(cluster: Cluster, tmp_path: Path) -> None:
+    with DropsProbe.for_cluster(cluster) as drops, LatencyProbe.for_cluster(cluster):
+        drops.start()
+        send(cluster, pod_on(cluster, 0), tmp_path)
+        r = drops.read()
+    # Whatever this kernel calls a TC_ACT_SHOT at ingress, the run's 23 packets have it.
+    assert r.run_by_reason is not None and list(r.run_by_reason.values()) == [23], r
+    if "TC_INGRESS" in drops.reasons.values():
+        assert r.run_by_reason == {"TC_INGRESS": 23}
+    assert r.ipv4_by_reason.get(next(iter(r.run_by_reason)), 0) >= 23  # machine-wide too
+
+
+def test_drops_names_a_udp_packet_without_a_socket(cluster: Cluster, tmp_path: Path) -> None:
+    # Without the latency probe's drop, the pod's stack finds no socket on the port.
+    with DropsProbe.for_cluster(cluster) as drops, \
+            LatencyProbe.for_cluster(cluster, drop=False) as lat:
+        drops.start()
+        lat.start()
+        send(cluster, pod_on(cluster, 0), tmp_path)
+        r, seen = drops.read(), lat.read()
+    assert seen.delivered_seen == 23
+    assert r.run_by_reason == {"NO_SOCKET": 23}, r
+
+
+def test_drops_of_other_senders_are_not_the_runs(cluster: Cluster, tmp_path: Path) -> None:
+    """The external client's packets to a closed node port are dropped too, but only
+    the client pod's (the origin's) count as the run's."""
+    outside = T.Target.from_external_client(cluster, 0, 9)
+    pcap = outside.build_pcap("udp-new", 23, tmp_path / "outside.pcap", seq_start=10_000)
+    with DropsProbe.for_cluster(cluster) as drops, LatencyProbe.for_cluster(cluster):
+        drops.start()
+        assert outside.replay(pcap, 1000, 30).sent == 23
+        send(cluster, pod_on(cluster, 0), tmp_path)
+        r = drops.read()
+    assert r.ipv4_by_reason.get("NO_SOCKET", 0) >= 23  # the node dropped the outsider's
+    assert r.run_by_reason is not None and "NO_SOCKET" not in r.run_by_reason
+    assert sum(r.run_by_reason.values()) == 23
+
+
+def test_drops_without_origin_counts_machine_wide_only() -> None:
+    with DropsProbe() as drops:
+        drops.start()
+        r = drops.read()
+    assert r.run_by_reason is None
+
+
+def test_drop_reason_names_come_from_the_kernel() -> None:
+    names = print_symbolic("skb", "kfree_skb", "reason")
+    assert "NOT_SPECIFIED" in names.values() and "NO_SOCKET" in names.values()
+    assert print_symbolic("irq", "softirq_entry", "vec")[3] == "NET_RX"
+
+
+# --- cpu -------------------------------------------------------------------------
+
+def test_cpu_sees_net_rx_time_that_grows_with_packets(cluster: Cluster,
+                                                     tmp_path: Path) -> None:
+    pod = pod_on(cluster, 0)
+    with CpuProbe() as cpu, LatencyProbe.for_cluster(cluster) as lat:
+        readings = []
+        for count in (23, 50_000):
+            cpu.start()
+            lat.start()
+            send(cluster, pod, tmp_path, count=count, pps=None)
+            readings.append((cpu.read(), lat.read().delivered_seen))
+    (small, n_small), (large, n_large) = readings
+    assert (n_small, n_large) == (23, 50_000)
+    assert 0 < small.net_rx_ns < large.net_rx_ns
+    assert small.runs > 0 and large.per_packet_ns(n_large) > 0
+
+
+# --- transit ---------------------------------------------------------------------
+
+def test_transit_sees_23_through_node0(cluster: Cluster, tmp_path: Path) -> None:
+    with TransitProbe.for_cluster(cluster) as transit, LatencyProbe.for_cluster(cluster):
+        transit.start()
+        send(cluster, pod_on(cluster, 0), tmp_path)
+        local = transit.read()
+        transit.start()
+        send(cluster, pod_on(cluster, 1), tmp_path)
+        remote = transit.read()
+    assert local.by_hops == {"pc->pod": 23, "pc->ul0": 0, "ul0->pod": 0, "ul0->ul0": 0}
+    assert (local.count, local.stale, local.rx_seen) == (23, 0, 23)
+    assert 0 < local.percentile(50) < 1_000_000
+    # To node 1: node 0 forwards to the underlay, node 1 to its pod.
+    assert remote.by_hops == {"pc->pod": 0, "pc->ul0": 23, "ul0->pod": 23, "ul0->ul0": 0}
+    assert remote.count == 46
+
+
+def test_transit_without_origin_sees_at_least_the_runs_packets(cluster: Cluster,
+                                                               tmp_path: Path) -> None:
+    # Machine-wide: other kpbench nodes on this machine may add to the count.
+    with TransitProbe() as transit, LatencyProbe.for_cluster(cluster):
+        transit.start()
+        send(cluster, pod_on(cluster, 0), tmp_path)
+        r = transit.read()
+    assert r.by_hops["pc->pod"] >= 23 and r.count >= 23
+
+
+def test_transit_histogram_buckets_are_contiguous_and_fine() -> None:
+    lower, upper = transit_bucket_bounds()
+    assert lower[0] == 0 and (lower[1:] == upper[:-1]).all()
+    wide = lower >= 16
+    assert ((upper[wide] - lower[wide]) / lower[wide] <= 1 / 16).all()
+
+
+# --- overhead --------------------------------------------------------------------
+
+def tc(netns: str, *argv: str) -> str:
+    return subprocess.run(["ip", "netns", "exec", netns, "tc", *argv], capture_output=True,
+                          text=True, check=True).stdout
+
+
+def rx_packets(netns: str, ifname: str) -> int:
+    with in_netns(netns) as ns:
+        link = ns.link("get", index=ns.link_lookup(ifname=ifname)[0])[0]
+        return int(link.get("stats64")["rx_packets"])
+
+
+def test_overhead_same_workload_with_and_without_probes(cluster: Cluster,
+                                                        tmp_path: Path) -> None:
+    """The measurement docs/probes.md reports. Asserts only that every configuration
+    delivered the whole workload; rates go to stdout (-s) and, if
+    KPB_PROBE_OVERHEAD_OUT names a file, to that JSON file.
+    KPB_PROBE_OVERHEAD_REPS / _PACKETS scale the run (defaults 1 / 50,000)."""
+    reps = int(os.environ.get("KPB_PROBE_OVERHEAD_REPS", "1"))
+    count = int(os.environ.get("KPB_PROBE_OVERHEAD_PACKETS", "50000"))
+    pod = pod_on(cluster, 0)
+    configs: dict[str, list[Probe]] = {
+        "none": [],
+        "latency (drop=False)": [LatencyProbe.for_cluster(cluster, drop=False)],
+        "cpu": [CpuProbe()],
+        "drops": [DropsProbe()],
+        "drops (origin-tagged)": [DropsProbe.for_cluster(cluster)],
+        "transit": [TransitProbe()],
+        "transit (origin-tagged)": [TransitProbe.for_cluster(cluster)],
+        "all four (latency drop=False, tagged)": [
+            LatencyProbe.for_cluster(cluster, drop=False), CpuProbe(),
+            DropsProbe.for_cluster(cluster), TransitProbe.for_cluster(cluster)],
+        "latency (drop=True)": [LatencyProbe.for_cluster(cluster, drop=True)],
+    }
+    target = T.Target.from_client_pod(cluster, pod.ip, PORT)
+    target.replay(target.build_warmup_pcap("udp-established", tmp_path / "w.pcap"), 1000, 10)
+    pcap = target.build_pcap("udp-established", count, tmp_path / "ov.pcap")
+    rates: dict[str, list[float]] = {name: [] for name in configs}
+    for _ in range(reps):
+        for name, probes in configs.items():  # interleaved, so drift hits all alike
+            with contextlib.ExitStack() as stack:
+                for p in probes:
+                    stack.enter_context(p)
+                    p.start()
+                before = rx_packets(cluster.pod_ns(pod), "eth0")
+                stats = target.replay(pcap, None, timeout=120)
+                time.sleep(DRAIN)
+                delivered = rx_packets(cluster.pod_ns(pod), "eth0") - before
+            assert stats.sent == count and delivered >= count, (name, stats, delivered)
+            rates[name].append(delivered / stats.seconds)
+    base = statistics.median(rates["none"])
+    report = {name: {"median_pps": statistics.median(v), "runs_pps": v,
+                     "vs_none": statistics.median(v) / base - 1} for name, v in rates.items()}
+    for name, r in report.items():
+        print(f"{name:32s} {r['median_pps']:10.0f} pps  {r['vs_none']:+.1%}")
+    out = os.environ.get("KPB_PROBE_OVERHEAD_OUT")
+    if out:
+        Path(out).write_text(json.dumps({"packets": count, "reps": reps, "workload":
+                                         "udp-established, top speed, no datapath",
+                                         "results": report}, indent=2))
