@@ -5,13 +5,14 @@ from __future__ import annotations
 from bench.datapaths.base import Datapath, NodeContext
 from bench.errors import InputError
 
-DATAPATH_NAMES = ("iptables", "nftables")
+DATAPATH_NAMES = ("iptables", "nftables", "ipvs")
 IPTABLES_BACKENDS = ("legacy", "nft")
 # What scenarios and results call a datapath: its name plus its own variant.
 VARIANTS: dict[str, tuple[str, str]] = {
     "iptables-legacy": ("iptables", "legacy"),
     "iptables-nft": ("iptables", "nft"),
     "nftables": ("nftables", "legacy"),
+    "ipvs": ("ipvs", "legacy"),  # scheduler rr; `--datapath ipvs-<scheduler>` picks another
 }
 
 
@@ -28,6 +29,10 @@ def make_datapath(name: str, iptables_backend: str = "legacy") -> Datapath:
         from bench.datapaths.nftables import NftablesDatapath
 
         return NftablesDatapath()
+    if name == "ipvs" or name.startswith("ipvs-"):
+        from bench.datapaths.ipvs import IpvsDatapath
+
+        return IpvsDatapath(name.partition("-")[2] or "rr", iptables_backend=iptables_backend)
     raise InputError(f"unknown datapath {name!r}; choose one of {', '.join(DATAPATH_NAMES)}",
                      field="--datapath")
 
