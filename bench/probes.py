@@ -26,7 +26,7 @@ import errno
 import mmap
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -227,6 +227,18 @@ class Probe:
 
     def _attach(self) -> None:
         raise NotImplementedError
+
+    def _attach_guarded(self, steps: Callable[[], None]) -> None:
+        """Run ``steps()``; on failure remove what was attached, then re-raise.
+
+        For subclasses that override :meth:`attach` itself (``attach`` already
+        does this around ``_attach``).
+        """
+        try:
+            steps()
+        except BaseException:
+            self.detach()
+            raise
 
     def detach(self) -> None:
         """Remove every program and map of this probe; safe to call twice."""
