@@ -35,6 +35,10 @@ from bench.errors import InputError
 from bench.generate import capacity
 
 WORKLOADS = ("udp-new", "tcp-syn", "udp-established")
+KINDS = ("packets", "sync")
+# One change at scale, each applied as a partial sync (see bench/sync_runner.py).
+CHANGES = ("add-service", "remove-service", "add-endpoint", "remove-endpoint",
+           "endpoint-not-ready")
 POSITIONS = ("first", "middle", "last")
 PROBES = ("latency", "cpu", "drops", "transit")
 # tcpreplay reaches about 180k packets/s per core here (DESIGN.md); far beyond that
@@ -44,11 +48,13 @@ MAX_PACKETS = 2_000_000
 MAX_REPETITIONS = 100
 
 _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "": {"name": str, "description": str, "sweep": dict, "traffic": dict, "measure": dict},
+    "": {"name": str, "description": str, "kind": str, "sweep": dict, "traffic": dict,
+         "measure": dict, "sync": dict},
     "sweep": {"datapaths": list, "services": list, "endpoints": int, "nodes": int,
               "position": (str, int), "max_services": dict},
     "traffic": {"workloads": list, "rate_pps": int, "packets": int, "repetitions": int,
                 "warmup_packets": int},
+    "sync": {"changes": list, "repetitions": int, "effect_rate_pps": int},
     "measure": {"probes": list, "overhead": bool, "settle_timeout": (int, float),
                 "point_time_limit": (int, float), "settle_tolerance": (int, float)},
 }
@@ -76,6 +82,10 @@ class Scenario:
     settle_tolerance: float = 0.15
     point_time_limit: float = 900.0
     description: str = ""
+    kind: str = "packets"
+    changes: tuple[str, ...] = CHANGES
+    sync_repetitions: int = 3
+    effect_rate_pps: int = 2000
 
     def scales(self, datapath: str) -> list[int]:
         """The service counts this datapath is measured at (its cap applied)."""
@@ -89,10 +99,17 @@ class Scenario:
         return {"first": 0, "middle": services // 2, "last": services - 1}[self.position]
 
     @property
+    def measured(self) -> tuple[str, ...]:
+        """What each (datapath, scale) measures: traffic workloads, or sync kinds."""
+        if self.kind == "sync":
+            return ("sync-full", *(f"sync-{c}" for c in self.changes))
+        return self.workloads
+
+    @property
     def points(self) -> list[tuple[str, int, str]]:
         """(datapath, services, workload) in run order."""
         return [(dp, n, w) for dp in self.datapaths for n in self.scales(dp)
-                for w in self.workloads]
+                for w in self.measured]
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -148,7 +165,7 @@ def parse_scenario(doc: dict[str, Any], src: str = "<scenario>", text: str = "",
                    default_name: str = "scenario") -> Scenario:
     """Validate a parsed TOML document into a Scenario."""
     _check_keys(doc, "", src)
-    for section in ("sweep", "traffic", "measure"):
+    for section in ("sweep", "traffic", "measure", "sync"):
         _check_keys(doc.get(section, {}), section, src)
     if "sweep" not in doc:
         raise InputError("missing [sweep] table (datapaths and services)", source=src,
@@ -214,6 +231,22 @@ def parse_scenario(doc: dict[str, Any], src: str = "<scenario>", text: str = "",
             kw[key] = float(measure[key])
     if "overhead" in measure:
         kw["overhead"] = measure["overhead"]
+    kind = doc.get("kind", "packets")
+    if kind not in KINDS:
+        raise InputError(f"unknown kind {kind!r}; choose from {', '.join(KINDS)}", source=src,
+                         field="kind")
+    kw["kind"] = kind
+    sync = doc.get("sync", {})
+    if sync and kind != "sync":
+        raise InputError("a [sync] table needs kind = \"sync\"", source=src, field="sync")
+    if "changes" in sync:
+        kw["changes"] = _choices(sync["changes"], CHANGES, src, "sync.changes")
+    if "repetitions" in sync:
+        _positive(sync["repetitions"], src, "sync.repetitions", hi=MAX_REPETITIONS)
+        kw["sync_repetitions"] = sync["repetitions"]
+    if "effect_rate_pps" in sync:
+        _positive(sync["effect_rate_pps"], src, "sync.effect_rate_pps", hi=MAX_RATE_PPS)
+        kw["effect_rate_pps"] = sync["effect_rate_pps"]
     name = doc.get("name", default_name)
     if not name or not all(c.isalnum() or c in "-_." for c in name):
         raise InputError("use letters, digits, '-', '_' and '.' only", source=src, field="name")

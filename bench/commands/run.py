@@ -37,7 +37,12 @@ def run(args: argparse.Namespace) -> int:
     for prefix, names in leftovers().items():
         print(f"kpbench: warning: leftovers of an earlier run {prefix} ({len(names)} "
               "namespaces): run `kpbench clean`")
-    runner = Runner(scenario, Path(args.results))
+    if scenario.kind == "sync":
+        from bench.sync_runner import SyncRunner
+
+        runner: Runner = SyncRunner(scenario, Path(args.results))
+    else:
+        runner = Runner(scenario, Path(args.results))
     path = runner.run()
     print(path)
     if not args.no_export:

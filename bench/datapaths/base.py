@@ -8,10 +8,11 @@ golden-tested, and so sync timing can split render time from apply time.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import subprocess
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from bench.errors import ApplyError, ApplyTimeout, InputError
@@ -103,6 +104,22 @@ class Datapath(ABC):
         """Remove everything this datapath programmed in ``netns``."""
 
 
+_TOOL_OBSERVERS: list[Callable[[int], None]] = []
+
+
+@contextlib.contextmanager
+def watching_tools(observe: Callable[[int], None]) -> Iterator[None]:
+    """Call ``observe(pid)`` for every tool :func:`run_in_netns` starts in the block.
+
+    Sync measurements use it to trace the applying process's system calls.
+    """
+    _TOOL_OBSERVERS.append(observe)
+    try:
+        yield
+    finally:
+        _TOOL_OBSERVERS.remove(observe)
+
+
 def run_in_netns(netns: str, argv: Sequence[str], stdin: str | None = None,
                  timeout: float | None = None,
                  check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -115,15 +132,27 @@ def run_in_netns(netns: str, argv: Sequence[str], stdin: str | None = None,
     """
     if not netns:
         raise ValueError("refusing to run a datapath tool outside a run's namespace")
+    # `ip netns exec` execs the tool in the same process: its pid is the tool's.
     cmd = ["ip", "netns", "exec", netns, *argv]
     try:
-        proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout,
-                              check=False)
-    except subprocess.TimeoutExpired:
-        raise ApplyTimeout(f"{argv[0]} in {netns} did not finish within {timeout:g} s",
-                           seconds=timeout or 0.0) from None
+        child = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
     except FileNotFoundError:
         raise ApplyError(f"{argv[0]} is not installed: run scripts/setup.sh") from None
+    with child:
+        for observe in _TOOL_OBSERVERS:
+            observe(child.pid)
+        try:
+            out, err = child.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            raise ApplyTimeout(f"{argv[0]} in {netns} did not finish within {timeout:g} s",
+                               seconds=timeout or 0.0) from None
+        except BaseException:
+            child.kill()
+            raise
+    proc = subprocess.CompletedProcess(cmd, child.returncode, out, err)
     if check and proc.returncode != 0:
         msg = (proc.stderr or proc.stdout).strip().splitlines()
         first = msg[0] if msg else f"exit code {proc.returncode}"

@@ -459,19 +459,31 @@ def _render_service_port(tx: _Transaction, view: ServicePortView, ctx: NodeConte
 
 
 def render_full_sync(
-    ports: Sequence[ServicePortView], ctx: NodeContext, service_cidrs: Sequence[str] = ()
+    ports: Sequence[ServicePortView], ctx: NodeContext, service_cidrs: Sequence[str] = (),
+    element_cache: dict[ServicePortView, list[str]] | None = None,
 ) -> str:
-    """The transaction of a kube-proxy full sync for ``ports`` as seen by ``ctx``'s node."""
+    """The transaction of a kube-proxy full sync for ``ports`` as seen by ``ctx``'s node.
+
+    ``element_cache``, if given, is refilled with each port's element lines,
+    for the partial syncs that follow.
+    """
     tx = _Transaction()
     _setup(tx, ctx, service_cidrs)
+    if element_cache is not None:
+        element_cache.clear()
     for view in ports:
+        start = len(tx.lines)
         _render_service_port(tx, view, ctx)
+        if element_cache is not None:
+            element_cache[view] = [ln for ln in tx.lines[start:]
+                                   if ln.startswith("add element ")]
     return tx.text()
 
 
 def render_partial_sync(
     ports: Sequence[ServicePortView], ctx: NodeContext, changed: Collection[str],
     stale_chains: Collection[str] = (), service_cidrs: Sequence[str] = (),
+    element_cache: dict[ServicePortView, list[str]] | None = None,
 ) -> tuple[str, set[str]]:
     """A kube-proxy partial sync: only the Services in ``changed`` get their chains rewritten.
 
@@ -480,8 +492,12 @@ def render_partial_sync(
     they are, chains no longer used are flushed now and deleted on the next
     sync (``stale_chains``, once nothing can reference them), and the base
     chains are not recreated (that happens only on the first sync after
-    start-up). Returns the transaction and the chains it made stale.
+    start-up). ``element_cache`` maps an unchanged service port to its element
+    lines from an earlier render, so they are not rendered again; it is
+    refreshed in place. Returns the transaction and the chains it made stale.
     """
+    cache = element_cache if element_cache is not None else {}
+    fresh: dict[ServicePortView, list[str]] = {}
     tx = _Transaction()
     _setup(tx, ctx, service_cidrs, startup=False)
     for chain in sorted(stale_chains):
@@ -491,9 +507,15 @@ def render_partial_sync(
         if view.service.key in changed:
             _render_service_port(tx, view, ctx)
         else:
-            part = _Transaction()
-            _render_service_port(part, view, ctx)
-            tx.lines.extend(ln for ln in part.lines if ln.startswith("add element "))
+            lines = cache.get(view)
+            if lines is None:
+                part = _Transaction()
+                _render_service_port(part, view, ctx)
+                lines = [ln for ln in part.lines if ln.startswith("add element ")]
+            fresh[view] = lines
+            tx.lines.extend(lines)
+    cache.clear()
+    cache.update(fresh)
     return tx.text(), set()
 
 
@@ -549,10 +571,12 @@ class NftablesDatapath(Datapath):
         # partial sync flushed that the next one deletes (as upstream's staleChains).
         self._chains: dict[str, set[str]] = {}
         self._stale: dict[str, set[str]] = {}
+        self._elements: dict[str, dict[ServicePortView, list[str]]] = {}
 
     def render(self, ports: Sequence[ServicePortView], ctx: NodeContext) -> str:
         """The ``nft -f`` transaction of kube-proxy's first full sync (see module doc)."""
-        text = render_full_sync(ports, ctx, ctx.service_cidrs)
+        text = render_full_sync(ports, ctx, ctx.service_cidrs,
+                                self._elements.setdefault(ctx.node_name, {}))
         self._chains[ctx.node_name] = service_chains(text)
         self._stale[ctx.node_name] = set()
         return text
@@ -562,7 +586,7 @@ class NftablesDatapath(Datapath):
         """A partial sync after the Services in ``changed`` (``ns/name``) changed."""
         node = ctx.node_name
         text, _ = render_partial_sync(ports, ctx, changed, self._stale.get(node, set()),
-                                      ctx.service_cidrs)
+                                      ctx.service_cidrs, self._elements.setdefault(node, {}))
         # Chains of changed services that this sync no longer writes are flushed now and
         # deleted next time. Unchanged services keep their chains.
         before = self._chains.get(node, set())
