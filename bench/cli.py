@@ -8,10 +8,10 @@ import sys
 from collections.abc import Sequence
 
 from bench import interrupts
-from bench.commands import clean, doctor, export, generate, plot, render, run, up
+from bench.commands import clean, doctor, export, generate, plot, render, run, up, vm
 from bench.errors import KpbenchError
 
-COMMANDS = (run, render, up, generate, doctor, clean, export, plot)
+COMMANDS = (run, render, up, generate, doctor, clean, export, plot, vm)
 
 DESCRIPTION = """\
 kpbench measures what Kubernetes Service datapaths (iptables, nftables, ...)

@@ -37,6 +37,7 @@ from bench.scenario import Scenario
 from bench.stats import Histogram
 from bench.testbed import SyncTiming, Testbed
 from bench.traffic import NEW_FLOW_WORKLOADS, Target
+from bench.vm import guest_environment
 
 log = logging.getLogger("kpbench")
 
@@ -132,7 +133,7 @@ class Runner:
 
     def run(self) -> Path:
         """Run every point; returns the result file (complete, or partial on Ctrl-C)."""
-        env = R.capture_environment()
+        env = R.capture_environment(**guest_environment())  # 'vm', KVM or TCG, in a guest
         path = R.result_path(self.results_dir, self.sc.name, env)
         scenario_doc = {"name": self.sc.name, "path": self.sc.path, "text": self.sc.text}
         log.info("result: %s", path)
