@@ -1,0 +1,369 @@
+"""Loading kpbench's eBPF load balancer into a node: compile, size, attach, program maps.
+
+One :class:`LoadedLb` per node namespace holds a BCC object (its maps and
+programs live as long as it does), the tc and XDP attachments made in that
+namespace, and the map entries last written, so a sync writes only what
+changed (as Cilium's agent does) and can always replace the whole contents.
+
+Map sizes are computed from the first rendering a node gets (twice what it
+needs, for later changes) and fixed when the programs load; a rendering
+beyond them, or beyond what kpbench will load at all, is an InputError with
+the numbers. The programs themselves are in ``bpf/`` (see their header
+comments); this host's kernel headers need not match the kernel, so they use
+UAPI types only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import json
+import logging
+import re
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import NetNS
+from pyroute2.netlink.exceptions import NetlinkError
+
+from bench.datapaths import ebpf_maps as M
+from bench.errors import ApplyError, FeatureMissing, InputError
+
+log = logging.getLogger(__name__)
+
+BPF_DIR = Path(__file__).resolve().parent / "bpf"
+NETNS_DIR = Path("/run/netns")
+TC_INGRESS = "ffff:fff2"
+# After the measurement probes' filters (0x4B50..), which observe and pass packets on.
+TC_PRIO = 0x4C00
+XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+XDP_MODES = {1: "native", 2: "generic", 3: "offload"}
+
+MIN_ENTRIES = 4096
+MAX_ENTRIES = 1 << 21  # per sync map: 10k services x 10 endpoints x 2 frontends fit twice
+CT_ENTRIES = 1 << 18  # LRU: connections tracked per node (two entries each)
+AFFINITY_ENTRIES = 1 << 16  # LRU: (client, frontend) pairs with affinity per node
+_SIZE_FLAGS = {"svc": "KPB_SVC_MAX", "backend": "KPB_BACKEND_MAX", "revnat": "KPB_REVNAT_MAX",
+               "match": "KPB_MATCH_MAX"}
+
+
+def stat_names() -> tuple[str, ...]:
+    """The lb4_stats counters, in index order, read from the ``ST_*`` enum of lb4.h."""
+    text = (BPF_DIR / "lb4.h").read_text()
+    block = text[text.index("enum {\n    ST_"):]
+    block = block[:block.index("};")]
+    return tuple(n.lower() for n in re.findall(r"^\s*ST_(\w+),", block, re.M) if n != "N")
+
+
+def source(name: str) -> str:
+    """``bpf/<name>.c`` with ``lb4.h`` inlined: BCC rewrites map calls only in the main text."""
+    text = (BPF_DIR / f"{name}.c").read_text()
+    return text.replace('#include "lb4.h"', (BPF_DIR / "lb4.h").read_text())
+
+
+@dataclass(frozen=True)
+class MapSizes:
+    """max_entries of each map programmed by a sync (rendering names), fixed at load."""
+
+    svc: int
+    backend: int
+    revnat: int
+    match: int
+
+    @classmethod
+    def for_counts(cls, counts: dict[str, int]) -> MapSizes:
+        """Twice what ``counts`` needs (room for later syncs), a power of two, within limits."""
+        sizes = {}
+        for m, n in counts.items():
+            if n > MAX_ENTRIES:
+                raise InputError(f"{n} {M.MAPS[m]} entries exceed the largest map kpbench "
+                                 f"loads ({MAX_ENTRIES}); use fewer services or endpoints")
+            want = max(MIN_ENTRIES, 2 * n)
+            sizes[m] = min(MAX_ENTRIES, 1 << (want - 1).bit_length())
+        sizes["revnat"] = min(sizes["revnat"], M.MAX_REVNAT + 1)
+        return cls(**sizes)
+
+    def check(self, counts: dict[str, int]) -> None:
+        """InputError if ``counts`` do not fit the loaded maps."""
+        for m, n in counts.items():
+            cap = getattr(self, m)
+            if n > cap:
+                raise InputError(f"{n} {M.MAPS[m]} entries exceed that map's {cap} entries, "
+                                 "sized when the node's first sync loaded the programs; "
+                                 "build the cluster again for this many services")
+
+    def cflags(self) -> list[str]:
+        return [f"-D{_SIZE_FLAGS[m]}={getattr(self, m)}" for m in _SIZE_FLAGS] + [
+            f"-DKPB_CT_MAX={CT_ENTRIES}", f"-DKPB_AFFINITY_MAX={AFFINITY_ENTRIES}"]
+
+
+def compile_lb(name: str, sizes: MapSizes) -> Any:
+    """BCC-compile ``bpf/<name>.c`` with maps of ``sizes``; FeatureMissing if it cannot."""
+    try:
+        from bcc import BPF
+    except ImportError as e:
+        raise FeatureMissing(f"eBPF datapath: cannot import bcc ({e}); run scripts/setup.sh")
+    try:
+        return BPF(text=source(name).encode(), cflags=sizes.cflags())
+    except Exception as e:  # BCC raises bare Exception
+        raise FeatureMissing(f"eBPF datapath: cannot compile bpf/{name}.c: {_first_line(e)}")
+
+
+def load_func(bpf: Any, fn_name: str, prog_type: int) -> Any:
+    """Load one program of a compiled object; FeatureMissing (with the verifier's word) if not."""
+    try:
+        return bpf.load_func(fn_name.encode(), prog_type)
+    except Exception as e:  # BCC raises bare Exception
+        raise FeatureMissing(f"eBPF datapath: the kernel refused {fn_name}: {_first_line(e)}")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+# --- attachments in a namespace ---------------------------------------------------------
+
+def _require_netns(netns: str) -> None:
+    if not netns or not (NETNS_DIR / netns).exists():
+        raise ApplyError(f"namespace {netns!r} does not exist: the datapath only programs "
+                         "a run's own namespaces")
+
+
+def node_links(netns: str) -> list[str]:
+    """The node's veth interfaces (underlay and pod-facing), by name."""
+    names = []
+    with NetNS(netns, flags=0) as ns:
+        for link in ns.get_links():
+            info = link.get_attr("IFLA_LINKINFO")
+            if info is not None and info.get_attr("IFLA_INFO_KIND") == "veth":
+                names.append(link.get_attr("IFLA_IFNAME"))
+    return sorted(names)
+
+
+def tc_attach(netns: str, ifname: str, fn: Any) -> None:
+    """``fn`` at tc clsact ingress of ``ifname`` (direct action), replacing ours if present."""
+    with NetNS(netns, flags=0) as ns:
+        idx = ns.link_lookup(ifname=ifname)[0]
+        try:
+            ns.tc("add", "clsact", idx)
+        except NetlinkError as e:
+            if e.code != errno.EEXIST:
+                raise ApplyError(f"tc clsact on {ifname} in {netns}: {e}") from e
+        with contextlib.suppress(NetlinkError):
+            ns.tc("del-filter", "bpf", idx, parent=TC_INGRESS, prio=TC_PRIO)
+        try:
+            ns.tc("add-filter", "bpf", idx, ":1", fd=fn.fd, name=fn.name, parent=TC_INGRESS,
+                  classid=1, direct_action=True, prio=TC_PRIO)
+        except NetlinkError as e:
+            raise FeatureMissing(f"eBPF datapath: cannot attach {fn.name} to {ifname} in "
+                                 f"{netns}: {e}") from e
+
+
+def tc_detach(netns: str, ifname: str) -> None:
+    """Remove our tc filter from ``ifname``; a namespace or link already gone is fine."""
+    if not (NETNS_DIR / netns).exists():
+        return
+    with NetNS(netns, flags=0) as ns:
+        idx = ns.link_lookup(ifname=ifname)
+        if idx:
+            with contextlib.suppress(NetlinkError):
+                ns.tc("del-filter", "bpf", idx[0], parent=TC_INGRESS, prio=TC_PRIO)
+
+
+def xdp_attach(netns: str, ifname: str, fn: Any) -> str:
+    """``fn`` as the XDP program of ``ifname``: native if the driver takes it, else generic.
+
+    Returns the mode the kernel reports for the attachment ("native" or "generic").
+    """
+    with NetNS(netns, flags=0) as ns:
+        idx = ns.link_lookup(ifname=ifname)[0]
+        try:
+            ns.link("set", index=idx, xdp={"attrs": [("IFLA_XDP_FD", fn.fd),
+                                                     ("IFLA_XDP_FLAGS", XDP_FLAGS_DRV_MODE)]})
+        except NetlinkError as native:
+            log.warning("warning: native XDP refused on %s in %s (%s); using generic XDP",
+                        ifname, netns, native)
+            try:
+                ns.link("set", index=idx, xdp={"attrs": [("IFLA_XDP_FD", fn.fd),
+                                                         ("IFLA_XDP_FLAGS",
+                                                          XDP_FLAGS_SKB_MODE)]})
+            except NetlinkError as e:
+                raise FeatureMissing(f"xdp datapath: cannot attach XDP to {ifname} in "
+                                     f"{netns}: {e}") from e
+        return xdp_mode(ns, idx)
+
+
+def xdp_mode(ns: Any, idx: int) -> str:
+    """The XDP attachment mode the kernel reports for a link ("none" without one)."""
+    link = ns.link("get", index=idx)[0]
+    xdp = link.get_attr("IFLA_XDP")
+    attached = xdp.get_attr("IFLA_XDP_ATTACHED") if xdp is not None else None
+    code = {"xdp": 1, "xdpgeneric": 2, "xdpoffload": 3}.get(attached, attached)
+    return XDP_MODES.get(code, "none") if isinstance(code, int) else "none"
+
+
+def xdp_detach(netns: str, ifname: str) -> None:
+    """Remove the XDP program from ``ifname`` (either mode); gone already is fine."""
+    if not (NETNS_DIR / netns).exists():
+        return
+    with NetNS(netns, flags=0) as ns:
+        idx = ns.link_lookup(ifname=ifname)
+        for flags in (XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE):
+            with contextlib.suppress(NetlinkError, IndexError):
+                ns.link("set", index=idx[0], xdp={"attrs": [("IFLA_XDP_FD", -1),
+                                                            ("IFLA_XDP_FLAGS", flags)]})
+
+
+def veth_peer(netns: str, ifname: str) -> tuple[str, str] | None:
+    """(namespace, interface) of a veth's peer, when the peer is in a named namespace."""
+    def ip_json(*argv: str) -> Any:
+        p = subprocess.run(["ip", "-j", "-n", netns, *argv], capture_output=True, text=True,
+                           timeout=10, check=False)
+        return json.loads(p.stdout or "[]") if p.returncode == 0 else []
+
+    links = ip_json("link", "show", "dev", ifname)
+    if not links or "link_index" not in links[0]:
+        return None
+    nsid = links[0].get("link_netnsid")
+    names = {e.get("nsid"): e.get("name") for e in ip_json("netns", "list-id")}
+    peer_ns = names.get(nsid)
+    if not peer_ns:
+        return None
+    with NetNS(peer_ns, flags=0) as ns:
+        peer = ns.link("get", index=links[0]["link_index"])[0].get_attr("IFLA_IFNAME")
+    return peer_ns, peer
+
+
+def set_gro(netns: str, ifname: str, on: bool) -> None:
+    """Turn GRO on or off on a veth; with GRO on a veth runs NAPI and can receive XDP frames."""
+    if not (NETNS_DIR / netns).exists():
+        return
+    p = subprocess.run(["ip", "netns", "exec", netns, "ethtool", "-K", ifname, "gro",
+                        "on" if on else "off"], capture_output=True, text=True, timeout=10,
+                       check=False)
+    if p.returncode != 0 and on:
+        raise FeatureMissing(f"xdp datapath: cannot enable GRO on {ifname} in {netns} "
+                             f"(veth needs it to receive XDP_TX/REDIRECT frames): "
+                             f"{(p.stderr or p.stdout).strip()}")
+
+
+# --- one node's loaded object --------------------------------------------------------------
+
+@dataclass
+class LoadedLb:
+    """The load balancer loaded for one node namespace."""
+
+    netns: str
+    bpf: Any
+    sizes: MapSizes
+    applied: M.Entries | None = field(default_factory=dict)  # None: unknown, rewrite all
+    tc_links: list[str] = field(default_factory=list)
+    xdp_links: list[str] = field(default_factory=list)
+    xdp_mode: str | None = None
+    gro_peers: list[tuple[str, str]] = field(default_factory=list)
+    cgroups: list[tuple[int, Any, int]] = field(default_factory=list)  # fd, fn, attach type
+
+    def program(self, entries: M.Entries) -> dict[str, int]:
+        """Make the sync maps hold exactly ``entries``; returns entries written/deleted."""
+        self.sizes.check(M.count_entries(entries))
+        old = self.applied
+        if old is None:
+            self._clear()
+            old = {}
+        self.applied = None  # until this write completes
+        updates: dict[str, list[tuple[str, str]]] = {m: [] for m in M.MAPS}
+        deletes: dict[str, list[tuple[str, str]]] = {m: [] for m in M.MAPS}
+        for (m, k), v in entries.items():
+            if old.get((m, k)) != v:
+                updates[m].append((k, v))
+        for (m, k), v in old.items():
+            if (m, k) not in entries:
+                deletes[m].append((k, v))
+        # Slot 0 of a frontend last: its count must never name a slot not written yet.
+        updates["svc"].sort(key=lambda kv: kv[0].endswith("#0"))
+        for m in M.MAPS:
+            self._write(m, updates[m])
+        for m in reversed(M.MAPS):
+            # Slot 0 first: a shrinking frontend stops naming a slot before it goes.
+            self._delete(m, sorted(deletes[m], key=lambda kv: not kv[0].endswith("#0")))
+        self.applied = dict(entries)
+        return {"written": sum(map(len, updates.values())),
+                "deleted": sum(map(len, deletes.values()))}
+
+    def _table(self, m: str) -> Any:
+        return self.bpf[M.MAPS[m].encode()]
+
+    def _write(self, m: str, items: Sequence[tuple[str, str]]) -> None:
+        if not items:
+            return
+        table = self._table(m)
+        keys, values = M.pack(m, items)
+        n = len(items)
+        try:
+            table.items_update_batch((table.Key * n).from_buffer_copy(keys),
+                                     (table.Leaf * n).from_buffer_copy(values))
+        except Exception as e:  # BCC raises bare Exception
+            raise ApplyError(f"writing {n} {M.MAPS[m]} entries in {self.netns}: "
+                             f"{_first_line(e)}") from e
+
+    def _delete(self, m: str, items: Sequence[tuple[str, str]]) -> None:
+        if not items:
+            return
+        table = self._table(m)
+        keys = b"".join(M.pack_key(m, k) for k, _ in items)
+        try:
+            table.items_delete_batch((table.Key * len(items)).from_buffer_copy(keys))
+        except Exception as e:  # BCC raises bare Exception
+            raise ApplyError(f"deleting {len(items)} {M.MAPS[m]} entries in {self.netns}: "
+                             f"{_first_line(e)}") from e
+
+    def _clear(self) -> None:
+        for m in M.MAPS:
+            self._table(m).clear()
+
+    def stats(self) -> dict[str, int]:
+        """What the programs counted (lb4_stats), summed over CPUs."""
+        table = self.bpf[b"lb4_stats"]
+        return {name: int(sum(table.getvalue(table.Key(i))))
+                for i, name in enumerate(stat_names())}
+
+    def reset_stats(self) -> None:
+        table = self.bpf[b"lb4_stats"]
+        zero = (table.Leaf)()
+        for i in range(len(stat_names())):
+            table[table.Key(i)] = zero
+
+    def close(self) -> None:
+        """Detach everything from the namespace and free the maps and programs."""
+        from bcc import BPF
+
+        for ifname in self.xdp_links:
+            xdp_detach(self.netns, ifname)
+        for ifname in self.tc_links:
+            tc_detach(self.netns, ifname)
+        for fd, fn, attach_type in self.cgroups:
+            with contextlib.suppress(Exception):
+                BPF.detach_func(fn, fd, attach_type)
+        for peer_ns, peer in self.gro_peers:
+            set_gro(peer_ns, peer, False)
+        self.xdp_links.clear()
+        self.tc_links.clear()
+        self.cgroups.clear()
+        self.gro_peers.clear()
+        self.bpf.cleanup()
+
+
+def ctypes_sizes_match(bpf: Any) -> None:
+    """Refuse to run if Python's struct layouts differ from what the compiler made."""
+    for m, (k, v) in M.LAYOUTS.items():
+        table = bpf[M.MAPS[m].encode()]
+        if ctypes.sizeof(table.Key) != k.size or ctypes.sizeof(table.Leaf) != v.size:
+            raise ApplyError(f"{M.MAPS[m]}: key/value sizes {ctypes.sizeof(table.Key)}/"
+                             f"{ctypes.sizeof(table.Leaf)} differ from ebpf_maps' {k.size}/"
+                             f"{v.size}; bpf/lb4.h and ebpf_maps.py disagree")

@@ -1,0 +1,99 @@
+"""``ebpf-tc``: Services as an eBPF load balancer at tc, after Cilium's kube-proxy replacement.
+
+Every interface of a node (its underlay ``ul0`` and the pod-facing veths)
+gets ``kpb_lb_tc`` (``bpf/lb.c``) at tc clsact ingress. A packet to a
+frontend (ClusterIP, NodePort on a node address, external or load-balancer
+IP) picks a backend from ``lb4_services`` — at random, or from the ClientIP
+affinity map — is translated, tracked in an LRU connection table and
+redirected to its egress interface without netfilter; replies are
+translated back. NodePort with ``externalTrafficPolicy: Cluster`` SNATs to
+the node; ``Local`` keeps the client address and only uses local endpoints.
+
+A sync is map programming (:mod:`bench.datapaths.ebpf_maps`): ``render``
+lists every map entry as text; ``apply`` writes the entries that differ from
+what the node holds and deletes the ones that went away, with the batch
+map syscalls. The first apply on a node compiles and loads the programs
+(about a second and a half here, included in that first sync) with maps
+sized from that rendering. Readiness and endpoint changes are map updates.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from bench.datapaths import bpf_lb as B
+from bench.datapaths import ebpf_maps as M
+from bench.datapaths.base import Datapath, NodeContext
+from bench.model import ServicePortView
+
+log = logging.getLogger(__name__)
+
+
+class EbpfTcDatapath(Datapath):
+    """The eBPF service load balancer at tc ingress of every node interface."""
+
+    name = "ebpf-tc"
+    program = "lb"  # bpf/lb.c
+
+    def __init__(self) -> None:
+        self._backend_ids = M.IdAllocator("backend", M.MAX_BACKEND_ID)
+        self._revnat_ids = M.IdAllocator("frontend (reverse-NAT index)", M.MAX_REVNAT)
+        self._nodes: dict[str, B.LoadedLb] = {}
+
+    def render(self, ports: Sequence[ServicePortView], ctx: NodeContext) -> str:
+        """Every map entry of a full sync, one per line (see :mod:`ebpf_maps`)."""
+        return M.render_maps(ports, ctx, self._backend_ids, self._revnat_ids)
+
+    def state_size(self, rendered: str) -> dict[str, Any]:
+        entries = M.parse_maps(rendered)
+        counts = M.count_entries(entries)
+        frontends = sum(1 for m, k in entries if m == "svc" and k.endswith("#0"))
+        return {"frontends": frontends, "service_entries": counts["svc"],
+                "backends": counts["backend"], "reverse_nat": counts["revnat"],
+                "affinity_match": counts["match"]}
+
+    def apply(self, rendered: str, netns: str) -> None:
+        """Make ``netns``'s maps hold exactly ``rendered`` (loading the programs the first time)."""
+        entries = M.parse_maps(rendered)
+        node = self._nodes.get(netns)
+        if node is None:
+            node = self._load(netns, entries)
+        node.program(entries)
+
+    def _load(self, netns: str, entries: M.Entries) -> B.LoadedLb:
+        B._require_netns(netns)
+        sizes = B.MapSizes.for_counts(M.count_entries(entries))
+        bpf = B.compile_lb(self.program, sizes)
+        node = B.LoadedLb(netns, bpf, sizes)
+        try:
+            B.ctypes_sizes_match(bpf)
+            self._attach(node)
+        except BaseException:
+            node.close()
+            raise
+        self._nodes[netns] = node
+        return node
+
+    def _attach(self, node: B.LoadedLb) -> None:
+        """Attach the tc program to every veth of the node."""
+        from bcc import BPF
+
+        fn = B.load_func(node.bpf, "kpb_lb_tc", BPF.SCHED_CLS)
+        for ifname in B.node_links(node.netns):
+            B.tc_attach(node.netns, ifname, fn)
+            node.tc_links.append(ifname)
+
+    def stats(self, netns: str) -> dict[str, int]:
+        """What the programs on ``netns`` counted since load (or :meth:`reset_stats`)."""
+        return self._nodes[netns].stats()
+
+    def reset_stats(self, netns: str) -> None:
+        self._nodes[netns].reset_stats()
+
+    def cleanup(self, netns: str) -> None:
+        """Detach the programs from ``netns`` and free its maps."""
+        node = self._nodes.pop(netns, None)
+        if node is not None:
+            node.close()
