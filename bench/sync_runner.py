@@ -238,7 +238,7 @@ class SyncRunner(Runner):
                        expect_s: float | None) -> threading.Thread:
         """New flows to the changed service from the client pod, for the whole change."""
         rate = self.sc.effect_rate_pps
-        window = PRE_ROLL + 2 * (expect_s if expect_s is not None else 5.0) + TAIL
+        window = PRE_ROLL + max(2 * (expect_s if expect_s is not None else 5.0), 2.0) + TAIL
         window = min(window, self.sc.point_time_limit + TAIL)
         packets = min(MAX_EFFECT_PACKETS, max(1, math.ceil(rate * window)))
         target = Target.from_client_pod(bed.cluster, change.vip, change.port)

@@ -1,0 +1,115 @@
+"""The benchmark runner end to end: results, CSV and plots; failures, limits and Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench import runner as runner_mod
+from bench.errors import ApplyError
+from bench.results import load_result
+from bench.runner import Runner
+from bench.scenario import parse_scenario
+from bench.topology import run_namespaces
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.privileged
+
+
+def tiny(**measure: float) -> object:
+    doc = {"name": "tiny",
+           "sweep": {"datapaths": ["iptables-legacy", "nftables"], "services": [1, 20],
+                     "endpoints": 2},
+           "traffic": {"workloads": ["udp-new"], "rate_pps": 2000, "packets": 200,
+                       "repetitions": 2, "warmup_packets": 0},
+           "measure": {"settle_timeout": 5, "overhead": False, **measure}}
+    return parse_scenario(doc, "<test>", json.dumps(doc))
+
+
+def test_smoke_run_writes_result_csv_and_plots(tmp_path: Path) -> None:
+    before = run_namespaces()
+    p = subprocess.run([sys.executable, "-m", "bench", "run", str(ROOT / "scenarios/smoke.toml"),
+                        "--results", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert "ETA" in p.stderr  # progress is shown
+    files = [Path(line) for line in p.stdout.split()]
+    result = load_result(files[0])
+    assert result["status"] == "complete"
+    assert result["environment"]["kernel_release"]
+    points = result["points"]
+    assert len(points) == 4 and all(pt["status"] == "ok" for pt in points)
+    for pt in points:
+        s = pt["summary"]
+        assert s["latency_ns"]["p50"] > 0
+        assert s["cpu_ns_per_packet"] > 0
+        assert pt["setup"]["sync_seconds"] > 0 and pt["setup"]["state_size"]
+        assert sum(r["delivered"] for r in pt["repetitions"]) > 0
+    assert files[1].suffix == ".csv" and files[1].stat().st_size > 0
+    pngs = [f for f in files if f.suffix == ".png"]
+    assert pngs and all(f.stat().st_size > 1000 for f in pngs)
+    assert run_namespaces() == before
+
+
+def test_a_failed_point_is_recorded_and_the_run_goes_on(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    real = runner_mod.make_variant
+
+    def broken(variant: str):  # type: ignore[no-untyped-def]
+        dp = real(variant)
+        if variant == "iptables-legacy":
+            def apply(rendered: str, netns: str) -> None:
+                raise ApplyError("iptables-legacy-restore failed: injected fault")
+            dp.apply = apply  # type: ignore[method-assign]
+        return dp
+
+    monkeypatch.setattr(runner_mod, "make_variant", broken)
+    path = Runner(tiny(), tmp_path).run()  # type: ignore[arg-type]
+    result = load_result(path)
+    by_variant = {(pt["variant"], pt["services"]): pt for pt in result["points"]}
+    assert by_variant[("iptables-legacy", 1)]["status"] == "failed"
+    assert "injected fault" in by_variant[("iptables-legacy", 1)]["error"]
+    assert by_variant[("nftables", 20)]["status"] == "ok"
+    assert result["status"] == "complete"
+
+
+def test_a_sync_beyond_the_limit_is_recorded_as_exceeded(tmp_path: Path) -> None:
+    path = Runner(tiny(point_time_limit=0.001), tmp_path).run()  # type: ignore[arg-type]
+    points = load_result(path)["points"]
+    assert points and all(pt["status"] == "exceeded-limit" for pt in points)
+    assert all(pt["setup"]["sync_seconds"] == pytest.approx(0.001) for pt in points)
+    assert all("did not finish within" in pt["error"] for pt in points)
+
+
+@pytest.mark.parametrize("sig,code,word", [(signal.SIGINT, 130, "interrupted"),
+                                           (signal.SIGTERM, 143, "terminated")])
+def test_interrupt_keeps_measured_points_and_removes_everything(
+        tmp_path: Path, sig: int, code: int, word: str) -> None:
+    before = run_namespaces()
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run",
+                             str(ROOT / "scenarios/smoke.toml"), "--results", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    result_file = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        found = list(tmp_path.rglob("*.json"))
+        if found and json.loads(found[0].read_text() or "{}").get("points"):
+            result_file = found[0]
+            break
+        time.sleep(0.2)
+    if result_file is None:
+        proc.kill()
+        pytest.fail(f"no point was measured: {proc.communicate()}")
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert word in err and "Traceback" not in err
+    result = load_result(result_file)
+    assert result["status"] == "interrupted"
+    assert result["points"] and all(pt["status"] == "ok" for pt in result["points"])
+    assert run_namespaces() == before

@@ -1,0 +1,132 @@
+"""Rule-sync latency end to end: a small sync scenario, time to effect proven by a
+delayed apply, and a half-applied sync repaired by the next one."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from bench import runner as runner_mod
+from bench.datapaths import make_variant
+from bench.datapaths.base import run_in_netns
+from bench.errors import ApplyError
+from bench.netclient import connect_many
+from bench.results import load_result
+from bench.scenario import parse_scenario
+from bench.sync_runner import SyncRunner
+from bench.testbed import Testbed
+from bench.topology import new_prefix, remove_run
+from tests.integration import semantics as S
+
+pytestmark = pytest.mark.privileged
+DELAY = 1.0
+
+
+def scenario(datapaths: list[str], **measure: float) -> object:
+    doc = {"name": "sync-test", "kind": "sync",
+           "sweep": {"datapaths": datapaths, "services": [50], "endpoints": 3},
+           "sync": {"repetitions": 2, "changes": ["add-service", "remove-endpoint",
+                                                   "endpoint-not-ready", "add-endpoint",
+                                                   "remove-service"]},
+           "measure": {"point_time_limit": 60, **measure}}
+    return parse_scenario(doc, "<test>", json.dumps(doc))
+
+
+def test_sync_scenario_measures_full_partial_kernel_and_effect(tmp_path: Path) -> None:
+    path = SyncRunner(scenario(["iptables-legacy", "nftables"]), tmp_path).run()  # type: ignore[arg-type]
+    points = load_result(path)["points"]
+    assert {p["workload"] for p in points} == {
+        "sync-full", "sync-add-service", "sync-remove-endpoint", "sync-endpoint-not-ready",
+        "sync-add-endpoint", "sync-remove-service"}
+    for p in points:
+        assert p["status"] == "ok", p
+        assert p["setup"]["sync_seconds"] > 0 and p["setup"]["state_size"]
+        for rep in p["repetitions"]:
+            sync = rep["sync"]
+            assert sync["render"] > 0 and sync["apply"] > 0
+            # The tool's time in the kernel is part of its apply time.
+            assert 0 < sync["commit"] <= sync["kernel"] <= sync["apply"]
+            if p["workload"] != "sync-full":
+                assert sync["effect"] is not None, p["id"]
+                if p["workload"] in ("sync-add-service", "sync-add-endpoint"):
+                    assert sync["effect"] > 0  # the first packet after the change
+        assert p["summary"]["sync"]["total"] > 0
+
+
+def test_time_to_effect_is_measured_by_traffic(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # The apply returns at once but the rules land DELAY seconds later: a time to effect
+    # inferred from the apply would be ~0; the traffic must see the delay.
+    real = runner_mod.make_variant
+
+    def delayed(variant: str):  # type: ignore[no-untyped-def]
+        dp = real(variant)
+        apply = dp.apply_partial
+
+        def late(rendered: str, netns: str) -> None:
+            if late.threads:  # only the measured change is late; the revert is not
+                late.threads[0].join()
+                apply(rendered, netns)
+                return
+            t = threading.Thread(target=lambda: (time.sleep(DELAY), apply(rendered, netns)))
+            t.start()
+            late.threads.append(t)  # type: ignore[attr-defined]
+        late.threads = []  # type: ignore[attr-defined]
+        dp.apply_partial = late  # type: ignore[method-assign]
+        return dp
+
+    monkeypatch.setattr(runner_mod, "make_variant", delayed)
+    sc = scenario(["nftables"])
+    sc = type(sc)(**{**sc.__dict__, "changes": ("add-endpoint",), "sync_repetitions": 1})  # type: ignore[arg-type]
+    path = SyncRunner(sc, tmp_path).run()  # type: ignore[arg-type]
+    (point,) = [p for p in load_result(path)["points"] if p["workload"] == "sync-add-endpoint"]
+    (rep,) = point["repetitions"]
+    assert rep["sync"]["apply"] < DELAY / 2
+    assert DELAY <= rep["sync"]["effect"] < DELAY + 1.0
+
+
+def _save(netns: str, variant: str) -> list[str]:
+    if variant == "nftables":
+        text = run_in_netns(netns, ["nft", "list", "ruleset"]).stdout
+    else:
+        text = run_in_netns(netns, [f"{variant}-save"]).stdout
+    # Counters and comments of the save format differ between two equal rulesets.
+    return sorted(re.sub(r"\[\d+:\d+\]", "", ln) for ln in text.splitlines()
+                  if ln and not ln.startswith("#"))
+
+
+@pytest.mark.parametrize("variant", ["iptables-legacy", "iptables-nft", "nftables"])
+def test_a_half_applied_sync_is_repaired_by_the_next(variant: str) -> None:
+    services, slices = S.semantics_cluster()
+    with Testbed(make_variant(variant), services, slices) as bed:
+        dp, ns = bed.datapath, bed.cluster.node_ns(0)
+        good = dp.render(bed.views(0), bed.node_context(0))
+        # Break the last table of the transaction: for iptables-restore the filter
+        # table before it is already committed (half applied); nft rejects it all.
+        bad_rule = ("-A KUBE-SERVICES -m no-such-match -j ACCEPT\nCOMMIT\n"
+                    if variant.startswith("iptables") else "add rule ip kube-proxy nosuch drop\n")
+        broken = good[: good.rstrip().rfind("COMMIT")] + bad_rule if "COMMIT" in good \
+            else good + bad_rule
+        with pytest.raises(ApplyError) as exc:
+            dp.apply(broken, ns)
+        assert variant.split("-")[0] in str(exc.value) or "nft" in str(exc.value)
+        bed.sync()  # the next sync repairs
+        ok = connect_many(bed.cluster.client_pod_ns, "TCP", "172.30.0.10", 80, count=20)
+        assert all(a.ok for a in ok)
+        # The repaired state equals a clean apply of the same rendering.
+        prefix = new_prefix()
+        scratch = f"{prefix}-check"
+        from pyroute2 import netns as nsmod
+
+        nsmod.create(scratch)
+        try:
+            fresh = make_variant(variant)
+            fresh.apply(fresh.render(bed.views(0), bed.node_context(0)), scratch)
+            assert _save(ns, variant) == _save(scratch, variant)
+        finally:
+            remove_run(prefix)
