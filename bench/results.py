@@ -104,6 +104,8 @@ class RepetitionDoc(TypedDict):
     softirq_ns: int | None
     drops: dict[str, int] | None
     transit_hist: dict[str, Any] | None
+    # Kernel-function breakdown (bench.kfunc_probes), where the kernel has kprobes.
+    kfunc: NotRequired[dict[str, dict[str, Any]] | None]
     # Sync points (workload "sync-*"): seconds of render, apply, kernel time in the
     # applying tool's syscalls, time to effect, ... (None: not measured).
     sync: NotRequired[dict[str, float | None]]
@@ -118,6 +120,7 @@ class SummaryDoc(TypedDict):
     cpu_ns_per_packet: float | None
     drops: dict[str, int] | None
     transit_ns: dict[str, float | int | None] | None
+    kfunc_ns_per_packet: NotRequired[dict[str, float | None] | None]
     sync: NotRequired[dict[str, float | None]]  # per key: median over repetitions
 
 
@@ -160,6 +163,7 @@ def make_repetition(*, sent: int, delivered: int, offered_pps: float | None = No
                     cpu_ns_per_packet: float | None = None, softirq_ns: int | None = None,
                     drops: Mapping[str, int] | None = None,
                     transit_hist: stats.Histogram | dict[str, Any] | None = None,
+                    kfunc: Mapping[str, Mapping[str, Any]] | None = None,
                     sync: Mapping[str, float | None] | None = None,
                     ) -> RepetitionDoc:
     """One repetition of a point. Leave a measurement None when it was not taken."""
@@ -170,7 +174,8 @@ def make_repetition(*, sent: int, delivered: int, offered_pps: float | None = No
         delivered=int(delivered), latency_hist=_hist_json(latency_hist),
         cpu_ns_per_packet=cpu_ns_per_packet, softirq_ns=softirq_ns,
         drops=dict(drops) if drops is not None else None,
-        transit_hist=_hist_json(transit_hist))
+        transit_hist=_hist_json(transit_hist),
+        **({"kfunc": {k: dict(v) for k, v in kfunc.items()}} if kfunc is not None else {}))
     if sync is not None:
         rep["sync"] = dict(sync)
     return rep
@@ -276,6 +281,7 @@ def summarise_point(point: PointDoc) -> SummaryDoc:
         cpu_ns_per_packet=cpu_ns / cpu_pkts if cpu_pkts > 0 else None,
         drops=drops,
         transit_ns=_merged(reps, "transit_hist"),
+        **_kfunc_summary(reps),
     )
     sync_keys = sorted({k for r in reps for k in (r.get("sync") or {})})
     if sync_keys:
@@ -285,6 +291,22 @@ def summarise_point(point: PointDoc) -> SummaryDoc:
                       if (r.get("sync") or {}).get(key) is not None]
             summary["sync"][key] = float(statistics.median(values)) if values else None
     return summary
+
+
+def _kfunc_summary(reps: list[RepetitionDoc]) -> dict[str, dict[str, float | None]]:
+    """kfunc_ns_per_packet: per function, summed time over summed delivered packets."""
+    ns: dict[str, int] = {}
+    delivered = 0
+    for r in reps:
+        if r.get("kfunc") is None:
+            continue
+        delivered += r["delivered"]
+        for name, f in r["kfunc"].items():  # type: ignore[union-attr]
+            ns[name] = ns.get(name, 0) + int(f.get("total_ns") or 0)
+    if not ns:
+        return {}
+    return {"kfunc_ns_per_packet": {k: v / delivered if delivered else None
+                                    for k, v in ns.items()}}
 
 
 # -- environment ---------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from bench.datapaths import make_variant
 from bench.errors import ApplyTimeout, FeatureMissing, KpbenchError
 from bench.features import DATAPATH_NEEDS, detect
 from bench.generate import GenSpec, generate
+from bench.kfunc_probes import KfuncProbe
 from bench.scenario import Scenario
 from bench.stats import Histogram
 from bench.testbed import SyncTiming, Testbed
@@ -47,6 +48,8 @@ SETTLE_PACKETS = 300
 SETTLE_RATE_PPS = 3000
 DRAIN_SECONDS = 0.05  # packets still in flight when tcpreplay returns
 SEQ_STRIDE = 1 << 20  # sequence space per repetition: fresh flows every time
+OVERHEAD_PACKETS = 100_000  # top-speed burst for the probe overhead (about half a second)
+OVERHEAD_SRC_SPAN = 16  # source addresses, so six bursts of fresh flows fit
 
 
 class Progress:
@@ -207,19 +210,31 @@ class Runner:
             self.progress.sync_seconds[variant] = (n, timing.total)
             state = datapath.state_size(timing.rendered[0])
             target_port = measured.ports[0].port
-            probes = ProbeSet(P.LatencyProbe.for_cluster(bed.cluster),
-                              {name: cls() for name, cls in (("cpu", P.CpuProbe),
-                                                             ("drops", P.DropsProbe),
-                                                             ("transit", P.TransitProbe))
-                               if name in sc.probes})
+            probes = self._main_probes(bed)
             try:
+                points = []
+                if sc.overhead and not self.overhead_done:
+                    # Once per run, at its first point, before any probe is attached.
+                    self.overhead = self._overhead(bed, measured.cluster_ip, target_port)
+                    self.overhead_done = True
                 with probes.attached():
                     settle = self._settle(bed, measured.cluster_ip, target_port, probes)
                     for workload in sc.workloads:
-                        point = self._measure(bed, variant, n, workload, measured.cluster_ip,
-                                              target_port, probes, timing, settle, state)
-                        writer.add_point(point)
-                        self.progress.done += 1
+                        points.append(self._measure(bed, variant, n, workload,
+                                                    measured.cluster_ip, target_port, probes,
+                                                    timing, settle, state))
+                # Breakdown probes (transit; kernel functions where the kernel has them)
+                # add per-packet cost of their own, so they get a repetition of their own.
+                breakdown = self._breakdown_probes(bed)
+                with breakdown.attached():
+                    for point in points:
+                        point["repetitions"].append(self._breakdown_rep(
+                            bed, point["workload"], measured.cluster_ip, target_port,
+                            breakdown))
+                        point["missing"].update(breakdown.missing)
+                for point in points:
+                    writer.add_point(point)
+                    self.progress.done += 1
             except FeatureMissing as e:
                 remaining = [w for w in sc.workloads
                              if not any(p["id"] == self._point(variant, n, w)["id"]
@@ -228,6 +243,86 @@ class Runner:
                     writer.add_point(self._point(variant, n, w, status="failed", error=str(e),
                                                  sync_seconds=timing.total, state_size=state))
                     self.progress.done += 1
+
+    def _main_probes(self, bed: Testbed) -> ProbeSet:
+        """Latency (which also counts delivered packets), CPU and drops."""
+        wanted = {"cpu": P.CpuProbe, "drops": P.DropsProbe.for_cluster}
+        return ProbeSet(P.LatencyProbe.for_cluster(bed.cluster),
+                        {name: make(bed.cluster) if name == "drops" else make()
+                         for name, make in wanted.items() if name in self.sc.probes})
+
+    def _breakdown_probes(self, bed: Testbed) -> ProbeSet:
+        others: dict[str, P.Probe] = {}
+        if "transit" in self.sc.probes:
+            others["transit"] = P.TransitProbe.for_cluster(bed.cluster)
+        # Kernel-function time wherever the kernel has kprobes (e.g. in the VM);
+        # elsewhere it is recorded as missing with the reason.
+        others["kfunc"] = KfuncProbe()
+        return ProbeSet(P.LatencyProbe.for_cluster(bed.cluster), others)
+
+    def _breakdown_rep(self, bed: Testbed, workload: str, vip: str, port: int,
+                       probes: ProbeSet) -> R.RepetitionDoc:
+        """One more repetition with the breakdown probes; its latency is not reported."""
+        target = Target.from_client_pod(bed.cluster, vip, port)
+        pcap = self.workdir / "breakdown.pcap"
+        seq = SEQ_STRIDE * (self.sc.repetitions + 1)
+        target.build_pcap(workload, self.sc.packets, pcap, seq_start=seq)
+        probes.start(seq)
+        stats = target.replay(pcap, self.sc.rate_pps,
+                              timeout=self.sc.packets / self.sc.rate_pps * 3 + 30)
+        time.sleep(DRAIN_SECONDS)
+        return self._repetition(stats, probes, latency=False)
+
+    def _overhead(self, bed: Testbed, vip: str, port: int) -> dict[str, float]:
+        """Delivered packets/s at top speed with no probe, the main probes, and all probes.
+
+        Counted from the backend pods' own interface counters, so the figure
+        does not depend on a probe; the latency probe does not drop here, so
+        every configuration leaves the pod the same work. Configurations run
+        in the order none, main, all, all, main, none (drift cancels out) and
+        every burst is made of fresh flows (no conntrack hits).
+        """
+        from bench.topology import in_netns
+
+        target = Target.from_client_pod(bed.cluster, vip, port)
+        pcap = self.workdir / "overhead.pcap"
+
+        def delivered() -> int:
+            total = 0
+            for pod in bed.layout.pods:
+                with in_netns(bed.cluster.pod_ns(pod)) as ns:
+                    (link,) = ns.get_links(ifname="eth0")
+                    total += link.get_attr("IFLA_STATS64")["rx_packets"]
+            return total
+
+        samples: dict[str, list[float]] = {"none": [], "main": [], "all": []}
+        self.progress.say("measuring the probes' overhead")
+        for i, config in enumerate(("none", "main", "all", "all", "main", "none")):
+            target.build_pcap("udp-new", OVERHEAD_PACKETS, pcap,
+                              seq_start=SEQ_STRIDE * 500 + i * OVERHEAD_PACKETS,
+                              src_span=OVERHEAD_SRC_SPAN)
+            probes = {"none": None, "main": self._main_probes(bed),
+                      "all": self._all_probes(bed)}[config]
+            with contextlib.ExitStack() as stack:
+                if probes is not None:
+                    probes.latency.drop = False
+                    stack.enter_context(probes.attached())
+                    probes.start(0)
+                before = delivered()
+                stats = target.replay(pcap, None, timeout=120)
+                time.sleep(DRAIN_SECONDS)
+                if stats.seconds:
+                    samples[config].append((delivered() - before) / stats.seconds)
+        out = {f"{c}_pps": sum(v) / len(v) for c, v in samples.items() if v}
+        for c in ("main", "all"):
+            if out.get("none_pps") and f"{c}_pps" in out:
+                out[f"{c}_overhead_pct"] = 100 * (1 - out[f"{c}_pps"] / out["none_pps"])
+        return out
+
+    def _all_probes(self, bed: Testbed) -> ProbeSet:
+        main, extra = self._main_probes(bed), self._breakdown_probes(bed)
+        main.others.update(extra.others)
+        return main
 
     def _settle(self, bed: Testbed, vip: str, port: int, probes: ProbeSet) -> float:
         """Wait until new-flow latency stops drifting after the sync; returns seconds waited."""
@@ -277,11 +372,13 @@ class Runner:
             self.progress.traffic_seconds.append(time.monotonic() - t0)
             time.sleep(DRAIN_SECONDS)
             reps.append(self._repetition(stats, probes))
+        overhead = getattr(self, "overhead", None)
         return self._point(variant, n, workload, repetitions=reps, sync_seconds=timing.total,
-                           settle_seconds=settle, state_size=state, missing=probes.missing)
+                           settle_seconds=settle, state_size=state,
+                           missing=dict(probes.missing), probe_overhead=overhead)
 
     @staticmethod
-    def _repetition(stats: Any, probes: ProbeSet) -> R.RepetitionDoc:
+    def _repetition(stats: Any, probes: ProbeSet, latency: bool = True) -> R.RepetitionDoc:
         lat = probes.latency.read()
         delivered = lat.delivered_seen
         kw: dict[str, Any] = {}
@@ -290,15 +387,21 @@ class Runner:
             kw["softirq_ns"] = cpu.net_rx_ns
             kw["cpu_ns_per_packet"] = cpu.net_rx_ns / delivered if delivered else None
         if "drops" in probes.others:
-            kw["drops"] = probes.others["drops"].read().ipv4_by_reason  # type: ignore[attr-defined]
+            drops = probes.others["drops"].read()  # type: ignore[attr-defined]
+            # The run's own packets when the probe can tell them apart, else IPv4 drops.
+            kw["drops"] = (drops.run_by_reason if drops.run_by_reason is not None
+                           else drops.ipv4_by_reason)
         if "transit" in probes.others:
             tr = probes.others["transit"].read()  # type: ignore[attr-defined]
             lower, upper = P.transit_bucket_bounds()
             mids = ((lower + upper - 1) / 2).astype("int64")
             samples = mids.repeat(tr.hist)
             kw["transit_hist"] = Histogram.from_samples(samples) if len(samples) else None
+        if "kfunc" in probes.others:
+            kw["kfunc"] = probes.others["kfunc"].read().per_packet(delivered)  # type: ignore[attr-defined]
         return R.make_repetition(
             sent=stats.sent, delivered=delivered, offered_pps=stats.offered_pps,
             achieved_pps=stats.achieved_pps,
-            latency_hist=Histogram.from_samples(lat.latency_ns) if len(lat.latency_ns) else None,
+            latency_hist=(Histogram.from_samples(lat.latency_ns)
+                          if latency and len(lat.latency_ns) else None),
             **kw)
