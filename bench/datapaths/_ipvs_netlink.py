@@ -1,12 +1,13 @@
-"""IPVS and dummy-device programming over netlink, run inside one node's namespace.
+"""IPVS and dummy-device programming over netlink, inside one node's namespace.
 
-:class:`bench.datapaths.ipvs.IpvsDatapath` starts this module with
-``ip netns exec <ns> python -m bench.datapaths._ipvs_netlink`` and a JSON
-plan on stdin, so the generic-netlink IPVS socket and the rtnetlink socket
-belong to that namespace and the harness's own process never enters it.
-It does what kube-proxy's ``syncService``/``syncEndpoint``/``cleanLegacyService``
-and dummy-device handling do: ensure ``kube-ipvs0``, bind the service
-addresses, add or update each virtual server and its real servers (masquerade
+:class:`bench.datapaths.ipvs.IpvsDatapath` calls :func:`sync` with the
+namespace's name: pyroute2 opens the generic-netlink IPVS socket and the
+rtnetlink socket in that namespace (from a short-lived forked child), so the
+harness's own process never enters it and no new interpreter is started (on
+a TCG guest a Python start costs a minute). :func:`sync` does what
+kube-proxy's ``syncService``, ``syncEndpoint``, ``cleanLegacyService`` and
+dummy-device handling do: ensure ``kube-ipvs0``, bind the service addresses,
+add or update each virtual server and its real servers (masquerade
 forwarding, as kube-proxy), delete real servers and virtual servers no longer
 wanted, and unbind addresses no longer used. ``{"flush": true}`` removes
 everything (kube-proxy's ``CleanupLeftovers``).
@@ -49,11 +50,13 @@ def _bound(ipr: IPRoute, index: int) -> set[str]:
     return {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=index, family=AF_INET)}
 
 
-def sync(plan: dict[str, Any]) -> dict[str, int]:
+def sync(plan: dict[str, Any], netns: str | None = None) -> dict[str, int]:
+    """Make the namespace's IPVS table and kube-ipvs0 addresses match ``plan``; returns counts."""
     counts = {"services_added": 0, "services_updated": 0, "services_deleted": 0,
               "dests_added": 0, "dests_deleted": 0, "addresses_bound": 0,
               "addresses_unbound": 0}
-    with IPRoute() as ipr, IPVS() as ipvs:
+    kw: dict[str, Any] = {"netns": netns, "flags": 0} if netns else {}
+    with IPRoute(**kw) as ipr, IPVS(**kw) as ipvs:
         if plan.get("flush"):
             for s in ipvs.service("dump"):
                 ipvs.service("del", service=IPVSService.from_message(s))
@@ -120,6 +123,7 @@ def sync(plan: dict[str, Any]) -> dict[str, int]:
 
 
 def main() -> int:
+    """Read a plan on stdin and apply it in the current namespace (for debugging by hand)."""
     try:
         counts = sync(json.load(sys.stdin))
     except NetlinkError as e:

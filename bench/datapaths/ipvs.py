@@ -44,7 +44,7 @@ ipset entries and per-chain jump/set sequences for the same inputs (see
   ``--cluster-cidr`` writes ``dst,dst ! -s <cidr>``, as here.
 - Applying batches ipset changes into one ``ipset restore`` (kube-proxy execs
   ``ipset add``/``del`` per changed entry) and programs IPVS and the dummy
-  device over netlink from one helper process in the namespace
+  device over netlink from the harness's process
   (:mod:`bench.datapaths._ipvs_netlink`), as kube-proxy does from its own;
   graceful termination (weight 0, then delete) is not modelled: a removed
   real server is deleted at once.
@@ -54,13 +54,12 @@ ipset entries and per-chain jump/set sequences for the same inputs (see
 from __future__ import annotations
 
 import ipaddress
-import json
 import platform
 import re
 import subprocess
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from bench.datapaths.base import Datapath, NodeContext, run_in_netns
 from bench.errors import ApplyError, InputError
@@ -524,8 +523,7 @@ class IpvsDatapath(Datapath):
 
     def cleanup(self, netns: str) -> None:
         """kube-proxy's ``CleanupLeftovers``: flush IPVS, delete kube-ipvs0, chains, then sets."""
-        payload = json.dumps({"flush": True, "device": DUMMY_DEVICE})
-        _helper(netns, payload, self.apply_timeout)
+        _netlink(netns, {"flush": True, "device": DUMMY_DEVICE})
         for table, src, dst, comment in JUMPS:
             args = ["-t", table, src, "-m", "comment", "--comment", comment, "-j", dst]
             if self._rc(netns, "-C", *args) == 0:
@@ -556,7 +554,7 @@ class IpvsDatapath(Datapath):
                 run_in_netns(netns, [self._tool(""), *WAIT_FLAGS, "-I", *args])
 
     def _sync_ipvs(self, plan: IpvsPlan, netns: str) -> None:
-        payload = json.dumps({
+        _netlink(netns, {
             "device": DUMMY_DEVICE,
             "addresses": plan.bind_addresses,
             "services": [{"protocol": _PROTO_NUM[v.protocol], "addr": v.address,
@@ -565,7 +563,6 @@ class IpvsDatapath(Datapath):
                           "dests": [[r.ip, r.port, r.weight] for r in v.real_servers]}
                          for v in plan.virtual_servers],
         })
-        _helper(netns, payload, self.apply_timeout)
 
     def _sync_ipsets(self, plan: IpvsPlan, netns: str) -> None:
         """Create the sets, then add and delete only the entries that differ (syncIPSetEntries)."""
@@ -612,13 +609,17 @@ def _ensure_module(name: str) -> None:
     subprocess.run(["modprobe", "-q", name], capture_output=True, check=False, timeout=30)
 
 
-def _helper(netns: str, payload: str, timeout: float | None) -> None:
-    proc = run_in_netns(netns, [sys.executable, "-m", "bench.datapaths._ipvs_netlink"],
-                        stdin=payload, timeout=timeout, check=False)
-    if proc.returncode != 0:
-        msg = (proc.stderr or proc.stdout).strip().splitlines()
-        raise ApplyError(f"programming IPVS in {netns} failed: "
-                         f"{msg[-1] if msg else f'exit code {proc.returncode}'}")
+def _netlink(netns: str, plan: dict[str, Any]) -> dict[str, int]:
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    from bench.datapaths import _ipvs_netlink
+
+    if not netns:
+        raise ValueError("refusing to program IPVS outside a run's namespace")
+    try:
+        return _ipvs_netlink.sync(plan, netns)
+    except NetlinkError as e:
+        raise ApplyError(f"programming IPVS in {netns} failed: {e}") from e
 
 
 # --- reading a rendering back -------------------------------------------------------
