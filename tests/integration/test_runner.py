@@ -50,6 +50,9 @@ def test_smoke_run_writes_result_csv_and_plots(tmp_path: Path) -> None:
         assert s["cpu_ns_per_packet"] > 0
         assert pt["setup"]["sync_seconds"] > 0 and pt["setup"]["state_size"]
         assert sum(r["delivered"] for r in pt["repetitions"]) > 0
+    # The probes' own cost is measured once per run, with and without them.
+    overhead = points[0]["probe_overhead"]
+    assert overhead and all(overhead[f"{c}_pps"] > 0 for c in ("none", "main", "all"))
     assert files[1].suffix == ".csv" and files[1].stat().st_size > 0
     pngs = [f for f in files if f.suffix == ".png"]
     assert pngs and all(f.stat().st_size > 1000 for f in pngs)
