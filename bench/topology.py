@@ -191,7 +191,7 @@ class Cluster:
 
     def _node(self, i: int) -> None:
         run_netns(self.node_ns(i), ["sysctl", "-q", "-e", "-w", *NODE_SYSCTLS])
-        ns = NetNS(self.node_ns(i))
+        ns = NetNS(self.node_ns(i), flags=0)
         try:
             for k in range(self.node_count):
                 if k != i:
@@ -213,7 +213,7 @@ class Cluster:
             pod.route("add", dst="0.0.0.0/0", gateway=gw)
         finally:
             pod.close()
-        ns = NetNS(self.node_ns(node))
+        ns = NetNS(self.node_ns(node), flags=0)
         try:
             idx = ns.link_lookup(ifname=node_port)[0]
             ns.addr("add", index=idx, address=gw, prefixlen=32)
@@ -312,8 +312,8 @@ def leftovers() -> dict[str, list[str]]:
 
 @contextlib.contextmanager
 def in_netns(name: str) -> Iterator[Any]:
-    """An open pyroute2 handle to a run namespace."""
-    ns = NetNS(name)
+    """An open pyroute2 handle to an existing run namespace (never creates one)."""
+    ns = NetNS(name, flags=0)
     try:
         yield ns
     finally:
