@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
     iproute2 iptables nftables ipset conntrack ipvsadm ethtool tcpdump
-    tcpreplay netsniff-ng chromium
+    tcpreplay netsniff-ng chromium bpftool
     python3-venv python3-pip python3-bpfcc bpfcc-tools linux-headers-amd64
 )
 

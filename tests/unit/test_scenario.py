@@ -10,7 +10,7 @@ from bench.errors import InputError
 from bench.scenario import load_scenario
 from tests.conftest import DATA, ROOT
 
-BAD = sorted((DATA / "bad-scenarios").glob("*.toml"))
+BAD = sorted((DATA / "bad" / "scenarios").glob("*.toml"))
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "scenarios").glob("*.toml")),
