@@ -8,6 +8,9 @@ APT_PACKAGES=(
     iproute2 iptables nftables ipset conntrack ipvsadm ethtool tcpdump
     tcpreplay netsniff-ng chromium bpftool
     python3-venv python3-pip python3-bpfcc bpfcc-tools linux-headers-amd64
+    # `kpbench vm` (virtme-ng): QEMU, a distro kernel to boot (its headers above),
+    # busybox for virtme's initramfs; vagrant only to validate the Vagrantfile.
+    qemu-system-x86 linux-image-amd64 busybox-static vagrant
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -58,8 +61,23 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import bcc" 2>/dev/null; 
     rm -rf .venv
     /usr/bin/python3 -m venv --system-site-packages .venv
 fi
+# The VM kernel's BCC probes compile against its own headers: install the headers
+# of every /boot image (linux-headers-amd64 follows linux-image-amd64, but an
+# older image may still be there).
+for img in /boot/vmlinuz-*; do
+    [ -e "$img" ] || continue
+    rel="${img#/boot/vmlinuz-}"
+    if [ ! -d "/usr/src/linux-headers-$rel" ]; then
+        log "installing headers for the VM kernel $rel"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+            "linux-headers-$rel" >/dev/null || log "warning: no headers for $rel"
+    fi
+done
+
 log "installing kpbench and its Python dependencies into .venv"
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e ".[test]"
+# virtme-ng boots a kernel for `kpbench vm` (PyPI; Debian 12 has no package of it).
+.venv/bin/python -m pip install -q "virtme-ng>=1.30"
 .venv/bin/python -c "import bcc, pyroute2, scapy, numpy" || { log "venv check failed"; exit 1; }
 log "ready: .venv/bin/kpbench"
