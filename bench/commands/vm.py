@@ -2,6 +2,7 @@
 
   kpbench vm run [--kernel PATH|VERSION] [--cpus N] [--memory SIZE] -- run scenarios/default.toml
   kpbench vm test -- tests/vm -x
+  kpbench vm check scenarios/default.toml   # which of its datapaths this kernel lacks
 
 The kernel (default: the newest image under /boot, e.g. Debian's
 linux-image-amd64) boots under virtme-ng with the host's root filesystem
@@ -43,6 +44,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         a.add_argument("args", nargs=argparse.REMAINDER, metavar="-- ARGS",
                        help="arguments for kpbench (run) or pytest (test) inside the VM")
         a.set_defaults(func=run)
+    c = actions.add_parser(
+        "check", help="say which datapaths of a scenario this kernel lacks (exit 3 if any)",
+        description="Print each datapath of SCENARIO that this kernel cannot program, with the "
+                    "reason, one per line; exit 0 when it supports them all, 3 otherwise. "
+                    "scripts/bench.sh uses it to decide whether the suite needs the VM.")
+    c.add_argument("scenario", metavar="SCENARIO")
+    c.set_defaults(func=check)
+
+
+def check(args: argparse.Namespace) -> int:
+    from bench.features import DATAPATH_NEEDS, detect
+    from bench.scenario import load_scenario
+
+    scenario = load_scenario(args.scenario)
+    found = detect()
+    lacking = 0
+    for variant in scenario.datapaths:
+        missing = [found[f] for f in DATAPATH_NEEDS.get(variant, ()) if not found[f].ok]
+        if missing:
+            lacking += 1
+            why = "; ".join(f"{f.name}: {f.detail}" for f in missing)
+            print(f"{variant}: {why}")
+    return 3 if lacking else 0
 
 
 def run(args: argparse.Namespace) -> int:
