@@ -240,17 +240,29 @@ def veth_peer(netns: str, ifname: str) -> tuple[str, str] | None:
     return peer_ns, peer
 
 
-def set_gro(netns: str, ifname: str, on: bool) -> None:
-    """Turn GRO on or off on a veth; with GRO on a veth runs NAPI and can receive XDP frames."""
+# ethtool feature names (as ``ethtool -K`` takes them) -> as ``ethtool -k`` prints them.
+_FEATURES = {"gro": "generic-receive-offload", "tx": "tx-checksumming"}
+
+
+def set_features(netns: str, ifname: str, want: dict[str, bool]) -> dict[str, bool]:
+    """Set ethtool features (``gro``, ``tx``) of a link; returns their previous values."""
     if not (NETNS_DIR / netns).exists():
-        return
-    p = subprocess.run(["ip", "netns", "exec", netns, "ethtool", "-K", ifname, "gro",
-                        "on" if on else "off"], capture_output=True, text=True, timeout=10,
-                       check=False)
-    if p.returncode != 0 and on:
-        raise FeatureMissing(f"xdp datapath: cannot enable GRO on {ifname} in {netns} "
-                             f"(veth needs it to receive XDP_TX/REDIRECT frames): "
+        return {}
+    base = ["ip", "netns", "exec", netns, "ethtool"]
+    shown = subprocess.run([*base, "-k", ifname], capture_output=True, text=True, timeout=10,
+                           check=False).stdout
+    before = {}
+    for name, long in _FEATURES.items():
+        m = re.search(rf"^{long}: (on|off)", shown, re.M)
+        if name in want and m:
+            before[name] = m.group(1) == "on"
+    args = [x for name, on in want.items() for x in (name, "on" if on else "off")]
+    p = subprocess.run([*base, "-K", ifname, *args], capture_output=True, text=True,
+                       timeout=10, check=False)
+    if p.returncode != 0:
+        raise FeatureMissing(f"cannot set {' '.join(args)} on {ifname} in {netns}: "
                              f"{(p.stderr or p.stdout).strip()}")
+    return before
 
 
 # --- one node's loaded object --------------------------------------------------------------
@@ -264,9 +276,10 @@ class LoadedLb:
     sizes: MapSizes
     applied: M.Entries | None = field(default_factory=dict)  # None: unknown, rewrite all
     tc_links: list[str] = field(default_factory=list)
-    xdp_links: list[str] = field(default_factory=list)
+    xdp_links: list[tuple[str, str]] = field(default_factory=list)  # (namespace, link)
     xdp_mode: str | None = None
-    gro_peers: list[tuple[str, str]] = field(default_factory=list)
+    # (namespace, link, features to restore) of links whose features were changed
+    tuned: list[tuple[str, str, dict[str, bool]]] = field(default_factory=list)
     cgroups: list[tuple[int, Any, int]] = field(default_factory=list)  # fd, fn, attach type
 
     def program(self, entries: M.Entries) -> dict[str, int]:
@@ -343,19 +356,20 @@ class LoadedLb:
         """Detach everything from the namespace and free the maps and programs."""
         from bcc import BPF
 
-        for ifname in self.xdp_links:
-            xdp_detach(self.netns, ifname)
+        for netns, ifname in self.xdp_links:
+            xdp_detach(netns, ifname)
         for ifname in self.tc_links:
             tc_detach(self.netns, ifname)
         for fd, fn, attach_type in self.cgroups:
             with contextlib.suppress(Exception):
                 BPF.detach_func(fn, fd, attach_type)
-        for peer_ns, peer in self.gro_peers:
-            set_gro(peer_ns, peer, False)
+        for netns, link, before in self.tuned:
+            with contextlib.suppress(FeatureMissing):
+                set_features(netns, link, before)
         self.xdp_links.clear()
         self.tc_links.clear()
         self.cgroups.clear()
-        self.gro_peers.clear()
+        self.tuned.clear()
         self.bpf.cleanup()
 
 

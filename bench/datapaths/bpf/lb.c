@@ -542,3 +542,10 @@ int kpb_lb_xdp(struct xdp_md *ctx)
     lb4_count(ST_XDP_REDIRECT);
     return bpf_redirect(fib.ifindex, 0);
 }
+
+/* On the veth peers of a node running kpb_lb_xdp: a veth only receives the frames
+ * an XDP program sends it (XDP_TX, XDP_REDIRECT) if it runs XDP itself. */
+int kpb_xdp_pass(struct xdp_md *ctx)
+{
+    return XDP_PASS;
+}
