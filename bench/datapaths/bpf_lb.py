@@ -20,6 +20,7 @@ import ctypes
 import errno
 import json
 import logging
+import os
 import re
 import subprocess
 from collections.abc import Sequence
@@ -280,7 +281,8 @@ class LoadedLb:
     xdp_mode: str | None = None
     # (namespace, link, features to restore) of links whose features were changed
     tuned: list[tuple[str, str, dict[str, bool]]] = field(default_factory=list)
-    cgroups: list[tuple[int, Any, int]] = field(default_factory=list)  # fd, fn, attach type
+    # cgroup attachments: (directory fd, program, attach type); the fd is ours to close
+    cgroups: list[tuple[int, Any, int]] = field(default_factory=list)
 
     def program(self, entries: M.Entries) -> dict[str, int]:
         """Make the sync maps hold exactly ``entries``; returns entries written/deleted."""
@@ -363,6 +365,9 @@ class LoadedLb:
         for fd, fn, attach_type in self.cgroups:
             with contextlib.suppress(Exception):
                 BPF.detach_func(fn, fd, attach_type)
+        for fd in {fd for fd, _, _ in self.cgroups}:
+            with contextlib.suppress(OSError):
+                os.close(fd)
         for netns, link, before in self.tuned:
             with contextlib.suppress(FeatureMissing):
                 set_features(netns, link, before)
