@@ -26,6 +26,8 @@ class InputError(KpbenchError):
         self.obj = obj
         self.field = field
         where = ": ".join(p for p in (source, obj, field) if p)
+        # One line, always: parsers' own messages (YAML, TOML) may span several.
+        message = " ".join(message.split())
         super().__init__(f"{where}: {message}" if where else message)
 
 

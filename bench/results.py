@@ -512,6 +512,10 @@ def write_json_atomic(path: str | Path, doc: Any) -> None:
         os.close(dfd)
 
 
+class ResultExists(KpbenchError):
+    """The result file a run wanted to create is already there."""
+
+
 class ResultWriter:
     """Writes one run's result file, rewriting it atomically after every change.
 
@@ -524,12 +528,17 @@ class ResultWriter:
     def __init__(self, path: str | Path, *, scenario: ScenarioDoc | Mapping[str, str],
                  environment: EnvironmentDoc, run_id: str | None = None) -> None:
         self.path = Path(path)
-        if self.path.exists():
-            raise KpbenchError(f"{self.path}: a result already exists there; "
-                               f"choose another path or move it away")
         for key in ("name", "path", "text"):
             if not isinstance(scenario.get(key), str):
                 raise TypeError(f"scenario needs a string {key!r}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Claim the name atomically: two runs started in the same second must not
+        # write into one file (the atomic rewrites below then replace this claim).
+        try:
+            os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            raise ResultExists(f"{self.path}: a result already exists there; "
+                               f"choose another path or move it away") from None
         self.document: ResultDoc = ResultDoc(
             schema_version=SCHEMA_VERSION, kind=KIND,
             run_id=run_id or uuid.uuid4().hex[:12], started=_now(), finished=None,

@@ -137,11 +137,13 @@ class Runner:
     def run(self) -> Path:
         """Run every point; returns the result file (complete, or partial on Ctrl-C)."""
         env = R.capture_environment(**guest_environment())  # 'vm', KVM or TCG, in a guest
-        path = R.result_path(self.results_dir, self.sc.name, env)
         scenario_doc = {"name": self.sc.name, "path": self.sc.path, "text": self.sc.text}
+        writer = self._writer(R.result_path(self.results_dir, self.sc.name, env),
+                              scenario_doc, env)
+        path = writer.path
         log.info("result: %s", path)
         try:
-            with R.ResultWriter(path, scenario=scenario_doc, environment=env) as writer:
+            with writer:
                 for variant in self.sc.datapaths:
                     missing = self._missing_feature(variant)
                     for n in self.sc.scales(variant):
@@ -152,6 +154,18 @@ class Runner:
         finally:
             shutil.rmtree(self.workdir, ignore_errors=True)
         return path
+
+    @staticmethod
+    def _writer(path: Path, scenario_doc: dict[str, str], env: Any) -> R.ResultWriter:
+        """A writer on ``path``, or on ``<stem>-2``, ``-3``... when another run took it."""
+        for k in range(1, 100):
+            candidate = path if k == 1 else path.with_name(f"{path.stem}-{k}{path.suffix}")
+            try:
+                return R.ResultWriter(candidate, scenario=scenario_doc, environment=env)
+            except R.ResultExists:
+                continue
+        raise KpbenchError(f"{path}: 99 results of this scenario in one second; "
+                           "use another --results directory")
 
     # --- one datapath at one scale -------------------------------------------
     def _missing_feature(self, variant: str) -> str | None:
