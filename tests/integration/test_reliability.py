@@ -74,8 +74,11 @@ def test_default_run_leaves_the_host_untouched(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr[-3000:]
     result = load_result(p.stdout.split()[0])
     assert result["status"] == "complete"
-    assert all(pt["status"] == "ok" for pt in result["points"]), [
-        (pt["id"], pt["error"]) for pt in result["points"] if pt["status"] != "ok"]
+    # Datapaths this kernel provably lacks (IPVS on the host) are recorded as failed
+    # with that reason (the VM stage covers them); everything else must measure.
+    bad = [(pt["id"], pt["error"]) for pt in result["points"] if pt["status"] != "ok"
+           and not (pt["error"] or "").startswith("kernel feature missing")]
+    assert not bad, bad
     assert host_state() == before
     assert run_state() == left
 
