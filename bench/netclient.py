@@ -36,10 +36,8 @@ def _one(proto: str, ip: str, port: int, timeout: float) -> Attempt:
     try:
         with socket.socket(socket.AF_INET, kind) as s:
             s.settimeout(timeout)
-            if proto == "TCP":
-                s.connect((ip, port))
-            else:
-                s.connect((ip, port))
+            s.connect((ip, port))
+            if proto == "UDP":
                 s.send(b"kpbench\n")
             data = s.recv(256).decode(errors="replace").split()
     except TimeoutError:
