@@ -7,6 +7,8 @@ Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class KpbenchError(Exception):
     """An expected error, reported to the user as one line."""
@@ -29,6 +31,14 @@ class InputError(KpbenchError):
         # One line, always: parsers' own messages (YAML, TOML) may span several.
         message = " ".join(message.split())
         super().__init__(f"{where}: {message}" if where else message)
+
+
+def read_input(path: str | Path) -> str:
+    """The text of an input file; an unreadable one is an InputError naming it."""
+    try:
+        return Path(path).read_text()
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror}", source=str(path)) from None
 
 
 class FeatureMissing(KpbenchError):

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from bench.errors import InputError
+from bench.errors import InputError, read_input
 from bench.model import (
     DEFAULT_AFFINITY_TIMEOUT,
     PROTOCOLS,
@@ -56,13 +56,7 @@ class LoadedObjects:
 
 def load_objects(path: str | Path) -> LoadedObjects:
     """Parse one file of Kubernetes objects into the model."""
-    path = Path(path)
-    src = str(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise InputError(f"cannot read: {e.strerror}", source=src) from None
-    return parse_objects(text, src)
+    return parse_objects(read_input(path), str(path))
 
 
 def parse_objects(text: str, source: str = "<input>") -> LoadedObjects:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.datapaths import VARIANTS
-from bench.errors import InputError
+from bench.errors import InputError, read_input
 from bench.generate import capacity
 
 WORKLOADS = ("udp-new", "tcp-syn", "udp-established")
@@ -116,10 +116,7 @@ def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario file."""
     path = Path(path)
     src = str(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise InputError(f"cannot read: {e.strerror}", source=src) from None
+    text = read_input(path)
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
