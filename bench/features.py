@@ -71,12 +71,27 @@ def _ipset(ns: str) -> tuple[bool, str]:
     return _try(ns, ["ipset", "create", "KPB-PROBE", "hash:ip"])
 
 
+def _datapath_check(name: str) -> Callable[[str], tuple[bool, str]]:
+    """A check in bench.datapaths.ebpf_checks (imported late: it needs BCC)."""
+    def check(ns: str) -> tuple[bool, str]:
+        try:
+            from bench.datapaths import ebpf_checks
+        except ImportError as e:
+            return False, f"cannot import the datapath checks ({e})"
+        return getattr(ebpf_checks, name)(ns)
+    return check
+
+
 NETNS_CHECKS: dict[str, Callable[[str], tuple[bool, str]]] = {
     "iptables-legacy": _iptables("iptables-legacy"),
     "iptables-nft": _iptables("iptables-nft"),
     "nftables": _nftables,
     "ipset": _ipset,
     "ipvs": _ipvs,
+    "ebpf-tc": _datapath_check("check_tc"),
+    "xdp": _datapath_check("check_xdp"),
+    "socket-lb": _datapath_check("check_socket_lb"),
+    "userspace": _datapath_check("check_userspace"),
 }
 
 
@@ -160,4 +175,8 @@ DATAPATH_NEEDS = {
     "iptables-nft": ("iptables-nft",),
     "nftables": ("nftables",),
     "ipvs": ("ipvs", "ipset", "iptables-legacy"),
+    "ebpf-tc": ("bcc", "ebpf-tc"),
+    "xdp": ("bcc", "ebpf-tc", "xdp"),
+    "socket-lb": ("bcc", "socket-lb"),
+    "userspace": ("userspace",),
 }

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+
 from bench.datapaths.base import Datapath, NodeContext
 from bench.errors import InputError
 
-DATAPATH_NAMES = ("iptables", "nftables", "ipvs")
+DATAPATH_NAMES = ("iptables", "nftables", "ipvs", "ebpf-tc", "xdp", "socket-lb", "userspace")
 IPTABLES_BACKENDS = ("legacy", "nft")
 # What scenarios and results call a datapath: its name plus its own variant.
 VARIANTS: dict[str, tuple[str, str]] = {
@@ -13,6 +15,10 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "iptables-nft": ("iptables", "nft"),
     "nftables": ("nftables", "legacy"),
     "ipvs": ("ipvs", "legacy"),  # scheduler rr; `--datapath ipvs-<scheduler>` picks another
+    "ebpf-tc": ("ebpf-tc", "legacy"),
+    "xdp": ("xdp", "legacy"),
+    "socket-lb": ("socket-lb", "legacy"),
+    "userspace": ("userspace", "legacy"),
 }
 
 
@@ -33,8 +39,18 @@ def make_datapath(name: str, iptables_backend: str = "legacy") -> Datapath:
         from bench.datapaths.ipvs import IpvsDatapath
 
         return IpvsDatapath(name.partition("-")[2] or "rr", iptables_backend=iptables_backend)
+    if name in _OTHERS:
+        module, cls = _OTHERS[name]
+        datapath: Datapath = getattr(importlib.import_module(f"bench.datapaths.{module}"), cls)()
+        return datapath
     raise InputError(f"unknown datapath {name!r}; choose one of {', '.join(DATAPATH_NAMES)}",
                      field="--datapath")
+
+
+# Datapaths without a backend choice: (module, class), imported only when asked for.
+_OTHERS = {"ebpf-tc": ("ebpf_tc", "EbpfTcDatapath"), "xdp": ("xdp", "XdpDatapath"),
+           "socket-lb": ("socket_lb", "SocketLbDatapath"),
+           "userspace": ("userspace", "UserspaceDatapath")}
 
 
 def make_variant(variant: str) -> Datapath:
