@@ -525,9 +525,9 @@ class IpvsDatapath(Datapath):
         """kube-proxy's ``CleanupLeftovers``: flush IPVS, delete kube-ipvs0, chains, then sets."""
         _netlink(netns, {"flush": True, "device": DUMMY_DEVICE})
         for table, src, dst, comment in JUMPS:
-            args = ["-t", table, src, "-m", "comment", "--comment", comment, "-j", dst]
-            if self._rc(netns, "-C", *args) == 0:
-                run_in_netns(netns, [self._tool(""), *WAIT_FLAGS, "-D", *args])
+            rule = [src, "-m", "comment", "--comment", comment, "-j", dst]
+            if self._rc(netns, "-t", table, "-C", *rule) == 0:
+                run_in_netns(netns, [self._tool(""), *WAIT_FLAGS, "-t", table, "-D", *rule])
         for table, chains in (("nat", NAT_CHAINS), ("filter", FILTER_CHAINS)):
             for op in ("-F", "-X"):
                 for c in chains:
@@ -549,9 +549,9 @@ class IpvsDatapath(Datapath):
                 if self._rc(netns, "-t", table, "-N", c) not in (0, 1):
                     raise ApplyError(f"{self._tool('')} -t {table} -N {c} failed in {netns}")
         for table, src, dst, comment in JUMPS:
-            args = ["-t", table, src, "-m", "comment", "--comment", comment, "-j", dst]
-            if self._rc(netns, "-C", *args) != 0:
-                run_in_netns(netns, [self._tool(""), *WAIT_FLAGS, "-I", *args])
+            rule = [src, "-m", "comment", "--comment", comment, "-j", dst]
+            if self._rc(netns, "-t", table, "-C", *rule) != 0:
+                run_in_netns(netns, [self._tool(""), *WAIT_FLAGS, "-t", table, "-I", *rule])
 
     def _sync_ipvs(self, plan: IpvsPlan, netns: str) -> None:
         _netlink(netns, {
