@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -50,6 +50,15 @@ DRAIN_SECONDS = 0.05  # packets still in flight when tcpreplay returns
 SEQ_STRIDE = 1 << 20  # sequence space per repetition: fresh flows every time
 OVERHEAD_PACKETS = 100_000  # top-speed burst for the probe overhead (about half a second)
 OVERHEAD_SRC_SPAN = 16  # source addresses, so six bursts of fresh flows fit
+# A workload "nodeport-<w>" sends <w> from the external client to the measured
+# service's NodePort on node 0 (made a NodePort service for it) instead of from the
+# client pod to its ClusterIP: the path NodePort accelerations such as XDP take.
+NODEPORT_PREFIX = "nodeport-"
+MEASURED_NODE_PORT = 30000
+
+
+def _target_kind(workload: str) -> str:
+    return "nodeport" if workload.startswith(NODEPORT_PREFIX) else "clusterip"
 
 
 class Progress:
@@ -193,9 +202,10 @@ class Runner:
                             position_index=self.sc.position_index(n), **kw)
 
     def _protocol(self) -> str:
-        if all(w.startswith("udp") for w in self.sc.workloads):
+        base = [w.removeprefix(NODEPORT_PREFIX) for w in self.sc.workloads]
+        if all(w.startswith("udp") for w in base):
             return "UDP"
-        if all(w.startswith("tcp") for w in self.sc.workloads):
+        if all(w.startswith("tcp") for w in base):
             return "TCP"
         raise KpbenchError("a scenario mixes UDP and TCP workloads; split it in two "
                            "(services are generated with one protocol)")
@@ -205,8 +215,14 @@ class Runner:
         self.progress.say(f"{variant}: {n} services x {sc.endpoints} endpoints: building")
         services, slices = generate(GenSpec(services=n, endpoints=sc.endpoints, nodes=sc.nodes,
                                             protocol=self._protocol()))
+        if any(_target_kind(w) == "nodeport" for w in sc.workloads):
+            i = sc.position_index(n)
+            port = replace(services[i].ports[0], node_port=MEASURED_NODE_PORT)
+            services[i] = replace(services[i], type="NodePort", ports=(port,))
         measured = services[sc.position_index(n)]
         datapath = make_variant(variant)
+        # Targets a datapath cannot act on (e.g. socket LB and replayed frames), with why.
+        not_measured: dict[str, str] = getattr(datapath, "not_measured", {})
         datapath.apply_timeout = sc.point_time_limit
         bed = Testbed(datapath, services, slices, sc.nodes, pod_services={measured.key},
                       echo=False, sync_on_enter=False)
@@ -223,29 +239,40 @@ class Runner:
                 return
             self.progress.sync_seconds[variant] = (n, timing.total)
             state = datapath.state_size(timing.rendered[0])
-            target_port = measured.ports[0].port
-            probes = self._main_probes(bed)
             try:
                 points = []
-                if sc.overhead and not self.overhead_done:
-                    # Once per run, at its first point, before any probe is attached.
-                    self.overhead = self._overhead(bed, measured.cluster_ip, target_port)
-                    self.overhead_done = True
-                with probes.attached():
-                    settle = self._settle(bed, measured.cluster_ip, target_port, probes)
-                    for workload in sc.workloads:
-                        points.append(self._measure(bed, variant, n, workload,
-                                                    measured.cluster_ip, target_port, probes,
-                                                    timing, settle, state))
-                # Breakdown probes (transit; kernel functions where the kernel has them)
-                # add per-packet cost of their own, so they get a repetition of their own.
-                breakdown = self._breakdown_probes(bed)
-                with breakdown.attached():
-                    for point in points:
-                        point["repetitions"].append(self._breakdown_rep(
-                            bed, point["workload"], measured.cluster_ip, target_port,
-                            breakdown))
-                        point["missing"].update(breakdown.missing)
+                for kind in dict.fromkeys(_target_kind(w) for w in sc.workloads):
+                    workloads = [w for w in sc.workloads if _target_kind(w) == kind]
+                    if kind in not_measured:
+                        points += [self._point(variant, n, w, status="failed",
+                                               error=f"not applicable: {not_measured[kind]}",
+                                               sync_seconds=timing.total, state_size=state)
+                                   for w in workloads]
+                        continue
+                    external = kind == "nodeport"
+                    target = (Target.from_external_client(bed.cluster, 0, MEASURED_NODE_PORT)
+                              if external else Target.from_client_pod(
+                                  bed.cluster, measured.cluster_ip, measured.ports[0].port))
+                    if sc.overhead and not self.overhead_done:
+                        # Once per run, at its first point, before any probe is attached.
+                        self.overhead = self._overhead(bed, target, external)
+                        self.overhead_done = True
+                    probes = self._main_probes(bed, external)
+                    group = []
+                    with probes.attached():
+                        settle = self._settle(target, probes)
+                        for workload in workloads:
+                            group.append(self._measure(target, variant, n, workload, probes,
+                                                       timing, settle, state))
+                    # Breakdown probes (transit; kernel functions where the kernel has them)
+                    # add per-packet cost of their own, so they get a repetition of their own.
+                    breakdown = self._breakdown_probes(bed, external)
+                    with breakdown.attached():
+                        for point in group:
+                            point["repetitions"].append(self._breakdown_rep(
+                                target, point["workload"], breakdown))
+                            point["missing"].update(breakdown.missing)
+                    points += group
                 for point in points:
                     writer.add_point(point)
                     self.progress.done += 1
@@ -258,36 +285,39 @@ class Runner:
                                                  sync_seconds=timing.total, state_size=state))
                     self.progress.done += 1
 
-    def _main_probes(self, bed: Testbed) -> ProbeSet:
-        """Latency (which also counts delivered packets), CPU and drops."""
-        wanted = {"cpu": P.CpuProbe, "drops": P.DropsProbe.for_cluster}
-        return ProbeSet(P.LatencyProbe.for_cluster(bed.cluster),
-                        {name: make(bed.cluster) if name == "drops" else make()
-                         for name, make in wanted.items() if name in self.sc.probes})
+    def _main_probes(self, bed: Testbed, external: bool = False) -> ProbeSet:
+        """Latency (which also counts delivered packets), CPU and drops.
 
-    def _breakdown_probes(self, bed: Testbed) -> ProbeSet:
+        ``external``: the traffic comes from the external client, not the client pod.
+        """
+        wanted = {"cpu": P.CpuProbe, "drops": P.DropsProbe.for_cluster}
+        return ProbeSet(P.LatencyProbe.for_cluster(bed.cluster, external=external),
+                        {name: make(bed.cluster, external=external) if name == "drops"
+                         else make() for name, make in wanted.items() if name in self.sc.probes})
+
+    def _breakdown_probes(self, bed: Testbed, external: bool = False) -> ProbeSet:
         others: dict[str, P.Probe] = {}
         if "transit" in self.sc.probes:
-            others["transit"] = P.TransitProbe.for_cluster(bed.cluster)
+            others["transit"] = P.TransitProbe.for_cluster(bed.cluster, external=external)
         # Kernel-function time wherever the kernel has kprobes (e.g. in the VM);
         # elsewhere it is recorded as missing with the reason.
         others["kfunc"] = KfuncProbe()
-        return ProbeSet(P.LatencyProbe.for_cluster(bed.cluster), others)
+        return ProbeSet(P.LatencyProbe.for_cluster(bed.cluster, external=external), others)
 
-    def _breakdown_rep(self, bed: Testbed, workload: str, vip: str, port: int,
+    def _breakdown_rep(self, target: Target, workload: str,
                        probes: ProbeSet) -> R.RepetitionDoc:
         """One more repetition with the breakdown probes; its latency is not reported."""
-        target = Target.from_client_pod(bed.cluster, vip, port)
         pcap = self.workdir / "breakdown.pcap"
         seq = SEQ_STRIDE * (self.sc.repetitions + 1)
-        target.build_pcap(workload, self.sc.packets, pcap, seq_start=seq)
+        target.build_pcap(workload.removeprefix(NODEPORT_PREFIX), self.sc.packets, pcap,
+                          seq_start=seq)
         probes.start(seq)
         stats = target.replay(pcap, self.sc.rate_pps,
                               timeout=self.sc.packets / self.sc.rate_pps * 3 + 30)
         time.sleep(DRAIN_SECONDS)
         return self._repetition(stats, probes, latency=False)
 
-    def _overhead(self, bed: Testbed, vip: str, port: int) -> dict[str, float]:
+    def _overhead(self, bed: Testbed, target: Target, external: bool) -> dict[str, float]:
         """Delivered packets/s at top speed with no probe, the main probes, and all probes.
 
         Counted from the backend pods' own interface counters, so the figure
@@ -298,7 +328,6 @@ class Runner:
         """
         from bench.topology import in_netns
 
-        target = Target.from_client_pod(bed.cluster, vip, port)
         pcap = self.workdir / "overhead.pcap"
 
         def delivered() -> int:
@@ -315,8 +344,8 @@ class Runner:
             target.build_pcap("udp-new", OVERHEAD_PACKETS, pcap,
                               seq_start=SEQ_STRIDE * 500 + i * OVERHEAD_PACKETS,
                               src_span=OVERHEAD_SRC_SPAN)
-            probes = {"none": None, "main": self._main_probes(bed),
-                      "all": self._all_probes(bed)}[config]
+            probes = {"none": None, "main": self._main_probes(bed, external),
+                      "all": self._all_probes(bed, external)}[config]
             with contextlib.ExitStack() as stack:
                 if probes is not None:
                     probes.latency.drop = False
@@ -333,15 +362,14 @@ class Runner:
                 out[f"{c}_overhead_pct"] = 100 * (1 - out[f"{c}_pps"] / out["none_pps"])
         return out
 
-    def _all_probes(self, bed: Testbed) -> ProbeSet:
-        main, extra = self._main_probes(bed), self._breakdown_probes(bed)
+    def _all_probes(self, bed: Testbed, external: bool = False) -> ProbeSet:
+        main, extra = self._main_probes(bed, external), self._breakdown_probes(bed, external)
         main.others.update(extra.others)
         return main
 
-    def _settle(self, bed: Testbed, vip: str, port: int, probes: ProbeSet) -> float:
+    def _settle(self, target: Target, probes: ProbeSet) -> float:
         """Wait until new-flow latency stops drifting after the sync; returns seconds waited."""
         start = time.monotonic()
-        target = Target.from_client_pod(bed.cluster, vip, port)
         pcap = self.workdir / "settle.pcap"
         last: float | None = None
         seq = 0
@@ -360,17 +388,17 @@ class Runner:
             last = median
         return time.monotonic() - start
 
-    def _measure(self, bed: Testbed, variant: str, n: int, workload: str, vip: str, port: int,
+    def _measure(self, target: Target, variant: str, n: int, workload: str,
                  probes: ProbeSet, timing: SyncTiming, settle: float,
                  state: dict[str, int]) -> R.PointDoc:
         sc = self.sc
-        target = Target.from_client_pod(bed.cluster, vip, port)
+        packets = workload.removeprefix(NODEPORT_PREFIX)  # what the frames are
         if sc.warmup_packets:
             warm = self.workdir / "warmup.pcap"
-            if workload in NEW_FLOW_WORKLOADS:
-                target.build_pcap(workload, sc.warmup_packets, warm, seq_start=SEQ_STRIDE * 999)
+            if packets in NEW_FLOW_WORKLOADS:
+                target.build_pcap(packets, sc.warmup_packets, warm, seq_start=SEQ_STRIDE * 999)
             else:
-                target.build_warmup_pcap(workload, warm)
+                target.build_warmup_pcap(packets, warm)
             target.replay(warm, sc.rate_pps, timeout=60)
         reps = []
         budget = sc.packets / sc.rate_pps * 3 + 30
@@ -379,7 +407,7 @@ class Runner:
                               f"{sc.repetitions}")
             pcap = self.workdir / f"{workload}.pcap"
             seq = SEQ_STRIDE * (r + 1)
-            target.build_pcap(workload, sc.packets, pcap, seq_start=seq)
+            target.build_pcap(packets, sc.packets, pcap, seq_start=seq)
             probes.start(seq)
             t0 = time.monotonic()
             stats = target.replay(pcap, sc.rate_pps, timeout=budget)

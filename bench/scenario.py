@@ -34,7 +34,10 @@ from bench.datapaths import VARIANTS
 from bench.errors import InputError, read_input
 from bench.generate import capacity
 
-WORKLOADS = ("udp-new", "tcp-syn", "udp-established")
+# "nodeport-<w>": <w> from the external client to the measured service's NodePort on
+# node 0 (see bench.runner), instead of from the client pod to its ClusterIP.
+WORKLOADS = ("udp-new", "tcp-syn", "udp-established", "nodeport-udp-new", "nodeport-tcp-syn",
+             "nodeport-udp-established")
 KINDS = ("packets", "sync")
 # One change at scale, each applied as a partial sync (see bench/sync_runner.py).
 CHANGES = ("add-service", "remove-service", "add-endpoint", "remove-endpoint",

@@ -14,12 +14,14 @@ lists every map entry as text; ``apply`` writes the entries that differ from
 what the node holds and deletes the ones that went away, with the batch
 map syscalls. The first apply on a node compiles and loads the programs
 (about a second and a half here, included in that first sync) with maps
-sized from that rendering. Readiness and endpoint changes are map updates.
+sized from that rendering; ``state_size`` reports that part as
+``program_load_ms``. Readiness and endpoint changes are map updates.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,6 +43,8 @@ class EbpfTcDatapath(Datapath):
         self._backend_ids = M.IdAllocator("backend", M.MAX_BACKEND_ID)
         self._revnat_ids = M.IdAllocator("frontend (reverse-NAT index)", M.MAX_REVNAT)
         self._nodes: dict[str, B.LoadedLb] = {}
+        # Seconds each node's first apply spent compiling, loading and attaching.
+        self.load_seconds: dict[str, float] = {}
 
     def render(self, ports: Sequence[ServicePortView], ctx: NodeContext) -> str:
         """Every map entry of a full sync, one per line (see :mod:`ebpf_maps`)."""
@@ -50,9 +54,11 @@ class EbpfTcDatapath(Datapath):
         entries = M.parse_maps(rendered)
         counts = M.count_entries(entries)
         frontends = sum(1 for m, k in entries if m == "svc" and k.endswith("#0"))
+        # The first sync of a node includes loading the programs: say how much of it.
         return {"frontends": frontends, "service_entries": counts["svc"],
                 "backends": counts["backend"], "reverse_nat": counts["revnat"],
-                "affinity_match": counts["match"]}
+                "affinity_match": counts["match"],
+                "program_load_ms": round(1000 * sum(self.load_seconds.values()))}
 
     def apply(self, rendered: str, netns: str) -> None:
         """Make ``netns``'s maps hold exactly ``rendered`` (loading the programs the first time)."""
@@ -64,6 +70,7 @@ class EbpfTcDatapath(Datapath):
 
     def _load(self, netns: str, entries: M.Entries) -> B.LoadedLb:
         B._require_netns(netns)
+        start = time.monotonic()
         sizes = B.MapSizes.for_counts(M.count_entries(entries))
         bpf = B.compile_lb(self.program, sizes)
         node = B.LoadedLb(netns, bpf, sizes)
@@ -74,6 +81,7 @@ class EbpfTcDatapath(Datapath):
             node.close()
             raise
         self._nodes[netns] = node
+        self.load_seconds[netns] = time.monotonic() - start
         return node
 
     def _attach(self, node: B.LoadedLb) -> None:

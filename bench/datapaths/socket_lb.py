@@ -39,8 +39,13 @@ class SocketLbDatapath(EbpfTcDatapath):
 
     name = "socket-lb"
     program = "sock_lb"
-    # Packets of replayed frames have no socket: nothing here acts on them.
-    packet_workloads = False
+    # What the runner's replayed-frame workloads cannot measure here, by target, and why.
+    not_measured = {
+        "clusterip": "socket LB acts at connect()/sendmsg() of sockets in the client pod's "
+                     "cgroup; replayed frames have no socket, so nothing would translate them",
+        "nodeport": "socket LB serves the client pod's own sockets; NodePort traffic from "
+                    "outside the cluster is not load-balanced by it",
+    }
 
     def __init__(self) -> None:
         super().__init__()
