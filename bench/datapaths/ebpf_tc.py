@@ -45,6 +45,8 @@ class EbpfTcDatapath(Datapath):
         self._nodes: dict[str, B.LoadedLb] = {}
         # Seconds each node's first apply spent compiling, loading and attaching.
         self.load_seconds: dict[str, float] = {}
+        # Entries the last apply wrote and deleted, per node: what a sync really changed.
+        self.last_sync: dict[str, dict[str, int]] = {}
 
     def render(self, ports: Sequence[ServicePortView], ctx: NodeContext) -> str:
         """Every map entry of a full sync, one per line (see :mod:`ebpf_maps`)."""
@@ -66,7 +68,7 @@ class EbpfTcDatapath(Datapath):
         node = self._nodes.get(netns)
         if node is None:
             node = self._load(netns, entries)
-        node.program(entries)
+        self.last_sync[netns] = node.program(entries)
 
     def _load(self, netns: str, entries: M.Entries) -> B.LoadedLb:
         B._require_netns(netns)

@@ -1,0 +1,183 @@
+"""The eBPF datapaths do their work themselves, sync by map writes, and leave nothing behind.
+
+- XDP really handles NodePort: its own counters account for every packet
+  sent, the backends receive them all, and netfilter on the node never sees
+  one (an nftables counter at the earliest prerouting hook stays at zero).
+- A sync writes only what changed (readiness is one slot and one count).
+- Clean-up removes every tc filter, XDP program, feature change and cgroup,
+  and the socket-LB cgroup also goes when nobody calls clean-up.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from bench import layout as L
+from bench.datapaths import bpf_lb as B
+from bench.datapaths import make_variant
+from bench.generate import GenSpec, generate
+from bench.netclient import connect_many
+from bench.testbed import Testbed
+from bench.topology import NODE_UNDERLAY_IF, in_netns
+from bench.traffic import Target
+from tests.conftest import require_feature
+from tests.integration import semantics as S
+
+pytestmark = pytest.mark.privileged
+
+NODE_PORT = 30000  # what generate() gives the first NodePort service
+SENT = 2300  # a multiple of 23: every packet is accounted for
+
+
+def _pod_rx(tb: Testbed) -> int:
+    total = 0
+    for pod in tb.layout.pods:
+        with in_netns(tb.cluster.pod_ns(pod)) as ns:
+            (link,) = ns.get_links(ifname="eth0")
+            total += link.get_attr("IFLA_STATS64")["rx_packets"]
+    return total
+
+
+def _nft(ns: str, script: str) -> str:
+    p = subprocess.run(["ip", "netns", "exec", ns, "nft", *script.split()], capture_output=True,
+                       text=True, check=True, timeout=30)
+    return p.stdout
+
+
+def test_xdp_forwards_every_nodeport_packet_without_the_stack(tmp_path: Path) -> None:
+    require_feature("xdp")
+    services, slices = generate(GenSpec(services=1, endpoints=4, type="NodePort",
+                                        protocol="UDP"))
+    dp = make_variant("xdp")
+    with Testbed(dp, services, slices, nodes=2, echo=False) as tb:
+        node0 = tb.cluster.node_ns(0)
+        assert dp.state_size("")["xdp_mode"] in ("native", "generic")
+        # The earliest netfilter hook there is: a packet the stack saw would count here.
+        subprocess.run(["ip", "netns", "exec", node0, "nft", "-f", "-"], check=True, timeout=30,
+                       text=True, input="table ip kpbtest {\n chain pre {\n"
+                       "  type filter hook prerouting priority -400 ;\n"
+                       f"  udp dport {NODE_PORT} counter\n }}\n}}\n")
+        target = Target.from_external_client(tb.cluster, 0, NODE_PORT)
+        # Warm-up: the first packet to each backend resolves its neighbour (via tc).
+        target.replay(target.build_pcap("udp-new", 64, tmp_path / "warm.pcap",
+                                        seq_start=1 << 24), 2000, timeout=30)
+        dp.reset_stats(node0)
+        _nft(node0, "reset counters table ip kpbtest")
+        before = _pod_rx(tb)
+        stats = target.replay(target.build_pcap("udp-new", SENT, tmp_path / "np.pcap"), 5000,
+                              timeout=60)
+        assert stats.sent == SENT
+        counted = dp.stats(node0)
+        assert counted["xdp_seen"] == SENT
+        assert counted["xdp_tx"] + counted["xdp_redirect"] == SENT, counted
+        assert counted["xdp_tx"] > 0 and counted["xdp_redirect"] > 0  # both nodes' backends
+        assert counted["xdp_pass_slow"] == 0 and counted["tc_xlate"] == 0, counted
+        assert SENT <= _pod_rx(tb) - before <= SENT + 8  # all delivered (+ ARP at most)
+        listing = json.loads(subprocess.run(
+            ["ip", "netns", "exec", node0, "nft", "-j", "list", "table", "ip", "kpbtest"],
+            capture_output=True, text=True, check=True, timeout=30).stdout)
+        counters = [e["counter"] for e in _walk(listing) if "counter" in e]
+        assert counters == [{"packets": 0, "bytes": 0}], counters
+
+
+def _walk(doc: object) -> list[dict]:  # type: ignore[type-arg]
+    """Every dict inside a JSON document."""
+    if isinstance(doc, dict):
+        return [doc, *(d for v in doc.values() for d in _walk(v))]
+    if isinstance(doc, list):
+        return [d for v in doc for d in _walk(v)]
+    return []
+
+
+def test_a_sync_writes_only_what_changed() -> None:
+    require_feature("ebpf-tc")
+    services, slices = S.semantics_cluster()
+    dp = make_variant("ebpf-tc")
+    with Testbed(dp, services, slices, nodes=2) as tb:
+        node0 = tb.cluster.node_ns(0)
+        first = dp.last_sync[node0]  # type: ignore[attr-defined]
+        assert first["written"] > 0 and first["deleted"] == 0
+        tb.sync()
+        assert dp.last_sync[node0] == {"written": 0, "deleted": 0}  # type: ignore[attr-defined]
+        # Endpoint B of "readiness" becomes ready: slots are in address order, so B takes
+        # slot 2, C moves to a new slot 3, and slot 0 gets the new count.
+        ready = [replace(sl, endpoints=tuple(replace(e, ready=True, serving=True)
+                                             for e in sl.endpoints))
+                 if sl.service_name == "readiness" else sl for sl in slices]
+        tb.sync(services, ready)
+        assert dp.last_sync[node0] == {"written": 3, "deleted": 0}  # type: ignore[attr-defined]
+        vip, port, proto, *_ = S.SERVICES["readiness"]
+        seen = {a.pod for a in connect_many(tb.cluster.client_pod_ns, proto, vip, port,
+                                            count=120)}
+        assert S.POD_OF[S.B] in seen
+        # And back: count and slot 2 rewritten, slot 3 deleted.
+        tb.sync(services, slices)
+        assert dp.last_sync[node0] == {"written": 2, "deleted": 1}  # type: ignore[attr-defined]
+
+
+def _tc_filters(ns: str, dev: str) -> str:
+    return subprocess.run(["ip", "netns", "exec", ns, "tc", "filter", "show", "dev", dev,
+                           "ingress"], capture_output=True, text=True, timeout=10).stdout
+
+
+def test_cleanup_leaves_nothing_in_the_namespaces() -> None:
+    require_feature("xdp")
+    services, slices = S.semantics_cluster()
+    dp = make_variant("xdp")
+    with Testbed(dp, services, slices, nodes=2, echo=False) as tb:
+        for i in range(tb.cluster.node_count):
+            ns = tb.cluster.node_ns(i)
+            links = B.node_links(ns)
+            peers = [B.veth_peer(ns, link) for link in links]
+            assert _tc_filters(ns, NODE_UNDERLAY_IF)
+            dp.cleanup(ns)
+            for link in links:
+                assert not _tc_filters(ns, link), link
+            for where, link in [(ns, NODE_UNDERLAY_IF), *[p for p in peers if p]]:
+                with in_netns(where) as h:
+                    idx = h.link_lookup(ifname=link)[0]
+                    assert B.xdp_mode(h, idx) == "none", (where, link)
+            ul_peer = B.veth_peer(ns, NODE_UNDERLAY_IF)
+            assert ul_peer is not None
+            features = subprocess.run(["ip", "netns", "exec", *ul_peer[:1], "ethtool", "-k",
+                                       ul_peer[1]], capture_output=True, text=True).stdout
+            assert "tx-checksumming: on" in features
+
+
+def test_socket_lb_cgroup_goes_with_the_datapath() -> None:
+    require_feature("socket-lb")
+    services, slices = S.semantics_cluster()
+    dp = make_variant("socket-lb")
+    with Testbed(dp, services, slices, nodes=2, echo=False):
+        path = dp.client_cgroup()  # type: ignore[attr-defined]
+        assert path is not None and path.is_dir() and path.name.endswith("-cpod")
+    # Nobody called cleanup(): the cgroup still goes when the datapath does.
+    del dp
+    gc.collect()
+    assert not path.exists()
+
+
+def test_socket_lb_rewrites_the_connect_of_processes_in_the_cgroup_only() -> None:
+    require_feature("socket-lb")
+    services, slices = S.semantics_cluster()
+    dp = make_variant("socket-lb")
+    vip, port, proto, *_ = S.SERVICES["web"]
+    with Testbed(dp, services, slices, nodes=2) as tb:
+        # Outside the cgroup nothing translates: there is no route to a ClusterIP.
+        (a,) = connect_many(tb.cluster.client_pod_ns, proto, vip, port, timeout=1)
+        assert not a.ok
+        from bench import cgroups
+
+        with cgroups.member(dp.client_cgroup()):  # type: ignore[attr-defined]
+            attempts = connect_many(tb.cluster.client_pod_ns, proto, vip, port, count=20)
+        assert all(a.ok for a in attempts)
+        # Nothing is translated per packet: the backend sees the pod, the node counted none.
+        assert {a.peer_ip for a in attempts} == {L.client_pod_ip()}
+        stats = dp.stats(tb.cluster.node_ns(0))  # type: ignore[attr-defined]
+        assert stats["sock_xlate"] == 20 and stats["tc_seen"] == 0

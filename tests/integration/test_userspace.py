@@ -1,0 +1,69 @@
+"""The userspace datapath behaves as upstream's userspace proxier did, and its proxies are bounded.
+
+The semantics cases it does not implement (NOT_IMPLEMENTED in
+test_semantics.py) are asserted here as what upstream did instead:
+
+- a service without endpoints: the connection is accepted by the proxy and
+  closed at once (an empty reply), never "refused";
+- the backend sees the node's address (the proxy's own connection), for
+  ClusterIP and NodePort alike; externalTrafficPolicy: Local is ignored.
+
+And: one proxy process per node, gone when clean-up runs or when the run's
+namespaces are deleted without it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from bench import layout as L
+from bench.datapaths import make_variant
+from bench.netclient import connect_many
+from bench.testbed import Testbed
+from tests.conftest import require_feature
+from tests.integration import semantics as S
+
+pytestmark = pytest.mark.privileged
+
+NODE_ADDRESSES = {L.node_ip(0), L.node_ip(1), L.pod_gateway(0), L.pod_gateway(1)}
+
+
+def _proxies(prefix: str) -> list[str]:
+    out = subprocess.run(["pgrep", "-af", "bench.datapaths.userspace_proxy"],
+                         capture_output=True, text=True).stdout
+    return [ln for ln in out.splitlines() if f"/run/netns/{prefix}-" in ln]
+
+
+def _gone(prefix: str, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while _proxies(prefix):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def test_userspace_does_what_upstream_did_where_it_differs() -> None:
+    require_feature("userspace")
+    services, slices = S.semantics_cluster()
+    dp = make_variant("userspace")
+    with Testbed(dp, services, slices, nodes=2) as tb:
+        prefix = tb.cluster.prefix
+        assert len(_proxies(prefix)) == tb.cluster.node_count  # one per node
+        vip, port, proto, *_ = S.SERVICES["empty"]
+        (a,) = connect_many(tb.cluster.client_pod_ns, proto, vip, port, timeout=3)
+        assert not a.ok and a.error == "short-reply", a  # accepted, then closed
+        vip, port, proto, *_ = S.SERVICES["web"]
+        attempts = connect_many(tb.cluster.client_pod_ns, proto, vip, port, count=40)
+        assert all(a.ok for a in attempts)
+        assert {a.peer_ip for a in attempts} <= NODE_ADDRESSES
+        # eTP Local ignored: node 0 has no local endpoint and still proxies to node 1's.
+        attempts = connect_many(tb.cluster.client_ns, "TCP", L.node_ip(0), 30081, count=5)
+        assert all(a.ok for a in attempts) and {a.pod for a in attempts} == {S.POD_OF[S.C]}
+        dp.cleanup(tb.cluster.node_ns(0))
+        assert len(_proxies(prefix)) == tb.cluster.node_count - 1
+    # Node 1's proxy was never cleaned up: it leaves with its namespace.
+    assert _gone(prefix)
