@@ -22,8 +22,8 @@ def test_shipped_scenarios_load(path: Path) -> None:
 
 def test_default_scenario_caps_iptables_nft() -> None:
     sc = load_scenario(ROOT / "scenarios" / "default.toml")
-    assert sc.scales("iptables-legacy") == [1, 100, 1000, 5000]
-    assert sc.scales("iptables-nft") == [1, 100, 1000]
+    assert sc.scales("iptables-legacy") == [1, 1000, 5000]
+    assert sc.scales("iptables-nft") == [1, 1000]
     assert sc.position_index(5000) == 4999
 
 
