@@ -112,7 +112,7 @@ def compile_lb(name: str, sizes: MapSizes) -> Any:
     try:
         return BPF(text=source(name).encode(), cflags=sizes.cflags())
     except Exception as e:  # BCC raises bare Exception
-        raise FeatureMissing(f"eBPF datapath: cannot compile bpf/{name}.c: {_first_line(e)}")
+        raise FeatureMissing(f"eBPF datapath: cannot compile bpf/{name}.c: {first_line(e)}")
 
 
 def load_func(bpf: Any, fn_name: str, prog_type: int) -> Any:
@@ -120,17 +120,17 @@ def load_func(bpf: Any, fn_name: str, prog_type: int) -> Any:
     try:
         return bpf.load_func(fn_name.encode(), prog_type)
     except Exception as e:  # BCC raises bare Exception
-        raise FeatureMissing(f"eBPF datapath: the kernel refused {fn_name}: {_first_line(e)}")
+        raise FeatureMissing(f"eBPF datapath: the kernel refused {fn_name}: {first_line(e)}")
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
 
 
 # --- attachments in a namespace ---------------------------------------------------------
 
-def _require_netns(netns: str) -> None:
+def require_netns(netns: str) -> None:
     if not netns or not (NETNS_DIR / netns).exists():
         raise ApplyError(f"namespace {netns!r} does not exist: the datapath only programs "
                          "a run's own namespaces")
@@ -205,8 +205,11 @@ def xdp_mode(ns: Any, idx: int) -> str:
     link = ns.link("get", index=idx)[0]
     xdp = link.get_attr("IFLA_XDP")
     attached = xdp.get_attr("IFLA_XDP_ATTACHED") if xdp is not None else None
-    code = {"xdp": 1, "xdpgeneric": 2, "xdpoffload": 3}.get(attached, attached)
-    return XDP_MODES.get(code, "none") if isinstance(code, int) else "none"
+    # pyroute2 names the kernel's XDP_ATTACHED_* values; older versions give the number.
+    by_name = {"xdp": "native", "xdpgeneric": "generic", "xdpoffload": "offload"}
+    if isinstance(attached, str):
+        return by_name.get(attached, "none")
+    return XDP_MODES.get(attached, "none") if isinstance(attached, int) else "none"
 
 
 def xdp_detach(netns: str, ifname: str) -> None:
@@ -325,7 +328,7 @@ class LoadedLb:
                                      (table.Leaf * n).from_buffer_copy(values))
         except Exception as e:  # BCC raises bare Exception
             raise ApplyError(f"writing {n} {M.MAPS[m]} entries in {self.netns}: "
-                             f"{_first_line(e)}") from e
+                             f"{first_line(e)}") from e
 
     def _delete(self, m: str, items: Sequence[tuple[str, str]]) -> None:
         if not items:
@@ -336,7 +339,7 @@ class LoadedLb:
             table.items_delete_batch((table.Key * len(items)).from_buffer_copy(keys))
         except Exception as e:  # BCC raises bare Exception
             raise ApplyError(f"deleting {len(items)} {M.MAPS[m]} entries in {self.netns}: "
-                             f"{_first_line(e)}") from e
+                             f"{first_line(e)}") from e
 
     def _clear(self) -> None:
         for m in M.MAPS:

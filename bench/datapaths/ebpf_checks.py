@@ -88,7 +88,7 @@ def check_socket_lb(ns: str) -> tuple[bool, str]:
     except KpbenchError as e:
         return False, str(e)
     except Exception as e:  # BCC raises bare Exception
-        return False, f"cgroup sock_addr program refused: {B._first_line(e)}"
+        return False, f"cgroup sock_addr program refused: {B.first_line(e)}"
     finally:
         os.close(fd)
         cgroups.remove(path)

@@ -71,7 +71,7 @@ class EbpfTcDatapath(Datapath):
         self.last_sync[netns] = node.program(entries)
 
     def _load(self, netns: str, entries: M.Entries) -> B.LoadedLb:
-        B._require_netns(netns)
+        B.require_netns(netns)
         start = time.monotonic()
         sizes = B.MapSizes.for_counts(M.count_entries(entries))
         bpf = B.compile_lb(self.program, sizes)

@@ -22,6 +22,7 @@ from pathlib import Path
 from bench import cgroups
 from bench.datapaths import bpf_lb as B
 from bench.datapaths.ebpf_tc import EbpfTcDatapath
+from bench.errors import FeatureMissing
 from bench.topology import CLIENT_POD_IF, PREFIX_RE
 
 # (program, cgroup attach type): BPF_CGROUP_INET4_CONNECT, _UDP4_SENDMSG, _UDP4_RECVMSG.
@@ -71,8 +72,8 @@ class SocketLbDatapath(EbpfTcDatapath):
                                             attach_type=attach_type)
                     BPF.attach_func(fn, fd, attach_type)
                 except Exception as e:  # BCC raises bare Exception
-                    raise B.FeatureMissing(f"socket-lb: cannot attach {fn_name} to {path}: "
-                                           f"{B._first_line(e)}") from e
+                    raise FeatureMissing(f"socket-lb: cannot attach {fn_name} to {path}: "
+                                           f"{B.first_line(e)}") from e
                 node.cgroups.append((fd, fn, attach_type))
         except BaseException:
             if not node.cgroups:

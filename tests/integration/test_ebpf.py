@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import json
 import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -181,3 +182,31 @@ def test_socket_lb_rewrites_the_connect_of_processes_in_the_cgroup_only() -> Non
         assert {a.peer_ip for a in attempts} == {L.client_pod_ip()}
         stats = dp.stats(tb.cluster.node_ns(0))  # type: ignore[attr-defined]
         assert stats["sock_xlate"] == 20 and stats["tc_seen"] == 0
+
+
+# An unconnected UDP socket: sendto() the ClusterIP, recvfrom() must name it, not the backend.
+_SENDTO = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+s.sendto(b"kpbench\\n", (sys.argv[1], int(sys.argv[2])))
+data, peer = s.recvfrom(256)
+print(peer[0], peer[1], data.split()[0].decode())
+"""
+
+
+def test_socket_lb_replies_to_sendto_come_from_the_service() -> None:
+    require_feature("socket-lb")
+    from bench import cgroups
+
+    services, slices = S.semantics_cluster()
+    dp = make_variant("socket-lb")
+    vip, port, *_ = S.SERVICES["dns"]
+    with (Testbed(dp, services, slices, nodes=2) as tb,
+          cgroups.member(dp.client_cgroup())):  # type: ignore[attr-defined]
+        out = subprocess.run(["ip", "netns", "exec", tb.cluster.client_pod_ns,
+                              sys.executable, "-c", _SENDTO, vip, str(port)],
+                             capture_output=True, text=True, timeout=30, check=True)
+    peer_ip, peer_port, pod = out.stdout.split()
+    assert (peer_ip, int(peer_port)) == (vip, port)  # recvmsg4 showed the frontend
+    assert pod in {S.POD_OF[S.A], S.POD_OF[S.C]}
