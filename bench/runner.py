@@ -74,19 +74,24 @@ class Progress:
         self.traffic_seconds: list[float] = []
 
     def _estimate(self, variant: str, services: int) -> float:
-        # Traffic time is near-constant per point; sync time grows about linearly with
-        # the number of services (O(rules)), scaled from the last sync measured.
-        traffic = (sum(self.traffic_seconds) / len(self.traffic_seconds)
-                   if self.traffic_seconds else
-                   self.sc.repetitions * self.sc.packets / self.sc.rate_pps + 2)
-        # Seconds per service: this variant's last sync, else the slowest one seen so far.
+        # Sync time grows about linearly with the number of services (O(rules)),
+        # scaled from this variant's last sync, else from the slowest one seen so far.
         per_service = [s / n for n, s in self.sync_seconds.values()]
         if variant in self.sync_seconds:
             n0, s0 = self.sync_seconds[variant]
             rate = s0 / n0
         else:
             rate = max(per_service, default=0.001)
-        return traffic + rate * services / len(self.sc.workloads)
+        sync = rate * services
+        if self.sc.kind == "sync":
+            # Per repetition: the change and the change back, each a sync, and the
+            # traffic window that watches the change (a few seconds at least).
+            return self.sc.sync_repetitions * (2 * sync + 3.5)
+        # Traffic time is near-constant per point.
+        traffic = (sum(self.traffic_seconds) / len(self.traffic_seconds)
+                   if self.traffic_seconds else
+                   self.sc.repetitions * self.sc.packets / self.sc.rate_pps + 2)
+        return traffic + sync / len(self.sc.measured)
 
     def eta(self) -> float:
         return sum(self._estimate(dp, n) for dp, n, _ in self.sc.points[self.done:])
