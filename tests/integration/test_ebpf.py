@@ -122,6 +122,18 @@ def test_a_sync_writes_only_what_changed() -> None:
         assert dp.last_sync[node0] == {"written": 2, "deleted": 1}  # type: ignore[attr-defined]
 
 
+def test_udp_to_a_service_without_endpoints_is_refused() -> None:
+    require_feature("ebpf-tc")
+    services, slices = generate(GenSpec(services=1, endpoints=0, protocol="UDP"))
+    dp = make_variant("ebpf-tc")
+    with Testbed(dp, services, slices, nodes=2, echo=False) as tb:
+        # The program answers with ICMP port unreachable: a connected UDP socket sees it.
+        (a,) = connect_many(tb.cluster.client_pod_ns, "UDP", services[0].cluster_ip,
+                            services[0].ports[0].port, timeout=2)
+        assert not a.ok and a.error == "refused", a
+        assert dp.stats(tb.cluster.node_ns(0))["tc_reject"] == 1  # type: ignore[attr-defined]
+
+
 def _tc_filters(ns: str, dev: str) -> str:
     return subprocess.run(["ip", "netns", "exec", ns, "tc", "filter", "show", "dev", dev,
                            "ingress"], capture_output=True, text=True, timeout=10).stdout
