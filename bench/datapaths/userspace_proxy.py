@@ -314,16 +314,21 @@ def _answer(proxy: Proxy, line: bytes) -> None:
 
 def _pump(a: socket.socket, b: socket.socket) -> None:
     """Copy both ways until both directions are closed (half-close passed on)."""
-    open_dirs = {a: b, b: a}
+    open_dirs = {a.fileno(): (a, b), b.fileno(): (b, a)}
+    # poll, not select: with thousands of service sockets open, fds pass FD_SETSIZE.
+    poller = select.poll()
     for s in (a, b):
         s.setblocking(True)
         s.settimeout(None)
+        poller.register(s, select.POLLIN)
     while open_dirs:
-        readable, _, _ = select.select(list(open_dirs), [], [], 60)
-        if not readable:
+        events = poller.poll(60_000)
+        if not events:
             return  # idle for a minute: give up, bounded
-        for src in readable:
-            dst = open_dirs[src]
+        for fd, _ in events:
+            if fd not in open_dirs:
+                continue
+            src, dst = open_dirs[fd]
             try:
                 data = src.recv(BUFSIZE)
             except OSError:
@@ -331,7 +336,8 @@ def _pump(a: socket.socket, b: socket.socket) -> None:
             if not data:
                 with contextlib.suppress(OSError):
                     dst.shutdown(socket.SHUT_WR)
-                del open_dirs[src]
+                poller.unregister(src)
+                del open_dirs[fd]
                 continue
             try:
                 dst.sendall(data)
