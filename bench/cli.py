@@ -8,10 +8,25 @@ import sys
 from collections.abc import Sequence
 
 from bench import interrupts
-from bench.commands import clean, doctor, export, generate, plot, render, run, up, vm
+from bench.commands import (
+    clean,
+    compare,
+    doctor,
+    export,
+    generate,
+    list_runs,
+    plot,
+    render,
+    report,
+    run,
+    show,
+    up,
+    vm,
+)
 from bench.errors import KpbenchError
 
-COMMANDS = (run, render, up, generate, doctor, clean, export, plot, vm)
+COMMANDS = (run, render, up, generate, doctor, clean, export, plot, list_runs, show, compare,
+            report, vm)
 
 DESCRIPTION = """\
 kpbench measures what Kubernetes Service datapaths (iptables, nftables, ...)

@@ -1,0 +1,120 @@
+"""``kpbench compare BASE NEW``: which metrics changed significantly between two runs.
+
+BASE and NEW are result files, or directories (the newest run of each
+scenario under them, paired by scenario name). For every point present in
+both (matched by variant, workload, services, endpoints, rate and position)
+and every metric both measured, it prints the base and new figures, the
+change, the Mann-Whitney U p-value over the repetitions and a verdict:
+REGRESSION / improvement (p < alpha and the change is at least the minimum
+effect, in the metric's bad / good direction), same, or untested (too few
+repetitions for the test to ever reach p < alpha — e.g. one sync time per
+point). Points present or measured on one side only are listed.
+
+Results from different environments (kernel, host or VM, VM acceleration,
+CPU, iptables/nft versions) are refused with the differing keys, unless
+--allow-env-mismatch.
+
+metrics: p50_latency, p99_latency, p99.9_latency, cpu_ns_per_packet,
+delivered_pps, loss, sync_full, settle
+
+exit status: 0 no gate failed; 1 a --fail-on gate failed (a significant
+regression beyond its threshold), or with --fail-on-missing a point measured
+in BASE is missing or failed in NEW; 2 bad input or incomparable results.
+
+examples:
+  kpbench compare results/baselines/default.json results/vm/
+  kpbench compare BASE.json NEW.json --fail-on p99_latency:10% --fail-on cpu_ns_per_packet:10%
+  kpbench compare BASE.json NEW.json --format markdown --changed-only > comment.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bench.errors import InputError
+
+
+def _pct(text: str) -> float:
+    try:
+        return float(text.strip().removesuffix("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage")
+
+
+# Kept here rather than imported from bench.compare: building the parser must not
+# import numpy and scipy (1.5 s) for every kpbench command. bench.compare has the same
+# defaults for library callers; tests/unit/test_compare.py checks they agree.
+DEFAULT_ALPHA = 0.05
+DEFAULT_MIN_EFFECT_PCT = 5.0
+FORMATS = ("table", "markdown", "json", "csv")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="compare two runs: significant regressions, CI gate",
+                       description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("base", metavar="BASE", help="base result file or results directory")
+    p.add_argument("new", metavar="NEW", help="new result file or results directory")
+    p.add_argument("--fail-on", metavar="METRIC:PCT", action="append", default=[],
+                   help="exit 1 if METRIC has a significant regression beyond PCT %% at any "
+                        "point (repeatable), e.g. p99_latency:10%%")
+    p.add_argument("--fail-on-missing", action="store_true",
+                   help="exit 1 if a point measured in BASE is missing or failed in NEW")
+    p.add_argument("--format", choices=FORMATS, default="table",
+                   help="output format (default: table)")
+    p.add_argument("--changed-only", action="store_true",
+                   help="table/markdown: show only regressions, improvements and metrics "
+                        "measured on one side")
+    p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                   help=f"significance level of the test (default {DEFAULT_ALPHA:g})")
+    p.add_argument("--min-effect", type=_pct, default=DEFAULT_MIN_EFFECT_PCT, metavar="PCT",
+                   help=f"smallest change called a regression or improvement "
+                        f"(default {DEFAULT_MIN_EFFECT_PCT:g}%%)")
+    p.add_argument("--allow-env-mismatch", action="store_true",
+                   help="compare results from different environments anyway (with warnings)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from bench.compare import compare_runs, parse_gate
+    from bench.compare_output import render_machine, render_text
+    from bench.metrics import key_label
+    from bench.store import pair_runs, resolve
+
+    gates = [parse_gate(g) for g in args.fail_on]
+    pairs, notes = pair_runs(resolve(args.base), resolve(args.new))
+    if not pairs:
+        raise InputError("no scenario is present on both sides: " + "; ".join(notes))
+    comparisons = [compare_runs(b.doc, n.doc, base_source=str(b.path), new_source=str(n.path),
+                                alpha=args.alpha, min_effect_pct=args.min_effect,
+                                allow_env_mismatch=args.allow_env_mismatch)
+                   for b, n in pairs]
+
+    problems: list[str] = []
+    for c in comparisons:
+        for gate, mc in c.gate_failures(gates):
+            problems.append(f"regression beyond --fail-on {gate}: {key_label(mc.key)}: "
+                            f"{mc.change_pct:+.1f}% (p={mc.p_value:.3g})")
+        if args.fail_on_missing:
+            problems += [f"--fail-on-missing: {key_label(p.key)}: {p.what}"
+                         for p in c.points if p.lost]
+    failed = bool(problems)
+
+    if args.format in ("json", "csv"):
+        sys.stdout.write(render_machine(comparisons, args.format, gates, notes, failed))
+        for c in comparisons:
+            for w in c.warnings:
+                print(f"kpbench: warning: {w}", file=sys.stderr)
+    else:
+        sys.stdout.write(render_text(comparisons, args.format, args.changed_only, notes))
+    sys.stdout.flush()
+    for c in comparisons:
+        for w in c.gate_warnings(gates):
+            print(f"kpbench: warning: {w}", file=sys.stderr)
+    for msg in problems:
+        print(f"kpbench: {msg}", file=sys.stderr)
+    if failed:
+        print(f"kpbench: FAILED: {len(problems)} gate failure(s)", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,42 @@
+"""``kpbench show RESULT``: a result's environment and one summary row per point.
+
+RESULT is a result file, or a directory holding runs of one scenario (its
+newest run is shown). Latency percentiles come from the merged histograms of
+the repetitions; cpu/pkt is NET_RX softirq time per delivered packet; sync is
+the wall time of the full rule sync, settle the wait after it. A file written
+by an older or newer kpbench is refused with what to do.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+FORMATS = ("table", "markdown")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("show", help="print a result's environment and summary table",
+                       description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("result", metavar="RESULT", help="result file (or a directory: its newest run)")
+    p.add_argument("--format", choices=FORMATS, default="table",
+                   help="output format (default: table)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    # Imported here so that other subcommands do not pay for numpy at start-up.
+    from bench.store import resolve_one
+    from bench.summary import environment_table, points_table, run_line
+    from bench.tables import render
+
+    stored = resolve_one(args.result)
+    md = args.format == "markdown"
+    print(f"# {stored.path}" if md else f"result: {stored.path}")
+    print()
+    print(run_line(stored.doc))
+    print()
+    print(render(environment_table(stored.doc), args.format))
+    print()
+    print(render(points_table(stored.doc), args.format))
+    return 0

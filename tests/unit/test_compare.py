@@ -1,0 +1,518 @@
+"""Regression comparison: synthetic results whose right answer is known, the CLI gate,
+and the committed baseline against scaled and resampled copies of itself."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bench import cli, compare, stats
+from bench.commands import compare as compare_cmd
+from bench.errors import InputError
+from bench.metrics import METRICS, METRICS_BY_NAME
+from bench.results import (
+    KIND,
+    SCHEMA_VERSION,
+    PointDoc,
+    RepetitionDoc,
+    ResultDoc,
+    ResultWriter,
+    load_result,
+    make_point,
+    make_repetition,
+    summarise_point,
+    validate_result,
+)
+from tests.conftest import ROOT
+from tests.variants import resampled, slowed_down
+
+BASELINE = ROOT / "results" / "baselines" / "default.json"
+
+ENV: dict[str, Any] = {
+    "kernel_release": "6.18.44-fc", "kernel_version": "#1", "where": "host", "vm": None,
+    "cpu_model": "AMD EPYC", "cpu_count": 2, "governor": None, "python": "CPython 3.11",
+    "kpbench": "0.1.0",
+    "tools": {"iptables": "iptables v1.8.9 (nf_tables)",
+              "iptables-legacy": "iptables v1.8.9 (legacy)",
+              "iptables-nft": "iptables v1.8.9 (nf_tables)", "nft": "nftables v1.0.6"},
+    "git_commit": "0123456789abcdef", "git_dirty": False, "hostname": "test",
+}
+
+REPS = 5
+PACKETS = 2000
+RATE = 5000.0
+JITTER = 0.02  # run-to-run spread of a repetition's level (2 %), like a quiet machine
+
+
+@pytest.fixture(autouse=True)
+def _keep_signal_handlers() -> Iterator[None]:
+    # cli.main installs its SIGINT/SIGTERM handlers; give pytest its own back.
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, h in saved.items():
+        signal.signal(s, h)
+
+
+# -- synthetic results -------------------------------------------------------------------
+
+def repetition(rng: np.random.Generator, latency_ns: float, cpu_ns: float,
+               delivered: int = PACKETS, jitter: float = JITTER) -> RepetitionDoc:
+    """One repetition: lognormal latency around ``latency_ns`` x a per-repetition level."""
+    level = 1 + rng.normal(0, jitter)
+    lat = rng.lognormal(np.log(latency_ns * level), 0.3, delivered)
+    return make_repetition(
+        sent=PACKETS, delivered=delivered, offered_pps=RATE, achieved_pps=RATE,
+        latency_hist=stats.Histogram.from_samples(lat),
+        softirq_ns=int(delivered * cpu_ns * (1 + rng.normal(0, jitter))))
+
+
+def point(rng: np.random.Generator, *, variant: str = "nftables", services: int = 1000,
+          workload: str = "udp-new", latency_ns: float = 10_000, cpu_ns: float = 5_000,
+          delivered: int = PACKETS, reps: int = REPS, sync_seconds: float = 2.0,
+          jitter: float = JITTER) -> PointDoc:
+    return make_point(
+        datapath=variant.split("-")[0], variant=variant, services=services, endpoints=10,
+        workload=workload, rate_pps=int(RATE), position="last", position_index=services - 1,
+        repetitions=[repetition(rng, latency_ns, cpu_ns, delivered, jitter)
+                     for _ in range(reps)],
+        sync_seconds=sync_seconds, settle_seconds=0.5)
+
+
+def write(path: Path, points: list[PointDoc], env: dict[str, Any] | None = None,
+          name: str = "syn") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with ResultWriter(path, scenario={"name": name, "path": f"{name}.toml", "text": ""},
+                      environment=copy.deepcopy(env or ENV)) as w:
+        for p in points:
+            w.add_point(p)
+    return path
+
+
+def changes(c: compare.Comparison, metric: str) -> list[compare.MetricChange]:
+    return [mc for mc in c.changes if mc.metric.name == metric]
+
+
+def in_memory(points: list[PointDoc], env: dict[str, Any] | None = None) -> ResultDoc:
+    """The document ResultWriter would write, without the file (and its fsyncs)."""
+    doc = {"schema_version": SCHEMA_VERSION, "kind": KIND, "run_id": "mem",
+           "started": "2026-11-29T00:00:00+00:00", "finished": "2026-11-29T00:01:00+00:00",
+           "status": "complete", "scenario": {"name": "syn", "path": "syn.toml", "text": ""},
+           "environment": copy.deepcopy(env or ENV),
+           "points": [{**p, "summary": summarise_point(p)} for p in points]}
+    return validate_result(json.loads(json.dumps(doc)), "in-memory")
+
+
+def compare_points(base: list[PointDoc], new: list[PointDoc], tmp_path: Path,
+                   **kw: Any) -> compare.Comparison:
+    return compare.compare_runs(in_memory(base), in_memory(new), **kw)
+
+
+def main(*argv: str) -> int:
+    return cli.main([str(a) for a in argv])
+
+
+# -- significance ------------------------------------------------------------------------
+
+def test_a_clear_20_percent_latency_regression_is_flagged(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    c = compare_points([point(rng)], [point(rng, latency_ns=12_000)], tmp_path)
+    for name in ("p50_latency", "p99_latency"):
+        (mc,) = changes(c, name)
+        assert mc.verdict == "regression", mc
+        assert 15 < mc.change_pct < 25  # type: ignore[operator]
+        assert mc.p_value is not None and mc.p_value < 0.05
+    (cpu,) = changes(c, "cpu_ns_per_packet")
+    assert cpu.verdict == "same"  # only latency moved
+
+
+# Metrics whose noise in these samples is far below the 5 % minimum effect.
+STEADY = ("p50_latency", "cpu_ns_per_packet", "delivered_pps", "loss")
+
+
+def test_noise_of_the_same_spread_is_not_flagged(tmp_path: Path) -> None:
+    flagged: dict[str, int] = {m.name: 0 for m in METRICS}
+    tested: dict[str, int] = {m.name: 0 for m in METRICS}
+    for seed in range(40):
+        rng = np.random.default_rng(100 + seed)
+        base = [point(rng, services=s) for s in (1, 100, 1000)]
+        new = [point(rng, services=s) for s in (1, 100, 1000)]  # same distribution, new draws
+        for mc in compare_points(base, new, tmp_path / str(seed)).changes:
+            tested[mc.metric.name] += mc.verdict != "untested"
+            flagged[mc.metric.name] += mc.verdict in ("regression", "improvement")
+    assert all(flagged[m] == 0 for m in STEADY), flagged
+    # The tail percentiles of 2000 packets rest on a few samples (p99.9 on two): their
+    # noise reaches the minimum effect, so pure noise is flagged now and then — but no
+    # more often than the test's own false-positive rate, alpha.
+    for m in ("p99_latency", "p99.9_latency"):
+        assert tested[m] > 0 and flagged[m] <= compare.DEFAULT_ALPHA * tested[m], (m, flagged)
+
+
+def _scale_latency(f: float) -> dict[str, Any]:
+    return {"latency_ns": 10_000 * f}
+
+
+def _scale_cpu(f: float) -> dict[str, Any]:
+    return {"cpu_ns": 5_000 * f}
+
+
+def _scale_delivered(f: float) -> dict[str, Any]:
+    return {"delivered": int(PACKETS * 0.8 * f)}
+
+
+# (metric, how NEW differs for "more of the quantity", whether more is worse)
+DIRECTIONS: list[tuple[str, Callable[[float], dict[str, Any]], bool]] = [
+    ("p50_latency", _scale_latency, True),
+    ("p99_latency", _scale_latency, True),
+    ("cpu_ns_per_packet", _scale_cpu, True),
+    ("delivered_pps", _scale_delivered, False),
+]
+
+
+@pytest.mark.parametrize("metric,change,more_is_worse", DIRECTIONS,
+                         ids=[d[0] for d in DIRECTIONS])
+@pytest.mark.parametrize("factor", [1.25, 0.8])
+def test_direction_is_right_for_each_metric(tmp_path: Path, metric: str,
+                                            change: Callable[[float], dict[str, Any]],
+                                            more_is_worse: bool, factor: float) -> None:
+    rng = np.random.default_rng(7)
+    c = compare_points([point(rng, **change(1.0))], [point(rng, **change(factor))], tmp_path)
+    (mc,) = changes(c, metric)
+    worse = (factor > 1) == more_is_worse
+    assert mc.verdict == ("regression" if worse else "improvement"), mc
+    assert METRICS_BY_NAME[metric].better == ("lower" if more_is_worse else "higher")
+
+
+def test_loss_rising_from_zero_is_a_regression_and_falling_an_improvement(
+        tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    c = compare_points([point(rng)], [point(rng, delivered=1500)], tmp_path / "a")
+    (mc,) = changes(c, "loss")
+    assert mc.verdict == "regression" and mc.change_pct == float("inf")
+    c = compare_points([point(rng, delivered=1500)], [point(rng)], tmp_path / "b")
+    (mc,) = changes(c, "loss")
+    assert mc.verdict == "improvement" and mc.change_pct == pytest.approx(-100)
+
+
+def test_significant_but_small_change_is_not_a_regression(tmp_path: Path) -> None:
+    # 3 % slower, with almost no jitter: the test is sure, but 3 % < the 5 % minimum effect.
+    rng = np.random.default_rng(9)
+    c = compare_points([point(rng, jitter=0.001)], [point(rng, latency_ns=10_300, jitter=0.001)],
+                       tmp_path)
+    (mc,) = changes(c, "p50_latency")
+    assert mc.verdict == "same" and mc.p_value is not None and mc.p_value < 0.05
+    assert "minimum effect" in mc.note
+    c2 = compare.compare_runs(c.base, c.new, min_effect_pct=2.0)
+    (mc2,) = changes(c2, "p50_latency")
+    assert mc2.verdict == "regression"
+
+
+# -- what cannot be compared --------------------------------------------------------------
+
+def test_missing_points_are_reported(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    base = [point(rng, services=100), point(rng, services=1000)]
+    new = [point(rng, services=100), point(rng, services=5000)]
+    c = compare_points(base, new, tmp_path)
+    notes = {p.key[2]: p for p in c.points}
+    assert notes[1000].what == "only in BASE" and notes[1000].lost
+    assert notes[5000].what == "only in NEW" and not notes[5000].lost
+    assert {mc.key[2] for mc in c.changes} == {100}
+
+
+def test_a_point_that_failed_in_new_is_reported_as_lost(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    failed = make_point(datapath="nftables", variant="nftables", services=1000, endpoints=10,
+                        workload="udp-new", rate_pps=int(RATE), position="last",
+                        position_index=999, status="exceeded-limit",
+                        error="sync took more than 600 s")
+    c = compare_points([point(rng)], [failed], tmp_path)
+    (p,) = c.points
+    assert p.lost and "exceeded-limit" in p.what and "600 s" in p.what
+    assert not c.changes
+
+
+def test_too_few_repetitions_is_reported_not_hidden(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    # 3 vs 3 repetitions, even with a 50 % slowdown: the exact test cannot reach p < 0.05.
+    c = compare_points([point(rng, reps=3)], [point(rng, reps=3, latency_ns=15_000,
+                                                    sync_seconds=3.0)], tmp_path)
+    (mc,) = changes(c, "p50_latency")
+    assert mc.verdict == "untested" and mc.p_value is None
+    assert "too few repetitions: 3 vs 3" in mc.note and ">= 4 per side" in mc.note
+    assert mc.change_pct == pytest.approx(50, abs=5)
+    (sync,) = changes(c, "sync_full")  # one full sync per point: a single sample
+    assert sync.verdict == "untested" and "1 vs 1" in sync.note
+    assert sync.change_pct == pytest.approx(50)
+
+
+def test_min_p_value_and_repetitions_needed() -> None:
+    assert compare.min_p_value(3, 3) == pytest.approx(0.1)
+    assert compare.min_p_value(5, 5) == pytest.approx(2 / 252)
+    assert compare.min_p_value(1, 1) == 1.0
+    assert compare.min_repetitions(0.05) == 4
+    assert compare.min_repetitions(0.01) == 5
+
+
+def sync_point(rng: np.random.Generator, workload: str, total_s: float,
+               reps: int = REPS) -> PointDoc:
+    """A point of a sync scenario (bench.sync_runner): per-repetition sync seconds."""
+    return make_point(
+        datapath="nftables", variant="nftables", services=1000, endpoints=10,
+        workload=workload, rate_pps=None, position="last", position_index=999,
+        sync_seconds=2.0, repetitions=[
+            make_repetition(sent=0, delivered=0, sync={
+                "total": total_s * (1 + rng.normal(0, JITTER)),
+                "kernel": total_s * 0.9 * (1 + rng.normal(0, JITTER)),
+                "effect": None if workload == "sync-full" else 0.002})
+            for _ in range(reps)])
+
+
+def test_sync_points_with_repetitions_are_tested(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    base = [sync_point(rng, "sync-full", 2.0), sync_point(rng, "sync-add-service", 0.5)]
+    new = [sync_point(rng, "sync-full", 2.6), sync_point(rng, "sync-add-service", 0.5)]
+    c = compare_points(base, new, tmp_path)
+    by = {(mc.key[1], mc.metric.name): mc for mc in c.changes}
+    full = by[("sync-full", "sync_full")]
+    assert full.n_base == REPS and full.verdict == "regression"
+    assert full.change_pct == pytest.approx(30, abs=3)
+    assert by[("sync-full", "sync_kernel")].verdict == "regression"
+    assert by[("sync-add-service", "sync_change")].verdict == "same"
+    assert by[("sync-add-service", "sync_effect")].verdict == "same"
+    # A change point's setup repeats the first full sync: not a second sync_full sample.
+    assert ("sync-add-service", "sync_full") not in by
+    assert ("sync-full", "sync_change") not in by
+    assert not {name for _, name in by} & {"p50_latency", "loss", "delivered_pps", "settle"}
+
+
+def test_env_mismatch_is_refused_listing_the_keys(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    vm_env = {**ENV, "kernel_release": "6.1.0-amd64", "where": "vm",
+              "vm": {"accel": "tcg", "kernel": "6.1.0-amd64"}}
+    b = write(tmp_path / "b.json", [point(rng)])
+    n = write(tmp_path / "n.json", [point(rng)], env=vm_env)
+    with pytest.raises(compare.EnvironmentMismatch) as e:
+        compare.compare_runs(load_result(b), load_result(n))
+    keys = [k for k, _, _ in e.value.differences]
+    assert keys == ["kernel_release", "where", "vm.accel", "vm.kernel"]
+    for k in keys:
+        assert k in str(e.value)
+    assert "--allow-env-mismatch" in str(e.value)
+    c = compare.compare_runs(load_result(b), load_result(n), allow_env_mismatch=True)
+    assert any("kernel_release" in w for w in c.warnings) and c.changes
+
+
+def test_env_mismatch_on_the_cli_is_one_line_exit_2(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    rng = np.random.default_rng(6)
+    b = write(tmp_path / "b.json", [point(rng)])
+    n = write(tmp_path / "n.json", [point(rng)],
+              env={**ENV, "tools": {**ENV["tools"], "nft": "nftables v1.1.1"}})
+    assert main("compare", b, n) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tools.nft" in err[0] and "v1.1.1" in err[0]
+    assert main("compare", b, n, "--allow-env-mismatch") == 0
+
+
+# -- the CLI gate and formats ----------------------------------------------------------------
+
+@pytest.fixture
+def regressed(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(base, 20 % slower latency, same distribution redrawn) result files."""
+    rng = np.random.default_rng(11)
+    scales = (1, 100, 1000)
+    base = write(tmp_path / "base.json", [point(rng, services=s) for s in scales])
+    slow = write(tmp_path / "slow.json",
+                 [point(rng, services=s, latency_ns=12_000) for s in scales])
+    same = write(tmp_path / "same.json", [point(rng, services=s) for s in scales])
+    return base, slow, same
+
+
+def test_fail_on_exit_codes(regressed: tuple[Path, Path, Path],
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    base, slow, same = regressed
+    assert main("compare", base, slow) == 0  # no gate: report only
+    assert main("compare", base, slow, "--fail-on", "p99_latency:10%") == 1
+    err = capsys.readouterr().err
+    assert "regression beyond --fail-on p99_latency:10%" in err and "FAILED" in err
+    assert main("compare", base, slow, "--fail-on", "p99_latency:30%") == 0
+    assert main("compare", base, slow, "--fail-on", "cpu_ns_per_packet:10") == 0
+    assert main("compare", base, same, "--fail-on", "p99_latency:10%",
+                "--fail-on", "p50_latency:5%") == 0
+    assert main("compare", base, slow, "--fail-on", "cpu_ns_per_packet:10",
+                "--fail-on", "p50_latency:10%") == 1
+
+
+def test_a_gate_on_an_untestable_metric_says_so(regressed: tuple[Path, Path, Path],
+                                                tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    base, _, _ = regressed
+    doc = json.loads(base.read_text())
+    for p in doc["points"]:
+        p["setup"]["sync_seconds"] *= 2
+    slow_sync = tmp_path / "slow-sync.json"
+    slow_sync.write_text(json.dumps(doc))
+    assert main("compare", base, slow_sync, "--fail-on", "sync_full:20%") == 0
+    err = capsys.readouterr().err
+    assert "--fail-on sync_full:20%: 3 points got worse" in err and "untested" in err
+    assert "not counted as failures" in err and "+100.0% (n=1/1)" in err
+
+
+def test_fail_on_missing(tmp_path: Path) -> None:
+    rng = np.random.default_rng(12)
+    b = write(tmp_path / "b.json", [point(rng, services=1), point(rng, services=100)])
+    n = write(tmp_path / "n.json", [point(rng, services=1)])
+    assert main("compare", b, n) == 0
+    assert main("compare", b, n, "--fail-on-missing") == 1
+
+
+@pytest.mark.parametrize("gate", ["p99:10%", "p99_latency", "p99_latency:ten", ":5",
+                                  "p99_latency:-3"])
+def test_bad_gate_is_an_input_error(gate: str, regressed: tuple[Path, Path, Path],
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(InputError):
+        compare.parse_gate(gate)
+    base, slow, _ = regressed
+    assert main("compare", base, slow, "--fail-on", gate) == 2
+    assert "--fail-on" in capsys.readouterr().err
+
+
+def test_parse_gate() -> None:
+    assert compare.parse_gate("p99.9_latency:12.5%") == compare.Gate("p99.9_latency", 12.5)
+    assert compare.parse_gate("sync_full:20") == compare.Gate("sync_full", 20)
+
+
+def test_formats(regressed: tuple[Path, Path, Path],
+                 capsys: pytest.CaptureFixture[str]) -> None:
+    base, slow, _ = regressed
+    assert main("compare", base, slow, "--format", "json", "--fail-on", "p50_latency:10") == 1
+    doc = json.loads(capsys.readouterr().out)
+    (c,) = doc["comparisons"]
+    assert doc["failed"] is True and c["gate_failures"]
+    verdicts = {(r["services"], r["metric"]): r["verdict"] for r in c["changes"]}
+    assert verdicts[(1000, "p50_latency")] == "regression"
+    assert verdicts[(1000, "sync_full")] == "untested"
+
+    assert main("compare", base, slow, "--format", "csv") == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    # Packet points: 3 latency percentiles, cpu, pps, loss, sync_full, settle.
+    assert len(rows) == 3 * 8
+    assert {r["verdict"] for r in rows if r["metric"] == "p99_latency"} == {"regression"}
+
+    assert main("compare", base, slow, "--format", "markdown", "--changed-only") == 0
+    out = capsys.readouterr().out
+    assert "| point | metric |" in out and "REGRESSION" in out and "| settle |" not in out
+
+    assert main("compare", base, slow) == 0
+    out = capsys.readouterr().out
+    assert "REGRESSION" in out and "untested (n=1/1)" in out
+    assert "3 metrics" not in out and "significant regressions" in out
+
+
+def test_directories_pair_runs_by_scenario(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    rng = np.random.default_rng(13)
+    write(tmp_path / "base" / "m" / "1_a_default.json", [point(rng)], name="default")
+    write(tmp_path / "base" / "m" / "1_a_sync.json", [point(rng)], name="sync")
+    write(tmp_path / "new" / "m" / "2_b_default.json", [point(rng)], name="default")
+    assert main("compare", tmp_path / "base", tmp_path / "new", "--format", "json") == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [c["new"]["scenario"] for c in doc["comparisons"]] == ["default"]
+    assert any("'sync' only in BASE" in n for n in doc["not_compared"])
+
+
+def test_command_defaults_match_the_library() -> None:
+    # The command keeps its own copy so building the parser does not import scipy.
+    assert compare_cmd.DEFAULT_ALPHA == compare.DEFAULT_ALPHA
+    assert compare_cmd.DEFAULT_MIN_EFFECT_PCT == compare.DEFAULT_MIN_EFFECT_PCT
+
+
+# -- store: list, show, schema versions -------------------------------------------------------
+
+def test_list_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rng = np.random.default_rng(14)
+    write(tmp_path / "m1" / "20261129T000000_abc_syn.json", [point(rng)])
+    newer = json.loads((tmp_path / "m1" / "20261129T000000_abc_syn.json").read_text())
+    newer["schema_version"] = SCHEMA_VERSION + 1
+    (tmp_path / "m1" / "future.json").write_text(json.dumps(newer))
+    (tmp_path / "m1" / "unrelated.json").write_text("{}")
+    assert main("list", tmp_path) == 0
+    out, err = capsys.readouterr()
+    assert "m1/20261129T000000_abc_syn.json" in out and "1/1" in out and "m1" in out
+    assert "future.json" in err and "newer than this kpbench reads" in err
+    assert "unrelated" not in out + err
+
+    assert main("show", tmp_path / "m1" / "20261129T000000_abc_syn.json") == 0
+    out = capsys.readouterr().out
+    assert "kernel" in out and "6.18.44-fc" in out and "nftables" in out and "µs" in out
+
+    assert main("show", tmp_path / "m1" / "future.json") == 2
+    err = capsys.readouterr().err
+    assert "upgrade kpbench" in err and len(err.strip().splitlines()) == 1
+    older = dict(newer, schema_version=0)
+    (tmp_path / "old.json").write_text(json.dumps(older))
+    assert main("compare", tmp_path / "old.json", tmp_path / "old.json") == 2
+    assert "older than this kpbench reads" in capsys.readouterr().err
+
+
+# -- the committed baseline ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def baseline() -> ResultDoc:
+    if not BASELINE.exists():
+        pytest.fail(f"{BASELINE} is missing: it is committed; produce it with "
+                    f"`kpbench run scenarios/default.toml` (see README)")
+    doc = load_result(BASELINE)
+    assert doc["scenario"]["name"] == "default" and doc["status"] == "complete"
+    return doc
+
+
+def _write_doc(path: Path, doc: ResultDoc) -> Path:
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_baseline_resampled_within_its_noise_has_no_significant_regression(
+        baseline: ResultDoc, tmp_path: Path) -> None:
+    new = resampled(baseline, seed=23)
+    c = compare.compare_runs(baseline, new)
+    assert not [p for p in c.points if p.lost]
+    tested = [mc for mc in c.changes if mc.verdict != "untested"]
+    assert len(tested) >= 0.7 * len(c.changes)  # 5 repetitions: the test can decide
+    assert not c.by_verdict("regression"), [(mc.key, mc.metric.name, mc.change_pct)
+                                            for mc in c.by_verdict("regression")]
+    path = _write_doc(tmp_path / "new.json", new)
+    assert main("compare", BASELINE, path, "--fail-on", "p99_latency:10%",
+                "--fail-on", "p50_latency:10%", "--fail-on", "cpu_ns_per_packet:10%",
+                "--fail-on-missing") == 0
+
+
+def test_baseline_with_an_artificial_slowdown_is_a_regression(
+        baseline: ResultDoc, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    new = slowed_down(baseline, 1.3)
+    c = compare.compare_runs(baseline, new)
+    assert not c.by_verdict("improvement") and not [p for p in c.points if p.lost]
+    flagged_points = set()
+    for name in ("p50_latency", "p99_latency", "cpu_ns_per_packet"):
+        rows = changes(c, name)
+        assert rows and all(mc.change_pct == pytest.approx(30, abs=2) for mc in rows)
+        flagged_points |= {mc.key for mc in rows if mc.verdict == "regression"}
+    measured = {mc.key for mc in c.changes}
+    # Every point is 30 % slower. A point escapes the test only where the baseline's own
+    # repetitions spread more than that (on a busy machine some do; on a quiet one, none).
+    assert len(flagged_points) > 0.6 * len(measured), sorted(measured - flagged_points)
+    (sync,) = {mc.verdict for mc in changes(c, "sync_full")}
+    assert sync == "untested"
+    path = _write_doc(tmp_path / "slow.json", new)
+    assert main("compare", BASELINE, path, "--fail-on", "p50_latency:10%",
+                "--fail-on", "p99_latency:10%", "--fail-on", "cpu_ns_per_packet:10%") == 1
+    assert "regression beyond --fail-on" in capsys.readouterr().err
