@@ -49,7 +49,8 @@ def bed():
 def _send(bed: Testbed, probe: KfuncProbe, count: int, tmp: Path, seq: int) -> dict[str, int]:
     target = Target.from_client_pod(bed.cluster, VIP, PORT)
     pcap = tmp / f"kfunc-{count}.pcap"
-    target.build_pcap("udp-new", count, pcap, seq_start=seq)
+    if count:
+        target.build_pcap("udp-new", count, pcap, seq_start=seq)
     probe.start()
     if count:
         stats = target.replay(pcap, 1000, timeout=60)
