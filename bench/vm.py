@@ -164,6 +164,9 @@ class VmRunner:
     timeout: float = 3 * 3600.0
     rwdirs: tuple[Path, ...] = ()
     accels: tuple[str, ...] | None = None  # None: KVM if usable, then TCG
+    boot_timeouts: dict[str, float] = field(default_factory=lambda: {
+        "kvm": KVM_BOOT_TIMEOUT, "tcg": TCG_BOOT_TIMEOUT})
+    vng: str | None = None  # default: vng_binary()
     out: TextIO = field(default_factory=lambda: sys.stdout)
     err: TextIO = field(default_factory=lambda: sys.stderr)
 
@@ -197,7 +200,7 @@ class VmRunner:
 
     def command(self, accel: str, argv: Sequence[str], scratch: Path) -> list[str]:
         """The ``vng`` command line for one attempt."""
-        cmd = [vng_binary(), "--run", str(self.kernel), "--cpus", str(self.cpus),
+        cmd = [self.vng or vng_binary(), "--run", str(self.kernel), "--cpus", str(self.cpus),
                "--memory", self.memory, "--name", socket.gethostname().split(".")[0]]
         if accel == "tcg":
             cmd.append("--disable-kvm")
@@ -207,7 +210,7 @@ class VmRunner:
 
     def _attempt(self, accel: str, argv: Sequence[str], scratch: Path) -> VmResult | str:
         """One boot: a VmResult, or why the guest did not boot (a string)."""
-        boot_limit = KVM_BOOT_TIMEOUT if accel == "kvm" else TCG_BOOT_TIMEOUT
+        boot_limit = self.boot_timeouts[accel]
         env = dict(os.environ)
         # vng runs virtme-run by name: the venv's bin must be on PATH.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
