@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -160,37 +161,36 @@ class SyncRunner(Runner):
                  "state_size": bed.datapath.state_size(self._last_text)}
         full_apply = first["sync"]["apply"] or 1.0
 
-        reps = []
-        for r in range(sc.sync_repetitions):
-            self.progress.say(f"{variant}: {n} services: sync-full rep {r + 1}/"
-                              f"{sc.sync_repetitions}")
-            reps.append(self._sync(bed, replace(first_change, changed=set()), None, syscalls,
-                                   None, expect_s=None))
-        writer.add_point(self._point(variant, n, "sync-full", repetitions=reps, **setup))
-        self.progress.done += 1
-
+        self._repeat(writer, variant, n, "sync-full", setup, lambda: self._sync(
+            bed, replace(first_change, changed=set()), None, syscalls, None, expect_s=None))
         for change in sc.changes:
-            reps = []
-            for r in range(sc.sync_repetitions):
-                self.progress.say(f"{variant}: {n} services: {change} rep {r + 1}/"
-                                  f"{sc.sync_repetitions}")
+            def once(change: str = change) -> R.RepetitionDoc:
                 c = _make_change(change, base, measured, spare)
-                try:
-                    reps.append(self._sync(bed, c, c.changed, syscalls, effect,
-                                           expect_s=full_apply))
-                    # Put the state back for the next repetition (not measured).
-                    back = replace(c, services=base.services, slices=base.slices)
-                    self._sync(bed, back, c.changed, None, None, expect_s=None)
-                except KpbenchError as e:
-                    status = "exceeded-limit" if isinstance(e, ApplyTimeout) else "failed"
-                    writer.add_point(self._point(variant, n, f"sync-{change}", status=status,
-                                                 error=str(e), repetitions=reps, **setup))
-                    self.progress.done += 1
-                    break
-            else:
-                writer.add_point(self._point(variant, n, f"sync-{change}", repetitions=reps,
-                                             **setup))
-                self.progress.done += 1
+                rep = self._sync(bed, c, c.changed, syscalls, effect, expect_s=full_apply)
+                # Put the state back for the next repetition (not measured).
+                back = replace(c, services=base.services, slices=base.slices)
+                self._sync(bed, back, c.changed, None, None, expect_s=None)
+                return rep
+            self._repeat(writer, variant, n, f"sync-{change}", setup, once)
+
+    def _repeat(self, writer: R.ResultWriter, variant: str, n: int, workload: str,
+                setup: dict[str, Any], once: Callable[[], R.RepetitionDoc]) -> None:
+        """The point's repetitions; a sync beyond the limit or failing ends the point
+        (recorded with the repetitions done), and the run goes on."""
+        reps: list[R.RepetitionDoc] = []
+        status, error = "ok", None
+        for r in range(self.sc.sync_repetitions):
+            self.progress.say(f"{variant}: {n} services: {workload} rep {r + 1}/"
+                              f"{self.sc.sync_repetitions}")
+            try:
+                reps.append(once())
+            except KpbenchError as e:
+                status = "exceeded-limit" if isinstance(e, ApplyTimeout) else "failed"
+                error = str(e)
+                break
+        writer.add_point(self._point(variant, n, workload, status=status, error=error,
+                                     repetitions=reps, **setup))
+        self.progress.done += 1
 
     # --- one sync -------------------------------------------------------------
     def _sync(self, bed: Testbed, change: Change, partial: set[str] | None,
