@@ -55,13 +55,30 @@ class SyscallProbe(Probe):
         self._bpf = _compile(self.name)
 
     def watch(self, pid: int) -> None:
-        """Count the system calls of process ``pid`` from now on."""
+        """Count the system calls of thread ``pid`` (a tool's pid) from now on."""
         self._require()
+        # An entry stamp left from an earlier watch (the unwatch call's own entry, say)
+        # would otherwise be taken for the start of the next call.
+        entered = self._bpf[b"entered"]
+        try:
+            del entered[entered.Key(pid)]
+        except KeyError:
+            pass
         pids = self._bpf[b"pids"]
         pids[pids.Key(pid)] = pids.Leaf(1)
 
+    def unwatch(self, pid: int) -> None:
+        """Stop counting thread ``pid`` (the harness's own, once its apply returned)."""
+        self._require()
+        pids = self._bpf[b"pids"]
+        try:
+            del pids[pids.Key(pid)]
+        except KeyError:
+            pass
+
     def _zero(self) -> None:
         self._bpf[b"pids"].clear()
+        self._bpf[b"entered"].clear()
         stats = self._bpf[b"stats"]
         for i in range(len(stats)):
             stats[stats.Key(i)] = stats.Leaf()

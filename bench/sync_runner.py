@@ -211,8 +211,11 @@ class SyncRunner(Runner):
             traffic = self._start_traffic(bed, change, expect_s)
             effect.start()
             time.sleep(PRE_ROLL)
+        own = threading.get_native_id() if dp.applies_in_process else None
         if syscalls is not None:
             syscalls.start()
+            if own is not None:
+                syscalls.watch(own)
         issued = time.monotonic_ns()
         try:
             with watching_tools(syscalls.watch if syscalls else (lambda pid: None)):
@@ -222,6 +225,8 @@ class SyncRunner(Runner):
                     dp.apply_partial(text, ns)
         finally:
             apply_s = (time.monotonic_ns() - issued) / 1e9
+            if syscalls is not None and own is not None:
+                syscalls.unwatch(own)
             if traffic is not None:
                 traffic.join()
         bed.services, bed.slices = change.services, change.slices

@@ -36,7 +36,7 @@ from typing import Any
 
 from pyroute2 import NetNS, netns
 
-from bench import interrupts
+from bench import cgroups, interrupts
 from bench import layout as L
 from bench.errors import FeatureMissing, KpbenchError
 from bench.layout import Layout, PodSpec
@@ -290,16 +290,32 @@ def run_namespaces() -> dict[str, list[str]]:
             runs.setdefault(m.group(1), []).append(name)
     for f in RUN_DIR.glob("kpb*.pid") if RUN_DIR.is_dir() else ():
         runs.setdefault(f.stem, [])
+    for cg in _run_cgroups():
+        runs.setdefault(cg.name.split("-", 1)[0], [])
     return runs
 
 
+def _run_cgroups() -> list[Path]:
+    """Run-prefixed cgroups (socket load balancing puts the client pod in one)."""
+    try:
+        root = cgroups.cgroup2_root()
+    except FeatureMissing:
+        return []
+    return [p for p in root.glob("kpb*-*") if cgroups.RUN_CGROUP_RE.match(p.name)]
+
+
 def remove_run(prefix: str) -> list[str]:
-    """Delete every namespace of one run (and its pid file); returns what was removed."""
+    """Delete every namespace and cgroup of one run (and its pid file); returns what was
+    removed."""
     removed = []
     for name in run_namespaces().get(prefix, []):
         with contextlib.suppress(FileNotFoundError, OSError):
             netns.remove(name)
             removed.append(name)
+    for cg in _run_cgroups():
+        if cg.name.startswith(f"{prefix}-"):
+            cgroups.remove(cg)
+            removed.append(str(cg))
     with contextlib.suppress(FileNotFoundError):
         (RUN_DIR / f"{prefix}.pid").unlink()
     return removed

@@ -1,6 +1,7 @@
 /* syscalls.c - kernel time inside the system calls of chosen processes.
  *
- * Measures: for every process whose tgid userspace put in `pids`, the time
+ * Measures: for every thread whose id userspace put in `pids` (a single-threaded
+ *   tool's pid, or the harness's own applying thread), the time
  *   between raw_syscalls:sys_enter and raw_syscalls:sys_exit of each system
  *   call, summed and counted per syscall number. Used to split a datapath
  *   apply into "the tool in user space" and "the kernel": the nft and
@@ -25,15 +26,15 @@ struct stat_t {
     u64 calls;
 };
 
-BPF_HASH(pids, u32, u8, 64);               /* tgids to watch */
+BPF_HASH(pids, u32, u8, 64);               /* thread ids to watch (a tool's pid is its
+                                              main thread's id) */
 BPF_HASH(entered, u32, u64, 1024);         /* tid -> entry time */
 BPF_ARRAY(stats, struct stat_t, KPB_MAX_SYSCALLS);
 
 TRACEPOINT_PROBE(raw_syscalls, sys_enter)
 {
-    u64 pid_tgid = bpf_get_current_pid_tgid();
-    u32 tgid = pid_tgid >> 32, tid = (u32)pid_tgid;
-    if (!pids.lookup(&tgid))
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    if (!pids.lookup(&tid))
         return 0;
     u64 now = bpf_ktime_get_ns();
     entered.update(&tid, &now);
@@ -42,9 +43,8 @@ TRACEPOINT_PROBE(raw_syscalls, sys_enter)
 
 TRACEPOINT_PROBE(raw_syscalls, sys_exit)
 {
-    u64 pid_tgid = bpf_get_current_pid_tgid();
-    u32 tgid = pid_tgid >> 32, tid = (u32)pid_tgid;
-    if (!pids.lookup(&tgid))
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    if (!pids.lookup(&tid))
         return 0;
     u64 *start = entered.lookup(&tid);
     if (!start)

@@ -69,6 +69,10 @@ class Datapath(ABC):
     # Longest an apply may take before its tool is stopped (ApplyTimeout); the runner
     # sets it from the scenario's per-point limit. None: no limit.
     apply_timeout: float | None = None
+    # True when apply() programs the kernel from the harness's own thread (netlink or
+    # bpf() calls) rather than through a tool process: sync timing then traces the
+    # applying thread's system calls.
+    applies_in_process: bool = False
 
     @property
     def variant(self) -> str:

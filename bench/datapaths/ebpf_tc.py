@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 class EbpfTcDatapath(Datapath):
     """The eBPF service load balancer at tc ingress of every node interface."""
 
+    applies_in_process = True  # bpf() / netlink calls from the harness's thread
+
     name = "ebpf-tc"
     program = "lb"  # bpf/lb.c
 

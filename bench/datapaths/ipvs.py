@@ -301,6 +301,8 @@ class IpvsDatapath(Datapath):
     ``conn_reuse_mode`` sysctl as upstream does (default: the running kernel).
     """
 
+    applies_in_process = True  # bpf() / netlink calls from the harness's thread
+
     name = "ipvs"
 
     def __init__(self, scheduler: str = DEFAULT_SCHEDULER, *, iptables_backend: str = "legacy",
