@@ -59,6 +59,7 @@ import re
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bench.datapaths.base import Datapath, NodeContext, run_in_netns
@@ -604,8 +605,6 @@ def _entry_key(entry: str) -> tuple[int, str]:
 def _ensure_module(name: str) -> None:
     # The namespaces share the kernel: loading ip_vs once serves them all. A kernel with
     # IPVS built in, or without modprobe, is left to the netlink call to report.
-    from pathlib import Path
-
     if Path(f"/sys/module/{name}").exists():
         return
     subprocess.run(["modprobe", "-q", name], capture_output=True, check=False, timeout=30)
