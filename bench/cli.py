@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from bench import interrupts
 from bench.commands import (
+    baseline,
     clean,
     compare,
     doctor,
@@ -26,7 +27,7 @@ from bench.commands import (
 from bench.errors import KpbenchError
 
 COMMANDS = (run, render, up, generate, doctor, clean, export, plot, list_runs, show, compare,
-            report, vm)
+            baseline, report, vm)
 
 DESCRIPTION = """\
 kpbench measures what Kubernetes Service datapaths (iptables, nftables, ...)

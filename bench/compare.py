@@ -137,6 +137,8 @@ class Comparison:
     changes: list[MetricChange] = field(default_factory=list)
     points: list[PointChange] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # Points not measured on either side, for the same reason on both.
+    unmeasured: int = 0
 
     def by_verdict(self, verdict: Verdict) -> list[MetricChange]:
         return [c for c in self.changes if c.verdict == verdict]
@@ -238,8 +240,9 @@ def compare_metric(key: PointKey, metric: Metric, base: PointDoc, new: PointDoc,
         return MetricChange(**common, change_pct=change, p_value=None,  # type: ignore[arg-type]
                             verdict="untested",
                             note=f"too few repetitions: {len(bs)} vs {len(ns)}; the "
-                                 f"Mann-Whitney U test needs >= {need} per side for "
-                                 f"p < {alpha:g}")
+                                 f"Mann-Whitney U test cannot reach p < {alpha:g} (it needs "
+                                 f">= {need} per side, or a base pooled from several runs "
+                                 f"with `kpbench baseline`)")
     p = mann_whitney_p(bs, ns)
     mc = MetricChange(**common, change_pct=change, p_value=p, verdict="same")  # type: ignore[arg-type]
     if p >= alpha:
@@ -267,7 +270,7 @@ def _status_change(key: PointKey, b: PointDoc | None, n: PointDoc | None) -> Poi
         return PointChange(key, f"measured in BASE, {desc(n)} in NEW", lost=True)
     if b["status"] != "ok" and n["status"] == "ok":
         return PointChange(key, f"{desc(b)} in BASE, measured in NEW", lost=False)
-    if b["status"] != "ok":
+    if b["status"] != "ok" and (b["status"], b.get("error")) != (n["status"], n.get("error")):
         return PointChange(key, f"not measured on either side: BASE {desc(b)}; NEW {desc(n)}",
                            lost=False)
     return None
@@ -331,6 +334,11 @@ def compare_runs(base: ResultDoc, new: ResultDoc, *, base_source: str = "BASE",
             c.points.append(status)
             continue
         assert b is not None and n is not None
+        if b["status"] != "ok":
+            # Failed the same way on both sides (a kernel feature this machine lacks, a
+            # workload a datapath does not apply to): nothing changed, nothing to list.
+            c.unmeasured += 1
+            continue
         for metric in metrics:
             mc = compare_metric(key, metric, b, n, alpha, min_effect_pct)
             if mc is not None:

@@ -68,14 +68,19 @@ def summary_line(c: Comparison) -> str:
         parts.append(f"{one_side} metrics measured on one side only")
     if c.points:
         parts.append(f"{len(c.points)} points missing or not measured on one side")
+    if c.unmeasured:
+        parts.append(f"{c.unmeasured} points not measured on either side, for the same "
+                     f"reason (e.g. a kernel feature this machine lacks)")
     return "; ".join(parts)
 
 
 def _run_line(doc: Any) -> str:
     env = doc["environment"]
     commit = (env.get("git_commit") or "nogit")[:12] + ("-dirty" if env.get("git_dirty") else "")
+    merged = doc.get("merged_from")  # a baseline pooled by bench.baseline
+    pooled = f", pooled from {len(merged)} runs" if isinstance(merged, list) else ""
     return (f"scenario {doc['scenario']['name']}, {doc['started']}, {commit}, "
-            f"{doc['status']}, {len(doc['points'])} points")
+            f"{doc['status']}, {len(doc['points'])} points{pooled}")
 
 
 def _method_line(c: Comparison) -> str:

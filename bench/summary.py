@@ -20,8 +20,11 @@ def run_line(doc: ResultDoc) -> str:
     """One line naming the run: scenario, status, dates, commit."""
     env = doc["environment"]
     commit = (env.get("git_commit") or "nogit")[:12] + ("-dirty" if env.get("git_dirty") else "")
+    merged = doc.get("merged_from")  # a baseline pooled by bench.baseline
+    pooled = f", pooled from {len(merged)} runs" if isinstance(merged, list) else ""
     return (f"scenario {doc['scenario']['name']}, {doc['status']}, started {doc['started']}, "
-            f"finished {doc.get('finished') or '—'}, commit {commit}, run {doc['run_id']}")
+            f"finished {doc.get('finished') or '—'}, commit {commit}, run {doc['run_id']}"
+            f"{pooled}")
 
 
 def environment_table(doc: ResultDoc) -> Table:

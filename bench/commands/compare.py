@@ -14,8 +14,10 @@ Results from different environments (kernel, host or VM, VM acceleration,
 CPU, iptables/nft versions) are refused with the differing keys, unless
 --allow-env-mismatch.
 
-metrics: p50_latency, p99_latency, p99.9_latency, cpu_ns_per_packet,
-delivered_pps, loss, sync_full, settle
+metrics (lower is better unless said): p50_latency, p99_latency,
+p99.9_latency, cpu_ns_per_packet, delivered_pps (higher is better), loss,
+sync_full, settle; of sync scenarios: sync_full, sync_change, sync_kernel,
+sync_effect
 
 exit status: 0 no gate failed; 1 a --fail-on gate failed (a significant
 regression beyond its threshold), or with --fail-on-missing a point measured

@@ -3,121 +3,50 @@ and the committed baseline against scaled and resampled copies of itself."""
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import json
-import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from bench import cli, compare, stats
+from bench import compare
 from bench.commands import compare as compare_cmd
 from bench.errors import InputError
 from bench.metrics import METRICS, METRICS_BY_NAME
 from bench.results import (
-    KIND,
     SCHEMA_VERSION,
     PointDoc,
-    RepetitionDoc,
     ResultDoc,
-    ResultWriter,
     load_result,
     make_point,
     make_repetition,
-    summarise_point,
-    validate_result,
 )
 from tests.conftest import ROOT
+from tests.synthetic_results import (
+    ENV,
+    JITTER,
+    PACKETS,
+    RATE,
+    REPS,
+    changes,
+    in_memory,
+    keep_signal_handlers,  # noqa: F401  (autouse fixture)
+    main,
+    point,
+    write,
+)
 from tests.variants import resampled, slowed_down
 
 BASELINE = ROOT / "results" / "baselines" / "default.json"
-
-ENV: dict[str, Any] = {
-    "kernel_release": "6.18.44-fc", "kernel_version": "#1", "where": "host", "vm": None,
-    "cpu_model": "AMD EPYC", "cpu_count": 2, "governor": None, "python": "CPython 3.11",
-    "kpbench": "0.1.0",
-    "tools": {"iptables": "iptables v1.8.9 (nf_tables)",
-              "iptables-legacy": "iptables v1.8.9 (legacy)",
-              "iptables-nft": "iptables v1.8.9 (nf_tables)", "nft": "nftables v1.0.6"},
-    "git_commit": "0123456789abcdef", "git_dirty": False, "hostname": "test",
-}
-
-REPS = 5
-PACKETS = 2000
-RATE = 5000.0
-JITTER = 0.02  # run-to-run spread of a repetition's level (2 %), like a quiet machine
-
-
-@pytest.fixture(autouse=True)
-def _keep_signal_handlers() -> Iterator[None]:
-    # cli.main installs its SIGINT/SIGTERM handlers; give pytest its own back.
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for s, h in saved.items():
-        signal.signal(s, h)
-
-
-# -- synthetic results -------------------------------------------------------------------
-
-def repetition(rng: np.random.Generator, latency_ns: float, cpu_ns: float,
-               delivered: int = PACKETS, jitter: float = JITTER) -> RepetitionDoc:
-    """One repetition: lognormal latency around ``latency_ns`` x a per-repetition level."""
-    level = 1 + rng.normal(0, jitter)
-    lat = rng.lognormal(np.log(latency_ns * level), 0.3, delivered)
-    return make_repetition(
-        sent=PACKETS, delivered=delivered, offered_pps=RATE, achieved_pps=RATE,
-        latency_hist=stats.Histogram.from_samples(lat),
-        softirq_ns=int(delivered * cpu_ns * (1 + rng.normal(0, jitter))))
-
-
-def point(rng: np.random.Generator, *, variant: str = "nftables", services: int = 1000,
-          workload: str = "udp-new", latency_ns: float = 10_000, cpu_ns: float = 5_000,
-          delivered: int = PACKETS, reps: int = REPS, sync_seconds: float = 2.0,
-          jitter: float = JITTER) -> PointDoc:
-    return make_point(
-        datapath=variant.split("-")[0], variant=variant, services=services, endpoints=10,
-        workload=workload, rate_pps=int(RATE), position="last", position_index=services - 1,
-        repetitions=[repetition(rng, latency_ns, cpu_ns, delivered, jitter)
-                     for _ in range(reps)],
-        sync_seconds=sync_seconds, settle_seconds=0.5)
-
-
-def write(path: Path, points: list[PointDoc], env: dict[str, Any] | None = None,
-          name: str = "syn") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with ResultWriter(path, scenario={"name": name, "path": f"{name}.toml", "text": ""},
-                      environment=copy.deepcopy(env or ENV)) as w:
-        for p in points:
-            w.add_point(p)
-    return path
-
-
-def changes(c: compare.Comparison, metric: str) -> list[compare.MetricChange]:
-    return [mc for mc in c.changes if mc.metric.name == metric]
-
-
-def in_memory(points: list[PointDoc], env: dict[str, Any] | None = None) -> ResultDoc:
-    """The document ResultWriter would write, without the file (and its fsyncs)."""
-    doc = {"schema_version": SCHEMA_VERSION, "kind": KIND, "run_id": "mem",
-           "started": "2026-11-29T00:00:00+00:00", "finished": "2026-11-29T00:01:00+00:00",
-           "status": "complete", "scenario": {"name": "syn", "path": "syn.toml", "text": ""},
-           "environment": copy.deepcopy(env or ENV),
-           "points": [{**p, "summary": summarise_point(p)} for p in points]}
-    return validate_result(json.loads(json.dumps(doc)), "in-memory")
 
 
 def compare_points(base: list[PointDoc], new: list[PointDoc], tmp_path: Path,
                    **kw: Any) -> compare.Comparison:
     return compare.compare_runs(in_memory(base), in_memory(new), **kw)
-
-
-def main(*argv: str) -> int:
-    return cli.main([str(a) for a in argv])
 
 
 # -- significance ------------------------------------------------------------------------
@@ -238,6 +167,21 @@ def test_a_point_that_failed_in_new_is_reported_as_lost(tmp_path: Path) -> None:
     (p,) = c.points
     assert p.lost and "exceeded-limit" in p.what and "600 s" in p.what
     assert not c.changes
+
+
+def test_a_point_failed_the_same_way_on_both_sides_is_only_counted(tmp_path: Path) -> None:
+    def failed(error: str) -> PointDoc:
+        return make_point(datapath="ipvs", variant="ipvs", services=1000, endpoints=10,
+                          workload="udp-new", rate_pps=int(RATE), position="last",
+                          position_index=999, status="failed", error=error)
+
+    rng = np.random.default_rng(3)
+    missing = "kernel feature missing: ipvs"
+    c = compare_points([point(rng), failed(missing)], [point(rng), failed(missing)], tmp_path)
+    assert not c.points and c.unmeasured == 1 and c.changes
+    c = compare_points([failed(missing)], [failed("apply failed: boom")], tmp_path)
+    (p,) = c.points
+    assert "not measured on either side" in p.what and "boom" in p.what and not p.lost
 
 
 def test_too_few_repetitions_is_reported_not_hidden(tmp_path: Path) -> None:
@@ -430,10 +374,13 @@ def test_directories_pair_runs_by_scenario(tmp_path: Path,
     assert any("'sync' only in BASE" in n for n in doc["not_compared"])
 
 
-def test_command_defaults_match_the_library() -> None:
+def test_command_defaults_and_help_match_the_library() -> None:
     # The command keeps its own copy so building the parser does not import scipy.
     assert compare_cmd.DEFAULT_ALPHA == compare.DEFAULT_ALPHA
     assert compare_cmd.DEFAULT_MIN_EFFECT_PCT == compare.DEFAULT_MIN_EFFECT_PCT
+    doc = " ".join((compare_cmd.__doc__ or "").split())
+    for m in METRICS:
+        assert f" {m.name}" in doc, f"`kpbench compare --help` does not list {m.name}"
 
 
 # -- store: list, show, schema versions -------------------------------------------------------

@@ -1,0 +1,114 @@
+"""A baseline made of several runs: each point's repetitions pooled across the runs.
+
+Why: the regression test of bench.compare compares per-repetition values,
+and the repetitions of one run share that run's conditions (what else the
+machine was doing, where the kernel put its deferred work). Two runs of the
+same commit therefore differ by more than the repetitions inside either one,
+and a base of one run makes ordinary run-to-run drift look significant. A
+base pooled from K runs carries that drift in its own samples, so a new run
+is judged against how much whole runs vary. It also gives the test enough
+samples: with 3 repetitions per run, 3 vs 3 can never reach p < 0.05, while
+a base of 3 runs (9 repetitions) against one new run (3) can reach p = 0.009.
+
+The merged document is an ordinary result (same schema version): every
+point keeps the repetitions of the runs that measured it, its setup times
+are the median over those runs, and its summary is recomputed from the
+pooled repetitions (percentiles from the merged histograms). The runs it was
+made from are listed under the top-level key ``merged_from``, which readers
+that do not know it ignore.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from bench.compare import ENV_KEYS, env_differences
+from bench.errors import InputError
+from bench.metrics import PointKey, key_label, point_key
+from bench.results import PointDoc, ResultDoc, summarise_point, validate_result
+
+
+def _median(values: Sequence[Any]) -> float | None:
+    present = [float(v) for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def _check_runs(runs: Sequence[tuple[str, ResultDoc]]) -> list[str]:
+    """Refuse runs that cannot be pooled; returns warnings about the ones that can."""
+    if len(runs) < 2:
+        raise InputError("a merged baseline needs at least two runs")
+    first_src, first = runs[0]
+    warnings = []
+    for src, doc in runs:
+        if doc["status"] != "complete":
+            raise InputError(f"run is {doc['status']}, not complete; a baseline needs "
+                             f"complete runs", source=src)
+        if doc["scenario"]["name"] != first["scenario"]["name"]:
+            raise InputError(f"scenario {doc['scenario']['name']!r} differs from "
+                             f"{first['scenario']['name']!r} ({first_src})", source=src)
+        if doc["scenario"].get("text") != first["scenario"].get("text"):
+            raise InputError(f"scenario {doc['scenario']['name']!r} was changed between this "
+                             f"run and {first_src}; pool runs of one scenario text",
+                             source=src)
+        diffs = env_differences(first["environment"], doc["environment"], ENV_KEYS)
+        if diffs:
+            listed = "; ".join(f"{k}: {a!r} vs {b!r}" for k, a, b in diffs)
+            raise InputError(f"environment differs from {first_src}: {listed}", source=src)
+        if doc["environment"].get("git_commit") != first["environment"].get("git_commit"):
+            warnings.append(f"{src}: commit {doc['environment'].get('git_commit')} differs "
+                            f"from {first['environment'].get('git_commit')} ({first_src})")
+    return warnings
+
+
+def _merge_point(points: list[PointDoc]) -> PointDoc:
+    ok = [p for p in points if p["status"] == "ok"]
+    if not ok:
+        return copy.deepcopy(points[0])
+    merged: Any = copy.deepcopy(ok[0])
+    merged.pop("summary", None)
+    merged["repetitions"] = [copy.deepcopy(r) for p in ok for r in p["repetitions"]]
+    for key in ("sync_seconds", "settle_seconds"):
+        merged["setup"][key] = _median([(p.get("setup") or {}).get(key) for p in ok])
+    for p in ok[1:]:
+        merged["missing"].update(p.get("missing") or {})
+    merged["summary"] = summarise_point(merged)
+    return merged  # type: ignore[no-any-return]
+
+
+def merge_runs(runs: Sequence[tuple[str, ResultDoc]]) -> tuple[ResultDoc, list[str]]:
+    """Pool ``runs`` (source, document) of one scenario into one baseline document.
+
+    Refuses (InputError) runs that are incomplete, of another scenario or
+    scenario text, or from another environment (bench.compare.ENV_KEYS).
+    Returns the document and warnings (differing commits, points some runs
+    did not measure).
+    """
+    warnings = _check_runs(runs)
+    by_key: dict[PointKey, list[PointDoc]] = {}
+    for _, doc in runs:
+        for p in doc["points"]:
+            by_key.setdefault(point_key(p), []).append(p)
+    for key, pts in by_key.items():
+        ok = sum(p["status"] == "ok" for p in pts)
+        if 0 < ok < len(runs):
+            warnings.append(f"{key_label(key)}: measured in {ok} of {len(runs)} runs; "
+                            f"pooled from those")
+    first = runs[0][1]
+    out: dict[str, Any] = {
+        "schema_version": first["schema_version"], "kind": first["kind"],
+        "run_id": f"merged-{uuid.uuid4().hex[:8]}",
+        "started": min(d["started"] for _, d in runs),
+        "finished": max(d["finished"] or d["started"] for _, d in runs),
+        "status": "complete",
+        "scenario": copy.deepcopy(first["scenario"]),
+        "environment": copy.deepcopy(first["environment"]),
+        "points": [_merge_point(pts) for pts in by_key.values()],
+        "merged_from": [{"file": src, "run_id": d["run_id"], "started": d["started"],
+                         "git_commit": d["environment"].get("git_commit"),
+                         "git_dirty": d["environment"].get("git_dirty")} for src, d in runs],
+    }
+    return validate_result(out, "merged baseline"), warnings

@@ -1,0 +1,109 @@
+"""Synthetic results whose right answer is known, for the comparison and baseline tests.
+
+Latency is lognormal around a chosen level, and each repetition's level
+varies by ``JITTER`` (what a quiet machine shows between repetitions).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bench import cli, compare, stats
+from bench.results import (
+    KIND,
+    SCHEMA_VERSION,
+    PointDoc,
+    RepetitionDoc,
+    ResultDoc,
+    ResultWriter,
+    make_point,
+    make_repetition,
+    summarise_point,
+    validate_result,
+)
+
+ENV: dict[str, Any] = {
+    "kernel_release": "6.18.44-fc", "kernel_version": "#1", "where": "host", "vm": None,
+    "cpu_model": "AMD EPYC", "cpu_count": 2, "governor": None, "python": "CPython 3.11",
+    "kpbench": "0.1.0",
+    "tools": {"iptables": "iptables v1.8.9 (nf_tables)",
+              "iptables-legacy": "iptables v1.8.9 (legacy)",
+              "iptables-nft": "iptables v1.8.9 (nf_tables)", "nft": "nftables v1.0.6"},
+    "git_commit": "0123456789abcdef", "git_dirty": False, "hostname": "test",
+}
+
+REPS = 5
+PACKETS = 2000
+RATE = 5000.0
+JITTER = 0.02  # spread of each repetition's level (2 %), like a quiet machine
+
+
+@pytest.fixture(autouse=True)
+def keep_signal_handlers() -> Iterator[None]:
+    # cli.main installs its SIGINT/SIGTERM handlers; give pytest its own back.
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, h in saved.items():
+        signal.signal(s, h)
+
+
+# -- synthetic results -------------------------------------------------------------------
+
+def repetition(rng: np.random.Generator, latency_ns: float, cpu_ns: float,
+               delivered: int = PACKETS, jitter: float = JITTER) -> RepetitionDoc:
+    """One repetition: lognormal latency around ``latency_ns`` x a per-repetition level."""
+    level = 1 + rng.normal(0, jitter)
+    lat = rng.lognormal(np.log(latency_ns * level), 0.3, delivered)
+    return make_repetition(
+        sent=PACKETS, delivered=delivered, offered_pps=RATE, achieved_pps=RATE,
+        latency_hist=stats.Histogram.from_samples(lat),
+        softirq_ns=int(delivered * cpu_ns * (1 + rng.normal(0, jitter))))
+
+
+def point(rng: np.random.Generator, *, variant: str = "nftables", services: int = 1000,
+          workload: str = "udp-new", latency_ns: float = 10_000, cpu_ns: float = 5_000,
+          delivered: int = PACKETS, reps: int = REPS, sync_seconds: float = 2.0,
+          jitter: float = JITTER) -> PointDoc:
+    return make_point(
+        datapath=variant.split("-")[0], variant=variant, services=services, endpoints=10,
+        workload=workload, rate_pps=int(RATE), position="last", position_index=services - 1,
+        repetitions=[repetition(rng, latency_ns, cpu_ns, delivered, jitter)
+                     for _ in range(reps)],
+        sync_seconds=sync_seconds, settle_seconds=0.5)
+
+
+def write(path: Path, points: list[PointDoc], env: dict[str, Any] | None = None,
+          name: str = "syn") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with ResultWriter(path, scenario={"name": name, "path": f"{name}.toml", "text": ""},
+                      environment=copy.deepcopy(env or ENV)) as w:
+        for p in points:
+            w.add_point(p)
+    return path
+
+
+def in_memory(points: list[PointDoc], env: dict[str, Any] | None = None) -> ResultDoc:
+    """The document ResultWriter would write, without the file (and its fsyncs)."""
+    doc = {"schema_version": SCHEMA_VERSION, "kind": KIND, "run_id": "mem",
+           "started": "2026-11-29T00:00:00+00:00", "finished": "2026-11-29T00:01:00+00:00",
+           "status": "complete", "scenario": {"name": "syn", "path": "syn.toml", "text": ""},
+           "environment": copy.deepcopy(env or ENV),
+           "points": [{**p, "summary": summarise_point(p)} for p in points]}
+    return validate_result(json.loads(json.dumps(doc)), "in-memory")
+
+
+def main(*argv: str) -> int:
+    return cli.main([str(a) for a in argv])
+
+
+def changes(c: compare.Comparison, metric: str) -> list[compare.MetricChange]:
+    """The rows of one metric in a comparison."""
+    return [mc for mc in c.changes if mc.metric.name == metric]

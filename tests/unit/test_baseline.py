@@ -1,0 +1,109 @@
+"""Baselines pooled from several runs: merging, refusals, and what pooling buys the test."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench import compare
+from bench.baseline import merge_runs
+from bench.errors import InputError
+from bench.results import ResultDoc, load_result
+from tests.synthetic_results import (
+    ENV,
+    changes,
+    in_memory,
+    keep_signal_handlers,  # noqa: F401  (autouse fixture)
+    main,
+    point,
+    write,
+)
+
+SCALES = (1, 100, 1000)
+
+
+def runs(seed: int, n: int = 3, reps: int = 3, **kw: float) -> list[tuple[str, ResultDoc]]:
+    """``n`` runs of one scenario, each with ``reps`` repetitions per point."""
+    rng = np.random.default_rng(seed)
+    return [(f"run{i}.json", in_memory([point(rng, services=s, reps=reps, **kw)  # type: ignore[arg-type]
+                                        for s in SCALES]))
+            for i in range(n)]
+
+
+def test_merge_pools_repetitions_and_recomputes_the_summary() -> None:
+    rs = runs(1)
+    for i, (_, doc) in enumerate(rs):
+        doc["points"][0]["setup"]["sync_seconds"] = 1.0 + i  # 1, 2, 3 s
+    merged, warnings = merge_runs(rs)
+    assert not warnings and merged["status"] == "complete"
+    assert [m["run_id"] for m in merged["merged_from"]] == [d["run_id"] for _, d in rs]  # type: ignore[typeddict-item]
+    p = merged["points"][0]
+    assert len(p["repetitions"]) == 9
+    assert p["setup"]["sync_seconds"] == 2.0  # the median over the runs
+    # The summary is the pooled one: every packet of the three runs.
+    assert p["summary"]["latency_ns"]["count"] == sum(  # type: ignore[index]
+        d["points"][0]["summary"]["latency_ns"]["count"] for _, d in rs)  # type: ignore[index]
+
+
+def test_a_point_some_runs_missed_is_pooled_from_the_others() -> None:
+    rs = runs(2)
+    failed = copy.deepcopy(rs[1][1]["points"][2])
+    failed.update(status="failed", error="boom", repetitions=[])
+    rs[1][1]["points"][2] = failed
+    merged, warnings = merge_runs(rs)
+    assert len(merged["points"][2]["repetitions"]) == 6
+    assert any("measured in 2 of 3 runs" in w for w in warnings)
+
+
+@pytest.mark.parametrize("change,needle", [
+    (lambda d: d["environment"].update(kernel_release="6.1.0"), "kernel_release"),
+    (lambda d: d["scenario"].update(name="other"), "scenario 'other'"),
+    (lambda d: d["scenario"].update(text="packets = 1"), "was changed"),
+    (lambda d: d.update(status="interrupted"), "not complete"),
+])
+def test_runs_that_cannot_be_pooled_are_refused(change, needle: str) -> None:  # type: ignore[no-untyped-def]
+    rs = runs(3)
+    change(rs[2][1])
+    with pytest.raises(InputError, match=needle):
+        merge_runs(rs)
+    with pytest.raises(InputError, match="at least two runs"):
+        merge_runs(rs[:1])
+
+
+def test_pooling_lets_three_repetition_runs_be_tested() -> None:
+    base_runs = runs(4)
+    (_, new), = runs(5, n=1, latency_ns=12_000)  # one new run, 20 % slower
+    # Run against run, 3 vs 3 repetitions: the test cannot decide.
+    c = compare.compare_runs(base_runs[0][1], new)
+    assert {mc.verdict for mc in changes(c, "p50_latency")} == {"untested"}
+    assert "kpbench baseline" in changes(c, "p50_latency")[0].note
+    # Against three runs pooled (9 vs 3): p can reach 2/C(12, 3) = 0.009.
+    pooled, _ = merge_runs(base_runs)
+    c = compare.compare_runs(pooled, new)
+    assert {mc.verdict for mc in changes(c, "p50_latency")} == {"regression"}
+    (_, same), = runs(6, n=1)
+    c = compare.compare_runs(pooled, same)
+    assert not c.by_verdict("regression") and not c.by_verdict("improvement")
+
+
+def test_baseline_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rng = np.random.default_rng(7)
+    files = [write(tmp_path / f"r{i}.json", [point(rng, reps=3)]) for i in range(3)]
+    out = tmp_path / "baselines" / "default.json"
+    assert main("baseline", *files, "-o", out) == 0
+    assert "3 runs" in capsys.readouterr().err
+    doc = load_result(out)
+    assert len(doc["points"][0]["repetitions"]) == 9
+    assert json.loads(out.read_text())["merged_from"][2]["file"] == str(files[2])
+    assert main("baseline", *files, "-o", out) == 2  # no silent overwrite
+    assert "--force" in capsys.readouterr().err
+    assert main("baseline", *files, "-o", out, "--force") == 0
+    assert main("show", out) == 0
+    assert "pooled from 3 runs" in capsys.readouterr().out
+    other = write(tmp_path / "vm.json", [point(rng, reps=3)], env={**ENV, "where": "vm"})
+    assert main("baseline", files[0], other, "-o", tmp_path / "x.json") == 2
+    assert "where" in capsys.readouterr().err
