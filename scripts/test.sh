@@ -11,6 +11,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# Runs killed before this one (SIGKILL leaves namespaces by nature) would skew the
+# tests that compare the machine's state before and after: remove them first.
+.venv/bin/kpbench clean
 rc=0
 .venv/bin/python -m pytest "$@" || rc=$?
 # pytest's 5 means no test ran, which must not pass silently.
