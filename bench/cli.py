@@ -61,15 +61,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="kpbench: %(message)s", stream=sys.stderr)
     interrupts.install()
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
     except KpbenchError as e:
         print(f"kpbench: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt as e:
-        term = isinstance(e, interrupts.Terminated)
-        print(f"kpbench: {'terminated' if term else 'interrupted'}; everything this run "
-              "created was removed", file=sys.stderr)
-        return 143 if term else 130
+        return _stopped(e)
+    signalled = interrupts.received()
+    # A signal whose raise Python swallowed (see interrupts) still ends the run as stopped.
+    return _stopped(signalled) if signalled is not None else code
+
+
+def _stopped(e: KeyboardInterrupt) -> int:
+    term = isinstance(e, interrupts.Terminated)
+    print(f"kpbench: {'terminated' if term else 'interrupted'}; everything this run "
+          "created was removed", file=sys.stderr)
+    return 143 if term else 130
 
 
 if __name__ == "__main__":

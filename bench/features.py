@@ -12,6 +12,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -123,6 +124,20 @@ def _tracefs() -> Feature:
                    else "tracefs not mounted or no skb tracepoints")
 
 
+@contextlib.contextmanager
+def _stderr_to_devnull() -> Iterator[None]:
+    """Silence file descriptor 2 (C libraries write there, not to sys.stderr)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _bpf_attach(name: str, text: str, hint: str) -> Feature:
     """Compile and load ``text`` with BCC: the only honest test of a probe kind."""
     try:
@@ -130,9 +145,12 @@ def _bpf_attach(name: str, text: str, hint: str) -> Feature:
     except ImportError:
         return Feature(name, False, "bcc not importable")
     try:
-        BPF(text=text).cleanup()
+        with _stderr_to_devnull():  # libbpf prints its own "bpf: Failed to load program"
+            BPF(text=text).cleanup()
     except Exception as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "super-user" in reason and os.geteuid() == 0:  # BCC's words for any EPERM
+            reason = "the kernel refused to load it (EPERM) although we are root"
         return Feature(name, False, f"{reason} ({hint})")
     return Feature(name, True, "attached a probe to nf_hook_slow")
 

@@ -6,6 +6,12 @@ block unwinds and removes what it made. Inside :func:`deferred` (used around
 teardown, probe detach and result writes) a signal is only remembered and
 raised when the outermost deferred block ends. After the first signal,
 further ones are ignored: the run is already stopping.
+
+A raise can be swallowed: when the signal lands inside a fork hook, a
+``__del__`` or a weakref callback, Python prints "Exception ignored" and
+goes on. So the signal is also remembered, :func:`check` (called at every
+progress step, never inside a clean-up) raises it again, and :func:`received`
+lets the CLI exit with the signal's code even if the command ran to its end.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 from collections.abc import Iterator
 from types import FrameType
 
@@ -24,11 +31,13 @@ class Terminated(KeyboardInterrupt):
 _depth = 0
 _pending: KeyboardInterrupt | None = None
 _stopping = False
+_received: KeyboardInterrupt | None = None
+_delivered = False
 _main_pid = os.getpid()
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
-    global _pending, _stopping
+    global _pending, _stopping, _received
     if os.getpid() != _main_pid:
         # pyroute2 forks helpers that inherit this handler and are stopped with SIGTERM:
         # they must die the default way, not run the parent's clean-up paths.
@@ -38,6 +47,7 @@ def _handler(signum: int, frame: FrameType | None) -> None:
     if _stopping:
         return
     exc = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+    _received = exc
     if _depth:
         _pending = exc
         return
@@ -47,8 +57,9 @@ def _handler(signum: int, frame: FrameType | None) -> None:
 
 def install() -> None:
     """Route SIGINT and SIGTERM through the deferring handler (main thread only)."""
-    global _main_pid
+    global _main_pid, _pending, _stopping, _received, _delivered
     _main_pid = os.getpid()
+    _pending, _stopping, _received, _delivered = None, False, None, False
     signal.signal(signal.SIGINT, _handler)
     signal.signal(signal.SIGTERM, _handler)
 
@@ -66,3 +77,21 @@ def deferred() -> Iterator[None]:
             exc, _pending = _pending, None
             _stopping = True
             raise exc
+
+
+def check() -> None:
+    """Raise a signal whose first raise was swallowed; call only between steps of work.
+
+    Raises once, and never while the first raise is still unwinding: the clean-up
+    it sets off may report progress too.
+    """
+    global _delivered
+    unwinding = isinstance(sys.exc_info()[1], KeyboardInterrupt)
+    if _received is not None and not _delivered and not _depth and not unwinding:
+        _delivered = True
+        raise _received
+
+
+def received() -> KeyboardInterrupt | None:
+    """The SIGINT/SIGTERM this process got, if any."""
+    return _received

@@ -97,6 +97,7 @@ class Progress:
         return sum(self._estimate(dp, n) for dp, n, _ in self.sc.points[self.done:])
 
     def say(self, what: str) -> None:
+        interrupts.check()
         elapsed = time.monotonic() - self.start
         pct = 100 * self.done // max(self.total, 1)
         print(f"[{self.done:>3}/{self.total} {pct:>3}%] {what}  "
