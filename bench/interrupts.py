@@ -9,7 +9,8 @@ further ones are ignored: the run is already stopping.
 
 A raise can be swallowed: when the signal lands inside a fork hook, a
 ``__del__`` or a weakref callback, Python prints "Exception ignored" and
-goes on. So the signal is also remembered, :func:`check` (called at every
+goes on (the "Exception ignored" report of it is kept quiet). So the signal
+is also remembered, :func:`check` (called at every
 progress step, never inside a clean-up) raises it again, and :func:`received`
 lets the CLI exit with the signal's code even if the command ran to its end.
 """
@@ -62,6 +63,16 @@ def install() -> None:
     _pending, _stopping, _received, _delivered = None, False, None, False
     signal.signal(signal.SIGINT, _handler)
     signal.signal(signal.SIGTERM, _handler)
+    if sys.unraisablehook is not _quiet_unraisable:
+        _quiet_unraisable.default = sys.unraisablehook  # type: ignore[attr-defined]
+        sys.unraisablehook = _quiet_unraisable
+
+
+def _quiet_unraisable(info: sys.UnraisableHookArgs) -> None:
+    """Our own swallowed raise is no error to print: :func:`check` raises it again."""
+    if info.exc_value is not None and info.exc_value is _received:
+        return
+    _quiet_unraisable.default(info)  # type: ignore[attr-defined]
 
 
 @contextlib.contextmanager

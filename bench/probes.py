@@ -91,18 +91,67 @@ def tracepoint_field(category: str, event: str, field_name: str) -> tuple[int, i
 
 # --- compile and attach --------------------------------------------------------
 
+# Compiling a probe costs 0.2-0.8 s on this machine and 10-30 s under TCG in a VM,
+# and a run attaches its probes several times at every point. A reusable probe's
+# program is therefore kept, detached from every event, when the probe detaches,
+# and handed to the next attach of the same source and flags; the run unloads
+# them at its end with release_compiled().
+_POOL: dict[tuple[str, tuple[str, ...]], list[Any]] = {}
+
+
 def _compile(probe: str, cflags: Sequence[str] = ()) -> Any:
-    """BCC-compile ``probes/<probe>.c`` (tracepoint programs attach here too)."""
+    """BCC-compile ``probes/<probe>.c`` (tracepoint programs attach here too).
+
+    A program kept by :func:`_keep` with the same source and flags is reused:
+    its auto-attached tracepoints are attached again.
+    """
+    key = (probe, tuple(cflags))
+    if _POOL.get(key):
+        bpf = _POOL[key].pop()
+        try:
+            for tp in bpf.kpb_auto_tracepoints:
+                bpf.attach_tracepoint(tp=tp, fn_name=b"tracepoint__" + tp.replace(b":", b"__"))
+        except Exception as e:  # BCC raises bare Exception
+            bpf.cleanup()
+            raise FeatureMissing(f"{probe} probe: cannot attach {probe}.c again: "
+                                 f"{_first_line(e)}") from e
+        return bpf
     try:
         from bcc import BPF
     except ImportError as e:
         raise FeatureMissing(f"{probe} probe: cannot import bcc ({e}); run scripts/setup.sh")
     src = PROBES_DIR / f"{probe}.c"
     try:
-        return BPF(src_file=str(src).encode(), cflags=list(cflags))
+        bpf = BPF(src_file=str(src).encode(), cflags=list(cflags))
     except Exception as e:
         raise FeatureMissing(f"{probe} probe: cannot compile or attach {src.name}: "
                              f"{_first_line(e)}") from e
+    bpf.kpb_key = key
+    bpf.kpb_auto_tracepoints = list(bpf.tracepoint_fds)  # TRACEPOINT_PROBE()s
+    return bpf
+
+
+def _keep(bpf: Any, transient_maps: Sequence[str]) -> None:
+    """Detach ``bpf`` from every event, empty ``transient_maps``, keep it for reuse."""
+    try:
+        for tp in list(bpf.tracepoint_fds):
+            bpf.detach_tracepoint(tp)
+        if bpf.kprobe_fds or bpf.raw_tracepoint_fds or bpf.kfunc_entry_fds:
+            raise RuntimeError("only tracepoint and tc programs are kept")
+        for name in transient_maps:  # state of the last window (an entry stamp, say)
+            bpf[name.encode()].clear()
+    except BaseException:
+        bpf.cleanup()
+        raise
+    _POOL.setdefault(bpf.kpb_key, []).append(bpf)
+
+
+def release_compiled() -> None:
+    """Unload every kept probe program (a run's end; safe to call twice)."""
+    while _POOL:
+        _, kept = _POOL.popitem()
+        for bpf in kept:
+            bpf.cleanup()
 
 
 def _first_line(e: BaseException) -> str:
@@ -200,6 +249,9 @@ class Probe:
 
     name = "probe"
     tc_prio = TC_PRIO  # each probe's tc filters get their own priority
+    # Maps holding state that must not outlive a window (besides what _zero()
+    # clears); None: the program is unloaded on detach, not kept for reuse.
+    transient_maps: tuple[str, ...] | None = None
 
     def __init__(self) -> None:
         self._bpf: Any = None
@@ -245,8 +297,11 @@ class Probe:
         while self._tc:
             _tc_detach(self._tc.pop())
         if self._bpf is not None:
-            self._bpf.cleanup()
-            self._bpf = None
+            bpf, self._bpf = self._bpf, None
+            if self.transient_maps is None:
+                bpf.cleanup()
+            else:
+                _keep(bpf, self.transient_maps)
 
     def start(self) -> None:
         """Zero the counters: a measurement window opens now."""
@@ -319,6 +374,7 @@ class LatencyProbe(Probe):
 
     name = "latency"
     tc_prio = TC_PRIO
+    transient_maps = ()  # stamps and counts are zeroed at start(), config set there
 
     def __init__(self, client: TcHook, backends: Sequence[TcHook],
                  capacity: int = LATENCY_CAPACITY, drop: bool = True) -> None:
@@ -428,6 +484,7 @@ class CpuProbe(Probe):
     """NET_RX softirq CPU time (probes/cpu.c)."""
 
     name = "cpu"
+    transient_maps = ("entered_ns",)  # a softirq entered before detach never exits
 
     def __init__(self) -> None:
         super().__init__()
@@ -476,6 +533,7 @@ class DropsProbe(Probe):
 
     name = "drops"
     tc_prio = TC_PRIO + 1
+    transient_maps = ()
 
     def __init__(self, origin: TcHook | None = None) -> None:
         super().__init__()
@@ -575,6 +633,7 @@ class TransitProbe(Probe):
 
     name = "transit"
     tc_prio = TC_PRIO + 2
+    transient_maps = ("inflight",)  # skbs of the last window
 
     def __init__(self, origin: TcHook | None = None, max_ns: int = 1_000_000_000) -> None:
         """``max_ns``: longer matches count as stale (an untracked skb's address reused)."""

@@ -62,7 +62,16 @@ def _target_kind(workload: str) -> str:
 
 
 class Progress:
-    """One line per step on stderr, with elapsed time and an ETA."""
+    """One line per step on stderr, with elapsed time and an ETA.
+
+    The ETA models each remaining scale point as a fixed part (building the
+    cluster, settling, traffic, probes: the mean measured so far) plus its sync,
+    which grows about linearly with the number of services. A sync rate is only
+    taken from a sync of at least RATE_MIN_SERVICES services: at 1 service the
+    sync time is all fixed cost, and extrapolating it would be absurd.
+    """
+
+    RATE_MIN_SERVICES = 100
 
     def __init__(self, scenario: Scenario, out: TextIO = sys.stderr) -> None:
         self.sc = scenario
@@ -70,28 +79,47 @@ class Progress:
         self.total = len(scenario.points)
         self.done = 0
         self.start = time.monotonic()
-        self.sync_seconds: dict[str, tuple[int, float]] = {}  # variant -> (services, s)
+        self.syncs: list[tuple[str, int, float]] = []  # (variant, services, seconds)
+        self.fixed_seconds: list[float] = []  # per scale point: its time without the sync
+        self.one_off = 0.0  # once-per-run work inside the current point (probe overhead)
         self.traffic_seconds: list[float] = []
 
+    def record_sync(self, variant: str, services: int, seconds: float) -> None:
+        self.syncs.append((variant, services, seconds))
+
+    def record_scale(self, variant: str, services: int, wall: float) -> None:
+        """A scale point took ``wall`` seconds; its sync (last recorded) is not fixed cost."""
+        sync = next((s for v, n, s in reversed(self.syncs) if (v, n) == (variant, services)),
+                    0.0)
+        self.fixed_seconds.append(max(wall - sync - self.one_off, 0.0))
+        self.one_off = 0.0
+
+    def _sync_estimate(self, variant: str, services: int) -> float:
+        own = [(n, s) for v, n, s in self.syncs if v == variant]
+        big = [(n, s) for n, s in own if n >= self.RATE_MIN_SERVICES]
+        if big:
+            n0, s0 = big[-1]
+            return s0 * services / n0
+        # Not seen at scale yet: the typical rate of the variants seen so far.
+        rates = sorted(s / n for _, n, s in self.syncs if n >= self.RATE_MIN_SERVICES)
+        rate = rates[len(rates) // 2] if rates else 0.0
+        return max(own[-1][1] if own else 0.0, rate * services)
+
     def _estimate(self, variant: str, services: int) -> float:
-        # Sync time grows about linearly with the number of services (O(rules)),
-        # scaled from this variant's last sync, else from the slowest one seen so far.
-        per_service = [s / n for n, s in self.sync_seconds.values()]
-        if variant in self.sync_seconds:
-            n0, s0 = self.sync_seconds[variant]
-            rate = s0 / n0
-        else:
-            rate = max(per_service, default=0.001)
-        sync = rate * services
+        """Seconds for one remaining point (one workload at one scale)."""
+        sync = self._sync_estimate(variant, services)
         if self.sc.kind == "sync":
             # Per repetition: the change and the change back, each a sync, and the
             # traffic window that watches the change (a few seconds at least).
             return self.sc.sync_repetitions * (2 * sync + 3.5)
-        # Traffic time is near-constant per point.
-        traffic = (sum(self.traffic_seconds) / len(self.traffic_seconds)
-                   if self.traffic_seconds else
-                   self.sc.repetitions * self.sc.packets / self.sc.rate_pps + 2)
-        return traffic + sync / len(self.sc.measured)
+        if self.fixed_seconds:
+            fixed = sum(self.fixed_seconds) / len(self.fixed_seconds)
+        else:
+            traffic = (sum(self.traffic_seconds) / len(self.traffic_seconds)
+                       if self.traffic_seconds else
+                       self.sc.repetitions * self.sc.packets / self.sc.rate_pps + 2)
+            fixed = traffic * len(self.sc.measured)
+        return (fixed + sync) / len(self.sc.measured)
 
     def eta(self) -> float:
         return sum(self._estimate(dp, n) for dp, n, _ in self.sc.points[self.done:])
@@ -165,8 +193,12 @@ class Runner:
                         if missing:
                             self._record_all(writer, variant, n, "failed", missing)
                             continue
+                        t0 = time.monotonic()
                         self._scale_point(writer, variant, n)
+                        self.progress.record_scale(variant, n, time.monotonic() - t0)
         finally:
+            with interrupts.deferred():
+                P.release_compiled()
             shutil.rmtree(self.workdir, ignore_errors=True)
         return path
 
@@ -245,7 +277,7 @@ class Runner:
                 return
             # Loading BPF programs is a fixed cost, not a per-service one: not for the ETA.
             load = sum(getattr(datapath, "load_seconds", {}).values())
-            self.progress.sync_seconds[variant] = (n, max(timing.total - load, 0.0))
+            self.progress.record_sync(variant, n, max(timing.total - load, 0.0))
             state = datapath.state_size(timing.rendered[0])
             try:
                 points = []
@@ -263,7 +295,9 @@ class Runner:
                                   bed.cluster, measured.cluster_ip, measured.ports[0].port))
                     if sc.overhead and not self.overhead_done:
                         # Once per run, at its first point, before any probe is attached.
+                        t0 = time.monotonic()
                         self.overhead = self._overhead(bed, target, external)
+                        self.progress.one_off += time.monotonic() - t0
                         self.overhead_done = True
                     probes = self._main_probes(bed, external)
                     group = []

@@ -156,7 +156,7 @@ class SyncRunner(Runner):
         except KpbenchError as e:
             self._record_rest(writer, variant, n, "failed", str(e))
             return
-        self.progress.sync_seconds[variant] = (n, first["sync"]["total"])
+        self.progress.record_sync(variant, n, first["sync"]["total"])
         setup = {"sync_seconds": first["sync"]["total"],
                  "state_size": bed.datapath.state_size(self._last_text)}
         full_apply = first["sync"]["apply"] or 1.0

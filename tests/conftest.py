@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,15 @@ def require_feature(name: str) -> None:
     f = detect()[name]
     if not f.ok:
         pytest.skip(f"{FEATURE_SKIP} {name} ({f.detail})")
+
+
+@pytest.fixture(autouse=True)
+def _unload_kept_probe_programs() -> Iterator[None]:
+    """Probe programs kept for reuse go with the test that compiled them (a run's end)."""
+    yield
+    from bench.probes import release_compiled
+
+    release_compiled()
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -36,6 +36,7 @@ from bench.probes import (
     TcHook,
     TransitProbe,
     print_symbolic,
+    release_compiled,
     transit_bucket_bounds,
 )
 from bench.topology import Cluster, in_netns, run_netns
@@ -239,6 +240,56 @@ def test_cpu_sees_net_rx_time_that_grows_with_packets(cluster: Cluster,
     assert (n_small, n_large) == (23, 50_000)
     assert 0 < small.net_rx_ns < large.net_rx_ns
     assert small.runs > 0 and large.per_packet_ns(n_large) > 0
+
+
+# --- programs kept for reuse ---------------------------------------------------------
+
+def own_programs() -> int:
+    """How many BPF programs this process holds open."""
+    count = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            count += os.readlink(fd) == "anon_inode:bpf-prog"
+    return count
+
+
+def test_a_kept_program_attached_again_counts_like_a_fresh_one(cluster: Cluster,
+                                                               tmp_path: Path) -> None:
+    """Runs reuse each probe's compiled program from point to point: after a first
+    window, detach, and attach again, the same program must see exactly the next 23."""
+    pod = pod_on(cluster, 0)
+
+    def probes() -> list[Probe]:
+        return [LatencyProbe.for_cluster(cluster), CpuProbe(), DropsProbe.for_cluster(cluster),
+                TransitProbe.for_cluster(cluster)]
+
+    first = probes()
+    with contextlib.ExitStack() as stack:
+        for p in first:
+            stack.enter_context(p)
+            p.start()
+        send(cluster, pod, tmp_path, count=50)
+        compiled = [p._bpf for p in first]
+    # Detached: kept, but on no event, so it costs nothing between points.
+    assert all(not b.tracepoint_fds for b in compiled)
+    again = probes()
+    with contextlib.ExitStack() as stack:
+        for p in again:
+            stack.enter_context(p)
+        assert [p._bpf for p in again] == compiled  # reused, not compiled again
+        lat, cpu, drops, transit = again
+        for p in again:
+            p.start(seq_base=0) if p is lat else p.start()
+        send(cluster, pod, tmp_path)
+        r, c, d, t = lat.read(), cpu.read(), drops.read(), transit.read()
+    assert (r.sent_seen, r.delivered_seen, r.departed, r.lost) == (23, 23, 23, 0)
+    assert c.net_rx_ns > 0 and c.runs > 0
+    assert d.run_by_reason is not None and list(d.run_by_reason.values()) == [23], d
+    assert (t.count, t.stale, t.rx_seen) == (23, 0, 23)
+    held = own_programs()
+    assert held >= 4  # kept until the run ends: at least one program per probe
+    release_compiled()
+    assert own_programs() == 0
 
 
 # --- transit ---------------------------------------------------------------------
