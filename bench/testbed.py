@@ -8,6 +8,7 @@ import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
+from bench import interrupts
 from bench import layout as L
 from bench.datapaths import Datapath, NodeContext
 from bench.layout import Layout, plan_layout
@@ -65,7 +66,13 @@ class Testbed:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.cluster.teardown()
+        with interrupts.deferred():
+            try:
+                self.datapath.release()
+            except Exception as e:  # the namespaces must go regardless
+                log.warning("%s: could not free its programs: %s", self.datapath.name, e)
+            finally:
+                self.cluster.teardown()
 
     def sync(self, services: Sequence[Service] | None = None,
              slices: Sequence[EndpointSlice] | None = None) -> SyncTiming:

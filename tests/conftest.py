@@ -8,6 +8,7 @@ network state is snapshotted before the session and compared after it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from collections.abc import Iterator
@@ -41,6 +42,15 @@ def host_state() -> dict[str, str]:
         lines = [ln for ln in p.stdout.splitlines() if not ln.startswith("#")]
         state[" ".join(argv)] = "\n".join(lines)
     return state
+
+
+def held_bpf_programs() -> int:
+    """How many BPF programs this process holds open (file descriptors)."""
+    count = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            count += os.readlink(fd) == "anon_inode:bpf-prog"
+    return count
 
 
 def require_feature(name: str) -> None:

@@ -107,6 +107,11 @@ class Datapath(ABC):
     def cleanup(self, netns: str) -> None:  # noqa: B027 - optional hook
         """Remove everything this datapath programmed in ``netns``."""
 
+    def release(self) -> None:  # noqa: B027 - optional hook
+        """Free what this process holds for the nodes (BPF programs and maps, proxy
+        processes) when their namespaces are about to be deleted; rules inside the
+        namespaces go with them, so nothing there is undone one by one."""
+
 
 _TOOL_OBSERVERS: list[Callable[[int], None]] = []
 

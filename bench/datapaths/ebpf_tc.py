@@ -104,6 +104,10 @@ class EbpfTcDatapath(Datapath):
     def reset_stats(self, netns: str) -> None:
         self._nodes[netns].reset_stats()
 
+    def release(self) -> None:
+        for netns in list(self._nodes):
+            self.cleanup(netns)
+
     def cleanup(self, netns: str) -> None:
         """Detach the programs from ``netns`` and free its maps."""
         node = self._nodes.pop(netns, None)

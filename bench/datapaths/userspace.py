@@ -272,6 +272,10 @@ class UserspaceDatapath(Datapath):
                                seconds=timeout)
         return proc.stdout.readline().strip()
 
+    def release(self) -> None:
+        _stop_all(self._procs)
+        self._initialised.clear()
+
     def cleanup(self, netns: str) -> None:
         """Stop the node's proxy, unlink the jumps, delete the chains."""
         proc = self._procs.pop(netns, None)

@@ -27,7 +27,7 @@ from bench.netclient import connect_many
 from bench.testbed import Testbed
 from bench.topology import NODE_UNDERLAY_IF, in_netns
 from bench.traffic import Target
-from tests.conftest import require_feature
+from tests.conftest import held_bpf_programs, require_feature
 from tests.integration import semantics as S
 
 pytestmark = pytest.mark.privileged
@@ -161,6 +161,17 @@ def test_cleanup_leaves_nothing_in_the_namespaces() -> None:
             features = subprocess.run(["ip", "netns", "exec", *ul_peer[:1], "ethtool", "-k",
                                        ul_peer[1]], capture_output=True, text=True).stdout
             assert "tx-checksumming: on" in features
+
+
+@pytest.mark.parametrize("variant", ["ebpf-tc", "xdp", "socket-lb"])
+def test_a_testbed_frees_the_programs_it_loaded(variant: str) -> None:
+    """A run builds a testbed per point: programs and maps must not pile up in it."""
+    require_feature(variant)
+    services, slices = S.semantics_cluster()
+    before = held_bpf_programs()
+    with Testbed(make_variant(variant), services, slices, nodes=2, echo=False):
+        assert held_bpf_programs() > before
+    assert held_bpf_programs() == before
 
 
 def test_socket_lb_cgroup_goes_with_the_datapath() -> None:

@@ -40,7 +40,7 @@ from bench.probes import (
     transit_bucket_bounds,
 )
 from bench.topology import Cluster, in_netns, run_netns
-from tests.conftest import require_feature
+from tests.conftest import held_bpf_programs, require_feature
 
 pytestmark = pytest.mark.privileged
 
@@ -244,15 +244,6 @@ def test_cpu_sees_net_rx_time_that_grows_with_packets(cluster: Cluster,
 
 # --- programs kept for reuse ---------------------------------------------------------
 
-def own_programs() -> int:
-    """How many BPF programs this process holds open."""
-    count = 0
-    for fd in Path("/proc/self/fd").iterdir():
-        with contextlib.suppress(OSError):
-            count += os.readlink(fd) == "anon_inode:bpf-prog"
-    return count
-
-
 def test_a_kept_program_attached_again_counts_like_a_fresh_one(cluster: Cluster,
                                                                tmp_path: Path) -> None:
     """Runs reuse each probe's compiled program from point to point: after a first
@@ -264,7 +255,7 @@ def test_a_kept_program_attached_again_counts_like_a_fresh_one(cluster: Cluster,
                 TransitProbe.for_cluster(cluster)]
 
     release_compiled()
-    held_before = own_programs()  # other tests' objects may still hold programs
+    held_before = held_bpf_programs()  # other tests' objects may still hold programs
     first = probes()
     with contextlib.ExitStack() as stack:
         for p in first:
@@ -289,9 +280,9 @@ def test_a_kept_program_attached_again_counts_like_a_fresh_one(cluster: Cluster,
     assert d.run_by_reason is not None and list(d.run_by_reason.values()) == [23], d
     assert (t.count, t.stale, t.rx_seen) == (23, 0, 23)
     # Kept until the run ends (at least one program per probe), then unloaded.
-    assert own_programs() >= held_before + 4
+    assert held_bpf_programs() >= held_before + 4
     release_compiled()
-    assert own_programs() == held_before
+    assert held_bpf_programs() == held_before
 
 
 # --- transit ---------------------------------------------------------------------
