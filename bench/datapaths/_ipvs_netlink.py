@@ -10,7 +10,10 @@ dummy-device handling do: ensure ``kube-ipvs0``, bind the service addresses,
 add or update each virtual server and its real servers (masquerade
 forwarding, as kube-proxy), delete real servers and virtual servers no longer
 wanted, and unbind addresses no longer used. ``{"flush": true}`` removes
-everything (kube-proxy's ``CleanupLeftovers``).
+everything (kube-proxy's ``CleanupLeftovers``). A ``"timeout"`` (seconds)
+bounds the work like the tools' timeouts bound theirs: past it, :func:`sync`
+stops between two requests and raises :class:`TimeoutError`; the next sync
+repairs what was left half-done.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import errno
 import json
 import sys
+import time
 from typing import Any
 
 from pyroute2 import IPVS, IPRoute, IPVSDest, IPVSService
@@ -56,6 +60,14 @@ def sync(plan: dict[str, Any], netns: str | None = None) -> dict[str, int]:
               "dests_added": 0, "dests_deleted": 0, "addresses_bound": 0,
               "addresses_unbound": 0}
     kw: dict[str, Any] = {"netns": netns, "flags": 0} if netns else {}
+    start = time.monotonic()
+    timeout = plan.get("timeout")
+
+    def in_time() -> None:
+        if timeout is not None and time.monotonic() - start > timeout:
+            raise TimeoutError(f"IPVS programming did not finish within {timeout:g} s "
+                               f"({counts['services_added']} virtual servers added)")
+
     with IPRoute(**kw) as ipr, IPVS(**kw) as ipvs:
         if plan.get("flush"):
             for s in ipvs.service("dump"):
@@ -75,6 +87,7 @@ def sync(plan: dict[str, Any], netns: str | None = None) -> dict[str, int]:
 
         wanted: set[tuple[int, str, int]] = set()
         for spec in plan["services"]:
+            in_time()
             key = _key(spec["protocol"], spec["addr"], spec["port"])
             wanted.add(key)
             svc = _service(spec)

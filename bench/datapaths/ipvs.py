@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.datapaths.base import Datapath, NodeContext, run_in_netns
-from bench.errors import ApplyError, InputError
+from bench.errors import ApplyError, ApplyTimeout, InputError
 from bench.model import ServiceEndpoint, ServicePortView
 
 DUMMY_DEVICE = "kube-ipvs0"
@@ -565,6 +565,7 @@ class IpvsDatapath(Datapath):
                           "timeout": v.persistent_timeout,
                           "dests": [[r.ip, r.port, r.weight] for r in v.real_servers]}
                          for v in plan.virtual_servers],
+            "timeout": self.apply_timeout,
         })
 
     def _sync_ipsets(self, plan: IpvsPlan, netns: str) -> None:
@@ -621,6 +622,8 @@ def _netlink(netns: str, plan: dict[str, Any]) -> dict[str, int]:
         return _ipvs_netlink.sync(plan, netns)
     except NetlinkError as e:
         raise ApplyError(f"programming IPVS in {netns} failed: {e}") from e
+    except TimeoutError as e:
+        raise ApplyTimeout(f"{e} in {netns}", float(plan.get("timeout") or 0)) from e
 
 
 # --- reading a rendering back -------------------------------------------------------
