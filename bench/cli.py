@@ -61,7 +61,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="kpbench: %(message)s", stream=sys.stderr)
     interrupts.install()
     try:
-        code = int(args.func(args) or 0)
+        try:
+            code = int(args.func(args) or 0)
+        finally:
+            if argv is None:
+                # The process ends after this: a signal from here on must not kill the
+                # interpreter while it shuts down (Python restores the default action
+                # then). One received before is still reported below.
+                interrupts.ignore()
     except KpbenchError as e:
         print(f"kpbench: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -68,6 +68,12 @@ def install() -> None:
         sys.unraisablehook = _quiet_unraisable
 
 
+def ignore() -> None:
+    """Ignore SIGINT and SIGTERM from now on (the process is about to exit)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _quiet_unraisable(info: sys.UnraisableHookArgs) -> None:
     """Our own swallowed raise is no error to print: :func:`check` raises it again."""
     if info.exc_value is not None and info.exc_value is _received:

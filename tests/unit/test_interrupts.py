@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -66,3 +67,21 @@ def test_a_signal_inside_deferred_waits_for_the_block_to_end(handlers: None) -> 
         interrupts.check()  # deferred: not here
         done.append(True)
     assert done == [True]
+
+
+def test_a_signal_while_the_process_shuts_down_does_not_kill_it(tmp_path: Path) -> None:
+    """Python restores the default actions while it shuts down: a SIGTERM then would end
+    a finished run as "killed by signal". The CLI ignores signals once its command is over."""
+    import subprocess
+
+    script = ("import os, signal, sys\n"
+              "from bench import cli\n"
+              f"sys.argv = ['kpbench', 'list', {str(tmp_path)!r}]\n"
+              "code = cli.main()\n"
+              "os.kill(os.getpid(), signal.SIGTERM)\n"
+              "os.kill(os.getpid(), signal.SIGINT)\n"
+              "sys.exit(code)\n")
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "Traceback" not in p.stderr
