@@ -6,9 +6,14 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from bench import interrupts
-from bench.commands import (
+
+if __name__ == "__main__" or Path(sys.argv[0]).name in ("kpbench", "__main__.py"):
+    interrupts.install_at_start()  # the process entry: before the slow imports below
+
+from bench.commands import (  # after the start-up signal handlers
     baseline,
     clean,
     compare,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pyroute2 import netns as _netns
 
-from bench.topology import new_prefix, remove_run
+from bench.topology import new_prefix, register_run, remove_run
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,9 @@ class Feature:
 def scratch_netns() -> Iterator[str]:
     prefix = new_prefix()
     name = f"{prefix}-probe"
-    _netns.create(name)
+    register_run(prefix)  # not a leftover to `kpbench clean` or a concurrent run
     try:
+        _netns.create(name)
         yield name
     finally:
         remove_run(prefix)

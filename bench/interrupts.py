@@ -68,6 +68,19 @@ def install() -> None:
         sys.unraisablehook = _quiet_unraisable
 
 
+def _exit_at_start(signum: int, frame: FrameType | None) -> None:
+    word, code = ("terminated", 143) if signum == signal.SIGTERM else ("interrupted", 130)
+    os.write(2, f"kpbench: {word} while starting; nothing was created\n".encode())
+    os._exit(code)
+
+
+def install_at_start() -> None:
+    """Until :func:`install`: a signal ends the process at once with the usual code and
+    message (nothing exists yet to clean up; imports take seconds on a slow VM)."""
+    signal.signal(signal.SIGINT, _exit_at_start)
+    signal.signal(signal.SIGTERM, _exit_at_start)
+
+
 def ignore() -> None:
     """Ignore SIGINT and SIGTERM from now on (the process is about to exit)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)

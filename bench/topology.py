@@ -126,7 +126,7 @@ class Cluster:
     def build(self) -> None:
         """Create every namespace, link, address and route of the layout."""
         _check_root()
-        _register_run(self.prefix)
+        register_run(self.prefix)
         ul = self._add_ns(self.underlay_ns)
         try:
             ul.link("add", ifname="br0", kind="bridge")
@@ -261,7 +261,9 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _register_run(prefix: str) -> None:
+def register_run(prefix: str) -> None:
+    """Record this process as the owner of run ``prefix`` (before its first namespace),
+    so that `kpbench clean` and other runs never take its namespaces for leftovers."""
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     (RUN_DIR / f"{prefix}.pid").write_text(f"{os.getpid()}\n")
 

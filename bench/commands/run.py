@@ -10,6 +10,7 @@ Then it exports the tidy CSV and draws the plots next to it.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from bench.scenario import load_scenario
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario)
     for prefix, names in leftovers().items():
         print(f"kpbench: warning: leftovers of an earlier run {prefix} ({len(names)} "
-              "namespaces): run `kpbench clean`")
+              "namespaces): run `kpbench clean`", file=sys.stderr)
     if scenario.kind == "sync":
         from bench.sync_runner import SyncRunner
 

@@ -85,3 +85,22 @@ def test_a_signal_while_the_process_shuts_down_does_not_kill_it(tmp_path: Path) 
                        timeout=120)
     assert p.returncode == 0, p.stderr
     assert "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("sig,code,word", [(signal.SIGINT, 130, "interrupted"),
+                                           (signal.SIGTERM, 143, "terminated")])
+def test_a_signal_while_kpbench_starts_exits_cleanly(sig: int, code: int, word: str) -> None:
+    """Imports take seconds on a TCG guest: a signal then gets the usual code and a
+    one-line message, never an import traceback."""
+    import subprocess
+
+    script = ("import os, sys\n"
+              "sys.argv = ['kpbench', 'doctor']\n"
+              "import bench.cli\n"  # the process entry installs the start-up handlers
+              f"os.kill(os.getpid(), {int(sig)})\n"
+              "import time; time.sleep(5)\n"
+              "sys.exit(0)\n")
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == code, p.stderr
+    assert p.stderr.strip() == f"kpbench: {word} while starting; nothing was created"
