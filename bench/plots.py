@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import re
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -47,6 +48,18 @@ def _slug(text: str) -> str:
 
 def _point_label(p: PointDoc) -> str:
     return f"{p['variant'] or p['datapath']} @ {p['services']} services"
+
+
+def _skipped(points: Sequence[PointDoc]) -> list[str]:
+    """The points that did not complete, one note per variant and reason (a datapath
+    that does not apply to a workload is one line, not one per scale)."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for p in points:
+        if p["status"] != "ok":
+            why = p["status"] + (f" ({p['error']})" if p.get("error") else "")
+            groups.setdefault((p["variant"] or p["datapath"], why), []).append(p["services"])
+    return [f"{variant} @ {', '.join(str(n) for n in sorted(ns))} services: {why}"
+            for (variant, why), ns in groups.items()]
 
 
 def _series_key(p: PointDoc, split: Sequence[str]) -> tuple[str, ...]:
@@ -79,7 +92,9 @@ def _footnote(ax: Axes, notes: list[str]) -> None:
     if len(notes) > MAX_NOTES:
         shown.append(f"... and {len(notes) - MAX_NOTES} more (see the log)")
     # An annotation below the axes (not fig.text) so constrained layout makes room for it.
-    ax.annotate("not drawn: " + "\n".join(shown), xy=(0, 0), xycoords="axes fraction",
+    # Wrapped: one long line would leave constrained layout no width for the axes.
+    text = "\n".join(textwrap.fill(n, 110, subsequent_indent="  ") for n in shown)
+    ax.annotate("not drawn: " + text, xy=(0, 0), xycoords="axes fraction",
                 xytext=(0, -36), textcoords="offset points", va="top", ha="left",
                 fontsize=7, color="dimgray", annotation_clip=False)
 
@@ -225,9 +240,7 @@ def plot_result(result: ResultDoc, out_dir: str | Path,
     for workload in sorted({p["workload"] for p in points}):
         wl = [p for p in points if p["workload"] == workload]
         ok = [p for p in wl if p["status"] == "ok"]
-        skipped = [f"{_point_label(p)}: {p['status']}"
-                   + (f" ({p['error']})" if p.get("error") else "")
-                   for p in wl if p["status"] != "ok"]
+        skipped = _skipped(wl)
         for note in skipped:
             log.warning("plot: workload %s: skipped %s", workload, note)
         if not ok:
