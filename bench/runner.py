@@ -144,6 +144,7 @@ class ProbeSet:
     latency: P.LatencyProbe
     others: dict[str, P.Probe] = field(default_factory=dict)
     missing: dict[str, str] = field(default_factory=dict)
+    warned: set[str] = field(default_factory=set)  # shared by a run: each reason said once
 
     @contextlib.contextmanager
     def attached(self) -> Iterator[ProbeSet]:
@@ -154,7 +155,10 @@ class ProbeSet:
                 try:
                     probe.attach()
                 except FeatureMissing as e:
-                    log.warning("warning: %s; its measurement is recorded as missing", e)
+                    if str(e) not in self.warned:
+                        self.warned.add(str(e))
+                        log.warning("warning: %s; its measurement is recorded as missing "
+                                    "(at every point; said once)", e)
                     self.missing[name] = str(e)
                     del self.others[name]
             yield self
@@ -176,6 +180,7 @@ class Runner:
         self.progress = Progress(scenario, out)
         self.workdir = Path(tempfile.mkdtemp(prefix="kpbench-"))
         self.overhead_done = False
+        self.warned: set[str] = set()  # missing-probe reasons already said in this run
 
     def run(self) -> Path:
         """Run every point; returns the result file (complete, or partial on Ctrl-C)."""
@@ -333,7 +338,8 @@ class Runner:
         ``external``: the traffic comes from the external client, not the client pod.
         """
         others: dict[str, P.Probe] = {"cpu": P.CpuProbe()} if "cpu" in self.sc.probes else {}
-        return ProbeSet(P.LatencyProbe.for_cluster(bed.cluster, external=external), others)
+        return ProbeSet(P.LatencyProbe.for_cluster(bed.cluster, external=external), others,
+                        warned=self.warned)
 
     def _breakdown_probes(self, bed: Testbed, external: bool = False) -> ProbeSet:
         # The run's own drops (tagged at the client: costs ~1 us a packet, docs/probes.md),
@@ -346,7 +352,8 @@ class Runner:
         # Kernel-function time wherever the kernel has kprobes (e.g. in the VM);
         # elsewhere it is recorded as missing with the reason.
         others["kfunc"] = KfuncProbe()
-        return ProbeSet(P.LatencyProbe.for_cluster(bed.cluster, external=external), others)
+        return ProbeSet(P.LatencyProbe.for_cluster(bed.cluster, external=external), others,
+                        warned=self.warned)
 
     def _breakdown_rep(self, target: Target, workload: str,
                        probes: ProbeSet) -> R.RepetitionDoc:

@@ -4,6 +4,7 @@ host or a corrupt result."""
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 import shlex
@@ -155,13 +156,19 @@ def test_two_runs_at_once_do_not_collide(tiny: Path, tmp_path: Path) -> None:
 
 
 def test_a_probe_that_cannot_load_is_recorded_as_missing(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
     def fail(self: P.Probe) -> None:
         raise FeatureMissing("cpu probe: injected: cannot attach to irq:softirq_entry")
 
     monkeypatch.setattr(P.CpuProbe, "attach", fail)
     sc = parse_scenario(__import__("tomllib").loads(TINY), "<tiny>", TINY)
-    result = load_result(Runner(sc, tmp_path).run())
+    with caplog.at_level(logging.WARNING):
+        result = load_result(Runner(sc, tmp_path).run())
+    # Said once per run with the reason, recorded at every point.
+    said = [r for r in caplog.records if "injected" in r.getMessage()]
+    assert len(said) == 1 and "recorded as missing" in said[0].getMessage()
+    assert len(result["points"]) > 1
     for pt in result["points"]:
         assert pt["status"] == "ok"
         assert "injected" in pt["missing"]["cpu"]
