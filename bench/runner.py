@@ -181,13 +181,19 @@ class Runner:
         self.workdir = Path(tempfile.mkdtemp(prefix="kpbench-"))
         self.overhead_done = False
         self.warned: set[str] = set()  # missing-probe reasons already said in this run
+        self.writer: R.ResultWriter | None = None
+
+    def finished_complete(self) -> Path | None:
+        """The result file if this run already wrote it as complete (else None)."""
+        w = self.writer
+        return w.path if w is not None and w.document["status"] == "complete" else None
 
     def run(self) -> Path:
         """Run every point; returns the result file (complete, or partial on Ctrl-C)."""
         env = R.capture_environment(**guest_environment())  # 'vm', KVM or TCG, in a guest
         scenario_doc = {"name": self.sc.name, "path": self.sc.path, "text": self.sc.text}
-        writer = self._writer(R.result_path(self.results_dir, self.sc.name, env),
-                              scenario_doc, env)
+        writer = self.writer = self._writer(R.result_path(self.results_dir, self.sc.name, env),
+                                            scenario_doc, env)
         path = writer.path
         log.info("result: %s", path)
         try:

@@ -12,8 +12,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.scenario import load_scenario
+
+if TYPE_CHECKING:
+    from bench.runner import Runner
 
 DEFAULT_RESULTS = Path(__file__).resolve().parents[2] / "results"
 
@@ -44,8 +48,13 @@ def run(args: argparse.Namespace) -> int:
         runner: Runner = SyncRunner(scenario, Path(args.results))
     else:
         runner = Runner(scenario, Path(args.results))
-    path = runner.run()
+    try:
+        path = runner.run()
+    except KeyboardInterrupt:
+        _say_if_complete(runner)
+        raise
     print(path)
+    _say_if_complete(runner)
     if not args.no_export:
         from bench.export import default_csv_path, write_csv
         from bench.plots import plot_result
@@ -58,3 +67,14 @@ def run(args: argparse.Namespace) -> int:
         for fig in plot_result(result, path.with_name(f"{path.stem}-plots")):
             print(fig)
     return 0
+
+
+def _say_if_complete(runner: Runner) -> None:
+    """A signal that came after the last point stops the process, not the measurement:
+    say that the result on disk is complete (the exit code still reports the signal)."""
+    from bench import interrupts
+
+    path = runner.finished_complete()
+    if path is not None and interrupts.received() is not None:
+        print(f"kpbench: the signal came after the last point: {path} is complete",
+              file=sys.stderr)

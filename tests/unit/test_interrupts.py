@@ -104,3 +104,29 @@ def test_a_signal_while_kpbench_starts_exits_cleanly(sig: int, code: int, word: 
                        timeout=120)
     assert p.returncode == code, p.stderr
     assert p.stderr.strip() == f"kpbench: {word} while starting; nothing was created"
+
+
+def test_a_signal_after_the_last_point_says_the_result_is_complete(
+        handlers: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """SIGTERM while the run releases its probes (after the result was written whole):
+    the process stops with 143, and says the result on disk is complete, not partial."""
+    from bench import cli, results
+    from bench.runner import Runner
+
+    def run_then_signal(self: Runner) -> Path:
+        env = results.capture_environment()
+        with results.ResultWriter(tmp_path / "r.json", environment=env, scenario={
+                "name": self.sc.name, "path": self.sc.path, "text": self.sc.text}) as w:
+            self.writer = w
+        os.kill(os.getpid(), signal.SIGTERM)  # in the clean-up after the last point
+        raise AssertionError("the signal did not stop the run")
+
+    monkeypatch.setattr(Runner, "run", run_then_signal)
+    scenario = Path(__file__).parents[2] / "scenarios" / "smoke.toml"
+    code = cli.main(["run", str(scenario), "--results", str(tmp_path), "--no-export"])
+    err = capsys.readouterr().err
+    assert code == 143
+    assert f"{tmp_path / 'r.json'} is complete" in err, err
+    assert err.splitlines()[-1].startswith("kpbench: terminated")
+    assert results.load_result(tmp_path / "r.json")["status"] == "complete"
