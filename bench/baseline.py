@@ -5,17 +5,20 @@ and the repetitions of one run share that run's conditions (what else the
 machine was doing, where the kernel put its deferred work). Two runs of the
 same commit therefore differ by more than the repetitions inside either one,
 and a base of one run makes ordinary run-to-run drift look significant. A
-base pooled from K runs carries that drift in its own samples, so a new run
-is judged against how much whole runs vary. It also gives the test enough
-samples: with 3 repetitions per run, 3 vs 3 can never reach p < 0.05, while
-a base of 3 runs (9 repetitions) against one new run (3) can reach p = 0.009.
+base pooled from K runs keeps which run measured what, so bench.compare can
+also test a change against how much whole runs vary (a t test of the per-run
+figures). It also gives the repetition test enough samples: with 3
+repetitions per run, 3 vs 3 can never reach p < 0.05, while a base of 5 runs
+(15 repetitions) against one new run (3) can reach p = 0.003.
 
 The merged document is an ordinary result (same schema version): every
-point keeps the repetitions of the runs that measured it, its setup times
-are the median over those runs, and its summary is recomputed from the
-pooled repetitions (percentiles from the merged histograms). The runs it was
-made from are listed under the top-level key ``merged_from``, which readers
-that do not know it ignore.
+point keeps the repetitions of the runs that measured it, in run order, and
+``per_run`` says how many came from each run together with that run's setup
+times (bench.results.runs_of splits the point back into its runs). Its
+setup times are the median over the runs, and its summary is recomputed
+from the pooled repetitions (percentiles from the merged histograms). The
+runs it was made from are listed under the top-level key ``merged_from``.
+Merging a merged baseline with more runs keeps every original run.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any
 from bench.compare import ENV_KEYS, env_differences
 from bench.errors import InputError
 from bench.metrics import PointKey, key_label, point_key
-from bench.results import PointDoc, ResultDoc, summarise_point, validate_result
+from bench.results import PointDoc, ResultDoc, runs_of, summarise_point, validate_result
 
 
 def _median(values: Sequence[Any]) -> float | None:
@@ -65,7 +68,7 @@ def _check_runs(runs: Sequence[tuple[str, ResultDoc]]) -> list[str]:
 
 
 def _merge_point(points: list[PointDoc]) -> PointDoc:
-    ok = [p for p in points if p["status"] == "ok"]
+    ok = [sub for p in points if p["status"] == "ok" for sub in runs_of(p)]
     if not ok:
         return copy.deepcopy(points[0])
     merged: Any = copy.deepcopy(ok[0])
@@ -75,6 +78,10 @@ def _merge_point(points: list[PointDoc]) -> PointDoc:
         merged["setup"][key] = _median([(p.get("setup") or {}).get(key) for p in ok])
     for p in ok[1:]:
         merged["missing"].update(p.get("missing") or {})
+    # Which run measured which repetitions: bench.compare judges a change against
+    # how much whole runs differ, not only repetitions.
+    merged["per_run"] = [{"repetitions": len(p["repetitions"]),
+                          "setup": copy.deepcopy(p.get("setup") or {})} for p in ok]
     merged["summary"] = summarise_point(merged)
     return merged  # type: ignore[no-any-return]
 

@@ -6,6 +6,15 @@ bench.metrics.METRICS present on both sides, a change is *significant* when
 - the two sets of per-repetition samples differ by a two-sided Mann-Whitney U
   test at ``alpha`` (default 0.05) — rank-based, so one slow repetition does
   not decide it and no normality is assumed — **and**
+- when a side is a baseline pooled from several runs (bench.baseline), the
+  runs differ too: a two-sample t test of the per-run figures (their
+  logarithms: changes are relative) against the spread between whole runs,
+  with the Benjamini-Hochberg correction over every metric so tested. Runs of
+  the same code on one machine differ by more than the repetitions inside one
+  run (what else the machine did, where the kernel placed its deferred work),
+  so the repetition test alone calls ordinary run-to-run drift a regression;
+  and a suite has hundreds of metrics, so uncorrected, some always cross
+  ``alpha`` by chance — **and**
 - the reported figures (pooled over repetitions) differ by at least
   ``min_effect_pct`` (default 5 %), so a statistically clear but irrelevant
   difference is not called a regression (asv's rule: different *and* beyond a
@@ -14,8 +23,10 @@ bench.metrics.METRICS present on both sides, a change is *significant* when
 It is a regression or an improvement by the metric's direction (lower latency
 and CPU are better, higher delivered pps is better). With n and m samples the
 exact test cannot go below p = 2 / C(n+m, n): when that is above ``alpha``
-(e.g. one sync time per side, or 3 vs 3 repetitions) the change is reported
-as *untested* with the numbers needed, never as "no change".
+(e.g. one sync time per side, or 3 vs 3 repetitions) and there are no runs to
+test either, the change is reported as *untested* with the numbers needed,
+never as "no change". A metric measured once per run (the full sync of a
+packet scenario) is judged by the run test alone.
 
 Numbers from different environments are not comparable: :func:`compare_runs`
 refuses them, listing every differing key of :data:`ENV_KEYS`, unless told
@@ -32,7 +43,7 @@ from typing import Any, Literal
 
 from bench.errors import InputError, KpbenchError
 from bench.metrics import METRICS, METRICS_BY_NAME, Metric, PointKey, key_label, point_key
-from bench.results import PointDoc, ResultDoc, iter_points
+from bench.results import PointDoc, ResultDoc, iter_points, runs_of
 
 DEFAULT_ALPHA = 0.05
 DEFAULT_MIN_EFFECT_PCT = 5.0
@@ -102,9 +113,13 @@ class MetricChange:
     n_base: int
     n_new: int
     change_pct: float | None  # +inf when BASE is 0 and NEW is not
-    p_value: float | None
+    p_value: float | None  # Mann-Whitney U over repetitions
     verdict: Verdict
     note: str = ""
+    runs_base: int = 1
+    runs_new: int = 1
+    run_p_value: float | None = None  # the t test over runs, before correction
+    run_q_value: float | None = None  # ... after the Benjamini-Hochberg correction
 
     @property
     def worse(self) -> bool:
@@ -216,10 +231,72 @@ def relative_change(base: float, new: float) -> float:
     return (new - base) / abs(base) * 100
 
 
+def run_values(metric: Metric, runs: Sequence[PointDoc]) -> list[float]:
+    """The metric's figure in each run a point was measured in (bench.results.runs_of)."""
+    out = []
+    for p in runs:
+        v = metric.pooled(p)
+        if v is None:
+            samples = metric.samples(p)
+            v = statistics.median(samples) if samples else None
+        if v is not None and math.isfinite(v):
+            out.append(float(v))
+    return out
+
+
+def run_level_p(base: Sequence[float], new: Sequence[float],
+                resolution: float = 0.0) -> float | None:
+    """Two-sided two-sample t test of per-run figures (their logs when all are positive,
+    so the test is of relative change) with the pooled between-run variance.
+
+    The variance is at least that of rounding to ``resolution`` (relative): figures
+    that fall into one histogram bucket agree only to within its width. None when
+    neither side has two runs: there is no run-to-run spread to judge by.
+    """
+    k, m = len(base), len(new)
+    if not k or not m or max(k, m) < 2:
+        return None
+    from scipy.stats import t  # type: ignore[import-untyped]
+
+    xs, ys = list(base), list(new)
+    floor = 0.0
+    if all(v > 0 for v in xs + ys):
+        xs, ys = [math.log(v) for v in xs], [math.log(v) for v in ys]
+        floor = math.log1p(resolution) ** 2 / 12  # a uniform rounding error's variance
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    ss = sum((v - mx) ** 2 for v in xs) + sum((v - my) ** 2 for v in ys)
+    df = k + m - 2
+    var = max(ss / df, floor)
+    if var == 0:
+        return 1.0 if mx == my else 0.0
+    se = math.sqrt(var * (1 / k + 1 / m))
+    return float(2 * t.sf(abs(my - mx) / se, df))
+
+
+def benjamini_hochberg(p_values: Sequence[float]) -> list[float]:
+    """Benjamini-Hochberg adjusted p-values (q-values), in the order given."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    q = [1.0] * m
+    running = 1.0
+    for rank in range(m, 0, -1):
+        i = order[rank - 1]
+        running = min(running, p_values[i] * m / rank)
+        q[i] = min(1.0, running)
+    return q
+
+
 def compare_metric(key: PointKey, metric: Metric, base: PointDoc, new: PointDoc,
                    alpha: float = DEFAULT_ALPHA,
-                   min_effect_pct: float = DEFAULT_MIN_EFFECT_PCT) -> MetricChange | None:
-    """The change of ``metric`` at one point; None when neither side measured it."""
+                   min_effect_pct: float = DEFAULT_MIN_EFFECT_PCT,
+                   base_runs: Sequence[PointDoc] | None = None,
+                   new_runs: Sequence[PointDoc] | None = None) -> MetricChange | None:
+    """The change of ``metric`` at one point; None when neither side measured it.
+
+    The verdict here is the repetition test's and the effect size's; when the
+    sides have runs to compare, :func:`judge_by_runs` (over all metrics at once)
+    confirms or overrules it.
+    """
     bs, ns = metric.samples(base), metric.samples(new)
     if not bs and not ns:
         return None
@@ -235,24 +312,48 @@ def compare_metric(key: PointKey, metric: Metric, base: PointDoc, new: PointDoc,
                             verdict="only in BASE" if bs else "only in NEW",
                             note=f"not measured in {'NEW' if bs else 'BASE'}")
     change = relative_change(bv, nv) if bv is not None and nv is not None else None
-    if min_p_value(len(bs), len(ns)) >= alpha:
+    rb = run_values(metric, base_runs if base_runs is not None else runs_of(base))
+    rn = run_values(metric, new_runs if new_runs is not None else runs_of(new))
+    run_p = run_level_p(rb, rn, metric.resolution)
+    runs = dict(runs_base=len(rb), runs_new=len(rn), run_p_value=run_p)
+    testable = min_p_value(len(bs), len(ns)) < alpha
+    if not testable and run_p is None:
         need = min_repetitions(alpha)
         return MetricChange(**common, change_pct=change, p_value=None,  # type: ignore[arg-type]
-                            verdict="untested",
+                            verdict="untested", **runs,  # type: ignore[arg-type]
                             note=f"too few repetitions: {len(bs)} vs {len(ns)}; the "
                                  f"Mann-Whitney U test cannot reach p < {alpha:g} (it needs "
                                  f">= {need} per side, or a base pooled from several runs "
                                  f"with `kpbench baseline`)")
-    p = mann_whitney_p(bs, ns)
-    mc = MetricChange(**common, change_pct=change, p_value=p, verdict="same")  # type: ignore[arg-type]
-    if p >= alpha:
+    p = mann_whitney_p(bs, ns) if testable else None
+    mc = MetricChange(**common, change_pct=change, p_value=p, verdict="same",  # type: ignore[arg-type]
+                      **runs)  # type: ignore[arg-type]
+    if p is not None and p >= alpha:
         mc.note = f"not significant (p={p:.2g})"
     elif change is None or abs(change) < min_effect_pct:
-        mc.note = f"significant (p={p:.2g}) but below the {min_effect_pct:g}% minimum effect"
+        mc.note = (f"significant (p={p:.2g}) but " if p is not None else "") + \
+            f"below the {min_effect_pct:g}% minimum effect"
     else:
         mc.verdict = "regression" if mc.worse else "improvement"
-        mc.note = f"p={p:.2g}"
+        mc.note = f"p={p:.2g}" if p is not None else "one figure per run"
     return mc
+
+
+def judge_by_runs(changes: Sequence[MetricChange], alpha: float) -> None:
+    """Benjamini-Hochberg over every run-level test; a change whose runs do not differ
+    at ``alpha`` after it is run-to-run drift ("same"), whatever its repetitions say."""
+    tested = [mc for mc in changes if mc.run_p_value is not None]
+    for mc, q in zip(tested, benjamini_hochberg([mc.run_p_value for mc in tested  # type: ignore[misc]
+                                                 ]), strict=True):
+        mc.run_q_value = q
+        runs = f"{mc.runs_base} vs {mc.runs_new} runs, q={q:.2g}"
+        if mc.verdict not in ("regression", "improvement"):
+            continue
+        if q < alpha:
+            mc.note += f"; runs differ ({runs})"
+        else:
+            mc.verdict = "same"
+            mc.note += f"; within run-to-run drift ({runs})"
 
 
 def _status_change(key: PointKey, b: PointDoc | None, n: PointDoc | None) -> PointChange | None:
@@ -298,6 +399,12 @@ def _run_warnings(base: ResultDoc, new: ResultDoc) -> list[str]:
         if doc["status"] != "complete":
             out.append(f"{side} run is {doc['status']}, not complete: points it did not "
                        f"reach are reported as missing")
+    for side, doc in (("BASE", base), ("NEW", new)):
+        injected = doc["environment"].get("injected_rules")
+        if injected:
+            out.append(f"{side} was made slower on purpose (kpbench run --inject-rules "
+                       f"{injected}: {injected} extra rules per packet on the netfilter "
+                       f"datapaths); its changes test the gate, not the code")
     for k, b, n in env_differences(base["environment"], new["environment"], ENV_WARN_KEYS):
         out.append(f"environment differs in {k}: {b!r} (BASE) vs {n!r} (NEW)")
     return out
@@ -339,8 +446,15 @@ def compare_runs(base: ResultDoc, new: ResultDoc, *, base_source: str = "BASE",
             # workload a datapath does not apply to): nothing changed, nothing to list.
             c.unmeasured += 1
             continue
+        b_runs, n_runs = runs_of(b), runs_of(n)
         for metric in metrics:
-            mc = compare_metric(key, metric, b, n, alpha, min_effect_pct)
+            mc = compare_metric(key, metric, b, n, alpha, min_effect_pct, b_runs, n_runs)
             if mc is not None:
                 c.changes.append(mc)
+    judge_by_runs(c.changes, alpha)
+    if not any(mc.run_p_value is not None for mc in c.changes) and c.changes:
+        c.warnings.append("BASE and NEW are one run each: only the repetitions inside each "
+                          "run were tested, and runs of the same code differ by more than "
+                          "that; judge against a baseline pooled from several runs "
+                          "(`kpbench baseline`)")
     return c

@@ -16,7 +16,8 @@ from bench.tables import Table, dumps, fmt_change, fmt_value, records_csv, rende
 
 CSV_COLUMNS = ("base_file", "new_file", "variant", "workload", "services", "endpoints",
                "rate_pps", "position", "metric", "unit", "better", "base", "new", "change_pct",
-               "n_base", "n_new", "p_value", "verdict", "note")
+               "n_base", "n_new", "p_value", "runs_base", "runs_new", "run_p_value",
+               "run_q_value", "verdict", "note")
 SHOWN_WHEN_CHANGED = ("regression", "improvement", "only in BASE", "only in NEW")
 
 
@@ -26,6 +27,9 @@ def verdict_label(c: MetricChange, alpha: float) -> str:
         return "REGRESSION"
     if c.verdict == "untested":
         return f"untested (n={c.n_base}/{c.n_new})"
+    if c.verdict == "same" and c.run_q_value is not None and c.run_q_value >= alpha \
+            and "run-to-run drift" in c.note:
+        return "same (run drift)"
     if c.verdict == "same" and c.p_value is not None and c.p_value < alpha:
         return "same (small)"
     return c.verdict
@@ -84,8 +88,12 @@ def _run_line(doc: Any) -> str:
 
 
 def _method_line(c: Comparison) -> str:
-    return (f"Mann-Whitney U over repetitions, two-sided, alpha {c.alpha:g}; a significant "
-            f"change must also be at least {c.min_effect_pct:g}%")
+    runs = [mc for mc in c.changes if mc.run_p_value is not None]
+    across = (f"; and across runs: t test of per-run figures, Benjamini-Hochberg over "
+              f"{len(runs)} tests ({max(mc.runs_base for mc in runs)} BASE runs vs "
+              f"{max(mc.runs_new for mc in runs)} NEW)" if runs else "")
+    return (f"Mann-Whitney U over repetitions, two-sided, alpha {c.alpha:g}{across}; a "
+            f"significant change must also be at least {c.min_effect_pct:g}%")
 
 
 def render_text(comparisons: Sequence[Comparison], fmt: str, changed_only: bool,
@@ -132,7 +140,9 @@ def change_record(c: Comparison, mc: MetricChange) -> dict[str, Any]:
         "endpoints": endpoints, "rate_pps": rate, "position": position,
         "metric": mc.metric.name, "unit": mc.metric.unit, "better": mc.metric.better,
         "base": mc.base, "new": mc.new, "change_pct": mc.change_pct, "n_base": mc.n_base,
-        "n_new": mc.n_new, "p_value": mc.p_value, "verdict": mc.verdict, "note": mc.note,
+        "n_new": mc.n_new, "p_value": mc.p_value, "runs_base": mc.runs_base,
+        "runs_new": mc.runs_new, "run_p_value": mc.run_p_value, "run_q_value": mc.run_q_value,
+        "verdict": mc.verdict, "note": mc.note,
     }
 
 

@@ -41,6 +41,9 @@ class Metric:
     better: Better
     unit: str
     description: str
+    # Relative resolution of one figure (a latency percentile is a histogram bucket, up
+    # to 1/sub_buckets wide): runs that agree to within it have not shown zero spread.
+    resolution: float = 0.0
 
 
 def point_key(point: PointDoc) -> PointKey:
@@ -187,13 +190,15 @@ def _change(workload: str) -> bool:
     return workload != "sync-full"
 
 
+_BUCKET = 1 / stats.DEFAULT_SUB_BUCKETS
+
 METRICS: tuple[Metric, ...] = (
     Metric("p50_latency", _rep_latency("p50"), _summary_latency("p50"), "lower", "ns",
-           "median one-way latency (merged histograms)"),
+           "median one-way latency (merged histograms)", _BUCKET),
     Metric("p99_latency", _rep_latency("p99"), _summary_latency("p99"), "lower", "ns",
-           "99th percentile one-way latency"),
+           "99th percentile one-way latency", _BUCKET),
     Metric("p99.9_latency", _rep_latency("p99.9"), _summary_latency("p99.9"), "lower", "ns",
-           "99.9th percentile one-way latency"),
+           "99.9th percentile one-way latency", _BUCKET),
     Metric("cpu_ns_per_packet", _rep_cpu, _summary("cpu_ns_per_packet"), "lower", "ns/packet",
            "NET_RX softirq CPU time per delivered packet"),
     Metric("delivered_pps", _rep_delivered_pps, _summary("delivered_pps"), "higher",

@@ -86,6 +86,8 @@ class EnvironmentDoc(TypedDict):
     git_commit: str | None
     git_dirty: bool | None
     hostname: str
+    # Only in a run made slower on purpose (kpbench run --inject-rules, bench.slowdown).
+    injected_rules: NotRequired[int]
 
 
 class SetupDoc(TypedDict):
@@ -141,6 +143,16 @@ class PointDoc(TypedDict):
     summary: NotRequired[SummaryDoc]
     missing: dict[str, str]
     probe_overhead: dict[str, Any] | None
+    # Only in a baseline pooled from several runs (bench.baseline): which runs the
+    # repetitions came from, in order (see runs_of).
+    per_run: NotRequired[list[RunShareDoc]]
+
+
+class RunShareDoc(TypedDict):
+    """One run's share of a pooled point: its next ``repetitions`` and its own setup."""
+
+    repetitions: int
+    setup: SetupDoc
 
 
 class ResultDoc(TypedDict):
@@ -640,7 +652,40 @@ def validate_result(doc: Any, source: str) -> ResultDoc:
         if p["status"] not in POINT_STATUSES:
             raise InputError(f"{p['status']!r} is not one of {POINT_STATUSES}", source=source,
                              obj=f"points[{i}]", field="status")
+        if "per_run" in p:
+            _check_per_run(p, source, f"points[{i}]")
     return doc  # type: ignore[return-value]
+
+
+def _check_per_run(p: dict[str, Any], source: str, obj: str) -> None:
+    shares = p["per_run"]
+    if not isinstance(shares, list) or not all(
+            isinstance(r, dict) and type(r.get("repetitions")) is int and r["repetitions"] >= 0
+            and isinstance(r.get("setup"), dict) for r in shares):
+        raise InputError("is not a list of {repetitions, setup}; the file is damaged",
+                         source=source, obj=obj, field="per_run")
+    if sum(r["repetitions"] for r in shares) != len(p["repetitions"]):
+        raise InputError(f"counts {sum(r['repetitions'] for r in shares)} repetitions, the "
+                         f"point has {len(p['repetitions'])}; the file is damaged",
+                         source=source, obj=obj, field="per_run")
+
+
+def runs_of(point: PointDoc) -> list[PointDoc]:
+    """The point as each run measured it: one point per run of a pooled baseline
+    (its repetitions, its setup, its own summary), or ``[point]`` for a single run."""
+    shares = point.get("per_run")
+    if not shares:
+        return [point]
+    out: list[PointDoc] = []
+    start = 0
+    for share in shares:
+        sub: Any = {k: v for k, v in point.items() if k not in ("per_run", "summary")}
+        sub["repetitions"] = point["repetitions"][start:start + share["repetitions"]]
+        sub["setup"] = {**point["setup"], **share["setup"]}
+        sub["summary"] = summarise_point(sub)
+        start += share["repetitions"]
+        out.append(sub)
+    return out
 
 
 def load_result(path: str | Path) -> ResultDoc:

@@ -35,6 +35,7 @@ from bench.features import DATAPATH_NEEDS, detect
 from bench.generate import GenSpec, generate
 from bench.kfunc_probes import KfuncProbe
 from bench.scenario import Scenario
+from bench.slowdown import inject_rules
 from bench.stats import Histogram
 from bench.testbed import SyncTiming, Testbed
 from bench.traffic import NEW_FLOW_WORKLOADS, Target
@@ -174,8 +175,10 @@ class ProbeSet:
 
 
 class Runner:
-    def __init__(self, scenario: Scenario, results_dir: Path, out: TextIO = sys.stderr) -> None:
+    def __init__(self, scenario: Scenario, results_dir: Path, out: TextIO = sys.stderr, *,
+                 inject_rules: int = 0) -> None:
         self.sc = scenario
+        self.inject_rules = inject_rules  # bench.slowdown: a known slowdown, on purpose
         self.results_dir = results_dir
         self.progress = Progress(scenario, out)
         self.workdir = Path(tempfile.mkdtemp(prefix="kpbench-"))
@@ -191,6 +194,8 @@ class Runner:
     def run(self) -> Path:
         """Run every point; returns the result file (complete, or partial on Ctrl-C)."""
         env = R.capture_environment(**guest_environment())  # 'vm', KVM or TCG, in a guest
+        if self.inject_rules:
+            env["injected_rules"] = self.inject_rules
         scenario_doc = {"name": self.sc.name, "path": self.sc.path, "text": self.sc.text}
         writer = self.writer = self._writer(R.result_path(self.results_dir, self.sc.name, env),
                                             scenario_doc, env)
@@ -289,6 +294,8 @@ class Runner:
             # Loading BPF programs is a fixed cost, not a per-service one: not for the ETA.
             load = sum(getattr(datapath, "load_seconds", {}).values())
             self.progress.record_sync(variant, n, max(timing.total - load, 0.0))
+            inject_rules([bed.cluster.node_ns(i) for i in range(bed.cluster.node_count)],
+                         self.inject_rules)
             state = datapath.state_size(timing.rendered[0])
             try:
                 points = []

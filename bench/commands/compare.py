@@ -10,6 +10,13 @@ effect, in the metric's bad / good direction), same, or untested (too few
 repetitions for the test to ever reach p < alpha — e.g. one sync time per
 point). Points present or measured on one side only are listed.
 
+When BASE (or NEW) is a baseline pooled from several runs (kpbench
+baseline), a change must also stand out from the spread between whole runs:
+a t test of the per-run figures, Benjamini-Hochberg corrected over every
+metric. Runs of the same code differ by more than the repetitions inside a
+run; a change within that drift is "same (run drift)". A figure measured
+once per run (a packet scenario's full sync) is then tested across runs.
+
 Results from different environments (kernel, host or VM, VM acceleration,
 CPU, iptables/nft versions) are refused with the differing keys, unless
 --allow-env-mismatch.

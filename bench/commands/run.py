@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bench.errors import InputError
 from bench.scenario import load_scenario
 
 if TYPE_CHECKING:
@@ -31,7 +32,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--results", metavar="DIR", default=str(DEFAULT_RESULTS),
                    help=f"results directory (default {DEFAULT_RESULTS})")
     p.add_argument("--no-export", action="store_true", help="skip the CSV and the plots")
+    p.add_argument("--inject-rules", type=_count, default=0, metavar="N",
+                   help="a known slowdown, to prove a `kpbench compare` gate catches one: N "
+                        "never-matching rules in each node's raw PREROUTING, walked by every "
+                        "packet of the netfilter datapaths (eBPF ones skip them). Recorded "
+                        "in the result; not for real measurements (default 0)")
     p.set_defaults(func=run)
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= n <= 100_000:
+        raise argparse.ArgumentTypeError(f"{n} is outside 0..100000")
+    return n
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,9 +61,13 @@ def run(args: argparse.Namespace) -> int:
     if scenario.kind == "sync":
         from bench.sync_runner import SyncRunner
 
+        if args.inject_rules:
+            raise InputError("--inject-rules slows packets down; this is a sync scenario "
+                             "(rule programming): run it without the option",
+                             source=args.scenario)
         runner: Runner = SyncRunner(scenario, Path(args.results))
     else:
-        runner = Runner(scenario, Path(args.results))
+        runner = Runner(scenario, Path(args.results), inject_rules=args.inject_rules)
     try:
         path = runner.run()
     except KeyboardInterrupt:

@@ -116,3 +116,31 @@ def test_interrupt_keeps_measured_points_and_removes_everything(
     assert result["status"] == "interrupted"
     assert result["points"] and all(pt["status"] == "ok" for pt in result["points"])
     assert run_namespaces() == before
+
+
+def test_injected_rules_are_walked_by_every_packet_and_recorded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--inject-rules: the rules are in every node, every packet a node gets walks past all
+    of them to the chain's policy, and the result says the run was slowed on purpose."""
+    walked: list[tuple[int, int]] = []  # (rules, packets at the policy) per node and scale
+    exit_ = runner_mod.Testbed.__exit__
+
+    def count_then_exit(bed: runner_mod.Testbed, *exc: object) -> None:
+        for i in range(bed.cluster.node_count):
+            out = subprocess.run(["ip", "netns", "exec", bed.cluster.node_ns(i),
+                                  "iptables-legacy", "-t", "raw", "-L", "PREROUTING", "-vnx"],
+                                 capture_output=True, text=True, check=True).stdout
+            head, *rules = out.splitlines()[2:] and out.splitlines()
+            policy = int(head.split("policy ACCEPT ")[1].split()[0])
+            walked.append((len(rules) - 1, policy))  # minus the column header line
+        exit_(bed, *exc)
+
+    monkeypatch.setattr(runner_mod.Testbed, "__exit__", count_then_exit)
+    path = Runner(tiny(), tmp_path, inject_rules=300).run()  # type: ignore[arg-type]
+    result = load_result(path)
+    assert result["environment"]["injected_rules"] == 300
+    delivered = sum(r["delivered"] for pt in result["points"] for r in pt["repetitions"])
+    assert delivered > 0
+    assert walked and all(rules == 300 for rules, _ in walked), walked
+    # Packets reach the nodes' PREROUTING on their way to the pods: at least all delivered.
+    assert sum(policy for _, policy in walked) >= delivered, (walked, delivered)

@@ -75,19 +75,65 @@ def test_runs_that_cannot_be_pooled_are_refused(change, needle: str) -> None:  #
 
 
 def test_pooling_lets_three_repetition_runs_be_tested() -> None:
-    base_runs = runs(4)
+    base_runs = runs(4, n=5)
     (_, new), = runs(5, n=1, latency_ns=12_000)  # one new run, 20 % slower
     # Run against run, 3 vs 3 repetitions: the test cannot decide.
     c = compare.compare_runs(base_runs[0][1], new)
     assert {mc.verdict for mc in changes(c, "p50_latency")} == {"untested"}
     assert "kpbench baseline" in changes(c, "p50_latency")[0].note
-    # Against three runs pooled (9 vs 3): p can reach 2/C(12, 3) = 0.009.
+    # Against five runs pooled (15 vs 3 repetitions, 5 vs 1 runs) both tests can decide.
     pooled, _ = merge_runs(base_runs)
     c = compare.compare_runs(pooled, new)
     assert {mc.verdict for mc in changes(c, "p50_latency")} == {"regression"}
+    assert all(mc.runs_base == 5 and mc.runs_new == 1 for mc in changes(c, "p50_latency"))
     (_, same), = runs(6, n=1)
     c = compare.compare_runs(pooled, same)
     assert not c.by_verdict("regression") and not c.by_verdict("improvement")
+
+
+def _run_with_level(seed: int, level: float) -> ResultDoc:
+    """One run whose every repetition sits at ``level`` x 10 us: what a run-wide
+    condition (another tenant, a cold cache) does to all repetitions of a run at once."""
+    rng = np.random.default_rng(seed)
+    return in_memory([point(rng, services=s, latency_ns=10_000 * level, jitter=0.005)
+                      for s in SCALES])
+
+
+def test_run_to_run_drift_is_not_a_regression_but_a_change_beyond_it_is() -> None:
+    # Five base runs whose levels differ by up to 30 %, each tight inside (0.5 %).
+    levels = (1.0, 1.3, 0.9, 1.15, 1.05)
+    pooled, _ = merge_runs([(f"r{i}", _run_with_level(i, lv)) for i, lv in enumerate(levels)])
+    inside = _run_with_level(10, 1.25)  # a new run inside that drift
+    c = compare.compare_runs(pooled, inside)
+    p50 = changes(c, "p50_latency")
+    assert all(mc.p_value is not None and mc.p_value < 0.05 for mc in p50)  # repetitions differ
+    assert {mc.verdict for mc in p50} == {"same"}  # ... but whole runs differ as much
+    assert all("run-to-run drift" in mc.note for mc in p50)
+    beyond = _run_with_level(11, 2.0)  # twice as slow: far outside what runs do
+    c = compare.compare_runs(pooled, beyond)
+    assert {mc.verdict for mc in changes(c, "p50_latency")} == {"regression"}
+
+
+def test_a_figure_measured_once_per_run_is_tested_across_runs() -> None:
+    rs = runs(8, n=5)
+    for i, (_, doc) in enumerate(rs):
+        for p in doc["points"]:
+            p["setup"]["sync_seconds"] = 2.0 + 0.02 * i
+    pooled, _ = merge_runs(rs)
+    (_, slow), = runs(9, n=1, sync_seconds=3.0)  # the full sync 50 % slower
+    c = compare.compare_runs(pooled, slow)
+    assert {mc.verdict for mc in changes(c, "sync_full")} == {"regression"}
+    (_, same), = runs(9, n=1, sync_seconds=2.03)
+    c = compare.compare_runs(pooled, same)
+    assert {mc.verdict for mc in changes(c, "sync_full")} == {"same"}
+
+
+def test_merging_a_pooled_baseline_again_keeps_every_run() -> None:
+    rs = runs(12, n=4)
+    first, _ = merge_runs(rs[:2])
+    again, _ = merge_runs([("pooled", first), *rs[2:]])
+    assert [r["repetitions"] for r in again["points"][0]["per_run"]] == [3, 3, 3, 3]
+    assert len(compare.runs_of(again["points"][0])) == 4
 
 
 def test_baseline_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -107,3 +153,13 @@ def test_baseline_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     other = write(tmp_path / "vm.json", [point(rng, reps=3)], env={**ENV, "where": "vm"})
     assert main("baseline", files[0], other, "-o", tmp_path / "x.json") == 2
     assert "where" in capsys.readouterr().err
+
+
+def test_a_damaged_per_run_list_is_a_one_line_input_error(tmp_path: Path) -> None:
+    pooled, _ = merge_runs(runs(13))
+    pooled["points"][0]["per_run"][0]["repetitions"] = 7
+    path = tmp_path / "pooled.json"
+    path.write_text(json.dumps(pooled))
+    with pytest.raises(InputError, match=r"points\[0\].*per_run.*counts 13 repetitions, "
+                                         r"the point has 9"):
+        load_result(path)

@@ -463,3 +463,29 @@ def test_baseline_with_an_artificial_slowdown_is_a_regression(
     assert main("compare", BASELINE, path, "--fail-on", "p50_latency:10%",
                 "--fail-on", "p99_latency:10%", "--fail-on", "cpu_ns_per_packet:10%") == 1
     assert "regression beyond --fail-on" in capsys.readouterr().err
+
+
+def test_a_run_slowed_on_purpose_is_said(tmp_path: Path) -> None:
+    from bench.slowdown import rules_text
+
+    text = rules_text(600)
+    assert text.count("-A PREROUTING") == 600 and len(set(text.splitlines())) == 603  # all distinct
+    rng = np.random.default_rng(3)
+    slow = in_memory([point(rng)])
+    slow["environment"]["injected_rules"] = 600  # type: ignore[typeddict-unknown-key]
+    c = compare.compare_runs(in_memory([point(rng)]), slow)
+    assert any("--inject-rules 600" in w for w in c.warnings), c.warnings
+
+
+def test_runs_that_agree_to_a_histogram_bucket_have_not_shown_zero_spread() -> None:
+    # Two base runs whose p50 fell into one bucket, a new run 6.7 % off: without the
+    # rounding floor the variance would be 0 and any change "certain" (p = 0).
+    assert compare.run_level_p([5937.5, 5937.5], [6337.5]) == 0.0
+    assert compare.run_level_p([5937.5, 5937.5], [6337.5], 1 / 128) > 0.02
+    assert compare.run_level_p([5937.5, 5937.5], [5937.5], 1 / 128) == 1.0
+    assert compare.run_level_p([1.0], [2.0]) is None  # one run a side: no spread to judge by
+
+
+def test_benjamini_hochberg_matches_the_textbook() -> None:
+    q = compare.benjamini_hochberg([0.01, 0.04, 0.03, 0.005])
+    assert q == pytest.approx([0.02, 0.04, 0.04, 0.02])

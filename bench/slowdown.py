@@ -1,0 +1,42 @@
+"""A known slowdown on purpose: proof that a regression gate catches one.
+
+``kpbench run --inject-rules N`` loads N rules that never match into the
+raw table's PREROUTING chain of every node (iptables-legacy, inside the
+run's own node namespaces). Every packet a node receives walks them before
+any datapath rule, so the netfilter datapaths (iptables, nftables, IPVS,
+userspace) pay N rule evaluations per packet. The eBPF datapaths redirect at
+tc ingress, before netfilter, and do not pay: they are the control group.
+
+The number is recorded in the result (``environment.injected_rules``) and
+``kpbench compare`` says so, so such a run is never mistaken for a real one.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+from bench.errors import KpbenchError
+
+#: Never-matching destination: TEST-NET-3 (RFC 5737), outside every address the cluster uses.
+_NO_MATCH = "203.0.113.{}/32"
+
+
+def rules_text(n: int) -> str:
+    """``iptables-restore`` input: ``n`` never-matching rules in raw PREROUTING."""
+    lines = ["*raw", ":PREROUTING ACCEPT [0:0]"]
+    lines += [f"-A PREROUTING -d {_NO_MATCH.format(i % 256)} -p tcp --dport {1 + i // 256} "
+              f"-j ACCEPT" for i in range(n)]
+    return "\n".join([*lines, "COMMIT", ""])
+
+
+def inject_rules(node_namespaces: list[str], n: int) -> None:
+    """Load :func:`rules_text` into every node namespace (KpbenchError if it cannot)."""
+    if n <= 0:
+        return
+    text = rules_text(n)
+    for ns in node_namespaces:
+        p = subprocess.run(["ip", "netns", "exec", ns, "iptables-legacy-restore"], input=text,
+                           capture_output=True, text=True, timeout=60)
+        if p.returncode != 0:
+            raise KpbenchError(f"--inject-rules: iptables-legacy-restore failed in {ns}: "
+                               f"{(p.stderr or p.stdout).strip()}")
