@@ -40,7 +40,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, NotRequired, Self, TypedDict
 
-from bench import stats
+from bench import interrupts, stats
 from bench.errors import InputError, KpbenchError
 
 SCHEMA_VERSION = 1
@@ -544,10 +544,24 @@ class ResultWriter:
             if not isinstance(scenario.get(key), str):
                 raise TypeError(f"scenario needs a string {key!r}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._claimed = False
+        try:
+            # A signal waits until the claim holds a valid document; if it came, the run
+            # measured nothing and leaves no file (never an empty, unreadable one).
+            with interrupts.deferred():
+                self._claim(scenario, environment, run_id)
+        except KeyboardInterrupt:
+            if self._claimed:
+                self.path.unlink(missing_ok=True)
+            raise
+
+    def _claim(self, scenario: ScenarioDoc | Mapping[str, str], environment: EnvironmentDoc,
+               run_id: str | None) -> None:
         # Claim the name atomically: two runs started in the same second must not
         # write into one file (the atomic rewrites below then replace this claim).
         try:
             os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            self._claimed = True
         except FileExistsError:
             raise ResultExists(f"{self.path}: a result already exists there; "
                                f"choose another path or move it away") from None
@@ -558,7 +572,6 @@ class ResultWriter:
             scenario=ScenarioDoc(name=scenario["name"], path=scenario["path"],
                                  text=scenario["text"]),
             environment=environment, points=[])
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._write()
 
     def _write(self) -> None:

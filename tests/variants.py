@@ -22,10 +22,11 @@ def _hist_samples(h: stats.Histogram) -> np.ndarray:
 
 
 def slowed_down(doc: ResultDoc, factor: float) -> ResultDoc:
-    """``doc`` with every latency, CPU cost and sync time ``factor`` x larger."""
+    """``doc`` with every latency, CPU cost and sync time ``factor`` x larger, as one run."""
     out = copy.deepcopy(doc)
     for p in out["points"]:
         p.pop("summary", None)  # type: ignore[misc]  # recomputed from the repetitions
+        p.pop("per_run", None)  # type: ignore[misc]  # one new run, as `kpbench run` writes
         if p["setup"].get("sync_seconds") is not None:
             p["setup"]["sync_seconds"] *= factor  # type: ignore[operator]
         for r in p["repetitions"]:
@@ -41,12 +42,13 @@ def slowed_down(doc: ResultDoc, factor: float) -> ResultDoc:
 
 
 def resampled(doc: ResultDoc, seed: int) -> ResultDoc:
-    """``doc`` re-measured within its own noise: each point's repetitions in another order,
-    each latency histogram redrawn (bootstrap) from itself."""
+    """``doc`` re-measured within its own noise, as one run: each point's repetitions in
+    another order, each latency histogram redrawn (bootstrap) from itself."""
     rng = np.random.default_rng(seed)
     out = copy.deepcopy(doc)
     for p in out["points"]:
         p.pop("summary", None)  # type: ignore[misc]
+        p.pop("per_run", None)  # type: ignore[misc]  # one new run, as `kpbench run` writes
         reps = p["repetitions"]
         p["repetitions"] = [reps[i] for i in rng.permutation(len(reps))]
         for r in p["repetitions"]:

@@ -130,3 +130,22 @@ def test_a_signal_after_the_last_point_says_the_result_is_complete(
     assert f"{tmp_path / 'r.json'} is complete" in err, err
     assert err.splitlines()[-1].startswith("kpbench: terminated")
     assert results.load_result(tmp_path / "r.json")["status"] == "complete"
+
+
+def test_a_signal_while_the_result_file_is_claimed_leaves_no_file(
+        handlers: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The claim (an empty file) and its first document are one step: a signal in between
+    must not leave an empty, unreadable result behind."""
+    from bench import results
+
+    write = results.write_json_atomic
+
+    def signalled_write(path: Path, doc: object) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # lands after the claim, before the document
+        write(path, doc)
+
+    monkeypatch.setattr(results, "write_json_atomic", signalled_write)
+    with pytest.raises(KeyboardInterrupt):
+        results.ResultWriter(tmp_path / "r.json", environment=results.capture_environment(),
+                             scenario={"name": "s", "path": "s.toml", "text": ""})
+    assert list(tmp_path.iterdir()) == []
