@@ -114,8 +114,9 @@ def merge_runs(runs: Sequence[tuple[str, ResultDoc]]) -> tuple[ResultDoc, list[s
         "scenario": copy.deepcopy(first["scenario"]),
         "environment": copy.deepcopy(first["environment"]),
         "points": [_merge_point(pts) for pts in by_key.values()],
-        "merged_from": [{"file": src, "run_id": d["run_id"], "started": d["started"],
-                         "git_commit": d["environment"].get("git_commit"),
-                         "git_dirty": d["environment"].get("git_dirty")} for src, d in runs],
+        "merged_from": [entry for src, d in runs for entry in d.get("merged_from") or [  # type: ignore[attr-defined]
+            {"file": src, "run_id": d["run_id"], "started": d["started"],
+             "git_commit": d["environment"].get("git_commit"),
+             "git_dirty": d["environment"].get("git_dirty")}]],
     }
     return validate_result(out, "merged baseline"), warnings

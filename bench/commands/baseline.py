@@ -1,17 +1,21 @@
 """``kpbench baseline RESULT... -o OUT``: pool several runs of one scenario into a baseline.
 
 Each point of the baseline keeps the repetitions of every run that measured
-it (its summary is recomputed from them; setup times are the median over
-the runs). Compared against a baseline made this way, a new run is judged
-against how much whole runs of the same code vary, not only against the
-repetitions inside one run — and with 3 repetitions per run the test gets
-enough samples (3 vs 3 can never reach p < 0.05; 9 vs 3 can).
+it, and which run measured which (its summary is recomputed from them;
+setup times are the median over the runs). Compared against a baseline made
+this way, a new run is judged against how much whole runs of the same code
+vary (`kpbench compare` tests the per-run figures too), not only against
+the repetitions inside one run — and with 3 repetitions per run the
+repetition test gets enough samples (3 vs 3 can never reach p < 0.05).
+Pool at least five runs: the spread between runs is then known well enough
+to call changes of a few tens of percent.
 
 The runs must be complete, of the same scenario text and from the same
-environment (as `kpbench compare` checks it).
+environment (as `kpbench compare` checks it). A baseline can be pooled
+again with more runs; it keeps every run.
 
 example:
-  for i in 1 2 3; do kpbench run scenarios/default.toml --results /tmp/b --no-export; done
+  for i in 1 2 3 4 5; do kpbench run scenarios/default.toml --results /tmp/b --no-export; done
   kpbench baseline /tmp/b/*/*_default.json -o results/baselines/default.json
 """
 
@@ -49,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out, doc)
     reps = sum(len(p["repetitions"]) for p in doc["points"])
-    print(f"{out}: {len(doc['points'])} points, {reps} repetitions from {len(runs)} runs",
+    n_runs = max([len(p.get("per_run") or []) for p in doc["points"]] + [len(runs)])
+    print(f"{out}: {len(doc['points'])} points, {reps} repetitions from {n_runs} runs",
           file=sys.stderr)
     return 0

@@ -133,6 +133,7 @@ def test_merging_a_pooled_baseline_again_keeps_every_run() -> None:
     first, _ = merge_runs(rs[:2])
     again, _ = merge_runs([("pooled", first), *rs[2:]])
     assert [r["repetitions"] for r in again["points"][0]["per_run"]] == [3, 3, 3, 3]
+    assert [m["file"] for m in again["merged_from"]] == [f for f, _ in rs]  # type: ignore[typeddict-item]
     assert len(compare.runs_of(again["points"][0])) == 4
 
 
