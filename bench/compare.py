@@ -244,14 +244,33 @@ def run_values(metric: Metric, runs: Sequence[PointDoc]) -> list[float]:
     return out
 
 
+def within_run_variance(metric: Metric, runs: Sequence[PointDoc]) -> float:
+    """The variance (of logs) a run's figure has from its own repetitions alone: the
+    pooled spread of the log per-repetition samples inside each run, over a run's count.
+    0 when the samples cannot say (fewer than two per run, or not all positive)."""
+    ss, df, n = 0.0, 0, 0
+    for p in runs:
+        samples = metric.samples(p)
+        if len(samples) < 2 or min(samples) <= 0:
+            continue
+        logs = [math.log(v) for v in samples]
+        mean = statistics.fmean(logs)
+        ss += sum((v - mean) ** 2 for v in logs)
+        df += len(logs) - 1
+        n += 1
+    return ss / df / ((df + n) / n) if df else 0.0
+
+
 def run_level_p(base: Sequence[float], new: Sequence[float],
-                resolution: float = 0.0) -> float | None:
+                resolution: float = 0.0, within: float = 0.0) -> float | None:
     """Two-sided two-sample t test of per-run figures (their logs when all are positive,
     so the test is of relative change) with the pooled between-run variance.
 
-    The variance is at least that of rounding to ``resolution`` (relative): figures
-    that fall into one histogram bucket agree only to within its width. None when
-    neither side has two runs: there is no run-to-run spread to judge by.
+    That variance is at least what a run's figure has from its own repetitions
+    (``within``, see :func:`within_run_variance`: runs that happen to agree have not
+    shown that runs agree) and that of rounding to ``resolution`` (relative: figures
+    in one histogram bucket agree only to within its width). None when neither side
+    has two runs: there is no run-to-run spread to judge by.
     """
     k, m = len(base), len(new)
     if not k or not m or max(k, m) < 2:
@@ -262,7 +281,7 @@ def run_level_p(base: Sequence[float], new: Sequence[float],
     floor = 0.0
     if all(v > 0 for v in xs + ys):
         xs, ys = [math.log(v) for v in xs], [math.log(v) for v in ys]
-        floor = math.log1p(resolution) ** 2 / 12  # a uniform rounding error's variance
+        floor = max(within, math.log1p(resolution) ** 2 / 12)  # rounding: uniform error
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
     ss = sum((v - mx) ** 2 for v in xs) + sum((v - my) ** 2 for v in ys)
     df = k + m - 2
@@ -312,9 +331,11 @@ def compare_metric(key: PointKey, metric: Metric, base: PointDoc, new: PointDoc,
                             verdict="only in BASE" if bs else "only in NEW",
                             note=f"not measured in {'NEW' if bs else 'BASE'}")
     change = relative_change(bv, nv) if bv is not None and nv is not None else None
-    rb = run_values(metric, base_runs if base_runs is not None else runs_of(base))
-    rn = run_values(metric, new_runs if new_runs is not None else runs_of(new))
-    run_p = run_level_p(rb, rn, metric.resolution)
+    base_runs = base_runs if base_runs is not None else runs_of(base)
+    new_runs = new_runs if new_runs is not None else runs_of(new)
+    rb, rn = run_values(metric, base_runs), run_values(metric, new_runs)
+    within = within_run_variance(metric, [*base_runs, *new_runs])
+    run_p = run_level_p(rb, rn, metric.resolution, within)
     runs = dict(runs_base=len(rb), runs_new=len(rn), run_p_value=run_p)
     testable = min_p_value(len(bs), len(ns)) < alpha
     if not testable and run_p is None:

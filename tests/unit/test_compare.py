@@ -489,3 +489,15 @@ def test_runs_that_agree_to_a_histogram_bucket_have_not_shown_zero_spread() -> N
 def test_benjamini_hochberg_matches_the_textbook() -> None:
     q = compare.benjamini_hochberg([0.01, 0.04, 0.03, 0.005])
     assert q == pytest.approx([0.02, 0.04, 0.04, 0.02])
+
+
+def test_runs_that_happen_to_agree_do_not_make_their_repetitions_noise_a_change() -> None:
+    # Two base runs agree by chance, though each run's repetitions spread by 30 %: a new
+    # run 20 % off is not outside what one run's own repetitions allow.
+    rng = np.random.default_rng(4)
+    noisy = [point(rng, jitter=0.3, reps=3) for _ in range(3)]
+    metric = METRICS_BY_NAME["p50_latency"]
+    within = compare.within_run_variance(metric, noisy)
+    assert within > 0.01  # about 0.3^2 / 3 in logs
+    assert compare.run_level_p([10_000, 10_000], [12_000]) == 0.0
+    assert compare.run_level_p([10_000, 10_000], [12_000], within=within) > 0.05
