@@ -9,12 +9,13 @@ bench.metrics.METRICS present on both sides, a change is *significant* when
 - when a side is a baseline pooled from several runs (bench.baseline), the
   runs differ too: a two-sample t test of the per-run figures (their
   logarithms: changes are relative) against the spread between whole runs,
-  with the Benjamini-Hochberg correction over every metric so tested. Runs of
-  the same code on one machine differ by more than the repetitions inside one
-  run (what else the machine did, where the kernel placed its deferred work),
-  so the repetition test alone calls ordinary run-to-run drift a regression;
-  and a suite has hundreds of metrics, so uncorrected, some always cross
-  ``alpha`` by chance — **and**
+  moderated over the points of each metric and Benjamini-Hochberg corrected
+  over every metric so tested (bench.run_test). Runs of the same code on one
+  machine differ by more than the repetitions inside one run (what else the
+  machine did, where the kernel placed its deferred work), so the repetition
+  test alone calls ordinary run-to-run drift a regression; and a suite has
+  hundreds of metrics, so uncorrected, some always cross ``alpha`` by
+  chance — **and**
 - the reported figures (pooled over repetitions) differ by at least
   ``min_effect_pct`` (default 5 %), so a statistically clear but irrelevant
   difference is not called a regression (asv's rule: different *and* beyond a
@@ -44,6 +45,15 @@ from typing import Any, Literal
 from bench.errors import InputError, KpbenchError
 from bench.metrics import METRICS, METRICS_BY_NAME, Metric, PointKey, key_label, point_key
 from bench.results import PointDoc, ResultDoc, iter_points, runs_of
+from bench.run_test import (
+    RunStats,
+    benjamini_hochberg,
+    fit_prior,
+    p_value,
+    run_stats,
+    run_values,
+    within_run_variance,
+)
 
 DEFAULT_ALPHA = 0.05
 DEFAULT_MIN_EFFECT_PCT = 5.0
@@ -118,7 +128,8 @@ class MetricChange:
     note: str = ""
     runs_base: int = 1
     runs_new: int = 1
-    run_p_value: float | None = None  # the t test over runs, before correction
+    run_stats: RunStats | None = None  # per-run figures, for bench.run_test
+    run_p_value: float | None = None  # the (moderated) t test over runs, uncorrected
     run_q_value: float | None = None  # ... after the Benjamini-Hochberg correction
 
     @property
@@ -231,80 +242,6 @@ def relative_change(base: float, new: float) -> float:
     return (new - base) / abs(base) * 100
 
 
-def run_values(metric: Metric, runs: Sequence[PointDoc]) -> list[float]:
-    """The metric's figure in each run a point was measured in (bench.results.runs_of)."""
-    out = []
-    for p in runs:
-        v = metric.pooled(p)
-        if v is None:
-            samples = metric.samples(p)
-            v = statistics.median(samples) if samples else None
-        if v is not None and math.isfinite(v):
-            out.append(float(v))
-    return out
-
-
-def within_run_variance(metric: Metric, runs: Sequence[PointDoc]) -> float:
-    """The variance (of logs) a run's figure has from its own repetitions alone: the
-    pooled spread of the log per-repetition samples inside each run, over a run's count.
-    0 when the samples cannot say (fewer than two per run, or not all positive)."""
-    ss, df, n = 0.0, 0, 0
-    for p in runs:
-        samples = metric.samples(p)
-        if len(samples) < 2 or min(samples) <= 0:
-            continue
-        logs = [math.log(v) for v in samples]
-        mean = statistics.fmean(logs)
-        ss += sum((v - mean) ** 2 for v in logs)
-        df += len(logs) - 1
-        n += 1
-    return ss / df / ((df + n) / n) if df else 0.0
-
-
-def run_level_p(base: Sequence[float], new: Sequence[float],
-                resolution: float = 0.0, within: float = 0.0) -> float | None:
-    """Two-sided two-sample t test of per-run figures (their logs when all are positive,
-    so the test is of relative change) with the pooled between-run variance.
-
-    That variance is at least what a run's figure has from its own repetitions
-    (``within``, see :func:`within_run_variance`: runs that happen to agree have not
-    shown that runs agree) and that of rounding to ``resolution`` (relative: figures
-    in one histogram bucket agree only to within its width). None when neither side
-    has two runs: there is no run-to-run spread to judge by.
-    """
-    k, m = len(base), len(new)
-    if not k or not m or max(k, m) < 2:
-        return None
-    from scipy.stats import t  # type: ignore[import-untyped]
-
-    xs, ys = list(base), list(new)
-    floor = 0.0
-    if all(v > 0 for v in xs + ys):
-        xs, ys = [math.log(v) for v in xs], [math.log(v) for v in ys]
-        floor = max(within, math.log1p(resolution) ** 2 / 12)  # rounding: uniform error
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    ss = sum((v - mx) ** 2 for v in xs) + sum((v - my) ** 2 for v in ys)
-    df = k + m - 2
-    var = max(ss / df, floor)
-    if var == 0:
-        return 1.0 if mx == my else 0.0
-    se = math.sqrt(var * (1 / k + 1 / m))
-    return float(2 * t.sf(abs(my - mx) / se, df))
-
-
-def benjamini_hochberg(p_values: Sequence[float]) -> list[float]:
-    """Benjamini-Hochberg adjusted p-values (q-values), in the order given."""
-    m = len(p_values)
-    order = sorted(range(m), key=lambda i: p_values[i])
-    q = [1.0] * m
-    running = 1.0
-    for rank in range(m, 0, -1):
-        i = order[rank - 1]
-        running = min(running, p_values[i] * m / rank)
-        q[i] = min(1.0, running)
-    return q
-
-
 def compare_metric(key: PointKey, metric: Metric, base: PointDoc, new: PointDoc,
                    alpha: float = DEFAULT_ALPHA,
                    min_effect_pct: float = DEFAULT_MIN_EFFECT_PCT,
@@ -335,10 +272,10 @@ def compare_metric(key: PointKey, metric: Metric, base: PointDoc, new: PointDoc,
     new_runs = new_runs if new_runs is not None else runs_of(new)
     rb, rn = run_values(metric, base_runs), run_values(metric, new_runs)
     within = within_run_variance(metric, [*base_runs, *new_runs])
-    run_p = run_level_p(rb, rn, metric.resolution, within)
-    runs = dict(runs_base=len(rb), runs_new=len(rn), run_p_value=run_p)
+    st = run_stats(rb, rn, metric.resolution, within)
+    runs = dict(runs_base=len(rb), runs_new=len(rn), run_stats=st)
     testable = min_p_value(len(bs), len(ns)) < alpha
-    if not testable and run_p is None:
+    if not testable and st is None:
         need = min_repetitions(alpha)
         return MetricChange(**common, change_pct=change, p_value=None,  # type: ignore[arg-type]
                             verdict="untested", **runs,  # type: ignore[arg-type]
@@ -361,11 +298,18 @@ def compare_metric(key: PointKey, metric: Metric, base: PointDoc, new: PointDoc,
 
 
 def judge_by_runs(changes: Sequence[MetricChange], alpha: float) -> None:
-    """Benjamini-Hochberg over every run-level test; a change whose runs do not differ
-    at ``alpha`` after it is run-to-run drift ("same"), whatever its repetitions say."""
-    tested = [mc for mc in changes if mc.run_p_value is not None]
-    for mc, q in zip(tested, benjamini_hochberg([mc.run_p_value for mc in tested  # type: ignore[misc]
-                                                 ]), strict=True):
+    """The run-level test (bench.run_test) of every change that has runs to compare:
+    each metric's variances moderated over its points, then Benjamini-Hochberg over
+    all. A change whose runs do not differ at ``alpha`` is run-to-run drift ("same"),
+    whatever its repetitions say."""
+    tested = [mc for mc in changes if mc.run_stats is not None]
+    for name in dict.fromkeys(mc.metric.name for mc in tested):
+        group = [mc for mc in tested if mc.metric.name == name]
+        prior = fit_prior([mc.run_stats for mc in group])  # type: ignore[misc]
+        for mc in group:
+            mc.run_p_value = p_value(mc.run_stats, prior)  # type: ignore[arg-type]
+    qs = benjamini_hochberg([mc.run_p_value for mc in tested])  # type: ignore[misc]
+    for mc, q in zip(tested, qs, strict=True):
         mc.run_q_value = q
         runs = f"{mc.runs_base} vs {mc.runs_new} runs, q={q:.2g}"
         if mc.verdict not in ("regression", "improvement"):
@@ -473,7 +417,7 @@ def compare_runs(base: ResultDoc, new: ResultDoc, *, base_source: str = "BASE",
             if mc is not None:
                 c.changes.append(mc)
     judge_by_runs(c.changes, alpha)
-    if not any(mc.run_p_value is not None for mc in c.changes) and c.changes:
+    if not any(mc.run_stats is not None for mc in c.changes) and c.changes:
         c.warnings.append("BASE and NEW are one run each: only the repetitions inside each "
                           "run were tested, and runs of the same code differ by more than "
                           "that; judge against a baseline pooled from several runs "

@@ -89,7 +89,8 @@ def _run_line(doc: Any) -> str:
 
 def _method_line(c: Comparison) -> str:
     runs = [mc for mc in c.changes if mc.run_p_value is not None]
-    across = (f"; and across runs: t test of per-run figures, Benjamini-Hochberg over "
+    across = (f"; and across runs: t test of per-run figures moderated over each metric's "
+              f"points, Benjamini-Hochberg over "
               f"{len(runs)} tests ({max(mc.runs_base for mc in runs)} BASE runs vs "
               f"{max(mc.runs_new for mc in runs)} NEW)" if runs else "")
     return (f"Mann-Whitney U over repetitions, two-sided, alpha {c.alpha:g}{across}; a "

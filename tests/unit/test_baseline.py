@@ -12,7 +12,7 @@ import pytest
 from bench import compare
 from bench.baseline import merge_runs
 from bench.errors import InputError
-from bench.results import ResultDoc, load_result
+from bench.results import ResultDoc, load_result, runs_of
 from tests.synthetic_results import (
     ENV,
     changes,
@@ -134,7 +134,7 @@ def test_merging_a_pooled_baseline_again_keeps_every_run() -> None:
     again, _ = merge_runs([("pooled", first), *rs[2:]])
     assert [r["repetitions"] for r in again["points"][0]["per_run"]] == [3, 3, 3, 3]
     assert [m["file"] for m in again["merged_from"]] == [f for f, _ in rs]  # type: ignore[typeddict-item]
-    assert len(compare.runs_of(again["points"][0])) == 4
+    assert len(runs_of(again["points"][0])) == 4
 
 
 def test_baseline_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,99 @@
+"""The run-level test (bench.run_test): floors, moderation and the correction, on
+numbers whose right answer is known."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from bench import run_test as rt
+from bench.metrics import METRICS_BY_NAME
+from tests.synthetic_results import point
+
+
+def test_runs_that_agree_to_a_histogram_bucket_have_not_shown_zero_spread() -> None:
+    # Two base runs whose p50 fell into one bucket, a new run 6.7 % off: without the
+    # rounding floor the variance would be 0 and any change "certain" (p = 0).
+    assert rt.run_level_p([5937.5, 5937.5], [6337.5]) == 0.0
+    assert rt.run_level_p([5937.5, 5937.5], [6337.5], 1 / 128) > 0.02
+    assert rt.run_level_p([5937.5, 5937.5], [5937.5], 1 / 128) == 1.0
+    assert rt.run_level_p([1.0], [2.0]) is None  # one run a side: no spread to judge by
+
+
+def test_runs_that_happen_to_agree_do_not_make_their_repetitions_noise_a_change() -> None:
+    # Two base runs agree by chance, though each run's repetitions spread by 30 %: a new
+    # run 20 % off is not outside what one run's own repetitions allow.
+    rng = np.random.default_rng(4)
+    noisy = [point(rng, jitter=0.3, reps=3) for _ in range(3)]
+    within = rt.within_run_variance(METRICS_BY_NAME["p50_latency"], noisy)
+    assert within > 0.01  # about 0.3^2 / 3 in logs
+    assert rt.run_level_p([10_000, 10_000], [12_000]) == 0.0
+    assert rt.run_level_p([10_000, 10_000], [12_000], within=within) > 0.05
+
+
+def test_benjamini_hochberg_matches_the_textbook() -> None:
+    q = rt.benjamini_hochberg([0.01, 0.04, 0.03, 0.005])
+    assert q == pytest.approx([0.02, 0.04, 0.04, 0.02])
+
+
+def test_trigamma_inverse_inverts() -> None:
+    from scipy.special import polygamma
+
+    for y in (0.3, 2.0, 7.5, 40.0):
+        assert rt.trigamma_inverse(float(polygamma(1, y))) == pytest.approx(y, rel=1e-6)
+
+
+def _stats(rng: np.random.Generator, sd: float, n_points: int, k: int = 5,
+           shift: float = 0.0) -> list[rt.RunStats]:
+    """Points whose runs vary by ``sd`` (log), ``k`` base runs vs one new run."""
+    out = []
+    for _ in range(n_points):
+        base = np.exp(rng.normal(0, sd, k)) * 1000
+        new = np.exp(rng.normal(shift, sd, 1)) * 1000
+        st = rt.run_stats(list(base), list(new))
+        assert st is not None
+        out.append(st)
+    return out
+
+
+def test_the_prior_recovers_the_common_spread_of_the_points() -> None:
+    rng = np.random.default_rng(11)
+    prior = rt.fit_prior(_stats(rng, 0.1, 400))
+    assert prior is not None
+    assert math.sqrt(prior.var) == pytest.approx(0.1, rel=0.15)
+    assert prior.df > 20  # all points alike: the prior is worth many runs
+    assert rt.fit_prior(_stats(rng, 0.1, 4)) is None  # too few points to fit
+
+
+def test_moderation_finds_a_broad_slowdown_five_runs_alone_cannot() -> None:
+    """40 points whose runs spread by 10 %; the new run 40 % slower at every point.
+    With each point's own 4 degrees of freedom the corrected test misses most of
+    them; moderated over the points it finds nearly all, and same-run noise stays
+    quiet."""
+    rng = np.random.default_rng(5)
+
+    def found(stats: list[rt.RunStats], moderate: bool) -> int:
+        prior = rt.fit_prior(stats) if moderate else None
+        q = rt.benjamini_hochberg([rt.p_value(st, prior) for st in stats])
+        return sum(v < 0.05 for v in q)
+
+    slow = _stats(rng, 0.1, 40, shift=math.log(1.4))
+    assert found(slow, moderate=False) < 20
+    assert found(slow, moderate=True) >= 30
+    same = _stats(rng, 0.1, 40)
+    assert found(same, moderate=True) == 0
+
+
+def test_a_noisier_point_keeps_its_own_spread() -> None:
+    # Points whose runs spread anywhere from 2 % to 30 % (as the datapaths and workloads
+    # of one metric do here) and one whose runs spread by 30 %: the prior is worth
+    # little, and a 50 % change at the noisy point stays within its own drift.
+    rng = np.random.default_rng(8)
+    stats = [st for sd in np.linspace(0.02, 0.3, 39) for st in _stats(rng, float(sd), 1)]
+    noisy = rt.run_stats([1000.0, 1500.0, 800.0, 1300.0, 700.0], [1500.0])
+    assert noisy is not None
+    prior = rt.fit_prior([*stats, noisy])
+    assert prior is not None and prior.df < 10  # the points differ: the prior says so
+    assert rt.p_value(noisy, prior) > 0.05
