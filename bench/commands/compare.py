@@ -12,10 +12,13 @@ point). Points present or measured on one side only are listed.
 
 When BASE (or NEW) is a baseline pooled from several runs (kpbench
 baseline), a change must also stand out from the spread between whole runs:
-a t test of the per-run figures, Benjamini-Hochberg corrected over every
-metric. Runs of the same code differ by more than the repetitions inside a
-run; a change within that drift is "same (run drift)". A figure measured
-once per run (a packet scenario's full sync) is then tested across runs.
+a t test of the per-run figures (moderated over the points of each metric),
+Benjamini-Hochberg corrected over every metric. Runs of the same code differ
+by more than the repetitions inside a run; a change within that drift is
+"same (run drift)". A figure measured once per run (a packet scenario's full
+sync) is then tested across runs. To catch changes of tens of percent on a
+noisy machine, pool several NEW runs too (kpbench baseline NEW1 NEW2 ... -o
+new.json) and compare that: see the README for the measured sensitivity.
 
 Results from different environments (kernel, host or VM, VM acceleration,
 CPU, iptables/nft versions) are refused with the differing keys, unless
@@ -34,6 +37,8 @@ examples:
   kpbench compare results/baselines/default.json results/vm/
   kpbench compare BASE.json NEW.json --fail-on p99_latency:10% --fail-on cpu_ns_per_packet:10%
   kpbench compare BASE.json NEW.json --format markdown --changed-only > comment.md
+  kpbench baseline new/*/*_default.json -o /tmp/new.json && \
+    kpbench compare results/baselines/default.json /tmp/new.json --fail-on p50_latency:20%
 """
 
 from __future__ import annotations
