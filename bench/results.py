@@ -497,6 +497,12 @@ def _check_finite(obj: Any, where: str) -> None:
             _check_finite(v, f"{where}[{i}]")
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_json_atomic(path: str | Path, doc: Any) -> None:
     """Replace ``path`` with ``doc`` as JSON, atomically: readers see the old or the new file.
 
@@ -507,6 +513,7 @@ def write_json_atomic(path: str | Path, doc: Any) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # as open() would make it, not mkstemp's 0600
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(doc, f, indent=1, allow_nan=False)
             f.write("\n")

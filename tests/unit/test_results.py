@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,10 @@ def test_writer_keeps_a_valid_file_after_every_point(tmp_path: Path) -> None:
     assert doc["status"] == "complete" and doc["finished"]
     assert doc["scenario"] == SCENARIO and doc["environment"] == ENV
     assert list(tmp_path.rglob("*.tmp")) == []
+    # Readable by others as any file the user writes (results are shared, committed).
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 def test_crash_mid_write_leaves_the_old_file_intact(tmp_path: Path,
