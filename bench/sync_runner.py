@@ -223,12 +223,18 @@ class SyncRunner(Runner):
                     dp.apply(text, ns)
                 else:
                     dp.apply_partial(text, ns)
+        except BaseException:
+            if traffic is not None:
+                traffic[1].set()  # stopping: no effect to watch for
+            raise
         finally:
             apply_s = (time.monotonic_ns() - issued) / 1e9
             if syscalls is not None and own is not None:
                 syscalls.unwatch(own)
             if traffic is not None:
-                traffic.join()
+                # Normally the traffic runs its whole window: an effect can come well after
+                # the apply returns (rules programmed asynchronously).
+                traffic[0].join()
         bed.services, bed.slices = change.services, change.slices
         sync: dict[str, float | None] = {"render": render_s, "apply": apply_s,
                                          "total": render_s + apply_s}
@@ -241,8 +247,9 @@ class SyncRunner(Runner):
         return R.make_repetition(sent=0, delivered=0, sync=sync)
 
     def _start_traffic(self, bed: Testbed, change: Change,
-                       expect_s: float | None) -> threading.Thread:
-        """New flows to the changed service from the client pod, for the whole change."""
+                       expect_s: float | None) -> tuple[threading.Thread, threading.Event]:
+        """New flows to the changed service from the client pod, for the whole change
+        (sized for twice the expected apply); setting the event stops them early."""
         rate = self.sc.effect_rate_pps
         window = PRE_ROLL + max(2 * (expect_s if expect_s is not None else 5.0), 2.0) + TAIL
         window = min(window, self.sc.point_time_limit + TAIL)
@@ -251,10 +258,11 @@ class SyncRunner(Runner):
         pcap = self.workdir / "effect.pcap"
         self._seq = getattr(self, "_seq", 0) + packets
         target.build_pcap("udp-new", packets, pcap, seq_start=self._seq, src_span=SRC_SPAN)
-        thread = threading.Thread(target=target.replay, args=(pcap, rate, window + 30),
+        stop = threading.Event()
+        thread = threading.Thread(target=target.replay, args=(pcap, rate, window + 30, stop),
                                   daemon=True)
         thread.start()
-        return thread
+        return thread, stop
 
 
 def _endpoint_ips(slices: list[EndpointSlice], svc: Service) -> list[str]:

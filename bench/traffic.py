@@ -37,6 +37,8 @@ import ipaddress
 import re
 import signal
 import subprocess
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,9 +123,10 @@ class Target:
         return build_warmup_pcap(workload, self.src_mac, self.dst_mac, self.src_ip,
                                  self.dst_ip, self.dport, path, payload_len)
 
-    def replay(self, pcap: Path, pps: int | None, timeout: float) -> ReplayStats:
+    def replay(self, pcap: Path, pps: int | None, timeout: float,
+               stop: threading.Event | None = None) -> ReplayStats:
         """:func:`replay` from this target's namespace and interface."""
-        return replay(self.netns, self.ifname, pcap, pps, timeout)
+        return replay(self.netns, self.ifname, pcap, pps, timeout, stop)
 
 
 def link_mac(netns: str, ifname: str) -> str:
@@ -329,12 +332,13 @@ def parse_tcpreplay(output: str, offered_pps: int | None,
 
 
 def replay(netns: str, ifname: str, pcap: Path, pps: int | None,
-           timeout: float) -> ReplayStats:
+           timeout: float, stop: threading.Event | None = None) -> ReplayStats:
     """Replay ``pcap`` out of ``ifname`` in ``netns`` at ``pps`` (None: top speed).
 
     The pcap is preloaded so disk reads do not pace the replay. After
-    ``timeout`` seconds tcpreplay is interrupted (it then prints what it did
-    send) and the result says ``timed_out``.
+    ``timeout`` seconds, or once ``stop`` is set (traffic that only has to
+    last as long as something else), tcpreplay is interrupted (it then prints
+    what it did send) and the result says ``timed_out``.
     """
     if pps is not None and pps <= 0:
         raise ValueError(f"pps must be positive or None (top speed), not {pps}")
@@ -343,8 +347,17 @@ def replay(netns: str, ifname: str, pcap: Path, pps: int | None,
             *rate, str(pcap)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     timed_out = False
+    deadline = time.monotonic() + timeout
     try:
-        out, _ = proc.communicate(timeout=timeout)
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                # Retrying communicate() after its timeout loses no output.
+                out, _ = proc.communicate(timeout=max(0.0, min(left, 0.1) if stop else left))
+                break
+            except subprocess.TimeoutExpired:
+                if time.monotonic() >= deadline or (stop is not None and stop.is_set()):
+                    raise
     except subprocess.TimeoutExpired:
         # SIGINT makes tcpreplay stop and print its statistics so far.
         timed_out = True

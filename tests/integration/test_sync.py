@@ -90,6 +90,45 @@ def test_time_to_effect_is_measured_by_traffic(tmp_path: Path,
     assert DELAY <= rep["sync"]["effect"] < DELAY + 1.0
 
 
+def test_ctrl_c_during_a_change_stops_its_traffic_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The change's traffic is sized for twice the full sync (here 20 s of it): Ctrl-C
+    during the change must stop it, not wait for it to run out."""
+    real = runner_mod.make_variant
+    replays: list[threading.Thread] = []
+    raised: list[float] = []
+
+    def slow_full_then_interrupt(variant: str):  # type: ignore[no-untyped-def]
+        dp = real(variant)
+        apply = dp.apply
+
+        def slow(rendered: str, netns: str) -> None:
+            time.sleep(10)  # the full sync the change's traffic window is sized on
+            apply(rendered, netns)
+
+        def interrupted(rendered: str, netns: str) -> None:
+            replays.extend(t for t in threading.enumerate() if t.name != "MainThread")
+            time.sleep(1)  # the traffic is running
+            raised.append(time.monotonic())
+            raise KeyboardInterrupt
+
+        dp.apply, dp.apply_partial = slow, interrupted  # type: ignore[method-assign]
+        return dp
+
+    monkeypatch.setattr(runner_mod, "make_variant", slow_full_then_interrupt)
+    sc = scenario(["nftables"])
+    sc = type(sc)(**{**sc.__dict__, "changes": ("add-endpoint",), "sync_repetitions": 1})  # type: ignore[arg-type]
+    runner = SyncRunner(sc, tmp_path)  # type: ignore[arg-type]
+    with pytest.raises(KeyboardInterrupt):
+        runner.run()
+    # The clean-up (namespaces, probes) takes seconds; the traffic alone would take 20.
+    assert time.monotonic() - raised[0] < 12, "the run waited for the change's traffic"
+    assert replays, "no traffic was running during the change"
+    assert not any(t.is_alive() for t in replays)
+    doc = load_result(runner.writer.path)  # type: ignore[union-attr]
+    assert doc["status"] == "interrupted"
+
+
 def _save(netns: str, variant: str) -> list[str]:
     if variant == "nftables":
         text = run_in_netns(netns, ["nft", "list", "ruleset"]).stdout
