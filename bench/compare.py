@@ -368,8 +368,8 @@ def _run_warnings(base: ResultDoc, new: ResultDoc) -> list[str]:
         injected = doc["environment"].get("injected_rules")
         if injected:
             out.append(f"{side} was made slower on purpose (kpbench run --inject-rules "
-                       f"{injected}: {injected} extra rules per packet on the netfilter "
-                       f"datapaths); its changes test the gate, not the code")
+                       f"{injected}: {injected} extra rules in each node's PREROUTING); its "
+                       f"changes test the gate, not the code")
     for k, b, n in env_differences(base["environment"], new["environment"], ENV_WARN_KEYS):
         out.append(f"environment differs in {k}: {b!r} (BASE) vs {n!r} (NEW)")
     return out

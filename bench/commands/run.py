@@ -35,8 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--inject-rules", type=_count, default=0, metavar="N",
                    help="a known slowdown, to prove a `kpbench compare` gate catches one: N "
                         "never-matching rules in each node's raw PREROUTING, walked by every "
-                        "packet of the netfilter datapaths (eBPF ones skip them). Recorded "
-                        "in the result; not for real measurements (default 0)")
+                        "packet that enters a node's netfilter (with the eBPF datapaths, what "
+                        "the node stack still forwards). Recorded in the result; not for "
+                        "real measurements (default 0)")
     p.set_defaults(func=run)
 
 
