@@ -46,7 +46,9 @@ from bench.testbed import Testbed
 from bench.traffic import Target
 
 PRE_ROLL = 0.3  # seconds of traffic before a change is issued
-TAIL = 0.5  # and after the apply is expected to end
+TAIL = 0.5  # and after the change showed (or the apply is expected to end)
+QUIET = 0.5  # a removed endpoint without packets this long after the apply: it is out
+EFFECT_POLL = 0.05  # how often the effect probe is read while the change's traffic runs
 MAX_EFFECT_PACKETS = 1_000_000
 SRC_SPAN = 16  # source addresses for new flows: 16 x 64,512 distinct flows
 
@@ -232,8 +234,11 @@ class SyncRunner(Runner):
             if syscalls is not None and own is not None:
                 syscalls.unwatch(own)
             if traffic is not None:
-                # Normally the traffic runs its whole window: an effect can come well after
-                # the apply returns (rules programmed asynchronously).
+                if effect is not None and not traffic[1].is_set():
+                    # An effect can come well after the apply returns (rules programmed
+                    # asynchronously): the traffic runs until it shows, at most its window.
+                    _await_effect(effect, change, issued, traffic[0])
+                traffic[1].set()
                 traffic[0].join()
         bed.services, bed.slices = change.services, change.slices
         sync: dict[str, float | None] = {"render": render_s, "apply": apply_s,
@@ -298,6 +303,31 @@ def _make_change(kind: str, base: State, measured: Service, spare: Service) -> C
         raise ValueError(f"unknown change {kind!r}")
     return Change(base.services, others + [replace(first, endpoints=eps), *svc_slices[1:]],
                   {measured.key}, measured.cluster_ip, port, [victim.addresses[0]], "last")
+
+
+def _await_effect(effect: EffectProbe, change: Change, issued_ns: int,
+                  traffic: threading.Thread) -> None:
+    """Return once the traffic has shown the change (then TAIL more seconds), or ended.
+
+    "first" changes show with the first packet at a new endpoint. "last" changes
+    show when the removed endpoints have had no packet for QUIET seconds after
+    the apply: at the effect traffic's rate each endpoint gets one every few
+    milliseconds while it is still chosen.
+    """
+    applied_ns = time.monotonic_ns()
+    while traffic.is_alive():
+        arrivals = effect.read()
+        now = time.monotonic_ns()
+        if change.mode == "first":
+            shown = _effect_seconds(arrivals, change, issued_ns) is not None
+        else:
+            last = max((arrivals[ip].last_ns for ip in change.watch if ip in arrivals),
+                       default=0)
+            shown = now - max(last, applied_ns) >= QUIET * 1e9
+        if shown:
+            time.sleep(TAIL)
+            return
+        time.sleep(EFFECT_POLL)
 
 
 def _effect_seconds(arrivals: dict[str, Any], change: Change, issued_ns: int) -> float | None:

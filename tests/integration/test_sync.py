@@ -129,6 +129,41 @@ def test_ctrl_c_during_a_change_stops_its_traffic_at_once(
     assert doc["status"] == "interrupted"
 
 
+def test_a_change_s_traffic_ends_once_the_change_shows(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The traffic that watches a change is sized for twice the full sync (20 s here);
+    it ends once the change has shown, so a fast partial sync takes about a second."""
+    real = runner_mod.make_variant
+    calls: list[tuple[str, float]] = []  # (which, when it returned)
+
+    def slow_full(variant: str):  # type: ignore[no-untyped-def]
+        dp = real(variant)
+        apply, partial = dp.apply, dp.apply_partial
+
+        def slow(rendered: str, netns: str) -> None:
+            time.sleep(10)  # the full sync the change's traffic window is sized on
+            apply(rendered, netns)
+
+        def timed(rendered: str, netns: str) -> None:
+            calls.append(("start", time.monotonic()))
+            partial(rendered, netns)
+            calls.append(("end", time.monotonic()))
+
+        dp.apply, dp.apply_partial = slow, timed  # type: ignore[method-assign]
+        return dp
+
+    monkeypatch.setattr(runner_mod, "make_variant", slow_full)
+    sc = scenario(["nftables"])
+    sc = type(sc)(**{**sc.__dict__, "changes": ("add-endpoint",), "sync_repetitions": 1})  # type: ignore[arg-type]
+    path = SyncRunner(sc, tmp_path).run()  # type: ignore[arg-type]
+    (point,) = [p for p in load_result(path)["points"] if p["workload"] == "sync-add-endpoint"]
+    assert point["status"] == "ok" and point["repetitions"][0]["sync"]["effect"] is not None
+    # The measured change, then the change back (no traffic): the gap between them is
+    # the watching traffic's tail, not its 20 s window.
+    (_, measured_end), (_, revert_start) = calls[1], calls[2]
+    assert revert_start - measured_end < 8, revert_start - measured_end
+
+
 def _save(netns: str, variant: str) -> list[str]:
     if variant == "nftables":
         text = run_in_netns(netns, ["nft", "list", "ruleset"]).stdout
