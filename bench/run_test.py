@@ -125,13 +125,6 @@ def p_value(st: RunStats, prior: Prior | None = None) -> float:
     return float(2 * (norm.sf(z) if math.isinf(df) else t.sf(z, df)))
 
 
-def run_level_p(base: Sequence[float], new: Sequence[float], resolution: float = 0.0,
-                within: float = 0.0) -> float | None:
-    """The unmoderated test of one point (None without run-to-run spread to judge by)."""
-    st = run_stats(base, new, resolution, within)
-    return None if st is None else p_value(st)
-
-
 def trigamma_inverse(x: float) -> float:
     """y with trigamma(y) = x (Smyth's Newton iteration, as limma's trigammaInverse)."""
     from scipy.special import polygamma  # type: ignore[import-untyped]

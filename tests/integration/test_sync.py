@@ -37,6 +37,12 @@ def scenario(datapaths: list[str], **measure: float) -> object:
     return parse_scenario(doc, "<test>", json.dumps(doc))
 
 
+def one_change() -> object:
+    """nftables, one add-endpoint change, one repetition: for the tests that bend an apply."""
+    sc = scenario(["nftables"])
+    return type(sc)(**{**sc.__dict__, "changes": ("add-endpoint",), "sync_repetitions": 1})  # type: ignore[attr-defined]
+
+
 def test_sync_scenario_measures_full_partial_kernel_and_effect(tmp_path: Path) -> None:
     path = SyncRunner(scenario(["iptables-legacy", "nftables"]), tmp_path).run()  # type: ignore[arg-type]
     points = load_result(path)["points"]
@@ -81,8 +87,7 @@ def test_time_to_effect_is_measured_by_traffic(tmp_path: Path,
         return dp
 
     monkeypatch.setattr(runner_mod, "make_variant", delayed)
-    sc = scenario(["nftables"])
-    sc = type(sc)(**{**sc.__dict__, "changes": ("add-endpoint",), "sync_repetitions": 1})  # type: ignore[arg-type]
+    sc = one_change()
     path = SyncRunner(sc, tmp_path).run()  # type: ignore[arg-type]
     (point,) = [p for p in load_result(path)["points"] if p["workload"] == "sync-add-endpoint"]
     (rep,) = point["repetitions"]
@@ -116,8 +121,7 @@ def test_ctrl_c_during_a_change_stops_its_traffic_at_once(
         return dp
 
     monkeypatch.setattr(runner_mod, "make_variant", slow_full_then_interrupt)
-    sc = scenario(["nftables"])
-    sc = type(sc)(**{**sc.__dict__, "changes": ("add-endpoint",), "sync_repetitions": 1})  # type: ignore[arg-type]
+    sc = one_change()
     runner = SyncRunner(sc, tmp_path)  # type: ignore[arg-type]
     with pytest.raises(KeyboardInterrupt):
         runner.run()
@@ -153,8 +157,7 @@ def test_a_change_s_traffic_ends_once_the_change_shows(
         return dp
 
     monkeypatch.setattr(runner_mod, "make_variant", slow_full)
-    sc = scenario(["nftables"])
-    sc = type(sc)(**{**sc.__dict__, "changes": ("add-endpoint",), "sync_repetitions": 1})  # type: ignore[arg-type]
+    sc = one_change()
     path = SyncRunner(sc, tmp_path).run()  # type: ignore[arg-type]
     (point,) = [p for p in load_result(path)["points"] if p["workload"] == "sync-add-endpoint"]
     assert point["status"] == "ok" and point["repetitions"][0]["sync"]["effect"] is not None
