@@ -45,6 +45,10 @@ class FeatureMissing(KpbenchError):
     """The kernel or the machine lacks something a datapath or probe needs."""
 
 
+class FeatureBroken(KpbenchError):
+    """A feature the kernel has fails in kpbench's own code or tools (not a kernel limit)."""
+
+
 class ApplyError(KpbenchError):
     """Programming a datapath failed; carries the tool's own message."""
 

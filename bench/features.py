@@ -1,5 +1,13 @@
 """Kernel and tool features, detected by trying them (never assumed).
 
+Each feature is first tried the way kpbench uses it: the tools, BCC and our
+own BPF programs. A failure is then judged by a minimal kernel-only probe
+(:mod:`bench.kernel_probes`): if the kernel refuses even that, the feature is
+``missing`` (the kernel lacks it); if the kernel accepts it, the feature is
+``broken`` — our code, a tool or the set-up fails, with their own message —
+and that is an error to fix, never a reason to skip. A failed check with no
+kernel-only probe is ``broken`` too: missing is only what is proven.
+
 Each check runs inside a throwaway namespace carrying a run prefix, so the
 host's own network state is never touched. ``kpbench doctor`` prints them;
 tests use them to decide what a machine provably lacks.
@@ -12,22 +20,35 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 from pyroute2 import netns as _netns
 
+from bench import kernel_probes as K
+from bench.bcc_output import captured_stderr
 from bench.topology import new_prefix, register_run, remove_run
+
+OK, MISSING, BROKEN = "ok", "missing", "broken"
 
 
 @dataclass(frozen=True)
 class Feature:
+    """A feature's state: ``ok``, ``missing`` (the kernel lacks it) or ``broken`` (we do)."""
+
     name: str
-    ok: bool
+    state: str
     detail: str
+
+    @property
+    def ok(self) -> bool:
+        return self.state == OK
+
+    @property
+    def missing(self) -> bool:
+        """The kernel itself lacks it (a minimal kernel-only probe failed too)."""
+        return self.state == MISSING
 
 
 @contextlib.contextmanager
@@ -84,7 +105,9 @@ def _datapath_check(name: str) -> Callable[[str], tuple[bool, str]]:
     return check
 
 
-NETNS_CHECKS: dict[str, Callable[[str], tuple[bool, str]]] = {
+Check = Callable[[str], tuple[bool, str]]
+
+NETNS_CHECKS: dict[str, Check] = {
     "iptables-legacy": _iptables("iptables-legacy"),
     "iptables-nft": _iptables("iptables-nft"),
     "nftables": _nftables,
@@ -97,95 +120,150 @@ NETNS_CHECKS: dict[str, Callable[[str], tuple[bool, str]]] = {
 }
 
 
-def _bcc() -> Feature:
+# The kernel-only probe that judges a failed check: missing only if it fails too.
+KERNEL_PROBES: dict[str, Check] = {
+    "iptables-legacy": K.iptables_legacy,
+    "iptables-nft": K.nf_tables,
+    "nftables": K.nf_tables,
+    "ipset": K.ipset,
+    "ipvs": K.ipvs,
+    "ebpf-tc": K.tc_bpf,
+    "xdp": K.xdp,
+    "socket-lb": K.cgroup_sock_addr,
+    "userspace": lambda ns: K.iptables_legacy(ns, targets=("REDIRECT",), matches=("addrtype",)),
+    "tracepoints": K.tracepoints,
+    "kprobes": K.kprobes,
+    "fentry": K.fentry,
+}
+
+
+def judge(name: str, ok: bool, detail: str, ns: str) -> Feature:
+    """The Feature of a check's outcome; a failure is ``missing`` only if the kernel probe fails."""
+    if ok:
+        return Feature(name, OK, detail)
+    probe = KERNEL_PROBES.get(name)
+    if probe is None:
+        return Feature(name, BROKEN, detail)
+    try:
+        kernel_ok, kernel_detail = probe(ns)
+    except Exception as e:  # a probe that cannot run proves nothing: not "missing"
+        return Feature(name, BROKEN, f"{detail} (the kernel-only probe failed to run: {e!r})")
+    if not kernel_ok:
+        return Feature(name, MISSING, kernel_detail)
+    return Feature(name, BROKEN, f"{detail} (yet the kernel supports it: {kernel_detail})")
+
+
+def _bcc() -> tuple[bool, str]:
     try:
         import bcc  # noqa: F401
     except ImportError as e:
-        return Feature("bcc", False, f"cannot import bcc ({e}); run scripts/setup.sh, which "
-                                     "makes a venv that sees Debian's python3-bpfcc")
-    return Feature("bcc", True, "Debian python3-bpfcc importable")
+        return False, (f"cannot import bcc ({e}); run scripts/setup.sh, which makes a venv "
+                       "that sees Debian's python3-bpfcc")
+    return True, "Debian python3-bpfcc importable"
 
 
-def _headers() -> Feature:
+def _headers() -> tuple[bool, str]:
     rel = platform.release()
     build = Path(f"/lib/modules/{rel}/build")
     if not (build / "include").exists():
-        return Feature("kernel-headers", False, f"no headers at {build}: run scripts/setup.sh")
+        return False, f"no headers at {build}: run scripts/setup.sh"
     target = build.resolve().name.removeprefix("linux-headers-")
     if target == rel:
-        return Feature("kernel-headers", True, f"match {rel}: kernel structs readable")
-    return Feature("kernel-headers", True,
-                   f"{target} headers for kernel {rel} (mismatch): probes read only tracepoint "
-                   "arguments and __sk_buff fields")
+        return True, f"match {rel}: kernel structs readable"
+    return True, (f"{target} headers for kernel {rel} (mismatch): probes read only tracepoint "
+                  "arguments and __sk_buff fields")
 
 
-def _tracefs() -> Feature:
+def _tracefs() -> tuple[bool, str]:
     ok = Path("/sys/kernel/tracing/events/skb/kfree_skb").is_dir()
-    return Feature("tracepoints", ok, "skb, net, irq tracepoints visible" if ok
-                   else "tracefs not mounted or no skb tracepoints")
+    return ok, ("skb, net, irq tracepoints visible" if ok
+                else "tracefs not mounted or no skb tracepoints: run scripts/setup.sh")
 
 
-@contextlib.contextmanager
-def _stderr_to_devnull() -> Iterator[None]:
-    """Silence file descriptor 2 (C libraries write there, not to sys.stderr)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def _bpf_attach(name: str, text: str, hint: str) -> Feature:
+def _bpf_attach(text: str, what: str) -> tuple[bool, str]:
     """Compile and load ``text`` with BCC: the only honest test of a probe kind."""
     try:
         from bcc import BPF
-    except ImportError:
-        return Feature(name, False, "bcc not importable")
+    except ImportError as e:
+        return False, f"cannot import bcc ({e})"
     try:
-        with _stderr_to_devnull():  # libbpf prints its own "bpf: Failed to load program"
-            BPF(text=text).cleanup()
+        with captured_stderr() as out:  # clang's and libbpf's own words
+            BPF(text=text.encode()).cleanup()
     except Exception as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "super-user" in reason and os.geteuid() == 0:  # BCC's words for any EPERM
             reason = "the kernel refused to load it (EPERM) although we are root"
-        return Feature(name, False, f"{reason} ({hint})")
-    return Feature(name, True, "attached a probe to nf_hook_slow")
+        return False, f"{reason}{': ' + out.summary() if out.summary() else ''}"
+    return True, f"attached {what}"
 
 
-def _kprobes() -> Feature:
+def _kprobes(ns: str) -> tuple[bool, str]:
     if not Path("/sys/kernel/tracing/kprobe_events").exists():
-        return Feature("kprobes", False, "kernel built without CONFIG_KPROBE_EVENTS "
-                                         "(use `kpbench vm run`)")
-    return _bpf_attach("kprobes", "int kprobe__nf_hook_slow(void *ctx) { return 0; }",
-                       "use `kpbench vm run`")
+        return False, "no /sys/kernel/tracing/kprobe_events"
+    return _bpf_attach("int kprobe__nf_hook_slow(void *ctx) { return 0; }",
+                       "a kprobe to nf_hook_slow")
 
 
-def _fentry() -> Feature:
-    return _bpf_attach("fentry", "KFUNC_PROBE(nf_hook_slow) { return 0; }",
-                       "kernel lacks BPF trampolines; use `kpbench vm run`")
+def _fentry(ns: str) -> tuple[bool, str]:
+    return _bpf_attach("KFUNC_PROBE(nf_hook_slow) { return 0; }", "an fentry to nf_hook_slow")
 
 
-@cache
+# Checks that need no namespace (nor root, except the BPF ones).
+HOST_CHECKS: dict[str, Check] = {
+    "bcc": lambda ns: _bcc(),
+    "kernel-headers": lambda ns: _headers(),
+    "tracepoints": lambda ns: _tracefs(),
+    "kprobes": _kprobes,
+    "fentry": _fentry,
+}
+_ROOT_ONLY = {*NETNS_CHECKS, "kprobes", "fentry"}
+_found: dict[str, Feature] = {}
+
+
+def _check(name: str, ns: str) -> Feature:
+    if name in _ROOT_ONLY and os.geteuid() != 0:
+        return Feature(name, BROKEN, "not checked: needs root")
+    check = NETNS_CHECKS.get(name) or HOST_CHECKS[name]
+    return judge(name, *check(ns), ns)
+
+
+def _checked(names: list[str]) -> dict[str, Feature]:
+    todo = [n for n in names if n not in _found]
+    if todo:
+        if os.geteuid() == 0:
+            with scratch_netns() as ns:
+                for n in todo:
+                    _found[n] = _check(n, ns)
+        else:
+            for n in todo:
+                _found[n] = _check(n, "")
+    return {n: _found[n] for n in names}
+
+
+def feature(name: str) -> Feature:
+    """One feature, checked once per process. Needs root for the namespace checks."""
+    if name not in NETNS_CHECKS and name not in HOST_CHECKS:
+        raise KeyError(f"unknown feature {name!r}")
+    return _checked([name])[name]
+
+
 def detect() -> dict[str, Feature]:
     """Every feature, by name. Needs root for the namespace checks."""
-    found: dict[str, Feature] = {}
-    if os.geteuid() == 0:
-        with scratch_netns() as ns:
-            for name, check in NETNS_CHECKS.items():
-                ok, detail = check(ns)
-                found[name] = Feature(name, ok, detail)
-    else:
-        for name in NETNS_CHECKS:
-            found[name] = Feature(name, False, "not checked: needs root")
-    for f in (_bcc(), _headers(), _tracefs()):
-        found[f.name] = f
-    for f in ((_kprobes(), _fentry()) if os.geteuid() == 0 and found["bcc"].ok else ()):
-        found[f.name] = f
-    return found
+    return _checked([*NETNS_CHECKS, *HOST_CHECKS])
+
+
+def forget() -> None:
+    """Check again on the next call (the checks are otherwise made once per process)."""
+    _found.clear()
+
+
+def lacking(names: tuple[str, ...] | list[str]) -> tuple[str | None, str | None]:
+    """(missing, broken) reasons among features ``names``: what the kernel lacks, what fails."""
+    found = [feature(n) for n in names]
+    missing = "; ".join(f"{f.name}: {f.detail}" for f in found if f.missing) or None
+    broken = "; ".join(f"{f.name}: {f.detail}" for f in found
+                       if not f.ok and not f.missing) or None
+    return missing, broken
 
 
 # What each datapath needs from the kernel.

@@ -31,7 +31,7 @@ from bench import probes as P
 from bench import results as R
 from bench.datapaths import make_variant
 from bench.errors import ApplyTimeout, FeatureMissing, KpbenchError
-from bench.features import DATAPATH_NEEDS, detect
+from bench.features import DATAPATH_NEEDS, lacking
 from bench.generate import GenSpec, generate
 from bench.kfunc_probes import KfuncProbe
 from bench.scenario import Scenario
@@ -232,13 +232,16 @@ class Runner:
 
     # --- one datapath at one scale -------------------------------------------
     def _missing_feature(self, variant: str) -> str | None:
-        found = detect()
-        lacking = [found[f] for f in DATAPATH_NEEDS.get(variant, ()) if not found[f].ok]
-        if lacking:
-            reason = "; ".join(f"{f.name}: {f.detail}" for f in lacking)
+        """Why ``variant`` cannot run here: a feature the kernel lacks, or ours that fails."""
+        missing, broken = lacking(DATAPATH_NEEDS.get(variant, ()))
+        if broken:  # the kernel has it: our program or a tool fails, which is no kernel limit
+            log.error("error: %s fails although this kernel supports it (%s); its points are "
+                      "recorded as failed", variant, broken)
+            return f"kpbench failed (not a kernel limit): {broken}"
+        if missing:
             log.warning("warning: %s is not available on this kernel (%s); its points are "
-                        "recorded as failed", variant, reason)
-            return f"kernel feature missing: {reason}"
+                        "recorded as failed", variant, missing)
+            return f"kernel feature missing: {missing}"
         return None
 
     def _record_all(self, writer: R.ResultWriter, variant: str, n: int, status: str,

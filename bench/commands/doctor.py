@@ -1,6 +1,9 @@
 """``kpbench doctor``: which datapaths and probe kinds this kernel supports, and why not.
 
-Every feature is tried in a throwaway namespace, not read from a table.
+Every feature is tried in a throwaway namespace, not read from a table. "no"
+means the kernel lacks it (a minimal kernel-only probe failed too); "FAILED"
+means the kernel has it but kpbench's own code or a tool fails: doctor then
+exits 1.
 """
 
 from __future__ import annotations
@@ -8,7 +11,7 @@ from __future__ import annotations
 import argparse
 import platform
 
-from bench.features import DATAPATH_NEEDS, detect
+from bench.features import DATAPATH_NEEDS, Feature, detect
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,14 +21,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Print every datapath and feature; exit 1 if one is broken (ours to fix, not the kernel)."""
     found = detect()
     print(f"kernel {platform.release()} ({platform.machine()})")
     print("datapaths:")
     for dp, needs in DATAPATH_NEEDS.items():
-        missing = [found[n] for n in needs if not found[n].ok]
-        why = "; ".join(f"{f.name}: {f.detail}" for f in missing) or "supported"
-        print(f"  {'yes' if not missing else 'no ':<4}{dp:<18}{why}")
+        bad = [found[n] for n in needs if not found[n].ok]
+        why = "; ".join(f"{f.name}: {f.detail}" for f in bad) or "supported"
+        print(f"  {_mark(bad):<7}{dp:<18}{why}")
     print("features:")
     for f in found.values():
-        print(f"  {'yes' if f.ok else 'no ':<4}{f.name:<18}{f.detail}")
+        print(f"  {_mark([f] if not f.ok else []):<7}{f.name:<18}{f.detail}")
+    broken = [f.name for f in found.values() if not f.ok and not f.missing]
+    if broken:
+        print(f"FAILED: {', '.join(broken)} fail although the kernel supports them: kpbench or "
+              "its set-up is broken (see above; scripts/setup.sh installs the tools)")
+        return 1
     return 0
+
+
+def _mark(bad: list[Feature]) -> str:
+    """yes; no (the kernel lacks it); FAILED (the kernel has it, our code or tools fail)."""
+    if not bad:
+        return "yes"
+    return "no" if all(f.missing for f in bad) else "FAILED"

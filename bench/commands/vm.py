@@ -54,18 +54,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def check(args: argparse.Namespace) -> int:
-    from bench.features import DATAPATH_NEEDS, detect
+    from bench import features
+    from bench.errors import FeatureBroken
     from bench.scenario import load_scenario
 
     scenario = load_scenario(args.scenario)
-    found = detect()
     lacking = 0
     for variant in scenario.datapaths:
-        missing = [found[f] for f in DATAPATH_NEEDS.get(variant, ()) if not found[f].ok]
+        missing, broken = features.lacking(features.DATAPATH_NEEDS.get(variant, ()))
+        if broken:  # the kernel has it; another kernel would not help
+            raise FeatureBroken(f"{variant}: fails although this kernel supports it: {broken}")
         if missing:
             lacking += 1
-            why = "; ".join(f"{f.name}: {f.detail}" for f in missing)
-            print(f"{variant}: {why}")
+            print(f"{variant}: {missing}")
     return 3 if lacking else 0
 
 

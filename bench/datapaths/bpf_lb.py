@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any
 from pyroute2 import NetNS
 from pyroute2.netlink.exceptions import NetlinkError
 
+from bench.bcc_output import captured_stderr
 from bench.datapaths import ebpf_maps as M
 from bench.errors import ApplyError, FeatureMissing, InputError
 
@@ -110,17 +112,31 @@ def compile_lb(name: str, sizes: MapSizes) -> Any:
     except ImportError as e:
         raise FeatureMissing(f"eBPF datapath: cannot import bcc ({e}); run scripts/setup.sh")
     try:
-        return BPF(text=source(name).encode(), cflags=sizes.cflags())
+        with captured_stderr() as out:  # clang's diagnostics: the error is there, not in e
+            bpf = BPF(text=source(name).encode(), cflags=sizes.cflags())
     except Exception as e:  # BCC raises bare Exception
-        raise FeatureMissing(f"eBPF datapath: cannot compile bpf/{name}.c: {first_line(e)}")
+        raise FeatureMissing(f"eBPF datapath: cannot compile bpf/{name}.c: {first_line(e)}: "
+                             f"{out.summary()}") from None
+    _pass_on(out.text)
+    return bpf
 
 
 def load_func(bpf: Any, fn_name: str, prog_type: int) -> Any:
     """Load one program of a compiled object; FeatureMissing (with the verifier's word) if not."""
     try:
-        return bpf.load_func(fn_name.encode(), prog_type)
+        with captured_stderr() as out:  # the verifier's log: why it refused, not just EACCES
+            fn = bpf.load_func(fn_name.encode(), prog_type)
     except Exception as e:  # BCC raises bare Exception
-        raise FeatureMissing(f"eBPF datapath: the kernel refused {fn_name}: {first_line(e)}")
+        raise FeatureMissing(f"eBPF datapath: the kernel refused {fn_name}: {first_line(e)}: "
+                             f"{out.summary()}") from None
+    _pass_on(out.text)
+    return fn
+
+
+def _pass_on(text: str) -> None:
+    """Write captured compiler or loader output (warnings of a success) where it was going."""
+    if text:
+        sys.stderr.write(text)
 
 
 def first_line(e: BaseException) -> str:
