@@ -30,24 +30,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# BCC compiles against /lib/modules/$(uname -r)/build. A kernel without its
-# own headers (e.g. a Firecracker guest) gets Debian's newest headers: they do
-# not match the running kernel, so probes read only tracepoint arguments and
-# __sk_buff fields (see DESIGN.md). `kpbench doctor` reports the mismatch.
-krel="$(uname -r)"
-moddir="/lib/modules/$krel"
-if [ ! -e "$moddir/build/include" ]; then
-    hdr="$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n1)"
-    common="$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n1)"
-    if [ -n "$hdr" ] && [ -n "$common" ]; then
-        log "linking $moddir/build -> $hdr and source -> $common (headers do not match $krel)"
-        mkdir -p "$moddir"
-        ln -sfn "$hdr" "$moddir/build"
-        ln -sfn "$common" "$moddir/source"
-    else
-        log "warning: no kernel headers found under /usr/src; BPF probes will not compile"
-    fi
-fi
+# BCC compiles against /lib/modules/$(uname -r)/build: link Debian's headers
+# when the kernel has none of its own; no headers at all is an error.
+scripts/kernel-headers.sh "$(uname -r)"
 
 if [ ! -d /sys/kernel/tracing/events ] && [ -d /sys/kernel/tracing ]; then
     mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || log "warning: could not mount tracefs"
@@ -70,7 +55,12 @@ for img in /boot/vmlinuz-*; do
     if [ ! -d "/usr/src/linux-headers-$rel" ]; then
         log "installing headers for the VM kernel $rel"
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-            "linux-headers-$rel" >/dev/null || log "warning: no headers for $rel"
+            "linux-headers-$rel" >/dev/null || {
+            log "error: cannot install linux-headers-$rel for the VM kernel $img (BPF" \
+                "programs would not compile inside it); remove that image or make its" \
+                "headers installable, then run scripts/setup.sh again"
+            exit 1
+        }
     fi
 done
 

@@ -112,3 +112,26 @@ def test_a_kernel_without_ipvs_is_missing_not_broken() -> None:
     assert f.state == (F.OK if kernel_has_it else F.MISSING), (f, detail)
     if not kernel_has_it:
         assert "no IPVS generic netlink family" in f.detail, f
+
+
+def test_a_run_records_a_broken_program_as_our_failure_and_no_ipvs_as_missing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh: None) -> None:
+    import tomllib
+
+    from bench.results import load_result
+    from bench.runner import Runner
+    from bench.scenario import parse_scenario
+
+    broken = _bpf_copy(tmp_path, "broken", "int kpb_lb_tc(struct __sk_buff *skb)\n{",
+                       "int kpb_lb_tc(struct __sk_buff *skb)\n{ kpb_no_such_symbol = ;")
+    monkeypatch.setattr(B, "BPF_DIR", broken)
+    text = ('name = "features"\n[sweep]\ndatapaths = ["ebpf-tc", "ipvs"]\nservices = [1]\n'
+            'endpoints = 2\n[traffic]\nworkloads = ["udp-new"]\n')
+    sc = parse_scenario(tomllib.loads(text), "<features>", text)
+    points = {p["variant"]: p for p in load_result(Runner(sc, tmp_path).run())["points"]}
+    tc = points["ebpf-tc"]
+    assert tc["status"] == "failed", tc
+    assert tc["error"].startswith("kpbench failed (not a kernel limit):"), tc["error"]
+    assert "kpb_no_such_symbol" in tc["error"], tc["error"]
+    if F.feature("ipvs").missing:
+        assert points["ipvs"]["error"].startswith("kernel feature missing: ipvs:"), points["ipvs"]
