@@ -226,20 +226,28 @@ def test_drop_reason_names_come_from_the_kernel() -> None:
 
 # --- cpu -------------------------------------------------------------------------
 
-def test_cpu_sees_net_rx_time_that_grows_with_packets(cluster: Cluster,
-                                                     tmp_path: Path) -> None:
+def test_cpu_time_per_packet_is_plausible_and_proportional_to_packets(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """Twice the packets take twice the NET_RX time (1.5-2.5x), and a packet's share is
+    within what one veth hop, a forward and a delivery can cost (200 ns-200 us): a probe
+    that counted softirqs of other vectors, time outside the window, a fixed cost per
+    window or the wrong unit would leave these bounds."""
     pod = pod_on(cluster, 0)
+    counts = (10_000, 20_000)
+    best: dict[int, float] = {}
     with CpuProbe() as cpu, LatencyProbe.for_cluster(cluster) as lat:
-        readings = []
-        for count in (23, 50_000):
-            cpu.start()
-            lat.start()
-            send(cluster, pod, tmp_path, count=count, pps=None)
-            readings.append((cpu.read(), lat.read().delivered_seen))
-    (small, n_small), (large, n_large) = readings
-    assert (n_small, n_large) == (23, 50_000)
-    assert 0 < small.net_rx_ns < large.net_rx_ns
-    assert small.runs > 0 and large.per_packet_ns(n_large) > 0
+        for _ in range(3):  # the least of three: the probe is machine-wide, others only add
+            for count in counts:
+                cpu.start()
+                lat.start()
+                send(cluster, pod, tmp_path, count=count, pps=None)
+                reading, delivered = cpu.read(), lat.read().delivered_seen
+                assert delivered == count and reading.runs > 0
+                best[count] = min(best.get(count, float("inf")), reading.net_rx_ns)
+    small, large = (best[c] for c in counts)
+    per_packet = [best[c] / c for c in counts]
+    assert all(200 <= ns <= 200_000 for ns in per_packet), per_packet
+    assert 1.5 <= large / small <= 2.5, (small, large)
 
 
 # --- programs kept for reuse ---------------------------------------------------------
