@@ -1,4 +1,4 @@
-"""Synthetic variants of a real result: slower by a factor, or re-measured within its noise.
+"""Variants of a real result: slower by a factor, or one of its runs split from the others.
 
 Used to test the regression comparison and the report on the committed
 baseline without a 5-minute benchmark run.
@@ -41,19 +41,24 @@ def slowed_down(doc: ResultDoc, factor: float) -> ResultDoc:
     return out
 
 
-def resampled(doc: ResultDoc, seed: int) -> ResultDoc:
-    """``doc`` re-measured within its own noise, as one run: each point's repetitions in
-    another order, each latency histogram redrawn (bootstrap) from itself."""
-    rng = np.random.default_rng(seed)
-    out = copy.deepcopy(doc)
-    for p in out["points"]:
-        p.pop("summary", None)  # type: ignore[misc]
-        p.pop("per_run", None)  # type: ignore[misc]  # one new run, as `kpbench run` writes
-        reps = p["repetitions"]
-        p["repetitions"] = [reps[i] for i in rng.permutation(len(reps))]
-        for r in p["repetitions"]:
-            if r.get("latency_hist"):
-                h = stats.Histogram.from_json(r["latency_hist"])  # type: ignore[arg-type]
-                r["latency_hist"] = stats.Histogram.from_samples(
-                    rng.choice(_hist_samples(h), size=h.count, replace=True)).to_json()
-    return out
+def left_out(doc: ResultDoc, k: int) -> tuple[ResultDoc, ResultDoc]:
+    """A pooled baseline split into (the others, run ``k``): a real run the rest never saw,
+    as `kpbench run` writes one (no per_run), against a baseline of the other runs."""
+    rest, run = copy.deepcopy(doc), copy.deepcopy(doc)
+    for pr, pk in zip(rest["points"], run["points"], strict=True):
+        shares = pr.get("per_run") or []  # type: ignore[misc]
+        if not pr["repetitions"]:
+            continue  # failed in every run: failed on both sides
+        if k >= len(shares) or len(shares) < 2:
+            raise ValueError(f"{pr['id']}: not pooled from more than {k + 1} runs")
+        start = sum(s["repetitions"] for s in shares[:k])
+        stop = start + shares[k]["repetitions"]
+        reps = pr["repetitions"]
+        pk["repetitions"] = reps[start:stop]
+        pk["setup"] = {**pk["setup"], **shares[k]["setup"]}
+        pr["repetitions"] = reps[:start] + reps[stop:]
+        pr["per_run"] = shares[:k] + shares[k + 1:]  # type: ignore[typeddict-unknown-key]
+        for p in (pr, pk):
+            p.pop("summary", None)  # type: ignore[misc]  # recomputed from the repetitions
+        pk.pop("per_run", None)  # type: ignore[misc]
+    return rest, run
