@@ -31,6 +31,7 @@ from bench.bcc_output import captured_stderr
 from bench.topology import new_prefix, register_run, remove_run
 
 OK, MISSING, BROKEN = "ok", "missing", "broken"
+TOOL_TIMEOUT = 120.0  # seconds a tool may take to answer a check
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,13 @@ def scratch_netns() -> Iterator[str]:
 def _try(ns: str, argv: list[str], stdin: str | None = None) -> tuple[bool, str]:
     if shutil.which(argv[0]) is None:
         return False, f"{argv[0]} not installed (run scripts/setup.sh)"
-    p = subprocess.run(["ip", "netns", "exec", ns, *argv], input=stdin, capture_output=True,
-                       text=True, timeout=30)
+    try:
+        # Long enough to wait out another run's big iptables-restore: the xtables lock
+        # (-w) is one file for every namespace of the machine.
+        p = subprocess.run(["ip", "netns", "exec", ns, *argv], input=stdin,
+                           capture_output=True, text=True, timeout=TOOL_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return False, f"{argv[0]} did not answer within {TOOL_TIMEOUT:.0f} s"
     msg = (p.stderr or p.stdout).strip().splitlines()
     return p.returncode == 0, (msg[0] if msg else "") if p.returncode else "works"
 
