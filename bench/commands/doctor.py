@@ -9,8 +9,10 @@ exits 1.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 
+from bench.errors import KpbenchError
 from bench.features import DATAPATH_NEEDS, Feature, detect
 
 
@@ -22,6 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print every datapath and feature; exit 1 if one is broken (ours to fix, not the kernel)."""
+    if os.geteuid() != 0:
+        raise KpbenchError("kpbench doctor needs root: it tries every feature in a throwaway "
+                           "namespace; run it with sudo")
     found = detect()
     print(f"kernel {platform.release()} ({platform.machine()})")
     print("datapaths:")

@@ -55,3 +55,12 @@ def test_doctor_says_no_for_missing_and_fails_for_broken(
 def test_a_failed_check_without_a_kernel_probe_is_broken_not_missing() -> None:
     assert F.judge("bcc", False, "cannot import bcc", "").state == F.BROKEN
     assert F.judge("kernel-headers", False, "no headers", "").state == F.BROKEN
+
+
+def test_doctor_without_root_is_a_one_line_error_not_a_list_of_failures(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.errors import KpbenchError
+
+    monkeypatch.setattr(doctor.os, "geteuid", lambda: 1000)
+    with pytest.raises(KpbenchError, match="needs root"):
+        doctor.run(argparse.Namespace())
