@@ -7,7 +7,7 @@ Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-from pathlib import Path
+MAX_MESSAGE = 600
 
 
 class KpbenchError(Exception):
@@ -30,15 +30,11 @@ class InputError(KpbenchError):
         where = ": ".join(p for p in (source, obj, field) if p)
         # One line, always: parsers' own messages (YAML, TOML) may span several.
         message = " ".join(message.split())
+        if len(message) > MAX_MESSAGE:
+            # A value quoted from a hostile input may be megabytes: keep both ends (the
+            # problem and the fix), never a screenful.
+            message = f"{message[:MAX_MESSAGE - 160]} ... {message[-150:]}"
         super().__init__(f"{where}: {message}" if where else message)
-
-
-def read_input(path: str | Path) -> str:
-    """The text of an input file; an unreadable one is an InputError naming it."""
-    try:
-        return Path(path).read_text()
-    except OSError as e:
-        raise InputError(f"cannot read: {e.strerror}", source=str(path)) from None
 
 
 class FeatureMissing(KpbenchError):
