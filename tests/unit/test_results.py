@@ -147,7 +147,7 @@ def test_older_schema_is_refused_with_what_to_do(tmp_path: Path) -> None:
 @pytest.mark.parametrize("changes,needle", [
     ({"kind": "pyperf"}, "not a kpbench result"),
     ({"schema_version": "1"}, "expected an integer"),
-    ({"status": "done"}, "status 'done'"),
+    ({"status": "done"}, "status: 'done' is not one of running, complete"),
     ({"points": [{"id": "x"}]}, "points[0]: datapath: missing"),
 ])
 def test_malformed_documents_are_refused(tmp_path: Path, changes: dict[str, Any],
