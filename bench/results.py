@@ -537,6 +537,10 @@ class ResultExists(KpbenchError):
     """The result file a run wanted to create is already there."""
 
 
+class ResultWriteError(KpbenchError):
+    """The result file cannot be written (read-only or full file system, no permission)."""
+
+
 class ResultWriter:
     """Writes one run's result file, rewriting it atomically after every change.
 
@@ -552,8 +556,14 @@ class ResultWriter:
         for key in ("name", "path", "text"):
             if not isinstance(scenario.get(key), str):
                 raise TypeError(f"scenario needs a string {key!r}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ResultWriteError(f"{self.path.parent}: cannot create the results directory "
+                                   f"({e.strerror or e}); choose a writable --results "
+                                   "directory") from None
         self._claimed = False
+        self._on_disk: list[PointDoc] = []
         try:
             # A signal waits until the claim holds a valid document; if it came, the run
             # measured nothing and leaves no file (never an empty, unreadable one).
@@ -574,6 +584,10 @@ class ResultWriter:
         except FileExistsError:
             raise ResultExists(f"{self.path}: a result already exists there; "
                                f"choose another path or move it away") from None
+        except OSError as e:
+            raise ResultWriteError(f"{self.path}: cannot create the result file "
+                                   f"({e.strerror or e}); choose a writable --results "
+                                   "directory") from None
         self.document: ResultDoc = ResultDoc(
             schema_version=SCHEMA_VERSION, kind=KIND,
             run_id=run_id or uuid.uuid4().hex[:12], started=_now(), finished=None,
@@ -581,10 +595,22 @@ class ResultWriter:
             scenario=ScenarioDoc(name=scenario["name"], path=scenario["path"],
                                  text=scenario["text"]),
             environment=environment, points=[])
-        self._write()
+        try:
+            self._write()
+        except ResultWriteError:
+            self.path.unlink(missing_ok=True)  # never leave the empty claim behind
+            raise
 
     def _write(self) -> None:
-        write_json_atomic(self.path, self.document)
+        try:
+            write_json_atomic(self.path, self.document)
+        except OSError as e:
+            # The rewrite is atomic: the file on disk is still the last complete version.
+            raise ResultWriteError(
+                f"{self.path}: cannot write the result ({e.strerror or e}); the file keeps "
+                f"what was written before ({len(self._on_disk)} points); free space or make "
+                "the directory writable, then run again") from None
+        self._on_disk = list(self.document["points"])
 
     def add_point(self, point: PointDoc) -> PointDoc:
         """Store a finished point (computing its summary if absent) and rewrite the file."""
@@ -623,12 +649,15 @@ class ResultWriter:
                  tb: TracebackType | None) -> None:
         if self.document["status"] != "running":
             return
-        if exc_type is None:
-            self.finish("complete")
-        elif issubclass(exc_type, KeyboardInterrupt):
-            self.finish("interrupted")
-        else:
-            self.finish("failed")
+        status: RunStatus = ("complete" if exc_type is None else "interrupted"
+                             if issubclass(exc_type, KeyboardInterrupt) else "failed")
+        try:
+            self.finish(status)
+        except ResultWriteError:
+            if exc_type is None:
+                raise
+            # The error on its way out says what went wrong; the file keeps its last
+            # complete version (status "running"), which readers take as cut short.
 
 
 # -- reading -------------------------------------------------------------------------------

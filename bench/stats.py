@@ -235,7 +235,7 @@ class Histogram:
         n = math.ceil(math.log2(highest / lowest)) * sub
         buckets = doc["buckets"]
         index = [int(k) for k in buckets]
-        if index and not (0 <= min(index) and max(index) < n):
+        if index and not (min(index) >= 0 and max(index) < n):
             raise ValueError(f"histogram bucket index out of range 0..{n - 1}")
         counts = [int(c) for c in buckets.values()]
         if counts and min(counts) < 0:
