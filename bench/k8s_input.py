@@ -20,6 +20,7 @@ from bench.errors import InputError
 from bench.input_limits import brief, parse_json, parse_yaml_documents, read_input
 from bench.model import (
     DEFAULT_AFFINITY_TIMEOUT,
+    MAX_AFFINITY_TIMEOUT,
     PROTOCOLS,
     Endpoint,
     EndpointPort,
@@ -308,8 +309,9 @@ def _service(obj: dict[str, Any], source: str, label: str,
         client = _get(cfg, "clientIP", dict, source, label, cfield, default={})
         timeout = _get(client, "timeoutSeconds", int, source, label, f"{cfield}.timeoutSeconds",
                        default=DEFAULT_AFFINITY_TIMEOUT)
-        if not 0 < timeout <= 86400:
-            raise InputError(f"timeoutSeconds {timeout} must be within 1-86400", source=source,
+        if not 0 < timeout <= MAX_AFFINITY_TIMEOUT:
+            raise InputError(f"timeoutSeconds {timeout} must be within "
+                             f"1-{MAX_AFFINITY_TIMEOUT}", source=source,
                              obj=label, field=f"{cfield}.timeoutSeconds")
     policies = {}
     for key in ("externalTrafficPolicy", "internalTrafficPolicy"):

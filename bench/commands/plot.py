@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bench.commands._common import output_dir
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plot", help="draw a result's figures (PNG and SVG)",
@@ -30,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = load_result(args.result)
     src = Path(args.result)
-    out = Path(args.out) if args.out else src.with_name(f"{src.stem}-plots")
+    out = output_dir(args.out if args.out else src.with_name(f"{src.stem}-plots"))
     for path in plot_result(result, out):
         print(path)
     return 0

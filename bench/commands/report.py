@@ -16,7 +16,8 @@ examples:
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from bench.commands._common import output_dir
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         comparison = compare_runs(base.doc, stored.doc, base_source=str(base.path),
                                   new_source=str(stored.path),
                                   allow_env_mismatch=args.allow_env_mismatch)
-    out = Path(args.out) if args.out else stored.path.parent
+    out = output_dir(args.out if args.out else stored.path.parent)
     for path in write_report(stored.doc, str(stored.path), out, stored.path.stem, comparison):
         print(path)
     return 0
