@@ -31,10 +31,10 @@ def run(args: argparse.Namespace) -> int:
     from bench.export import default_csv_path, write_csv
     from bench.results import load_result
 
-    result = load_result(args.result)
     out = args.csv or default_csv_path(args.result)
     if str(out) != "-":
         out = output_file(str(out))
+    result = load_result(args.result)
     try:
         n = write_csv(result, out)
     except OSError as e:

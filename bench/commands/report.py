@@ -36,15 +36,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # Imported here: matplotlib and scipy take a while to import.
-    from bench.compare import compare_runs
-    from bench.report import write_report
     from bench.store import resolve_one
 
+    if args.out:
+        output_dir(args.out)
     stored = resolve_one(args.result)
+    base = resolve_one(args.compare) if args.compare else None
+    # Imported once the inputs are known good: matplotlib and scipy take a while.
+    from bench.compare import compare_runs
+    from bench.report import write_report
+
     comparison = None
-    if args.compare:
-        base = resolve_one(args.compare)
+    if base is not None:
         comparison = compare_runs(base.doc, stored.doc, base_source=str(base.path),
                                   new_source=str(stored.path),
                                   allow_env_mismatch=args.allow_env_mismatch)
