@@ -27,7 +27,10 @@ class InputError(KpbenchError):
         self.source = source
         self.obj = obj
         self.field = field
-        where = ": ".join(p for p in (source, obj, field) if p)
+        # A key or name quoted from a hostile input may be huge too.
+        where = ": ".join(p if len(p) <= 200 else f"{p[:120]}...{p[-60:]}"
+                          for p in (source, obj, field) if p)
+        where = " ".join(where.split())
         # One line, always: parsers' own messages (YAML, TOML) may span several.
         message = " ".join(message.split())
         if len(message) > MAX_MESSAGE:
