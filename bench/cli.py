@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         return _stopped(e)
     except Exception as e:
-        return _bug(e, args.debug)
+        return _bug(e, args.debug, sys.argv[1:] if argv is None else list(argv))
     signalled = interrupts.received()
     # A signal whose raise Python swallowed (see interrupts) still ends the run as stopped.
     return _stopped(signalled) if signalled is not None else code
@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 BUG_EXIT = 70  # EX_SOFTWARE: an internal error, not bad input (2) or a failed gate (1)
 
 
-def _bug(e: Exception, debug: bool) -> int:
+def _bug(e: Exception, debug: bool, argv: list[str]) -> int:
     """An exception no code expected is a bug: one line saying where its traceback went
     (a log file, or stderr with --debug); never a wall of text, never a silent success."""
     text = "".join(traceback.format_exception(e))
@@ -108,7 +108,7 @@ def _bug(e: Exception, debug: bool) -> int:
     try:
         fd, path = tempfile.mkstemp(prefix="kpbench-traceback-", suffix=".log")
         with os.fdopen(fd, "w") as f:
-            f.write(f"kpbench {' '.join(sys.argv[1:])}\n{text}")
+            f.write(f"kpbench {' '.join(argv)}\n{text}")
         where = f"traceback in {path}"
     except OSError:
         pass
