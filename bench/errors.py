@@ -2,7 +2,8 @@
 
 Expected failures (bad input, a missing kernel feature, a busy resource) are
 raised as :class:`KpbenchError`; the CLI prints them as one line and exits 2.
-Anything else is a bug and keeps its traceback.
+Anything else is a bug: the CLI prints one line saying where its traceback
+was written (bench.cli) and exits 70.
 """
 
 from __future__ import annotations

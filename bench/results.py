@@ -13,6 +13,10 @@ merge of the repetitions' histograms, never from averaging per-repetition
 percentiles; a measurement a probe failed to take is recorded under
 ``missing`` with the reason and is null in the data — never zero.
 
+The document's JSON Schema is docs/result.schema.json (draft 2020-12); every
+read checks a file against it (validate_result). A field added to the
+TypedDicts below goes into the schema too (tests/unit/test_result_schema.py).
+
 Schema version history (``schema_version``, an integer; bump it on any change
 a reader of the previous version would misread, and say here what changed):
 
