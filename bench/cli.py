@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import tempfile
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -53,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kpbench", description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail to stderr")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an unexpected error (a bug), print the full traceback "
+                             "instead of writing it to a file")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for mod in COMMANDS:
         mod.add_parser(sub)
@@ -79,9 +85,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.exit_code
     except KeyboardInterrupt as e:
         return _stopped(e)
+    except Exception as e:
+        return _bug(e, args.debug, sys.argv[1:] if argv is None else list(argv))
     signalled = interrupts.received()
     # A signal whose raise Python swallowed (see interrupts) still ends the run as stopped.
     return _stopped(signalled) if signalled is not None else code
+
+
+BUG_EXIT = 70  # EX_SOFTWARE: an internal error, not bad input (2) or a failed gate (1)
+
+
+def _bug(e: Exception, debug: bool, argv: list[str]) -> int:
+    """An exception no code expected is a bug: one line saying where its traceback went
+    (a log file, or stderr with --debug); never a wall of text, never a silent success."""
+    text = "".join(traceback.format_exception(e))
+    what = f"{type(e).__name__}: {' '.join(str(e).split())}"[:300]
+    if debug:
+        sys.stderr.write(text)
+        print(f"kpbench: internal error (a bug): {what}", file=sys.stderr)
+        return BUG_EXIT
+    where = "not saved (rerun with --debug to see it)"
+    try:
+        fd, path = tempfile.mkstemp(prefix="kpbench-traceback-", suffix=".log")
+        with os.fdopen(fd, "w") as f:
+            f.write(f"kpbench {' '.join(argv)}\n{text}")
+        where = f"traceback in {path}"
+    except OSError:
+        pass
+    print(f"kpbench: internal error (a bug): {what}; {where}; please report it",
+          file=sys.stderr)
+    return BUG_EXIT
 
 
 def _stopped(e: KeyboardInterrupt) -> int:

@@ -2,12 +2,13 @@
 
 Expected failures (bad input, a missing kernel feature, a busy resource) are
 raised as :class:`KpbenchError`; the CLI prints them as one line and exits 2.
-Anything else is a bug and keeps its traceback.
+Anything else is a bug: the CLI prints one line saying where its traceback
+was written (bench.cli) and exits 70.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+MAX_MESSAGE = 600
 
 
 class KpbenchError(Exception):
@@ -27,18 +28,17 @@ class InputError(KpbenchError):
         self.source = source
         self.obj = obj
         self.field = field
-        where = ": ".join(p for p in (source, obj, field) if p)
+        # A key or name quoted from a hostile input may be huge too.
+        where = ": ".join(p if len(p) <= 200 else f"{p[:120]}...{p[-60:]}"
+                          for p in (source, obj, field) if p)
+        where = " ".join(where.split())
         # One line, always: parsers' own messages (YAML, TOML) may span several.
         message = " ".join(message.split())
+        if len(message) > MAX_MESSAGE:
+            # A value quoted from a hostile input may be megabytes: keep both ends (the
+            # problem and the fix), never a screenful.
+            message = f"{message[:MAX_MESSAGE - 160]} ... {message[-150:]}"
         super().__init__(f"{where}: {message}" if where else message)
-
-
-def read_input(path: str | Path) -> str:
-    """The text of an input file; an unreadable one is an InputError naming it."""
-    try:
-        return Path(path).read_text()
-    except OSError as e:
-        raise InputError(f"cannot read: {e.strerror}", source=str(path)) from None
 
 
 class FeatureMissing(KpbenchError):

@@ -13,7 +13,14 @@ from typing import Any
 
 from bench import layout as L
 from bench.errors import InputError
-from bench.model import Endpoint, EndpointPort, EndpointSlice, Service, ServicePort
+from bench.model import (
+    MAX_AFFINITY_TIMEOUT,
+    Endpoint,
+    EndpointPort,
+    EndpointSlice,
+    Service,
+    ServicePort,
+)
 
 NODEPORT_RANGE = (30000, 32767)
 MAX_ENDPOINTS_PER_SLICE = 100  # what the EndpointSlice controller writes
@@ -52,6 +59,11 @@ def generate(spec: GenSpec) -> tuple[list[Service], list[EndpointSlice]]:
         raise InputError(f"{spec.services}x{spec.endpoints} endpoints exceed the pod CIDRs of "
                          f"{spec.nodes} nodes ({max_eps}); use fewer endpoints or more nodes",
                          field="endpoints")
+    if spec.session_affinity == "ClientIP" and not 1 <= spec.affinity_timeout <= \
+            MAX_AFFINITY_TIMEOUT:
+        # What the reader (and the API server) refuses must not be written.
+        raise InputError(f"affinity timeout {spec.affinity_timeout} is outside "
+                         f"1-{MAX_AFFINITY_TIMEOUT} seconds", field="affinity_timeout")
     nodeports = spec.type in ("NodePort", "LoadBalancer")
     if nodeports and spec.services > NODEPORT_RANGE[1] - NODEPORT_RANGE[0] + 1:
         raise InputError(f"{spec.services} NodePort services exceed the node port range "

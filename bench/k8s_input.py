@@ -12,16 +12,15 @@ naming the file, the object and the field.
 from __future__ import annotations
 
 import ipaddress
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from bench.errors import InputError, read_input
+from bench.errors import InputError
+from bench.input_limits import brief, parse_json, parse_yaml_documents, read_input
 from bench.model import (
     DEFAULT_AFFINITY_TIMEOUT,
+    MAX_AFFINITY_TIMEOUT,
     PROTOCOLS,
     Endpoint,
     EndpointPort,
@@ -96,7 +95,7 @@ def parse_objects(text: str, source: str = "<input>") -> LoadedObjects:
             continue
         else:
             raise InputError(
-                f"unsupported kind {kind!r}: expected Service or EndpointSlice "
+                f"unsupported kind {brief(kind)}: expected Service or EndpointSlice "
                 "(as printed by `kubectl get svc,endpointslices -o yaml`)",
                 source=source, obj=label, field="kind")
     for sl in out.slices:
@@ -114,16 +113,10 @@ def parse_objects(text: str, source: str = "<input>") -> LoadedObjects:
 
 
 def _documents(text: str, source: str) -> Iterator[dict[str, Any]]:
-    try:
-        if text.lstrip().startswith(("{", "[")):
-            docs: list[Any] = [json.loads(text)]
-        else:
-            docs = list(yaml.safe_load_all(text))
-    except (yaml.YAMLError, json.JSONDecodeError) as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        problem = getattr(e, "problem", None) or getattr(e, "msg", None) or str(e)
-        raise InputError(f"not valid YAML/JSON: {where}{problem}", source=source) from None
+    if text.lstrip().startswith(("{", "[")):
+        docs: list[Any] = [parse_json(text, source)]
+    else:
+        docs = parse_yaml_documents(text, source)
     found = False
     for doc in docs:
         if doc is None:
@@ -133,7 +126,8 @@ def _documents(text: str, source: str) -> Iterator[dict[str, Any]]:
             if not isinstance(item, dict):
                 raise InputError("expected a Kubernetes object (a mapping with kind)",
                                  source=source)
-            if str(item.get("kind", "")).endswith("List") and "items" in item:
+            kind = item.get("kind")
+            if isinstance(kind, str) and kind.endswith("List") and "items" in item:
                 sub = item["items"] or []
                 if not isinstance(sub, list):
                     raise InputError("items must be a list", source=source, field="items")
@@ -153,6 +147,8 @@ def _documents(text: str, source: str) -> Iterator[dict[str, Any]]:
 def _label(obj: dict[str, Any], index: int) -> str:
     meta = obj.get("metadata")
     kind = obj.get("kind", "object")
+    if not isinstance(kind, str) or len(kind) > 64:
+        kind = "object"
     if isinstance(meta, dict) and isinstance(meta.get("name"), str):
         ns = meta.get("namespace") or "default"
         return f"{kind} {ns}/{meta['name']}"
@@ -161,8 +157,8 @@ def _label(obj: dict[str, Any], index: int) -> str:
 
 def _check_api(obj: dict[str, Any], versions: tuple[str, ...], source: str, label: str) -> None:
     if obj.get("apiVersion") not in versions:
-        raise InputError(f"apiVersion {obj.get('apiVersion')!r} is not {' or '.join(versions)}",
-                         source=source, obj=label, field="apiVersion")
+        raise InputError(f"apiVersion {brief(obj.get('apiVersion'))} is not "
+                         f"{' or '.join(versions)}", source=source, obj=label, field="apiVersion")
 
 
 def _get(d: Any, key: str, typ: type | tuple[type, ...], source: str, label: str, field: str,
@@ -177,7 +173,7 @@ def _get(d: Any, key: str, typ: type | tuple[type, ...], source: str, label: str
     v = d[key]
     # bool is an int in Python; a port of `true` is still wrong.
     if not isinstance(v, typ) or (isinstance(v, bool) and bool not in _as_tuple(typ)):
-        raise InputError(f"expected {_type_name(typ)}, got {type(v).__name__} {v!r}",
+        raise InputError(f"expected {_type_name(typ)}, got {type(v).__name__} {brief(v)}",
                          source=source, obj=label, field=field)
     return v
 
@@ -209,7 +205,7 @@ def _dns_label_ok(s: str) -> bool:
 
 def _port_number(v: Any, source: str, label: str, field: str) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 65535:
-        raise InputError(f"port {v!r} is out of range (1-65535)", source=source, obj=label,
+        raise InputError(f"port {brief(v)} is out of range (1-65535)", source=source, obj=label,
                          field=field)
     return v
 
@@ -217,19 +213,19 @@ def _port_number(v: Any, source: str, label: str, field: str) -> int:
 def _protocol(d: dict[str, Any], source: str, label: str, field: str) -> str:
     proto = _get(d, "protocol", str, source, label, field, default="TCP")
     if proto not in PROTOCOLS:
-        raise InputError(f"protocol {proto!r} is not one of {', '.join(PROTOCOLS)}",
+        raise InputError(f"protocol {brief(proto)} is not one of {', '.join(PROTOCOLS)}",
                          source=source, obj=label, field=field)
     return proto
 
 
 def _ipv4(v: Any, source: str, label: str, field: str, *, unicast: bool = True) -> str:
     if not isinstance(v, str):
-        raise InputError(f"expected an IPv4 address string, got {v!r}", source=source,
+        raise InputError(f"expected an IPv4 address string, got {brief(v)}", source=source,
                          obj=label, field=field)
     try:
         ip = ipaddress.ip_address(v)
     except ValueError:
-        raise InputError(f"{v!r} is not an IP address", source=source, obj=label,
+        raise InputError(f"{brief(v)} is not an IP address", source=source, obj=label,
                          field=field) from None
     if ip.version != 4:
         raise InputError(f"{v} is IPv6; kpbench programs IPv4 only (use an IPv4 address)",
@@ -239,6 +235,20 @@ def _ipv4(v: Any, source: str, label: str, field: str, *, unicast: bool = True) 
         raise InputError(f"{v} is not a usable unicast address (loopback, multicast, "
                          "link-local, reserved or unspecified)", source=source, obj=label,
                          field=field)
+    return v
+
+
+def _ipv4_cidr(v: Any, source: str, label: str, field: str) -> str:
+    # As Kubernetes validates it: an address, a slash and a prefix length (host bits may
+    # be set); a bare address or a number is not a range.
+    if not isinstance(v, str) or "/" not in v:
+        raise InputError(f"{brief(v)} is not an IPv4 CIDR (e.g. 203.0.113.0/24)", source=source,
+                         obj=label, field=field)
+    try:
+        ipaddress.IPv4Network(v.strip(), strict=False)
+    except ValueError:
+        raise InputError(f"{brief(v)} is not an IPv4 CIDR (e.g. 203.0.113.0/24)", source=source,
+                         obj=label, field=field) from None
     return v
 
 
@@ -253,7 +263,7 @@ def _service(obj: dict[str, Any], source: str, label: str,
     if typ == "ExternalName":
         return None
     if typ not in _SERVICE_TYPES:
-        raise InputError(f"type {typ!r} is not one of ClusterIP, NodePort, LoadBalancer, "
+        raise InputError(f"type {brief(typ)} is not one of ClusterIP, NodePort, LoadBalancer, "
                          "ExternalName", source=source, obj=label, field="spec.type")
     cip = _get(spec, "clusterIP", str, source, label, "spec.clusterIP", required=True)
     if cip in ("None", ""):
@@ -290,7 +300,7 @@ def _service(obj: dict[str, Any], source: str, label: str,
     affinity = _get(spec, "sessionAffinity", str, source, label, "spec.sessionAffinity",
                     default="None")
     if affinity not in ("None", "ClientIP"):
-        raise InputError(f"sessionAffinity {affinity!r} is not None or ClientIP",
+        raise InputError(f"sessionAffinity {brief(affinity)} is not None or ClientIP",
                          source=source, obj=label, field="spec.sessionAffinity")
     timeout = DEFAULT_AFFINITY_TIMEOUT
     cfg = _get(spec, "sessionAffinityConfig", dict, source, label, "spec.sessionAffinityConfig")
@@ -299,14 +309,15 @@ def _service(obj: dict[str, Any], source: str, label: str,
         client = _get(cfg, "clientIP", dict, source, label, cfield, default={})
         timeout = _get(client, "timeoutSeconds", int, source, label, f"{cfield}.timeoutSeconds",
                        default=DEFAULT_AFFINITY_TIMEOUT)
-        if not 0 < timeout <= 86400:
-            raise InputError(f"timeoutSeconds {timeout} must be within 1-86400", source=source,
+        if not 0 < timeout <= MAX_AFFINITY_TIMEOUT:
+            raise InputError(f"timeoutSeconds {timeout} must be within "
+                             f"1-{MAX_AFFINITY_TIMEOUT}", source=source,
                              obj=label, field=f"{cfield}.timeoutSeconds")
     policies = {}
     for key in ("externalTrafficPolicy", "internalTrafficPolicy"):
         v = _get(spec, key, str, source, label, f"spec.{key}", default="Cluster")
         if v not in ("Cluster", "Local"):
-            raise InputError(f"{key} {v!r} is not Cluster or Local", source=source, obj=label,
+            raise InputError(f"{key} {brief(v)} is not Cluster or Local", source=source, obj=label,
                              field=f"spec.{key}")
         policies[key] = v
     ext_ips = tuple(
@@ -316,19 +327,22 @@ def _service(obj: dict[str, Any], source: str, label: str,
     lb_ranges = tuple(_get(spec, "loadBalancerSourceRanges", list, source, label,
                            "spec.loadBalancerSourceRanges", default=[]))
     for i, r in enumerate(lb_ranges):
-        try:
-            ipaddress.IPv4Network(r, strict=False)
-        except (ValueError, TypeError):
-            raise InputError(f"{r!r} is not an IPv4 CIDR", source=source, obj=label,
-                             field=f"spec.loadBalancerSourceRanges[{i}]") from None
+        _ipv4_cidr(r, source, label, f"spec.loadBalancerSourceRanges[{i}]")
     hc = _get(spec, "healthCheckNodePort", int, source, label, "spec.healthCheckNodePort")
+    if hc is not None:
+        _port_number(hc, source, label, "spec.healthCheckNodePort")
     lb_ips: list[str] = []
-    status = obj.get("status")
-    if isinstance(status, dict) and isinstance(status.get("loadBalancer"), dict):
-        for i, ing in enumerate(status["loadBalancer"].get("ingress") or []):
-            if isinstance(ing, dict) and "ip" in ing:
-                lb_ips.append(_ipv4(ing["ip"], source, label,
-                                    f"status.loadBalancer.ingress[{i}].ip"))
+    status = _get(obj, "status", dict, source, label, "status", default={})
+    lb = _get(status, "loadBalancer", dict, source, label, "status.loadBalancer", default={})
+    ingress = _get(lb, "ingress", list, source, label, "status.loadBalancer.ingress",
+                   default=[])
+    for i, ing in enumerate(ingress):
+        f = f"status.loadBalancer.ingress[{i}]"
+        if not isinstance(ing, dict):
+            raise InputError(f"expected a mapping, got {type(ing).__name__}", source=source,
+                             obj=label, field=f)
+        if ing.get("ip") is not None:  # an ingress may give only a hostname
+            lb_ips.append(_ipv4(ing["ip"], source, label, f"{f}.ip"))
     return Service(
         namespace=ns, name=name, cluster_ip=cip, ports=tuple(ports), type=typ,
         session_affinity=affinity, affinity_timeout=timeout,
@@ -353,7 +367,7 @@ def _slice(obj: dict[str, Any], source: str, label: str,
                          source=source, obj=label, field="metadata.labels")
     atype = _get(obj, "addressType", str, source, label, "addressType", required=True)
     if atype != "IPv4":
-        raise InputError(f"addressType {atype!r} is not supported; kpbench programs IPv4 only",
+        raise InputError(f"addressType {brief(atype)} is not supported; kpbench programs IPv4 only",
                          source=source, obj=label, field="addressType")
     ports = []
     for i, p in enumerate(_get(obj, "ports", list, source, label, "ports", default=[])):

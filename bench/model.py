@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 DEFAULT_AFFINITY_TIMEOUT = 10800  # kube-proxy's default for sessionAffinity: ClientIP
+MAX_AFFINITY_TIMEOUT = 86400  # what the API server accepts (timeoutSeconds 1-86400)
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 

@@ -13,6 +13,10 @@ merge of the repetitions' histograms, never from averaging per-repetition
 percentiles; a measurement a probe failed to take is recorded under
 ``missing`` with the reason and is null in the data — never zero.
 
+The document's JSON Schema is docs/result.schema.json (draft 2020-12); every
+read checks a file against it (validate_result). A field added to the
+TypedDicts below goes into the schema too (tests/unit/test_result_schema.py).
+
 Schema version history (``schema_version``, an integer; bump it on any change
 a reader of the previous version would misread, and say here what changed):
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import importlib.metadata
 import importlib.util
 import json
@@ -42,6 +47,7 @@ from typing import Any, Literal, NotRequired, Self, TypedDict
 
 from bench import interrupts, stats
 from bench.errors import InputError, KpbenchError
+from bench.input_limits import MAX_RESULT_BYTES, brief, parse_json, read_input
 
 SCHEMA_VERSION = 1
 KIND = "kpbench-result"
@@ -535,6 +541,10 @@ class ResultExists(KpbenchError):
     """The result file a run wanted to create is already there."""
 
 
+class ResultWriteError(KpbenchError):
+    """The result file cannot be written (read-only or full file system, no permission)."""
+
+
 class ResultWriter:
     """Writes one run's result file, rewriting it atomically after every change.
 
@@ -550,8 +560,14 @@ class ResultWriter:
         for key in ("name", "path", "text"):
             if not isinstance(scenario.get(key), str):
                 raise TypeError(f"scenario needs a string {key!r}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ResultWriteError(f"{self.path.parent}: cannot create the results directory "
+                                   f"({e.strerror or e}); choose a writable --results "
+                                   "directory") from None
         self._claimed = False
+        self._on_disk: list[PointDoc] = []
         try:
             # A signal waits until the claim holds a valid document; if it came, the run
             # measured nothing and leaves no file (never an empty, unreadable one).
@@ -572,6 +588,10 @@ class ResultWriter:
         except FileExistsError:
             raise ResultExists(f"{self.path}: a result already exists there; "
                                f"choose another path or move it away") from None
+        except OSError as e:
+            raise ResultWriteError(f"{self.path}: cannot create the result file "
+                                   f"({e.strerror or e}); choose a writable --results "
+                                   "directory") from None
         self.document: ResultDoc = ResultDoc(
             schema_version=SCHEMA_VERSION, kind=KIND,
             run_id=run_id or uuid.uuid4().hex[:12], started=_now(), finished=None,
@@ -579,10 +599,22 @@ class ResultWriter:
             scenario=ScenarioDoc(name=scenario["name"], path=scenario["path"],
                                  text=scenario["text"]),
             environment=environment, points=[])
-        self._write()
+        try:
+            self._write()
+        except ResultWriteError:
+            self.path.unlink(missing_ok=True)  # never leave the empty claim behind
+            raise
 
     def _write(self) -> None:
-        write_json_atomic(self.path, self.document)
+        try:
+            write_json_atomic(self.path, self.document)
+        except OSError as e:
+            # The rewrite is atomic: the file on disk is still the last complete version.
+            raise ResultWriteError(
+                f"{self.path}: cannot write the result ({e.strerror or e}); the file keeps "
+                f"what was written before ({len(self._on_disk)} points); free space or make "
+                "the directory writable, then run again") from None
+        self._on_disk = list(self.document["points"])
 
     def add_point(self, point: PointDoc) -> PointDoc:
         """Store a finished point (computing its summary if absent) and rewrite the file."""
@@ -621,31 +653,75 @@ class ResultWriter:
                  tb: TracebackType | None) -> None:
         if self.document["status"] != "running":
             return
-        if exc_type is None:
-            self.finish("complete")
-        elif issubclass(exc_type, KeyboardInterrupt):
-            self.finish("interrupted")
-        else:
-            self.finish("failed")
+        status: RunStatus = ("complete" if exc_type is None else "interrupted"
+                             if issubclass(exc_type, KeyboardInterrupt) else "failed")
+        try:
+            self.finish(status)
+        except ResultWriteError:
+            if exc_type is None:
+                raise
+            # The error on its way out says what went wrong; the file keeps its last
+            # complete version (status "running"), which readers take as cut short.
 
 
 # -- reading -------------------------------------------------------------------------------
 
-_REQUIRED_TOP = ("run_id", "started", "status", "scenario", "environment", "points")
-_REQUIRED_POINT = ("id", "datapath", "variant", "services", "endpoints", "workload",
-                   "rate_pps", "position", "status", "repetitions")
+# The result document's JSON Schema (draft 2020-12), published for other tools too.
+SCHEMA_PATH = CHECKOUT / "docs" / "result.schema.json"
+
+
+@functools.cache
+def _schema_validator() -> Any:
+    # jsonschema-rs: the pure-Python jsonschema takes ~10 s on a baseline's 200 000
+    # histogram buckets, this ~0.1 s.
+    import jsonschema_rs
+
+    with SCHEMA_PATH.open(encoding="utf-8") as f:
+        return jsonschema_rs.Draft202012Validator(json.load(f))
+
+
+def _json_path(path: list[str | int]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+_JSON_TYPES = ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"),
+               (list, "array"), (dict, "object"), (type(None), "null"))
+
+
+def _schema_error(error: Any) -> tuple[list[str | int], str]:
+    """Where a schema error is (a JSON path) and what it is, in a short line."""
+    path = list(error.instance_path)
+    kind, value = error.kind, error.instance
+    if isinstance(kind, type(kind).Required):
+        return [*path, kind.property], "missing"
+    if isinstance(kind, type(kind).Type):
+        got = next(name for t, name in _JSON_TYPES if isinstance(value, t))
+        return path, f"expected {' or '.join(kind.types)}, got {got} {brief(value)}"
+    if isinstance(kind, type(kind).Enum):
+        return path, f"{brief(value)} is not one of {', '.join(map(str, kind.options))}"
+    if isinstance(kind, type(kind).Constant):
+        return path, f"{brief(value)} is not {kind.expected_value!r}"
+    return path, str(error.message)
 
 
 def validate_result(doc: Any, source: str) -> ResultDoc:
-    """Check a parsed document is a result this version reads; InputError says what to do."""
+    """Check a parsed document is a result this version reads; InputError says what to do.
+
+    The document is checked against docs/result.schema.json (every field's type),
+    then for what a schema cannot say: histograms that add up, one set of histogram
+    parameters per point, pooled runs' shares that add up to the repetitions.
+    """
     if not isinstance(doc, dict) or doc.get("kind") != KIND:
         kind = doc.get("kind") if isinstance(doc, dict) else type(doc).__name__
-        raise InputError(f"not a kpbench result (kind is {kind!r}, expected {KIND!r}); "
+        raise InputError(f"not a kpbench result (kind is {brief(kind)}, expected {KIND!r}); "
                          f"pass a file that `kpbench run` wrote", source=source)
     version = doc.get("schema_version")
     if not isinstance(version, int) or isinstance(version, bool):
-        raise InputError(f"schema_version is {version!r}, expected an integer; the file is "
-                         f"damaged or was not written by kpbench", source=source)
+        raise InputError(f"schema_version is {brief(version)}, expected an integer; the file "
+                         f"is damaged or was not written by kpbench", source=source)
     if version > SCHEMA_VERSION:
         raise InputError(f"schema_version {version} is newer than this kpbench reads "
                          f"({SCHEMA_VERSION}); upgrade kpbench (git pull in the checkout) "
@@ -654,36 +730,39 @@ def validate_result(doc: Any, source: str) -> ResultDoc:
         raise InputError(f"schema_version {version} is older than this kpbench reads "
                          f"({SCHEMA_VERSION}); read it with the kpbench commit that wrote it "
                          f"(environment.git_commit) or re-run the scenario", source=source)
-    for key in _REQUIRED_TOP:
-        if key not in doc:
-            raise InputError(f"missing {key!r}; the file is damaged", source=source)
-    if doc["status"] not in RUN_STATUSES:
-        raise InputError(f"status {doc['status']!r} is not one of {RUN_STATUSES}",
-                         source=source)
-    if not isinstance(doc["points"], list):
-        raise InputError("'points' is not a list; the file is damaged", source=source)
+    for error in _schema_validator().iter_errors(doc):
+        path, message = _schema_error(error)
+        obj = _json_path(path[:2]) if path[:1] == ["points"] and len(path) > 1 else None
+        field = _json_path(path[2:] if obj else path) or None
+        raise InputError(f"{message}; the file is damaged or not a kpbench result (see "
+                         f"{SCHEMA_PATH.relative_to(CHECKOUT)})", source=source, obj=obj,
+                         field=field)
     for i, p in enumerate(doc["points"]):
-        if not isinstance(p, dict):
-            raise InputError("is not an object", source=source, obj=f"points[{i}]")
-        for key in _REQUIRED_POINT:
-            if key not in p:
-                raise InputError("missing; the file is damaged", source=source,
-                                 obj=f"points[{i}]", field=key)
-        if p["status"] not in POINT_STATUSES:
-            raise InputError(f"{p['status']!r} is not one of {POINT_STATUSES}", source=source,
-                             obj=f"points[{i}]", field="status")
+        _check_histograms(p, source, f"points[{i}]")
         if "per_run" in p:
             _check_per_run(p, source, f"points[{i}]")
     return doc  # type: ignore[return-value]
 
 
+def _check_histograms(p: dict[str, Any], source: str, obj: str) -> None:
+    for key in ("latency_hist", "transit_hist"):
+        params = set()
+        for j, rep in enumerate(p["repetitions"]):
+            if rep.get(key) is None:
+                continue
+            try:
+                params.add(stats.Histogram.check_json(rep[key]))
+            except ValueError as e:
+                raise InputError(f"{e}; the file is damaged", source=source, obj=obj,
+                                 field=f"repetitions[{j}].{key}") from None
+        if len(params) > 1:
+            raise InputError(f"the repetitions' histograms have different parameters "
+                             f"{sorted(params)}; they cannot be merged", source=source,
+                             obj=obj, field=f"repetitions[].{key}")
+
+
 def _check_per_run(p: dict[str, Any], source: str, obj: str) -> None:
     shares = p["per_run"]
-    if not isinstance(shares, list) or not all(
-            isinstance(r, dict) and type(r.get("repetitions")) is int and r["repetitions"] >= 0
-            and isinstance(r.get("setup"), dict) for r in shares):
-        raise InputError("is not a list of {repetitions, setup}; the file is damaged",
-                         source=source, obj=obj, field="per_run")
     if sum(r["repetitions"] for r in shares) != len(p["repetitions"]):
         raise InputError(f"counts {sum(r['repetitions'] for r in shares)} repetitions, the "
                          f"point has {len(p['repetitions'])}; the file is damaged",
@@ -710,19 +789,8 @@ def runs_of(point: PointDoc) -> list[PointDoc]:
 
 def load_result(path: str | Path) -> ResultDoc:
     """Read and validate a result file (InputError, one line, if it cannot be used)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError("no such file", source=str(path)) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read: {e}", source=str(path)) from None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(f"not valid JSON (line {e.lineno} column {e.colno}: {e.msg})",
-                         source=str(path)) from None
-    return validate_result(doc, str(path))
+    src = str(path)
+    return validate_result(parse_json(read_input(path, MAX_RESULT_BYTES), src), src)
 
 
 def iter_points(doc: ResultDoc) -> Iterator[PointDoc]:

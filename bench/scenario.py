@@ -25,14 +25,15 @@ Example (see scenarios/default.toml)::
 
 from __future__ import annotations
 
-import tomllib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench.datapaths import VARIANTS
-from bench.errors import InputError, read_input
+from bench.errors import InputError
 from bench.generate import capacity
+from bench.input_limits import MAX_SCENARIO_BYTES, brief, parse_toml, read_input
 
 # "nodeport-<w>": <w> from the external client to the measured service's NodePort on
 # node 0 (see bench.runner), instead of from the client pod to its ClusterIP.
@@ -119,11 +120,8 @@ def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario file."""
     path = Path(path)
     src = str(path)
-    text = read_input(path)
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise InputError(f"not valid TOML: {e}", source=src) from None
+    text = read_input(path, MAX_SCENARIO_BYTES)
+    doc = parse_toml(text, src)
     return parse_scenario(doc, src, text, default_name=path.stem)
 
 
@@ -140,7 +138,7 @@ def _check_keys(table: dict[str, Any], section: str, src: str) -> None:
             types = ()
         if not isinstance(value, types):
             names = " or ".join(t.__name__ for t in (want if isinstance(want, tuple) else (want,)))
-            raise InputError(f"expected {names}, got {type(value).__name__} {value!r}",
+            raise InputError(f"expected {names}, got {type(value).__name__} {brief(value)}",
                              source=src, field=where)
 
 
@@ -148,14 +146,21 @@ def _choices(values: list[Any], allowed: tuple[str, ...], src: str, where: str) 
     if not values:
         raise InputError("must not be empty", source=src, field=where)
     for v in values:
-        if v not in allowed:
-            raise InputError(f"unknown value {v!r}; choose from {', '.join(allowed)}",
+        if not isinstance(v, str) or v not in allowed:
+            raise InputError(f"unknown value {brief(v)}; choose from {', '.join(allowed)}",
                              source=src, field=where)
+    if len(set(values)) != len(values):
+        twice = sorted({v for v in values if values.count(v) > 1})
+        raise InputError(f"{', '.join(twice)} named more than once; name each once",
+                         source=src, field=where)
     return tuple(values)
 
 
 def _positive(value: int | float, src: str, where: str, hi: float | None = None,
               zero_ok: bool = False) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"{value} is not a finite number; give a number", source=src,
+                         field=where)
     if value < 0 or (value == 0 and not zero_ok) or (hi is not None and value > hi):
         rng = f"{0 if zero_ok else 1}-{hi:g}" if hi is not None else "a positive number"
         raise InputError(f"{value} is out of range ({rng})", source=src, field=where)
@@ -199,7 +204,7 @@ def parse_scenario(doc: dict[str, Any], src: str = "<scenario>", text: str = "",
     kw["endpoints"], kw["nodes"] = endpoints, nodes
     position = sweep.get("position", "last")
     if isinstance(position, str) and position not in POSITIONS:
-        raise InputError(f"unknown position {position!r}; use {', '.join(POSITIONS)} or an "
+        raise InputError(f"unknown position {brief(position)}; use {', '.join(POSITIONS)} or an "
                          "index", source=src, field="sweep.position")
     if isinstance(position, int):
         _positive(position, src, "sweep.position", zero_ok=True)
@@ -211,7 +216,7 @@ def parse_scenario(doc: dict[str, Any], src: str = "<scenario>", text: str = "",
             raise InputError(f"unknown datapath; choose from {', '.join(VARIANTS)}", source=src,
                              field=where)
         if not isinstance(cap, int) or isinstance(cap, bool):
-            raise InputError(f"expected int, got {cap!r}", source=src, field=where)
+            raise InputError(f"expected int, got {brief(cap)}", source=src, field=where)
         _positive(cap, src, where)
     kw["max_services"] = dict(caps)
 
@@ -233,7 +238,7 @@ def parse_scenario(doc: dict[str, Any], src: str = "<scenario>", text: str = "",
         kw["overhead"] = measure["overhead"]
     kind = doc.get("kind", "packets")
     if kind not in KINDS:
-        raise InputError(f"unknown kind {kind!r}; choose from {', '.join(KINDS)}", source=src,
+        raise InputError(f"unknown kind {brief(kind)}; choose from {', '.join(KINDS)}", source=src,
                          field="kind")
     kw["kind"] = kind
     sync = doc.get("sync", {})

@@ -221,27 +221,43 @@ class Histogram:
             "buckets": {str(int(i)): int(self.counts[i]) for i in nz},
         }
 
+    @staticmethod
+    def check_json(doc: Mapping[str, Any]) -> tuple[int, int, int]:
+        """The parameters of a :meth:`to_json` document; ValueError if :meth:`from_json`
+        could not read it. Cheap (no counts array): readers check every histogram."""
+        if doc.get("kind") != HIST_KIND:
+            raise ValueError(f"histogram kind is {doc.get('kind')!r}, expected {HIST_KIND!r}")
+        params = (int(doc["lowest_ns"]), int(doc["highest_ns"]), int(doc["sub_buckets"]))
+        lowest, highest, sub = params
+        if not (0 < lowest < highest) or sub < 2:
+            raise ValueError(f"histogram parameters (lowest, highest, sub_buckets) = {params} "
+                             "need 0 < lowest < highest and sub_buckets >= 2")
+        n = math.ceil(math.log2(highest / lowest)) * sub
+        buckets = doc["buckets"]
+        index = [int(k) for k in buckets]
+        if index and not (min(index) >= 0 and max(index) < n):
+            raise ValueError(f"histogram bucket index out of range 0..{n - 1}")
+        counts = [int(c) for c in buckets.values()]
+        if counts and min(counts) < 0:
+            raise ValueError("histogram bucket with a negative count")
+        total = sum(counts) + int(doc["underflow"]) + int(doc["overflow"])
+        if total != int(doc["count"]):
+            raise ValueError(f"histogram count {doc['count']} != sum of its buckets {total}")
+        return params
+
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> Histogram:
         """Inverse of :meth:`to_json`; raises ValueError on a malformed document."""
-        if doc.get("kind") != HIST_KIND:
-            raise ValueError(f"histogram kind is {doc.get('kind')!r}, expected {HIST_KIND!r}")
-        h = cls(lowest_ns=int(doc["lowest_ns"]), highest_ns=int(doc["highest_ns"]),
-                sub_buckets=int(doc["sub_buckets"]))
+        lowest, highest, sub = cls.check_json(doc)
+        h = cls(lowest_ns=lowest, highest_ns=highest, sub_buckets=sub)
         for k, c in doc["buckets"].items():
-            i = int(k)
-            if not 0 <= i < h.bucket_count or int(c) < 0:
-                raise ValueError(f"histogram bucket {k!r}: {c!r} out of range")
-            h.counts[i] = int(c)
+            h.counts[int(k)] = int(c)
         h.underflow = int(doc["underflow"])
         h.overflow = int(doc["overflow"])
         h.count = int(doc["count"])
         h.sum_ns = float(doc["sum_ns"])
         h.min_ns = None if doc["min_ns"] is None else float(doc["min_ns"])
         h.max_ns = None if doc["max_ns"] is None else float(doc["max_ns"])
-        total = int(h.counts.sum()) + h.underflow + h.overflow
-        if total != h.count:
-            raise ValueError(f"histogram count {h.count} != sum of its buckets {total}")
         return h
 
 

@@ -71,6 +71,27 @@ def require_feature(name: str) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _results_written_match_the_schema(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every result document the code writes during a test (the run writer's rewrites,
+    merged baselines) must validate against docs/result.schema.json. Results written
+    by a `kpbench` subprocess are checked when the test reads them (load_result)."""
+    from bench import results
+
+    write = results.write_json_atomic
+    invalid: list[str] = []
+
+    def checked_write(path: str | Path, doc: object) -> None:
+        if isinstance(doc, dict) and doc.get("kind") == results.KIND:
+            invalid.extend(f"{path}: {'.'.join(map(str, e.instance_path))}: {e.message}"
+                           for e in results._schema_validator().iter_errors(doc))
+        write(path, doc)
+
+    monkeypatch.setattr(results, "write_json_atomic", checked_write)
+    yield
+    assert not invalid, "result written against the schema:\n" + "\n".join(invalid[:5])
+
+
+@pytest.fixture(autouse=True)
 def _unload_kept_probe_programs() -> Iterator[None]:
     """Probe programs kept for reuse go with the test that compiled them (a run's end)."""
     yield

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
 
 from bench import layout as L
 from bench.datapaths import DATAPATH_NAMES, IPTABLES_BACKENDS
+from bench.errors import InputError
 from bench.k8s_input import LoadedObjects, load_objects
 
 log = logging.getLogger("kpbench")
@@ -37,3 +41,45 @@ def load_services(path: str) -> LoadedObjects:
 
 DEFAULT_NODE_NAME = L.default_node_names(1)[0]
 DEFAULT_NODE_IP = L.node_ip(0)
+
+
+def number_in(lo: float, hi: float, *, integer: bool = False,
+              unit: str = "") -> Callable[[str], float]:
+    """An argparse type: a finite number within [lo, hi] (NaN and inf are refused)."""
+    def parse(text: str) -> float:
+        try:
+            value: float = int(text) if integer else float(text.strip().removesuffix(unit))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'a whole number' if integer else 'a number'}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{text!r} is outside {lo:g}..{hi:g}")
+        return value
+    return parse
+
+
+def output_file(path: str) -> Path:
+    """A file the command will write: refused in one line if it cannot be one."""
+    p = Path(path)
+    if p.is_dir():
+        raise InputError("is a directory; give a file name", source=path)
+    if not p.parent.is_dir():
+        raise InputError(f"directory {p.parent} does not exist; create it or choose another "
+                         "path", source=path)
+    return p
+
+
+def output_dir(path: str | Path) -> Path:
+    """A directory the command will write into, created if missing; refused in one line
+    if it is a file or cannot be created."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise InputError("exists and is not a directory; give a directory", source=str(p))
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create the directory ({e.strerror or e})",
+                         source=str(p)) from None
+    return p

@@ -44,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
     from bench.results import load_result, write_json_atomic
 
     out = Path(args.out)
+    if out.is_dir():
+        raise InputError("is a directory; give a file name", source=str(out))
     if out.exists() and not args.force:
         raise InputError("exists; pass --force to replace it", source=str(out))
     runs = [(path, load_result(path)) for path in args.results]

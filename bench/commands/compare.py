@@ -46,15 +46,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from bench.commands._common import number_in
 from bench.errors import InputError
-
-
-def _pct(text: str) -> float:
-    try:
-        return float(text.strip().removesuffix("%"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage")
-
 
 # Kept here rather than imported from bench.compare: building the parser must not
 # import numpy and scipy (1.5 s) for every kpbench command. bench.compare has the same
@@ -80,9 +73,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--changed-only", action="store_true",
                    help="table/markdown: show only regressions, improvements and metrics "
                         "measured on one side")
-    p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+    p.add_argument("--alpha", type=number_in(1e-9, 0.5), default=DEFAULT_ALPHA,
                    help=f"significance level of the test (default {DEFAULT_ALPHA:g})")
-    p.add_argument("--min-effect", type=_pct, default=DEFAULT_MIN_EFFECT_PCT, metavar="PCT",
+    p.add_argument("--min-effect", type=number_in(0, 1e6, unit="%"),
+                   default=DEFAULT_MIN_EFFECT_PCT, metavar="PCT",
                    help=f"smallest change called a regression or improvement "
                         f"(default {DEFAULT_MIN_EFFECT_PCT:g}%%)")
     p.add_argument("--allow-env-mismatch", action="store_true",

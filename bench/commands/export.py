@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from bench.commands._common import output_file
+from bench.errors import InputError
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write a result as a tidy CSV",
@@ -28,9 +31,14 @@ def run(args: argparse.Namespace) -> int:
     from bench.export import default_csv_path, write_csv
     from bench.results import load_result
 
-    result = load_result(args.result)
     out = args.csv or default_csv_path(args.result)
-    n = write_csv(result, out)
+    if str(out) != "-":
+        out = output_file(str(out))
+    result = load_result(args.result)
+    try:
+        n = write_csv(result, out)
+    except OSError as e:
+        raise InputError(f"cannot write ({e.strerror or e})", source=str(out)) from None
     if str(out) != "-":
         print(f"{out}: {n} rows", file=sys.stderr)
     return 0

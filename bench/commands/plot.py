@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bench.commands._common import output_dir
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plot", help="draw a result's figures (PNG and SVG)",
@@ -24,13 +26,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # Imported here: matplotlib takes a while to import and only this command needs it.
-    from bench.plots import plot_result
     from bench.results import load_result
 
-    result = load_result(args.result)
     src = Path(args.result)
-    out = Path(args.out) if args.out else src.with_name(f"{src.stem}-plots")
+    out = output_dir(args.out if args.out else src.with_name(f"{src.stem}-plots"))
+    result = load_result(args.result)
+    # Imported once the input is known good: matplotlib takes a while to import.
+    from bench.plots import plot_result
+
     for path in plot_result(result, out):
         print(path)
     return 0

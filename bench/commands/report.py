@@ -16,7 +16,8 @@ examples:
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from bench.commands._common import output_dir
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,19 +36,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # Imported here: matplotlib and scipy take a while to import.
-    from bench.compare import compare_runs
-    from bench.report import write_report
     from bench.store import resolve_one
 
+    if args.out:
+        output_dir(args.out)
     stored = resolve_one(args.result)
+    base = resolve_one(args.compare) if args.compare else None
+    # Imported once the inputs are known good: matplotlib and scipy take a while.
+    from bench.compare import compare_runs
+    from bench.report import write_report
+
     comparison = None
-    if args.compare:
-        base = resolve_one(args.compare)
+    if base is not None:
         comparison = compare_runs(base.doc, stored.doc, base_source=str(base.path),
                                   new_source=str(stored.path),
                                   allow_env_mismatch=args.allow_env_mismatch)
-    out = Path(args.out) if args.out else stored.path.parent
+    out = output_dir(args.out if args.out else stored.path.parent)
     for path in write_report(stored.doc, str(stored.path), out, stored.path.stem, comparison):
         print(path)
     return 0

@@ -52,10 +52,10 @@ def _count(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    scenario = load_scenario(args.scenario)  # refused before anything is imported or built
     from bench.runner import Runner
     from bench.topology import leftovers
 
-    scenario = load_scenario(args.scenario)
     for prefix, names in leftovers().items():
         print(f"kpbench: warning: leftovers of an earlier run {prefix} ({len(names)} "
               "namespaces): run `kpbench clean`", file=sys.stderr)

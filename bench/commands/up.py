@@ -14,7 +14,12 @@ import signal
 import time
 
 from bench import layout as L
-from bench.commands._common import add_datapath_args, add_services_arg, load_services
+from bench.commands._common import (
+    add_datapath_args,
+    add_services_arg,
+    load_services,
+    number_in,
+)
 from bench.datapaths import make_datapath
 from bench.testbed import Testbed
 from bench.topology import leftovers
@@ -32,7 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-pods", type=int, default=L.DEFAULT_MAX_PODS,
                    help="backend pods to create at most; further endpoints are programmed "
                         f"but have no pod (default {L.DEFAULT_MAX_PODS})")
-    p.add_argument("--for", dest="duration", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--for", dest="duration", type=number_in(0, 365 * 86400), default=None,
+                   metavar="SECONDS",
                    help="tear down after SECONDS instead of waiting for Ctrl-C")
     p.set_defaults(func=run)
 

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from bench import vm
+from bench.commands._common import number_in
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,11 +31,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         a = actions.add_parser(name, help=help_text, description=help_text)
         a.add_argument("--kernel", metavar="PATH|VERSION",
                        help="kernel image, or a version under /boot (default: the newest there)")
-        a.add_argument("--cpus", type=int, default=vm.DEFAULT_CPUS,
+        a.add_argument("--cpus", type=number_in(1, 1024, integer=True), default=vm.DEFAULT_CPUS,
                        help=f"virtual CPUs (default {vm.DEFAULT_CPUS})")
         a.add_argument("--memory", default=vm.DEFAULT_MEMORY,
                        help=f"guest memory, e.g. 4G (default {vm.DEFAULT_MEMORY})")
-        a.add_argument("--timeout", type=float, default=3 * 3600.0, metavar="SECONDS",
+        a.add_argument("--timeout", type=number_in(1, 30 * 86400), default=3 * 3600.0,
+                       metavar="SECONDS",
                        help="stop the VM after this long, boot included (default 10800)")
         a.add_argument("--tcg", action="store_true",
                        help="skip the KVM attempt and use TCG emulation directly")

@@ -75,7 +75,9 @@ def test_crash_mid_write_leaves_the_old_file_intact(tmp_path: Path,
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(json, "dump", dump_half_then_die)
-    with pytest.raises(OSError, match="No space"):
+    # One line for the user (exit 2), saying the file still holds the earlier point.
+    with pytest.raises(results.ResultWriteError,
+                       match=r"No space left on device.*written before \(1 points\)"):
         w.add_point(point(1))
     monkeypatch.setattr(json, "dump", real_dump)
     assert path.read_bytes() == before
@@ -147,7 +149,7 @@ def test_older_schema_is_refused_with_what_to_do(tmp_path: Path) -> None:
 @pytest.mark.parametrize("changes,needle", [
     ({"kind": "pyperf"}, "not a kpbench result"),
     ({"schema_version": "1"}, "expected an integer"),
-    ({"status": "done"}, "status 'done'"),
+    ({"status": "done"}, "status: 'done' is not one of running, complete"),
     ({"points": [{"id": "x"}]}, "points[0]: datapath: missing"),
 ])
 def test_malformed_documents_are_refused(tmp_path: Path, changes: dict[str, Any],
