@@ -172,9 +172,11 @@ def test_summarise_point_known_answers() -> None:
     lat_b = np.concatenate([np.full(80, 10_000), np.full(20, 1_000_000)])  # 100, 20 slow
     reps = [
         make_repetition(sent=1000, delivered=900, offered_pps=1000, achieved_pps=1000,
+                        arrival_seconds=0.9,
                         latency_hist=stats.Histogram.from_samples(lat_a), softirq_ns=900 * 3000,
                         drops={"NETFILTER_DROP": 60, "NO_SOCKET": 40}),
         make_repetition(sent=1000, delivered=100, offered_pps=1000, achieved_pps=500,
+                        arrival_seconds=2.0,
                         latency_hist=stats.Histogram.from_samples(lat_b), softirq_ns=100 * 5000,
                         drops={"NETFILTER_DROP": 900}),
     ]
@@ -185,7 +187,8 @@ def test_summarise_point_known_answers() -> None:
     assert s["offered_pps"] == 1000
     # 2000 packets sent in 1 s + 2 s.
     assert s["achieved_pps"] == pytest.approx(2000 / 3)
-    assert s["delivered_pps"] == pytest.approx(1000 / 3)
+    # Measured at the receiver: 899 + 99 gaps between arrivals over 0.9 s + 2.0 s.
+    assert s["delivered_pps"] == pytest.approx((899 + 99) / 2.9)
     assert s["loss"] == pytest.approx(0.5)
     # (900*3000 + 100*5000) / 1000 delivered.
     assert s["cpu_ns_per_packet"] == pytest.approx(3200)
