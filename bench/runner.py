@@ -3,7 +3,10 @@
 For every datapath variant and scale the runner builds a namespace cluster
 with N generated services (backend pods only behind the measured one),
 times the first full sync, waits until the kernel settles, attaches the
-probes, and replays each workload at the scenario's fixed offered rate. A
+probes, and replays each workload at the scenario's fixed offered rate, each
+repetition followed by its paired control (the same traffic to the backend
+pods' own addresses) and the point closed by a breakdown repetition kept
+apart; every phase takes its own flows (:class:`SeqSpace`). A
 point that fails is recorded with its error and the run goes on; a sync
 beyond the per-point limit is recorded as ``exceeded-limit`` with the time
 it reached; Ctrl-C stops at once, tears everything down and keeps the
