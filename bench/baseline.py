@@ -74,14 +74,22 @@ def _merge_point(points: list[PointDoc]) -> PointDoc:
     merged: Any = copy.deepcopy(ok[0])
     merged.pop("summary", None)
     merged["repetitions"] = [copy.deepcopy(r) for p in ok for r in p["repetitions"]]
+    if any(p.get("control") is not None for p in ok):
+        merged["control"] = [copy.deepcopy(r) for p in ok for r in p.get("control") or []]
     for key in ("sync_seconds", "settle_seconds"):
         merged["setup"][key] = _median([(p.get("setup") or {}).get(key) for p in ok])
+    if any((p.get("setup") or {}).get("settle_converged") is not None for p in ok):
+        # Settled only if every pooled run settled.
+        merged["setup"]["settle_converged"] = all(
+            (p.get("setup") or {}).get("settle_converged") is not False for p in ok)
     for p in ok[1:]:
         merged["missing"].update(p.get("missing") or {})
     # Which run measured which repetitions: bench.compare judges a change against
     # how much whole runs differ, not only repetitions.
     merged["per_run"] = [{"repetitions": len(p["repetitions"]),
-                          "setup": copy.deepcopy(p.get("setup") or {})} for p in ok]
+                          "setup": copy.deepcopy(p.get("setup") or {}),
+                          **({"control": len(p.get("control") or [])}
+                             if "control" in merged else {})} for p in ok]
     merged["summary"] = summarise_point(merged)
     return merged  # type: ignore[no-any-return]
 

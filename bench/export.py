@@ -5,8 +5,12 @@ position, repetition, metric, value, unit.
 
 - ``repetition`` is "all" for a point's summary (pooled over its repetitions,
   see bench.results.summarise_point) and the 0-based index into the point's
-  ``repetitions`` otherwise. Per-repetition percentiles are exported for
-  inspection only; aggregate with the "all" rows, never by averaging them.
+  ``repetitions`` otherwise; ``control-<i>`` for the paired control that
+  followed repetition i, ``breakdown`` for the repetition with the breakdown
+  probes, ``<phase>-<i>`` with metric ``failed`` for a replay that failed
+  (value: why). Per-repetition percentiles are exported for inspection only;
+  aggregate with the "all" rows, never by averaging them. The "all" rows
+  include ``service_minus_control_*`` and ``control.*`` (the control pooled).
 - ``rate_pps`` is empty for points measured at the generator's top speed.
 - Every point gets a ``status`` row (value ok / failed / exceeded-limit), a
   failed one also an ``error`` row, and each measurement a probe could not
@@ -57,6 +61,8 @@ def _summary_metrics(point: PointDoc) -> Iterator[tuple[str, Any, str]]:
     for key in ("sync_seconds", "settle_seconds"):
         if setup.get(key) is not None:
             yield f"setup.{key}", setup[key], "s"
+    if setup.get("settle_converged") is not None:
+        yield "setup.settle_converged", setup["settle_converged"], ""
     for key, value in sorted((setup.get("state_size") or {}).items()):
         if isinstance(value, int | float) and not isinstance(value, bool):
             yield f"setup.state_size.{key}", value, "count"
@@ -67,6 +73,17 @@ def _summary_metrics(point: PointDoc) -> Iterator[tuple[str, Any, str]]:
         if s.get(key) is not None:
             yield key, s[key], unit  # type: ignore[literal-required]
     yield from _dist_rows("latency", s.get("latency_ns"))
+    for key, unit in (("service_minus_control_p50_ns", "ns"),
+                      ("service_minus_control_p99_ns", "ns"),
+                      ("service_minus_control_cpu_ns_per_packet", "ns/packet")):
+        if s.get(key) is not None:
+            yield key, s[key], unit  # type: ignore[literal-required]
+    control = s.get("control") or {}
+    for key, unit in (("delivered_pps", "packets/s"), ("loss", "fraction"),
+                      ("cpu_ns_per_packet", "ns/packet")):
+        if control.get(key) is not None:
+            yield f"control.{key}", control[key], unit
+    yield from _dist_rows("control.latency", control.get("latency_ns"))
     yield from _dist_rows("transit", s.get("transit_ns"))
     yield from _drops_rows(s.get("drops"))
     yield from _sync_rows(s.get("sync"))
@@ -78,6 +95,7 @@ def _summary_metrics(point: PointDoc) -> Iterator[tuple[str, Any, str]]:
 def _repetition_metrics(rep: RepetitionDoc) -> Iterator[tuple[str, Any, str]]:
     for key, unit in (("offered_pps", "packets/s"), ("achieved_pps", "packets/s"),
                       ("sent", "packets"), ("delivered", "packets"),
+                      ("arrival_seconds", "s"),
                       ("cpu_ns_per_packet", "ns/packet"), ("softirq_ns", "ns")):
         if rep.get(key) is not None:
             yield key, rep[key], unit  # type: ignore[literal-required]
@@ -109,6 +127,18 @@ def rows(result: ResultDoc) -> Iterator[Row]:
         for i, rep in enumerate(point.get("repetitions") or []):
             for metric, value, unit in _repetition_metrics(rep):
                 yield {**base, "repetition": i, "metric": metric, "value": value, "unit": unit}
+        # The paired control and the breakdown repetition: their own repetition labels.
+        for i, rep in enumerate(point.get("control") or []):
+            for metric, value, unit in _repetition_metrics(rep):
+                yield {**base, "repetition": f"control-{i}", "metric": metric, "value": value,
+                       "unit": unit}
+        if point.get("breakdown"):
+            for metric, value, unit in _repetition_metrics(point["breakdown"]):
+                yield {**base, "repetition": "breakdown", "metric": metric, "value": value,
+                       "unit": unit}
+        for f in point.get("failed_repetitions") or []:
+            yield {**base, "repetition": f"{f['phase']}-{f['index']}", "metric": "failed",
+                   "value": f["error"], "unit": ""}
 
 
 def default_csv_path(result_path: str | Path) -> Path:

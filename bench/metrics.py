@@ -120,9 +120,36 @@ def _rep_cpu(point: PointDoc) -> list[float]:
 
 
 def _rep_delivered_pps(point: PointDoc) -> list[float]:
-    # A repetition lasted sent / achieved_pps seconds (the rate tcpreplay reported).
-    return _finite([r["delivered"] / (r["sent"] / r["achieved_pps"]) for r in _reps(point)
-                    if r.get("achieved_pps") and r["sent"] > 0])
+    # Measured at the receiver: n arrivals over the span from the first to the last.
+    return _finite([(r["delivered"] - 1) / r["arrival_seconds"] for r in _reps(point)
+                    if (r.get("arrival_seconds") or 0) > 0 and r["delivered"] > 1])
+
+
+def _rep_percentile(rep: dict[str, Any], q: str) -> float | None:
+    h = rep.get("latency_hist")
+    if h is None:
+        return None
+    hist = stats.Histogram.from_json(h)
+    return hist.percentiles([float(q[1:])])[q] if hist.count else None
+
+
+def _rep_cpu_of(rep: dict[str, Any]) -> float | None:
+    if rep.get("softirq_ns") is not None and rep["delivered"] > 0:
+        return float(rep["softirq_ns"]) / rep["delivered"]
+    return rep.get("cpu_ns_per_packet")
+
+
+def _paired(value: Callable[[dict[str, Any]], float | None]) -> Callable[[PointDoc], list[float]]:
+    """Per pair (repetition i, the control right after it): Service minus control."""
+    def samples(point: PointDoc) -> list[float]:
+        out = []
+        for r, c in zip(_reps(point), [_doc(c) for c in point.get("control") or []],
+                        strict=False):
+            a, b = value(r), value(c)
+            if a is not None and b is not None:
+                out.append(a - b)
+        return _finite(out)
+    return samples
 
 
 def _rep_loss(point: PointDoc) -> list[float]:
@@ -182,6 +209,19 @@ def _packet_setup(key: str) -> Callable[[PointDoc], list[float]]:
     return samples
 
 
+def _settled(point: PointDoc) -> bool:
+    # A settle that timed out is how long it waited, not a settle time.
+    return _doc(point.get("setup")).get("settle_converged") is not False
+
+
+def _settle_samples(point: PointDoc) -> list[float]:
+    return _packet_setup("settle_seconds")(point) if _settled(point) else []
+
+
+def _settle_pooled(point: PointDoc) -> float | None:
+    return _setup("settle_seconds")(point) if _settled(point) else None
+
+
 def _any(workload: str) -> bool:
     return True
 
@@ -202,7 +242,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("cpu_ns_per_packet", _rep_cpu, _summary("cpu_ns_per_packet"), "lower", "ns/packet",
            "NET_RX softirq CPU time per delivered packet"),
     Metric("delivered_pps", _rep_delivered_pps, _summary("delivered_pps"), "higher",
-           "packets/s", "packets delivered to the backend per second"),
+           "packets/s", "packets delivered to the backends per second, measured at the "
+           "receiver (first to last arrival)"),
     Metric("loss", _rep_loss, _summary("loss"), "lower", "fraction",
            "fraction of sent packets not delivered"),
     Metric("sync_full", _full_sync_samples, _full_sync_pooled, "lower", "s",
@@ -215,8 +256,19 @@ METRICS: tuple[Metric, ...] = (
            "time from a change to its first effect on traffic"),
     # Settling is timed in rounds of the runner's probe traffic, two at the least: one
     # round more or less is half the shortest figure.
-    Metric("settle", _packet_setup("settle_seconds"), _setup("settle_seconds"), "lower", "s",
+    Metric("settle", _settle_samples, _settle_pooled, "lower", "s",
            "time until new-flow latency stopped drifting after the sync", 0.5),
+    # The paired control (the same traffic to the backend pods' own addresses, right after
+    # each repetition): what the Service adds, with the machine's drift cancelled.
+    Metric("service_minus_control_p50_ns", _paired(lambda r: _rep_percentile(r, "p50")),
+           _summary("service_minus_control_p50_ns"), "lower", "ns",
+           "median latency the Service adds over its paired control"),
+    Metric("service_minus_control_p99_ns", _paired(lambda r: _rep_percentile(r, "p99")),
+           _summary("service_minus_control_p99_ns"), "lower", "ns",
+           "99th percentile latency the Service adds over its paired control"),
+    Metric("service_minus_control_cpu_ns_per_packet", _paired(_rep_cpu_of),
+           _summary("service_minus_control_cpu_ns_per_packet"), "lower", "ns/packet",
+           "CPU per packet the Service adds over its paired control"),
 )
 
 METRICS_BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}

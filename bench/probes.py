@@ -361,6 +361,7 @@ class LatencyReading:
     out_of_range: int  # identified packets whose sequence number had no slot
     duplicates: int  # stamps that overwrote an earlier one
     seconds: float  # window length
+    arrival_ns: np.ndarray | None = None  # arrival stamps (uint64), same order as seqs
 
     def percentiles(self, qs: Sequence[float] = (50, 90, 99, 99.9)) -> dict[float, float]:
         """Percentiles (ns) over the merged per-packet samples (empty: NaN)."""
@@ -457,7 +458,7 @@ class LatencyProbe(Probe):
             sent_seen=_percpu_sum(counts, 0), delivered_seen=_percpu_sum(counts, 1),
             departed=departed, lost=departed - len(both),
             out_of_range=_percpu_sum(counts, 2), duplicates=_percpu_sum(counts, 3),
-            seconds=self._window())
+            seconds=self._window(), arrival_ns=arrive[both])
 
 
 def _origin(cluster: Cluster, external: bool) -> TcHook:

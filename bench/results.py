@@ -21,6 +21,14 @@ Schema version history (``schema_version``, an integer; bump it on any change
 a reader of the previous version would misread, and say here what changed):
 
 - 1 (2026-11): first version.
+- Optional additions (issue 11, readable by a reader of the same version that ignores
+  them): a point's ``breakdown`` (the repetition with the breakdown probes, no longer
+  in ``repetitions``), ``control`` (the paired control repetitions: the same traffic
+  to the backend pods' own addresses), ``failed_repetitions`` (replays that failed,
+  with why; not in ``repetitions``); ``setup.settle_converged``; a repetition's
+  ``arrival_seconds`` (first to last arrival at the backends); the summary's
+  ``control`` and ``service_minus_control_*``. ``delivered_pps`` is now measured at
+  the receiver (delivered over arrival_seconds), null where that is unknown.
 """
 
 from __future__ import annotations
@@ -98,8 +106,11 @@ class EnvironmentDoc(TypedDict):
 
 class SetupDoc(TypedDict):
     sync_seconds: float | None
-    settle_seconds: float | None
+    settle_seconds: float | None  # waited, converged or not
     state_size: dict[str, Any]
+    # False: the settle timed out (or nothing arrived) before latency stopped drifting,
+    # so settle_seconds is how long it waited, not how long settling took.
+    settle_converged: NotRequired[bool | None]
 
 
 class RepetitionDoc(TypedDict):
@@ -117,6 +128,24 @@ class RepetitionDoc(TypedDict):
     # Sync points (workload "sync-*"): seconds of render, apply, kernel time in the
     # applying tool's syscalls, time to effect, ... (None: not measured).
     sync: NotRequired[dict[str, float | None]]
+    # First to last arrival of the delivered packets at the backends (the latency probe's
+    # stamps): delivered_pps is measured over it, not derived from the sender's rate.
+    arrival_seconds: NotRequired[float | None]
+
+
+class FailedRepetitionDoc(TypedDict):
+    phase: Literal["measured", "control", "breakdown"]
+    index: int
+    error: str  # why (tcpreplay's message, a timeout, a short send)
+
+
+class ControlSummaryDoc(TypedDict):
+    """The paired control's own figures (see SummaryDoc)."""
+
+    delivered_pps: float | None
+    loss: float | None
+    latency_ns: dict[str, float | int | None] | None
+    cpu_ns_per_packet: float | None
 
 
 class SummaryDoc(TypedDict):
@@ -130,6 +159,11 @@ class SummaryDoc(TypedDict):
     transit_ns: dict[str, float | int | None] | None
     kfunc_ns_per_packet: NotRequired[dict[str, float | None] | None]
     sync: NotRequired[dict[str, float | None]]  # per key: median over repetitions
+    # Points with a paired control: its figures, and the Service's minus the control's.
+    control: NotRequired[ControlSummaryDoc]
+    service_minus_control_p50_ns: NotRequired[float | None]
+    service_minus_control_p99_ns: NotRequired[float | None]
+    service_minus_control_cpu_ns_per_packet: NotRequired[float | None]
 
 
 class PointDoc(TypedDict):
@@ -149,16 +183,25 @@ class PointDoc(TypedDict):
     summary: NotRequired[SummaryDoc]
     missing: dict[str, str]
     probe_overhead: dict[str, Any] | None
+    # The repetition with the breakdown probes (drops, transit, kernel functions): their
+    # cost inflates its latency and CPU, so it is never pooled with the repetitions.
+    breakdown: NotRequired[RepetitionDoc | None]
+    # The paired control: after each repetition, the same traffic to the backend pods'
+    # own addresses (no Service translation); summary.service_minus_control_* pair them.
+    control: NotRequired[list[RepetitionDoc] | None]
+    failed_repetitions: NotRequired[list[FailedRepetitionDoc]]
     # Only in a baseline pooled from several runs (bench.baseline): which runs the
     # repetitions came from, in order (see runs_of).
     per_run: NotRequired[list[RunShareDoc]]
 
 
 class RunShareDoc(TypedDict):
-    """One run's share of a pooled point: its next ``repetitions`` and its own setup."""
+    """One run's share of a pooled point: its next ``repetitions`` (and ``control``
+    repetitions) and its own setup."""
 
     repetitions: int
     setup: SetupDoc
+    control: NotRequired[int]
 
 
 class ResultDoc(TypedDict):
@@ -183,10 +226,17 @@ def make_repetition(*, sent: int, delivered: int, offered_pps: float | None = No
                     transit_hist: stats.Histogram | dict[str, Any] | None = None,
                     kfunc: Mapping[str, Mapping[str, Any]] | None = None,
                     sync: Mapping[str, float | None] | None = None,
+                    arrival_seconds: float | None = None,
                     ) -> RepetitionDoc:
-    """One repetition of a point. Leave a measurement None when it was not taken."""
+    """One repetition of a point. Leave a measurement None when it was not taken.
+
+    ``delivered`` counts only packets the repetition sent, so it never exceeds ``sent``.
+    """
     if sent < 0 or delivered < 0:
         raise ValueError(f"sent ({sent}) and delivered ({delivered}) must be >= 0")
+    if delivered > sent:
+        raise ValueError(f"delivered ({delivered}) exceeds sent ({sent}): a packet the "
+                         "repetition did not send was counted")
     rep = RepetitionDoc(
         offered_pps=offered_pps, achieved_pps=achieved_pps, sent=int(sent),
         delivered=int(delivered), latency_hist=_hist_json(latency_hist),
@@ -196,6 +246,8 @@ def make_repetition(*, sent: int, delivered: int, offered_pps: float | None = No
         **({"kfunc": {k: dict(v) for k, v in kfunc.items()}} if kfunc is not None else {}))
     if sync is not None:
         rep["sync"] = dict(sync)
+    if arrival_seconds is not None:
+        rep["arrival_seconds"] = float(arrival_seconds)
     return rep
 
 
@@ -203,10 +255,13 @@ def make_point(*, datapath: str, variant: str, services: int, endpoints: int, wo
                rate_pps: int | None, position: str, position_index: int,
                status: PointStatus = "ok", error: str | None = None,
                sync_seconds: float | None = None, settle_seconds: float | None = None,
+               settle_converged: bool | None = None,
                state_size: Mapping[str, Any] | None = None,
                repetitions: list[RepetitionDoc] | None = None,
                missing: Mapping[str, str] | None = None,
                probe_overhead: Mapping[str, Any] | None = None,
+               control: list[RepetitionDoc] | None = None,
+               failed_repetitions: list[FailedRepetitionDoc] | None = None,
                id: str | None = None) -> PointDoc:
     """One measured point; its ``id`` defaults to a readable key of its coordinates.
 
@@ -217,14 +272,20 @@ def make_point(*, datapath: str, variant: str, services: int, endpoints: int, wo
         raise ValueError(f"point status {status!r} is not one of {POINT_STATUSES}")
     rate = "top" if rate_pps is None else str(rate_pps)
     pid = id or f"{variant}/{workload}/s{services}/e{endpoints}/r{rate}/{position}"
-    return PointDoc(
+    point = PointDoc(
         id=pid, datapath=datapath, variant=variant, services=int(services),
         endpoints=int(endpoints), workload=workload, rate_pps=rate_pps, position=position,
         position_index=int(position_index), status=status, error=error,
         setup=SetupDoc(sync_seconds=sync_seconds, settle_seconds=settle_seconds,
                        state_size=dict(state_size or {})),
         repetitions=list(repetitions or []), missing=dict(missing or {}),
-        probe_overhead=dict(probe_overhead) if probe_overhead is not None else None)
+        probe_overhead=dict(probe_overhead) if probe_overhead is not None else None,
+        failed_repetitions=list(failed_repetitions or []))
+    if settle_converged is not None:
+        point["setup"]["settle_converged"] = settle_converged
+    if control is not None:
+        point["control"] = list(control)
+    return point
 
 
 def _hist_json(h: stats.Histogram | dict[str, Any] | None) -> dict[str, Any] | None:
@@ -246,33 +307,16 @@ def _merged(reps: list[RepetitionDoc], key: str) -> dict[str, float | int | None
     return stats.summary(merged)
 
 
-def summarise_point(point: PointDoc) -> SummaryDoc:
-    """The point's summary, pooled over its repetitions.
-
-    - latency_ns / transit_ns: count, min, mean, p50, p90, p99, p99.9, max of
-      the MERGED histograms of all repetitions (None if no repetition has one);
-    - achieved_pps / delivered_pps: total packets over total time, where a
-      repetition's time is sent / achieved_pps (repetitions without a rate are
-      left out); offered_pps: the mean of the offered rates;
-    - loss: 1 - sum(delivered) / sum(sent);
-    - cpu_ns_per_packet: sum(softirq_ns) / sum(delivered) over the repetitions
-      that measured it (a repetition with only cpu_ns_per_packet counts as
-      cpu_ns_per_packet x delivered);
-    - drops: per-reason sums over the repetitions that counted drops.
-    """
-    reps = point.get("repetitions") or []
-    offered = [r["offered_pps"] for r in reps if r.get("offered_pps") is not None]
-    seconds = 0.0  # time of the repetitions whose generator rate is known
-    timed_sent = timed_delivered = 0
+def _traffic(reps: list[RepetitionDoc]) -> dict[str, Any]:
+    """Rates, loss, latency and CPU of ``reps``, pooled (see :func:`summarise_point`)."""
+    span = 0.0  # receiver time of the repetitions whose arrival span is known
+    spanned = 0
     for r in reps:
-        rate = r.get("achieved_pps")
-        if rate is not None and rate > 0 and r["sent"] > 0:
-            seconds += r["sent"] / rate
-            timed_sent += r["sent"]
-            timed_delivered += r["delivered"]
+        if (r.get("arrival_seconds") or 0) > 0 and r["delivered"] > 1:
+            span += r["arrival_seconds"]  # type: ignore[operator]
+            spanned += r["delivered"] - 1  # n arrivals span n - 1 gaps
     sent = sum(r["sent"] for r in reps)
     delivered = sum(r["delivered"] for r in reps)
-
     cpu_ns = 0.0
     cpu_pkts = 0
     for r in reps:
@@ -282,25 +326,77 @@ def summarise_point(point: PointDoc) -> SummaryDoc:
         elif r.get("cpu_ns_per_packet") is not None:
             cpu_ns += r["cpu_ns_per_packet"] * r["delivered"]  # type: ignore[operator]
             cpu_pkts += r["delivered"]
+    return {
+        "delivered_pps": spanned / span if span > 0 else None,
+        "loss": 1 - delivered / sent if sent > 0 else None,
+        "latency_ns": _merged(reps, "latency_hist"),
+        "cpu_ns_per_packet": cpu_ns / cpu_pkts if cpu_pkts > 0 else None,
+    }
+
+
+def _minus(a: float | int | None, b: float | int | None) -> float | None:
+    return float(a) - float(b) if a is not None and b is not None else None
+
+
+def summarise_point(point: PointDoc) -> SummaryDoc:
+    """The point's summary, pooled over its repetitions.
+
+    - latency_ns / transit_ns: count, min, mean, p50, p90, p99, p99.9, max of
+      the MERGED histograms of all repetitions (None if no repetition has one);
+    - achieved_pps: total packets over total sender time, where a repetition's
+      time is sent / achieved_pps (repetitions without a rate are left out);
+      offered_pps: the mean of the offered rates;
+    - delivered_pps: measured at the receiver, sum(delivered - 1) over the sum
+      of the repetitions' arrival spans (None where no span was recorded);
+    - loss: 1 - sum(delivered) / sum(sent);
+    - cpu_ns_per_packet: sum(softirq_ns) / sum(delivered) over the repetitions
+      that measured it (a repetition with only cpu_ns_per_packet counts as
+      cpu_ns_per_packet x delivered);
+    - drops, transit_ns, kfunc_ns_per_packet: from the breakdown repetition
+      (``point["breakdown"]``), which nothing else is pooled with;
+    - control, service_minus_control_*: the paired control's figures (the same
+      pooling over ``point["control"]``) and the Service's minus them.
+    """
+    reps = point.get("repetitions") or []
+    breakdown = point.get("breakdown")
+    detail = [*reps, breakdown] if breakdown else reps
+    offered = [r["offered_pps"] for r in reps if r.get("offered_pps") is not None]
+    seconds = 0.0  # sender time of the repetitions whose generator rate is known
+    timed_sent = 0
+    for r in reps:
+        rate = r.get("achieved_pps")
+        if rate is not None and rate > 0 and r["sent"] > 0:
+            seconds += r["sent"] / rate
+            timed_sent += r["sent"]
 
     drops: dict[str, int] | None = None
-    for r in reps:
+    for r in detail:
         if r.get("drops") is not None:
             drops = drops or {}
             for reason, n in r["drops"].items():  # type: ignore[union-attr]
                 drops[reason] = drops.get(reason, 0) + int(n)
 
+    traffic = _traffic(reps)
     summary = SummaryDoc(
         offered_pps=sum(o for o in offered if o is not None) / len(offered) if offered else None,
         achieved_pps=timed_sent / seconds if seconds > 0 else None,
-        delivered_pps=timed_delivered / seconds if seconds > 0 else None,
-        loss=1 - delivered / sent if sent > 0 else None,
-        latency_ns=_merged(reps, "latency_hist"),
-        cpu_ns_per_packet=cpu_ns / cpu_pkts if cpu_pkts > 0 else None,
+        delivered_pps=traffic["delivered_pps"],
+        loss=traffic["loss"],
+        latency_ns=traffic["latency_ns"],
+        cpu_ns_per_packet=traffic["cpu_ns_per_packet"],
         drops=drops,
-        transit_ns=_merged(reps, "transit_hist"),
-        **_kfunc_summary(reps),
+        transit_ns=_merged(detail, "transit_hist"),
+        **_kfunc_summary(detail),
     )
+    control = point.get("control")
+    if control:
+        c = _traffic(control)
+        summary["control"] = ControlSummaryDoc(**c)  # type: ignore[typeddict-item]
+        lat, clat = summary["latency_ns"] or {}, c["latency_ns"] or {}
+        summary["service_minus_control_p50_ns"] = _minus(lat.get("p50"), clat.get("p50"))
+        summary["service_minus_control_p99_ns"] = _minus(lat.get("p99"), clat.get("p99"))
+        summary["service_minus_control_cpu_ns_per_packet"] = _minus(
+            summary["cpu_ns_per_packet"], c["cpu_ns_per_packet"])
     sync_keys = sorted({k for r in reps for k in (r.get("sync") or {})})
     if sync_keys:
         summary["sync"] = {}
@@ -776,10 +872,13 @@ def runs_of(point: PointDoc) -> list[PointDoc]:
     if not shares:
         return [point]
     out: list[PointDoc] = []
-    start = 0
+    start = cstart = 0
     for share in shares:
         sub: Any = {k: v for k, v in point.items() if k not in ("per_run", "summary")}
         sub["repetitions"] = point["repetitions"][start:start + share["repetitions"]]
+        if point.get("control") is not None:
+            sub["control"] = point["control"][cstart:cstart + share.get("control", 0)]
+            cstart += share.get("control", 0)
         sub["setup"] = {**point["setup"], **share["setup"]}
         sub["summary"] = summarise_point(sub)
         start += share["repetitions"]

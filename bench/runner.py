@@ -3,7 +3,10 @@
 For every datapath variant and scale the runner builds a namespace cluster
 with N generated services (backend pods only behind the measured one),
 times the first full sync, waits until the kernel settles, attaches the
-probes, and replays each workload at the scenario's fixed offered rate. A
+probes, and replays each workload at the scenario's fixed offered rate, each
+repetition followed by its paired control (the same traffic to the backend
+pods' own addresses) and the point closed by a breakdown repetition kept
+apart; every phase takes its own flows (:class:`SeqSpace`). A
 point that fails is recorded with its error and the run goes on; a sync
 beyond the per-point limit is recorded as ``exceeded-limit`` with the time
 it reached; Ctrl-C stops at once, tears everything down and keeps the
@@ -38,19 +41,20 @@ from bench.scenario import Scenario
 from bench.slowdown import inject_rules
 from bench.stats import Histogram
 from bench.testbed import SyncTiming, Testbed
-from bench.traffic import NEW_FLOW_WORKLOADS, Target
+from bench.traffic import NEW_FLOW_WORKLOADS, SPORTS, WARMUP_MAGIC, ReplayStats, Target
 from bench.vm import guest_environment
 
 log = logging.getLogger("kpbench")
 
-# Settling: bursts of this many new-flow packets at this rate, until two
-# consecutive medians agree within the scenario's tolerance.
+# Settling: bursts of this many new-flow packets (of the point's own protocol) at this
+# rate, until two consecutive medians agree within the scenario's tolerance.
 SETTLE_PACKETS = 300
 SETTLE_RATE_PPS = 3000
 DRAIN_SECONDS = 0.05  # packets still in flight when tcpreplay returns
-SEQ_STRIDE = 1 << 20  # sequence space per repetition: fresh flows every time
+# Source addresses every new-flow pcap of a cluster steps through: 64 x 64,512 flows,
+# enough for settle, warm-up, repetitions, controls and the overhead bursts of a point.
+FLOW_SRC_SPAN = 64
 OVERHEAD_PACKETS = 100_000  # top-speed burst for the probe overhead (about half a second)
-OVERHEAD_SRC_SPAN = 16  # source addresses, so six bursts of fresh flows fit
 # A workload "nodeport-<w>" sends <w> from the external client to the measured
 # service's NodePort on node 0 (made a NodePort service for it) instead of from the
 # client pod to its ClusterIP: the path NodePort accelerations such as XDP take.
@@ -60,6 +64,31 @@ MEASURED_NODE_PORT = 30000
 
 def _target_kind(workload: str) -> str:
     return "nodeport" if workload.startswith(NODEPORT_PREFIX) else "clusterip"
+
+
+class SeqSpace:
+    """The sequence numbers of one cluster's traffic, handed out in disjoint ranges.
+
+    A new-flow packet's flow is its sequence number modulo the flow space
+    (bench.traffic), and every range lies below that modulus: settle, warm-up,
+    measured, control, breakdown and overhead traffic of one cluster never
+    share a flow, so "every packet a new flow" holds for each (conntrack is
+    not flushed between them). Ranges only grow, so a straggler of an earlier
+    phase has a sequence number below the next window and is out of its range.
+    """
+
+    def __init__(self, src_span: int = FLOW_SRC_SPAN) -> None:
+        self.src_span = src_span
+        self.flows = SPORTS * src_span
+        self.next = 0
+
+    def take(self, count: int) -> int:
+        """The first of ``count`` sequence numbers no other phase uses."""
+        if self.next + count > self.flows:
+            raise KpbenchError(f"{self.next + count} packets exceed the {self.flows} fresh "
+                               "flows of one cluster; lower traffic.packets or repetitions")
+        first, self.next = self.next, self.next + count
+        return first
 
 
 class Progress:
@@ -118,7 +147,8 @@ class Progress:
         else:
             traffic = (sum(self.traffic_seconds) / len(self.traffic_seconds)
                        if self.traffic_seconds else
-                       self.sc.repetitions * self.sc.packets / self.sc.rate_pps + 2)
+                       self.sc.repetitions * (self.sc.packets + self.sc.control_packets)
+                       / self.sc.rate_pps + 2)
             fixed = traffic * len(self.sc.measured)
         return (fixed + sync) / len(self.sc.measured)
 
@@ -278,6 +308,7 @@ class Runner:
             services[i] = replace(services[i], type="NodePort", ports=(port,))
         measured = services[sc.position_index(n)]
         datapath = make_variant(variant)
+        self.seqs = SeqSpace()  # a fresh cluster, a fresh conntrack: a fresh flow space
         # Targets a datapath cannot act on (e.g. socket LB and replayed frames), with why.
         not_measured: dict[str, str] = getattr(datapath, "not_measured", {})
         datapath.apply_timeout = sc.point_time_limit
@@ -314,6 +345,7 @@ class Runner:
                     target = (Target.from_external_client(bed.cluster, 0, MEASURED_NODE_PORT)
                               if external else Target.from_client_pod(
                                   bed.cluster, measured.cluster_ip, measured.ports[0].port))
+                    control = self._control_target(bed, target)
                     if sc.overhead and not self.overhead_done:
                         # Once per run, at its first point, before any probe is attached.
                         t0 = time.monotonic()
@@ -323,17 +355,24 @@ class Runner:
                     probes = self._main_probes(bed, external)
                     group = []
                     with probes.attached():
-                        settle = self._settle(target, probes)
+                        settle = self._settle(target, probes, self._settle_workload())
                         for workload in workloads:
-                            group.append(self._measure(target, variant, n, workload, probes,
-                                                       timing, settle, state))
+                            group.append(self._measure(target, control, variant, n, workload,
+                                                       probes, timing, settle, state))
                     # Breakdown probes (drops, transit; kernel functions where the kernel has
-                    # them) add per-packet cost of their own: a repetition of their own.
+                    # them) add per-packet cost of their own: a repetition of their own, kept
+                    # apart from the measured ones (point["breakdown"]).
                     breakdown = self._breakdown_probes(bed, external)
                     with breakdown.attached():
                         for point in group:
-                            point["repetitions"].append(self._breakdown_rep(
-                                target, point["workload"], breakdown))
+                            if point["status"] != "ok":
+                                continue
+                            rep, error = self._breakdown_rep(target, point["workload"],
+                                                             breakdown)
+                            point["breakdown"] = rep
+                            if error:
+                                point["failed_repetitions"].append(
+                                    {"phase": "breakdown", "index": 0, "error": error})
                             point["missing"].update(breakdown.missing)
                     points += group
                 for point in points:
@@ -372,17 +411,12 @@ class Runner:
                         warned=self.warned)
 
     def _breakdown_rep(self, target: Target, workload: str,
-                       probes: ProbeSet) -> R.RepetitionDoc:
-        """One more repetition with the breakdown probes; its latency is not reported."""
-        pcap = self.workdir / "breakdown.pcap"
-        seq = SEQ_STRIDE * (self.sc.repetitions + 1)
-        target.build_pcap(workload.removeprefix(NODEPORT_PREFIX), self.sc.packets, pcap,
-                          seq_start=seq)
-        probes.start(seq)
-        stats = target.replay(pcap, self.sc.rate_pps,
-                              timeout=self.sc.packets / self.sc.rate_pps * 3 + 30)
-        time.sleep(DRAIN_SECONDS)
-        return self._repetition(stats, probes, latency=False)
+                       probes: ProbeSet) -> tuple[R.RepetitionDoc | None, str | None]:
+        """One more repetition with the breakdown probes; its latency is not reported.
+
+        Returns the repetition, or None and why its replay failed.
+        """
+        return self._traffic_rep(target, workload, self.sc.packets, probes, latency=False)
 
     def _overhead(self, bed: Testbed, target: Target, external: bool) -> dict[str, float]:
         """Delivered packets/s at top speed with no probe, the main probes, and all probes.
@@ -407,10 +441,10 @@ class Runner:
 
         samples: dict[str, list[float]] = {"none": [], "main": [], "all": []}
         self.progress.say("measuring the probes' overhead")
-        for i, config in enumerate(("none", "main", "all", "all", "main", "none")):
+        for config in ("none", "main", "all", "all", "main", "none"):
             target.build_pcap("udp-new", OVERHEAD_PACKETS, pcap,
-                              seq_start=SEQ_STRIDE * 500 + i * OVERHEAD_PACKETS,
-                              src_span=OVERHEAD_SRC_SPAN)
+                              seq_start=self.seqs.take(OVERHEAD_PACKETS),
+                              src_span=self.seqs.src_span)
             probes = {"none": None, "main": self._main_probes(bed, external),
                       "all": self._all_probes(bed, external)}[config]
             with contextlib.ExitStack() as stack:
@@ -434,62 +468,130 @@ class Runner:
         main.others.update(extra.others)
         return main
 
-    def _settle(self, target: Target, probes: ProbeSet) -> float:
-        """Wait until new-flow latency stops drifting after the sync; returns seconds waited."""
+    def _settle_workload(self) -> str:
+        """New flows of the scenario's own protocol: TCP SYNs walk the TCP rules."""
+        return "tcp-syn" if self._protocol() == "TCP" else "udp-new"
+
+    def _control_target(self, bed: Testbed, target: Target) -> Target:
+        """The paired control: ``target``'s frames sent to the backend pods' own addresses
+        (no Service translation), on the port each pod serves, spread over the pods as the
+        Service spreads new flows over its endpoints."""
+        tcp = self._protocol() == "TCP"
+        pods = [p for p in bed.layout.pods if (p.tcp_ports if tcp else p.udp_ports)]
+        if not pods:
+            raise KpbenchError("the measured service has no backend pod to send the control to")
+        port = (pods[0].tcp_ports if tcp else pods[0].udp_ports)[0]
+        return target.to_addresses([p.ip for p in pods], port)
+
+    def _settle(self, target: Target, probes: ProbeSet,
+                workload: str = "udp-new") -> tuple[float, bool]:
+        """Wait until new-flow latency stops drifting after the sync.
+
+        Returns (seconds waited, converged): not converged when the timeout
+        came first or nothing arrived to judge by.
+        """
         start = time.monotonic()
         pcap = self.workdir / "settle.pcap"
         last: float | None = None
-        seq = 0
         while time.monotonic() - start < self.sc.settle_timeout:
-            target.build_pcap("udp-new", SETTLE_PACKETS, pcap, seq_start=seq)
+            seq = self.seqs.take(SETTLE_PACKETS)
+            target.build_pcap(workload, SETTLE_PACKETS, pcap, seq_start=seq,
+                              src_span=self.seqs.src_span)
             probes.latency.start(seq)
             target.replay(pcap, SETTLE_RATE_PPS, timeout=30)
             time.sleep(DRAIN_SECONDS)
             reading = probes.latency.read()
-            seq += SEQ_STRIDE
             if not len(reading.latency_ns):
                 break  # nothing arrives: the measurement itself will say why
             median = float(np.median(reading.latency_ns))
             if last is not None and abs(median - last) <= self.sc.settle_tolerance * last:
-                return time.monotonic() - start
+                return time.monotonic() - start, True
             last = median
-        return time.monotonic() - start
+        return time.monotonic() - start, False
 
-    def _measure(self, target: Target, variant: str, n: int, workload: str,
-                 probes: ProbeSet, timing: SyncTiming, settle: float,
-                 state: dict[str, int]) -> R.PointDoc:
-        sc = self.sc
+    def _warm_up(self, target: Target, packets: str, count: int) -> None:
+        """Warm-up traffic the probes ignore (WARMUP_MAGIC) on flows no other phase uses."""
+        if not count:
+            return
+        warm = self.workdir / "warmup.pcap"
+        if packets in NEW_FLOW_WORKLOADS:
+            target.build_pcap(packets, count, warm, seq_start=self.seqs.take(count),
+                              src_span=self.seqs.src_span, magic=WARMUP_MAGIC)
+        else:
+            target.build_warmup_pcap(packets, warm)
+        target.replay(warm, self.sc.rate_pps, timeout=count / self.sc.rate_pps * 3 + 30)
+
+    def _traffic_rep(self, target: Target, workload: str, count: int, probes: ProbeSet,
+                     latency: bool = True) -> tuple[R.RepetitionDoc | None, str | None]:
+        """Replay ``count`` packets of ``workload`` on fresh sequence numbers and read the
+        probes: (the repetition, None), or (None, why) when the replay failed, timed out or
+        sent less than asked (such a repetition measures an unknown share of the traffic)."""
         packets = workload.removeprefix(NODEPORT_PREFIX)  # what the frames are
-        if sc.warmup_packets:
-            warm = self.workdir / "warmup.pcap"
-            if packets in NEW_FLOW_WORKLOADS:
-                target.build_pcap(packets, sc.warmup_packets, warm, seq_start=SEQ_STRIDE * 999)
-            else:
-                target.build_warmup_pcap(packets, warm)
-            target.replay(warm, sc.rate_pps, timeout=60)
-        reps = []
-        budget = sc.packets / sc.rate_pps * 3 + 30
+        pcap = self.workdir / f"{packets}.pcap"
+        seq = self.seqs.take(count)
+        target.build_pcap(packets, count, pcap, seq_start=seq, src_span=self.seqs.src_span)
+        budget = count / self.sc.rate_pps * 3 + 30
+        probes.start(seq)
+        try:
+            stats = target.replay(pcap, self.sc.rate_pps, timeout=budget)
+        except KpbenchError as e:
+            return None, str(e)
+        time.sleep(DRAIN_SECONDS)
+        error = _replay_failure(stats, count, budget)
+        if error:
+            return None, error
+        return self._repetition(stats, probes, latency, seq_base=seq), None
+
+    def _measure(self, target: Target, control: Target, variant: str, n: int, workload: str,
+                 probes: ProbeSet, timing: SyncTiming, settle: tuple[float, bool],
+                 state: dict[str, int]) -> R.PointDoc:
+        """The point's repetitions, each followed by its paired control repetition."""
+        sc = self.sc
+        packets = workload.removeprefix(NODEPORT_PREFIX)
+        self._warm_up(target, packets, sc.warmup_packets)
+        if sc.control_packets:
+            self._warm_up(control, packets, min(sc.warmup_packets, sc.control_packets))
+        reps: list[R.RepetitionDoc] = []
+        controls: list[R.RepetitionDoc] = []
+        failed: list[dict[str, Any]] = []
         for r in range(sc.repetitions):
             self.progress.say(f"{variant}: {n} services: {workload} rep {r + 1}/"
                               f"{sc.repetitions}")
-            pcap = self.workdir / f"{workload}.pcap"
-            seq = SEQ_STRIDE * (r + 1)
-            target.build_pcap(packets, sc.packets, pcap, seq_start=seq)
-            probes.start(seq)
             t0 = time.monotonic()
-            stats = target.replay(pcap, sc.rate_pps, timeout=budget)
+            rep, error = self._traffic_rep(target, workload, sc.packets, probes)
             self.progress.traffic_seconds.append(time.monotonic() - t0)
-            time.sleep(DRAIN_SECONDS)
-            reps.append(self._repetition(stats, probes))
+            if rep is None:
+                failed.append({"phase": "measured", "index": r, "error": error})
+            else:
+                reps.append(rep)
+            if sc.control_packets:
+                # Interleaved, so the machine's drift moves both alike.
+                rep, error = self._traffic_rep(control, workload, sc.control_packets, probes)
+                if rep is None:
+                    failed.append({"phase": "control", "index": r, "error": error})
+                else:
+                    controls.append(rep)
         overhead = getattr(self, "overhead", None)
+        status: R.PointStatus = "ok" if reps else "failed"
         return self._point(variant, n, workload, repetitions=reps, sync_seconds=timing.total,
-                           settle_seconds=settle, state_size=state,
-                           missing=dict(probes.missing), probe_overhead=overhead)
+                           settle_seconds=settle[0], settle_converged=settle[1],
+                           state_size=state, missing=dict(probes.missing),
+                           probe_overhead=overhead, status=status,
+                           error=None if reps else f"every repetition failed: {failed[0]['error']}",
+                           control=controls if sc.control_packets else None,
+                           failed_repetitions=failed)
 
     @staticmethod
-    def _repetition(stats: Any, probes: ProbeSet, latency: bool = True) -> R.RepetitionDoc:
+    def _repetition(stats: Any, probes: ProbeSet, latency: bool = True,
+                    seq_base: int = 0) -> R.RepetitionDoc:
         lat = probes.latency.read()
-        delivered = lat.delivered_seen
+        # Only the packets this repetition sent: stamped on leaving the client in this
+        # window, with a sequence number among the first stats.sent of its range. A
+        # straggler of earlier traffic, or warm-up, is not one of them.
+        mine = _sent_here(lat.seqs, seq_base, stats.sent)
+        delivered = int(np.count_nonzero(mine))
+        arrivals = lat.arrival_ns[mine] if lat.arrival_ns is not None else np.empty(0)
+        latency_ns = lat.latency_ns[mine]
         kw: dict[str, Any] = {}
         if "cpu" in probes.others:
             cpu = probes.others["cpu"].read()  # type: ignore[attr-defined]
@@ -511,6 +613,27 @@ class Runner:
         return R.make_repetition(
             sent=stats.sent, delivered=delivered, offered_pps=stats.offered_pps,
             achieved_pps=stats.achieved_pps,
-            latency_hist=(Histogram.from_samples(lat.latency_ns)
-                          if latency and len(lat.latency_ns) else None),
+            # Measured at the receiver: first to last arrival of the delivered packets.
+            arrival_seconds=(float(arrivals.max() - arrivals.min()) / 1e9
+                             if len(arrivals) > 1 else None),
+            latency_hist=(Histogram.from_samples(latency_ns)
+                          if latency and len(latency_ns) else None),
             **kw)
+
+
+def _sent_here(seqs: np.ndarray, seq_base: int, sent: int) -> np.ndarray:
+    """Mask of ``seqs`` within the first ``sent`` sequence numbers from ``seq_base``."""
+    offset = seqs.astype(np.int64) - seq_base
+    return (offset >= 0) & (offset < sent)
+
+
+def _replay_failure(stats: ReplayStats, count: int, budget: float) -> str | None:
+    """Why a replay of ``count`` packets cannot stand as a repetition (None: it can)."""
+    if stats.timed_out:
+        return (f"tcpreplay timed out after {budget:.0f} s having sent {stats.sent} of "
+                f"{count} packets")
+    if stats.failed:
+        return f"tcpreplay failed to send {stats.failed} of {count} packets"
+    if stats.sent != count:
+        return f"tcpreplay sent {stats.sent} of {count} packets"
+    return None

@@ -57,7 +57,7 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "sweep": {"datapaths": list, "services": list, "endpoints": int, "nodes": int,
               "position": (str, int), "max_services": dict},
     "traffic": {"workloads": list, "rate_pps": int, "packets": int, "repetitions": int,
-                "warmup_packets": int},
+                "warmup_packets": int, "control_packets": int},
     "sync": {"changes": list, "repetitions": int, "effect_rate_pps": int},
     "measure": {"probes": list, "overhead": bool, "settle_timeout": (int, float),
                 "point_time_limit": (int, float), "settle_tolerance": (int, float)},
@@ -80,6 +80,9 @@ class Scenario:
     packets: int = 10000
     repetitions: int = 3
     warmup_packets: int = 1000
+    # Packets of each paired control repetition (the same traffic to the backend pods'
+    # own addresses, after each measured repetition); None: half of ``packets``; 0: none.
+    control_packets: int | None = None
     probes: tuple[str, ...] = PROBES
     overhead: bool = True
     settle_timeout: float = 60.0
@@ -90,6 +93,10 @@ class Scenario:
     changes: tuple[str, ...] = CHANGES
     sync_repetitions: int = 3
     effect_rate_pps: int = 2000
+
+    def __post_init__(self) -> None:
+        if self.control_packets is None:
+            object.__setattr__(self, "control_packets", max(self.packets // 2, 1))
 
     def scales(self, datapath: str) -> list[int]:
         """The service counts this datapath is measured at (its cap applied)."""
@@ -224,7 +231,8 @@ def parse_scenario(doc: dict[str, Any], src: str = "<scenario>", text: str = "",
         kw["workloads"] = _choices(traffic["workloads"], WORKLOADS, src, "traffic.workloads")
     for key, hi, zero_ok in (("rate_pps", MAX_RATE_PPS, False), ("packets", MAX_PACKETS, False),
                              ("repetitions", MAX_REPETITIONS, False),
-                             ("warmup_packets", MAX_PACKETS, True)):
+                             ("warmup_packets", MAX_PACKETS, True),
+                             ("control_packets", MAX_PACKETS, True)):
         if key in traffic:
             _positive(traffic[key], src, f"traffic.{key}", hi=hi, zero_ok=zero_ok)
             kw[key] = traffic[key]

@@ -64,16 +64,26 @@ def _sync_seconds(p: PointDoc) -> float | None:
     return setup.get("sync_seconds")
 
 
+def _settle(setup: Any) -> str:
+    """The settle time, or how long it waited without settling."""
+    text = fmt_value(setup.get("settle_seconds"), "s")
+    return f"{text} (not settled)" if setup.get("settle_converged") is False else text
+
+
 def points_table(doc: ResultDoc) -> Table:
-    """One row per point: coordinates, status, latency percentiles, CPU, rate, loss, setup."""
+    """One row per point: coordinates, status, latency percentiles, CPU, rate, loss, setup.
+
+    ``svc-ctl`` columns: the Service's p50 and CPU per packet minus its paired
+    control's (the same traffic to the backend pods' own addresses).
+    """
     points = list(iter_points(doc))
     coords = [(k, title) for k, title in OPTIONAL_COORDS
               if len({_coord(p, k) for p in points}) > 1]
     t = Table(["variant", "workload", "services", *(title for _, title in coords), "status",
-               "reps", "p50", "p90", "p99", "p99.9", "cpu/pkt", "delivered", "loss", "sync",
-               "settle"],
+               "reps", "p50", "p90", "p99", "p99.9", "cpu/pkt", "svc-ctl p50", "svc-ctl cpu",
+               "delivered", "loss", "sync", "settle"],
               align=["l", "l", "r", *("r" for _ in coords), "l", "r", "r", "r", "r", "r",
-                     "r", "r", "r", "r", "r"])
+                     "r", "r", "r", "r", "r", "r", "r"])
     for p in points:
         s: Any = p.get("summary") or {}
         lat = s.get("latency_ns") or {}
@@ -84,9 +94,11 @@ def points_table(doc: ResultDoc) -> Table:
                status[:60], len(p.get("repetitions") or []),
                *(fmt_value(lat.get(q), "ns") for q in ("p50", "p90", "p99", "p99.9")),
                fmt_value(s.get("cpu_ns_per_packet"), "ns/packet"),
+               fmt_value(s.get("service_minus_control_p50_ns"), "ns"),
+               fmt_value(s.get("service_minus_control_cpu_ns_per_packet"), "ns/packet"),
                fmt_value(s.get("delivered_pps"), "packets/s"),
                fmt_value(s.get("loss"), "fraction"),
                fmt_value(_sync_seconds(p), "s"),
-               fmt_value(setup.get("settle_seconds"), "s")],
+               _settle(setup)],
               css="" if p["status"] == "ok" else "failed")
     return t

@@ -6,8 +6,8 @@ offered rate is a request, not a fact.
 
 Every measured packet carries an identity the probes read back: its
 transport payload starts with :data:`MAGIC` and a big-endian u32 sequence
-number (TCP SYNs carry it too). Warm-up packets carry :data:`WARMUP_MAGIC`
-instead, so probes ignore them.
+number (TCP SYNs carry it too). Warm-up and settle packets carry
+:data:`WARMUP_MAGIC` instead, so probes ignore them (``magic=``).
 
 Workloads (:data:`WORKLOADS`):
 
@@ -21,9 +21,17 @@ Workloads (:data:`WORKLOADS`):
     :data:`ESTABLISHED_FLOWS` flows used round-robin: conntrack hits once the
     warm-up pcap (one packet per flow) has been replayed.
 
-The flow of a new-flow packet is a function of its sequence number, so
-consecutive runs with consecutive ``seq_start`` use fresh flows without
-flushing conntrack (until the 64,512 x ``src_span`` flow space wraps).
+Flow spaces never overlap: per source address, new flows use source ports
+:data:`SPORT_FIRST`-65535, the established flows the ports just below them,
+and the new-flow warm-up port :data:`SPORT_FIRST` - 1 lies between. The
+flow of a new-flow packet is a function of its sequence number (flow =
+seq mod 64,512 x ``src_span``), so traffic that takes consecutive,
+non-overlapping sequence ranges (bench.runner's ``SeqSpace``) uses fresh
+flows without flushing conntrack, until the flow space wraps.
+
+``dst_ips`` spreads a pcap over several destinations (packet or flow ``i``
+to ``dst_ips[i mod n]``): the runner's paired control sends the measured
+traffic straight to the backend pods' own addresses this way.
 
 Frames are made by patching one scapy-built template with numpy (ports,
 addresses, sequence numbers, checksums), because scapy builds only tens of
@@ -39,7 +47,8 @@ import signal
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +69,10 @@ ESTABLISHED_FLOWS = 16
 MAX_COUNT = 2_000_000
 SPORT_FIRST = 1024
 SPORTS = 65536 - SPORT_FIRST  # source ports per source address for new flows
+NEW_FLOW_WARMUP_SPORT = SPORT_FIRST - 1  # the new-flow warm-up's one flow
+# The established flows' ports lie below both: no new flow ever reuses their entries.
+ESTABLISHED_SPORT_FIRST = NEW_FLOW_WARMUP_SPORT - ESTABLISHED_FLOWS
+MAX_SRC_SPAN = 128  # source addresses a new-flow pcap may step through
 MAX_FRAME = 1514
 NETNS_DIR = Path("/run/netns")
 _CHUNK = 65536  # frames patched per numpy block: bounds memory for large pcaps
@@ -68,6 +81,7 @@ _CHUNK = 65536  # frames patched per numpy block: bounds memory for large pcaps
 _ETH = 14
 _IP_CSUM = _ETH + 10
 _IP_SRC = _ETH + 12
+_IP_DST = _ETH + 16
 _L4 = _ETH + 20
 _UDP_CSUM = _L4 + 6
 _TCP_SEQ = _L4 + 4
@@ -90,6 +104,7 @@ class Target:
     src_ip: str
     dst_ip: str
     dport: int
+    dst_ips: tuple[str, ...] | None = None  # several destinations (see the module doc)
 
     @classmethod
     def from_client_pod(cls, cluster: Cluster, dst_ip: str, dport: int) -> Target:
@@ -112,16 +127,25 @@ class Target:
                    dst_ip or L.node_ip(node), dport)
 
     def build_pcap(self, workload: str, count: int, path: Path, seq_start: int = 0,
-                   payload_len: int = IDENTITY_LEN, src_span: int = 1) -> Path:
+                   payload_len: int = IDENTITY_LEN, src_span: int = 1,
+                   magic: bytes = MAGIC) -> Path:
         """:func:`build_pcap` for this target."""
         return build_pcap(workload, self.src_mac, self.dst_mac, self.src_ip, self.dst_ip,
-                          self.dport, count, path, seq_start, payload_len, src_span)
+                          self.dport, count, path, seq_start, payload_len, src_span,
+                          magic=magic, dst_ips=self.dst_ips)
 
     def build_warmup_pcap(self, workload: str, path: Path,
                           payload_len: int = IDENTITY_LEN) -> Path:
         """:func:`build_warmup_pcap` for this target."""
         return build_warmup_pcap(workload, self.src_mac, self.dst_mac, self.src_ip,
-                                 self.dst_ip, self.dport, path, payload_len)
+                                 self.dst_ip, self.dport, path, payload_len,
+                                 dst_ips=self.dst_ips)
+
+    def to_addresses(self, dst_ips: Sequence[str], dport: int) -> Target:
+        """The same frames from the same place, spread over ``dst_ips`` on ``dport``."""
+        if not dst_ips:
+            raise ValueError("to_addresses needs at least one address")
+        return replace(self, dst_ip=dst_ips[0], dst_ips=tuple(dst_ips), dport=dport)
 
     def replay(self, pcap: Path, pps: int | None, timeout: float,
                stop: threading.Event | None = None) -> ReplayStats:
@@ -147,24 +171,32 @@ def link_mac(netns: str, ifname: str) -> str:
 
 def build_pcap(workload: str, src_mac: str, dst_mac: str, src_ip: str, dst_ip: str,
                dport: int, count: int, path: Path, seq_start: int = 0,
-               payload_len: int = IDENTITY_LEN, src_span: int = 1) -> Path:
+               payload_len: int = IDENTITY_LEN, src_span: int = 1, *,
+               magic: bytes = MAGIC, dst_ips: Sequence[str] | None = None) -> Path:
     """Write ``count`` frames of ``workload`` to the pcap ``path``; returns ``path``.
 
-    Packet ``i`` carries sequence number ``seq_start + i``. All frames have
-    the same length (``payload_len`` bytes of transport payload, at least
-    the 8-byte identity). New-flow workloads take the source port, and with
-    ``src_span`` > 1 the source address among ``src_span`` consecutive
-    addresses from ``src_ip``, from the sequence number.
+    Packet ``i`` carries sequence number ``seq_start + i`` after ``magic``
+    (:data:`WARMUP_MAGIC` for traffic the probes must ignore). All frames
+    have the same length (``payload_len`` bytes of transport payload, at
+    least the 8-byte identity). New-flow workloads take the source port, and
+    with ``src_span`` > 1 the source address among ``src_span`` consecutive
+    addresses from ``src_ip``, from the sequence number. With ``dst_ips``,
+    a new-flow packet goes to ``dst_ips[seq mod n]`` and an established flow
+    ``k`` to ``dst_ips[k mod n]`` (``dst_ip`` is then unused).
     """
     _check(workload, count, seq_start, payload_len)
-    if not 1 <= src_span <= 256:
-        raise ValueError(f"src_span {src_span} out of range (1-256)")
+    if not 1 <= src_span <= MAX_SRC_SPAN:
+        raise ValueError(f"src_span {src_span} out of range (1-{MAX_SRC_SPAN})")
     if workload in NEW_FLOW_WORKLOADS and count > SPORTS * src_span:
         raise ValueError(f"{workload}: {count} packets exceed the {SPORTS * src_span} new flows "
                          f"of {src_span} source address(es); raise src_span or lower count")
+    if len(magic) != 4:
+        raise ValueError(f"magic must be 4 bytes, not {magic!r}")
     proto = "tcp" if workload == "tcp-syn" else "udp"
-    template = _template(proto, src_mac, dst_mac, src_ip, dst_ip, dport, payload_len, MAGIC)
+    template = _template(proto, src_mac, dst_mac, src_ip, dst_ip, dport, payload_len, magic)
     base_src = int(ipaddress.IPv4Address(src_ip))
+    dsts = np.array([int(ipaddress.IPv4Address(a)) for a in (dst_ips or [dst_ip])],
+                    dtype=np.uint64)
     with path.open("wb") as f:
         f.write(_PCAP_HEADER)
         for first in range(0, count, _CHUNK):
@@ -174,36 +206,47 @@ def build_pcap(workload: str, src_mac: str, dst_mac: str, src_ip: str, dst_ip: s
                 flow = seq % np.uint64(SPORTS * src_span)
                 sport = flow % np.uint64(SPORTS) + np.uint64(SPORT_FIRST)
                 src = np.uint64(base_src) + flow // np.uint64(SPORTS)
+                dst = dsts[seq % np.uint64(len(dsts))]
             else:
-                sport = seq % np.uint64(ESTABLISHED_FLOWS) + np.uint64(SPORT_FIRST)
+                flow = seq % np.uint64(ESTABLISHED_FLOWS)
+                sport = flow + np.uint64(ESTABLISHED_SPORT_FIRST)
                 src = np.full(len(seq), base_src, dtype=np.uint64)
+                dst = dsts[flow % np.uint64(len(dsts))]
             frames = _patch(template, proto, seq.astype(np.uint32), sport.astype(np.uint16),
-                            src.astype(np.uint32))
+                            src.astype(np.uint32), dst.astype(np.uint32))
             f.write(_records(frames, first).tobytes())
     return path
 
 
 def build_warmup_pcap(workload: str, src_mac: str, dst_mac: str, src_ip: str, dst_ip: str,
-                      dport: int, path: Path, payload_len: int = IDENTITY_LEN) -> Path:
+                      dport: int, path: Path, payload_len: int = IDENTITY_LEN, *,
+                      dst_ips: Sequence[str] | None = None) -> Path:
     """Write the warm-up frames of ``workload`` (magic :data:`WARMUP_MAGIC`) to ``path``.
 
-    ``udp-established`` gets one packet per flow, so the measured packets hit
-    conntrack; the new-flow workloads get one packet on a flow the run does
-    not use (source port 1023), which resolves neighbours and routes on
-    the way so the first measured packet does not pay for ARP.
+    ``udp-established`` gets one packet per flow (to the same destination as
+    :func:`build_pcap` gives it), so the measured packets hit conntrack; the
+    new-flow workloads get one packet per destination on a flow the run does
+    not use (source port :data:`NEW_FLOW_WARMUP_SPORT`), which resolves
+    neighbours and routes on the way so the first measured packet does not
+    pay for ARP.
     """
     _check(workload, 1, 0, payload_len)
     proto = "tcp" if workload == "tcp-syn" else "udp"
     template = _template(proto, src_mac, dst_mac, src_ip, dst_ip, dport, payload_len,
                          WARMUP_MAGIC)
+    dsts = np.array([int(ipaddress.IPv4Address(a)) for a in (dst_ips or [dst_ip])],
+                    dtype=np.uint32)
     if workload == "udp-established":
-        sport = np.arange(ESTABLISHED_FLOWS, dtype=np.uint16) + np.uint16(SPORT_FIRST)
+        flow = np.arange(ESTABLISHED_FLOWS, dtype=np.uint32)
+        sport = (flow + ESTABLISHED_SPORT_FIRST).astype(np.uint16)
+        dst = dsts[flow % len(dsts)]
     else:
         # Just below the new-flow port space, so no measured packet shares its flow.
-        sport = np.array([SPORT_FIRST - 1], dtype=np.uint16)
+        dst = dsts
+        sport = np.full(len(dst), NEW_FLOW_WARMUP_SPORT, dtype=np.uint16)
     src = np.full(len(sport), int(ipaddress.IPv4Address(src_ip)), dtype=np.uint32)
     seq = np.arange(len(sport), dtype=np.uint32)
-    frames = _patch(template, proto, seq, sport, src)
+    frames = _patch(template, proto, seq, sport, src, dst)
     with path.open("wb") as f:
         f.write(_PCAP_HEADER)
         f.write(_records(frames, 0).tobytes())
@@ -240,7 +283,7 @@ def _template(proto: str, src_mac: str, dst_mac: str, src_ip: str, dst_ip: str, 
 
 
 def _patch(template: bytes, proto: str, seq: np.ndarray, sport: np.ndarray,
-           src: np.ndarray) -> np.ndarray:
+           src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Frames (one row each) from ``template`` with these fields, checksums recomputed."""
     n, size = len(seq), len(template)
     frames = np.tile(np.frombuffer(template, dtype=np.uint8), (n, 1))
@@ -248,6 +291,7 @@ def _patch(template: bytes, proto: str, seq: np.ndarray, sport: np.ndarray,
     _put(frames, payload + 4, seq.astype(">u4"))
     _put(frames, _L4, sport.astype(">u2"))
     _put(frames, _IP_SRC, src.astype(">u4"))
+    _put(frames, _IP_DST, dst.astype(">u4"))
     if proto == "tcp":
         _put(frames, _TCP_SEQ, seq.astype(">u4"))  # the identity in the header too
     frames[:, _IP_CSUM:_IP_CSUM + 2] = 0

@@ -64,6 +64,7 @@ def repetition(rng: np.random.Generator, latency_ns: float, cpu_ns: float,
     lat = rng.lognormal(np.log(latency_ns * level), 0.3, delivered)
     return make_repetition(
         sent=PACKETS, delivered=delivered, offered_pps=RATE, achieved_pps=RATE,
+        arrival_seconds=(PACKETS - 1) / RATE,  # lost packets leave gaps, not a shorter span
         latency_hist=stats.Histogram.from_samples(lat),
         softirq_ns=int(delivered * cpu_ns * (1 + rng.normal(0, jitter))))
 

@@ -26,8 +26,10 @@ CPU, iptables/nft versions) are refused with the differing keys, unless
 
 metrics (lower is better unless said): p50_latency, p99_latency,
 p99.9_latency, cpu_ns_per_packet, delivered_pps (higher is better), loss,
-sync_full, settle; of sync scenarios: sync_full, sync_change, sync_kernel,
-sync_effect
+sync_full, settle; against the paired control (the same traffic to the backend
+pods' own addresses): service_minus_control_p50_ns,
+service_minus_control_p99_ns, service_minus_control_cpu_ns_per_packet; of sync
+scenarios: sync_full, sync_change, sync_kernel, sync_effect
 
 exit status: 0 no gate failed; 1 a --fail-on gate failed (a significant
 regression beyond its threshold), or with --fail-on-missing a point measured

@@ -9,6 +9,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
@@ -27,7 +28,7 @@ SRC_MAC, DST_MAC = "02:00:00:00:00:01", "02:00:00:00:00:02"
 VIP, PORT = "172.30.0.10", 80
 
 
-def build(tmp_path: Path, workload: str, count: int, **kw: int) -> list[Ether]:
+def build(tmp_path: Path, workload: str, count: int, **kw: Any) -> list[Ether]:
     path = T.build_pcap(workload, SRC_MAC, DST_MAC, L.client_pod_ip(), VIP, PORT, count,
                         tmp_path / f"{workload}.pcap", **kw)
     return [Ether(bytes(p)) for p in rdpcap(str(path))]
@@ -79,8 +80,11 @@ def test_new_flows_step_the_source_address_after_the_port_space(tmp_path: Path) 
 def test_established_pcap_cycles_few_flows_and_warmup_opens_each(tmp_path: Path) -> None:
     pkts = build(tmp_path, "udp-established", 100, payload_len=100)
     assert [identity(p)[1] for p in pkts] == list(range(100))
-    assert {p[UDP].sport for p in pkts} == set(range(T.SPORT_FIRST,
-                                                     T.SPORT_FIRST + T.ESTABLISHED_FLOWS))
+    assert {p[UDP].sport for p in pkts} == set(range(T.ESTABLISHED_SPORT_FIRST,
+                                                     T.ESTABLISHED_SPORT_FIRST
+                                                     + T.ESTABLISHED_FLOWS))
+    # Below the new flows' ports and the new-flow warm-up's: no new flow reuses one.
+    assert max(p[UDP].sport for p in pkts) < T.NEW_FLOW_WARMUP_SPORT < T.SPORT_FIRST
     assert all(len(p) == T.frame_len("udp-established", 100) and checksums_valid(p)
                for p in pkts)
     warm = T.build_warmup_pcap("udp-established", SRC_MAC, DST_MAC, L.client_pod_ip(), VIP,
@@ -88,6 +92,25 @@ def test_established_pcap_cycles_few_flows_and_warmup_opens_each(tmp_path: Path)
     wpkts = [Ether(bytes(p)) for p in rdpcap(str(warm))]
     assert sorted(p[UDP].sport for p in wpkts) == sorted({p[UDP].sport for p in pkts})
     assert {identity(p)[0] for p in wpkts} == {T.WARMUP_MAGIC}  # probes ignore these
+
+
+def test_flows_spread_over_destinations_and_warm_up_opens_each(tmp_path: Path) -> None:
+    pods = ["10.1.1.1", "10.2.1.1", "10.1.1.2"]
+    new = build(tmp_path, "udp-new", 6, seq_start=7, dst_ips=pods)
+    assert [p[IP].dst for p in new] == [pods[(7 + i) % 3] for i in range(6)]
+    est = build(tmp_path, "udp-established", 32, dst_ips=pods)
+    flows = {(p[UDP].sport, p[IP].dst) for p in est}
+    assert len(flows) == T.ESTABLISHED_FLOWS  # one destination per flow
+    assert all(checksums_valid(p) for p in new + est)
+    warm = T.build_warmup_pcap("udp-established", SRC_MAC, DST_MAC, L.client_pod_ip(), VIP,
+                               PORT, tmp_path / "w.pcap", dst_ips=pods)
+    assert {(p[UDP].sport, p[IP].dst) for p in (Ether(bytes(x)) for x in rdpcap(str(warm)))} \
+        == flows
+
+
+def test_warm_up_frames_carry_the_warm_up_magic(tmp_path: Path) -> None:
+    pkts = build(tmp_path, "udp-new", 3, magic=T.WARMUP_MAGIC)
+    assert {identity(p)[0] for p in pkts} == {T.WARMUP_MAGIC}
 
 
 def test_new_flow_warmup_uses_a_flow_the_run_does_not(tmp_path: Path) -> None:
@@ -104,7 +127,7 @@ def test_build_refuses_bad_arguments(tmp_path: Path, bad: dict[str, object]) -> 
     args: dict[str, object] = {"workload": "udp-new", "count": 10, **bad}
     with pytest.raises(ValueError):
         T.build_pcap(str(args.pop("workload")), SRC_MAC, DST_MAC, L.client_pod_ip(), VIP,
-                     PORT, path=tmp_path / "x.pcap", **args)  # type: ignore[arg-type]
+                     PORT, path=tmp_path / "x.pcap", **args)
 
 
 TCPREPLAY_OUTPUT = """\

@@ -164,3 +164,25 @@ def test_a_damaged_per_run_list_is_a_one_line_input_error(tmp_path: Path) -> Non
     with pytest.raises(InputError, match=r"points\[0\].*per_run.*counts 13 repetitions, "
                                          r"the point has 9"):
         load_result(path)
+
+
+def test_merge_pools_the_paired_controls_and_splits_them_back_per_run() -> None:
+    rng = np.random.default_rng(9)
+    rs = []
+    for i in range(3):
+        p = point(rng, services=1, reps=3)
+        # Each run's control: the Service minus 1000 ns, plus a run-specific offset.
+        p["control"] = [c for c in point(rng, services=1, reps=2 + i,
+                                         latency_ns=9_000)["repetitions"]]
+        rs.append((f"run{i}.json", in_memory([p])))
+    merged, _ = merge_runs(rs)
+    (mp,) = merged["points"]
+    assert len(mp["control"]) == 2 + 3 + 4
+    assert [s["control"] for s in mp["per_run"]] == [2, 3, 4]  # type: ignore[typeddict-item]
+    per_run = runs_of(mp)
+    assert [len(r["control"]) for r in per_run] == [2, 3, 4]  # type: ignore[arg-type]
+    for run, (_, doc) in zip(per_run, rs, strict=True):
+        assert run["summary"]["service_minus_control_p50_ns"] == pytest.approx(  # type: ignore[typeddict-item]
+            doc["points"][0]["summary"]["service_minus_control_p50_ns"])  # type: ignore[typeddict-item]
+    assert mp["summary"]["control"]["latency_ns"]["count"] == sum(  # type: ignore[typeddict-item]
+        len(r["control"]) for r in per_run) * 2000  # type: ignore[arg-type]

@@ -174,9 +174,11 @@ def test_summarise_point_known_answers() -> None:
     lat_b = np.concatenate([np.full(80, 10_000), np.full(20, 1_000_000)])  # 100, 20 slow
     reps = [
         make_repetition(sent=1000, delivered=900, offered_pps=1000, achieved_pps=1000,
+                        arrival_seconds=0.9,
                         latency_hist=stats.Histogram.from_samples(lat_a), softirq_ns=900 * 3000,
                         drops={"NETFILTER_DROP": 60, "NO_SOCKET": 40}),
         make_repetition(sent=1000, delivered=100, offered_pps=1000, achieved_pps=500,
+                        arrival_seconds=2.0,
                         latency_hist=stats.Histogram.from_samples(lat_b), softirq_ns=100 * 5000,
                         drops={"NETFILTER_DROP": 900}),
     ]
@@ -187,7 +189,8 @@ def test_summarise_point_known_answers() -> None:
     assert s["offered_pps"] == 1000
     # 2000 packets sent in 1 s + 2 s.
     assert s["achieved_pps"] == pytest.approx(2000 / 3)
-    assert s["delivered_pps"] == pytest.approx(1000 / 3)
+    # Measured at the receiver: 899 + 99 gaps between arrivals over 0.9 s + 2.0 s.
+    assert s["delivered_pps"] == pytest.approx((899 + 99) / 2.9)
     assert s["loss"] == pytest.approx(0.5)
     # (900*3000 + 100*5000) / 1000 delivered.
     assert s["cpu_ns_per_packet"] == pytest.approx(3200)
@@ -241,3 +244,82 @@ def test_capture_environment_shape() -> None:
     assert vm["vm"] == {"accel": "tcg", "kernel": "6.1.0-amd64"}
     with pytest.raises(ValueError, match="accel"):
         results.capture_environment("vm", {"accel": "hvf", "kernel": "x"})
+
+
+def _rep(latency_ns: int, sent: int = 1000, delivered: int = 1000,
+         cpu_ns: int = 3000, **kw: Any) -> results.RepetitionDoc:
+    return make_repetition(sent=sent, delivered=delivered, offered_pps=1000, achieved_pps=1000,
+                           arrival_seconds=(delivered - 1) / 1000,
+                           latency_hist=stats.Histogram.from_samples(
+                               np.full(delivered, latency_ns)),
+                           softirq_ns=delivered * cpu_ns, **kw)
+
+
+def test_the_breakdown_repetition_is_kept_apart_from_the_measured_ones() -> None:
+    from bench.metrics import METRICS_BY_NAME
+
+    # The breakdown probes slow packets down and their repetition lost half of them.
+    slow = _rep(50_000, delivered=500, cpu_ns=9000, drops={"NETFILTER_DROP": 500})
+    p = make_point(datapath="nftables", variant="nftables", services=10, endpoints=1,
+                   workload="udp-new", rate_pps=1000, position="last", position_index=9,
+                   repetitions=[_rep(10_000), _rep(10_000)])
+    p["breakdown"] = slow
+    s = summarise_point(p)
+    assert s["loss"] == 0 and s["latency_ns"]["count"] == 2000
+    assert s["latency_ns"]["p99"] == pytest.approx(10_000, rel=stats.MAX_RELATIVE_ERROR)
+    assert s["cpu_ns_per_packet"] == pytest.approx(3000)
+    assert s["delivered_pps"] == pytest.approx(1000)
+    assert s["drops"] == {"NETFILTER_DROP": 500}  # what the breakdown is for
+    for name in ("p50_latency", "cpu_ns_per_packet", "loss", "delivered_pps"):
+        assert len(METRICS_BY_NAME[name].samples(p)) == 2, name
+
+
+def test_delivered_never_exceeds_sent() -> None:
+    with pytest.raises(ValueError, match="exceeds sent"):
+        make_repetition(sent=10, delivered=11)
+
+
+def test_delivered_rate_is_the_receivers_not_the_senders() -> None:
+    # tcpreplay says 1000/s; the backends saw 999 arrivals spread over 2 s (a queue).
+    rep = make_repetition(sent=1000, delivered=1000, offered_pps=1000, achieved_pps=1000,
+                          arrival_seconds=2.0)
+    p = make_point(datapath="nftables", variant="nftables", services=1, endpoints=1,
+                   workload="udp-new", rate_pps=1000, position="last", position_index=0,
+                   repetitions=[rep])
+    assert summarise_point(p)["delivered_pps"] == pytest.approx(999 / 2)
+    p["repetitions"] = [make_repetition(sent=1000, delivered=1000, achieved_pps=1000)]
+    assert summarise_point(p)["delivered_pps"] is None  # not measured, not derived
+
+
+def test_service_minus_control_pairs_each_repetition_with_its_control() -> None:
+    from bench.metrics import METRICS_BY_NAME
+
+    # Drift: the second pair runs 5 us slower, both Service and control alike.
+    p = make_point(datapath="nftables", variant="nftables", services=10, endpoints=1,
+                   workload="udp-new", rate_pps=1000, position="last", position_index=9,
+                   repetitions=[_rep(10_000, cpu_ns=4000), _rep(15_000, cpu_ns=4000)],
+                   control=[_rep(7_000, delivered=500, sent=500, cpu_ns=2500),
+                            _rep(12_000, delivered=500, sent=500, cpu_ns=2500)])
+    s = summarise_point(p)
+    assert s["control"]["latency_ns"]["count"] == 1000
+    assert s["service_minus_control_cpu_ns_per_packet"] == pytest.approx(1500)
+    assert s["service_minus_control_p50_ns"] == pytest.approx(
+        s["latency_ns"]["p50"] - s["control"]["latency_ns"]["p50"])
+    diffs = METRICS_BY_NAME["service_minus_control_p50_ns"].samples(p)
+    assert diffs == pytest.approx([3000, 3000], rel=2 * stats.MAX_RELATIVE_ERROR)
+    assert METRICS_BY_NAME["service_minus_control_cpu_ns_per_packet"].samples(p) == \
+        pytest.approx([1500, 1500])
+    # The measured repetitions' own figures do not include the control's.
+    assert s["latency_ns"]["count"] == 2000 and s["cpu_ns_per_packet"] == pytest.approx(4000)
+
+
+def test_a_settle_that_timed_out_is_not_a_settle_time() -> None:
+    from bench.metrics import METRICS_BY_NAME
+
+    p = make_point(datapath="nftables", variant="nftables", services=10, endpoints=1,
+                   workload="udp-new", rate_pps=1000, position="last", position_index=9,
+                   settle_seconds=60.0, settle_converged=False, repetitions=[_rep(10_000)])
+    settle = METRICS_BY_NAME["settle"]
+    assert settle.samples(p) == [] and settle.pooled(p) is None
+    p["setup"]["settle_converged"] = True
+    assert settle.samples(p) == [60.0]
