@@ -67,6 +67,9 @@ ENV_KEYS: tuple[str, ...] = (
 )
 #: Keys that bend numbers less predictably: a difference is a warning, not a refusal.
 ENV_WARN_KEYS: tuple[str, ...] = ("governor", "tools.tcpreplay", "tools.bcc", "python")
+#: Keys older results lack: a difference is a warning only when both runs recorded them
+#: (another machine of the same kind is expected in CI; an older baseline is not suspect).
+ENV_WARN_IF_RECORDED: tuple[str, ...] = ("machine_id",)
 
 Verdict = Literal["regression", "improvement", "same", "untested", "only in BASE",
                   "only in NEW"]
@@ -372,6 +375,11 @@ def _run_warnings(base: ResultDoc, new: ResultDoc) -> list[str]:
                        f"changes test the gate, not the code")
     for k, b, n in env_differences(base["environment"], new["environment"], ENV_WARN_KEYS):
         out.append(f"environment differs in {k}: {b!r} (BASE) vs {n!r} (NEW)")
+    for k, b, n in env_differences(base["environment"], new["environment"],
+                                   ENV_WARN_IF_RECORDED):
+        if b is not None and n is not None:
+            out.append(f"the runs come from different machines ({k} {b} (BASE) vs {n} "
+                       f"(NEW)) of the same kind: machines differ by more than runs do")
     return out
 
 

@@ -196,7 +196,7 @@ class Runner:
         env = R.capture_environment(**guest_environment())  # 'vm', KVM or TCG, in a guest
         if self.inject_rules:
             env["injected_rules"] = self.inject_rules
-        scenario_doc = {"name": self.sc.name, "path": self.sc.path, "text": self.sc.text}
+        scenario_doc = self.sc.document()
         writer = self.writer = self._writer(R.result_path(self.results_dir, self.sc.name, env),
                                             scenario_doc, env)
         path = writer.path
@@ -219,7 +219,7 @@ class Runner:
         return path
 
     @staticmethod
-    def _writer(path: Path, scenario_doc: dict[str, str], env: Any) -> R.ResultWriter:
+    def _writer(path: Path, scenario_doc: dict[str, Any], env: Any) -> R.ResultWriter:
         """A writer on ``path``, or on ``<stem>-2``, ``-3``... when another run took it."""
         for k in range(1, 100):
             candidate = path if k == 1 else path.with_name(f"{path.stem}-{k}{path.suffix}")

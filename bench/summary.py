@@ -39,6 +39,7 @@ def environment_table(doc: ResultDoc) -> Table:
         ("cpu", f"{env.get('cpu_model') or '?'} x {env.get('cpu_count') or '?'}"),
         ("governor", env.get("governor") or "unknown"),
         ("host", env.get("hostname")),
+        ("machine id", env.get("machine_id") or "not recorded"),
         ("git", (env.get("git_commit") or "not a git checkout")
          + (" (dirty)" if env.get("git_dirty") else "")),
         ("python / kpbench", f"{env.get('python')} / {env.get('kpbench') or '?'}"),

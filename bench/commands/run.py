@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.errors import InputError
-from bench.scenario import load_scenario
+from bench.scenario import load_scenario, select_datapaths
 
 if TYPE_CHECKING:
     from bench.runner import Runner
@@ -32,6 +32,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--results", metavar="DIR", default=str(DEFAULT_RESULTS),
                    help=f"results directory (default {DEFAULT_RESULTS})")
     p.add_argument("--no-export", action="store_true", help="skip the CSV and the plots")
+    p.add_argument("--datapaths", metavar="LIST", type=_names, default=None,
+                   help="measure only these of the scenario's datapaths, comma-separated (e.g. "
+                        "ipvs: in `kpbench vm run -- run scenarios/default.toml --datapaths "
+                        "ipvs`, the ones a host run left out); the result records the choice")
     p.add_argument("--inject-rules", type=_count, default=0, metavar="N",
                    help="a known slowdown, to prove a `kpbench compare` gate catches one: N "
                         "never-matching rules in each node's raw PREROUTING, walked by every "
@@ -39,6 +43,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "the node stack still forwards). Recorded in the result; not for "
                         "real measurements (default 0)")
     p.set_defaults(func=run)
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
 
 
 def _count(text: str) -> int:
@@ -56,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     from bench.topology import leftovers
 
     scenario = load_scenario(args.scenario)
+    if args.datapaths is not None:
+        scenario = select_datapaths(scenario, args.datapaths)
     for prefix, names in leftovers().items():
         print(f"kpbench: warning: leftovers of an earlier run {prefix} ({len(names)} "
               "namespaces): run `kpbench clean`", file=sys.stderr)

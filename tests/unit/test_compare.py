@@ -255,6 +255,21 @@ def test_env_mismatch_is_refused_listing_the_keys(tmp_path: Path) -> None:
     assert any("kernel_release" in w for w in c.warnings) and c.changes
 
 
+def test_another_machine_is_a_warning_only_when_both_runs_recorded_their_machine() -> None:
+    rng = np.random.default_rng(7)
+    old = in_memory([point(rng)])  # written before machine ids were recorded
+    here = in_memory([point(rng)], env={**ENV, "machine_id": "3f2a9c1e"})
+    there = in_memory([point(rng)], env={**ENV, "machine_id": "77aa00bb"})
+
+    def machine_warnings(b: Any, n: Any) -> list[str]:
+        return [w for w in compare.compare_runs(b, n).warnings if "machine" in w]
+
+    assert machine_warnings(old, here) == []  # the committed baseline stays comparable
+    assert machine_warnings(here, here) == []
+    (w,) = machine_warnings(here, there)
+    assert "3f2a9c1e" in w and "77aa00bb" in w
+
+
 def test_env_mismatch_on_the_cli_is_one_line_exit_2(tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     rng = np.random.default_rng(6)
