@@ -257,10 +257,13 @@ class Runner:
             with writer:
                 for variant in self.sc.datapaths:
                     missing = self._missing_feature(variant)
+                    if missing:  # every scale recorded as failed, and said once
+                        for n in self.sc.scales(variant):
+                            self._record_all(writer, variant, n, "failed", missing, say=False)
+                        self.progress.say(f"{variant}: left out, {missing}; its points are "
+                                          "recorded as failed")
+                        continue
                     for n in self.sc.scales(variant):
-                        if missing:
-                            self._record_all(writer, variant, n, "failed", missing)
-                            continue
                         t0 = time.monotonic()
                         self._scale_point(writer, variant, n)
                         self.progress.record_scale(variant, n, time.monotonic() - t0)
@@ -287,18 +290,16 @@ class Runner:
         found = detect()
         lacking = [found[f] for f in DATAPATH_NEEDS.get(variant, ()) if not found[f].ok]
         if lacking:
-            reason = "; ".join(f"{f.name}: {f.detail}" for f in lacking)
-            log.warning("warning: %s is not available on this kernel (%s); its points are "
-                        "recorded as failed", variant, reason)
-            return f"kernel feature missing: {reason}"
+            return f"kernel feature missing: {'; '.join(f'{f.name}: {f.detail}' for f in lacking)}"
         return None
 
     def _record_all(self, writer: R.ResultWriter, variant: str, n: int, status: str,
-                    error: str, **setup: Any) -> None:
+                    error: str, say: bool = True, **setup: Any) -> None:
         for w in self.sc.workloads:
             writer.add_point(self._point(variant, n, w, status=status, error=error, **setup))
             self.progress.done += 1
-        self.progress.say(f"{variant} {n} services: {status}: {error}")
+        if say:
+            self.progress.say(f"{variant} {n} services: {status}: {error}")
 
     def _point(self, variant: str, n: int, workload: str, **kw: Any) -> R.PointDoc:
         position = self.sc.position if isinstance(self.sc.position, str) else "index"
