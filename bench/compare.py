@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -355,12 +356,22 @@ def _index(doc: ResultDoc, side: str, warnings: list[str]) -> dict[PointKey, Poi
     return points
 
 
+def _scenario_content(doc: ResultDoc) -> Any:
+    """What a run's scenario asks for: its parsed TOML (a changed comment changes nothing),
+    or the text itself when it does not parse."""
+    text = doc["scenario"].get("text") or ""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return text
+
+
 def _run_warnings(base: ResultDoc, new: ResultDoc) -> list[str]:
     out = []
     if base["scenario"]["name"] != new["scenario"]["name"]:
         out.append(f"different scenarios: {base['scenario']['name']!r} (BASE) vs "
                    f"{new['scenario']['name']!r} (NEW); only points present in both compare")
-    elif base["scenario"].get("text") != new["scenario"].get("text"):
+    elif _scenario_content(base) != _scenario_content(new):
         out.append(f"scenario {new['scenario']['name']!r} was changed between the runs "
                    f"(packets, repetitions or warm-up may differ)")
     for side, doc in (("BASE", base), ("NEW", new)):

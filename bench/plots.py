@@ -228,11 +228,13 @@ def plot_result(result: ResultDoc, out_dir: str | Path,
     is named in the figure's footnote and logged as a warning, or, given
     ``notes``, appended there instead (a caller that sums them up itself).
     """
+    sink = notes  # the name ``notes`` is reused below for each figure's own notes
+
     def warn(msg: str, *args: object) -> None:
-        if notes is None:
+        if sink is None:
             log.warning(msg, *args)
         else:
-            notes.append(msg % args)
+            sink.append(msg % args)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

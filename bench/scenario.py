@@ -45,7 +45,7 @@ CHANGES = ("add-service", "remove-service", "add-endpoint", "remove-endpoint",
            "endpoint-not-ready")
 POSITIONS = ("first", "middle", "last")
 PROBES = ("latency", "cpu", "drops", "transit")
-# tcpreplay reaches about 180k packets/s per core here (DESIGN.md); far beyond that
+# tcpreplay reaches about 180k packets/s per core here (docs/machines.md); far beyond that
 # the offered rate would be a fiction.
 MAX_RATE_PPS = 1_000_000
 MAX_PACKETS = 2_000_000

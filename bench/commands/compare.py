@@ -34,7 +34,7 @@ regression beyond its threshold), or with --fail-on-missing a point measured
 in BASE is missing or failed in NEW; 2 bad input or incomparable results.
 
 examples:
-  kpbench compare results/baselines/default.json results/vm/
+  kpbench compare results/baselines/default.json results/<machine>/
   kpbench compare BASE.json NEW.json --fail-on p99_latency:10% --fail-on cpu_ns_per_packet:10%
   kpbench compare BASE.json NEW.json --format markdown --changed-only > comment.md
   kpbench compare BASE.json NEW.json --fail-on p99_latency:10% --junit gate.xml

@@ -15,8 +15,7 @@ status and error; missing measurements with the reason they are missing.
 ({"version": "v1", "dataItems": [{"data", "unit", "labels"}]}).
 
 OUT defaults to RESULT's name with .csv, .opensearch.ndjson or
-.perfdash.json; '-' writes to stdout. The result schema itself:
-docs/result.schema.json.
+.perfdash.json; '-' writes to stdout.
 """
 
 from __future__ import annotations

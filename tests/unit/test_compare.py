@@ -270,6 +270,22 @@ def test_another_machine_is_a_warning_only_when_both_runs_recorded_their_machine
     assert "3f2a9c1e" in w and "77aa00bb" in w
 
 
+def test_a_changed_comment_in_the_scenario_is_not_a_changed_scenario() -> None:
+    rng = np.random.default_rng(8)
+    text = (ROOT / "scenarios/default.toml").read_text()
+    base, new = in_memory([point(rng)]), in_memory([point(rng)])
+    base["scenario"]["text"] = text
+    new["scenario"]["text"] = text.replace("# The default suite", "# The suite, reworded")
+    assert new["scenario"]["text"] != text
+
+    def changed(b: Any, n: Any) -> list[str]:
+        return [w for w in compare.compare_runs(b, n).warnings if "was changed" in w]
+
+    assert changed(base, new) == []
+    new["scenario"]["text"] = text.replace("packets = 10000", "packets = 20000")
+    assert len(changed(base, new)) == 1
+
+
 def test_env_mismatch_on_the_cli_is_one_line_exit_2(tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     rng = np.random.default_rng(6)
