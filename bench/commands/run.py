@@ -4,7 +4,11 @@ Runs every point of the scenario (datapath x services x workload, with
 repetitions), printing progress with an ETA on stderr. The result is one JSON
 file under --results (results/<machine>/<date>_<commit>_<scenario>.json),
 rewritten atomically after each point, so Ctrl-C keeps what was measured.
-Then it exports the tidy CSV and draws the plots next to it.
+Then it writes the tidy CSV, the plots and the report next to it and prints
+the figures (p50 latency and CPU per packet per workload, datapath and number
+of services), where those files are, and what was left out, once: datapaths
+this kernel lacks come with the command that measures them in a VM. The first
+line of stdout is the result file (for scripts).
 """
 
 from __future__ import annotations
