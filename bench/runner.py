@@ -110,6 +110,7 @@ class Progress:
         self.syncs: list[tuple[str, int, float]] = []  # (variant, services, seconds)
         self.fixed_seconds: list[float] = []  # per scale point: its time without the sync
         self.one_off = 0.0  # once-per-run work inside the current point (probe overhead)
+        self.skipped: set[str] = set()  # variants this kernel lacks: recorded, not measured
 
     def record_sync(self, variant: str, services: int, seconds: float) -> None:
         self.syncs.append((variant, services, seconds))
@@ -169,6 +170,8 @@ class Progress:
             return Eta(None, why="until the first point is measured")
         total, grounded = 0.0, True
         for dp, n, _ in remaining:
+            if dp in self.skipped:
+                continue
             seconds, known = self._estimate(dp, n)
             total += seconds
             grounded &= known
@@ -255,8 +258,10 @@ class Runner:
         log.info("result: %s", path)
         try:
             with writer:
+                lacking = {v: self._missing_feature(v) for v in self.sc.datapaths}
+                self.progress.skipped = {v for v, why in lacking.items() if why}
                 for variant in self.sc.datapaths:
-                    missing = self._missing_feature(variant)
+                    missing = lacking[variant]
                     if missing:  # every scale recorded as failed, and said once
                         for n in self.sc.scales(variant):
                             self._record_all(writer, variant, n, "failed", missing, say=False)

@@ -98,3 +98,13 @@ def test_a_sync_scenario_knows_its_eta_after_its_first_sync() -> None:
     assert p.eta().seconds is None
     p.record_sync(sc.datapaths[0], sc.services[0], 0.3)
     assert p.eta().seconds is not None
+
+
+def test_datapaths_this_kernel_lacks_cost_nothing_in_the_eta() -> None:
+    p = progress()
+    p.record_sync("iptables-legacy", 1000, 10.0)
+    p.record_scale("iptables-legacy", 1000, 40.0)
+    full = p.eta().seconds
+    p.skipped = {"ipvs"}  # recorded as failed at once, never measured
+    lacking = p.eta().seconds
+    assert full is not None and lacking is not None and lacking < full
