@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -67,6 +68,9 @@ ENV_KEYS: tuple[str, ...] = (
 )
 #: Keys that bend numbers less predictably: a difference is a warning, not a refusal.
 ENV_WARN_KEYS: tuple[str, ...] = ("governor", "tools.tcpreplay", "tools.bcc", "python")
+#: Keys older results lack: a difference is a warning only when both runs recorded them
+#: (another machine of the same kind is expected in CI; an older baseline is not suspect).
+ENV_WARN_IF_RECORDED: tuple[str, ...] = ("machine_id",)
 
 Verdict = Literal["regression", "improvement", "same", "untested", "only in BASE",
                   "only in NEW"]
@@ -352,12 +356,22 @@ def _index(doc: ResultDoc, side: str, warnings: list[str]) -> dict[PointKey, Poi
     return points
 
 
+def _scenario_content(doc: ResultDoc) -> Any:
+    """What a run's scenario asks for: its parsed TOML (a changed comment changes nothing),
+    or the text itself when it does not parse."""
+    text = doc["scenario"].get("text") or ""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return text
+
+
 def _run_warnings(base: ResultDoc, new: ResultDoc) -> list[str]:
     out = []
     if base["scenario"]["name"] != new["scenario"]["name"]:
         out.append(f"different scenarios: {base['scenario']['name']!r} (BASE) vs "
                    f"{new['scenario']['name']!r} (NEW); only points present in both compare")
-    elif base["scenario"].get("text") != new["scenario"].get("text"):
+    elif _scenario_content(base) != _scenario_content(new):
         out.append(f"scenario {new['scenario']['name']!r} was changed between the runs "
                    f"(packets, repetitions or warm-up may differ)")
     for side, doc in (("BASE", base), ("NEW", new)):
@@ -372,6 +386,11 @@ def _run_warnings(base: ResultDoc, new: ResultDoc) -> list[str]:
                        f"changes test the gate, not the code")
     for k, b, n in env_differences(base["environment"], new["environment"], ENV_WARN_KEYS):
         out.append(f"environment differs in {k}: {b!r} (BASE) vs {n!r} (NEW)")
+    for k, b, n in env_differences(base["environment"], new["environment"],
+                                   ENV_WARN_IF_RECORDED):
+        if b is not None and n is not None:
+            out.append(f"the runs come from different machines ({k} {b} (BASE) vs {n} "
+                       f"(NEW)) of the same kind: machines differ by more than runs do")
     return out
 
 

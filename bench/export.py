@@ -51,7 +51,8 @@ def _drops_rows(drops: Mapping[str, int] | None) -> Iterator[tuple[str, Any, str
         yield f"drops.{reason}", n, "packets"
 
 
-def _summary_metrics(point: PointDoc) -> Iterator[tuple[str, Any, str]]:
+def summary_metrics(point: PointDoc) -> Iterator[tuple[str, Any, str]]:
+    """(metric, value, unit) of a point's summary: its CSV rows with repetition "all"."""
     yield "status", point["status"], ""
     if point.get("error"):
         yield "error", point["error"], ""
@@ -122,7 +123,7 @@ def rows(result: ResultDoc) -> Iterator[Row]:
             "rate_pps": "" if point["rate_pps"] is None else point["rate_pps"],
             "position": point["position"],
         }
-        for metric, value, unit in _summary_metrics(point):
+        for metric, value, unit in summary_metrics(point):
             yield {**base, "repetition": "all", "metric": metric, "value": value, "unit": unit}
         for i, rep in enumerate(point.get("repetitions") or []):
             for metric, value, unit in _repetition_metrics(rep):

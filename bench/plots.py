@@ -219,19 +219,29 @@ def _cdf(series: dict[tuple[str, ...], list[PointDoc]], colors: dict[str, str],
 
 
 def plot_result(result: ResultDoc, out_dir: str | Path,
-                formats: Sequence[str] = FORMATS) -> list[Path]:
+                formats: Sequence[str] = FORMATS, notes: list[str] | None = None
+                ) -> list[Path]:
     """Draw the figures of ``result`` into ``out_dir`` (created); returns the files written.
 
     Files are ``<figure>_<workload>.<format>`` with figure one of
     latency-vs-services, cpu-vs-services, latency-cdf. What cannot be drawn
-    is logged as a warning and named in the figure's footnote.
+    is named in the figure's footnote and logged as a warning, or, given
+    ``notes``, appended there instead (a caller that sums them up itself).
     """
+    sink = notes  # the name ``notes`` is reused below for each figure's own notes
+
+    def warn(msg: str, *args: object) -> None:
+        if sink is None:
+            log.warning(msg, *args)
+        else:
+            sink.append(msg % args)
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     points = list(iter_points(result))
     written: list[Path] = []
     if not points:
-        log.warning("plot: the result has no points; nothing to draw")
+        warn("plot: the result has no points; nothing to draw")
         return written
     variants = sorted({p["variant"] or p["datapath"] for p in points})
     # One colour per datapath variant, the same in every figure of the run.
@@ -242,9 +252,9 @@ def plot_result(result: ResultDoc, out_dir: str | Path,
         ok = [p for p in wl if p["status"] == "ok"]
         skipped = _skipped(wl)
         for note in skipped:
-            log.warning("plot: workload %s: skipped %s", workload, note)
+            warn("plot: workload %s: skipped %s", workload, note)
         if not ok:
-            log.warning("plot: workload %s: no point completed; no figure", workload)
+            warn("plot: workload %s: no point completed; no figure", workload)
             continue
         series = _group(ok)
         slug = _slug(workload)
@@ -270,9 +280,9 @@ def plot_result(result: ResultDoc, out_dir: str | Path,
         )
         for name, fig, notes in figures:
             for note in notes:
-                log.warning("plot: %s %s: %s", name, workload, note)
+                warn("plot: %s %s: %s", name, workload, note)
             if fig is None:
-                log.warning("plot: %s %s: nothing to draw; no figure", name, workload)
+                warn("plot: %s %s: nothing to draw; no figure", name, workload)
                 continue
             written += _save(fig, out, f"{name}_{slug}", formats)
     return written

@@ -93,9 +93,12 @@ def sync_figure(result: ResultDoc, out_dir: Path, formats: tuple[str, ...] = ("p
     return plots._save(fig, out_dir, "full-sync-vs-services", formats)
 
 
-def draw_figures(result: ResultDoc, out_dir: Path) -> list[Figure]:
-    """The report's PNG figures, drawn into ``out_dir``, in reading order."""
-    paths = plots.plot_result(result, out_dir, formats=("png",)) + sync_figure(result, out_dir)
+def draw_figures(result: ResultDoc, out_dir: Path, notes: list[str] | None = None
+                 ) -> list[Figure]:
+    """The report's PNG figures, drawn into ``out_dir``, in reading order (what a figure
+    lacks: see plots.plot_result's ``notes``)."""
+    paths = (plots.plot_result(result, out_dir, formats=("png",), notes=notes)
+             + sync_figure(result, out_dir))
     figures = []
     for path in paths:
         kind, _, workload = path.stem.partition("_")
@@ -169,14 +172,15 @@ def render_report_markdown(result: ResultDoc, source: str, figures: list[Figure]
 
 
 def write_report(result: ResultDoc, source: str, out_dir: Path, stem: str,
-                 comparison: Comparison | None = None) -> tuple[Path, Path]:
+                 comparison: Comparison | None = None, notes: list[str] | None = None
+                 ) -> tuple[Path, Path]:
     """Write ``<stem>-report.html``, ``<stem>-report.md`` and the PNGs the Markdown links.
 
-    Returns (html path, markdown path).
+    Returns (html path, markdown path). ``notes``: see plots.plot_result.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     files = Path(f"{stem}-report-files")
-    figures = draw_figures(result, out_dir / files)
+    figures = draw_figures(result, out_dir / files, notes)
     html_path = out_dir / f"{stem}-report.html"
     md_path = out_dir / f"{stem}-report.md"
     html_path.write_text(render_report_html(result, source, figures, comparison),

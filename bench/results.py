@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import functools
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -79,6 +80,8 @@ class ScenarioDoc(TypedDict):
     name: str
     path: str
     text: str  # the TOML exactly as given, so a result can be re-run or audited
+    # Only in a run of part of the file (kpbench run --datapaths): the datapaths it measured.
+    selected_datapaths: NotRequired[list[str]]
 
 
 class VmDoc(TypedDict):
@@ -100,6 +103,9 @@ class EnvironmentDoc(TypedDict):
     git_commit: str | None
     git_dirty: bool | None
     hostname: str
+    # A short hash of /etc/machine-id (machine_id()): tells apart two machines that share
+    # a host name. Absent in results written before it was recorded.
+    machine_id: NotRequired[str | None]
     # Only in a run made slower on purpose (kpbench run --inject-rules, bench.slowdown).
     injected_rules: NotRequired[int]
 
@@ -542,7 +548,26 @@ def capture_environment(where: Literal["host", "vm"] = "host",
         git_commit=commit,
         git_dirty=dirty,
         hostname=socket.gethostname(),
+        machine_id=machine_id(),
     )
+
+
+MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
+
+
+def machine_id(files: tuple[str, ...] = MACHINE_ID_FILES) -> str | None:
+    """8 hex digits that name this machine: a keyed hash of its machine id, or None.
+
+    machine-id(5) asks applications not to publish the id itself (results are
+    committed and shared), so only a hash keyed with this program's name is
+    kept. A ``kpbench vm`` guest shares the host's /etc, hence its id: the
+    same machine, told apart by ``where`` and the kernel.
+    """
+    for f in files:
+        raw = (_read(f) or "").strip()
+        if raw:
+            return hashlib.sha256(f"kpbench:{raw}".encode()).hexdigest()[:8]
+    return None
 
 
 # -- paths ---------------------------------------------------------------------------------
@@ -552,31 +577,40 @@ def _slug(text: str, fallback: str) -> str:
     return s or fallback
 
 
-def machine_name(hostname: str | None = None) -> str:
-    """A file-name-safe name for this machine (its short host name, lower case)."""
-    host = hostname if hostname is not None else socket.gethostname()
-    return _slug(host.split(".")[0], "unknown-machine")
+def machine_name(environment: Mapping[str, Any] | None = None) -> str:
+    """The folder a run is filed under: host name, machine id, where, kernel.
+
+    E.g. ``bench-01-3f2a9c1e-host-6.18.44`` for a host run and
+    ``bench-01-3f2a9c1e-vm-tcg-6.1.0-57-amd64`` for a ``kpbench vm`` run on
+    the same machine: the host name alone is shared by machines made from one
+    image and by a host and its VM guests, whose numbers are not comparable.
+    """
+    env = environment if environment is not None else capture_environment()
+    host = _slug(str(env.get("hostname") or "").split(".")[0], "unknown-machine")
+    parts = [host, env.get("machine_id") or "noid", env.get("where") or "host"]
+    vm = env.get("vm")
+    if vm:
+        parts.append(str(vm.get("accel")))
+    parts.append(str(env.get("kernel_release") or "unknown-kernel"))
+    return _slug("-".join(parts), "unknown-machine")
 
 
 def result_path(results_dir: str | Path, scenario_name: str,
                 environment: EnvironmentDoc | None = None,
                 now: _dt.datetime | None = None) -> Path:
-    """Where a run's result goes: ``<dir>/<machine>/<date>_<commit>[-dirty]_<scenario>.json``.
+    """Where a run's result goes: ``<dir>/<machine>/<date>_<commit>[-dirty]_<scenario>.json``
+    (``<machine>``: :func:`machine_name`).
 
     The date carries the time to the second (``20261129T143012``) so that two
     runs of one scenario on one day do not collide. Results are laid out by
     machine first because numbers from different machines are not comparable.
     """
-    if environment is None:
-        host = socket.gethostname()
-        commit, dirty = git_state()
-    else:
-        host, commit, dirty = (environment["hostname"], environment["git_commit"],
-                               environment["git_dirty"])
+    env = environment if environment is not None else capture_environment()
+    commit, dirty = env["git_commit"], env["git_dirty"]
     stamp = (now or _dt.datetime.now(_dt.UTC)).strftime("%Y%m%dT%H%M%S")
     rev = (commit[:12] if commit else "nogit") + ("-dirty" if dirty else "")
     name = f"{stamp}_{rev}_{_slug(scenario_name, 'scenario')}.json"
-    return Path(results_dir) / machine_name(host) / name
+    return Path(results_dir) / machine_name(env) / name
 
 
 # -- writing -------------------------------------------------------------------------------
@@ -650,7 +684,7 @@ class ResultWriter:
     existing file.
     """
 
-    def __init__(self, path: str | Path, *, scenario: ScenarioDoc | Mapping[str, str],
+    def __init__(self, path: str | Path, *, scenario: ScenarioDoc | Mapping[str, Any],
                  environment: EnvironmentDoc, run_id: str | None = None) -> None:
         self.path = Path(path)
         for key in ("name", "path", "text"):
@@ -674,7 +708,7 @@ class ResultWriter:
                 self.path.unlink(missing_ok=True)
             raise
 
-    def _claim(self, scenario: ScenarioDoc | Mapping[str, str], environment: EnvironmentDoc,
+    def _claim(self, scenario: ScenarioDoc | Mapping[str, Any], environment: EnvironmentDoc,
                run_id: str | None) -> None:
         # Claim the name atomically: two runs started in the same second must not
         # write into one file (the atomic rewrites below then replace this claim).
@@ -693,7 +727,9 @@ class ResultWriter:
             run_id=run_id or uuid.uuid4().hex[:12], started=_now(), finished=None,
             status="running",
             scenario=ScenarioDoc(name=scenario["name"], path=scenario["path"],
-                                 text=scenario["text"]),
+                                 text=scenario["text"],
+                                 **({"selected_datapaths": list(scenario["selected_datapaths"])}
+                                    if "selected_datapaths" in scenario else {})),
             environment=environment, points=[])
         try:
             self._write()

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -89,19 +91,42 @@ class SeqSpace:
                                "flows of one cluster; lower traffic.packets or repetitions")
         first, self.next = self.next, self.next + count
         return first
+@dataclass(frozen=True)
+class Eta:
+    """What is left of a run, as far as it is known: seconds, or None before anything
+    was measured; ``lower_bound`` when part of it (syncs at scale) is not known yet."""
+
+    seconds: float | None
+    lower_bound: bool = False
+    why: str = ""
+
+    def __str__(self) -> str:
+        if self.seconds is None:
+            return f"ETA unknown {self.why}"
+        if self.lower_bound:
+            return f"ETA > {_fmt(self.seconds)} ({self.why})"
+        return f"ETA ~{_fmt(self.seconds)}"
 
 
 class Progress:
     """One line per step on stderr, with elapsed time and an ETA.
 
     The ETA models each remaining scale point as a fixed part (building the
-    cluster, settling, traffic, probes: the mean measured so far) plus its sync,
-    which grows about linearly with the number of services. A sync rate is only
-    taken from a sync of at least RATE_MIN_SERVICES services: at 1 service the
-    sync time is all fixed cost, and extrapolating it would be absurd.
+    cluster, settling, traffic, probes: the median measured so far) plus its
+    sync, extrapolated from the variant's own syncs with their measured growth
+    (a power of the number of services, fitted to its two largest syncs; linear
+    from one) and capped at the scenario's ``point_time_limit``, past which a
+    sync is stopped. A sync rate is only taken from a sync of at least
+    RATE_MIN_SERVICES services: at 1 service the sync time is all fixed cost.
+
+    Everything comes from this run's own measurements, so a run in a VM under
+    TCG emulation (several times slower) is estimated at its own speed. Until
+    the first point is measured the ETA says it is unknown; while no sync at
+    scale has been measured it is a lower bound, and says so.
     """
 
     RATE_MIN_SERVICES = 100
+    MAX_GROWTH = 3.0  # a sync growing faster than n**3 is not extrapolated further
 
     def __init__(self, scenario: Scenario, out: TextIO = sys.stderr) -> None:
         self.sc = scenario
@@ -112,7 +137,7 @@ class Progress:
         self.syncs: list[tuple[str, int, float]] = []  # (variant, services, seconds)
         self.fixed_seconds: list[float] = []  # per scale point: its time without the sync
         self.one_off = 0.0  # once-per-run work inside the current point (probe overhead)
-        self.traffic_seconds: list[float] = []
+        self.skipped: set[str] = set()  # variants this kernel lacks: recorded, not measured
 
     def record_sync(self, variant: str, services: int, seconds: float) -> None:
         self.syncs.append((variant, services, seconds))
@@ -124,43 +149,70 @@ class Progress:
         self.fixed_seconds.append(max(wall - sync - self.one_off, 0.0))
         self.one_off = 0.0
 
-    def _sync_estimate(self, variant: str, services: int) -> float:
+    def _sync_estimate(self, variant: str, services: int) -> tuple[float, bool]:
+        """Seconds of this variant's sync at ``services``, and whether that is grounded in
+        a measured sync at scale (False: a lower bound)."""
         own = [(n, s) for v, n, s in self.syncs if v == variant]
-        big = [(n, s) for n, s in own if n >= self.RATE_MIN_SERVICES]
-        if big:
-            n0, s0 = big[-1]
-            return s0 * services / n0
+        largest: dict[int, float] = {}
+        for n, s in own:
+            if n >= self.RATE_MIN_SERVICES:
+                largest[n] = s  # the latest sync at each scale
+        limit = self.sc.point_time_limit
+        if largest:
+            (n1, s1), *rest = sorted(largest.items(), reverse=True)
+            growth = 1.0
+            if rest:  # measured growth between the two largest scales
+                n2, s2 = rest[0]
+                if s1 > 0 and s2 > 0:
+                    growth = min(max(math.log(s1 / s2) / math.log(n1 / n2), 1.0),
+                                 self.MAX_GROWTH)
+            return min(s1 * (services / n1) ** growth, limit), True
+        small = own[-1][1] if own else 0.0
+        if services < self.RATE_MIN_SERVICES:
+            return min(small, limit), True
         # Not seen at scale yet: the typical rate of the variants seen so far.
         rates = sorted(s / n for _, n, s in self.syncs if n >= self.RATE_MIN_SERVICES)
-        rate = rates[len(rates) // 2] if rates else 0.0
-        return max(own[-1][1] if own else 0.0, rate * services)
+        if not rates:
+            return min(small, limit), False
+        return min(max(small, rates[len(rates) // 2] * services), limit), True
 
-    def _estimate(self, variant: str, services: int) -> float:
-        """Seconds for one remaining point (one workload at one scale)."""
-        sync = self._sync_estimate(variant, services)
+    def _estimate(self, variant: str, services: int) -> tuple[float, bool]:
+        """Seconds for one remaining point (one workload at one scale), and whether its
+        sync part is grounded (see _sync_estimate)."""
+        sync, known = self._sync_estimate(variant, services)
         if self.sc.kind == "sync":
             # Per repetition: the change and the change back, each a sync, and the
             # traffic window that watches the change (a few seconds at least).
-            return self.sc.sync_repetitions * (2 * sync + 3.5)
-        if self.fixed_seconds:
-            fixed = sum(self.fixed_seconds) / len(self.fixed_seconds)
-        else:
-            traffic = (sum(self.traffic_seconds) / len(self.traffic_seconds)
-                       if self.traffic_seconds else
-                       self.sc.repetitions * (self.sc.packets + self.sc.control_packets)
-                       / self.sc.rate_pps + 2)
-            fixed = traffic * len(self.sc.measured)
-        return (fixed + sync) / len(self.sc.measured)
+            return self.sc.sync_repetitions * (2 * sync + 3.5), known
+        fixed = statistics.median(self.fixed_seconds) if self.fixed_seconds else 0.0
+        return (fixed + sync) / len(self.sc.measured), known
 
-    def eta(self) -> float:
-        return sum(self._estimate(dp, n) for dp, n, _ in self.sc.points[self.done:])
+    def eta(self) -> Eta:
+        """The time left, or why it is not known yet."""
+        remaining = self.sc.points[self.done:]
+        if not remaining:
+            return Eta(0.0)
+        measured = self.syncs if self.sc.kind == "sync" else self.fixed_seconds
+        if not measured:
+            return Eta(None, why="until the first point is measured")
+        total, grounded = 0.0, True
+        for dp, n, _ in remaining:
+            if dp in self.skipped:
+                continue
+            seconds, known = self._estimate(dp, n)
+            total += seconds
+            grounded &= known
+        if grounded:
+            return Eta(total)
+        return Eta(total, lower_bound=True,
+                   why=f"no sync at {self.RATE_MIN_SERVICES}+ services measured yet")
 
     def say(self, what: str) -> None:
         interrupts.check()
         elapsed = time.monotonic() - self.start
         pct = 100 * self.done // max(self.total, 1)
         print(f"[{self.done:>3}/{self.total} {pct:>3}%] {what}  "
-              f"(elapsed {_fmt(elapsed)}, ETA ~{_fmt(self.eta())})", file=self.out, flush=True)
+              f"(elapsed {_fmt(elapsed)}, {self.eta()})", file=self.out, flush=True)
 
 
 def _fmt(seconds: float) -> str:
@@ -226,19 +278,24 @@ class Runner:
         env = R.capture_environment(**guest_environment())  # 'vm', KVM or TCG, in a guest
         if self.inject_rules:
             env["injected_rules"] = self.inject_rules
-        scenario_doc = {"name": self.sc.name, "path": self.sc.path, "text": self.sc.text}
+        scenario_doc = self.sc.document()
         writer = self.writer = self._writer(R.result_path(self.results_dir, self.sc.name, env),
                                             scenario_doc, env)
         path = writer.path
         log.info("result: %s", path)
         try:
             with writer:
+                left_out = {v: self._missing_feature(v) for v in self.sc.datapaths}
+                self.progress.skipped = {v for v, why in left_out.items() if why}
                 for variant in self.sc.datapaths:
-                    missing = self._missing_feature(variant)
+                    missing = left_out[variant]
+                    if missing:  # every scale recorded as failed, and said once
+                        for n in self.sc.scales(variant):
+                            self._record_all(writer, variant, n, "failed", missing, say=False)
+                        self.progress.say(f"{variant}: left out, {missing}; its points are "
+                                          "recorded as failed")
+                        continue
                     for n in self.sc.scales(variant):
-                        if missing:
-                            self._record_all(writer, variant, n, "failed", missing)
-                            continue
                         t0 = time.monotonic()
                         self._scale_point(writer, variant, n)
                         self.progress.record_scale(variant, n, time.monotonic() - t0)
@@ -249,7 +306,7 @@ class Runner:
         return path
 
     @staticmethod
-    def _writer(path: Path, scenario_doc: dict[str, str], env: Any) -> R.ResultWriter:
+    def _writer(path: Path, scenario_doc: dict[str, Any], env: Any) -> R.ResultWriter:
         """A writer on ``path``, or on ``<stem>-2``, ``-3``... when another run took it."""
         for k in range(1, 100):
             candidate = path if k == 1 else path.with_name(f"{path.stem}-{k}{path.suffix}")
@@ -268,18 +325,17 @@ class Runner:
             log.error("error: %s fails although this kernel supports it (%s); its points are "
                       "recorded as failed", variant, broken)
             return f"kpbench failed (not a kernel limit): {broken}"
-        if missing:
-            log.warning("warning: %s is not available on this kernel (%s); its points are "
-                        "recorded as failed", variant, missing)
+        if missing:  # said once by the run (left out), not here
             return f"kernel feature missing: {missing}"
         return None
 
     def _record_all(self, writer: R.ResultWriter, variant: str, n: int, status: str,
-                    error: str, **setup: Any) -> None:
+                    error: str, say: bool = True, **setup: Any) -> None:
         for w in self.sc.workloads:
             writer.add_point(self._point(variant, n, w, status=status, error=error, **setup))
             self.progress.done += 1
-        self.progress.say(f"{variant} {n} services: {status}: {error}")
+        if say:
+            self.progress.say(f"{variant} {n} services: {status}: {error}")
 
     def _point(self, variant: str, n: int, workload: str, **kw: Any) -> R.PointDoc:
         position = self.sc.position if isinstance(self.sc.position, str) else "index"
@@ -557,9 +613,7 @@ class Runner:
         for r in range(sc.repetitions):
             self.progress.say(f"{variant}: {n} services: {workload} rep {r + 1}/"
                               f"{sc.repetitions}")
-            t0 = time.monotonic()
             rep, error = self._traffic_rep(target, workload, sc.packets, probes)
-            self.progress.traffic_seconds.append(time.monotonic() - t0)
             if rep is None:
                 failed.append({"phase": "measured", "index": r, "error": error})
             else:

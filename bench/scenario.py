@@ -26,7 +26,8 @@ Example (see scenarios/default.toml)::
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ CHANGES = ("add-service", "remove-service", "add-endpoint", "remove-endpoint",
            "endpoint-not-ready")
 POSITIONS = ("first", "middle", "last")
 PROBES = ("latency", "cpu", "drops", "transit")
-# tcpreplay reaches about 180k packets/s per core here (DESIGN.md); far beyond that
+# tcpreplay reaches about 180k packets/s per core here (docs/machines.md); far beyond that
 # the offered rate would be a fiction.
 MAX_RATE_PPS = 1_000_000
 MAX_PACKETS = 2_000_000
@@ -93,6 +94,9 @@ class Scenario:
     changes: tuple[str, ...] = CHANGES
     sync_repetitions: int = 3
     effect_rate_pps: int = 2000
+    # Set by select_datapaths (kpbench run --datapaths): the run measures only these
+    # of the file's datapaths, and its result says so.
+    selected: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.control_packets is None:
@@ -109,6 +113,13 @@ class Scenario:
             return min(self.position, services - 1)
         return {"first": 0, "middle": services // 2, "last": services - 1}[self.position]
 
+    def document(self) -> dict[str, Any]:
+        """The result's ``scenario``: name, path, the file as given, and a --datapaths choice."""
+        doc: dict[str, Any] = {"name": self.name, "path": self.path, "text": self.text}
+        if self.selected is not None:
+            doc["selected_datapaths"] = list(self.selected)
+        return doc
+
     @property
     def measured(self) -> tuple[str, ...]:
         """What each (datapath, scale) measures: traffic workloads, or sync kinds."""
@@ -121,6 +132,24 @@ class Scenario:
         """(datapath, services, workload) in run order."""
         return [(dp, n, w) for dp in self.datapaths for n in self.scales(dp)
                 for w in self.measured]
+
+
+def select_datapaths(scenario: Scenario, names: Sequence[str]) -> Scenario:
+    """``scenario`` measuring only the datapaths ``names`` (kpbench run --datapaths).
+
+    Each name must be one of the scenario's datapaths: a subset of one scenario
+    keeps its scales and workloads, so its points pair with a full run's.
+    """
+    wanted = list(dict.fromkeys(n.strip() for n in names if n.strip()))
+    if not wanted:
+        raise InputError("name at least one datapath, e.g. --datapaths ipvs",
+                         source="--datapaths")
+    unknown = [n for n in wanted if n not in scenario.datapaths]
+    if unknown:
+        raise InputError(f"{', '.join(unknown)}: not in scenario {scenario.name!r}; choose "
+                         f"from {', '.join(scenario.datapaths)}", source="--datapaths")
+    kept = tuple(d for d in scenario.datapaths if d in wanted)
+    return replace(scenario, datapaths=kept, selected=kept)
 
 
 def load_scenario(path: str | Path) -> Scenario:

@@ -4,7 +4,7 @@ Runs live at ``results/<machine>/<date>_<commit>[-dirty]_<scenario>.json``
 (bench.results.result_path) and baselines under ``results/baselines/``.
 A path given to ``compare``, ``show`` or ``report`` is either one result file
 or a directory: a directory stands for the newest run of each scenario found
-under it, so ``kpbench compare results/baselines results/vm`` compares the
+under it, so ``kpbench compare results/baselines results/<machine>`` compares the
 latest run of every scenario against its baseline.
 """
 

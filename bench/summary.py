@@ -39,6 +39,7 @@ def environment_table(doc: ResultDoc) -> Table:
         ("cpu", f"{env.get('cpu_model') or '?'} x {env.get('cpu_count') or '?'}"),
         ("governor", env.get("governor") or "unknown"),
         ("host", env.get("hostname")),
+        ("machine id", env.get("machine_id") or "not recorded"),
         ("git", (env.get("git_commit") or "not a git checkout")
          + (" (dirty)" if env.get("git_dirty") else "")),
         ("python / kpbench", f"{env.get('python')} / {env.get('kpbench') or '?'}"),
@@ -102,3 +103,60 @@ def points_table(doc: ResultDoc) -> Table:
                _settle(setup)],
               css="" if p["status"] == "ok" else "failed")
     return t
+
+
+KERNEL_MISSING = "kernel feature missing"  # the error of a datapath this kernel lacks
+NOT_APPLICABLE = "not applicable"  # the error of a workload a datapath cannot act on
+
+
+def left_out(doc: ResultDoc) -> dict[str, str]:
+    """Variants whose every point failed because this kernel lacks them, with the reason."""
+    by_variant: dict[str, list[PointDoc]] = {}
+    for p in doc["points"]:
+        by_variant.setdefault(p["variant"] or p["datapath"], []).append(p)
+    return {v: (pts[0].get("error") or "").removeprefix(f"{KERNEL_MISSING}: ")
+            for v, pts in by_variant.items()
+            if all((p.get("error") or "").startswith(KERNEL_MISSING) for p in pts)}
+
+
+def _cell(p: PointDoc) -> str:
+    if p["status"] == "exceeded-limit":
+        return "over limit"
+    if p["status"] != "ok":
+        return "failed"
+    s: Any = p.get("summary") or {}
+    if p["workload"].startswith("sync-"):
+        return fmt_value(_sync_seconds(p), "s")
+    lat = (s.get("latency_ns") or {}).get("p50")
+    return f"{fmt_value(lat, 'ns')} · {fmt_value(s.get('cpu_ns_per_packet'), 'ns/packet')}"
+
+
+def figures_tables(doc: ResultDoc) -> tuple[list[tuple[str, Table]], list[str]]:
+    """The run's figures at a glance: per workload, a variant x services table.
+
+    A cell is the p50 latency and the CPU per packet (packet workloads) or the
+    median sync time (sync workloads). Variants this kernel lacks and
+    workloads a variant does not apply to get no row: they are returned as
+    notes instead, one per variant, so that what was left out is said once.
+    """
+    lacking = left_out(doc)
+    points = [p for p in iter_points(doc) if (p["variant"] or p["datapath"]) not in lacking]
+    inapplicable: dict[str, list[str]] = {}
+    tables = []
+    for workload in dict.fromkeys(p["workload"] for p in points):
+        wl = [p for p in points if p["workload"] == workload]
+        scales = sorted({p["services"] for p in wl})
+        what = ("median sync time" if workload.startswith("sync-")
+                else "p50 latency · CPU per packet")
+        t = Table(["variant", *(f"{n:,} svc" for n in scales)],
+                  align=["l", *("r" for _ in scales)])
+        for variant in dict.fromkeys(p["variant"] or p["datapath"] for p in wl):
+            mine = {p["services"]: p for p in wl if (p["variant"] or p["datapath"]) == variant}
+            if all((p.get("error") or "").startswith(NOT_APPLICABLE) for p in mine.values()):
+                inapplicable.setdefault(variant, []).append(workload)
+                continue
+            t.add([variant, *(_cell(mine[n]) if n in mine else "" for n in scales)])
+        if t.rows:
+            tables.append((f"{workload}: {what}", t))
+    notes = [f"{v}: not applicable to {', '.join(w)}" for v, w in inapplicable.items()]
+    return tables, notes

@@ -19,6 +19,7 @@ timeout, on Ctrl-C and on SIGTERM: nothing is left running.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import re
@@ -32,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -48,6 +49,11 @@ TCG_BOOT_TIMEOUT = 240.0  # measured here: ~30 s; allow for a loaded machine
 DEFAULT_CPUS = 2
 DEFAULT_MEMORY = "8G"
 KILL_GRACE = 5.0
+# Whether a KVM guest of a kernel booted here, kept until the host reboots (/run is a
+# tmpfs): on hosts where /dev/kvm opens but guests abort (nested virtualisation), the
+# 45 s KVM attempt is paid once, not by every run.
+KVM_VERDICTS = Path("/run/kpbench/kvm-guests.json")
+KVM_BOOTS = "boots"
 
 
 class VmError(KpbenchError):
@@ -134,6 +140,31 @@ def kvm_usable() -> bool:
     return os.access("/dev/kvm", os.R_OK | os.W_OK)
 
 
+def remembered_kvm(kernel: Path, verdicts: Path = KVM_VERDICTS) -> str | None:
+    """How a KVM guest of ``kernel`` did since the host booted: "boots", the reason it
+    did not, or None if not tried."""
+    try:
+        known = json.loads(verdicts.read_text())
+    except (OSError, ValueError):
+        return None
+    verdict = known.get(str(kernel)) if isinstance(known, dict) else None
+    return verdict if isinstance(verdict, str) else None
+
+
+def remember_kvm(kernel: Path, verdict: str, verdicts: Path = KVM_VERDICTS) -> None:
+    """Keep how a KVM guest of ``kernel`` did (best effort: a cache, not a record)."""
+    try:
+        known = json.loads(verdicts.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    known[str(kernel)] = verdict
+    with contextlib.suppress(OSError):
+        verdicts.parent.mkdir(parents=True, exist_ok=True)
+        verdicts.write_text(json.dumps(known) + "\n")
+
+
 def guest_script(argv: Sequence[str], accel: str, kernel: Path, scratch: Path) -> str:
     """The shell line the guest runs: marker, environment, the command, its exit code."""
     env = {ENV_ACCEL: accel, ENV_KERNEL: str(kernel), "PYTHONDONTWRITEBYTECODE": "1",
@@ -167,6 +198,7 @@ class VmRunner:
     boot_timeouts: dict[str, float] = field(default_factory=lambda: {
         "kvm": KVM_BOOT_TIMEOUT, "tcg": TCG_BOOT_TIMEOUT})
     vng: str | None = None  # default: vng_binary()
+    verdicts: Path = KVM_VERDICTS  # how KVM guests did since the host booted
     out: TextIO = field(default_factory=lambda: sys.stdout)
     err: TextIO = field(default_factory=lambda: sys.stderr)
 
@@ -178,14 +210,17 @@ class VmRunner:
 
     def run(self, argv: Sequence[str]) -> VmResult:
         """Run ``argv`` in the guest; raises VmError if no accelerator boots or on timeout."""
-        accels = self.accels or (("kvm", "tcg") if kvm_usable() else ("tcg",))
         notices: list[str] = []
+        accels = self.accels or self.default_accels(notices)
         start = time.monotonic()
         for i, accel in enumerate(accels):
             last = i == len(accels) - 1
             with tempfile.TemporaryDirectory(prefix="kpbench-vm-") as tmp:
                 scratch = Path(tmp)
                 outcome = self._attempt(accel, argv, scratch)
+                if accel == "kvm":
+                    remember_kvm(self.kernel, KVM_BOOTS if isinstance(outcome, VmResult)
+                                 else outcome, self.verdicts)
                 if isinstance(outcome, VmResult):
                     outcome.notices = notices
                     outcome.seconds = time.monotonic() - start
@@ -197,6 +232,34 @@ class VmRunner:
             print(notice, file=self.err, flush=True)
             notices.append(notice)
         raise AssertionError("unreachable")
+
+    def default_accels(self, notices: list[str]) -> tuple[str, ...]:
+        """KVM then TCG where /dev/kvm is usable and KVM guests were not seen failing
+        since the host booted; else TCG (saying why, when KVM failed before)."""
+        if not kvm_usable():
+            return ("tcg",)
+        verdict = remembered_kvm(self.kernel, self.verdicts)
+        if verdict is None or verdict == KVM_BOOTS:
+            return ("kvm", "tcg")
+        notice = (f"kpbench: a KVM guest of this kernel did not boot earlier since the host "
+                  f"started ({verdict}); using TCG (slower; recorded in the result)")
+        print(notice, file=self.err, flush=True)
+        notices.append(notice)
+        return ("tcg",)
+
+    def accelerator(self) -> str:
+        """The accelerator a run would get here, "kvm" or "tcg": remembered since the host
+        booted, else found by booting a KVM guest that runs ``true``."""
+        if not kvm_usable():
+            return "tcg"
+        verdict = remembered_kvm(self.kernel, self.verdicts)
+        if verdict is not None:
+            return "kvm" if verdict == KVM_BOOTS else "tcg"
+        try:
+            replace(self, accels=("kvm",)).run(["true"])
+        except VmError:
+            return "tcg"
+        return "kvm"
 
     def command(self, accel: str, argv: Sequence[str], scratch: Path) -> list[str]:
         """The ``vng`` command line for one attempt."""

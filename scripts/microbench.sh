@@ -3,6 +3,8 @@
 # compared with the previous saved run when there is one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/as-root.sh
+as_root "$@"
 bash scripts/setup.sh
 store=results/microbench
 compare=()

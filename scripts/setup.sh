@@ -3,6 +3,8 @@
 # virtual environment (.venv) that sees Debian's python3-bpfcc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/as-root.sh
+as_root "$@"
 
 APT_PACKAGES=(
     iproute2 iptables nftables ipset conntrack ipvsadm ethtool tcpdump
@@ -14,11 +16,6 @@ APT_PACKAGES=(
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }
-
-if [ "$(id -u)" -ne 0 ]; then
-    log "run as root (it installs Debian packages and prepares /lib/modules for BCC)"
-    exit 2
-fi
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -40,6 +37,15 @@ fi
 if [ ! -d /sys/kernel/debug/tracing ] && [ -d /sys/kernel/debug ] && ! mountpoint -q /sys/kernel/debug; then
     mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null || true
 fi
+
+# Everything the harness imports, from this checkout (an editable install of another
+# checkout would run that one's code).
+venv_ready() {
+    .venv/bin/python - "$PWD" 2>/dev/null <<'PY'
+import sys, bench, bcc, pyroute2, scapy, numpy  # noqa: F401
+sys.exit(0 if bench.__file__.startswith(sys.argv[1] + "/") else 1)
+PY
+}
 
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import bcc" 2>/dev/null; then
     log "creating .venv on /usr/bin/python3 with system site packages (for Debian's bcc)"
@@ -64,10 +70,23 @@ for img in /boot/vmlinuz-*; do
     fi
 done
 
-log "installing kpbench and its Python dependencies into .venv"
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e ".[test]"
-# virtme-ng boots a kernel for `kpbench vm` (PyPI; Debian 12 has no package of it).
-.venv/bin/python -m pip install -q "virtme-ng>=1.30"
-.venv/bin/python -c "import bcc, pyroute2, scapy, numpy" || { log "venv check failed"; exit 1; }
-log "ready: .venv/bin/kpbench"
+# pip runs only when what it would install changed: the stamp holds a hash of
+# pyproject.toml and the interpreter, written after a successful install.
+VIRTME_NG="virtme-ng>=1.30"  # boots a kernel for `kpbench vm` (Debian 12 has no package)
+stamp=.venv/.kpbench-setup
+want="$(sha256sum pyproject.toml | cut -d' ' -f1) $VIRTME_NG $(.venv/bin/python -V 2>&1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! venv_ready; then
+    pip_log=.venv/setup-pip.log
+    log "installing kpbench and its Python dependencies into .venv (pip's output: $pip_log)"
+    if ! { .venv/bin/python -m pip install -q --upgrade pip &&
+           .venv/bin/python -m pip install -q -e ".[test]" &&
+           .venv/bin/python -m pip install -q "$VIRTME_NG"; } >"$pip_log" 2>&1; then
+        log "pip failed; its last lines:"
+        tail -n 20 "$pip_log" >&2
+        exit 1
+    fi
+    venv_ready || { log "venv check failed: .venv cannot import bench, bcc, pyroute2, scapy" \
+                        "and numpy from this checkout"; exit 1; }
+    echo "$want" >"$stamp"
+    log "ready: .venv/bin/kpbench"
+fi

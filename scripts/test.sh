@@ -10,6 +10,8 @@
 # leaves it out (for quick local runs only: the stage is part of the command).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/as-root.sh
+as_root "$@"
 bash scripts/setup.sh
 # Runs killed before this one (SIGKILL leaves namespaces by nature) would skew the
 # tests that compare the machine's state before and after: remove them first.

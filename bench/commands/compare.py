@@ -36,9 +36,10 @@ regression beyond its threshold), or with --fail-on-missing a point measured
 in BASE is missing or failed in NEW; 2 bad input or incomparable results.
 
 examples:
-  kpbench compare results/baselines/default.json results/vm/
+  kpbench compare results/baselines/default.json results/<machine>/
   kpbench compare BASE.json NEW.json --fail-on p99_latency:10% --fail-on cpu_ns_per_packet:10%
   kpbench compare BASE.json NEW.json --format markdown --changed-only > comment.md
+  kpbench compare BASE.json NEW.json --fail-on p99_latency:10% --junit gate.xml
   kpbench baseline new/*/*_default.json -o /tmp/new.json && \
     kpbench compare results/baselines/default.json /tmp/new.json --fail-on p50_latency:20%
 """
@@ -83,6 +84,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         f"(default {DEFAULT_MIN_EFFECT_PCT:g}%%)")
     p.add_argument("--allow-env-mismatch", action="store_true",
                    help="compare results from different environments anyway (with warnings)")
+    p.add_argument("--junit", metavar="FILE", default=None,
+                   help="also write the gate as JUnit XML: one test case per point and "
+                        "--fail-on metric, a regression beyond the gate is a failure")
     p.set_defaults(func=run)
 
 
@@ -93,6 +97,9 @@ def run(args: argparse.Namespace) -> int:
     from bench.store import pair_runs, resolve
 
     gates = [parse_gate(g) for g in args.fail_on]
+    if args.junit and not gates and not args.fail_on_missing:
+        raise InputError("--junit reports the gates: give at least one --fail-on METRIC:PCT "
+                         "(or --fail-on-missing)", source="--junit")
     pairs, notes = pair_runs(resolve(args.base), resolve(args.new))
     if not pairs:
         raise InputError("no scenario is present on both sides: " + "; ".join(notes))
@@ -110,6 +117,13 @@ def run(args: argparse.Namespace) -> int:
             problems += [f"--fail-on-missing: {key_label(p.key)}: {p.what}"
                          for p in c.points if p.lost]
     failed = bool(problems)
+    if args.junit:
+        from pathlib import Path
+
+        from bench.junit import junit_xml
+
+        Path(args.junit).write_text(junit_xml(comparisons, gates, args.fail_on_missing),
+                                    encoding="utf-8")
 
     if args.format in ("json", "csv"):
         sys.stdout.write(render_machine(comparisons, args.format, gates, notes, failed))

@@ -9,7 +9,7 @@ against services) and, with --compare, the regressions against BASE (as
 ``kpbench compare BASE RESULT`` computes them).
 
 examples:
-  kpbench report results/vm/20261129T050835_3f7efeb7df20_default.json
+  kpbench report results/<machine>/<date>_<commit>_default.json
   kpbench report NEW.json --compare results/baselines/default.json --out /tmp/report
 """
 

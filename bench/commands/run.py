@@ -4,18 +4,25 @@ Runs every point of the scenario (datapath x services x workload, with
 repetitions), printing progress with an ETA on stderr. The result is one JSON
 file under --results (results/<machine>/<date>_<commit>_<scenario>.json),
 rewritten atomically after each point, so Ctrl-C keeps what was measured.
-Then it exports the tidy CSV and draws the plots next to it.
+Then it writes the tidy CSV, the plots and the report next to it and prints
+the figures (p50 latency and CPU per packet per workload, datapath and number
+of services), where those files are, and what was left out, once: datapaths
+this kernel lacks come with the command that measures them in a VM. The first
+line of stdout is the result file (for scripts).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
+import os
+import shlex
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bench.errors import InputError
-from bench.scenario import load_scenario
+from bench.scenario import load_scenario, select_datapaths
 
 if TYPE_CHECKING:
     from bench.runner import Runner
@@ -32,6 +39,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--results", metavar="DIR", default=str(DEFAULT_RESULTS),
                    help=f"results directory (default {DEFAULT_RESULTS})")
     p.add_argument("--no-export", action="store_true", help="skip the CSV and the plots")
+    p.add_argument("--datapaths", metavar="LIST", type=_names, default=None,
+                   help="measure only these of the scenario's datapaths, comma-separated (e.g. "
+                        "ipvs: in `kpbench vm run -- run scenarios/default.toml --datapaths "
+                        "ipvs`, the ones a host run left out); the result records the choice")
     p.add_argument("--inject-rules", type=_count, default=0, metavar="N",
                    help="a known slowdown, to prove a `kpbench compare` gate catches one: N "
                         "never-matching rules in each node's raw PREROUTING, walked by every "
@@ -39,6 +50,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "the node stack still forwards). Recorded in the result; not for "
                         "real measurements (default 0)")
     p.set_defaults(func=run)
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
 
 
 def _count(text: str) -> int:
@@ -53,6 +68,8 @@ def _count(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario)  # refused before anything is imported or built
+    if args.datapaths is not None:
+        scenario = select_datapaths(scenario, args.datapaths)
     from bench.runner import Runner
     from bench.topology import leftovers
 
@@ -74,20 +91,84 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         _say_if_complete(runner)
         raise
-    print(path)
+    print(path)  # the first line of stdout: the result, for scripts
     _say_if_complete(runner)
     if not args.no_export:
-        from bench.export import default_csv_path, write_csv
-        from bench.plots import plot_result
-        from bench.results import load_result
-
-        result = load_result(path)
-        csv = default_csv_path(path)
-        write_csv(result, csv)
-        print(csv)
-        for fig in plot_result(result, path.with_name(f"{path.stem}-plots")):
-            print(fig)
+        epilogue(path, args)
     return 0
+
+
+def epilogue(path: Path, args: argparse.Namespace) -> None:
+    """The run's end: CSV, plots and report written, then the figures at a glance, where
+    the files are, and what was left out (once)."""
+    from bench.export import default_csv_path, write_csv
+    from bench.plots import plot_result
+    from bench.report import write_report
+    from bench.results import load_result
+    from bench.summary import figures_tables, left_out
+    from bench.tables import render_text
+
+    result = load_result(path)
+    csv = default_csv_path(path)
+    rows = write_csv(result, csv)
+    plot_notes: list[str] = []
+    plots_dir = path.with_name(f"{path.stem}-plots")
+    figures = [f for f in plot_result(result, plots_dir, notes=plot_notes) if f.suffix == ".png"]
+    html, md = write_report(result, str(path), path.parent, path.stem, notes=[])
+    tables, notes = figures_tables(result)
+    for title, table in tables:
+        print(f"\n{title}\n{render_text(table)}")
+    print(f"\nresult:  {path}\ncsv:     {csv} ({rows} rows)")
+    print(f"plots:   {plots_dir}/ ({len(figures)} figures, PNG and SVG"
+          + ("; what a figure leaves out is named in its footnote)" if plot_notes else ")"))
+    print(f"report:  {html} (and {md.name})")
+    for note in notes:
+        print(f"note:    {note}")
+    lacking = left_out(result)
+    if lacking:
+        print("left out (this kernel lacks them): "
+              + "; ".join(f"{v} ({why})" for v, why in lacking.items()))
+        from bench.vm import in_guest
+
+        if not in_guest():
+            print(f"measure them on Debian's kernel in a VM, as a result of their own:\n"
+                  f"  {vm_command(args, list(lacking))}\n  {_vm_time(args, result, lacking)}")
+
+
+def vm_command(args: argparse.Namespace, variants: list[str]) -> str:
+    """The command that measures ``variants`` of this run's scenario in a VM."""
+    kpbench = Path(sys.argv[0]) if Path(sys.argv[0]).name == "kpbench" else None
+    exe = (os.path.relpath(kpbench) if kpbench and not kpbench.is_absolute()
+           else str(kpbench or ".venv/bin/kpbench"))
+    extra: list[str] = []
+    if Path(args.results).resolve() != DEFAULT_RESULTS.resolve():
+        extra = ["--results", args.results]
+    vm_opts = ["--rwdir", args.results] if extra else []
+    return shlex.join([exe, "vm", "run", *vm_opts, "--", "run", args.scenario, "--datapaths",
+                       ",".join(variants), *extra])
+
+
+def _vm_time(args: argparse.Namespace, result: Any, lacking: dict[str, str]) -> str:
+    """How long that takes: the last such VM run stored here, else the documented figure."""
+    from bench.store import scan
+
+    runs = []
+    for root in dict.fromkeys((Path(args.results), DEFAULT_RESULTS)):
+        if root.is_dir():
+            runs += scan(root)[0]
+    done = [r for r in runs if r.doc["environment"].get("where") == "vm"
+            and r.doc["status"] == "complete" and r.doc.get("finished")
+            and r.scenario == result["scenario"]["name"]
+            and set(lacking) <= {p["variant"] for p in r.doc["points"]}]
+    if done:
+        last = max(done, key=lambda r: r.started)
+        minutes = (_dt.datetime.fromisoformat(last.doc["finished"])  # type: ignore[arg-type]
+                   - _dt.datetime.fromisoformat(last.started)).total_seconds() / 60
+        vm = last.doc["environment"].get("vm") or {}
+        return (f"(the last such run here, {str(vm.get('accel', '?')).upper()}, measured for "
+                f"{minutes:.0f} min after booting: {last.path})")
+    return ("(a VM under TCG emulation is several times slower than the host: see "
+            "docs/machines.md for the times measured on a 2-core host)")
 
 
 def _say_if_complete(runner: Runner) -> None:

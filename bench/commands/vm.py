@@ -3,6 +3,7 @@
   kpbench vm run [--kernel PATH|VERSION] [--cpus N] [--memory SIZE] -- run scenarios/default.toml
   kpbench vm test -- tests/vm -x
   kpbench vm check scenarios/default.toml   # which of its datapaths this kernel lacks
+  kpbench vm accel                          # kvm or tcg: what a VM run gets here
 
 The kernel (default: the newest image under /boot, e.g. Debian's
 linux-image-amd64) boots under virtme-ng with the host's root filesystem
@@ -46,6 +47,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         a.add_argument("args", nargs=argparse.REMAINDER, metavar="-- ARGS",
                        help="arguments for kpbench (run) or pytest (test) inside the VM")
         a.set_defaults(func=run)
+    a = actions.add_parser(
+        "accel", help="print the accelerator a VM run gets here: kvm or tcg",
+        description="Print kvm or tcg: the accelerator `kpbench vm run` gets on this machine. "
+                    "Where /dev/kvm opens, a KVM guest is booted once to find out (up to "
+                    f"{vm.KVM_BOOT_TIMEOUT:.0f} s); the answer is kept until the host reboots. "
+                    "scripts/bench.sh uses it: under TCG the suite would take hours.")
+    a.add_argument("--kernel", metavar="PATH|VERSION",
+                   help="kernel image, or a version under /boot (default: the newest there)")
+    a.set_defaults(func=accel)
     c = actions.add_parser(
         "check", help="say which datapaths of a scenario this kernel lacks (exit 3 if any)",
         description="Print each datapath of SCENARIO that this kernel cannot program, with the "
@@ -70,6 +80,17 @@ def check(args: argparse.Namespace) -> int:
             lacking += 1
             print(f"{variant}: {missing}")
     return 3 if lacking else 0
+
+
+def accel(args: argparse.Namespace) -> int:
+    kernel = vm.find_kernel(args.kernel)
+    runner = vm.VmRunner(kernel)
+    if vm.kvm_usable() and vm.remembered_kvm(kernel) is None:
+        print(f"kpbench: trying a KVM guest of {vm.kernel_release(kernel)} (up to "
+              f"{vm.KVM_BOOT_TIMEOUT:.0f} s, once until the host reboots)", file=sys.stderr,
+              flush=True)
+    print(runner.accelerator())
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

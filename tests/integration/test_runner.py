@@ -39,8 +39,11 @@ def test_smoke_run_writes_result_csv_and_plots(tmp_path: Path) -> None:
                         "--results", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     assert "ETA" in p.stderr  # progress is shown
-    files = [Path(line) for line in p.stdout.split()]
-    result = load_result(files[0])
+    lines = p.stdout.splitlines()
+    result = load_result(lines[0])  # the first line names the result, for scripts
+    where = {ln.split(":", 1)[0]: Path(ln.split(":", 1)[1].split(" (")[0].strip())
+             for ln in lines if ln.startswith(("result:", "csv:", "plots:", "report:"))}
+    assert where["result"] == Path(lines[0])
     assert result["status"] == "complete"
     assert result["environment"]["kernel_release"]
     points = result["points"]
@@ -61,8 +64,9 @@ def test_smoke_run_writes_result_csv_and_plots(tmp_path: Path) -> None:
     # The probes' own cost is measured once per run, with and without them.
     overhead = points[0]["probe_overhead"]
     assert overhead and all(overhead[f"{c}_pps"] > 0 for c in ("none", "main", "all"))
-    assert files[1].suffix == ".csv" and files[1].stat().st_size > 0
-    pngs = [f for f in files if f.suffix == ".png"]
+    assert where["csv"].suffix == ".csv" and where["csv"].stat().st_size > 0
+    assert where["report"].suffix == ".html" and where["report"].stat().st_size > 0
+    pngs = list(where["plots"].glob("*.png"))
     assert pngs and all(f.stat().st_size > 1000 for f in pngs)
     assert run_namespaces() == before
 

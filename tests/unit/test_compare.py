@@ -255,6 +255,37 @@ def test_env_mismatch_is_refused_listing_the_keys(tmp_path: Path) -> None:
     assert any("kernel_release" in w for w in c.warnings) and c.changes
 
 
+def test_another_machine_is_a_warning_only_when_both_runs_recorded_their_machine() -> None:
+    rng = np.random.default_rng(7)
+    old = in_memory([point(rng)])  # written before machine ids were recorded
+    here = in_memory([point(rng)], env={**ENV, "machine_id": "3f2a9c1e"})
+    there = in_memory([point(rng)], env={**ENV, "machine_id": "77aa00bb"})
+
+    def machine_warnings(b: Any, n: Any) -> list[str]:
+        return [w for w in compare.compare_runs(b, n).warnings if "machine" in w]
+
+    assert machine_warnings(old, here) == []  # the committed baseline stays comparable
+    assert machine_warnings(here, here) == []
+    (w,) = machine_warnings(here, there)
+    assert "3f2a9c1e" in w and "77aa00bb" in w
+
+
+def test_a_changed_comment_in_the_scenario_is_not_a_changed_scenario() -> None:
+    rng = np.random.default_rng(8)
+    text = (ROOT / "scenarios/default.toml").read_text()
+    base, new = in_memory([point(rng)]), in_memory([point(rng)])
+    base["scenario"]["text"] = text
+    new["scenario"]["text"] = text.replace("# The default suite", "# The suite, reworded")
+    assert new["scenario"]["text"] != text
+
+    def changed(b: Any, n: Any) -> list[str]:
+        return [w for w in compare.compare_runs(b, n).warnings if "was changed" in w]
+
+    assert changed(base, new) == []
+    new["scenario"]["text"] = text.replace("packets = 10000", "packets = 20000")
+    assert len(changed(base, new)) == 1
+
+
 def test_env_mismatch_on_the_cli_is_one_line_exit_2(tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     rng = np.random.default_rng(6)

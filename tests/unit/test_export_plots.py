@@ -146,6 +146,18 @@ def test_plots_written_and_non_empty(tmp_path: Path, caplog: pytest.LogCaptureFi
     assert "softirq tracepoint not attachable" in caplog.text
 
 
+def test_plot_notes_can_be_collected_instead_of_logged(tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    result = load_result(synthetic_result(tmp_path))
+    notes: list[str] = []
+    with caplog.at_level(logging.WARNING, logger="kpbench"):
+        files = plots.plot_result(result, tmp_path / "plots", formats=("png",), notes=notes)
+    assert len(files) == 3 and caplog.text == ""
+    assert any("exceeded-limit" in n for n in notes)
+    assert any("softirq tracepoint not attachable" in n for n in notes)
+    assert len(notes) == len(set(notes))  # each said once
+
+
 def test_plots_with_no_usable_data_do_not_crash(tmp_path: Path,
                                                 caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "r.json"

@@ -226,10 +226,35 @@ def test_summarise_point_with_missing_measurements() -> None:
 def test_result_path_layout() -> None:
     import datetime as dt
     when = dt.datetime(2026, 11, 29, 14, 30, 12, tzinfo=dt.UTC)
-    p = result_path("results", "Default Suite", ENV, when)
-    assert p == Path("results/bench-01/20261129T143012_0123456789ab_default-suite.json")
+    p = result_path("results", "Default Suite", {**ENV, "machine_id": "3f2a9c1e"}, when)
+    assert p == Path("results/bench-01-3f2a9c1e-host-6.1.0/"
+                     "20261129T143012_0123456789ab_default-suite.json")
     dirty = result_path("results", "x", {**ENV, "git_dirty": True, "git_commit": None}, when)
     assert dirty.name == "20261129T143012_nogit-dirty_x.json"
+
+
+def test_machine_folders_tell_apart_host_vm_and_machines_sharing_a_host_name() -> None:
+    host = {**ENV, "machine_id": "3f2a9c1e"}
+    vm = {**host, "where": "vm", "vm": {"accel": "tcg", "kernel": "/boot/vmlinuz-6.1.0-57"},
+          "kernel_release": "6.1.0-57-amd64"}
+    other = {**host, "machine_id": "77aa00bb"}  # a second machine made from one image
+    names = {results.machine_name(e) for e in (host, vm, other)}
+    assert len(names) == 3
+    assert results.machine_name(vm) == "bench-01-3f2a9c1e-vm-tcg-6.1.0-57-amd64"
+    # A result written before machine ids were recorded still gets a folder name.
+    assert results.machine_name(ENV) == "bench-01-noid-host-6.1.0"
+
+
+def test_machine_id_is_a_short_keyed_hash_never_the_id_itself(tmp_path: Path) -> None:
+    f = tmp_path / "machine-id"
+    f.write_text("3d1219c7c4c5404aaa1f6d2a48adfda4\n")
+    mid = results.machine_id((str(f),))
+    assert mid is not None and len(mid) == 8 and int(mid, 16) >= 0
+    assert mid not in f.read_text()
+    f.write_text("0123456789abcdef0123456789abcdef\n")
+    assert results.machine_id((str(f),)) != mid
+    assert results.machine_id((str(tmp_path / "absent"),)) is None
+    assert results.capture_environment()["machine_id"] == results.machine_id()
 
 
 def test_capture_environment_shape() -> None:

@@ -35,3 +35,24 @@ def test_bad_scenario_is_one_line_naming_file_and_key(path: Path) -> None:
     msg = str(exc.value)
     assert "\n" not in msg and msg.startswith(str(path)), msg
     assert expected in msg, msg
+
+
+def test_datapaths_selects_part_of_a_scenario_and_says_so(tmp_path: Path) -> None:
+    from bench.results import ResultWriter, load_result
+    from bench.scenario import select_datapaths
+
+    sc = load_scenario(ROOT / "scenarios" / "default.toml")
+    part = select_datapaths(sc, ["userspace", "ipvs"])
+    assert part.datapaths == ("ipvs", "userspace")  # the file's order
+    assert part.selected == ("ipvs", "userspace") and sc.selected is None
+    assert {dp for dp, _, _ in part.points} == {"ipvs", "userspace"}
+    assert part.scales("ipvs") == sc.scales("ipvs")  # same points as a full run
+    with pytest.raises(InputError, match="--datapaths: cilium: not in scenario 'default'"):
+        select_datapaths(sc, ["cilium"])
+    # The result records the choice (its scenario text is the whole file).
+    from tests.synthetic_results import ENV
+    assert "selected_datapaths" not in sc.document()
+    with ResultWriter(tmp_path / "r.json", scenario=part.document(), environment=dict(ENV)):
+        pass
+    assert load_result(tmp_path / "r.json")["scenario"]["selected_datapaths"] == [
+        "ipvs", "userspace"]

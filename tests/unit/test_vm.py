@@ -41,8 +41,39 @@ def fake_vng(tmp_path: Path, mode: str) -> str:
 def runner(tmp_path: Path, mode: str, **kw: object) -> vm.VmRunner:
     kernel = tmp_path / "vmlinuz-6.1.0-test"
     kernel.write_text("")
+    kw.setdefault("verdicts", tmp_path / "kvm-guests.json")
     return vm.VmRunner(kernel, vng=fake_vng(tmp_path, mode), out=io.StringIO(),
                        err=io.StringIO(), **kw)  # type: ignore[arg-type]
+
+
+def test_a_kvm_guest_that_failed_is_not_tried_again_until_the_host_reboots(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vm, "kvm_usable", lambda: True)
+    first = runner(tmp_path, "kvm-fails")
+    assert first.run(["true"]).accel == "tcg"
+    assert "Assertion failed" in (vm.remembered_kvm(first.kernel, first.verdicts) or "")
+    again = runner(tmp_path, "kvm-fails")
+    result = again.run(["true"])
+    assert result.accel == "tcg"
+    (notice,) = result.notices  # no second KVM attempt, and it says why
+    assert "did not boot earlier since the host started" in notice
+    assert "falling back" not in again.err.getvalue()  # type: ignore[attr-defined]
+
+
+def test_the_accelerator_is_found_by_booting_once(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    for d in "abc":
+        (tmp_path / d).mkdir()
+    monkeypatch.setattr(vm, "kvm_usable", lambda: False)
+    assert runner(tmp_path / "a", "ok").accelerator() == "tcg"  # no /dev/kvm: no boot
+    monkeypatch.setattr(vm, "kvm_usable", lambda: True)
+    works = runner(tmp_path / "b", "ok")
+    assert works.accelerator() == "kvm"
+    assert vm.remembered_kvm(works.kernel, works.verdicts) == vm.KVM_BOOTS
+    fails = runner(tmp_path / "c", "kvm-fails")
+    assert fails.accelerator() == "tcg"
+    # Remembered: asking again boots nothing (this vng's KVM guest would boot).
+    assert runner(tmp_path / "c", "ok").accelerator() == "tcg"
 
 
 def test_kvm_failure_falls_back_to_tcg_with_a_notice(tmp_path: Path) -> None:
