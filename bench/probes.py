@@ -46,6 +46,7 @@ TC_EGRESS = "ffff:fff3"
 # Fixed tc priorities (TC_PRIO + n, one per probe), so a probe's filter can be
 # deleted from a clsact qdisc it did not create without touching other filters.
 TC_PRIO = 0x4B50
+TC_PRIO_FIRST = TC_PRIO - 1  # a filter that must see packets before every other probe's
 LATENCY_CAPACITY = 1 << 21  # slots: one replay of traffic.MAX_COUNT packets fits
 TRANSIT_SUB_BITS = 4  # must match KPB_SUB_BITS in transit.c
 TRANSIT_BUCKETS = (62 - TRANSIT_SUB_BITS + 1) << TRANSIT_SUB_BITS  # as KPB_BUCKETS
@@ -319,8 +320,10 @@ class Probe:
         if self._bpf is None:
             raise RuntimeError(f"{self.name} probe is not attached")
 
-    def _attach_tc(self, fn_name: str, hooks: Sequence[TcHook], parent: str) -> None:
-        """Load ``fn_name`` as a tc program and attach it to every hook."""
+    def _attach_tc(self, fn_name: str, hooks: Sequence[TcHook], parent: str,
+                   prio: int | None = None) -> None:
+        """Load ``fn_name`` as a tc program and attach it to every hook (at ``prio``,
+        default this probe's own)."""
         from bcc import BPF
 
         try:
@@ -329,7 +332,8 @@ class Probe:
             raise FeatureMissing(f"{self.name} probe: cannot load {fn_name}: "
                                  f"{_first_line(e)}") from e
         for hook in hooks:
-            self._tc.append(_tc_attach(self.name, hook, fn, parent, self.tc_prio))
+            self._tc.append(_tc_attach(self.name, hook, fn, parent,
+                                       self.tc_prio if prio is None else prio))
 
     def _attach_tracepoint(self, tp: str, fn_name: str) -> None:
         try:
@@ -516,7 +520,9 @@ class DropsReading:
 
     by_reason: dict[str, int]  # machine-wide, every protocol
     ipv4_by_reason: dict[str, int]  # machine-wide, IPv4
-    run_by_reason: dict[str, int] | None  # packets sent from the origin hook; None: no origin
+    # Packets sent from the origin hook, dropped before a backend hook (with backend
+    # hooks: the datapath's drops only); None: no origin.
+    run_by_reason: dict[str, int] | None
     seconds: float
 
     @property
@@ -535,15 +541,24 @@ class DropsProbe(Probe):
     tc_prio = TC_PRIO + 1
     transient_maps = ()
 
-    def __init__(self, origin: TcHook | None = None) -> None:
+    def __init__(self, origin: TcHook | None = None,
+                 backends: Sequence[TcHook] = ()) -> None:
+        """``backends``: where the run's packets end their crossing of the datapath
+        (the backend pods' ingress); a run's packet that reaches one is no longer
+        counted, whatever happens to it there (needs ``origin``)."""
         super().__init__()
+        if backends and origin is None:
+            raise ValueError("backend hooks need an origin hook (they forget tagged skbs)")
         self.origin = origin
+        self.backends = list(backends)
         self.reasons: dict[int, str] = {}  # the kernel's names, read on attach
 
     @classmethod
     def for_cluster(cls, cluster: Cluster, external: bool = False) -> DropsProbe:
-        """Drops, with the run's own packets (sent by the client pod or client) apart."""
-        return cls(_origin(cluster, external))
+        """The datapath's drops of the run's own packets (sent by the client pod or the
+        external client, not yet at a backend pod), with machine-wide counts beside."""
+        pods = [TcHook(cluster.pod_ns(p)) for p in cluster.layout.pods]
+        return cls(_origin(cluster, external), pods)
 
     def _attach(self) -> None:
         reason = tracepoint_field("skb", "kfree_skb", "reason")
@@ -563,6 +578,9 @@ class DropsProbe(Probe):
         if self.origin is not None:
             self._attach_tracepoint("skb:consume_skb", "kpb_consume_skb")
             self._attach_tc("kpb_tag", [self.origin], TC_EGRESS)
+        if self.backends:
+            # Ahead of every probe filter there (the latency probe's drop comes after).
+            self._attach_tc("kpb_delivered", self.backends, TC_INGRESS, prio=TC_PRIO_FIRST)
 
     def _zero(self) -> None:
         for name in (b"drops", b"drops_ip", b"drops_run"):

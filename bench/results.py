@@ -531,6 +531,31 @@ def write_json_atomic(path: str | Path, doc: Any) -> None:
         os.close(dfd)
 
 
+def _repetition_docs(point: PointDoc) -> Iterator[tuple[str, RepetitionDoc]]:
+    """(where, repetition) of every repetition a point holds, measured or apart."""
+    for i, r in enumerate(point.get("repetitions") or []):
+        yield f"repetitions[{i}]", r
+    apart: Any = point.get("breakdown")  # the breakdown repetition, kept apart
+    for i, r in enumerate(apart if isinstance(apart, list) else [apart] if apart else []):
+        yield f"breakdown[{i}]", r
+
+
+def check_drops_within_loss(point: PointDoc) -> None:
+    """The invariant of every stored repetition: drops attributed to the datapath are at
+    most the packets lost (sent - delivered). A breach is a harness defect (drops of
+    its own, or packets it did not send counted as delivered): ValueError, never stored."""
+    for where, r in _repetition_docs(point):
+        drops = r.get("drops")
+        if not drops:
+            continue
+        dropped, lost = sum(int(n) for n in drops.values()), r["sent"] - r["delivered"]
+        if dropped > max(lost, 0):
+            raise ValueError(f"point {point.get('id')!r} {where}: {dropped} drops attributed "
+                             f"to the datapath ({drops}) but only {lost} of {r['sent']} sent "
+                             f"packets were lost; the drops probe counted packets the "
+                             f"datapath did not drop")
+
+
 class ResultExists(KpbenchError):
     """The result file a run wanted to create is already there."""
 
@@ -593,6 +618,7 @@ class ResultWriter:
             raise ValueError(f"{self.path}: run already finished ({self.document['status']})")
         if any(p["id"] == point["id"] for p in self.document["points"]):
             raise ValueError(f"{self.path}: point id {point['id']!r} added twice")
+        check_drops_within_loss(point)
         point = dict(point)  # type: ignore[assignment]
         if "summary" not in point:
             point["summary"] = summarise_point(point)

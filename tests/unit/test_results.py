@@ -239,3 +239,28 @@ def test_capture_environment_shape() -> None:
     assert vm["vm"] == {"accel": "tcg", "kernel": "6.1.0-amd64"}
     with pytest.raises(ValueError, match="accel"):
         results.capture_environment("vm", {"accel": "hvf", "kernel": "x"})
+
+
+@pytest.mark.parametrize(("delivered", "drops", "ok"), [
+    (990, {"NETFILTER_DROP": 10}, True), (990, {"NETFILTER_DROP": 4, "NO_ROUTE": 6}, True),
+    (1000, {}, True), (1000, {"TC_INGRESS": 1000}, False), (990, {"NETFILTER_DROP": 11}, False),
+    (1001, {"NETFILTER_DROP": 1}, False)])
+def test_writer_refuses_drops_beyond_the_lost_packets(tmp_path: Path, delivered: int,
+                                                      drops: dict[str, int], ok: bool) -> None:
+    """Drops attributed to the datapath <= sent - delivered, in every stored repetition
+    (the harness's own drop at the backend once showed as 1000 drops at loss 0)."""
+    w = ResultWriter(tmp_path / "r.json", scenario=SCENARIO, environment=ENV)
+    p = point(0)
+    p["repetitions"] = [make_repetition(sent=1000, delivered=delivered, drops=drops)]
+    if ok:
+        w.add_point(p)
+        assert load_result(w.path)["points"][0]["repetitions"][0]["drops"] == drops
+    else:
+        with pytest.raises(ValueError, match="drops attributed to the datapath"):
+            w.add_point(p)
+        assert load_result(w.path)["points"] == []
+    apart = point(1)  # a breakdown repetition kept apart is held to it too
+    apart["breakdown"] = make_repetition(sent=1000, delivered=1000,  # type: ignore[typeddict-unknown-key]
+                                         drops={"TC_INGRESS": 1000})
+    with pytest.raises(ValueError, match=r"breakdown\[0\]"):
+        w.add_point(apart)
