@@ -102,8 +102,11 @@ class RepetitionDoc(TypedDict):
     sent: int
     delivered: int
     latency_hist: dict[str, Any] | None
-    cpu_ns_per_packet: float | None
-    softirq_ns: int | None
+    cpu_ns_per_packet: float | None  # (softirq_ns + process_ns) / delivered
+    softirq_ns: int | None  # NET_RX softirq time, machine-wide
+    # CPU time of the datapath's own processes (a userspace proxy), their NET_RX time
+    # (already in softirq_ns) taken out; 0 for a datapath that runs none.
+    process_ns: NotRequired[int | None]
     drops: dict[str, int] | None
     transit_hist: dict[str, Any] | None
     # Kernel-function breakdown (bench.kfunc_probes), where the kernel has kprobes.
@@ -119,7 +122,11 @@ class SummaryDoc(TypedDict):
     delivered_pps: float | None
     loss: float | None
     latency_ns: dict[str, float | int | None] | None
-    cpu_ns_per_packet: float | None
+    cpu_ns_per_packet: float | None  # softirq + process
+    softirq_ns_per_packet: NotRequired[float | None]
+    process_ns_per_packet: NotRequired[float | None]
+    # The probes' own cost (probe_overhead) as a percentage of this point's CPU per packet.
+    probe_overhead_pct: NotRequired[dict[str, float] | None]
     drops: dict[str, int] | None
     transit_ns: dict[str, float | int | None] | None
     kfunc_ns_per_packet: NotRequired[dict[str, float | None] | None]
@@ -173,6 +180,7 @@ def make_repetition(*, sent: int, delivered: int, offered_pps: float | None = No
                     achieved_pps: float | None = None,
                     latency_hist: stats.Histogram | dict[str, Any] | None = None,
                     cpu_ns_per_packet: float | None = None, softirq_ns: int | None = None,
+                    process_ns: int | None = None,
                     drops: Mapping[str, int] | None = None,
                     transit_hist: stats.Histogram | dict[str, Any] | None = None,
                     kfunc: Mapping[str, Mapping[str, Any]] | None = None,
@@ -188,6 +196,8 @@ def make_repetition(*, sent: int, delivered: int, offered_pps: float | None = No
         drops=dict(drops) if drops is not None else None,
         transit_hist=_hist_json(transit_hist),
         **({"kfunc": {k: dict(v) for k, v in kfunc.items()}} if kfunc is not None else {}))
+    if process_ns is not None:
+        rep["process_ns"] = int(process_ns)
     if sync is not None:
         rep["sync"] = dict(sync)
     return rep
@@ -249,9 +259,13 @@ def summarise_point(point: PointDoc) -> SummaryDoc:
       repetition's time is sent / achieved_pps (repetitions without a rate are
       left out); offered_pps: the mean of the offered rates;
     - loss: 1 - sum(delivered) / sum(sent);
-    - cpu_ns_per_packet: sum(softirq_ns) / sum(delivered) over the repetitions
-      that measured it (a repetition with only cpu_ns_per_packet counts as
-      cpu_ns_per_packet x delivered);
+    - cpu_ns_per_packet: sum(softirq_ns + process_ns) / sum(delivered) over the
+      repetitions that measured it (a repetition with only cpu_ns_per_packet
+      counts as cpu_ns_per_packet x delivered), with softirq_ns_per_packet and
+      process_ns_per_packet, its two parts (process: None where no repetition
+      measured it);
+    - probe_overhead_pct: per probe set, the probes' added ns per packet
+      (``probe_overhead``) as a percentage of cpu_ns_per_packet;
     - drops: per-reason sums over the repetitions that counted drops.
     """
     reps = point.get("repetitions") or []
@@ -267,15 +281,21 @@ def summarise_point(point: PointDoc) -> SummaryDoc:
     sent = sum(r["sent"] for r in reps)
     delivered = sum(r["delivered"] for r in reps)
 
-    cpu_ns = 0.0
-    cpu_pkts = 0
+    cpu_ns = softirq_ns = process_ns = 0.0
+    cpu_pkts = softirq_pkts = process_pkts = 0
     for r in reps:
         if r.get("softirq_ns") is not None:
-            cpu_ns += r["softirq_ns"]  # type: ignore[operator]
+            cpu_ns += r["softirq_ns"] + (r.get("process_ns") or 0)  # type: ignore[operator]
             cpu_pkts += r["delivered"]
+            softirq_ns += r["softirq_ns"]  # type: ignore[operator]
+            softirq_pkts += r["delivered"]
+            if r.get("process_ns") is not None:
+                process_ns += r["process_ns"]  # type: ignore[operator]
+                process_pkts += r["delivered"]
         elif r.get("cpu_ns_per_packet") is not None:
             cpu_ns += r["cpu_ns_per_packet"] * r["delivered"]  # type: ignore[operator]
             cpu_pkts += r["delivered"]
+    cpu = cpu_ns / cpu_pkts if cpu_pkts > 0 else None
 
     drops: dict[str, int] | None = None
     for r in reps:
@@ -290,7 +310,10 @@ def summarise_point(point: PointDoc) -> SummaryDoc:
         delivered_pps=timed_delivered / seconds if seconds > 0 else None,
         loss=1 - delivered / sent if sent > 0 else None,
         latency_ns=_merged(reps, "latency_hist"),
-        cpu_ns_per_packet=cpu_ns / cpu_pkts if cpu_pkts > 0 else None,
+        cpu_ns_per_packet=cpu,
+        softirq_ns_per_packet=softirq_ns / softirq_pkts if softirq_pkts > 0 else None,
+        process_ns_per_packet=process_ns / process_pkts if process_pkts > 0 else None,
+        probe_overhead_pct=_overhead_pct(point.get("probe_overhead"), cpu),
         drops=drops,
         transit_ns=_merged(reps, "transit_hist"),
         **_kfunc_summary(reps),
@@ -303,6 +326,16 @@ def summarise_point(point: PointDoc) -> SummaryDoc:
                       if (r.get("sync") or {}).get(key) is not None]
             summary["sync"][key] = float(statistics.median(values)) if values else None
     return summary
+
+
+def _overhead_pct(overhead: Mapping[str, Any] | None,
+                  cpu: float | None) -> dict[str, float] | None:
+    """{probe set: its added ns per packet as % of ``cpu``} (None: nothing to relate)."""
+    if not overhead or not cpu:
+        return None
+    pct = {k.removesuffix("_ns_per_packet"): 100 * v / cpu for k, v in overhead.items()
+           if k.endswith("_ns_per_packet") and isinstance(v, int | float)}
+    return pct or None
 
 
 def _kfunc_summary(reps: list[RepetitionDoc]) -> dict[str, dict[str, float | None]]:

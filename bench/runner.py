@@ -346,11 +346,14 @@ class Runner:
                     self.progress.done += 1
 
     def _main_probes(self, bed: Testbed, external: bool = False) -> ProbeSet:
-        """Latency (which also counts delivered packets) and CPU per packet.
+        """Latency (which also counts delivered packets) and CPU per packet: NET_RX
+        softirq plus the datapath's own processes (its process cgroup, if it runs any).
 
         ``external``: the traffic comes from the external client, not the client pod.
         """
-        others: dict[str, P.Probe] = {"cpu": P.CpuProbe()} if "cpu" in self.sc.probes else {}
+        others: dict[str, P.Probe] = {}
+        if "cpu" in self.sc.probes:
+            others["cpu"] = P.CpuProbe(bed.datapath.process_cgroup)
         return ProbeSet(P.LatencyProbe.for_cluster(bed.cluster, external=external), others,
                         warned=self.warned)
 
@@ -491,7 +494,8 @@ class Runner:
         if "cpu" in probes.others:
             cpu = probes.others["cpu"].read()  # type: ignore[attr-defined]
             kw["softirq_ns"] = cpu.net_rx_ns
-            kw["cpu_ns_per_packet"] = cpu.net_rx_ns / delivered if delivered else None
+            kw["process_ns"] = cpu.process_ns  # the datapath's processes (0: it runs none)
+            kw["cpu_ns_per_packet"] = cpu.total_ns / delivered if delivered else None
         if "drops" in probes.others:
             drops = probes.others["drops"].read()  # type: ignore[attr-defined]
             # The run's own packets when the probe can tell them apart, else IPv4 drops.

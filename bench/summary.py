@@ -65,15 +65,16 @@ def _sync_seconds(p: PointDoc) -> float | None:
 
 
 def points_table(doc: ResultDoc) -> Table:
-    """One row per point: coordinates, status, latency percentiles, CPU, rate, loss, setup."""
+    """One row per point: coordinates, status, latency percentiles, CPU per packet (the
+    total, then its NET_RX softirq and datapath-process parts), rate, loss, setup."""
     points = list(iter_points(doc))
     coords = [(k, title) for k, title in OPTIONAL_COORDS
               if len({_coord(p, k) for p in points}) > 1]
     t = Table(["variant", "workload", "services", *(title for _, title in coords), "status",
-               "reps", "p50", "p90", "p99", "p99.9", "cpu/pkt", "delivered", "loss", "sync",
-               "settle"],
+               "reps", "p50", "p90", "p99", "p99.9", "cpu/pkt", "softirq", "process",
+               "delivered", "loss", "sync", "settle"],
               align=["l", "l", "r", *("r" for _ in coords), "l", "r", "r", "r", "r", "r",
-                     "r", "r", "r", "r", "r"])
+                     "r", "r", "r", "r", "r", "r", "r"])
     for p in points:
         s: Any = p.get("summary") or {}
         lat = s.get("latency_ns") or {}
@@ -84,6 +85,8 @@ def points_table(doc: ResultDoc) -> Table:
                status[:60], len(p.get("repetitions") or []),
                *(fmt_value(lat.get(q), "ns") for q in ("p50", "p90", "p99", "p99.9")),
                fmt_value(s.get("cpu_ns_per_packet"), "ns/packet"),
+               fmt_value(s.get("softirq_ns_per_packet"), "ns/packet"),
+               fmt_value(s.get("process_ns_per_packet"), "ns/packet"),
                fmt_value(s.get("delivered_pps"), "packets/s"),
                fmt_value(s.get("loss"), "fraction"),
                fmt_value(_sync_seconds(p), "s"),

@@ -2,7 +2,9 @@
 
 RESULT is a result file, or a directory holding runs of one scenario (its
 newest run is shown). Latency percentiles come from the merged histograms of
-the repetitions; cpu/pkt is NET_RX softirq time per delivered packet; sync is
+the repetitions; cpu/pkt is CPU time per delivered packet, the sum of NET_RX
+softirq time (softirq) and the datapath's own processes' time (process: a
+userspace proxy; 0 for a datapath that runs none); sync is
 the wall time of the full rule sync, settle the wait after it. A file written
 by an older or newer kpbench is refused with what to do.
 """

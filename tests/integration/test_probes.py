@@ -16,6 +16,7 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench import cgroups
 from bench import traffic as T
 from bench.errors import FeatureMissing
 from bench.generate import GenSpec, generate
@@ -284,6 +286,40 @@ def test_cpu_sees_net_rx_time_that_grows_with_packets(cluster: Cluster,
     assert small.runs > 0 and large.per_packet_ns(n_large) > 0
 
 
+BURN = """
+import sys, time
+while time.process_time() < float(sys.argv[1]):
+    pass
+print(time.process_time())
+"""
+
+
+def test_cpu_counts_the_processes_of_its_cgroup_and_no_other(cluster: Cluster) -> None:
+    """A process in the cgroup burns a known CPU time (its own clock says how much);
+    the probe's process time is that, within 5 %, and a second burner outside the
+    cgroup, running at the same time, is not counted."""
+    group = cgroups.create(f"{cluster.prefix}-burn")
+    try:
+        with CpuProbe(group) as cpu:
+            cpu.start()
+            inside = subprocess.Popen([sys.executable, "-c", BURN, "0.4"], text=True,
+                                      stdout=subprocess.PIPE,
+                                      preexec_fn=lambda: cgroups.enter_in_child(group))
+            outside = subprocess.Popen([sys.executable, "-c", BURN, "0.4"],
+                                       stdout=subprocess.DEVNULL)
+            burnt = float(inside.communicate(timeout=60)[0])
+            outside.wait(timeout=60)
+            r = cpu.read()
+    finally:
+        cgroups.remove(group)
+    assert burnt >= 0.4
+    assert r.process_ns == pytest.approx(burnt * 1e9, rel=0.05), (r, burnt)
+    assert r.total_ns == r.net_rx_ns + r.process_ns
+    with CpuProbe() as alone:  # no cgroup: no process time at all
+        alone.start()
+        assert alone.read().process_ns == 0
+
+
 # --- programs kept for reuse ---------------------------------------------------------
 
 def test_a_kept_program_attached_again_counts_like_a_fresh_one(cluster: Cluster,
@@ -306,7 +342,7 @@ def test_a_kept_program_attached_again_counts_like_a_fresh_one(cluster: Cluster,
         send(cluster, pod, tmp_path, count=50)
         compiled = [p._bpf for p in first]
     # Detached: kept, but on no event, so it costs nothing between points.
-    assert all(not b.tracepoint_fds for b in compiled)
+    assert all(not b.tracepoint_fds and not b.raw_tracepoint_fds for b in compiled)
     again = probes()
     with contextlib.ExitStack() as stack:
         for p in again:
