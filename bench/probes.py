@@ -373,6 +373,7 @@ class LatencyReading:
     out_of_range: int  # identified packets whose sequence number had no slot
     duplicates: int  # stamps that overwrote an earlier one
     seconds: float  # window length
+    copied: int = 0  # packets parsed by the slow path (headers outside the linear data)
 
     def percentiles(self, qs: Sequence[float] = (50, 90, 99, 99.9)) -> dict[float, float]:
         """Percentiles (ns) over the merged per-packet samples (empty: NaN)."""
@@ -469,7 +470,7 @@ class LatencyProbe(Probe):
             sent_seen=_percpu_sum(counts, 0), delivered_seen=_percpu_sum(counts, 1),
             departed=departed, lost=departed - len(both),
             out_of_range=_percpu_sum(counts, 2), duplicates=_percpu_sum(counts, 3),
-            seconds=self._window())
+            seconds=self._window(), copied=_percpu_sum(counts, 4))
 
 
 def _origin(cluster: Cluster, external: bool) -> TcHook:
