@@ -334,7 +334,8 @@ def _overhead_pct(overhead: Mapping[str, Any] | None,
     if not overhead or not cpu:
         return None
     pct = {k.removesuffix("_ns_per_packet"): 100 * v / cpu for k, v in overhead.items()
-           if k.endswith("_ns_per_packet") and isinstance(v, int | float)}
+           if k.endswith("_ns_per_packet") and k != "none_ns_per_packet"
+           and isinstance(v, int | float)}
     return pct or None
 
 

@@ -34,6 +34,7 @@ from bench.errors import ApplyTimeout, FeatureMissing, KpbenchError
 from bench.features import DATAPATH_NEEDS, detect
 from bench.generate import GenSpec, generate
 from bench.kfunc_probes import KfuncProbe
+from bench.overhead import measure as measure_overhead
 from bench.scenario import Scenario
 from bench.slowdown import inject_rules
 from bench.stats import Histogram
@@ -49,8 +50,8 @@ SETTLE_PACKETS = 300
 SETTLE_RATE_PPS = 3000
 DRAIN_SECONDS = 0.05  # packets still in flight when tcpreplay returns
 SEQ_STRIDE = 1 << 20  # sequence space per repetition: fresh flows every time
-OVERHEAD_PACKETS = 100_000  # top-speed burst for the probe overhead (about half a second)
-OVERHEAD_SRC_SPAN = 16  # source addresses, so six bursts of fresh flows fit
+OVERHEAD_PACKETS = 50_000  # top-speed burst for the probe overhead (a few tenths of a second)
+OVERHEAD_ROUNDS = 5  # paired rounds of none / main / breakdown
 # A workload "nodeport-<w>" sends <w> from the external client to the measured
 # service's NodePort on node 0 (made a NodePort service for it) instead of from the
 # client pod to its ClusterIP: the path NodePort accelerations such as XDP take.
@@ -384,55 +385,25 @@ class Runner:
         time.sleep(DRAIN_SECONDS)
         return self._repetition(stats, probes, latency=False)
 
-    def _overhead(self, bed: Testbed, target: Target, external: bool) -> dict[str, float]:
-        """Delivered packets/s at top speed with no probe, the main probes, and all probes.
+    def _overhead(self, bed: Testbed, target: Target, external: bool) -> dict[str, Any]:
+        """CPU ns per packet the main probes and the breakdown probes add (bench.overhead:
+        the sender's CPU time at top speed with and without them, paired, interleaved).
 
-        Counted from the backend pods' own interface counters, so the figure
-        does not depend on a probe; the latency probe does not drop here, so
-        every configuration leaves the pod the same work. Configurations run
-        in the order none, main, all, all, main, none (drift cancels out) and
-        every burst is made of fresh flows (no conntrack hits).
+        Once per run, at its first point, before any probe is attached.
         """
-        from bench.topology import in_netns
+        def main() -> list[P.Probe]:
+            probes = self._main_probes(bed, external)
+            return [probes.latency, *probes.others.values()]
 
-        pcap = self.workdir / "overhead.pcap"
+        def breakdown() -> list[P.Probe]:
+            probes = self._breakdown_probes(bed, external)
+            return [probes.latency, *probes.others.values()]
 
-        def delivered() -> int:
-            total = 0
-            for pod in bed.layout.pods:
-                with in_netns(bed.cluster.pod_ns(pod)) as ns:
-                    (link,) = ns.get_links(ifname="eth0")
-                    total += link.get_attr("IFLA_STATS64")["rx_packets"]
-            return total
-
-        samples: dict[str, list[float]] = {"none": [], "main": [], "all": []}
         self.progress.say("measuring the probes' overhead")
-        for i, config in enumerate(("none", "main", "all", "all", "main", "none")):
-            target.build_pcap("udp-new", OVERHEAD_PACKETS, pcap,
-                              seq_start=SEQ_STRIDE * 500 + i * OVERHEAD_PACKETS,
-                              src_span=OVERHEAD_SRC_SPAN)
-            probes = {"none": None, "main": self._main_probes(bed, external),
-                      "all": self._all_probes(bed, external)}[config]
-            with contextlib.ExitStack() as stack:
-                if probes is not None:
-                    probes.latency.drop = False
-                    stack.enter_context(probes.attached())
-                    probes.start(0)
-                before = delivered()
-                stats = target.replay(pcap, None, timeout=120)
-                time.sleep(DRAIN_SECONDS)
-                if stats.seconds:
-                    samples[config].append((delivered() - before) / stats.seconds)
-        out = {f"{c}_pps": sum(v) / len(v) for c, v in samples.items() if v}
-        for c in ("main", "all"):
-            if out.get("none_pps") and f"{c}_pps" in out:
-                out[f"{c}_overhead_pct"] = 100 * (1 - out[f"{c}_pps"] / out["none_pps"])
-        return out
-
-    def _all_probes(self, bed: Testbed, external: bool = False) -> ProbeSet:
-        main, extra = self._main_probes(bed, external), self._breakdown_probes(bed, external)
-        main.others.update(extra.others)
-        return main
+        return measure_overhead(bed.cluster, target, self.workdir,
+                                {"main": main, "breakdown": breakdown},
+                                rounds=OVERHEAD_ROUNDS, packets=OVERHEAD_PACKETS,
+                                seq_start=SEQ_STRIDE * 500, say=self.progress.say)
 
     def _settle(self, target: Target, probes: ProbeSet) -> float:
         """Wait until new-flow latency stops drifting after the sync; returns seconds waited."""

@@ -27,6 +27,33 @@ def run_line(doc: ResultDoc) -> str:
             f"{pooled}")
 
 
+def overhead_line(doc: ResultDoc) -> str | None:
+    """The probes' own cost as the run measured it (bench.overhead), or None if it did not.
+
+    Per probe set: the CPU ns it adds per packet (median of paired rounds, their
+    range) and that as a share of the CPU per packet reported at the point where
+    it was measured (the first point with a CPU figure).
+    """
+    point = next((p for p in iter_points(doc) if p.get("probe_overhead")), None)
+    if point is None:
+        return None
+    ov: Any = point["probe_overhead"]
+    pct: Any = (point.get("summary") or {}).get("probe_overhead_pct") or {}
+    parts = []
+    for name in ("main", "breakdown"):
+        added = ov.get(f"{name}_ns_per_packet")
+        if not isinstance(added, int | float):
+            continue
+        lo, hi = ov.get(f"{name}_ns_per_packet_range") or (added, added)
+        share = (f", {pct[name]:.1f} % of cpu/pkt at {point['variant']} {point['workload']}"
+                 if name in pct else "")
+        parts.append(f"{name} +{added:,.0f} ns/packet (rounds {lo:,.0f} to {hi:,.0f}{share})")
+    if not parts:
+        return None
+    return (f"probe overhead (sender CPU, {ov.get('rounds', '?')} paired rounds): "
+            + "; ".join(parts))
+
+
 def environment_table(doc: ResultDoc) -> Table:
     """Key/value rows of what the run's numbers depend on."""
     env = doc["environment"]

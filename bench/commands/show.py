@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     # Imported here so that other subcommands do not pay for numpy at start-up.
     from bench.store import resolve_one
-    from bench.summary import environment_table, points_table, run_line
+    from bench.summary import environment_table, overhead_line, points_table, run_line
     from bench.tables import render
 
     stored = resolve_one(args.result)
@@ -37,6 +37,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"# {stored.path}" if md else f"result: {stored.path}")
     print()
     print(run_line(stored.doc))
+    overhead = overhead_line(stored.doc)
+    if overhead:
+        print(overhead)
     print()
     print(render(environment_table(stored.doc), args.format))
     print()

@@ -270,7 +270,7 @@ def test_cpu_per_packet_is_softirq_plus_process_with_the_split_kept(tmp_path: Pa
     """A userspace proxy's own CPU counts in cpu_ns_per_packet, next to NET_RX time,
     in the summary, the CSV and `show` (a datapath without processes: process 0)."""
     from bench import export
-    from bench.summary import points_table
+    from bench.summary import overhead_line, points_table
     from bench.tables import render
 
     reps = [make_repetition(sent=1000, delivered=1000, softirq_ns=1000 * 2_000,
@@ -297,5 +297,8 @@ def test_cpu_per_packet_is_softirq_plus_process_with_the_split_kept(tmp_path: Pa
     assert float(rows[("softirq_ns_per_packet", "all")]) == pytest.approx(2_000)
     assert float(rows[("process_ns", 0)]) == 18_000_000
     assert float(rows[("probe_overhead_pct.main", "all")]) == pytest.approx(2.0)
+    assert overhead_line(doc) == ("probe overhead (sender CPU, ? paired rounds): main +400 "
+                                  "ns/packet (rounds 400 to 400, 2.0 % of cpu/pkt at "
+                                  "userspace udp-new)")
     table = render(points_table(doc), "table")
     assert "process" in table and "18,000 ns" in table and "20,000 ns" in table
