@@ -98,6 +98,9 @@ def test_cpu_per_packet_counts_the_proxy(tmp_path: Path) -> None:
     assert not group.exists()  # removed with the proxies
     assert delivered >= 1900, delivered
     softirq, process = r.net_rx_ns / delivered, r.process_ns / delivered
-    # A Python recvfrom + sendto per packet costs microseconds; NET_RX well under that.
-    assert process > 2 * softirq and process > 5_000, (softirq, process)
+    in_proxies = r.group_net_rx_ns / delivered  # NET_RX that ran in a proxy's context
+    # A Python recvfrom + sendto per packet costs microseconds: several times the NET_RX
+    # the proxies' sends run (machine-wide NET_RX is not compared: other runs on the
+    # machine add to it).
+    assert process > 5_000 and process > 2 * in_proxies > 0, (softirq, process, in_proxies)
     assert r.per_packet_ns(delivered) == pytest.approx(softirq + process)
