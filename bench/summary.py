@@ -47,7 +47,7 @@ def overhead_line(doc: ResultDoc) -> str | None:
         lo, hi = ov.get(f"{name}_ns_per_packet_range") or (added, added)
         share = (f", {pct[name]:.1f} % of cpu/pkt at {point['variant']} {point['workload']}"
                  if name in pct else "")
-        parts.append(f"{name} +{added:,.0f} ns/packet (rounds {lo:,.0f} to {hi:,.0f}{share})")
+        parts.append(f"{name} {added:+,.0f} ns/packet (rounds {lo:+,.0f} to {hi:+,.0f}{share})")
     if not parts:
         return None
     return (f"probe overhead (sender CPU, {ov.get('rounds', '?')} paired rounds): "

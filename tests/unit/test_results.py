@@ -298,7 +298,7 @@ def test_cpu_per_packet_is_softirq_plus_process_with_the_split_kept(tmp_path: Pa
     assert float(rows[("process_ns", 0)]) == 18_000_000
     assert float(rows[("probe_overhead_pct.main", "all")]) == pytest.approx(2.0)
     assert overhead_line(doc) == ("probe overhead (sender CPU, ? paired rounds): main +400 "
-                                  "ns/packet (rounds 400 to 400, 2.0 % of cpu/pkt at "
+                                  "ns/packet (rounds +400 to +400, 2.0 % of cpu/pkt at "
                                   "userspace udp-new)")
     table = render(points_table(doc), "table")
     assert "process" in table and "18,000 ns" in table and "20,000 ns" in table
