@@ -415,8 +415,9 @@ def rx_packets(netns: str, ifname: str) -> int:
 
 def test_overhead_same_workload_with_and_without_probes(cluster: Cluster,
                                                         tmp_path: Path) -> None:
-    """The measurement docs/probes.md reports. Asserts only that every configuration
-    delivered the whole workload; rates go to stdout (-s) and, if
+    """Top-speed throughput with and without each probe (rates, not CPU time: on a
+    shared machine bench.overhead is the figure to use). Asserts only that every
+    configuration delivered the whole workload; rates go to stdout (-s) and, if
     KPB_PROBE_OVERHEAD_OUT names a file, to that JSON file.
     KPB_PROBE_OVERHEAD_REPS / _PACKETS scale the run (defaults 1 / 50,000)."""
     reps = int(os.environ.get("KPB_PROBE_OVERHEAD_REPS", "1"))
