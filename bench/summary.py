@@ -47,6 +47,8 @@ def overhead_line(doc: ResultDoc) -> str | None:
         lo, hi = ov.get(f"{name}_ns_per_packet_range") or (added, added)
         share = (f", {pct[name]:.1f} % of cpu/pkt at {point['variant']} {point['workload']}"
                  if name in pct else "")
+        path = ov.get(f"{name}_pct_of_path")
+        share += f", {path:.1f} % of the path's CPU" if isinstance(path, int | float) else ""
         parts.append(f"{name} {added:+,.0f} ns/packet (rounds {lo:+,.0f} to {hi:+,.0f}{share})")
     if not parts:
         return None
