@@ -604,23 +604,29 @@ class DropsProbe(Probe):
     transient_maps = ()
 
     def __init__(self, origin: TcHook | None = None,
-                 backends: Sequence[TcHook] = ()) -> None:
+                 backends: Sequence[TcHook] = (), process_group: Path | None = None) -> None:
         """``backends``: where the run's packets end their crossing of the datapath
         (the backend pods' ingress); a run's packet that reaches one is no longer
-        counted, whatever happens to it there (needs ``origin``)."""
+        counted, whatever happens to it there (needs ``origin``). ``process_group``:
+        the cgroup of the datapath's own processes (a userspace proxy), whose
+        sockets are such an end too."""
         super().__init__()
-        if backends and origin is None:
+        if (backends or process_group) and origin is None:
             raise ValueError("backend hooks need an origin hook (they forget tagged skbs)")
         self.origin = origin
         self.backends = list(backends)
+        self.process_group = process_group
         self.reasons: dict[int, str] = {}  # the kernel's names, read on attach
+        self._cgroup_attached: tuple[int, Any] | None = None  # (directory fd, program)
 
     @classmethod
-    def for_cluster(cls, cluster: Cluster, external: bool = False) -> DropsProbe:
+    def for_cluster(cls, cluster: Cluster, external: bool = False,
+                    process_group: Path | None = None) -> DropsProbe:
         """The datapath's drops of the run's own packets (sent by the client pod or the
-        external client, not yet at a backend pod), with machine-wide counts beside."""
+        external client, not yet at a backend pod or the datapath's own processes),
+        with machine-wide counts beside."""
         pods = [TcHook(cluster.pod_ns(p)) for p in cluster.layout.pods]
-        return cls(_origin(cluster, external), pods)
+        return cls(_origin(cluster, external), pods, process_group)
 
     def _attach(self) -> None:
         reason = tracepoint_field("skb", "kfree_skb", "reason")
@@ -643,6 +649,33 @@ class DropsProbe(Probe):
         if self.backends:
             # Ahead of every probe filter there (the latency probe's drop comes after).
             self._attach_tc("kpb_delivered", self.backends, TC_INGRESS, prio=TC_PRIO_FIRST)
+        if self.process_group is not None:
+            self._attach_cgroup_ingress("kpb_delivered_cg", self.process_group)
+
+    def _attach_cgroup_ingress(self, fn_name: str, group: Path) -> None:
+        from bcc import BPF, BPFAttachType
+
+        fd = os.open(group, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fn = self._bpf.load_func(fn_name.encode(), BPF.CGROUP_SKB)
+            # BPF_F_ALLOW_MULTI: beside whatever else is attached there.
+            BPF.attach_func(fn, fd, BPFAttachType.CGROUP_INET_INGRESS, 2)
+        except Exception as e:  # BCC raises bare Exception
+            os.close(fd)
+            raise FeatureMissing(f"{self.name} probe: cannot attach {fn_name} to {group}: "
+                                 f"{_first_line(e)}") from e
+        self._cgroup_attached = (fd, fn)
+
+    def detach(self) -> None:
+        if self._cgroup_attached is not None:
+            from bcc import BPF, BPFAttachType
+
+            fd, fn = self._cgroup_attached
+            self._cgroup_attached = None
+            with contextlib.suppress(Exception):  # the cgroup may be gone already
+                BPF.detach_func(fn, fd, BPFAttachType.CGROUP_INET_INGRESS)
+            os.close(fd)
+        super().detach()
 
     def _zero(self) -> None:
         for name in (b"drops", b"drops_ip", b"drops_run"):

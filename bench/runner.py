@@ -363,7 +363,8 @@ class Runner:
         # node transit and kernel-function time would inflate latency and CPU per packet.
         others: dict[str, P.Probe] = {}
         if "drops" in self.sc.probes:
-            others["drops"] = P.DropsProbe.for_cluster(bed.cluster, external=external)
+            others["drops"] = P.DropsProbe.for_cluster(
+                bed.cluster, external=external, process_group=bed.datapath.process_cgroup)
         if "transit" in self.sc.probes:
             others["transit"] = P.TransitProbe.for_cluster(bed.cluster, external=external)
         # Kernel-function time wherever the kernel has kprobes (e.g. in the VM);

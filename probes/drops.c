@@ -19,7 +19,8 @@
  *   run's drop is a drop between the client and the backend, the datapath's,
  *   never the harness's own (the latency probe drops identified packets at
  *   that same hook) nor the pod stack's. So drops of the run <= sent -
- *   arrived at a backend.
+ *   arrived at a backend. With the datapath's process cgroup also
+ *   kpb_delivered_cg at its cgroup_skb ingress (skbs its processes receive).
  * Overhead: one atomic hash increment per dropped skb machine-wide (two for
  *   IPv4); tagged: one hash update per sent packet and one hash lookup per
  *   freed or consumed skb machine-wide, one hash delete per delivered
@@ -97,5 +98,17 @@ int kpb_delivered(struct __sk_buff *skb)
     u64 addr = (u64)(unsigned long)skb;
     tagged.delete(&addr);
     return TC_ACT_UNSPEC;
+}
+
+/* The same at the sockets of the datapath's own processes (a userspace proxy,
+ * cgroup_skb ingress of their cgroup): a packet the proxy receives has crossed
+ * the part of the datapath that the client's skb takes, and its skb may end
+ * without any tracepoint (UDP frees a read datagram that way), so its address
+ * must be forgotten here or a later skb at that address would count. */
+int kpb_delivered_cg(struct __sk_buff *skb)
+{
+    u64 addr = (u64)(unsigned long)skb;
+    tagged.delete(&addr);
+    return 1; /* allow */
 }
 #endif
