@@ -9,6 +9,11 @@ one). Processes meant to act as that pod must be inside it: ``ip netns exec``
 only changes the network namespace, so :func:`member` moves the calling
 process in (its children follow) and back out afterwards.
 
+Datapaths that run processes of their own while packets flow (the userspace
+proxy) start them in a run cgroup too (``kpb<6 hex>-procs``), so their CPU time
+is read from the cgroup's ``cpu.stat`` (:func:`cpu_usage_ns`): every process
+and thread in it, ns-exact (the scheduler's own runtime), however many there are.
+
 A cgroup is removed (after moving any process still inside to the root) by
 :func:`remove`; nothing else of the host's cgroup tree is touched.
 """
@@ -85,3 +90,30 @@ def member(path: Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(OSError):
             (before / "cgroup.procs").write_text(str(os.getpid()))
+
+
+def cpu_usage_ns(path: Path) -> int:
+    """CPU time (user + system, ns) the processes of cgroup ``path`` have used so far.
+
+    From ``cpu.stat``'s ``usage_usec``, which the kernel keeps in every cgroup v2
+    group whether or not the cpu controller is enabled.
+    """
+    try:
+        text = (path / "cpu.stat").read_text()
+    except OSError as e:
+        raise FeatureMissing(f"cannot read {path / 'cpu.stat'}: {e.strerror}") from None
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "usage_usec":
+            return int(value) * 1000
+    raise FeatureMissing(f"{path / 'cpu.stat'} has no usage_usec")
+
+
+def group_id(path: Path) -> int:
+    """The kernel's id of cgroup ``path`` (what bpf_get_current_cgroup_id() returns)."""
+    return path.stat().st_ino
+
+
+def enter_in_child(path: Path) -> None:
+    """Move the calling process into ``path`` (for a ``preexec_fn``: its exec follows)."""
+    (path / "cgroup.procs").write_text("0")  # "0": the writing process itself

@@ -70,7 +70,8 @@ def summary_metrics(point: PointDoc) -> Iterator[tuple[str, Any, str]]:
     s = point["summary"]
     for key, unit in (("offered_pps", "packets/s"), ("achieved_pps", "packets/s"),
                       ("delivered_pps", "packets/s"), ("loss", "fraction"),
-                      ("cpu_ns_per_packet", "ns/packet")):
+                      ("cpu_ns_per_packet", "ns/packet"), ("softirq_ns_per_packet", "ns/packet"),
+                      ("process_ns_per_packet", "ns/packet")):
         if s.get(key) is not None:
             yield key, s[key], unit  # type: ignore[literal-required]
     yield from _dist_rows("latency", s.get("latency_ns"))
@@ -90,14 +91,22 @@ def summary_metrics(point: PointDoc) -> Iterator[tuple[str, Any, str]]:
     yield from _sync_rows(s.get("sync"))
     for key, value in sorted((point.get("probe_overhead") or {}).items()):
         if isinstance(value, int | float) and not isinstance(value, bool):
-            yield f"probe_overhead.{key}", value, ""
+            yield f"probe_overhead.{key}", value, _overhead_unit(key)
+    for key, value in sorted((s.get("probe_overhead_pct") or {}).items()):
+        yield f"probe_overhead_pct.{key}", value, "% of cpu_ns_per_packet"
+
+
+def _overhead_unit(key: str) -> str:
+    return next((unit for suffix, unit in (("_ns_per_packet", "ns/packet"), ("_pps", "packets/s"),
+                                           ("_pct", "%")) if key.endswith(suffix)), "")
 
 
 def _repetition_metrics(rep: RepetitionDoc) -> Iterator[tuple[str, Any, str]]:
     for key, unit in (("offered_pps", "packets/s"), ("achieved_pps", "packets/s"),
                       ("sent", "packets"), ("delivered", "packets"),
                       ("arrival_seconds", "s"),
-                      ("cpu_ns_per_packet", "ns/packet"), ("softirq_ns", "ns")):
+                      ("cpu_ns_per_packet", "ns/packet"), ("softirq_ns", "ns"),
+                      ("process_ns", "ns")):
         if rep.get(key) is not None:
             yield key, rep[key], unit  # type: ignore[literal-required]
     for name, h in (("latency", rep.get("latency_hist")), ("transit", rep.get("transit_hist"))):

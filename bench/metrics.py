@@ -113,7 +113,7 @@ def _rep_cpu(point: PointDoc) -> list[float]:
     out = []
     for r in _reps(point):
         if r.get("softirq_ns") is not None and r["delivered"] > 0:
-            out.append(r["softirq_ns"] / r["delivered"])
+            out.append((r["softirq_ns"] + (r.get("process_ns") or 0)) / r["delivered"])
         elif r.get("cpu_ns_per_packet") is not None:
             out.append(r["cpu_ns_per_packet"])
     return _finite(out)
@@ -240,7 +240,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("p99.9_latency", _rep_latency("p99.9"), _summary_latency("p99.9"), "lower", "ns",
            "99.9th percentile one-way latency", _BUCKET),
     Metric("cpu_ns_per_packet", _rep_cpu, _summary("cpu_ns_per_packet"), "lower", "ns/packet",
-           "NET_RX softirq CPU time per delivered packet"),
+           "CPU time per delivered packet: NET_RX softirq + the datapath's processes"),
     Metric("delivered_pps", _rep_delivered_pps, _summary("delivered_pps"), "higher",
            "packets/s", "packets delivered to the backends per second, measured at the "
            "receiver (first to last arrival)"),

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gzip
 import mmap
+import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +37,7 @@ import numpy as np
 from pyroute2 import NetNS
 from pyroute2.netlink.exceptions import NetlinkError
 
+from bench import cgroups
 from bench.errors import FeatureMissing
 from bench.topology import Cluster
 
@@ -46,6 +49,7 @@ TC_EGRESS = "ffff:fff3"
 # Fixed tc priorities (TC_PRIO + n, one per probe), so a probe's filter can be
 # deleted from a clsact qdisc it did not create without touching other filters.
 TC_PRIO = 0x4B50
+TC_PRIO_FIRST = TC_PRIO - 1  # a filter that must see packets before every other probe's
 LATENCY_CAPACITY = 1 << 21  # slots: one replay of traffic.MAX_COUNT packets fits
 TRANSIT_SUB_BITS = 4  # must match KPB_SUB_BITS in transit.c
 TRANSIT_BUCKETS = (62 - TRANSIT_SUB_BITS + 1) << TRANSIT_SUB_BITS  # as KPB_BUCKETS
@@ -111,6 +115,8 @@ def _compile(probe: str, cflags: Sequence[str] = ()) -> Any:
         try:
             for tp in bpf.kpb_auto_tracepoints:
                 bpf.attach_tracepoint(tp=tp, fn_name=b"tracepoint__" + tp.replace(b":", b"__"))
+            for tp in bpf.kpb_auto_raw_tracepoints:
+                bpf.attach_raw_tracepoint(tp=tp, fn_name=b"raw_tracepoint__" + tp)
         except Exception as e:  # BCC raises bare Exception
             bpf.cleanup()
             raise FeatureMissing(f"{probe} probe: cannot attach {probe}.c again: "
@@ -128,6 +134,7 @@ def _compile(probe: str, cflags: Sequence[str] = ()) -> Any:
                              f"{_first_line(e)}") from e
     bpf.kpb_key = key
     bpf.kpb_auto_tracepoints = list(bpf.tracepoint_fds)  # TRACEPOINT_PROBE()s
+    bpf.kpb_auto_raw_tracepoints = list(bpf.raw_tracepoint_fds)  # RAW_TRACEPOINT_PROBE()s
     return bpf
 
 
@@ -136,8 +143,10 @@ def _keep(bpf: Any, transient_maps: Sequence[str]) -> None:
     try:
         for tp in list(bpf.tracepoint_fds):
             bpf.detach_tracepoint(tp)
-        if bpf.kprobe_fds or bpf.raw_tracepoint_fds or bpf.kfunc_entry_fds:
-            raise RuntimeError("only tracepoint and tc programs are kept")
+        for tp in list(bpf.raw_tracepoint_fds):
+            bpf.detach_raw_tracepoint(tp)
+        if bpf.kprobe_fds or bpf.kfunc_entry_fds:
+            raise RuntimeError("only tracepoint, raw tracepoint and tc programs are kept")
         for name in transient_maps:  # state of the last window (an entry stamp, say)
             bpf[name.encode()].clear()
     except BaseException:
@@ -319,8 +328,10 @@ class Probe:
         if self._bpf is None:
             raise RuntimeError(f"{self.name} probe is not attached")
 
-    def _attach_tc(self, fn_name: str, hooks: Sequence[TcHook], parent: str) -> None:
-        """Load ``fn_name`` as a tc program and attach it to every hook."""
+    def _attach_tc(self, fn_name: str, hooks: Sequence[TcHook], parent: str,
+                   prio: int | None = None) -> None:
+        """Load ``fn_name`` as a tc program and attach it to every hook (at ``prio``,
+        default this probe's own)."""
         from bcc import BPF
 
         try:
@@ -329,7 +340,8 @@ class Probe:
             raise FeatureMissing(f"{self.name} probe: cannot load {fn_name}: "
                                  f"{_first_line(e)}") from e
         for hook in hooks:
-            self._tc.append(_tc_attach(self.name, hook, fn, parent, self.tc_prio))
+            self._tc.append(_tc_attach(self.name, hook, fn, parent,
+                                       self.tc_prio if prio is None else prio))
 
     def _attach_tracepoint(self, tp: str, fn_name: str) -> None:
         try:
@@ -362,6 +374,7 @@ class LatencyReading:
     duplicates: int  # stamps that overwrote an earlier one
     seconds: float  # window length
     arrival_ns: np.ndarray | None = None  # arrival stamps (uint64), same order as seqs
+    copied: int = 0  # packets parsed by the slow path (headers outside the linear data)
 
     def percentiles(self, qs: Sequence[float] = (50, 90, 99, 99.9)) -> dict[float, float]:
         """Percentiles (ns) over the merged per-packet samples (empty: NaN)."""
@@ -458,7 +471,8 @@ class LatencyProbe(Probe):
             sent_seen=_percpu_sum(counts, 0), delivered_seen=_percpu_sum(counts, 1),
             departed=departed, lost=departed - len(both),
             out_of_range=_percpu_sum(counts, 2), duplicates=_percpu_sum(counts, 3),
-            seconds=self._window(), arrival_ns=arrive[both])
+            seconds=self._window(), arrival_ns=arrive[both],
+            copied=_percpu_sum(counts, 4))
 
 
 def _origin(cluster: Cluster, external: bool) -> TcHook:
@@ -469,44 +483,97 @@ def _origin(cluster: Cluster, external: bool) -> TcHook:
 
 @dataclass(frozen=True)
 class CpuReading:
-    """NET_RX softirq time over a window (machine-wide)."""
+    """CPU time over a window: NET_RX softirq (machine-wide) and the datapath's processes."""
 
-    net_rx_ns: int  # summed over CPUs
+    net_rx_ns: int  # NET_RX softirq time summed over CPUs
     runs: int  # NET_RX softirqs that ran
     per_cpu_ns: tuple[int, ...]
     seconds: float  # window length
+    # Process-context CPU of the processes in the probe's cgroup (the datapath's own,
+    # e.g. a userspace proxy), NET_RX time already in net_rx_ns taken out; 0 without
+    # a cgroup (no process of the datapath on the packet path).
+    process_ns: int = 0
+    group_net_rx_ns: int = 0  # NET_RX time that ran while a task of the cgroup was current
+
+    @property
+    def total_ns(self) -> int:
+        """Softirq plus process CPU: everything the datapath cost, counted once."""
+        return self.net_rx_ns + self.process_ns
 
     def per_packet_ns(self, delivered: int) -> float:
-        """CPU ns per delivered packet (NaN when nothing was delivered)."""
-        return self.net_rx_ns / delivered if delivered else float("nan")
+        """CPU ns (softirq + process) per delivered packet (NaN when nothing was delivered)."""
+        return self.total_ns / delivered if delivered else float("nan")
+
+
+KERNEL_CONFIGS = (Path("/proc/config.gz"), Path(f"/boot/config-{os.uname().release}"))
+
+
+def irq_time_in_task_time() -> bool:
+    """Whether softirq time that runs in a task's context is charged to the task.
+
+    It is, unless the kernel accounts IRQ time apart (CONFIG_IRQ_TIME_ACCOUNTING,
+    not switched off with ``noirqtime``). FeatureMissing if the kernel's
+    configuration cannot be read: then no one can tell, and a process figure
+    could count NET_RX time twice.
+    """
+    for path in KERNEL_CONFIGS:
+        try:
+            raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        except OSError:
+            continue
+        on = b"\nCONFIG_IRQ_TIME_ACCOUNTING=y" in b"\n" + raw
+        return not on or "noirqtime" in Path("/proc/cmdline").read_text().split()
+    raise FeatureMissing("cannot read the kernel configuration (/proc/config.gz or "
+                         f"/boot/config-{os.uname().release}) to tell whether IRQ time is "
+                         "accounted apart from process time")
 
 
 class CpuProbe(Probe):
-    """NET_RX softirq CPU time (probes/cpu.c)."""
+    """NET_RX softirq CPU time (probes/cpu.c), plus the CPU time of a run cgroup's
+    processes (the datapath's own, e.g. a userspace proxy) from its ``cpu.stat``."""
 
     name = "cpu"
     transient_maps = ("entered_ns",)  # a softirq entered before detach never exits
 
-    def __init__(self) -> None:
+    def __init__(self, group: Path | None = None) -> None:
+        """``group``: the run cgroup of the datapath's processes (None: it has none)."""
         super().__init__()
+        self.group = group
         self.net_rx_vector: int | None = None  # read from the kernel on attach
+        self._group_start_ns = 0
+        self._subtract_net_rx = False
 
     def _attach(self) -> None:
         vectors = {v: k for k, v in print_symbolic("irq", "softirq_entry", "vec").items()}
         if "NET_RX" not in vectors:
             raise FeatureMissing(f"{self.name} probe: irq:softirq_entry names no NET_RX vector")
         self.net_rx_vector = vectors["NET_RX"]
+        if self.group is not None:
+            self._subtract_net_rx = irq_time_in_task_time()
+            cgroups.cpu_usage_ns(self.group)  # readable, or FeatureMissing now
         self._bpf = _compile(self.name, [f"-DKPB_NET_RX={self.net_rx_vector}"])
 
     def _zero(self) -> None:
         self._bpf[b"stats"].clear()
+        config = self._bpf[b"config"]
+        gid = cgroups.group_id(self.group) if self.group is not None else 0
+        config[config.Key(0)] = config.Leaf(gid)
+        if self.group is not None:
+            self._group_start_ns = cgroups.cpu_usage_ns(self.group)
 
     def read(self) -> CpuReading:
-        """NET_RX time and runs since :meth:`start`."""
+        """NET_RX time and runs, and the cgroup's process time, since :meth:`start`."""
         self._require()
         stats = self._bpf[b"stats"]
         per_cpu = tuple(int(v) for v in stats.getvalue(stats.Key(0)))
-        return CpuReading(sum(per_cpu), _percpu_sum(stats, 1), per_cpu, self._window())
+        in_group = _percpu_sum(stats, 2)
+        process = 0
+        if self.group is not None:
+            used = cgroups.cpu_usage_ns(self.group) - self._group_start_ns
+            # usage_usec is rounded to the microsecond: never below zero.
+            process = max(used - (in_group if self._subtract_net_rx else 0), 0)
+        return CpuReading(sum(per_cpu), _percpu_sum(stats, 1), per_cpu, self._window(),
+                          process_ns=process, group_net_rx_ns=in_group)
 
 
 # --- drops ---------------------------------------------------------------------
@@ -517,7 +584,9 @@ class DropsReading:
 
     by_reason: dict[str, int]  # machine-wide, every protocol
     ipv4_by_reason: dict[str, int]  # machine-wide, IPv4
-    run_by_reason: dict[str, int] | None  # packets sent from the origin hook; None: no origin
+    # Packets sent from the origin hook, dropped before a backend hook (with backend
+    # hooks: the datapath's drops only); None: no origin.
+    run_by_reason: dict[str, int] | None
     seconds: float
 
     @property
@@ -536,15 +605,30 @@ class DropsProbe(Probe):
     tc_prio = TC_PRIO + 1
     transient_maps = ()
 
-    def __init__(self, origin: TcHook | None = None) -> None:
+    def __init__(self, origin: TcHook | None = None,
+                 backends: Sequence[TcHook] = (), process_group: Path | None = None) -> None:
+        """``backends``: where the run's packets end their crossing of the datapath
+        (the backend pods' ingress); a run's packet that reaches one is no longer
+        counted, whatever happens to it there (needs ``origin``). ``process_group``:
+        the cgroup of the datapath's own processes (a userspace proxy), whose
+        sockets are such an end too."""
         super().__init__()
+        if (backends or process_group) and origin is None:
+            raise ValueError("backend hooks need an origin hook (they forget tagged skbs)")
         self.origin = origin
+        self.backends = list(backends)
+        self.process_group = process_group
         self.reasons: dict[int, str] = {}  # the kernel's names, read on attach
+        self._cgroup_attached: tuple[int, Any] | None = None  # (directory fd, program)
 
     @classmethod
-    def for_cluster(cls, cluster: Cluster, external: bool = False) -> DropsProbe:
-        """Drops, with the run's own packets (sent by the client pod or client) apart."""
-        return cls(_origin(cluster, external))
+    def for_cluster(cls, cluster: Cluster, external: bool = False,
+                    process_group: Path | None = None) -> DropsProbe:
+        """The datapath's drops of the run's own packets (sent by the client pod or the
+        external client, not yet at a backend pod or the datapath's own processes),
+        with machine-wide counts beside."""
+        pods = [TcHook(cluster.pod_ns(p)) for p in cluster.layout.pods]
+        return cls(_origin(cluster, external), pods, process_group)
 
     def _attach(self) -> None:
         reason = tracepoint_field("skb", "kfree_skb", "reason")
@@ -564,6 +648,36 @@ class DropsProbe(Probe):
         if self.origin is not None:
             self._attach_tracepoint("skb:consume_skb", "kpb_consume_skb")
             self._attach_tc("kpb_tag", [self.origin], TC_EGRESS)
+        if self.backends:
+            # Ahead of every probe filter there (the latency probe's drop comes after).
+            self._attach_tc("kpb_delivered", self.backends, TC_INGRESS, prio=TC_PRIO_FIRST)
+        if self.process_group is not None:
+            self._attach_cgroup_ingress("kpb_delivered_cg", self.process_group)
+
+    def _attach_cgroup_ingress(self, fn_name: str, group: Path) -> None:
+        from bcc import BPF, BPFAttachType
+
+        fd = os.open(group, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fn = self._bpf.load_func(fn_name.encode(), BPF.CGROUP_SKB)
+            # BPF_F_ALLOW_MULTI: beside whatever else is attached there.
+            BPF.attach_func(fn, fd, BPFAttachType.CGROUP_INET_INGRESS, 2)
+        except Exception as e:  # BCC raises bare Exception
+            os.close(fd)
+            raise FeatureMissing(f"{self.name} probe: cannot attach {fn_name} to {group}: "
+                                 f"{_first_line(e)}") from e
+        self._cgroup_attached = (fd, fn)
+
+    def detach(self) -> None:
+        if self._cgroup_attached is not None:
+            from bcc import BPF, BPFAttachType
+
+            fd, fn = self._cgroup_attached
+            self._cgroup_attached = None
+            with contextlib.suppress(Exception):  # the cgroup may be gone already
+                BPF.detach_func(fn, fd, BPFAttachType.CGROUP_INET_INGRESS)
+            os.close(fd)
+        super().detach()
 
     def _zero(self) -> None:
         for name in (b"drops", b"drops_ip", b"drops_run"):

@@ -23,7 +23,7 @@ from bench.compare import Comparison
 from bench.compare_output import changes_table, render_text, summary_line
 from bench.metrics import key_label
 from bench.results import ResultDoc, iter_points
-from bench.summary import environment_table, points_table, run_line
+from bench.summary import environment_table, overhead_line, points_table, run_line
 from bench.tables import render_html, render_markdown
 
 FIGURE_TITLES = {
@@ -142,6 +142,7 @@ def render_report_html(result: ResultDoc, source: str, figures: list[Figure],
     body = [
         f"<h1>kpbench report — scenario {e(name)}</h1>",
         f'<p class="meta">{e(run_line(result))}</p><p class="meta">{e(source)}</p>',
+        f'<p class="meta">{e(overhead_line(result) or "probe overhead: not measured")}</p>',
         _comparison_html(comparison) if comparison else "",
         "<h2>Environment</h2>",
         f'<div class="env">{render_html(environment_table(result))}'
@@ -160,7 +161,8 @@ def render_report_markdown(result: ResultDoc, source: str, figures: list[Figure]
                            figures_rel: Path, comparison: Comparison | None = None) -> str:
     """The report as Markdown; figures are linked as ``figures_rel/<name>.png``."""
     out = [f"# kpbench report — scenario {result['scenario']['name']}", "",
-           run_line(result), "", f"`{source}`", ""]
+           run_line(result), "", overhead_line(result) or "probe overhead: not measured", "",
+           f"`{source}`", ""]
     if comparison is not None:
         out += ["## Regressions against BASE", "",
                 render_text([comparison], "markdown", changed_only=True).rstrip(), ""]

@@ -125,8 +125,11 @@ class RepetitionDoc(TypedDict):
     sent: int
     delivered: int
     latency_hist: dict[str, Any] | None
-    cpu_ns_per_packet: float | None
-    softirq_ns: int | None
+    cpu_ns_per_packet: float | None  # (softirq_ns + process_ns) / delivered
+    softirq_ns: int | None  # NET_RX softirq time, machine-wide
+    # CPU time of the datapath's own processes (a userspace proxy), their NET_RX time
+    # (already in softirq_ns) taken out; 0 for a datapath that runs none.
+    process_ns: NotRequired[int | None]
     drops: dict[str, int] | None
     transit_hist: dict[str, Any] | None
     # Kernel-function breakdown (bench.kfunc_probes), where the kernel has kprobes.
@@ -152,6 +155,8 @@ class ControlSummaryDoc(TypedDict):
     loss: float | None
     latency_ns: dict[str, float | int | None] | None
     cpu_ns_per_packet: float | None
+    softirq_ns_per_packet: NotRequired[float | None]
+    process_ns_per_packet: NotRequired[float | None]
 
 
 class SummaryDoc(TypedDict):
@@ -160,7 +165,11 @@ class SummaryDoc(TypedDict):
     delivered_pps: float | None
     loss: float | None
     latency_ns: dict[str, float | int | None] | None
-    cpu_ns_per_packet: float | None
+    cpu_ns_per_packet: float | None  # softirq + process
+    softirq_ns_per_packet: NotRequired[float | None]
+    process_ns_per_packet: NotRequired[float | None]
+    # The probes' own cost (probe_overhead) as a percentage of this point's CPU per packet.
+    probe_overhead_pct: NotRequired[dict[str, float] | None]
     drops: dict[str, int] | None
     transit_ns: dict[str, float | int | None] | None
     kfunc_ns_per_packet: NotRequired[dict[str, float | None] | None]
@@ -228,6 +237,7 @@ def make_repetition(*, sent: int, delivered: int, offered_pps: float | None = No
                     achieved_pps: float | None = None,
                     latency_hist: stats.Histogram | dict[str, Any] | None = None,
                     cpu_ns_per_packet: float | None = None, softirq_ns: int | None = None,
+                    process_ns: int | None = None,
                     drops: Mapping[str, int] | None = None,
                     transit_hist: stats.Histogram | dict[str, Any] | None = None,
                     kfunc: Mapping[str, Mapping[str, Any]] | None = None,
@@ -250,6 +260,8 @@ def make_repetition(*, sent: int, delivered: int, offered_pps: float | None = No
         drops=dict(drops) if drops is not None else None,
         transit_hist=_hist_json(transit_hist),
         **({"kfunc": {k: dict(v) for k, v in kfunc.items()}} if kfunc is not None else {}))
+    if process_ns is not None:
+        rep["process_ns"] = int(process_ns)
     if sync is not None:
         rep["sync"] = dict(sync)
     if arrival_seconds is not None:
@@ -323,12 +335,17 @@ def _traffic(reps: list[RepetitionDoc]) -> dict[str, Any]:
             spanned += r["delivered"] - 1  # n arrivals span n - 1 gaps
     sent = sum(r["sent"] for r in reps)
     delivered = sum(r["delivered"] for r in reps)
-    cpu_ns = 0.0
-    cpu_pkts = 0
+    cpu_ns = softirq_ns = process_ns = 0.0
+    cpu_pkts = softirq_pkts = process_pkts = 0
     for r in reps:
         if r.get("softirq_ns") is not None:
-            cpu_ns += r["softirq_ns"]  # type: ignore[operator]
+            cpu_ns += r["softirq_ns"] + (r.get("process_ns") or 0)  # type: ignore[operator]
             cpu_pkts += r["delivered"]
+            softirq_ns += r["softirq_ns"]  # type: ignore[operator]
+            softirq_pkts += r["delivered"]
+            if r.get("process_ns") is not None:
+                process_ns += r["process_ns"]  # type: ignore[operator]
+                process_pkts += r["delivered"]
         elif r.get("cpu_ns_per_packet") is not None:
             cpu_ns += r["cpu_ns_per_packet"] * r["delivered"]  # type: ignore[operator]
             cpu_pkts += r["delivered"]
@@ -337,6 +354,8 @@ def _traffic(reps: list[RepetitionDoc]) -> dict[str, Any]:
         "loss": 1 - delivered / sent if sent > 0 else None,
         "latency_ns": _merged(reps, "latency_hist"),
         "cpu_ns_per_packet": cpu_ns / cpu_pkts if cpu_pkts > 0 else None,
+        "softirq_ns_per_packet": softirq_ns / softirq_pkts if softirq_pkts > 0 else None,
+        "process_ns_per_packet": process_ns / process_pkts if process_pkts > 0 else None,
     }
 
 
@@ -355,9 +374,13 @@ def summarise_point(point: PointDoc) -> SummaryDoc:
     - delivered_pps: measured at the receiver, sum(delivered - 1) over the sum
       of the repetitions' arrival spans (None where no span was recorded);
     - loss: 1 - sum(delivered) / sum(sent);
-    - cpu_ns_per_packet: sum(softirq_ns) / sum(delivered) over the repetitions
-      that measured it (a repetition with only cpu_ns_per_packet counts as
-      cpu_ns_per_packet x delivered);
+    - cpu_ns_per_packet: sum(softirq_ns + process_ns) / sum(delivered) over the
+      repetitions that measured it (a repetition with only cpu_ns_per_packet
+      counts as cpu_ns_per_packet x delivered), with softirq_ns_per_packet and
+      process_ns_per_packet, its two parts (process: None where no repetition
+      measured it);
+    - probe_overhead_pct: per probe set, the probes' added ns per packet
+      (``probe_overhead``) as a percentage of cpu_ns_per_packet;
     - drops, transit_ns, kfunc_ns_per_packet: from the breakdown repetition
       (``point["breakdown"]``), which nothing else is pooled with;
     - control, service_minus_control_*: the paired control's figures (the same
@@ -374,6 +397,7 @@ def summarise_point(point: PointDoc) -> SummaryDoc:
         if rate is not None and rate > 0 and r["sent"] > 0:
             seconds += r["sent"] / rate
             timed_sent += r["sent"]
+    traffic = _traffic(reps)
 
     drops: dict[str, int] | None = None
     for r in detail:
@@ -382,7 +406,6 @@ def summarise_point(point: PointDoc) -> SummaryDoc:
             for reason, n in r["drops"].items():  # type: ignore[union-attr]
                 drops[reason] = drops.get(reason, 0) + int(n)
 
-    traffic = _traffic(reps)
     summary = SummaryDoc(
         offered_pps=sum(o for o in offered if o is not None) / len(offered) if offered else None,
         achieved_pps=timed_sent / seconds if seconds > 0 else None,
@@ -390,6 +413,10 @@ def summarise_point(point: PointDoc) -> SummaryDoc:
         loss=traffic["loss"],
         latency_ns=traffic["latency_ns"],
         cpu_ns_per_packet=traffic["cpu_ns_per_packet"],
+        softirq_ns_per_packet=traffic["softirq_ns_per_packet"],
+        process_ns_per_packet=traffic["process_ns_per_packet"],
+        probe_overhead_pct=_overhead_pct(point.get("probe_overhead"),
+                                         traffic["cpu_ns_per_packet"]),
         drops=drops,
         transit_ns=_merged(detail, "transit_hist"),
         **_kfunc_summary(detail),
@@ -411,6 +438,17 @@ def summarise_point(point: PointDoc) -> SummaryDoc:
                       if (r.get("sync") or {}).get(key) is not None]
             summary["sync"][key] = float(statistics.median(values)) if values else None
     return summary
+
+
+def _overhead_pct(overhead: Mapping[str, Any] | None,
+                  cpu: float | None) -> dict[str, float] | None:
+    """{probe set: its added ns per packet as % of ``cpu``} (None: nothing to relate)."""
+    if not overhead or not cpu:
+        return None
+    pct = {k.removesuffix("_ns_per_packet"): 100 * v / cpu for k, v in overhead.items()
+           if k.endswith("_ns_per_packet") and k != "none_ns_per_packet"
+           and isinstance(v, int | float)}
+    return pct or None
 
 
 def _kfunc_summary(reps: list[RepetitionDoc]) -> dict[str, dict[str, float | None]]:
@@ -667,6 +705,31 @@ def write_json_atomic(path: str | Path, doc: Any) -> None:
         os.close(dfd)
 
 
+def _repetition_docs(point: PointDoc) -> Iterator[tuple[str, RepetitionDoc]]:
+    """(where, repetition) of every repetition a point holds, measured or apart."""
+    for i, r in enumerate(point.get("repetitions") or []):
+        yield f"repetitions[{i}]", r
+    apart: Any = point.get("breakdown")  # the breakdown repetition, kept apart
+    for i, r in enumerate(apart if isinstance(apart, list) else [apart] if apart else []):
+        yield f"breakdown[{i}]", r
+
+
+def check_drops_within_loss(point: PointDoc) -> None:
+    """The invariant of every stored repetition: drops attributed to the datapath are at
+    most the packets lost (sent - delivered). A breach is a harness defect (drops of
+    its own, or packets it did not send counted as delivered): ValueError, never stored."""
+    for where, r in _repetition_docs(point):
+        drops = r.get("drops")
+        if not drops:
+            continue
+        dropped, lost = sum(int(n) for n in drops.values()), r["sent"] - r["delivered"]
+        if dropped > max(lost, 0):
+            raise ValueError(f"point {point.get('id')!r} {where}: {dropped} drops attributed "
+                             f"to the datapath ({drops}) but only {lost} of {r['sent']} sent "
+                             f"packets were lost; the drops probe counted packets the "
+                             f"datapath did not drop")
+
+
 class ResultExists(KpbenchError):
     """The result file a run wanted to create is already there."""
 
@@ -757,6 +820,7 @@ class ResultWriter:
             raise ValueError(f"{self.path}: run already finished ({self.document['status']})")
         if any(p["id"] == point["id"] for p in self.document["points"]):
             raise ValueError(f"{self.path}: point id {point['id']!r} added twice")
+        check_drops_within_loss(point)
         point = dict(point)  # type: ignore[assignment]
         if "summary" not in point:
             point["summary"] = summarise_point(point)

@@ -39,6 +39,7 @@ from bench.errors import ApplyTimeout, FeatureMissing, KpbenchError
 from bench.features import DATAPATH_NEEDS, lacking
 from bench.generate import GenSpec, generate
 from bench.kfunc_probes import KfuncProbe
+from bench.overhead import measure as measure_overhead
 from bench.scenario import Scenario
 from bench.slowdown import inject_rules
 from bench.stats import Histogram
@@ -54,9 +55,10 @@ SETTLE_PACKETS = 300
 SETTLE_RATE_PPS = 3000
 DRAIN_SECONDS = 0.05  # packets still in flight when tcpreplay returns
 # Source addresses every new-flow pcap of a cluster steps through: 64 x 64,512 flows,
-# enough for settle, warm-up, repetitions, controls and the overhead bursts of a point.
+# enough for settle, warm-up, repetitions and controls of a point.
 FLOW_SRC_SPAN = 64
-OVERHEAD_PACKETS = 100_000  # top-speed burst for the probe overhead (about half a second)
+OVERHEAD_PACKETS = 50_000  # top-speed burst for the probe overhead (a few tenths of a second)
+OVERHEAD_ROUNDS = 5  # paired rounds of none / main / breakdown
 # A workload "nodeport-<w>" sends <w> from the external client to the measured
 # service's NodePort on node 0 (made a NodePort service for it) instead of from the
 # client pod to its ClusterIP: the path NodePort accelerations such as XDP take.
@@ -444,11 +446,14 @@ class Runner:
                     self.progress.done += 1
 
     def _main_probes(self, bed: Testbed, external: bool = False) -> ProbeSet:
-        """Latency (which also counts delivered packets) and CPU per packet.
+        """Latency (which also counts delivered packets) and CPU per packet: NET_RX
+        softirq plus the datapath's own processes (its process cgroup, if it runs any).
 
         ``external``: the traffic comes from the external client, not the client pod.
         """
-        others: dict[str, P.Probe] = {"cpu": P.CpuProbe()} if "cpu" in self.sc.probes else {}
+        others: dict[str, P.Probe] = {}
+        if "cpu" in self.sc.probes:
+            others["cpu"] = P.CpuProbe(bed.datapath.process_cgroup)
         return ProbeSet(P.LatencyProbe.for_cluster(bed.cluster, external=external), others,
                         warned=self.warned)
 
@@ -457,7 +462,8 @@ class Runner:
         # node transit and kernel-function time would inflate latency and CPU per packet.
         others: dict[str, P.Probe] = {}
         if "drops" in self.sc.probes:
-            others["drops"] = P.DropsProbe.for_cluster(bed.cluster, external=external)
+            others["drops"] = P.DropsProbe.for_cluster(
+                bed.cluster, external=external, process_group=bed.datapath.process_cgroup)
         if "transit" in self.sc.probes:
             others["transit"] = P.TransitProbe.for_cluster(bed.cluster, external=external)
         # Kernel-function time wherever the kernel has kprobes (e.g. in the VM);
@@ -474,55 +480,27 @@ class Runner:
         """
         return self._traffic_rep(target, workload, self.sc.packets, probes, latency=False)
 
-    def _overhead(self, bed: Testbed, target: Target, external: bool) -> dict[str, float]:
-        """Delivered packets/s at top speed with no probe, the main probes, and all probes.
+    def _overhead(self, bed: Testbed, target: Target, external: bool) -> dict[str, Any]:
+        """CPU ns per packet the main probes and the breakdown probes add (bench.overhead:
+        the sender's CPU time at top speed with and without them, paired, interleaved).
 
-        Counted from the backend pods' own interface counters, so the figure
-        does not depend on a probe; the latency probe does not drop here, so
-        every configuration leaves the pod the same work. Configurations run
-        in the order none, main, all, all, main, none (drift cancels out) and
-        every burst is made of fresh flows (no conntrack hits).
+        Once per run, at its first point, before any probe is attached.
         """
-        from bench.topology import in_netns
+        def main() -> list[P.Probe]:
+            probes = self._main_probes(bed, external)
+            return [probes.latency, *probes.others.values()]
 
-        pcap = self.workdir / "overhead.pcap"
+        def breakdown() -> list[P.Probe]:
+            probes = self._breakdown_probes(bed, external)
+            return [probes.latency, *probes.others.values()]
 
-        def delivered() -> int:
-            total = 0
-            for pod in bed.layout.pods:
-                with in_netns(bed.cluster.pod_ns(pod)) as ns:
-                    (link,) = ns.get_links(ifname="eth0")
-                    total += link.get_attr("IFLA_STATS64")["rx_packets"]
-            return total
-
-        samples: dict[str, list[float]] = {"none": [], "main": [], "all": []}
         self.progress.say("measuring the probes' overhead")
-        for config in ("none", "main", "all", "all", "main", "none"):
-            target.build_pcap("udp-new", OVERHEAD_PACKETS, pcap,
-                              seq_start=self.seqs.take(OVERHEAD_PACKETS),
-                              src_span=self.seqs.src_span)
-            probes = {"none": None, "main": self._main_probes(bed, external),
-                      "all": self._all_probes(bed, external)}[config]
-            with contextlib.ExitStack() as stack:
-                if probes is not None:
-                    probes.latency.drop = False
-                    stack.enter_context(probes.attached())
-                    probes.start(0)
-                before = delivered()
-                stats = target.replay(pcap, None, timeout=120)
-                time.sleep(DRAIN_SECONDS)
-                if stats.seconds:
-                    samples[config].append((delivered() - before) / stats.seconds)
-        out = {f"{c}_pps": sum(v) / len(v) for c, v in samples.items() if v}
-        for c in ("main", "all"):
-            if out.get("none_pps") and f"{c}_pps" in out:
-                out[f"{c}_overhead_pct"] = 100 * (1 - out[f"{c}_pps"] / out["none_pps"])
-        return out
-
-    def _all_probes(self, bed: Testbed, external: bool = False) -> ProbeSet:
-        main, extra = self._main_probes(bed, external), self._breakdown_probes(bed, external)
-        main.others.update(extra.others)
-        return main
+        # The bursts are udp-established: their 16 flows' source ports lie below every
+        # new flow's (bench.traffic), so they take nothing from the cluster's flow space.
+        return measure_overhead(bed.cluster, target, self.workdir,
+                                {"main": main, "breakdown": breakdown},
+                                rounds=OVERHEAD_ROUNDS, packets=OVERHEAD_PACKETS,
+                                seq_start=0, say=self.progress.say)
 
     def _settle_workload(self) -> str:
         """New flows of the scenario's own protocol: TCP SYNs walk the TCP rules."""
@@ -650,7 +628,8 @@ class Runner:
         if "cpu" in probes.others:
             cpu = probes.others["cpu"].read()  # type: ignore[attr-defined]
             kw["softirq_ns"] = cpu.net_rx_ns
-            kw["cpu_ns_per_packet"] = cpu.net_rx_ns / delivered if delivered else None
+            kw["process_ns"] = cpu.process_ns  # the datapath's processes (0: it runs none)
+            kw["cpu_ns_per_packet"] = cpu.total_ns / delivered if delivered else None
         if "drops" in probes.others:
             drops = probes.others["drops"].read()  # type: ignore[attr-defined]
             # The run's own packets when the probe can tell them apart, else IPv4 drops.

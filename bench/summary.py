@@ -27,6 +27,35 @@ def run_line(doc: ResultDoc) -> str:
             f"{pooled}")
 
 
+def overhead_line(doc: ResultDoc) -> str | None:
+    """The probes' own cost as the run measured it (bench.overhead), or None if it did not.
+
+    Per probe set: the CPU ns it adds per packet (median of paired rounds, their
+    range) and that as a share of the CPU per packet reported at the point where
+    it was measured (the first point with a CPU figure).
+    """
+    point = next((p for p in iter_points(doc) if p.get("probe_overhead")), None)
+    if point is None:
+        return None
+    ov: Any = point["probe_overhead"]
+    pct: Any = (point.get("summary") or {}).get("probe_overhead_pct") or {}
+    parts = []
+    for name in ("main", "breakdown"):
+        added = ov.get(f"{name}_ns_per_packet")
+        if not isinstance(added, int | float):
+            continue
+        lo, hi = ov.get(f"{name}_ns_per_packet_range") or (added, added)
+        share = (f", {pct[name]:.1f} % of cpu/pkt at {point['variant']} {point['workload']}"
+                 if name in pct else "")
+        path = ov.get(f"{name}_pct_of_path")
+        share += f", {path:.1f} % of the path's CPU" if isinstance(path, int | float) else ""
+        parts.append(f"{name} {added:+,.0f} ns/packet (rounds {lo:+,.0f} to {hi:+,.0f}{share})")
+    if not parts:
+        return None
+    return (f"probe overhead (sender CPU, {ov.get('rounds', '?')} paired rounds): "
+            + "; ".join(parts))
+
+
 def environment_table(doc: ResultDoc) -> Table:
     """Key/value rows of what the run's numbers depend on."""
     env = doc["environment"]
@@ -72,7 +101,8 @@ def _settle(setup: Any) -> str:
 
 
 def points_table(doc: ResultDoc) -> Table:
-    """One row per point: coordinates, status, latency percentiles, CPU, rate, loss, setup.
+    """One row per point: coordinates, status, latency percentiles, CPU per packet (the
+    total, then its NET_RX softirq and datapath-process parts), rate, loss, setup.
 
     ``svc-ctl`` columns: the Service's p50 and CPU per packet minus its paired
     control's (the same traffic to the backend pods' own addresses).
@@ -81,10 +111,10 @@ def points_table(doc: ResultDoc) -> Table:
     coords = [(k, title) for k, title in OPTIONAL_COORDS
               if len({_coord(p, k) for p in points}) > 1]
     t = Table(["variant", "workload", "services", *(title for _, title in coords), "status",
-               "reps", "p50", "p90", "p99", "p99.9", "cpu/pkt", "svc-ctl p50", "svc-ctl cpu",
+               "reps", "p50", "p90", "p99", "p99.9", "cpu/pkt", "softirq", "process",
+               "svc-ctl p50", "svc-ctl cpu",
                "delivered", "loss", "sync", "settle"],
-              align=["l", "l", "r", *("r" for _ in coords), "l", "r", "r", "r", "r", "r",
-                     "r", "r", "r", "r", "r", "r", "r"])
+              align=["l", "l", "r", *("r" for _ in coords), "l", *["r"] * 14])
     for p in points:
         s: Any = p.get("summary") or {}
         lat = s.get("latency_ns") or {}
@@ -95,6 +125,8 @@ def points_table(doc: ResultDoc) -> Table:
                status[:60], len(p.get("repetitions") or []),
                *(fmt_value(lat.get(q), "ns") for q in ("p50", "p90", "p99", "p99.9")),
                fmt_value(s.get("cpu_ns_per_packet"), "ns/packet"),
+               fmt_value(s.get("softirq_ns_per_packet"), "ns/packet"),
+               fmt_value(s.get("process_ns_per_packet"), "ns/packet"),
                fmt_value(s.get("service_minus_control_p50_ns"), "ns"),
                fmt_value(s.get("service_minus_control_cpu_ns_per_packet"), "ns/packet"),
                fmt_value(s.get("delivered_pps"), "packets/s"),

@@ -14,10 +14,18 @@
  *   same address the tracepoints report, and veth hands that skb on through
  *   every hop), and skb:consume_skb, which forgets a tagged skb that ended
  *   normally so its address, once reused, is not mistaken for the run's.
+ *   With backend hooks also kpb_delivered at tc ingress of every backend
+ *   pod's eth0, first in line there, which forgets the skb as it arrives: a
+ *   run's drop is a drop between the client and the backend, the datapath's,
+ *   never the harness's own (the latency probe drops identified packets at
+ *   that same hook) nor the pod stack's. So drops of the run <= sent -
+ *   arrived at a backend. With the datapath's process cgroup also
+ *   kpb_delivered_cg at its cgroup_skb ingress (skbs its processes receive).
  * Overhead: one atomic hash increment per dropped skb machine-wide (two for
  *   IPv4); tagged: one hash update per sent packet and one hash lookup per
- *   freed or consumed skb machine-wide. Measured (docs/probes.md, 2026-11-29,
- *   2-vCPU Firecracker VM, kernel 6.18) on a workload where every packet is
+ *   freed or consumed skb machine-wide, one hash delete per delivered
+ *   packet. Measured (docs/probes.md, 2026-11-29, 2-vCPU Firecracker VM,
+ *   kernel 6.18) on a workload where every packet is
  *   dropped: top-speed throughput -5 to -10 % (about +0.2-0.5 us per packet),
  *   tagged -18 to -21 % (about +1.0-1.2 us per packet).
  * Limits: the machine-wide counts include other traffic and other runs. The
@@ -79,5 +87,28 @@ int kpb_tag(struct __sk_buff *skb)
         tagged.update(&addr, &one);
     }
     return TC_ACT_UNSPEC; /* let the filters behind this one run */
+}
+
+/* At a backend pod's ingress, ahead of every other filter there: the packet
+ * has crossed the datapath, so whatever happens to it next (the latency
+ * probe's own TC_ACT_SHOT, the pod's stack finding no socket) is not the
+ * datapath's drop. Forget it. */
+int kpb_delivered(struct __sk_buff *skb)
+{
+    u64 addr = (u64)(unsigned long)skb;
+    tagged.delete(&addr);
+    return TC_ACT_UNSPEC;
+}
+
+/* The same at the sockets of the datapath's own processes (a userspace proxy,
+ * cgroup_skb ingress of their cgroup): a packet the proxy receives has crossed
+ * the part of the datapath that the client's skb takes, and its skb may end
+ * without any tracepoint (UDP frees a read datagram that way), so its address
+ * must be forgotten here or a later skb at that address would count. */
+int kpb_delivered_cg(struct __sk_buff *skb)
+{
+    u64 addr = (u64)(unsigned long)skb;
+    tagged.delete(&addr);
+    return 1; /* allow */
 }
 #endif

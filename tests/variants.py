@@ -34,8 +34,9 @@ def slowed_down(doc: ResultDoc, factor: float) -> ResultDoc:
                 h = stats.Histogram.from_json(r["latency_hist"])  # type: ignore[arg-type]
                 r["latency_hist"] = stats.Histogram.from_samples(
                     _hist_samples(h) * factor).to_json()
-            if r.get("softirq_ns") is not None:
-                r["softirq_ns"] = int(r["softirq_ns"] * factor)  # type: ignore[operator]
+            for key in ("softirq_ns", "process_ns"):
+                if r.get(key) is not None:
+                    r[key] = int(r[key] * factor)  # type: ignore[literal-required]
             if r.get("cpu_ns_per_packet") is not None:
                 r["cpu_ns_per_packet"] *= factor  # type: ignore[operator]
     return out

@@ -2,7 +2,9 @@
 
 RESULT is a result file, or a directory holding runs of one scenario (its
 newest run is shown). Latency percentiles come from the merged histograms of
-the repetitions; cpu/pkt is NET_RX softirq time per delivered packet; sync is
+the repetitions; cpu/pkt is CPU time per delivered packet, the sum of NET_RX
+softirq time (softirq) and the datapath's own processes' time (process: a
+userspace proxy; 0 for a datapath that runs none); sync is
 the wall time of the full rule sync, settle the wait after it. A file written
 by an older or newer kpbench is refused with what to do.
 """
@@ -27,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     # Imported here so that other subcommands do not pay for numpy at start-up.
     from bench.store import resolve_one
-    from bench.summary import environment_table, points_table, run_line
+    from bench.summary import environment_table, overhead_line, points_table, run_line
     from bench.tables import render
 
     stored = resolve_one(args.result)
@@ -35,6 +37,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"# {stored.path}" if md else f"result: {stored.path}")
     print()
     print(run_line(stored.doc))
+    overhead = overhead_line(stored.doc)
+    if overhead:
+        print(overhead)
     print()
     print(render(environment_table(stored.doc), args.format))
     print()

@@ -14,6 +14,7 @@ import subprocess
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bench.errors import ApplyError, ApplyTimeout, InputError
 from bench.model import ServicePortView
@@ -99,6 +100,12 @@ class Datapath(ABC):
     def apply_partial(self, rendered: str, netns: str) -> None:
         """Program a :meth:`render_partial` result (default: like a full sync)."""
         self.apply(rendered, netns)
+
+    @property
+    def process_cgroup(self) -> Path | None:
+        """The run cgroup holding every process this datapath runs on the packet path
+        (a userspace proxy), whose CPU time counts in the CPU per packet; None: none."""
+        return None
 
     def state_size(self, rendered: str) -> dict[str, int]:
         """Size of the programmed state (rules, chains, map elements) for a rendering."""

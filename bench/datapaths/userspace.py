@@ -30,6 +30,10 @@ connection); ``externalTrafficPolicy`` and ``internalTrafficPolicy`` are
 ignored; a service without endpoints accepts the connection and closes it
 (the client sees an empty reply, not "connection refused"); only ready
 endpoints are used. The proxy is a Python process here, not Go.
+
+The proxies run in the run cgroup ``<prefix>-procs`` (:attr:`process_cgroup`),
+so the CPU they spend per packet is measured with the kernel's (the CPU
+probe reads the cgroup's ``cpu.stat``) — the cost this mode is measured for.
 """
 
 from __future__ import annotations
@@ -41,13 +45,16 @@ import signal
 import subprocess
 import sys
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+from bench import cgroups
 from bench.datapaths.base import Datapath, NodeContext, run_in_netns
 from bench.datapaths.ebpf_maps import IdAllocator
 from bench.errors import ApplyError, ApplyTimeout
 from bench.model import ServicePortView
+from bench.topology import PREFIX_RE
 
 CONTAINER_PORTAL = "KUBE-PORTALS-CONTAINER"
 HOST_PORTAL = "KUBE-PORTALS-HOST"
@@ -175,6 +182,14 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _proxy_preexec(group: Path) -> Callable[[], None]:
+    def preexec() -> None:
+        _die_with_parent()
+        # In the run's process cgroup before it runs a line: all its CPU time is counted.
+        cgroups.enter_in_child(group)
+    return preexec
+
+
 def _stop(proc: subprocess.Popen[str]) -> None:
     with contextlib.suppress(OSError):
         if proc.stdin:
@@ -186,10 +201,12 @@ def _stop(proc: subprocess.Popen[str]) -> None:
         proc.wait()
 
 
-def _stop_all(procs: dict[str, subprocess.Popen[str]]) -> None:
+def _stop_all(procs: dict[str, subprocess.Popen[str]], group: list[Path]) -> None:
     for proc in procs.values():
         _stop(proc)
     procs.clear()
+    while group:
+        cgroups.remove(group.pop())
 
 
 class UserspaceDatapath(Datapath):
@@ -201,8 +218,22 @@ class UserspaceDatapath(Datapath):
         self._proxy_ports = IdAllocator("proxy port", PROXY_PORT_LAST - PROXY_PORT_FIRST + 1)
         self._procs: dict[str, subprocess.Popen[str]] = {}
         self._initialised: set[str] = set()
-        # Proxies go with this object even if nobody calls cleanup().
-        weakref.finalize(self, _stop_all, self._procs)
+        self._group: list[Path] = []  # the run cgroup of the proxies, once made
+        # Proxies (and their cgroup) go with this object even if nobody calls cleanup().
+        weakref.finalize(self, _stop_all, self._procs, self._group)
+
+    @property
+    def process_cgroup(self) -> Path | None:
+        """The run cgroup every node's proxy process runs in."""
+        return self._group[0] if self._group else None
+
+    def _cgroup(self, netns: str) -> Path:
+        if not self._group:
+            m = PREFIX_RE.match(netns)
+            if m is None:
+                raise ValueError(f"not a run namespace: {netns}")
+            self._group.append(cgroups.create(f"{m.group(1)}-procs"))
+        return self._group[0]
 
     def render(self, ports: Sequence[ServicePortView], ctx: NodeContext) -> str:
         """iptables-restore input for the portal chains plus the proxy's table."""
@@ -241,7 +272,7 @@ class UserspaceDatapath(Datapath):
             ["ip", "netns", "exec", netns, sys.executable, "-m",
              "bench.datapaths.userspace_proxy", "--netns-file", f"/run/netns/{netns}"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            preexec_fn=_die_with_parent)
+            preexec_fn=_proxy_preexec(self._cgroup(netns)))
         self._procs[netns] = proc
         line = self._read_line(proc, PROXY_START_TIMEOUT, netns)
         if line != "ready":
@@ -273,7 +304,7 @@ class UserspaceDatapath(Datapath):
         return proc.stdout.readline().strip()
 
     def release(self) -> None:
-        _stop_all(self._procs)
+        _stop_all(self._procs, self._group)
         self._initialised.clear()
 
     def cleanup(self, netns: str) -> None:

@@ -61,9 +61,16 @@ def test_smoke_run_writes_result_csv_and_plots(tmp_path: Path) -> None:
         ceiling = (os.cpu_count() or 1) * 1e9 / pt["rate_pps"]
         assert 200 <= s["cpu_ns_per_packet"] <= ceiling, (pt["id"], s["cpu_ns_per_packet"])
         assert pt["setup"]["sync_seconds"] > 0 and pt["setup"]["state_size"]
-    # The probes' own cost is measured once per run, with and without them.
+        assert sum(r["delivered"] for r in pt["repetitions"]) > 0
+    # The probes' own cost is measured once per run, with and without them, stored with
+    # every point and related to its CPU per packet.
     overhead = points[0]["probe_overhead"]
-    assert overhead and all(overhead[f"{c}_pps"] > 0 for c in ("none", "main", "all"))
+    assert overhead and overhead["none_ns_per_packet"] > 0
+    for s in ("main", "breakdown"):
+        lo, hi = overhead[f"{s}_ns_per_packet_range"]
+        assert lo <= overhead[f"{s}_ns_per_packet"] <= hi
+        assert points[0]["summary"]["probe_overhead_pct"][s] == pytest.approx(
+            100 * overhead[f"{s}_ns_per_packet"] / points[0]["summary"]["cpu_ns_per_packet"])
     assert where["csv"].suffix == ".csv" and where["csv"].stat().st_size > 0
     assert where["report"].suffix == ".html" and where["report"].stat().st_size > 0
     pngs = list(where["plots"].glob("*.png"))

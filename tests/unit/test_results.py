@@ -348,3 +348,64 @@ def test_a_settle_that_timed_out_is_not_a_settle_time() -> None:
     assert settle.samples(p) == [] and settle.pooled(p) is None
     p["setup"]["settle_converged"] = True
     assert settle.samples(p) == [60.0]
+@pytest.mark.parametrize(("delivered", "drops", "ok"), [
+    (990, {"NETFILTER_DROP": 10}, True), (990, {"NETFILTER_DROP": 4, "NO_ROUTE": 6}, True),
+    (1000, {}, True), (1000, {"TC_INGRESS": 1000}, False), (990, {"NETFILTER_DROP": 11}, False),
+    (1001, {"NETFILTER_DROP": 1}, False)])
+def test_writer_refuses_drops_beyond_the_lost_packets(tmp_path: Path, delivered: int,
+                                                      drops: dict[str, int], ok: bool) -> None:
+    """Drops attributed to the datapath <= sent - delivered, in every stored repetition
+    (the harness's own drop at the backend once showed as 1000 drops at loss 0)."""
+    w = ResultWriter(tmp_path / "r.json", scenario=SCENARIO, environment=ENV)
+    p = point(0)
+    p["repetitions"] = [make_repetition(sent=1000, delivered=delivered, drops=drops)]
+    if ok:
+        w.add_point(p)
+        assert load_result(w.path)["points"][0]["repetitions"][0]["drops"] == drops
+    else:
+        with pytest.raises(ValueError, match="drops attributed to the datapath"):
+            w.add_point(p)
+        assert load_result(w.path)["points"] == []
+    apart = point(1)  # a breakdown repetition kept apart is held to it too
+    apart["breakdown"] = make_repetition(sent=1000, delivered=1000,  # type: ignore[typeddict-unknown-key]
+                                         drops={"TC_INGRESS": 1000})
+    with pytest.raises(ValueError, match=r"breakdown\[0\]"):
+        w.add_point(apart)
+
+
+def test_cpu_per_packet_is_softirq_plus_process_with_the_split_kept(tmp_path: Path) -> None:
+    """A userspace proxy's own CPU counts in cpu_ns_per_packet, next to NET_RX time,
+    in the summary, the CSV and `show` (a datapath without processes: process 0)."""
+    from bench import export
+    from bench.summary import overhead_line, points_table
+    from bench.tables import render
+
+    reps = [make_repetition(sent=1000, delivered=1000, softirq_ns=1000 * 2_000,
+                            process_ns=1000 * 18_000, cpu_ns_per_packet=20_000.0),
+            make_repetition(sent=1000, delivered=500, softirq_ns=500 * 2_000,
+                            process_ns=500 * 18_000, cpu_ns_per_packet=20_000.0)]
+    p = make_point(datapath="userspace", variant="userspace", services=1, endpoints=1,
+                   workload="udp-new", rate_pps=1000, position="last", position_index=0,
+                   repetitions=reps, probe_overhead={"main_ns_per_packet": 400.0})
+    s = summarise_point(p)
+    assert s["cpu_ns_per_packet"] == pytest.approx(20_000)
+    assert s["softirq_ns_per_packet"] == pytest.approx(2_000)
+    assert s["process_ns_per_packet"] == pytest.approx(18_000)
+    assert s["probe_overhead_pct"] == {"main": pytest.approx(2.0)}
+    old = point(0)  # written before process time was measured: softirq only, no split
+    assert summarise_point(old)["process_ns_per_packet"] is None
+    assert summarise_point(old)["cpu_ns_per_packet"] == pytest.approx(2_000)
+
+    with ResultWriter(tmp_path / "r.json", scenario=SCENARIO, environment=ENV) as w:
+        w.add_point(p)
+    doc = load_result(w.path)
+    rows = {(r["metric"], r["repetition"]): r["value"] for r in export.rows(doc)}
+    assert float(rows[("process_ns_per_packet", "all")]) == pytest.approx(18_000)
+    assert float(rows[("softirq_ns_per_packet", "all")]) == pytest.approx(2_000)
+    assert float(rows[("process_ns", 0)]) == 18_000_000
+    assert float(rows[("probe_overhead_pct.main", "all")]) == pytest.approx(2.0)
+    assert overhead_line(doc) == ("probe overhead (sender CPU, ? paired rounds): main +400 "
+                                  "ns/packet (rounds +400 to +400, 2.0 % of cpu/pkt at "
+                                  "userspace udp-new)")
+    table = render(points_table(doc), "table")
+    assert "process" in table and "18,000 ns" in table and "20,000 ns" in table
