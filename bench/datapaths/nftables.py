@@ -44,12 +44,12 @@ stateless render does not have; they are unreferenced and cost nothing.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import ipaddress
 from collections.abc import Collection, Sequence
 
 from bench.datapaths.base import Datapath, NodeContext, run_in_netns
+from bench.datapaths.iptables import b32_prefix
 from bench.model import ServiceEndpoint, ServicePortView, sorted_endpoints
 
 TABLE = "kube-proxy"
@@ -95,8 +95,8 @@ _CHAIN_NAME_BASE_MAX = 256 - 16
 
 def _hash_and_truncate(name: str) -> str:
     # The hash keeps names unique when truncated and tells near-identical names apart.
-    digest = base64.b32encode(hashlib.sha256(name.encode()).digest()).decode()
-    name = f"{digest[:8]}-{name}"
+    digest = b32_prefix(hashlib.sha256(name.encode()).digest(), 8)
+    name = f"{digest}-{name}"
     if len(name) > _CHAIN_NAME_BASE_MAX:
         name = name[: _CHAIN_NAME_BASE_MAX - 3] + "..."
     return name
