@@ -74,8 +74,12 @@ def _merge_point(points: list[PointDoc]) -> PointDoc:
     merged: Any = copy.deepcopy(ok[0])
     merged.pop("summary", None)
     merged["repetitions"] = [copy.deepcopy(r) for p in ok for r in p["repetitions"]]
-    for key in ("sync_seconds", "settle_seconds"):
+    for key in ("sync_seconds", "sync_render_seconds", "settle_seconds"):
         merged["setup"][key] = _median([(p.get("setup") or {}).get(key) for p in ok])
+    nodes = [(p.get("setup") or {}).get("sync_node_seconds") or [] for p in ok]
+    merged["setup"]["sync_node_seconds"] = (
+        [_median([n[i] for n in nodes]) for i in range(len(nodes[0]))]
+        if len({len(n) for n in nodes}) == 1 else [])
     for p in ok[1:]:
         merged["missing"].update(p.get("missing") or {})
     # Which run measured which repetitions: bench.compare judges a change against

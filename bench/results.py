@@ -17,6 +17,18 @@ Schema version history (``schema_version``, an integer; bump it on any change
 a reader of the previous version would misread, and say here what changed):
 
 - 1 (2026-11): first version.
+- 2 (2026-11): one meaning for sync times, the datapath's own. ``setup.sync_seconds``
+  is node 0's *apply* time (the tool and the kernel, as kube-proxy's per-node
+  ``sync_proxy_rules_duration_seconds``) of the scale's first full sync, in packet
+  and sync scenarios alike; version 1 held render + apply, summed over both nodes
+  in packet scenarios and node 0's in sync scenarios. kpbench's render time is
+  ``setup.sync_render_seconds``; every node's apply is ``setup.sync_node_seconds``.
+  At status ``exceeded-limit`` they hold the time reached when the tool was
+  stopped (version 1: the limit). Sync repetitions lost ``sync.total`` (render +
+  apply): ``sync.apply`` is the figure, ``sync.render`` stays apart. Version 1
+  documents are upgraded when read (:func:`upgrade_v1`): their sync times cannot
+  be split, so they become null with the reason under ``missing``; repetitions'
+  ``sync.apply`` and ``sync.render`` were measured apart and are kept.
 """
 
 from __future__ import annotations
@@ -43,7 +55,7 @@ from typing import Any, Literal, NotRequired, Self, TypedDict
 from bench import interrupts, stats
 from bench.errors import InputError, KpbenchError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 KIND = "kpbench-result"
 
 RUN_STATUSES = ("running", "complete", "interrupted", "failed")
@@ -91,7 +103,13 @@ class EnvironmentDoc(TypedDict):
 
 
 class SetupDoc(TypedDict):
+    # The scale's first full sync: node 0's apply time (tool + kernel; at status
+    # "exceeded-limit", the time reached when it was stopped), kpbench's render time
+    # for node 0 (never part of sync_seconds), and the apply time of every node
+    # programmed, in node order (packet scenarios program all, sync scenarios node 0).
     sync_seconds: float | None
+    sync_render_seconds: float | None
+    sync_node_seconds: list[float]
     settle_seconds: float | None
     state_size: dict[str, Any]
 
@@ -108,8 +126,9 @@ class RepetitionDoc(TypedDict):
     transit_hist: dict[str, Any] | None
     # Kernel-function breakdown (bench.kfunc_probes), where the kernel has kprobes.
     kfunc: NotRequired[dict[str, dict[str, Any]] | None]
-    # Sync points (workload "sync-*"): seconds of render, apply, kernel time in the
-    # applying tool's syscalls, time to effect, ... (None: not measured).
+    # Sync points (workload "sync-*"), node 0, seconds: "apply" (the datapath's time,
+    # the figure), "render" (kpbench's, apart), "kernel" (in the applying tool's
+    # syscalls), "commit", "effect" (to the change's effect on traffic); None: not measured.
     sync: NotRequired[dict[str, float | None]]
 
 
@@ -157,6 +176,8 @@ class RunShareDoc(TypedDict):
 
 class ResultDoc(TypedDict):
     schema_version: int
+    # Only in memory, when an older document was read (bench.results.upgrade_v1).
+    upgraded_from: NotRequired[int]
     kind: str
     run_id: str
     started: str
@@ -196,7 +217,9 @@ def make_repetition(*, sent: int, delivered: int, offered_pps: float | None = No
 def make_point(*, datapath: str, variant: str, services: int, endpoints: int, workload: str,
                rate_pps: int | None, position: str, position_index: int,
                status: PointStatus = "ok", error: str | None = None,
-               sync_seconds: float | None = None, settle_seconds: float | None = None,
+               sync_seconds: float | None = None, sync_render_seconds: float | None = None,
+               sync_node_seconds: list[float] | None = None,
+               settle_seconds: float | None = None,
                state_size: Mapping[str, Any] | None = None,
                repetitions: list[RepetitionDoc] | None = None,
                missing: Mapping[str, str] | None = None,
@@ -215,8 +238,9 @@ def make_point(*, datapath: str, variant: str, services: int, endpoints: int, wo
         id=pid, datapath=datapath, variant=variant, services=int(services),
         endpoints=int(endpoints), workload=workload, rate_pps=rate_pps, position=position,
         position_index=int(position_index), status=status, error=error,
-        setup=SetupDoc(sync_seconds=sync_seconds, settle_seconds=settle_seconds,
-                       state_size=dict(state_size or {})),
+        setup=SetupDoc(sync_seconds=sync_seconds, sync_render_seconds=sync_render_seconds,
+                       sync_node_seconds=list(sync_node_seconds or []),
+                       settle_seconds=settle_seconds, state_size=dict(state_size or {})),
         repetitions=list(repetitions or []), missing=dict(missing or {}),
         probe_overhead=dict(probe_overhead) if probe_overhead is not None else None)
 
@@ -650,6 +674,9 @@ def validate_result(doc: Any, source: str) -> ResultDoc:
         raise InputError(f"schema_version {version} is newer than this kpbench reads "
                          f"({SCHEMA_VERSION}); upgrade kpbench (git pull in the checkout) "
                          f"to read it", source=source)
+    if version == 1:
+        doc = upgrade_v1(doc)
+        version = SCHEMA_VERSION
     if version < SCHEMA_VERSION:
         raise InputError(f"schema_version {version} is older than this kpbench reads "
                          f"({SCHEMA_VERSION}); read it with the kpbench commit that wrote it "
@@ -675,6 +702,40 @@ def validate_result(doc: Any, source: str) -> ResultDoc:
         if "per_run" in p:
             _check_per_run(p, source, f"points[{i}]")
     return doc  # type: ignore[return-value]
+
+
+V1_SYNC_NOTE = ("schema 1 recorded render + apply (summed over both nodes in packet "
+                "scenarios): not the datapath's per-node apply time; re-record the result")
+
+
+def upgrade_v1(doc: dict[str, Any]) -> dict[str, Any]:
+    """A schema 1 document read as schema 2 (see the version history above), in place.
+
+    Sync times of version 1 mixed kpbench's render into the datapath's apply
+    and, in packet scenarios, summed both nodes: they cannot be split, so they
+    become null with :data:`V1_SYNC_NOTE` under the point's ``missing``. A sync
+    point's repetitions measured ``apply`` and ``render`` apart: those stay.
+    """
+    for p in doc.get("points") or []:
+        if not isinstance(p, dict):
+            continue  # validate_result names the damage
+        had = False
+        for setup in [p.get("setup"), *(r.get("setup") for r in p.get("per_run") or []
+                                        if isinstance(r, dict))]:
+            if isinstance(setup, dict):
+                had |= setup.get("sync_seconds") is not None
+                setup.update(sync_seconds=None, sync_render_seconds=None, sync_node_seconds=[])
+        for rep in p.get("repetitions") or []:
+            if isinstance(rep, dict) and isinstance(rep.get("sync"), dict):
+                rep["sync"].pop("total", None)
+        summary = p.get("summary")
+        if isinstance(summary, dict) and isinstance(summary.get("sync"), dict):
+            summary["sync"].pop("total", None)
+        if had:
+            p.setdefault("missing", {})["sync_seconds"] = V1_SYNC_NOTE
+    doc["schema_version"] = SCHEMA_VERSION
+    doc["upgraded_from"] = 1
+    return doc
 
 
 def _check_per_run(p: dict[str, Any], source: str, obj: str) -> None:
