@@ -44,6 +44,7 @@ stateless render does not have; they are unreferenced and cost nothing.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from collections.abc import Collection, Sequence
@@ -125,6 +126,7 @@ def _go_mark(bit: int) -> str:
     return f"0x{1 << bit:08x}"
 
 
+@functools.lru_cache(maxsize=1 << 18)
 def _ip(addr: str) -> str:
     """Canonical IPv4 text; like Go's ParseIPSloppy, leading zeros are decimal."""
     addr = addr.strip()
@@ -410,8 +412,15 @@ def _render_service_port(tx: _Transaction, view: ServicePortView, ctx: NodeConte
     local_eps = sorted_endpoints(view.local_endpoints) if uses_local else ()
     reachable = sorted_endpoints(set(cluster_eps) | set(local_eps))
 
+    bases: dict[ServiceEndpoint, str] = {}
+
     def ep_base(ep: ServiceEndpoint) -> str:
-        return endpoint_chain_base(svc.namespace, svc.name, proto, sp.name, _ip(ep.ip), ep.port)
+        # A SHA-256 per endpoint, needed by up to four lines: computed once.
+        base = bases.get(ep)
+        if base is None:
+            base = bases[ep] = endpoint_chain_base(svc.namespace, svc.name, proto, sp.name,
+                                                   _ip(ep.ip), ep.port)
+        return base
 
     for ep in reachable:
         tx.ensure_chain(f"endpoint-{ep_base(ep)}")
