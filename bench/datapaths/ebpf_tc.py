@@ -44,6 +44,8 @@ class EbpfTcDatapath(Datapath):
     def __init__(self) -> None:
         self._backend_ids = M.IdAllocator("backend", M.MAX_BACKEND_ID)
         self._revnat_ids = M.IdAllocator("frontend (reverse-NAT index)", M.MAX_REVNAT)
+        # Per node: each service port's entries, rendered again only when it changed.
+        self._render_cache: dict[str, M.PortCache] = {}
         self._nodes: dict[str, B.LoadedLb] = {}
         # Seconds each node's first apply spent compiling, loading and attaching.
         self.load_seconds: dict[str, float] = {}
@@ -52,7 +54,8 @@ class EbpfTcDatapath(Datapath):
 
     def render(self, ports: Sequence[ServicePortView], ctx: NodeContext) -> str:
         """Every map entry of a full sync, one per line (see :mod:`ebpf_maps`)."""
-        return M.render_maps(ports, ctx, self._backend_ids, self._revnat_ids)
+        return M.render_maps(ports, ctx, self._backend_ids, self._revnat_ids,
+                             self._render_cache.setdefault(ctx.node_name, {}))
 
     def state_size(self, rendered: str) -> dict[str, Any]:
         entries = M.parse_maps(rendered)
