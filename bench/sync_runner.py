@@ -44,7 +44,7 @@ from bench.model import EndpointSlice, Service, service_port_views
 from bench.probes import TcHook
 from bench.runner import Runner
 from bench.sync_probes import NETLINK_CALLS, SOCKOPT_CALLS, EffectProbe, SyscallProbe
-from bench.testbed import Testbed
+from bench.testbed import Testbed, gc_paused
 from bench.traffic import Target
 
 PRE_ROLL = 0.3  # seconds of traffic before a change is issued
@@ -212,10 +212,11 @@ class SyncRunner(Runner):
         ctx = bed.node_context(0)
         ns = bed.cluster.node_ns(0)
         views = service_port_views(change.services, change.slices, ctx.node_name)
-        t0 = time.monotonic()
-        text = dp.render(views, ctx) if partial is None else dp.render_partial(views, ctx,
-                                                                               partial)
-        render_s = time.monotonic() - t0
+        with gc_paused():  # the collector's pauses are ours, not render's or apply's
+            t0 = time.monotonic()
+            text = (dp.render(views, ctx) if partial is None
+                    else dp.render_partial(views, ctx, partial))
+            render_s = time.monotonic() - t0
         self._last_text = text
         traffic = None
         if effect is not None:
@@ -229,7 +230,7 @@ class SyncRunner(Runner):
                 syscalls.watch(own)
         issued = time.monotonic_ns()
         try:
-            with watching_tools(syscalls.watch if syscalls else (lambda pid: None)):
+            with gc_paused(), watching_tools(syscalls.watch if syscalls else (lambda pid: None)):
                 if partial is None:
                     dp.apply(text, ns)
                 else:
