@@ -42,6 +42,9 @@ before every full sync, as upstream does: a fresh namespace works after one
 chains with ``iptables-save -t nat`` and deletes them in the same restore.
 ``render_partial``/``apply_partial`` are kube-proxy's partial sync: top-level
 chains in full, service chains only for changed Services, no EnsureRule step.
+Each service port's text is cached per node, keyed by the port and its
+endpoints, so a resync renders only ports that changed and a partial sync
+only the changed Services (the rest is joined from the cache).
 """
 
 from __future__ import annotations

@@ -40,6 +40,13 @@ never flushed, so client stickiness survives a resync. Chains of services
 that disappeared are not removed: kube-proxy lists the table, flushes them and
 deletes them a second later in a separate transaction, which needs state a
 stateless render does not have; they are unreferenced and cost nothing.
+
+A partial sync (:meth:`NftablesDatapath.render_partial`) is kube-proxy's
+(the version with ``nftElementStorage``): no skeleton, the chains of the
+changed Services only, and set and map elements written only where they
+differ from what the node holds (a changed value is deleted and added, an
+unused element deleted); stale chains are flushed and deleted one sync
+later. Its size does not grow with the number of unchanged Services.
 """
 
 from __future__ import annotations
