@@ -55,6 +55,7 @@ import functools
 import hashlib
 import ipaddress
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 
 from bench.datapaths.base import Datapath, NodeContext, run_in_netns
 from bench.datapaths.iptables import b32_prefix
@@ -553,29 +554,57 @@ def _render_service_port(tx: _Transaction, view: ServicePortView, ctx: NodeConte
         tx.rule(chain, f"meta l4proto {proto} dnat to {_ip(ep.ip)}:{ep.port}")
 
 
+@dataclass(frozen=True)
+class _PortRender:
+    """One service port's part of a sync: the port it was rendered from and its output."""
+
+    view: ServicePortView
+    text: str  # its lines of a full sync, in order
+    elements: list[Element]
+    chains: frozenset[str]
+
+
+def render_port(view: ServicePortView, ctx: NodeContext) -> _PortRender:
+    """One service port's chains, rules and elements, on their own."""
+    part = _Transaction()
+    _render_service_port(part, view, ctx)
+    return _PortRender(view, "\n".join(part.lines), part.elements, frozenset(part.chains()))
+
+
+PortCache = dict[str, _PortRender]  # by service port name, for one node and one context
+
+
 def render_full_sync(
     ports: Sequence[ServicePortView], ctx: NodeContext, service_cidrs: Sequence[str] = (),
-    elements: dict[str, list[Element]] | None = None,
+    cache: PortCache | None = None,
 ) -> str:
     """The transaction of a kube-proxy full sync for ``ports`` as seen by ``ctx``'s node.
 
-    ``elements``, if given, is filled with each service port's elements (by
-    name), for the partial syncs that follow.
+    ``cache``, if given, holds each service port's output from earlier renders
+    with the same ``ctx``: a port equal to its cached one is not rendered
+    again. It is refreshed in place (ports that went away are dropped).
     """
     tx = _Transaction()
     _setup(tx, ctx, service_cidrs)
+    cache = {} if cache is None else cache
+    blocks: list[str] = []
+    fresh: PortCache = {}
     for view in ports:
-        start = len(tx.elements)
-        _render_service_port(tx, view, ctx)
-        if elements is not None:
-            elements[view.name] = tx.elements[start:]
-    return tx.text()
+        hit = cache.get(view.name)
+        if hit is None or not (hit.view is view or hit.view == view):
+            hit = render_port(view, ctx)
+        fresh[view.name] = hit
+        if hit.text:
+            blocks.append(hit.text)
+    cache.clear()
+    cache.update(fresh)
+    return "\n".join([*tx.lines, *blocks]) + "\n"
 
 
 def render_partial_sync(
     changed_ports: Sequence[ServicePortView], ctx: NodeContext, changed: Collection[str],
     store: _ElementStore, stale_chains: Collection[str] = (),
-) -> tuple[str, set[str]]:
+) -> tuple[str, dict[str, _PortRender]]:
     """A kube-proxy partial sync: only the Services in ``changed`` are rendered again.
 
     ``changed_ports`` are the current ports of those Services (none for a
@@ -588,25 +617,22 @@ def render_partial_sync(
     ``store`` is brought up to date), and chains no longer used are flushed by
     the caller now and deleted on the next sync (``stale_chains``, once nothing
     can reference them). Unchanged services cost nothing: their chains and
-    elements are already in place. Returns the transaction and the
-    per-service chains it (re)wrote.
+    elements are already in place. Returns the transaction and what each
+    changed port rendered (by name).
     """
     tx = _Transaction()
     for chain in sorted(stale_chains):
         tx.op(f"add chain {_T} {chain}")
         tx.op(f"delete chain {_T} {chain}")
-    fresh: dict[str, list[Element]] = {}
-    written: set[str] = set()
+    parts: dict[str, _PortRender] = {}
     for view in changed_ports:
-        part = _Transaction()
-        _render_service_port(part, view, ctx)
-        tx.lines.extend(ln for ln in part.lines if not ln.startswith("add element "))
-        fresh[view.name] = part.elements
-        written |= part.chains()
+        part = parts[view.name] = render_port(view, ctx)
+        tx.lines.extend(ln for ln in part.text.split("\n")
+                        if ln and not ln.startswith("add element "))
     gone = [name for key in changed for name in store.ports_of.get(key, ())
-            if name not in fresh]
-    store.update(tx, fresh, gone, changed)
-    return tx.text(), written
+            if name not in parts]
+    store.update(tx, {name: p.elements for name, p in parts.items()}, gone, changed)
+    return tx.text(), parts
 
 
 def service_chains(rendered: str) -> set[str]:
@@ -672,17 +698,29 @@ class NftablesDatapath(Datapath):
         self._chains: dict[str, dict[str, set[str]]] = {}
         self._stale: dict[str, set[str]] = {}
         self._elements: dict[str, _ElementStore] = {}
+        # Per node: the context and each service port's output of the last render.
+        self._ports: dict[str, tuple[NodeContext, PortCache]] = {}
 
     def render(self, ports: Sequence[ServicePortView], ctx: NodeContext) -> str:
         """The ``nft -f`` transaction of kube-proxy's first full sync (see module doc)."""
+        node = ctx.node_name
+        cached_ctx, cache = self._ports.get(node, (ctx, {}))
+        if cached_ctx != ctx:
+            cache = {}
+        text = render_full_sync(ports, ctx, ctx.service_cidrs, cache)
+        self._ports[node] = (ctx, cache)
         by_port: dict[str, list[Element]] = {}
-        text = render_full_sync(ports, ctx, ctx.service_cidrs, by_port)
         ports_of: dict[str, set[str]] = {}
-        for view in ports:
-            ports_of.setdefault(view.service.key, set()).add(view.name)
-        self._elements.setdefault(ctx.node_name, _ElementStore()).reset(by_port, ports_of)
-        self._chains[ctx.node_name] = _by_service(service_chains(text))
-        self._stale[ctx.node_name] = set()
+        chains: dict[str, set[str]] = {}
+        for name, part in cache.items():
+            key = part.view.service.key
+            by_port[name] = part.elements
+            ports_of.setdefault(key, set()).add(name)
+            if part.chains:
+                chains.setdefault(key, set()).update(part.chains)
+        self._elements.setdefault(node, _ElementStore()).reset(by_port, ports_of)
+        self._chains[node] = chains
+        self._stale[node] = set()
         return text
 
     def render_partial(self, ports: Sequence[ServicePortView], ctx: NodeContext,
@@ -698,8 +736,14 @@ class NftablesDatapath(Datapath):
             return self.render(ports, ctx)
         changed = set(changed)
         views = [v for v in ports if v.service.key in changed]
-        text, chains = render_partial_sync(views, ctx, changed, store,
-                                           self._stale.get(node, set()))
+        text, parts = render_partial_sync(views, ctx, changed, store,
+                                          self._stale.get(node, set()))
+        cached_ctx, cache = self._ports.get(node, (ctx, {}))
+        if cached_ctx == ctx:  # the next full render starts from this state
+            for name in [n for n, p in cache.items() if p.view.service.key in changed]:
+                del cache[name]
+            cache.update(parts)
+        chains = {c for p in parts.values() for c in p.chains}
         # Chains of changed or removed services that this sync no longer writes are
         # flushed now and deleted next time. Unchanged services keep their chains.
         by_service = self._chains.setdefault(node, {})
