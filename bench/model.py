@@ -101,7 +101,7 @@ class ServiceEndpoint:
     terminating: bool
     is_local: bool
 
-    @property
+    @functools.cached_property
     def address(self) -> str:
         """``ip:port``, the string kube-proxy hashes into KUBE-SEP names."""
         return f"{self.ip}:{self.port}"

@@ -49,6 +49,7 @@ only the changed Services (the rest is joined from the cache).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import re
@@ -109,6 +110,7 @@ def _jump_args(dst: str, comment: str, extra: tuple[str, ...]) -> list[str]:
 
 
 _B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"  # RFC 4648 base32 alphabet
+_B32_PAIRS = [a + b for a in _B32 for b in _B32]  # two characters per 10 bits
 
 
 def b32_prefix(data: bytes, chars: int) -> str:
@@ -116,10 +118,15 @@ def b32_prefix(data: bytes, chars: int) -> str:
 
     The standard library's encoder is pure Python and was most of a render's
     time at 10,000 services; 8 characters are exactly 5 bytes, so only those
-    bytes are encoded.
+    bytes are encoded, two characters at a time.
     """
     n = int.from_bytes(data[:chars * 5 // 8], "big")
-    return "".join([_B32[(n >> shift) & 31] for shift in range(chars * 5 - 5, -1, -5)])
+    return "".join([_B32_PAIRS[(n >> shift) & 1023] for shift in _shifts(chars)])
+
+
+@functools.cache
+def _shifts(chars: int) -> tuple[int, ...]:
+    return tuple(range(chars * 5 - 10, -1, -10))
 
 
 def port_proto_hash(service_port_name: str, protocol: str) -> str:
@@ -136,6 +143,7 @@ def endpoint_chain_name(service_port_name: str, protocol: str, endpoint: str) ->
     return "KUBE-SEP-" + port_proto_hash(service_port_name, protocol + endpoint)
 
 
+@functools.cache
 def probability(n: int) -> str:
     """Upstream's ``computeProbability``: 1/n printed with ``%0.10f``."""
     return f"{1.0 / n:0.10f}"
@@ -588,8 +596,8 @@ def _render_service_port(view: ServicePortView, flags: _Flags) -> _PortRules:
         rules.append(f'-A {fw_chain} -m comment --comment "other traffic to {name} will be '
                      'dropped by KUBE-PROXY-FIREWALL"')
     # Each endpoint's chain name is a SHA-256: computed once per endpoint.
-    sep_names = {ep.address: endpoint_chain_name(name, proto, ep.address)
-                 for ep in (*reachable, *cluster_eps, *local_eps)}
+    sep_names = {a: endpoint_chain_name(name, proto, a)
+                 for a in {ep.address for ep in (*reachable, *cluster_eps, *local_eps)}}
     if cluster_eps:
         chains.append(svc_chain)
         rules += _endpoint_ladder(view, proto, svc_chain, cluster_eps, flags.large_cluster,
@@ -619,20 +627,22 @@ def _endpoint_ladder(view: ServicePortView, proto: str, chain: str,
     rules = []
     seps = [sep_names[ep.address] for ep in endpoints]
 
-    def head(ep: ServiceEndpoint) -> str:
-        return (f"-A {chain}" if large_cluster
-                else f'-A {chain} -m comment --comment "{name} -> {ep.address}"')
+    if large_cluster:
+        heads = [f"-A {chain}"] * len(endpoints)
+    else:
+        heads = [f'-A {chain} -m comment --comment "{name} -> {ep.address}"'
+                 for ep in endpoints]
 
     if view.service.session_affinity == "ClientIP":
         timeout = view.service.affinity_timeout
-        rules += [f"{head(ep)} -m recent --name {sep} --rcheck --seconds {timeout} --reap "
-                  f"-j {sep}" for ep, sep in zip(endpoints, seps, strict=True)]
+        rules += [f"{head} -m recent --name {sep} --rcheck --seconds {timeout} --reap "
+                  f"-j {sep}" for head, sep in zip(heads, seps, strict=True)]
     n = len(endpoints)
-    for i, (ep, sep) in enumerate(zip(endpoints, seps, strict=True)):
+    for i, (head, sep) in enumerate(zip(heads, seps, strict=True)):
         # Rule i matches 1/(n-i) of what is left, so each endpoint gets 1/n overall.
         stat = (f" -m statistic --mode random --probability {probability(n - i)}"
                 if i < n - 1 else "")
-        rules.append(f"{head(ep)}{stat} -j {sep}")
+        rules.append(f"{head}{stat} -j {sep}")
     return rules
 
 
