@@ -76,8 +76,12 @@ def _merge_point(points: list[PointDoc]) -> PointDoc:
     merged["repetitions"] = [copy.deepcopy(r) for p in ok for r in p["repetitions"]]
     if any(p.get("control") is not None for p in ok):
         merged["control"] = [copy.deepcopy(r) for p in ok for r in p.get("control") or []]
-    for key in ("sync_seconds", "settle_seconds"):
+    for key in ("sync_seconds", "sync_render_seconds", "settle_seconds"):
         merged["setup"][key] = _median([(p.get("setup") or {}).get(key) for p in ok])
+    nodes = [(p.get("setup") or {}).get("sync_node_seconds") or [] for p in ok]
+    merged["setup"]["sync_node_seconds"] = (
+        [_median([n[i] for n in nodes]) for i in range(len(nodes[0]))]
+        if len({len(n) for n in nodes}) == 1 else [])
     if any((p.get("setup") or {}).get("settle_converged") is not None for p in ok):
         # Settled only if every pooled run settled.
         merged["setup"]["settle_converged"] = all(

@@ -59,11 +59,13 @@ def summary_metrics(point: PointDoc) -> Iterator[tuple[str, Any, str]]:
     for what, reason in sorted((point.get("missing") or {}).items()):
         yield f"missing.{what}", reason, ""
     setup = point.get("setup") or {}
-    for key in ("sync_seconds", "settle_seconds"):
+    for key in ("sync_seconds", "sync_render_seconds", "settle_seconds"):
         if setup.get(key) is not None:
             yield f"setup.{key}", setup[key], "s"
     if setup.get("settle_converged") is not None:
         yield "setup.settle_converged", setup["settle_converged"], ""
+    for node, seconds in enumerate(setup.get("sync_node_seconds") or []):
+        yield f"setup.sync_node_seconds.{node}", seconds, "s"
     for key, value in sorted((setup.get("state_size") or {}).items()):
         if isinstance(value, int | float) and not isinstance(value, bool):
             yield f"setup.state_size.{key}", value, "count"

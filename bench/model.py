@@ -8,6 +8,7 @@ ServicePortName / endpoints map does.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -42,8 +43,10 @@ class Service:
     load_balancer_source_ranges: tuple[str, ...] = ()
     health_check_node_port: int | None = None
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
+        # Cached (outside the dataclass fields, so equality and hashing ignore it): a
+        # partial sync looks it up for every Service at every sync.
         return f"{self.namespace}/{self.name}"
 
     @property
@@ -99,7 +102,7 @@ class ServiceEndpoint:
     terminating: bool
     is_local: bool
 
-    @property
+    @functools.cached_property
     def address(self) -> str:
         """``ip:port``, the string kube-proxy hashes into KUBE-SEP names."""
         return f"{self.ip}:{self.port}"
@@ -113,7 +116,7 @@ class ServicePortView:
     port: ServicePort
     endpoints: tuple[ServiceEndpoint, ...] = field(default=())
 
-    @property
+    @functools.cached_property
     def name(self) -> str:
         """``namespace/name:port`` (``:port`` only for a named port), as upstream prints it."""
         suffix = f":{self.port.name}" if self.port.name else ""

@@ -85,7 +85,7 @@ def sync_figure(result: ResultDoc, out_dir: Path, formats: tuple[str, ...] = ("p
     colors = {v: plots.COLORS[i % len(plots.COLORS)] for i, v in enumerate(variants)}
     fig, _ = plots._vs_services(
         plots._group(list(unique.values())), colors, "Full rule sync time vs number of services",
-        "full sync wall time (s)",
+        "node 0's apply time of the first full sync (s)",
         [("", "-", lambda p: (p.get("setup") or {}).get("sync_seconds"))], "sync_seconds", [])
     if fig is None:
         return []

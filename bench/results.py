@@ -21,9 +21,21 @@ Schema version history (``schema_version``, an integer; bump it on any change
 a reader of the previous version would misread, and say here what changed):
 
 - 1 (2026-11): first version.
-- Optional additions (issue 11, readable by a reader of the same version that ignores
-  them): a point's ``breakdown`` (the repetition with the breakdown probes, no longer
-  in ``repetitions``), ``control`` (the paired control repetitions: the same traffic
+- 2 (2026-11): one meaning for sync times, the datapath's own. ``setup.sync_seconds``
+  is node 0's *apply* time (the tool and the kernel, as kube-proxy's per-node
+  ``sync_proxy_rules_duration_seconds``) of the scale's first full sync, in packet
+  and sync scenarios alike; version 1 held render + apply, summed over both nodes
+  in packet scenarios and node 0's in sync scenarios. kpbench's render time is
+  ``setup.sync_render_seconds``; every node's apply is ``setup.sync_node_seconds``.
+  At status ``exceeded-limit`` they hold the time reached when the tool was
+  stopped (version 1: the limit). Sync repetitions lost ``sync.total`` (render +
+  apply): ``sync.apply`` is the figure, ``sync.render`` stays apart. Version 1
+  documents are upgraded when read (:func:`upgrade_v1`): their sync times cannot
+  be split, so they become null with the reason under ``missing``; repetitions'
+  ``sync.apply`` and ``sync.render`` were measured apart and are kept.
+  Also new in version 2 (optional fields): a point's ``breakdown`` (the repetition
+  with the breakdown probes, no longer in ``repetitions``; the upgrade moves a
+  version 1 point's breakdown repetitions out of ``repetitions``), ``control`` (the paired control repetitions: the same traffic
   to the backend pods' own addresses), ``failed_repetitions`` (replays that failed,
   with why; not in ``repetitions``); ``setup.settle_converged``; a repetition's
   ``arrival_seconds`` (first to last arrival at the backends); the summary's
@@ -58,7 +70,7 @@ from bench import interrupts, stats
 from bench.errors import InputError, KpbenchError
 from bench.input_limits import MAX_RESULT_BYTES, brief, parse_json, read_input
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 KIND = "kpbench-result"
 
 RUN_STATUSES = ("running", "complete", "interrupted", "failed")
@@ -111,7 +123,13 @@ class EnvironmentDoc(TypedDict):
 
 
 class SetupDoc(TypedDict):
+    # The scale's first full sync: node 0's apply time (tool + kernel; at status
+    # "exceeded-limit", the time reached when it was stopped), kpbench's render time
+    # for node 0 (never part of sync_seconds), and the apply time of every node
+    # programmed, in node order (packet scenarios program all, sync scenarios node 0).
     sync_seconds: float | None
+    sync_render_seconds: float | None
+    sync_node_seconds: list[float]
     settle_seconds: float | None  # waited, converged or not
     state_size: dict[str, Any]
     # False: the settle timed out (or nothing arrived) before latency stopped drifting,
@@ -134,8 +152,9 @@ class RepetitionDoc(TypedDict):
     transit_hist: dict[str, Any] | None
     # Kernel-function breakdown (bench.kfunc_probes), where the kernel has kprobes.
     kfunc: NotRequired[dict[str, dict[str, Any]] | None]
-    # Sync points (workload "sync-*"): seconds of render, apply, kernel time in the
-    # applying tool's syscalls, time to effect, ... (None: not measured).
+    # Sync points (workload "sync-*"), node 0, seconds: "apply" (the datapath's time,
+    # the figure), "render" (kpbench's, apart), "kernel" (in the applying tool's
+    # syscalls), "commit", "effect" (to the change's effect on traffic); None: not measured.
     sync: NotRequired[dict[str, float | None]]
     # First to last arrival of the delivered packets at the backends (the latency probe's
     # stamps): delivered_pps is measured over it, not derived from the sender's rate.
@@ -221,6 +240,8 @@ class RunShareDoc(TypedDict):
 
 class ResultDoc(TypedDict):
     schema_version: int
+    # Only in memory, when an older document was read (bench.results.upgrade_v1).
+    upgraded_from: NotRequired[int]
     kind: str
     run_id: str
     started: str
@@ -272,8 +293,9 @@ def make_repetition(*, sent: int, delivered: int, offered_pps: float | None = No
 def make_point(*, datapath: str, variant: str, services: int, endpoints: int, workload: str,
                rate_pps: int | None, position: str, position_index: int,
                status: PointStatus = "ok", error: str | None = None,
-               sync_seconds: float | None = None, settle_seconds: float | None = None,
-               settle_converged: bool | None = None,
+               sync_seconds: float | None = None, sync_render_seconds: float | None = None,
+               sync_node_seconds: list[float] | None = None,
+               settle_seconds: float | None = None, settle_converged: bool | None = None,
                state_size: Mapping[str, Any] | None = None,
                repetitions: list[RepetitionDoc] | None = None,
                missing: Mapping[str, str] | None = None,
@@ -294,8 +316,9 @@ def make_point(*, datapath: str, variant: str, services: int, endpoints: int, wo
         id=pid, datapath=datapath, variant=variant, services=int(services),
         endpoints=int(endpoints), workload=workload, rate_pps=rate_pps, position=position,
         position_index=int(position_index), status=status, error=error,
-        setup=SetupDoc(sync_seconds=sync_seconds, settle_seconds=settle_seconds,
-                       state_size=dict(state_size or {})),
+        setup=SetupDoc(sync_seconds=sync_seconds, sync_render_seconds=sync_render_seconds,
+                       sync_node_seconds=list(sync_node_seconds or []),
+                       settle_seconds=settle_seconds, state_size=dict(state_size or {})),
         repetitions=list(repetitions or []), missing=dict(missing or {}),
         probe_overhead=dict(probe_overhead) if probe_overhead is not None else None,
         failed_repetitions=list(failed_repetitions or []))
@@ -922,6 +945,9 @@ def validate_result(doc: Any, source: str) -> ResultDoc:
         raise InputError(f"schema_version {version} is newer than this kpbench reads "
                          f"({SCHEMA_VERSION}); upgrade kpbench (git pull in the checkout) "
                          f"to read it", source=source)
+    if version == 1:
+        doc = upgrade_v1(doc)
+        version = SCHEMA_VERSION
     if version < SCHEMA_VERSION:
         raise InputError(f"schema_version {version} is older than this kpbench reads "
                          f"({SCHEMA_VERSION}); read it with the kpbench commit that wrote it "
@@ -955,6 +981,68 @@ def _check_histograms(p: dict[str, Any], source: str, obj: str) -> None:
             raise InputError(f"the repetitions' histograms have different parameters "
                              f"{sorted(params)}; they cannot be merged", source=source,
                              obj=obj, field=f"repetitions[].{key}")
+
+
+V1_SYNC_NOTE = ("schema 1 recorded render + apply (summed over both nodes in packet "
+                "scenarios): not the datapath's per-node apply time; re-record the result")
+
+
+def _is_v1_breakdown(rep: Any) -> bool:
+    """Version 1 appended the breakdown repetition to ``repetitions``: the one that took
+    no latency but drops, transit or kernel-function time."""
+    return (isinstance(rep, dict) and rep.get("latency_hist") is None
+            and any(rep.get(k) is not None for k in ("drops", "transit_hist", "kfunc")))
+
+
+def _move_v1_breakdown(p: dict[str, Any]) -> bool:
+    """Move a version 1 point's breakdown repetitions to ``breakdown`` (each run's share
+    of a pooled point shrinks by its own); True if any moved."""
+    reps = p.get("repetitions")
+    if not isinstance(reps, list) or not any(_is_v1_breakdown(r) for r in reps):
+        return False
+    shares = p.get("per_run")
+    if isinstance(shares, list) and all(isinstance(r, dict) and isinstance(
+            r.get("repetitions"), int) for r in shares):
+        start = 0
+        for share in shares:
+            mine = reps[start:start + share["repetitions"]]
+            start += share["repetitions"]
+            share["repetitions"] -= sum(_is_v1_breakdown(r) for r in mine)
+    p["breakdown"] = next(r for r in reversed(reps) if _is_v1_breakdown(r))
+    p["repetitions"] = [r for r in reps if not _is_v1_breakdown(r)]
+    return True
+
+
+def upgrade_v1(doc: dict[str, Any]) -> dict[str, Any]:
+    """A schema 1 document read as schema 2 (see the version history above), in place.
+
+    Sync times of version 1 mixed kpbench's render into the datapath's apply
+    and, in packet scenarios, summed both nodes: they cannot be split, so they
+    become null with :data:`V1_SYNC_NOTE` under the point's ``missing``. A sync
+    point's repetitions measured ``apply`` and ``render`` apart: those stay.
+    """
+    for p in doc.get("points") or []:
+        if not isinstance(p, dict):
+            continue  # validate_result names the damage
+        had = False
+        for setup in [p.get("setup"), *(r.get("setup") for r in p.get("per_run") or []
+                                        if isinstance(r, dict))]:
+            if isinstance(setup, dict):
+                had |= setup.get("sync_seconds") is not None
+                setup.update(sync_seconds=None, sync_render_seconds=None, sync_node_seconds=[])
+        for rep in p.get("repetitions") or []:
+            if isinstance(rep, dict) and isinstance(rep.get("sync"), dict):
+                rep["sync"].pop("total", None)
+        summary = p.get("summary")
+        if isinstance(summary, dict) and isinstance(summary.get("sync"), dict):
+            summary["sync"].pop("total", None)
+        if _move_v1_breakdown(p):
+            p.pop("summary", None)  # pooled with the breakdown: computed again when read
+        if had:
+            p.setdefault("missing", {})["sync_seconds"] = V1_SYNC_NOTE
+    doc["schema_version"] = SCHEMA_VERSION
+    doc["upgraded_from"] = 1
+    return doc
 
 
 def _check_per_run(p: dict[str, Any], source: str, obj: str) -> None:

@@ -377,15 +377,16 @@ class Runner:
             try:
                 timing = bed.sync()
             except ApplyTimeout as e:
+                # The time reached on each node (the last one stopped), not the limit.
                 self._record_all(writer, variant, n, "exceeded-limit", str(e),
-                                 sync_seconds=e.seconds)
+                                 **bed.last_timing.setup_fields())
                 return
             except KpbenchError as e:
                 self._record_all(writer, variant, n, "failed", str(e))
                 return
             # Loading BPF programs is a fixed cost, not a per-service one: not for the ETA.
             load = sum(getattr(datapath, "load_seconds", {}).values())
-            self.progress.record_sync(variant, n, max(timing.total - load, 0.0))
+            self.progress.record_sync(variant, n, max(timing.wall - load, 0.0))
             inject_rules([bed.cluster.node_ns(i) for i in range(bed.cluster.node_count)],
                          self.inject_rules)
             state = datapath.state_size(timing.rendered[0])
@@ -396,7 +397,7 @@ class Runner:
                     if kind in not_measured:
                         points += [self._point(variant, n, w, status="failed",
                                                error=f"not applicable: {not_measured[kind]}",
-                                               sync_seconds=timing.total, state_size=state)
+                                               state_size=state, **timing.setup_fields())
                                    for w in workloads]
                         continue
                     external = kind == "nodeport"
@@ -442,7 +443,7 @@ class Runner:
                                         for p in writer.document["points"])]
                 for w in remaining:
                     writer.add_point(self._point(variant, n, w, status="failed", error=str(e),
-                                                 sync_seconds=timing.total, state_size=state))
+                                                 state_size=state, **timing.setup_fields()))
                     self.progress.done += 1
 
     def _main_probes(self, bed: Testbed, external: bool = False) -> ProbeSet:
@@ -605,7 +606,7 @@ class Runner:
                     controls.append(rep)
         overhead = getattr(self, "overhead", None)
         status: R.PointStatus = "ok" if reps else "failed"
-        return self._point(variant, n, workload, repetitions=reps, sync_seconds=timing.total,
+        return self._point(variant, n, workload, repetitions=reps, **timing.setup_fields(),
                            settle_seconds=settle[0], settle_converged=settle[1],
                            state_size=state, missing=dict(probes.missing),
                            probe_overhead=overhead, status=status,

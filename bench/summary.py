@@ -86,10 +86,11 @@ def _coord(p: PointDoc, key: str) -> str:
 
 
 def _sync_seconds(p: PointDoc) -> float | None:
-    """A sync point's median sync time (its own measurement), else the scale's full sync."""
+    """A sync point's median apply time (its own measurement), else the scale's full sync
+    (node 0's apply); kpbench's render is never part of it."""
     if p["workload"].startswith("sync-"):
         summary: Any = p.get("summary") or {}
-        return (summary.get("sync") or {}).get("total")
+        return (summary.get("sync") or {}).get("apply")
     setup: Any = p.get("setup") or {}
     return setup.get("sync_seconds")
 

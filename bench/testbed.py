@@ -3,10 +3,13 @@ the semantics tests and the benchmark runner all stand on."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from bench import interrupts
 from bench import layout as L
@@ -45,6 +48,7 @@ class Testbed:
         self.cluster = Cluster(self.layout)
         self.echo = echo
         self.sync_on_enter = sync_on_enter
+        self.last_timing = SyncTiming()
 
     def node_context(self, i: int) -> NodeContext:
         return NodeContext(node_name=self.layout.node_names[i], node_ips=(L.node_ip(i),),
@@ -76,33 +80,81 @@ class Testbed:
 
     def sync(self, services: Sequence[Service] | None = None,
              slices: Sequence[EndpointSlice] | None = None) -> SyncTiming:
-        """Full sync of every node to ``services``/``slices``, timed render vs apply."""
+        """Full sync of every node to ``services``/``slices``, timed render vs apply per node.
+
+        :attr:`last_timing` holds the nodes done so far, also when an apply
+        fails or exceeds its limit (then its last entry is the time reached).
+        """
         if services is not None:
             self.services = list(services)
         if slices is not None:
             self.slices = list(slices)
-        timing = SyncTiming()
+        timing = self.last_timing = SyncTiming()
         for i in range(self.cluster.node_count):
-            t0 = time.monotonic()
-            rendered = self.datapath.render(self.views(i), self.node_context(i))
-            t1 = time.monotonic()
-            self.datapath.apply(rendered, self.cluster.node_ns(i))
-            timing.render_seconds += t1 - t0
-            timing.apply_seconds += time.monotonic() - t1
+            views, ctx = self.views(i), self.node_context(i)
+            with gc_paused():
+                t0 = time.monotonic()
+                rendered = self.datapath.render(views, ctx)
+                t1 = time.monotonic()
+                timing.render.append(t1 - t0)
+                try:
+                    self.datapath.apply(rendered, self.cluster.node_ns(i))
+                finally:
+                    timing.apply.append(time.monotonic() - t1)
             timing.rendered.append(rendered)
         log.debug("synced %d services on %d nodes in %.3f s", len(self.services),
-                  self.cluster.node_count, timing.total)
+                  self.cluster.node_count, timing.wall)
         return timing
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for the block (a timed sync).
+
+    At 10,000 services the harness holds millions of objects; a full collection
+    triggered by a render's allocations walked all of them and took seconds
+    here, billed to whichever figure was being timed (render, or the apply of
+    an in-process datapath). Reference counting still frees everything; the
+    collector runs again after the block.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 @dataclass
 class SyncTiming:
-    """Wall time of one sync over every node: render (ours) and apply (tool + kernel)."""
+    """Wall time of one sync, per node: render (kpbench's Python) and apply (tool + kernel).
 
-    render_seconds: float = 0.0
-    apply_seconds: float = 0.0
+    The figure a result reports for a sync is :attr:`apply_seconds`, node 0's
+    apply: kube-proxy's ``sync_proxy_rules_duration_seconds`` is per node too,
+    and render is ours, not the datapath's (:attr:`render_seconds`, apart).
+    """
+
+    render: list[float] = field(default_factory=list)  # per node, seconds
+    apply: list[float] = field(default_factory=list)  # per node, seconds
     rendered: list[str] = field(default_factory=list)  # per node
 
     @property
-    def total(self) -> float:
-        return self.render_seconds + self.apply_seconds
+    def apply_seconds(self) -> float | None:
+        """Node 0's apply time (None before node 0 was applied)."""
+        return self.apply[0] if self.apply else None
+
+    @property
+    def render_seconds(self) -> float | None:
+        """Node 0's render time."""
+        return self.render[0] if self.render else None
+
+    @property
+    def wall(self) -> float:
+        """Everything the sync took over all nodes (for progress estimates, not results)."""
+        return sum(self.render) + sum(self.apply)
+
+    def setup_fields(self) -> dict[str, Any]:
+        """The point's ``setup`` keys for this sync (see bench.results.SetupDoc)."""
+        return {"sync_seconds": self.apply_seconds, "sync_render_seconds": self.render_seconds,
+                "sync_node_seconds": list(self.apply)}

@@ -170,7 +170,17 @@ def run_in_netns(netns: str, argv: Sequence[str], stdin: str | None = None,
             raise
     proc = subprocess.CompletedProcess(cmd, child.returncode, out, err)
     if check and proc.returncode != 0:
-        msg = (proc.stderr or proc.stdout).strip().splitlines()
-        first = msg[0] if msg else f"exit code {proc.returncode}"
+        first = first_error_line(proc.stderr or proc.stdout) or f"exit code {proc.returncode}"
         raise ApplyError(f"{argv[0]} failed in {netns}: {first}")
     return proc
+
+
+# Notices tools print before their real error (iptables-legacy-restore: "Ignoring
+# deprecated --wait-interval option."), which would otherwise be all an error said.
+_NOTICE = ("Ignoring deprecated ", "Warning: ")
+
+
+def first_error_line(output: str) -> str:
+    """The first line of a tool's output that is not one of its routine notices."""
+    lines = [ln.strip() for ln in output.strip().splitlines() if ln.strip()]
+    return next((ln for ln in lines if not ln.startswith(_NOTICE)), lines[0] if lines else "")

@@ -36,7 +36,7 @@ from __future__ import annotations
 import functools
 import socket
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from bench.datapaths.base import NodeContext
@@ -147,34 +147,78 @@ class IdAllocator:
         return got
 
 
+@dataclass(frozen=True)
+class _FrontendEntries:
+    """What one frontend contributes to a sync: its ``svc`` lines and what they point to."""
+
+    key: str
+    svc_lines: str
+    backends: tuple[tuple[int, str], ...]  # (id, its "backend" line)
+    revnat: tuple[int, str]  # (index, its "revnat" line)
+    matches: tuple[tuple[int, int], ...]
+
+
+def _frontend_entries(fe: Frontend, backend_ids: IdAllocator,
+                      revnat_ids: IdAllocator) -> _FrontendEntries:
+    revnat = revnat_ids(f"{fe.address}:{fe.port}/{fe.protocol}")
+    flags = ",".join(n for bit, n in FLAG_NAMES.items() if fe.flags & bit) or "-"
+    lines = [f"svc {fe.key}#0 count={len(fe.backends)} revnat={revnat} "
+             f"flags={flags} timeout={fe.affinity_timeout}"]
+    backends = []
+    for slot, ep in enumerate(fe.backends, start=1):
+        bkey = f"{ep.ip}:{ep.port}/{fe.protocol}"
+        bid = backend_ids(bkey)
+        backends.append((bid, f"backend {bid} {bkey}"))
+        lines.append(f"svc {fe.key}#{slot} backend={bid}")
+    matches = tuple((bid, revnat) for bid, _ in backends) if fe.flags & SVC_F_AFFINITY else ()
+    return _FrontendEntries(fe.key, "\n".join(lines), tuple(backends),
+                            (revnat, f"revnat {revnat} {fe.address}:{fe.port}"), matches)
+
+
+PortCache = dict[str, tuple[ServicePortView, NodeContext, tuple[_FrontendEntries, ...]]]
+
+
 def render_maps(ports: Sequence[ServicePortView], ctx: NodeContext,
-                backend_ids: IdAllocator, revnat_ids: IdAllocator) -> str:
-    """Every map entry a full sync programs, one per line (see the module doc)."""
+                backend_ids: IdAllocator, revnat_ids: IdAllocator,
+                cache: PortCache | None = None, changed: Collection[str] | None = None) -> str:
+    """Every map entry a full sync programs, one per line (see the module doc).
+
+    ``cache`` (service port name -> the port, the node and its entries), if
+    given, holds each port's entries from earlier renders: a port equal to
+    the cached one is not rendered again (its ids are stable, see
+    :class:`IdAllocator`), and it is refreshed in place. With ``changed``
+    (Service keys), the ports of other Services are taken from the cache
+    without comparing them, as a partial sync trusts its change tracker.
+    """
     svc_lines: list[str] = []
     backends: dict[int, str] = {}
     revnats: dict[int, str] = {}
     matches: set[tuple[int, int]] = set()
     seen: set[str] = set()
+    cache = {} if cache is None else cache
     for view in ports:
-        for fe in frontends(view, ctx):
+        hit = cache.get(view.name)
+        trusted = changed is not None and view.service.key not in changed
+        if hit is None or not (hit[1] is ctx or hit[1] == ctx) or not (
+                trusted or hit[0] is view or hit[0] == view):
+            hit = (view, ctx, tuple(_frontend_entries(fe, backend_ids, revnat_ids)
+                                    for fe in frontends(view, ctx)))
+            cache[view.name] = hit
+        for fe in hit[2]:
             if fe.key in seen:
                 continue  # a later duplicate frontend loses, as a map key can only hold one
             seen.add(fe.key)
-            revnat = revnat_ids(f"{fe.address}:{fe.port}/{fe.protocol}")
-            revnats[revnat] = f"{fe.address}:{fe.port}"
-            flags = ",".join(n for bit, n in FLAG_NAMES.items() if fe.flags & bit) or "-"
-            svc_lines.append(f"svc {fe.key}#0 count={len(fe.backends)} revnat={revnat} "
-                             f"flags={flags} timeout={fe.affinity_timeout}")
-            for slot, ep in enumerate(fe.backends, start=1):
-                bkey = f"{ep.ip}:{ep.port}/{fe.protocol}"
-                bid = backend_ids(bkey)
-                backends[bid] = bkey
-                svc_lines.append(f"svc {fe.key}#{slot} backend={bid}")
-                if fe.flags & SVC_F_AFFINITY:
-                    matches.add((bid, revnat))
+            revnats[fe.revnat[0]] = fe.revnat[1]
+            svc_lines.append(fe.svc_lines)
+            backends.update(fe.backends)
+            matches.update(fe.matches)
+    if len(cache) > 2 * len(ports) + 64:
+        live = {v.name for v in ports}
+        for name in [n for n in cache if n not in live]:
+            del cache[name]
     lines = [f"# kpbench lb4 maps for {ctx.node_name}: <map> <key> <value>", *svc_lines]
-    lines += [f"backend {bid} {backends[bid]}" for bid in sorted(backends)]
-    lines += [f"revnat {i} {revnats[i]}" for i in sorted(revnats)]
+    lines += [backends[bid] for bid in sorted(backends)]
+    lines += [revnats[i] for i in sorted(revnats)]
     lines += [f"match {b}/{r} 1" for b, r in sorted(matches)]
     return "\n".join(lines) + "\n"
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from bench.datapaths import bpf_lb as B
@@ -44,6 +44,8 @@ class EbpfTcDatapath(Datapath):
     def __init__(self) -> None:
         self._backend_ids = M.IdAllocator("backend", M.MAX_BACKEND_ID)
         self._revnat_ids = M.IdAllocator("frontend (reverse-NAT index)", M.MAX_REVNAT)
+        # Per node: each service port's entries, rendered again only when it changed.
+        self._render_cache: dict[str, M.PortCache] = {}
         self._nodes: dict[str, B.LoadedLb] = {}
         # Seconds each node's first apply spent compiling, loading and attaching.
         self.load_seconds: dict[str, float] = {}
@@ -52,7 +54,15 @@ class EbpfTcDatapath(Datapath):
 
     def render(self, ports: Sequence[ServicePortView], ctx: NodeContext) -> str:
         """Every map entry of a full sync, one per line (see :mod:`ebpf_maps`)."""
-        return M.render_maps(ports, ctx, self._backend_ids, self._revnat_ids)
+        return M.render_maps(ports, ctx, self._backend_ids, self._revnat_ids,
+                             self._render_cache.setdefault(ctx.node_name, {}))
+
+    def render_partial(self, ports: Sequence[ServicePortView], ctx: NodeContext,
+                       changed: Collection[str]) -> str:
+        """Every map entry after the Services in ``changed`` changed; the others' entries
+        come from the cache as they are. ``apply`` then writes only what differs."""
+        return M.render_maps(ports, ctx, self._backend_ids, self._revnat_ids,
+                             self._render_cache.setdefault(ctx.node_name, {}), changed)
 
     def state_size(self, rendered: str) -> dict[str, Any]:
         entries = M.parse_maps(rendered)

@@ -42,11 +42,14 @@ before every full sync, as upstream does: a fresh namespace works after one
 chains with ``iptables-save -t nat`` and deletes them in the same restore.
 ``render_partial``/``apply_partial`` are kube-proxy's partial sync: top-level
 chains in full, service chains only for changed Services, no EnsureRule step.
+Each service port's text is cached per node, keyed by the port and its
+endpoints, so a resync renders only ports that changed and a partial sync
+only the changed Services (the rest is joined from the cache).
 """
 
 from __future__ import annotations
 
-import base64
+import functools
 import hashlib
 import ipaddress
 import re
@@ -106,13 +109,33 @@ def _jump_args(dst: str, comment: str, extra: tuple[str, ...]) -> list[str]:
     return [*extra, *(("-m", "comment", "--comment", comment) if comment else ()), "-j", dst]
 
 
+_B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"  # RFC 4648 base32 alphabet
+_B32_PAIRS = [a + b for a in _B32 for b in _B32]  # two characters per 10 bits
+
+
+def b32_prefix(data: bytes, chars: int) -> str:
+    """``base64.b32encode(data).decode()[:chars]`` for ``chars`` a multiple of 8.
+
+    The standard library's encoder is pure Python and was most of a render's
+    time at 10,000 services; 8 characters are exactly 5 bytes, so only those
+    bytes are encoded, two characters at a time.
+    """
+    n = int.from_bytes(data[:chars * 5 // 8], "big")
+    return "".join([_B32_PAIRS[(n >> shift) & 1023] for shift in _shifts(chars)])
+
+
+@functools.cache
+def _shifts(chars: int) -> tuple[int, ...]:
+    return tuple(range(chars * 5 - 10, -1, -10))
+
+
 def port_proto_hash(service_port_name: str, protocol: str) -> str:
     """Upstream's ``portProtoHash``: base32(sha256(name + protocol))[:16].
 
     ``protocol`` is lowercase (``tcp``), as kube-proxy passes it.
     """
     digest = hashlib.sha256((service_port_name + protocol).encode()).digest()
-    return base64.b32encode(digest).decode()[:16]
+    return b32_prefix(digest, 16)
 
 
 def endpoint_chain_name(service_port_name: str, protocol: str, endpoint: str) -> str:
@@ -120,6 +143,7 @@ def endpoint_chain_name(service_port_name: str, protocol: str, endpoint: str) ->
     return "KUBE-SEP-" + port_proto_hash(service_port_name, protocol + endpoint)
 
 
+@functools.cache
 def probability(n: int) -> str:
     """Upstream's ``computeProbability``: 1/n printed with ``%0.10f``."""
     return f"{1.0 / n:0.10f}"
@@ -156,6 +180,23 @@ class _PortRules:
     nat_capture: list[str] = field(default_factory=list)  # KUBE-SERVICES / KUBE-NODEPORTS
     nat_chains: list[str] = field(default_factory=list)  # its own SVC/SVL/EXT/FW/SEP chains
     nat_rules: list[str] = field(default_factory=list)  # rules in those chains
+
+
+@dataclass(frozen=True)
+class _PortText:
+    """One service port's rules as ready-joined blocks of restore lines (the cache's unit)."""
+
+    filter: str  # its filter-table rules
+    capture: str  # its KUBE-SERVICES / KUBE-NODEPORTS rules (rewritten on every sync)
+    capture_and_rules: str  # those, then the rules of its own chains (when rewritten)
+    chain_decls: str  # ``:CHAIN - [0:0]`` of its own chains
+    chains: tuple[str, ...]
+
+    @classmethod
+    def of(cls, pr: _PortRules) -> _PortText:
+        return cls("\n".join(pr.filter_rules), "\n".join(pr.nat_capture),
+                   "\n".join(pr.nat_capture + pr.nat_rules),
+                   "\n".join(f":{c} - [0:0]" for c in pr.nat_chains), tuple(pr.nat_chains))
 
 
 @dataclass(frozen=True)
@@ -205,6 +246,9 @@ class IptablesDatapath(Datapath):
         self._last_render: tuple[str, frozenset[str]] = ("", frozenset())
         self._last_stale_cleanup = float("-inf")
         self._initialised: set[str] = set()
+        # Per node: the flags its cache was rendered with, and per service port (by name)
+        # the port it was rendered from and its text (see _render).
+        self._cache: dict[str, tuple[_Flags, dict[str, tuple[ServicePortView, _PortText]]]] = {}
 
     @property
     def variant(self) -> str:
@@ -260,16 +304,43 @@ class IptablesDatapath(Datapath):
                 f'-A {KUBE_FIREWALL} -m comment --comment "block incoming localnet connections" '
                 f"-d {_LOCALHOST_NET} ! -s {_LOCALHOST_NET} -m conntrack "
                 "! --ctstate RELATED,ESTABLISHED,DNAT -j DROP")
+        n_fixed_nat, n_fixed_filter = len(nat_rules), len(filter_rules)
 
+        # Each service port's rules come from the cache when the port (service and
+        # endpoints) is unchanged since it was rendered with the same flags; in a partial
+        # sync, ports of Services not in ``changed`` are taken from it as they are, as
+        # kube-proxy trusts its change tracker. Only the text of changed ports is built.
+        cached_flags, cache = self._cache.setdefault(ctx.node_name, (flags, {}))
+        if flags != cached_flags:
+            cache = {}
+            self._cache[ctx.node_name] = (flags, cache)
         active: set[str] = set()
+        service_filter: list[str] = []
+        service_nat: list[str] = []
+        service_chains: list[str] = []
         for view in ports:
-            pr = _render_service_port(view, flags)
-            filter_rules += pr.filter_rules
-            nat_rules += pr.nat_capture
-            active.update(pr.nat_chains)
+            name = view.name
+            hit = cache.get(name)
+            trusted = changed is not None and view.service.key not in changed
+            if hit is None or not (trusted or hit[0] is view or hit[0] == view):
+                hit = (view, _PortText.of(_render_service_port(view, flags)))
+                cache[name] = hit
+            text = hit[1]
+            if text.filter:
+                service_filter.append(text.filter)
+            active.update(text.chains)
             if changed is None or view.service.key in changed:
-                nat_chains += pr.nat_chains
-                nat_rules += pr.nat_rules
+                if text.chain_decls:
+                    service_chains.append(text.chain_decls)
+                if text.capture_and_rules:
+                    service_nat.append(text.capture_and_rules)
+            elif text.capture:
+                service_nat.append(text.capture)
+        if len(cache) > 2 * len(ports) + 64:
+            # Ports that went away: drop them so the cache does not grow without bound.
+            live = {v.name for v in ports}
+            for name in [n for n in cache if n not in live]:
+                del cache[name]
 
         nat_rules += _nodeports_jump(ctx, localhost_np)
         if not self.conntrack_tcp_liberal:
@@ -281,8 +352,11 @@ class IptablesDatapath(Datapath):
             (f'-A {KUBE_FORWARD} -m comment --comment "kubernetes forwarding conntrack rule" '
              "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
         ]
-        out = ["*filter", *(f":{c} - [0:0]" for c in filter_chains), *filter_rules, "COMMIT",
-               "*nat", *(f":{c} - [0:0]" for c in nat_chains), *nat_rules, "COMMIT"]
+        out = ["*filter", *(f":{c} - [0:0]" for c in filter_chains),
+               *filter_rules[:n_fixed_filter], *service_filter, *filter_rules[n_fixed_filter:],
+               "COMMIT",
+               "*nat", *(f":{c} - [0:0]" for c in nat_chains), *service_chains,
+               *nat_rules[:n_fixed_nat], *service_nat, *nat_rules[n_fixed_nat:], "COMMIT"]
         text = "\n".join(out) + "\n"
         self._last_render = (text, frozenset(active))
         return text
@@ -521,16 +595,21 @@ def _render_service_port(view: ServicePortView, flags: _Flags) -> _PortRules:
             rules += [f"{head} -s {ip} -j {ext_chain}" for ip in lb_ips]
         rules.append(f'-A {fw_chain} -m comment --comment "other traffic to {name} will be '
                      'dropped by KUBE-PROXY-FIREWALL"')
+    # Each endpoint's chain name is a SHA-256: computed once per endpoint.
+    sep_names = {a: endpoint_chain_name(name, proto, a)
+                 for a in {ep.address for ep in (*reachable, *cluster_eps, *local_eps)}}
     if cluster_eps:
         chains.append(svc_chain)
-        rules += _endpoint_ladder(view, proto, svc_chain, cluster_eps, flags.large_cluster)
+        rules += _endpoint_ladder(view, proto, svc_chain, cluster_eps, flags.large_cluster,
+                                  sep_names)
     if local_eps:
         chains.append(svl_chain)
-        rules += _endpoint_ladder(view, proto, svl_chain, local_eps, flags.large_cluster)
+        rules += _endpoint_ladder(view, proto, svl_chain, local_eps, flags.large_cluster,
+                                  sep_names)
 
     affinity = svc.session_affinity == "ClientIP"
     for ep in reachable:
-        sep = endpoint_chain_name(name, proto, ep.address)
+        sep = sep_names[ep.address]
         chains.append(sep)
         head = f"-A {sep}" if flags.large_cluster else f"-A {sep} -m comment --comment {name}"
         # Hairpin: a pod reaching itself through the service must be masqueraded.
@@ -541,26 +620,29 @@ def _render_service_port(view: ServicePortView, flags: _Flags) -> _PortRules:
 
 
 def _endpoint_ladder(view: ServicePortView, proto: str, chain: str,
-                     endpoints: Sequence[ServiceEndpoint], large_cluster: bool) -> list[str]:
+                     endpoints: Sequence[ServiceEndpoint], large_cluster: bool,
+                     sep_names: dict[str, str]) -> list[str]:
     """Upstream's ``writeServiceToEndpointRules``: affinity checks, then the random ladder."""
     name = view.name
     rules = []
-    seps = [endpoint_chain_name(name, proto, ep.address) for ep in endpoints]
+    seps = [sep_names[ep.address] for ep in endpoints]
 
-    def head(ep: ServiceEndpoint) -> str:
-        return (f"-A {chain}" if large_cluster
-                else f'-A {chain} -m comment --comment "{name} -> {ep.address}"')
+    if large_cluster:
+        heads = [f"-A {chain}"] * len(endpoints)
+    else:
+        heads = [f'-A {chain} -m comment --comment "{name} -> {ep.address}"'
+                 for ep in endpoints]
 
     if view.service.session_affinity == "ClientIP":
         timeout = view.service.affinity_timeout
-        rules += [f"{head(ep)} -m recent --name {sep} --rcheck --seconds {timeout} --reap "
-                  f"-j {sep}" for ep, sep in zip(endpoints, seps, strict=True)]
+        rules += [f"{head} -m recent --name {sep} --rcheck --seconds {timeout} --reap "
+                  f"-j {sep}" for head, sep in zip(heads, seps, strict=True)]
     n = len(endpoints)
-    for i, (ep, sep) in enumerate(zip(endpoints, seps, strict=True)):
+    for i, (head, sep) in enumerate(zip(heads, seps, strict=True)):
         # Rule i matches 1/(n-i) of what is left, so each endpoint gets 1/n overall.
         stat = (f" -m statistic --mode random --probability {probability(n - i)}"
                 if i < n - 1 else "")
-        rules.append(f"{head(ep)}{stat} -j {sep}")
+        rules.append(f"{head}{stat} -j {sep}")
     return rules
 
 

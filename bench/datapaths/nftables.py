@@ -40,16 +40,25 @@ never flushed, so client stickiness survives a resync. Chains of services
 that disappeared are not removed: kube-proxy lists the table, flushes them and
 deletes them a second later in a separate transaction, which needs state a
 stateless render does not have; they are unreferenced and cost nothing.
+
+A partial sync (:meth:`NftablesDatapath.render_partial`) is kube-proxy's
+(the version with ``nftElementStorage``): no skeleton, the chains of the
+changed Services only, and set and map elements written only where they
+differ from what the node holds (a changed value is deleted and added, an
+unused element deleted); stale chains are flushed and deleted one sync
+later. Its size does not grow with the number of unchanged Services.
 """
 
 from __future__ import annotations
 
-import base64
+import functools
 import hashlib
 import ipaddress
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 
 from bench.datapaths.base import Datapath, NodeContext, run_in_netns
+from bench.datapaths.iptables import b32_prefix
 from bench.model import ServiceEndpoint, ServicePortView, sorted_endpoints
 
 TABLE = "kube-proxy"
@@ -95,8 +104,8 @@ _CHAIN_NAME_BASE_MAX = 256 - 16
 
 def _hash_and_truncate(name: str) -> str:
     # The hash keeps names unique when truncated and tells near-identical names apart.
-    digest = base64.b32encode(hashlib.sha256(name.encode()).digest()).decode()
-    name = f"{digest[:8]}-{name}"
+    digest = b32_prefix(hashlib.sha256(name.encode()).digest(), 8)
+    name = f"{digest}-{name}"
     if len(name) > _CHAIN_NAME_BASE_MAX:
         name = name[: _CHAIN_NAME_BASE_MAX - 3] + "..."
     return name
@@ -125,6 +134,7 @@ def _go_mark(bit: int) -> str:
     return f"0x{1 << bit:08x}"
 
 
+@functools.lru_cache(maxsize=1 << 18)
 def _ip(addr: str) -> str:
     """Canonical IPv4 text; like Go's ParseIPSloppy, leading zeros are decimal."""
     addr = addr.strip()
@@ -140,12 +150,90 @@ def _cidr(cidr: str) -> str:
     return str(ipaddress.IPv4Network(f"{_ip(addr)}/{int(plen or 32)}", strict=False))
 
 
+Element = tuple[str, str, str, str]  # set or map, key, value ("" in a set), comment
+
+
+def _element_line(verb: str, name: str, key: str, value: str | None = None,
+                  comment: str | None = None) -> str:
+    line = f"{verb} element {_T} {name} {{ {key}"
+    if comment:
+        line += f' comment "{comment}"'
+    if value:
+        line += f" : {value}"
+    return line + " }"
+
+
+class _ElementStore:
+    """The elements a node's sets and maps hold, as kube-proxy's ``nftElementStorage``.
+
+    A full sync flushes every set and map and adds all elements; a partial sync
+    adds an element only when it is new, deletes and re-adds it when its value
+    changed, and deletes elements no service uses any more. Elements are also
+    kept per service port (by name) so that a partial sync only computes the
+    elements of the Services that changed; a key two ports share (the ClusterIP
+    of a multi-port Service in ``cluster-ips``) stays while any port uses it.
+    """
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, str], str] = {}
+        self.owners: dict[tuple[str, str], set[str]] = {}
+        self.by_port: dict[str, list[Element]] = {}
+        self.ports_of: dict[str, set[str]] = {}  # Service key -> its port names
+
+    def reset(self, by_port: dict[str, list[Element]], ports_of: dict[str, set[str]]) -> None:
+        """After a full sync: exactly ``by_port``'s elements are in the kernel."""
+        self.values, self.owners, self.by_port, self.ports_of = {}, {}, by_port, ports_of
+        for name, elements in by_port.items():
+            for container, key, value, _ in elements:
+                self.values[(container, key)] = value
+                self.owners.setdefault((container, key), set()).add(name)
+
+    def update(self, tx: _Transaction, fresh: dict[str, list[Element]],
+               gone: Collection[str], changed: Collection[str]) -> None:
+        """Write into ``tx`` what makes the kernel hold ``fresh`` (service ports rendered
+        again, by name) instead of their old elements, without the ports in ``gone``;
+        ``changed`` are the Service keys whose ports these are."""
+        for key in changed:
+            self.ports_of.pop(key, None)
+        for name in fresh:
+            self.ports_of.setdefault(name.partition(":")[0], set()).add(name)
+        touched: dict[tuple[str, str], Element] = {}
+        for name in (*fresh, *gone):
+            for container, key, *_ in self.by_port.pop(name, ()):
+                self.owners.get((container, key), set()).discard(name)
+                touched.setdefault((container, key), (container, key, "", ""))
+        for name, elements in fresh.items():
+            self.by_port[name] = elements
+            for e in elements:
+                self.owners.setdefault((e[0], e[1]), set()).add(name)
+                touched[(e[0], e[1])] = e
+        deletes = []
+        for k, (container, key, value, comment) in touched.items():
+            if not self.owners.get(k):
+                self.owners.pop(k, None)
+                if self.values.pop(k, None) is not None:
+                    deletes.append(_element_line("delete", container, key))
+                continue
+            old = self.values.get(k)
+            if old == value:
+                continue
+            if old is not None:
+                tx.op(_element_line("delete", container, key))
+            tx.op(_element_line("add", container, key, value, comment))
+            self.values[k] = value
+        # As upstream's cleanupLeftoverKeys: unused elements go at the end.
+        tx.lines.extend(deletes)
+
+
 class _Transaction:
     """The lines of one ``nft -f`` transaction, written as knftables writes them."""
 
     def __init__(self) -> None:
         self.lines: list[str] = []
         self._ensured: set[str] = set()
+        # Every element added, as (set or map, key, value, comment): what a partial
+        # sync diffs against the elements the node holds (see _ElementStore).
+        self.elements: list[Element] = []
 
     def op(self, line: str) -> None:
         self.lines.append(line)
@@ -159,6 +247,10 @@ class _Transaction:
         self.op(f"add chain {_T} {chain}")
         self.op(f"flush chain {_T} {chain}")
 
+    def chains(self) -> set[str]:
+        """The per-service chains this transaction added and flushed."""
+        return {c for c in self._ensured if "/" in c}
+
     def rule(self, chain: str, rule: str, comment: str | None = None) -> None:
         suffix = f' comment "{comment}"' if comment else ""
         self.op(f"add rule {_T} {chain} {rule}{suffix}")
@@ -170,12 +262,9 @@ class _Transaction:
         value: str | None = None,
         comment: str | None = None,
     ) -> None:
-        line = f"add element {_T} {name} {{ {' . '.join(str(k) for k in key)}"
-        if comment:
-            line += f' comment "{comment}"'
-        if value:
-            line += f" : {value}"
-        self.op(line + " }")
+        key_text = " . ".join(str(k) for k in key)
+        self.elements.append((name, key_text, value or "", comment or ""))
+        self.op(_element_line("add", name, key_text, value, comment))
 
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"
@@ -331,8 +420,15 @@ def _render_service_port(tx: _Transaction, view: ServicePortView, ctx: NodeConte
     local_eps = sorted_endpoints(view.local_endpoints) if uses_local else ()
     reachable = sorted_endpoints(set(cluster_eps) | set(local_eps))
 
+    bases: dict[ServiceEndpoint, str] = {}
+
     def ep_base(ep: ServiceEndpoint) -> str:
-        return endpoint_chain_base(svc.namespace, svc.name, proto, sp.name, _ip(ep.ip), ep.port)
+        # A SHA-256 per endpoint, needed by up to four lines: computed once.
+        base = bases.get(ep)
+        if base is None:
+            base = bases[ep] = endpoint_chain_base(svc.namespace, svc.name, proto, sp.name,
+                                                   _ip(ep.ip), ep.port)
+        return base
 
     for ep in reachable:
         tx.ensure_chain(f"endpoint-{ep_base(ep)}")
@@ -458,80 +554,109 @@ def _render_service_port(tx: _Transaction, view: ServicePortView, ctx: NodeConte
         tx.rule(chain, f"meta l4proto {proto} dnat to {_ip(ep.ip)}:{ep.port}")
 
 
+@dataclass(frozen=True)
+class _PortRender:
+    """One service port's part of a sync: the port it was rendered from and its output."""
+
+    view: ServicePortView
+    text: str  # its lines of a full sync, in order
+    elements: list[Element]
+    chains: frozenset[str]
+
+
+def render_port(view: ServicePortView, ctx: NodeContext) -> _PortRender:
+    """One service port's chains, rules and elements, on their own."""
+    part = _Transaction()
+    _render_service_port(part, view, ctx)
+    return _PortRender(view, "\n".join(part.lines), part.elements, frozenset(part.chains()))
+
+
+PortCache = dict[str, _PortRender]  # by service port name, for one node and one context
+
+
 def render_full_sync(
     ports: Sequence[ServicePortView], ctx: NodeContext, service_cidrs: Sequence[str] = (),
-    element_cache: dict[ServicePortView, list[str]] | None = None,
+    cache: PortCache | None = None,
 ) -> str:
     """The transaction of a kube-proxy full sync for ``ports`` as seen by ``ctx``'s node.
 
-    ``element_cache``, if given, is refilled with each port's element lines,
-    for the partial syncs that follow.
+    ``cache``, if given, holds each service port's output from earlier renders
+    with the same ``ctx``: a port equal to its cached one is not rendered
+    again. It is refreshed in place (ports that went away are dropped).
     """
     tx = _Transaction()
     _setup(tx, ctx, service_cidrs)
-    if element_cache is not None:
-        element_cache.clear()
+    cache = {} if cache is None else cache
+    blocks: list[str] = []
+    fresh: PortCache = {}
     for view in ports:
-        start = len(tx.lines)
-        _render_service_port(tx, view, ctx)
-        if element_cache is not None:
-            element_cache[view] = [ln for ln in tx.lines[start:]
-                                   if ln.startswith("add element ")]
-    return tx.text()
+        hit = cache.get(view.name)
+        if hit is None or not (hit.view is view or hit.view == view):
+            hit = render_port(view, ctx)
+        fresh[view.name] = hit
+        if hit.text:
+            blocks.append(hit.text)
+    cache.clear()
+    cache.update(fresh)
+    return "\n".join([*tx.lines, *blocks]) + "\n"
 
 
 def render_partial_sync(
-    ports: Sequence[ServicePortView], ctx: NodeContext, changed: Collection[str],
-    stale_chains: Collection[str] = (), service_cidrs: Sequence[str] = (),
-    element_cache: dict[ServicePortView, list[str]] | None = None,
-) -> tuple[str, set[str]]:
-    """A kube-proxy partial sync: only the Services in ``changed`` get their chains rewritten.
+    changed_ports: Sequence[ServicePortView], ctx: NodeContext, changed: Collection[str],
+    store: _ElementStore, stale_chains: Collection[str] = (),
+) -> tuple[str, dict[str, _PortRender]]:
+    """A kube-proxy partial sync: only the Services in ``changed`` are rendered again.
 
-    As upstream: the dispatch sets and maps are rebuilt in full on every sync
-    (element adds are cheap), the chains of unchanged services are left as
-    they are, chains no longer used are flushed now and deleted on the next
-    sync (``stale_chains``, once nothing can reference them), and the base
-    chains are not recreated (that happens only on the first sync after
-    start-up). ``element_cache`` maps an unchanged service port to its element
-    lines from an earlier render, so they are not rendered again; it is
-    refreshed in place. Returns the transaction and the chains it made stale.
+    ``changed_ports`` are the current ports of those Services (none for a
+    removed Service); every other Service is unchanged since the last sync,
+    as kube-proxy's change tracker says, and is not looked at.
+
+    As upstream: the skeleton is not written (only a full sync does that), the
+    chains of changed services are rewritten, set and map elements are written
+    only where they differ from what ``store`` says the node holds (and
+    ``store`` is brought up to date), and chains no longer used are flushed by
+    the caller now and deleted on the next sync (``stale_chains``, once nothing
+    can reference them). Unchanged services cost nothing: their chains and
+    elements are already in place. Returns the transaction and what each
+    changed port rendered (by name).
     """
-    cache = element_cache if element_cache is not None else {}
-    fresh: dict[ServicePortView, list[str]] = {}
     tx = _Transaction()
-    _setup(tx, ctx, service_cidrs, startup=False)
     for chain in sorted(stale_chains):
         tx.op(f"add chain {_T} {chain}")
         tx.op(f"delete chain {_T} {chain}")
-    for view in ports:
-        if view.service.key in changed:
-            _render_service_port(tx, view, ctx)
-        else:
-            lines = cache.get(view)
-            if lines is None:
-                part = _Transaction()
-                _render_service_port(part, view, ctx)
-                lines = [ln for ln in part.lines if ln.startswith("add element ")]
-            fresh[view] = lines
-            tx.lines.extend(lines)
-    cache.clear()
-    cache.update(fresh)
-    return tx.text(), set()
+    parts: dict[str, _PortRender] = {}
+    for view in changed_ports:
+        part = parts[view.name] = render_port(view, ctx)
+        tx.lines.extend(ln for ln in part.text.split("\n")
+                        if ln and not ln.startswith("add element "))
+    gone = [name for key in changed for name in store.ports_of.get(key, ())
+            if name not in parts]
+    store.update(tx, {name: p.elements for name, p in parts.items()}, gone, changed)
+    return tx.text(), parts
 
 
 def service_chains(rendered: str) -> set[str]:
     """Per-service and per-endpoint chains a transaction writes (to find stale ones)."""
     prefix = f"add chain {_T} "
-    return {ln[len(prefix):].split(" ", 1)[0] for ln in rendered.splitlines()
-            if ln.startswith(prefix)
-            and ln[len(prefix):].startswith(("service-", "local-", "external-", "firewall-",
-                                             "endpoint-"))}
+    # As upstream's isServiceChainName: only per-service names hold a "/" (ns/name), so
+    # "service-endpoints-check" or "firewall-check" are not taken for one.
+    names = (ln[len(prefix):].split(" ", 1)[0] for ln in rendered.splitlines()
+             if ln.startswith(prefix))
+    return {n for n in names if "/" in n and n.startswith(
+        ("service-", "local-", "external-", "firewall-", "endpoint-"))}
 
 
 def _chain_service(chain: str) -> str:
     """``ns/name`` of a per-service chain (``<kind>-<HASH8>-ns/name/proto/port[__ep]``)."""
     rest = chain.split("-", 2)[-1]
     return "/".join(rest.split("/")[:2])
+
+
+def _by_service(chains: Collection[str]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for c in chains:
+        out.setdefault(_chain_service(c), set()).add(c)
+    return out
 
 
 def count_objects(rendered: str) -> dict[str, int]:
@@ -567,35 +692,72 @@ class NftablesDatapath(Datapath):
     name = "nftables"
 
     def __init__(self) -> None:
-        # Per node: the service chains in use after the last sync, and the chains a
-        # partial sync flushed that the next one deletes (as upstream's staleChains).
-        self._chains: dict[str, set[str]] = {}
+        # Per node: the service chains in use after the last sync (by Service), the chains
+        # a partial sync flushed that the next one deletes (as upstream's staleChains),
+        # and the elements its sets and maps hold.
+        self._chains: dict[str, dict[str, set[str]]] = {}
         self._stale: dict[str, set[str]] = {}
-        self._elements: dict[str, dict[ServicePortView, list[str]]] = {}
+        self._elements: dict[str, _ElementStore] = {}
+        # Per node: the context and each service port's output of the last render.
+        self._ports: dict[str, tuple[NodeContext, PortCache]] = {}
 
     def render(self, ports: Sequence[ServicePortView], ctx: NodeContext) -> str:
         """The ``nft -f`` transaction of kube-proxy's first full sync (see module doc)."""
-        text = render_full_sync(ports, ctx, ctx.service_cidrs,
-                                self._elements.setdefault(ctx.node_name, {}))
-        self._chains[ctx.node_name] = service_chains(text)
-        self._stale[ctx.node_name] = set()
+        node = ctx.node_name
+        cached_ctx, cache = self._ports.get(node, (ctx, {}))
+        if cached_ctx != ctx:
+            cache = {}
+        text = render_full_sync(ports, ctx, ctx.service_cidrs, cache)
+        self._ports[node] = (ctx, cache)
+        by_port: dict[str, list[Element]] = {}
+        ports_of: dict[str, set[str]] = {}
+        chains: dict[str, set[str]] = {}
+        for name, part in cache.items():
+            key = part.view.service.key
+            by_port[name] = part.elements
+            ports_of.setdefault(key, set()).add(name)
+            if part.chains:
+                chains.setdefault(key, set()).update(part.chains)
+        self._elements.setdefault(node, _ElementStore()).reset(by_port, ports_of)
+        self._chains[node] = chains
+        self._stale[node] = set()
         return text
 
     def render_partial(self, ports: Sequence[ServicePortView], ctx: NodeContext,
                        changed: Collection[str]) -> str:
-        """A partial sync after the Services in ``changed`` (``ns/name``) changed."""
+        """A partial sync after the Services in ``changed`` (``ns/name``) changed.
+
+        Without a full sync of this node before it, it is a full sync (as
+        kube-proxy's first sync always is).
+        """
         node = ctx.node_name
-        text, _ = render_partial_sync(ports, ctx, changed, self._stale.get(node, set()),
-                                      ctx.service_cidrs, self._elements.setdefault(node, {}))
-        # Chains of changed services that this sync no longer writes are flushed now and
-        # deleted next time. Unchanged services keep their chains.
-        before = self._chains.get(node, set())
-        in_use = {c for c in before if _chain_service(c) not in changed}
-        in_use |= service_chains(text)
-        gone = before - in_use
+        store = self._elements.get(node)
+        if store is None:
+            return self.render(ports, ctx)
+        changed = set(changed)
+        views = [v for v in ports if v.service.key in changed]
+        text, parts = render_partial_sync(views, ctx, changed, store,
+                                          self._stale.get(node, set()))
+        cached_ctx, cache = self._ports.get(node, (ctx, {}))
+        if cached_ctx == ctx:  # the next full render starts from this state
+            for name in [n for n, p in cache.items() if p.view.service.key in changed]:
+                del cache[name]
+            cache.update(parts)
+        chains = {c for p in parts.values() for c in p.chains}
+        # Chains of changed or removed services that this sync no longer writes are
+        # flushed now and deleted next time. Unchanged services keep their chains.
+        by_service = self._chains.setdefault(node, {})
+        written = _by_service(chains)
+        removed = changed - {v.service.key for v in views}
+        gone: set[str] = set()
+        for key in {*changed, *removed, *written}:
+            old = by_service.pop(key, set())
+            new = written.get(key, set())
+            gone |= old - new
+            if new:
+                by_service[key] = new
         if gone:
             text += "".join(f"add chain {_T} {c}\nflush chain {_T} {c}\n" for c in sorted(gone))
-        self._chains[node] = in_use
         self._stale[node] = gone
         return text
 

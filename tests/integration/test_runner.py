@@ -104,8 +104,49 @@ def test_a_sync_beyond_the_limit_is_recorded_as_exceeded(tmp_path: Path) -> None
     path = Runner(tiny(point_time_limit=0.001), tmp_path).run()  # type: ignore[arg-type]
     points = load_result(path)["points"]
     assert points and all(pt["status"] == "exceeded-limit" for pt in points)
-    assert all(pt["setup"]["sync_seconds"] == pytest.approx(0.001) for pt in points)
+    # The time reached when the tool was stopped, not the limit; per node, node 0 first.
+    for pt in points:
+        setup = pt["setup"]
+        assert setup["sync_seconds"] > 0.001 and setup["sync_node_seconds"][0] == \
+            setup["sync_seconds"], setup
     assert all("did not finish within" in pt["error"] for pt in points)
+
+
+def test_sync_seconds_is_node_0s_apply_with_render_and_other_nodes_apart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Render slowed by RENDER_DELAY on each node, node 1's apply by NODE1_DELAY: the
+    headline is node 0's apply alone (as in sync scenarios), the rest kept apart."""
+    render_delay, node1_delay = 0.3, 0.8
+    real = runner_mod.make_variant
+
+    def slowed(variant: str):  # type: ignore[no-untyped-def]
+        dp = real(variant)
+        render, apply = dp.render, dp.apply
+
+        def slow_render(*args, **kw):  # type: ignore[no-untyped-def]
+            time.sleep(render_delay)
+            return render(*args, **kw)
+
+        def slow_apply(rendered: str, netns: str) -> None:
+            if netns.endswith("-node1"):
+                time.sleep(node1_delay)
+            apply(rendered, netns)
+        dp.render, dp.apply = slow_render, slow_apply  # type: ignore[method-assign]
+        return dp
+
+    monkeypatch.setattr(runner_mod, "make_variant", slowed)
+    doc = {"name": "tiny", "sweep": {"datapaths": ["iptables-legacy"], "services": [1],
+                                     "endpoints": 2},
+           "traffic": {"workloads": ["udp-new"], "rate_pps": 2000, "packets": 100,
+                       "repetitions": 1, "warmup_packets": 0},
+           "measure": {"settle_timeout": 2, "overhead": False}}
+    sc = parse_scenario(doc, "<test>", json.dumps(doc))
+    (pt,) = load_result(Runner(sc, tmp_path).run())["points"]  # type: ignore[arg-type]
+    setup = pt["setup"]
+    node0, node1 = setup["sync_node_seconds"]
+    assert setup["sync_seconds"] == node0 < node1 and node1 >= node1_delay, setup
+    assert setup["sync_seconds"] < render_delay + node1_delay  # no render, no other node
+    assert setup["sync_render_seconds"] >= render_delay
 
 
 @pytest.mark.parametrize("sig,code,word", [(signal.SIGINT, 130, "interrupted"),

@@ -38,12 +38,14 @@ def test_merge_pools_repetitions_and_recomputes_the_summary() -> None:
     rs = runs(1)
     for i, (_, doc) in enumerate(rs):
         doc["points"][0]["setup"]["sync_seconds"] = 1.0 + i  # 1, 2, 3 s
+        doc["points"][0]["setup"]["sync_node_seconds"] = [1.0 + i, 10.0 - i]
     merged, warnings = merge_runs(rs)
     assert not warnings and merged["status"] == "complete"
     assert [m["run_id"] for m in merged["merged_from"]] == [d["run_id"] for _, d in rs]  # type: ignore[typeddict-item]
     p = merged["points"][0]
     assert len(p["repetitions"]) == 9
     assert p["setup"]["sync_seconds"] == 2.0  # the median over the runs
+    assert p["setup"]["sync_node_seconds"] == [2.0, 9.0]  # per node, likewise
     # The summary is the pooled one: every packet of the three runs.
     assert p["summary"]["latency_ns"]["count"] == sum(  # type: ignore[index]
         d["points"][0]["summary"]["latency_ns"]["count"] for _, d in rs)  # type: ignore[index]

@@ -146,3 +146,24 @@ def test_userspace_rules_are_the_upstream_portals() -> None:
     assert table["sem/readiness"]["endpoints"] == ["10.1.1.1:8080", "10.2.1.1:8080"]
     assert table["sem/empty"]["endpoints"] == []
     assert table["sem/sticky"]["affinity_timeout"] == S.AFFINITY_TIMEOUT
+
+
+@pytest.mark.parametrize("kind", ["add-service", "remove-service", "add-endpoint",
+                                  "remove-endpoint", "endpoint-not-ready"])
+def test_a_partial_render_equals_a_full_render_of_the_new_state(kind: str) -> None:
+    """Ports of unchanged Services come from the render cache unchecked: the entries
+    must still be exactly those a full render (which checks every port) gives."""
+    from bench.sync_runner import State, _make_change
+
+    ctx = NodeContext("node-0", ("192.168.0.2",), "10.0.0.0/8")
+    services, slices = generate(GenSpec(services=9, endpoints=3, protocol="UDP"))
+    spare = services[-1]
+    base = State(services[:-1], [s for s in slices if s.service_name != spare.name],
+                 [s for s in slices if s.service_name == spare.name])
+    c = _make_change(kind, base, base.services[4], spare)
+    before = service_port_views(base.services, base.slices, "node-0")
+    after = service_port_views(c.services, c.slices, "node-0")
+    partial, full = EbpfTcDatapath(), EbpfTcDatapath()
+    assert partial.render(before, ctx) == full.render(before, ctx)
+    text = partial.render_partial(after, ctx, c.changed)
+    assert text == full.render(after, ctx) != partial.render(before, ctx)

@@ -267,3 +267,14 @@ def test_count_rules_of_overall() -> None:
     assert count_rules(rendered) == {
         "filter_chains": 6, "filter_rules": 10, "filter_deleted": 0,
         "nat_chains": 20, "nat_rules": 55, "nat_deleted": 0}
+
+
+def test_a_tool_error_is_its_real_message_not_a_notice_before_it() -> None:
+    from bench.datapaths.base import first_error_line
+
+    out = ("Ignoring deprecated --wait-interval option.\n"
+           "Another app is currently holding the xtables lock. Stopped waiting after 5s.\n")
+    assert first_error_line(out).startswith("Another app is currently holding")
+    assert first_error_line("Ignoring deprecated --wait-interval option.\n") == \
+        "Ignoring deprecated --wait-interval option."
+    assert first_error_line("") == ""

@@ -135,13 +135,15 @@ def write_doc(tmp_path: Path, **changes: Any) -> Path:
 
 
 def test_newer_schema_is_refused_with_what_to_do(tmp_path: Path) -> None:
-    path = write_doc(tmp_path, schema_version=results.SCHEMA_VERSION + 1)
-    with pytest.raises(InputError, match=r"edited\.json: schema_version 2 is newer.*upgrade"):
+    newer = results.SCHEMA_VERSION + 1
+    path = write_doc(tmp_path, schema_version=newer)
+    with pytest.raises(InputError,
+                       match=rf"edited\.json: schema_version {newer} is newer.*upgrade"):
         load_result(path)
 
 
 def test_older_schema_is_refused_with_what_to_do(tmp_path: Path) -> None:
-    path = write_doc(tmp_path, schema_version=results.SCHEMA_VERSION - 1)
+    path = write_doc(tmp_path, schema_version=0)
     with pytest.raises(InputError, match=r"schema_version 0 is older.*git_commit.*re-run"):
         load_result(path)
 
@@ -408,3 +410,59 @@ def test_cpu_per_packet_is_softirq_plus_process_with_the_split_kept(tmp_path: Pa
                                   "userspace udp-new)")
     table = render(points_table(doc), "table")
     assert "process" in table and "18,000 ns" in table and "20,000 ns" in table
+def test_schema_1_is_read_with_its_mixed_sync_times_dropped(tmp_path: Path) -> None:
+    """Schema 1's sync_seconds was render + apply (summed over nodes in packet
+    scenarios): not the per-node apply time schema 2 means, so it is dropped with the
+    reason; sync repetitions keep their apply and render, which were measured apart."""
+    packet = make_point(datapath="iptables", variant="iptables-legacy", services=10,
+                        endpoints=2, workload="udp-new", rate_pps=1000, position="last",
+                        position_index=9, sync_seconds=2.5)
+    sync = make_point(datapath="nftables", variant="nftables", services=10, endpoints=2,
+                      workload="sync-full", rate_pps=None, position="last", position_index=9,
+                      sync_seconds=1.5, repetitions=[make_repetition(
+                          sent=0, delivered=0,
+                          sync={"render": 0.25, "apply": 1.0, "total": 1.25})])
+    for p in (packet, sync):
+        p["summary"] = results.summarise_point(p)
+        del p["setup"]["sync_render_seconds"], p["setup"]["sync_node_seconds"]
+    path = write_doc(tmp_path, schema_version=1, points=[packet, sync])
+    doc = load_result(path)
+    assert doc["schema_version"] == results.SCHEMA_VERSION and doc["upgraded_from"] == 1
+    for p in doc["points"]:
+        assert p["setup"]["sync_seconds"] is None and p["setup"]["sync_node_seconds"] == []
+        assert "schema 1" in p["missing"]["sync_seconds"]
+    rep_sync = doc["points"][1]["repetitions"][0]["sync"]
+    assert rep_sync == {"render": 0.25, "apply": 1.0}
+    assert doc["points"][1]["summary"]["sync"]["apply"] == 1.0
+    assert "total" not in doc["points"][1]["summary"]["sync"]
+
+
+def test_the_committed_schema_1_baseline_still_loads() -> None:
+    from tests.conftest import ROOT
+
+    doc = load_result(ROOT / "results/baselines/default.json")
+    assert doc["points"] and all(p["setup"]["sync_seconds"] is None or
+                                 doc.get("upgraded_from") is None for p in doc["points"])
+
+
+def test_schema_1_breakdown_repetitions_leave_the_measured_ones() -> None:
+    """Version 1 appended the breakdown repetition (drops, transit; no latency) to
+    ``repetitions``, where loss and delivered pps pooled it: read as version 2 it is the
+    point's ``breakdown``, and each run's share of a pooled baseline counts only its own
+    measured repetitions."""
+    from tests.conftest import ROOT
+
+    raw = json.loads((ROOT / "results/baselines/default.json").read_text())
+    assert raw["schema_version"] == 1  # the committed baseline predates version 2
+    before = {p["id"]: len(p["repetitions"]) for p in raw["points"]}
+    doc = load_result(ROOT / "results/baselines/default.json")
+    moved = 0
+    for p in doc["points"]:
+        assert all(r.get("latency_hist") is not None or r.get("drops") is None
+                   for r in p["repetitions"]), p["id"]
+        if p.get("breakdown") is not None:
+            moved += 1
+            assert len(p["repetitions"]) < before[p["id"]]
+            if p.get("per_run"):
+                assert sum(r["repetitions"] for r in p["per_run"]) == len(p["repetitions"])
+    assert moved > 0

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
+from collections.abc import Callable
+
 import pytest
 
 from bench.datapaths import NodeContext, make_variant
+from bench.datapaths.iptables import SERVICE_CHAIN_PREFIXES
 from bench.generate import GenSpec, generate
-from bench.model import service_port_views
+from bench.model import ServicePortView, service_port_views
 from bench.sync_runner import State, _make_change
 
 CTX = NodeContext("node-0", ("192.168.0.2",), "10.0.0.0/8", service_cidrs=("172.30.0.0/16",))
@@ -71,3 +76,72 @@ def test_partial_render_rewrites_only_the_changed_service(variant: str) -> None:
         assert len(written) == 1 + len(endpoints_of(c.slices, measured.key)), written
     full = dp.render(service_port_views(c.services, c.slices, "node-0"), CTX)
     assert len(text) < len(full) / 2
+
+
+@functools.cache
+def scaled_state(n: int) -> tuple[State, object, object]:
+    services, slices = generate(GenSpec(services=n + 1, endpoints=10, protocol="UDP"))
+    spare = services[-1]
+    base = State(services[:-1], [s for s in slices if s.service_name != spare.name],
+                 [s for s in slices if s.service_name == spare.name])
+    return base, base.services[n // 2], spare
+
+
+# Lines kube-proxy's iptables proxier rewrites in full on every sync, partial or not:
+# the filter table, the KUBE-SERVICES / KUBE-NODEPORTS dispatch and the fixed chains.
+_IPTABLES_EVERY_SYNC = ("-A KUBE-SERVICES ", "-A KUBE-NODEPORTS ", "-A KUBE-POSTROUTING ",
+                        "-A KUBE-MARK-MASQ ", ":KUBE-SERVICES ", ":KUBE-NODEPORTS ",
+                        ":KUBE-POSTROUTING ", ":KUBE-MARK-MASQ ", "*", "COMMIT")
+
+
+def _service_lines(variant: str, text: str) -> list[str]:
+    """The lines of a partial sync beyond what kube-proxy itself rewrites every time."""
+    if variant == "nftables":
+        return text.splitlines()  # a partial nftables sync writes nothing else
+    nat = text[text.index("*nat\n"):]
+    return [ln for ln in nat.splitlines() if not ln.startswith(_IPTABLES_EVERY_SYNC)]
+
+
+@pytest.mark.parametrize("variant", ["iptables-legacy", "nftables"])
+def test_a_partial_render_at_10000_services_touches_only_the_changed_service(
+        variant: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Render work and output of one change do not grow with the number of services
+    (beyond kube-proxy's own full rewrite of the iptables dispatch chains)."""
+    module = importlib.import_module(f"bench.datapaths.{variant.split('-')[0]}")
+    real = module._render_service_port
+    rendered: list[str] = []
+
+    def counting(*args, **kw):  # type: ignore[no-untyped-def]
+        view = next(a for a in args if isinstance(a, ServicePortView))
+        rendered.append(view.service.key)
+        return real(*args, **kw)
+
+    lines = {}
+    for n in (200, 10_000):  # both past the large-cluster threshold (1000 endpoints)
+        base, measured, spare = scaled_state(n)
+        dp = make_variant(variant)
+        dp.render(service_port_views(base.services, base.slices, "node-0"), CTX)
+        c = _make_change("add-endpoint", base, measured, spare)
+        views = service_port_views(c.services, c.slices, "node-0")
+        monkeypatch.setattr(module, "_render_service_port", counting)
+        rendered.clear()
+        text = dp.render_partial(views, CTX, c.changed)
+        monkeypatch.setattr(module, "_render_service_port", real)
+        assert rendered == [measured.key]  # type: ignore[attr-defined]
+        own = _service_lines(variant, text)
+        lines[n] = len(own)
+        # 11 endpoints now: the service's chains, its rules and (nftables) its elements.
+        of_measured = _of(variant, measured, [v for v in views if v.service.key == measured.key])  # type: ignore[attr-defined]
+        assert own and all(of_measured(ln) for ln in own), own[:5]
+    assert lines[10_000] == lines[200]
+
+
+def _of(variant: str, svc: object, views: list[ServicePortView]) -> Callable[[str], bool]:
+    """Whether a line belongs to ``svc``: it names the Service (nftables) or one of the
+    chains a render of that Service alone writes (iptables, whose chains are hashed)."""
+    if variant == "nftables":
+        return lambda ln: f"/{svc.name}/" in ln or f"{svc.cluster_ip} " in ln  # type: ignore[attr-defined]
+    alone = make_variant(variant).render(views, CTX)
+    chains = {ln[1:].split()[0] for ln in alone.splitlines()
+              if ln.startswith(":KUBE-") and ln[1:].startswith(SERVICE_CHAIN_PREFIXES)}
+    return lambda ln: (ln[1:] if ln.startswith(":") else ln[3:]).split()[0] in chains
