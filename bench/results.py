@@ -1021,16 +1021,19 @@ def upgrade_v1(doc: dict[str, Any]) -> dict[str, Any]:
     become null with :data:`V1_SYNC_NOTE` under the point's ``missing``. A sync
     point's repetitions measured ``apply`` and ``render`` apart: those stay.
     """
-    for p in doc.get("points") or []:
+    def items(value: Any) -> list[Any]:
+        return value if isinstance(value, list) else []  # validate_result names the damage
+
+    for p in items(doc.get("points")):
         if not isinstance(p, dict):
-            continue  # validate_result names the damage
+            continue
         had = False
-        for setup in [p.get("setup"), *(r.get("setup") for r in p.get("per_run") or []
+        for setup in [p.get("setup"), *(r.get("setup") for r in items(p.get("per_run"))
                                         if isinstance(r, dict))]:
             if isinstance(setup, dict):
                 had |= setup.get("sync_seconds") is not None
                 setup.update(sync_seconds=None, sync_render_seconds=None, sync_node_seconds=[])
-        for rep in p.get("repetitions") or []:
+        for rep in items(p.get("repetitions")):
             if isinstance(rep, dict) and isinstance(rep.get("sync"), dict):
                 rep["sync"].pop("total", None)
         summary = p.get("summary")
@@ -1038,8 +1041,8 @@ def upgrade_v1(doc: dict[str, Any]) -> dict[str, Any]:
             summary["sync"].pop("total", None)
         if _move_v1_breakdown(p):
             p.pop("summary", None)  # pooled with the breakdown: computed again when read
-        if had:
-            p.setdefault("missing", {})["sync_seconds"] = V1_SYNC_NOTE
+        if had and isinstance(p.setdefault("missing", {}), dict):
+            p["missing"]["sync_seconds"] = V1_SYNC_NOTE
     doc["schema_version"] = SCHEMA_VERSION
     doc["upgraded_from"] = 1
     return doc
