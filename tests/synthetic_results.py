@@ -108,3 +108,16 @@ def main(*argv: str) -> int:
 def changes(c: compare.Comparison, metric: str) -> list[compare.MetricChange]:
     """The rows of one metric in a comparison."""
     return [mc for mc in c.changes if mc.metric.name == metric]
+
+
+REGRESSED_SCALES = (1, 100, 1000)
+
+
+def regressed_results(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(base, 20 % slower latency, same distribution redrawn) result files."""
+    rng = np.random.default_rng(11)
+    base = write(tmp_path / "base.json", [point(rng, services=s) for s in REGRESSED_SCALES])
+    slow = write(tmp_path / "slow.json",
+                 [point(rng, services=s, latency_ns=12_000) for s in REGRESSED_SCALES])
+    same = write(tmp_path / "same.json", [point(rng, services=s) for s in REGRESSED_SCALES])
+    return base, slow, same

@@ -37,6 +37,7 @@ from tests.synthetic_results import (
     keep_signal_handlers,  # noqa: F401  (autouse fixture)
     main,
     point,
+    regressed_results,
     write,
 )
 from tests.variants import left_out, slowed_down
@@ -304,13 +305,7 @@ def test_env_mismatch_on_the_cli_is_one_line_exit_2(tmp_path: Path,
 @pytest.fixture
 def regressed(tmp_path: Path) -> tuple[Path, Path, Path]:
     """(base, 20 % slower latency, same distribution redrawn) result files."""
-    rng = np.random.default_rng(11)
-    scales = (1, 100, 1000)
-    base = write(tmp_path / "base.json", [point(rng, services=s) for s in scales])
-    slow = write(tmp_path / "slow.json",
-                 [point(rng, services=s, latency_ns=12_000) for s in scales])
-    same = write(tmp_path / "same.json", [point(rng, services=s) for s in scales])
-    return base, slow, same
+    return regressed_results(tmp_path)
 
 
 def test_fail_on_exit_codes(regressed: tuple[Path, Path, Path],

@@ -14,7 +14,15 @@ import pytest
 
 from bench.export import summary_metrics
 from bench.results import iter_points, load_result, make_point
-from tests.synthetic_results import ENV, keep_signal_handlers, main, point, write
+from tests.synthetic_results import (
+    ENV,
+    REGRESSED_SCALES,
+    keep_signal_handlers,
+    main,
+    point,
+    regressed_results,
+    write,
+)
 
 __all__ = ["keep_signal_handlers"]  # the autouse fixture, for this module too
 
@@ -110,18 +118,13 @@ def _junit(path: Path) -> ET.Element:
 
 def test_compare_junit_has_one_case_per_point_and_gated_metric(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rng = np.random.default_rng(11)
-    scales = (1, 100, 1000)
-    base = write(tmp_path / "base.json", [point(rng, services=s) for s in scales])
-    slow = write(tmp_path / "slow.json",
-                 [point(rng, services=s, latency_ns=12_000) for s in scales])
-    same = write(tmp_path / "same.json", [point(rng, services=s) for s in scales])
+    base, slow, same = regressed_results(tmp_path)
     xml = tmp_path / "gate.xml"
     gates = ("--fail-on", "p99_latency:10%", "--fail-on", "cpu_ns_per_packet:10%")
     assert main("compare", base, slow, *gates, "--junit", xml) == 1
     root = _junit(xml)
     cases = root.findall("./testsuite/testcase")
-    assert len(cases) == 2 * len(scales)  # per point, per gated metric
+    assert len(cases) == 2 * len(REGRESSED_SCALES)  # per point, per gated metric
     failures = [c for c in cases if c.find("failure") is not None]
     assert failures and int(root.get("failures", "-1")) == len(failures)
     assert all("p99_latency within +10%" in c.get("name", "") for c in failures)
@@ -129,7 +132,8 @@ def test_compare_junit_has_one_case_per_point_and_gated_metric(
                in c.find("failure").get("message", "") for c in failures)  # type: ignore[union-attr]
     assert main("compare", base, same, *gates, "--junit", xml) == 0
     root = _junit(xml)
-    assert root.get("failures") == "0" and len(root.findall(".//testcase")) == 2 * len(scales)
+    assert root.get("failures") == "0"
+    assert len(root.findall(".//testcase")) == 2 * len(REGRESSED_SCALES)
     capsys.readouterr()
     assert main("compare", base, same, "--junit", xml) == 2  # nothing gated: say so
     assert "--junit" in capsys.readouterr().err
