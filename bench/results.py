@@ -35,8 +35,9 @@ a reader of the previous version would misread, and say here what changed):
   ``sync.apply`` and ``sync.render`` were measured apart and are kept.
   Also new in version 2 (optional fields): a point's ``breakdown`` (the repetition
   with the breakdown probes, no longer in ``repetitions``; the upgrade moves a
-  version 1 point's breakdown repetitions out of ``repetitions``), ``control`` (the paired control repetitions: the same traffic
-  to the backend pods' own addresses), ``failed_repetitions`` (replays that failed,
+  version 1 point's breakdown repetitions out of ``repetitions``), ``control``
+  (the paired control repetitions: the same traffic to the backend pods' own
+  addresses), ``failed_repetitions`` (replays that failed,
   with why; not in ``repetitions``); ``setup.settle_converged``; a repetition's
   ``arrival_seconds`` (first to last arrival at the backends); the summary's
   ``control`` and ``service_minus_control_*``. ``delivered_pps`` is now measured at
