@@ -1,7 +1,7 @@
 /* effect.c - when traffic really reached each backend: time to effect of a rule change.
  *
  * Measures: for every identified packet (payload "KPB1" + u32 sequence, as
- *   bench.traffic builds them) arriving at a backend pod, the first and last
+ *   bench.measure.traffic builds them) arriving at a backend pod, the first and last
  *   arrival time (bpf_ktime_get_ns, CLOCK_MONOTONIC - the clock of Python's
  *   time.monotonic_ns) and a count, keyed by the packet's destination address,
  *   which after the node's DNAT is the backend pod's own IP. From these the

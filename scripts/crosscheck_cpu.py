@@ -29,13 +29,14 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
-from bench import cgroups, overhead
-from bench import probes as P
-from bench import traffic as T
+from bench.cluster import cgroups
+from bench.cluster.testbed import Testbed
+from bench.cluster.topology import in_netns
 from bench.datapaths import make_variant
-from bench.generate import GenSpec, generate
-from bench.testbed import Testbed
-from bench.topology import in_netns
+from bench.measure import overhead
+from bench.measure import probes as P
+from bench.measure import traffic as T
+from bench.model.generate import GenSpec, generate
 
 OTHER_MAC = "02:00:00:00:00:99"
 

@@ -27,10 +27,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.metrics import METRICS_BY_NAME  # noqa: E402
+from bench.analysis.metrics import METRICS_BY_NAME  # noqa: E402
+from bench.measure.runner import Runner  # noqa: E402
+from bench.measure.scenario import load_scenario  # noqa: E402
 from bench.results import summarise_point  # noqa: E402
-from bench.runner import Runner  # noqa: E402
-from bench.scenario import load_scenario  # noqa: E402
 
 
 class TwiceRunner(Runner):

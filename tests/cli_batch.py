@@ -20,7 +20,7 @@ import tempfile
 
 # Imported once here and inherited by every child: the CLI and the readers (numpy).
 import bench.cli
-import bench.store  # noqa: F401
+import bench.results.store  # noqa: F401
 
 WALL_LIMIT_S = 60
 

@@ -56,12 +56,12 @@ def held_bpf_programs() -> int:
 def require_feature(name: str) -> None:
     """Skip if the kernel lacks feature ``name``; fail if the kernel has it but it fails.
 
-    bench.features calls a feature missing only when a minimal kernel-only probe of it
+    bench.kernel.features calls a feature missing only when a minimal kernel-only probe of it
     fails too; a failure of our own code or tools (a compiler or verifier error in our
     BPF programs, a tool not installed, bcc not importable) is a test failure with the
     message, never a skip.
     """
-    from bench.features import feature
+    from bench.kernel.features import feature
 
     f = feature(name)
     if f.missing:
@@ -95,7 +95,7 @@ def _results_written_match_the_schema(monkeypatch: pytest.MonkeyPatch) -> Iterat
 def _unload_kept_probe_programs() -> Iterator[None]:
     """Probe programs kept for reuse go with the test that compiled them (a run's end)."""
     yield
-    from bench.probes import release_compiled
+    from bench.measure.probes import release_compiled
 
     release_compiled()
 

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bench import cli, compare, stats
+from bench import cli
+from bench.analysis import compare, stats
 from bench.results import (
     KIND,
     SCHEMA_VERSION,

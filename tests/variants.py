@@ -10,7 +10,7 @@ import copy
 
 import numpy as np
 
-from bench import stats
+from bench.analysis import stats
 from bench.results import ResultDoc
 
 

@@ -8,10 +8,10 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import layout as L
 from bench.datapaths import DATAPATH_NAMES, IPTABLES_BACKENDS
 from bench.errors import InputError
-from bench.k8s_input import LoadedObjects, load_objects
+from bench.model import layout as L
+from bench.model.k8s_input import LoadedObjects, load_objects
 
 log = logging.getLogger("kpbench")
 

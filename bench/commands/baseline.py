@@ -40,8 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.baseline import merge_runs
     from bench.results import load_result, write_json_atomic
+    from bench.results.baseline import merge_runs
 
     out = Path(args.out)
     if out.is_dir():

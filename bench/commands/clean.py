@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench.topology import remove_run, run_namespaces, run_owner
+from bench.cluster.topology import remove_run, run_namespaces, run_owner
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -52,8 +52,8 @@ import sys
 from bench.commands._common import number_in
 from bench.errors import InputError
 
-# Kept here rather than imported from bench.compare: building the parser must not
-# import numpy and scipy (1.5 s) for every kpbench command. bench.compare has the same
+# Kept here rather than imported from bench.analysis.compare: building the parser must not
+# import numpy and scipy (1.5 s) for every kpbench command. bench.analysis.compare has the same
 # defaults for library callers; tests/unit/test_compare.py checks they agree.
 DEFAULT_ALPHA = 0.05
 DEFAULT_MIN_EFFECT_PCT = 5.0
@@ -91,10 +91,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.compare import compare_runs, parse_gate
-    from bench.compare_output import render_machine, render_text
-    from bench.metrics import key_label
-    from bench.store import pair_runs, resolve
+    from bench.analysis.compare import compare_runs, parse_gate
+    from bench.analysis.metrics import key_label
+    from bench.present.compare_output import render_machine, render_text
+    from bench.results.store import pair_runs, resolve
 
     gates = [parse_gate(g) for g in args.fail_on]
     if args.junit and not gates and not args.fail_on_missing:
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     if args.junit:
         from pathlib import Path
 
-        from bench.junit import junit_xml
+        from bench.present.junit import junit_xml
 
         Path(args.junit).write_text(junit_xml(comparisons, gates, args.fail_on_missing),
                                     encoding="utf-8")

@@ -13,7 +13,7 @@ import os
 import platform
 
 from bench.errors import KpbenchError
-from bench.features import DATAPATH_NEEDS, Feature, detect
+from bench.kernel.features import DATAPATH_NEEDS, Feature, detect
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

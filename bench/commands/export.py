@@ -50,8 +50,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here so that other subcommands do not pay for numpy at start-up.
-    from bench.export import write_csv
-    from bench.export_formats import DEFAULT_INDEX, opensearch_lines, perfdash
+    from bench.present.export import write_csv
+    from bench.present.export_formats import DEFAULT_INDEX, opensearch_lines, perfdash
     from bench.results import load_result
 
     if args.csv is not None:

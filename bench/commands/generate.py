@@ -14,8 +14,8 @@ import yaml
 
 from bench.commands._common import number_in, output_file
 from bench.errors import InputError
-from bench.generate import GenSpec, generate, to_k8s
-from bench.model import DEFAULT_AFFINITY_TIMEOUT, MAX_AFFINITY_TIMEOUT
+from bench.model.generate import GenSpec, generate, to_k8s
+from bench.model.objects import DEFAULT_AFFINITY_TIMEOUT, MAX_AFFINITY_TIMEOUT
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

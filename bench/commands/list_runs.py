@@ -28,8 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.store import scan
-    from bench.tables import Table, render
+    from bench.present.tables import Table, render
+    from bench.results.store import scan
 
     root = Path(args.results)
     runs, errors = scan(root)

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     out = output_dir(args.out if args.out else src.with_name(f"{src.stem}-plots"))
     result = load_result(args.result)
     # Imported once the input is known good: matplotlib takes a while to import.
-    from bench.plots import plot_result
+    from bench.present.plots import plot_result
 
     for path in plot_result(result, out):
         print(path)

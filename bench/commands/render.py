@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import layout as L
 from bench.commands._common import (
     DEFAULT_NODE_IP,
     DEFAULT_NODE_NAME,
@@ -19,7 +18,8 @@ from bench.commands._common import (
     load_services,
 )
 from bench.datapaths import NodeContext, make_datapath
-from bench.model import service_port_views
+from bench.model import layout as L
+from bench.model.objects import service_port_views
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

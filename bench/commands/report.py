@@ -36,15 +36,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.store import resolve_one
+    from bench.results.store import resolve_one
 
     if args.out:
         output_dir(args.out)
     stored = resolve_one(args.result)
     base = resolve_one(args.compare) if args.compare else None
     # Imported once the inputs are known good: matplotlib and scipy take a while.
-    from bench.compare import compare_runs
-    from bench.report import write_report
+    from bench.analysis.compare import compare_runs
+    from bench.present.report import write_report
 
     comparison = None
     if base is not None:

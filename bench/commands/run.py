@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.errors import InputError
-from bench.scenario import load_scenario, select_datapaths
+from bench.measure.scenario import load_scenario, select_datapaths
+from bench.paths import RESULTS_DIR
 
 if TYPE_CHECKING:
-    from bench.runner import Runner
+    from bench.measure.runner import Runner
 
-DEFAULT_RESULTS = Path(__file__).resolve().parents[2] / "results"
+DEFAULT_RESULTS = RESULTS_DIR
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -70,14 +71,14 @@ def run(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario)  # refused before anything is imported or built
     if args.datapaths is not None:
         scenario = select_datapaths(scenario, args.datapaths)
-    from bench.runner import Runner
-    from bench.topology import leftovers
+    from bench.cluster.topology import leftovers
+    from bench.measure.runner import Runner
 
     for prefix, names in leftovers().items():
         print(f"kpbench: warning: leftovers of an earlier run {prefix} ({len(names)} "
               "namespaces): run `kpbench clean`", file=sys.stderr)
     if scenario.kind == "sync":
-        from bench.sync_runner import SyncRunner
+        from bench.measure.sync_runner import SyncRunner
 
         if args.inject_rules:
             raise InputError("--inject-rules slows packets down; this is a sync scenario "
@@ -101,12 +102,12 @@ def run(args: argparse.Namespace) -> int:
 def epilogue(path: Path, args: argparse.Namespace) -> None:
     """The run's end: CSV, plots and report written, then the figures at a glance, where
     the files are, and what was left out (once)."""
-    from bench.export import default_csv_path, write_csv
-    from bench.plots import plot_result
-    from bench.report import write_report
+    from bench.present.export import default_csv_path, write_csv
+    from bench.present.plots import plot_result
+    from bench.present.report import write_report
+    from bench.present.summary import figures_tables, left_out
+    from bench.present.tables import render_text
     from bench.results import load_result
-    from bench.summary import figures_tables, left_out
-    from bench.tables import render_text
 
     result = load_result(path)
     csv = default_csv_path(path)
@@ -128,7 +129,7 @@ def epilogue(path: Path, args: argparse.Namespace) -> None:
     if lacking:
         print("left out (this kernel lacks them): "
               + "; ".join(f"{v} ({why})" for v, why in lacking.items()))
-        from bench.vm import in_guest
+        from bench.kernel.vm import in_guest
 
         if not in_guest():
             print(f"measure them on Debian's kernel in a VM, as a result of their own:\n"
@@ -150,7 +151,7 @@ def vm_command(args: argparse.Namespace, variants: list[str]) -> str:
 
 def _vm_time(args: argparse.Namespace, result: Any, lacking: dict[str, str]) -> str:
     """How long that takes: the last such VM run stored here, else the documented figure."""
-    from bench.store import scan
+    from bench.results.store import scan
 
     runs = []
     for root in dict.fromkeys((Path(args.results), DEFAULT_RESULTS)):

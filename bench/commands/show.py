@@ -28,9 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here so that other subcommands do not pay for numpy at start-up.
-    from bench.store import resolve_one
-    from bench.summary import environment_table, overhead_line, points_table, run_line
-    from bench.tables import render
+    from bench.present.summary import environment_table, overhead_line, points_table, run_line
+    from bench.present.tables import render
+    from bench.results.store import resolve_one
 
     stored = resolve_one(args.result)
     md = args.format == "markdown"

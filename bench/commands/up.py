@@ -13,7 +13,8 @@ import logging
 import signal
 import time
 
-from bench import layout as L
+from bench.cluster.testbed import Testbed
+from bench.cluster.topology import leftovers
 from bench.commands._common import (
     add_datapath_args,
     add_services_arg,
@@ -21,8 +22,7 @@ from bench.commands._common import (
     number_in,
 )
 from bench.datapaths import make_datapath
-from bench.testbed import Testbed
-from bench.topology import leftovers
+from bench.model import layout as L
 
 log = logging.getLogger("kpbench")
 
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  client pod      {L.client_pod_ip():<15} netns {c.client_pod_ns}")
         for s in objs.services[:5]:
             p = s.ports[0]
-            print(f"  try: ip netns exec {c.client_pod_ns} python3 -m bench.netclient "
+            print(f"  try: ip netns exec {c.client_pod_ns} python3 -m bench.cluster.netclient "
                   f"{p.protocol} {s.cluster_ip} {p.port}   # {s.key}")
         print("press Ctrl-C to tear down" if args.duration is None
               else f"tearing down in {args.duration:g} s", flush=True)

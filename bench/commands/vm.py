@@ -19,8 +19,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench import vm
 from bench.commands._common import number_in
+from bench.kernel import vm
+from bench.paths import RESULTS_DIR
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -66,9 +67,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def check(args: argparse.Namespace) -> int:
-    from bench import features
     from bench.errors import FeatureBroken
-    from bench.scenario import load_scenario
+    from bench.kernel import features
+    from bench.measure.scenario import load_scenario
 
     scenario = load_scenario(args.scenario)
     lacking = 0
@@ -100,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     if args.vm_action == "run" and not argv:
         raise vm.VmError("nothing to run: give kpbench arguments after --, e.g. "
                          "`kpbench vm run -- run scenarios/default.toml`")
-    results = vm.CHECKOUT / "results"
+    results = RESULTS_DIR
     results.mkdir(exist_ok=True)
     kernel = vm.find_kernel(args.kernel)
     runner = vm.VmRunner(kernel, cpus=args.cpus, memory=args.memory, timeout=args.timeout,

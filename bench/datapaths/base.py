@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.errors import ApplyError, ApplyTimeout, InputError
-from bench.model import ServicePortView
+from bench.model.objects import ServicePortView
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,9 @@ from typing import Any
 from pyroute2 import NetNS
 from pyroute2.netlink.exceptions import NetlinkError
 
-from bench.bcc_output import captured_stderr
 from bench.datapaths import ebpf_maps as M
 from bench.errors import ApplyError, FeatureMissing, InputError
+from bench.measure.bcc_output import captured_stderr
 
 log = logging.getLogger(__name__)
 

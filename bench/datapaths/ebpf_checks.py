@@ -2,7 +2,7 @@
 
 Each check loads the datapath's own programs (so the verifier of the running
 kernel judges the real code, helpers and all) and attaches them the way the
-datapath does, then removes everything. ``bench.features`` runs them inside
+datapath does, then removes everything. ``bench.kernel.features`` runs them inside
 a throwaway run namespace and ``kpbench doctor`` prints the result.
 """
 
@@ -14,7 +14,7 @@ import subprocess
 from collections.abc import Iterator
 from typing import Any
 
-from bench import cgroups
+from bench.cluster import cgroups
 from bench.datapaths import bpf_lb as B
 from bench.errors import KpbenchError
 

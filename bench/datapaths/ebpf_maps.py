@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 from bench.datapaths.base import NodeContext
 from bench.errors import InputError
-from bench.model import ServiceEndpoint, ServicePortView, sorted_endpoints
+from bench.model.objects import ServiceEndpoint, ServicePortView, sorted_endpoints
 
 # Flags of a frontend (lb4_service.flags); the same values as SVC_F_* in bpf/lb4.h.
 SVC_F_AFFINITY = 0x1

@@ -28,7 +28,7 @@ from typing import Any
 from bench.datapaths import bpf_lb as B
 from bench.datapaths import ebpf_maps as M
 from bench.datapaths.base import Datapath, NodeContext
-from bench.model import ServicePortView
+from bench.model.objects import ServicePortView
 
 log = logging.getLogger(__name__)
 

@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 
 from bench.datapaths.base import Datapath, NodeContext, run_in_netns
 from bench.errors import ApplyError, InputError
-from bench.model import ServiceEndpoint, ServicePortView, sorted_endpoints
+from bench.model.objects import ServiceEndpoint, ServicePortView, sorted_endpoints
 
 KUBE_SERVICES = "KUBE-SERVICES"
 KUBE_EXTERNAL_SERVICES = "KUBE-EXTERNAL-SERVICES"

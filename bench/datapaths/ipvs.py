@@ -64,7 +64,7 @@ from typing import Any
 
 from bench.datapaths.base import Datapath, NodeContext, run_in_netns
 from bench.errors import ApplyError, ApplyTimeout, InputError
-from bench.model import ServiceEndpoint, ServicePortView
+from bench.model.objects import ServiceEndpoint, ServicePortView
 
 DUMMY_DEVICE = "kube-ipvs0"
 DEFAULT_SCHEDULER = "rr"

@@ -29,7 +29,7 @@ Test_servicePortChainNameBase and Test_servicePortEndpointChainNameBase
 - Services come in input order; kube-proxy iterates a Go map, so its order
   of chains and elements varies from sync to sync (nftables ignores it).
 - No ``masqueradeAll``, topology hints, LoadBalancer ``ipMode: Proxy`` or
-  IPv6: :mod:`bench.model` does not carry them (defaults are rendered).
+  IPv6: :mod:`bench.model.objects` does not carry them (defaults are rendered).
 
 Idempotence, as upstream does it: every object is ``add``-ed (a no-op when
 it exists), then the chains, sets and maps whose content a full sync owns are
@@ -59,7 +59,7 @@ from dataclasses import dataclass
 
 from bench.datapaths.base import Datapath, NodeContext, run_in_netns
 from bench.datapaths.iptables import b32_prefix
-from bench.model import ServiceEndpoint, ServicePortView, sorted_endpoints
+from bench.model.objects import ServiceEndpoint, ServicePortView, sorted_endpoints
 
 TABLE = "kube-proxy"
 _T = f"ip {TABLE}"  # family + table, as every knftables command spells it

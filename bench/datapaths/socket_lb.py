@@ -7,7 +7,7 @@ sends to a frontend is pointed straight at a backend, so no packet is ever
 translated and no connection tracked. The maps and their sync are those of
 ``ebpf-tc`` (:mod:`bench.datapaths.ebpf_maps`); no tc or XDP program is
 attached, so only sockets of processes inside the cgroup are load-balanced
-(see :func:`bench.cgroups.member`): replayed frames, other pods and the
+(see :func:`bench.cluster.cgroups.member`): replayed frames, other pods and the
 external client are not, which is why the benchmark's packet workloads do
 not apply to this datapath.
 """
@@ -19,11 +19,11 @@ import os
 import weakref
 from pathlib import Path
 
-from bench import cgroups
+from bench.cluster import cgroups
+from bench.cluster.topology import CLIENT_POD_IF, PREFIX_RE
 from bench.datapaths import bpf_lb as B
 from bench.datapaths.ebpf_tc import EbpfTcDatapath
 from bench.errors import FeatureMissing
-from bench.topology import CLIENT_POD_IF, PREFIX_RE
 
 # (program, cgroup attach type): BPF_CGROUP_INET4_CONNECT, _UDP4_SENDMSG, _UDP4_RECVMSG.
 HOOKS = (("kpb_sock_connect4", 10), ("kpb_sock_sendmsg4", 14), ("kpb_sock_recvmsg4", 19))

@@ -49,12 +49,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import cgroups
+from bench.cluster import cgroups
+from bench.cluster.topology import PREFIX_RE
 from bench.datapaths.base import Datapath, NodeContext, run_in_netns
 from bench.datapaths.ebpf_maps import IdAllocator
 from bench.errors import ApplyError, ApplyTimeout
-from bench.model import ServicePortView
-from bench.topology import PREFIX_RE
+from bench.model.objects import ServicePortView
 
 CONTAINER_PORTAL = "KUBE-PORTALS-CONTAINER"
 HOST_PORTAL = "KUBE-PORTALS-HOST"

@@ -31,9 +31,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.cluster.topology import NODE_UNDERLAY_IF
 from bench.datapaths import bpf_lb as B
 from bench.datapaths.ebpf_tc import EbpfTcDatapath
-from bench.topology import NODE_UNDERLAY_IF
 
 
 class XdpDatapath(EbpfTcDatapath):

@@ -17,8 +17,8 @@ from functools import cache
 import pytest
 
 from bench.datapaths import VARIANTS, NodeContext, make_variant
-from bench.generate import GenSpec, generate
-from bench.model import ServicePortView, service_port_views
+from bench.model.generate import GenSpec, generate
+from bench.model.objects import ServicePortView, service_port_views
 
 CTX = NodeContext("node-0", ("192.168.0.2",), "10.0.0.0/8", service_cidrs=("172.30.0.0/16",))
 # iptables-nft renders the same text as legacy; xdp and socket-lb the maps of ebpf-tc.
@@ -34,7 +34,7 @@ def views(services: int) -> list[ServicePortView]:
 
 @pytest.fixture(autouse=True)
 def _no_gc():  # type: ignore[no-untyped-def]
-    # As the runners time a sync (bench.testbed.gc_paused).
+    # As the runners time a sync (bench.cluster.testbed.gc_paused).
     gc.disable()
     yield
     gc.enable()

@@ -7,7 +7,7 @@ VM tests of other datapaths.
 
 from __future__ import annotations
 
-from bench.model import Endpoint, EndpointPort, EndpointSlice, Service, ServicePort
+from bench.model.objects import Endpoint, EndpointPort, EndpointSlice, Service, ServicePort
 
 A, B, C, D = "10.1.1.1", "10.1.1.2", "10.2.1.1", "10.2.1.2"
 NODE_OF = {A: "node-0", B: "node-0", C: "node-1", D: "node-1"}

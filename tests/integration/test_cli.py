@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from bench.topology import run_namespaces
+from bench.cluster.topology import run_namespaces
 from tests.conftest import DATA
 
 KPBENCH = [sys.executable, "-m", "bench"]

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from bench import layout as L
+from bench.cluster.netclient import connect_many
+from bench.cluster.testbed import Testbed
+from bench.cluster.topology import NODE_UNDERLAY_IF, in_netns
 from bench.datapaths import bpf_lb as B
 from bench.datapaths import make_variant
-from bench.generate import GenSpec, generate
-from bench.netclient import connect_many
-from bench.testbed import Testbed
-from bench.topology import NODE_UNDERLAY_IF, in_netns
-from bench.traffic import Target
+from bench.measure.traffic import Target
+from bench.model import layout as L
+from bench.model.generate import GenSpec, generate
 from tests.conftest import held_bpf_programs, require_feature
 from tests.integration import semantics as S
 
@@ -196,7 +196,7 @@ def test_socket_lb_rewrites_the_connect_of_processes_in_the_cgroup_only() -> Non
         # Outside the cgroup nothing translates: there is no route to a ClusterIP.
         (a,) = connect_many(tb.cluster.client_pod_ns, proto, vip, port, timeout=1)
         assert not a.ok
-        from bench import cgroups
+        from bench.cluster import cgroups
 
         with cgroups.member(dp.client_cgroup()):  # type: ignore[attr-defined]
             attempts = connect_many(tb.cluster.client_pod_ns, proto, vip, port, count=20)
@@ -220,7 +220,7 @@ print(peer[0], peer[1], data.split()[0].decode())
 
 def test_socket_lb_replies_to_sendto_come_from_the_service() -> None:
     require_feature("socket-lb")
-    from bench import cgroups
+    from bench.cluster import cgroups
 
     services, slices = S.semantics_cluster()
     dp = make_variant("socket-lb")

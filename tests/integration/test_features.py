@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import features as F
 from bench.datapaths import bpf_lb as B
+from bench.kernel import features as F
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.privileged
@@ -118,9 +118,9 @@ def test_a_run_records_a_broken_program_as_our_failure_and_no_ipvs_as_missing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh: None) -> None:
     import tomllib
 
+    from bench.measure.runner import Runner
+    from bench.measure.scenario import parse_scenario
     from bench.results import load_result
-    from bench.runner import Runner
-    from bench.scenario import parse_scenario
 
     broken = _bpf_copy(tmp_path, "broken", "int kpb_lb_tc(struct __sk_buff *skb)\n{",
                        "int kpb_lb_tc(struct __sk_buff *skb)\n{ kpb_no_such_symbol = ;")

@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from bench import runner as runner_mod
-from bench import traffic as T
+from bench.cluster.topology import in_netns
+from bench.measure import runner as runner_mod
+from bench.measure import traffic as T
+from bench.measure.runner import Runner
+from bench.measure.scenario import parse_scenario
 from bench.results import load_result
-from bench.runner import Runner
-from bench.scenario import parse_scenario
-from bench.topology import in_netns
 from tests.conftest import require_feature
 
 pytestmark = pytest.mark.privileged

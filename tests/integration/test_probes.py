@@ -24,13 +24,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import cgroups
-from bench import traffic as T
+from bench.cluster import cgroups
+from bench.cluster.topology import Cluster, in_netns, run_netns
 from bench.errors import FeatureMissing
-from bench.generate import GenSpec, generate
-from bench.layout import PodSpec, plan_layout
-from bench.model import service_port_views
-from bench.probes import (
+from bench.measure import traffic as T
+from bench.measure.probes import (
     CpuProbe,
     DropsProbe,
     LatencyProbe,
@@ -41,7 +39,9 @@ from bench.probes import (
     release_compiled,
     transit_bucket_bounds,
 )
-from bench.topology import Cluster, in_netns, run_netns
+from bench.model.generate import GenSpec, generate
+from bench.model.layout import PodSpec, plan_layout
+from bench.model.objects import service_port_views
 from tests.conftest import held_bpf_programs, require_feature
 
 pytestmark = pytest.mark.privileged
@@ -425,7 +425,7 @@ def rx_packets(netns: str, ifname: str) -> int:
 def test_overhead_same_workload_with_and_without_probes(cluster: Cluster,
                                                         tmp_path: Path) -> None:
     """Top-speed throughput with and without each probe (rates, not CPU time: on a
-    shared machine bench.overhead is the figure to use). Asserts only that every
+    shared machine bench.measure.overhead is the figure to use). Asserts only that every
     configuration delivered the whole workload; rates go to stdout (-s) and, if
     KPB_PROBE_OVERHEAD_OUT names a file, to that JSON file.
     KPB_PROBE_OVERHEAD_REPS / _PACKETS scale the run (defaults 1 / 50,000)."""

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from bench import probes as P
+from bench.cluster.topology import RUN_DIR, run_namespaces
 from bench.errors import FeatureMissing
+from bench.measure import probes as P
+from bench.measure.runner import Runner
+from bench.measure.scenario import parse_scenario
 from bench.results import SCHEMA_VERSION, load_result
-from bench.runner import Runner
-from bench.scenario import parse_scenario
-from bench.topology import RUN_DIR, run_namespaces
 from tests.conftest import DATA, ROOT, host_state
 
 pytestmark = pytest.mark.privileged
@@ -54,7 +54,7 @@ def run_state() -> dict[str, object]:
     cgroups = sorted(str(p) for root in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified"))
                      if root.is_dir() for p in root.glob("kpb*"))
     pids = sorted(p.name for p in RUN_DIR.glob("kpb*.pid")) if RUN_DIR.is_dir() else []
-    procs = subprocess.run(["pgrep", "-f", "tcpreplay|bench.echo"], capture_output=True,
+    procs = subprocess.run(["pgrep", "-f", "tcpreplay|bench.cluster.echo"], capture_output=True,
                            text=True, check=False).stdout.split()
     return {"netns": sorted(run_namespaces()), "bpf": names, "cgroups": cgroups, "pids": pids,
             "procs": procs}

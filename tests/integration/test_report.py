@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from bench import cli, plots
+from bench import cli
+from bench.present import plots
 from bench.results import ResultDoc, load_result
 from tests.conftest import ROOT
 from tests.variants import slowed_down
@@ -55,7 +56,7 @@ def colour_pixels(img: np.ndarray, colour: str, tol: float = 0.08) -> int:
 
 
 def drawn_colours(result: ResultDoc) -> dict[str, str]:
-    """The colour bench.plots gives each variant that has a measured point."""
+    """The colour bench.present.plots gives each variant that has a measured point."""
     variants = sorted({p["variant"] or p["datapath"] for p in result["points"]})
     ok = {p["variant"] or p["datapath"] for p in result["points"] if p["status"] == "ok"}
     assert ok, "the baseline has no measured point"
@@ -95,7 +96,7 @@ def test_report_renders_with_its_figures(baseline: ResultDoc, tmp_path: Path) ->
     img = screenshot(html, png, tmp_path / "profile")
     assert img.shape[:2] == (WINDOW[1], WINDOW[0])
     assert img.std() > 0.05, "the screenshot is blank"
-    # The figures' curves use one colour per datapath variant (bench.plots); nothing else
+    # The figures' curves use one colour per datapath variant (bench.present.plots); nothing else
     # on the page does, so finding each drawn variant's colour means the figures are shown.
     for variant, colour in drawn_colours(baseline).items():
         assert colour_pixels(img, colour) > 300, f"no {colour} ({variant}): figures not shown"

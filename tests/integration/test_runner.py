@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from bench import runner as runner_mod
+from bench.cluster.topology import run_namespaces
 from bench.errors import ApplyError
+from bench.measure import runner as runner_mod
+from bench.measure.runner import Runner
+from bench.measure.scenario import parse_scenario
 from bench.results import load_result
-from bench.runner import Runner
-from bench.scenario import parse_scenario
-from bench.topology import run_namespaces
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.privileged

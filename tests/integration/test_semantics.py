@@ -17,11 +17,11 @@ from collections.abc import Iterator
 import pytest
 from scipy.stats import chisquare
 
-from bench import cgroups
-from bench import layout as L
+from bench.cluster import cgroups
+from bench.cluster.netclient import connect_many
+from bench.cluster.testbed import Testbed
 from bench.datapaths import VARIANTS, make_variant
-from bench.netclient import connect_many
-from bench.testbed import Testbed
+from bench.model import layout as L
 from tests.conftest import require_feature
 from tests.integration import semantics as S
 

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from bench import runner as runner_mod
+from bench.cluster.netclient import connect_many
+from bench.cluster.testbed import Testbed
+from bench.cluster.topology import new_prefix, remove_run
 from bench.datapaths import make_variant
 from bench.datapaths.base import run_in_netns
 from bench.errors import ApplyError
-from bench.netclient import connect_many
+from bench.measure import runner as runner_mod
+from bench.measure.scenario import parse_scenario
+from bench.measure.sync_runner import SyncRunner
 from bench.results import load_result
-from bench.scenario import parse_scenario
-from bench.sync_runner import SyncRunner
-from bench.testbed import Testbed
-from bench.topology import new_prefix, remove_run
 from tests.integration import semantics as S
 
 pytestmark = pytest.mark.privileged
@@ -248,9 +248,9 @@ def test_a_partial_sync_leaves_what_a_fresh_full_sync_of_the_new_state_leaves(
     node's rules must equal a fresh full sync of the new state in a clean namespace."""
     from dataclasses import replace
 
-    from bench.generate import GenSpec, generate
-    from bench.model import service_port_views
-    from bench.sync_runner import State, _make_change
+    from bench.measure.sync_runner import State, _make_change
+    from bench.model.generate import GenSpec, generate
+    from bench.model.objects import service_port_views
 
     services, slices = generate(GenSpec(services=21, endpoints=3, protocol="UDP"))
     spare = services[-1]

@@ -16,13 +16,13 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.utils import rdpcap
 
-from bench import layout as L
-from bench import traffic as T
+from bench.cluster.topology import Cluster, in_netns
 from bench.errors import KpbenchError
-from bench.generate import GenSpec, generate
-from bench.layout import plan_layout
-from bench.model import service_port_views
-from bench.topology import Cluster, in_netns
+from bench.measure import traffic as T
+from bench.model import layout as L
+from bench.model.generate import GenSpec, generate
+from bench.model.layout import plan_layout
+from bench.model.objects import service_port_views
 
 SRC_MAC, DST_MAC = "02:00:00:00:00:01", "02:00:00:00:00:02"
 VIP, PORT = "172.30.0.10", 80

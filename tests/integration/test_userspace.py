@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from bench import layout as L
-from bench import probes as P
-from bench import traffic as T
+from bench.cluster.netclient import connect_many
+from bench.cluster.testbed import Testbed
 from bench.datapaths import make_variant
-from bench.generate import GenSpec, generate
-from bench.netclient import connect_many
-from bench.testbed import Testbed
+from bench.measure import probes as P
+from bench.measure import traffic as T
+from bench.model import layout as L
+from bench.model.generate import GenSpec, generate
 from tests.conftest import require_feature
 from tests.integration import semantics as S
 

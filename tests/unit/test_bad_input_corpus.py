@@ -236,7 +236,7 @@ def test_every_bad_input_is_refused_in_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.privileged
 def test_a_refused_scenario_creates_no_namespace_and_no_pid_file(tmp_path: Path) -> None:
-    from bench.topology import RUN_DIR, run_namespaces, run_owner
+    from bench.cluster.topology import RUN_DIR, run_namespaces, run_owner
 
     before_ns = set(run_namespaces())
     before_pid = set(RUN_DIR.glob("*.pid")) if RUN_DIR.is_dir() else set()

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import compare
-from bench.baseline import merge_runs
+from bench.analysis import compare
 from bench.errors import InputError
 from bench.results import ResultDoc, load_result, runs_of
+from bench.results.baseline import merge_runs
 from tests.synthetic_results import (
     ENV,
     changes,

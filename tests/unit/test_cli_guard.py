@@ -11,8 +11,8 @@ import pytest
 from bench import cli
 from bench.commands import generate as generate_cmd
 from bench.errors import InputError
-from bench.generate import GenSpec, generate, to_k8s
-from bench.k8s_input import parse_objects
+from bench.model.generate import GenSpec, generate, to_k8s
+from bench.model.k8s_input import parse_objects
 
 
 def _crash(args: argparse.Namespace) -> int:

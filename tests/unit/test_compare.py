@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bench import compare
+from bench.analysis import compare
+from bench.analysis.metrics import METRICS, METRICS_BY_NAME
 from bench.commands import compare as compare_cmd
 from bench.errors import InputError
-from bench.metrics import METRICS, METRICS_BY_NAME
 from bench.results import (
     SCHEMA_VERSION,
     PointDoc,
@@ -209,7 +209,7 @@ def test_min_p_value_and_repetitions_needed() -> None:
 
 def sync_point(rng: np.random.Generator, workload: str, apply_s: float,
                reps: int = REPS) -> PointDoc:
-    """A point of a sync scenario (bench.sync_runner): per-repetition sync seconds."""
+    """A point of a sync scenario (bench.measure.sync_runner): per-repetition sync seconds."""
     return make_point(
         datapath="nftables", variant="nftables", services=1000, endpoints=10,
         workload=workload, rate_pps=None, position="last", position_index=999,
@@ -523,7 +523,7 @@ def test_baseline_with_an_artificial_slowdown_is_a_regression(
 
 
 def test_a_run_slowed_on_purpose_is_said(tmp_path: Path) -> None:
-    from bench.slowdown import rules_text
+    from bench.measure.slowdown import rules_text
 
     text = rules_text(600)
     assert text.count("-A PREROUTING") == 600 and len(set(text.splitlines())) == 603  # all distinct

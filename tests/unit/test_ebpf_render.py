@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from bench import layout as L
 from bench.datapaths import bpf_lb as B
 from bench.datapaths import ebpf_maps as M
 from bench.datapaths import userspace as U
 from bench.datapaths.base import NodeContext
 from bench.datapaths.ebpf_tc import EbpfTcDatapath
 from bench.errors import InputError
-from bench.generate import GenSpec, generate
-from bench.model import EndpointSlice, Service, service_port_views
+from bench.model import layout as L
+from bench.model.generate import GenSpec, generate
+from bench.model.objects import EndpointSlice, Service, service_port_views
 from tests.integration import semantics as S
 
 GOLDEN = Path(__file__).parents[1] / "data" / "golden" / "ebpf"
@@ -153,7 +153,7 @@ def test_userspace_rules_are_the_upstream_portals() -> None:
 def test_a_partial_render_equals_a_full_render_of_the_new_state(kind: str) -> None:
     """Ports of unchanged Services come from the render cache unchecked: the entries
     must still be exactly those a full render (which checks every port) gives."""
-    from bench.sync_runner import State, _make_change
+    from bench.measure.sync_runner import State, _make_change
 
     ctx = NodeContext("node-0", ("192.168.0.2",), "10.0.0.0/8")
     services, slices = generate(GenSpec(services=9, endpoints=3, protocol="UDP"))

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.export import summary_metrics
+from bench.present.export import summary_metrics
 from bench.results import iter_points, load_result, make_point
 from tests.synthetic_results import (
     ENV,

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bench import export, plots, stats
+from bench.analysis import stats
+from bench.present import export, plots
 from bench.results import ResultWriter, load_result, make_point, make_repetition
 from tests.conftest import ROOT
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from bench import features as F
 from bench.commands import doctor
+from bench.kernel import features as F
 from tests.conftest import FEATURE_SKIP, require_feature
 
 

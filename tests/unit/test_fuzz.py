@@ -15,12 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.errors import InputError
-from bench.export import rows as export_rows
-from bench.input_limits import parse_toml
-from bench.k8s_input import parse_objects
+from bench.measure.scenario import load_scenario, parse_scenario
+from bench.model.input_limits import parse_toml
+from bench.model.k8s_input import parse_objects
+from bench.present.export import rows as export_rows
+from bench.present.summary import environment_table, points_table
 from bench.results import KIND, SCHEMA_VERSION, load_result, summarise_point
-from bench.scenario import load_scenario, parse_scenario
-from bench.summary import environment_table, points_table
 
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-(2**40), 2**40),
                     st.floats(allow_nan=False), st.text(max_size=20),

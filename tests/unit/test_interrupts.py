@@ -112,7 +112,7 @@ def test_a_signal_after_the_last_point_says_the_result_is_complete(
     """SIGTERM while the run releases its probes (after the result was written whole):
     the process stops with 143, and says the result on disk is complete, not partial."""
     from bench import cli, results
-    from bench.runner import Runner
+    from bench.measure.runner import Runner
 
     def run_then_signal(self: Runner) -> Path:
         env = results.capture_environment()

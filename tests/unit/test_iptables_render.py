@@ -32,8 +32,8 @@ from bench.datapaths.iptables import (
     with_stale_chains_deleted,
 )
 from bench.errors import InputError
-from bench.k8s_input import load_objects
-from bench.model import (
+from bench.model.k8s_input import load_objects
+from bench.model.objects import (
     Endpoint,
     EndpointPort,
     EndpointSlice,

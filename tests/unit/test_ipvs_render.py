@@ -21,7 +21,7 @@ from bench.cli import main
 from bench.datapaths import NodeContext, make_datapath
 from bench.datapaths.ipvs import IpvsDatapath, IpvsPlan, parse_plan
 from bench.errors import InputError
-from bench.model import (
+from bench.model.objects import (
     Endpoint,
     EndpointPort,
     EndpointSlice,

@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from bench.errors import InputError
-from bench.generate import GenSpec, generate, to_k8s
-from bench.k8s_input import load_objects, parse_objects
-from bench.model import service_port_views
+from bench.model.generate import GenSpec, generate, to_k8s
+from bench.model.k8s_input import load_objects, parse_objects
+from bench.model.objects import service_port_views
 from tests.conftest import DATA
 
 BAD = sorted(p for p in (DATA / "bad").iterdir() if p.suffix in (".yaml", ".json"))

@@ -24,8 +24,8 @@ from bench.datapaths.nftables import (
     endpoint_chain_base,
     service_port_chain_base,
 )
-from bench.k8s_input import load_objects
-from bench.model import (
+from bench.model.k8s_input import load_objects
+from bench.model.objects import (
     Endpoint,
     EndpointPort,
     EndpointSlice,

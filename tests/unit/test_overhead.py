@@ -1,10 +1,11 @@
-"""The probe-overhead estimator (bench.overhead.estimate): quietest bursts, paired spread."""
+"""The probe-overhead estimator (bench.measure.overhead.estimate): quietest bursts, paired
+spread."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench.overhead import estimate
+from bench.measure.overhead import estimate
 
 
 def test_added_cost_is_the_quietest_burst_less_the_quietest_without_probes() -> None:

@@ -8,8 +8,8 @@ from dataclasses import replace
 
 import pytest
 
-from bench.runner import Progress
-from bench.scenario import load_scenario
+from bench.measure.runner import Progress
+from bench.measure.scenario import load_scenario
 from tests.conftest import ROOT
 
 

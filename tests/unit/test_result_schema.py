@@ -15,7 +15,7 @@ import jsonschema
 import pytest
 
 from bench import results
-from bench.baseline import merge_runs
+from bench.results.baseline import merge_runs
 from tests.conftest import ROOT
 from tests.unit.test_results import ENV, SCENARIO, point
 

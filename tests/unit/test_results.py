@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bench import results, stats
+from bench import results
+from bench.analysis import stats
 from bench.errors import InputError, KpbenchError
 from bench.results import (
     ResultWriter,
@@ -283,7 +284,7 @@ def _rep(latency_ns: int, sent: int = 1000, delivered: int = 1000,
 
 
 def test_the_breakdown_repetition_is_kept_apart_from_the_measured_ones() -> None:
-    from bench.metrics import METRICS_BY_NAME
+    from bench.analysis.metrics import METRICS_BY_NAME
 
     # The breakdown probes slow packets down and their repetition lost half of them.
     slow = _rep(50_000, delivered=500, cpu_ns=9000, drops={"NETFILTER_DROP": 500})
@@ -319,7 +320,7 @@ def test_delivered_rate_is_the_receivers_not_the_senders() -> None:
 
 
 def test_service_minus_control_pairs_each_repetition_with_its_control() -> None:
-    from bench.metrics import METRICS_BY_NAME
+    from bench.analysis.metrics import METRICS_BY_NAME
 
     # Drift: the second pair runs 5 us slower, both Service and control alike.
     p = make_point(datapath="nftables", variant="nftables", services=10, endpoints=1,
@@ -341,7 +342,7 @@ def test_service_minus_control_pairs_each_repetition_with_its_control() -> None:
 
 
 def test_a_settle_that_timed_out_is_not_a_settle_time() -> None:
-    from bench.metrics import METRICS_BY_NAME
+    from bench.analysis.metrics import METRICS_BY_NAME
 
     p = make_point(datapath="nftables", variant="nftables", services=10, endpoints=1,
                    workload="udp-new", rate_pps=1000, position="last", position_index=9,
@@ -377,9 +378,9 @@ def test_writer_refuses_drops_beyond_the_lost_packets(tmp_path: Path, delivered:
 def test_cpu_per_packet_is_softirq_plus_process_with_the_split_kept(tmp_path: Path) -> None:
     """A userspace proxy's own CPU counts in cpu_ns_per_packet, next to NET_RX time,
     in the summary, the CSV and `show` (a datapath without processes: process 0)."""
-    from bench import export
-    from bench.summary import overhead_line, points_table
-    from bench.tables import render
+    from bench.present import export
+    from bench.present.summary import overhead_line, points_table
+    from bench.present.tables import render
 
     reps = [make_repetition(sent=1000, delivered=1000, softirq_ns=1000 * 2_000,
                             process_ns=1000 * 18_000, cpu_ns_per_packet=20_000.0),

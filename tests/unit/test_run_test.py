@@ -1,4 +1,4 @@
-"""The run-level test (bench.run_test): floors, moderation and the correction, on
+"""The run-level test (bench.analysis.runlevel): floors, moderation and the correction, on
 numbers whose right answer is known."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from bench import run_test as rt
-from bench.metrics import METRICS_BY_NAME
+from bench.analysis import runlevel as rt
+from bench.analysis.metrics import METRICS_BY_NAME
 from tests.synthetic_results import point
 
 

@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bench import traffic as T
+from bench.cluster.testbed import SyncTiming
 from bench.errors import KpbenchError
-from bench.probes import LatencyReading
+from bench.measure import traffic as T
+from bench.measure.probes import LatencyReading
+from bench.measure.runner import ProbeSet, Runner, SeqSpace
+from bench.measure.scenario import parse_scenario
 from bench.results import summarise_point
-from bench.runner import ProbeSet, Runner, SeqSpace
-from bench.scenario import parse_scenario
-from bench.testbed import SyncTiming
 
 
 def scenario(**traffic: Any) -> Any:

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from bench import stats
-from bench.stats import MAX_RELATIVE_ERROR, Histogram, merge, percentiles, summary
+from bench.analysis import stats
+from bench.analysis.stats import MAX_RELATIVE_ERROR, Histogram, merge, percentiles, summary
 
 US = 1000  # ns
 

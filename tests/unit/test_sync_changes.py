@@ -10,9 +10,9 @@ import pytest
 
 from bench.datapaths import NodeContext, make_variant
 from bench.datapaths.iptables import SERVICE_CHAIN_PREFIXES
-from bench.generate import GenSpec, generate
-from bench.model import ServicePortView, service_port_views
-from bench.sync_runner import State, _make_change
+from bench.measure.sync_runner import State, _make_change
+from bench.model.generate import GenSpec, generate
+from bench.model.objects import ServicePortView, service_port_views
 
 CTX = NodeContext("node-0", ("192.168.0.2",), "10.0.0.0/8", service_cidrs=("172.30.0.0/16",))
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import vm
+from bench.kernel import vm
 
 # A stand-in for virtme-ng: "boots" when asked for TCG (prints the marker, runs the
 # guest line with sh), "fails" under KVM the way QEMU does here, or hangs.

@@ -9,6 +9,6 @@ whole test command.
 
 from __future__ import annotations
 
-from bench.vm import in_guest
+from bench.kernel.vm import in_guest
 
 collect_ignore_glob = [] if in_guest() else ["test_*.py"]

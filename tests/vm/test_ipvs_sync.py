@@ -12,10 +12,10 @@ import subprocess
 
 import pytest
 
+from bench.cluster.testbed import Testbed
 from bench.datapaths import _ipvs_netlink, make_variant
 from bench.errors import ApplyTimeout
-from bench.generate import GenSpec, generate
-from bench.testbed import Testbed
+from bench.model.generate import GenSpec, generate
 from tests.conftest import require_feature
 
 pytestmark = pytest.mark.privileged

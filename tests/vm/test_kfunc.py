@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from bench.cluster.testbed import Testbed
 from bench.datapaths.ipvs import IpvsDatapath
-from bench.kfunc_probes import KfuncProbe
-from bench.model import Endpoint, EndpointPort, EndpointSlice, Service, ServicePort
-from bench.probes import LatencyProbe
-from bench.testbed import Testbed
-from bench.traffic import Target
+from bench.measure.kfunc_probes import KfuncProbe
+from bench.measure.probes import LatencyProbe
+from bench.measure.traffic import Target
+from bench.model.objects import Endpoint, EndpointPort, EndpointSlice, Service, ServicePort
 from tests.conftest import require_feature
 
 pytestmark = pytest.mark.privileged

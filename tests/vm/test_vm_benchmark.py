@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.kernel.vm import ENV_ACCEL, ENV_KERNEL
+from bench.measure.runner import Runner
+from bench.measure.scenario import load_scenario
 from bench.results import load_result
-from bench.runner import Runner
-from bench.scenario import load_scenario
-from bench.vm import ENV_ACCEL, ENV_KERNEL
 from tests.conftest import require_feature
 
 pytestmark = pytest.mark.privileged

@@ -1,0 +1,275 @@
+"""The metrics a comparison looks at, and how each is read out of a result point.
+
+Each metric is one row of :data:`METRICS`: its name (what ``--fail-on`` and
+the tables call it), how to read one sample per repetition (what the
+significance test compares), how to read the figure reported for the point
+(pooled over the repetitions, as bench.results.summarise_point computes it:
+percentiles from the merged histograms, never averaged), which direction is
+better, and its unit. A new metric is one more row.
+
+Points are matched across results by :func:`point_key`: the coordinates
+that define what was measured, not the point's ``id`` string (which a writer
+may choose freely).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from bench.analysis import stats
+from bench.results import PointDoc
+
+Better = Literal["lower", "higher"]
+#: variant, workload, services, endpoints, rate_pps, position
+PointKey = tuple[str, str, int, int, int | None, str]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One comparable quantity of a point.
+
+    ``samples`` returns one value per repetition (an empty list when the
+    point did not measure it); ``pooled`` the point's reported figure, or
+    None. ``better`` says which way is an improvement.
+    """
+
+    name: str
+    samples: Callable[[PointDoc], list[float]]
+    pooled: Callable[[PointDoc], float | None]
+    better: Better
+    unit: str
+    description: str
+    # Relative resolution of one figure (a latency percentile is a histogram bucket, up
+    # to 1/sub_buckets wide): runs that agree to within it have not shown zero spread.
+    resolution: float = 0.0
+
+
+def point_key(point: PointDoc) -> PointKey:
+    """The identity of a point: what was measured, independent of its ``id`` string."""
+    position = point["position"]
+    if position == "index":
+        # An explicit index only identifies the point together with its value.
+        position = f"index={point.get('position_index')}"
+    return (point["variant"] or point["datapath"], point["workload"], int(point["services"]),
+            int(point["endpoints"]), point["rate_pps"], position)
+
+
+def key_label(key: PointKey) -> str:
+    """A short readable name of a point key, e.g. ``nftables udp-new s=1000 e=10 r=10000 last``."""
+    variant, workload, services, endpoints, rate, position = key
+    return (f"{variant} {workload} s={services} e={endpoints} "
+            f"r={'top' if rate is None else rate} {position}")
+
+
+# -- extractors ----------------------------------------------------------------------------
+
+def _doc(obj: Any) -> dict[str, Any]:
+    """A (possibly absent) part of a result document, read as a plain dict.
+
+    Extractors read documents written by any kpbench of this schema version,
+    where optional parts may be missing or null: reading them as dicts with
+    .get keeps every extractor one expression.
+    """
+    return obj if isinstance(obj, dict) else {}
+
+
+def _reps(point: PointDoc) -> list[dict[str, Any]]:
+    return [_doc(r) for r in point.get("repetitions") or []]
+
+
+def _finite(values: list[Any]) -> list[float]:
+    return [float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+
+
+def _rep_latency(q: str) -> Callable[[PointDoc], list[float]]:
+    def samples(point: PointDoc) -> list[float]:
+        out = []
+        for r in _reps(point):
+            h = r.get("latency_hist")
+            if h is None:
+                continue
+            hist = stats.Histogram.from_json(h)
+            if hist.count:
+                out.append(hist.percentiles([float(q[1:])])[q])
+        return _finite(out)
+    return samples
+
+
+def _summary_latency(q: str) -> Callable[[PointDoc], float | None]:
+    def pooled(point: PointDoc) -> float | None:
+        return _doc(_doc(point.get("summary")).get("latency_ns")).get(q)
+    return pooled
+
+
+def _summary(key: str) -> Callable[[PointDoc], float | None]:
+    def pooled(point: PointDoc) -> float | None:
+        return _doc(point.get("summary")).get(key)
+    return pooled
+
+
+def _rep_cpu(point: PointDoc) -> list[float]:
+    out = []
+    for r in _reps(point):
+        if r.get("softirq_ns") is not None and r["delivered"] > 0:
+            out.append((r["softirq_ns"] + (r.get("process_ns") or 0)) / r["delivered"])
+        elif r.get("cpu_ns_per_packet") is not None:
+            out.append(r["cpu_ns_per_packet"])
+    return _finite(out)
+
+
+def _rep_delivered_pps(point: PointDoc) -> list[float]:
+    # Measured at the receiver: n arrivals over the span from the first to the last.
+    return _finite([(r["delivered"] - 1) / r["arrival_seconds"] for r in _reps(point)
+                    if (r.get("arrival_seconds") or 0) > 0 and r["delivered"] > 1])
+
+
+def _rep_percentile(rep: dict[str, Any], q: str) -> float | None:
+    h = rep.get("latency_hist")
+    if h is None:
+        return None
+    hist = stats.Histogram.from_json(h)
+    return hist.percentiles([float(q[1:])])[q] if hist.count else None
+
+
+def _rep_cpu_of(rep: dict[str, Any]) -> float | None:
+    if rep.get("softirq_ns") is not None and rep["delivered"] > 0:
+        return float(rep["softirq_ns"]) / rep["delivered"]
+    return rep.get("cpu_ns_per_packet")
+
+
+def _paired(value: Callable[[dict[str, Any]], float | None]) -> Callable[[PointDoc], list[float]]:
+    """Per pair (repetition i, the control right after it): Service minus control."""
+    def samples(point: PointDoc) -> list[float]:
+        out = []
+        for r, c in zip(_reps(point), [_doc(c) for c in point.get("control") or []],
+                        strict=False):
+            a, b = value(r), value(c)
+            if a is not None and b is not None:
+                out.append(a - b)
+        return _finite(out)
+    return samples
+
+
+def _rep_loss(point: PointDoc) -> list[float]:
+    return _finite([1 - r["delivered"] / r["sent"] for r in _reps(point) if r["sent"] > 0])
+
+
+def _setup(key: str) -> Callable[[PointDoc], float | None]:
+    def pooled(point: PointDoc) -> float | None:
+        return _doc(point.get("setup")).get(key)
+    return pooled
+
+
+def _is_sync(point: PointDoc) -> bool:
+    # Sync scenarios (bench.measure.sync_runner) name their workloads "sync-full", "sync-<change>".
+    return point["workload"].startswith("sync-")
+
+
+def _rep_sync(key: str, workload: Callable[[str], bool]) -> Callable[[PointDoc], list[float]]:
+    """Per-repetition ``sync[key]`` seconds of the sync points whose workload matches."""
+    def samples(point: PointDoc) -> list[float]:
+        if not _is_sync(point) or not workload(point["workload"]):
+            return []
+        return _finite([_doc(r.get("sync")).get(key) for r in _reps(point)])
+    return samples
+
+
+def _summary_sync(key: str) -> Callable[[PointDoc], float | None]:
+    def pooled(point: PointDoc) -> float | None:
+        if not _is_sync(point):
+            return None
+        return _doc(_doc(point.get("summary")).get("sync")).get(key)
+    return pooled
+
+
+def _full_sync_samples(point: PointDoc) -> list[float]:
+    """Full-sync apply seconds (node 0): each repetition of a sync-full point, else the
+    packet point's first sync.
+
+    A packet scenario syncs once per scale (one sample, too few for a test); a
+    sync-<change> point's setup holds that same first sync, so it is not counted again.
+    """
+    if point["workload"] == "sync-full":
+        return _rep_sync("apply", _any)(point)
+    if _is_sync(point):
+        return []
+    return _finite([_doc(point.get("setup")).get("sync_seconds")])
+
+
+def _full_sync_pooled(point: PointDoc) -> float | None:
+    if point["workload"] == "sync-full":
+        return _summary_sync("apply")(point)
+    return None if _is_sync(point) else _setup("sync_seconds")(point)
+
+
+def _packet_setup(key: str) -> Callable[[PointDoc], list[float]]:
+    def samples(point: PointDoc) -> list[float]:
+        return [] if _is_sync(point) else _finite([_doc(point.get("setup")).get(key)])
+    return samples
+
+
+def _settled(point: PointDoc) -> bool:
+    # A settle that timed out is how long it waited, not a settle time.
+    return _doc(point.get("setup")).get("settle_converged") is not False
+
+
+def _settle_samples(point: PointDoc) -> list[float]:
+    return _packet_setup("settle_seconds")(point) if _settled(point) else []
+
+
+def _settle_pooled(point: PointDoc) -> float | None:
+    return _setup("settle_seconds")(point) if _settled(point) else None
+
+
+def _any(workload: str) -> bool:
+    return True
+
+
+def _change(workload: str) -> bool:
+    return workload != "sync-full"
+
+
+_BUCKET = 1 / stats.DEFAULT_SUB_BUCKETS
+
+METRICS: tuple[Metric, ...] = (
+    Metric("p50_latency", _rep_latency("p50"), _summary_latency("p50"), "lower", "ns",
+           "median one-way latency (merged histograms)", _BUCKET),
+    Metric("p99_latency", _rep_latency("p99"), _summary_latency("p99"), "lower", "ns",
+           "99th percentile one-way latency", _BUCKET),
+    Metric("p99.9_latency", _rep_latency("p99.9"), _summary_latency("p99.9"), "lower", "ns",
+           "99.9th percentile one-way latency", _BUCKET),
+    Metric("cpu_ns_per_packet", _rep_cpu, _summary("cpu_ns_per_packet"), "lower", "ns/packet",
+           "CPU time per delivered packet: NET_RX softirq + the datapath's processes"),
+    Metric("delivered_pps", _rep_delivered_pps, _summary("delivered_pps"), "higher",
+           "packets/s", "packets delivered to the backends per second, measured at the "
+           "receiver (first to last arrival)"),
+    Metric("loss", _rep_loss, _summary("loss"), "lower", "fraction",
+           "fraction of sent packets not delivered"),
+    Metric("sync_full", _full_sync_samples, _full_sync_pooled, "lower", "s",
+           "node 0's apply time of a full rule sync (tool + kernel; kpbench's render apart)"),
+    Metric("sync_change", _rep_sync("apply", _change), _summary_sync("apply"), "lower", "s",
+           "node 0's apply time of a partial sync of one change (sync-<change> points)"),
+    Metric("sync_kernel", _rep_sync("kernel", _any), _summary_sync("kernel"), "lower", "s",
+           "kernel time in the applying tool's syscalls during a sync"),
+    Metric("sync_effect", _rep_sync("effect", _any), _summary_sync("effect"), "lower", "s",
+           "time from a change to its first effect on traffic"),
+    # Settling is timed in rounds of the runner's probe traffic, two at the least: one
+    # round more or less is half the shortest figure.
+    Metric("settle", _settle_samples, _settle_pooled, "lower", "s",
+           "time until new-flow latency stopped drifting after the sync", 0.5),
+    # The paired control (the same traffic to the backend pods' own addresses, right after
+    # each repetition): what the Service adds, with the machine's drift cancelled.
+    Metric("service_minus_control_p50_ns", _paired(lambda r: _rep_percentile(r, "p50")),
+           _summary("service_minus_control_p50_ns"), "lower", "ns",
+           "median latency the Service adds over its paired control"),
+    Metric("service_minus_control_p99_ns", _paired(lambda r: _rep_percentile(r, "p99")),
+           _summary("service_minus_control_p99_ns"), "lower", "ns",
+           "99th percentile latency the Service adds over its paired control"),
+    Metric("service_minus_control_cpu_ns_per_packet", _paired(_rep_cpu_of),
+           _summary("service_minus_control_cpu_ns_per_packet"), "lower", "ns/packet",
+           "CPU per packet the Service adds over its paired control"),
+)
+
+METRICS_BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}

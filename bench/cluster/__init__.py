@@ -1,0 +1,1 @@
+"""The namespace cluster: topology, pod processes, and a datapath programmed on it."""

@@ -1,0 +1,1 @@
+"""Measuring: scenario -> runners -> traffic and BPF probes."""

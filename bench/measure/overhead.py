@@ -1,0 +1,137 @@
+"""What the probes cost per packet, measured without them: the sender's CPU time.
+
+A burst replayed at top speed runs the whole packet path in the sender's
+context: tcpreplay's send, the client's egress, and the NET_RX softirq that
+carries the packet through the node and the datapath to the backend pod
+(veth hands each packet to the softirq of the CPU that sent it, which runs
+it as the send returns; without ``CONFIG_IRQ_TIME_ACCOUNTING`` the scheduler
+charges that softirq time to the task it interrupted). So the CPU time of a
+cgroup holding the sender, per delivered packet, is the whole path's cost,
+and the same burst with a set of probes attached costs exactly the probes'
+per-packet work more. CPU time, unlike a packet rate, does not fall when
+other processes share the CPU, which is what makes this usable on a loaded
+machine.
+
+Rounds interleave the sets (each round: no probes, then every set, the order
+reversed every other round). What other processes do only adds CPU time to a
+burst (their softirqs run in the sender's context and are charged to it), so
+each set's figure is its quietest burst less the quietest burst without
+probes; the median and range of the per-round paired differences are kept as
+the spread (:func:`estimate`). The latency probe runs
+with ``drop=False`` here so the backend's stack does the same work in every
+configuration. What this counts is every nanosecond the probes add on the
+packet path, including the client-egress program, which runs before the
+NET_RX softirq the CPU probe reports: an upper bound on what the probes add
+to the reported CPU per packet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.cluster import cgroups
+from bench.cluster.topology import Cluster, in_netns
+from bench.errors import FeatureMissing
+from bench.measure import probes as P
+from bench.measure.traffic import Target
+
+DRAIN_SECONDS = 0.05
+WORKLOAD = "udp-established"  # 16 flows: no conntrack entry per packet, none left behind
+
+
+def pods_rx_packets(cluster: Cluster) -> int:
+    """Packets received on every backend pod's ``eth0`` (its own counters, no probe)."""
+    total = 0
+    for pod in cluster.layout.pods:
+        with in_netns(cluster.pod_ns(pod)) as ns:
+            (link,) = ns.get_links(ifname="eth0")
+            total += link.get_attr("IFLA_STATS64")["rx_packets"]
+    return total
+
+
+def sender_ns_per_packet(cluster: Cluster, target: Target, pcap: Path,
+                         group: Path) -> tuple[float, float]:
+    """(CPU ns of the sender's cgroup, wall ns) per delivered packet of one top-speed burst."""
+    before_rx = pods_rx_packets(cluster)
+    before = cgroups.cpu_usage_ns(group)
+    with cgroups.member(group):  # tcpreplay starts inside it
+        stats = target.replay(pcap, None, timeout=120)
+    used = cgroups.cpu_usage_ns(group) - before
+    time.sleep(DRAIN_SECONDS)
+    delivered = pods_rx_packets(cluster) - before_rx
+    if delivered <= 0 or stats.seconds <= 0:
+        raise RuntimeError(f"overhead burst: {delivered} of {stats.sent} packets delivered")
+    return used / delivered, stats.seconds * 1e9 / delivered
+
+
+def measure(cluster: Cluster, target: Target, workdir: Path,
+            configs: Mapping[str, Callable[[], Sequence[P.Probe]]],
+            rounds: int = 5, packets: int = 50_000, seq_start: int = 0,
+            say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Per probe set: the CPU ns it adds per packet (median of paired differences with
+    a burst without probes, and their range) and as a fraction of the path's own cost.
+
+    ``configs`` maps a set's name to a factory of unattached probes. Keys of the
+    result: ``none_ns_per_packet`` (the path's CPU per packet without probes,
+    sender included), ``<set>_ns_per_packet`` (added, median),
+    ``<set>_ns_per_packet_range`` ([min, max]), ``<set>_pct_of_path``, ``rounds``,
+    ``packets``, ``workload``, and ``missing`` ({probe: reason} of probes that
+    could not attach, measured without them).
+    """
+    pcap = target.build_pcap(WORKLOAD, packets, workdir / "overhead.pcap", seq_start=seq_start)
+    group = cgroups.create(f"{cluster.prefix}-sender")
+    samples: dict[str, list[float]] = {"none": [], **{name: [] for name in configs}}
+    missing: dict[str, str] = {}
+    try:
+        # One unmeasured burst: neighbours resolved, flows established, caches warm.
+        sender_ns_per_packet(cluster, target, pcap, group)
+        for r in range(rounds):
+            say(f"probe overhead: round {r + 1}/{rounds}")
+            order = ["none", *configs]
+            if r % 2:
+                order.reverse()  # drift within a round hits every set alike
+            for name in order:
+                with contextlib.ExitStack() as stack:
+                    for probe in configs[name]() if name != "none" else ():
+                        if isinstance(probe, P.LatencyProbe):
+                            probe.drop = False  # the backend's stack runs in every set
+                        try:
+                            stack.enter_context(probe)
+                        except FeatureMissing as e:  # as in the measured repetitions
+                            missing[probe.name] = str(e)
+                            continue
+                        probe.start()
+                    samples[name].append(sender_ns_per_packet(cluster, target, pcap, group)[0])
+    finally:
+        cgroups.remove(group)
+    out: dict[str, Any] = {"workload": WORKLOAD, "packets": packets, "rounds": rounds,
+                           "missing": missing, **estimate(samples)}
+    return out
+
+
+def estimate(samples: Mapping[str, Sequence[float]]) -> dict[str, Any]:
+    """The added ns per packet of every probe set from the sender's CPU per packet of
+    each round (``samples["none"]``: without probes; rounds paired by index).
+
+    Work of other processes (their softirqs, run in the sender's context, are
+    charged to it) only ever adds to a burst, so a set's cost is its quietest
+    burst: ``<set>_ns_per_packet`` = min(set) - min(none). The median of the
+    paired differences and their range are kept beside it as the spread.
+    """
+    base = min(samples["none"])
+    out: dict[str, Any] = {"none_ns_per_packet": base,
+                           "samples": {k: [round(x, 1) for x in v] for k, v in samples.items()}}
+    for name, values in samples.items():
+        if name == "none":
+            continue
+        added = [s - n for s, n in zip(values, samples["none"], strict=True)]
+        out[f"{name}_ns_per_packet"] = min(values) - base
+        out[f"{name}_ns_per_packet_paired_median"] = statistics.median(added)
+        out[f"{name}_ns_per_packet_range"] = [min(added), max(added)]
+        out[f"{name}_pct_of_path"] = 100 * (min(values) - base) / base
+    return out

@@ -1,0 +1,296 @@
+"""Scenario files: what a benchmark run measures, in TOML.
+
+A scenario names the datapath variants, the scale sweep (services x
+endpoints), the workloads, the offered rate, repetitions and warm-up, and
+where the measured service sits among the others (kube-proxy's rule order
+decides how far iptables walks). Unknown keys, wrong types and impossible
+values are refused with the file, the key and the fix.
+
+Example (see scenarios/default.toml)::
+
+    name = "default"
+    [sweep]
+    datapaths = ["iptables-legacy", "iptables-nft", "nftables"]
+    services = [1, 100, 1000, 5000]
+    endpoints = 10
+    position = "last"
+    [sweep.max_services]
+    iptables-nft = 1000
+    [traffic]
+    workloads = ["udp-new", "udp-established"]
+    rate_pps = 20000
+    packets = 10000
+    repetitions = 3
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from bench.datapaths import VARIANTS
+from bench.errors import InputError
+from bench.model.generate import capacity
+from bench.model.input_limits import MAX_SCENARIO_BYTES, brief, parse_toml, read_input
+
+# "nodeport-<w>": <w> from the external client to the measured service's NodePort on
+# node 0 (see bench.measure.runner), instead of from the client pod to its ClusterIP.
+WORKLOADS = ("udp-new", "tcp-syn", "udp-established", "nodeport-udp-new", "nodeport-tcp-syn",
+             "nodeport-udp-established")
+KINDS = ("packets", "sync")
+# One change at scale, each applied as a partial sync (see bench/measure/sync_runner.py).
+CHANGES = ("add-service", "remove-service", "add-endpoint", "remove-endpoint",
+           "endpoint-not-ready")
+POSITIONS = ("first", "middle", "last")
+PROBES = ("latency", "cpu", "drops", "transit")
+# tcpreplay reaches about 180k packets/s per core here (docs/machines.md); far beyond that
+# the offered rate would be a fiction.
+MAX_RATE_PPS = 1_000_000
+MAX_PACKETS = 2_000_000
+MAX_REPETITIONS = 100
+
+_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "": {"name": str, "description": str, "kind": str, "sweep": dict, "traffic": dict,
+         "measure": dict, "sync": dict},
+    "sweep": {"datapaths": list, "services": list, "endpoints": int, "nodes": int,
+              "position": (str, int), "max_services": dict},
+    "traffic": {"workloads": list, "rate_pps": int, "packets": int, "repetitions": int,
+                "warmup_packets": int, "control_packets": int},
+    "sync": {"changes": list, "repetitions": int, "effect_rate_pps": int},
+    "measure": {"probes": list, "overhead": bool, "settle_timeout": (int, float),
+                "point_time_limit": (int, float), "settle_tolerance": (int, float)},
+}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    path: str
+    text: str
+    datapaths: tuple[str, ...]
+    services: tuple[int, ...]
+    endpoints: int = 10
+    nodes: int = 2
+    position: str | int = "last"
+    max_services: dict[str, int] = field(default_factory=dict)
+    workloads: tuple[str, ...] = ("udp-new",)
+    rate_pps: int = 20000
+    packets: int = 10000
+    repetitions: int = 3
+    warmup_packets: int = 1000
+    # Packets of each paired control repetition (the same traffic to the backend pods'
+    # own addresses, after each measured repetition); None: half of ``packets``; 0: none.
+    control_packets: int | None = None
+    probes: tuple[str, ...] = PROBES
+    overhead: bool = True
+    settle_timeout: float = 60.0
+    settle_tolerance: float = 0.15
+    point_time_limit: float = 900.0
+    description: str = ""
+    kind: str = "packets"
+    changes: tuple[str, ...] = CHANGES
+    sync_repetitions: int = 3
+    effect_rate_pps: int = 2000
+    # Set by select_datapaths (kpbench run --datapaths): the run measures only these
+    # of the file's datapaths, and its result says so.
+    selected: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.control_packets is None:
+            object.__setattr__(self, "control_packets", max(self.packets // 2, 1))
+
+    def scales(self, datapath: str) -> list[int]:
+        """The service counts this datapath is measured at (its cap applied)."""
+        cap = self.max_services.get(datapath)
+        return [n for n in self.services if cap is None or n <= cap]
+
+    def position_index(self, services: int) -> int:
+        """Index of the measured service among ``services`` (0-based)."""
+        if isinstance(self.position, int):
+            return min(self.position, services - 1)
+        return {"first": 0, "middle": services // 2, "last": services - 1}[self.position]
+
+    def document(self) -> dict[str, Any]:
+        """The result's ``scenario``: name, path, the file as given, and a --datapaths choice."""
+        doc: dict[str, Any] = {"name": self.name, "path": self.path, "text": self.text}
+        if self.selected is not None:
+            doc["selected_datapaths"] = list(self.selected)
+        return doc
+
+    @property
+    def measured(self) -> tuple[str, ...]:
+        """What each (datapath, scale) measures: traffic workloads, or sync kinds."""
+        if self.kind == "sync":
+            return ("sync-full", *(f"sync-{c}" for c in self.changes))
+        return self.workloads
+
+    @property
+    def points(self) -> list[tuple[str, int, str]]:
+        """(datapath, services, workload) in run order."""
+        return [(dp, n, w) for dp in self.datapaths for n in self.scales(dp)
+                for w in self.measured]
+
+
+def select_datapaths(scenario: Scenario, names: Sequence[str]) -> Scenario:
+    """``scenario`` measuring only the datapaths ``names`` (kpbench run --datapaths).
+
+    Each name must be one of the scenario's datapaths: a subset of one scenario
+    keeps its scales and workloads, so its points pair with a full run's.
+    """
+    wanted = list(dict.fromkeys(n.strip() for n in names if n.strip()))
+    if not wanted:
+        raise InputError("name at least one datapath, e.g. --datapaths ipvs",
+                         source="--datapaths")
+    unknown = [n for n in wanted if n not in scenario.datapaths]
+    if unknown:
+        raise InputError(f"{', '.join(unknown)}: not in scenario {scenario.name!r}; choose "
+                         f"from {', '.join(scenario.datapaths)}", source="--datapaths")
+    kept = tuple(d for d in scenario.datapaths if d in wanted)
+    return replace(scenario, datapaths=kept, selected=kept)
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario file."""
+    path = Path(path)
+    src = str(path)
+    text = read_input(path, MAX_SCENARIO_BYTES)
+    doc = parse_toml(text, src)
+    return parse_scenario(doc, src, text, default_name=path.stem)
+
+
+def _check_keys(table: dict[str, Any], section: str, src: str) -> None:
+    schema = _SCHEMA[section]
+    for key, value in table.items():
+        where = f"{section}.{key}" if section else key
+        if key not in schema:
+            raise InputError(f"unknown key; known keys here: {', '.join(sorted(schema))}",
+                             source=src, field=where)
+        want = schema[key]
+        types = want if isinstance(want, tuple) else (want,)
+        if isinstance(value, bool) and bool not in types:
+            types = ()
+        if not isinstance(value, types):
+            names = " or ".join(t.__name__ for t in (want if isinstance(want, tuple) else (want,)))
+            raise InputError(f"expected {names}, got {type(value).__name__} {brief(value)}",
+                             source=src, field=where)
+
+
+def _choices(values: list[Any], allowed: tuple[str, ...], src: str, where: str) -> tuple[str, ...]:
+    if not values:
+        raise InputError("must not be empty", source=src, field=where)
+    for v in values:
+        if not isinstance(v, str) or v not in allowed:
+            raise InputError(f"unknown value {brief(v)}; choose from {', '.join(allowed)}",
+                             source=src, field=where)
+    if len(set(values)) != len(values):
+        twice = sorted({v for v in values if values.count(v) > 1})
+        raise InputError(f"{', '.join(twice)} named more than once; name each once",
+                         source=src, field=where)
+    return tuple(values)
+
+
+def _positive(value: int | float, src: str, where: str, hi: float | None = None,
+              zero_ok: bool = False) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"{value} is not a finite number; give a number", source=src,
+                         field=where)
+    if value < 0 or (value == 0 and not zero_ok) or (hi is not None and value > hi):
+        rng = f"{0 if zero_ok else 1}-{hi:g}" if hi is not None else "a positive number"
+        raise InputError(f"{value} is out of range ({rng})", source=src, field=where)
+
+
+def parse_scenario(doc: dict[str, Any], src: str = "<scenario>", text: str = "",
+                   default_name: str = "scenario") -> Scenario:
+    """Validate a parsed TOML document into a Scenario."""
+    _check_keys(doc, "", src)
+    for section in ("sweep", "traffic", "measure", "sync"):
+        _check_keys(doc.get(section, {}), section, src)
+    if "sweep" not in doc:
+        raise InputError("missing [sweep] table (datapaths and services)", source=src,
+                         field="sweep")
+    sweep, traffic, measure = doc["sweep"], doc.get("traffic", {}), doc.get("measure", {})
+    kw: dict[str, Any] = {}
+    for key in ("datapaths", "services"):
+        if key not in sweep:
+            raise InputError("missing required key", source=src, field=f"sweep.{key}")
+    kw["datapaths"] = _choices(sweep["datapaths"], tuple(VARIANTS), src, "sweep.datapaths")
+    services = sweep["services"]
+    if not services or not all(isinstance(n, int) and not isinstance(n, bool)
+                               for n in services):
+        raise InputError("must be a non-empty list of integers", source=src,
+                         field="sweep.services")
+    nodes = sweep.get("nodes", 2)
+    _positive(nodes, src, "sweep.nodes", hi=16)
+    endpoints = sweep.get("endpoints", 10)
+    _positive(endpoints, src, "sweep.endpoints", hi=1000)
+    max_svc, max_eps = capacity(nodes)
+    for n in services:
+        _positive(n, src, "sweep.services")
+        if n > max_svc:
+            raise InputError(f"{n} services do not fit the service CIDR (at most {max_svc}); "
+                             "lower the count", source=src, field="sweep.services")
+        if n * endpoints > max_eps:
+            raise InputError(f"{n} services x {endpoints} endpoints exceed the pod CIDRs of "
+                             f"{nodes} nodes ({max_eps}); use fewer endpoints or more nodes",
+                             source=src, field="sweep.endpoints")
+    kw["services"] = tuple(sorted(set(services)))
+    kw["endpoints"], kw["nodes"] = endpoints, nodes
+    position = sweep.get("position", "last")
+    if isinstance(position, str) and position not in POSITIONS:
+        raise InputError(f"unknown position {brief(position)}; use {', '.join(POSITIONS)} or an "
+                         "index", source=src, field="sweep.position")
+    if isinstance(position, int):
+        _positive(position, src, "sweep.position", zero_ok=True)
+    kw["position"] = position
+    caps = sweep.get("max_services", {})
+    for dp, cap in caps.items():
+        where = f"sweep.max_services.{dp}"
+        if dp not in VARIANTS:
+            raise InputError(f"unknown datapath; choose from {', '.join(VARIANTS)}", source=src,
+                             field=where)
+        if not isinstance(cap, int) or isinstance(cap, bool):
+            raise InputError(f"expected int, got {brief(cap)}", source=src, field=where)
+        _positive(cap, src, where)
+    kw["max_services"] = dict(caps)
+
+    if "workloads" in traffic:
+        kw["workloads"] = _choices(traffic["workloads"], WORKLOADS, src, "traffic.workloads")
+    for key, hi, zero_ok in (("rate_pps", MAX_RATE_PPS, False), ("packets", MAX_PACKETS, False),
+                             ("repetitions", MAX_REPETITIONS, False),
+                             ("warmup_packets", MAX_PACKETS, True),
+                             ("control_packets", MAX_PACKETS, True)):
+        if key in traffic:
+            _positive(traffic[key], src, f"traffic.{key}", hi=hi, zero_ok=zero_ok)
+            kw[key] = traffic[key]
+    if "probes" in measure:
+        kw["probes"] = _choices(measure["probes"], PROBES, src, "measure.probes")
+    for key in ("settle_timeout", "point_time_limit", "settle_tolerance"):
+        if key in measure:
+            _positive(measure[key], src, f"measure.{key}", zero_ok=key == "settle_timeout")
+            kw[key] = float(measure[key])
+    if "overhead" in measure:
+        kw["overhead"] = measure["overhead"]
+    kind = doc.get("kind", "packets")
+    if kind not in KINDS:
+        raise InputError(f"unknown kind {brief(kind)}; choose from {', '.join(KINDS)}", source=src,
+                         field="kind")
+    kw["kind"] = kind
+    sync = doc.get("sync", {})
+    if sync and kind != "sync":
+        raise InputError("a [sync] table needs kind = \"sync\"", source=src, field="sync")
+    if "changes" in sync:
+        kw["changes"] = _choices(sync["changes"], CHANGES, src, "sync.changes")
+    if "repetitions" in sync:
+        _positive(sync["repetitions"], src, "sync.repetitions", hi=MAX_REPETITIONS)
+        kw["sync_repetitions"] = sync["repetitions"]
+    if "effect_rate_pps" in sync:
+        _positive(sync["effect_rate_pps"], src, "sync.effect_rate_pps", hi=MAX_RATE_PPS)
+        kw["effect_rate_pps"] = sync["effect_rate_pps"]
+    name = doc.get("name", default_name)
+    if not name or not all(c.isalnum() or c in "-_." for c in name):
+        raise InputError("use letters, digits, '-', '_' and '.' only", source=src, field="name")
+    return Scenario(name=name, path=src, text=text, description=doc.get("description", ""),
+                    **kw)

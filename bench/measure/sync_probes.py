@@ -1,0 +1,136 @@
+"""Probes for rule-sync measurements: kernel time of the applying tool, and
+when traffic really reached each backend (time to effect).
+
+Both load through the one probe loader of :mod:`bench.measure.probes`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from bench.measure.probes import TC_INGRESS, TC_PRIO, Probe, TcHook, _compile
+
+UNISTD = Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h")
+# Where the commit of each tool happens: netlink messages (nft, iptables-nft) or
+# the legacy iptables socket options (IPT_SO_SET_REPLACE / IPT_SO_GET_ENTRIES).
+NETLINK_CALLS = ("sendmsg", "recvmsg", "sendto", "recvfrom")
+SOCKOPT_CALLS = ("setsockopt", "getsockopt")
+
+
+@cache
+def syscall_names() -> dict[int, str]:
+    """Syscall number -> name, from the userspace ABI header (not a hard-coded table)."""
+    try:
+        text = UNISTD.read_text()
+    except OSError:
+        return {}
+    return {int(n): name for name, n in re.findall(r"#define __NR_(\w+)\s+(\d+)", text)}
+
+
+@dataclass(frozen=True)
+class SyscallReading:
+    by_call: dict[str, tuple[int, int]]  # name -> (ns, calls)
+
+    def seconds(self, names: Iterable[str] | None = None) -> float:
+        """Seconds spent in the named syscalls (all of them with None)."""
+        wanted = None if names is None else set(names)
+        return sum(ns for name, (ns, _) in self.by_call.items()
+                   if wanted is None or name in wanted) / 1e9
+
+
+class SyscallProbe(Probe):
+    """Kernel time inside the system calls of watched processes (probes/syscalls.c)."""
+
+    name = "syscalls"
+
+    def attach(self) -> None:
+        if self.attached:
+            return
+        self._bpf = _compile(self.name)
+
+    def watch(self, pid: int) -> None:
+        """Count the system calls of thread ``pid`` (a tool's pid) from now on."""
+        self._require()
+        # An entry stamp left from an earlier watch (the unwatch call's own entry, say)
+        # would otherwise be taken for the start of the next call.
+        entered = self._bpf[b"entered"]
+        try:
+            del entered[entered.Key(pid)]
+        except KeyError:
+            pass
+        pids = self._bpf[b"pids"]
+        pids[pids.Key(pid)] = pids.Leaf(1)
+
+    def unwatch(self, pid: int) -> None:
+        """Stop counting thread ``pid`` (the harness's own, once its apply returned)."""
+        self._require()
+        pids = self._bpf[b"pids"]
+        try:
+            del pids[pids.Key(pid)]
+        except KeyError:
+            pass
+
+    def _zero(self) -> None:
+        self._bpf[b"pids"].clear()
+        self._bpf[b"entered"].clear()
+        stats = self._bpf[b"stats"]
+        for i in range(len(stats)):
+            stats[stats.Key(i)] = stats.Leaf()
+
+    def read(self) -> SyscallReading:
+        self._require()
+        names = syscall_names()
+        out = {}
+        for k, v in self._bpf[b"stats"].items():
+            if v.calls:
+                out[names.get(k.value, f"nr-{k.value}")] = (int(v.ns), int(v.calls))
+        return SyscallReading(out)
+
+
+@dataclass(frozen=True)
+class Arrivals:
+    first_ns: int
+    last_ns: int
+    packets: int
+
+
+class EffectProbe(Probe):
+    """First and last arrival of identified packets per backend address (probes/effect.c)."""
+
+    name = "effect"
+    tc_prio = TC_PRIO + 8
+
+    def __init__(self, backends: Sequence[TcHook]) -> None:
+        super().__init__()
+        self.backends = list(backends)
+
+    def attach(self) -> None:
+        if self.attached:
+            return
+        self._bpf = _compile(self.name)
+        self._attach_guarded(lambda: self._attach_tc("kpb_effect", self.backends, TC_INGRESS))
+
+    def _zero(self) -> None:
+        # Delete key by key, tolerating entries the program adds meanwhile.
+        table = self._bpf[b"seen"]
+        for k in list(table.keys()):
+            try:
+                del table[k]
+            except KeyError:
+                pass
+
+    def read(self) -> dict[str, Arrivals]:
+        """Arrivals since :meth:`start`, by backend IP."""
+        self._require()
+        out = {}
+        for k, v in self._bpf[b"seen"].items():
+            ip = str(ipaddress.IPv4Address(socket.ntohl(k.value)))
+            out[ip] = Arrivals(int(v.first_ns), int(v.last_ns), int(v.packets))
+        return out
+

@@ -1,0 +1,355 @@
+"""Rule-sync latency: full sync, one change at scale, time until a change takes effect.
+
+For each datapath variant and number of services the runner programs node 0
+of a namespace cluster with N generated services x E endpoints and measures:
+
+- ``sync-full``: full resyncs of that state (kube-proxy's periodic full sync,
+  ``sync_full_proxy_rules_duration_seconds``); the very first sync of the
+  empty node is the point's ``setup.sync_seconds`` (node 0's apply time, as in
+  packet scenarios);
+- ``sync-<change>``: one change applied as a partial sync (KEP-3453 for
+  iptables, the same for nftables; ``sync_partial_proxy_rules_duration_seconds``):
+  add a service, remove one, add an endpoint, remove one, flip one to
+  not-ready. The state is put back (unmeasured) after each repetition.
+
+Each repetition splits its time into apply (the tool and the kernel: the
+figure reported as the sync time), render (ours, in Python, kept apart and
+never added to it), kernel (time inside the applying tool's system calls,
+from the syscall tracepoints) and commit (its netlink sendmsg/recvmsg or
+iptables-legacy setsockopt/getsockopt). Time to effect is measured by
+traffic, never inferred from the apply time: new flows are sent to the
+changed service throughout the change, and the effect probe at every backend
+pod stamps the first packet that reaches a new endpoint (or the last that
+reaches a removed one) on the same clock as the moment the change was issued.
+Only node 0 is programmed: the client pod sits behind it, so its rules alone
+decide where the measured traffic goes.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from bench import interrupts
+from bench import results as R
+from bench.cluster.testbed import Testbed, gc_paused
+from bench.datapaths import Datapath
+from bench.datapaths.base import watching_tools
+from bench.errors import ApplyTimeout, FeatureMissing, KpbenchError
+from bench.measure.probes import TcHook
+from bench.measure.runner import Runner
+from bench.measure.sync_probes import NETLINK_CALLS, SOCKOPT_CALLS, EffectProbe, SyscallProbe
+from bench.measure.traffic import Target
+from bench.model.generate import GenSpec, generate
+from bench.model.objects import EndpointSlice, Service, service_port_views
+
+PRE_ROLL = 0.3  # seconds of traffic before a change is issued
+TAIL = 0.5  # and after the change showed (or the apply is expected to end)
+QUIET = 0.5  # a removed endpoint without packets this long after the apply: it is out
+EFFECT_POLL = 0.05  # how often the effect probe is read while the change's traffic runs
+MAX_EFFECT_PACKETS = 1_000_000
+SRC_SPAN = 16  # source addresses for new flows: 16 x 64,512 distinct flows
+
+
+@dataclass(frozen=True)
+class Change:
+    """One change: the state after it, what it touches, and how its effect shows."""
+
+    services: list[Service]
+    slices: list[EndpointSlice]
+    changed: set[str]  # service keys (ns/name)
+    vip: str
+    port: int
+    watch: list[str]  # backend IPs whose arrivals show the effect
+    mode: str  # "first": first arrival at a new endpoint; "last": last at a removed one
+
+
+@dataclass
+class State:
+    """The base state every change starts from, and the spare service's slices."""
+
+    services: list[Service]
+    slices: list[EndpointSlice]
+    spare_slices: list[EndpointSlice]
+
+
+class SyncRunner(Runner):
+    """Runs a ``kind = "sync"`` scenario (see the module doc)."""
+
+    def _scale_point(self, writer: R.ResultWriter, variant: str, n: int) -> None:
+        sc = self.sc
+        self.progress.say(f"{variant}: {n} services x {sc.endpoints} endpoints: building")
+        # One more service than measured: the one "add-service" adds, whose pods exist.
+        services, slices = generate(GenSpec(services=n + 1, endpoints=sc.endpoints,
+                                            nodes=sc.nodes, protocol="UDP"))
+        spare = services[-1]
+        base = State(services[:-1], [s for s in slices if s.service_name != spare.name],
+                     [s for s in slices if s.service_name == spare.name])
+        measured = base.services[sc.position_index(n)]
+        datapath = self._datapath(variant)
+        bed = Testbed(datapath, services, slices, sc.nodes,
+                      pod_services={measured.key, spare.key}, echo=False, sync_on_enter=False)
+        with bed:
+            syscalls = SyscallProbe()
+            effect = EffectProbe([TcHook(bed.cluster.pod_ns(p)) for p in bed.layout.pods])
+            try:
+                with self._attached(syscalls, effect):
+                    self._measure_scale(writer, bed, variant, n, base, measured, spare,
+                                        syscalls, effect)
+            except FeatureMissing as e:
+                self._record_rest(writer, variant, n, "failed", str(e))
+
+    def _datapath(self, variant: str) -> Datapath:
+        from bench.measure.runner import make_variant  # the runner's, so tests can patch one place
+
+        dp = make_variant(variant)
+        dp.apply_timeout = self.sc.point_time_limit
+        return dp
+
+    @staticmethod
+    def _attached(*probes: Any) -> Any:
+        import contextlib
+
+        @contextlib.contextmanager
+        def cm() -> Any:
+            try:
+                for p in probes:
+                    p.attach()
+                yield
+            finally:
+                with interrupts.deferred():
+                    for p in probes:
+                        p.detach()
+        return cm()
+
+    def _record_rest(self, writer: R.ResultWriter, variant: str, n: int, status: str,
+                     error: str, **setup: Any) -> None:
+        done = {p["id"] for p in writer.document["points"]}
+        for w in self.sc.measured:
+            point = self._point(variant, n, w, status=status, error=error, **setup)
+            if point["id"] not in done:
+                writer.add_point(point)
+                self.progress.done += 1
+        self.progress.say(f"{variant} {n} services: {status}: {error}")
+
+    def _point(self, variant: str, n: int, workload: str, **kw: Any) -> R.PointDoc:
+        point = super()._point(variant, n, workload, **kw)
+        point["rate_pps"] = None if workload == "sync-full" else self.sc.effect_rate_pps
+        return point
+
+    # --- one scale ------------------------------------------------------------
+    def _measure_scale(self, writer: R.ResultWriter, bed: Testbed, variant: str, n: int,
+                       base: State, measured: Service, spare: Service,
+                       syscalls: SyscallProbe, effect: EffectProbe) -> None:
+        sc = self.sc
+        self.progress.say(f"{variant}: {n} services: first full sync")
+        first_change = Change(base.services, base.slices, {s.key for s in base.services},
+                              measured.cluster_ip, measured.ports[0].port,
+                              _endpoint_ips(base.slices, measured), "first")
+        try:
+            # No time to effect here: traffic would have to span a sync of unknown length.
+            first = self._sync(bed, first_change, None, syscalls, None, expect_s=None)
+        except ApplyTimeout as e:
+            # The time reached when the tool was stopped, not the limit.
+            render_s, apply_s = self._last_times
+            self._record_rest(writer, variant, n, "exceeded-limit", str(e),
+                              sync_seconds=apply_s, sync_render_seconds=render_s,
+                              sync_node_seconds=[apply_s])
+            return
+        except KpbenchError as e:
+            self._record_rest(writer, variant, n, "failed", str(e))
+            return
+        render_s, apply_s = first["sync"]["render"] or 0.0, first["sync"]["apply"] or 0.0
+        self.progress.record_sync(variant, n, render_s + apply_s)
+        # The same meaning as a packet scenario's setup (bench.results.SetupDoc); only
+        # node 0 is programmed here.
+        setup = {"sync_seconds": apply_s, "sync_render_seconds": render_s,
+                 "sync_node_seconds": [apply_s],
+                 "state_size": bed.datapath.state_size(self._last_text)}
+        full_apply = apply_s or 1.0
+
+        self._repeat(writer, variant, n, "sync-full", setup, lambda: self._sync(
+            bed, replace(first_change, changed=set()), None, syscalls, None, expect_s=None))
+        for change in sc.changes:
+            def once(change: str = change) -> R.RepetitionDoc:
+                c = _make_change(change, base, measured, spare)
+                rep = self._sync(bed, c, c.changed, syscalls, effect, expect_s=full_apply)
+                # Put the state back for the next repetition (not measured).
+                back = replace(c, services=base.services, slices=base.slices)
+                self._sync(bed, back, c.changed, None, None, expect_s=None)
+                return rep
+            self._repeat(writer, variant, n, f"sync-{change}", setup, once)
+
+    def _repeat(self, writer: R.ResultWriter, variant: str, n: int, workload: str,
+                setup: dict[str, Any], once: Callable[[], R.RepetitionDoc]) -> None:
+        """The point's repetitions; a sync beyond the limit or failing ends the point
+        (recorded with the repetitions done), and the run goes on."""
+        reps: list[R.RepetitionDoc] = []
+        status, error = "ok", None
+        for r in range(self.sc.sync_repetitions):
+            self.progress.say(f"{variant}: {n} services: {workload} rep {r + 1}/"
+                              f"{self.sc.sync_repetitions}")
+            try:
+                reps.append(once())
+            except KpbenchError as e:
+                status = "exceeded-limit" if isinstance(e, ApplyTimeout) else "failed"
+                error = str(e)
+                break
+        writer.add_point(self._point(variant, n, workload, status=status, error=error,
+                                     repetitions=reps, **setup))
+        self.progress.done += 1
+
+    # --- one sync -------------------------------------------------------------
+    def _sync(self, bed: Testbed, change: Change, partial: set[str] | None,
+              syscalls: SyscallProbe | None, effect: EffectProbe | None,
+              expect_s: float | None) -> R.RepetitionDoc:
+        """Render and apply ``change`` on node 0 (partial if ``partial`` is a set)."""
+        dp = bed.datapath
+        ctx = bed.node_context(0)
+        ns = bed.cluster.node_ns(0)
+        views = service_port_views(change.services, change.slices, ctx.node_name)
+        with gc_paused():  # the collector's pauses are ours, not render's or apply's
+            t0 = time.monotonic()
+            text = (dp.render(views, ctx) if partial is None
+                    else dp.render_partial(views, ctx, partial))
+            render_s = time.monotonic() - t0
+        self._last_text = text
+        traffic = None
+        if effect is not None:
+            traffic = self._start_traffic(bed, change, expect_s)
+            effect.start()
+            time.sleep(PRE_ROLL)
+        own = threading.get_native_id() if dp.applies_in_process else None
+        if syscalls is not None:
+            syscalls.start()
+            if own is not None:
+                syscalls.watch(own)
+        issued = time.monotonic_ns()
+        try:
+            with gc_paused(), watching_tools(syscalls.watch if syscalls else (lambda pid: None)):
+                if partial is None:
+                    dp.apply(text, ns)
+                else:
+                    dp.apply_partial(text, ns)
+        except BaseException:
+            if traffic is not None:
+                traffic[1].set()  # stopping: no effect to watch for
+            raise
+        finally:
+            apply_s = (time.monotonic_ns() - issued) / 1e9
+            self._last_times = (render_s, apply_s)
+            if syscalls is not None and own is not None:
+                syscalls.unwatch(own)
+            if traffic is not None:
+                if effect is not None and not traffic[1].is_set():
+                    # An effect can come well after the apply returns (rules programmed
+                    # asynchronously): the traffic runs until it shows, at most its window.
+                    _await_effect(effect, change, issued, traffic[0])
+                traffic[1].set()
+                traffic[0].join()
+        bed.services, bed.slices = change.services, change.slices
+        # "apply" is the figure (the datapath's time); "render" is kpbench's, kept apart.
+        sync: dict[str, float | None] = {"render": render_s, "apply": apply_s}
+        if syscalls is not None:
+            reading = syscalls.read()
+            sync["kernel"] = reading.seconds()
+            sync["commit"] = reading.seconds(NETLINK_CALLS + SOCKOPT_CALLS)
+        if effect is not None:
+            sync["effect"] = _effect_seconds(effect.read(), change, issued)
+        return R.make_repetition(sent=0, delivered=0, sync=sync)
+
+    def _start_traffic(self, bed: Testbed, change: Change,
+                       expect_s: float | None) -> tuple[threading.Thread, threading.Event]:
+        """New flows to the changed service from the client pod, for the whole change
+        (sized for twice the expected apply); setting the event stops them early."""
+        rate = self.sc.effect_rate_pps
+        window = PRE_ROLL + max(2 * (expect_s if expect_s is not None else 5.0), 2.0) + TAIL
+        window = min(window, self.sc.point_time_limit + TAIL)
+        packets = min(MAX_EFFECT_PACKETS, max(1, math.ceil(rate * window)))
+        target = Target.from_client_pod(bed.cluster, change.vip, change.port)
+        pcap = self.workdir / "effect.pcap"
+        self._seq = getattr(self, "_seq", 0) + packets
+        target.build_pcap("udp-new", packets, pcap, seq_start=self._seq, src_span=SRC_SPAN)
+        stop = threading.Event()
+        thread = threading.Thread(target=target.replay, args=(pcap, rate, window + 30, stop),
+                                  daemon=True)
+        thread.start()
+        return thread, stop
+
+
+def _endpoint_ips(slices: list[EndpointSlice], svc: Service) -> list[str]:
+    return [e.addresses[0] for s in slices if s.service_key == svc.key for e in s.endpoints]
+
+
+def _make_change(kind: str, base: State, measured: Service, spare: Service) -> Change:
+    """The state after one change of ``kind`` to the base state."""
+    svc_slices = [s for s in base.slices if s.service_key == measured.key]
+    others = [s for s in base.slices if s.service_key != measured.key]
+    port = measured.ports[0].port
+    if kind == "add-service":
+        return Change(base.services + [spare], base.slices + base.spare_slices,
+                      {spare.key}, spare.cluster_ip, spare.ports[0].port,
+                      _endpoint_ips(base.spare_slices, spare), "first")
+    if kind == "remove-service":
+        return Change([s for s in base.services if s.key != measured.key], others,
+                      {measured.key}, measured.cluster_ip, port,
+                      _endpoint_ips(base.slices, measured), "last")
+    first = svc_slices[0]
+    if kind == "add-endpoint":
+        # The new endpoint is a pod of the spare service: it exists and listens already.
+        new = base.spare_slices[0].endpoints[0]
+        grown = replace(first, endpoints=(*first.endpoints, new))
+        return Change(base.services, others + [grown, *svc_slices[1:]], {measured.key},
+                      measured.cluster_ip, port, [new.addresses[0]], "first")
+    victim = first.endpoints[-1]
+    if kind == "remove-endpoint":
+        eps = first.endpoints[:-1]
+    elif kind == "endpoint-not-ready":
+        eps = (*first.endpoints[:-1], replace(victim, ready=False, serving=False))
+    else:
+        raise ValueError(f"unknown change {kind!r}")
+    return Change(base.services, others + [replace(first, endpoints=eps), *svc_slices[1:]],
+                  {measured.key}, measured.cluster_ip, port, [victim.addresses[0]], "last")
+
+
+def _await_effect(effect: EffectProbe, change: Change, issued_ns: int,
+                  traffic: threading.Thread) -> None:
+    """Return once the traffic has shown the change (then TAIL more seconds), or ended.
+
+    "first" changes show with the first packet at a new endpoint. "last" changes
+    show when the removed endpoints have had no packet for QUIET seconds after
+    the apply: at the effect traffic's rate each endpoint gets one every few
+    milliseconds while it is still chosen.
+    """
+    applied_ns = time.monotonic_ns()
+    while traffic.is_alive():
+        arrivals = effect.read()
+        now = time.monotonic_ns()
+        if change.mode == "first":
+            shown = _effect_seconds(arrivals, change, issued_ns) is not None
+        else:
+            last = max((arrivals[ip].last_ns for ip in change.watch if ip in arrivals),
+                       default=0)
+            shown = now - max(last, applied_ns) >= QUIET * 1e9
+        if shown:
+            time.sleep(TAIL)
+            return
+        time.sleep(EFFECT_POLL)
+
+
+def _effect_seconds(arrivals: dict[str, Any], change: Change, issued_ns: int) -> float | None:
+    """Seconds from issuing the change to its effect as the traffic saw it (None: not seen)."""
+    seen = [arrivals[ip] for ip in change.watch if ip in arrivals]
+    if change.mode == "first":
+        after = [a.first_ns for a in seen if a.first_ns >= issued_ns]
+        return (min(after) - issued_ns) / 1e9 if after else None
+    # "last": the removed endpoint's last packet; none after the change means it took
+    # effect before the first packet that followed it (within the traffic's spacing).
+    last = max((a.last_ns for a in seen), default=None)
+    if last is None:
+        return None
+    return max(0, last - issued_ns) / 1e9

@@ -1,0 +1,1 @@
+"""The Kubernetes objects kpbench programs and the inputs they are read from."""

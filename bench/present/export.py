@@ -1,0 +1,174 @@
+"""Tidy CSV export of a result: one row per point x repetition x metric.
+
+Columns: run_id, datapath, variant, services, endpoints, workload, rate_pps,
+position, repetition, metric, value, unit.
+
+- ``repetition`` is "all" for a point's summary (pooled over its repetitions,
+  see bench.results.summarise_point) and the 0-based index into the point's
+  ``repetitions`` otherwise; ``control-<i>`` for the paired control that
+  followed repetition i, ``breakdown`` for the repetition with the breakdown
+  probes, ``<phase>-<i>`` with metric ``failed`` for a replay that failed
+  (value: why). Per-repetition percentiles are exported for inspection only;
+  aggregate with the "all" rows, never by averaging them. The "all" rows
+  include ``service_minus_control_*`` and ``control.*`` (the control pooled).
+- ``rate_pps`` is empty for points measured at the generator's top speed.
+- Every point gets a ``status`` row (value ok / failed / exceeded-limit), a
+  failed one also an ``error`` row, and each measurement a probe could not
+  take a ``missing.<measurement>`` row whose value is the reason. A missing
+  measurement has no numeric row: absent, never zero.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from bench.analysis import stats
+from bench.results import PointDoc, RepetitionDoc, ResultDoc, iter_points
+
+COLUMNS = ("run_id", "datapath", "variant", "services", "endpoints", "workload", "rate_pps",
+           "position", "repetition", "metric", "value", "unit")
+
+Row = dict[str, Any]
+
+
+def _dist_rows(prefix: str, dist: Mapping[str, Any] | None) -> Iterator[tuple[str, Any, str]]:
+    """Rows of a stats.summary dict (latency or transit), in ns."""
+    if not dist:
+        return
+    for key, value in dist.items():
+        if value is None:
+            continue
+        yield f"{prefix}_{key}", value, "samples" if key == "count" else "ns"
+
+
+def _drops_rows(drops: Mapping[str, int] | None) -> Iterator[tuple[str, Any, str]]:
+    for reason, n in sorted((drops or {}).items()):
+        yield f"drops.{reason}", n, "packets"
+
+
+def summary_metrics(point: PointDoc) -> Iterator[tuple[str, Any, str]]:
+    """(metric, value, unit) of a point's summary: its CSV rows with repetition "all"."""
+    yield "status", point["status"], ""
+    if point.get("error"):
+        yield "error", point["error"], ""
+    for what, reason in sorted((point.get("missing") or {}).items()):
+        yield f"missing.{what}", reason, ""
+    setup = point.get("setup") or {}
+    for key in ("sync_seconds", "sync_render_seconds", "settle_seconds"):
+        if setup.get(key) is not None:
+            yield f"setup.{key}", setup[key], "s"
+    if setup.get("settle_converged") is not None:
+        yield "setup.settle_converged", setup["settle_converged"], ""
+    for node, seconds in enumerate(setup.get("sync_node_seconds") or []):
+        yield f"setup.sync_node_seconds.{node}", seconds, "s"
+    for key, value in sorted((setup.get("state_size") or {}).items()):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            yield f"setup.state_size.{key}", value, "count"
+    s = point["summary"]
+    for key, unit in (("offered_pps", "packets/s"), ("achieved_pps", "packets/s"),
+                      ("delivered_pps", "packets/s"), ("loss", "fraction"),
+                      ("cpu_ns_per_packet", "ns/packet"), ("softirq_ns_per_packet", "ns/packet"),
+                      ("process_ns_per_packet", "ns/packet")):
+        if s.get(key) is not None:
+            yield key, s[key], unit  # type: ignore[literal-required]
+    yield from _dist_rows("latency", s.get("latency_ns"))
+    for key, unit in (("service_minus_control_p50_ns", "ns"),
+                      ("service_minus_control_p99_ns", "ns"),
+                      ("service_minus_control_cpu_ns_per_packet", "ns/packet")):
+        if s.get(key) is not None:
+            yield key, s[key], unit  # type: ignore[literal-required]
+    control = s.get("control") or {}
+    for key, unit in (("delivered_pps", "packets/s"), ("loss", "fraction"),
+                      ("cpu_ns_per_packet", "ns/packet")):
+        if control.get(key) is not None:
+            yield f"control.{key}", control[key], unit
+    yield from _dist_rows("control.latency", control.get("latency_ns"))
+    yield from _dist_rows("transit", s.get("transit_ns"))
+    yield from _drops_rows(s.get("drops"))
+    yield from _sync_rows(s.get("sync"))
+    for key, value in sorted((point.get("probe_overhead") or {}).items()):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            yield f"probe_overhead.{key}", value, _overhead_unit(key)
+    for key, value in sorted((s.get("probe_overhead_pct") or {}).items()):
+        yield f"probe_overhead_pct.{key}", value, "% of cpu_ns_per_packet"
+
+
+def _overhead_unit(key: str) -> str:
+    return next((unit for suffix, unit in (("_ns_per_packet", "ns/packet"), ("_pps", "packets/s"),
+                                           ("_pct", "%")) if key.endswith(suffix)), "")
+
+
+def _repetition_metrics(rep: RepetitionDoc) -> Iterator[tuple[str, Any, str]]:
+    for key, unit in (("offered_pps", "packets/s"), ("achieved_pps", "packets/s"),
+                      ("sent", "packets"), ("delivered", "packets"),
+                      ("arrival_seconds", "s"),
+                      ("cpu_ns_per_packet", "ns/packet"), ("softirq_ns", "ns"),
+                      ("process_ns", "ns")):
+        if rep.get(key) is not None:
+            yield key, rep[key], unit  # type: ignore[literal-required]
+    for name, h in (("latency", rep.get("latency_hist")), ("transit", rep.get("transit_hist"))):
+        if h is not None:
+            yield from _dist_rows(name, stats.summary(stats.Histogram.from_json(h)))
+    yield from _drops_rows(rep.get("drops"))
+    yield from _sync_rows(rep.get("sync"))
+
+
+def _sync_rows(sync: dict[str, float | None] | None) -> Iterator[tuple[str, Any, str]]:
+    for key, value in sorted((sync or {}).items()):
+        if value is not None:
+            yield f"sync.{key}", value, "s"
+
+
+def rows(result: ResultDoc) -> Iterator[Row]:
+    """Every CSV row of ``result``, as dicts keyed by :data:`COLUMNS`."""
+    for point in iter_points(result):
+        base = {
+            "run_id": result["run_id"], "datapath": point["datapath"],
+            "variant": point["variant"], "services": point["services"],
+            "endpoints": point["endpoints"], "workload": point["workload"],
+            "rate_pps": "" if point["rate_pps"] is None else point["rate_pps"],
+            "position": point["position"],
+        }
+        for metric, value, unit in summary_metrics(point):
+            yield {**base, "repetition": "all", "metric": metric, "value": value, "unit": unit}
+        for i, rep in enumerate(point.get("repetitions") or []):
+            for metric, value, unit in _repetition_metrics(rep):
+                yield {**base, "repetition": i, "metric": metric, "value": value, "unit": unit}
+        # The paired control and the breakdown repetition: their own repetition labels.
+        for i, rep in enumerate(point.get("control") or []):
+            for metric, value, unit in _repetition_metrics(rep):
+                yield {**base, "repetition": f"control-{i}", "metric": metric, "value": value,
+                       "unit": unit}
+        if point.get("breakdown"):
+            for metric, value, unit in _repetition_metrics(point["breakdown"]):
+                yield {**base, "repetition": "breakdown", "metric": metric, "value": value,
+                       "unit": unit}
+        for f in point.get("failed_repetitions") or []:
+            yield {**base, "repetition": f"{f['phase']}-{f['index']}", "metric": "failed",
+                   "value": f["error"], "unit": ""}
+
+
+def default_csv_path(result_path: str | Path) -> Path:
+    """The CSV written next to a result by default: same stem, ``.csv``."""
+    return Path(result_path).with_suffix(".csv")
+
+
+def write_csv(result: ResultDoc, out: str | Path) -> int:
+    """Write ``result`` as tidy CSV to ``out`` ("-" for stdout); returns the number of rows."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    w.writeheader()
+    n = 0
+    for row in rows(result):
+        w.writerow(row)
+        n += 1
+    if str(out) == "-":
+        sys.stdout.write(buf.getvalue())
+    else:
+        Path(out).write_text(buf.getvalue(), encoding="utf-8")
+    return n

@@ -1,0 +1,98 @@
+"""A result in the formats other tools read: OpenSearch bulk NDJSON and Kubernetes perfdash.
+
+- ``opensearch``: the body of an OpenSearch/Elasticsearch ``_bulk`` request, one
+  action line and one document per point x metric (the CSV's summary rows,
+  bench.present.export), each document carrying the run's environment, so the
+  dashboards k8s-netperf and kube-burner users run can filter by kernel,
+  datapath and machine. A point that was not measured is one document with
+  ``metricName`` "status", a null value and its error. Document ids are
+  stable (run, point, metric): loading a result twice replaces, never doubles.
+- ``perfdash``: the PerfData JSON of Kubernetes' perf-tests (ClusterLoader2's
+  ``measurement/util/perftype.go``, read by perfdash): ``{"version": "v1",
+  "dataItems": [{"data": {bucket: number}, "unit": str, "labels": {str: str}}],
+  "labels": {...}}``, one data item per measured point and metric; latency
+  buckets are named as perfdash's own (Perc50, Perc90, Perc99) plus Perc999.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from typing import Any
+
+from bench.present.export import summary_metrics
+from bench.results import PointDoc, ResultDoc, iter_points, machine_name
+
+DEFAULT_INDEX = "kpbench"
+PERFDASH_VERSION = "v1"
+POINT_FIELDS = ("datapath", "variant", "services", "endpoints", "workload", "rate_pps",
+                "position")
+
+
+def opensearch_lines(result: ResultDoc, index: str = DEFAULT_INDEX) -> Iterator[str]:
+    """The NDJSON lines of a ``_bulk`` request body (action, document, action, ...)."""
+    env = result["environment"]
+    run = {"timestamp": result["started"], "uuid": result["run_id"],
+           "scenario": result["scenario"]["name"], "run_status": result["status"],
+           "machine": machine_name(env), "environment": env}
+    for point in iter_points(result):
+        ok = point["status"] == "ok"
+        for metric, value, unit in summary_metrics(point):
+            numeric = isinstance(value, int | float) and not isinstance(value, bool)
+            # A measured point's metrics; an unmeasured one's status (its error with it).
+            if (ok and not numeric) or (not ok and metric != "status"):
+                continue
+            doc = {**run, "point_id": point["id"],
+                   **{k: point[k] for k in POINT_FIELDS},  # type: ignore[literal-required]
+                   "point_status": point["status"], "metricName": metric,
+                   "value": value if numeric else None, "unit": unit or None}
+            if not ok:
+                doc["error"] = point.get("error")
+            action = {"index": {"_index": index,
+                                "_id": f"{result['run_id']}:{point['id']}:{metric}"}}
+            yield json.dumps(action, allow_nan=False)
+            yield json.dumps(doc, allow_nan=False)
+
+
+def perfdash(result: ResultDoc) -> dict[str, Any]:
+    """The PerfData document of ``result``."""
+    env = result["environment"]
+    vm = env.get("vm") or {}
+    labels = {"scenario": result["scenario"]["name"], "run_id": result["run_id"],
+              "machine": machine_name(env), "kernel": env["kernel_release"],
+              "where": env["where"], "accel": vm.get("accel") or "",
+              "git_commit": env.get("git_commit") or "", "started": result["started"]}
+    items = []
+    for p in iter_points(result):
+        if p["status"] != "ok":
+            continue
+        for metric, unit, data in _perfdash_metrics(p):
+            data = {k: float(v) for k, v in data.items()
+                    if v is not None and math.isfinite(float(v))}
+            if data:
+                items.append({"data": data, "unit": unit,
+                              "labels": {"Metric": metric, **_labels(p)}})
+    return {"version": PERFDASH_VERSION, "dataItems": items, "labels": labels}
+
+
+def _labels(p: PointDoc) -> dict[str, str]:
+    return {k: "top" if p[k] is None else str(p[k])  # type: ignore[literal-required]
+            for k in POINT_FIELDS}
+
+
+def _perfdash_metrics(p: PointDoc) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    s: Any = p["summary"]
+    lat = s.get("latency_ns") or {}
+    if lat:
+        yield "latency", "us", {bucket: None if lat.get(q) is None else lat[q] / 1000
+                                for bucket, q in (("Perc50", "p50"), ("Perc90", "p90"),
+                                                  ("Perc99", "p99"), ("Perc999", "p99.9"))}
+    for metric, unit, value in (
+            ("cpu_ns_per_packet", "ns", s.get("cpu_ns_per_packet")),
+            ("delivered_pps", "1/s", s.get("delivered_pps")),
+            ("loss", "%", None if s.get("loss") is None else s["loss"] * 100),
+            ("sync_full", "s", (p.get("setup") or {}).get("sync_seconds"))):
+        yield metric, unit, {"Value": value}
+    if s.get("sync"):
+        yield "sync", "s", dict(s["sync"])

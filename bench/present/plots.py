@@ -1,0 +1,290 @@
+"""Plots of a result: how latency and CPU cost grow with the number of services.
+
+For every workload in a result, three figures, each as PNG and SVG:
+
+- ``latency-vs-services_<workload>``: p50 (solid) and p99 (dashed) latency
+  against the number of services, one colour per datapath variant, log x;
+- ``cpu-vs-services_<workload>``: softirq CPU ns per delivered packet against
+  the number of services;
+- ``sync-vs-services_<workload>`` (for ``sync-*`` workloads instead of the
+  three above): apply (the datapath's time), kpbench's render and
+  time-to-effect seconds per sync, log-log;
+- ``latency-cdf_<workload>``: the latency CDF of each datapath variant at the
+  largest number of services it was measured at, from the merged histograms.
+
+Only points with status "ok" are drawn. Anything that cannot be drawn (a
+failed point, a missing measurement, a workload without latency data) is
+skipped and named, in the log and in a footnote of the figure; a figure with
+nothing to draw is not written. Figures are built on matplotlib's object API
+(no pyplot), so nothing global — backend, rcParams — is touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import textwrap
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from bench.analysis import stats
+from bench.results import PointDoc, ResultDoc, iter_points
+
+log = logging.getLogger("kpbench")
+
+FORMATS = ("png", "svg")
+# Extra coordinates that split a datapath's curve in two when they vary within a workload.
+SPLIT_BY = ("position", "rate_pps", "endpoints")
+MAX_NOTES = 6
+COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
+          "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "workload"
+
+
+def _point_label(p: PointDoc) -> str:
+    return f"{p['variant'] or p['datapath']} @ {p['services']} services"
+
+
+def _skipped(points: Sequence[PointDoc]) -> list[str]:
+    """The points that did not complete, one note per variant and reason (a datapath
+    that does not apply to a workload is one line, not one per scale)."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for p in points:
+        if p["status"] != "ok":
+            why = p["status"] + (f" ({p['error']})" if p.get("error") else "")
+            groups.setdefault((p["variant"] or p["datapath"], why), []).append(p["services"])
+    return [f"{variant} @ {', '.join(str(n) for n in sorted(ns))} services: {why}"
+            for (variant, why), ns in groups.items()]
+
+
+def _series_key(p: PointDoc, split: Sequence[str]) -> tuple[str, ...]:
+    key = [p["datapath"], p["variant"] or p["datapath"]]
+    for dim in split:
+        v = p[dim]  # type: ignore[literal-required]
+        key.append(f"{dim}={'top' if v is None else v}")
+    return tuple(key)
+
+
+def _series_label(key: tuple[str, ...]) -> str:
+    return ", ".join(key[1:])
+
+
+def _group(points: list[PointDoc]) -> dict[tuple[str, ...], list[PointDoc]]:
+    """Points of one workload by series (datapath variant and any varying SPLIT_BY dims)."""
+    split = [d for d in SPLIT_BY if len({p[d] for p in points}) > 1]  # type: ignore[literal-required]
+    groups: dict[tuple[str, ...], list[PointDoc]] = {}
+    for p in points:
+        groups.setdefault(_series_key(p, split), []).append(p)
+    for pts in groups.values():
+        pts.sort(key=lambda p: p["services"])
+    return dict(sorted(groups.items()))
+
+
+def _footnote(ax: Axes, notes: list[str]) -> None:
+    if not notes:
+        return
+    shown = notes[:MAX_NOTES]
+    if len(notes) > MAX_NOTES:
+        shown.append(f"... and {len(notes) - MAX_NOTES} more (see the log)")
+    # An annotation below the axes (not fig.text) so constrained layout makes room for it.
+    # Wrapped: one long line would leave constrained layout no width for the axes.
+    text = "\n".join(textwrap.fill(n, 110, subsequent_indent="  ") for n in shown)
+    ax.annotate("not drawn: " + text, xy=(0, 0), xycoords="axes fraction",
+                xytext=(0, -36), textcoords="offset points", va="top", ha="left",
+                fontsize=7, color="dimgray", annotation_clip=False)
+
+
+def _save(fig: Figure, out_dir: Path, stem: str, formats: Sequence[str]) -> list[Path]:
+    written = []
+    for fmt in formats:
+        path = out_dir / f"{stem}.{fmt}"
+        # No date in SVG metadata, so re-plotting the same result gives the same file.
+        fig.savefig(path, format=fmt, dpi=120, metadata={"Date": None} if fmt == "svg" else None)
+        written.append(path)
+    return written
+
+
+def _vs_services(series: dict[tuple[str, ...], list[PointDoc]], colors: dict[str, str],
+                 title: str, ylabel: str,
+                 curves: Sequence[tuple[str, str, Callable[[PointDoc], float | None]]],
+                 what: str, skipped: list[str]) -> tuple[Figure | None, list[str]]:
+    """A metric against services, log x; ``curves`` are (name, line style, value getter).
+
+    Returns the figure (None if nothing could be drawn) and what it left out,
+    beyond ``skipped`` (the workload's points that did not complete).
+    """
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.add_subplot()
+    notes: list[str] = []
+    drawn = 0
+    ys_all: list[float] = []
+    for key, pts in series.items():
+        for name, style, get in curves:
+            xs, ys = [], []
+            for p in pts:
+                y = get(p)
+                if y is None:
+                    if name == curves[0][0]:  # one note per point, not per curve
+                        why = (p.get("missing") or {}).get(what, "not measured")
+                        notes.append(f"{_point_label(p)}: no {what} ({why})")
+                    continue
+                xs.append(p["services"])
+                ys.append(y)
+            if xs:
+                label = f"{_series_label(key)} {name}".strip()
+                ax.plot(xs, ys, style, color=colors[key[1]], marker="o", markersize=4,
+                        label=label)
+                ys_all.extend(ys)
+                drawn += 1
+    if not drawn:
+        return None, notes
+    ax.set_xscale("log")
+    # Latency across datapaths can differ by orders of magnitude at scale;
+    # a log y keeps the flat curves readable then, a linear one shows growth otherwise.
+    positive = [y for y in ys_all if y > 0]
+    if positive and len(positive) == len(ys_all) and max(positive) / min(positive) > 30:
+        ax.set_yscale("log")
+    else:
+        ax.set_ylim(bottom=0)
+    ax.set_xlabel("services (log scale)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    _footnote(ax, skipped + notes)
+    return fig, notes
+
+
+def _latency_us(q: str) -> Callable[[PointDoc], float | None]:
+    def get(p: PointDoc) -> float | None:
+        lat = p["summary"].get("latency_ns")
+        v = lat.get(q) if lat else None
+        return None if v is None else v / 1000
+    return get
+
+
+def _sync(key: str) -> Callable[[PointDoc], float | None]:
+    def get(p: PointDoc) -> float | None:
+        v = (p["summary"].get("sync") or {}).get(key)
+        return v if v is not None and v > 0 else None
+    return get
+
+
+def _cpu(p: PointDoc) -> float | None:
+    return p["summary"].get("cpu_ns_per_packet")
+
+
+def _cdf(series: dict[tuple[str, ...], list[PointDoc]], colors: dict[str, str],
+         workload: str, skipped: list[str]) -> tuple[Figure | None, list[str]]:
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.add_subplot()
+    notes: list[str] = []
+    drawn = 0
+    for key, pts in series.items():
+        with_hist = [p for p in pts
+                     if any(r.get("latency_hist") for r in p.get("repetitions") or [])]
+        if not with_hist:
+            notes.append(f"{_series_label(key)}: no latency histogram at any scale")
+            continue
+        largest = max(with_hist, key=lambda p: p["services"])
+        if largest["services"] != pts[-1]["services"]:
+            notes.append(f"{_series_label(key)}: CDF at {largest['services']} services, "
+                         f"the largest with latency data")
+        hist = stats.merge(stats.Histogram.from_json(h) for r in largest["repetitions"]
+                           if (h := r.get("latency_hist")))
+        xs, fractions = hist.cdf()
+        if not len(xs):
+            notes.append(f"{_point_label(largest)}: latency histogram is empty")
+            continue
+        ax.step(xs / 1000, fractions, where="post", color=colors[key[1]],
+                label=f"{_series_label(key)} ({largest['services']} services, "
+                      f"{hist.count} samples)")
+        drawn += 1
+    if not drawn:
+        return None, notes
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("latency (µs, log scale)")
+    ax.set_ylabel("fraction of packets ≤ latency")
+    ax.set_title(f"Latency CDF at the largest scale — workload {workload}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    _footnote(ax, skipped + notes)
+    return fig, notes
+
+
+def plot_result(result: ResultDoc, out_dir: str | Path,
+                formats: Sequence[str] = FORMATS, notes: list[str] | None = None
+                ) -> list[Path]:
+    """Draw the figures of ``result`` into ``out_dir`` (created); returns the files written.
+
+    Files are ``<figure>_<workload>.<format>`` with figure one of
+    latency-vs-services, cpu-vs-services, latency-cdf. What cannot be drawn
+    is named in the figure's footnote and logged as a warning, or, given
+    ``notes``, appended there instead (a caller that sums them up itself).
+    """
+    sink = notes  # the name ``notes`` is reused below for each figure's own notes
+
+    def warn(msg: str, *args: object) -> None:
+        if sink is None:
+            log.warning(msg, *args)
+        else:
+            sink.append(msg % args)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    points = list(iter_points(result))
+    written: list[Path] = []
+    if not points:
+        warn("plot: the result has no points; nothing to draw")
+        return written
+    variants = sorted({p["variant"] or p["datapath"] for p in points})
+    # One colour per datapath variant, the same in every figure of the run.
+    colors = {v: COLORS[i % len(COLORS)] for i, v in enumerate(variants)}
+
+    for workload in sorted({p["workload"] for p in points}):
+        wl = [p for p in points if p["workload"] == workload]
+        ok = [p for p in wl if p["status"] == "ok"]
+        skipped = _skipped(wl)
+        for note in skipped:
+            warn("plot: workload %s: skipped %s", workload, note)
+        if not ok:
+            warn("plot: workload %s: no point completed; no figure", workload)
+            continue
+        series = _group(ok)
+        slug = _slug(workload)
+        if workload.startswith("sync-"):
+            fig, notes = _vs_services(
+                series, colors, f"Rule sync vs number of services — {workload}",
+                "seconds", [("apply", "-", _sync("apply")),
+                            ("render (kpbench)", "--", _sync("render")),
+                            ("time to effect", ":", _sync("effect"))], "sync", skipped)
+            if fig is not None:
+                fig.axes[0].set_yscale("log")  # sync times span orders of magnitude
+                written += _save(fig, out, f"sync-vs-services_{slug}", formats)
+            continue
+        figures = (
+            ("latency-vs-services", *_vs_services(
+                series, colors, f"Latency vs number of services — workload {workload}",
+                "latency (µs)", [("p50", "-", _latency_us("p50")),
+                                 ("p99", "--", _latency_us("p99"))], "latency", skipped)),
+            ("cpu-vs-services", *_vs_services(
+                series, colors, f"CPU cost per packet vs number of services — workload "
+                f"{workload}", "softirq CPU per delivered packet (ns)",
+                [("", "-", _cpu)], "cpu_ns_per_packet", skipped)),
+            ("latency-cdf", *_cdf(series, colors, workload, skipped)),
+        )
+        for name, fig, notes in figures:
+            for note in notes:
+                warn("plot: %s %s: %s", name, workload, note)
+            if fig is None:
+                warn("plot: %s %s: nothing to draw; no figure", name, workload)
+                continue
+            written += _save(fig, out, f"{name}_{slug}", formats)
+    return written

@@ -1,0 +1,195 @@
+"""Summary tables of one result: its environment and one row per measured point.
+
+Shared by ``kpbench show`` and the report. Figures are the point summaries
+(bench.results.summarise_point: percentiles of the merged histograms), in
+units people read (µs, pps, %, s).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.present.tables import Table, fmt_value
+from bench.results import PointDoc, ResultDoc, iter_points
+
+# Coordinates shown only when they vary within the result (they are usually fixed).
+OPTIONAL_COORDS = (("endpoints", "endpoints"), ("rate_pps", "rate"), ("position", "position"))
+
+
+def run_line(doc: ResultDoc) -> str:
+    """One line naming the run: scenario, status, dates, commit."""
+    env = doc["environment"]
+    commit = (env.get("git_commit") or "nogit")[:12] + ("-dirty" if env.get("git_dirty") else "")
+    merged = doc.get("merged_from")  # a baseline pooled by bench.results.baseline
+    pooled = f", pooled from {len(merged)} runs" if isinstance(merged, list) else ""
+    return (f"scenario {doc['scenario']['name']}, {doc['status']}, started {doc['started']}, "
+            f"finished {doc.get('finished') or '—'}, commit {commit}, run {doc['run_id']}"
+            f"{pooled}")
+
+
+def overhead_line(doc: ResultDoc) -> str | None:
+    """The probes' own cost as the run measured it (bench.measure.overhead), or None if it did not.
+
+    Per probe set: the CPU ns it adds per packet (median of paired rounds, their
+    range) and that as a share of the CPU per packet reported at the point where
+    it was measured (the first point with a CPU figure).
+    """
+    point = next((p for p in iter_points(doc) if p.get("probe_overhead")), None)
+    if point is None:
+        return None
+    ov: Any = point["probe_overhead"]
+    pct: Any = (point.get("summary") or {}).get("probe_overhead_pct") or {}
+    parts = []
+    for name in ("main", "breakdown"):
+        added = ov.get(f"{name}_ns_per_packet")
+        if not isinstance(added, int | float):
+            continue
+        lo, hi = ov.get(f"{name}_ns_per_packet_range") or (added, added)
+        share = (f", {pct[name]:.1f} % of cpu/pkt at {point['variant']} {point['workload']}"
+                 if name in pct else "")
+        path = ov.get(f"{name}_pct_of_path")
+        share += f", {path:.1f} % of the path's CPU" if isinstance(path, int | float) else ""
+        parts.append(f"{name} {added:+,.0f} ns/packet (rounds {lo:+,.0f} to {hi:+,.0f}{share})")
+    if not parts:
+        return None
+    return (f"probe overhead (sender CPU, {ov.get('rounds', '?')} paired rounds): "
+            + "; ".join(parts))
+
+
+def environment_table(doc: ResultDoc) -> Table:
+    """Key/value rows of what the run's numbers depend on."""
+    env = doc["environment"]
+    t = Table(["environment", "value"])
+    vm = env.get("vm")
+    where = env["where"] + (f" ({vm['accel']}, kernel {vm['kernel']})" if vm else "")
+    rows: list[tuple[str, Any]] = [
+        ("kernel", f"{env['kernel_release']} {env.get('kernel_version') or ''}".strip()),
+        ("where", where),
+        ("cpu", f"{env.get('cpu_model') or '?'} x {env.get('cpu_count') or '?'}"),
+        ("governor", env.get("governor") or "unknown"),
+        ("host", env.get("hostname")),
+        ("machine id", env.get("machine_id") or "not recorded"),
+        ("git", (env.get("git_commit") or "not a git checkout")
+         + (" (dirty)" if env.get("git_dirty") else "")),
+        ("python / kpbench", f"{env.get('python')} / {env.get('kpbench') or '?'}"),
+    ]
+    rows += [(name, version or "absent") for name, version in sorted(
+        (env.get("tools") or {}).items())]
+    for key, value in rows:
+        t.add([key, value])
+    return t
+
+
+def _coord(p: PointDoc, key: str) -> str:
+    v = p[key]  # type: ignore[literal-required]
+    return "top" if v is None and key == "rate_pps" else str(v)
+
+
+def _sync_seconds(p: PointDoc) -> float | None:
+    """A sync point's median apply time (its own measurement), else the scale's full sync
+    (node 0's apply); kpbench's render is never part of it."""
+    if p["workload"].startswith("sync-"):
+        summary: Any = p.get("summary") or {}
+        return (summary.get("sync") or {}).get("apply")
+    setup: Any = p.get("setup") or {}
+    return setup.get("sync_seconds")
+
+
+def _settle(setup: Any) -> str:
+    """The settle time, or how long it waited without settling."""
+    text = fmt_value(setup.get("settle_seconds"), "s")
+    return f"{text} (not settled)" if setup.get("settle_converged") is False else text
+
+
+def points_table(doc: ResultDoc) -> Table:
+    """One row per point: coordinates, status, latency percentiles, CPU per packet (the
+    total, then its NET_RX softirq and datapath-process parts), rate, loss, setup.
+
+    ``svc-ctl`` columns: the Service's p50 and CPU per packet minus its paired
+    control's (the same traffic to the backend pods' own addresses).
+    """
+    points = list(iter_points(doc))
+    coords = [(k, title) for k, title in OPTIONAL_COORDS
+              if len({_coord(p, k) for p in points}) > 1]
+    t = Table(["variant", "workload", "services", *(title for _, title in coords), "status",
+               "reps", "p50", "p90", "p99", "p99.9", "cpu/pkt", "softirq", "process",
+               "svc-ctl p50", "svc-ctl cpu",
+               "delivered", "loss", "sync", "settle"],
+              align=["l", "l", "r", *("r" for _ in coords), "l", *["r"] * 14])
+    for p in points:
+        s: Any = p.get("summary") or {}
+        lat = s.get("latency_ns") or {}
+        setup: Any = p.get("setup") or {}
+        status = p["status"] if p["status"] == "ok" else f"{p['status']}: {p.get('error') or ''}"
+        t.add([p["variant"] or p["datapath"], p["workload"], p["services"],
+               *(_coord(p, k) for k, _ in coords),
+               status[:60], len(p.get("repetitions") or []),
+               *(fmt_value(lat.get(q), "ns") for q in ("p50", "p90", "p99", "p99.9")),
+               fmt_value(s.get("cpu_ns_per_packet"), "ns/packet"),
+               fmt_value(s.get("softirq_ns_per_packet"), "ns/packet"),
+               fmt_value(s.get("process_ns_per_packet"), "ns/packet"),
+               fmt_value(s.get("service_minus_control_p50_ns"), "ns"),
+               fmt_value(s.get("service_minus_control_cpu_ns_per_packet"), "ns/packet"),
+               fmt_value(s.get("delivered_pps"), "packets/s"),
+               fmt_value(s.get("loss"), "fraction"),
+               fmt_value(_sync_seconds(p), "s"),
+               _settle(setup)],
+              css="" if p["status"] == "ok" else "failed")
+    return t
+
+
+KERNEL_MISSING = "kernel feature missing"  # the error of a datapath this kernel lacks
+NOT_APPLICABLE = "not applicable"  # the error of a workload a datapath cannot act on
+
+
+def left_out(doc: ResultDoc) -> dict[str, str]:
+    """Variants whose every point failed because this kernel lacks them, with the reason."""
+    by_variant: dict[str, list[PointDoc]] = {}
+    for p in doc["points"]:
+        by_variant.setdefault(p["variant"] or p["datapath"], []).append(p)
+    return {v: (pts[0].get("error") or "").removeprefix(f"{KERNEL_MISSING}: ")
+            for v, pts in by_variant.items()
+            if all((p.get("error") or "").startswith(KERNEL_MISSING) for p in pts)}
+
+
+def _cell(p: PointDoc) -> str:
+    if p["status"] == "exceeded-limit":
+        return "over limit"
+    if p["status"] != "ok":
+        return "failed"
+    s: Any = p.get("summary") or {}
+    if p["workload"].startswith("sync-"):
+        return fmt_value(_sync_seconds(p), "s")
+    lat = (s.get("latency_ns") or {}).get("p50")
+    return f"{fmt_value(lat, 'ns')} · {fmt_value(s.get('cpu_ns_per_packet'), 'ns/packet')}"
+
+
+def figures_tables(doc: ResultDoc) -> tuple[list[tuple[str, Table]], list[str]]:
+    """The run's figures at a glance: per workload, a variant x services table.
+
+    A cell is the p50 latency and the CPU per packet (packet workloads) or the
+    median sync time (sync workloads). Variants this kernel lacks and
+    workloads a variant does not apply to get no row: they are returned as
+    notes instead, one per variant, so that what was left out is said once.
+    """
+    lacking = left_out(doc)
+    points = [p for p in iter_points(doc) if (p["variant"] or p["datapath"]) not in lacking]
+    inapplicable: dict[str, list[str]] = {}
+    tables = []
+    for workload in dict.fromkeys(p["workload"] for p in points):
+        wl = [p for p in points if p["workload"] == workload]
+        scales = sorted({p["services"] for p in wl})
+        what = ("median sync time" if workload.startswith("sync-")
+                else "p50 latency · CPU per packet")
+        t = Table(["variant", *(f"{n:,} svc" for n in scales)],
+                  align=["l", *("r" for _ in scales)])
+        for variant in dict.fromkeys(p["variant"] or p["datapath"] for p in wl):
+            mine = {p["services"]: p for p in wl if (p["variant"] or p["datapath"]) == variant}
+            if all((p.get("error") or "").startswith(NOT_APPLICABLE) for p in mine.values()):
+                inapplicable.setdefault(variant, []).append(workload)
+                continue
+            t.add([variant, *(_cell(mine[n]) if n in mine else "" for n in scales)])
+        if t.rows:
+            tables.append((f"{workload}: {what}", t))
+    notes = [f"{v}: not applicable to {', '.join(w)}" for v, w in inapplicable.items()]
+    return tables, notes
