@@ -9,6 +9,8 @@ as_root "$@"
 APT_PACKAGES=(
     iproute2 iptables nftables ipset conntrack ipvsadm ethtool tcpdump
     tcpreplay netsniff-ng chromium bpftool
+    # socket workloads: ping-pong/under-load generators, streams, the compiler for kpb-crr
+    sockperf iperf3 gcc libc6-dev
     python3-venv python3-pip python3-bpfcc bpfcc-tools linux-headers-amd64
     # `kpbench vm` (virtme-ng): QEMU, a distro kernel to boot (its headers above),
     # busybox for virtme's initramfs; vagrant only to validate the Vagrantfile.
@@ -30,6 +32,23 @@ fi
 # BCC compiles against /lib/modules/$(uname -r)/build: link Debian's headers
 # when the kernel has none of its own; no headers at all is an error.
 scripts/kernel-headers.sh "$(uname -r)"
+
+# The connect-request-response-close generator (tools/crr/crr.c), rebuilt only when
+# its source or the compiler changed; a failed build fails set-up.
+crr_src=tools/crr/crr.c crr_bin=build/kpb-crr
+crr_want="$(sha256sum "$crr_src" | cut -d' ' -f1) $(gcc -dumpfullversion 2>/dev/null || echo none)"
+if [ ! -x "$crr_bin" ] || [ "$(cat "$crr_bin.stamp" 2>/dev/null)" != "$crr_want" ]; then
+    log "building $crr_bin from $crr_src"
+    mkdir -p build
+    rm -f "$crr_bin.stamp"
+    gcc -O2 -Wall -Wextra -Werror -pthread -o "$crr_bin.tmp" "$crr_src" || {
+        log "error: cannot build $crr_bin from $crr_src (gcc failed above); the socket" \
+            "workload tcp-crr needs it"
+        exit 1
+    }
+    mv "$crr_bin.tmp" "$crr_bin"
+    echo "$crr_want" >"$crr_bin.stamp"
+fi
 
 if [ ! -d /sys/kernel/tracing/events ] && [ -d /sys/kernel/tracing ]; then
     mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || log "warning: could not mount tracefs"

@@ -1,0 +1,166 @@
+"""The socket workloads' generators and responders: their command lines and their output.
+
+``sockperf`` (ping-pong and under-load, UDP and TCP) and ``iperf3`` (streams)
+come from Debian; ``kpb-crr`` (connect, request, response, close) is built from
+``tools/crr/crr.c`` by ``scripts/setup.sh`` into ``build/``. Nothing here starts
+a process: :mod:`bench.measure.sockets` does, and hands the output to these
+parsers, which fail loudly (:class:`KpbenchError`) on output they do not know.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bench.errors import KpbenchError
+from bench.paths import CHECKOUT
+
+CRR_SOURCE = CHECKOUT / "tools" / "crr" / "crr.c"
+CRR_BINARY = CHECKOUT / "build" / "kpb-crr"
+SOCKPERF_MIN_MSG = 14  # sockperf's own header; smaller messages are refused
+SOCKPERF_WARMUP_S = 0.4  # sockperf's warm-up before its measured ("valid") duration
+
+
+def crr_binary() -> Path:
+    """The built generator; a one-line error naming the fix if it is missing or stale."""
+    if not CRR_BINARY.is_file():
+        raise KpbenchError(f"{CRR_BINARY} is missing: run scripts/setup.sh to build it "
+                           f"from {CRR_SOURCE.relative_to(CHECKOUT)}")
+    if CRR_BINARY.stat().st_mtime < CRR_SOURCE.stat().st_mtime:
+        raise KpbenchError(f"{CRR_BINARY} is older than {CRR_SOURCE.relative_to(CHECKOUT)}: "
+                           "run scripts/setup.sh to rebuild it")
+    return CRR_BINARY
+
+
+# --- kpb-crr -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CrrClientStats:
+    """``kpb-crr client``'s summary line."""
+
+    transactions: int  # completed (response read in full)
+    connect_failed: int  # refused, unreachable, or no SYN-ACK within the timeout
+    timeouts: int  # connected, but no full response within the timeout
+    errors: int  # reset or closed early, or any other socket error
+    seconds: float  # wall time of the whole run
+    flows: int
+    loop: str  # "open" | "closed"
+    rate: float  # offered transactions/s (0 in closed loop)
+
+    @property
+    def failed(self) -> int:
+        return self.connect_failed + self.timeouts + self.errors
+
+
+_CRR_CLIENT = re.compile(
+    r"^crr-client transactions=(\d+) connect_failed=(\d+) timeouts=(\d+) errors=(\d+) "
+    r"seconds=([\d.]+) flows=(\d+) loop=(open|closed) rate=([\d.]+)$", re.M)
+_CRR_SERVER = re.compile(r"^crr-server served=(\d+) errors=(\d+)$", re.M)
+
+
+def parse_crr_client(output: str) -> CrrClientStats:
+    """Parse ``kpb-crr client``'s output; KpbenchError if it has no summary line."""
+    m = _CRR_CLIENT.search(output)
+    if m is None:
+        raise KpbenchError(f"kpb-crr client printed no summary: {_last_line(output)}")
+    g = m.groups()
+    return CrrClientStats(int(g[0]), int(g[1]), int(g[2]), int(g[3]), float(g[4]), int(g[5]),
+                          g[6], float(g[7]))
+
+
+def parse_crr_server(output: str) -> tuple[int, int]:
+    """(served, errors) from ``kpb-crr serve``'s output; KpbenchError without its line."""
+    m = _CRR_SERVER.search(output)
+    if m is None:
+        raise KpbenchError(f"kpb-crr responder printed no summary: {_last_line(output)}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def read_crr_samples(path: Path, expected: int) -> np.ndarray:
+    """The latencies (ns) ``kpb-crr client --samples`` wrote: little-endian uint32 each."""
+    raw = path.read_bytes()
+    if len(raw) != 4 * expected:
+        raise KpbenchError(f"{path}: {len(raw)} bytes of samples for {expected} "
+                           f"transactions (expected {4 * expected})")
+    return np.frombuffer(raw, dtype="<u4").astype(np.float64)
+
+
+# --- sockperf ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SockperfStats:
+    """One sockperf client's measured part (its warm-up excluded, as sockperf does)."""
+
+    seconds: float  # "[Valid Duration] RunTime"
+    sent: int
+    received: int
+    dropped: int  # replies that never came (UDP)
+    rtt_ns: np.ndarray  # rxTime - txTime of every message in the full log
+
+
+_VALID = re.compile(r"\[Valid Duration\] RunTime=([\d.]+) sec; SentMessages=(\d+); "
+                    r"ReceivedMessages=(\d+)")
+_DROPPED = re.compile(r"# dropped messages = (\d+)")
+_LOG_ROW = re.compile(r"^\s*\d+,\s*([\d.]+),\s*([\d.]+)", re.M)
+
+
+def parse_sockperf(output: str, full_log: str) -> SockperfStats:
+    """Parse a sockperf client's summary and its ``--full-log`` CSV.
+
+    The CSV's rows are ``packet, txTime(s), rxTime(s)[, latency(us)]``; the
+    RTT of a message is rxTime - txTime (sockperf's own "latency" is half of it).
+    """
+    m = _VALID.search(output)
+    if m is None:
+        raise KpbenchError(f"sockperf printed no measured duration: {_last_line(output)}")
+    rows = np.array([(float(a), float(b)) for a, b in _LOG_ROW.findall(full_log)],
+                    dtype=np.float64).reshape(-1, 2)
+    rtt = np.round((rows[:, 1] - rows[:, 0]) * 1e9)
+    # A message that got no reply has no rxTime worth reading (logged as 0).
+    rtt = rtt[(rows[:, 1] > 0) & (rtt >= 0)]
+    dropped = _DROPPED.search(output)
+    return SockperfStats(seconds=float(m.group(1)), sent=int(m.group(2)),
+                         received=int(m.group(3)),
+                         dropped=int(dropped.group(1)) if dropped else 0, rtt_ns=rtt)
+
+
+# --- iperf3 --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Iperf3Stats:
+    """An iperf3 client's totals (``-J``)."""
+
+    seconds: float  # the receiver's
+    bytes_received: int
+    bits_per_second: float  # received, the figure a stream is reported by
+    retransmits: int  # the sender's, as iperf3 reads them from TCP_INFO
+    streams: int
+
+
+def parse_iperf3(output: str) -> Iperf3Stats:
+    """Parse ``iperf3 -c ... -J``; KpbenchError on an error or unknown output."""
+    try:
+        doc = json.loads(output)
+    except json.JSONDecodeError:
+        raise KpbenchError(f"iperf3 printed no JSON: {_last_line(output)}") from None
+    if "error" in doc:
+        raise KpbenchError(f"iperf3 failed: {doc['error']}")
+    try:
+        end = doc["end"]
+        received, sent = end["sum_received"], end["sum_sent"]
+        return Iperf3Stats(seconds=float(received["seconds"]),
+                           bytes_received=int(received["bytes"]),
+                           bits_per_second=float(received["bits_per_second"]),
+                           retransmits=int(sent.get("retransmits", 0)),
+                           streams=len(end["streams"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise KpbenchError(f"iperf3's JSON has no usable totals ({e!r})") from None
+
+
+def _last_line(output: str) -> str:
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    return lines[-1] if lines else "no output"

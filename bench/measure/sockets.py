@@ -1,0 +1,378 @@
+"""Socket workloads: real connections from a client namespace to responders.
+
+Workloads (:data:`WORKLOADS`), each closed loop at ``flows`` concurrent flows
+or open loop at ``rate_tps`` (request/response workloads only):
+
+``udp-rr`` / ``tcp-rr``
+    ping-pong of ``request_bytes`` messages on established flows (sockperf
+    ``ping-pong``, open loop ``under-load --reply-every 1``); one sockperf
+    client per flow, so each flow is its own socket and 5-tuple.
+``tcp-crr``
+    per transaction: connect, request, response, close (``kpb-crr``,
+    :mod:`bench.measure.socket_tools`); every transaction is a new connection.
+``tcp-stream``
+    bulk transfer over ``flows`` parallel TCP streams (``iperf3 -P``).
+
+:func:`run` starts one responder per :class:`Responder` (namespace, address),
+the generator(s) in the client namespace (inside ``cgroup`` if given: socket-lb
+balances only sockets of that cgroup), and reads each namespace's own TCP
+counters (``nstat``) and the node's conntrack entry count before and after.
+Every process is bounded by a timeout, dies with this process, and is killed
+when the run ends, fails or is interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import select
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.analysis.stats import Histogram, summary
+from bench.cluster import cgroups
+from bench.cluster.topology import PREFIX_RE, _die_with_parent
+from bench.errors import KpbenchError
+from bench.measure import socket_tools as T
+
+WORKLOADS = ("udp-rr", "tcp-rr", "tcp-crr", "tcp-stream")
+LOOPS = ("closed", "open")
+MAX_FLOWS = 256
+READY_TIMEOUT_S = 10.0
+GRACE_S = 15.0  # on top of a workload's duration before its generator is killed
+# The namespace counters a point reports (nstat names).
+TCP_COUNTERS = {"retransmits": "TcpRetransSegs", "resets_sent": "TcpOutRsts",
+                "estab_resets": "TcpEstabResets", "attempt_fails": "TcpAttemptFails",
+                "udp_rcvbuf_errors": "UdpRcvbufErrors"}
+
+
+@dataclass(frozen=True)
+class SocketWorkload:
+    """What to run: the workload, its loop and concurrency, and its bounds."""
+
+    workload: str
+    flows: int = 1
+    loop: str = "closed"
+    rate_tps: float | None = None  # open loop: offered transactions/s over all flows
+    duration_s: float = 5.0
+    count: int | None = None  # tcp-crr: at most this many transactions
+    request_bytes: int = 64
+    response_bytes: int = 64
+    timeout_ms: int = 2000  # tcp-crr: one transaction's bound
+
+    def check(self) -> None:
+        """ValueError naming the bad field and the accepted values."""
+        if self.workload not in WORKLOADS:
+            raise ValueError(f"unknown socket workload {self.workload!r}; known: "
+                             f"{', '.join(WORKLOADS)}")
+        if self.loop not in LOOPS:
+            raise ValueError(f"loop must be 'closed' or 'open', not {self.loop!r}")
+        if not 1 <= self.flows <= MAX_FLOWS:
+            raise ValueError(f"flows {self.flows} out of range (1-{MAX_FLOWS})")
+        if (self.loop == "open") != (self.rate_tps is not None):
+            raise ValueError("rate_tps is required with loop = 'open' and only then")
+        if self.rate_tps is not None and self.rate_tps <= 0:
+            raise ValueError(f"rate_tps must be positive, not {self.rate_tps}")
+        if self.loop == "open" and self.workload == "tcp-stream":
+            raise ValueError("tcp-stream runs closed loop only (a stream has no transactions)")
+        if not 0 < self.duration_s <= 3600:
+            raise ValueError(f"duration_s {self.duration_s} out of range (0-3600]")
+        if self.workload in ("udp-rr", "tcp-rr") and self.request_bytes < T.SOCKPERF_MIN_MSG:
+            raise ValueError(f"request_bytes must be >= {T.SOCKPERF_MIN_MSG} for sockperf")
+
+
+@dataclass(frozen=True)
+class Responder:
+    """A responder: the namespace it runs in and the address it binds to."""
+
+    netns: str
+    ip: str
+
+
+@dataclass(frozen=True)
+class SocketPath:
+    """Where the workload goes: client namespace to ``dst_ip:dst_port`` (a Service
+    address, or a responder's own for the direct path), answered by ``responders``."""
+
+    client_netns: str
+    dst_ip: str
+    dst_port: int
+    responders: tuple[Responder, ...]
+    node_netns: tuple[str, ...] = ()  # where conntrack entries are counted
+    client_ip: str | None = None  # bind the generator to it (None: the route's source)
+
+
+@dataclass
+class SocketResult:
+    """One workload run's figures (see :meth:`summary` for the point's metric names)."""
+
+    workload: str
+    loop: str
+    flows: int
+    offered_tps: float | None
+    seconds: float  # measured duration (sockperf: its valid duration, per client, mean)
+    transactions: int  # completed transactions (messages for *-rr); 0 for streams
+    transactions_per_s: float | None
+    throughput_bps: float | None
+    rtt: Histogram
+    failed: int  # failed connections, timeouts, resets mid-transaction, lost replies
+    served: int | None  # what the responders counted (tcp-crr)
+    counters: dict[str, dict[str, int]] = field(default_factory=dict)  # netns -> deltas
+    conntrack_created: int | None = None  # entry count growth summed over node_netns
+    generator_cpu_ns: int | None = None
+    responder_cpu_ns: int | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The point's figures under the names of the issue (rtt_ns like latency_ns)."""
+        per_tx = None
+        if self.transactions and self.generator_cpu_ns is not None:
+            per_tx = {"generator": self.generator_cpu_ns / self.transactions,
+                      "responder": (self.responder_cpu_ns or 0) / self.transactions}
+        return {"workload": self.workload, "loop": self.loop, "flows": self.flows,
+                "offered_tps": self.offered_tps,
+                "transactions_per_s": self.transactions_per_s,
+                "throughput_bps": self.throughput_bps,
+                "rtt_ns": summary(self.rtt) if self.rtt.count else None,
+                "failed_connections": self.failed,
+                "retransmits": sum(c.get("retransmits", 0) for c in self.counters.values()),
+                "resets": sum(c.get("resets_sent", 0) for c in self.counters.values()),
+                "conntrack_entries_created": self.conntrack_created,
+                "cpu_ns_per_transaction": per_tx}
+
+
+def run(work: SocketWorkload, path: SocketPath, *, cgroup: Path | None = None) -> SocketResult:
+    """Run ``work`` over ``path``; generator processes start inside ``cgroup`` if given.
+
+    Responder and generator CPU are read from cgroups of their own
+    (``<prefix>-sresp``, and ``<prefix>-sgen`` unless ``cgroup`` is given, then
+    from it: it must hold nothing else). Raises KpbenchError if a tool fails.
+    """
+    work.check()
+    if not path.responders:
+        raise ValueError("a socket workload needs at least one responder")
+    m = PREFIX_RE.match(path.client_netns)
+    if m is None:
+        raise ValueError(f"not a run namespace: {path.client_netns}")
+    prefix = m.group(1)
+    spaces = [path.client_netns, *dict.fromkeys(r.netns for r in path.responders)]
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kpb-sock-")))
+        resp_cg = _own_cgroup(stack, f"{prefix}-sresp")
+        gen_cg = cgroup or _own_cgroup(stack, f"{prefix}-sgen")
+        procs = stack.enter_context(Processes())
+        _start_responders(procs, work, path, resp_cg)
+        before = {ns: nstat(ns) for ns in spaces}
+        ct_before = [conntrack_count(ns) for ns in path.node_netns]
+        cpu0 = (cgroups.cpu_usage_ns(gen_cg), cgroups.cpu_usage_ns(resp_cg))
+        result = _GENERATORS[work.workload](procs, work, path, gen_cg, tmp)
+        result.generator_cpu_ns = cgroups.cpu_usage_ns(gen_cg) - cpu0[0]
+        result.responder_cpu_ns = cgroups.cpu_usage_ns(resp_cg) - cpu0[1]
+        if path.node_netns:
+            result.conntrack_created = sum(conntrack_count(ns) - c
+                                           for ns, c in zip(path.node_netns, ct_before,
+                                                            strict=True))
+        result.counters = {ns: {k: nstat(ns).get(v, 0) - before[ns].get(v, 0)
+                                for k, v in TCP_COUNTERS.items()} for ns in spaces}
+        if work.workload == "tcp-crr":
+            result.served = sum(T.parse_crr_server(out)[0]
+                                for out in procs.stop_all(signal.SIGTERM, "kpb-crr serve"))
+    return result
+
+
+def _own_cgroup(stack: contextlib.ExitStack, name: str) -> Path:
+    path = cgroups.create(name)
+    stack.callback(cgroups.remove, path)
+    return path
+
+
+# --- processes ---------------------------------------------------------------
+
+class Processes:
+    """Processes of one run: started in a namespace (and cgroup), killed at exit."""
+
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen[str]]] = []
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for _, p in self.procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    p.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.communicate(timeout=5)
+        self.procs.clear()
+
+    def start(self, tag: str, netns: str, argv: Sequence[str],
+              cgroup: Path | None) -> subprocess.Popen[str]:
+        """Start ``argv`` in ``netns`` (inside ``cgroup``), output piped; ``tag`` groups it."""
+        def child() -> None:
+            _die_with_parent()
+            if cgroup is not None:
+                cgroups.enter_in_child(cgroup)
+
+        p = subprocess.Popen(["ip", "netns", "exec", netns, *argv], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, preexec_fn=child)
+        self.procs.append((tag, p))
+        return p
+
+    def wait_ready(self, p: subprocess.Popen[str], marker: str, what: str) -> None:
+        """Read ``p``'s output until a line holds ``marker``; KpbenchError if it exits or
+        the marker does not come within :data:`READY_TIMEOUT_S`."""
+        assert p.stdout is not None
+        fd = p.stdout.fileno()
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        seen = b""
+        # Raw reads (select, then os.read): a text readline would block past the deadline.
+        while marker.encode() not in seen:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                break
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            seen += chunk
+        else:
+            return
+        raise KpbenchError(f"{what} did not start: {T._last_line(seen.decode(errors='replace'))}")
+
+    def finish(self, p: subprocess.Popen[str], timeout: float, what: str) -> str:
+        """Wait for ``p`` to exit by itself (killed after ``timeout``); its output."""
+        try:
+            out, _ = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, _ = p.communicate()
+            raise KpbenchError(f"{what} did not finish within {timeout:.0f} s; killed") from None
+        if p.returncode != 0:
+            raise KpbenchError(f"{what} failed (exit {p.returncode}): {T._last_line(out)}")
+        return out
+
+    def stop_all(self, sig: int, tag: str) -> list[str]:
+        """Send ``sig`` to every live process tagged ``tag``; their outputs."""
+        outs = []
+        for t, p in self.procs:
+            if t != tag:
+                continue
+            if p.poll() is None:
+                p.send_signal(sig)
+            outs.append(self.finish(p, 10, tag))
+        return outs
+
+
+# --- counters ------------------------------------------------------------------
+
+def nstat(netns: str) -> dict[str, int]:
+    """The namespace's SNMP counters (absolute; nstat's history is left untouched)."""
+    import json
+
+    out = subprocess.run(["ip", "netns", "exec", netns, "nstat", "-asz", "--json"],
+                         capture_output=True, text=True, timeout=10, check=True).stdout
+    return {k: int(v) for k, v in json.loads(out).get("kernel", {}).items()}
+
+
+def conntrack_count(netns: str) -> int:
+    """How many conntrack entries the namespace holds now."""
+    out = subprocess.run(["ip", "netns", "exec", netns, "conntrack", "-C"],
+                         capture_output=True, text=True, timeout=10, check=True).stdout
+    return int(out.strip())
+
+
+# --- workloads -----------------------------------------------------------------
+
+def _start_responders(procs: Processes, work: SocketWorkload, path: SocketPath,
+                      cgroup: Path) -> None:
+    bound = str(math.ceil(work.duration_s + GRACE_S + READY_TIMEOUT_S))
+    for r in path.responders:
+        if work.workload == "tcp-crr":
+            argv = [str(T.crr_binary()), "serve", "--listen", f"{r.ip}:{path.dst_port}",
+                    "--request", str(work.request_bytes), "--response",
+                    str(work.response_bytes), "--duration", bound]
+            marker, tag = "ready", "kpb-crr serve"
+        elif work.workload == "tcp-stream":
+            # One test per server process; the streams of one client share it.
+            argv = ["timeout", bound, "iperf3", "-s", "-1", "-B", r.ip, "-p",
+                    str(path.dst_port)]
+            marker, tag = "Server listening", "iperf3 -s"
+        else:
+            tcp = ["--tcp"] if work.workload == "tcp-rr" else []
+            argv = ["timeout", bound, "sockperf", "server", "-i", r.ip, "-p",
+                    str(path.dst_port), *tcp]
+            marker, tag = "block on socket", "sockperf server"
+        procs.wait_ready(procs.start(tag, r.netns, argv, cgroup), marker,
+                         f"{tag} in {r.netns}")
+
+
+def _crr(procs: Processes, work: SocketWorkload, path: SocketPath, cgroup: Path,
+         tmp: Path) -> SocketResult:
+    samples = tmp / "crr.samples"
+    argv = [str(T.crr_binary()), "client", "--connect", f"{path.dst_ip}:{path.dst_port}",
+            "--flows", str(work.flows), "--duration", f"{work.duration_s:g}",
+            "--request", str(work.request_bytes), "--response", str(work.response_bytes),
+            "--timeout-ms", str(work.timeout_ms), "--samples", str(samples)]
+    if work.count is not None:
+        argv += ["--count", str(work.count)]
+    if work.rate_tps is not None:
+        argv += ["--rate", f"{work.rate_tps:g}"]
+    if path.client_ip:
+        argv += ["--bind", path.client_ip]
+    p = procs.start("kpb-crr client", path.client_netns, argv, cgroup)
+    s = T.parse_crr_client(procs.finish(p, work.duration_s + GRACE_S, "kpb-crr client"))
+    return SocketResult(work.workload, work.loop, work.flows, work.rate_tps, s.seconds,
+                        s.transactions, s.transactions / s.seconds if s.seconds else None,
+                        None, Histogram.from_samples(T.read_crr_samples(samples,
+                                                                        s.transactions)),
+                        s.failed, None)
+
+
+def _rr(procs: Processes, work: SocketWorkload, path: SocketPath, cgroup: Path,
+        tmp: Path) -> SocketResult:
+    seconds = max(1, math.ceil(work.duration_s))  # sockperf takes whole seconds
+    mode = ["ping-pong"] if work.loop == "closed" else [
+        "under-load", "--reply-every", "1", "--mps", str(max(1, round(work.rate_tps / work.flows)))]  # type: ignore[operator]
+    tcp = ["--tcp"] if work.workload == "tcp-rr" else []
+    bind = ["--client_ip", path.client_ip] if path.client_ip else []
+    clients = []
+    for i in range(work.flows):
+        log = tmp / f"sockperf-{i}.csv"
+        argv = ["sockperf", *mode, "-i", path.dst_ip, "-p", str(path.dst_port), *tcp,
+                "-t", str(seconds), "-m", str(work.request_bytes), "--full-log", str(log),
+                *bind]
+        clients.append((procs.start("sockperf client", path.client_netns, argv, cgroup), log))
+    stats = [T.parse_sockperf(procs.finish(p, seconds + GRACE_S, "sockperf client"),
+                              log.read_text()) for p, log in clients]
+    rtt = Histogram()
+    for s in stats:
+        rtt.record(s.rtt_ns)
+    received = sum(s.received for s in stats)
+    tps = sum(s.received / s.seconds for s in stats if s.seconds)
+    return SocketResult(work.workload, work.loop, work.flows, work.rate_tps,
+                        float(np.mean([s.seconds for s in stats])), received, tps, None, rtt,
+                        sum(s.dropped for s in stats), None)
+
+
+def _stream(procs: Processes, work: SocketWorkload, path: SocketPath, cgroup: Path,
+            tmp: Path) -> SocketResult:
+    seconds = max(1, math.ceil(work.duration_s))
+    bind = ["-B", path.client_ip] if path.client_ip else []
+    argv = ["iperf3", "-c", path.dst_ip, "-p", str(path.dst_port), "-t", str(seconds),
+            "-P", str(work.flows), "-J", *bind]
+    p = procs.start("iperf3 client", path.client_netns, argv, cgroup)
+    s = T.parse_iperf3(procs.finish(p, seconds + GRACE_S, "iperf3 client"))
+    return SocketResult(work.workload, work.loop, work.flows, None, s.seconds, 0, None,
+                        s.bits_per_second, Histogram(), 0, None)
+
+
+_GENERATORS: dict[str, Callable[..., SocketResult]] = {
+    "udp-rr": _rr, "tcp-rr": _rr, "tcp-crr": _crr, "tcp-stream": _stream}

@@ -1,0 +1,488 @@
+/*
+ * kpb-crr: a TCP connect-request-response-close generator and its responder.
+ *
+ *   kpb-crr serve  --listen IP:PORT [--listen IP:PORT ...] [--request B] [--response B]
+ *                  [--delay-us US] [--duration S]
+ *   kpb-crr client --connect IP:PORT [--bind IP] [--flows N] [--count N] [--duration S]
+ *                  [--rate TPS] [--request B] [--response B] [--timeout-ms MS]
+ *                  [--samples FILE]
+ *
+ * A transaction is: connect(), write a request of B bytes, read a response of
+ * B bytes, close(). The responder accepts, reads the whole request, writes the
+ * response and closes first (so its side, not the client's, holds TIME_WAIT and
+ * the client's ports are free again at once). --delay-us holds each response that
+ * long after its request is in (a backend's service time; also a known latency to
+ * test the generator's clock against where the kernel has no netem).
+ *
+ * The client runs --flows threads. Closed loop (no --rate): each thread runs
+ * transactions back to back. Open loop (--rate): transaction i is due at
+ * start + i/rate; a free thread takes the next one, sleeps until it is due and
+ * its latency is counted from when it was due, not from when it started, so a
+ * generator that falls behind shows it as latency (no coordinated omission).
+ * Both stop after --count transactions or --duration seconds, whichever comes
+ * first; a transaction in flight is bounded by --timeout-ms.
+ *
+ * Output (stdout, one line, key=value; the responder prints "ready" first and
+ * its line when it gets SIGTERM/SIGINT or its --duration ends):
+ *   crr-client transactions=N connect_failed=N timeouts=N errors=N seconds=F ...
+ *   crr-server served=N errors=N
+ * --samples writes each successful transaction's latency in ns as a
+ * little-endian uint32 (clamped at 2^32-1, i.e. 4.29 s), in completion order.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_LISTEN 64
+#define MAX_FLOWS 1024
+#define MAX_BYTES (1 << 20)
+#define MAX_COUNT 100000000L
+
+static void die(const char *fmt, const char *arg)
+{
+    fprintf(stderr, "kpb-crr: ");
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\n");
+    exit(2);
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static long parse_long(const char *s, long lo, long hi, const char *what)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || v < lo || v > hi)
+        die("bad %s value", what);
+    return v;
+}
+
+static double parse_double(const char *s, double lo, double hi, const char *what)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || *end || !(v >= lo && v <= hi))
+        die("bad %s value", what);
+    return v;
+}
+
+static void parse_addr(const char *s, struct sockaddr_in *sa, int need_port)
+{
+    char buf[64];
+    if (strlen(s) >= sizeof buf)
+        die("address too long: %s", s);
+    strcpy(buf, s);
+    memset(sa, 0, sizeof *sa);
+    sa->sin_family = AF_INET;
+    char *colon = strrchr(buf, ':');
+    if (colon) {
+        *colon = 0;
+        sa->sin_port = htons((uint16_t)parse_long(colon + 1, 1, 65535, "port"));
+    } else if (need_port) {
+        die("address needs IP:PORT: %s", s);
+    }
+    if (inet_pton(AF_INET, buf, &sa->sin_addr) != 1)
+        die("not an IPv4 address: %s", s);
+}
+
+/* ---- responder ------------------------------------------------------------ */
+
+struct conn {
+    int fd;
+    long got;
+    uint64_t due; /* when the delayed response is due (0: not waiting) */
+    struct conn *next; /* in the list of delayed responses */
+};
+
+static volatile sig_atomic_t stop_flag;
+static void on_signal(int sig) { (void)sig; stop_flag = 1; }
+
+static long served, serve_errors;
+
+/* Write the whole response (bounded blocking send), count it, close. */
+static void respond(struct conn *c, char *buf, long response)
+{
+    long off = 0;
+    int fl = fcntl(c->fd, F_GETFL);
+    fcntl(c->fd, F_SETFL, fl & ~O_NONBLOCK);
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    while (off < response) {
+        ssize_t w = write(c->fd, buf, (size_t)(response - off));
+        if (w <= 0)
+            break;
+        off += w;
+    }
+    if (off == response)
+        served++;
+    else
+        serve_errors++;
+    close(c->fd); /* also removes it from the epoll set */
+    free(c);
+}
+
+static int serve(int argc, char **argv)
+{
+    struct sockaddr_in addrs[MAX_LISTEN];
+    int n_listen = 0;
+    long request = 64, response = 64, delay_us = 0;
+    double duration = 3600;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v)
+            die("option %s needs a value", a);
+        if (!strcmp(a, "--listen")) {
+            if (n_listen == MAX_LISTEN)
+                die("too many --listen (%s)", v);
+            parse_addr(v, &addrs[n_listen++], 1);
+        } else if (!strcmp(a, "--request"))
+            request = parse_long(v, 1, MAX_BYTES, "--request");
+        else if (!strcmp(a, "--response"))
+            response = parse_long(v, 1, MAX_BYTES, "--response");
+        else if (!strcmp(a, "--duration"))
+            duration = parse_double(v, 0.001, 86400, "--duration");
+        else if (!strcmp(a, "--delay-us"))
+            delay_us = parse_long(v, 0, 10000000, "--delay-us");
+        else
+            die("unknown serve option %s", a);
+        i++;
+    }
+    if (!n_listen)
+        die("serve needs --listen IP:PORT%s", "");
+    int ep = epoll_create1(0);
+    for (int i = 0; i < n_listen; i++) {
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0), one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(fd, (struct sockaddr *)&addrs[i], sizeof addrs[i]) || listen(fd, 4096)) {
+            fprintf(stderr, "kpb-crr: cannot listen on %s:%d: %s\n",
+                    inet_ntoa(addrs[i].sin_addr), ntohs(addrs[i].sin_port), strerror(errno));
+            return 2;
+        }
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
+        ev.data.u64 = (uint64_t)fd << 1 | 1; /* odd: a listener */
+        epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+    }
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    char *buf = calloc(1, (size_t)(request > response ? request : response) + 65536);
+    printf("ready\n");
+    fflush(stdout);
+    uint64_t end = now_ns() + (uint64_t)(duration * 1e9);
+    struct conn *delayed = NULL; /* responses waiting for their due time */
+    struct epoll_event evs[256];
+    while (!stop_flag && now_ns() < end) {
+        /* Sleep until the next due response (ns-precise: epoll_pwait2), at most 100 ms. */
+        uint64_t t = now_ns(), wait = 100000000ull;
+        for (struct conn *c = delayed; c; c = c->next)
+            if (c->due <= t)
+                wait = 0;
+            else if (c->due - t < wait)
+                wait = c->due - t;
+        struct timespec ts = {.tv_sec = (time_t)(wait / 1000000000ull),
+                              .tv_nsec = (long)(wait % 1000000000ull)};
+        int n = epoll_pwait2(ep, evs, 256, &ts, NULL);
+        for (int i = 0; i < n; i++) {
+            uint64_t d = evs[i].data.u64;
+            if (d & 1) {
+                int lfd = (int)(d >> 1);
+                for (;;) {
+                    int cfd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK);
+                    if (cfd < 0)
+                        break;
+                    int one = 1;
+                    setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+                    struct conn *c = calloc(1, sizeof *c);
+                    c->fd = cfd;
+                    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP};
+                    ev.data.ptr = c;
+                    epoll_ctl(ep, EPOLL_CTL_ADD, cfd, &ev);
+                }
+                continue;
+            }
+            struct conn *c = evs[i].data.ptr;
+            if (c->due)
+                continue; /* request complete, response pending */
+            for (;;) {
+                ssize_t r = read(c->fd, buf, (size_t)(request - c->got));
+                if (r > 0) {
+                    c->got += r;
+                    if (c->got < request)
+                        continue;
+                    if (delay_us) {
+                        epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+                        c->due = now_ns() + (uint64_t)delay_us * 1000ull;
+                        c->next = delayed;
+                        delayed = c;
+                    } else {
+                        respond(c, buf, response);
+                    }
+                } else if (r == 0 || (errno != EAGAIN && errno != EINTR)) {
+                    serve_errors++; /* closed or reset before the whole request came */
+                    close(c->fd);
+                    free(c);
+                }
+                break;
+            }
+        }
+        t = now_ns();
+        for (struct conn **pp = &delayed; *pp;) {
+            struct conn *c = *pp;
+            if (c->due <= t) {
+                *pp = c->next;
+                respond(c, buf, response);
+            } else {
+                pp = &c->next;
+            }
+        }
+    }
+    printf("crr-server served=%ld errors=%ld\n", served, serve_errors);
+    fflush(stdout);
+    return 0;
+}
+
+/* ---- generator ------------------------------------------------------------ */
+
+struct client_cfg {
+    struct sockaddr_in dst, src;
+    int bind_src;
+    long request, response, count, timeout_ms;
+    double rate;
+    uint64_t start, end;
+};
+
+static struct client_cfg cfg;
+static atomic_long next_tx, n_ok, n_connect_failed, n_timeouts, n_errors;
+static uint32_t *samples;
+
+enum { TX_OK, TX_CONNECT_FAILED, TX_TIMEOUT, TX_ERROR };
+
+/* Wait for fd to be ready for `events` until deadline (ns); 1 ready, 0 timeout. */
+static int wait_fd(int fd, short events, uint64_t deadline)
+{
+    for (;;) {
+        uint64_t t = now_ns();
+        if (t >= deadline)
+            return 0;
+        struct pollfd p = {.fd = fd, .events = events};
+        int ms = (int)((deadline - t + 999999) / 1000000);
+        int r = poll(&p, 1, ms);
+        if (r > 0)
+            return 1;
+        if (r < 0 && errno != EINTR)
+            return -1;
+    }
+}
+
+static int transaction(char *buf)
+{
+    uint64_t deadline = now_ns() + (uint64_t)cfg.timeout_ms * 1000000ull;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0), one = 1, rc = TX_OK;
+    if (fd < 0)
+        return TX_ERROR;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (cfg.bind_src) {
+        /* Port chosen at connect(), per destination, as without bind(). */
+        setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+        if (bind(fd, (struct sockaddr *)&cfg.src, sizeof cfg.src)) {
+            close(fd);
+            return TX_CONNECT_FAILED;
+        }
+    }
+    if (connect(fd, (struct sockaddr *)&cfg.dst, sizeof cfg.dst) && errno != EINPROGRESS) {
+        rc = TX_CONNECT_FAILED;
+        goto out;
+    }
+    int w = wait_fd(fd, POLLOUT, deadline);
+    if (w <= 0) {
+        rc = w == 0 ? TX_CONNECT_FAILED : TX_ERROR;
+        goto out;
+    }
+    int err = 0;
+    socklen_t len = sizeof err;
+    getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+    if (err) {
+        rc = TX_CONNECT_FAILED;
+        goto out;
+    }
+    long off = 0;
+    while (off < cfg.request) {
+        ssize_t r = write(fd, buf, (size_t)(cfg.request - off));
+        if (r > 0) {
+            off += r;
+        } else if (r < 0 && errno == EAGAIN) {
+            if ((w = wait_fd(fd, POLLOUT, deadline)) <= 0) {
+                rc = w == 0 ? TX_TIMEOUT : TX_ERROR;
+                goto out;
+            }
+        } else {
+            rc = TX_ERROR;
+            goto out;
+        }
+    }
+    off = 0;
+    while (off < cfg.response) {
+        ssize_t r = read(fd, buf, (size_t)(cfg.response - off));
+        if (r > 0) {
+            off += r;
+        } else if (r < 0 && errno == EAGAIN) {
+            if ((w = wait_fd(fd, POLLIN, deadline)) <= 0) {
+                rc = w == 0 ? TX_TIMEOUT : TX_ERROR;
+                goto out;
+            }
+        } else {
+            rc = TX_ERROR; /* reset, or closed before the whole response */
+            goto out;
+        }
+    }
+out:
+    close(fd);
+    return rc;
+}
+
+static void sleep_until(uint64_t t)
+{
+    struct timespec ts = {.tv_sec = (time_t)(t / 1000000000ull),
+                          .tv_nsec = (long)(t % 1000000000ull)};
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+        ;
+}
+
+static void *flow(void *arg)
+{
+    (void)arg;
+    char *buf = calloc(1, (size_t)(cfg.request > cfg.response ? cfg.request : cfg.response));
+    for (;;) {
+        long i = atomic_fetch_add(&next_tx, 1);
+        if (i >= cfg.count || stop_flag)
+            break;
+        uint64_t due = now_ns();
+        if (cfg.rate > 0) {
+            due = cfg.start + (uint64_t)((double)i * 1e9 / cfg.rate);
+            if (due >= cfg.end)
+                break;
+            sleep_until(due);
+        } else if (due >= cfg.end) {
+            break;
+        }
+        int rc = transaction(buf);
+        uint64_t lat = now_ns() - due;
+        if (rc == TX_OK) {
+            long slot = atomic_fetch_add(&n_ok, 1);
+            samples[slot] = lat > UINT32_MAX ? UINT32_MAX : (uint32_t)lat;
+        } else if (rc == TX_CONNECT_FAILED) {
+            atomic_fetch_add(&n_connect_failed, 1);
+        } else if (rc == TX_TIMEOUT) {
+            atomic_fetch_add(&n_timeouts, 1);
+        } else {
+            atomic_fetch_add(&n_errors, 1);
+        }
+    }
+    free(buf);
+    return NULL;
+}
+
+static int client(int argc, char **argv)
+{
+    long flows = 1;
+    double duration = 10;
+    const char *samples_path = NULL;
+    int have_dst = 0;
+    cfg.request = cfg.response = 64;
+    cfg.count = 1000000;
+    cfg.timeout_ms = 2000;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v)
+            die("option %s needs a value", a);
+        if (!strcmp(a, "--connect")) {
+            parse_addr(v, &cfg.dst, 1);
+            have_dst = 1;
+        } else if (!strcmp(a, "--bind")) {
+            parse_addr(v, &cfg.src, 0);
+            cfg.src.sin_port = 0;
+            cfg.bind_src = 1;
+        } else if (!strcmp(a, "--flows"))
+            flows = parse_long(v, 1, MAX_FLOWS, "--flows");
+        else if (!strcmp(a, "--count"))
+            cfg.count = parse_long(v, 1, MAX_COUNT, "--count");
+        else if (!strcmp(a, "--duration"))
+            duration = parse_double(v, 0.001, 86400, "--duration");
+        else if (!strcmp(a, "--rate"))
+            cfg.rate = parse_double(v, 0.001, 1e8, "--rate");
+        else if (!strcmp(a, "--request"))
+            cfg.request = parse_long(v, 1, MAX_BYTES, "--request");
+        else if (!strcmp(a, "--response"))
+            cfg.response = parse_long(v, 1, MAX_BYTES, "--response");
+        else if (!strcmp(a, "--timeout-ms"))
+            cfg.timeout_ms = parse_long(v, 1, 600000, "--timeout-ms");
+        else if (!strcmp(a, "--samples"))
+            samples_path = v;
+        else
+            die("unknown client option %s", a);
+        i++;
+    }
+    if (!have_dst)
+        die("client needs --connect IP:PORT%s", "");
+    samples = malloc((size_t)cfg.count * sizeof *samples);
+    if (!samples)
+        die("cannot allocate the samples of --count%s", "");
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    pthread_t th[MAX_FLOWS];
+    cfg.start = now_ns();
+    cfg.end = cfg.start + (uint64_t)(duration * 1e9);
+    for (long i = 0; i < flows; i++)
+        if (pthread_create(&th[i], NULL, flow, NULL))
+            die("cannot start a flow thread%s", "");
+    for (long i = 0; i < flows; i++)
+        pthread_join(th[i], NULL);
+    double seconds = (double)(now_ns() - cfg.start) / 1e9;
+    long ok = atomic_load(&n_ok);
+    if (samples_path) {
+        FILE *f = fopen(samples_path, "wb");
+        if (!f || fwrite(samples, sizeof *samples, (size_t)ok, f) != (size_t)ok || fclose(f))
+            die("cannot write %s", samples_path);
+    }
+    printf("crr-client transactions=%ld connect_failed=%ld timeouts=%ld errors=%ld "
+           "seconds=%.6f flows=%ld loop=%s rate=%.3f\n",
+           ok, atomic_load(&n_connect_failed), atomic_load(&n_timeouts),
+           atomic_load(&n_errors), seconds, flows, cfg.rate > 0 ? "open" : "closed", cfg.rate);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc >= 2 && !strcmp(argv[1], "serve"))
+        return serve(argc - 2, argv + 2);
+    if (argc >= 2 && !strcmp(argv[1], "client"))
+        return client(argc - 2, argv + 2);
+    fprintf(stderr, "usage: kpb-crr serve --listen IP:PORT ... | "
+                    "kpb-crr client --connect IP:PORT [options] (see tools/crr/crr.c)\n");
+    return 2;
+}
