@@ -92,10 +92,11 @@ class SocketWorkload:
 
 @dataclass(frozen=True)
 class Responder:
-    """A responder: the namespace it runs in and the address it binds to."""
+    """A responder: the namespace it runs in and the address (and port) it binds to."""
 
     netns: str
     ip: str
+    port: int | None = None  # None: the path's dst_port (a Service's targetPort differs)
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,7 @@ def run(work: SocketWorkload, path: SocketPath, *, cgroup: Path | None = None) -
         resp_cg = _own_cgroup(stack, f"{prefix}-sresp")
         gen_cg = cgroup or _own_cgroup(stack, f"{prefix}-sgen")
         procs = stack.enter_context(Processes())
-        _start_responders(procs, work, path, resp_cg)
+        _start_responders(procs, work, path, resp_cg, tmp)
         before = {ns: nstat(ns) for ns in spaces}
         ct_before = [conntrack_count(ns) for ns in path.node_netns]
         cpu0 = (cgroups.cpu_usage_ns(gen_cg), cgroups.cpu_usage_ns(resp_cg))
@@ -207,9 +208,9 @@ class Processes:
 
     def __exit__(self, *exc: object) -> None:
         for _, p in self.procs:
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    p.kill()
+            # The whole process group: a tool under `timeout` is its child.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.communicate(timeout=5)
         self.procs.clear()
@@ -223,7 +224,8 @@ class Processes:
                 cgroups.enter_in_child(cgroup)
 
         p = subprocess.Popen(["ip", "netns", "exec", netns, *argv], stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, preexec_fn=child)
+                             stderr=subprocess.STDOUT, text=True, preexec_fn=child,
+                             start_new_session=True)
         self.procs.append((tag, p))
         return p
 
@@ -292,23 +294,26 @@ def conntrack_count(netns: str) -> int:
 # --- workloads -----------------------------------------------------------------
 
 def _start_responders(procs: Processes, work: SocketWorkload, path: SocketPath,
-                      cgroup: Path) -> None:
+                      cgroup: Path, tmp: Path) -> None:
     bound = str(math.ceil(work.duration_s + GRACE_S + READY_TIMEOUT_S))
     for r in path.responders:
+        port = str(r.port or path.dst_port)
         if work.workload == "tcp-crr":
-            argv = [str(T.crr_binary()), "serve", "--listen", f"{r.ip}:{path.dst_port}",
+            argv = [str(T.crr_binary()), "serve", "--listen", f"{r.ip}:{port}",
                     "--request", str(work.request_bytes), "--response",
                     str(work.response_bytes), "--duration", bound]
             marker, tag = "ready", "kpb-crr serve"
         elif work.workload == "tcp-stream":
             # One test per server process; the streams of one client share it.
-            argv = ["timeout", bound, "iperf3", "-s", "-1", "-B", r.ip, "-p",
-                    str(path.dst_port)]
+            argv = ["timeout", bound, "iperf3", "-s", "-1", "--forceflush", "-B", r.ip, "-p",
+                    port]
             marker, tag = "Server listening", "iperf3 -s"
         else:
-            tcp = ["--tcp"] if work.workload == "tcp-rr" else []
-            argv = ["timeout", bound, "sockperf", "server", "-i", r.ip, "-p",
-                    str(path.dst_port), *tcp]
+            # From a feed file, so that -F e serves many flows at once (the default,
+            # blocking on one TCP connection, leaves a second client unanswered).
+            feed = tmp / f"feed-{r.netns}-{r.ip}-{port}"
+            feed.write_text(f"{'T' if work.workload == 'tcp-rr' else 'U'}:{r.ip}:{port}\n")
+            argv = ["timeout", bound, "sockperf", "server", "-f", str(feed), "-F", "e"]
             marker, tag = "block on socket", "sockperf server"
         procs.wait_ready(procs.start(tag, r.netns, argv, cgroup), marker,
                          f"{tag} in {r.netns}")

@@ -1,0 +1,217 @@
+"""Socket workloads on known paths: a plain veth pair, then a real datapath.
+
+The pair is two run namespaces joined by a veth (no rules, no conntrack). The
+kernel here has no netem, so a known latency comes from the responder's own
+hold time (``kpb-crr serve --delay-us``), which the generator's clock must see.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bench.cluster import cgroups
+from bench.cluster.testbed import Testbed
+from bench.cluster.topology import new_prefix, register_run, remove_run
+from bench.datapaths import make_variant
+from bench.measure import socket_tools as T
+from bench.measure import sockets as S
+from bench.model.generate import GenSpec, generate
+from tests.conftest import require_feature
+
+pytestmark = pytest.mark.privileged
+
+CLIENT_IP, SERVER_IP, OTHER_IP = "10.99.0.1", "10.99.0.2", "10.99.0.3"
+
+
+@dataclass(frozen=True)
+class Pair:
+    prefix: str
+    client: str
+    server: str
+
+    def path(self, port: int, dst_ip: str = SERVER_IP) -> S.SocketPath:
+        return S.SocketPath(self.client, dst_ip, port, (S.Responder(self.server, SERVER_IP),),
+                            client_ip=CLIENT_IP)
+
+
+def ns_run(netns: str, *argv: str) -> str:
+    return subprocess.run(["ip", "netns", "exec", netns, *argv], check=True,
+                          capture_output=True, text=True, timeout=30).stdout
+
+
+@pytest.fixture(scope="module")
+def pair() -> Iterator[Pair]:
+    prefix = new_prefix()
+    register_run(prefix)
+    p = Pair(prefix, f"{prefix}-sc", f"{prefix}-ss")
+    try:
+        for ns in (p.client, p.server):
+            subprocess.run(["ip", "netns", "add", ns], check=True)
+            ns_run(ns, "ip", "link", "set", "lo", "up")
+        # Made inside the client namespace, its peer moved straight into the server's.
+        ns_run(p.client, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0",
+               "netns", p.server)
+        ns_run(p.client, "ip", "addr", "add", f"{CLIENT_IP}/24", "dev", "eth0")
+        # OTHER_IP is the server's too, but no responder binds it.
+        for ip in (SERVER_IP, OTHER_IP):
+            ns_run(p.server, "ip", "addr", "add", f"{ip}/24", "dev", "eth0")
+        for ns in (p.client, p.server):
+            ns_run(ns, "ip", "link", "set", "eth0", "up")
+        yield p
+    finally:
+        remove_run(prefix)
+
+
+def live_pids(*spaces: str) -> list[str]:
+    return [pid for ns in spaces for pid in
+            subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
+                           text=True).stdout.split()]
+
+
+# --- kpb-crr on its own ------------------------------------------------------
+
+def crr_serve(pair: Pair, port: int, *extra: str) -> subprocess.Popen[str]:
+    p = subprocess.Popen(["ip", "netns", "exec", pair.server, str(T.crr_binary()), "serve",
+                          "--listen", f"{SERVER_IP}:{port}", "--duration", "30", *extra],
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    return p
+
+
+def crr_client(pair: Pair, dst: str, port: int, samples: Path, *extra: str) -> T.CrrClientStats:
+    return T.parse_crr_client(ns_run(pair.client, str(T.crr_binary()), "client", "--connect",
+                                     f"{dst}:{port}", "--samples", str(samples), *extra))
+
+
+def stop(p: subprocess.Popen[str]) -> tuple[int, int]:
+    p.terminate()
+    return T.parse_crr_server(p.communicate(timeout=10)[0])
+
+
+def test_crr_latency_is_the_responders_hold_time_and_every_transaction_is_served(
+        pair: Pair, tmp_path: Path) -> None:
+    delay_ns = 2_000_000
+    server = crr_serve(pair, 9001, "--delay-us", str(delay_ns // 1000))
+    try:
+        s = crr_client(pair, SERVER_IP, 9001, tmp_path / "s", "--flows", "4", "--count", "300",
+                       "--duration", "20")
+    finally:
+        served, errors = stop(server)
+    assert (s.transactions, s.failed, served, errors) == (300, 0, 300, 0)
+    rtt = T.read_crr_samples(tmp_path / "s", 300)
+    p50 = float(sorted(rtt)[149])
+    # Never below the hold time; above it by the connect/close round trips on a veth
+    # (tens of us here, a busy 2-core machine adds some): a clock in the wrong unit or
+    # a latency that misses the response is far outside.
+    assert delay_ns <= rtt.min() and p50 < delay_ns + 1_500_000
+
+
+def test_crr_open_loop_offers_its_rate_and_not_more(pair: Pair, tmp_path: Path) -> None:
+    server = crr_serve(pair, 9002)
+    try:
+        s = crr_client(pair, SERVER_IP, 9002, tmp_path / "s", "--flows", "2", "--rate", "400",
+                       "--count", "200", "--duration", "20")
+    finally:
+        served, _ = stop(server)
+    assert s.loop == "open" and s.transactions == served == 200 and s.failed == 0
+    # 200 transactions due over 0.5 s: a closed loop would finish them far sooner.
+    assert 0.49 <= s.seconds < 2.0
+
+
+def test_crr_counts_refused_connections_and_binds_only_its_address(pair: Pair,
+                                                                  tmp_path: Path) -> None:
+    server = crr_serve(pair, 9003)
+    try:
+        s = crr_client(pair, OTHER_IP, 9003, tmp_path / "s", "--count", "50", "--duration", "10")
+    finally:
+        served, _ = stop(server)
+    assert (s.transactions, s.connect_failed, served) == (0, 50, 0)
+
+
+# --- every workload through bench.measure.sockets --------------------------------
+
+def test_tcp_crr_run_matches_the_responders_count(pair: Pair) -> None:
+    r = S.run(S.SocketWorkload("tcp-crr", flows=8, count=500, duration_s=20), pair.path(9101))
+    assert (r.transactions, r.served, r.failed) == (500, 500, 0)
+    assert r.rtt.count == 500 and r.transactions_per_s and r.transactions_per_s > 0
+    assert r.generator_cpu_ns and r.responder_cpu_ns  # both did work in their own cgroups
+    assert r.counters[pair.client]["resets_sent"] == 0
+    assert not live_pids(pair.client, pair.server)
+
+
+@pytest.mark.parametrize("workload", ["tcp-rr", "udp-rr"])
+def test_rr_closed_loop_one_sample_per_message_over_several_flows(pair: Pair,
+                                                                  workload: str) -> None:
+    r = S.run(S.SocketWorkload(workload, flows=2, duration_s=1), pair.path(9200))
+    assert r.transactions > 100 and r.rtt.count == r.transactions and r.failed == 0
+    assert r.transactions_per_s and r.rtt.percentiles((50,))["p50"]
+    assert not live_pids(pair.client, pair.server)
+
+
+def test_udp_rr_open_loop_achieves_the_offered_rate(pair: Pair) -> None:
+    r = S.run(S.SocketWorkload("udp-rr", flows=2, loop="open", rate_tps=1000, duration_s=1),
+              pair.path(9300))
+    assert r.failed == 0 and r.rtt.count == r.transactions
+    # sockperf paces each flow at 500 msg/s; a closed loop would reach tens of thousands.
+    assert r.transactions_per_s is not None and 700 < r.transactions_per_s < 1100
+
+
+@pytest.mark.parametrize("streams", [1, 3])
+def test_tcp_stream_reports_throughput(pair: Pair, streams: int) -> None:
+    r = S.run(S.SocketWorkload("tcp-stream", flows=streams, duration_s=1), pair.path(9400))
+    assert r.throughput_bps and r.throughput_bps > 1e8  # a veth carries Gbit/s here
+    assert r.transactions == 0 and r.rtt.count == 0
+
+
+def test_an_interrupted_run_leaves_no_process_and_no_cgroup(pair: Pair,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    def interrupted(*a: object, **kw: object) -> T.CrrClientStats:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "parse_crr_client", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        S.run(S.SocketWorkload("tcp-crr", flows=2, duration_s=1), pair.path(9500))
+    assert not live_pids(pair.client, pair.server)
+    root = cgroups.cgroup2_root()
+    assert not [p for p in root.glob(f"{pair.prefix}-*")]
+
+
+def test_a_failing_responder_is_an_error_naming_it(pair: Pair) -> None:
+    from bench.errors import KpbenchError
+
+    bad = S.SocketPath(pair.client, SERVER_IP, 9600, (S.Responder(pair.server, "10.98.0.1"),))
+    with pytest.raises(KpbenchError, match="kpb-crr serve in .* did not start: kpb-crr: "
+                                           "cannot listen on 10.98.0.1:9600"):
+        S.run(S.SocketWorkload("tcp-crr", duration_s=1), bad)
+
+
+# --- through a datapath ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def iptables_bed() -> Iterator[Testbed]:
+    require_feature("iptables-legacy")
+    services, slices = generate(GenSpec(services=1, endpoints=2, nodes=1))
+    with Testbed(make_variant("iptables-legacy"), services, slices, nodes=1,
+                 echo=False) as tb:
+        yield tb
+
+
+def test_tcp_crr_through_a_clusterip_one_conntrack_entry_per_transaction(
+        iptables_bed: Testbed) -> None:
+    tb, svc = iptables_bed, iptables_bed.services[0]
+    port = svc.ports[0]
+    # The responders listen on the target port of their own pod address only, and the
+    # client connects to the ClusterIP: a completed transaction went through DNAT and
+    # its reply came back from the service address (else the client's TCP resets it).
+    path = S.SocketPath(tb.cluster.client_pod_ns, svc.cluster_ip, port.port,
+                        tuple(S.Responder(tb.cluster.pod_ns(p), p.ip, p.tcp_ports[0])
+                              for p in tb.layout.pods),
+                        node_netns=(tb.cluster.node_ns(0),))
+    r = S.run(S.SocketWorkload("tcp-crr", flows=4, count=300, duration_s=20), path)
+    assert (r.transactions, r.served, r.failed, r.conntrack_created) == (300, 300, 0, 300)
