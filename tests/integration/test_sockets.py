@@ -215,3 +215,25 @@ def test_tcp_crr_through_a_clusterip_one_conntrack_entry_per_transaction(
                         node_netns=(tb.cluster.node_ns(0),))
     r = S.run(S.SocketWorkload("tcp-crr", flows=4, count=300, duration_s=20), path)
     assert (r.transactions, r.served, r.failed, r.conntrack_created) == (300, 300, 0, 300)
+
+
+def test_socket_lb_balances_only_the_run_cgroups_sockets() -> None:
+    require_feature("socket-lb")
+    services, slices = generate(GenSpec(services=1, endpoints=2, nodes=1))
+    with Testbed(make_variant("socket-lb"), services, slices, nodes=1, echo=False) as tb:
+        svc, pods = tb.services[0], tb.layout.pods
+        path = S.SocketPath(tb.cluster.client_pod_ns, svc.cluster_ip, svc.ports[0].port,
+                            tuple(S.Responder(tb.cluster.pod_ns(p), p.ip, p.tcp_ports[0])
+                                  for p in pods))
+        cgroup = tb.datapath.client_cgroup()  # type: ignore[attr-defined]
+        assert cgroup is not None
+        r = S.run(S.SocketWorkload("tcp-crr", flows=4, count=200, duration_s=20), path,
+                  cgroup=cgroup)
+        assert (r.transactions, r.served, r.failed) == (200, 200, 0)
+        # The same connects from outside that cgroup reach no one: nothing else
+        # translates the ClusterIP under socket-lb.
+        outside = S.run(S.SocketWorkload("tcp-crr", count=3, duration_s=10, timeout_ms=300),
+                        path)
+        assert (outside.transactions, outside.served, outside.failed) == (0, 0, 3)
+        for i in range(tb.cluster.node_count):
+            tb.datapath.cleanup(tb.cluster.node_ns(i))
