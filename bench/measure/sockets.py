@@ -313,7 +313,9 @@ def _start_responders(procs: Processes, work: SocketWorkload, path: SocketPath,
             # blocking on one TCP connection, leaves a second client unanswered).
             feed = tmp / f"feed-{r.netns}-{r.ip}-{port}"
             feed.write_text(f"{'T' if work.workload == 'tcp-rr' else 'U'}:{r.ip}:{port}\n")
-            argv = ["timeout", bound, "sockperf", "server", "-f", str(feed), "-F", "e"]
+            # --uc-reuseaddr: a tcp-crr run just before leaves TIME_WAIT on this port.
+            argv = ["timeout", bound, "sockperf", "server", "-f", str(feed), "-F", "e",
+                    "--uc-reuseaddr"]
             marker, tag = "block on socket", "sockperf server"
         procs.wait_ready(procs.start(tag, r.netns, argv, cgroup), marker,
                          f"{tag} in {r.netns}")

@@ -153,6 +153,13 @@ def test_rr_closed_loop_one_sample_per_message_over_several_flows(pair: Pair,
     assert not live_pids(pair.client, pair.server)
 
 
+def test_tcp_rr_right_after_tcp_crr_on_the_same_port(pair: Pair) -> None:
+    # The responder of tcp-crr closes first: its TIME_WAIT sockets hold the port.
+    S.run(S.SocketWorkload("tcp-crr", count=50, duration_s=10), pair.path(9250))
+    r = S.run(S.SocketWorkload("tcp-rr", duration_s=1), pair.path(9250))
+    assert r.transactions > 100
+
+
 def test_udp_rr_open_loop_achieves_the_offered_rate(pair: Pair) -> None:
     r = S.run(S.SocketWorkload("udp-rr", flows=2, loop="open", rate_tps=1000, duration_s=1),
               pair.path(9300))
