@@ -142,6 +142,9 @@ def test_tcp_crr_run_matches_the_responders_count(pair: Pair) -> None:
     assert r.generator_cpu_ns and r.responder_cpu_ns  # both did work in their own cgroups
     assert r.counters[pair.client]["resets_sent"] == 0
     assert not live_pids(pair.client, pair.server)
+    # The responder closes first: a client left in TIME_WAIT would run out of ports
+    # after ~28,000 transactions (60 s each) and then crawl.
+    assert ns_run(pair.client, "ss", "-Htan", "state", "time-wait").strip() == ""
 
 
 @pytest.mark.parametrize("workload", ["tcp-rr", "udp-rr"])

@@ -8,9 +8,9 @@
  *                  [--samples FILE]
  *
  * A transaction is: connect(), write a request of B bytes, read a response of
- * B bytes, close(). The responder accepts, reads the whole request, writes the
- * response and closes first (so its side, not the client's, holds TIME_WAIT and
- * the client's ports are free again at once). --delay-us holds each response that
+ * B bytes, read the responder's FIN, close(). The responder accepts, reads the
+ * whole request, writes the response and closes first, so its side, not the
+ * client's, holds TIME_WAIT and the client's ports are free again at once. --delay-us holds each response that
  * long after its request is in (a backend's service time; also a known latency to
  * test the generator's clock against where the kernel has no netem).
  *
@@ -357,6 +357,23 @@ static int transaction(char *buf)
             rc = TX_ERROR; /* reset, or closed before the whole response */
             goto out;
         }
+    }
+    /* Wait for the responder's FIN before closing: the side that closes first holds
+     * TIME_WAIT for 60 s, and on the client that would use up its ephemeral ports
+     * within seconds at the rates measured here. */
+    for (;;) {
+        ssize_t r = read(fd, buf, 1);
+        if (r == 0)
+            break;
+        if (r < 0 && errno == EAGAIN) {
+            if ((w = wait_fd(fd, POLLIN, deadline)) <= 0) {
+                rc = w == 0 ? TX_TIMEOUT : TX_ERROR;
+                goto out;
+            }
+            continue;
+        }
+        rc = TX_ERROR; /* more than the response, or a reset */
+        goto out;
     }
 out:
     close(fd);
