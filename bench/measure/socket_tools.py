@@ -128,6 +128,25 @@ def parse_sockperf(output: str, full_log: str) -> SockperfStats:
                          dropped=int(dropped.group(1)) if dropped else 0, rtt_ns=rtt)
 
 
+# --- conntrack -E ---------------------------------------------------------------
+
+_CT_EVENTS = re.compile(r"(\d+) flow events have been shown")
+
+
+def parse_conntrack_events(output: str) -> int:
+    """How many events ``conntrack -E`` says it showed (its last line, on SIGTERM).
+
+    KpbenchError if it lost some (ENOBUFS: the count would be short) or printed no total.
+    """
+    if "ENOBUFS" in output:
+        raise KpbenchError("conntrack -E lost events (ENOBUFS): the count of new "
+                           "entries would be short")
+    m = _CT_EVENTS.search(output)
+    if m is None:
+        raise KpbenchError(f"conntrack -E printed no event count: {_last_line(output)}")
+    return int(m.group(1))
+
+
 # --- iperf3 --------------------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -49,6 +49,8 @@ LOOPS = ("closed", "open")
 MAX_FLOWS = 256
 READY_TIMEOUT_S = 10.0
 GRACE_S = 15.0  # on top of a workload's duration before its generator is killed
+CT_LISTEN_S = 0.3  # for conntrack -E to subscribe, and for the last events to arrive
+CT_EVENT_BUFFER = 128 << 20  # its netlink buffer: a lost event would fail the count
 # The namespace counters a point reports (nstat names).
 TCP_COUNTERS = {"retransmits": "TcpRetransSegs", "resets_sent": "TcpOutRsts",
                 "estab_resets": "TcpEstabResets", "attempt_fails": "TcpAttemptFails",
@@ -128,7 +130,11 @@ class SocketResult:
     failed: int  # failed connections, timeouts, resets mid-transaction, lost replies
     served: int | None  # what the responders counted (tcp-crr)
     counters: dict[str, dict[str, int]] = field(default_factory=dict)  # netns -> deltas
-    conntrack_created: int | None = None  # entry count growth summed over node_netns
+    # Entry count growth summed over node_netns. A connection whose 4-tuple repeats one
+    # still in TIME_WAIT replaces that entry, so past ~10,000 connections to one address
+    # (ports repeat) this undercounts: conntrack_new counts every entry made.
+    conntrack_created: int | None = None
+    conntrack_new: int | None = None  # NEW events (run(..., conntrack_events=True))
     generator_cpu_ns: int | None = None
     responder_cpu_ns: int | None = None
 
@@ -146,12 +152,18 @@ class SocketResult:
                 "failed_connections": self.failed,
                 "retransmits": sum(c.get("retransmits", 0) for c in self.counters.values()),
                 "resets": sum(c.get("resets_sent", 0) for c in self.counters.values()),
-                "conntrack_entries_created": self.conntrack_created,
+                "conntrack_entries_created": (self.conntrack_new if self.conntrack_new
+                                              is not None else self.conntrack_created),
                 "cpu_ns_per_transaction": per_tx}
 
 
-def run(work: SocketWorkload, path: SocketPath, *, cgroup: Path | None = None) -> SocketResult:
+def run(work: SocketWorkload, path: SocketPath, *, cgroup: Path | None = None,
+        conntrack_events: bool = False) -> SocketResult:
     """Run ``work`` over ``path``; generator processes start inside ``cgroup`` if given.
+
+    ``conntrack_events`` also counts every conntrack entry the nodes create
+    (``conntrack -E -e NEW``): exact, but the event delivery and the listener cost
+    CPU on the measured path, so keep it for known-workload checks, not timed points.
 
     Responder and generator CPU are read from cgroups of their own
     (``<prefix>-sresp``, and ``<prefix>-sgen`` unless ``cgroup`` is given, then
@@ -173,6 +185,12 @@ def run(work: SocketWorkload, path: SocketPath, *, cgroup: Path | None = None) -
         _start_responders(procs, work, path, resp_cg, tmp)
         before = {ns: nstat(ns) for ns in spaces}
         ct_before = [conntrack_count(ns) for ns in path.node_netns]
+        if conntrack_events:
+            for ns in path.node_netns:
+                procs.start("conntrack -E", ns, ["conntrack", "-E", "-e", "NEW", "-b",
+                                                 str(CT_EVENT_BUFFER)], None,
+                            discard_stdout=True)  # its total comes on stderr
+            time.sleep(CT_LISTEN_S)  # it prints nothing until the first event
         cpu0 = (cgroups.cpu_usage_ns(gen_cg), cgroups.cpu_usage_ns(resp_cg))
         result = _GENERATORS[work.workload](procs, work, path, gen_cg, tmp)
         result.generator_cpu_ns = cgroups.cpu_usage_ns(gen_cg) - cpu0[0]
@@ -183,6 +201,10 @@ def run(work: SocketWorkload, path: SocketPath, *, cgroup: Path | None = None) -
                                                             strict=True))
         result.counters = {ns: {k: nstat(ns).get(v, 0) - before[ns].get(v, 0)
                                 for k, v in TCP_COUNTERS.items()} for ns in spaces}
+        if conntrack_events:
+            time.sleep(CT_LISTEN_S)  # events are delivered asynchronously
+            result.conntrack_new = sum(T.parse_conntrack_events(out) for out in
+                                       procs.stop_all(signal.SIGTERM, "conntrack -E"))
         if work.workload == "tcp-crr":
             result.served = sum(T.parse_crr_server(out)[0]
                                 for out in procs.stop_all(signal.SIGTERM, "kpb-crr serve"))
@@ -215,16 +237,22 @@ class Processes:
                 p.communicate(timeout=5)
         self.procs.clear()
 
-    def start(self, tag: str, netns: str, argv: Sequence[str],
-              cgroup: Path | None) -> subprocess.Popen[str]:
-        """Start ``argv`` in ``netns`` (inside ``cgroup``), output piped; ``tag`` groups it."""
+    def start(self, tag: str, netns: str, argv: Sequence[str], cgroup: Path | None, *,
+              discard_stdout: bool = False) -> subprocess.Popen[str]:
+        """Start ``argv`` in ``netns`` (inside ``cgroup``), output piped; ``tag`` groups it.
+
+        ``discard_stdout``: only stderr is kept, for a tool whose stdout is unbounded
+        (a full pipe would stall it).
+        """
         def child() -> None:
             _die_with_parent()
             if cgroup is not None:
                 cgroups.enter_in_child(cgroup)
 
-        p = subprocess.Popen(["ip", "netns", "exec", netns, *argv], stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, preexec_fn=child,
+        out, err = ((subprocess.DEVNULL, subprocess.PIPE) if discard_stdout
+                    else (subprocess.PIPE, subprocess.STDOUT))
+        p = subprocess.Popen(["ip", "netns", "exec", netns, *argv], stdout=out, stderr=err,
+                             text=True, preexec_fn=child,
                              start_new_session=True)
         self.procs.append((tag, p))
         return p
@@ -252,11 +280,12 @@ class Processes:
     def finish(self, p: subprocess.Popen[str], timeout: float, what: str) -> str:
         """Wait for ``p`` to exit by itself (killed after ``timeout``); its output."""
         try:
-            out, _ = p.communicate(timeout=timeout)
+            out, err = p.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             p.kill()
-            out, _ = p.communicate()
+            p.communicate()
             raise KpbenchError(f"{what} did not finish within {timeout:.0f} s; killed") from None
+        out = (out or "") + (err or "")
         if p.returncode != 0:
             raise KpbenchError(f"{what} failed (exit {p.returncode}): {T._last_line(out)}")
         return out

@@ -74,6 +74,17 @@ def test_iperf3_totals_and_its_errors() -> None:
         T.parse_iperf3("iperf3: error - bad option\n")
 
 
+def test_conntrack_event_total_and_lost_events() -> None:
+    assert T.parse_conntrack_events(
+        "conntrack v1.4.7 (conntrack-tools): 300 flow events have been shown.\n") == 300
+    with pytest.raises(KpbenchError, match="lost events"):
+        T.parse_conntrack_events("WARNING: We have hit ENOBUFS! We are losing events.\n"
+                                 "conntrack v1.4.7 (conntrack-tools): 9 flow events have "
+                                 "been shown.\n")
+    with pytest.raises(KpbenchError, match="no event count: Killed"):
+        T.parse_conntrack_events("Killed\n")
+
+
 @pytest.mark.parametrize(("kw", "message"), [
     ({"workload": "tcp-xx"}, "unknown socket workload"),
     ({"workload": "tcp-rr", "loop": "half"}, "loop must be"),
