@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.errors import KpbenchError
+from bench.measure.processes import last_line
 from bench.paths import CHECKOUT
 
 CRR_SOURCE = CHECKOUT / "tools" / "crr" / "crr.c"
@@ -66,7 +67,7 @@ def parse_crr_client(output: str) -> CrrClientStats:
     """Parse ``kpb-crr client``'s output; KpbenchError if it has no summary line."""
     m = _CRR_CLIENT.search(output)
     if m is None:
-        raise KpbenchError(f"kpb-crr client printed no summary: {_last_line(output)}")
+        raise KpbenchError(f"kpb-crr client printed no summary: {last_line(output)}")
     g = m.groups()
     return CrrClientStats(int(g[0]), int(g[1]), int(g[2]), int(g[3]), float(g[4]), int(g[5]),
                           g[6], float(g[7]))
@@ -76,7 +77,7 @@ def parse_crr_server(output: str) -> tuple[int, int]:
     """(served, errors) from ``kpb-crr serve``'s output; KpbenchError without its line."""
     m = _CRR_SERVER.search(output)
     if m is None:
-        raise KpbenchError(f"kpb-crr responder printed no summary: {_last_line(output)}")
+        raise KpbenchError(f"kpb-crr responder printed no summary: {last_line(output)}")
     return int(m.group(1)), int(m.group(2))
 
 
@@ -116,7 +117,7 @@ def parse_sockperf(output: str, full_log: str) -> SockperfStats:
     """
     m = _VALID.search(output)
     if m is None:
-        raise KpbenchError(f"sockperf printed no measured duration: {_last_line(output)}")
+        raise KpbenchError(f"sockperf printed no measured duration: {last_line(output)}")
     rows = np.array([(float(a), float(b)) for a, b in _LOG_ROW.findall(full_log)],
                     dtype=np.float64).reshape(-1, 2)
     rtt = np.round((rows[:, 1] - rows[:, 0]) * 1e9)
@@ -143,7 +144,7 @@ def parse_conntrack_events(output: str) -> int:
                            "entries would be short")
     m = _CT_EVENTS.search(output)
     if m is None:
-        raise KpbenchError(f"conntrack -E printed no event count: {_last_line(output)}")
+        raise KpbenchError(f"conntrack -E printed no event count: {last_line(output)}")
     return int(m.group(1))
 
 
@@ -165,7 +166,7 @@ def parse_iperf3(output: str) -> Iperf3Stats:
     try:
         doc = json.loads(output)
     except json.JSONDecodeError:
-        raise KpbenchError(f"iperf3 printed no JSON: {_last_line(output)}") from None
+        raise KpbenchError(f"iperf3 printed no JSON: {last_line(output)}") from None
     if "error" in doc:
         raise KpbenchError(f"iperf3 failed: {doc['error']}")
     try:
@@ -179,7 +180,3 @@ def parse_iperf3(output: str) -> Iperf3Stats:
     except (KeyError, TypeError, ValueError) as e:
         raise KpbenchError(f"iperf3's JSON has no usable totals ({e!r})") from None
 
-
-def _last_line(output: str) -> str:
-    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
-    return lines[-1] if lines else "no output"

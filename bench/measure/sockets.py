@@ -24,14 +24,13 @@ when the run ends, fails or is interrupted.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
-import os
-import select
 import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,14 +39,14 @@ import numpy as np
 
 from bench.analysis.stats import Histogram, summary
 from bench.cluster import cgroups
-from bench.cluster.topology import PREFIX_RE, _die_with_parent
-from bench.errors import KpbenchError
+from bench.cluster.topology import PREFIX_RE
+from bench.measure import processes as P
 from bench.measure import socket_tools as T
+from bench.measure.processes import Processes
 
 WORKLOADS = ("udp-rr", "tcp-rr", "tcp-crr", "tcp-stream")
 LOOPS = ("closed", "open")
 MAX_FLOWS = 256
-READY_TIMEOUT_S = 10.0
 GRACE_S = 15.0  # on top of a workload's duration before its generator is killed
 CT_LISTEN_S = 0.3  # for conntrack -E to subscribe, and for the last events to arrive
 CT_EVENT_BUFFER = 128 << 20  # its netlink buffer: a lost event would fail the count
@@ -217,97 +216,10 @@ def _own_cgroup(stack: contextlib.ExitStack, name: str) -> Path:
     return path
 
 
-# --- processes ---------------------------------------------------------------
-
-class Processes:
-    """Processes of one run: started in a namespace (and cgroup), killed at exit."""
-
-    def __init__(self) -> None:
-        self.procs: list[tuple[str, subprocess.Popen[str]]] = []
-
-    def __enter__(self) -> Processes:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for _, p in self.procs:
-            # The whole process group: a tool under `timeout` is its child.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.communicate(timeout=5)
-        self.procs.clear()
-
-    def start(self, tag: str, netns: str, argv: Sequence[str], cgroup: Path | None, *,
-              discard_stdout: bool = False) -> subprocess.Popen[str]:
-        """Start ``argv`` in ``netns`` (inside ``cgroup``), output piped; ``tag`` groups it.
-
-        ``discard_stdout``: only stderr is kept, for a tool whose stdout is unbounded
-        (a full pipe would stall it).
-        """
-        def child() -> None:
-            _die_with_parent()
-            if cgroup is not None:
-                cgroups.enter_in_child(cgroup)
-
-        out, err = ((subprocess.DEVNULL, subprocess.PIPE) if discard_stdout
-                    else (subprocess.PIPE, subprocess.STDOUT))
-        p = subprocess.Popen(["ip", "netns", "exec", netns, *argv], stdout=out, stderr=err,
-                             text=True, preexec_fn=child,
-                             start_new_session=True)
-        self.procs.append((tag, p))
-        return p
-
-    def wait_ready(self, p: subprocess.Popen[str], marker: str, what: str) -> None:
-        """Read ``p``'s output until a line holds ``marker``; KpbenchError if it exits or
-        the marker does not come within :data:`READY_TIMEOUT_S`."""
-        assert p.stdout is not None
-        fd = p.stdout.fileno()
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        seen = b""
-        # Raw reads (select, then os.read): a text readline would block past the deadline.
-        while marker.encode() not in seen:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                break
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                break
-            seen += chunk
-        else:
-            return
-        raise KpbenchError(f"{what} did not start: {T._last_line(seen.decode(errors='replace'))}")
-
-    def finish(self, p: subprocess.Popen[str], timeout: float, what: str) -> str:
-        """Wait for ``p`` to exit by itself (killed after ``timeout``); its output."""
-        try:
-            out, err = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.communicate()
-            raise KpbenchError(f"{what} did not finish within {timeout:.0f} s; killed") from None
-        out = (out or "") + (err or "")
-        if p.returncode != 0:
-            raise KpbenchError(f"{what} failed (exit {p.returncode}): {T._last_line(out)}")
-        return out
-
-    def stop_all(self, sig: int, tag: str) -> list[str]:
-        """Send ``sig`` to every live process tagged ``tag``; their outputs."""
-        outs = []
-        for t, p in self.procs:
-            if t != tag:
-                continue
-            if p.poll() is None:
-                p.send_signal(sig)
-            outs.append(self.finish(p, 10, tag))
-        return outs
-
-
 # --- counters ------------------------------------------------------------------
 
 def nstat(netns: str) -> dict[str, int]:
     """The namespace's SNMP counters (absolute; nstat's history is left untouched)."""
-    import json
-
     out = subprocess.run(["ip", "netns", "exec", netns, "nstat", "-asz", "--json"],
                          capture_output=True, text=True, timeout=10, check=True).stdout
     return {k: int(v) for k, v in json.loads(out).get("kernel", {}).items()}
@@ -324,7 +236,7 @@ def conntrack_count(netns: str) -> int:
 
 def _start_responders(procs: Processes, work: SocketWorkload, path: SocketPath,
                       cgroup: Path, tmp: Path) -> None:
-    bound = str(math.ceil(work.duration_s + GRACE_S + READY_TIMEOUT_S))
+    bound = str(math.ceil(work.duration_s + GRACE_S + P.READY_TIMEOUT_S))
     for r in path.responders:
         port = str(r.port or path.dst_port)
         if work.workload == "tcp-crr":
