@@ -97,7 +97,7 @@ class Processes:
         except subprocess.TimeoutExpired:
             p.kill()
             p.communicate()
-            raise KpbenchError(f"{what} did not finish within {timeout:.0f} s; killed") from None
+            raise KpbenchError(f"{what} did not finish within {timeout:g} s; killed") from None
         out = (out or "") + (err or "")
         if p.returncode != 0:
             raise KpbenchError(f"{what} failed (exit {p.returncode}): {last_line(out)}")

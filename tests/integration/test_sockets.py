@@ -163,8 +163,9 @@ def test_tcp_rr_right_after_tcp_crr_on_the_same_port(pair: Pair) -> None:
     assert r.transactions > 100
 
 
-def test_udp_rr_open_loop_achieves_the_offered_rate(pair: Pair) -> None:
-    r = S.run(S.SocketWorkload("udp-rr", flows=2, loop="open", rate_tps=1000, duration_s=1),
+@pytest.mark.parametrize("workload", ["udp-rr", "tcp-rr"])
+def test_rr_open_loop_achieves_the_offered_rate(pair: Pair, workload: str) -> None:
+    r = S.run(S.SocketWorkload(workload, flows=2, loop="open", rate_tps=1000, duration_s=1),
               pair.path(9300))
     assert r.failed == 0 and r.rtt.count == r.transactions
     # sockperf paces each flow at 500 msg/s; a closed loop would reach tens of thousands.
@@ -190,6 +191,18 @@ def test_an_interrupted_run_leaves_no_process_and_no_cgroup(pair: Pair,
     assert not live_pids(pair.client, pair.server)
     root = cgroups.cgroup2_root()
     assert not [p for p in root.glob(f"{pair.prefix}-*")]
+
+
+def test_a_process_past_its_bound_is_killed_and_named(pair: Pair) -> None:
+    from bench.errors import KpbenchError
+    from bench.measure.processes import Processes
+
+    with Processes() as procs:
+        p = procs.start("sleeper", pair.client, ["sleep", "60"], None)
+        with pytest.raises(KpbenchError, match="sleeper did not finish within 0.5 s; killed"):
+            procs.finish(p, 0.5, "sleeper")
+        assert p.poll() is not None
+    assert not live_pids(pair.client)
 
 
 def test_a_failing_responder_is_an_error_naming_it(pair: Pair) -> None:
