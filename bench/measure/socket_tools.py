@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,13 @@ CRR_SOURCE = CHECKOUT / "tools" / "crr" / "crr.c"
 CRR_BINARY = CHECKOUT / "build" / "kpb-crr"
 SOCKPERF_MIN_MSG = 14  # sockperf's own header; smaller messages are refused
 SOCKPERF_WARMUP_S = 0.4  # sockperf's warm-up before its measured ("valid") duration
+
+
+def require(tool: str) -> None:
+    """KpbenchError naming the fix if ``tool`` is not on PATH."""
+    if shutil.which(tool) is None:
+        raise KpbenchError(f"{tool} is not installed: run scripts/setup.sh (Debian package "
+                           f"{tool})")
 
 
 def crr_binary() -> Path:

@@ -169,6 +169,10 @@ def run(work: SocketWorkload, path: SocketPath, *, cgroup: Path | None = None,
     from it: it must hold nothing else). Raises KpbenchError if a tool fails.
     """
     work.check()
+    for tool in {"tcp-stream": ["iperf3"], "tcp-crr": []}.get(work.workload, ["sockperf"]):
+        T.require(tool)
+    for tool in ("nstat", *(["conntrack"] if path.node_netns else [])):
+        T.require(tool)
     if not path.responders:
         raise ValueError("a socket workload needs at least one responder")
     m = PREFIX_RE.match(path.client_netns)

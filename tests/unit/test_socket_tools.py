@@ -74,6 +74,13 @@ def test_iperf3_totals_and_its_errors() -> None:
         T.parse_iperf3("iperf3: error - bad option\n")
 
 
+def test_a_missing_tool_names_the_set_up_script(monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(KpbenchError, match="sockperf is not installed: run scripts/setup.sh"):
+        T.require("sockperf")
+
+
 def test_conntrack_event_total_and_lost_events() -> None:
     assert T.parse_conntrack_events(
         "conntrack v1.4.7 (conntrack-tools): 300 flow events have been shown.\n") == 300
