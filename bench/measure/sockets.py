@@ -40,6 +40,7 @@ import numpy as np
 from bench.analysis.stats import Histogram, summary
 from bench.cluster import cgroups
 from bench.cluster.topology import PREFIX_RE
+from bench.errors import KpbenchError
 from bench.measure import processes as P
 from bench.measure import socket_tools as T
 from bench.measure.processes import Processes
@@ -321,7 +322,16 @@ def _stream(procs: Processes, work: SocketWorkload, path: SocketPath, cgroup: Pa
     argv = ["iperf3", "-c", path.dst_ip, "-p", str(path.dst_port), "-t", str(seconds),
             "-P", str(work.flows), "-J", *bind]
     p = procs.start("iperf3 client", path.client_netns, argv, cgroup)
-    s = T.parse_iperf3(procs.finish(p, seconds + GRACE_S, "iperf3 client"))
+    try:
+        s = T.parse_iperf3(procs.finish(p, seconds + GRACE_S, "iperf3 client"))
+    except KpbenchError as e:
+        if len(path.responders) == 1:
+            raise
+        # iperf3's control and data connections are separate: balanced to different
+        # backends, the test never starts.
+        raise KpbenchError(f"{e} (tcp-stream over {len(path.responders)} backends: iperf3 "
+                           "needs all its connections on one backend; use a Service with "
+                           "one endpoint or sessionAffinity ClientIP)") from None
     return SocketResult(work.workload, work.loop, work.flows, None, s.seconds, 0, None,
                         s.bits_per_second, Histogram(), 0, None)
 

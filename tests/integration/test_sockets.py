@@ -18,6 +18,7 @@ from bench.cluster import cgroups
 from bench.cluster.testbed import Testbed
 from bench.cluster.topology import new_prefix, register_run, remove_run
 from bench.datapaths import make_variant
+from bench.errors import KpbenchError
 from bench.measure import socket_tools as T
 from bench.measure import sockets as S
 from bench.model.generate import GenSpec, generate
@@ -179,6 +180,17 @@ def test_tcp_stream_reports_throughput(pair: Pair, streams: int) -> None:
     assert r.transactions == 0 and r.rtt.count == 0
 
 
+def test_a_failed_stream_over_several_backends_says_why(pair: Pair) -> None:
+    # Through a Service with several endpoints, iperf3's control and data connections
+    # may land on different backends and the test never starts (a timeout, or a
+    # refusal as here): the error says what to give tcp-stream instead.
+    path = S.SocketPath(pair.client, OTHER_IP, 9702, (S.Responder(pair.server, SERVER_IP),
+                                                      S.Responder(pair.server, OTHER_IP, 9701)))
+    with pytest.raises(KpbenchError, match="Connection refused .*iperf3 needs all its "
+                                           "connections on one backend"):
+        S.run(S.SocketWorkload("tcp-stream", duration_s=1), path)
+
+
 def test_an_interrupted_run_leaves_no_process_and_no_cgroup(pair: Pair,
                                                              monkeypatch: pytest.MonkeyPatch
                                                              ) -> None:
@@ -194,7 +206,6 @@ def test_an_interrupted_run_leaves_no_process_and_no_cgroup(pair: Pair,
 
 
 def test_a_process_past_its_bound_is_killed_and_named(pair: Pair) -> None:
-    from bench.errors import KpbenchError
     from bench.measure.processes import Processes
 
     with Processes() as procs:
@@ -206,7 +217,6 @@ def test_a_process_past_its_bound_is_killed_and_named(pair: Pair) -> None:
 
 
 def test_a_failing_responder_is_an_error_naming_it(pair: Pair) -> None:
-    from bench.errors import KpbenchError
 
     bad = S.SocketPath(pair.client, SERVER_IP, 9600, (S.Responder(pair.server, "10.98.0.1"),))
     with pytest.raises(KpbenchError, match="kpb-crr serve in .* did not start: kpb-crr: "
@@ -272,3 +282,4 @@ def test_socket_lb_balances_only_the_run_cgroups_sockets() -> None:
         assert (outside.transactions, outside.served, outside.failed) == (0, 0, 3)
         for i in range(tb.cluster.node_count):
             tb.datapath.cleanup(tb.cluster.node_ns(i))
+
