@@ -283,3 +283,19 @@ def test_socket_lb_balances_only_the_run_cgroups_sockets() -> None:
         for i in range(tb.cluster.node_count):
             tb.datapath.cleanup(tb.cluster.node_ns(i))
 
+
+
+def test_udp_rr_through_a_clusterip_one_conntrack_entry_per_flow() -> None:
+    require_feature("iptables-legacy")
+    services, slices = generate(GenSpec(services=1, endpoints=2, nodes=1, protocol="UDP"))
+    with Testbed(make_variant("iptables-legacy"), services, slices, nodes=1,
+                 echo=False) as tb:
+        svc, node = tb.services[0], tb.cluster.node_ns(0)
+        path = S.SocketPath(tb.cluster.client_pod_ns, svc.cluster_ip, svc.ports[0].port,
+                            tuple(S.Responder(tb.cluster.pod_ns(p), p.ip, p.udp_ports[0])
+                                  for p in tb.layout.pods), node_netns=(node,))
+        r = S.run(S.SocketWorkload("udp-rr", flows=3, duration_s=1), path,
+                  conntrack_events=True)
+        # Every request after a flow's first hits its entry: 3 flows, 3 entries.
+        assert r.transactions > 100 and r.failed == 0 and r.conntrack_new == 3
+        tb.datapath.cleanup(node)
