@@ -166,13 +166,10 @@ def fit_prior(stats: Sequence[RunStats]) -> Prior | None:
 
 
 def benjamini_hochberg(p_values: Sequence[float]) -> list[float]:
-    """Benjamini-Hochberg adjusted p-values (q-values), in the order given."""
-    m = len(p_values)
-    order = sorted(range(m), key=lambda i: p_values[i])
-    q = [1.0] * m
-    running = 1.0
-    for rank in range(m, 0, -1):
-        i = order[rank - 1]
-        running = min(running, p_values[i] * m / rank)
-        q[i] = min(1.0, running)
-    return q
+    """Benjamini-Hochberg adjusted p-values (q-values), in the order given
+    (``scipy.stats.false_discovery_control``)."""
+    from scipy.stats import false_discovery_control  # type: ignore[import-untyped]
+
+    if not p_values:
+        return []
+    return [float(q) for q in false_discovery_control(list(p_values), method="bh")]
