@@ -300,7 +300,7 @@ def compare_metric(key: PointKey, metric: Metric, base: PointDoc, new: PointDoc,
     new_runs = new_runs if new_runs is not None else runs_of(new)
     rb, rn = run_values(metric, base_runs), run_values(metric, new_runs)
     within = within_run_variance(metric, [*base_runs, *new_runs])
-    st = run_stats(rb, rn, metric.resolution, within)
+    st = run_stats(rb, rn, metric.resolution, within, metric.difference)
     p = mann_whitney_p(bs, ns) if min_p_value(len(bs), len(ns)) < alpha else None
     return MetricChange(**common, change_pct=change_pct, change_abs=change_abs,  # type: ignore[arg-type]
                         p_value=p, runs_base=len(rb), runs_new=len(rn), run_stats=st)

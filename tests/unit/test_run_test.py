@@ -40,6 +40,21 @@ def test_runs_that_happen_to_agree_do_not_make_their_repetitions_noise_a_change(
     assert _p([10_000, 10_000], [12_000], within=within) > 0.05
 
 
+def test_a_difference_metric_is_tested_the_same_wherever_zero_falls() -> None:
+    # Service minus control at three points of one metric: one crosses zero. In logs the
+    # all-positive points would be tested on another scale than the one that crosses zero
+    # (and moderated together with it); as figures, a shift changes nothing.
+    points = [([80.0, 120.0, 100.0], [400.0]), ([-60.0, 40.0, -10.0], [300.0]),
+              ([900.0, 1100.0, 1000.0], [1300.0])]
+    for shift in (0.0, 5_000.0):
+        stats = [rt.run_stats([v + shift for v in b], [v + shift for v in n], difference=True)
+                 for b, n in points]
+        assert [st.diff for st in stats] == pytest.approx([300.0, 310.0, 300.0])  # type: ignore[union-attr]
+        assert [st.var for st in stats] == pytest.approx([800 / 2, 5_000 / 2, 20_000 / 2])  # type: ignore[union-attr]
+    within = rt.within_run_variance(METRICS_BY_NAME["service_minus_control_p50_ns"], [])
+    assert within == 0.0
+
+
 def test_benjamini_hochberg_matches_the_textbook() -> None:
     q = rt.benjamini_hochberg([0.01, 0.04, 0.03, 0.005])
     assert q == pytest.approx([0.02, 0.04, 0.04, 0.02])

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import statistics
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -15,9 +17,11 @@ import numpy as np
 import pytest
 
 from bench.analysis import compare
+from bench.analysis.metrics import METRICS_BY_NAME
+from bench.analysis.runlevel import run_values
 from bench.analysis.verdict import Reason, Thresholds, Verdict, judge, parse_gate
 from bench.errors import InputError
-from bench.results import PointDoc, make_point
+from bench.results import PointDoc, load_result, make_point, runs_of
 from tests.conftest import ROOT
 from tests.synthetic_results import (
     RATE,
@@ -170,8 +174,16 @@ def test_a_gate_failure_judged_by_runs_alone_is_reported(tmp_path: Path,
     slow = in_memory([control_point(rng, 60)])
     slow["points"][0]["setup"]["sync_seconds"] = 4.0
     new = tmp_path / "slow.json"
-    new.write_text(__import__("json").dumps(slow))
+    new.write_text(json.dumps(slow))
     capsys.readouterr()
     assert main("compare", pooled, new, "--fail-on", "sync_full:20%") == 1
     err = capsys.readouterr().err
     assert "regression beyond --fail-on sync_full:20%" in err and "+100.0% (runs q=" in err
+    # The difference against the control is tested across runs in ns, not in logs.
+    base_doc = load_result(pooled)
+    (mc,) = changes(compare.compare_runs(base_doc, slow), "service_minus_control_p50_ns")
+    metric = METRICS_BY_NAME["service_minus_control_p50_ns"]
+    rb = run_values(metric, runs_of(base_doc["points"][0]))
+    rn = run_values(metric, runs_of(slow["points"][0]))
+    assert len(rb) == 3 and mc.run_stats is not None
+    assert mc.run_stats.diff == pytest.approx(statistics.fmean(rn) - statistics.fmean(rb))
