@@ -212,6 +212,10 @@ def parse_gate(text: str) -> Gate:
         raise InputError(f"{name} is a difference (Service minus its paired control) that sits "
                          f"near zero, so a percentage of it means nothing: give its threshold "
                          f"in ns, e.g. {name}:500ns", source="--fail-on")
+    if absolute and not raw.endswith("ns"):
+        # Explicit: a bare number meant % here before these metrics were judged in ns.
+        raise InputError(f"{name} is judged in ns: give the unit, e.g. {name}:500ns",
+                         source="--fail-on")
     if not absolute and raw.endswith("ns"):
         raise InputError(f"{name}'s threshold is a percentage, e.g. {name}:10%",
                          source="--fail-on")

@@ -150,7 +150,7 @@ def test_a_difference_near_zero_is_judged_in_ns_not_in_percent(
     assert "service_minus_control_p50_ns within +800ns" in (case.get("name") or "")
     failure = case.find("failure")
     assert failure is not None and "µs" in (failure.get("message") or "")
-    assert main("compare", b, n, "--fail-on", "service_minus_control_p50_ns:2000") == 0
+    assert main("compare", b, n, "--fail-on", "service_minus_control_p50_ns:2000ns") == 0
 
 
 def test_a_difference_gate_in_percent_is_refused_with_the_fix() -> None:
@@ -160,7 +160,9 @@ def test_a_difference_gate_in_percent_is_refused_with_the_fix() -> None:
         parse_gate("p99_latency:10ns")
     assert str(parse_gate("service_minus_control_cpu_ns_per_packet:300ns")) == \
         "service_minus_control_cpu_ns_per_packet:300ns"
-    assert parse_gate("service_minus_control_p99_ns:250").absolute
+    assert parse_gate("service_minus_control_p99_ns:250 ns").absolute
+    with pytest.raises(InputError, match=r"give the unit, e.g. service_minus_control_p99_ns:500ns"):
+        parse_gate("service_minus_control_p99_ns:250")  # once meant 250 %: not silently ns
 
 
 def test_a_gate_failure_judged_by_runs_alone_is_reported(tmp_path: Path,
