@@ -17,9 +17,10 @@ bench.analysis.metrics.METRICS present on both sides, a change is *significant* 
   hundreds of metrics, so uncorrected, some always cross ``alpha`` by
   chance — **and**
 - the reported figures (pooled over repetitions) differ by at least
-  ``min_effect_pct`` (default 5 %), so a statistically clear but irrelevant
-  difference is not called a regression (asv's rule: different *and* beyond a
-  factor).
+  ``min_effect_pct`` (default 5 %) — or, for a difference of two figures
+  (Service minus its paired control, near zero), by ``min_effect_ns`` — so a
+  statistically clear but irrelevant difference is not called a regression
+  (asv's rule: different *and* beyond a factor).
 
 It is a regression or an improvement by the metric's direction (lower latency
 and CPU are better, higher delivered pps is better). With n and m samples the
@@ -27,7 +28,8 @@ exact test cannot go below p = 2 / C(n+m, n): when that is above ``alpha``
 (e.g. one sync time per side, or 3 vs 3 repetitions) and there are no runs to
 test either, the change is reported as *untested* with the numbers needed,
 never as "no change". A metric measured once per run (the full sync of a
-packet scenario) is judged by the run test alone.
+packet scenario) is judged by the run test alone. This module gathers that
+evidence; bench.analysis.verdict turns it into the verdict and its reason.
 
 Numbers from different environments are not comparable: :func:`compare_runs`
 refuses them, listing every differing key of :data:`ENV_KEYS`, unless told
@@ -41,9 +43,9 @@ import statistics
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from bench.analysis.metrics import METRICS, METRICS_BY_NAME, Metric, PointKey, key_label, point_key
+from bench.analysis.metrics import METRICS, Metric, PointKey, key_label, point_key
 from bench.analysis.runlevel import (
     RunStats,
     benjamini_hochberg,
@@ -53,11 +55,23 @@ from bench.analysis.runlevel import (
     run_values,
     within_run_variance,
 )
-from bench.errors import InputError, KpbenchError
+from bench.analysis.verdict import (  # noqa: F401  (re-exported: the comparison's API)
+    DEFAULT_ALPHA,
+    DEFAULT_MIN_EFFECT_NS,
+    DEFAULT_MIN_EFFECT_PCT,
+    Gate,
+    Judgement,
+    Reason,
+    Thresholds,
+    Verdict,
+    effect_text,
+    judge,
+    min_p_value,
+    min_repetitions,
+    parse_gate,
+)
+from bench.errors import KpbenchError
 from bench.results import PointDoc, ResultDoc, iter_points, runs_of
-
-DEFAULT_ALPHA = 0.05
-DEFAULT_MIN_EFFECT_PCT = 5.0
 
 #: Environment keys (dotted paths into ``environment``) whose difference makes numbers
 #: incomparable: the kernel, host vs VM and the VM's acceleration and kernel, the CPU,
@@ -72,9 +86,6 @@ ENV_WARN_KEYS: tuple[str, ...] = ("governor", "tools.tcpreplay", "tools.bcc", "p
 #: (another machine of the same kind is expected in CI; an older baseline is not suspect).
 ENV_WARN_IF_RECORDED: tuple[str, ...] = ("machine_id",)
 
-Verdict = Literal["regression", "improvement", "same", "untested", "only in BASE",
-                  "only in NEW"]
-
 
 class EnvironmentMismatch(KpbenchError):
     """Two results come from environments whose numbers are not comparable."""
@@ -87,35 +98,6 @@ class EnvironmentMismatch(KpbenchError):
                          f"anyway")
 
 
-@dataclass(frozen=True)
-class Gate:
-    """``--fail-on METRIC:PCT``: a significant regression of METRIC beyond PCT % fails."""
-
-    metric: str
-    pct: float
-
-    def __str__(self) -> str:
-        return f"{self.metric}:{self.pct:g}%"
-
-
-def parse_gate(text: str) -> Gate:
-    """Parse ``METRIC:PCT`` (``p99_latency:10%``, ``sync_full:20``); InputError if malformed."""
-    name, sep, pct = text.rpartition(":")
-    if not sep or not name:
-        raise InputError(f"{text!r} is not METRIC:PCT (e.g. p99_latency:10%)",
-                         source="--fail-on")
-    if name not in METRICS_BY_NAME:
-        raise InputError(f"unknown metric {name!r}; known: {', '.join(METRICS_BY_NAME)}",
-                         source="--fail-on")
-    try:
-        value = float(pct.strip().removesuffix("%"))
-    except ValueError:
-        raise InputError(f"{pct!r} in {text!r} is not a percentage", source="--fail-on")
-    if not math.isfinite(value) or value < 0:
-        raise InputError(f"threshold {pct!r} must be a percentage >= 0", source="--fail-on")
-    return Gate(name, value)
-
-
 @dataclass
 class MetricChange:
     """One metric of one point, BASE vs NEW."""
@@ -126,22 +108,56 @@ class MetricChange:
     new: float | None
     n_base: int
     n_new: int
-    change_pct: float | None  # +inf when BASE is 0 and NEW is not
+    # NEW - BASE in %, +inf when BASE is 0 and NEW is not; None for a difference metric
+    # (Service minus control: near zero, a percentage of it means nothing).
+    change_pct: float | None
+    change_abs: float | None  # NEW - BASE, in the metric's unit
     p_value: float | None  # Mann-Whitney U over repetitions
-    verdict: Verdict
-    note: str = ""
     runs_base: int = 1
     runs_new: int = 1
     run_stats: RunStats | None = None  # per-run figures, for bench.analysis.runlevel
     run_p_value: float | None = None  # the (moderated) t test over runs, uncorrected
     run_q_value: float | None = None  # ... after the Benjamini-Hochberg correction
+    judgement: Judgement | None = None  # set once every test is in (compare_runs)
+
+    @property
+    def effect(self) -> float | None:
+        """The change the minimum effect and the gates judge: % (absolute for a difference)."""
+        return self.change_abs if self.metric.difference else self.change_pct
+
+    def effect_text(self) -> str:
+        """The change in words for messages: "+20.1%", "+1,860 ns"; "—" when unknown."""
+        e = self.effect
+        return "—" if e is None else effect_text(e, self.metric.difference)
 
     @property
     def worse(self) -> bool:
         """Whether NEW moved in the metric's bad direction (whatever the significance)."""
-        if self.change_pct is None or self.change_pct == 0:
+        if self.change_abs is None or self.change_abs == 0:
             return False
-        return (self.change_pct > 0) == (self.metric.better == "lower")
+        return (self.change_abs > 0) == (self.metric.better == "lower")
+
+    def _judged(self) -> Judgement:
+        if self.judgement is None:
+            raise RuntimeError(f"{key_label(self.key)} {self.metric.name}: not judged yet")
+        return self.judgement
+
+    @property
+    def verdict(self) -> Verdict:
+        return self._judged().verdict
+
+    @property
+    def reason(self) -> Reason:
+        return self._judged().reason
+
+    @property
+    def note(self) -> str:
+        return self._judged().note
+
+    @property
+    def label(self) -> str:
+        """The verdict as the tables show it."""
+        return self._judged().label(self.n_base, self.n_new)
 
 
 @dataclass
@@ -162,22 +178,46 @@ class Comparison:
     new_source: str
     base: ResultDoc
     new: ResultDoc
-    alpha: float
-    min_effect_pct: float
+    thresholds: Thresholds
     changes: list[MetricChange] = field(default_factory=list)
     points: list[PointChange] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     # Points not measured on either side, for the same reason on both.
     unmeasured: int = 0
 
-    def by_verdict(self, verdict: Verdict) -> list[MetricChange]:
+    @property
+    def alpha(self) -> float:
+        return self.thresholds.alpha
+
+    @property
+    def min_effect_pct(self) -> float:
+        return self.thresholds.min_effect_pct
+
+    @property
+    def min_effect_ns(self) -> float:
+        return self.thresholds.min_effect_ns
+
+    def by_verdict(self, verdict: Verdict | str) -> list[MetricChange]:
         return [c for c in self.changes if c.verdict == verdict]
 
     def gate_failures(self, gates: Sequence[Gate]) -> list[tuple[Gate, MetricChange]]:
         """Significant regressions beyond a gate's threshold."""
-        return [(g, c) for g in gates for c in self.by_verdict("regression")
-                if c.metric.name == g.metric and c.change_pct is not None
-                and abs(c.change_pct) > g.pct]
+        return [(g, c) for g in gates for c in self.by_verdict(Verdict.REGRESSION)
+                if c.metric.name == g.metric and g.exceeded_by(c.effect)]
+
+    def failures(self, gates: Sequence[Gate], fail_on_missing: bool = False) -> list[str]:
+        """What fails the comparison, one line each: regressions beyond a gate and, with
+        ``fail_on_missing``, points BASE measured that NEW lost."""
+        out = []
+        for gate, mc in self.gate_failures(gates):
+            evidence = (f"p={mc.p_value:.3g}" if mc.p_value is not None else
+                        f"runs q={mc.run_q_value:.3g}")
+            out.append(f"regression beyond --fail-on {gate}: {key_label(mc.key)}: "
+                       f"{mc.effect_text()} ({evidence})")
+        if fail_on_missing:
+            out += [f"--fail-on-missing: {key_label(p.key)}: {p.what}"
+                    for p in self.points if p.lost]
+        return out
 
     def gate_warnings(self, gates: Sequence[Gate]) -> list[str]:
         """What a gate could not judge: changes beyond it that could not be tested."""
@@ -188,10 +228,10 @@ class Comparison:
                 out.append(f"--fail-on {g}: no point has {g.metric} on both sides; "
                            f"this gate checked nothing")
                 continue
-            beyond = [c for c in rows if c.verdict == "untested" and c.worse
-                      and c.change_pct is not None and abs(c.change_pct) > g.pct]
+            beyond = [c for c in rows if c.verdict is Verdict.UNTESTED and c.worse
+                      and g.exceeded_by(c.effect)]
             if beyond:
-                shown = ", ".join(f"{key_label(c.key)} {c.change_pct:+.1f}% "
+                shown = ", ".join(f"{key_label(c.key)} {c.effect_text()} "
                                   f"(n={c.n_base}/{c.n_new})" for c in beyond[:5])
                 more = f" and {len(beyond) - 5} more" if len(beyond) > 5 else ""
                 out.append(f"--fail-on {g}: {len(beyond)} points got worse beyond it but are "
@@ -216,19 +256,6 @@ def env_differences(base_env: Mapping[str, Any], new_env: Mapping[str, Any],
             if _get(base_env, k) != _get(new_env, k)]
 
 
-def min_p_value(n: int, m: int) -> float:
-    """The smallest two-sided p-value the exact Mann-Whitney U test can give for n vs m."""
-    return min(1.0, 2 / math.comb(n + m, n))
-
-
-def min_repetitions(alpha: float) -> int:
-    """Repetitions needed on each side for the exact test to be able to reach p < alpha."""
-    n = 1
-    while min_p_value(n, n) >= alpha:
-        n += 1
-    return n
-
-
 def mann_whitney_p(a: Sequence[float], b: Sequence[float]) -> float:
     """Two-sided Mann-Whitney U p-value; 1.0 when every sample is equal (no evidence at all)."""
     # Imported here: scipy.stats takes over a second to import.
@@ -248,15 +275,11 @@ def relative_change(base: float, new: float) -> float:
 
 def compare_metric(key: PointKey, metric: Metric, base: PointDoc, new: PointDoc,
                    alpha: float = DEFAULT_ALPHA,
-                   min_effect_pct: float = DEFAULT_MIN_EFFECT_PCT,
                    base_runs: Sequence[PointDoc] | None = None,
                    new_runs: Sequence[PointDoc] | None = None) -> MetricChange | None:
-    """The change of ``metric`` at one point; None when neither side measured it.
-
-    The verdict here is the repetition test's and the effect size's; when the
-    sides have runs to compare, :func:`judge_by_runs` (over all metrics at once)
-    confirms or overrules it.
-    """
+    """The evidence on ``metric`` at one point, not yet judged; None when neither side
+    measured it. The repetition test runs only when it can reach p < ``alpha``; the
+    run-level test needs every change at once (:func:`across_runs`)."""
     bs, ns = metric.samples(base), metric.samples(new)
     if not bs and not ns:
         return None
@@ -268,44 +291,25 @@ def compare_metric(key: PointKey, metric: Metric, base: PointDoc, new: PointDoc,
     bv, nv = value(base, bs), value(new, ns)
     common = dict(key=key, metric=metric, base=bv, new=nv, n_base=len(bs), n_new=len(ns))
     if not bs or not ns:
-        return MetricChange(**common, change_pct=None, p_value=None,  # type: ignore[arg-type]
-                            verdict="only in BASE" if bs else "only in NEW",
-                            note=f"not measured in {'NEW' if bs else 'BASE'}")
-    change = relative_change(bv, nv) if bv is not None and nv is not None else None
+        return MetricChange(**common, change_pct=None, change_abs=None,  # type: ignore[arg-type]
+                            p_value=None)
+    both = bv is not None and nv is not None
+    change_abs = nv - bv if both else None  # type: ignore[operator]
+    change_pct = relative_change(bv, nv) if both and not metric.difference else None  # type: ignore[arg-type]
     base_runs = base_runs if base_runs is not None else runs_of(base)
     new_runs = new_runs if new_runs is not None else runs_of(new)
     rb, rn = run_values(metric, base_runs), run_values(metric, new_runs)
     within = within_run_variance(metric, [*base_runs, *new_runs])
-    st = run_stats(rb, rn, metric.resolution, within)
-    runs = dict(runs_base=len(rb), runs_new=len(rn), run_stats=st)
-    testable = min_p_value(len(bs), len(ns)) < alpha
-    if not testable and st is None:
-        need = min_repetitions(alpha)
-        return MetricChange(**common, change_pct=change, p_value=None,  # type: ignore[arg-type]
-                            verdict="untested", **runs,  # type: ignore[arg-type]
-                            note=f"too few repetitions: {len(bs)} vs {len(ns)}; the "
-                                 f"Mann-Whitney U test cannot reach p < {alpha:g} (it needs "
-                                 f">= {need} per side, or a base pooled from several runs "
-                                 f"with `kpbench baseline`)")
-    p = mann_whitney_p(bs, ns) if testable else None
-    mc = MetricChange(**common, change_pct=change, p_value=p, verdict="same",  # type: ignore[arg-type]
-                      **runs)  # type: ignore[arg-type]
-    if p is not None and p >= alpha:
-        mc.note = f"not significant (p={p:.2g})"
-    elif change is None or abs(change) < min_effect_pct:
-        mc.note = (f"significant (p={p:.2g}) but " if p is not None else "") + \
-            f"below the {min_effect_pct:g}% minimum effect"
-    else:
-        mc.verdict = "regression" if mc.worse else "improvement"
-        mc.note = f"p={p:.2g}" if p is not None else "one figure per run"
-    return mc
+    st = run_stats(rb, rn, metric.resolution, within, metric.difference)
+    p = mann_whitney_p(bs, ns) if min_p_value(len(bs), len(ns)) < alpha else None
+    return MetricChange(**common, change_pct=change_pct, change_abs=change_abs,  # type: ignore[arg-type]
+                        p_value=p, runs_base=len(rb), runs_new=len(rn), run_stats=st)
 
 
-def judge_by_runs(changes: Sequence[MetricChange], alpha: float) -> None:
+def across_runs(changes: Sequence[MetricChange]) -> None:
     """The run-level test (bench.analysis.runlevel) of every change that has runs to compare:
-    each metric's variances moderated over its points, then Benjamini-Hochberg over
-    all. A change whose runs do not differ at ``alpha`` is run-to-run drift ("same"),
-    whatever its repetitions say."""
+    each metric's variances moderated over its points, then Benjamini-Hochberg over all;
+    sets ``run_p_value`` and ``run_q_value``."""
     tested = [mc for mc in changes if mc.run_stats is not None]
     for name in dict.fromkeys(mc.metric.name for mc in tested):
         group = [mc for mc in tested if mc.metric.name == name]
@@ -315,14 +319,14 @@ def judge_by_runs(changes: Sequence[MetricChange], alpha: float) -> None:
     qs = benjamini_hochberg([mc.run_p_value for mc in tested])  # type: ignore[misc]
     for mc, q in zip(tested, qs, strict=True):
         mc.run_q_value = q
-        runs = f"{mc.runs_base} vs {mc.runs_new} runs, q={q:.2g}"
-        if mc.verdict not in ("regression", "improvement"):
-            continue
-        if q < alpha:
-            mc.note += f"; runs differ ({runs})"
-        else:
-            mc.verdict = "same"
-            mc.note += f"; within run-to-run drift ({runs})"
+
+
+def judge_change(mc: MetricChange, thresholds: Thresholds) -> Judgement:
+    """The verdict on one change, its evidence complete (bench.analysis.verdict.judge)."""
+    return judge(n_base=mc.n_base, n_new=mc.n_new, effect=mc.effect,
+                 absolute=mc.metric.difference, worse=mc.worse, p_value=mc.p_value,
+                 run_tested=mc.run_stats is not None, run_q_value=mc.run_q_value,
+                 runs_base=mc.runs_base, runs_new=mc.runs_new, thresholds=thresholds)
 
 
 def _status_change(key: PointKey, b: PointDoc | None, n: PointDoc | None) -> PointChange | None:
@@ -397,6 +401,7 @@ def _run_warnings(base: ResultDoc, new: ResultDoc) -> list[str]:
 def compare_runs(base: ResultDoc, new: ResultDoc, *, base_source: str = "BASE",
                  new_source: str = "NEW", alpha: float = DEFAULT_ALPHA,
                  min_effect_pct: float = DEFAULT_MIN_EFFECT_PCT,
+                 min_effect_ns: float = DEFAULT_MIN_EFFECT_NS,
                  allow_env_mismatch: bool = False,
                  metrics: Sequence[Metric] = METRICS) -> Comparison:
     """Compare every point and metric of ``new`` against ``base`` (see the module docstring).
@@ -404,14 +409,11 @@ def compare_runs(base: ResultDoc, new: ResultDoc, *, base_source: str = "BASE",
     Raises :class:`EnvironmentMismatch` when the environments differ in
     :data:`ENV_KEYS`, unless ``allow_env_mismatch`` (then it is a warning).
     """
-    if not 0 < alpha < 1:
-        raise InputError(f"alpha must be between 0 and 1, got {alpha}", source="--alpha")
-    if min_effect_pct < 0:
-        raise InputError(f"must be >= 0, got {min_effect_pct}", source="--min-effect")
+    thresholds = Thresholds(alpha, min_effect_pct, min_effect_ns)  # InputError if out of range
     diffs = env_differences(base["environment"], new["environment"])
     if diffs and not allow_env_mismatch:
         raise EnvironmentMismatch(diffs)
-    c = Comparison(base_source, new_source, base, new, alpha, min_effect_pct)
+    c = Comparison(base_source, new_source, base, new, thresholds)
     c.warnings += [f"environments differ (allowed): {k}: {b!r} (BASE) vs {n!r} (NEW)"
                    for k, b, n in diffs]
     c.warnings += _run_warnings(base, new)
@@ -432,10 +434,12 @@ def compare_runs(base: ResultDoc, new: ResultDoc, *, base_source: str = "BASE",
             continue
         b_runs, n_runs = runs_of(b), runs_of(n)
         for metric in metrics:
-            mc = compare_metric(key, metric, b, n, alpha, min_effect_pct, b_runs, n_runs)
+            mc = compare_metric(key, metric, b, n, alpha, b_runs, n_runs)
             if mc is not None:
                 c.changes.append(mc)
-    judge_by_runs(c.changes, alpha)
+    across_runs(c.changes)
+    for mc in c.changes:
+        mc.judgement = judge_change(mc, thresholds)
     if not any(mc.run_stats is not None for mc in c.changes) and c.changes:
         c.warnings.append("BASE and NEW are one run each: only the repetitions inside each "
                           "run were tested, and runs of the same code differ by more than "

@@ -44,6 +44,9 @@ class Metric:
     # Relative resolution of one figure (a latency percentile is a histogram bucket, up
     # to 1/sub_buckets wide): runs that agree to within it have not shown zero spread.
     resolution: float = 0.0
+    # A difference of two figures (Service minus its paired control): near zero and of
+    # either sign, so its change is judged in the metric's unit, not in % of itself.
+    difference: bool = False
 
 
 def point_key(point: PointDoc) -> PointKey:
@@ -263,13 +266,13 @@ METRICS: tuple[Metric, ...] = (
     # each repetition): what the Service adds, with the machine's drift cancelled.
     Metric("service_minus_control_p50_ns", _paired(lambda r: _rep_percentile(r, "p50")),
            _summary("service_minus_control_p50_ns"), "lower", "ns",
-           "median latency the Service adds over its paired control"),
+           "median latency the Service adds over its paired control", difference=True),
     Metric("service_minus_control_p99_ns", _paired(lambda r: _rep_percentile(r, "p99")),
            _summary("service_minus_control_p99_ns"), "lower", "ns",
-           "99th percentile latency the Service adds over its paired control"),
+           "99th percentile latency the Service adds over its paired control", difference=True),
     Metric("service_minus_control_cpu_ns_per_packet", _paired(_rep_cpu_of),
            _summary("service_minus_control_cpu_ns_per_packet"), "lower", "ns/packet",
-           "CPU per packet the Service adds over its paired control"),
+           "CPU per packet the Service adds over its paired control", difference=True),
 )
 
 METRICS_BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}

@@ -19,6 +19,11 @@ becomes (d0·s0² + ss) / (d0 + df), and the t test gets d0 + df degrees of
 freedom. Points that really are noisier keep most of their own variance
 when the fitted d0 is small, which it is when the variances differ widely.
 
+A difference of two figures (Service minus its paired control) sits near
+zero and may change sign: its figures are compared as they are, in ns, never
+in logarithms, so that every point of such a metric has its variance on one
+scale for the moderation, and where zero falls does not change the test.
+
 Two floors keep a variance honest: what a run's figure varies by from its
 own repetitions alone (runs that happen to agree have not shown that runs
 agree), and the rounding of the figure (a histogram bucket, a settle round).
@@ -40,6 +45,7 @@ class RunStats:
     """The per-run figures of one metric at one point, BASE vs NEW, reduced for the test."""
 
     diff: float  # mean(NEW) - mean(BASE), of logs when every figure is positive
+    # (never for a difference metric)
     ss: float  # sum of squares of each side's figures about their side's mean
     df: int  # k + m - 2
     k: int  # runs in BASE
@@ -74,33 +80,37 @@ def run_values(metric: Metric, runs: Sequence[PointDoc]) -> list[float]:
 
 
 def within_run_variance(metric: Metric, runs: Sequence[PointDoc]) -> float:
-    """The variance (of logs) a run's figure has from its own repetitions alone: the
-    pooled spread of the log per-repetition samples inside each run, over a run's count.
-    0 when the samples cannot say (fewer than two per run, or not all positive)."""
+    """The variance (of logs; of the figures themselves for a difference metric) a run's
+    figure has from its own repetitions alone: the pooled spread of the per-repetition
+    samples inside each run, over a run's count. 0 when the samples cannot say (fewer than
+    two per run, or, in logs, not all positive)."""
     ss, df, n = 0.0, 0, 0
     for p in runs:
         samples = metric.samples(p)
-        if len(samples) < 2 or min(samples) <= 0:
+        if len(samples) < 2 or (not metric.difference and min(samples) <= 0):
             continue
-        logs = [math.log(v) for v in samples]
-        mean = statistics.fmean(logs)
-        ss += sum((v - mean) ** 2 for v in logs)
-        df += len(logs) - 1
+        values = samples if metric.difference else [math.log(v) for v in samples]
+        mean = statistics.fmean(values)
+        ss += sum((v - mean) ** 2 for v in values)
+        df += len(values) - 1
         n += 1
     return ss / df / ((df + n) / n) if df else 0.0
 
 
 def run_stats(base: Sequence[float], new: Sequence[float], resolution: float = 0.0,
-              within: float = 0.0) -> RunStats | None:
+              within: float = 0.0, difference: bool = False) -> RunStats | None:
     """Reduce per-run figures for the test; None when neither side has two runs (there
     is no run-to-run spread to judge by). ``resolution`` is relative (a bucket's width),
-    ``within`` a variance of logs (:func:`within_run_variance`)."""
+    ``within`` a variance of logs (:func:`within_run_variance`); for a ``difference``
+    metric the figures stay as they are and ``within`` is in their unit squared."""
     k, m = len(base), len(new)
     if not k or not m or max(k, m) < 2:
         return None
     xs, ys = list(base), list(new)
     floor = 0.0
-    if all(v > 0 for v in xs + ys):
+    if difference:
+        floor = within
+    elif all(v > 0 for v in xs + ys):
         xs, ys = [math.log(v) for v in xs], [math.log(v) for v in ys]
         floor = max(within, math.log1p(resolution) ** 2 / 12)  # rounding: uniform error
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
@@ -166,13 +176,10 @@ def fit_prior(stats: Sequence[RunStats]) -> Prior | None:
 
 
 def benjamini_hochberg(p_values: Sequence[float]) -> list[float]:
-    """Benjamini-Hochberg adjusted p-values (q-values), in the order given."""
-    m = len(p_values)
-    order = sorted(range(m), key=lambda i: p_values[i])
-    q = [1.0] * m
-    running = 1.0
-    for rank in range(m, 0, -1):
-        i = order[rank - 1]
-        running = min(running, p_values[i] * m / rank)
-        q[i] = min(1.0, running)
-    return q
+    """Benjamini-Hochberg adjusted p-values (q-values), in the order given
+    (``scipy.stats.false_discovery_control``)."""
+    from scipy.stats import false_discovery_control  # type: ignore[import-untyped]
+
+    if not p_values:
+        return []
+    return [float(q) for q in false_discovery_control(list(p_values), method="bh")]

@@ -27,7 +27,8 @@ CPU, iptables/nft versions) are refused with the differing keys, unless
 metrics (lower is better unless said): p50_latency, p99_latency,
 p99.9_latency, cpu_ns_per_packet, delivered_pps (higher is better), loss,
 sync_full, settle; against the paired control (the same traffic to the backend
-pods' own addresses): service_minus_control_p50_ns,
+pods' own addresses), differences near zero whose change, minimum effect
+(--min-effect-ns) and gate are in ns: service_minus_control_p50_ns,
 service_minus_control_p99_ns, service_minus_control_cpu_ns_per_packet; of sync
 scenarios: sync_full, sync_change, sync_kernel, sync_effect
 
@@ -49,14 +50,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+# bench.analysis.verdict imports neither numpy nor scipy: the parser stays fast.
+from bench.analysis.verdict import DEFAULT_ALPHA, DEFAULT_MIN_EFFECT_NS, DEFAULT_MIN_EFFECT_PCT
 from bench.commands._common import number_in
 from bench.errors import InputError
 
-# Kept here rather than imported from bench.analysis.compare: building the parser must not
-# import numpy and scipy (1.5 s) for every kpbench command. bench.analysis.compare has the same
-# defaults for library callers; tests/unit/test_compare.py checks they agree.
-DEFAULT_ALPHA = 0.05
-DEFAULT_MIN_EFFECT_PCT = 5.0
 FORMATS = ("table", "markdown", "json", "csv")
 
 
@@ -68,7 +66,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("new", metavar="NEW", help="new result file or results directory")
     p.add_argument("--fail-on", metavar="METRIC:PCT", action="append", default=[],
                    help="exit 1 if METRIC has a significant regression beyond PCT %% at any "
-                        "point (repeatable), e.g. p99_latency:10%%")
+                        "point (repeatable), e.g. p99_latency:10%%; a difference against the "
+                        "paired control takes ns, e.g. service_minus_control_p50_ns:500ns")
     p.add_argument("--fail-on-missing", action="store_true",
                    help="exit 1 if a point measured in BASE is missing or failed in NEW")
     p.add_argument("--format", choices=FORMATS, default="table",
@@ -82,6 +81,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    default=DEFAULT_MIN_EFFECT_PCT, metavar="PCT",
                    help=f"smallest change called a regression or improvement "
                         f"(default {DEFAULT_MIN_EFFECT_PCT:g}%%)")
+    p.add_argument("--min-effect-ns", type=number_in(0, 1e9, unit="ns"),
+                   default=DEFAULT_MIN_EFFECT_NS, metavar="NS",
+                   help=f"the same for a difference against the paired control "
+                        f"(service_minus_control_*), which sits near zero: in ns "
+                        f"(default {DEFAULT_MIN_EFFECT_NS:g})")
     p.add_argument("--allow-env-mismatch", action="store_true",
                    help="compare results from different environments anyway (with warnings)")
     p.add_argument("--junit", metavar="FILE", default=None,
@@ -92,7 +96,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bench.analysis.compare import compare_runs, parse_gate
-    from bench.analysis.metrics import key_label
     from bench.present.compare_output import render_machine, render_text
     from bench.results.store import pair_runs, resolve
 
@@ -105,17 +108,11 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("no scenario is present on both sides: " + "; ".join(notes))
     comparisons = [compare_runs(b.doc, n.doc, base_source=str(b.path), new_source=str(n.path),
                                 alpha=args.alpha, min_effect_pct=args.min_effect,
+                                min_effect_ns=args.min_effect_ns,
                                 allow_env_mismatch=args.allow_env_mismatch)
                    for b, n in pairs]
 
-    problems: list[str] = []
-    for c in comparisons:
-        for gate, mc in c.gate_failures(gates):
-            problems.append(f"regression beyond --fail-on {gate}: {key_label(mc.key)}: "
-                            f"{mc.change_pct:+.1f}% (p={mc.p_value:.3g})")
-        if args.fail_on_missing:
-            problems += [f"--fail-on-missing: {key_label(p.key)}: {p.what}"
-                         for p in c.points if p.lost]
+    problems = [msg for c in comparisons for msg in c.failures(gates, args.fail_on_missing)]
     failed = bool(problems)
     if args.junit:
         from pathlib import Path

@@ -10,33 +10,28 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from bench.analysis.compare import Comparison, Gate, MetricChange
+from bench.analysis.compare import Comparison, Gate, MetricChange, Verdict
 from bench.analysis.metrics import key_label
 from bench.present.tables import Table, dumps, fmt_change, fmt_value, records_csv, render
 
 CSV_COLUMNS = ("base_file", "new_file", "variant", "workload", "services", "endpoints",
                "rate_pps", "position", "metric", "unit", "better", "base", "new", "change_pct",
-               "n_base", "n_new", "p_value", "runs_base", "runs_new", "run_p_value",
-               "run_q_value", "verdict", "note")
-SHOWN_WHEN_CHANGED = ("regression", "improvement", "only in BASE", "only in NEW")
-
-
-def verdict_label(c: MetricChange, alpha: float) -> str:
-    """The verdict as the tables show it."""
-    if c.verdict == "regression":
-        return "REGRESSION"
-    if c.verdict == "untested":
-        return f"untested (n={c.n_base}/{c.n_new})"
-    if c.verdict == "same" and c.run_q_value is not None and c.run_q_value >= alpha \
-            and "run-to-run drift" in c.note:
-        return "same (run drift)"
-    if c.verdict == "same" and c.p_value is not None and c.p_value < alpha:
-        return "same (small)"
-    return c.verdict
+               "change_abs", "n_base", "n_new", "p_value", "runs_base", "runs_new",
+               "run_p_value", "run_q_value", "verdict", "reason", "note")
+SHOWN_WHEN_CHANGED = (Verdict.REGRESSION, Verdict.IMPROVEMENT, Verdict.ONLY_IN_BASE,
+                      Verdict.ONLY_IN_NEW)
 
 
 def _p(c: MetricChange) -> str:
     return "—" if c.p_value is None else f"{c.p_value:.3f}"
+
+
+def fmt_effect(c: MetricChange) -> str:
+    """The change as the tables show it: relative, or signed in the metric's unit for a
+    difference metric (Service minus control, near zero: "+1.86 µs", not "+686%")."""
+    if not c.metric.difference or c.change_abs is None:
+        return fmt_change(c.change_pct)
+    return ("+" if c.change_abs > 0 else "") + fmt_value(c.change_abs, c.metric.unit)
 
 
 def changes_table(c: Comparison, changed_only: bool = False) -> Table:
@@ -50,24 +45,25 @@ def changes_table(c: Comparison, changed_only: bool = False) -> Table:
         label = key_label(mc.key)
         t.add([label if label != last else "", mc.metric.name,
                fmt_value(mc.base, mc.metric.unit), fmt_value(mc.new, mc.metric.unit),
-               fmt_change(mc.change_pct), _p(mc), verdict_label(mc, c.alpha)],
-              css=mc.verdict if mc.verdict in ("regression", "improvement") else "")
+               fmt_effect(mc), _p(mc), mc.label],
+              css=str(mc.verdict) if mc.verdict in (Verdict.REGRESSION, Verdict.IMPROVEMENT)
+              else "")
         last = label
     return t
 
 
 def summary_line(c: Comparison) -> str:
     """Counts of each verdict and of points present or measured on one side only."""
-    counts = {v: len(c.by_verdict(v)) for v in ("regression", "improvement", "same",
-                                                "untested")}
+    counts = {v: len(c.by_verdict(v)) for v in (Verdict.REGRESSION, Verdict.IMPROVEMENT,
+                                                Verdict.SAME, Verdict.UNTESTED)}
     parts = [f"{counts['regression']} significant regressions",
              f"{counts['improvement']} significant improvements",
              f"{counts['same']} unchanged"]
     if counts["untested"]:
-        metrics = sorted({mc.metric.name for mc in c.by_verdict("untested")})
+        metrics = sorted({mc.metric.name for mc in c.by_verdict(Verdict.UNTESTED)})
         parts.append(f"{counts['untested']} untested for too few repetitions "
                      f"({', '.join(metrics)})")
-    one_side = len(c.by_verdict("only in BASE")) + len(c.by_verdict("only in NEW"))
+    one_side = len(c.by_verdict(Verdict.ONLY_IN_BASE)) + len(c.by_verdict(Verdict.ONLY_IN_NEW))
     if one_side:
         parts.append(f"{one_side} metrics measured on one side only")
     if c.points:
@@ -93,8 +89,10 @@ def _method_line(c: Comparison) -> str:
               f"points, Benjamini-Hochberg over "
               f"{len(runs)} tests ({max(mc.runs_base for mc in runs)} BASE runs vs "
               f"{max(mc.runs_new for mc in runs)} NEW)" if runs else "")
+    differences = (f" ({c.min_effect_ns:g} ns for a difference against the paired control)"
+                   if any(mc.metric.difference for mc in c.changes) else "")
     return (f"Mann-Whitney U over repetitions, two-sided, alpha {c.alpha:g}{across}; a "
-            f"significant change must also be at least {c.min_effect_pct:g}%")
+            f"significant change must also be at least {c.min_effect_pct:g}%{differences}")
 
 
 def render_text(comparisons: Sequence[Comparison], fmt: str, changed_only: bool,
@@ -140,10 +138,11 @@ def change_record(c: Comparison, mc: MetricChange) -> dict[str, Any]:
         "variant": variant, "workload": workload, "services": services,
         "endpoints": endpoints, "rate_pps": rate, "position": position,
         "metric": mc.metric.name, "unit": mc.metric.unit, "better": mc.metric.better,
-        "base": mc.base, "new": mc.new, "change_pct": mc.change_pct, "n_base": mc.n_base,
-        "n_new": mc.n_new, "p_value": mc.p_value, "runs_base": mc.runs_base,
-        "runs_new": mc.runs_new, "run_p_value": mc.run_p_value, "run_q_value": mc.run_q_value,
-        "verdict": mc.verdict, "note": mc.note,
+        "base": mc.base, "new": mc.new, "change_pct": mc.change_pct,
+        "change_abs": mc.change_abs, "n_base": mc.n_base, "n_new": mc.n_new,
+        "p_value": mc.p_value, "runs_base": mc.runs_base, "runs_new": mc.runs_new,
+        "run_p_value": mc.run_p_value, "run_q_value": mc.run_q_value,
+        "verdict": str(mc.verdict), "reason": str(mc.reason), "note": mc.note,
     }
 
 
@@ -157,14 +156,15 @@ def comparison_json(c: Comparison, gates: Sequence[Gate]) -> dict[str, Any]:
 
     return {
         "base": run(c.base, c.base_source), "new": run(c.new, c.new_source),
-        "alpha": c.alpha, "min_effect_pct": c.min_effect_pct,
+        "alpha": c.alpha, "min_effect_pct": c.min_effect_pct, "min_effect_ns": c.min_effect_ns,
         "summary": summary_line(c),
         "changes": [change_record(c, mc) for mc in c.changes],
         "points": [{"point": key_label(p.key), "what": p.what, "lost": p.lost}
                    for p in c.points],
         "warnings": c.warnings,
         "gate_failures": [{"gate": str(g), "point": key_label(mc.key),
-                           "change_pct": mc.change_pct, "p_value": mc.p_value}
+                           "change_pct": mc.change_pct, "change_abs": mc.change_abs,
+                           "p_value": mc.p_value}
                           for g, mc in c.gate_failures(gates)],
     }
 

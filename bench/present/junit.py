@@ -13,14 +13,14 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
-from bench.analysis.compare import Comparison, Gate, MetricChange
+from bench.analysis.compare import Comparison, Gate, MetricChange, Verdict
 from bench.analysis.metrics import key_label
-from bench.present.tables import fmt_change
+from bench.present.compare_output import fmt_effect
 
 
 def _detail(mc: MetricChange) -> str:
     p = "—" if mc.p_value is None else f"{mc.p_value:.3g}"
-    return (f"BASE {mc.base} NEW {mc.new} {mc.metric.unit}: {fmt_change(mc.change_pct)}, "
+    return (f"BASE {mc.base} NEW {mc.new} {mc.metric.unit}: {fmt_effect(mc)}, "
             f"p={p}, n={mc.n_base}/{mc.n_new}, verdict {mc.verdict}"
             + (f" ({mc.note})" if mc.note else ""))
 
@@ -42,15 +42,15 @@ def junit_xml(comparisons: Sequence[Comparison], gates: Sequence[Gate],
             for mc in (m for m in c.changes if m.metric.name == gate.metric):
                 case = ET.SubElement(suite, "testcase", classname=f"kpbench.{scenario}",
                                      name=f"{key_label(mc.key)}: {gate.metric} within "
-                                          f"+{gate.pct:g}%")
+                                          f"+{gate.threshold_text}")
                 counts["tests"] += 1
                 if (gate, id(mc)) in failed:
                     counts["failures"] += 1
                     ET.SubElement(case, "failure", type="regression",
-                                  message=f"{gate.metric} {fmt_change(mc.change_pct)}: a "
+                                  message=f"{gate.metric} {fmt_effect(mc)}: a "
                                           f"significant regression beyond --fail-on "
                                           f"{gate}").text = _detail(mc)
-                elif mc.verdict == "untested":
+                elif mc.verdict is Verdict.UNTESTED:
                     counts["skipped"] += 1
                     ET.SubElement(case, "skipped", message=f"untested: {_detail(mc)}")
                 else:

@@ -401,10 +401,7 @@ def test_directories_pair_runs_by_scenario(tmp_path: Path,
     assert any("'sync' only in BASE" in n for n in doc["not_compared"])
 
 
-def test_command_defaults_and_help_match_the_library() -> None:
-    # The command keeps its own copy so building the parser does not import scipy.
-    assert compare_cmd.DEFAULT_ALPHA == compare.DEFAULT_ALPHA
-    assert compare_cmd.DEFAULT_MIN_EFFECT_PCT == compare.DEFAULT_MIN_EFFECT_PCT
+def test_command_help_lists_every_metric() -> None:
     doc = " ".join((compare_cmd.__doc__ or "").split())
     for m in METRICS:
         assert f" {m.name}" in doc, f"`kpbench compare --help` does not list {m.name}"

@@ -40,9 +40,53 @@ def test_runs_that_happen_to_agree_do_not_make_their_repetitions_noise_a_change(
     assert _p([10_000, 10_000], [12_000], within=within) > 0.05
 
 
+def test_a_difference_metric_is_tested_the_same_wherever_zero_falls() -> None:
+    # Service minus control at three points of one metric: one crosses zero. In logs the
+    # all-positive points would be tested on another scale than the one that crosses zero
+    # (and moderated together with it); as figures, a shift changes nothing.
+    points = [([80.0, 120.0, 100.0], [400.0]), ([-60.0, 40.0, -10.0], [300.0]),
+              ([900.0, 1100.0, 1000.0], [1300.0])]
+    for shift in (0.0, 5_000.0):
+        stats = [rt.run_stats([v + shift for v in b], [v + shift for v in n], difference=True)
+                 for b, n in points]
+        assert [st.diff for st in stats] == pytest.approx([300.0, 310.0, 300.0])  # type: ignore[union-attr]
+        assert [st.var for st in stats] == pytest.approx([800 / 2, 5_000 / 2, 20_000 / 2])  # type: ignore[union-attr]
+    within = rt.within_run_variance(METRICS_BY_NAME["service_minus_control_p50_ns"], [])
+    assert within == 0.0
+
+
 def test_benjamini_hochberg_matches_the_textbook() -> None:
     q = rt.benjamini_hochberg([0.01, 0.04, 0.03, 0.005])
     assert q == pytest.approx([0.02, 0.04, 0.04, 0.02])
+
+
+BH_VECTORS = [
+    [0.01, 0.04, 0.03, 0.005], [1.0], [0.0, 0.0, 1.0], [0.5, 0.5, 0.5],
+    [0.2, 0.2, 0.01, 1.0, 0.04], [0.05] * 10 + [0.001],
+    list(np.random.default_rng(0).uniform(size=462)),  # a suite's worth of run tests
+    list(np.random.default_rng(1).uniform(size=50) ** 4),  # many small p-values
+]
+
+
+def _step_up(p: list[float]) -> list[float]:
+    """Benjamini-Hochberg by its definition (the implementation kpbench had before it took
+    scipy's): q of the i-th smallest p is min over j >= i of p_(j) * m / j, capped at 1."""
+    m = len(p)
+    order = sorted(range(m), key=lambda i: p[i])
+    q = [1.0] * m
+    running = 1.0
+    for rank in range(m, 0, -1):
+        i = order[rank - 1]
+        running = min(running, p[i] * m / rank)
+        q[i] = min(1.0, running)
+    return q
+
+
+@pytest.mark.parametrize("p", BH_VECTORS, ids=[str(len(v)) for v in BH_VECTORS])
+def test_benjamini_hochberg_gives_the_step_up_q_values(p: list[float]) -> None:
+    # The same step-up, its products taken in another order: equal to the last bit or two.
+    assert rt.benjamini_hochberg(p) == pytest.approx(_step_up(p), rel=1e-14, abs=1e-15)
+    assert rt.benjamini_hochberg([]) == []
 
 
 def test_trigamma_inverse_inverts() -> None:
