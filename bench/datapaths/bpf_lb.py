@@ -32,6 +32,7 @@ from typing import Any
 from pyroute2 import NetNS
 from pyroute2.netlink.exceptions import NetlinkError
 
+from bench.cluster.netns_exec import run_netns
 from bench.datapaths import ebpf_maps as M
 from bench.errors import ApplyError, FeatureMissing, InputError
 from bench.measure.bcc_output import captured_stderr
@@ -268,17 +269,14 @@ def set_features(netns: str, ifname: str, want: dict[str, bool]) -> dict[str, bo
     """Set ethtool features (``gro``, ``tx``) of a link; returns their previous values."""
     if not (NETNS_DIR / netns).exists():
         return {}
-    base = ["ip", "netns", "exec", netns, "ethtool"]
-    shown = subprocess.run([*base, "-k", ifname], capture_output=True, text=True, timeout=10,
-                           check=False).stdout
+    shown = run_netns(netns, ["ethtool", "-k", ifname], timeout=10, check=False).stdout
     before = {}
     for name, long in _FEATURES.items():
         m = re.search(rf"^{long}: (on|off)", shown, re.M)
         if name in want and m:
             before[name] = m.group(1) == "on"
     args = [x for name, on in want.items() for x in (name, "on" if on else "off")]
-    p = subprocess.run([*base, "-K", ifname, *args], capture_output=True, text=True,
-                       timeout=10, check=False)
+    p = run_netns(netns, ["ethtool", "-K", ifname, *args], timeout=10, check=False)
     if p.returncode != 0:
         raise FeatureMissing(f"cannot set {' '.join(args)} on {ifname} in {netns}: "
                              f"{(p.stderr or p.stdout).strip()}")
