@@ -51,7 +51,7 @@ def test_a_bpf_program_that_does_not_compile_fails_the_run_not_skips(tmp_path: P
     test.write_text(
         "from pathlib import Path\n"
         "import pytest\n"
-        "from bench import features\n"
+        "from bench.kernel import features\n"
         "from bench.datapaths import bpf_lb\n"
         "from tests.conftest import require_feature\n\n"
         f"@pytest.mark.parametrize('bpf_dir', [{str(broken)!r}, {str(B.BPF_DIR)!r}],\n"
