@@ -18,6 +18,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+from bench.cluster.netns_exec import netns_argv
+
 MAX_COUNT = 10000
 
 
@@ -55,10 +57,9 @@ def _one(proto: str, ip: str, port: int, timeout: float) -> Attempt:
 def connect_many(netns: str, proto: str, ip: str, port: int, count: int = 1,
                  timeout: float = 1.0, interval: float = 0.0) -> list[Attempt]:
     """Make ``count`` connections from inside ``netns``; one Attempt each."""
-    argv = ["ip", "netns", "exec", netns, sys.executable, "-m", "bench.cluster.netclient",
-            proto, ip,
-            str(port), "--count", str(count), "--timeout", str(timeout), "--interval",
-            str(interval)]
+    argv = netns_argv(netns, [sys.executable, "-m", "bench.cluster.netclient", proto, ip,
+                              str(port), "--count", str(count), "--timeout", str(timeout),
+                              "--interval", str(interval)])
     bound = count * (timeout + interval) + 30
     out = subprocess.run(argv, capture_output=True, text=True, timeout=bound, check=True)
     return [Attempt(**json.loads(line)) for line in out.stdout.splitlines() if line]

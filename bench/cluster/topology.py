@@ -30,7 +30,7 @@ import secrets
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from pyroute2 import NetNS, netns
 
 from bench import interrupts
 from bench.cluster import cgroups
+from bench.cluster.netns_exec import run_netns
 from bench.errors import FeatureMissing, KpbenchError
 from bench.model import layout as L
 from bench.model.layout import Layout, PodSpec
@@ -244,11 +245,6 @@ class Cluster:
 
 
 # --- helpers shared with `kpbench clean` -------------------------------------
-
-def run_netns(name: str, argv: Sequence[str], timeout: float = 30) -> None:
-    subprocess.run(["ip", "netns", "exec", name, *argv], check=True, timeout=timeout,
-                   capture_output=True)
-
 
 def _check_root() -> None:
     if os.geteuid() != 0:

@@ -29,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bench.present.tables import Table, render
+    from bench.results import commit_label
     from bench.results.store import scan
 
     root = Path(args.results)
@@ -37,8 +38,7 @@ def run(args: argparse.Namespace) -> int:
               align=["l", "l", "l", "l", "l", "r", "l"])
     for r in runs:
         env = r.doc["environment"]
-        commit = ((env.get("git_commit") or "nogit")[:12]
-                  + ("-dirty" if env.get("git_dirty") else ""))
+        commit = commit_label(env)
         ok = sum(1 for p in r.doc["points"] if p["status"] == "ok")
         rel = r.path.relative_to(root)
         t.add([r.started, rel.parts[0] if len(rel.parts) > 1 else "", r.scenario, commit,

@@ -1,9 +1,17 @@
-"""The one small interface every datapath implements.
+"""The one small interface every datapath implements, and the facts it declares.
 
 A datapath *renders* what it would program from plain data (no root, no
 kernel), and *applies* a rendering inside one network namespace the run
 created. Rendering and applying are separate so rules can be diffed and
 golden-tested, and so sync timing can split render time from apply time.
+
+Each datapath class also states, in one place, what the rest of kpbench
+needs to know about it: its ``name`` (the family results record), its
+``variants`` (the names scenarios use) with the kernel features each needs
+(:mod:`bench.kernel.features`), the targets it cannot measure and why
+(``not_measured``), and its one-off load cost (:meth:`Datapath.one_off_seconds`).
+The registry (:mod:`bench.datapaths`), ``kpbench doctor`` and the runner read
+these; none of them keeps its own list.
 """
 
 from __future__ import annotations
@@ -12,10 +20,13 @@ import contextlib
 import ipaddress
 import subprocess
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
+from typing import ClassVar
 
+from bench.cluster.netns_exec import netns_argv
 from bench.errors import ApplyError, ApplyTimeout, InputError
 from bench.model.objects import ServicePortView
 
@@ -58,15 +69,19 @@ class NodeContext:
                     field="--node-ip",
                 ) from None
 
-    @property
-    def masquerade_mark(self) -> str:
-        return f"{1 << self.masquerade_bit:#x}"
-
 
 class Datapath(ABC):
     """One way of implementing Services on a node."""
 
-    name: str  # e.g. "iptables", "nftables"
+    # The datapath's name as ``--datapath`` takes it, and the family every result of its
+    # variants records (e.g. "iptables" for iptables-legacy and iptables-nft).
+    name: ClassVar[str]
+    # The variants a scenario names, each with the features of bench.kernel.features it
+    # needs (a variant runs only where every one of them works).
+    variants: ClassVar[Mapping[str, tuple[str, ...]]]
+    # Measurement targets (a workload's kind: "clusterip", "nodeport") this datapath cannot
+    # act on, with the reason recorded as the point's "not applicable" error.
+    not_measured: ClassVar[Mapping[str, str]] = MappingProxyType({})
     # Longest an apply may take before its tool is stopped (ApplyTimeout); the runner
     # sets it from the scenario's per-point limit. None: no limit.
     apply_timeout: float | None = None
@@ -75,10 +90,35 @@ class Datapath(ABC):
     # applying thread's system calls.
     applies_in_process: bool = False
 
+    @classmethod
+    def create(cls, name: str, iptables_backend: str = "legacy") -> Datapath:
+        """The datapath for ``--datapath name`` (one of :meth:`accepts`'s names)."""
+        return cls()
+
+    @classmethod
+    def accepts(cls, name: str) -> bool:
+        """Whether ``--datapath name`` means this datapath."""
+        return name == cls.name
+
+    @classmethod
+    def for_variant(cls, variant: str) -> Datapath:
+        """The datapath a scenario's ``variant`` (one of :attr:`variants`) measures."""
+        return cls.create(cls.name)
+
     @property
     def variant(self) -> str:
         """The datapath's own variant, recorded with every result (e.g. ``iptables-nft``)."""
         return self.name
+
+    def one_off_seconds(self) -> float:
+        """Seconds the syncs so far spent on one-off set-up that does not grow with the
+        Services (compiling and loading BPF programs); 0 for a datapath without any."""
+        return 0.0
+
+    def client_cgroup(self) -> Path | None:
+        """The cgroup a client pod's processes must run in for this datapath to serve them
+        (socket load balancing); None: any process of the pod is served."""
+        return None
 
     @abstractmethod
     def render(self, ports: Sequence[ServicePortView], ctx: NodeContext) -> str:
@@ -146,10 +186,8 @@ def run_in_netns(netns: str, argv: Sequence[str], stdin: str | None = None,
     tools whose exit status is an answer, like ``iptables -C``). Exceeding
     ``timeout`` stops the tool and raises ApplyTimeout.
     """
-    if not netns:
-        raise ValueError("refusing to run a datapath tool outside a run's namespace")
     # `ip netns exec` execs the tool in the same process: its pid is the tool's.
-    cmd = ["ip", "netns", "exec", netns, *argv]
+    cmd = netns_argv(netns, argv)
     try:
         child = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)

@@ -18,11 +18,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import json
 import logging
 import os
 import re
-import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,6 +30,7 @@ from typing import Any
 from pyroute2 import NetNS
 from pyroute2.netlink.exceptions import NetlinkError
 
+from bench.cluster.netns_exec import run_netns
 from bench.datapaths import ebpf_maps as M
 from bench.errors import ApplyError, FeatureMissing, InputError
 from bench.measure.bcc_output import captured_stderr
@@ -241,23 +240,47 @@ def xdp_detach(netns: str, ifname: str) -> None:
 
 
 def veth_peer(netns: str, ifname: str) -> tuple[str, str] | None:
-    """(namespace, interface) of a veth's peer, when the peer is in a named namespace."""
-    def ip_json(*argv: str) -> Any:
-        p = subprocess.run(["ip", "-j", "-n", netns, *argv], capture_output=True, text=True,
-                           timeout=10, check=False)
-        return json.loads(p.stdout or "[]") if p.returncode == 0 else []
+    """(namespace, interface) of a veth's peer, when the peer is in another named namespace.
 
-    links = ip_json("link", "show", "dev", ifname)
-    if not links or "link_index" not in links[0]:
-        return None
-    nsid = links[0].get("link_netnsid")
-    names = {e.get("nsid"): e.get("name") for e in ip_json("netns", "list-id")}
-    peer_ns = names.get(nsid)
-    if not peer_ns:
+    The link's ``IFLA_LINK_NETNSID`` is the id ``netns`` gives the peer's namespace
+    and ``IFLA_LINK`` the peer's index there; the namespace's name is the named one
+    whose id in ``netns`` is that (what ``ip netns list-id`` shows). None for a link
+    that is missing, not a veth, or whose peer is in the same or an unnamed namespace.
+    """
+    with NetNS(netns, flags=0) as ns:
+        try:
+            link = ns.link("get", ifname=ifname)[0]
+        except NetlinkError:
+            return None
+        index, nsid = link.get_attr("IFLA_LINK"), link.get_attr("IFLA_LINK_NETNSID")
+        if index is None or nsid is None:
+            return None
+        peer_ns = _named_netns(ns, nsid, first=netns.partition("-")[0] + "-")
+    if peer_ns is None:
         return None
     with NetNS(peer_ns, flags=0) as ns:
-        peer = ns.link("get", index=links[0]["link_index"])[0].get_attr("IFLA_IFNAME")
+        peer = ns.link("get", index=index)[0].get_attr("IFLA_IFNAME")
     return peer_ns, peer
+
+
+def _named_netns(ns: Any, nsid: int, first: str) -> str | None:
+    """The named namespace that ``ns`` knows as ``nsid``; names starting with ``first``
+    (the same run's) are asked first."""
+    names = sorted(os.listdir(NETNS_DIR), key=lambda n: not n.startswith(first))
+    for name in names:
+        try:
+            fd = os.open(NETNS_DIR / name, os.O_RDONLY)
+        except OSError:
+            continue  # another run's namespace, gone since the listing
+        try:
+            found = ns.get_netnsid(fd=fd)
+        except NetlinkError:
+            continue
+        finally:
+            os.close(fd)
+        if found and found.get("nsid") == nsid:
+            return name
+    return None
 
 
 # ethtool feature names (as ``ethtool -K`` takes them) -> as ``ethtool -k`` prints them.
@@ -268,17 +291,14 @@ def set_features(netns: str, ifname: str, want: dict[str, bool]) -> dict[str, bo
     """Set ethtool features (``gro``, ``tx``) of a link; returns their previous values."""
     if not (NETNS_DIR / netns).exists():
         return {}
-    base = ["ip", "netns", "exec", netns, "ethtool"]
-    shown = subprocess.run([*base, "-k", ifname], capture_output=True, text=True, timeout=10,
-                           check=False).stdout
+    shown = run_netns(netns, ["ethtool", "-k", ifname], timeout=10, check=False).stdout
     before = {}
     for name, long in _FEATURES.items():
         m = re.search(rf"^{long}: (on|off)", shown, re.M)
         if name in want and m:
             before[name] = m.group(1) == "on"
     args = [x for name, on in want.items() for x in (name, "on" if on else "off")]
-    p = subprocess.run([*base, "-K", ifname, *args], capture_output=True, text=True,
-                       timeout=10, check=False)
+    p = run_netns(netns, ["ethtool", "-K", ifname, *args], timeout=10, check=False)
     if p.returncode != 0:
         raise FeatureMissing(f"cannot set {' '.join(args)} on {ifname} in {netns}: "
                              f"{(p.stderr or p.stdout).strip()}")

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from bench.cluster import cgroups
+from bench.cluster.netns_exec import run_netns
 from bench.datapaths import bpf_lb as B
 from bench.errors import KpbenchError
 
@@ -103,8 +104,7 @@ def check_userspace(ns: str) -> tuple[bool, str]:
                  ["-t", "nat", "-A", "KPB-USERSPACE", "-m", "addrtype", "--dst-type", "LOCAL",
                   "-j", "RETURN"]):
         try:
-            p = subprocess.run(["ip", "netns", "exec", ns, "iptables-legacy", "-w", *argv],
-                               capture_output=True, text=True, timeout=30, check=False)
+            p = run_netns(ns, ["iptables-legacy", "-w", *argv], check=False)
         except FileNotFoundError:
             return False, "ip (iproute2) is not installed"
         if p.returncode != 0:

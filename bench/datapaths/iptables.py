@@ -59,16 +59,21 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from bench.datapaths.base import Datapath, NodeContext, run_in_netns
-from bench.errors import ApplyError, InputError
+from bench.datapaths.kube_proxy import (
+    KUBE_FORWARD,
+    KUBE_MARK_MASQ,
+    KUBE_POSTROUTING,
+    KUBE_PROXY_FIREWALL,
+    KUBE_SERVICES,
+    IptablesTools,
+    forward_rules,
+    hex_mark,
+    masquerade_rules,
+)
 from bench.model.objects import ServiceEndpoint, ServicePortView, sorted_endpoints
 
-KUBE_SERVICES = "KUBE-SERVICES"
 KUBE_EXTERNAL_SERVICES = "KUBE-EXTERNAL-SERVICES"
 KUBE_NODEPORTS = "KUBE-NODEPORTS"
-KUBE_POSTROUTING = "KUBE-POSTROUTING"
-KUBE_MARK_MASQ = "KUBE-MARK-MASQ"
-KUBE_FORWARD = "KUBE-FORWARD"
-KUBE_PROXY_FIREWALL = "KUBE-PROXY-FIREWALL"
 KUBE_PROXY_CANARY = "KUBE-PROXY-CANARY"
 KUBE_FIREWALL = "KUBE-FIREWALL"  # kubelet's chain; kube-proxy keeps a copy of its rule
 SERVICE_CHAIN_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-")
@@ -76,8 +81,6 @@ SERVICE_CHAIN_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KU
 LARGE_CLUSTER_ENDPOINTS = 1000  # upstream's largeClusterEndpointsThreshold
 NFACCT_INVALID = "ct_state_invalid_dropped_pkts"
 NFACCT_LOCALHOST_NODEPORTS = "localhost_nps_accepted_pkts"
-# kube-proxy's wait flags for both iptables and iptables-restore (>= 1.6.2).
-WAIT_FLAGS = ("-w", "5", "-W", "100000")
 SYNC_PERIOD_S = 30.0  # --iptables-sync-period: stale-chain cleanup cadence in large clusters
 _LOCALHOST_NET = "127.0.0.0/8"
 _NEW = ("-m", "conntrack", "--ctstate", "NEW")
@@ -225,13 +228,12 @@ class IptablesDatapath(Datapath):
     """
 
     name = "iptables"
+    variants = {"iptables-legacy": ("iptables-legacy",), "iptables-nft": ("iptables-nft",)}
 
     def __init__(self, backend: str = "legacy", *, masquerade_all: bool = False,
                  localhost_nodeports: bool = True, random_fully: bool = True,
                  nfacct: bool = True, conntrack_tcp_liberal: bool = False) -> None:
-        if backend not in ("legacy", "nft"):
-            raise InputError(f"iptables backend {backend!r} is not legacy or nft",
-                             field="backend")
+        self.tools = IptablesTools(backend)
         self.backend = backend
         self.masquerade_all = masquerade_all
         self.localhost_nodeports = localhost_nodeports
@@ -249,6 +251,14 @@ class IptablesDatapath(Datapath):
         # Per node: the flags its cache was rendered with, and per service port (by name)
         # the port it was rendered from and its text (see _render).
         self._cache: dict[str, tuple[_Flags, dict[str, tuple[ServicePortView, _PortText]]]] = {}
+
+    @classmethod
+    def create(cls, name: str, iptables_backend: str = "legacy") -> IptablesDatapath:
+        return cls(backend=iptables_backend)
+
+    @classmethod
+    def for_variant(cls, variant: str) -> IptablesDatapath:
+        return cls(backend=variant.removeprefix("iptables-"))
 
     @property
     def variant(self) -> str:
@@ -276,7 +286,7 @@ class IptablesDatapath(Datapath):
         localhost_np = self.localhost_nodeports and _contains_ipv4_loopback(ctx)
         total_endpoints = sum(len(v.endpoints) for v in ports)
         flags = _Flags(
-            mark=ctx.masquerade_mark, cluster_cidr=_cidr(ctx.cluster_cidr),
+            mark=hex_mark(ctx.masquerade_bit), cluster_cidr=_cidr(ctx.cluster_cidr),
             node_ip=ctx.node_ips[0] if ctx.node_ips else None,
             masquerade_all=self.masquerade_all, localhost_nodeports=localhost_np,
             nfacct=self.nfacct, large_cluster=total_endpoints > LARGE_CLUSTER_ENDPOINTS)
@@ -288,15 +298,7 @@ class IptablesDatapath(Datapath):
                          KUBE_PROXY_FIREWALL]
         filter_rules: list[str] = []
         nat_chains = [KUBE_SERVICES, KUBE_NODEPORTS, KUBE_POSTROUTING, KUBE_MARK_MASQ]
-        masquerade = ('-A KUBE-POSTROUTING -m comment --comment '
-                      '"kubernetes service traffic requiring SNAT" -j MASQUERADE')
-        nat_rules = [
-            f"-A {KUBE_POSTROUTING} -m mark ! --mark {mark}/{mark} -j RETURN",
-            # Clear the mark so a packet that re-traverses the stack is not masqueraded twice.
-            f"-A {KUBE_POSTROUTING} -j MARK --xor-mark {mark}",
-            masquerade + (" --random-fully" if self.random_fully else ""),
-            f"-A {KUBE_MARK_MASQ} -j MARK --or-mark {mark}",
-        ]
+        nat_rules = masquerade_rules(mark, self.random_fully)
         if localhost_np:
             # route_localnet opens 127.0.0.0/8 to the network; this is upstream's mitigation.
             filter_chains.append(KUBE_FIREWALL)
@@ -346,12 +348,7 @@ class IptablesDatapath(Datapath):
         if not self.conntrack_tcp_liberal:
             acct = f" -m nfacct --nfacct-name {NFACCT_INVALID}" if self.nfacct else ""
             filter_rules.append(f"-A {KUBE_FORWARD} -m conntrack --ctstate INVALID{acct} -j DROP")
-        filter_rules += [
-            (f'-A {KUBE_FORWARD} -m comment --comment "kubernetes forwarding rules" '
-             f"-m mark --mark {mark}/{mark} -j ACCEPT"),
-            (f'-A {KUBE_FORWARD} -m comment --comment "kubernetes forwarding conntrack rule" '
-             "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
-        ]
+        filter_rules += forward_rules(mark)
         out = ["*filter", *(f":{c} - [0:0]" for c in filter_chains),
                *filter_rules[:n_fixed_filter], *service_filter, *filter_rules[n_fixed_filter:],
                "COMMIT",
@@ -394,8 +391,8 @@ class IptablesDatapath(Datapath):
         """
         for table, dst, src, comment, extra in _JUMPS + _KUBELET_JUMPS:
             args = _jump_args(dst, comment, extra)
-            if self._iptables_rc(netns, "-C", src, "-t", table, *args) == 0:
-                self._iptables(netns, "-D", src, "-t", table, *args)
+            if self.tools.rc(netns, "-C", src, "-t", table, *args) == 0:
+                self.tools.run(netns, "-D", src, "-t", table, *args)
         targets = {
             "nat": (KUBE_SERVICES, KUBE_NODEPORTS, KUBE_POSTROUTING, KUBE_MARK_MASQ,
                     KUBE_PROXY_CANARY),
@@ -404,13 +401,12 @@ class IptablesDatapath(Datapath):
             "mangle": (KUBE_PROXY_CANARY,),
         }
         for table, fixed in targets.items():
-            existing = _chains_in_save(self._save(netns, table))
+            existing = _chains_in_save(self.tools.save(netns, table))
             doomed = [c for c in existing if c in fixed or c.startswith(SERVICE_CHAIN_PREFIXES)]
             if doomed:
                 text = "\n".join([f"*{table}", *(f":{c} - [0:0]" for c in doomed),
                                   *(f"-X {c}" for c in doomed), "COMMIT"]) + "\n"
-                run_in_netns(netns, [self._tool("restore"), *WAIT_FLAGS, "-T", table,
-                                     "--noflush", "--counters"], stdin=text)
+                self.tools.restore(netns, text, "-T", table, "--noflush", "--counters")
         self._initialised.discard(netns)
 
     def _init_once(self, netns: str) -> None:
@@ -420,22 +416,15 @@ class IptablesDatapath(Datapath):
         if self._localhost_nodeports:
             run_in_netns(netns, ["sysctl", "-q", "-w", "net.ipv4.conf.all.route_localnet=1"])
         for table in ("mangle", "nat", "filter"):
-            self._ensure_chain(netns, table, KUBE_PROXY_CANARY)
+            self.tools.ensure_chain(netns, table, KUBE_PROXY_CANARY)
         self._initialised.add(netns)
 
     def _ensure_base_rules(self, netns: str) -> None:
         for table, dst, src, comment, extra in _JUMPS + _KUBELET_JUMPS:
-            self._ensure_chain(netns, table, dst)
+            self.tools.ensure_chain(netns, table, dst)
             args = _jump_args(dst, comment, extra)
-            if self._iptables_rc(netns, "-C", src, "-t", table, *args) != 0:
-                self._iptables(netns, "-I", src, "-t", table, *args)
-
-    def _ensure_chain(self, netns: str, table: str, chain: str) -> None:
-        # Exit status 1 is "chain already exists", which EnsureChain accepts.
-        rc = self._iptables_rc(netns, "-N", chain, "-t", table)
-        if rc not in (0, 1):
-            raise ApplyError(f"{self._tool('')} -N {chain} -t {table} failed in {netns} "
-                             f"(exit {rc})")
+            if self.tools.rc(netns, "-C", src, "-t", table, *args) != 0:
+                self.tools.run(netns, "-I", src, "-t", table, *args)
 
     def _ensure_nfacct(self, netns: str) -> None:
         names = [NFACCT_INVALID, NFACCT_LOCALHOST_NODEPORTS]
@@ -449,24 +438,10 @@ class IptablesDatapath(Datapath):
             last_text, last_active = self._last_render
             # A full sync text from elsewhere declares every chain it keeps.
             active = last_active if rendered == last_text else None
-            rendered = with_stale_chains_deleted(rendered, self._save(netns, "nat"), active)
+            rendered = with_stale_chains_deleted(rendered, self.tools.save(netns, "nat"), active)
             self._last_stale_cleanup = now
-        run_in_netns(netns, [self._tool("restore"), *WAIT_FLAGS, "--noflush", "--counters"],
-                     stdin=rendered, timeout=self.apply_timeout)
-
-    def _save(self, netns: str, table: str) -> str:
-        return run_in_netns(netns, [self._tool("save"), "-t", table]).stdout
-
-    def _tool(self, suffix: str) -> str:
-        return f"iptables-{self.backend}" + (f"-{suffix}" if suffix else "")
-
-    def _iptables(self, netns: str, *args: str) -> None:
-        run_in_netns(netns, [self._tool(""), *WAIT_FLAGS, *args])
-
-    def _iptables_rc(self, netns: str, *args: str) -> int:
-        # EnsureRule/EnsureChain need the exit status, not an exception.
-        return run_in_netns(netns, [self._tool(""), *WAIT_FLAGS, *args], timeout=30,
-                            check=False).returncode
+        self.tools.restore(netns, rendered, "--noflush", "--counters",
+                           timeout=self.apply_timeout)
 
 
 def _render_service_port(view: ServicePortView, flags: _Flags) -> _PortRules:

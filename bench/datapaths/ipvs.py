@@ -63,6 +63,17 @@ from pathlib import Path
 from typing import Any
 
 from bench.datapaths.base import Datapath, NodeContext, run_in_netns
+from bench.datapaths.kube_proxy import (
+    KUBE_FORWARD,
+    KUBE_MARK_MASQ,
+    KUBE_POSTROUTING,
+    KUBE_PROXY_FIREWALL,
+    KUBE_SERVICES,
+    IptablesTools,
+    forward_rules,
+    go_mark,
+    masquerade_rules,
+)
 from bench.errors import ApplyError, ApplyTimeout, InputError
 from bench.model.objects import ServiceEndpoint, ServicePortView
 
@@ -72,20 +83,14 @@ DEFAULT_SCHEDULER = "rr"
 SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh")
 CONN_REUSE_FIXED_KERNEL = (5, 9)  # utilkernel.IPVSConnReuseModeFixedKernelVersion
 CONN_REUSE_MIN_KERNEL = (4, 1)
-WAIT_FLAGS = ("-w", "5", "-W", "100000")
 
 # Flags of struct ip_vs_service_user (include/uapi/linux/ip_vs.h).
 IP_VS_SVC_F_PERSISTENT = 0x0001
 IP_VS_SVC_F_HASHED = 0x0002
 IP_VS_SVC_F_SCHED1 = 0x0008  # "flag-1": mh's source-port hashing (FlagSourceHash)
 
-KUBE_SERVICES = "KUBE-SERVICES"
-KUBE_POSTROUTING = "KUBE-POSTROUTING"
-KUBE_MARK_MASQ = "KUBE-MARK-MASQ"
 KUBE_NODE_PORT = "KUBE-NODE-PORT"
 KUBE_LOAD_BALANCER = "KUBE-LOAD-BALANCER"
-KUBE_FORWARD = "KUBE-FORWARD"
-KUBE_PROXY_FIREWALL = "KUBE-PROXY-FIREWALL"
 KUBE_SOURCE_RANGES_FIREWALL = "KUBE-SOURCE-RANGES-FIREWALL"
 KUBE_IPVS_FILTER = "KUBE-IPVS-FILTER"
 KUBE_IPVS_OUT_FILTER = "KUBE-IPVS-OUT-FILTER"
@@ -283,11 +288,6 @@ def _vs_order(vs: VirtualServer) -> tuple[str, int, int]:
     return (vs.protocol, _ip_key(vs.address), vs.port)
 
 
-def go_mark(bit: int) -> str:
-    """The masquerade mark as kube-proxy formats it (Go ``%#08x``: ``0x00004000``)."""
-    return f"0x{1 << bit:08x}"
-
-
 def kernel_version(release: str) -> tuple[int, int]:
     m = re.match(r"(\d+)\.(\d+)", release)
     return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
@@ -305,6 +305,8 @@ class IpvsDatapath(Datapath):
     applies_in_process = True  # bpf() / netlink calls from the harness's thread
 
     name = "ipvs"
+    # IPVS itself, the ipsets its rules match, and iptables-legacy for that glue.
+    variants = {"ipvs": ("ipvs", "ipset", "iptables-legacy")}
 
     def __init__(self, scheduler: str = DEFAULT_SCHEDULER, *, iptables_backend: str = "legacy",
                  masquerade_all: bool = False, random_fully: bool = True,
@@ -312,14 +314,20 @@ class IpvsDatapath(Datapath):
         if scheduler not in SCHEDULERS:
             raise InputError(f"unknown IPVS scheduler {scheduler!r}; choose one of "
                              f"{', '.join(SCHEDULERS)}", field="scheduler")
-        if iptables_backend not in ("legacy", "nft"):
-            raise InputError(f"iptables backend {iptables_backend!r} is not legacy or nft",
-                             field="--iptables-backend")
+        self.tools = IptablesTools(iptables_backend)
         self.scheduler = scheduler
         self.iptables_backend = iptables_backend
         self.masquerade_all = masquerade_all
         self.random_fully = random_fully
         self.kernel_release = kernel_release or platform.release()
+
+    @classmethod
+    def accepts(cls, name: str) -> bool:
+        return name == cls.name or name.startswith(f"{cls.name}-")  # ipvs-<scheduler>
+
+    @classmethod
+    def create(cls, name: str, iptables_backend: str = "legacy") -> IpvsDatapath:
+        return cls(name.partition("-")[2] or DEFAULT_SCHEDULER, iptables_backend=iptables_backend)
 
     @property
     def variant(self) -> str:
@@ -469,10 +477,7 @@ class IpvsDatapath(Datapath):
             if spec.name in nonempty:
                 nat.append(f"-A {KUBE_SERVICES} -m set --match-set {spec.name} dst,dst -j ACCEPT")
         fil += [
-            (f'-A {KUBE_FORWARD} -m comment --comment "kubernetes forwarding rules" '
-             f"-m mark --mark {mark}/{mark} -j ACCEPT"),
-            (f'-A {KUBE_FORWARD} -m comment --comment "kubernetes forwarding conntrack rule" '
-             "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
+            *forward_rules(mark),
             (f"-A {KUBE_NODE_PORT} -m comment --comment {_q(HEALTH_CHECK_NODE_PORT.comment)} "
              f"-m set --match-set {HEALTH_CHECK_NODE_PORT.name} dst -j ACCEPT"),
         ]
@@ -484,15 +489,7 @@ class IpvsDatapath(Datapath):
             fil.append(f"-A {KUBE_IPVS_FILTER} -m set --match-set {spec.name} {match} -j RETURN")
         fil.append(f"-A {KUBE_IPVS_FILTER} -m conntrack --ctstate NEW "
                    f"-m set --match-set {IPVS_IPS.name} dst -j REJECT")
-        masq = ('-A KUBE-POSTROUTING -m comment --comment '
-                '"kubernetes service traffic requiring SNAT" -j MASQUERADE')
-        nat += [
-            f"-A {KUBE_POSTROUTING} -m mark ! --mark {mark}/{mark} -j RETURN",
-            # Clear the mark so a packet that re-traverses the stack is not masqueraded twice.
-            f"-A {KUBE_POSTROUTING} -j MARK --xor-mark {mark}",
-            masq + (" --random-fully" if self.random_fully else ""),
-            f"-A {KUBE_MARK_MASQ} -j MARK --or-mark {mark}",
-        ]
+        nat += masquerade_rules(mark, self.random_fully)
         out = ["*nat", *(f":{c} - [0:0]" for c in NAT_CHAINS), *nat, "COMMIT",
                "*filter", *(f":{c} - [0:0]" for c in FILTER_CHAINS), *fil, "COMMIT"]
         return "\n".join(out) + "\n"
@@ -521,40 +518,32 @@ class IpvsDatapath(Datapath):
         self._ensure_jumps(netns)
         self._sync_ipvs(plan, netns)
         self._sync_ipsets(plan, netns)
-        run_in_netns(netns, [self._tool("restore"), *WAIT_FLAGS, "--noflush", "--counters"],
-                     stdin=plan.restore, timeout=self.apply_timeout)
+        self.tools.restore(netns, plan.restore, "--noflush", "--counters",
+                           timeout=self.apply_timeout)
 
     def cleanup(self, netns: str) -> None:
         """kube-proxy's ``CleanupLeftovers``: flush IPVS, delete kube-ipvs0, chains, then sets."""
         _netlink(netns, {"flush": True, "device": DUMMY_DEVICE})
         for table, src, dst, comment in JUMPS:
             rule = [src, "-m", "comment", "--comment", comment, "-j", dst]
-            if self._rc(netns, "-t", table, "-C", *rule) == 0:
-                run_in_netns(netns, [self._tool(""), *WAIT_FLAGS, "-t", table, "-D", *rule])
+            if self.tools.rc(netns, "-t", table, "-C", *rule) == 0:
+                self.tools.run(netns, "-t", table, "-D", *rule)
         for table, chains in (("nat", NAT_CHAINS), ("filter", FILTER_CHAINS)):
             for op in ("-F", "-X"):
                 for c in chains:
-                    self._rc(netns, "-t", table, op, c)
+                    self.tools.rc(netns, "-t", table, op, c)
         for name in IPSET_NAMES:
             run_in_netns(netns, ["ipset", "destroy", name], check=False)
-
-    def _tool(self, suffix: str) -> str:
-        return f"iptables-{self.iptables_backend}" + (f"-{suffix}" if suffix else "")
-
-    def _rc(self, netns: str, *args: str) -> int:
-        return run_in_netns(netns, [self._tool(""), *WAIT_FLAGS, *args], timeout=30,
-                            check=False).returncode
 
     def _ensure_jumps(self, netns: str) -> None:
         # createAndLinkKubeChain: EnsureChain for every chain, then EnsureRule(Prepend) jumps.
         for table, chains in (("nat", NAT_CHAINS), ("filter", FILTER_CHAINS)):
             for c in chains:
-                if self._rc(netns, "-t", table, "-N", c) not in (0, 1):
-                    raise ApplyError(f"{self._tool('')} -t {table} -N {c} failed in {netns}")
+                self.tools.ensure_chain(netns, table, c)
         for table, src, dst, comment in JUMPS:
             rule = [src, "-m", "comment", "--comment", comment, "-j", dst]
-            if self._rc(netns, "-t", table, "-C", *rule) != 0:
-                run_in_netns(netns, [self._tool(""), *WAIT_FLAGS, "-t", table, "-I", *rule])
+            if self.tools.rc(netns, "-t", table, "-C", *rule) != 0:
+                self.tools.run(netns, "-t", table, "-I", *rule)
 
     def _sync_ipvs(self, plan: IpvsPlan, netns: str) -> None:
         _netlink(netns, {

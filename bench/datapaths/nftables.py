@@ -59,6 +59,7 @@ from dataclasses import dataclass
 
 from bench.datapaths.base import Datapath, NodeContext, run_in_netns
 from bench.datapaths.iptables import b32_prefix
+from bench.datapaths.kube_proxy import go_mark
 from bench.model.objects import ServiceEndpoint, ServicePortView, sorted_endpoints
 
 TABLE = "kube-proxy"
@@ -127,11 +128,6 @@ def endpoint_chain_base(
     # Colons are not allowed in chain names (IPv6 endpoints).
     ip = ip.replace(":", ".")
     return _hash_and_truncate(f"{namespace}/{name}/{protocol.lower()}/{port_name}__{ip}/{port}")
-
-
-def _go_mark(bit: int) -> str:
-    # kube-proxy formats the mark with Go's "%#08x": eight digits after the 0x.
-    return f"0x{1 << bit:08x}"
 
 
 @functools.lru_cache(maxsize=1 << 18)
@@ -291,7 +287,7 @@ def _nodeport_ips(ctx: NodeContext) -> list[str] | None:
 def _setup(tx: _Transaction, ctx: NodeContext, service_cidrs: Sequence[str],
            startup: bool = True) -> None:
     """The fixed skeleton kube-proxy's setupNFTables writes at the start of every sync."""
-    mark = _go_mark(ctx.masquerade_bit)
+    mark = go_mark(ctx.masquerade_bit)
     tx.op(f'add table {_T} {{ comment "rules for kube-proxy" ; }}')
     # First sync after start-up: recreate the base chains so that a table left by another
     # kube-proxy version, with other hooks or priorities, cannot fail the transaction.
@@ -690,6 +686,7 @@ class NftablesDatapath(Datapath):
     """kube-proxy in nftables mode: one ``nft -f`` transaction per sync."""
 
     name = "nftables"
+    variants = {"nftables": ("nftables",)}
 
     def __init__(self) -> None:
         # Per node: the service chains in use after the last sync (by Service), the chains

@@ -39,6 +39,7 @@ class SocketLbDatapath(EbpfTcDatapath):
     """Socket load balancing for the client pod's processes."""
 
     name = "socket-lb"
+    variants = {"socket-lb": ("bcc", "socket-lb")}
     program = "sock_lb"
     # What the runner's replayed-frame workloads cannot measure here, by target, and why.
     not_measured = {

@@ -50,9 +50,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.cluster import cgroups
+from bench.cluster.netns_exec import netns_argv
 from bench.cluster.topology import PREFIX_RE
-from bench.datapaths.base import Datapath, NodeContext, run_in_netns
+from bench.datapaths.base import Datapath, NodeContext
 from bench.datapaths.ebpf_maps import IdAllocator
+from bench.datapaths.kube_proxy import IptablesTools
 from bench.errors import ApplyError, ApplyTimeout
 from bench.model.objects import ServicePortView
 
@@ -79,8 +81,9 @@ JUMPS = (
     ("filter", "INPUT", "-I", ["-m", "comment", "--comment", _NON_LOCAL_COMMENT,
                                "-j", NON_LOCAL_NODEPORT]),
 )
-IPTABLES = "iptables-legacy"
-RESTORE = "iptables-legacy-restore"
+# The userspace proxier predates kube-proxy's wait flags: it waited for the xtables lock
+# with a bare -w and ran iptables-restore without one.
+TOOLS = IptablesTools("legacy", wait=("-w",), restore_wait=())
 # Proxy ports: below the NodePort range (30000-32767) and the ephemeral range the
 # proxy's own connections to backends use (32768-60999).
 PROXY_PORT_FIRST = 10000
@@ -213,6 +216,7 @@ class UserspaceDatapath(Datapath):
     """iptables portals to one relaying proxy process per node."""
 
     name = "userspace"
+    variants = {"userspace": ("userspace",)}
 
     def __init__(self) -> None:
         self._proxy_ports = IdAllocator("proxy port", PROXY_PORT_LAST - PROXY_PORT_FIRST + 1)
@@ -251,26 +255,24 @@ class UserspaceDatapath(Datapath):
         if netns not in self._initialised:
             self._ensure_base(netns)
             self._initialised.add(netns)
-        run_in_netns(netns, [RESTORE, "--noflush"], stdin=rendered, timeout=self.apply_timeout)
+        TOOLS.restore(netns, rendered, "--noflush", timeout=self.apply_timeout)
 
     def _ensure_base(self, netns: str) -> None:
         # Upstream's iptablesInit: EnsureChain, then EnsureRule (check, insert/append).
         for table, chains in (("nat", NAT_CHAINS), ("filter", FILTER_CHAINS)):
             for chain in chains:
-                run_in_netns(netns, [IPTABLES, "-w", "-t", table, "-N", chain], check=False)
+                TOOLS.rc(netns, "-t", table, "-N", chain, timeout=None)
         for table, builtin, how, rule in JUMPS:
-            check = run_in_netns(netns, [IPTABLES, "-w", "-t", table, "-C", builtin, *rule],
-                                 check=False)
-            if check.returncode != 0:
-                run_in_netns(netns, [IPTABLES, "-w", "-t", table, how, builtin, *rule])
+            if TOOLS.rc(netns, "-t", table, "-C", builtin, *rule, timeout=None) != 0:
+                TOOLS.run(netns, "-t", table, how, builtin, *rule)
 
     def _proxy(self, netns: str) -> subprocess.Popen[str]:
         proc = self._procs.get(netns)
         if proc is not None and proc.poll() is None:
             return proc
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", netns, sys.executable, "-m",
-             "bench.datapaths.userspace_proxy", "--netns-file", f"/run/netns/{netns}"],
+            netns_argv(netns, [sys.executable, "-m", "bench.datapaths.userspace_proxy",
+                               "--netns-file", f"/run/netns/{netns}"]),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             preexec_fn=_proxy_preexec(self._cgroup(netns)))
         self._procs[netns] = proc
@@ -314,10 +316,9 @@ class UserspaceDatapath(Datapath):
             _stop(proc)
         self._initialised.discard(netns)
         for table, builtin, _, rule in JUMPS:
-            if run_in_netns(netns, [IPTABLES, "-w", "-t", table, "-C", builtin, *rule],
-                            check=False).returncode == 0:
-                run_in_netns(netns, [IPTABLES, "-w", "-t", table, "-D", builtin, *rule])
+            if TOOLS.rc(netns, "-t", table, "-C", builtin, *rule, timeout=None) == 0:
+                TOOLS.run(netns, "-t", table, "-D", builtin, *rule)
         for table, chains in (("nat", NAT_CHAINS), ("filter", FILTER_CHAINS)):
             for chain in chains:
-                run_in_netns(netns, [IPTABLES, "-w", "-t", table, "-F", chain], check=False)
-                run_in_netns(netns, [IPTABLES, "-w", "-t", table, "-X", chain], check=False)
+                TOOLS.rc(netns, "-t", table, "-F", chain, timeout=None)
+                TOOLS.rc(netns, "-t", table, "-X", chain, timeout=None)

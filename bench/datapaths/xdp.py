@@ -40,6 +40,8 @@ class XdpDatapath(EbpfTcDatapath):
     """ebpf-tc plus the NodePort fast path in XDP on the underlay interface."""
 
     name = "xdp"
+    # The tc programs too: XDP hands them whatever it does not forward itself.
+    variants = {"xdp": ("bcc", "ebpf-tc", "xdp")}
     # ClusterIP takes the tc programs here: measuring it would measure ebpf-tc again.
     not_measured = {"clusterip": "xdp accelerates NodePort only; its ClusterIP path is "
                                  "ebpf-tc's (measured as ebpf-tc)"}

@@ -26,7 +26,9 @@ from pathlib import Path
 
 from pyroute2 import netns as _netns
 
+from bench.cluster.netns_exec import run_netns
 from bench.cluster.topology import new_prefix, register_run, remove_run
+from bench.datapaths import VARIANT_NEEDS
 from bench.kernel import minimal_probes as K
 from bench.measure.bcc_output import captured_stderr
 
@@ -70,8 +72,7 @@ def _try(ns: str, argv: list[str], stdin: str | None = None) -> tuple[bool, str]
     try:
         # Long enough to wait out another run's big iptables-restore: the xtables lock
         # (-w) is one file for every namespace of the machine.
-        p = subprocess.run(["ip", "netns", "exec", ns, *argv], input=stdin,
-                           capture_output=True, text=True, timeout=TOOL_TIMEOUT)
+        p = run_netns(ns, argv, stdin=stdin, timeout=TOOL_TIMEOUT, check=False)
     except subprocess.TimeoutExpired:
         return False, f"{argv[0]} did not answer within {TOOL_TIMEOUT:.0f} s"
     msg = (p.stderr or p.stdout).strip().splitlines()
@@ -272,14 +273,5 @@ def lacking(names: tuple[str, ...] | list[str]) -> tuple[str | None, str | None]
     return missing, broken
 
 
-# What each datapath needs from the kernel.
-DATAPATH_NEEDS = {
-    "iptables-legacy": ("iptables-legacy",),
-    "iptables-nft": ("iptables-nft",),
-    "nftables": ("nftables",),
-    "ipvs": ("ipvs", "ipset", "iptables-legacy"),
-    "ebpf-tc": ("bcc", "ebpf-tc"),
-    "xdp": ("bcc", "ebpf-tc", "xdp"),
-    "socket-lb": ("bcc", "socket-lb"),
-    "userspace": ("userspace",),
-}
+#: What each datapath variant needs from the kernel, as its class declares it.
+DATAPATH_NEEDS = VARIANT_NEEDS

@@ -35,7 +35,7 @@ from bench import interrupts
 from bench import results as R
 from bench.analysis.stats import Histogram
 from bench.cluster.testbed import SyncTiming, Testbed
-from bench.datapaths import make_variant
+from bench.datapaths import family, make_variant
 from bench.errors import ApplyTimeout, FeatureMissing, KpbenchError
 from bench.kernel.features import DATAPATH_NEEDS, lacking
 from bench.kernel.vm import guest_environment
@@ -341,7 +341,7 @@ class Runner:
 
     def _point(self, variant: str, n: int, workload: str, **kw: Any) -> R.PointDoc:
         position = self.sc.position if isinstance(self.sc.position, str) else "index"
-        return R.make_point(datapath=variant.split("-")[0], variant=variant, services=n,
+        return R.make_point(datapath=family(variant), variant=variant, services=n,
                             endpoints=self.sc.endpoints, workload=workload,
                             rate_pps=self.sc.rate_pps, position=position,
                             position_index=self.sc.position_index(n), **kw)
@@ -368,7 +368,7 @@ class Runner:
         datapath = make_variant(variant)
         self.seqs = SeqSpace()  # a fresh cluster, a fresh conntrack: a fresh flow space
         # Targets a datapath cannot act on (e.g. socket LB and replayed frames), with why.
-        not_measured: dict[str, str] = getattr(datapath, "not_measured", {})
+        not_measured = datapath.not_measured
         datapath.apply_timeout = sc.point_time_limit
         bed = Testbed(datapath, services, slices, sc.nodes, pod_services={measured.key},
                       echo=False, sync_on_enter=False)
@@ -385,7 +385,7 @@ class Runner:
                 self._record_all(writer, variant, n, "failed", str(e))
                 return
             # Loading BPF programs is a fixed cost, not a per-service one: not for the ETA.
-            load = sum(getattr(datapath, "load_seconds", {}).values())
+            load = datapath.one_off_seconds()
             self.progress.record_sync(variant, n, max(timing.wall - load, 0.0))
             inject_rules([bed.cluster.node_ns(i) for i in range(bed.cluster.node_count)],
                          self.inject_rules)

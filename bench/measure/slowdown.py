@@ -18,8 +18,7 @@ The number is recorded in the result (``environment.injected_rules``) and
 
 from __future__ import annotations
 
-import subprocess
-
+from bench.cluster.netns_exec import run_netns
 from bench.errors import KpbenchError
 
 #: Never-matching destination: TEST-NET-3 (RFC 5737), outside every address the cluster uses.
@@ -40,8 +39,7 @@ def inject_rules(node_namespaces: list[str], n: int) -> None:
         return
     text = rules_text(n)
     for ns in node_namespaces:
-        p = subprocess.run(["ip", "netns", "exec", ns, "iptables-legacy-restore"], input=text,
-                           capture_output=True, text=True, timeout=60)
+        p = run_netns(ns, ["iptables-legacy-restore"], stdin=text, timeout=60, check=False)
         if p.returncode != 0:
             raise KpbenchError(f"--inject-rules: iptables-legacy-restore failed in {ns}: "
                                f"{(p.stderr or p.stdout).strip()}")

@@ -56,6 +56,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
+from bench.cluster.netns_exec import netns_argv
 from bench.cluster.topology import CLIENT_POD_IF, NODE_UNDERLAY_IF, Cluster, in_netns
 from bench.errors import KpbenchError
 from bench.model import layout as L
@@ -387,8 +388,8 @@ def replay(netns: str, ifname: str, pcap: Path, pps: int | None,
     if pps is not None and pps <= 0:
         raise ValueError(f"pps must be positive or None (top speed), not {pps}")
     rate = [f"--pps={pps}"] if pps is not None else ["--topspeed"]
-    argv = ["ip", "netns", "exec", netns, "tcpreplay", f"--intf1={ifname}", "--preload-pcap",
-            *rate, str(pcap)]
+    argv = netns_argv(netns, ["tcpreplay", f"--intf1={ifname}", "--preload-pcap", *rate,
+                              str(pcap)])
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     timed_out = False
     deadline = time.monotonic() + timeout

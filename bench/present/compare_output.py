@@ -13,6 +13,7 @@ from typing import Any
 from bench.analysis.compare import Comparison, Gate, MetricChange, Verdict
 from bench.analysis.metrics import key_label
 from bench.present.tables import Table, dumps, fmt_change, fmt_value, records_csv, render
+from bench.results import commit_label
 
 CSV_COLUMNS = ("base_file", "new_file", "variant", "workload", "services", "endpoints",
                "rate_pps", "position", "metric", "unit", "better", "base", "new", "change_pct",
@@ -76,7 +77,7 @@ def summary_line(c: Comparison) -> str:
 
 def _run_line(doc: Any) -> str:
     env = doc["environment"]
-    commit = (env.get("git_commit") or "nogit")[:12] + ("-dirty" if env.get("git_dirty") else "")
+    commit = commit_label(env)
     merged = doc.get("merged_from")  # a baseline pooled by bench.results.baseline
     pooled = f", pooled from {len(merged)} runs" if isinstance(merged, list) else ""
     return (f"scenario {doc['scenario']['name']}, {doc['started']}, {commit}, "

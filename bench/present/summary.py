@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench.present.tables import Table, fmt_value
-from bench.results import PointDoc, ResultDoc, iter_points
+from bench.results import PointDoc, ResultDoc, commit_label, iter_points
 
 # Coordinates shown only when they vary within the result (they are usually fixed).
 OPTIONAL_COORDS = (("endpoints", "endpoints"), ("rate_pps", "rate"), ("position", "position"))
@@ -19,7 +19,7 @@ OPTIONAL_COORDS = (("endpoints", "endpoints"), ("rate_pps", "rate"), ("position"
 def run_line(doc: ResultDoc) -> str:
     """One line naming the run: scenario, status, dates, commit."""
     env = doc["environment"]
-    commit = (env.get("git_commit") or "nogit")[:12] + ("-dirty" if env.get("git_dirty") else "")
+    commit = commit_label(env)
     merged = doc.get("merged_from")  # a baseline pooled by bench.results.baseline
     pooled = f", pooled from {len(merged)} runs" if isinstance(merged, list) else ""
     return (f"scenario {doc['scenario']['name']}, {doc['status']}, started {doc['started']}, "

@@ -42,6 +42,9 @@ a reader of the previous version would misread, and say here what changed):
   ``arrival_seconds`` (first to last arrival at the backends); the summary's
   ``control`` and ``service_minus_control_*``. ``delivered_pps`` is now measured at
   the receiver (delivered over arrival_seconds), null where that is unknown.
+  A point's ``datapath`` is the datapath family's name (``ebpf-tc``, ``socket-lb``);
+  results written before that recorded the variant's first word (``ebpf``,
+  ``socket``), which reading maps to the family (:data:`OLD_FAMILY_NAMES`).
 """
 
 from __future__ import annotations
@@ -576,6 +579,13 @@ def git_state(checkout: Path = CHECKOUT) -> tuple[str | None, bool | None]:
     return commit, (bool(p.stdout.strip()) if p.returncode == 0 else None)
 
 
+def commit_label(env: Mapping[str, Any]) -> str:
+    """A run's commit as results, listings and file names show it: the first 12 hex
+    digits of ``git_commit`` (``nogit`` outside git), ``-dirty`` if the tree had changes."""
+    commit = env.get("git_commit")
+    return (commit[:12] if commit else "nogit") + ("-dirty" if env.get("git_dirty") else "")
+
+
 def capture_environment(where: Literal["host", "vm"] = "host",
                         vm: VmDoc | Mapping[str, str] | None = None) -> EnvironmentDoc:
     """The environment of this process: kernel, CPU, governor, versions, git state.
@@ -669,10 +679,8 @@ def result_path(results_dir: str | Path, scenario_name: str,
     machine first because numbers from different machines are not comparable.
     """
     env = environment if environment is not None else capture_environment()
-    commit, dirty = env["git_commit"], env["git_dirty"]
     stamp = (now or _dt.datetime.now(_dt.UTC)).strftime("%Y%m%dT%H%M%S")
-    rev = (commit[:12] if commit else "nogit") + ("-dirty" if dirty else "")
-    name = f"{stamp}_{rev}_{_slug(scenario_name, 'scenario')}.json"
+    name = f"{stamp}_{commit_label(env)}_{_slug(scenario_name, 'scenario')}.json"
     return Path(results_dir) / machine_name(env) / name
 
 
@@ -965,7 +973,13 @@ def validate_result(doc: Any, source: str) -> ResultDoc:
         _check_histograms(p, source, f"points[{i}]")
         if "per_run" in p:
             _check_per_run(p, source, f"points[{i}]")
+        p["datapath"] = OLD_FAMILY_NAMES.get(p["datapath"], p["datapath"])
     return doc  # type: ignore[return-value]
+
+
+#: Family names older results recorded (the variant's first word) -> the family's name.
+#: No datapath family is called either, so mapping every document is safe.
+OLD_FAMILY_NAMES = {"ebpf": "ebpf-tc", "socket": "socket-lb"}
 
 
 def _check_histograms(p: dict[str, Any], source: str, obj: str) -> None:

@@ -21,12 +21,14 @@ import pytest
 
 from bench.cluster.netclient import connect_many
 from bench.cluster.testbed import Testbed
-from bench.cluster.topology import NODE_UNDERLAY_IF, in_netns
+from bench.cluster.topology import NODE_UNDERLAY_IF, Cluster, in_netns
 from bench.datapaths import bpf_lb as B
 from bench.datapaths import make_variant
 from bench.measure.traffic import Target
 from bench.model import layout as L
 from bench.model.generate import GenSpec, generate
+from bench.model.layout import plan_layout
+from bench.model.objects import service_port_views
 from tests.conftest import held_bpf_programs, require_feature
 from tests.integration import semantics as S
 
@@ -161,6 +163,24 @@ def test_cleanup_leaves_nothing_in_the_namespaces() -> None:
             features = subprocess.run(["ip", "netns", "exec", *ul_peer[:1], "ethtool", "-k",
                                        ul_peer[1]], capture_output=True, text=True).stdout
             assert "tx-checksumming: on" in features
+
+
+def test_a_veths_peer_is_found_across_the_runs_namespaces() -> None:
+    """IFLA_LINK_NETNSID and IFLA_LINK name the peer: its own peer is the link asked about,
+    in another of the run's namespaces; a link that is no veth, or none, has no peer."""
+    services, slices = generate(GenSpec(services=1, endpoints=2, nodes=2, protocol="UDP"))
+    with Cluster(plan_layout(service_port_views(services, slices, None), nodes=2)) as c:
+        node = c.node_ns(0)
+        links = B.node_links(node)
+        assert NODE_UNDERLAY_IF in links and len(links) >= 2
+        for link in links:
+            peer = B.veth_peer(node, link)
+            assert peer is not None, link
+            assert peer[0] in c.namespaces and peer[0] != node
+            assert B.veth_peer(*peer) == (node, link)
+        assert B.veth_peer(node, NODE_UNDERLAY_IF)[0] == c.underlay_ns  # type: ignore[index]
+        assert B.veth_peer(node, "lo") is None
+        assert B.veth_peer(node, "nosuchlink") is None
 
 
 @pytest.mark.parametrize("variant", ["ebpf-tc", "xdp", "socket-lb"])

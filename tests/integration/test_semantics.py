@@ -59,7 +59,7 @@ def implements(bed: Testbed, case: str) -> bool:
 def client_pod_processes(tb: Testbed) -> Iterator[None]:
     """Run the block with our children in the client pod's cgroup, if the datapath has one
     (socket LB only sees sockets of processes inside it; netclient inherits ours)."""
-    path = getattr(tb.datapath, "client_cgroup", lambda: None)()
+    path = tb.datapath.client_cgroup()
     with cgroups.member(path) if path is not None else contextlib.nullcontext():
         yield
 

@@ -168,7 +168,7 @@ def test_defaults_are_a_stock_kube_proxy() -> None:
 
 
 def test_unknown_backend_is_refused() -> None:
-    with pytest.raises(InputError, match="legacy or nft"):
+    with pytest.raises(InputError, match="choose one of legacy, nft"):
         IptablesDatapath("xtables")
 
 
