@@ -28,7 +28,7 @@ from pyroute2 import netns as _netns
 
 from bench.cluster.topology import new_prefix, register_run, remove_run
 from bench.kernel import minimal_probes as K
-from bench.measure.bcc_output import captured_stderr
+from bench.measure.probes.bcc_output import captured_stderr
 
 OK, MISSING, BROKEN = "ok", "missing", "broken"
 TOOL_TIMEOUT = 120.0  # seconds a tool may take to answer a check

@@ -28,17 +28,11 @@ from bench.cluster import cgroups
 from bench.cluster.topology import Cluster, in_netns, run_netns
 from bench.errors import FeatureMissing
 from bench.measure import traffic as T
-from bench.measure.probes import (
-    CpuProbe,
-    DropsProbe,
-    LatencyProbe,
-    Probe,
-    TcHook,
-    TransitProbe,
-    print_symbolic,
-    release_compiled,
-    transit_bucket_bounds,
-)
+from bench.measure.probes.cpu import CpuProbe
+from bench.measure.probes.drops import DropsProbe
+from bench.measure.probes.latency import LatencyProbe
+from bench.measure.probes.loader import Probe, TcHook, print_symbolic, release_compiled
+from bench.measure.probes.transit import TransitProbe, transit_bucket_bounds
 from bench.model.generate import GenSpec, generate
 from bench.model.layout import PodSpec, plan_layout
 from bench.model.objects import service_port_views
