@@ -9,7 +9,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bench.measure.probes.loader import TC_INGRESS, TC_PRIO, Probe, TcHook, _compile
+from bench.measure.probes.loader import TC_INGRESS, TC_PRIO, Probe, TcHook, _clear_live, _compile
 
 
 @dataclass(frozen=True)
@@ -36,13 +36,7 @@ class EffectProbe(Probe):
         self._attach_guarded(lambda: self._attach_tc("kpb_effect", self.backends, TC_INGRESS))
 
     def _zero(self) -> None:
-        # Delete key by key, tolerating entries the program adds meanwhile.
-        table = self._bpf[b"seen"]
-        for k in list(table.keys()):
-            try:
-                del table[k]
-            except KeyError:
-                pass
+        _clear_live(self._bpf[b"seen"])
 
     def read(self) -> dict[str, Arrivals]:
         """Arrivals since :meth:`start`, by backend IP."""

@@ -164,6 +164,17 @@ def _percpu_sum(table: Any, index: int) -> int:
     return int(sum(table.getvalue(table.Key(index))))
 
 
+def _clear_live(table: Any) -> None:
+    """Empty a hash map that an attached program keeps changing.
+
+    BCC's own ``clear()`` deletes key by key and raises KeyError for an entry
+    the program deleted between the listing and its deletion.
+    """
+    for k in list(table.keys()):
+        with contextlib.suppress(KeyError):
+            del table[k]
+
+
 @dataclass(frozen=True)
 class TcHook:
     """An interface in a run namespace where a tc program attaches."""

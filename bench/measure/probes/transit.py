@@ -15,6 +15,7 @@ from bench.measure.probes.loader import (
     TC_PRIO,
     Probe,
     TcHook,
+    _clear_live,
     _compile,
     _origin,
     _percpu_sum,
@@ -104,7 +105,7 @@ class TransitProbe(Probe):
             self._bpf[name].clear()
         if self.origin is None:
             # Tagged entries belong to live skbs; untagged ones may be stale.
-            self._bpf[b"inflight"].clear()
+            _clear_live(self._bpf[b"inflight"])
 
     def read(self) -> TransitReading:
         """Transit histogram and counts since :meth:`start`."""
