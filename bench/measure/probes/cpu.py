@@ -76,15 +76,19 @@ class CpuProbe(Probe):
         self._group_start_ns = 0
         self._subtract_net_rx = False
 
-    def _attach(self) -> None:
+    def cflags(self) -> list[str]:
         vectors = {v: k for k, v in print_symbolic("irq", "softirq_entry", "vec").items()}
         if "NET_RX" not in vectors:
             raise FeatureMissing(f"{self.name} probe: irq:softirq_entry names no NET_RX vector")
         self.net_rx_vector = vectors["NET_RX"]
+        return [f"-DKPB_NET_RX={self.net_rx_vector}"]
+
+    def _attach(self) -> None:
+        cflags = self.cflags()
         if self.group is not None:
             self._subtract_net_rx = irq_time_in_task_time()
             cgroups.cpu_usage_ns(self.group)  # readable, or FeatureMissing now
-        self._bpf = _compile(self.name, [f"-DKPB_NET_RX={self.net_rx_vector}"])
+        self._bpf = _compile(self.name, cflags)
 
     def _zero(self) -> None:
         self._bpf[b"stats"].clear()

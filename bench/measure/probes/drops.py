@@ -81,7 +81,7 @@ class DropsProbe(Probe):
         pods = [TcHook(cluster.pod_ns(p)) for p in cluster.layout.pods]
         return cls(_origin(cluster, external), pods, process_group)
 
-    def _attach(self) -> None:
+    def cflags(self) -> list[str]:
         reason = tracepoint_field("skb", "kfree_skb", "reason")
         protocol = tracepoint_field("skb", "kfree_skb", "protocol")
         if reason is None:
@@ -90,11 +90,14 @@ class DropsProbe(Probe):
         if reason[1] != 4 or protocol is None or protocol[1] != 2:
             raise FeatureMissing(f"{self.name} probe: skb:kfree_skb has an unexpected layout "
                                  f"(reason {reason}, protocol {protocol})")
-        self.reasons = print_symbolic("skb", "kfree_skb", "reason")
         tagged = self.origin is not None
-        self._bpf = _compile(self.name, [f"-DKPB_OFF_REASON={reason[0]}",
-                                         f"-DKPB_OFF_PROTOCOL={protocol[0]}",
-                                         f"-DKPB_TAGGED={int(tagged)}", *_skb_offsets(self.name)])
+        return [f"-DKPB_OFF_REASON={reason[0]}", f"-DKPB_OFF_PROTOCOL={protocol[0]}",
+                f"-DKPB_TAGGED={int(tagged)}", *_skb_offsets(self.name)]
+
+    def _attach(self) -> None:
+        cflags = self.cflags()
+        self.reasons = print_symbolic("skb", "kfree_skb", "reason")
+        self._bpf = _compile(self.name, cflags)
         self._attach_tracepoint("skb:kfree_skb", "kpb_kfree_skb")
         if self.origin is not None:
             self._attach_tracepoint("skb:consume_skb", "kpb_consume_skb")

@@ -32,7 +32,7 @@ class EffectProbe(Probe):
     def attach(self) -> None:
         if self.attached:
             return
-        self._bpf = _compile(self.name)
+        self._bpf = _compile(self.name, self.cflags())
         self._attach_guarded(lambda: self._attach_tc("kpb_effect", self.backends, TC_INGRESS))
 
     def _zero(self) -> None:

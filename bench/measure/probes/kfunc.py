@@ -106,6 +106,9 @@ class KfuncProbe(Probe):
         self.symbols: dict[str, str] = {}
         self._index: dict[str, int] = {}
 
+    def cflags(self) -> list[str]:
+        return [f"-DKPB_NFUNCS={MAX_FUNCS}"]
+
     def attach(self) -> None:
         if self.attached:
             return
@@ -118,7 +121,7 @@ class KfuncProbe(Probe):
                                  f"{', '.join(s for c in self.wanted.values() for s in c)} "
                                  "is probeable on this kernel")
         self._index = {name: i for i, name in enumerate(self.symbols)}
-        self._bpf = _compile(self.name, [f"-DKPB_NFUNCS={MAX_FUNCS}"])
+        self._bpf = _compile(self.name, self.cflags())
 
         def steps() -> None:
             for name, sym in self.symbols.items():

@@ -80,9 +80,11 @@ class LatencyProbe(Probe):
         pods = [TcHook(cluster.pod_ns(p)) for p in cluster.layout.pods]
         return cls(_origin(cluster, external), pods, capacity, drop)
 
+    def cflags(self) -> list[str]:
+        return [f"-DKPB_CAPACITY={self.capacity}", f"-DKPB_DROP={int(self.drop)}"]
+
     def _attach(self) -> None:
-        self._bpf = _compile(self.name, [f"-DKPB_CAPACITY={self.capacity}",
-                                         f"-DKPB_DROP={int(self.drop)}"])
+        self._bpf = _compile(self.name, self.cflags())
         self._depart = self._mmap("depart_ns")
         self._arrive = self._mmap("arrive_ns")
         self._attach_tc("kpb_depart", [self.client], TC_EGRESS)

@@ -147,6 +147,18 @@ def _keep(bpf: Any, transient_maps: Sequence[str]) -> None:
     _POOL.setdefault(bpf.kpb_key, []).append(bpf)
 
 
+def compiled_source(probe: str, cflags: Sequence[str]) -> str:
+    """``probes/<probe>.c`` as the compiler gets it from the loader: its ``-D`` flags
+    written as the ``#define`` lines they are equivalent to, ahead of the source."""
+    defines = []
+    for flag in cflags:
+        if not flag.startswith("-D"):
+            raise ValueError(f"not a -D flag: {flag}")
+        name, _, value = flag[2:].partition("=")
+        defines.append(f"#define {name} {value or 1}\n")
+    return "".join(defines) + (PROBES_DIR / f"{probe}.c").read_text()
+
+
 def release_compiled() -> None:
     """Unload every kept probe program (a run's end; safe to call twice)."""
     while _POOL:
@@ -291,6 +303,11 @@ class Probe:
 
     def _attach(self) -> None:
         raise NotImplementedError
+
+    def cflags(self) -> list[str]:
+        """The ``-D`` flags this probe compiles ``probes/<name>.c`` with (kernel facts
+        read now); FeatureMissing if the kernel lacks what they describe."""
+        return []
 
     def _attach_guarded(self, steps: Callable[[], None]) -> None:
         """Run ``steps()``; on failure remove what was attached, then re-raise.

@@ -49,7 +49,7 @@ class SyscallProbe(Probe):
     def attach(self) -> None:
         if self.attached:
             return
-        self._bpf = _compile(self.name)
+        self._bpf = _compile(self.name, self.cflags())
 
     def watch(self, pid: int) -> None:
         """Count the system calls of thread ``pid`` (a tool's pid) from now on."""

@@ -87,14 +87,16 @@ class TransitProbe(Probe):
         """Transit of the packets the client pod (or the external client) sends."""
         return cls(_origin(cluster, external))
 
-    def _attach(self) -> None:
+    def cflags(self) -> list[str]:
         for event in ("netif_receive_skb", "net_dev_start_xmit"):
             if tracepoint_field("net", event, "name") is None:
                 raise FeatureMissing(f"{self.name} probe: net:{event} has no device name")
         tagged = self.origin is not None
-        self._bpf = _compile(self.name, [f"-DKPB_MAX_NS={self.max_ns}ULL",
-                                         f"-DKPB_TAGGED={int(tagged)}",
-                                         *(_skb_offsets(self.name) if tagged else ())])
+        return [f"-DKPB_MAX_NS={self.max_ns}ULL", f"-DKPB_TAGGED={int(tagged)}",
+                *(_skb_offsets(self.name) if tagged else ())]
+
+    def _attach(self) -> None:
+        self._bpf = _compile(self.name, self.cflags())
         if self.origin is not None:
             self._attach_tracepoint("skb:kfree_skb", "kpb_kfree_skb")
             self._attach_tracepoint("skb:consume_skb", "kpb_consume_skb")
