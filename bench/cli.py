@@ -25,6 +25,7 @@ from bench.commands import (  # after the start-up signal handlers
     generate,
     list_runs,
     plot,
+    probes,
     render,
     report,
     run,
@@ -35,7 +36,7 @@ from bench.commands import (  # after the start-up signal handlers
 from bench.errors import KpbenchError
 
 COMMANDS = (run, render, up, generate, doctor, clean, export, plot, list_runs, show, compare,
-            baseline, report, vm)
+            baseline, report, vm, probes)
 
 DESCRIPTION = """\
 kpbench measures what Kubernetes Service datapaths (iptables, nftables, ...)

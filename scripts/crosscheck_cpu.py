@@ -34,8 +34,8 @@ from bench.cluster.testbed import Testbed
 from bench.cluster.topology import in_netns
 from bench.datapaths import make_variant
 from bench.measure import overhead
-from bench.measure import probes as P
 from bench.measure import traffic as T
+from bench.measure.probes.cpu import CpuProbe
 from bench.model.generate import GenSpec, generate
 
 OTHER_MAC = "02:00:00:00:00:99"
@@ -72,7 +72,7 @@ with Testbed(dp, services, slices, nodes=2, pod_services={svc.key}, echo=False) 
             pc("down")
         try:
             with contextlib.ExitStack() as stack:
-                cpu = stack.enter_context(P.CpuProbe(g)) if probe else None
+                cpu = stack.enter_context(CpuProbe(g)) if probe else None
                 if cpu is not None:
                     cpu.start()
                 before_rx = overhead.pods_rx_packets(c)

@@ -95,7 +95,7 @@ def _results_written_match_the_schema(monkeypatch: pytest.MonkeyPatch) -> Iterat
 def _unload_kept_probe_programs() -> Iterator[None]:
     """Probe programs kept for reuse go with the test that compiled them (a run's end)."""
     yield
-    from bench.measure.probes import release_compiled
+    from bench.measure.probes.loader import release_compiled
 
     release_compiled()
 

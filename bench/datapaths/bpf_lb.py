@@ -33,7 +33,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from bench.cluster.netns_exec import run_netns
 from bench.datapaths import ebpf_maps as M
 from bench.errors import ApplyError, FeatureMissing, InputError
-from bench.measure.bcc_output import captured_stderr
+from bench.measure.probes.bcc_output import captured_stderr
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from bench.cluster.netns_exec import run_netns
 from bench.cluster.topology import new_prefix, register_run, remove_run
 from bench.datapaths import VARIANT_NEEDS
 from bench.kernel import minimal_probes as K
-from bench.measure.bcc_output import captured_stderr
+from bench.measure.probes.bcc_output import captured_stderr
 
 OK, MISSING, BROKEN = "ok", "missing", "broken"
 TOOL_TIMEOUT = 120.0  # seconds a tool may take to answer a check

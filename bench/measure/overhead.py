@@ -37,7 +37,8 @@ from typing import Any
 from bench.cluster import cgroups
 from bench.cluster.topology import Cluster, in_netns
 from bench.errors import FeatureMissing
-from bench.measure import probes as P
+from bench.measure.probes.latency import LatencyProbe
+from bench.measure.probes.loader import Probe
 from bench.measure.traffic import Target
 
 DRAIN_SECONDS = 0.05
@@ -70,7 +71,7 @@ def sender_ns_per_packet(cluster: Cluster, target: Target, pcap: Path,
 
 
 def measure(cluster: Cluster, target: Target, workdir: Path,
-            configs: Mapping[str, Callable[[], Sequence[P.Probe]]],
+            configs: Mapping[str, Callable[[], Sequence[Probe]]],
             rounds: int = 5, packets: int = 50_000, seq_start: int = 0,
             say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Per probe set: the CPU ns it adds per packet (median of paired differences with
@@ -98,7 +99,7 @@ def measure(cluster: Cluster, target: Target, workdir: Path,
             for name in order:
                 with contextlib.ExitStack() as stack:
                     for probe in configs[name]() if name != "none" else ():
-                        if isinstance(probe, P.LatencyProbe):
+                        if isinstance(probe, LatencyProbe):
                             probe.drop = False  # the backend's stack runs in every set
                         try:
                             stack.enter_context(probe)

@@ -39,9 +39,13 @@ from bench.datapaths import family, make_variant
 from bench.errors import ApplyTimeout, FeatureMissing, KpbenchError
 from bench.kernel.features import DATAPATH_NEEDS, lacking
 from bench.kernel.vm import guest_environment
-from bench.measure import probes as P
-from bench.measure.kfunc_probes import KfuncProbe
 from bench.measure.overhead import measure as measure_overhead
+from bench.measure.probes.cpu import CpuProbe
+from bench.measure.probes.drops import DropsProbe
+from bench.measure.probes.kfunc import KfuncProbe
+from bench.measure.probes.latency import LatencyProbe
+from bench.measure.probes.loader import Probe, release_compiled
+from bench.measure.probes.transit import TransitProbe, transit_bucket_bounds
 from bench.measure.scenario import Scenario
 from bench.measure.slowdown import inject_rules
 from bench.measure.traffic import NEW_FLOW_WORKLOADS, SPORTS, WARMUP_MAGIC, ReplayStats, Target
@@ -226,8 +230,8 @@ def _fmt(seconds: float) -> str:
 class ProbeSet:
     """The probes a scenario asks for; the ones that failed are recorded as missing."""
 
-    latency: P.LatencyProbe
-    others: dict[str, P.Probe] = field(default_factory=dict)
+    latency: LatencyProbe
+    others: dict[str, Probe] = field(default_factory=dict)
     missing: dict[str, str] = field(default_factory=dict)
     warned: set[str] = field(default_factory=set)  # shared by a run: each reason said once
 
@@ -303,7 +307,7 @@ class Runner:
                         self.progress.record_scale(variant, n, time.monotonic() - t0)
         finally:
             with interrupts.deferred():
-                P.release_compiled()
+                release_compiled()
             shutil.rmtree(self.workdir, ignore_errors=True)
         return path
 
@@ -452,25 +456,25 @@ class Runner:
 
         ``external``: the traffic comes from the external client, not the client pod.
         """
-        others: dict[str, P.Probe] = {}
+        others: dict[str, Probe] = {}
         if "cpu" in self.sc.probes:
-            others["cpu"] = P.CpuProbe(bed.datapath.process_cgroup)
-        return ProbeSet(P.LatencyProbe.for_cluster(bed.cluster, external=external), others,
+            others["cpu"] = CpuProbe(bed.datapath.process_cgroup)
+        return ProbeSet(LatencyProbe.for_cluster(bed.cluster, external=external), others,
                         warned=self.warned)
 
     def _breakdown_probes(self, bed: Testbed, external: bool = False) -> ProbeSet:
         # The run's own drops (tagged at the client: costs ~1 us a packet, docs/probes.md),
         # node transit and kernel-function time would inflate latency and CPU per packet.
-        others: dict[str, P.Probe] = {}
+        others: dict[str, Probe] = {}
         if "drops" in self.sc.probes:
-            others["drops"] = P.DropsProbe.for_cluster(
+            others["drops"] = DropsProbe.for_cluster(
                 bed.cluster, external=external, process_group=bed.datapath.process_cgroup)
         if "transit" in self.sc.probes:
-            others["transit"] = P.TransitProbe.for_cluster(bed.cluster, external=external)
+            others["transit"] = TransitProbe.for_cluster(bed.cluster, external=external)
         # Kernel-function time wherever the kernel has kprobes (e.g. in the VM);
         # elsewhere it is recorded as missing with the reason.
         others["kfunc"] = KfuncProbe()
-        return ProbeSet(P.LatencyProbe.for_cluster(bed.cluster, external=external), others,
+        return ProbeSet(LatencyProbe.for_cluster(bed.cluster, external=external), others,
                         warned=self.warned)
 
     def _breakdown_rep(self, target: Target, workload: str,
@@ -487,11 +491,11 @@ class Runner:
 
         Once per run, at its first point, before any probe is attached.
         """
-        def main() -> list[P.Probe]:
+        def main() -> list[Probe]:
             probes = self._main_probes(bed, external)
             return [probes.latency, *probes.others.values()]
 
-        def breakdown() -> list[P.Probe]:
+        def breakdown() -> list[Probe]:
             probes = self._breakdown_probes(bed, external)
             return [probes.latency, *probes.others.values()]
 
@@ -638,7 +642,7 @@ class Runner:
                            else drops.ipv4_by_reason)
         if "transit" in probes.others:
             tr = probes.others["transit"].read()  # type: ignore[attr-defined]
-            lower, upper = P.transit_bucket_bounds()
+            lower, upper = transit_bucket_bounds()
             mids = ((lower + upper - 1) / 2).astype("int64")
             samples = mids.repeat(tr.hist)
             kw["transit_hist"] = Histogram.from_samples(samples) if len(samples) else None

@@ -40,9 +40,10 @@ from bench.cluster.testbed import Testbed, gc_paused
 from bench.datapaths import Datapath
 from bench.datapaths.base import watching_tools
 from bench.errors import ApplyTimeout, FeatureMissing, KpbenchError
-from bench.measure.probes import TcHook
+from bench.measure.probes.effect import EffectProbe
+from bench.measure.probes.loader import TcHook
+from bench.measure.probes.syscalls import NETLINK_CALLS, SOCKOPT_CALLS, SyscallProbe
 from bench.measure.runner import Runner
-from bench.measure.sync_probes import NETLINK_CALLS, SOCKOPT_CALLS, EffectProbe, SyscallProbe
 from bench.measure.traffic import Target
 from bench.model.generate import GenSpec, generate
 from bench.model.objects import EndpointSlice, Service, service_port_views

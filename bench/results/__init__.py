@@ -155,7 +155,7 @@ class RepetitionDoc(TypedDict):
     process_ns: NotRequired[int | None]
     drops: dict[str, int] | None
     transit_hist: dict[str, Any] | None
-    # Kernel-function breakdown (bench.measure.kfunc_probes), where the kernel has kprobes.
+    # Kernel-function breakdown (bench.measure.probes.kfunc), where the kernel has kprobes.
     kfunc: NotRequired[dict[str, dict[str, Any]] | None]
     # Sync points (workload "sync-*"), node 0, seconds: "apply" (the datapath's time,
     # the figure), "render" (kpbench's, apart), "kernel" (in the applying tool's

@@ -26,19 +26,20 @@ import pytest
 
 from bench.cluster import cgroups
 from bench.cluster.topology import Cluster, in_netns, run_netns
+from bench.commands import probes as probes_cmd
 from bench.errors import FeatureMissing
 from bench.measure import traffic as T
-from bench.measure.probes import (
-    CpuProbe,
-    DropsProbe,
-    LatencyProbe,
+from bench.measure.probes.cpu import CpuProbe
+from bench.measure.probes.drops import DropsProbe
+from bench.measure.probes.latency import LatencyProbe
+from bench.measure.probes.loader import (
     Probe,
     TcHook,
-    TransitProbe,
+    compiled_source,
     print_symbolic,
     release_compiled,
-    transit_bucket_bounds,
 )
+from bench.measure.probes.transit import TransitProbe, transit_bucket_bounds
 from bench.model.generate import GenSpec, generate
 from bench.model.layout import PodSpec, plan_layout
 from bench.model.objects import service_port_views
@@ -407,6 +408,26 @@ def test_transit_histogram_buckets_are_contiguous_and_fine() -> None:
     assert lower[0] == 0 and (lower[1:] == upper[:-1]).all()
     wide = lower >= 16
     assert ((upper[wide] - lower[wide]) / lower[wide] <= 1 / 16).all()
+
+
+# --- the program as compiled (kpbench probes --ebpf) ----------------------------
+
+def test_a_probe_compiles_with_the_flags_it_prints(cluster: Cluster) -> None:
+    # What `kpbench probes --ebpf` prints is what an attach compiles: same flags.
+    for probe in (LatencyProbe.for_cluster(cluster), CpuProbe(),
+                  DropsProbe.for_cluster(cluster), TransitProbe.for_cluster(cluster)):
+        with probe:
+            assert probe._bpf.kpb_key == (probe.name, tuple(probe.cflags()))
+
+
+@pytest.mark.parametrize("name", sorted(probes_cmd.NAMES))
+def test_the_printed_program_compiles_as_it_stands(name: str) -> None:
+    # The -D flags written as #define lines: the text alone is a complete program.
+    from bcc import BPF
+
+    probe = probes_cmd.as_a_run_compiles()[name]()
+    bpf = BPF(text=compiled_source(name, probe.cflags()).encode())
+    bpf.cleanup()
 
 
 # --- overhead --------------------------------------------------------------------

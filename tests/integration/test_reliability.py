@@ -18,7 +18,8 @@ import pytest
 
 from bench.cluster.topology import RUN_DIR, run_namespaces
 from bench.errors import FeatureMissing
-from bench.measure import probes as P
+from bench.measure.probes.cpu import CpuProbe
+from bench.measure.probes.loader import Probe
 from bench.measure.runner import Runner
 from bench.measure.scenario import parse_scenario
 from bench.results import SCHEMA_VERSION, load_result
@@ -165,10 +166,10 @@ def test_two_runs_at_once_do_not_collide(tiny: Path, tmp_path: Path) -> None:
 def test_a_probe_that_cannot_load_is_recorded_as_missing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
-    def fail(self: P.Probe) -> None:
+    def fail(self: Probe) -> None:
         raise FeatureMissing("cpu probe: injected: cannot attach to irq:softirq_entry")
 
-    monkeypatch.setattr(P.CpuProbe, "attach", fail)
+    monkeypatch.setattr(CpuProbe, "attach", fail)
     sc = parse_scenario(__import__("tomllib").loads(TINY), "<tiny>", TINY)
     with caplog.at_level(logging.WARNING):
         result = load_result(Runner(sc, tmp_path).run())

@@ -23,8 +23,10 @@ import pytest
 from bench.cluster.netclient import connect_many
 from bench.cluster.testbed import Testbed
 from bench.datapaths import make_variant
-from bench.measure import probes as P
 from bench.measure import traffic as T
+from bench.measure.probes.cpu import CpuProbe
+from bench.measure.probes.drops import DropsProbe
+from bench.measure.probes.latency import LatencyProbe
 from bench.model import layout as L
 from bench.model.generate import GenSpec, generate
 from tests.conftest import require_feature
@@ -89,8 +91,8 @@ def test_cpu_per_packet_counts_the_proxy(tmp_path: Path) -> None:
         assert len(pids) == tb.cluster.node_count  # every node's proxy, nothing else
         target = T.Target.from_client_pod(tb.cluster, svc.cluster_ip, svc.ports[0].port)
         pcap = target.build_pcap("udp-established", 2000, tmp_path / "u.pcap")
-        with P.LatencyProbe.for_cluster(tb.cluster) as lat, P.CpuProbe(group) as cpu, \
-                P.DropsProbe.for_cluster(tb.cluster, process_group=group) as drops:
+        with LatencyProbe.for_cluster(tb.cluster) as lat, CpuProbe(group) as cpu, \
+                DropsProbe.for_cluster(tb.cluster, process_group=group) as drops:
             for probe in (lat, cpu, drops):
                 probe.start()
             assert target.replay(pcap, 2000, timeout=60).sent == 2000

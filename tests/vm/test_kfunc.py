@@ -18,8 +18,8 @@ import pytest
 
 from bench.cluster.testbed import Testbed
 from bench.datapaths.ipvs import IpvsDatapath
-from bench.measure.kfunc_probes import KfuncProbe
-from bench.measure.probes import LatencyProbe
+from bench.measure.probes.kfunc import KfuncProbe
+from bench.measure.probes.latency import LatencyProbe
 from bench.measure.traffic import Target
 from bench.model.objects import Endpoint, EndpointPort, EndpointSlice, Service, ServicePort
 from tests.conftest import require_feature

@@ -1,4 +1,4 @@
-"""Kernel-function probe: time per call in netfilter's and IPVS's own functions.
+"""The kfunc probe (``probes/kfunc.c``): time per call in netfilter's and IPVS's own functions.
 
 :class:`KfuncProbe` attaches ``probes/kfunc.c`` with kprobes/kretprobes to
 the functions of :data:`FUNCTIONS` that the running kernel has, found in
@@ -9,7 +9,7 @@ first one present is taken. Kernels without kprobes (this project's
 Firecracker host) raise :class:`bench.errors.FeatureMissing`, so the runner
 records the breakdown as missing; under ``kpbench vm run`` it is there.
 
-Same life cycle as every probe of :mod:`bench.measure.probes`::
+Same life cycle as every probe (:mod:`bench.measure.probes.loader`)::
 
     with KfuncProbe() as kf:
         kf.start()
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.errors import FeatureMissing
-from bench.measure.probes import TRACEFS_DIRS, Probe, _compile, _first_line
+from bench.measure.probes.loader import TRACEFS_DIRS, Probe, _compile, _first_line
 
 # Breakdown name -> candidate kernel symbols, first present wins.
 FUNCTIONS: dict[str, tuple[str, ...]] = {
@@ -106,6 +106,9 @@ class KfuncProbe(Probe):
         self.symbols: dict[str, str] = {}
         self._index: dict[str, int] = {}
 
+    def cflags(self) -> list[str]:
+        return [f"-DKPB_NFUNCS={MAX_FUNCS}"]
+
     def attach(self) -> None:
         if self.attached:
             return
@@ -118,7 +121,7 @@ class KfuncProbe(Probe):
                                  f"{', '.join(s for c in self.wanted.values() for s in c)} "
                                  "is probeable on this kernel")
         self._index = {name: i for i, name in enumerate(self.symbols)}
-        self._bpf = _compile(self.name, [f"-DKPB_NFUNCS={MAX_FUNCS}"])
+        self._bpf = _compile(self.name, self.cflags())
 
         def steps() -> None:
             for name, sym in self.symbols.items():

@@ -1,20 +1,17 @@
-"""Probes for rule-sync measurements: kernel time of the applying tool, and
-when traffic really reached each backend (time to effect).
-
-Both load through the one probe loader of :mod:`bench.measure.probes`.
+"""The syscalls probe (``probes/syscalls.c``): kernel time inside the system calls
+of watched processes, for rule-sync measurements (the applying tool's kernel time,
+and its commit calls: :data:`NETLINK_CALLS`, :data:`SOCKOPT_CALLS`).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
-import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from bench.measure.probes import TC_INGRESS, TC_PRIO, Probe, TcHook, _compile
+from bench.measure.probes.loader import Probe, _compile
 
 UNISTD = Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h")
 # Where the commit of each tool happens: netlink messages (nft, iptables-nft) or
@@ -52,7 +49,7 @@ class SyscallProbe(Probe):
     def attach(self) -> None:
         if self.attached:
             return
-        self._bpf = _compile(self.name)
+        self._bpf = _compile(self.name, self.cflags())
 
     def watch(self, pid: int) -> None:
         """Count the system calls of thread ``pid`` (a tool's pid) from now on."""
@@ -91,46 +88,3 @@ class SyscallProbe(Probe):
             if v.calls:
                 out[names.get(k.value, f"nr-{k.value}")] = (int(v.ns), int(v.calls))
         return SyscallReading(out)
-
-
-@dataclass(frozen=True)
-class Arrivals:
-    first_ns: int
-    last_ns: int
-    packets: int
-
-
-class EffectProbe(Probe):
-    """First and last arrival of identified packets per backend address (probes/effect.c)."""
-
-    name = "effect"
-    tc_prio = TC_PRIO + 8
-
-    def __init__(self, backends: Sequence[TcHook]) -> None:
-        super().__init__()
-        self.backends = list(backends)
-
-    def attach(self) -> None:
-        if self.attached:
-            return
-        self._bpf = _compile(self.name)
-        self._attach_guarded(lambda: self._attach_tc("kpb_effect", self.backends, TC_INGRESS))
-
-    def _zero(self) -> None:
-        # Delete key by key, tolerating entries the program adds meanwhile.
-        table = self._bpf[b"seen"]
-        for k in list(table.keys()):
-            try:
-                del table[k]
-            except KeyError:
-                pass
-
-    def read(self) -> dict[str, Arrivals]:
-        """Arrivals since :meth:`start`, by backend IP."""
-        self._require()
-        out = {}
-        for k, v in self._bpf[b"seen"].items():
-            ip = str(ipaddress.IPv4Address(socket.ntohl(k.value)))
-            out[ip] = Arrivals(int(v.first_ns), int(v.last_ns), int(v.packets))
-        return out
-

@@ -1,0 +1,154 @@
+"""The drops probe (``probes/drops.c``): skbs the kernel dropped, by the kernel's
+own drop reason names, machine-wide and for the run's own packets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.cluster.topology import Cluster
+from bench.errors import FeatureMissing
+from bench.measure.probes.loader import (
+    TC_EGRESS,
+    TC_INGRESS,
+    TC_PRIO,
+    TC_PRIO_FIRST,
+    Probe,
+    TcHook,
+    _compile,
+    _first_line,
+    _origin,
+    _skb_offsets,
+    print_symbolic,
+    tracepoint_field,
+)
+
+
+@dataclass(frozen=True)
+class DropsReading:
+    """skb drops by the kernel's own reason names."""
+
+    by_reason: dict[str, int]  # machine-wide, every protocol
+    ipv4_by_reason: dict[str, int]  # machine-wide, IPv4
+    # Packets sent from the origin hook, dropped before a backend hook (with backend
+    # hooks: the datapath's drops only); None: no origin.
+    run_by_reason: dict[str, int] | None
+    seconds: float
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_reason.values())
+
+
+class DropsProbe(Probe):
+    """Dropped skbs by reason (probes/drops.c).
+
+    With ``origin`` (the client's egress hook), drops of the skbs the client
+    sent are also counted apart, so other traffic on the machine cannot blur them.
+    """
+
+    name = "drops"
+    tc_prio = TC_PRIO + 1
+    transient_maps = ()
+
+    def __init__(self, origin: TcHook | None = None,
+                 backends: Sequence[TcHook] = (), process_group: Path | None = None) -> None:
+        """``backends``: where the run's packets end their crossing of the datapath
+        (the backend pods' ingress); a run's packet that reaches one is no longer
+        counted, whatever happens to it there (needs ``origin``). ``process_group``:
+        the cgroup of the datapath's own processes (a userspace proxy), whose
+        sockets are such an end too."""
+        super().__init__()
+        if (backends or process_group) and origin is None:
+            raise ValueError("backend hooks need an origin hook (they forget tagged skbs)")
+        self.origin = origin
+        self.backends = list(backends)
+        self.process_group = process_group
+        self.reasons: dict[int, str] = {}  # the kernel's names, read on attach
+        self._cgroup_attached: tuple[int, Any] | None = None  # (directory fd, program)
+
+    @classmethod
+    def for_cluster(cls, cluster: Cluster, external: bool = False,
+                    process_group: Path | None = None) -> DropsProbe:
+        """The datapath's drops of the run's own packets (sent by the client pod or the
+        external client, not yet at a backend pod or the datapath's own processes),
+        with machine-wide counts beside."""
+        pods = [TcHook(cluster.pod_ns(p)) for p in cluster.layout.pods]
+        return cls(_origin(cluster, external), pods, process_group)
+
+    def cflags(self) -> list[str]:
+        reason = tracepoint_field("skb", "kfree_skb", "reason")
+        protocol = tracepoint_field("skb", "kfree_skb", "protocol")
+        if reason is None:
+            raise FeatureMissing(f"{self.name} probe: skb:kfree_skb has no reason field "
+                                 "(kernel older than 5.17)")
+        if reason[1] != 4 or protocol is None or protocol[1] != 2:
+            raise FeatureMissing(f"{self.name} probe: skb:kfree_skb has an unexpected layout "
+                                 f"(reason {reason}, protocol {protocol})")
+        tagged = self.origin is not None
+        return [f"-DKPB_OFF_REASON={reason[0]}", f"-DKPB_OFF_PROTOCOL={protocol[0]}",
+                f"-DKPB_TAGGED={int(tagged)}", *_skb_offsets(self.name)]
+
+    def _attach(self) -> None:
+        cflags = self.cflags()
+        self.reasons = print_symbolic("skb", "kfree_skb", "reason")
+        self._bpf = _compile(self.name, cflags)
+        self._attach_tracepoint("skb:kfree_skb", "kpb_kfree_skb")
+        if self.origin is not None:
+            self._attach_tracepoint("skb:consume_skb", "kpb_consume_skb")
+            self._attach_tc("kpb_tag", [self.origin], TC_EGRESS)
+        if self.backends:
+            # Ahead of every probe filter there (the latency probe's drop comes after).
+            self._attach_tc("kpb_delivered", self.backends, TC_INGRESS, prio=TC_PRIO_FIRST)
+        if self.process_group is not None:
+            self._attach_cgroup_ingress("kpb_delivered_cg", self.process_group)
+
+    def _attach_cgroup_ingress(self, fn_name: str, group: Path) -> None:
+        from bcc import BPF, BPFAttachType
+
+        fd = os.open(group, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fn = self._bpf.load_func(fn_name.encode(), BPF.CGROUP_SKB)
+            # BPF_F_ALLOW_MULTI: beside whatever else is attached there.
+            BPF.attach_func(fn, fd, BPFAttachType.CGROUP_INET_INGRESS, 2)
+        except Exception as e:  # BCC raises bare Exception
+            os.close(fd)
+            raise FeatureMissing(f"{self.name} probe: cannot attach {fn_name} to {group}: "
+                                 f"{_first_line(e)}") from e
+        self._cgroup_attached = (fd, fn)
+
+    def detach(self) -> None:
+        if self._cgroup_attached is not None:
+            from bcc import BPF, BPFAttachType
+
+            fd, fn = self._cgroup_attached
+            self._cgroup_attached = None
+            with contextlib.suppress(Exception):  # the cgroup may be gone already
+                BPF.detach_func(fn, fd, BPFAttachType.CGROUP_INET_INGRESS)
+            os.close(fd)
+        super().detach()
+
+    def _zero(self) -> None:
+        for name in (b"drops", b"drops_ip", b"drops_run"):
+            self._bpf[name].clear()
+
+    def reason_name(self, value: int) -> str:
+        """The kernel's name of drop reason ``value`` (``reason-<n>`` if it prints none)."""
+        return self.reasons.get(value, f"reason-{value}")
+
+    def read(self) -> DropsReading:
+        """Drops by reason since :meth:`start`."""
+        self._require()
+
+        def named(table: str) -> dict[str, int]:
+            return {self.reason_name(k.value): int(v.value)
+                    for k, v in self._bpf[table.encode()].items()}
+
+        return DropsReading(named("drops"), named("drops_ip"),
+                            named("drops_run") if self.origin is not None else None,
+                            self._window())

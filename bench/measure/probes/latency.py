@@ -1,0 +1,143 @@
+"""The latency probe (``probes/latency.c``): per-packet one-way latency, client
+egress -> backend pod ingress, read back through memory-mapped stamp arrays.
+"""
+
+from __future__ import annotations
+
+import mmap
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from bench.cluster.topology import Cluster
+from bench.errors import FeatureMissing
+from bench.measure.probes.loader import (
+    TC_EGRESS,
+    TC_INGRESS,
+    TC_PRIO,
+    Probe,
+    TcHook,
+    _compile,
+    _origin,
+    _percpu_sum,
+)
+
+LATENCY_CAPACITY = 1 << 21  # slots: one replay of traffic.MAX_COUNT packets fits
+
+
+@dataclass(frozen=True)
+class LatencyReading:
+    """One-way latencies of the packets stamped at both ends, in sequence order."""
+
+    seqs: np.ndarray  # sequence numbers (uint32) seen at both ends
+    latency_ns: np.ndarray  # int64, arrival - departure, same order as seqs
+    sent_seen: int  # identified packets at the client's egress (in range or not)
+    delivered_seen: int  # identified packets at a backend's ingress
+    departed: int  # slots stamped at departure
+    lost: int  # departed but never arrived
+    out_of_range: int  # identified packets whose sequence number had no slot
+    duplicates: int  # stamps that overwrote an earlier one
+    seconds: float  # window length
+    arrival_ns: np.ndarray | None = None  # arrival stamps (uint64), same order as seqs
+    copied: int = 0  # packets parsed by the slow path (headers outside the linear data)
+
+    def percentiles(self, qs: Sequence[float] = (50, 90, 99, 99.9)) -> dict[float, float]:
+        """Percentiles (ns) over the merged per-packet samples (empty: NaN)."""
+        if not len(self.latency_ns):
+            return {q: float("nan") for q in qs}
+        return {q: float(v) for q, v in zip(qs, np.percentile(self.latency_ns, qs), strict=True)}
+
+
+class LatencyProbe(Probe):
+    """Per-packet one-way latency (probes/latency.c): client egress -> backend ingress."""
+
+    name = "latency"
+    tc_prio = TC_PRIO
+    transient_maps = ()  # stamps and counts are zeroed at start(), config set there
+
+    def __init__(self, client: TcHook, backends: Sequence[TcHook],
+                 capacity: int = LATENCY_CAPACITY, drop: bool = True) -> None:
+        """``drop``: backends drop identified packets at ingress (no responder noise)."""
+        super().__init__()
+        if not 1 <= capacity <= 1 << 24:
+            raise ValueError(f"capacity {capacity} out of range (1-{1 << 24})")
+        if not backends:
+            raise ValueError("the latency probe needs at least one backend hook")
+        self.client = client
+        self.backends = list(backends)
+        self.capacity = capacity
+        self.drop = drop
+        self._maps: list[mmap.mmap] = []
+        self._depart: np.ndarray | None = None
+        self._arrive: np.ndarray | None = None
+        self._seq_base = 0
+
+    @classmethod
+    def for_cluster(cls, cluster: Cluster, external: bool = False,
+                    capacity: int = LATENCY_CAPACITY, drop: bool = True) -> LatencyProbe:
+        """Client pod (or the external client) egress -> every backend pod's ingress."""
+        pods = [TcHook(cluster.pod_ns(p)) for p in cluster.layout.pods]
+        return cls(_origin(cluster, external), pods, capacity, drop)
+
+    def cflags(self) -> list[str]:
+        return [f"-DKPB_CAPACITY={self.capacity}", f"-DKPB_DROP={int(self.drop)}"]
+
+    def _attach(self) -> None:
+        self._bpf = _compile(self.name, self.cflags())
+        self._depart = self._mmap("depart_ns")
+        self._arrive = self._mmap("arrive_ns")
+        self._attach_tc("kpb_depart", [self.client], TC_EGRESS)
+        self._attach_tc("kpb_arrive", self.backends, TC_INGRESS)
+
+    def _mmap(self, name: str) -> np.ndarray:
+        # Array maps made with BPF_F_MMAPABLE map straight into our memory: a
+        # million stamps are one copy, not a million syscalls.
+        table = self._bpf[name.encode()]
+        size = -(-self.capacity * 8 // mmap.PAGESIZE) * mmap.PAGESIZE
+        try:
+            mm = mmap.mmap(table.map_fd, size, mmap.MAP_SHARED,
+                           mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as e:
+            raise FeatureMissing(f"{self.name} probe: cannot mmap the {name} map "
+                                 f"(BPF_F_MMAPABLE needs Linux 5.5): {e}") from e
+        self._maps.append(mm)
+        return np.frombuffer(mm, dtype=np.uint64, count=self.capacity)
+
+    def detach(self) -> None:
+        # numpy views must go before the mmaps they export can close.
+        self._depart = self._arrive = None
+        while self._maps:
+            self._maps.pop().close()
+        super().detach()
+
+    def start(self, seq_base: int = 0) -> None:
+        """Open a window for sequence numbers ``seq_base`` .. ``seq_base + capacity - 1``."""
+        self._require()
+        config = self._bpf[b"config"]
+        config[config.Key(0)] = config.Leaf(seq_base)
+        self._seq_base = seq_base
+        super().start()
+
+    def _zero(self) -> None:
+        assert self._depart is not None and self._arrive is not None
+        self._depart[:] = 0
+        self._arrive[:] = 0
+        self._bpf[b"counts"].clear()
+
+    def read(self) -> LatencyReading:
+        """Latencies and counts of the packets seen since :meth:`start`."""
+        self._require()
+        assert self._depart is not None and self._arrive is not None
+        counts = self._bpf[b"counts"]
+        depart, arrive = self._depart.copy(), self._arrive.copy()
+        both = np.flatnonzero((depart != 0) & (arrive != 0))
+        departed = int(np.count_nonzero(depart))
+        return LatencyReading(
+            seqs=(both + self._seq_base).astype(np.uint32),
+            latency_ns=arrive[both].astype(np.int64) - depart[both].astype(np.int64),
+            sent_seen=_percpu_sum(counts, 0), delivered_seen=_percpu_sum(counts, 1),
+            departed=departed, lost=departed - len(both),
+            out_of_range=_percpu_sum(counts, 2), duplicates=_percpu_sum(counts, 3),
+            seconds=self._window(), arrival_ns=arrive[both],
+            copied=_percpu_sum(counts, 4))

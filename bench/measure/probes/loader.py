@@ -1,0 +1,382 @@
+"""The shared probe loader: kernel facts from tracefs, compiling the BPF programs
+in ``probes/`` with BCC (and keeping them for reuse), attaching tc programs in
+run namespaces, and the :class:`Probe` life cycle every probe module builds on.
+
+Every probe is used the same way::
+
+    with LatencyProbe.for_cluster(cluster) as lat:   # compile + attach
+        lat.start()                                  # open a measurement window
+        ... replay traffic ...
+        reading = lat.read()                         # counts since start()
+
+A probe that cannot be compiled or attached raises
+:class:`bench.errors.FeatureMissing` naming the probe, so the runner records
+that measurement as missing rather than zero. ``detach()`` is idempotent and
+tolerates namespaces that are already gone.
+
+This host's kernel headers need not match the running kernel, so the
+programs read only tracepoint arguments and ``__sk_buff`` / packet bytes,
+never kernel structs; kernel enums (softirq vectors, drop reasons) are read
+from the tracepoints' own format files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
+
+from pyroute2 import NetNS
+from pyroute2.netlink.exceptions import NetlinkError
+
+from bench.cluster.topology import Cluster
+from bench.errors import FeatureMissing
+from bench.paths import PROBES_DIR
+
+TRACEFS_DIRS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+NETNS_DIR = Path("/run/netns")
+TC_INGRESS = "ffff:fff2"
+TC_EGRESS = "ffff:fff3"
+# Fixed tc priorities (TC_PRIO + n, one per probe), so a probe's filter can be
+# deleted from a clsact qdisc it did not create without touching other filters.
+TC_PRIO = 0x4B50
+TC_PRIO_FIRST = TC_PRIO - 1  # a filter that must see packets before every other probe's
+
+
+# --- kernel facts from tracefs -------------------------------------------------
+
+def tracepoint_format(category: str, event: str) -> str:
+    """The text of a tracepoint's ``format`` file; FeatureMissing if it has none."""
+    for base in TRACEFS_DIRS:
+        f = base / "events" / category / event / "format"
+        if f.exists():
+            return f.read_text()
+    raise FeatureMissing(f"tracepoint {category}:{event} not found under "
+                         f"{' or '.join(map(str, TRACEFS_DIRS))} (is tracefs mounted?)")
+
+
+def print_symbolic(category: str, event: str, field_name: str) -> dict[int, str]:
+    """The value -> name table the kernel prints for ``field_name`` of a tracepoint.
+
+    Parsed from the ``__print_symbolic(REC->field, { 3, "NET_RX" }, ...)`` of
+    its format file, so the table is the running kernel's own.
+    """
+    fmt = tracepoint_format(category, event)
+    m = re.search(r"__print_symbolic\(REC->" + re.escape(field_name) + r"\s*,(.*?)\)\s*(,|$)",
+                  fmt, re.DOTALL)
+    if not m:
+        raise FeatureMissing(f"{category}:{event} prints no symbolic names for {field_name}")
+    pairs = re.findall(r"\{\s*(-?(?:0x[0-9a-fA-F]+|\d+))\s*,\s*\"([^\"]*)\"\s*\}", m.group(1))
+    if not pairs:
+        raise FeatureMissing(f"{category}:{event}: cannot parse the names of {field_name}")
+    return {int(v, 0): name for v, name in pairs}
+
+
+def tracepoint_field(category: str, event: str, field_name: str) -> tuple[int, int] | None:
+    """(offset, size) of a field in a tracepoint's record, or None if it has no such field."""
+    fmt = tracepoint_format(category, event)
+    m = re.search(r"field:[^;]*\b" + re.escape(field_name) + r";\s*offset:(\d+);\s*size:(\d+);",
+                  fmt)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+# --- compile and attach --------------------------------------------------------
+
+# Compiling a probe costs 0.2-0.8 s on this machine and 10-30 s under TCG in a VM,
+# and a run attaches its probes several times at every point. A reusable probe's
+# program is therefore kept, detached from every event, when the probe detaches,
+# and handed to the next attach of the same source and flags; the run unloads
+# them at its end with release_compiled().
+_POOL: dict[tuple[str, tuple[str, ...]], list[Any]] = {}
+
+
+def _compile(probe: str, cflags: Sequence[str] = ()) -> Any:
+    """BCC-compile ``probes/<probe>.c`` (tracepoint programs attach here too).
+
+    A program kept by :func:`_keep` with the same source and flags is reused:
+    its auto-attached tracepoints are attached again.
+    """
+    key = (probe, tuple(cflags))
+    if _POOL.get(key):
+        bpf = _POOL[key].pop()
+        try:
+            for tp in bpf.kpb_auto_tracepoints:
+                bpf.attach_tracepoint(tp=tp, fn_name=b"tracepoint__" + tp.replace(b":", b"__"))
+            for tp in bpf.kpb_auto_raw_tracepoints:
+                bpf.attach_raw_tracepoint(tp=tp, fn_name=b"raw_tracepoint__" + tp)
+        except Exception as e:  # BCC raises bare Exception
+            bpf.cleanup()
+            raise FeatureMissing(f"{probe} probe: cannot attach {probe}.c again: "
+                                 f"{_first_line(e)}") from e
+        return bpf
+    try:
+        from bcc import BPF
+    except ImportError as e:
+        raise FeatureMissing(f"{probe} probe: cannot import bcc ({e}); run scripts/setup.sh")
+    src = PROBES_DIR / f"{probe}.c"
+    try:
+        bpf = BPF(src_file=str(src).encode(), cflags=list(cflags))
+    except Exception as e:
+        raise FeatureMissing(f"{probe} probe: cannot compile or attach {src.name}: "
+                             f"{_first_line(e)}") from e
+    bpf.kpb_key = key
+    bpf.kpb_auto_tracepoints = list(bpf.tracepoint_fds)  # TRACEPOINT_PROBE()s
+    bpf.kpb_auto_raw_tracepoints = list(bpf.raw_tracepoint_fds)  # RAW_TRACEPOINT_PROBE()s
+    return bpf
+
+
+def _keep(bpf: Any, transient_maps: Sequence[str]) -> None:
+    """Detach ``bpf`` from every event, empty ``transient_maps``, keep it for reuse."""
+    try:
+        for tp in list(bpf.tracepoint_fds):
+            bpf.detach_tracepoint(tp)
+        for tp in list(bpf.raw_tracepoint_fds):
+            bpf.detach_raw_tracepoint(tp)
+        if bpf.kprobe_fds or bpf.kfunc_entry_fds:
+            raise RuntimeError("only tracepoint, raw tracepoint and tc programs are kept")
+        for name in transient_maps:  # state of the last window (an entry stamp, say)
+            bpf[name.encode()].clear()
+    except BaseException:
+        bpf.cleanup()
+        raise
+    _POOL.setdefault(bpf.kpb_key, []).append(bpf)
+
+
+def compiled_source(probe: str, cflags: Sequence[str]) -> str:
+    """``probes/<probe>.c`` as the compiler gets it from the loader: its ``-D`` flags
+    written as the ``#define`` lines they are equivalent to, ahead of the source."""
+    defines = []
+    for flag in cflags:
+        if not flag.startswith("-D"):
+            raise ValueError(f"not a -D flag: {flag}")
+        name, _, value = flag[2:].partition("=")
+        defines.append(f"#define {name} {value or 1}\n")
+    return "".join(defines) + (PROBES_DIR / f"{probe}.c").read_text()
+
+
+def release_compiled() -> None:
+    """Unload every kept probe program (a run's end; safe to call twice)."""
+    while _POOL:
+        _, kept = _POOL.popitem()
+        for bpf in kept:
+            bpf.cleanup()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _percpu_sum(table: Any, index: int) -> int:
+    return int(sum(table.getvalue(table.Key(index))))
+
+
+def _clear_live(table: Any) -> None:
+    """Empty a hash map that an attached program keeps changing.
+
+    BCC's own ``clear()`` deletes key by key and raises KeyError for an entry
+    the program deleted between the listing and its deletion.
+    """
+    for k in list(table.keys()):
+        with contextlib.suppress(KeyError):
+            del table[k]
+
+
+@dataclass(frozen=True)
+class TcHook:
+    """An interface in a run namespace where a tc program attaches."""
+
+    netns: str
+    ifname: str = "eth0"
+
+
+@dataclass
+class _TcAttachment:
+    hook: TcHook
+    parent: str
+    prio: int
+
+
+# clsact qdiscs a probe of this process created, with how many probe filters use
+# each: the last probe to leave removes it; a clsact someone else made (a
+# datapath) is never removed, only our filter on it.
+_OUR_CLSACT: dict[TcHook, int] = {}
+
+
+def _tc_attach(probe: str, hook: TcHook, fn: Any, parent: str, prio: int) -> _TcAttachment:
+    if not (NETNS_DIR / hook.netns).exists():
+        raise FeatureMissing(f"{probe} probe: namespace {hook.netns} does not exist")
+    # flags=0: never create a namespace that is not there.
+    with NetNS(hook.netns, flags=0) as ns:
+        idx = ns.link_lookup(ifname=hook.ifname)
+        if not idx:
+            raise FeatureMissing(f"{probe} probe: no {hook.ifname} in {hook.netns}")
+        try:
+            ns.tc("add", "clsact", idx[0])
+            _OUR_CLSACT[hook] = 0
+        except NetlinkError as e:
+            if e.code != errno.EEXIST:
+                raise FeatureMissing(f"{probe} probe: tc clsact on {hook.ifname} in "
+                                     f"{hook.netns}: {e}") from e
+        if hook in _OUR_CLSACT:
+            _OUR_CLSACT[hook] += 1
+        attachment = _TcAttachment(hook, parent, prio)
+        try:
+            ns.tc("add-filter", "bpf", idx[0], ":1", fd=fn.fd, name=fn.name, parent=parent,
+                  classid=1, direct_action=True, prio=prio)
+        except NetlinkError as e:
+            _tc_detach(attachment)
+            raise FeatureMissing(f"{probe} probe: cannot attach {fn.name} to {hook.ifname} "
+                                 f"in {hook.netns}: {e}") from e
+    return attachment
+
+
+def _tc_detach(a: _TcAttachment) -> None:
+    last = False
+    if a.hook in _OUR_CLSACT:
+        _OUR_CLSACT[a.hook] -= 1
+        last = _OUR_CLSACT[a.hook] <= 0
+        if last:
+            del _OUR_CLSACT[a.hook]
+    if not (NETNS_DIR / a.hook.netns).exists():
+        return  # the namespace, and the filter with it, is gone
+    with NetNS(a.hook.netns, flags=0) as ns:
+        idx = ns.link_lookup(ifname=a.hook.ifname)
+        if not idx:
+            return
+        # Already gone (e.g. the interface was re-created) is fine: detach is idempotent.
+        with contextlib.suppress(NetlinkError):
+            if last:
+                ns.tc("del", "clsact", idx[0])
+            else:
+                ns.tc("del-filter", "bpf", idx[0], parent=a.parent, prio=a.prio)
+
+
+def _skb_offsets(probe: str) -> list[str]:
+    """cflags with the skbaddr offsets of skb:kfree_skb and skb:consume_skb."""
+    flags = []
+    for event in ("kfree_skb", "consume_skb"):
+        f = tracepoint_field("skb", event, "skbaddr")
+        if f is None or f[1] != 8:
+            raise FeatureMissing(f"{probe} probe: skb:{event} has no 8-byte skbaddr field")
+        flags.append(f"-DKPB_OFF_{event.split('_')[0].upper()}_SKBADDR={f[0]}")
+    return flags
+
+
+class Probe:
+    """Common life cycle: attach (compile + attach) / detach, start a window, read."""
+
+    name = "probe"
+    tc_prio = TC_PRIO  # each probe's tc filters get their own priority
+    # Maps holding state that must not outlive a window (besides what _zero()
+    # clears); None: the program is unloaded on detach, not kept for reuse.
+    transient_maps: tuple[str, ...] | None = None
+
+    def __init__(self) -> None:
+        self._bpf: Any = None
+        self._tc: list[_TcAttachment] = []
+        self._window_start = 0.0
+
+    @property
+    def attached(self) -> bool:
+        return self._bpf is not None
+
+    def attach(self) -> None:
+        """Compile and attach; raises FeatureMissing (naming the probe) if it cannot.
+
+        A failure part-way removes whatever was attached before it.
+        """
+        if self.attached:
+            return
+        try:
+            self._attach()
+        except BaseException as e:
+            self.detach()
+            if isinstance(e, FeatureMissing) and not str(e).startswith(f"{self.name} probe:"):
+                raise FeatureMissing(f"{self.name} probe: {e}") from e
+            raise
+
+    def _attach(self) -> None:
+        raise NotImplementedError
+
+    def cflags(self) -> list[str]:
+        """The ``-D`` flags this probe compiles ``probes/<name>.c`` with (kernel facts
+        read now); FeatureMissing if the kernel lacks what they describe."""
+        return []
+
+    def _attach_guarded(self, steps: Callable[[], None]) -> None:
+        """Run ``steps()``; on failure remove what was attached, then re-raise.
+
+        For subclasses that override :meth:`attach` itself (``attach`` already
+        does this around ``_attach``).
+        """
+        try:
+            steps()
+        except BaseException:
+            self.detach()
+            raise
+
+    def detach(self) -> None:
+        """Remove every program and map of this probe; safe to call twice."""
+        while self._tc:
+            _tc_detach(self._tc.pop())
+        if self._bpf is not None:
+            bpf, self._bpf = self._bpf, None
+            if self.transient_maps is None:
+                bpf.cleanup()
+            else:
+                _keep(bpf, self.transient_maps)
+
+    def start(self) -> None:
+        """Zero the counters: a measurement window opens now."""
+        self._require()
+        self._zero()
+        self._window_start = time.monotonic()
+
+    def _zero(self) -> None:
+        raise NotImplementedError
+
+    def _window(self) -> float:
+        return time.monotonic() - self._window_start
+
+    def _require(self) -> None:
+        if self._bpf is None:
+            raise RuntimeError(f"{self.name} probe is not attached")
+
+    def _attach_tc(self, fn_name: str, hooks: Sequence[TcHook], parent: str,
+                   prio: int | None = None) -> None:
+        """Load ``fn_name`` as a tc program and attach it to every hook (at ``prio``,
+        default this probe's own)."""
+        from bcc import BPF
+
+        try:
+            fn = self._bpf.load_func(fn_name.encode(), BPF.SCHED_CLS)
+        except Exception as e:  # BCC raises bare Exception
+            raise FeatureMissing(f"{self.name} probe: cannot load {fn_name}: "
+                                 f"{_first_line(e)}") from e
+        for hook in hooks:
+            self._tc.append(_tc_attach(self.name, hook, fn, parent,
+                                       self.tc_prio if prio is None else prio))
+
+    def _attach_tracepoint(self, tp: str, fn_name: str) -> None:
+        try:
+            self._bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn_name.encode())
+        except Exception as e:  # BCC raises bare Exception
+            raise FeatureMissing(f"{self.name} probe: cannot attach to {tp}: "
+                                 f"{_first_line(e)}") from e
+
+    def __enter__(self) -> Self:
+        self.attach()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+
+def _origin(cluster: Cluster, external: bool) -> TcHook:
+    return TcHook(cluster.client_ns if external else cluster.client_pod_ns)
