@@ -30,7 +30,8 @@ never as "no change". A metric measured once per run (the full sync of a
 packet scenario) is judged by the run test alone.
 
 Numbers from different environments are not comparable: :func:`compare_runs`
-refuses them, listing every differing key of :data:`ENV_KEYS`, unless told
+refuses them, listing every differing key of
+:data:`bench.results.environment.ENV_KEYS`, unless told
 otherwise.
 """
 
@@ -39,7 +40,7 @@ from __future__ import annotations
 import math
 import statistics
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -55,22 +56,14 @@ from bench.analysis.runlevel import (
 )
 from bench.errors import InputError, KpbenchError
 from bench.results import PointDoc, ResultDoc, iter_points, runs_of
+from bench.results.environment import (
+    ENV_WARN_IF_RECORDED,
+    ENV_WARN_KEYS,
+    env_differences,
+)
 
 DEFAULT_ALPHA = 0.05
 DEFAULT_MIN_EFFECT_PCT = 5.0
-
-#: Environment keys (dotted paths into ``environment``) whose difference makes numbers
-#: incomparable: the kernel, host vs VM and the VM's acceleration and kernel, the CPU,
-#: and the rule-programming tools that decide each datapath variant's implementation.
-ENV_KEYS: tuple[str, ...] = (
-    "kernel_release", "where", "vm.accel", "vm.kernel", "cpu_model", "cpu_count",
-    "tools.iptables", "tools.iptables-legacy", "tools.iptables-nft", "tools.nft",
-)
-#: Keys that bend numbers less predictably: a difference is a warning, not a refusal.
-ENV_WARN_KEYS: tuple[str, ...] = ("governor", "tools.tcpreplay", "tools.bcc", "python")
-#: Keys older results lack: a difference is a warning only when both runs recorded them
-#: (another machine of the same kind is expected in CI; an older baseline is not suspect).
-ENV_WARN_IF_RECORDED: tuple[str, ...] = ("machine_id",)
 
 Verdict = Literal["regression", "improvement", "same", "untested", "only in BASE",
                   "only in NEW"]
@@ -198,22 +191,6 @@ class Comparison:
                            f"untested for too few repetitions, not counted as failures: "
                            f"{shown}{more}")
         return out
-
-
-def _get(doc: Mapping[str, Any] | None, dotted: str) -> Any:
-    cur: Any = doc
-    for part in dotted.split("."):
-        if not isinstance(cur, Mapping):
-            return None
-        cur = cur.get(part)
-    return cur
-
-
-def env_differences(base_env: Mapping[str, Any], new_env: Mapping[str, Any],
-                    keys: Sequence[str] = ENV_KEYS) -> list[tuple[str, Any, Any]]:
-    """(key, BASE value, NEW value) for every key of ``keys`` that differs."""
-    return [(k, _get(base_env, k), _get(new_env, k)) for k in keys
-            if _get(base_env, k) != _get(new_env, k)]
 
 
 def min_p_value(n: int, m: int) -> float:

@@ -3,7 +3,7 @@
 Each metric is one row of :data:`METRICS`: its name (what ``--fail-on`` and
 the tables call it), how to read one sample per repetition (what the
 significance test compares), how to read the figure reported for the point
-(pooled over the repetitions, as bench.results.summarise_point computes it:
+(pooled over the repetitions, as bench.results.summarise.summarise_point computes it:
 percentiles from the merged histograms, never averaged), which direction is
 better, and its unit. A new metric is one more row.
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from bench.analysis import stats
-from bench.results import PointDoc
+from bench.results.schema import PointDoc
 
 Better = Literal["lower", "higher"]
 #: variant, workload, services, endpoints, rate_pps, position

@@ -2,7 +2,7 @@
 
 Runs of the same code on one machine differ by more than the repetitions
 inside one run, so bench.analysis.compare also compares whole runs: each run's figure
-of a metric at a point (bench.results.runs_of splits a pooled baseline back
+of a metric at a point (bench.results.summarise.runs_of splits a pooled baseline back
 into its runs), in logarithms (changes are relative), by a two-sample t test.
 
 With five runs a point's own between-run variance has 4 degrees of freedom:
@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bench.analysis.metrics import Metric
-from bench.results import PointDoc
+from bench.results.schema import PointDoc
 
 
 @dataclass(frozen=True)

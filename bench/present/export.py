@@ -4,7 +4,7 @@ Columns: run_id, datapath, variant, services, endpoints, workload, rate_pps,
 position, repetition, metric, value, unit.
 
 - ``repetition`` is "all" for a point's summary (pooled over its repetitions,
-  see bench.results.summarise_point) and the 0-based index into the point's
+  see bench.results.summarise.summarise_point) and the 0-based index into the point's
   ``repetitions`` otherwise; ``control-<i>`` for the paired control that
   followed repetition i, ``breakdown`` for the repetition with the breakdown
   probes, ``<phase>-<i>`` with metric ``failed`` for a replay that failed
@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.analysis import stats
-from bench.results import PointDoc, RepetitionDoc, ResultDoc, iter_points
+from bench.results.reader import iter_points
+from bench.results.schema import PointDoc, RepetitionDoc, ResultDoc
 
 COLUMNS = ("run_id", "datapath", "variant", "services", "endpoints", "workload", "rate_pps",
            "position", "repetition", "metric", "value", "unit")

@@ -22,7 +22,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from bench.present.export import summary_metrics
-from bench.results import PointDoc, ResultDoc, iter_points, machine_name
+from bench.results.reader import iter_points
+from bench.results.schema import PointDoc, ResultDoc
+from bench.results.store import machine_name
 
 DEFAULT_INDEX = "kpbench"
 PERFDASH_VERSION = "v1"

@@ -31,7 +31,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from bench.analysis import stats
-from bench.results import PointDoc, ResultDoc, iter_points
+from bench.results.reader import iter_points
+from bench.results.schema import PointDoc, ResultDoc
 
 log = logging.getLogger("kpbench")
 

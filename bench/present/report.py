@@ -24,7 +24,8 @@ from bench.present import plots
 from bench.present.compare_output import changes_table, render_text, summary_line
 from bench.present.summary import environment_table, overhead_line, points_table, run_line
 from bench.present.tables import render_html, render_markdown
-from bench.results import ResultDoc, iter_points
+from bench.results.reader import iter_points
+from bench.results.schema import ResultDoc
 
 FIGURE_TITLES = {
     "latency-vs-services": "Latency vs services",

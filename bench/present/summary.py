@@ -1,7 +1,7 @@
 """Summary tables of one result: its environment and one row per measured point.
 
 Shared by ``kpbench show`` and the report. Figures are the point summaries
-(bench.results.summarise_point: percentiles of the merged histograms), in
+(bench.results.summarise.summarise_point: percentiles of the merged histograms), in
 units people read (µs, pps, %, s).
 """
 
@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from bench.present.tables import Table, fmt_value
-from bench.results import PointDoc, ResultDoc, iter_points
+from bench.results.reader import iter_points
+from bench.results.schema import PointDoc, ResultDoc
 
 # Coordinates shown only when they vary within the result (they are usually fixed).
 OPTIONAL_COORDS = (("endpoints", "endpoints"), ("rate_pps", "rate"), ("position", "position"))

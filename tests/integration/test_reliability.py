@@ -21,7 +21,8 @@ from bench.errors import FeatureMissing
 from bench.measure import probes as P
 from bench.measure.runner import Runner
 from bench.measure.scenario import parse_scenario
-from bench.results import SCHEMA_VERSION, load_result
+from bench.results.reader import load_result
+from bench.results.schema import SCHEMA_VERSION
 from tests.conftest import DATA, ROOT, host_state
 
 pytestmark = pytest.mark.privileged

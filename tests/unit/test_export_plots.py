@@ -15,7 +15,8 @@ import pytest
 
 from bench.analysis import stats
 from bench.present import export, plots
-from bench.results import ResultWriter, load_result, make_point, make_repetition
+from bench.results.reader import load_result
+from bench.results.writer import ResultWriter, make_point, make_repetition
 from tests.conftest import ROOT
 
 SCALES = (100, 1000, 10_000)
