@@ -20,10 +20,10 @@ re-exported for the runners and the comparison, which predate the split.
 """
 
 from bench.results.environment import capture_environment
+from bench.results.model import runs_of
 from bench.results.reader import iter_points, load_result
 from bench.results.schema import PointDoc, PointStatus, RepetitionDoc, ResultDoc
 from bench.results.store import result_path
-from bench.results.summarise import runs_of
 from bench.results.writer import ResultExists, ResultWriter, make_point, make_repetition
 
 __all__ = [

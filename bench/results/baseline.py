@@ -14,7 +14,7 @@ repetitions per run, 3 vs 3 can never reach p < 0.05, while a base of 5 runs
 The merged document is an ordinary result (same schema version): every
 point keeps the repetitions of the runs that measured it, in run order, and
 ``per_run`` says how many came from each run together with that run's setup
-times (bench.results.summarise.runs_of splits the point back into its runs). Its
+times (bench.results.model.Point.runs splits the point back into its runs). Its
 setup times are the median over the runs, and its summary is recomputed
 from the pooled repetitions (percentiles from the merged histograms). The
 runs it was made from are listed under the top-level key ``merged_from``.
@@ -32,9 +32,10 @@ from typing import Any
 from bench.analysis.metrics import PointKey, key_label, point_key
 from bench.errors import InputError
 from bench.results.environment import ENV_KEYS, env_differences
+from bench.results.model import runs_of
 from bench.results.reader import validate_result
 from bench.results.schema import PointDoc, ResultDoc
-from bench.results.summarise import runs_of, summarise_point
+from bench.results.summarise import summarise_point
 
 
 def _median(values: Sequence[Any]) -> float | None:
@@ -70,7 +71,7 @@ def _check_runs(runs: Sequence[tuple[str, ResultDoc]]) -> list[str]:
 
 
 def _merge_point(points: list[PointDoc]) -> PointDoc:
-    ok = [sub for p in points if p["status"] == "ok" for sub in runs_of(p)]
+    ok = [sub.as_doc() for p in points if p["status"] == "ok" for sub in runs_of(p)]
     if not ok:
         return copy.deepcopy(points[0])
     merged: Any = copy.deepcopy(ok[0])

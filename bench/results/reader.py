@@ -20,8 +20,8 @@ from bench.analysis import stats
 from bench.errors import InputError
 from bench.model.input_limits import MAX_RESULT_BYTES, brief, parse_json, read_input
 from bench.paths import CHECKOUT
-from bench.results.schema import KIND, SCHEMA_VERSION, PointDoc, ResultDoc, upgrade
-from bench.results.summarise import summarise_point
+from bench.results.model import Point, Result, as_result
+from bench.results.schema import KIND, SCHEMA_VERSION, ResultDoc, upgrade
 
 # The result document's JSON Schema (draft 2020-12), published for other tools too.
 SCHEMA_PATH = CHECKOUT / "docs" / "result.schema.json"
@@ -134,10 +134,7 @@ def load_result(path: str | Path) -> ResultDoc:
     return validate_result(parse_json(read_input(path, MAX_RESULT_BYTES), src), src)
 
 
-def iter_points(doc: ResultDoc) -> Iterator[PointDoc]:
-    """The points of a result, each with a summary (computed if the file lacks one)."""
-    for p in doc["points"]:
-        if "summary" not in p or p["summary"] is None:
-            p = dict(p)  # type: ignore[assignment]
-            p["summary"] = summarise_point(p)
-        yield p
+def iter_points(doc: ResultDoc | Result) -> Iterator[Point]:
+    """The points of a result, read into the model (bench.results.model), each with a
+    summary (the stored one, or computed from the repetitions when the file lacks it)."""
+    yield from as_result(doc).points

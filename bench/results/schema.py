@@ -195,7 +195,7 @@ class PointDoc(TypedDict):
     control: NotRequired[list[RepetitionDoc] | None]
     failed_repetitions: NotRequired[list[FailedRepetitionDoc]]
     # Only in a baseline pooled from several runs (bench.results.baseline): which runs the
-    # repetitions came from, in order (see runs_of).
+    # repetitions came from, in order (see bench.results.model.Point.runs).
     per_run: NotRequired[list[RunShareDoc]]
 
 

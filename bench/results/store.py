@@ -14,11 +14,13 @@ import datetime as _dt
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from bench.errors import InputError
 from bench.results.environment import capture_environment
+from bench.results.model import Result
 from bench.results.reader import load_result
 from bench.results.schema import KIND, EnvironmentDoc, ResultDoc
 
@@ -74,6 +76,11 @@ class StoredRun:
     @property
     def scenario(self) -> str:
         return self.doc["scenario"]["name"]
+
+    @cached_property
+    def result(self) -> Result:
+        """The document read into the model (bench.results.model), once per file."""
+        return Result(self.doc)
 
     @property
     def started(self) -> str:

@@ -1,4 +1,4 @@
-"""A point's summary, pooled over its repetitions, and a pooled point split into its runs.
+"""A point's summary, pooled over its repetitions.
 
 Rules the summary follows (bench.analysis.stats): latency percentiles come
 from the merge of the repetitions' histograms, never from averaging
@@ -9,16 +9,26 @@ zero. :func:`summarise_point` documents each figure.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from bench.analysis import stats
 from bench.results.schema import ControlSummaryDoc, PointDoc, RepetitionDoc, SummaryDoc
 
+#: How a summary reads a repetition's histogram (``key``: latency_hist, transit_hist):
+#: parsed from the document, or the read model's cached one (bench.results.model).
+HistogramOf = Callable[[RepetitionDoc, str], "stats.Histogram | None"]
 
-def _merged(reps: list[RepetitionDoc], key: str) -> dict[str, float | int | None] | None:
-    hists = [stats.Histogram.from_json(r[key]) for r in reps  # type: ignore[literal-required]
-             if r.get(key) is not None]
+
+def parse_histogram(rep: RepetitionDoc, key: str) -> stats.Histogram | None:
+    """The repetition's ``key`` histogram parsed from its document (None: not measured)."""
+    h = rep.get(key)
+    return stats.Histogram.from_json(h) if h is not None else None  # type: ignore[arg-type]
+
+
+def _merged(reps: list[RepetitionDoc], key: str,
+            hist: HistogramOf) -> dict[str, float | int | None] | None:
+    hists = [h for r in reps if (h := hist(r, key)) is not None]
     if not hists:
         return None
     merged = stats.merge(hists)
@@ -27,7 +37,7 @@ def _merged(reps: list[RepetitionDoc], key: str) -> dict[str, float | int | None
     return stats.summary(merged)
 
 
-def _traffic(reps: list[RepetitionDoc]) -> dict[str, Any]:
+def _traffic(reps: list[RepetitionDoc], hist: HistogramOf) -> dict[str, Any]:
     """Rates, loss, latency and CPU of ``reps``, pooled (see :func:`summarise_point`)."""
     span = 0.0  # receiver time of the repetitions whose arrival span is known
     spanned = 0
@@ -54,7 +64,7 @@ def _traffic(reps: list[RepetitionDoc]) -> dict[str, Any]:
     return {
         "delivered_pps": spanned / span if span > 0 else None,
         "loss": 1 - delivered / sent if sent > 0 else None,
-        "latency_ns": _merged(reps, "latency_hist"),
+        "latency_ns": _merged(reps, "latency_hist", hist),
         "cpu_ns_per_packet": cpu_ns / cpu_pkts if cpu_pkts > 0 else None,
         "softirq_ns_per_packet": softirq_ns / softirq_pkts if softirq_pkts > 0 else None,
         "process_ns_per_packet": process_ns / process_pkts if process_pkts > 0 else None,
@@ -65,8 +75,8 @@ def _minus(a: float | int | None, b: float | int | None) -> float | None:
     return float(a) - float(b) if a is not None and b is not None else None
 
 
-def summarise_point(point: PointDoc) -> SummaryDoc:
-    """The point's summary, pooled over its repetitions.
+def summarise_point(point: PointDoc, hist: HistogramOf = parse_histogram) -> SummaryDoc:
+    """The point's summary, pooled over its repetitions (``hist`` reads their histograms).
 
     - latency_ns / transit_ns: count, min, mean, p50, p90, p99, p99.9, max of
       the MERGED histograms of all repetitions (None if no repetition has one);
@@ -99,7 +109,7 @@ def summarise_point(point: PointDoc) -> SummaryDoc:
         if rate is not None and rate > 0 and r["sent"] > 0:
             seconds += r["sent"] / rate
             timed_sent += r["sent"]
-    traffic = _traffic(reps)
+    traffic = _traffic(reps, hist)
 
     drops: dict[str, int] | None = None
     for r in detail:
@@ -120,12 +130,12 @@ def summarise_point(point: PointDoc) -> SummaryDoc:
         probe_overhead_pct=_overhead_pct(point.get("probe_overhead"),
                                          traffic["cpu_ns_per_packet"]),
         drops=drops,
-        transit_ns=_merged(detail, "transit_hist"),
+        transit_ns=_merged(detail, "transit_hist", hist),
         **_kfunc_summary(detail),
     )
     control = point.get("control")
     if control:
-        c = _traffic(control)
+        c = _traffic(control, hist)
         summary["control"] = ControlSummaryDoc(**c)  # type: ignore[typeddict-item]
         lat, clat = summary["latency_ns"] or {}, c["latency_ns"] or {}
         summary["service_minus_control_p50_ns"] = _minus(lat.get("p50"), clat.get("p50"))
@@ -167,25 +177,4 @@ def _kfunc_summary(reps: list[RepetitionDoc]) -> dict[str, dict[str, float | Non
         return {}
     return {"kfunc_ns_per_packet": {k: v / delivered if delivered else None
                                     for k, v in ns.items()}}
-
-
-def runs_of(point: PointDoc) -> list[PointDoc]:
-    """The point as each run measured it: one point per run of a pooled baseline
-    (its repetitions, its setup, its own summary), or ``[point]`` for a single run."""
-    shares = point.get("per_run")
-    if not shares:
-        return [point]
-    out: list[PointDoc] = []
-    start = cstart = 0
-    for share in shares:
-        sub: Any = {k: v for k, v in point.items() if k not in ("per_run", "summary")}
-        sub["repetitions"] = point["repetitions"][start:start + share["repetitions"]]
-        if point.get("control") is not None:
-            sub["control"] = point["control"][cstart:cstart + share.get("control", 0)]
-            cstart += share.get("control", 0)
-        sub["setup"] = {**point["setup"], **share["setup"]}
-        sub["summary"] = summarise_point(sub)
-        start += share["repetitions"]
-        out.append(sub)
-    return out
 

@@ -12,9 +12,9 @@ import pytest
 from bench.analysis import compare
 from bench.errors import InputError
 from bench.results.baseline import merge_runs
+from bench.results.model import runs_of
 from bench.results.reader import load_result
 from bench.results.schema import ResultDoc
-from bench.results.summarise import runs_of
 from tests.synthetic_results import (
     ENV,
     changes,
