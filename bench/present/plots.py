@@ -187,7 +187,7 @@ def _cdf(series: dict[tuple[str, ...], list[Point]], colors: dict[str, str],
     notes: list[str] = []
     drawn = 0
     for key, pts in series.items():
-        with_hist = [p for p in pts if p.latency is not None]
+        with_hist = [p for p in pts if p.has_latency]
         if not with_hist:
             notes.append(f"{_series_label(key)}: no latency histogram at any scale")
             continue

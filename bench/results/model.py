@@ -222,6 +222,11 @@ class Point(Mapping[str, Any]):
             return stored
         return summarise_point(self.doc, self._histogram)
 
+    @property
+    def has_latency(self) -> bool:
+        """Whether a measured repetition has a latency histogram (without merging them)."""
+        return any(r.doc.get("latency_hist") is not None for r in self.repetitions)
+
     @cached_property
     def latency(self) -> stats.Histogram | None:
         """The merge of the measured repetitions' latency histograms (None: none has one)."""
@@ -258,6 +263,7 @@ class Point(Mapping[str, Any]):
         if p.control is not None:
             object.__setattr__(p, "control", tuple(
                 whole._by_doc.get(id(r)) or Repetition(r) for r in doc.get("control") or []))
+        object.__setattr__(p, "breakdown", whole.breakdown)
         p.__dict__["summary"] = summarise_point(doc, p._histogram)
         return p
 

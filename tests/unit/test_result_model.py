@@ -18,6 +18,7 @@ from bench.results.baseline import merge_runs
 from bench.results.model import Point, Result, runs_of
 from bench.results.reader import iter_points
 from bench.results.summarise import summarise_point
+from bench.results.writer import make_repetition
 from tests.synthetic_results import in_memory, point
 
 
@@ -50,11 +51,13 @@ def merges(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def _pooled(runs: int = 3, reps: int = 3) -> Result:
-    """A baseline pooled from ``runs`` runs of one point (no stored summary dropped)."""
+    """A baseline pooled from ``runs`` runs of one point, with a breakdown repetition."""
     rng = np.random.default_rng(7)
     docs = [(f"run{i}.json", in_memory([point(rng, reps=reps)])) for i in range(runs)]
-    merged, _ = merge_runs(docs)
-    return Result(copy.deepcopy(merged))
+    merged: Any = copy.deepcopy(merge_runs(docs)[0])
+    merged["points"][0]["breakdown"] = make_repetition(
+        sent=100, delivered=100, transit_hist=stats.Histogram.from_samples([1000.0] * 100))
+    return Result(merged)
 
 
 def test_every_histogram_is_parsed_once_however_many_readers(parses: list[int]) -> None:
@@ -69,7 +72,8 @@ def test_every_histogram_is_parsed_once_however_many_readers(parses: list[int]) 
         within_run_variance(metric, p.runs)
     list(rows(result))
     points_table(result)
-    assert len(parses) == 9  # 3 runs x 3 repetitions, each parsed once
+    # 3 runs x 3 repetitions' latency and the breakdown's transit, each parsed once
+    assert len(parses) == 10
     assert [len(r.repetitions) for r in p.runs] == [3, 3, 3]
     assert all(r is s for run in p.runs for r, s in zip(
         run.repetitions, p.repetitions[3 * p.runs.index(run):], strict=False))
