@@ -45,10 +45,6 @@ class Repetition:
     def delivered(self) -> int:
         return self.doc["delivered"]
 
-    def get(self, key: str) -> Any:
-        """A raw field of the document (None when absent)."""
-        return self.doc.get(key)
-
     @property
     def sync(self) -> Mapping[str, float | None]:
         """The sync times of a sync repetition (empty for a packet repetition)."""
