@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from bench.analysis.metrics import METRICS_BY_NAME  # noqa: E402
 from bench.measure.runner import Runner  # noqa: E402
 from bench.measure.scenario import load_scenario  # noqa: E402
-from bench.results import summarise_point  # noqa: E402
+from bench.results.summarise import summarise_point  # noqa: E402
 
 
 class TwiceRunner(Runner):

@@ -75,18 +75,18 @@ def _results_written_match_the_schema(monkeypatch: pytest.MonkeyPatch) -> Iterat
     """Every result document the code writes during a test (the run writer's rewrites,
     merged baselines) must validate against docs/result.schema.json. Results written
     by a `kpbench` subprocess are checked when the test reads them (load_result)."""
-    from bench import results
+    from bench.results import reader, schema, writer
 
-    write = results.write_json_atomic
+    write = writer.write_json_atomic
     invalid: list[str] = []
 
     def checked_write(path: str | Path, doc: object) -> None:
-        if isinstance(doc, dict) and doc.get("kind") == results.KIND:
+        if isinstance(doc, dict) and doc.get("kind") == schema.KIND:
             invalid.extend(f"{path}: {'.'.join(map(str, e.instance_path))}: {e.message}"
-                           for e in results._schema_validator().iter_errors(doc))
+                           for e in reader._schema_validator().iter_errors(doc))
         write(path, doc)
 
-    monkeypatch.setattr(results, "write_json_atomic", checked_write)
+    monkeypatch.setattr(writer, "write_json_atomic", checked_write)
     yield
     assert not invalid, "result written against the schema:\n" + "\n".join(invalid[:5])
 

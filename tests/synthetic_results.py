@@ -18,18 +18,10 @@ import pytest
 
 from bench import cli
 from bench.analysis import compare, stats
-from bench.results import (
-    KIND,
-    SCHEMA_VERSION,
-    PointDoc,
-    RepetitionDoc,
-    ResultDoc,
-    ResultWriter,
-    make_point,
-    make_repetition,
-    summarise_point,
-    validate_result,
-)
+from bench.results.reader import validate_result
+from bench.results.schema import KIND, SCHEMA_VERSION, PointDoc, RepetitionDoc, ResultDoc
+from bench.results.summarise import summarise_point
+from bench.results.writer import ResultWriter, make_point, make_repetition
 
 ENV: dict[str, Any] = {
     "kernel_release": "6.18.44-fc", "kernel_version": "#1", "where": "host", "vm": None,

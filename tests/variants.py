@@ -11,7 +11,7 @@ import copy
 import numpy as np
 
 from bench.analysis import stats
-from bench.results import ResultDoc
+from bench.results.schema import ResultDoc
 
 
 def _hist_samples(h: stats.Histogram) -> np.ndarray:

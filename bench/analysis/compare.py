@@ -32,7 +32,8 @@ packet scenario) is judged by the run test alone. This module gathers that
 evidence; bench.analysis.verdict turns it into the verdict and its reason.
 
 Numbers from different environments are not comparable: :func:`compare_runs`
-refuses them, listing every differing key of :data:`ENV_KEYS`, unless told
+refuses them, listing every differing key of
+:data:`bench.results.environment.ENV_KEYS`, unless told
 otherwise.
 """
 
@@ -41,7 +42,7 @@ from __future__ import annotations
 import math
 import statistics
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,19 +73,11 @@ from bench.analysis.verdict import (  # noqa: F401  (re-exported: the comparison
 )
 from bench.errors import KpbenchError
 from bench.results import PointDoc, ResultDoc, iter_points, runs_of
-
-#: Environment keys (dotted paths into ``environment``) whose difference makes numbers
-#: incomparable: the kernel, host vs VM and the VM's acceleration and kernel, the CPU,
-#: and the rule-programming tools that decide each datapath variant's implementation.
-ENV_KEYS: tuple[str, ...] = (
-    "kernel_release", "where", "vm.accel", "vm.kernel", "cpu_model", "cpu_count",
-    "tools.iptables", "tools.iptables-legacy", "tools.iptables-nft", "tools.nft",
+from bench.results.environment import (
+    ENV_WARN_IF_RECORDED,
+    ENV_WARN_KEYS,
+    env_differences,
 )
-#: Keys that bend numbers less predictably: a difference is a warning, not a refusal.
-ENV_WARN_KEYS: tuple[str, ...] = ("governor", "tools.tcpreplay", "tools.bcc", "python")
-#: Keys older results lack: a difference is a warning only when both runs recorded them
-#: (another machine of the same kind is expected in CI; an older baseline is not suspect).
-ENV_WARN_IF_RECORDED: tuple[str, ...] = ("machine_id",)
 
 
 class EnvironmentMismatch(KpbenchError):
@@ -240,20 +233,6 @@ class Comparison:
         return out
 
 
-def _get(doc: Mapping[str, Any] | None, dotted: str) -> Any:
-    cur: Any = doc
-    for part in dotted.split("."):
-        if not isinstance(cur, Mapping):
-            return None
-        cur = cur.get(part)
-    return cur
-
-
-def env_differences(base_env: Mapping[str, Any], new_env: Mapping[str, Any],
-                    keys: Sequence[str] = ENV_KEYS) -> list[tuple[str, Any, Any]]:
-    """(key, BASE value, NEW value) for every key of ``keys`` that differs."""
-    return [(k, _get(base_env, k), _get(new_env, k)) for k in keys
-            if _get(base_env, k) != _get(new_env, k)]
 
 
 def mann_whitney_p(a: Sequence[float], b: Sequence[float]) -> float:

@@ -3,7 +3,7 @@
 Each metric is one row of :data:`METRICS`: its name (what ``--fail-on`` and
 the tables call it), how to read one sample per repetition (what the
 significance test compares), how to read the figure reported for the point
-(pooled over the repetitions, as bench.results.summarise_point computes it:
+(pooled over the repetitions, as bench.results.summarise.summarise_point computes it:
 percentiles from the merged histograms, never averaged), which direction is
 better, and its unit. A new metric is one more row.
 
@@ -14,14 +14,17 @@ may choose freely).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from bench.analysis import stats
-from bench.results import PointDoc
+from bench.results.model import Point, Repetition, as_point
+from bench.results.schema import PointDoc
 
 Better = Literal["lower", "higher"]
+#: A point read into the model, or its document (read into the model when asked).
+PointLike = Point | PointDoc
 #: variant, workload, services, endpoints, rate_pps, position
 PointKey = tuple[str, str, int, int, int | None, str]
 
@@ -36,8 +39,8 @@ class Metric:
     """
 
     name: str
-    samples: Callable[[PointDoc], list[float]]
-    pooled: Callable[[PointDoc], float | None]
+    samples: Callable[[PointLike], list[float]]
+    pooled: Callable[[PointLike], float | None]
     better: Better
     unit: str
     description: str
@@ -49,7 +52,7 @@ class Metric:
     difference: bool = False
 
 
-def point_key(point: PointDoc) -> PointKey:
+def point_key(point: PointLike) -> PointKey:
     """The identity of a point: what was measured, independent of its ``id`` string."""
     position = point["position"]
     if position == "index":
@@ -67,87 +70,47 @@ def key_label(key: PointKey) -> str:
 
 
 # -- extractors ----------------------------------------------------------------------------
+# Each reads the point through the read model (bench.results.model): histograms parsed,
+# and percentiles taken, once per repetition however many metrics ask.
 
-def _doc(obj: Any) -> dict[str, Any]:
-    """A (possibly absent) part of a result document, read as a plain dict.
-
-    Extractors read documents written by any kpbench of this schema version,
-    where optional parts may be missing or null: reading them as dicts with
-    .get keeps every extractor one expression.
-    """
-    return obj if isinstance(obj, dict) else {}
-
-
-def _reps(point: PointDoc) -> list[dict[str, Any]]:
-    return [_doc(r) for r in point.get("repetitions") or []]
-
-
-def _finite(values: list[Any]) -> list[float]:
+def _finite(values: Iterable[Any]) -> list[float]:
     return [float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
 
 
-def _rep_latency(q: str) -> Callable[[PointDoc], list[float]]:
-    def samples(point: PointDoc) -> list[float]:
-        out = []
-        for r in _reps(point):
-            h = r.get("latency_hist")
-            if h is None:
-                continue
-            hist = stats.Histogram.from_json(h)
-            if hist.count:
-                out.append(hist.percentiles([float(q[1:])])[q])
-        return _finite(out)
+def _per_repetition(value: Callable[[Repetition], Any]) -> Callable[[PointLike], list[float]]:
+    """One sample per measured repetition: ``value`` of each (None: not measured)."""
+    def samples(point: PointLike) -> list[float]:
+        return _finite(value(r) for r in as_point(point).repetitions)
     return samples
 
 
-def _summary_latency(q: str) -> Callable[[PointDoc], float | None]:
-    def pooled(point: PointDoc) -> float | None:
-        return _doc(_doc(point.get("summary")).get("latency_ns")).get(q)
+def _rep_latency(q: str) -> Callable[[PointLike], list[float]]:
+    return _per_repetition(lambda r: r.latency_percentile(q))
+
+
+_rep_cpu = _per_repetition(lambda r: r.cpu_ns_per_packet)
+_rep_delivered_pps = _per_repetition(lambda r: r.delivered_pps)
+_rep_loss = _per_repetition(lambda r: r.loss)
+
+
+def _summary_latency(q: str) -> Callable[[PointLike], float | None]:
+    def pooled(point: PointLike) -> float | None:
+        return (as_point(point).summary.get("latency_ns") or {}).get(q)
     return pooled
 
 
-def _summary(key: str) -> Callable[[PointDoc], float | None]:
-    def pooled(point: PointDoc) -> float | None:
-        return _doc(point.get("summary")).get(key)
+def _summary(key: str) -> Callable[[PointLike], float | None]:
+    def pooled(point: PointLike) -> float | None:
+        return as_point(point).summary.get(key)  # type: ignore[return-value]
     return pooled
 
 
-def _rep_cpu(point: PointDoc) -> list[float]:
-    out = []
-    for r in _reps(point):
-        if r.get("softirq_ns") is not None and r["delivered"] > 0:
-            out.append((r["softirq_ns"] + (r.get("process_ns") or 0)) / r["delivered"])
-        elif r.get("cpu_ns_per_packet") is not None:
-            out.append(r["cpu_ns_per_packet"])
-    return _finite(out)
-
-
-def _rep_delivered_pps(point: PointDoc) -> list[float]:
-    # Measured at the receiver: n arrivals over the span from the first to the last.
-    return _finite([(r["delivered"] - 1) / r["arrival_seconds"] for r in _reps(point)
-                    if (r.get("arrival_seconds") or 0) > 0 and r["delivered"] > 1])
-
-
-def _rep_percentile(rep: dict[str, Any], q: str) -> float | None:
-    h = rep.get("latency_hist")
-    if h is None:
-        return None
-    hist = stats.Histogram.from_json(h)
-    return hist.percentiles([float(q[1:])])[q] if hist.count else None
-
-
-def _rep_cpu_of(rep: dict[str, Any]) -> float | None:
-    if rep.get("softirq_ns") is not None and rep["delivered"] > 0:
-        return float(rep["softirq_ns"]) / rep["delivered"]
-    return rep.get("cpu_ns_per_packet")
-
-
-def _paired(value: Callable[[dict[str, Any]], float | None]) -> Callable[[PointDoc], list[float]]:
+def _paired(value: Callable[[Repetition], float | None]) -> Callable[[PointLike], list[float]]:
     """Per pair (repetition i, the control right after it): Service minus control."""
-    def samples(point: PointDoc) -> list[float]:
+    def samples(point: PointLike) -> list[float]:
+        p = as_point(point)
         out = []
-        for r, c in zip(_reps(point), [_doc(c) for c in point.get("control") or []],
-                        strict=False):
+        for r, c in zip(p.repetitions, p.control or (), strict=False):
             a, b = value(r), value(c)
             if a is not None and b is not None:
                 out.append(a - b)
@@ -155,75 +118,56 @@ def _paired(value: Callable[[dict[str, Any]], float | None]) -> Callable[[PointD
     return samples
 
 
-def _rep_loss(point: PointDoc) -> list[float]:
-    return _finite([1 - r["delivered"] / r["sent"] for r in _reps(point) if r["sent"] > 0])
-
-
-def _setup(key: str) -> Callable[[PointDoc], float | None]:
-    def pooled(point: PointDoc) -> float | None:
-        return _doc(point.get("setup")).get(key)
-    return pooled
-
-
-def _is_sync(point: PointDoc) -> bool:
-    # Sync scenarios (bench.measure.sync_runner) name their workloads "sync-full", "sync-<change>".
-    return point["workload"].startswith("sync-")
-
-
-def _rep_sync(key: str, workload: Callable[[str], bool]) -> Callable[[PointDoc], list[float]]:
+def _rep_sync(key: str, workload: Callable[[str], bool]) -> Callable[[PointLike], list[float]]:
     """Per-repetition ``sync[key]`` seconds of the sync points whose workload matches."""
-    def samples(point: PointDoc) -> list[float]:
-        if not _is_sync(point) or not workload(point["workload"]):
+    def samples(point: PointLike) -> list[float]:
+        p = as_point(point)
+        if not p.is_sync or not workload(p.workload):
             return []
-        return _finite([_doc(r.get("sync")).get(key) for r in _reps(point)])
+        return _finite(r.sync.get(key) for r in p.repetitions)
     return samples
 
 
-def _summary_sync(key: str) -> Callable[[PointDoc], float | None]:
-    def pooled(point: PointDoc) -> float | None:
-        if not _is_sync(point):
-            return None
-        return _doc(_doc(point.get("summary")).get("sync")).get(key)
+def _summary_sync(key: str) -> Callable[[PointLike], float | None]:
+    def pooled(point: PointLike) -> float | None:
+        p = as_point(point)
+        return (p.summary.get("sync") or {}).get(key) if p.is_sync else None
     return pooled
 
 
-def _full_sync_samples(point: PointDoc) -> list[float]:
+def _full_sync_samples(point: PointLike) -> list[float]:
     """Full-sync apply seconds (node 0): each repetition of a sync-full point, else the
     packet point's first sync.
 
     A packet scenario syncs once per scale (one sample, too few for a test); a
     sync-<change> point's setup holds that same first sync, so it is not counted again.
     """
-    if point["workload"] == "sync-full":
-        return _rep_sync("apply", _any)(point)
-    if _is_sync(point):
-        return []
-    return _finite([_doc(point.get("setup")).get("sync_seconds")])
+    p = as_point(point)
+    if p.workload == "sync-full":
+        return _rep_sync("apply", _any)(p)
+    return [] if p.is_sync else _finite([p.setup.get("sync_seconds")])
 
 
-def _full_sync_pooled(point: PointDoc) -> float | None:
-    if point["workload"] == "sync-full":
-        return _summary_sync("apply")(point)
-    return None if _is_sync(point) else _setup("sync_seconds")(point)
+def _full_sync_pooled(point: PointLike) -> float | None:
+    p = as_point(point)
+    if p.workload == "sync-full":
+        return _summary_sync("apply")(p)
+    return None if p.is_sync else p.setup.get("sync_seconds")
 
 
-def _packet_setup(key: str) -> Callable[[PointDoc], list[float]]:
-    def samples(point: PointDoc) -> list[float]:
-        return [] if _is_sync(point) else _finite([_doc(point.get("setup")).get(key)])
-    return samples
-
-
-def _settled(point: PointDoc) -> bool:
+def _settled(p: Point) -> bool:
     # A settle that timed out is how long it waited, not a settle time.
-    return _doc(point.get("setup")).get("settle_converged") is not False
+    return p.setup.get("settle_converged") is not False
 
 
-def _settle_samples(point: PointDoc) -> list[float]:
-    return _packet_setup("settle_seconds")(point) if _settled(point) else []
+def _settle_samples(point: PointLike) -> list[float]:
+    p = as_point(point)
+    return _finite([p.setup.get("settle_seconds")]) if _settled(p) and not p.is_sync else []
 
 
-def _settle_pooled(point: PointDoc) -> float | None:
-    return _setup("settle_seconds")(point) if _settled(point) else None
+def _settle_pooled(point: PointLike) -> float | None:
+    p = as_point(point)
+    return p.setup.get("settle_seconds") if _settled(p) else None
 
 
 def _any(workload: str) -> bool:
@@ -264,13 +208,13 @@ METRICS: tuple[Metric, ...] = (
            "time until new-flow latency stopped drifting after the sync", 0.5),
     # The paired control (the same traffic to the backend pods' own addresses, right after
     # each repetition): what the Service adds, with the machine's drift cancelled.
-    Metric("service_minus_control_p50_ns", _paired(lambda r: _rep_percentile(r, "p50")),
+    Metric("service_minus_control_p50_ns", _paired(lambda r: r.latency_percentile("p50")),
            _summary("service_minus_control_p50_ns"), "lower", "ns",
            "median latency the Service adds over its paired control", difference=True),
-    Metric("service_minus_control_p99_ns", _paired(lambda r: _rep_percentile(r, "p99")),
+    Metric("service_minus_control_p99_ns", _paired(lambda r: r.latency_percentile("p99")),
            _summary("service_minus_control_p99_ns"), "lower", "ns",
            "99th percentile latency the Service adds over its paired control", difference=True),
-    Metric("service_minus_control_cpu_ns_per_packet", _paired(_rep_cpu_of),
+    Metric("service_minus_control_cpu_ns_per_packet", _paired(lambda r: r.softirq_ns_per_packet),
            _summary("service_minus_control_cpu_ns_per_packet"), "lower", "ns/packet",
            "CPU per packet the Service adds over its paired control", difference=True),
 )

@@ -2,7 +2,7 @@
 
 Runs of the same code on one machine differ by more than the repetitions
 inside one run, so bench.analysis.compare also compares whole runs: each run's figure
-of a metric at a point (bench.results.runs_of splits a pooled baseline back
+of a metric at a point (bench.results.model.Point.runs splits a pooled baseline back
 into its runs), in logarithms (changes are relative), by a two-sample t test.
 
 With five runs a point's own between-run variance has 4 degrees of freedom:
@@ -36,8 +36,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bench.analysis.metrics import Metric
-from bench.results import PointDoc
+from bench.analysis.metrics import Metric, PointLike
 
 
 @dataclass(frozen=True)
@@ -66,7 +65,7 @@ class Prior:
     df: float  # how many degrees of freedom the prior is worth (inf: all points alike)
 
 
-def run_values(metric: Metric, runs: Sequence[PointDoc]) -> list[float]:
+def run_values(metric: Metric, runs: Sequence[PointLike]) -> list[float]:
     """The metric's figure in each run a point was measured in."""
     out = []
     for p in runs:
@@ -79,7 +78,7 @@ def run_values(metric: Metric, runs: Sequence[PointDoc]) -> list[float]:
     return out
 
 
-def within_run_variance(metric: Metric, runs: Sequence[PointDoc]) -> float:
+def within_run_variance(metric: Metric, runs: Sequence[PointLike]) -> float:
     """The variance (of logs; of the figures themselves for a difference metric) a run's
     figure has from its own repetitions alone: the pooled spread of the per-repetition
     samples inside each run, over a run's count. 0 when the samples cannot say (fewer than

@@ -155,6 +155,6 @@ class SyncTiming:
         return sum(self.render) + sum(self.apply)
 
     def setup_fields(self) -> dict[str, Any]:
-        """The point's ``setup`` keys for this sync (see bench.results.SetupDoc)."""
+        """The point's ``setup`` keys for this sync (see bench.results.schema.SetupDoc)."""
         return {"sync_seconds": self.apply_seconds, "sync_render_seconds": self.render_seconds,
                 "sync_node_seconds": list(self.apply)}

@@ -40,8 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.results import load_result, write_json_atomic
     from bench.results.baseline import merge_runs
+    from bench.results.reader import load_result
+    from bench.results.writer import write_json_atomic
 
     out = Path(args.out)
     if out.is_dir():

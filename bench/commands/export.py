@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     # Imported here so that other subcommands do not pay for numpy at start-up.
     from bench.present.export import write_csv
     from bench.present.export_formats import DEFAULT_INDEX, opensearch_lines, perfdash
-    from bench.results import load_result
+    from bench.results.reader import load_result
 
     if args.csv is not None:
         if args.format not in (None, "csv") or args.out is not None:

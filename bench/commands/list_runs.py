@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bench.present.tables import Table, render
-    from bench.results import commit_label
+    from bench.results.environment import commit_label
     from bench.results.store import scan
 
     root = Path(args.results)

@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.results import load_result
+    from bench.results.reader import load_result
 
     src = Path(args.result)
     out = output_dir(args.out if args.out else src.with_name(f"{src.stem}-plots"))

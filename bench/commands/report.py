@@ -48,10 +48,12 @@ def run(args: argparse.Namespace) -> int:
 
     comparison = None
     if base is not None:
-        comparison = compare_runs(base.doc, stored.doc, base_source=str(base.path),
-                                  new_source=str(stored.path),
+        # The read models, not the documents: the comparison and the report then share
+        # one reading of each file (its histograms parsed once).
+        comparison = compare_runs(base.result, stored.result,  # type: ignore[arg-type]
+                                  base_source=str(base.path), new_source=str(stored.path),
                                   allow_env_mismatch=args.allow_env_mismatch)
     out = output_dir(args.out if args.out else stored.path.parent)
-    for path in write_report(stored.doc, str(stored.path), out, stored.path.stem, comparison):
+    for path in write_report(stored.result, str(stored.path), out, stored.path.stem, comparison):
         print(path)
     return 0

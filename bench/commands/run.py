@@ -107,7 +107,7 @@ def epilogue(path: Path, args: argparse.Namespace) -> None:
     from bench.present.report import write_report
     from bench.present.summary import figures_tables, left_out
     from bench.present.tables import render_text
-    from bench.results import load_result
+    from bench.results.reader import load_result
 
     result = load_result(path)
     csv = default_csv_path(path)

@@ -36,12 +36,13 @@ def run(args: argparse.Namespace) -> int:
     md = args.format == "markdown"
     print(f"# {stored.path}" if md else f"result: {stored.path}")
     print()
-    print(run_line(stored.doc))
-    overhead = overhead_line(stored.doc)
+    result = stored.result
+    print(run_line(result))
+    overhead = overhead_line(result)
     if overhead:
         print(overhead)
     print()
-    print(render(environment_table(stored.doc), args.format))
+    print(render(environment_table(result), args.format))
     print()
-    print(render(points_table(stored.doc), args.format))
+    print(render(points_table(result), args.format))
     return 0

@@ -73,7 +73,7 @@ class VmResult:
 
 
 def guest_environment() -> dict[str, Any]:
-    """Keyword arguments for :func:`bench.results.capture_environment` in this process.
+    """Keyword arguments for :func:`bench.results.environment.capture_environment` in this process.
 
     Inside a ``kpbench vm`` guest: ``where="vm"`` with the accelerator and the
     kernel image; on the host: nothing (the defaults say "host").

@@ -13,7 +13,7 @@ from typing import Any
 from bench.analysis.compare import Comparison, Gate, MetricChange, Verdict
 from bench.analysis.metrics import key_label
 from bench.present.tables import Table, dumps, fmt_change, fmt_value, records_csv, render
-from bench.results import commit_label
+from bench.results.environment import commit_label
 
 CSV_COLUMNS = ("base_file", "new_file", "variant", "workload", "services", "endpoints",
                "rate_pps", "position", "metric", "unit", "better", "base", "new", "change_pct",

@@ -4,7 +4,7 @@ Columns: run_id, datapath, variant, services, endpoints, workload, rate_pps,
 position, repetition, metric, value, unit.
 
 - ``repetition`` is "all" for a point's summary (pooled over its repetitions,
-  see bench.results.summarise_point) and the 0-based index into the point's
+  see bench.results.summarise.summarise_point) and the 0-based index into the point's
   ``repetitions`` otherwise; ``control-<i>`` for the paired control that
   followed repetition i, ``breakdown`` for the repetition with the breakdown
   probes, ``<phase>-<i>`` with metric ``failed`` for a replay that failed
@@ -27,8 +27,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from bench.analysis import stats
-from bench.results import PointDoc, RepetitionDoc, ResultDoc, iter_points
+from bench.results.model import Point, Repetition, Result, as_point, as_result
+from bench.results.schema import PointDoc, ResultDoc
 
 COLUMNS = ("run_id", "datapath", "variant", "services", "endpoints", "workload", "rate_pps",
            "position", "repetition", "metric", "value", "unit")
@@ -51,14 +51,15 @@ def _drops_rows(drops: Mapping[str, int] | None) -> Iterator[tuple[str, Any, str
         yield f"drops.{reason}", n, "packets"
 
 
-def summary_metrics(point: PointDoc) -> Iterator[tuple[str, Any, str]]:
+def summary_metrics(point: Point | PointDoc) -> Iterator[tuple[str, Any, str]]:
     """(metric, value, unit) of a point's summary: its CSV rows with repetition "all"."""
-    yield "status", point["status"], ""
-    if point.get("error"):
-        yield "error", point["error"], ""
-    for what, reason in sorted((point.get("missing") or {}).items()):
+    point = as_point(point)
+    yield "status", point.status, ""
+    if point.error:
+        yield "error", point.error, ""
+    for what, reason in sorted(point.missing.items()):
         yield f"missing.{what}", reason, ""
-    setup = point.get("setup") or {}
+    setup = point.setup
     for key in ("sync_seconds", "sync_render_seconds", "settle_seconds"):
         if setup.get(key) is not None:
             yield f"setup.{key}", setup[key], "s"
@@ -69,7 +70,7 @@ def summary_metrics(point: PointDoc) -> Iterator[tuple[str, Any, str]]:
     for key, value in sorted((setup.get("state_size") or {}).items()):
         if isinstance(value, int | float) and not isinstance(value, bool):
             yield f"setup.state_size.{key}", value, "count"
-    s = point["summary"]
+    s = point.summary
     for key, unit in (("offered_pps", "packets/s"), ("achieved_pps", "packets/s"),
                       ("delivered_pps", "packets/s"), ("loss", "fraction"),
                       ("cpu_ns_per_packet", "ns/packet"), ("softirq_ns_per_packet", "ns/packet"),
@@ -91,7 +92,7 @@ def summary_metrics(point: PointDoc) -> Iterator[tuple[str, Any, str]]:
     yield from _dist_rows("transit", s.get("transit_ns"))
     yield from _drops_rows(s.get("drops"))
     yield from _sync_rows(s.get("sync"))
-    for key, value in sorted((point.get("probe_overhead") or {}).items()):
+    for key, value in sorted(point.probe_overhead.items()):
         if isinstance(value, int | float) and not isinstance(value, bool):
             yield f"probe_overhead.{key}", value, _overhead_unit(key)
     for key, value in sorted((s.get("probe_overhead_pct") or {}).items()):
@@ -103,7 +104,8 @@ def _overhead_unit(key: str) -> str:
                                            ("_pct", "%")) if key.endswith(suffix)), "")
 
 
-def _repetition_metrics(rep: RepetitionDoc) -> Iterator[tuple[str, Any, str]]:
+def _repetition_metrics(r: Repetition) -> Iterator[tuple[str, Any, str]]:
+    rep: Any = r.doc
     for key, unit in (("offered_pps", "packets/s"), ("achieved_pps", "packets/s"),
                       ("sent", "packets"), ("delivered", "packets"),
                       ("arrival_seconds", "s"),
@@ -111,9 +113,8 @@ def _repetition_metrics(rep: RepetitionDoc) -> Iterator[tuple[str, Any, str]]:
                       ("process_ns", "ns")):
         if rep.get(key) is not None:
             yield key, rep[key], unit  # type: ignore[literal-required]
-    for name, h in (("latency", rep.get("latency_hist")), ("transit", rep.get("transit_hist"))):
-        if h is not None:
-            yield from _dist_rows(name, stats.summary(stats.Histogram.from_json(h)))
+    yield from _dist_rows("latency", r.latency_summary)
+    yield from _dist_rows("transit", r.transit_summary)
     yield from _drops_rows(rep.get("drops"))
     yield from _sync_rows(rep.get("sync"))
 
@@ -124,11 +125,12 @@ def _sync_rows(sync: dict[str, float | None] | None) -> Iterator[tuple[str, Any,
             yield f"sync.{key}", value, "s"
 
 
-def rows(result: ResultDoc) -> Iterator[Row]:
+def rows(result: Result | ResultDoc) -> Iterator[Row]:
     """Every CSV row of ``result``, as dicts keyed by :data:`COLUMNS`."""
-    for point in iter_points(result):
+    result = as_result(result)
+    for point in result.points:
         base = {
-            "run_id": result["run_id"], "datapath": point["datapath"],
+            "run_id": result.run_id, "datapath": point["datapath"],
             "variant": point["variant"], "services": point["services"],
             "endpoints": point["endpoints"], "workload": point["workload"],
             "rate_pps": "" if point["rate_pps"] is None else point["rate_pps"],
@@ -136,16 +138,16 @@ def rows(result: ResultDoc) -> Iterator[Row]:
         }
         for metric, value, unit in summary_metrics(point):
             yield {**base, "repetition": "all", "metric": metric, "value": value, "unit": unit}
-        for i, rep in enumerate(point.get("repetitions") or []):
+        for i, rep in enumerate(point.repetitions):
             for metric, value, unit in _repetition_metrics(rep):
                 yield {**base, "repetition": i, "metric": metric, "value": value, "unit": unit}
         # The paired control and the breakdown repetition: their own repetition labels.
-        for i, rep in enumerate(point.get("control") or []):
+        for i, rep in enumerate(point.control or ()):
             for metric, value, unit in _repetition_metrics(rep):
                 yield {**base, "repetition": f"control-{i}", "metric": metric, "value": value,
                        "unit": unit}
-        if point.get("breakdown"):
-            for metric, value, unit in _repetition_metrics(point["breakdown"]):
+        if point.breakdown is not None:
+            for metric, value, unit in _repetition_metrics(point.breakdown):
                 yield {**base, "repetition": "breakdown", "metric": metric, "value": value,
                        "unit": unit}
         for f in point.get("failed_repetitions") or []:
@@ -158,7 +160,7 @@ def default_csv_path(result_path: str | Path) -> Path:
     return Path(result_path).with_suffix(".csv")
 
 
-def write_csv(result: ResultDoc, out: str | Path) -> int:
+def write_csv(result: Result | ResultDoc, out: str | Path) -> int:
     """Write ``result`` as tidy CSV to ``out`` ("-" for stdout); returns the number of rows."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")

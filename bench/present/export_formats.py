@@ -22,7 +22,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from bench.present.export import summary_metrics
-from bench.results import PointDoc, ResultDoc, iter_points, machine_name
+from bench.results.model import Point, Result, as_result
+from bench.results.schema import ResultDoc
+from bench.results.store import machine_name
 
 DEFAULT_INDEX = "kpbench"
 PERFDASH_VERSION = "v1"
@@ -30,33 +32,38 @@ POINT_FIELDS = ("datapath", "variant", "services", "endpoints", "workload", "rat
                 "position")
 
 
-def opensearch_lines(result: ResultDoc, index: str = DEFAULT_INDEX) -> Iterator[str]:
+def opensearch_lines(result: Result | ResultDoc, index: str = DEFAULT_INDEX
+                     ) -> Iterator[str]:
     """The NDJSON lines of a ``_bulk`` request body (action, document, action, ...)."""
+    model = as_result(result)
+    result = model.doc
     env = result["environment"]
     run = {"timestamp": result["started"], "uuid": result["run_id"],
            "scenario": result["scenario"]["name"], "run_status": result["status"],
            "machine": machine_name(env), "environment": env}
-    for point in iter_points(result):
-        ok = point["status"] == "ok"
+    for point in model.points:
+        ok = point.ok
         for metric, value, unit in summary_metrics(point):
             numeric = isinstance(value, int | float) and not isinstance(value, bool)
             # A measured point's metrics; an unmeasured one's status (its error with it).
             if (ok and not numeric) or (not ok and metric != "status"):
                 continue
-            doc = {**run, "point_id": point["id"],
-                   **{k: point[k] for k in POINT_FIELDS},  # type: ignore[literal-required]
-                   "point_status": point["status"], "metricName": metric,
+            doc = {**run, "point_id": point.id,
+                   **{k: point.doc[k] for k in POINT_FIELDS},  # type: ignore[literal-required]
+                   "point_status": point.status, "metricName": metric,
                    "value": value if numeric else None, "unit": unit or None}
             if not ok:
-                doc["error"] = point.get("error")
+                doc["error"] = point.error
             action = {"index": {"_index": index,
-                                "_id": f"{result['run_id']}:{point['id']}:{metric}"}}
+                                "_id": f"{result['run_id']}:{point.id}:{metric}"}}
             yield json.dumps(action, allow_nan=False)
             yield json.dumps(doc, allow_nan=False)
 
 
-def perfdash(result: ResultDoc) -> dict[str, Any]:
+def perfdash(result: Result | ResultDoc) -> dict[str, Any]:
     """The PerfData document of ``result``."""
+    model = as_result(result)
+    result = model.doc
     env = result["environment"]
     vm = env.get("vm") or {}
     labels = {"scenario": result["scenario"]["name"], "run_id": result["run_id"],
@@ -64,8 +71,8 @@ def perfdash(result: ResultDoc) -> dict[str, Any]:
               "where": env["where"], "accel": vm.get("accel") or "",
               "git_commit": env.get("git_commit") or "", "started": result["started"]}
     items = []
-    for p in iter_points(result):
-        if p["status"] != "ok":
+    for p in model.points:
+        if not p.ok:
             continue
         for metric, unit, data in _perfdash_metrics(p):
             data = {k: float(v) for k, v in data.items()
@@ -76,13 +83,13 @@ def perfdash(result: ResultDoc) -> dict[str, Any]:
     return {"version": PERFDASH_VERSION, "dataItems": items, "labels": labels}
 
 
-def _labels(p: PointDoc) -> dict[str, str]:
-    return {k: "top" if p[k] is None else str(p[k])  # type: ignore[literal-required]
+def _labels(p: Point) -> dict[str, str]:
+    return {k: "top" if p.doc[k] is None else str(p.doc[k])  # type: ignore[literal-required]
             for k in POINT_FIELDS}
 
 
-def _perfdash_metrics(p: PointDoc) -> Iterator[tuple[str, str, dict[str, Any]]]:
-    s: Any = p["summary"]
+def _perfdash_metrics(p: Point) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    s: Any = p.summary
     lat = s.get("latency_ns") or {}
     if lat:
         yield "latency", "us", {bucket: None if lat.get(q) is None else lat[q] / 1000
@@ -92,7 +99,7 @@ def _perfdash_metrics(p: PointDoc) -> Iterator[tuple[str, str, dict[str, Any]]]:
             ("cpu_ns_per_packet", "ns", s.get("cpu_ns_per_packet")),
             ("delivered_pps", "1/s", s.get("delivered_pps")),
             ("loss", "%", None if s.get("loss") is None else s["loss"] * 100),
-            ("sync_full", "s", (p.get("setup") or {}).get("sync_seconds"))):
+            ("sync_full", "s", p.setup.get("sync_seconds"))):
         yield metric, unit, {"Value": value}
     if s.get("sync"):
         yield "sync", "s", dict(s["sync"])

@@ -30,8 +30,8 @@ from pathlib import Path
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from bench.analysis import stats
-from bench.results import PointDoc, ResultDoc, iter_points
+from bench.results.model import Point, Result, as_result
+from bench.results.schema import ResultDoc
 
 log = logging.getLogger("kpbench")
 
@@ -47,26 +47,26 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "workload"
 
 
-def _point_label(p: PointDoc) -> str:
+def _point_label(p: Point) -> str:
     return f"{p['variant'] or p['datapath']} @ {p['services']} services"
 
 
-def _skipped(points: Sequence[PointDoc]) -> list[str]:
+def _skipped(points: Sequence[Point]) -> list[str]:
     """The points that did not complete, one note per variant and reason (a datapath
     that does not apply to a workload is one line, not one per scale)."""
     groups: dict[tuple[str, str], list[int]] = {}
     for p in points:
-        if p["status"] != "ok":
-            why = p["status"] + (f" ({p['error']})" if p.get("error") else "")
-            groups.setdefault((p["variant"] or p["datapath"], why), []).append(p["services"])
+        if not p.ok:
+            why = p.status + (f" ({p.error})" if p.error else "")
+            groups.setdefault((p.variant, why), []).append(p.services)
     return [f"{variant} @ {', '.join(str(n) for n in sorted(ns))} services: {why}"
             for (variant, why), ns in groups.items()]
 
 
-def _series_key(p: PointDoc, split: Sequence[str]) -> tuple[str, ...]:
-    key = [p["datapath"], p["variant"] or p["datapath"]]
+def _series_key(p: Point, split: Sequence[str]) -> tuple[str, ...]:
+    key = [p.datapath, p.variant]
     for dim in split:
-        v = p[dim]  # type: ignore[literal-required]
+        v = p.doc[dim]  # type: ignore[literal-required]
         key.append(f"{dim}={'top' if v is None else v}")
     return tuple(key)
 
@@ -75,14 +75,14 @@ def _series_label(key: tuple[str, ...]) -> str:
     return ", ".join(key[1:])
 
 
-def _group(points: list[PointDoc]) -> dict[tuple[str, ...], list[PointDoc]]:
+def _group(points: list[Point]) -> dict[tuple[str, ...], list[Point]]:
     """Points of one workload by series (datapath variant and any varying SPLIT_BY dims)."""
-    split = [d for d in SPLIT_BY if len({p[d] for p in points}) > 1]  # type: ignore[literal-required]
-    groups: dict[tuple[str, ...], list[PointDoc]] = {}
+    split = [d for d in SPLIT_BY if len({p.doc[d] for p in points}) > 1]  # type: ignore[literal-required]
+    groups: dict[tuple[str, ...], list[Point]] = {}
     for p in points:
         groups.setdefault(_series_key(p, split), []).append(p)
     for pts in groups.values():
-        pts.sort(key=lambda p: p["services"])
+        pts.sort(key=lambda p: p.services)
     return dict(sorted(groups.items()))
 
 
@@ -110,9 +110,9 @@ def _save(fig: Figure, out_dir: Path, stem: str, formats: Sequence[str]) -> list
     return written
 
 
-def _vs_services(series: dict[tuple[str, ...], list[PointDoc]], colors: dict[str, str],
+def _vs_services(series: dict[tuple[str, ...], list[Point]], colors: dict[str, str],
                  title: str, ylabel: str,
-                 curves: Sequence[tuple[str, str, Callable[[PointDoc], float | None]]],
+                 curves: Sequence[tuple[str, str, Callable[[Point], float | None]]],
                  what: str, skipped: list[str]) -> tuple[Figure | None, list[str]]:
     """A metric against services, log x; ``curves`` are (name, line style, value getter).
 
@@ -131,10 +131,10 @@ def _vs_services(series: dict[tuple[str, ...], list[PointDoc]], colors: dict[str
                 y = get(p)
                 if y is None:
                     if name == curves[0][0]:  # one note per point, not per curve
-                        why = (p.get("missing") or {}).get(what, "not measured")
+                        why = p.missing.get(what, "not measured")
                         notes.append(f"{_point_label(p)}: no {what} ({why})")
                     continue
-                xs.append(p["services"])
+                xs.append(p.services)
                 ys.append(y)
             if xs:
                 label = f"{_series_label(key)} {name}".strip()
@@ -161,43 +161,42 @@ def _vs_services(series: dict[tuple[str, ...], list[PointDoc]], colors: dict[str
     return fig, notes
 
 
-def _latency_us(q: str) -> Callable[[PointDoc], float | None]:
-    def get(p: PointDoc) -> float | None:
-        lat = p["summary"].get("latency_ns")
+def _latency_us(q: str) -> Callable[[Point], float | None]:
+    def get(p: Point) -> float | None:
+        lat = p.summary.get("latency_ns")
         v = lat.get(q) if lat else None
         return None if v is None else v / 1000
     return get
 
 
-def _sync(key: str) -> Callable[[PointDoc], float | None]:
-    def get(p: PointDoc) -> float | None:
-        v = (p["summary"].get("sync") or {}).get(key)
+def _sync(key: str) -> Callable[[Point], float | None]:
+    def get(p: Point) -> float | None:
+        v = (p.summary.get("sync") or {}).get(key)
         return v if v is not None and v > 0 else None
     return get
 
 
-def _cpu(p: PointDoc) -> float | None:
-    return p["summary"].get("cpu_ns_per_packet")
+def _cpu(p: Point) -> float | None:
+    return p.summary.get("cpu_ns_per_packet")
 
 
-def _cdf(series: dict[tuple[str, ...], list[PointDoc]], colors: dict[str, str],
+def _cdf(series: dict[tuple[str, ...], list[Point]], colors: dict[str, str],
          workload: str, skipped: list[str]) -> tuple[Figure | None, list[str]]:
     fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.add_subplot()
     notes: list[str] = []
     drawn = 0
     for key, pts in series.items():
-        with_hist = [p for p in pts
-                     if any(r.get("latency_hist") for r in p.get("repetitions") or [])]
+        with_hist = [p for p in pts if p.has_latency]
         if not with_hist:
             notes.append(f"{_series_label(key)}: no latency histogram at any scale")
             continue
-        largest = max(with_hist, key=lambda p: p["services"])
-        if largest["services"] != pts[-1]["services"]:
+        largest = max(with_hist, key=lambda p: p.services)
+        if largest.services != pts[-1].services:
             notes.append(f"{_series_label(key)}: CDF at {largest['services']} services, "
                          f"the largest with latency data")
-        hist = stats.merge(stats.Histogram.from_json(h) for r in largest["repetitions"]
-                           if (h := r.get("latency_hist")))
+        hist = largest.latency
+        assert hist is not None  # with_hist holds only points with a latency histogram
         xs, fractions = hist.cdf()
         if not len(xs):
             notes.append(f"{_point_label(largest)}: latency histogram is empty")
@@ -219,7 +218,7 @@ def _cdf(series: dict[tuple[str, ...], list[PointDoc]], colors: dict[str, str],
     return fig, notes
 
 
-def plot_result(result: ResultDoc, out_dir: str | Path,
+def plot_result(result: Result | ResultDoc, out_dir: str | Path,
                 formats: Sequence[str] = FORMATS, notes: list[str] | None = None
                 ) -> list[Path]:
     """Draw the figures of ``result`` into ``out_dir`` (created); returns the files written.
@@ -239,18 +238,18 @@ def plot_result(result: ResultDoc, out_dir: str | Path,
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    points = list(iter_points(result))
+    points = as_result(result).points
     written: list[Path] = []
     if not points:
         warn("plot: the result has no points; nothing to draw")
         return written
-    variants = sorted({p["variant"] or p["datapath"] for p in points})
+    variants = sorted({p.variant for p in points})
     # One colour per datapath variant, the same in every figure of the run.
     colors = {v: COLORS[i % len(COLORS)] for i, v in enumerate(variants)}
 
-    for workload in sorted({p["workload"] for p in points}):
-        wl = [p for p in points if p["workload"] == workload]
-        ok = [p for p in wl if p["status"] == "ok"]
+    for workload in sorted({p.workload for p in points}):
+        wl = [p for p in points if p.workload == workload]
+        ok = [p for p in wl if p.ok]
         skipped = _skipped(wl)
         for note in skipped:
             warn("plot: workload %s: skipped %s", workload, note)

@@ -24,7 +24,8 @@ from bench.present import plots
 from bench.present.compare_output import changes_table, render_text, summary_line
 from bench.present.summary import environment_table, overhead_line, points_table, run_line
 from bench.present.tables import render_html, render_markdown
-from bench.results import ResultDoc, iter_points
+from bench.results.model import Result, as_result
+from bench.results.schema import ResultDoc
 
 FIGURE_TITLES = {
     "latency-vs-services": "Latency vs services",
@@ -63,7 +64,7 @@ class Figure:
     caption: str
 
 
-def sync_figure(result: ResultDoc, out_dir: Path, formats: tuple[str, ...] = ("png",)
+def sync_figure(result: Result | ResultDoc, out_dir: Path, formats: tuple[str, ...] = ("png",)
                 ) -> list[Path]:
     """The full sync before each scale's measurement against services, one curve per variant.
 
@@ -73,30 +74,31 @@ def sync_figure(result: ResultDoc, out_dir: Path, formats: tuple[str, ...] = ("p
     uses the same colour per variant.
     """
     # Sync scenarios' own points (workload "sync-*") are drawn by bench.present.plots itself.
-    ok = [p for p in iter_points(result)
-          if p["status"] == "ok" and not p["workload"].startswith("sync-")
-          and (p.get("setup") or {}).get("sync_seconds") is not None]
+    points = as_result(result).points
+    ok = [p for p in points
+          if p.ok and not p.is_sync and p.setup.get("sync_seconds") is not None]
     if not ok:
         return []
     # Every workload at one scale shares one sync: keep one point per scale.
     unique = {(p["variant"], p["services"], p["endpoints"], p["rate_pps"], p["position"]): p
               for p in ok}
-    variants = sorted({p["variant"] or p["datapath"] for p in iter_points(result)})
+    variants = sorted({p.variant for p in points})
     colors = {v: plots.COLORS[i % len(plots.COLORS)] for i, v in enumerate(variants)}
     fig, _ = plots._vs_services(
         plots._group(list(unique.values())), colors, "Full rule sync time vs number of services",
         "node 0's apply time of the first full sync (s)",
-        [("", "-", lambda p: (p.get("setup") or {}).get("sync_seconds"))], "sync_seconds", [])
+        [("", "-", lambda p: p.setup.get("sync_seconds"))], "sync_seconds", [])
     if fig is None:
         return []
     out_dir.mkdir(parents=True, exist_ok=True)
     return plots._save(fig, out_dir, "full-sync-vs-services", formats)
 
 
-def draw_figures(result: ResultDoc, out_dir: Path, notes: list[str] | None = None
+def draw_figures(result: Result | ResultDoc, out_dir: Path, notes: list[str] | None = None
                  ) -> list[Figure]:
     """The report's PNG figures, drawn into ``out_dir``, in reading order (what a figure
     lacks: see plots.plot_result's ``notes``)."""
+    result = as_result(result)
     paths = (plots.plot_result(result, out_dir, formats=("png",), notes=notes)
              + sync_figure(result, out_dir))
     figures = []
@@ -131,11 +133,12 @@ def _comparison_html(c: Comparison) -> str:
     return "\n".join(parts)
 
 
-def render_report_html(result: ResultDoc, source: str, figures: list[Figure],
+def render_report_html(result: Result | ResultDoc, source: str, figures: list[Figure],
                        comparison: Comparison | None = None) -> str:
     """The report as one self-contained HTML page (figures embedded as data URIs)."""
     e = html.escape
-    name = result["scenario"]["name"]
+    result = as_result(result)
+    name = result.doc["scenario"]["name"]
     figs = "\n".join(
         f'<figure><img alt="{e(f.caption)}" src="{_data_uri(f.path)}">'
         f"<figcaption>{e(f.caption)}</figcaption></figure>" for f in figures)
@@ -146,7 +149,7 @@ def render_report_html(result: ResultDoc, source: str, figures: list[Figure],
         _comparison_html(comparison) if comparison else "",
         "<h2>Environment</h2>",
         f'<div class="env">{render_html(environment_table(result))}'
-        f"<div><b>Scenario</b><pre>{e(result['scenario'].get('text') or '')}</pre></div></div>",
+        f"<div><b>Scenario</b><pre>{e(result.doc['scenario'].get('text') or '')}</pre></div></div>",
         "<h2>Figures</h2>",
         f'<div class="figures">{figs}</div>' if figures else "<p>No figure could be drawn.</p>",
         "<h2>Summary</h2>",
@@ -157,10 +160,11 @@ def render_report_html(result: ResultDoc, source: str, figures: list[Figure],
             "<body>\n" + "\n".join(b for b in body if b) + "\n</body></html>\n")
 
 
-def render_report_markdown(result: ResultDoc, source: str, figures: list[Figure],
+def render_report_markdown(result: Result | ResultDoc, source: str, figures: list[Figure],
                            figures_rel: Path, comparison: Comparison | None = None) -> str:
     """The report as Markdown; figures are linked as ``figures_rel/<name>.png``."""
-    out = [f"# kpbench report — scenario {result['scenario']['name']}", "",
+    result = as_result(result)
+    out = [f"# kpbench report — scenario {result.doc['scenario']['name']}", "",
            run_line(result), "", overhead_line(result) or "probe overhead: not measured", "",
            f"`{source}`", ""]
     if comparison is not None:
@@ -173,13 +177,14 @@ def render_report_markdown(result: ResultDoc, source: str, figures: list[Figure]
     return "\n".join(out)
 
 
-def write_report(result: ResultDoc, source: str, out_dir: Path, stem: str,
+def write_report(result: Result | ResultDoc, source: str, out_dir: Path, stem: str,
                  comparison: Comparison | None = None, notes: list[str] | None = None
                  ) -> tuple[Path, Path]:
     """Write ``<stem>-report.html``, ``<stem>-report.md`` and the PNGs the Markdown links.
 
     Returns (html path, markdown path). ``notes``: see plots.plot_result.
     """
+    result = as_result(result)  # read once: every table and figure shares its points
     out_dir.mkdir(parents=True, exist_ok=True)
     files = Path(f"{stem}-report-files")
     figures = draw_figures(result, out_dir / files, notes)

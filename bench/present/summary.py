@@ -1,7 +1,7 @@
 """Summary tables of one result: its environment and one row per measured point.
 
 Shared by ``kpbench show`` and the report. Figures are the point summaries
-(bench.results.summarise_point: percentiles of the merged histograms), in
+(bench.results.summarise.summarise_point: percentiles of the merged histograms), in
 units people read (µs, pps, %, s).
 """
 
@@ -10,14 +10,20 @@ from __future__ import annotations
 from typing import Any
 
 from bench.present.tables import Table, fmt_value
-from bench.results import PointDoc, ResultDoc, commit_label, iter_points
+from bench.results.environment import commit_label
+from bench.results.model import Point, Result, as_result
+from bench.results.schema import ResultDoc
+
+#: A result read into the model, or its document (read into the model here).
+ResultLike = Result | ResultDoc
 
 # Coordinates shown only when they vary within the result (they are usually fixed).
 OPTIONAL_COORDS = (("endpoints", "endpoints"), ("rate_pps", "rate"), ("position", "position"))
 
 
-def run_line(doc: ResultDoc) -> str:
+def run_line(result: ResultLike) -> str:
     """One line naming the run: scenario, status, dates, commit."""
+    doc: Any = as_result(result).doc
     env = doc["environment"]
     commit = commit_label(env)
     merged = doc.get("merged_from")  # a baseline pooled by bench.results.baseline
@@ -27,25 +33,25 @@ def run_line(doc: ResultDoc) -> str:
             f"{pooled}")
 
 
-def overhead_line(doc: ResultDoc) -> str | None:
+def overhead_line(result: ResultLike) -> str | None:
     """The probes' own cost as the run measured it (bench.measure.overhead), or None if it did not.
 
     Per probe set: the CPU ns it adds per packet (median of paired rounds, their
     range) and that as a share of the CPU per packet reported at the point where
     it was measured (the first point with a CPU figure).
     """
-    point = next((p for p in iter_points(doc) if p.get("probe_overhead")), None)
+    point = next((p for p in as_result(result).points if p.probe_overhead), None)
     if point is None:
         return None
-    ov: Any = point["probe_overhead"]
-    pct: Any = (point.get("summary") or {}).get("probe_overhead_pct") or {}
+    ov = point.probe_overhead
+    pct: Any = point.summary.get("probe_overhead_pct") or {}
     parts = []
     for name in ("main", "breakdown"):
         added = ov.get(f"{name}_ns_per_packet")
         if not isinstance(added, int | float):
             continue
         lo, hi = ov.get(f"{name}_ns_per_packet_range") or (added, added)
-        share = (f", {pct[name]:.1f} % of cpu/pkt at {point['variant']} {point['workload']}"
+        share = (f", {pct[name]:.1f} % of cpu/pkt at {point.doc['variant']} {point.workload}"
                  if name in pct else "")
         path = ov.get(f"{name}_pct_of_path")
         share += f", {path:.1f} % of the path's CPU" if isinstance(path, int | float) else ""
@@ -56,9 +62,9 @@ def overhead_line(doc: ResultDoc) -> str | None:
             + "; ".join(parts))
 
 
-def environment_table(doc: ResultDoc) -> Table:
+def environment_table(result: ResultLike) -> Table:
     """Key/value rows of what the run's numbers depend on."""
-    env = doc["environment"]
+    env: Any = as_result(result).environment
     t = Table(["environment", "value"])
     vm = env.get("vm")
     where = env["where"] + (f" ({vm['accel']}, kernel {vm['kernel']})" if vm else "")
@@ -80,19 +86,17 @@ def environment_table(doc: ResultDoc) -> Table:
     return t
 
 
-def _coord(p: PointDoc, key: str) -> str:
-    v = p[key]  # type: ignore[literal-required]
+def _coord(p: Point, key: str) -> str:
+    v = p.doc[key]  # type: ignore[literal-required]
     return "top" if v is None and key == "rate_pps" else str(v)
 
 
-def _sync_seconds(p: PointDoc) -> float | None:
+def _sync_seconds(p: Point) -> float | None:
     """A sync point's median apply time (its own measurement), else the scale's full sync
     (node 0's apply); kpbench's render is never part of it."""
-    if p["workload"].startswith("sync-"):
-        summary: Any = p.get("summary") or {}
-        return (summary.get("sync") or {}).get("apply")
-    setup: Any = p.get("setup") or {}
-    return setup.get("sync_seconds")
+    if p.is_sync:
+        return (p.summary.get("sync") or {}).get("apply")
+    return p.setup.get("sync_seconds")
 
 
 def _settle(setup: Any) -> str:
@@ -101,14 +105,14 @@ def _settle(setup: Any) -> str:
     return f"{text} (not settled)" if setup.get("settle_converged") is False else text
 
 
-def points_table(doc: ResultDoc) -> Table:
+def points_table(result: ResultLike) -> Table:
     """One row per point: coordinates, status, latency percentiles, CPU per packet (the
     total, then its NET_RX softirq and datapath-process parts), rate, loss, setup.
 
     ``svc-ctl`` columns: the Service's p50 and CPU per packet minus its paired
     control's (the same traffic to the backend pods' own addresses).
     """
-    points = list(iter_points(doc))
+    points = as_result(result).points
     coords = [(k, title) for k, title in OPTIONAL_COORDS
               if len({_coord(p, k) for p in points}) > 1]
     t = Table(["variant", "workload", "services", *(title for _, title in coords), "status",
@@ -117,13 +121,12 @@ def points_table(doc: ResultDoc) -> Table:
                "delivered", "loss", "sync", "settle"],
               align=["l", "l", "r", *("r" for _ in coords), "l", *["r"] * 14])
     for p in points:
-        s: Any = p.get("summary") or {}
+        s: Any = p.summary
         lat = s.get("latency_ns") or {}
-        setup: Any = p.get("setup") or {}
-        status = p["status"] if p["status"] == "ok" else f"{p['status']}: {p.get('error') or ''}"
-        t.add([p["variant"] or p["datapath"], p["workload"], p["services"],
+        status = p.status if p.ok else f"{p.status}: {p.error or ''}"
+        t.add([p.variant, p.workload, p.services,
                *(_coord(p, k) for k, _ in coords),
-               status[:60], len(p.get("repetitions") or []),
+               status[:60], len(p.repetitions),
                *(fmt_value(lat.get(q), "ns") for q in ("p50", "p90", "p99", "p99.9")),
                fmt_value(s.get("cpu_ns_per_packet"), "ns/packet"),
                fmt_value(s.get("softirq_ns_per_packet"), "ns/packet"),
@@ -133,8 +136,8 @@ def points_table(doc: ResultDoc) -> Table:
                fmt_value(s.get("delivered_pps"), "packets/s"),
                fmt_value(s.get("loss"), "fraction"),
                fmt_value(_sync_seconds(p), "s"),
-               _settle(setup)],
-              css="" if p["status"] == "ok" else "failed")
+               _settle(p.setup)],
+              css="" if p.ok else "failed")
     return t
 
 
@@ -142,29 +145,29 @@ KERNEL_MISSING = "kernel feature missing"  # the error of a datapath this kernel
 NOT_APPLICABLE = "not applicable"  # the error of a workload a datapath cannot act on
 
 
-def left_out(doc: ResultDoc) -> dict[str, str]:
+def left_out(result: ResultLike) -> dict[str, str]:
     """Variants whose every point failed because this kernel lacks them, with the reason."""
-    by_variant: dict[str, list[PointDoc]] = {}
-    for p in doc["points"]:
-        by_variant.setdefault(p["variant"] or p["datapath"], []).append(p)
-    return {v: (pts[0].get("error") or "").removeprefix(f"{KERNEL_MISSING}: ")
+    by_variant: dict[str, list[Point]] = {}
+    for p in as_result(result).points:
+        by_variant.setdefault(p.variant, []).append(p)
+    return {v: (pts[0].error or "").removeprefix(f"{KERNEL_MISSING}: ")
             for v, pts in by_variant.items()
-            if all((p.get("error") or "").startswith(KERNEL_MISSING) for p in pts)}
+            if all((p.error or "").startswith(KERNEL_MISSING) for p in pts)}
 
 
-def _cell(p: PointDoc) -> str:
-    if p["status"] == "exceeded-limit":
+def _cell(p: Point) -> str:
+    if p.status == "exceeded-limit":
         return "over limit"
-    if p["status"] != "ok":
+    if not p.ok:
         return "failed"
-    s: Any = p.get("summary") or {}
-    if p["workload"].startswith("sync-"):
+    if p.is_sync:
         return fmt_value(_sync_seconds(p), "s")
+    s: Any = p.summary
     lat = (s.get("latency_ns") or {}).get("p50")
     return f"{fmt_value(lat, 'ns')} · {fmt_value(s.get('cpu_ns_per_packet'), 'ns/packet')}"
 
 
-def figures_tables(doc: ResultDoc) -> tuple[list[tuple[str, Table]], list[str]]:
+def figures_tables(result: ResultLike) -> tuple[list[tuple[str, Table]], list[str]]:
     """The run's figures at a glance: per workload, a variant x services table.
 
     A cell is the p50 latency and the CPU per packet (packet workloads) or the
@@ -172,20 +175,21 @@ def figures_tables(doc: ResultDoc) -> tuple[list[tuple[str, Table]], list[str]]:
     workloads a variant does not apply to get no row: they are returned as
     notes instead, one per variant, so that what was left out is said once.
     """
-    lacking = left_out(doc)
-    points = [p for p in iter_points(doc) if (p["variant"] or p["datapath"]) not in lacking]
+    result = as_result(result)
+    lacking = left_out(result)
+    points = [p for p in result.points if p.variant not in lacking]
     inapplicable: dict[str, list[str]] = {}
     tables = []
-    for workload in dict.fromkeys(p["workload"] for p in points):
-        wl = [p for p in points if p["workload"] == workload]
-        scales = sorted({p["services"] for p in wl})
+    for workload in dict.fromkeys(p.workload for p in points):
+        wl = [p for p in points if p.workload == workload]
+        scales = sorted({p.services for p in wl})
         what = ("median sync time" if workload.startswith("sync-")
                 else "p50 latency · CPU per packet")
         t = Table(["variant", *(f"{n:,} svc" for n in scales)],
                   align=["l", *("r" for _ in scales)])
-        for variant in dict.fromkeys(p["variant"] or p["datapath"] for p in wl):
-            mine = {p["services"]: p for p in wl if (p["variant"] or p["datapath"]) == variant}
-            if all((p.get("error") or "").startswith(NOT_APPLICABLE) for p in mine.values()):
+        for variant in dict.fromkeys(p.variant for p in wl):
+            mine = {p.services: p for p in wl if p.variant == variant}
+            if all((p.error or "").startswith(NOT_APPLICABLE) for p in mine.values()):
                 inapplicable.setdefault(variant, []).append(workload)
                 continue
             t.add([variant, *(_cell(mine[n]) if n in mine else "" for n in scales)])

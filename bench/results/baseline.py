@@ -14,7 +14,7 @@ repetitions per run, 3 vs 3 can never reach p < 0.05, while a base of 5 runs
 The merged document is an ordinary result (same schema version): every
 point keeps the repetitions of the runs that measured it, in run order, and
 ``per_run`` says how many came from each run together with that run's setup
-times (bench.results.runs_of splits the point back into its runs). Its
+times (bench.results.model.Point.runs splits the point back into its runs). Its
 setup times are the median over the runs, and its summary is recomputed
 from the pooled repetitions (percentiles from the merged histograms). The
 runs it was made from are listed under the top-level key ``merged_from``.
@@ -29,10 +29,13 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from bench.analysis.compare import ENV_KEYS, env_differences
 from bench.analysis.metrics import PointKey, key_label, point_key
 from bench.errors import InputError
-from bench.results import PointDoc, ResultDoc, runs_of, summarise_point, validate_result
+from bench.results.environment import ENV_KEYS, env_differences
+from bench.results.model import runs_of
+from bench.results.reader import validate_result
+from bench.results.schema import PointDoc, ResultDoc
+from bench.results.summarise import summarise_point
 
 
 def _median(values: Sequence[Any]) -> float | None:
@@ -68,7 +71,7 @@ def _check_runs(runs: Sequence[tuple[str, ResultDoc]]) -> list[str]:
 
 
 def _merge_point(points: list[PointDoc]) -> PointDoc:
-    ok = [sub for p in points if p["status"] == "ok" for sub in runs_of(p)]
+    ok = [sub.as_doc() for p in points if p["status"] == "ok" for sub in runs_of(p)]
     if not ok:
         return copy.deepcopy(points[0])
     merged: Any = copy.deepcopy(ok[0])
@@ -102,7 +105,7 @@ def merge_runs(runs: Sequence[tuple[str, ResultDoc]]) -> tuple[ResultDoc, list[s
     """Pool ``runs`` (source, document) of one scenario into one baseline document.
 
     Refuses (InputError) runs that are incomplete, of another scenario or
-    scenario text, or from another environment (bench.analysis.compare.ENV_KEYS).
+    scenario text, or from another environment (bench.results.environment.ENV_KEYS).
     Returns the document and warnings (differing commits, points some runs
     did not measure).
     """

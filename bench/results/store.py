@@ -1,7 +1,7 @@
 """The results store: finding result files and choosing which run a path means.
 
 Runs live at ``results/<machine>/<date>_<commit>[-dirty]_<scenario>.json``
-(bench.results.result_path) and baselines under ``results/baselines/``.
+(:func:`result_path`) and baselines under ``results/baselines/``.
 A path given to ``compare``, ``show`` or ``report`` is either one result file
 or a directory: a directory stands for the newest run of each scenario found
 under it, so ``kpbench compare results/baselines results/<machine>`` compares the
@@ -10,11 +10,58 @@ latest run of every scenario against its baseline.
 
 from __future__ import annotations
 
+import datetime as _dt
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from bench.errors import InputError
-from bench.results import KIND, ResultDoc, load_result
+from bench.results.environment import capture_environment, commit_label
+from bench.results.model import Result
+from bench.results.reader import load_result
+from bench.results.schema import KIND, EnvironmentDoc, ResultDoc
+
+
+def _slug(text: str, fallback: str) -> str:
+    s = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-.")
+    return s or fallback
+
+
+def machine_name(environment: Mapping[str, Any] | None = None) -> str:
+    """The folder a run is filed under: host name, machine id, where, kernel.
+
+    E.g. ``bench-01-3f2a9c1e-host-6.18.44`` for a host run and
+    ``bench-01-3f2a9c1e-vm-tcg-6.1.0-57-amd64`` for a ``kpbench vm`` run on
+    the same machine: the host name alone is shared by machines made from one
+    image and by a host and its VM guests, whose numbers are not comparable.
+    """
+    env = environment if environment is not None else capture_environment()
+    host = _slug(str(env.get("hostname") or "").split(".")[0], "unknown-machine")
+    parts = [host, env.get("machine_id") or "noid", env.get("where") or "host"]
+    vm = env.get("vm")
+    if vm:
+        parts.append(str(vm.get("accel")))
+    parts.append(str(env.get("kernel_release") or "unknown-kernel"))
+    return _slug("-".join(parts), "unknown-machine")
+
+
+def result_path(results_dir: str | Path, scenario_name: str,
+                environment: EnvironmentDoc | None = None,
+                now: _dt.datetime | None = None) -> Path:
+    """Where a run's result goes: ``<dir>/<machine>/<date>_<commit>[-dirty]_<scenario>.json``
+    (``<machine>``: :func:`machine_name`).
+
+    The date carries the time to the second (``20261129T143012``) so that two
+    runs of one scenario on one day do not collide. Results are laid out by
+    machine first because numbers from different machines are not comparable.
+    """
+    env = environment if environment is not None else capture_environment()
+    stamp = (now or _dt.datetime.now(_dt.UTC)).strftime("%Y%m%dT%H%M%S")
+    name = f"{stamp}_{commit_label(env)}_{_slug(scenario_name, 'scenario')}.json"
+    return Path(results_dir) / machine_name(env) / name
 
 
 @dataclass(frozen=True)
@@ -27,6 +74,11 @@ class StoredRun:
     @property
     def scenario(self) -> str:
         return self.doc["scenario"]["name"]
+
+    @cached_property
+    def result(self) -> Result:
+        """The document read into the model (bench.results.model), once per file."""
+        return Result(self.doc)
 
     @property
     def started(self) -> str:

@@ -120,7 +120,7 @@ def test_a_run_records_a_broken_program_as_our_failure_and_no_ipvs_as_missing(
 
     from bench.measure.runner import Runner
     from bench.measure.scenario import parse_scenario
-    from bench.results import load_result
+    from bench.results.reader import load_result
 
     broken = _bpf_copy(tmp_path, "broken", "int kpb_lb_tc(struct __sk_buff *skb)\n{",
                        "int kpb_lb_tc(struct __sk_buff *skb)\n{ kpb_no_such_symbol = ;")

@@ -23,7 +23,7 @@ from bench.measure import runner as runner_mod
 from bench.measure import traffic as T
 from bench.measure.runner import Runner
 from bench.measure.scenario import parse_scenario
-from bench.results import load_result
+from bench.results.reader import load_result
 from tests.conftest import require_feature
 
 pytestmark = pytest.mark.privileged

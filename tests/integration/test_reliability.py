@@ -22,7 +22,8 @@ from bench.measure.probes.cpu import CpuProbe
 from bench.measure.probes.loader import Probe
 from bench.measure.runner import Runner
 from bench.measure.scenario import parse_scenario
-from bench.results import SCHEMA_VERSION, load_result
+from bench.results.reader import load_result
+from bench.results.schema import SCHEMA_VERSION
 from tests.conftest import DATA, ROOT, host_state
 
 pytestmark = pytest.mark.privileged

@@ -19,7 +19,8 @@ from matplotlib.image import imread
 
 from bench import cli
 from bench.present import plots
-from bench.results import ResultDoc, load_result
+from bench.results.reader import load_result
+from bench.results.schema import ResultDoc
 from tests.conftest import ROOT
 from tests.variants import slowed_down
 

@@ -24,7 +24,8 @@ FILL = textwrap.dedent("""
     import json, sys
     from pathlib import Path
     from bench.errors import KpbenchError
-    from bench.results import ResultWriter, load_result
+    from bench.results.reader import load_result
+    from bench.results.writer import ResultWriter
     from tests.unit.test_results import ENV, SCENARIO, point
 
     path = Path(sys.argv[1]) / "m" / "r.json"

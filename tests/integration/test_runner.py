@@ -17,7 +17,7 @@ from bench.errors import ApplyError
 from bench.measure import runner as runner_mod
 from bench.measure.runner import Runner
 from bench.measure.scenario import parse_scenario
-from bench.results import load_result
+from bench.results.reader import load_result
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.privileged

@@ -11,8 +11,10 @@ import pytest
 
 from bench.analysis import compare
 from bench.errors import InputError
-from bench.results import ResultDoc, load_result, runs_of
 from bench.results.baseline import merge_runs
+from bench.results.model import runs_of
+from bench.results.reader import load_result
+from bench.results.schema import ResultDoc
 from tests.synthetic_results import (
     ENV,
     changes,

@@ -17,14 +17,9 @@ from bench.analysis import compare
 from bench.analysis.metrics import METRICS, METRICS_BY_NAME
 from bench.commands import compare as compare_cmd
 from bench.errors import InputError
-from bench.results import (
-    SCHEMA_VERSION,
-    PointDoc,
-    ResultDoc,
-    load_result,
-    make_point,
-    make_repetition,
-)
+from bench.results.reader import load_result
+from bench.results.schema import SCHEMA_VERSION, PointDoc, ResultDoc
+from bench.results.writer import make_point, make_repetition
 from tests.conftest import ROOT
 from tests.synthetic_results import (
     ENV,

@@ -28,6 +28,7 @@ from bench.kernel import features as F
 from bench.measure.runner import Runner
 from bench.measure.scenario import parse_scenario
 from bench.paths import CHECKOUT
+from bench.results.environment import commit_label
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
@@ -170,8 +171,8 @@ def test_a_command_never_runs_outside_a_named_namespace() -> None:
 
 
 def test_one_commit_label() -> None:
-    assert R.commit_label({"git_commit": "0123456789abcdef", "git_dirty": True}) == (
+    assert commit_label({"git_commit": "0123456789abcdef", "git_dirty": True}) == (
         "0123456789ab-dirty")
-    assert R.commit_label({"git_commit": "0123456789abcdef", "git_dirty": False}) == (
+    assert commit_label({"git_commit": "0123456789abcdef", "git_dirty": False}) == (
         "0123456789ab")
-    assert R.commit_label({"git_commit": None, "git_dirty": None}) == "nogit"
+    assert commit_label({"git_commit": None, "git_dirty": None}) == "nogit"

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from bench.present.export import summary_metrics
-from bench.results import iter_points, load_result, make_point
+from bench.results.reader import iter_points, load_result
+from bench.results.writer import make_point
 from tests.synthetic_results import (
     ENV,
     REGRESSED_SCALES,

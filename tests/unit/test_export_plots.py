@@ -15,7 +15,9 @@ import pytest
 
 from bench.analysis import stats
 from bench.present import export, plots
-from bench.results import ResultWriter, load_result, make_point, make_repetition
+from bench.results.model import Point
+from bench.results.reader import load_result
+from bench.results.writer import ResultWriter, make_point, make_repetition
 from tests.conftest import ROOT
 
 SCALES = (100, 1000, 10_000)
@@ -199,7 +201,7 @@ def test_curves_split_by_what_varies_within_a_workload(tmp_path: Path) -> None:
     pts = [make_point(datapath="iptables", variant="iptables-legacy", services=n, endpoints=10,
                       workload="udp", rate_pps=1000, position=pos, position_index=0)
            for n in (1000, 10) for pos in ("first", "last")]
-    groups = plots._group(pts)
+    groups = plots._group([Point(p) for p in pts])
     assert [plots._series_label(k) for k in groups] == [
         "iptables-legacy, position=first", "iptables-legacy, position=last"]
     assert [p["services"] for p in next(iter(groups.values()))] == [10, 1000]

@@ -20,7 +20,9 @@ from bench.model.input_limits import parse_toml
 from bench.model.k8s_input import parse_objects
 from bench.present.export import rows as export_rows
 from bench.present.summary import environment_table, points_table
-from bench.results import KIND, SCHEMA_VERSION, load_result, summarise_point
+from bench.results.reader import load_result
+from bench.results.schema import KIND, SCHEMA_VERSION
+from bench.results.summarise import summarise_point
 
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-(2**40), 2**40),
                     st.floats(allow_nan=False), st.text(max_size=20),

@@ -111,12 +111,13 @@ def test_a_signal_after_the_last_point_says_the_result_is_complete(
         capsys: pytest.CaptureFixture[str]) -> None:
     """SIGTERM while the run releases its probes (after the result was written whole):
     the process stops with 143, and says the result on disk is complete, not partial."""
-    from bench import cli, results
+    from bench import cli
     from bench.measure.runner import Runner
+    from bench.results import environment, reader, writer
 
     def run_then_signal(self: Runner) -> Path:
-        env = results.capture_environment()
-        with results.ResultWriter(tmp_path / "r.json", environment=env, scenario={
+        env = environment.capture_environment()
+        with writer.ResultWriter(tmp_path / "r.json", environment=env, scenario={
                 "name": self.sc.name, "path": self.sc.path, "text": self.sc.text}) as w:
             self.writer = w
         os.kill(os.getpid(), signal.SIGTERM)  # in the clean-up after the last point
@@ -129,23 +130,23 @@ def test_a_signal_after_the_last_point_says_the_result_is_complete(
     assert code == 143
     assert f"{tmp_path / 'r.json'} is complete" in err, err
     assert err.splitlines()[-1].startswith("kpbench: terminated")
-    assert results.load_result(tmp_path / "r.json")["status"] == "complete"
+    assert reader.load_result(tmp_path / "r.json")["status"] == "complete"
 
 
 def test_a_signal_while_the_result_file_is_claimed_leaves_no_file(
         handlers: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The claim (an empty file) and its first document are one step: a signal in between
     must not leave an empty, unreadable result behind."""
-    from bench import results
+    from bench.results import environment, writer
 
-    write = results.write_json_atomic
+    write = writer.write_json_atomic
 
     def signalled_write(path: Path, doc: object) -> None:
         os.kill(os.getpid(), signal.SIGINT)  # lands after the claim, before the document
         write(path, doc)
 
-    monkeypatch.setattr(results, "write_json_atomic", signalled_write)
+    monkeypatch.setattr(writer, "write_json_atomic", signalled_write)
     with pytest.raises(KeyboardInterrupt):
-        results.ResultWriter(tmp_path / "r.json", environment=results.capture_environment(),
+        writer.ResultWriter(tmp_path / "r.json", environment=environment.capture_environment(),
                              scenario={"name": "s", "path": "s.toml", "text": ""})
     assert list(tmp_path.iterdir()) == []

@@ -14,12 +14,12 @@ from typing import Any, get_type_hints
 import jsonschema
 import pytest
 
-from bench import results
+from bench.results import reader, schema, writer
 from bench.results.baseline import merge_runs
 from tests.conftest import ROOT
 from tests.unit.test_results import ENV, SCENARIO, point
 
-SCHEMA = json.loads(results.SCHEMA_PATH.read_text())
+SCHEMA = json.loads(reader.SCHEMA_PATH.read_text())
 BASELINE = ROOT / "results" / "baselines" / "default.json"
 
 
@@ -32,21 +32,21 @@ def reference_errors(doc: Any) -> list[str]:
 def test_schema_is_valid_draft_2020_12() -> None:
     jsonschema.Draft202012Validator.check_schema(SCHEMA)
     assert SCHEMA["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    assert SCHEMA["properties"]["schema_version"]["const"] == results.SCHEMA_VERSION
+    assert SCHEMA["properties"]["schema_version"]["const"] == schema.SCHEMA_VERSION
 
 
 def test_the_committed_baseline_validates() -> None:
     doc = json.loads(BASELINE.read_text())
-    if doc["schema_version"] < results.SCHEMA_VERSION:  # read as the reader upgrades it
-        doc = results.upgrade_v1(doc)
-    assert list(results._schema_validator().iter_errors(doc)) == []
+    if doc["schema_version"] < schema.SCHEMA_VERSION:  # read as the reader upgrades it
+        doc = schema.upgrade_v1(doc)
+    assert list(reader._schema_validator().iter_errors(doc)) == []
     # The reference implementation takes ~10 s on all 66 points: a few are enough for it.
     assert reference_errors({**doc, "points": doc["points"][:3]}) == []
-    results.load_result(BASELINE)
+    reader.load_result(BASELINE)
 
 
 def _written(tmp_path: Any) -> dict[str, Any]:
-    with results.ResultWriter(tmp_path / "r.json", scenario=SCENARIO, environment=ENV) as w:
+    with writer.ResultWriter(tmp_path / "r.json", scenario=SCENARIO, environment=ENV) as w:
         w.add_point(point(0))
         w.add_point(point(1, status="failed", error="boom", missing={"latency": "no probe"}))
     return json.loads((tmp_path / "r.json").read_text())
@@ -79,16 +79,16 @@ def test_wrong_types_are_refused_by_both_validators(tmp_path: Any, where: tuple[
         target = target[key]
     target[where[-1]] = value
     assert reference_errors(doc)
-    assert list(results._schema_validator().iter_errors(doc))
+    assert list(reader._schema_validator().iter_errors(doc))
 
 
 @pytest.mark.parametrize("typed,schema_path", [
-    (results.ResultDoc, ()),
-    (results.EnvironmentDoc, ("$defs", "environment")),
-    (results.PointDoc, ("$defs", "point")),
-    (results.RepetitionDoc, ("$defs", "repetition")),
-    (results.SummaryDoc, ("$defs", "summary")),
-    (results.SetupDoc, ("$defs", "setup")),
+    (schema.ResultDoc, ()),
+    (schema.EnvironmentDoc, ("$defs", "environment")),
+    (schema.PointDoc, ("$defs", "point")),
+    (schema.RepetitionDoc, ("$defs", "repetition")),
+    (schema.SummaryDoc, ("$defs", "summary")),
+    (schema.SetupDoc, ("$defs", "setup")),
 ])
 def test_every_field_the_code_writes_is_in_the_schema(typed: type, schema_path: tuple) -> None:
     node = SCHEMA

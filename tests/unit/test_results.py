@@ -10,17 +10,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bench import results
 from bench.analysis import stats
 from bench.errors import InputError, KpbenchError
-from bench.results import (
-    ResultWriter,
-    load_result,
-    make_point,
-    make_repetition,
-    result_path,
-    summarise_point,
-)
+from bench.results import environment, schema, store, summarise, writer
+from bench.results.reader import load_result
+from bench.results.store import result_path
+from bench.results.summarise import summarise_point
+from bench.results.writer import ResultWriter, make_point, make_repetition
 
 SCENARIO = {"name": "unit", "path": "scenarios/unit.toml", "text": "name = 'unit'\n"}
 ENV: dict[str, Any] = {
@@ -31,7 +27,7 @@ ENV: dict[str, Any] = {
 }
 
 
-def point(i: int, **kw: Any) -> results.PointDoc:
+def point(i: int, **kw: Any) -> schema.PointDoc:
     reps = [make_repetition(sent=1000, delivered=990, offered_pps=1000.0, achieved_pps=1000.0,
                             latency_hist=stats.Histogram.from_samples([10_000] * 990),
                             softirq_ns=990 * 2000)]
@@ -77,7 +73,7 @@ def test_crash_mid_write_leaves_the_old_file_intact(tmp_path: Path,
 
     monkeypatch.setattr(json, "dump", dump_half_then_die)
     # One line for the user (exit 2), saying the file still holds the earlier point.
-    with pytest.raises(results.ResultWriteError,
+    with pytest.raises(writer.ResultWriteError,
                        match=r"No space left on device.*written before \(1 points\)"):
         w.add_point(point(1))
     monkeypatch.setattr(json, "dump", real_dump)
@@ -98,7 +94,7 @@ def test_crash_before_rename_leaves_the_old_file_intact(tmp_path: Path,
     def die(*a: Any) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(results.os, "replace", die)
+    monkeypatch.setattr(writer.os, "replace", die)
     with pytest.raises(KeyboardInterrupt):
         w.add_point(point(0))
     assert path.read_bytes() == before
@@ -136,7 +132,7 @@ def write_doc(tmp_path: Path, **changes: Any) -> Path:
 
 
 def test_newer_schema_is_refused_with_what_to_do(tmp_path: Path) -> None:
-    newer = results.SCHEMA_VERSION + 1
+    newer = schema.SCHEMA_VERSION + 1
     path = write_doc(tmp_path, schema_version=newer)
     with pytest.raises(InputError,
                        match=rf"edited\.json: schema_version {newer} is newer.*upgrade"):
@@ -241,41 +237,41 @@ def test_machine_folders_tell_apart_host_vm_and_machines_sharing_a_host_name() -
     vm = {**host, "where": "vm", "vm": {"accel": "tcg", "kernel": "/boot/vmlinuz-6.1.0-57"},
           "kernel_release": "6.1.0-57-amd64"}
     other = {**host, "machine_id": "77aa00bb"}  # a second machine made from one image
-    names = {results.machine_name(e) for e in (host, vm, other)}
+    names = {store.machine_name(e) for e in (host, vm, other)}
     assert len(names) == 3
-    assert results.machine_name(vm) == "bench-01-3f2a9c1e-vm-tcg-6.1.0-57-amd64"
+    assert store.machine_name(vm) == "bench-01-3f2a9c1e-vm-tcg-6.1.0-57-amd64"
     # A result written before machine ids were recorded still gets a folder name.
-    assert results.machine_name(ENV) == "bench-01-noid-host-6.1.0"
+    assert store.machine_name(ENV) == "bench-01-noid-host-6.1.0"
 
 
 def test_machine_id_is_a_short_keyed_hash_never_the_id_itself(tmp_path: Path) -> None:
     f = tmp_path / "machine-id"
     f.write_text("3d1219c7c4c5404aaa1f6d2a48adfda4\n")
-    mid = results.machine_id((str(f),))
+    mid = environment.machine_id((str(f),))
     assert mid is not None and len(mid) == 8 and int(mid, 16) >= 0
     assert mid not in f.read_text()
     f.write_text("0123456789abcdef0123456789abcdef\n")
-    assert results.machine_id((str(f),)) != mid
-    assert results.machine_id((str(tmp_path / "absent"),)) is None
-    assert results.capture_environment()["machine_id"] == results.machine_id()
+    assert environment.machine_id((str(f),)) != mid
+    assert environment.machine_id((str(tmp_path / "absent"),)) is None
+    assert environment.capture_environment()["machine_id"] == environment.machine_id()
 
 
 def test_capture_environment_shape() -> None:
-    env = results.capture_environment()
+    env = environment.capture_environment()
     assert env["where"] == "host" and env["vm"] is None
     assert env["kernel_release"] and env["hostname"] and env["python"].startswith("CPython")
     for tool in ("iptables", "nft", "tcpreplay", "bcc", "pyroute2", "scapy", "numpy"):
         assert tool in env["tools"]
     assert env["tools"]["numpy"] == np.__version__
     json.dumps(env)
-    vm = results.capture_environment("vm", {"accel": "tcg", "kernel": "6.1.0-amd64"})
+    vm = environment.capture_environment("vm", {"accel": "tcg", "kernel": "6.1.0-amd64"})
     assert vm["vm"] == {"accel": "tcg", "kernel": "6.1.0-amd64"}
     with pytest.raises(ValueError, match="accel"):
-        results.capture_environment("vm", {"accel": "hvf", "kernel": "x"})
+        environment.capture_environment("vm", {"accel": "hvf", "kernel": "x"})
 
 
 def _rep(latency_ns: int, sent: int = 1000, delivered: int = 1000,
-         cpu_ns: int = 3000, **kw: Any) -> results.RepetitionDoc:
+         cpu_ns: int = 3000, **kw: Any) -> schema.RepetitionDoc:
     return make_repetition(sent=sent, delivered=delivered, offered_pps=1000, achieved_pps=1000,
                            arrival_seconds=(delivered - 1) / 1000,
                            latency_hist=stats.Histogram.from_samples(
@@ -424,11 +420,11 @@ def test_schema_1_is_read_with_its_mixed_sync_times_dropped(tmp_path: Path) -> N
                           sent=0, delivered=0,
                           sync={"render": 0.25, "apply": 1.0, "total": 1.25})])
     for p in (packet, sync):
-        p["summary"] = results.summarise_point(p)
+        p["summary"] = summarise.summarise_point(p)
         del p["setup"]["sync_render_seconds"], p["setup"]["sync_node_seconds"]
     path = write_doc(tmp_path, schema_version=1, points=[packet, sync])
     doc = load_result(path)
-    assert doc["schema_version"] == results.SCHEMA_VERSION and doc["upgraded_from"] == 1
+    assert doc["schema_version"] == schema.SCHEMA_VERSION and doc["upgraded_from"] == 1
     for p in doc["points"]:
         assert p["setup"]["sync_seconds"] is None and p["setup"]["sync_node_seconds"] == []
         assert "schema 1" in p["missing"]["sync_seconds"]

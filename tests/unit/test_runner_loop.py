@@ -18,7 +18,7 @@ from bench.measure import traffic as T
 from bench.measure.probes.latency import LatencyReading
 from bench.measure.runner import ProbeSet, Runner, SeqSpace
 from bench.measure.scenario import parse_scenario
-from bench.results import summarise_point
+from bench.results.summarise import summarise_point
 
 
 def scenario(**traffic: Any) -> Any:

@@ -39,7 +39,8 @@ def test_bad_scenario_is_one_line_naming_file_and_key(path: Path) -> None:
 
 def test_datapaths_selects_part_of_a_scenario_and_says_so(tmp_path: Path) -> None:
     from bench.measure.scenario import select_datapaths
-    from bench.results import ResultWriter, load_result
+    from bench.results.reader import load_result
+    from bench.results.writer import ResultWriter
 
     sc = load_scenario(ROOT / "scenarios" / "default.toml")
     part = select_datapaths(sc, ["userspace", "ipvs"])

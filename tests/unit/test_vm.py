@@ -130,7 +130,7 @@ def test_find_kernel(tmp_path: Path) -> None:
 
 
 def test_guest_environment_reaches_results(monkeypatch: pytest.MonkeyPatch) -> None:
-    from bench.results import capture_environment
+    from bench.results.environment import capture_environment
 
     monkeypatch.delenv(vm.ENV_ACCEL, raising=False)
     assert vm.guest_environment() == {} and not vm.in_guest()

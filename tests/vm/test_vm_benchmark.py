@@ -20,7 +20,7 @@ import pytest
 from bench.kernel.vm import ENV_ACCEL, ENV_KERNEL
 from bench.measure.runner import Runner
 from bench.measure.scenario import load_scenario
-from bench.results import load_result
+from bench.results.reader import load_result
 from tests.conftest import require_feature
 
 pytestmark = pytest.mark.privileged

@@ -1,0 +1,332 @@
+"""The on-disk schema of a result: its document shape, its version history, its upgrades.
+
+A result file holds the scenario as given, the environment that bends the
+numbers, and one entry per measured point (datapath x scale x workload x
+rate x position) with its repetitions and a summary computed from them
+(bench.results.summarise). A measurement a probe failed to take is recorded
+under ``missing`` with the reason and is null in the data — never zero.
+
+The document's JSON Schema is docs/result.schema.json (draft 2020-12); every
+read checks a file against it (bench.results.reader). A field added to the
+TypedDicts below goes into the schema too (tests/unit/test_result_schema.py).
+
+Schema version history (``schema_version``, an integer; bump it on any change
+a reader of the previous version would misread, say here what changed, and
+register an upgrade from the previous version with :func:`upgrade_from`):
+
+- 1 (2026-11): first version.
+- 2 (2026-11): one meaning for sync times, the datapath's own. ``setup.sync_seconds``
+  is node 0's *apply* time (the tool and the kernel, as kube-proxy's per-node
+  ``sync_proxy_rules_duration_seconds``) of the scale's first full sync, in packet
+  and sync scenarios alike; version 1 held render + apply, summed over both nodes
+  in packet scenarios and node 0's in sync scenarios. kpbench's render time is
+  ``setup.sync_render_seconds``; every node's apply is ``setup.sync_node_seconds``.
+  At status ``exceeded-limit`` they hold the time reached when the tool was
+  stopped (version 1: the limit). Sync repetitions lost ``sync.total`` (render +
+  apply): ``sync.apply`` is the figure, ``sync.render`` stays apart. Version 1
+  documents are upgraded when read (:func:`upgrade_v1`, registered as the upgrade
+  from 1): their sync times cannot be split, so they become null with the reason
+  under ``missing``; repetitions'
+  ``sync.apply`` and ``sync.render`` were measured apart and are kept.
+  Also new in version 2 (optional fields): a point's ``breakdown`` (the repetition
+  with the breakdown probes, no longer in ``repetitions``; the upgrade moves a
+  version 1 point's breakdown repetitions out of ``repetitions``), ``control``
+  (the paired control repetitions: the same traffic to the backend pods' own
+  addresses), ``failed_repetitions`` (replays that failed,
+  with why; not in ``repetitions``); ``setup.settle_converged``; a repetition's
+  ``arrival_seconds`` (first to last arrival at the backends); the summary's
+  ``control`` and ``service_minus_control_*``. ``delivered_pps`` is now measured at
+  the receiver (delivered over arrival_seconds), null where that is unknown.
+  A point's ``datapath`` is the datapath family's name (``ebpf-tc``, ``socket-lb``);
+  results written before that recorded the variant's first word (``ebpf``,
+  ``socket``), which reading maps to the family
+  (:data:`bench.results.reader.OLD_FAMILY_NAMES`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal, NotRequired, TypedDict
+
+SCHEMA_VERSION = 2
+KIND = "kpbench-result"
+
+RUN_STATUSES = ("running", "complete", "interrupted", "failed")
+POINT_STATUSES = ("ok", "failed", "exceeded-limit")
+WHERE = ("host", "vm")
+VM_ACCELS = ("kvm", "tcg")
+
+RunStatus = Literal["running", "complete", "interrupted", "failed"]
+PointStatus = Literal["ok", "failed", "exceeded-limit"]
+
+
+# -- document shape ----------------------------------------------------------------------
+
+class ScenarioDoc(TypedDict):
+    name: str
+    path: str
+    text: str  # the TOML exactly as given, so a result can be re-run or audited
+    # Only in a run of part of the file (kpbench run --datapaths): the datapaths it measured.
+    selected_datapaths: NotRequired[list[str]]
+
+
+class VmDoc(TypedDict):
+    accel: Literal["kvm", "tcg"]
+    kernel: str
+
+
+class EnvironmentDoc(TypedDict):
+    kernel_release: str
+    kernel_version: str
+    where: Literal["host", "vm"]
+    vm: VmDoc | None
+    cpu_model: str | None
+    cpu_count: int | None
+    governor: str | None
+    python: str
+    kpbench: str | None
+    tools: dict[str, str | None]
+    git_commit: str | None
+    git_dirty: bool | None
+    hostname: str
+    # A short hash of /etc/machine-id (machine_id()): tells apart two machines that share
+    # a host name. Absent in results written before it was recorded.
+    machine_id: NotRequired[str | None]
+    # Only in a run made slower on purpose (kpbench run --inject-rules, bench.measure.slowdown).
+    injected_rules: NotRequired[int]
+
+
+class SetupDoc(TypedDict):
+    # The scale's first full sync: node 0's apply time (tool + kernel; at status
+    # "exceeded-limit", the time reached when it was stopped), kpbench's render time
+    # for node 0 (never part of sync_seconds), and the apply time of every node
+    # programmed, in node order (packet scenarios program all, sync scenarios node 0).
+    sync_seconds: float | None
+    sync_render_seconds: float | None
+    sync_node_seconds: list[float]
+    settle_seconds: float | None  # waited, converged or not
+    state_size: dict[str, Any]
+    # False: the settle timed out (or nothing arrived) before latency stopped drifting,
+    # so settle_seconds is how long it waited, not how long settling took.
+    settle_converged: NotRequired[bool | None]
+
+
+class RepetitionDoc(TypedDict):
+    offered_pps: float | None
+    achieved_pps: float | None
+    sent: int
+    delivered: int
+    latency_hist: dict[str, Any] | None
+    cpu_ns_per_packet: float | None  # (softirq_ns + process_ns) / delivered
+    softirq_ns: int | None  # NET_RX softirq time, machine-wide
+    # CPU time of the datapath's own processes (a userspace proxy), their NET_RX time
+    # (already in softirq_ns) taken out; 0 for a datapath that runs none.
+    process_ns: NotRequired[int | None]
+    drops: dict[str, int] | None
+    transit_hist: dict[str, Any] | None
+    # Kernel-function breakdown (bench.measure.kfunc_probes), where the kernel has kprobes.
+    kfunc: NotRequired[dict[str, dict[str, Any]] | None]
+    # Sync points (workload "sync-*"), node 0, seconds: "apply" (the datapath's time,
+    # the figure), "render" (kpbench's, apart), "kernel" (in the applying tool's
+    # syscalls), "commit", "effect" (to the change's effect on traffic); None: not measured.
+    sync: NotRequired[dict[str, float | None]]
+    # First to last arrival of the delivered packets at the backends (the latency probe's
+    # stamps): delivered_pps is measured over it, not derived from the sender's rate.
+    arrival_seconds: NotRequired[float | None]
+
+
+class FailedRepetitionDoc(TypedDict):
+    phase: Literal["measured", "control", "breakdown"]
+    index: int
+    error: str  # why (tcpreplay's message, a timeout, a short send)
+
+
+class ControlSummaryDoc(TypedDict):
+    """The paired control's own figures (see SummaryDoc)."""
+
+    delivered_pps: float | None
+    loss: float | None
+    latency_ns: dict[str, float | int | None] | None
+    cpu_ns_per_packet: float | None
+    softirq_ns_per_packet: NotRequired[float | None]
+    process_ns_per_packet: NotRequired[float | None]
+
+
+class SummaryDoc(TypedDict):
+    offered_pps: float | None
+    achieved_pps: float | None
+    delivered_pps: float | None
+    loss: float | None
+    latency_ns: dict[str, float | int | None] | None
+    cpu_ns_per_packet: float | None  # softirq + process
+    softirq_ns_per_packet: NotRequired[float | None]
+    process_ns_per_packet: NotRequired[float | None]
+    # The probes' own cost (probe_overhead) as a percentage of this point's CPU per packet.
+    probe_overhead_pct: NotRequired[dict[str, float] | None]
+    drops: dict[str, int] | None
+    transit_ns: dict[str, float | int | None] | None
+    kfunc_ns_per_packet: NotRequired[dict[str, float | None] | None]
+    sync: NotRequired[dict[str, float | None]]  # per key: median over repetitions
+    # Points with a paired control: its figures, and the Service's minus the control's.
+    control: NotRequired[ControlSummaryDoc]
+    service_minus_control_p50_ns: NotRequired[float | None]
+    service_minus_control_p99_ns: NotRequired[float | None]
+    service_minus_control_cpu_ns_per_packet: NotRequired[float | None]
+
+
+class PointDoc(TypedDict):
+    id: str
+    datapath: str
+    variant: str
+    services: int
+    endpoints: int
+    workload: str
+    rate_pps: int | None  # None: the generator's top speed
+    position: str
+    position_index: int
+    status: PointStatus
+    error: str | None
+    setup: SetupDoc
+    repetitions: list[RepetitionDoc]
+    summary: NotRequired[SummaryDoc]
+    missing: dict[str, str]
+    probe_overhead: dict[str, Any] | None
+    # The repetition with the breakdown probes (drops, transit, kernel functions): their
+    # cost inflates its latency and CPU, so it is never pooled with the repetitions.
+    breakdown: NotRequired[RepetitionDoc | None]
+    # The paired control: after each repetition, the same traffic to the backend pods'
+    # own addresses (no Service translation); summary.service_minus_control_* pair them.
+    control: NotRequired[list[RepetitionDoc] | None]
+    failed_repetitions: NotRequired[list[FailedRepetitionDoc]]
+    # Only in a baseline pooled from several runs (bench.results.baseline): which runs the
+    # repetitions came from, in order (see bench.results.model.Point.runs).
+    per_run: NotRequired[list[RunShareDoc]]
+
+
+class RunShareDoc(TypedDict):
+    """One run's share of a pooled point: its next ``repetitions`` (and ``control``
+    repetitions) and its own setup."""
+
+    repetitions: int
+    setup: SetupDoc
+    control: NotRequired[int]
+
+
+class ResultDoc(TypedDict):
+    schema_version: int
+    # Only in memory, when an older document was read (bench.results.schema.upgrade).
+    upgraded_from: NotRequired[int]
+    kind: str
+    run_id: str
+    started: str
+    finished: str | None
+    status: RunStatus
+    scenario: ScenarioDoc
+    environment: EnvironmentDoc
+    points: list[PointDoc]
+
+
+
+
+# -- upgrades ------------------------------------------------------------------------------
+
+Upgrade = Callable[[dict[str, Any]], dict[str, Any]]
+
+#: version -> the function that reads a document of that version as the next version.
+UPGRADES: dict[int, Upgrade] = {}
+
+
+def upgrade_from(version: int) -> Callable[[Upgrade], Upgrade]:
+    """Register the decorated function as the upgrade of a ``version`` document to
+    ``version + 1`` (one per older version: :func:`upgrade` chains them)."""
+    def register(fn: Upgrade) -> Upgrade:
+        if version in UPGRADES:
+            raise ValueError(f"two upgrades from schema_version {version}")
+        UPGRADES[version] = fn
+        return fn
+    return register
+
+
+def upgrade(doc: dict[str, Any], version: int) -> dict[str, Any] | None:
+    """``doc`` (of schema ``version``) read as :data:`SCHEMA_VERSION`, by the chain of
+    registered upgrades, with ``upgraded_from`` set; None when a step of the chain is
+    missing (the version is too old to read)."""
+    if version == SCHEMA_VERSION:
+        return doc
+    start = version
+    while version < SCHEMA_VERSION:
+        step = UPGRADES.get(version)
+        if step is None:
+            return None
+        doc = step(doc)
+        version += 1
+        doc["schema_version"] = version
+    doc["upgraded_from"] = start
+    return doc
+
+
+V1_SYNC_NOTE = ("schema 1 recorded render + apply (summed over both nodes in packet "
+                "scenarios): not the datapath's per-node apply time; re-record the result")
+
+
+def _is_v1_breakdown(rep: Any) -> bool:
+    """Version 1 appended the breakdown repetition to ``repetitions``: the one that took
+    no latency but drops, transit or kernel-function time."""
+    return (isinstance(rep, dict) and rep.get("latency_hist") is None
+            and any(rep.get(k) is not None for k in ("drops", "transit_hist", "kfunc")))
+
+
+def _move_v1_breakdown(p: dict[str, Any]) -> bool:
+    """Move a version 1 point's breakdown repetitions to ``breakdown`` (each run's share
+    of a pooled point shrinks by its own); True if any moved."""
+    reps = p.get("repetitions")
+    if not isinstance(reps, list) or not any(_is_v1_breakdown(r) for r in reps):
+        return False
+    shares = p.get("per_run")
+    if isinstance(shares, list) and all(isinstance(r, dict) and isinstance(
+            r.get("repetitions"), int) for r in shares):
+        start = 0
+        for share in shares:
+            mine = reps[start:start + share["repetitions"]]
+            start += share["repetitions"]
+            share["repetitions"] -= sum(_is_v1_breakdown(r) for r in mine)
+    p["breakdown"] = next(r for r in reversed(reps) if _is_v1_breakdown(r))
+    p["repetitions"] = [r for r in reps if not _is_v1_breakdown(r)]
+    return True
+
+
+@upgrade_from(1)
+def upgrade_v1(doc: dict[str, Any]) -> dict[str, Any]:
+    """A schema 1 document read as schema 2 (see the version history above), in place.
+
+    Sync times of version 1 mixed kpbench's render into the datapath's apply
+    and, in packet scenarios, summed both nodes: they cannot be split, so they
+    become null with :data:`V1_SYNC_NOTE` under the point's ``missing``. A sync
+    point's repetitions measured ``apply`` and ``render`` apart: those stay.
+    """
+    def items(value: Any) -> list[Any]:
+        return value if isinstance(value, list) else []  # the reader names the damage
+
+    for p in items(doc.get("points")):
+        if not isinstance(p, dict):
+            continue
+        had = False
+        for setup in [p.get("setup"), *(r.get("setup") for r in items(p.get("per_run"))
+                                        if isinstance(r, dict))]:
+            if isinstance(setup, dict):
+                had |= setup.get("sync_seconds") is not None
+                setup.update(sync_seconds=None, sync_render_seconds=None, sync_node_seconds=[])
+        for rep in items(p.get("repetitions")):
+            if isinstance(rep, dict) and isinstance(rep.get("sync"), dict):
+                rep["sync"].pop("total", None)
+        summary = p.get("summary")
+        if isinstance(summary, dict) and isinstance(summary.get("sync"), dict):
+            summary["sync"].pop("total", None)
+        if _move_v1_breakdown(p):
+            p.pop("summary", None)  # pooled with the breakdown: computed again when read
+        if had and isinstance(p.setdefault("missing", {}), dict):
+            p["missing"]["sync_seconds"] = V1_SYNC_NOTE
+    doc["schema_version"] = 2
+    doc.setdefault("upgraded_from", 1)
+    return doc
+
