@@ -28,7 +28,7 @@ from bench.measure.traffic import Target
 from bench.model import layout as L
 from bench.model.generate import GenSpec, generate
 from tests.conftest import held_bpf_programs, require_feature
-from tests.integration import semantics as S
+from tests.helpers import semantics as S
 
 pytestmark = pytest.mark.privileged
 

@@ -21,7 +21,7 @@ from bench import cli
 from bench.present import plots
 from bench.results import ResultDoc, load_result
 from tests.conftest import ROOT
-from tests.variants import slowed_down
+from tests.helpers.perturb import slowed_down
 
 BASELINE = ROOT / "results" / "baselines" / "default.json"
 WINDOW = (1280, 2000)

@@ -21,7 +21,7 @@ from bench.measure import runner as runner_mod
 from bench.measure.scenario import parse_scenario
 from bench.measure.sync_runner import SyncRunner
 from bench.results import load_result
-from tests.integration import semantics as S
+from tests.helpers import semantics as S
 
 pytestmark = pytest.mark.privileged
 DELAY = 1.0

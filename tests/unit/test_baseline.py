@@ -13,7 +13,7 @@ from bench.analysis import compare
 from bench.errors import InputError
 from bench.results import ResultDoc, load_result, runs_of
 from bench.results.baseline import merge_runs
-from tests.synthetic_results import (
+from tests.helpers.synthetic_results import (
     ENV,
     changes,
     in_memory,

@@ -26,7 +26,8 @@ from bench.results import (
     make_repetition,
 )
 from tests.conftest import ROOT
-from tests.synthetic_results import (
+from tests.helpers.perturb import left_out, slowed_down
+from tests.helpers.synthetic_results import (
     ENV,
     JITTER,
     PACKETS,
@@ -40,7 +41,6 @@ from tests.synthetic_results import (
     regressed_results,
     write,
 )
-from tests.variants import left_out, slowed_down
 
 BASELINE = ROOT / "results" / "baselines" / "default.json"
 
