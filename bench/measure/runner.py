@@ -205,7 +205,7 @@ class Runner:
 
     def _record_all(self, writer: R.ResultWriter, variant: str, n: int, status: str,
                     error: str, say: bool = True, **setup: Any) -> None:
-        for w in self.sc.workloads:
+        for w in self.sc.measured:  # traffic workloads, or a sync scenario's sync kinds
             writer.add_point(self._point(variant, n, w, status=status, error=error, **setup))
             self.progress.done += 1
         if say:
