@@ -1,26 +1,25 @@
-"""Execute a scenario: datapath x services x workload x repetition.
+"""Measure a packet scenario: datapath x services x workload x repetition.
 
-For every datapath variant and scale the runner builds a namespace cluster
-with N generated services (backend pods only behind the measured one),
-times the first full sync, waits until the kernel settles, attaches the
-probes, and replays each workload at the scenario's fixed offered rate, each
-repetition followed by its paired control (the same traffic to the backend
-pods' own addresses) and the point closed by a breakdown repetition kept
-apart; every phase takes its own flows (:class:`SeqSpace`). A
-point that fails is recorded with its error and the run goes on; a sync
-beyond the per-point limit is recorded as ``exceeded-limit`` with the time
-it reached; Ctrl-C stops at once, tears everything down and keeps the
-points already measured (the result file is rewritten atomically after
-every point).
+For every datapath variant and scale (the loop: bench.measure.scale_loop)
+:meth:`Runner.measure_scale` goes through these steps: build a namespace
+cluster with N generated services (backend pods only behind the measured
+one) and time its first full sync; then for each kind of target (the
+ClusterIP from the client pod, the NodePort from the external client) wait
+until the kernel settles, attach the probes, and replay each workload at the
+scenario's fixed offered rate, each repetition followed by its paired control
+(the same traffic to the backend pods' own addresses); then close each point
+with a breakdown repetition kept apart; record the points. Every phase takes
+its own flows (:class:`SeqSpace`). A point that fails is recorded with its
+error and the run goes on; a sync beyond the per-point limit is recorded as
+``exceeded-limit`` with the time it reached; Ctrl-C stops at once, tears
+everything down and keeps the points already measured.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -33,18 +32,16 @@ from bench import interrupts
 from bench import results as R
 from bench.analysis.stats import Histogram
 from bench.cluster.testbed import SyncTiming, Testbed
-from bench.datapaths import make_variant
 from bench.errors import ApplyTimeout, FeatureMissing, KpbenchError
-from bench.kernel.features import DATAPATH_NEEDS, lacking
-from bench.kernel.vm import guest_environment
 from bench.measure import probes as P
 from bench.measure.kfunc_probes import KfuncProbe
 from bench.measure.overhead import measure as measure_overhead
-from bench.measure.progress import Progress
+from bench.measure.scale_loop import ScaleLoop
 from bench.measure.scenario import Scenario
 from bench.measure.slowdown import inject_rules
 from bench.measure.traffic import NEW_FLOW_WORKLOADS, SPORTS, WARMUP_MAGIC, ReplayStats, Target
 from bench.model.generate import GenSpec, generate
+from bench.model.objects import Service
 
 log = logging.getLogger("kpbench")
 
@@ -67,6 +64,14 @@ MEASURED_NODE_PORT = 30000
 
 def _target_kind(workload: str) -> str:
     return "nodeport" if workload.startswith(NODEPORT_PREFIX) else "clusterip"
+
+
+def _by_target(workloads: tuple[str, ...]) -> dict[str, list[str]]:
+    """The workloads by the kind of target they are sent to, in the scenario's order."""
+    kinds: dict[str, list[str]] = {}
+    for w in workloads:
+        kinds.setdefault(_target_kind(w), []).append(w)
+    return kinds
 
 
 class SeqSpace:
@@ -131,92 +136,35 @@ class ProbeSet:
 
 
 class Runner:
+    """Runs a packet scenario (see the module doc): the run's loop
+    (:class:`bench.measure.scale_loop.ScaleLoop`) with this measurement at each scale.
+
+    ``inject_rules``: a known slowdown on purpose (bench.measure.slowdown), recorded.
+    """
+
     def __init__(self, scenario: Scenario, results_dir: Path, out: TextIO = sys.stderr, *,
                  inject_rules: int = 0) -> None:
         self.sc = scenario
-        self.inject_rules = inject_rules  # bench.measure.slowdown: a known slowdown, on purpose
-        self.results_dir = results_dir
-        self.progress = Progress(scenario, out)
-        self.workdir = Path(tempfile.mkdtemp(prefix="kpbench-"))
+        self.inject_rules = inject_rules
+        self.loop = ScaleLoop(scenario, results_dir, self, out,
+                              environment={"injected_rules": inject_rules} if inject_rules
+                              else None)
+        self.progress = self.loop.progress
+        self.workdir = self.loop.workdir
+        self.overhead: dict[str, Any] | None = None  # the probes' cost, once per run
         self.overhead_done = False
         self.warned: set[str] = set()  # missing-probe reasons already said in this run
-        self.writer: R.ResultWriter | None = None
-
-    def finished_complete(self) -> Path | None:
-        """The result file if this run already wrote it as complete (else None)."""
-        w = self.writer
-        return w.path if w is not None and w.document["status"] == "complete" else None
+        self.seqs = SeqSpace()
 
     def run(self) -> Path:
         """Run every point; returns the result file (complete, or partial on Ctrl-C)."""
-        env = R.capture_environment(**guest_environment())  # 'vm', KVM or TCG, in a guest
-        if self.inject_rules:
-            env["injected_rules"] = self.inject_rules
-        scenario_doc = self.sc.document()
-        writer = self.writer = self._writer(R.result_path(self.results_dir, self.sc.name, env),
-                                            scenario_doc, env)
-        path = writer.path
-        log.info("result: %s", path)
-        try:
-            with writer:
-                left_out = {v: self._missing_feature(v) for v in self.sc.datapaths}
-                self.progress.skipped = {v for v, why in left_out.items() if why}
-                for variant in self.sc.datapaths:
-                    missing = left_out[variant]
-                    if missing:  # every scale recorded as failed, and said once
-                        for n in self.sc.scales(variant):
-                            self._record_all(writer, variant, n, "failed", missing, say=False)
-                        self.progress.say(f"{variant}: left out, {missing}; its points are "
-                                          "recorded as failed")
-                        continue
-                    for n in self.sc.scales(variant):
-                        t0 = time.monotonic()
-                        self._scale_point(writer, variant, n)
-                        self.progress.record_scale(variant, n, time.monotonic() - t0)
-        finally:
-            with interrupts.deferred():
-                P.release_compiled()
-            shutil.rmtree(self.workdir, ignore_errors=True)
-        return path
+        return self.loop.run()
 
-    @staticmethod
-    def _writer(path: Path, scenario_doc: dict[str, Any], env: Any) -> R.ResultWriter:
-        """A writer on ``path``, or on ``<stem>-2``, ``-3``... when another run took it."""
-        for k in range(1, 100):
-            candidate = path if k == 1 else path.with_name(f"{path.stem}-{k}{path.suffix}")
-            try:
-                return R.ResultWriter(candidate, scenario=scenario_doc, environment=env)
-            except R.ResultExists:
-                continue
-        raise KpbenchError(f"{path}: 99 results of this scenario in one second; "
-                           "use another --results directory")
-
-    # --- one datapath at one scale -------------------------------------------
-    def _missing_feature(self, variant: str) -> str | None:
-        """Why ``variant`` cannot run here: a feature the kernel lacks, or ours that fails."""
-        missing, broken = lacking(DATAPATH_NEEDS.get(variant, ()))
-        if broken:  # the kernel has it: our program or a tool fails, which is no kernel limit
-            log.error("error: %s fails although this kernel supports it (%s); its points are "
-                      "recorded as failed", variant, broken)
-            return f"kpbench failed (not a kernel limit): {broken}"
-        if missing:  # said once by the run (left out), not here
-            return f"kernel feature missing: {missing}"
-        return None
-
-    def _record_all(self, writer: R.ResultWriter, variant: str, n: int, status: str,
-                    error: str, say: bool = True, **setup: Any) -> None:
-        for w in self.sc.measured:  # traffic workloads, or a sync scenario's sync kinds
-            writer.add_point(self._point(variant, n, w, status=status, error=error, **setup))
-            self.progress.done += 1
-        if say:
-            self.progress.say(f"{variant} {n} services: {status}: {error}")
+    def rate_pps(self, workload: str) -> int | None:
+        return self.sc.rate_pps
 
     def _point(self, variant: str, n: int, workload: str, **kw: Any) -> R.PointDoc:
-        position = self.sc.position if isinstance(self.sc.position, str) else "index"
-        return R.make_point(datapath=variant.split("-")[0], variant=variant, services=n,
-                            endpoints=self.sc.endpoints, workload=workload,
-                            rate_pps=self.sc.rate_pps, position=position,
-                            position_index=self.sc.position_index(n), **kw)
+        return self.loop.point(variant, n, workload, **kw)
 
     def _protocol(self) -> str:
         base = [w.removeprefix(NODEPORT_PREFIX) for w in self.sc.workloads]
@@ -227,96 +175,117 @@ class Runner:
         raise KpbenchError("a scenario mixes UDP and TCP workloads; split it in two "
                            "(services are generated with one protocol)")
 
-    def _scale_point(self, writer: R.ResultWriter, variant: str, n: int) -> None:
+    # --- one datapath at one scale, step by step --------------------------------
+    def measure_scale(self, variant: str, n: int) -> None:
+        """Build the cluster and program it (the timed first sync); then, for each kind
+        of target, settle, measure every workload's repetitions with their paired
+        controls, and the breakdown repetition; record the points."""
+        self.progress.say(f"{variant}: {n} services x {self.sc.endpoints} endpoints: building")
+        bed, measured = self._build(variant, n)
+        with bed:
+            timing = self._program(bed, variant, n)
+            if timing is None:
+                return  # recorded as failed or exceeded-limit
+            setup = {"state_size": bed.datapath.state_size(timing.rendered[0]),
+                     **timing.setup_fields()}
+            try:
+                points: list[R.PointDoc] = []
+                for kind, workloads in _by_target(self.sc.workloads).items():
+                    points += self._measure_target(bed, measured, variant, n, kind, workloads,
+                                                   timing, setup["state_size"])
+            except FeatureMissing as e:
+                self.loop.record_rest(variant, n, "failed", str(e), say=False, **setup)
+                return
+            for point in points:
+                self.loop.record(point)
+
+    def _build(self, variant: str, n: int) -> tuple[Testbed, Service]:
+        """The cluster of ``n`` generated services (not built yet), and the measured one:
+        a NodePort service when a workload goes to its NodePort."""
         sc = self.sc
-        self.progress.say(f"{variant}: {n} services x {sc.endpoints} endpoints: building")
         services, slices = generate(GenSpec(services=n, endpoints=sc.endpoints, nodes=sc.nodes,
                                             protocol=self._protocol()))
+        i = sc.position_index(n)
         if any(_target_kind(w) == "nodeport" for w in sc.workloads):
-            i = sc.position_index(n)
             port = replace(services[i].ports[0], node_port=MEASURED_NODE_PORT)
             services[i] = replace(services[i], type="NodePort", ports=(port,))
-        measured = services[sc.position_index(n)]
-        datapath = make_variant(variant)
         self.seqs = SeqSpace()  # a fresh cluster, a fresh conntrack: a fresh flow space
+        bed = Testbed(self.loop.datapath(variant), services, slices, sc.nodes,
+                      pod_services={services[i].key}, echo=False, sync_on_enter=False)
+        return bed, services[i]
+
+    def _program(self, bed: Testbed, variant: str, n: int) -> SyncTiming | None:
+        """The timed first full sync of every node (and the slowdown injected on purpose);
+        None when it failed or went past the limit, its points recorded so."""
+        self.progress.say(f"{variant}: {n} services: full sync")
+        try:
+            timing = bed.sync()
+        except ApplyTimeout as e:
+            # The time reached on each node (the last one stopped), not the limit.
+            self.loop.record_rest(variant, n, "exceeded-limit", str(e),
+                                  **bed.last_timing.setup_fields())
+            return None
+        except KpbenchError as e:
+            self.loop.record_rest(variant, n, "failed", str(e))
+            return None
+        # Loading BPF programs is a fixed cost, not a per-service one: not for the ETA.
+        load = sum(getattr(bed.datapath, "load_seconds", {}).values())
+        self.progress.record_sync(variant, n, max(timing.wall - load, 0.0))
+        inject_rules([bed.cluster.node_ns(i) for i in range(bed.cluster.node_count)],
+                     self.inject_rules)
+        return timing
+
+    def _measure_target(self, bed: Testbed, measured: Service, variant: str, n: int,
+                        kind: str, workloads: list[str], timing: SyncTiming,
+                        state: dict[str, int]) -> list[R.PointDoc]:
+        """The points of ``workloads``, all sent to one kind of target: settled, then
+        measured with their controls, then each one's breakdown repetition."""
         # Targets a datapath cannot act on (e.g. socket LB and replayed frames), with why.
-        not_measured: dict[str, str] = getattr(datapath, "not_measured", {})
-        datapath.apply_timeout = sc.point_time_limit
-        bed = Testbed(datapath, services, slices, sc.nodes, pod_services={measured.key},
-                      echo=False, sync_on_enter=False)
-        with bed:
-            self.progress.say(f"{variant}: {n} services: full sync")
-            try:
-                timing = bed.sync()
-            except ApplyTimeout as e:
-                # The time reached on each node (the last one stopped), not the limit.
-                self._record_all(writer, variant, n, "exceeded-limit", str(e),
-                                 **bed.last_timing.setup_fields())
-                return
-            except KpbenchError as e:
-                self._record_all(writer, variant, n, "failed", str(e))
-                return
-            # Loading BPF programs is a fixed cost, not a per-service one: not for the ETA.
-            load = sum(getattr(datapath, "load_seconds", {}).values())
-            self.progress.record_sync(variant, n, max(timing.wall - load, 0.0))
-            inject_rules([bed.cluster.node_ns(i) for i in range(bed.cluster.node_count)],
-                         self.inject_rules)
-            state = datapath.state_size(timing.rendered[0])
-            try:
-                points = []
-                for kind in dict.fromkeys(_target_kind(w) for w in sc.workloads):
-                    workloads = [w for w in sc.workloads if _target_kind(w) == kind]
-                    if kind in not_measured:
-                        points += [self._point(variant, n, w, status="failed",
-                                               error=f"not applicable: {not_measured[kind]}",
-                                               state_size=state, **timing.setup_fields())
-                                   for w in workloads]
-                        continue
-                    external = kind == "nodeport"
-                    target = (Target.from_external_client(bed.cluster, 0, MEASURED_NODE_PORT)
-                              if external else Target.from_client_pod(
-                                  bed.cluster, measured.cluster_ip, measured.ports[0].port))
-                    control = self._control_target(bed, target)
-                    if sc.overhead and not self.overhead_done:
-                        # Once per run, at its first point, before any probe is attached.
-                        t0 = time.monotonic()
-                        self.overhead = self._overhead(bed, target, external)
-                        self.progress.one_off += time.monotonic() - t0
-                        self.overhead_done = True
-                    probes = self._main_probes(bed, external)
-                    group = []
-                    with probes.attached():
-                        settle = self._settle(target, probes, self._settle_workload())
-                        for workload in workloads:
-                            group.append(self._measure(target, control, variant, n, workload,
-                                                       probes, timing, settle, state))
-                    # Breakdown probes (drops, transit; kernel functions where the kernel has
-                    # them) add per-packet cost of their own: a repetition of their own, kept
-                    # apart from the measured ones (point["breakdown"]).
-                    breakdown = self._breakdown_probes(bed, external)
-                    with breakdown.attached():
-                        for point in group:
-                            if point["status"] != "ok":
-                                continue
-                            rep, error = self._breakdown_rep(target, point["workload"],
-                                                             breakdown)
-                            point["breakdown"] = rep
-                            if error:
-                                point["failed_repetitions"].append(
-                                    {"phase": "breakdown", "index": 0, "error": error})
-                            point["missing"].update(breakdown.missing)
-                    points += group
-                for point in points:
-                    writer.add_point(point)
-                    self.progress.done += 1
-            except FeatureMissing as e:
-                remaining = [w for w in sc.workloads
-                             if not any(p["id"] == self._point(variant, n, w)["id"]
-                                        for p in writer.document["points"])]
-                for w in remaining:
-                    writer.add_point(self._point(variant, n, w, status="failed", error=str(e),
-                                                 state_size=state, **timing.setup_fields()))
-                    self.progress.done += 1
+        not_measured: dict[str, str] = getattr(bed.datapath, "not_measured", {})
+        if kind in not_measured:
+            return [self._point(variant, n, w, status="failed",
+                                error=f"not applicable: {not_measured[kind]}",
+                                state_size=state, **timing.setup_fields())
+                    for w in workloads]
+        external = kind == "nodeport"
+        target = (Target.from_external_client(bed.cluster, 0, MEASURED_NODE_PORT)
+                  if external else Target.from_client_pod(
+                      bed.cluster, measured.cluster_ip, measured.ports[0].port))
+        control = self._control_target(bed, target)
+        if self.sc.overhead and not self.overhead_done:
+            # Once per run, at its first point, before any probe is attached.
+            t0 = time.monotonic()
+            self.overhead = self._overhead(bed, target, external)
+            self.progress.one_off += time.monotonic() - t0
+            self.overhead_done = True
+        probes = self._main_probes(bed, external)
+        with probes.attached():
+            settle = self._settle(target, probes, self._settle_workload())
+            group = [self._measure(target, control, variant, n, w, probes, timing, settle,
+                                   state)
+                     for w in workloads]
+        self._breakdown(bed, target, external, group)
+        return group
+
+    def _breakdown(self, bed: Testbed, target: Target, external: bool,
+                   group: list[R.PointDoc]) -> None:
+        """Each measured point's breakdown repetition (point["breakdown"]).
+
+        The breakdown probes (drops, transit; kernel functions where the kernel has
+        them) add per-packet cost of their own: a repetition of their own, kept apart
+        from the measured ones.
+        """
+        probes = self._breakdown_probes(bed, external)
+        with probes.attached():
+            for point in group:
+                if point["status"] != "ok":
+                    continue
+                rep, error = self._breakdown_rep(target, point["workload"], probes)
+                point["breakdown"] = rep
+                if error:
+                    point["failed_repetitions"].append(
+                        {"phase": "breakdown", "index": 0, "error": error})
+                point["missing"].update(probes.missing)
 
     def _main_probes(self, bed: Testbed, external: bool = False) -> ProbeSet:
         """Latency (which also counts delivered packets) and CPU per packet: NET_RX
@@ -476,12 +445,11 @@ class Runner:
                     failed.append({"phase": "control", "index": r, "error": error})
                 else:
                     controls.append(rep)
-        overhead = getattr(self, "overhead", None)
         status: R.PointStatus = "ok" if reps else "failed"
         return self._point(variant, n, workload, repetitions=reps, **timing.setup_fields(),
                            settle_seconds=settle[0], settle_converged=settle[1],
                            state_size=state, missing=dict(probes.missing),
-                           probe_overhead=overhead, status=status,
+                           probe_overhead=self.overhead, status=status,
                            error=None if reps else f"every repetition failed: {failed[0]['error']}",
                            control=controls if sc.control_packets else None,
                            failed_repetitions=failed)

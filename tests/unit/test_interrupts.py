@@ -112,9 +112,9 @@ def test_a_signal_after_the_last_point_says_the_result_is_complete(
     """SIGTERM while the run releases its probes (after the result was written whole):
     the process stops with 143, and says the result on disk is complete, not partial."""
     from bench import cli, results
-    from bench.measure.runner import Runner
+    from bench.measure.scale_loop import ScaleLoop
 
-    def run_then_signal(self: Runner) -> Path:
+    def run_then_signal(self: ScaleLoop) -> Path:
         env = results.capture_environment()
         with results.ResultWriter(tmp_path / "r.json", environment=env, scenario={
                 "name": self.sc.name, "path": self.sc.path, "text": self.sc.text}) as w:
@@ -122,7 +122,7 @@ def test_a_signal_after_the_last_point_says_the_result_is_complete(
         os.kill(os.getpid(), signal.SIGTERM)  # in the clean-up after the last point
         raise AssertionError("the signal did not stop the run")
 
-    monkeypatch.setattr(Runner, "run", run_then_signal)
+    monkeypatch.setattr(ScaleLoop, "run", run_then_signal)
     scenario = Path(__file__).parents[2] / "scenarios" / "smoke.toml"
     code = cli.main(["run", str(scenario), "--results", str(tmp_path), "--no-export"])
     err = capsys.readouterr().err

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bench.measure import runner as runner_mod
+from bench.measure import scale_loop as loop_mod
 from bench.measure.scenario import parse_scenario
 from bench.measure.sync_runner import SyncRunner
 from bench.results import load_result
@@ -27,7 +27,7 @@ def sync_scenario() -> Any:
 
 @pytest.fixture
 def kernel_lacks_ipvs(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runner_mod, "lacking",
+    monkeypatch.setattr(loop_mod, "lacking",
                         lambda names: (LACKS, None) if "ipvs" in names else (None, None))
 
 
