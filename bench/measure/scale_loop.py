@@ -134,8 +134,19 @@ class ScaleLoop:
                             position_index=self.sc.position_index(n), **kw)
 
     def record(self, point: R.PointDoc) -> None:
-        """Store a finished point in the result file (rewritten at once)."""
+        """Store a finished point in the result file (rewritten at once).
+
+        A point whose drops exceed the packets it lost shows a harness defect at
+        that point (bench.results.check_drops_within_loss): its measurements are
+        not stored, the point is recorded as failed with the reason, and the run
+        goes on.
+        """
         assert self.writer is not None, "record() is for a running loop"
+        try:
+            R.check_drops_within_loss(point)
+        except ValueError as e:
+            log.warning("warning: %s; the point is recorded as failed", e)
+            point = _without_measurements(point, f"{e} (not stored)")
         self.writer.add_point(point)
         self.progress.done += 1
 
@@ -151,3 +162,12 @@ class ScaleLoop:
                 self.record(point)
         if say:
             self.progress.say(f"{variant} {n} services: {status}: {error}")
+
+
+def _without_measurements(point: R.PointDoc, error: str) -> R.PointDoc:
+    """``point`` failed with ``error``: its coordinates and set-up (the sync, the settle)
+    kept, none of its repetitions."""
+    failed: dict[str, Any] = {k: v for k, v in point.items()
+                              if k not in ("control", "breakdown", "summary")}
+    failed.update(status="failed", error=error, repetitions=[], failed_repetitions=[])
+    return failed  # type: ignore[return-value]
