@@ -219,7 +219,7 @@ class Runner:
         None when it failed or went past the limit, its points recorded so."""
         self.progress.say(f"{variant}: {n} services: full sync")
         try:
-            timing = bed.sync()
+            timing = bed.sync(limit=self.sc.point_time_limit)
         except ApplyTimeout as e:
             # The time reached on each node (the last one stopped), not the limit.
             self.loop.record_rest(variant, n, "exceeded-limit", str(e),
