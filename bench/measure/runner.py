@@ -17,42 +17,33 @@ everything down and keeps the points already measured.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
-from bench import interrupts
 from bench import results as R
-from bench.analysis.stats import Histogram
 from bench.cluster.testbed import SyncTiming, Testbed
 from bench.errors import ApplyTimeout, FeatureMissing, KpbenchError
 from bench.measure import probes as P
 from bench.measure.kfunc_probes import KfuncProbe
 from bench.measure.overhead import measure as measure_overhead
+from bench.measure.repetition import ProbeSet, SeqSpace, read_repetition, replay_failure
 from bench.measure.scale_loop import ScaleLoop
 from bench.measure.scenario import Scenario
 from bench.measure.slowdown import inject_rules
-from bench.measure.traffic import NEW_FLOW_WORKLOADS, SPORTS, WARMUP_MAGIC, ReplayStats, Target
+from bench.measure.traffic import NEW_FLOW_WORKLOADS, WARMUP_MAGIC, Target
 from bench.model.generate import GenSpec, generate
 from bench.model.objects import Service
-
-log = logging.getLogger("kpbench")
 
 # Settling: bursts of this many new-flow packets (of the point's own protocol) at this
 # rate, until two consecutive medians agree within the scenario's tolerance.
 SETTLE_PACKETS = 300
 SETTLE_RATE_PPS = 3000
 DRAIN_SECONDS = 0.05  # packets still in flight when tcpreplay returns
-# Source addresses every new-flow pcap of a cluster steps through: 64 x 64,512 flows,
-# enough for settle, warm-up, repetitions and controls of a point.
-FLOW_SRC_SPAN = 64
 OVERHEAD_PACKETS = 50_000  # top-speed burst for the probe overhead (a few tenths of a second)
 OVERHEAD_ROUNDS = 5  # paired rounds of none / main / breakdown
 # A workload "nodeport-<w>" sends <w> from the external client to the measured
@@ -72,67 +63,6 @@ def _by_target(workloads: tuple[str, ...]) -> dict[str, list[str]]:
     for w in workloads:
         kinds.setdefault(_target_kind(w), []).append(w)
     return kinds
-
-
-class SeqSpace:
-    """The sequence numbers of one cluster's traffic, handed out in disjoint ranges.
-
-    A new-flow packet's flow is its sequence number modulo the flow space
-    (bench.measure.traffic), and every range lies below that modulus: settle, warm-up,
-    measured, control, breakdown and overhead traffic of one cluster never
-    share a flow, so "every packet a new flow" holds for each (conntrack is
-    not flushed between them). Ranges only grow, so a straggler of an earlier
-    phase has a sequence number below the next window and is out of its range.
-    """
-
-    def __init__(self, src_span: int = FLOW_SRC_SPAN) -> None:
-        self.src_span = src_span
-        self.flows = SPORTS * src_span
-        self.next = 0
-
-    def take(self, count: int) -> int:
-        """The first of ``count`` sequence numbers no other phase uses."""
-        if self.next + count > self.flows:
-            raise KpbenchError(f"{self.next + count} packets exceed the {self.flows} fresh "
-                               "flows of one cluster; lower traffic.packets or repetitions")
-        first, self.next = self.next, self.next + count
-        return first
-
-
-@dataclass
-class ProbeSet:
-    """The probes a scenario asks for; the ones that failed are recorded as missing."""
-
-    latency: P.LatencyProbe
-    others: dict[str, P.Probe] = field(default_factory=dict)
-    missing: dict[str, str] = field(default_factory=dict)
-    warned: set[str] = field(default_factory=set)  # shared by a run: each reason said once
-
-    @contextlib.contextmanager
-    def attached(self) -> Iterator[ProbeSet]:
-        try:
-            # Without the latency probe nothing counts delivered packets: that is fatal.
-            self.latency.attach()
-            for name, probe in list(self.others.items()):
-                try:
-                    probe.attach()
-                except FeatureMissing as e:
-                    if str(e) not in self.warned:
-                        self.warned.add(str(e))
-                        log.warning("warning: %s; its measurement is recorded as missing "
-                                    "(at every point; said once)", e)
-                    self.missing[name] = str(e)
-                    del self.others[name]
-            yield self
-        finally:
-            with interrupts.deferred():
-                for probe in (self.latency, *self.others.values()):
-                    probe.detach()
-
-    def start(self, seq_base: int) -> None:
-        self.latency.start(seq_base)
-        for probe in self.others.values():
-            probe.start()
 
 
 class Runner:
@@ -413,10 +343,10 @@ class Runner:
         except KpbenchError as e:
             return None, str(e)
         time.sleep(DRAIN_SECONDS)
-        error = _replay_failure(stats, count, budget)
+        error = replay_failure(stats, count, budget)
         if error:
             return None, error
-        return self._repetition(stats, probes, latency, seq_base=seq), None
+        return read_repetition(stats, probes, latency, seq_base=seq), None
 
     def _measure(self, target: Target, control: Target, variant: str, n: int, workload: str,
                  probes: ProbeSet, timing: SyncTiming, settle: tuple[float, bool],
@@ -453,61 +383,3 @@ class Runner:
                            error=None if reps else f"every repetition failed: {failed[0]['error']}",
                            control=controls if sc.control_packets else None,
                            failed_repetitions=failed)
-
-    @staticmethod
-    def _repetition(stats: Any, probes: ProbeSet, latency: bool = True,
-                    seq_base: int = 0) -> R.RepetitionDoc:
-        lat = probes.latency.read()
-        # Only the packets this repetition sent: stamped on leaving the client in this
-        # window, with a sequence number among the first stats.sent of its range. A
-        # straggler of earlier traffic, or warm-up, is not one of them.
-        mine = _sent_here(lat.seqs, seq_base, stats.sent)
-        delivered = int(np.count_nonzero(mine))
-        arrivals = lat.arrival_ns[mine] if lat.arrival_ns is not None else np.empty(0)
-        latency_ns = lat.latency_ns[mine]
-        kw: dict[str, Any] = {}
-        if "cpu" in probes.others:
-            cpu = probes.others["cpu"].read()  # type: ignore[attr-defined]
-            kw["softirq_ns"] = cpu.net_rx_ns
-            kw["process_ns"] = cpu.process_ns  # the datapath's processes (0: it runs none)
-            kw["cpu_ns_per_packet"] = cpu.total_ns / delivered if delivered else None
-        if "drops" in probes.others:
-            drops = probes.others["drops"].read()  # type: ignore[attr-defined]
-            # The run's own packets when the probe can tell them apart, else IPv4 drops.
-            kw["drops"] = (drops.run_by_reason if drops.run_by_reason is not None
-                           else drops.ipv4_by_reason)
-        if "transit" in probes.others:
-            tr = probes.others["transit"].read()  # type: ignore[attr-defined]
-            lower, upper = P.transit_bucket_bounds()
-            mids = ((lower + upper - 1) / 2).astype("int64")
-            samples = mids.repeat(tr.hist)
-            kw["transit_hist"] = Histogram.from_samples(samples) if len(samples) else None
-        if "kfunc" in probes.others:
-            kw["kfunc"] = probes.others["kfunc"].read().per_packet(delivered)  # type: ignore[attr-defined]
-        return R.make_repetition(
-            sent=stats.sent, delivered=delivered, offered_pps=stats.offered_pps,
-            achieved_pps=stats.achieved_pps,
-            # Measured at the receiver: first to last arrival of the delivered packets.
-            arrival_seconds=(float(arrivals.max() - arrivals.min()) / 1e9
-                             if len(arrivals) > 1 else None),
-            latency_hist=(Histogram.from_samples(latency_ns)
-                          if latency and len(latency_ns) else None),
-            **kw)
-
-
-def _sent_here(seqs: np.ndarray, seq_base: int, sent: int) -> np.ndarray:
-    """Mask of ``seqs`` within the first ``sent`` sequence numbers from ``seq_base``."""
-    offset = seqs.astype(np.int64) - seq_base
-    return (offset >= 0) & (offset < sent)
-
-
-def _replay_failure(stats: ReplayStats, count: int, budget: float) -> str | None:
-    """Why a replay of ``count`` packets cannot stand as a repetition (None: it can)."""
-    if stats.timed_out:
-        return (f"tcpreplay timed out after {budget:.0f} s having sent {stats.sent} of "
-                f"{count} packets")
-    if stats.failed:
-        return f"tcpreplay failed to send {stats.failed} of {count} packets"
-    if stats.sent != count:
-        return f"tcpreplay sent {stats.sent} of {count} packets"
-    return None
