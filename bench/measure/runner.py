@@ -91,10 +91,8 @@ class Runner:
         return self.loop.run()
 
     def rate_pps(self, workload: str) -> int | None:
+        """Every workload is offered at the scenario's one fixed rate."""
         return self.sc.rate_pps
-
-    def _point(self, variant: str, n: int, workload: str, **kw: Any) -> R.PointDoc:
-        return self.loop.point(variant, n, workload, **kw)
 
     def _protocol(self) -> str:
         base = [w.removeprefix(NODEPORT_PREFIX) for w in self.sc.workloads]
@@ -173,7 +171,7 @@ class Runner:
         # Targets a datapath cannot act on (e.g. socket LB and replayed frames), with why.
         not_measured: dict[str, str] = getattr(bed.datapath, "not_measured", {})
         if kind in not_measured:
-            return [self._point(variant, n, w, status="failed",
+            return [self.loop.point(variant, n, w, status="failed",
                                 error=f"not applicable: {not_measured[kind]}",
                                 state_size=state, **timing.setup_fields())
                     for w in workloads]
@@ -376,7 +374,7 @@ class Runner:
                 else:
                     controls.append(rep)
         status: R.PointStatus = "ok" if reps else "failed"
-        return self._point(variant, n, workload, repetitions=reps, **timing.setup_fields(),
+        return self.loop.point(variant, n, workload, repetitions=reps, **timing.setup_fields(),
                            settle_seconds=settle[0], settle_converged=settle[1],
                            state_size=state, missing=dict(probes.missing),
                            probe_overhead=self.overhead, status=status,
