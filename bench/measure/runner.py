@@ -172,8 +172,8 @@ class Runner:
         not_measured: dict[str, str] = getattr(bed.datapath, "not_measured", {})
         if kind in not_measured:
             return [self.loop.point(variant, n, w, status="failed",
-                                error=f"not applicable: {not_measured[kind]}",
-                                state_size=state, **timing.setup_fields())
+                                    error=f"not applicable: {not_measured[kind]}",
+                                    state_size=state, **timing.setup_fields())
                     for w in workloads]
         external = kind == "nodeport"
         target = (Target.from_external_client(bed.cluster, 0, MEASURED_NODE_PORT)
@@ -374,10 +374,9 @@ class Runner:
                 else:
                     controls.append(rep)
         status: R.PointStatus = "ok" if reps else "failed"
-        return self.loop.point(variant, n, workload, repetitions=reps, **timing.setup_fields(),
-                           settle_seconds=settle[0], settle_converged=settle[1],
-                           state_size=state, missing=dict(probes.missing),
-                           probe_overhead=self.overhead, status=status,
-                           error=None if reps else f"every repetition failed: {failed[0]['error']}",
-                           control=controls if sc.control_packets else None,
-                           failed_repetitions=failed)
+        return self.loop.point(
+            variant, n, workload, repetitions=reps, **timing.setup_fields(),
+            settle_seconds=settle[0], settle_converged=settle[1], state_size=state,
+            missing=dict(probes.missing), probe_overhead=self.overhead, status=status,
+            error=None if reps else f"every repetition failed: {failed[0]['error']}",
+            control=controls if sc.control_packets else None, failed_repetitions=failed)
