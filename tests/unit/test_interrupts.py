@@ -149,3 +149,33 @@ def test_a_signal_while_the_result_file_is_claimed_leaves_no_file(
         results.ResultWriter(tmp_path / "r.json", environment=results.capture_environment(),
                              scenario={"name": "s", "path": "s.toml", "text": ""})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_signal_while_a_point_is_written_keeps_the_point_the_file_holds(
+        handlers: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C after the atomic rename of a rewrite (during the directory's fsync): the file
+    already holds the new point, and the run's last write ("interrupted") must keep it."""
+    import json
+
+    from bench import results
+
+    real_fsync = os.fsync
+    armed = [False]
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        if armed[0] and os.path.isdir(f"/proc/self/fd/{fd}"):  # after the rename
+            armed[0] = False
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    w = results.ResultWriter(tmp_path / "r.json", environment=results.capture_environment(),
+                             scenario={"name": "s", "path": "s.toml", "text": ""})
+    with pytest.raises(KeyboardInterrupt), w:
+        armed[0] = True
+        w.add_point(results.make_point(datapath="nftables", variant="nftables", services=1,
+                                       endpoints=1, workload="udp-new", rate_pps=1000,
+                                       position="last", position_index=0, status="failed",
+                                       error="a point"))
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["status"] == "interrupted" and len(doc["points"]) == 1
