@@ -14,6 +14,7 @@ from typing import Any
 from bench import interrupts
 from bench.cluster.topology import Cluster
 from bench.datapaths import Datapath, NodeContext
+from bench.errors import ApplyTimeout
 from bench.model import layout as L
 from bench.model.layout import Layout, plan_layout
 from bench.model.objects import EndpointSlice, Service, ServicePortView, service_port_views
@@ -79,9 +80,13 @@ class Testbed:
                 self.cluster.teardown()
 
     def sync(self, services: Sequence[Service] | None = None,
-             slices: Sequence[EndpointSlice] | None = None) -> SyncTiming:
+             slices: Sequence[EndpointSlice] | None = None, *,
+             limit: float | None = None) -> SyncTiming:
         """Full sync of every node to ``services``/``slices``, timed render vs apply per node.
 
+        ``limit``: seconds the applies of all nodes may take together (a point's
+        time limit): each node's apply may take what the nodes before it left (and
+        at most the datapath's own ``apply_timeout``); past it, ApplyTimeout.
         :attr:`last_timing` holds the nodes done so far, also when an apply
         fails or exceeds its limit (then its last entry is the time reached).
         """
@@ -90,21 +95,41 @@ class Testbed:
         if slices is not None:
             self.slices = list(slices)
         timing = self.last_timing = SyncTiming()
-        for i in range(self.cluster.node_count):
-            views, ctx = self.views(i), self.node_context(i)
-            with gc_paused():
-                t0 = time.monotonic()
-                rendered = self.datapath.render(views, ctx)
-                t1 = time.monotonic()
-                timing.render.append(t1 - t0)
-                try:
-                    self.datapath.apply(rendered, self.cluster.node_ns(i))
-                finally:
-                    timing.apply.append(time.monotonic() - t1)
-            timing.rendered.append(rendered)
+        own_timeout = self.datapath.apply_timeout
+        try:
+            for i in range(self.cluster.node_count):
+                views, ctx = self.views(i), self.node_context(i)
+                if limit is not None:
+                    self.datapath.apply_timeout = _time_left(limit, timing, own_timeout)
+                with gc_paused():
+                    t0 = time.monotonic()
+                    rendered = self.datapath.render(views, ctx)
+                    t1 = time.monotonic()
+                    timing.render.append(t1 - t0)
+                    try:
+                        self.datapath.apply(rendered, self.cluster.node_ns(i))
+                    except ApplyTimeout as e:
+                        if i == 0 or limit is None:
+                            raise
+                        raise ApplyTimeout(f"the sync of {self.cluster.node_count} nodes did "
+                                           f"not finish within {limit:g} s: {e}", limit) from e
+                    finally:
+                        timing.apply.append(time.monotonic() - t1)
+                timing.rendered.append(rendered)
+        finally:
+            self.datapath.apply_timeout = own_timeout
         log.debug("synced %d services on %d nodes in %.3f s", len(self.services),
                   self.cluster.node_count, timing.wall)
         return timing
+
+
+def _time_left(limit: float, timing: SyncTiming, own: float | None) -> float:
+    """What the nodes applied so far left of a sync's ``limit`` (at most ``own``)."""
+    left = limit - sum(timing.apply)
+    if left <= 0:
+        raise ApplyTimeout(f"the sync of the nodes did not finish within {limit:g} s "
+                           f"({len(timing.apply)} nodes programmed)", limit)
+    return left if own is None else min(left, own)
 
 
 @contextlib.contextmanager

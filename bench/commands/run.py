@@ -27,6 +27,7 @@ from bench.paths import RESULTS_DIR
 
 if TYPE_CHECKING:
     from bench.measure.runner import Runner
+    from bench.measure.sync_runner import SyncRunner
 
 DEFAULT_RESULTS = RESULTS_DIR
 
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--inject-rules slows packets down; this is a sync scenario "
                              "(rule programming): run it without the option",
                              source=args.scenario)
-        runner: Runner = SyncRunner(scenario, Path(args.results))
+        runner: Runner | SyncRunner = SyncRunner(scenario, Path(args.results))
     else:
         runner = Runner(scenario, Path(args.results), inject_rules=args.inject_rules)
     try:
@@ -172,12 +173,12 @@ def _vm_time(args: argparse.Namespace, result: Any, lacking: dict[str, str]) -> 
             "docs/machines.md for the times measured on a 2-core host)")
 
 
-def _say_if_complete(runner: Runner) -> None:
+def _say_if_complete(runner: Runner | SyncRunner) -> None:
     """A signal that came after the last point stops the process, not the measurement:
     say that the result on disk is complete (the exit code still reports the signal)."""
     from bench import interrupts
 
-    path = runner.finished_complete()
+    path = runner.loop.finished_complete()
     if path is not None and interrupts.received() is not None:
         print(f"kpbench: the signal came after the last point: {path} is complete",
               file=sys.stderr)

@@ -12,8 +12,8 @@ forwarding, as kube-proxy), delete real servers and virtual servers no longer
 wanted, and unbind addresses no longer used. ``{"flush": true}`` removes
 everything (kube-proxy's ``CleanupLeftovers``). A ``"timeout"`` (seconds)
 bounds the work like the tools' timeouts bound theirs: past it, :func:`sync`
-stops between two requests and raises :class:`TimeoutError`; the next sync
-repairs what was left half-done.
+stops between two requests (of any kind: a virtual or real server, an address)
+and raises :class:`TimeoutError`; the next sync repairs what was left half-done.
 """
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ def sync(plan: dict[str, Any], netns: str | None = None) -> dict[str, int]:
     def in_time() -> None:
         if timeout is not None and time.monotonic() - start > timeout:
             raise TimeoutError(f"IPVS programming did not finish within {timeout:g} s "
-                               f"({counts['services_added']} virtual servers added)")
+                               f"({counts['services_added']} virtual servers added, "
+                               f"{counts['addresses_bound']} addresses bound)")
 
     with IPRoute(**kw) as ipr, IPVS(**kw) as ipvs:
         if plan.get("flush"):
@@ -109,17 +110,20 @@ def sync(plan: dict[str, Any], netns: str | None = None) -> dict[str, int]:
             for (ip, port), weight in want.items():
                 if (ip, port) in dests:
                     continue
+                in_time()
                 ipvs.dest("add", service=svc,
                           dest=IPVSDest(addr=ip, port=port, weight=weight,
                                         fwd_method=IP_VS_CONN_F_MASQ))
                 counts["dests_added"] += 1
             for ip, port in dests.keys() - want.keys():
+                in_time()
                 ipvs.dest("del", service=svc, dest=IPVSDest(addr=ip, port=port))
                 counts["dests_deleted"] += 1
 
         for addr in plan["addresses"]:
             if addr in already:
                 continue
+            in_time()
             try:
                 ipr.addr("add", index=index, address=addr, prefixlen=32)
                 counts["addresses_bound"] += 1
@@ -127,9 +131,11 @@ def sync(plan: dict[str, Any], netns: str | None = None) -> dict[str, int]:
                 if e.code != errno.EEXIST:
                     raise
         for addr in already - set(plan["addresses"]):
+            in_time()
             ipr.addr("del", index=index, address=addr, prefixlen=32)
             counts["addresses_unbound"] += 1
         for key in current.keys() - wanted:
+            in_time()
             ipvs.service("del", service=current[key])
             counts["services_deleted"] += 1
     return counts

@@ -57,6 +57,7 @@ import ipaddress
 import platform
 import re
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -509,17 +510,25 @@ class IpvsDatapath(Datapath):
         }
 
     def apply(self, rendered: str, netns: str) -> None:
-        """Program a full sync in ``netns``: sysctls, jumps, dummy + IPVS, ipsets, iptables."""
+        """Program a full sync in ``netns``: sysctls, jumps, dummy + IPVS, ipsets, iptables.
+
+        The steps share one ``apply_timeout``: each gets what the steps before it left
+        (a limit per step let a large sync run for several times the limit).
+        """
         plan = parse_plan(rendered)
         _ensure_module("ip_vs")
-        run_in_netns(netns, ["sysctl", "-q", "-w",
-                             *(f"{k.replace('/', '.')}={v}" for k, v in plan.sysctls)],
-                     timeout=self.apply_timeout)
-        self._ensure_jumps(netns)
-        self._sync_ipvs(plan, netns)
-        self._sync_ipsets(plan, netns)
-        self.tools.restore(netns, plan.restore, "--noflush", "--counters",
-                           timeout=self.apply_timeout)
+        left = _TimeLeft(self.apply_timeout, netns)
+        try:
+            run_in_netns(netns, ["sysctl", "-q", "-w",
+                                 *(f"{k.replace('/', '.')}={v}" for k, v in plan.sysctls)],
+                         timeout=left())
+            self._ensure_jumps(netns, left)
+            self._sync_ipvs(plan, netns, left())
+            self._sync_ipsets(plan, netns, left)
+            self.tools.restore(netns, plan.restore, "--noflush", "--counters",
+                               timeout=left())
+        except ApplyTimeout as e:
+            raise left.exceeded(e) from e
 
     def cleanup(self, netns: str) -> None:
         """kube-proxy's ``CleanupLeftovers``: flush IPVS, delete kube-ipvs0, chains, then sets."""
@@ -535,17 +544,17 @@ class IpvsDatapath(Datapath):
         for name in IPSET_NAMES:
             run_in_netns(netns, ["ipset", "destroy", name], check=False)
 
-    def _ensure_jumps(self, netns: str) -> None:
+    def _ensure_jumps(self, netns: str, left: _TimeLeft) -> None:
         # createAndLinkKubeChain: EnsureChain for every chain, then EnsureRule(Prepend) jumps.
         for table, chains in (("nat", NAT_CHAINS), ("filter", FILTER_CHAINS)):
             for c in chains:
-                self.tools.ensure_chain(netns, table, c)
+                self.tools.ensure_chain(netns, table, c, timeout=left(30))
         for table, src, dst, comment in JUMPS:
             rule = [src, "-m", "comment", "--comment", comment, "-j", dst]
-            if self.tools.rc(netns, "-t", table, "-C", *rule) != 0:
-                self.tools.run(netns, "-t", table, "-I", *rule)
+            if self.tools.rc(netns, "-t", table, "-C", *rule, timeout=left(30)) != 0:
+                self.tools.run(netns, "-t", table, "-I", *rule, timeout=left())
 
-    def _sync_ipvs(self, plan: IpvsPlan, netns: str) -> None:
+    def _sync_ipvs(self, plan: IpvsPlan, netns: str, timeout: float | None) -> None:
         _netlink(netns, {
             "device": DUMMY_DEVICE,
             "addresses": plan.bind_addresses,
@@ -554,12 +563,12 @@ class IpvsDatapath(Datapath):
                           "timeout": v.persistent_timeout,
                           "dests": [[r.ip, r.port, r.weight] for r in v.real_servers]}
                          for v in plan.virtual_servers],
-            "timeout": self.apply_timeout,
+            "timeout": timeout,
         })
 
-    def _sync_ipsets(self, plan: IpvsPlan, netns: str) -> None:
+    def _sync_ipsets(self, plan: IpvsPlan, netns: str, left: _TimeLeft) -> None:
         """Create the sets, then add and delete only the entries that differ (syncIPSetEntries)."""
-        saved = run_in_netns(netns, ["ipset", "save"], timeout=self.apply_timeout).stdout
+        saved = run_in_netns(netns, ["ipset", "save"], timeout=left()).stdout
         current: dict[str, set[str]] = {}
         for line in saved.splitlines():
             parts = line.split()
@@ -572,7 +581,39 @@ class IpvsDatapath(Datapath):
             lines += [f"del {spec.name} {e}" for e in sorted(have - want)]
             lines += [f"add {spec.name} {e} -exist" for e in sorted(want - have)]
         run_in_netns(netns, ["ipset", "restore"], stdin="\n".join(lines) + "\n",
-                     timeout=self.apply_timeout)
+                     timeout=left())
+
+
+class _TimeLeft:
+    """What is left of one apply's time limit (None: no limit), shared by its steps."""
+
+    def __init__(self, limit: float | None, netns: str) -> None:
+        self.limit = limit
+        self.netns = netns
+        self.start = time.monotonic()
+        self.capped = False  # the last step got its own cap, less than what was left
+        self.raised: ApplyTimeout | None = None
+
+    def __call__(self, cap: float | None = None) -> float | None:
+        """Seconds the next step may take (at most ``cap``); ApplyTimeout when none."""
+        if self.limit is None:
+            self.capped = cap is not None
+            return cap
+        left = self.limit - (time.monotonic() - self.start)
+        if left <= 0:
+            raise self.exceeded(None)
+        self.capped = cap is not None and cap < left
+        return left if cap is None else min(left, cap)
+
+    def exceeded(self, step: ApplyTimeout | None) -> ApplyTimeout:
+        """The apply's timeout; ``step``, a step stopped at the time it was given, is
+        returned as it is when that was its own cap, not what the limit left."""
+        if step is not None and (self.capped or step is self.raised or self.limit is None):
+            return step
+        why = f" (stopped: {step})" if step is not None else ""
+        self.raised = ApplyTimeout(f"IPVS sync in {self.netns} did not finish within "
+                                   f"{self.limit:g} s{why}", self.limit or 0.0)
+        return self.raised
 
 
 def _endpoints(view: ServicePortView, only_local: bool) -> tuple[ServiceEndpoint, ...]:

@@ -91,9 +91,9 @@ class IptablesTools:
         """``iptables-<backend>``, or its ``-restore``/``-save`` with ``suffix``."""
         return f"iptables-{self.backend}" + (f"-{suffix}" if suffix else "")
 
-    def run(self, netns: str, *args: str) -> None:
+    def run(self, netns: str, *args: str, timeout: float | None = None) -> None:
         """``iptables <wait> args`` in ``netns``; ApplyError if it fails."""
-        run_in_netns(netns, [self.binary(), *self.wait, *args])
+        run_in_netns(netns, [self.binary(), *self.wait, *args], timeout=timeout)
 
     def rc(self, netns: str, *args: str, timeout: float | None = CHECK_TIMEOUT_S) -> int:
         """The exit status of ``iptables <wait> args`` (EnsureRule and EnsureChain need it,
@@ -101,10 +101,11 @@ class IptablesTools:
         return run_in_netns(netns, [self.binary(), *self.wait, *args], timeout=timeout,
                             check=False).returncode
 
-    def ensure_chain(self, netns: str, table: str, chain: str) -> None:
+    def ensure_chain(self, netns: str, table: str, chain: str,
+                     timeout: float | None = CHECK_TIMEOUT_S) -> None:
         """kube-proxy's EnsureChain: create ``chain`` unless it exists."""
         # Exit status 1 is "chain already exists", which EnsureChain accepts.
-        rc = self.rc(netns, "-t", table, "-N", chain)
+        rc = self.rc(netns, "-t", table, "-N", chain, timeout=timeout)
         if rc not in (0, 1):
             raise ApplyError(f"{self.binary()} -t {table} -N {chain} failed in {netns} "
                              f"(exit {rc})")

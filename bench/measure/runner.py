@@ -1,66 +1,53 @@
-"""Execute a scenario: datapath x services x workload x repetition.
+"""Measure a packet scenario: datapath x services x workload x repetition.
 
-For every datapath variant and scale the runner builds a namespace cluster
-with N generated services (backend pods only behind the measured one),
-times the first full sync, waits until the kernel settles, attaches the
-probes, and replays each workload at the scenario's fixed offered rate, each
-repetition followed by its paired control (the same traffic to the backend
-pods' own addresses) and the point closed by a breakdown repetition kept
-apart; every phase takes its own flows (:class:`SeqSpace`). A
-point that fails is recorded with its error and the run goes on; a sync
-beyond the per-point limit is recorded as ``exceeded-limit`` with the time
-it reached; Ctrl-C stops at once, tears everything down and keeps the
-points already measured (the result file is rewritten atomically after
-every point).
+For every datapath variant and scale (the loop: bench.measure.scale_loop)
+:meth:`Runner.measure_scale` goes through these steps: build a namespace
+cluster with N generated services (backend pods only behind the measured
+one) and time its first full sync; then for each kind of target (the
+ClusterIP from the client pod, the NodePort from the external client) wait
+until the kernel settles, attach the probes, and replay each workload at the
+scenario's fixed offered rate, each repetition followed by its paired control
+(the same traffic to the backend pods' own addresses); then close each point
+with a breakdown repetition kept apart; record the points. Every phase takes
+its own flows (:class:`SeqSpace`). A point that fails is recorded with its
+error and the run goes on; a sync beyond the per-point limit is recorded as
+``exceeded-limit`` with the time it reached; Ctrl-C stops at once, tears
+everything down and keeps the points already measured.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import math
-import shutil
-import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
-from bench import interrupts
 from bench import results as R
-from bench.analysis.stats import Histogram
 from bench.cluster.testbed import SyncTiming, Testbed
-from bench.datapaths import family, make_variant
 from bench.errors import ApplyTimeout, FeatureMissing, KpbenchError
-from bench.kernel.features import DATAPATH_NEEDS, lacking
-from bench.kernel.vm import guest_environment
 from bench.measure.overhead import measure as measure_overhead
 from bench.measure.probes.cpu import CpuProbe
 from bench.measure.probes.drops import DropsProbe
 from bench.measure.probes.kfunc import KfuncProbe
 from bench.measure.probes.latency import LatencyProbe
-from bench.measure.probes.loader import Probe, release_compiled
-from bench.measure.probes.transit import TransitProbe, transit_bucket_bounds
+from bench.measure.probes.loader import Probe
+from bench.measure.probes.transit import TransitProbe
+from bench.measure.repetition import ProbeSet, SeqSpace, read_repetition, replay_failure
+from bench.measure.scale_loop import ScaleLoop
 from bench.measure.scenario import Scenario
 from bench.measure.slowdown import inject_rules
-from bench.measure.traffic import NEW_FLOW_WORKLOADS, SPORTS, WARMUP_MAGIC, ReplayStats, Target
+from bench.measure.traffic import NEW_FLOW_WORKLOADS, WARMUP_MAGIC, Target
 from bench.model.generate import GenSpec, generate
-
-log = logging.getLogger("kpbench")
+from bench.model.objects import Service
 
 # Settling: bursts of this many new-flow packets (of the point's own protocol) at this
 # rate, until two consecutive medians agree within the scenario's tolerance.
 SETTLE_PACKETS = 300
 SETTLE_RATE_PPS = 3000
 DRAIN_SECONDS = 0.05  # packets still in flight when tcpreplay returns
-# Source addresses every new-flow pcap of a cluster steps through: 64 x 64,512 flows,
-# enough for settle, warm-up, repetitions and controls of a point.
-FLOW_SRC_SPAN = 64
 OVERHEAD_PACKETS = 50_000  # top-speed burst for the probe overhead (a few tenths of a second)
 OVERHEAD_ROUNDS = 5  # paired rounds of none / main / breakdown
 # A workload "nodeport-<w>" sends <w> from the external client to the measured
@@ -74,281 +61,42 @@ def _target_kind(workload: str) -> str:
     return "nodeport" if workload.startswith(NODEPORT_PREFIX) else "clusterip"
 
 
-class SeqSpace:
-    """The sequence numbers of one cluster's traffic, handed out in disjoint ranges.
-
-    A new-flow packet's flow is its sequence number modulo the flow space
-    (bench.measure.traffic), and every range lies below that modulus: settle, warm-up,
-    measured, control, breakdown and overhead traffic of one cluster never
-    share a flow, so "every packet a new flow" holds for each (conntrack is
-    not flushed between them). Ranges only grow, so a straggler of an earlier
-    phase has a sequence number below the next window and is out of its range.
-    """
-
-    def __init__(self, src_span: int = FLOW_SRC_SPAN) -> None:
-        self.src_span = src_span
-        self.flows = SPORTS * src_span
-        self.next = 0
-
-    def take(self, count: int) -> int:
-        """The first of ``count`` sequence numbers no other phase uses."""
-        if self.next + count > self.flows:
-            raise KpbenchError(f"{self.next + count} packets exceed the {self.flows} fresh "
-                               "flows of one cluster; lower traffic.packets or repetitions")
-        first, self.next = self.next, self.next + count
-        return first
-@dataclass(frozen=True)
-class Eta:
-    """What is left of a run, as far as it is known: seconds, or None before anything
-    was measured; ``lower_bound`` when part of it (syncs at scale) is not known yet."""
-
-    seconds: float | None
-    lower_bound: bool = False
-    why: str = ""
-
-    def __str__(self) -> str:
-        if self.seconds is None:
-            return f"ETA unknown {self.why}"
-        if self.lower_bound:
-            return f"ETA > {_fmt(self.seconds)} ({self.why})"
-        return f"ETA ~{_fmt(self.seconds)}"
-
-
-class Progress:
-    """One line per step on stderr, with elapsed time and an ETA.
-
-    The ETA models each remaining scale point as a fixed part (building the
-    cluster, settling, traffic, probes: the median measured so far) plus its
-    sync, extrapolated from the variant's own syncs with their measured growth
-    (a power of the number of services, fitted to its two largest syncs; linear
-    from one) and capped at the scenario's ``point_time_limit``, past which a
-    sync is stopped. A sync rate is only taken from a sync of at least
-    RATE_MIN_SERVICES services: at 1 service the sync time is all fixed cost.
-
-    Everything comes from this run's own measurements, so a run in a VM under
-    TCG emulation (several times slower) is estimated at its own speed. Until
-    the first point is measured the ETA says it is unknown; while no sync at
-    scale has been measured it is a lower bound, and says so.
-    """
-
-    RATE_MIN_SERVICES = 100
-    MAX_GROWTH = 3.0  # a sync growing faster than n**3 is not extrapolated further
-
-    def __init__(self, scenario: Scenario, out: TextIO = sys.stderr) -> None:
-        self.sc = scenario
-        self.out = out
-        self.total = len(scenario.points)
-        self.done = 0
-        self.start = time.monotonic()
-        self.syncs: list[tuple[str, int, float]] = []  # (variant, services, seconds)
-        self.fixed_seconds: list[float] = []  # per scale point: its time without the sync
-        self.one_off = 0.0  # once-per-run work inside the current point (probe overhead)
-        self.skipped: set[str] = set()  # variants this kernel lacks: recorded, not measured
-
-    def record_sync(self, variant: str, services: int, seconds: float) -> None:
-        self.syncs.append((variant, services, seconds))
-
-    def record_scale(self, variant: str, services: int, wall: float) -> None:
-        """A scale point took ``wall`` seconds; its sync (last recorded) is not fixed cost."""
-        sync = next((s for v, n, s in reversed(self.syncs) if (v, n) == (variant, services)),
-                    0.0)
-        self.fixed_seconds.append(max(wall - sync - self.one_off, 0.0))
-        self.one_off = 0.0
-
-    def _sync_estimate(self, variant: str, services: int) -> tuple[float, bool]:
-        """Seconds of this variant's sync at ``services``, and whether that is grounded in
-        a measured sync at scale (False: a lower bound)."""
-        own = [(n, s) for v, n, s in self.syncs if v == variant]
-        largest: dict[int, float] = {}
-        for n, s in own:
-            if n >= self.RATE_MIN_SERVICES:
-                largest[n] = s  # the latest sync at each scale
-        limit = self.sc.point_time_limit
-        if largest:
-            (n1, s1), *rest = sorted(largest.items(), reverse=True)
-            growth = 1.0
-            if rest:  # measured growth between the two largest scales
-                n2, s2 = rest[0]
-                if s1 > 0 and s2 > 0:
-                    growth = min(max(math.log(s1 / s2) / math.log(n1 / n2), 1.0),
-                                 self.MAX_GROWTH)
-            return min(s1 * (services / n1) ** growth, limit), True
-        small = own[-1][1] if own else 0.0
-        if services < self.RATE_MIN_SERVICES:
-            return min(small, limit), True
-        # Not seen at scale yet: the typical rate of the variants seen so far.
-        rates = sorted(s / n for _, n, s in self.syncs if n >= self.RATE_MIN_SERVICES)
-        if not rates:
-            return min(small, limit), False
-        return min(max(small, rates[len(rates) // 2] * services), limit), True
-
-    def _estimate(self, variant: str, services: int) -> tuple[float, bool]:
-        """Seconds for one remaining point (one workload at one scale), and whether its
-        sync part is grounded (see _sync_estimate)."""
-        sync, known = self._sync_estimate(variant, services)
-        if self.sc.kind == "sync":
-            # Per repetition: the change and the change back, each a sync, and the
-            # traffic window that watches the change (a few seconds at least).
-            return self.sc.sync_repetitions * (2 * sync + 3.5), known
-        fixed = statistics.median(self.fixed_seconds) if self.fixed_seconds else 0.0
-        return (fixed + sync) / len(self.sc.measured), known
-
-    def eta(self) -> Eta:
-        """The time left, or why it is not known yet."""
-        remaining = self.sc.points[self.done:]
-        if not remaining:
-            return Eta(0.0)
-        measured = self.syncs if self.sc.kind == "sync" else self.fixed_seconds
-        if not measured:
-            return Eta(None, why="until the first point is measured")
-        total, grounded = 0.0, True
-        for dp, n, _ in remaining:
-            if dp in self.skipped:
-                continue
-            seconds, known = self._estimate(dp, n)
-            total += seconds
-            grounded &= known
-        if grounded:
-            return Eta(total)
-        return Eta(total, lower_bound=True,
-                   why=f"no sync at {self.RATE_MIN_SERVICES}+ services measured yet")
-
-    def say(self, what: str) -> None:
-        interrupts.check()
-        elapsed = time.monotonic() - self.start
-        pct = 100 * self.done // max(self.total, 1)
-        print(f"[{self.done:>3}/{self.total} {pct:>3}%] {what}  "
-              f"(elapsed {_fmt(elapsed)}, {self.eta()})", file=self.out, flush=True)
-
-
-def _fmt(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    return f"{m}m{s:02d}s" if m else f"{s}s"
-
-
-@dataclass
-class ProbeSet:
-    """The probes a scenario asks for; the ones that failed are recorded as missing."""
-
-    latency: LatencyProbe
-    others: dict[str, Probe] = field(default_factory=dict)
-    missing: dict[str, str] = field(default_factory=dict)
-    warned: set[str] = field(default_factory=set)  # shared by a run: each reason said once
-
-    @contextlib.contextmanager
-    def attached(self) -> Iterator[ProbeSet]:
-        try:
-            # Without the latency probe nothing counts delivered packets: that is fatal.
-            self.latency.attach()
-            for name, probe in list(self.others.items()):
-                try:
-                    probe.attach()
-                except FeatureMissing as e:
-                    if str(e) not in self.warned:
-                        self.warned.add(str(e))
-                        log.warning("warning: %s; its measurement is recorded as missing "
-                                    "(at every point; said once)", e)
-                    self.missing[name] = str(e)
-                    del self.others[name]
-            yield self
-        finally:
-            with interrupts.deferred():
-                for probe in (self.latency, *self.others.values()):
-                    probe.detach()
-
-    def start(self, seq_base: int) -> None:
-        self.latency.start(seq_base)
-        for probe in self.others.values():
-            probe.start()
+def _by_target(workloads: tuple[str, ...]) -> dict[str, list[str]]:
+    """The workloads by the kind of target they are sent to, in the scenario's order."""
+    kinds: dict[str, list[str]] = {}
+    for w in workloads:
+        kinds.setdefault(_target_kind(w), []).append(w)
+    return kinds
 
 
 class Runner:
+    """Runs a packet scenario (see the module doc): the run's loop
+    (:class:`bench.measure.scale_loop.ScaleLoop`) with this measurement at each scale.
+
+    ``inject_rules``: a known slowdown on purpose (bench.measure.slowdown), recorded.
+    """
+
     def __init__(self, scenario: Scenario, results_dir: Path, out: TextIO = sys.stderr, *,
                  inject_rules: int = 0) -> None:
         self.sc = scenario
-        self.inject_rules = inject_rules  # bench.measure.slowdown: a known slowdown, on purpose
-        self.results_dir = results_dir
-        self.progress = Progress(scenario, out)
-        self.workdir = Path(tempfile.mkdtemp(prefix="kpbench-"))
+        self.inject_rules = inject_rules
+        self.loop = ScaleLoop(scenario, results_dir, self, out,
+                              environment={"injected_rules": inject_rules} if inject_rules
+                              else None)
+        self.progress = self.loop.progress
+        self.workdir = self.loop.workdir
+        self.overhead: dict[str, Any] | None = None  # the probes' cost, once per run
         self.overhead_done = False
         self.warned: set[str] = set()  # missing-probe reasons already said in this run
-        self.writer: R.ResultWriter | None = None
-
-    def finished_complete(self) -> Path | None:
-        """The result file if this run already wrote it as complete (else None)."""
-        w = self.writer
-        return w.path if w is not None and w.document["status"] == "complete" else None
+        self.seqs = SeqSpace()
 
     def run(self) -> Path:
         """Run every point; returns the result file (complete, or partial on Ctrl-C)."""
-        env = R.capture_environment(**guest_environment())  # 'vm', KVM or TCG, in a guest
-        if self.inject_rules:
-            env["injected_rules"] = self.inject_rules
-        scenario_doc = self.sc.document()
-        writer = self.writer = self._writer(R.result_path(self.results_dir, self.sc.name, env),
-                                            scenario_doc, env)
-        path = writer.path
-        log.info("result: %s", path)
-        try:
-            with writer:
-                left_out = {v: self._missing_feature(v) for v in self.sc.datapaths}
-                self.progress.skipped = {v for v, why in left_out.items() if why}
-                for variant in self.sc.datapaths:
-                    missing = left_out[variant]
-                    if missing:  # every scale recorded as failed, and said once
-                        for n in self.sc.scales(variant):
-                            self._record_all(writer, variant, n, "failed", missing, say=False)
-                        self.progress.say(f"{variant}: left out, {missing}; its points are "
-                                          "recorded as failed")
-                        continue
-                    for n in self.sc.scales(variant):
-                        t0 = time.monotonic()
-                        self._scale_point(writer, variant, n)
-                        self.progress.record_scale(variant, n, time.monotonic() - t0)
-        finally:
-            with interrupts.deferred():
-                release_compiled()
-            shutil.rmtree(self.workdir, ignore_errors=True)
-        return path
+        return self.loop.run()
 
-    @staticmethod
-    def _writer(path: Path, scenario_doc: dict[str, Any], env: Any) -> R.ResultWriter:
-        """A writer on ``path``, or on ``<stem>-2``, ``-3``... when another run took it."""
-        for k in range(1, 100):
-            candidate = path if k == 1 else path.with_name(f"{path.stem}-{k}{path.suffix}")
-            try:
-                return R.ResultWriter(candidate, scenario=scenario_doc, environment=env)
-            except R.ResultExists:
-                continue
-        raise KpbenchError(f"{path}: 99 results of this scenario in one second; "
-                           "use another --results directory")
-
-    # --- one datapath at one scale -------------------------------------------
-    def _missing_feature(self, variant: str) -> str | None:
-        """Why ``variant`` cannot run here: a feature the kernel lacks, or ours that fails."""
-        missing, broken = lacking(DATAPATH_NEEDS.get(variant, ()))
-        if broken:  # the kernel has it: our program or a tool fails, which is no kernel limit
-            log.error("error: %s fails although this kernel supports it (%s); its points are "
-                      "recorded as failed", variant, broken)
-            return f"kpbench failed (not a kernel limit): {broken}"
-        if missing:  # said once by the run (left out), not here
-            return f"kernel feature missing: {missing}"
-        return None
-
-    def _record_all(self, writer: R.ResultWriter, variant: str, n: int, status: str,
-                    error: str, say: bool = True, **setup: Any) -> None:
-        for w in self.sc.workloads:
-            writer.add_point(self._point(variant, n, w, status=status, error=error, **setup))
-            self.progress.done += 1
-        if say:
-            self.progress.say(f"{variant} {n} services: {status}: {error}")
-
-    def _point(self, variant: str, n: int, workload: str, **kw: Any) -> R.PointDoc:
-        position = self.sc.position if isinstance(self.sc.position, str) else "index"
-        return R.make_point(datapath=family(variant), variant=variant, services=n,
-                            endpoints=self.sc.endpoints, workload=workload,
-                            rate_pps=self.sc.rate_pps, position=position,
-                            position_index=self.sc.position_index(n), **kw)
+    def rate_pps(self, workload: str) -> int | None:
+        """Every workload is offered at the scenario's one fixed rate."""
+        return self.sc.rate_pps
 
     def _protocol(self) -> str:
         base = [w.removeprefix(NODEPORT_PREFIX) for w in self.sc.workloads]
@@ -359,96 +107,117 @@ class Runner:
         raise KpbenchError("a scenario mixes UDP and TCP workloads; split it in two "
                            "(services are generated with one protocol)")
 
-    def _scale_point(self, writer: R.ResultWriter, variant: str, n: int) -> None:
+    # --- one datapath at one scale, step by step --------------------------------
+    def measure_scale(self, variant: str, n: int) -> None:
+        """Build the cluster and program it (the timed first sync); then, for each kind
+        of target, settle, measure every workload's repetitions with their paired
+        controls, and the breakdown repetition; record the points."""
+        self.progress.say(f"{variant}: {n} services x {self.sc.endpoints} endpoints: building")
+        bed, measured = self._build(variant, n)
+        with bed:
+            timing = self._program(bed, variant, n)
+            if timing is None:
+                return  # recorded as failed or exceeded-limit
+            setup = {"state_size": bed.datapath.state_size(timing.rendered[0]),
+                     **timing.setup_fields()}
+            try:
+                points: list[R.PointDoc] = []
+                for kind, workloads in _by_target(self.sc.workloads).items():
+                    points += self._measure_target(bed, measured, variant, n, kind, workloads,
+                                                   timing, setup["state_size"])
+            except FeatureMissing as e:
+                self.loop.record_rest(variant, n, "failed", str(e), say=False, **setup)
+                return
+            for point in points:
+                self.loop.record(point)
+
+    def _build(self, variant: str, n: int) -> tuple[Testbed, Service]:
+        """The cluster of ``n`` generated services (not built yet), and the measured one:
+        a NodePort service when a workload goes to its NodePort."""
         sc = self.sc
-        self.progress.say(f"{variant}: {n} services x {sc.endpoints} endpoints: building")
         services, slices = generate(GenSpec(services=n, endpoints=sc.endpoints, nodes=sc.nodes,
                                             protocol=self._protocol()))
+        i = sc.position_index(n)
         if any(_target_kind(w) == "nodeport" for w in sc.workloads):
-            i = sc.position_index(n)
             port = replace(services[i].ports[0], node_port=MEASURED_NODE_PORT)
             services[i] = replace(services[i], type="NodePort", ports=(port,))
-        measured = services[sc.position_index(n)]
-        datapath = make_variant(variant)
         self.seqs = SeqSpace()  # a fresh cluster, a fresh conntrack: a fresh flow space
+        bed = Testbed(self.loop.datapath(variant), services, slices, sc.nodes,
+                      pod_services={services[i].key}, echo=False, sync_on_enter=False)
+        return bed, services[i]
+
+    def _program(self, bed: Testbed, variant: str, n: int) -> SyncTiming | None:
+        """The timed first full sync of every node (and the slowdown injected on purpose);
+        None when it failed or went past the limit, its points recorded so."""
+        self.progress.say(f"{variant}: {n} services: full sync")
+        try:
+            timing = bed.sync(limit=self.sc.point_time_limit)
+        except ApplyTimeout as e:
+            # The time reached on each node (the last one stopped), not the limit.
+            self.loop.record_rest(variant, n, "exceeded-limit", str(e),
+                                  **bed.last_timing.setup_fields())
+            return None
+        except KpbenchError as e:
+            self.loop.record_rest(variant, n, "failed", str(e))
+            return None
+        # Loading BPF programs is a fixed cost, not a per-service one: not for the ETA.
+        load = bed.datapath.one_off_seconds()
+        self.progress.record_sync(variant, n, max(timing.wall - load, 0.0))
+        inject_rules([bed.cluster.node_ns(i) for i in range(bed.cluster.node_count)],
+                     self.inject_rules)
+        return timing
+
+    def _measure_target(self, bed: Testbed, measured: Service, variant: str, n: int,
+                        kind: str, workloads: list[str], timing: SyncTiming,
+                        state: dict[str, int]) -> list[R.PointDoc]:
+        """The points of ``workloads``, all sent to one kind of target: settled, then
+        measured with their controls, then each one's breakdown repetition."""
         # Targets a datapath cannot act on (e.g. socket LB and replayed frames), with why.
-        not_measured = datapath.not_measured
-        datapath.apply_timeout = sc.point_time_limit
-        bed = Testbed(datapath, services, slices, sc.nodes, pod_services={measured.key},
-                      echo=False, sync_on_enter=False)
-        with bed:
-            self.progress.say(f"{variant}: {n} services: full sync")
-            try:
-                timing = bed.sync()
-            except ApplyTimeout as e:
-                # The time reached on each node (the last one stopped), not the limit.
-                self._record_all(writer, variant, n, "exceeded-limit", str(e),
-                                 **bed.last_timing.setup_fields())
-                return
-            except KpbenchError as e:
-                self._record_all(writer, variant, n, "failed", str(e))
-                return
-            # Loading BPF programs is a fixed cost, not a per-service one: not for the ETA.
-            load = datapath.one_off_seconds()
-            self.progress.record_sync(variant, n, max(timing.wall - load, 0.0))
-            inject_rules([bed.cluster.node_ns(i) for i in range(bed.cluster.node_count)],
-                         self.inject_rules)
-            state = datapath.state_size(timing.rendered[0])
-            try:
-                points = []
-                for kind in dict.fromkeys(_target_kind(w) for w in sc.workloads):
-                    workloads = [w for w in sc.workloads if _target_kind(w) == kind]
-                    if kind in not_measured:
-                        points += [self._point(variant, n, w, status="failed",
-                                               error=f"not applicable: {not_measured[kind]}",
-                                               state_size=state, **timing.setup_fields())
-                                   for w in workloads]
-                        continue
-                    external = kind == "nodeport"
-                    target = (Target.from_external_client(bed.cluster, 0, MEASURED_NODE_PORT)
-                              if external else Target.from_client_pod(
-                                  bed.cluster, measured.cluster_ip, measured.ports[0].port))
-                    control = self._control_target(bed, target)
-                    if sc.overhead and not self.overhead_done:
-                        # Once per run, at its first point, before any probe is attached.
-                        t0 = time.monotonic()
-                        self.overhead = self._overhead(bed, target, external)
-                        self.progress.one_off += time.monotonic() - t0
-                        self.overhead_done = True
-                    probes = self._main_probes(bed, external)
-                    group = []
-                    with probes.attached():
-                        settle = self._settle(target, probes, self._settle_workload())
-                        for workload in workloads:
-                            group.append(self._measure(target, control, variant, n, workload,
-                                                       probes, timing, settle, state))
-                    # Breakdown probes (drops, transit; kernel functions where the kernel has
-                    # them) add per-packet cost of their own: a repetition of their own, kept
-                    # apart from the measured ones (point["breakdown"]).
-                    breakdown = self._breakdown_probes(bed, external)
-                    with breakdown.attached():
-                        for point in group:
-                            if point["status"] != "ok":
-                                continue
-                            rep, error = self._breakdown_rep(target, point["workload"],
-                                                             breakdown)
-                            point["breakdown"] = rep
-                            if error:
-                                point["failed_repetitions"].append(
-                                    {"phase": "breakdown", "index": 0, "error": error})
-                            point["missing"].update(breakdown.missing)
-                    points += group
-                for point in points:
-                    writer.add_point(point)
-                    self.progress.done += 1
-            except FeatureMissing as e:
-                remaining = [w for w in sc.workloads
-                             if not any(p["id"] == self._point(variant, n, w)["id"]
-                                        for p in writer.document["points"])]
-                for w in remaining:
-                    writer.add_point(self._point(variant, n, w, status="failed", error=str(e),
-                                                 state_size=state, **timing.setup_fields()))
-                    self.progress.done += 1
+        not_measured = bed.datapath.not_measured
+        if kind in not_measured:
+            return [self.loop.point(variant, n, w, status="failed",
+                                    error=f"not applicable: {not_measured[kind]}",
+                                    state_size=state, **timing.setup_fields())
+                    for w in workloads]
+        external = kind == "nodeport"
+        target = (Target.from_external_client(bed.cluster, 0, MEASURED_NODE_PORT)
+                  if external else Target.from_client_pod(
+                      bed.cluster, measured.cluster_ip, measured.ports[0].port))
+        control = self._control_target(bed, target)
+        if self.sc.overhead and not self.overhead_done:
+            # Once per run, at its first point, before any probe is attached.
+            t0 = time.monotonic()
+            self.overhead = self._overhead(bed, target, external)
+            self.progress.one_off += time.monotonic() - t0
+            self.overhead_done = True
+        probes = self._main_probes(bed, external)
+        with probes.attached():
+            settle = self._settle(target, probes, self._settle_workload())
+            group = [self._measure(target, control, variant, n, w, probes, timing, settle,
+                                   state)
+                     for w in workloads]
+        self._breakdown(bed, target, external, group)
+        return group
+
+    def _breakdown(self, bed: Testbed, target: Target, external: bool,
+                   group: list[R.PointDoc]) -> None:
+        """Each measured point's breakdown repetition (point["breakdown"]).
+
+        The breakdown probes (drops, transit; kernel functions where the kernel has
+        them) add per-packet cost of their own: a repetition of their own, kept apart
+        from the measured ones.
+        """
+        probes = self._breakdown_probes(bed, external)
+        with probes.attached():
+            for point in group:
+                if point["status"] != "ok":
+                    continue
+                rep, error = self._breakdown_rep(target, point["workload"], probes)
+                point["breakdown"] = rep
+                if error:
+                    point["failed_repetitions"].append(
+                        {"phase": "breakdown", "index": 0, "error": error})
+                point["missing"].update(probes.missing)
 
     def _main_probes(self, bed: Testbed, external: bool = False) -> ProbeSet:
         """Latency (which also counts delivered packets) and CPU per packet: NET_RX
@@ -576,10 +345,10 @@ class Runner:
         except KpbenchError as e:
             return None, str(e)
         time.sleep(DRAIN_SECONDS)
-        error = _replay_failure(stats, count, budget)
+        error = replay_failure(stats, count, budget)
         if error:
             return None, error
-        return self._repetition(stats, probes, latency, seq_base=seq), None
+        return read_repetition(stats, probes, latency, seq_base=seq), None
 
     def _measure(self, target: Target, control: Target, variant: str, n: int, workload: str,
                  probes: ProbeSet, timing: SyncTiming, settle: tuple[float, bool],
@@ -608,70 +377,10 @@ class Runner:
                     failed.append({"phase": "control", "index": r, "error": error})
                 else:
                     controls.append(rep)
-        overhead = getattr(self, "overhead", None)
         status: R.PointStatus = "ok" if reps else "failed"
-        return self._point(variant, n, workload, repetitions=reps, **timing.setup_fields(),
-                           settle_seconds=settle[0], settle_converged=settle[1],
-                           state_size=state, missing=dict(probes.missing),
-                           probe_overhead=overhead, status=status,
-                           error=None if reps else f"every repetition failed: {failed[0]['error']}",
-                           control=controls if sc.control_packets else None,
-                           failed_repetitions=failed)
-
-    @staticmethod
-    def _repetition(stats: Any, probes: ProbeSet, latency: bool = True,
-                    seq_base: int = 0) -> R.RepetitionDoc:
-        lat = probes.latency.read()
-        # Only the packets this repetition sent: stamped on leaving the client in this
-        # window, with a sequence number among the first stats.sent of its range. A
-        # straggler of earlier traffic, or warm-up, is not one of them.
-        mine = _sent_here(lat.seqs, seq_base, stats.sent)
-        delivered = int(np.count_nonzero(mine))
-        arrivals = lat.arrival_ns[mine] if lat.arrival_ns is not None else np.empty(0)
-        latency_ns = lat.latency_ns[mine]
-        kw: dict[str, Any] = {}
-        if "cpu" in probes.others:
-            cpu = probes.others["cpu"].read()  # type: ignore[attr-defined]
-            kw["softirq_ns"] = cpu.net_rx_ns
-            kw["process_ns"] = cpu.process_ns  # the datapath's processes (0: it runs none)
-            kw["cpu_ns_per_packet"] = cpu.total_ns / delivered if delivered else None
-        if "drops" in probes.others:
-            drops = probes.others["drops"].read()  # type: ignore[attr-defined]
-            # The run's own packets when the probe can tell them apart, else IPv4 drops.
-            kw["drops"] = (drops.run_by_reason if drops.run_by_reason is not None
-                           else drops.ipv4_by_reason)
-        if "transit" in probes.others:
-            tr = probes.others["transit"].read()  # type: ignore[attr-defined]
-            lower, upper = transit_bucket_bounds()
-            mids = ((lower + upper - 1) / 2).astype("int64")
-            samples = mids.repeat(tr.hist)
-            kw["transit_hist"] = Histogram.from_samples(samples) if len(samples) else None
-        if "kfunc" in probes.others:
-            kw["kfunc"] = probes.others["kfunc"].read().per_packet(delivered)  # type: ignore[attr-defined]
-        return R.make_repetition(
-            sent=stats.sent, delivered=delivered, offered_pps=stats.offered_pps,
-            achieved_pps=stats.achieved_pps,
-            # Measured at the receiver: first to last arrival of the delivered packets.
-            arrival_seconds=(float(arrivals.max() - arrivals.min()) / 1e9
-                             if len(arrivals) > 1 else None),
-            latency_hist=(Histogram.from_samples(latency_ns)
-                          if latency and len(latency_ns) else None),
-            **kw)
-
-
-def _sent_here(seqs: np.ndarray, seq_base: int, sent: int) -> np.ndarray:
-    """Mask of ``seqs`` within the first ``sent`` sequence numbers from ``seq_base``."""
-    offset = seqs.astype(np.int64) - seq_base
-    return (offset >= 0) & (offset < sent)
-
-
-def _replay_failure(stats: ReplayStats, count: int, budget: float) -> str | None:
-    """Why a replay of ``count`` packets cannot stand as a repetition (None: it can)."""
-    if stats.timed_out:
-        return (f"tcpreplay timed out after {budget:.0f} s having sent {stats.sent} of "
-                f"{count} packets")
-    if stats.failed:
-        return f"tcpreplay failed to send {stats.failed} of {count} packets"
-    if stats.sent != count:
-        return f"tcpreplay sent {stats.sent} of {count} packets"
-    return None
+        return self.loop.point(
+            variant, n, workload, repetitions=reps, **timing.setup_fields(),
+            settle_seconds=settle[0], settle_converged=settle[1], state_size=state,
+            missing=dict(probes.missing), probe_overhead=self.overhead, status=status,
+            error=None if reps else f"every repetition failed: {failed[0]['error']}",
+            control=controls if sc.control_packets else None, failed_repetitions=failed)

@@ -27,23 +27,26 @@ decide where the measured traffic goes.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 from bench import interrupts
 from bench import results as R
 from bench.cluster.testbed import Testbed, gc_paused
-from bench.datapaths import Datapath
 from bench.datapaths.base import watching_tools
 from bench.errors import ApplyTimeout, FeatureMissing, KpbenchError
 from bench.measure.probes.effect import EffectProbe
 from bench.measure.probes.loader import TcHook
 from bench.measure.probes.syscalls import NETLINK_CALLS, SOCKOPT_CALLS, SyscallProbe
-from bench.measure.runner import Runner
+from bench.measure.scale_loop import ScaleLoop
+from bench.measure.scenario import Scenario
 from bench.measure.traffic import Target
 from bench.model.generate import GenSpec, generate
 from bench.model.objects import EndpointSlice, Service, service_port_views
@@ -78,10 +81,30 @@ class State:
     spare_slices: list[EndpointSlice]
 
 
-class SyncRunner(Runner):
-    """Runs a ``kind = "sync"`` scenario (see the module doc)."""
+class SyncRunner:
+    """Runs a ``kind = "sync"`` scenario (see the module doc): the run's loop
+    (:class:`bench.measure.scale_loop.ScaleLoop`) with this measurement at each scale."""
 
-    def _scale_point(self, writer: R.ResultWriter, variant: str, n: int) -> None:
+    def __init__(self, scenario: Scenario, results_dir: Path, out: TextIO = sys.stderr) -> None:
+        self.sc = scenario
+        self.loop = ScaleLoop(scenario, results_dir, self, out)
+        self.progress = self.loop.progress
+        self.workdir = self.loop.workdir
+        self._seq = 0  # the effect traffic's sequence numbers, fresh for every change
+        self._last_text = ""  # the last rendering applied (its state size is recorded)
+        self._last_times = (0.0, 0.0)  # (render, apply) seconds of the last sync, also cut short
+
+    def run(self) -> Path:
+        """Run every point; returns the result file (complete, or partial on Ctrl-C)."""
+        return self.loop.run()
+
+    def rate_pps(self, workload: str) -> int | None:
+        """A full sync sends no traffic; a change is watched by traffic at this rate."""
+        return None if workload == "sync-full" else self.sc.effect_rate_pps
+
+    def measure_scale(self, variant: str, n: int) -> None:
+        """Build the cluster of ``n`` services (plus the spare one a change adds), attach
+        the syscall and effect probes, and measure the scale (:meth:`_measure_scale`)."""
         sc = self.sc
         self.progress.say(f"{variant}: {n} services x {sc.endpoints} endpoints: building")
         # One more service than measured: the one "add-service" adds, whose pods exist.
@@ -91,61 +114,24 @@ class SyncRunner(Runner):
         base = State(services[:-1], [s for s in slices if s.service_name != spare.name],
                      [s for s in slices if s.service_name == spare.name])
         measured = base.services[sc.position_index(n)]
-        datapath = self._datapath(variant)
-        bed = Testbed(datapath, services, slices, sc.nodes,
+        bed = Testbed(self.loop.datapath(variant), services, slices, sc.nodes,
                       pod_services={measured.key, spare.key}, echo=False, sync_on_enter=False)
         with bed:
             syscalls = SyscallProbe()
             effect = EffectProbe([TcHook(bed.cluster.pod_ns(p)) for p in bed.layout.pods])
             try:
-                with self._attached(syscalls, effect):
-                    self._measure_scale(writer, bed, variant, n, base, measured, spare,
-                                        syscalls, effect)
+                with _attached(syscalls, effect):
+                    self._measure_scale(bed, variant, n, base, measured, spare, syscalls,
+                                        effect)
             except FeatureMissing as e:
-                self._record_rest(writer, variant, n, "failed", str(e))
-
-    def _datapath(self, variant: str) -> Datapath:
-        from bench.measure.runner import make_variant  # the runner's, so tests can patch one place
-
-        dp = make_variant(variant)
-        dp.apply_timeout = self.sc.point_time_limit
-        return dp
-
-    @staticmethod
-    def _attached(*probes: Any) -> Any:
-        import contextlib
-
-        @contextlib.contextmanager
-        def cm() -> Any:
-            try:
-                for p in probes:
-                    p.attach()
-                yield
-            finally:
-                with interrupts.deferred():
-                    for p in probes:
-                        p.detach()
-        return cm()
-
-    def _record_rest(self, writer: R.ResultWriter, variant: str, n: int, status: str,
-                     error: str, **setup: Any) -> None:
-        done = {p["id"] for p in writer.document["points"]}
-        for w in self.sc.measured:
-            point = self._point(variant, n, w, status=status, error=error, **setup)
-            if point["id"] not in done:
-                writer.add_point(point)
-                self.progress.done += 1
-        self.progress.say(f"{variant} {n} services: {status}: {error}")
-
-    def _point(self, variant: str, n: int, workload: str, **kw: Any) -> R.PointDoc:
-        point = super()._point(variant, n, workload, **kw)
-        point["rate_pps"] = None if workload == "sync-full" else self.sc.effect_rate_pps
-        return point
+                self.loop.record_rest(variant, n, "failed", str(e))
 
     # --- one scale ------------------------------------------------------------
-    def _measure_scale(self, writer: R.ResultWriter, bed: Testbed, variant: str, n: int,
+    def _measure_scale(self, bed: Testbed, variant: str, n: int,
                        base: State, measured: Service, spare: Service,
                        syscalls: SyscallProbe, effect: EffectProbe) -> None:
+        """The timed first full sync of node 0, then the points: full resyncs, and each
+        change with its time to effect; each point recorded as it ends."""
         sc = self.sc
         self.progress.say(f"{variant}: {n} services: first full sync")
         first_change = Change(base.services, base.slices, {s.key for s in base.services},
@@ -157,12 +143,12 @@ class SyncRunner(Runner):
         except ApplyTimeout as e:
             # The time reached when the tool was stopped, not the limit.
             render_s, apply_s = self._last_times
-            self._record_rest(writer, variant, n, "exceeded-limit", str(e),
-                              sync_seconds=apply_s, sync_render_seconds=render_s,
-                              sync_node_seconds=[apply_s])
+            self.loop.record_rest(variant, n, "exceeded-limit", str(e),
+                                  sync_seconds=apply_s, sync_render_seconds=render_s,
+                                  sync_node_seconds=[apply_s])
             return
         except KpbenchError as e:
-            self._record_rest(writer, variant, n, "failed", str(e))
+            self.loop.record_rest(variant, n, "failed", str(e))
             return
         render_s, apply_s = first["sync"]["render"] or 0.0, first["sync"]["apply"] or 0.0
         self.progress.record_sync(variant, n, render_s + apply_s)
@@ -173,7 +159,7 @@ class SyncRunner(Runner):
                  "state_size": bed.datapath.state_size(self._last_text)}
         full_apply = apply_s or 1.0
 
-        self._repeat(writer, variant, n, "sync-full", setup, lambda: self._sync(
+        self._repeat(variant, n, "sync-full", setup, lambda: self._sync(
             bed, replace(first_change, changed=set()), None, syscalls, None, expect_s=None))
         for change in sc.changes:
             def once(change: str = change) -> R.RepetitionDoc:
@@ -183,9 +169,9 @@ class SyncRunner(Runner):
                 back = replace(c, services=base.services, slices=base.slices)
                 self._sync(bed, back, c.changed, None, None, expect_s=None)
                 return rep
-            self._repeat(writer, variant, n, f"sync-{change}", setup, once)
+            self._repeat(variant, n, f"sync-{change}", setup, once)
 
-    def _repeat(self, writer: R.ResultWriter, variant: str, n: int, workload: str,
+    def _repeat(self, variant: str, n: int, workload: str,
                 setup: dict[str, Any], once: Callable[[], R.RepetitionDoc]) -> None:
         """The point's repetitions; a sync beyond the limit or failing ends the point
         (recorded with the repetitions done), and the run goes on."""
@@ -200,9 +186,8 @@ class SyncRunner(Runner):
                 status = "exceeded-limit" if isinstance(e, ApplyTimeout) else "failed"
                 error = str(e)
                 break
-        writer.add_point(self._point(variant, n, workload, status=status, error=error,
-                                     repetitions=reps, **setup))
-        self.progress.done += 1
+        self.loop.record(self.loop.point(variant, n, workload, status=status, error=error,
+                                         repetitions=reps, **setup))
 
     # --- one sync -------------------------------------------------------------
     def _sync(self, bed: Testbed, change: Change, partial: set[str] | None,
@@ -273,13 +258,26 @@ class SyncRunner(Runner):
         packets = min(MAX_EFFECT_PACKETS, max(1, math.ceil(rate * window)))
         target = Target.from_client_pod(bed.cluster, change.vip, change.port)
         pcap = self.workdir / "effect.pcap"
-        self._seq = getattr(self, "_seq", 0) + packets
+        self._seq += packets
         target.build_pcap("udp-new", packets, pcap, seq_start=self._seq, src_span=SRC_SPAN)
         stop = threading.Event()
         thread = threading.Thread(target=target.replay, args=(pcap, rate, window + 30, stop),
                                   daemon=True)
         thread.start()
         return thread, stop
+
+
+@contextlib.contextmanager
+def _attached(*probes: Any) -> Iterator[None]:
+    """``probes`` attached for the block, detached after it (also on Ctrl-C)."""
+    try:
+        for p in probes:
+            p.attach()
+        yield
+    finally:
+        with interrupts.deferred():
+            for p in probes:
+                p.detach()
 
 
 def _endpoint_ips(slices: list[EndpointSlice], svc: Service) -> list[str]:

@@ -26,7 +26,7 @@ Flow spaces never overlap: per source address, new flows use source ports
 and the new-flow warm-up port :data:`SPORT_FIRST` - 1 lies between. The
 flow of a new-flow packet is a function of its sequence number (flow =
 seq mod 64,512 x ``src_span``), so traffic that takes consecutive,
-non-overlapping sequence ranges (bench.measure.runner's ``SeqSpace``) uses fresh
+non-overlapping sequence ranges (bench.measure.repetition's ``SeqSpace``) uses fresh
 flows without flushing conntrack, until the flow space wraps.
 
 ``dst_ips`` spreads a pcap over several destinations (packet or flow ``i``

@@ -297,11 +297,15 @@ class ResultWriter:
             point["summary"] = summarise_point(point)
         _check_finite(point, f"point {point['id']!r}")
         self.document["points"].append(point)
-        try:
-            self._write()
-        except BaseException:
-            self.document["points"].pop()  # keep memory equal to what is on disk
-            raise
+        # A signal waits for the rewrite: one landing after the rename (in the
+        # directory's fsync) would drop from memory, and so from the run's last
+        # write, a point the file already holds.
+        with interrupts.deferred():
+            try:
+                self._write()
+            except BaseException:
+                self.document["points"].pop()  # keep memory equal to what is on disk
+                raise
         return point
 
     def finish(self, status: RunStatus = "complete") -> None:

@@ -30,7 +30,7 @@ from bench.model.generate import GenSpec, generate
 from bench.model.layout import plan_layout
 from bench.model.objects import service_port_views
 from tests.conftest import held_bpf_programs, require_feature
-from tests.integration import semantics as S
+from tests.helpers import semantics as S
 
 pytestmark = pytest.mark.privileged
 

@@ -22,7 +22,7 @@ from bench.present import plots
 from bench.results.reader import load_result
 from bench.results.schema import ResultDoc
 from tests.conftest import ROOT
-from tests.variants import slowed_down
+from tests.helpers.perturb import slowed_down
 
 BASELINE = ROOT / "results" / "baselines" / "default.json"
 WINDOW = (1280, 2000)

@@ -15,6 +15,7 @@ import pytest
 from bench.cluster.topology import run_namespaces
 from bench.errors import ApplyError
 from bench.measure import runner as runner_mod
+from bench.measure import scale_loop as loop_mod
 from bench.measure.runner import Runner
 from bench.measure.scenario import parse_scenario
 from bench.results.reader import load_result
@@ -80,7 +81,7 @@ def test_smoke_run_writes_result_csv_and_plots(tmp_path: Path) -> None:
 
 def test_a_failed_point_is_recorded_and_the_run_goes_on(tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    real = runner_mod.make_variant
+    real = loop_mod.make_variant
 
     def broken(variant: str):  # type: ignore[no-untyped-def]
         dp = real(variant)
@@ -90,7 +91,7 @@ def test_a_failed_point_is_recorded_and_the_run_goes_on(tmp_path: Path,
             dp.apply = apply  # type: ignore[method-assign]
         return dp
 
-    monkeypatch.setattr(runner_mod, "make_variant", broken)
+    monkeypatch.setattr(loop_mod, "make_variant", broken)
     path = Runner(tiny(), tmp_path).run()  # type: ignore[arg-type]
     result = load_result(path)
     by_variant = {(pt["variant"], pt["services"]): pt for pt in result["points"]}
@@ -117,7 +118,7 @@ def test_sync_seconds_is_node_0s_apply_with_render_and_other_nodes_apart(
     """Render slowed by RENDER_DELAY on each node, node 1's apply by NODE1_DELAY: the
     headline is node 0's apply alone (as in sync scenarios), the rest kept apart."""
     render_delay, node1_delay = 0.3, 0.8
-    real = runner_mod.make_variant
+    real = loop_mod.make_variant
 
     def slowed(variant: str):  # type: ignore[no-untyped-def]
         dp = real(variant)
@@ -134,7 +135,7 @@ def test_sync_seconds_is_node_0s_apply_with_render_and_other_nodes_apart(
         dp.render, dp.apply = slow_render, slow_apply  # type: ignore[method-assign]
         return dp
 
-    monkeypatch.setattr(runner_mod, "make_variant", slowed)
+    monkeypatch.setattr(loop_mod, "make_variant", slowed)
     doc = {"name": "tiny", "sweep": {"datapaths": ["iptables-legacy"], "services": [1],
                                      "endpoints": 2},
            "traffic": {"workloads": ["udp-new"], "rate_pps": 2000, "packets": 100,

@@ -1,6 +1,6 @@
 """Service semantics proven with real packets, for each datapath.
 
-Each datapath variant gets its own namespace cluster (see semantics.py);
+Each datapath variant gets its own namespace cluster (see tests/helpers/semantics.py);
 connections are real TCP connections (and UDP requests) from the in-cluster
 client pod or the external client, answered by echo servers that report the
 peer address they saw. A case runs for every datapath that implements it
@@ -23,7 +23,7 @@ from bench.cluster.testbed import Testbed
 from bench.datapaths import VARIANTS, make_variant
 from bench.model import layout as L
 from tests.conftest import require_feature
-from tests.integration import semantics as S
+from tests.helpers import semantics as S
 
 pytestmark = pytest.mark.privileged
 

@@ -17,11 +17,11 @@ from bench.cluster.topology import new_prefix, remove_run
 from bench.datapaths import make_variant
 from bench.datapaths.base import run_in_netns
 from bench.errors import ApplyError
-from bench.measure import runner as runner_mod
+from bench.measure import scale_loop as loop_mod
 from bench.measure.scenario import parse_scenario
 from bench.measure.sync_runner import SyncRunner
 from bench.results.reader import load_result
-from tests.integration import semantics as S
+from tests.helpers import semantics as S
 
 pytestmark = pytest.mark.privileged
 DELAY = 1.0
@@ -72,7 +72,7 @@ def test_time_to_effect_is_measured_by_traffic(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     # The apply returns at once but the rules land DELAY seconds later: a time to effect
     # inferred from the apply would be ~0; the traffic must see the delay.
-    real = runner_mod.make_variant
+    real = loop_mod.make_variant
 
     def delayed(variant: str):  # type: ignore[no-untyped-def]
         dp = real(variant)
@@ -90,7 +90,7 @@ def test_time_to_effect_is_measured_by_traffic(tmp_path: Path,
         dp.apply_partial = late  # type: ignore[method-assign]
         return dp
 
-    monkeypatch.setattr(runner_mod, "make_variant", delayed)
+    monkeypatch.setattr(loop_mod, "make_variant", delayed)
     sc = one_change()
     path = SyncRunner(sc, tmp_path).run()  # type: ignore[arg-type]
     (point,) = [p for p in load_result(path)["points"] if p["workload"] == "sync-add-endpoint"]
@@ -103,7 +103,7 @@ def test_ctrl_c_during_a_change_stops_its_traffic_at_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The change's traffic is sized for twice the full sync (here 20 s of it): Ctrl-C
     during the change must stop it, not wait for it to run out."""
-    real = runner_mod.make_variant
+    real = loop_mod.make_variant
     replays: list[threading.Thread] = []
     raised: list[float] = []
 
@@ -124,7 +124,7 @@ def test_ctrl_c_during_a_change_stops_its_traffic_at_once(
         dp.apply, dp.apply_partial = slow, interrupted  # type: ignore[method-assign]
         return dp
 
-    monkeypatch.setattr(runner_mod, "make_variant", slow_full_then_interrupt)
+    monkeypatch.setattr(loop_mod, "make_variant", slow_full_then_interrupt)
     sc = one_change()
     runner = SyncRunner(sc, tmp_path)  # type: ignore[arg-type]
     with pytest.raises(KeyboardInterrupt):
@@ -133,7 +133,7 @@ def test_ctrl_c_during_a_change_stops_its_traffic_at_once(
     assert time.monotonic() - raised[0] < 12, "the run waited for the change's traffic"
     assert replays, "no traffic was running during the change"
     assert not any(t.is_alive() for t in replays)
-    doc = load_result(runner.writer.path)  # type: ignore[union-attr]
+    doc = load_result(runner.loop.writer.path)  # type: ignore[union-attr]
     assert doc["status"] == "interrupted"
 
 
@@ -141,7 +141,7 @@ def test_a_change_s_traffic_ends_once_the_change_shows(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The traffic that watches a change is sized for twice the full sync (20 s here);
     it ends once the change has shown, so a fast partial sync takes about a second."""
-    real = runner_mod.make_variant
+    real = loop_mod.make_variant
     calls: list[tuple[str, float]] = []  # (which, when it returned)
 
     def slow_full(variant: str):  # type: ignore[no-untyped-def]
@@ -160,7 +160,7 @@ def test_a_change_s_traffic_ends_once_the_change_shows(
         dp.apply, dp.apply_partial = slow, timed  # type: ignore[method-assign]
         return dp
 
-    monkeypatch.setattr(runner_mod, "make_variant", slow_full)
+    monkeypatch.setattr(loop_mod, "make_variant", slow_full)
     sc = one_change()
     path = SyncRunner(sc, tmp_path).run()  # type: ignore[arg-type]
     (point,) = [p for p in load_result(path)["points"] if p["workload"] == "sync-add-endpoint"]

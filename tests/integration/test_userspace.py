@@ -30,7 +30,7 @@ from bench.measure.probes.latency import LatencyProbe
 from bench.model import layout as L
 from bench.model.generate import GenSpec, generate
 from tests.conftest import require_feature
-from tests.integration import semantics as S
+from tests.helpers import semantics as S
 
 pytestmark = pytest.mark.privileged
 

@@ -189,10 +189,10 @@ def test_corpus_is_large_and_covers_every_kind(tmp_path: Path) -> None:
 
 
 def run_batch(argvs: list[list[str]], workers: int = 2) -> list[Outcome]:
-    """Many command lines through tests/cli_batch.py (one CLI import, a fork each),
+    """Many command lines through tests/helpers/cli_batch.py (one CLI import, a fork each),
     split over ``workers`` batch processes."""
     def batch(chunk: list[list[str]]) -> list[Outcome]:
-        p = subprocess.run([sys.executable, "-m", "tests.cli_batch"], cwd=ROOT, text=True,
+        p = subprocess.run([sys.executable, "-m", "tests.helpers.cli_batch"], cwd=ROOT, text=True,
                            input="".join(json.dumps(a) + "\n" for a in chunk),
                            capture_output=True, timeout=WALL_LIMIT_S * len(chunk))
         assert p.returncode == 0, p.stderr

@@ -15,7 +15,7 @@ from bench.results.baseline import merge_runs
 from bench.results.model import runs_of
 from bench.results.reader import load_result
 from bench.results.schema import ResultDoc
-from tests.synthetic_results import (
+from tests.helpers.synthetic_results import (
     ENV,
     changes,
     in_memory,

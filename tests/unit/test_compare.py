@@ -21,7 +21,8 @@ from bench.results.reader import load_result
 from bench.results.schema import SCHEMA_VERSION, PointDoc, ResultDoc
 from bench.results.writer import make_point, make_repetition
 from tests.conftest import ROOT
-from tests.synthetic_results import (
+from tests.helpers.perturb import left_out, slowed_down
+from tests.helpers.synthetic_results import (
     ENV,
     JITTER,
     PACKETS,
@@ -35,7 +36,6 @@ from tests.synthetic_results import (
     regressed_results,
     write,
 )
-from tests.variants import left_out, slowed_down
 
 BASELINE = ROOT / "results" / "baselines" / "default.json"
 

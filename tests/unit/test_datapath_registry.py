@@ -63,8 +63,8 @@ def test_the_runner_records_the_family(tmp_path: Path) -> None:
     doc = {"name": "fam", "sweep": {"datapaths": ["socket-lb", "ebpf-tc"], "services": [1]},
            "traffic": {"workloads": ["udp-new"], "packets": 100}}
     runner = Runner(parse_scenario(doc, "<test>", json.dumps(doc)), tmp_path)
-    assert runner._point("socket-lb", 1, "udp-new")["datapath"] == "socket-lb"
-    assert runner._point("ebpf-tc", 1, "udp-new")["datapath"] == "ebpf-tc"
+    assert runner.loop.point("socket-lb", 1, "udp-new")["datapath"] == "socket-lb"
+    assert runner.loop.point("ebpf-tc", 1, "udp-new")["datapath"] == "ebpf-tc"
 
 
 def test_older_results_read_with_the_family_name() -> None:

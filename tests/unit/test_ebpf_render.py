@@ -1,7 +1,7 @@
 """The eBPF datapaths' map entries and the userspace datapath's rules, rendered without root.
 
 Golden files: ``tests/data/golden/ebpf/<node>.expected`` is the rendering of the
-semantics cluster (tests/integration/semantics.py) for each node. Regenerate
+semantics cluster (tests/helpers/semantics.py) for each node. Regenerate
 with ``KPBENCH_UPDATE_GOLDEN=1`` after a deliberate change and review the diff.
 """
 
@@ -23,7 +23,7 @@ from bench.errors import InputError
 from bench.model import layout as L
 from bench.model.generate import GenSpec, generate
 from bench.model.objects import EndpointSlice, Service, service_port_views
-from tests.integration import semantics as S
+from tests.helpers import semantics as S
 
 GOLDEN = Path(__file__).parents[1] / "data" / "golden" / "ebpf"
 

@@ -15,7 +15,7 @@ import pytest
 from bench.present.export import summary_metrics
 from bench.results.reader import iter_points, load_result
 from bench.results.writer import make_point
-from tests.synthetic_results import (
+from tests.helpers.synthetic_results import (
     ENV,
     REGRESSED_SCALES,
     keep_signal_handlers,

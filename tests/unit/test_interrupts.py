@@ -112,10 +112,10 @@ def test_a_signal_after_the_last_point_says_the_result_is_complete(
     """SIGTERM while the run releases its probes (after the result was written whole):
     the process stops with 143, and says the result on disk is complete, not partial."""
     from bench import cli
-    from bench.measure.runner import Runner
+    from bench.measure.scale_loop import ScaleLoop
     from bench.results import environment, reader, writer
 
-    def run_then_signal(self: Runner) -> Path:
+    def run_then_signal(self: ScaleLoop) -> Path:
         env = environment.capture_environment()
         with writer.ResultWriter(tmp_path / "r.json", environment=env, scenario={
                 "name": self.sc.name, "path": self.sc.path, "text": self.sc.text}) as w:
@@ -123,7 +123,7 @@ def test_a_signal_after_the_last_point_says_the_result_is_complete(
         os.kill(os.getpid(), signal.SIGTERM)  # in the clean-up after the last point
         raise AssertionError("the signal did not stop the run")
 
-    monkeypatch.setattr(Runner, "run", run_then_signal)
+    monkeypatch.setattr(ScaleLoop, "run", run_then_signal)
     scenario = Path(__file__).parents[2] / "scenarios" / "smoke.toml"
     code = cli.main(["run", str(scenario), "--results", str(tmp_path), "--no-export"])
     err = capsys.readouterr().err
@@ -150,3 +150,33 @@ def test_a_signal_while_the_result_file_is_claimed_leaves_no_file(
         writer.ResultWriter(tmp_path / "r.json", environment=environment.capture_environment(),
                              scenario={"name": "s", "path": "s.toml", "text": ""})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_signal_while_a_point_is_written_keeps_the_point_the_file_holds(
+        handlers: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C after the atomic rename of a rewrite (during the directory's fsync): the file
+    already holds the new point, and the run's last write ("interrupted") must keep it."""
+    import json
+
+    from bench import results
+
+    real_fsync = os.fsync
+    armed = [False]
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        if armed[0] and os.path.isdir(f"/proc/self/fd/{fd}"):  # after the rename
+            armed[0] = False
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    w = results.ResultWriter(tmp_path / "r.json", environment=results.capture_environment(),
+                             scenario={"name": "s", "path": "s.toml", "text": ""})
+    with pytest.raises(KeyboardInterrupt), w:
+        armed[0] = True
+        w.add_point(results.make_point(datapath="nftables", variant="nftables", services=1,
+                                       endpoints=1, workload="udp-new", rate_pps=1000,
+                                       position="last", position_index=0, status="failed",
+                                       error="a point"))
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["status"] == "interrupted" and len(doc["points"]) == 1

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from bench.measure.runner import Progress
+from bench.measure.progress import Progress
 from bench.measure.scenario import load_scenario
 from tests.conftest import ROOT
 

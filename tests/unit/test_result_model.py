@@ -19,7 +19,7 @@ from bench.results.model import Point, Result, runs_of
 from bench.results.reader import iter_points
 from bench.results.summarise import summarise_point
 from bench.results.writer import make_repetition
-from tests.synthetic_results import in_memory, point
+from tests.helpers.synthetic_results import in_memory, point
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from bench.commands import run as run_cmd
 from bench.present.summary import figures_tables, left_out
 from bench.results.writer import ResultWriter, make_point
-from tests.synthetic_results import ENV, in_memory, point
+from tests.helpers.synthetic_results import ENV, in_memory, point
 
 LACKS = "kernel feature missing: ipvs: ip_vs module not available"
 

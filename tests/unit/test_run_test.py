@@ -10,7 +10,7 @@ import pytest
 
 from bench.analysis import runlevel as rt
 from bench.analysis.metrics import METRICS_BY_NAME
-from tests.synthetic_results import point
+from tests.helpers.synthetic_results import point
 
 
 def _p(base: list[float], new: list[float], resolution: float = 0.0,

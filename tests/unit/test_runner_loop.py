@@ -16,7 +16,8 @@ from bench.cluster.testbed import SyncTiming
 from bench.errors import KpbenchError
 from bench.measure import traffic as T
 from bench.measure.probes.latency import LatencyReading
-from bench.measure.runner import ProbeSet, Runner, SeqSpace
+from bench.measure.repetition import ProbeSet, SeqSpace
+from bench.measure.runner import Runner
 from bench.measure.scenario import parse_scenario
 from bench.results.summarise import summarise_point
 

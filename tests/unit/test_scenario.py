@@ -51,7 +51,7 @@ def test_datapaths_selects_part_of_a_scenario_and_says_so(tmp_path: Path) -> Non
     with pytest.raises(InputError, match="--datapaths: cilium: not in scenario 'default'"):
         select_datapaths(sc, ["cilium"])
     # The result records the choice (its scenario text is the whole file).
-    from tests.synthetic_results import ENV
+    from tests.helpers.synthetic_results import ENV
     assert "selected_datapaths" not in sc.document()
     with ResultWriter(tmp_path / "r.json", scenario=part.document(), environment=dict(ENV)):
         pass

@@ -23,7 +23,7 @@ from bench.analysis.verdict import Reason, Thresholds, Verdict, judge, parse_gat
 from bench.errors import InputError
 from bench.results import PointDoc, load_result, make_point, runs_of
 from tests.conftest import ROOT
-from tests.synthetic_results import (
+from tests.helpers.synthetic_results import (
     RATE,
     REPS,
     changes,

@@ -1,4 +1,5 @@
-"""Variants of a real result: slower by a factor, or one of its runs split from the others.
+"""A real result perturbed on purpose: slower by a factor, or one of its runs split from
+the others.
 
 Used to test the regression comparison and the report on the committed
 baseline without a 5-minute benchmark run.

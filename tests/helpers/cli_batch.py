@@ -6,7 +6,7 @@ stderr, CPU time and peak memory (the child's own rusage).
 Used by tests/unit/test_bad_input_corpus.py: over a hundred interpreters, each
 importing the CLI anew, would cost a minute of CPU on a loaded machine.
 
-    python -m tests.cli_batch < commands.jsonl > outcomes.jsonl
+    python -m tests.helpers.cli_batch < commands.jsonl > outcomes.jsonl
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The Service semantics every datapath must implement, as a cluster fixture.
 
 Four backend pods (A, B on node-0; C, D on node-1) serve every service; each
-service exercises one behaviour. Shared by the netfilter tests here and the
-VM tests of other datapaths.
+service exercises one behaviour. Shared by the semantics, eBPF, userspace and
+sync tests (integration, and the VM stage) and by the eBPF render golden test.
 """
 
 from __future__ import annotations

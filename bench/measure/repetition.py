@@ -1,0 +1,157 @@
+"""One repetition of traffic: the flows it takes, the probes that watch it, and what
+they read back.
+
+Every phase of a cluster's traffic takes its own range of sequence numbers
+(:class:`SeqSpace`), so each packet of a new-flow workload is a new flow; the
+probes a scenario asks for are attached together (:class:`ProbeSet`, those that
+fail recorded as missing); :func:`read_repetition` turns their readings into a
+repetition of the result, counting only the packets this repetition sent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bench import interrupts
+from bench import results as R
+from bench.analysis.stats import Histogram
+from bench.errors import FeatureMissing, KpbenchError
+from bench.measure.probes.latency import LatencyProbe
+from bench.measure.probes.loader import Probe
+from bench.measure.probes.transit import transit_bucket_bounds
+from bench.measure.traffic import SPORTS, ReplayStats
+
+log = logging.getLogger("kpbench")
+
+# Source addresses every new-flow pcap of a cluster steps through: 64 x 64,512 flows,
+# enough for settle, warm-up, repetitions and controls of a point.
+FLOW_SRC_SPAN = 64
+
+
+class SeqSpace:
+    """The sequence numbers of one cluster's traffic, handed out in disjoint ranges.
+
+    A new-flow packet's flow is its sequence number modulo the flow space
+    (bench.measure.traffic), and every range lies below that modulus: settle, warm-up,
+    measured, control, breakdown and overhead traffic of one cluster never
+    share a flow, so "every packet a new flow" holds for each (conntrack is
+    not flushed between them). Ranges only grow, so a straggler of an earlier
+    phase has a sequence number below the next window and is out of its range.
+    """
+
+    def __init__(self, src_span: int = FLOW_SRC_SPAN) -> None:
+        self.src_span = src_span
+        self.flows = SPORTS * src_span
+        self.next = 0
+
+    def take(self, count: int) -> int:
+        """The first of ``count`` sequence numbers no other phase uses."""
+        if self.next + count > self.flows:
+            raise KpbenchError(f"{self.next + count} packets exceed the {self.flows} fresh "
+                               "flows of one cluster; lower traffic.packets or repetitions")
+        first, self.next = self.next, self.next + count
+        return first
+
+
+@dataclass
+class ProbeSet:
+    """The probes a scenario asks for; the ones that failed are recorded as missing."""
+
+    latency: LatencyProbe
+    others: dict[str, Probe] = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)
+    warned: set[str] = field(default_factory=set)  # shared by a run: each reason said once
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[ProbeSet]:
+        """The probes attached for the block (a missing one recorded, said once per run)."""
+        try:
+            # Without the latency probe nothing counts delivered packets: that is fatal.
+            self.latency.attach()
+            for name, probe in list(self.others.items()):
+                try:
+                    probe.attach()
+                except FeatureMissing as e:
+                    if str(e) not in self.warned:
+                        self.warned.add(str(e))
+                        log.warning("warning: %s; its measurement is recorded as missing "
+                                    "(at every point; said once)", e)
+                    self.missing[name] = str(e)
+                    del self.others[name]
+            yield self
+        finally:
+            with interrupts.deferred():
+                for probe in (self.latency, *self.others.values()):
+                    probe.detach()
+
+    def start(self, seq_base: int) -> None:
+        """Start a window whose own packets have sequence numbers from ``seq_base``."""
+        self.latency.start(seq_base)
+        for probe in self.others.values():
+            probe.start()
+
+
+def read_repetition(stats: Any, probes: ProbeSet, latency: bool = True,
+                    seq_base: int = 0) -> R.RepetitionDoc:
+    """The repetition the probes saw of the replay ``stats`` describes (``latency``:
+    with its latency histogram; a breakdown repetition's latency is not reported)."""
+    lat = probes.latency.read()
+    # Only the packets this repetition sent: stamped on leaving the client in this
+    # window, with a sequence number among the first stats.sent of its range. A
+    # straggler of earlier traffic, or warm-up, is not one of them.
+    mine = sent_here(lat.seqs, seq_base, stats.sent)
+    delivered = int(np.count_nonzero(mine))
+    arrivals = lat.arrival_ns[mine] if lat.arrival_ns is not None else np.empty(0)
+    latency_ns = lat.latency_ns[mine]
+    kw: dict[str, Any] = {}
+    if "cpu" in probes.others:
+        cpu = probes.others["cpu"].read()  # type: ignore[attr-defined]
+        kw["softirq_ns"] = cpu.net_rx_ns
+        kw["process_ns"] = cpu.process_ns  # the datapath's processes (0: it runs none)
+        kw["cpu_ns_per_packet"] = cpu.total_ns / delivered if delivered else None
+    if "drops" in probes.others:
+        drops = probes.others["drops"].read()  # type: ignore[attr-defined]
+        # The run's own packets when the probe can tell them apart, else IPv4 drops.
+        kw["drops"] = (drops.run_by_reason if drops.run_by_reason is not None
+                       else drops.ipv4_by_reason)
+    if "transit" in probes.others:
+        tr = probes.others["transit"].read()  # type: ignore[attr-defined]
+        lower, upper = transit_bucket_bounds()
+        mids = ((lower + upper - 1) / 2).astype("int64")
+        samples = mids.repeat(tr.hist)
+        kw["transit_hist"] = Histogram.from_samples(samples) if len(samples) else None
+    if "kfunc" in probes.others:
+        kw["kfunc"] = probes.others["kfunc"].read().per_packet(delivered)  # type: ignore[attr-defined]
+    return R.make_repetition(
+        sent=stats.sent, delivered=delivered, offered_pps=stats.offered_pps,
+        achieved_pps=stats.achieved_pps,
+        # Measured at the receiver: first to last arrival of the delivered packets.
+        arrival_seconds=(float(arrivals.max() - arrivals.min()) / 1e9
+                         if len(arrivals) > 1 else None),
+        latency_hist=(Histogram.from_samples(latency_ns)
+                      if latency and len(latency_ns) else None),
+        **kw)
+
+
+def sent_here(seqs: np.ndarray, seq_base: int, sent: int) -> np.ndarray:
+    """Mask of ``seqs`` within the first ``sent`` sequence numbers from ``seq_base``."""
+    offset = seqs.astype(np.int64) - seq_base
+    return (offset >= 0) & (offset < sent)
+
+
+def replay_failure(stats: ReplayStats, count: int, budget: float) -> str | None:
+    """Why a replay of ``count`` packets cannot stand as a repetition (None: it can)."""
+    if stats.timed_out:
+        return (f"tcpreplay timed out after {budget:.0f} s having sent {stats.sent} of "
+                f"{count} packets")
+    if stats.failed:
+        return f"tcpreplay failed to send {stats.failed} of {count} packets"
+    if stats.sent != count:
+        return f"tcpreplay sent {stats.sent} of {count} packets"
+    return None
