@@ -167,17 +167,23 @@ int kpb_tag(struct __sk_buff *skb)
 
 /* skb:kfree_skb and skb:consume_skb: the skb's life ends, forget its address.
  * Field offsets come from the format files (KPB_OFF_*), not kernel headers. */
+/* A hash delete takes its bucket's lock even when the key is absent, and these
+ * run for every freed or consumed skb on the machine: look first (lock-free). */
+static __always_inline void kpb_forget(u64 skb)
+{
+    if (inflight.lookup(&skb))
+        inflight.delete(&skb);
+}
+
 int kpb_kfree_skb(void *ctx)
 {
-    u64 skb = *(u64 *)((char *)ctx + KPB_OFF_KFREE_SKBADDR);
-    inflight.delete(&skb);
+    kpb_forget(*(u64 *)((char *)ctx + KPB_OFF_KFREE_SKBADDR));
     return 0;
 }
 
 int kpb_consume_skb(void *ctx)
 {
-    u64 skb = *(u64 *)((char *)ctx + KPB_OFF_CONSUME_SKBADDR);
-    inflight.delete(&skb);
+    kpb_forget(*(u64 *)((char *)ctx + KPB_OFF_CONSUME_SKBADDR));
     return 0;
 }
 #endif

@@ -134,8 +134,7 @@ class DropsProbe(Probe):
         super().detach()
 
     def _zero(self) -> None:
-        for name in (b"drops", b"drops_ip", b"drops_run"):
-            self._bpf[name].clear()
+        self._bpf[b"drops"].clear()
 
     def reason_name(self, value: int) -> str:
         """The kernel's name of drop reason ``value`` (``reason-<n>`` if it prints none)."""
@@ -145,10 +144,9 @@ class DropsProbe(Probe):
         """Drops by reason since :meth:`start`."""
         self._require()
 
-        def named(table: str) -> dict[str, int]:
-            return {self.reason_name(k.value): int(v.value)
-                    for k, v in self._bpf[table.encode()].items()}
-
-        return DropsReading(named("drops"), named("drops_ip"),
-                            named("drops_run") if self.origin is not None else None,
-                            self._window())
+        # One per-CPU table keyed kind << 32 | reason (drops.c): summed over the CPUs.
+        counts: list[dict[str, int]] = [{}, {}, {}]  # every protocol, IPv4, the run's
+        for k, v in self._bpf[b"drops"].items():
+            counts[k.value >> 32][self.reason_name(k.value & 0xFFFFFFFF)] = int(sum(v))
+        return DropsReading(counts[0], counts[1],
+                            counts[2] if self.origin is not None else None, self._window())
