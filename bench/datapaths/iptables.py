@@ -45,6 +45,11 @@ chains in full, service chains only for changed Services, no EnsureRule step.
 Each service port's text is cached per node, keyed by the port and its
 endpoints, so a resync renders only ports that changed and a partial sync
 only the changed Services (the rest is joined from the cache).
+
+Why one module of this size: the rendering mirrors upstream's
+``pkg/proxy/iptables/proxier.go`` rule for rule, in its order, so that the
+golden tests and a reader can hold one against the other; splitting it
+would scatter one ``syncProxyRules`` over several files.
 """
 
 from __future__ import annotations

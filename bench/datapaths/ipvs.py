@@ -49,6 +49,11 @@ ipset entries and per-chain jump/set sequences for the same inputs (see
   graceful termination (weight 0, then delete) is not modelled: a removed
   real server is deleted at once.
 - The iptables backend is ``iptables-legacy`` by default (``nft`` selectable).
+
+Why one module of this size: render and apply follow upstream's single
+``pkg/proxy/ipvs/proxier.go`` step for step (its ``syncProxyRules`` is one
+function), and keeping them side by side is what lets a reader check one
+against the other; the netlink side is already apart (``_ipvs_netlink``).
 """
 
 from __future__ import annotations
