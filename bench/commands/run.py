@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.errors import InputError
 from bench.measure.scenario import load_scenario, select_datapaths
-from bench.paths import RESULTS_DIR
+from bench.paths import CHECKOUT, RESULTS_DIR
 
 if TYPE_CHECKING:
     from bench.measure.runner import Runner
@@ -137,11 +137,13 @@ def epilogue(path: Path, args: argparse.Namespace) -> None:
                   f"  {vm_command(args, list(lacking))}\n  {_vm_time(args, result, lacking)}")
 
 
-def vm_command(args: argparse.Namespace, variants: list[str]) -> str:
-    """The command that measures ``variants`` of this run's scenario in a VM."""
-    kpbench = Path(sys.argv[0]) if Path(sys.argv[0]).name == "kpbench" else None
-    exe = (os.path.relpath(kpbench) if kpbench and not kpbench.is_absolute()
-           else str(kpbench or ".venv/bin/kpbench"))
+def vm_command(args: argparse.Namespace, variants: list[str], exe: str | None = None) -> str:
+    """The command that measures ``variants`` of this run's scenario in a VM (``exe``: the
+    kpbench to name, by default the one running)."""
+    if exe is None:
+        kpbench = Path(sys.argv[0]) if Path(sys.argv[0]).name == "kpbench" else None
+        exe = (os.path.relpath(kpbench) if kpbench and not kpbench.is_absolute()
+               else str(kpbench or ".venv/bin/kpbench"))
     extra: list[str] = []
     if Path(args.results).resolve() != DEFAULT_RESULTS.resolve():
         extra = ["--results", args.results]
@@ -151,17 +153,20 @@ def vm_command(args: argparse.Namespace, variants: list[str]) -> str:
 
 
 def _vm_time(args: argparse.Namespace, result: Any, lacking: dict[str, str]) -> str:
-    """How long that takes: the last such VM run stored here, else the documented figure."""
+    """How long that takes: the last run of that very command stored here, else the time
+    docs/machines.md records for it (measured on this project's host), else where to look."""
     from bench.results.store import scan
 
     runs = []
     for root in dict.fromkeys((Path(args.results), DEFAULT_RESULTS)):
         if root.is_dir():
             runs += scan(root)[0]
+    # The same command: the scenario and exactly the left-out datapaths (a whole-suite VM
+    # run takes hours longer, its time is not this command's).
     done = [r for r in runs if r.doc["environment"].get("where") == "vm"
             and r.doc["status"] == "complete" and r.doc.get("finished")
             and r.scenario == result["scenario"]["name"]
-            and set(lacking) <= {p["variant"] for p in r.doc["points"]}]
+            and set(r.doc["scenario"].get("selected_datapaths") or ()) == set(lacking)]
     if done:
         last = max(done, key=lambda r: r.started)
         minutes = (_dt.datetime.fromisoformat(last.doc["finished"])  # type: ignore[arg-type]
@@ -169,8 +174,37 @@ def _vm_time(args: argparse.Namespace, result: Any, lacking: dict[str, str]) -> 
         vm = last.doc["environment"].get("vm") or {}
         return (f"(the last such run here, {str(vm.get('accel', '?')).upper()}, measured for "
                 f"{minutes:.0f} min after booting: {last.path})")
+    scenario = Path(args.scenario)
+    if scenario.is_absolute() and scenario.is_relative_to(CHECKOUT):
+        scenario = scenario.relative_to(CHECKOUT)
+    plain = argparse.Namespace(scenario=str(scenario), results=str(DEFAULT_RESULTS))
+    measured = documented_time(vm_command(plain, list(lacking), exe="kpbench"))
+    if measured:
+        return f"(measured on a 2-core host, the VM under TCG emulation: {measured}; " \
+               f"{MACHINES_DOC.relative_to(CHECKOUT)})"
     return ("(a VM under TCG emulation is several times slower than the host: see "
             "docs/machines.md for the times measured on a 2-core host)")
+
+
+#: The machine facts, with the measured times of VM runs (a table row per command).
+MACHINES_DOC = CHECKOUT / "docs" / "machines.md"
+
+
+def documented_time(command: str, doc: Path = MACHINES_DOC) -> str | None:
+    """The time a Markdown table in ``doc`` records for ``command``: in the first row with a
+    cell that quotes exactly that command in backticks, the next cell (None if no row does)."""
+    try:
+        text = doc.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if not line.lstrip().startswith("|"):
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        for i, cell in enumerate(cells[:-1]):
+            if f"`{command}`" in cell and cells[i + 1]:
+                return cells[i + 1]
+    return None
 
 
 def _say_if_complete(runner: Runner | SyncRunner) -> None:

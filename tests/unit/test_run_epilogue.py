@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from bench.commands import run as run_cmd
+from bench.paths import CHECKOUT
 from bench.present.summary import figures_tables, left_out
 from bench.results.writer import ResultWriter, make_point
 from tests.helpers.synthetic_results import ENV, in_memory, point
@@ -51,7 +52,9 @@ def test_figures_table_per_workload_with_left_out_variants_said_once() -> None:
 
 
 @pytest.fixture
-def run_args(tmp_path: Path) -> argparse.Namespace:
+def run_args(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> argparse.Namespace:
+    # The checkout's own results/ may hold real VM runs: the tests see only their own.
+    monkeypatch.setattr(run_cmd, "DEFAULT_RESULTS", tmp_path / "checkout-results")
     return argparse.Namespace(scenario="scenarios/default.toml", results=str(tmp_path),
                               no_export=False)
 
@@ -87,19 +90,57 @@ def test_the_run_ends_with_its_figures_its_files_and_one_line_per_left_out_thing
     assert "plot:" not in out + err  # the figures' notes are in their footnotes
 
 
-def test_the_vm_time_is_the_last_such_run_stored_here(
-        tmp_path: Path, run_args: argparse.Namespace) -> None:
-    doc = in_memory(result_points())
-    assert "docs/machines.md" in run_cmd._vm_time(run_args, doc, {"ipvs": "x"})
+VM_IPVS = "kpbench vm run -- run scenarios/default.toml --datapaths ipvs"
+
+
+def write_vm_run(path: Path, minutes: int, selected: list[str] | None) -> None:
+    """A complete VM result of scenario "syn" that measured for ``minutes``."""
     vm_env = {**ENV, "where": "vm", "vm": {"accel": "tcg", "kernel": "6.1.0"}}
-    rng = np.random.default_rng(1)
-    path = tmp_path / "vm" / "r.json"
-    path.parent.mkdir()
-    with ResultWriter(path, scenario={"name": "syn", "path": "syn.toml", "text": ""},
-                      environment=vm_env) as w:
-        w.add_point(point(rng, variant="ipvs"))
+    scenario = {"name": "syn", "path": "syn.toml", "text": "",
+                **({"selected_datapaths": selected} if selected is not None else {})}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with ResultWriter(path, scenario=scenario, environment=vm_env) as w:
+        w.add_point(point(np.random.default_rng(1), variant="ipvs"))
     w.document["started"] = "2026-11-30T08:00:00+00:00"
-    w.document["finished"] = "2026-11-30T08:25:00+00:00"
+    w.document["finished"] = (f"2026-11-30T{8 + minutes // 60:02d}:{minutes % 60:02d}:00"
+                              "+00:00")
     w._write()
+
+
+def test_the_vm_time_is_the_last_run_of_that_very_command_stored_here(
+        tmp_path: Path, run_args: argparse.Namespace) -> None:
+    doc = in_memory(result_points())  # scenario "syn", ipvs left out
+    documented = run_cmd._vm_time(run_args, doc, {"ipvs": "x"})
+    assert "docs/machines.md" in documented
+    # A whole-suite VM run of the scenario measured ipvs too, but its time is not the time
+    # of the command that measures ipvs alone.
+    write_vm_run(tmp_path / "vm" / "suite.json", 113, selected=None)
+    write_vm_run(tmp_path / "vm" / "two.json", 50, selected=["ipvs", "xdp"])
+    assert run_cmd._vm_time(run_args, doc, {"ipvs": "x"}) == documented
+    path = tmp_path / "vm" / "r.json"
+    write_vm_run(path, 25, selected=["ipvs"])
     said = run_cmd._vm_time(run_args, doc, {"ipvs": "x"})
     assert "TCG" in said and "25 min" in said and str(path) in said
+
+
+def test_without_a_stored_run_the_time_is_the_one_measured_in_docs_and_the_readme_agrees(
+        run_args: argparse.Namespace) -> None:
+    measured = run_cmd.documented_time(VM_IPVS)
+    assert measured is not None and "min" in measured
+    said = run_cmd._vm_time(run_args, in_memory(result_points()), {"ipvs": "x"})
+    assert measured in said and "docs/machines.md" in said and "TCG" in said
+    # One figure: the README's table of times quotes the same cell for the same command.
+    assert run_cmd.documented_time(VM_IPVS, CHECKOUT / "README.md") == measured
+
+
+def test_documented_time_is_the_cell_after_the_exact_command(tmp_path: Path) -> None:
+    doc = tmp_path / "m.md"
+    doc.write_text("| run | time |\n| --- | --- |\n"
+                   "| `kpbench vm run -- run s.toml` (all) | 113 min |\n"
+                   "| host | `kpbench vm run -- run s.toml --datapaths ipvs`: a VM | 40 min |\n"
+                   "`kpbench vm run -- run s.toml --datapaths xdp` | 9 min (not a table)\n")
+    assert run_cmd.documented_time("kpbench vm run -- run s.toml --datapaths ipvs", doc) \
+        == "40 min"
+    assert run_cmd.documented_time("kpbench vm run -- run s.toml", doc) == "113 min"
+    assert run_cmd.documented_time("kpbench vm run -- run s.toml --datapaths xdp", doc) is None
+    assert run_cmd.documented_time("kpbench vm run -- run s.toml", tmp_path / "no.md") is None
