@@ -140,8 +140,12 @@ def test_sigkill_leftovers_are_cleaned_by_clean(tiny: Path, tmp_path: Path) -> N
     proc = subprocess.Popen([*KPBENCH, "run", str(tiny), "--results", str(tmp_path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
-    while "full sync" not in proc.stderr.readline():
-        assert proc.poll() is None
+    seen: list[str] = []
+    while "full sync" not in (line := proc.stderr.readline()):
+        seen.append(line)
+        if not line:  # end of output: the run stopped before its first sync
+            raise AssertionError(f"the run ended (exit {proc.wait()}) before its first sync:\n"
+                                 + "".join(seen))
     proc.kill()
     proc.wait()
     (killed,) = set(run_namespaces()) - set(left["netns"])  # type: ignore[arg-type]
