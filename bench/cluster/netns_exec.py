@@ -10,6 +10,8 @@ is started is the command's own (sync timing traces it by pid).
 
 from __future__ import annotations
 
+import ctypes
+import signal
 import subprocess
 from collections.abc import Sequence
 
@@ -36,3 +38,10 @@ def run_netns(netns: str, argv: Sequence[str], *, stdin: str | None = None,
     """
     return subprocess.run(netns_argv(netns, argv), input=stdin, capture_output=True,
                           text=True, timeout=timeout, check=check)
+
+
+def die_with_parent() -> None:
+    """In a child before it execs (``preexec_fn``): SIGTERM it when its parent dies, so no
+    process a run started outlives a SIGKILLed run."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

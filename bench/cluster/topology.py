@@ -21,13 +21,11 @@ node's netfilter — no bridge on the node, no br_netfilter hairpin issues.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
 import re
 import secrets
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -38,7 +36,7 @@ from pyroute2 import NetNS, netns
 
 from bench import interrupts
 from bench.cluster import cgroups
-from bench.cluster.netns_exec import run_netns
+from bench.cluster.netns_exec import die_with_parent, run_netns
 from bench.errors import FeatureMissing, KpbenchError
 from bench.model import layout as L
 from bench.model.layout import Layout, PodSpec
@@ -234,7 +232,7 @@ class Cluster:
             return
         self._echo = subprocess.Popen(
             [sys.executable, "-m", "bench.cluster.echo"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, text=True, preexec_fn=_die_with_parent)
+            stdout=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
         assert self._echo.stdin is not None and self._echo.stdout is not None
         self._echo.stdin.write(json.dumps(spec))
         self._echo.stdin.close()
@@ -250,12 +248,6 @@ def _check_root() -> None:
     if os.geteuid() != 0:
         raise FeatureMissing("building the namespace cluster needs root (CAP_NET_ADMIN, "
                              "CAP_SYS_ADMIN): run as root, e.g. sudo .venv/bin/kpbench ...")
-
-
-def _die_with_parent() -> None:
-    # The echo process must not outlive a SIGKILLed parent.
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def register_run(prefix: str) -> None:

@@ -39,9 +39,7 @@ probe reads the cgroup's ``cpu.stat``) — the cost this mode is measured for.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
-import signal
 import subprocess
 import sys
 import weakref
@@ -50,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cluster import cgroups
-from bench.cluster.netns_exec import netns_argv
+from bench.cluster.netns_exec import die_with_parent, netns_argv
 from bench.cluster.topology import PREFIX_RE
 from bench.datapaths.base import Datapath, NodeContext
 from bench.datapaths.ebpf_maps import IdAllocator
@@ -179,15 +177,9 @@ def parse_proxy_table(rendered: str) -> list[dict[str, Any]]:
     return services
 
 
-def _die_with_parent() -> None:
-    # A proxy must not outlive a SIGKILLed run.
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def _proxy_preexec(group: Path) -> Callable[[], None]:
     def preexec() -> None:
-        _die_with_parent()
+        die_with_parent()
         # In the run's process cgroup before it runs a line: all its CPU time is counted.
         cgroups.enter_in_child(group)
     return preexec

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.cluster import cgroups
-from bench.cluster.topology import _die_with_parent
+from bench.cluster.netns_exec import die_with_parent
 from bench.errors import KpbenchError
 
 READY_TIMEOUT_S = 10.0
@@ -58,7 +58,7 @@ class Processes:
         (a full pipe would stall it).
         """
         def child() -> None:
-            _die_with_parent()
+            die_with_parent()
             if cgroup is not None:
                 cgroups.enter_in_child(cgroup)
 
