@@ -97,7 +97,7 @@ def _quiet_unraisable(info: sys.UnraisableHookArgs) -> None:
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
     """Hold SIGINT/SIGTERM until the block (and any enclosing deferred block) ends."""
-    global _depth, _pending, _stopping
+    global _depth, _pending, _stopping, _delivered
     _depth += 1
     try:
         yield
@@ -105,8 +105,18 @@ def deferred() -> Iterator[None]:
         _depth -= 1
         if _depth == 0 and _pending is not None:
             exc, _pending = _pending, None
-            _stopping = True
+            _stopping = _delivered = True
             raise exc
+
+
+def raise_pending() -> None:
+    """Inside a deferred block, at a point where stopping leaves nothing half-done (between
+    two netlink requests of a long sync): raise a held signal now, not at the block's end."""
+    global _pending, _stopping, _delivered
+    if _pending is not None:
+        exc, _pending = _pending, None
+        _stopping = _delivered = True
+        raise exc
 
 
 def check() -> None:

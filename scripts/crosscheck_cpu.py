@@ -30,8 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
 from bench.cluster import cgroups
+from bench.cluster.netlink import in_netns
 from bench.cluster.testbed import Testbed
-from bench.cluster.topology import in_netns
 from bench.datapaths import make_variant
 from bench.measure import overhead
 from bench.measure import traffic as T

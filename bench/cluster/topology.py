@@ -28,14 +28,13 @@ import re
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from pyroute2 import NetNS, netns
 
 from bench import interrupts
 from bench.cluster import cgroups
+from bench.cluster.netlink import in_netns
 from bench.cluster.netns_exec import die_with_parent, run_netns
 from bench.errors import FeatureMissing, KpbenchError
 from bench.model import layout as L
@@ -127,8 +126,8 @@ class Cluster:
         """Create every namespace, link, address and route of the layout."""
         _check_root()
         register_run(self.prefix)
-        ul = self._add_ns(self.underlay_ns)
-        try:
+        self._add_ns(self.underlay_ns)
+        with in_netns(self.underlay_ns) as ul:
             ul.link("add", ifname="br0", kind="bridge")
             br = ul.link_lookup(ifname="br0")[0]
             # The underlay's router: nodes need a default route, as real ones have, or
@@ -140,8 +139,6 @@ class Cluster:
             for i in range(self.node_count):
                 self._underlay_member(ul, br, self.node_ns(i), f"n{i}", L.node_ip(i),
                                       NODE_UNDERLAY_IF)
-        finally:
-            ul.close()
         for i in range(self.node_count):
             self._node(i)
         self._pod(self.client_pod_ns, 0, CLIENT_POD_IF, L.client_pod_ip())
@@ -166,44 +163,38 @@ class Cluster:
         self._created.clear()
 
     # --- building blocks ----------------------------------------------------
-    def _add_ns(self, name: str) -> NetNS:
+    def _add_ns(self, name: str) -> None:
         if not PREFIX_RE.match(name):
             raise ValueError(f"refusing to create a namespace without a run prefix: {name}")
-        ns = NetNS(name, flags=os.O_CREAT | os.O_EXCL)
-        self._created.append(name)
-        lo = ns.link_lookup(ifname="lo")[0]
-        ns.link("set", index=lo, state="up")
-        return ns
+        with in_netns(name, create=True) as ns:
+            self._created.append(name)
+            lo = ns.link_lookup(ifname="lo")[0]
+            ns.link("set", index=lo, state="up")
 
     def _underlay_member(self, ul: NetNS, br: int, name: str, port: str, ip: str,
                          ifname: str) -> None:
-        ns = self._add_ns(name)
-        try:
+        self._add_ns(name)
+        with in_netns(name) as ns:
             ns.link("add", ifname=ifname, kind="veth",
                     peer={"ifname": port, "net_ns_fd": self.underlay_ns})
             idx = ns.link_lookup(ifname=ifname)[0]
             ns.addr("add", index=idx, address=ip, prefixlen=L.UNDERLAY.prefixlen)
             ns.link("set", index=idx, state="up")
-        finally:
-            ns.close()
         pidx = ul.link_lookup(ifname=port)[0]
         ul.link("set", index=pidx, master=br, state="up")
 
     def _node(self, i: int) -> None:
         run_netns(self.node_ns(i), ["sysctl", "-q", "-e", "-w", *NODE_SYSCTLS])
-        ns = NetNS(self.node_ns(i), flags=0)
-        try:
+        with in_netns(self.node_ns(i)) as ns:
             for k in range(self.node_count):
                 if k != i:
                     ns.route("add", dst=str(L.pod_cidr(k)), gateway=L.node_ip(k))
             ns.route("add", dst="0.0.0.0/0", gateway=L.UNDERLAY_GATEWAY)
-        finally:
-            ns.close()
 
     def _pod(self, name: str, node: int, node_port: str, ip: str) -> None:
         gw = L.pod_gateway(node)
-        pod = self._add_ns(name)
-        try:
+        self._add_ns(name)
+        with in_netns(name) as pod:
             pod.link("add", ifname="eth0", kind="veth",
                      peer={"ifname": node_port, "net_ns_fd": self.node_ns(node)})
             idx = pod.link_lookup(ifname="eth0")[0]
@@ -211,16 +202,11 @@ class Cluster:
             pod.link("set", index=idx, state="up")
             pod.route("add", dst=f"{gw}/32", oif=idx, scope=RT_SCOPE_LINK)
             pod.route("add", dst="0.0.0.0/0", gateway=gw)
-        finally:
-            pod.close()
-        ns = NetNS(self.node_ns(node), flags=0)
-        try:
+        with in_netns(self.node_ns(node)) as ns:
             idx = ns.link_lookup(ifname=node_port)[0]
             ns.addr("add", index=idx, address=gw, prefixlen=32)
             ns.link("set", index=idx, state="up")
             ns.route("add", dst=f"{ip}/32", oif=idx, scope=RT_SCOPE_LINK)
-        finally:
-            ns.close()
 
     # --- backends -----------------------------------------------------------
     def start_echo(self, timeout: float = 30.0) -> None:
@@ -315,13 +301,3 @@ def remove_run(prefix: str) -> list[str]:
 def leftovers() -> dict[str, list[str]]:
     """Runs whose owning process is gone but whose namespaces remain."""
     return {p: ns for p, ns in run_namespaces().items() if run_owner(p) is None}
-
-
-@contextlib.contextmanager
-def in_netns(name: str) -> Iterator[Any]:
-    """An open pyroute2 handle to an existing run namespace (never creates one)."""
-    ns = NetNS(name, flags=0)
-    try:
-        yield ns
-    finally:
-        ns.close()

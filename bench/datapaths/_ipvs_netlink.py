@@ -27,6 +27,8 @@ from typing import Any
 from pyroute2 import IPVS, IPRoute, IPVSDest, IPVSService
 from pyroute2.netlink.exceptions import NetlinkError
 
+from bench import interrupts
+
 IP_VS_CONN_F_MASQ = 0  # fwd_method: kube-proxy uses NAT (masquerading)
 AF_INET = 2
 
@@ -64,14 +66,18 @@ def sync(plan: dict[str, Any], netns: str | None = None) -> dict[str, int]:
     timeout = plan.get("timeout")
 
     def in_time() -> None:
+        interrupts.raise_pending()
         if timeout is not None and time.monotonic() - start > timeout:
             raise TimeoutError(f"IPVS programming did not finish within {timeout:g} s "
                                f"({counts['services_added']} virtual servers added, "
                                f"{counts['addresses_bound']} addresses bound)")
 
-    with IPRoute(**kw) as ipr, IPVS(**kw) as ipvs:
+    # Signals wait for the request in flight (see bench.cluster.netlink) and stop the
+    # sync between two requests, through in_time().
+    with interrupts.deferred(), IPRoute(**kw) as ipr, IPVS(**kw) as ipvs:
         if plan.get("flush"):
             for s in ipvs.service("dump"):
+                interrupts.raise_pending()
                 ipvs.service("del", service=IPVSService.from_message(s))
                 counts["services_deleted"] += 1
             idx = ipr.link_lookup(ifname=plan["device"])

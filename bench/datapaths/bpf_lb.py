@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import NetNS
 from pyroute2.netlink.exceptions import NetlinkError
 
+from bench.cluster.netlink import in_netns
 from bench.cluster.netns_exec import run_netns
 from bench.datapaths import ebpf_maps as M
 from bench.errors import ApplyError, FeatureMissing, InputError
@@ -154,7 +154,7 @@ def require_netns(netns: str) -> None:
 def node_links(netns: str) -> list[str]:
     """The node's veth interfaces (underlay and pod-facing), by name."""
     names = []
-    with NetNS(netns, flags=0) as ns:
+    with in_netns(netns) as ns:
         for link in ns.get_links():
             info = link.get_attr("IFLA_LINKINFO")
             if info is not None and info.get_attr("IFLA_INFO_KIND") == "veth":
@@ -164,7 +164,7 @@ def node_links(netns: str) -> list[str]:
 
 def tc_attach(netns: str, ifname: str, fn: Any) -> None:
     """``fn`` at tc clsact ingress of ``ifname`` (direct action), replacing ours if present."""
-    with NetNS(netns, flags=0) as ns:
+    with in_netns(netns) as ns:
         idx = ns.link_lookup(ifname=ifname)[0]
         try:
             ns.tc("add", "clsact", idx)
@@ -185,7 +185,7 @@ def tc_detach(netns: str, ifname: str) -> None:
     """Remove our tc filter from ``ifname``; a namespace or link already gone is fine."""
     if not (NETNS_DIR / netns).exists():
         return
-    with NetNS(netns, flags=0) as ns:
+    with in_netns(netns) as ns:
         idx = ns.link_lookup(ifname=ifname)
         if idx:
             with contextlib.suppress(NetlinkError):
@@ -197,7 +197,7 @@ def xdp_attach(netns: str, ifname: str, fn: Any) -> str:
 
     Returns the mode the kernel reports for the attachment ("native" or "generic").
     """
-    with NetNS(netns, flags=0) as ns:
+    with in_netns(netns) as ns:
         idx = ns.link_lookup(ifname=ifname)[0]
         try:
             ns.link("set", index=idx, xdp={"attrs": [("IFLA_XDP_FD", fn.fd),
@@ -231,7 +231,7 @@ def xdp_detach(netns: str, ifname: str) -> None:
     """Remove the XDP program from ``ifname`` (either mode); gone already is fine."""
     if not (NETNS_DIR / netns).exists():
         return
-    with NetNS(netns, flags=0) as ns:
+    with in_netns(netns) as ns:
         idx = ns.link_lookup(ifname=ifname)
         for flags in (XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE):
             with contextlib.suppress(NetlinkError, IndexError):
@@ -247,7 +247,7 @@ def veth_peer(netns: str, ifname: str) -> tuple[str, str] | None:
     whose id in ``netns`` is that (what ``ip netns list-id`` shows). None for a link
     that is missing, not a veth, or whose peer is in the same or an unnamed namespace.
     """
-    with NetNS(netns, flags=0) as ns:
+    with in_netns(netns) as ns:
         try:
             link = ns.link("get", ifname=ifname)[0]
         except NetlinkError:
@@ -258,7 +258,7 @@ def veth_peer(netns: str, ifname: str) -> tuple[str, str] | None:
         peer_ns = _named_netns(ns, nsid, first=netns.partition("-")[0] + "-")
     if peer_ns is None:
         return None
-    with NetNS(peer_ns, flags=0) as ns:
+    with in_netns(peer_ns) as ns:
         peer = ns.link("get", index=index)[0].get_attr("IFLA_IFNAME")
     return peer_ns, peer
 

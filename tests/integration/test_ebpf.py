@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from bench.cluster.netclient import connect_many
+from bench.cluster.netlink import in_netns
 from bench.cluster.testbed import Testbed
-from bench.cluster.topology import NODE_UNDERLAY_IF, Cluster, in_netns
+from bench.cluster.topology import NODE_UNDERLAY_IF, Cluster
 from bench.datapaths import bpf_lb as B
 from bench.datapaths import make_variant
 from bench.measure.traffic import Target

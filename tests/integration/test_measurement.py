@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from bench.cluster.topology import in_netns
+from bench.cluster.netlink import in_netns
 from bench.measure import runner as runner_mod
 from bench.measure import traffic as T
 from bench.measure.runner import Runner

@@ -25,7 +25,8 @@ import numpy as np
 import pytest
 
 from bench.cluster import cgroups
-from bench.cluster.topology import Cluster, in_netns, run_netns
+from bench.cluster.netlink import in_netns
+from bench.cluster.topology import Cluster, run_netns
 from bench.commands import probes as probes_cmd
 from bench.errors import FeatureMissing
 from bench.measure import traffic as T

@@ -16,7 +16,8 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.utils import rdpcap
 
-from bench.cluster.topology import Cluster, in_netns
+from bench.cluster.netlink import in_netns
+from bench.cluster.topology import Cluster
 from bench.errors import KpbenchError
 from bench.measure import traffic as T
 from bench.model import layout as L

@@ -180,3 +180,22 @@ def test_a_signal_while_a_point_is_written_keeps_the_point_the_file_holds(
                                        error="a point"))
     doc = json.loads((tmp_path / "r.json").read_text())
     assert doc["status"] == "interrupted" and len(doc["points"]) == 1
+
+
+def test_raise_pending_stops_a_deferred_block_between_two_steps(handlers: None) -> None:
+    done = []
+    with pytest.raises(interrupts.Terminated):
+        with interrupts.deferred():
+            done.append(1)
+            os.kill(os.getpid(), signal.SIGTERM)  # held: a request is in flight
+            done.append(2)
+            interrupts.raise_pending()  # between two requests: stop here
+            done.append(3)
+    assert done == [1, 2]
+    interrupts.check()  # raised once, not again
+
+
+def test_raise_pending_without_a_signal_goes_on(handlers: None) -> None:
+    with interrupts.deferred():
+        interrupts.raise_pending()
+    assert interrupts.received() is None

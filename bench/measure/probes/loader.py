@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-from pyroute2 import NetNS
 from pyroute2.netlink.exceptions import NetlinkError
 
+from bench.cluster.netlink import in_netns
 from bench.cluster.topology import Cluster
 from bench.errors import FeatureMissing
 from bench.paths import PROBES_DIR
@@ -212,7 +212,7 @@ def _tc_attach(probe: str, hook: TcHook, fn: Any, parent: str, prio: int) -> _Tc
     if not (NETNS_DIR / hook.netns).exists():
         raise FeatureMissing(f"{probe} probe: namespace {hook.netns} does not exist")
     # flags=0: never create a namespace that is not there.
-    with NetNS(hook.netns, flags=0) as ns:
+    with in_netns(hook.netns) as ns:
         idx = ns.link_lookup(ifname=hook.ifname)
         if not idx:
             raise FeatureMissing(f"{probe} probe: no {hook.ifname} in {hook.netns}")
@@ -245,7 +245,7 @@ def _tc_detach(a: _TcAttachment) -> None:
             del _OUR_CLSACT[a.hook]
     if not (NETNS_DIR / a.hook.netns).exists():
         return  # the namespace, and the filter with it, is gone
-    with NetNS(a.hook.netns, flags=0) as ns:
+    with in_netns(a.hook.netns) as ns:
         idx = ns.link_lookup(ifname=a.hook.ifname)
         if not idx:
             return
