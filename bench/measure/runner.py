@@ -39,6 +39,7 @@ from bench.measure.repetition import ProbeSet, SeqSpace, read_repetition, replay
 from bench.measure.scale_loop import ScaleLoop
 from bench.measure.scenario import Scenario
 from bench.measure.slowdown import inject_rules
+from bench.measure.socket_points import SocketPoints
 from bench.measure.traffic import NEW_FLOW_WORKLOADS, WARMUP_MAGIC, Target
 from bench.model.generate import GenSpec, generate
 from bench.model.objects import Service
@@ -122,9 +123,13 @@ class Runner:
                      **timing.setup_fields()}
             try:
                 points: list[R.PointDoc] = []
-                for kind, workloads in _by_target(self.sc.workloads).items():
+                for kind, workloads in _by_target(self.sc.packet_workloads).items():
                     points += self._measure_target(bed, measured, variant, n, kind, workloads,
                                                    timing, setup["state_size"])
+                if self.sc.socket_items:
+                    points += SocketPoints(self).measure(bed, measured, variant, n,
+                                                         list(self.sc.socket_items), timing,
+                                                         setup["state_size"])
             except FeatureMissing as e:
                 self.loop.record_rest(variant, n, "failed", str(e), say=False, **setup)
                 return
@@ -141,6 +146,9 @@ class Runner:
         if any(_target_kind(w) == "nodeport" for w in sc.workloads):
             port = replace(services[i].ports[0], node_port=MEASURED_NODE_PORT)
             services[i] = replace(services[i], type="NodePort", ports=(port,))
+        if any(w.endswith("tcp-stream") for w in sc.workloads):
+            # iperf3's control and data connections must reach the same backend.
+            services[i] = replace(services[i], session_affinity="ClientIP")
         self.seqs = SeqSpace()  # a fresh cluster, a fresh conntrack: a fresh flow space
         bed = Testbed(self.loop.datapath(variant), services, slices, sc.nodes,
                       pod_services={services[i].key}, echo=False, sync_on_enter=False)

@@ -112,6 +112,11 @@ class SocketPath:
     responders: tuple[Responder, ...]
     node_netns: tuple[str, ...] = ()  # where conntrack entries are counted
     client_ip: str | None = None  # bind the generator to it (None: the route's source)
+    # The client namespace's ephemeral ports for this path (None: leave them). Two paths
+    # from one client to the same backends (a Service and the direct path) must not share
+    # ports: a connection's conntrack entry outlives it (TIME_WAIT, 120 s), and a direct
+    # connection from a port whose Service entry has the same reply tuple clashes with it.
+    port_range: tuple[int, int] | None = None
 
 
 @dataclass
@@ -187,6 +192,11 @@ def run(work: SocketWorkload, path: SocketPath, *, cgroup: Path | None = None,
         gen_cg = cgroup or _own_cgroup(stack, f"{prefix}-sgen")
         procs = stack.enter_context(Processes())
         _start_responders(procs, work, path, resp_cg, tmp)
+        if path.port_range is not None:
+            lo, hi = path.port_range
+            subprocess.run(["ip", "netns", "exec", path.client_netns, "sysctl", "-qw",
+                            f"net.ipv4.ip_local_port_range={lo} {hi}"], check=True,
+                           capture_output=True, timeout=10)
         before = {ns: nstat(ns) for ns in spaces}
         ct_before = [conntrack_count(ns) for ns in path.node_netns]
         if conntrack_events:

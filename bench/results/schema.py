@@ -159,6 +159,8 @@ class SocketRepetitionDoc(TypedDict):
     generator_cpu_ns: int | None
     responder_cpu_ns: int | None
     softirq_ns: int | None  # NET_RX softirq, machine-wide
+    # The datapath's own processes (a userspace proxy), NET_RX in their context taken out.
+    datapath_ns: NotRequired[int | None]
 
 
 

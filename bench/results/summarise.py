@@ -170,7 +170,8 @@ def _socket_figures(reps: list[RepetitionDoc], hist: HistogramOf) -> dict[str, A
     cpu: dict[str, float | None] | None = None
     if done:
         parts = {}
-        for part, key in (("softirq", "softirq_ns"), ("generator", "generator_cpu_ns"),
+        for part, key in (("softirq", "softirq_ns"), ("datapath", "datapath_ns"),
+                          ("generator", "generator_cpu_ns"),
                           ("responder", "responder_cpu_ns")):
             values = [s.get(key) for s in socks]
             # A part counts only if every repetition measured it (else it would be diluted).
@@ -194,8 +195,10 @@ def _summarise_sockets(point: PointDoc, hist: HistogramOf) -> SummaryDoc:
     - transactions_per_s: completed transactions over measured seconds, all repetitions;
     - throughput_bps (tcp-stream): the repetitions' rates weighted by their seconds;
     - rtt_ns: the merged per-transaction RTT histograms (like latency_ns);
-    - cpu_ns_per_transaction: softirq (NET_RX, machine-wide), generator and responder
-      (their cgroups) ns per completed transaction, and their total;
+    - cpu_ns_per_transaction: softirq (NET_RX, machine-wide), datapath (its own
+      processes, e.g. the userspace proxy; None for a datapath that runs none), generator
+      and responder (their cgroups) ns per completed transaction, and their total (the
+      sum of the parts measured);
     - failed_connections, retransmits, resets, conntrack_entries_created: sums;
     - direct, service_minus_direct_*: the paired direct path (``point["control"]``:
       the same workload to a backend pod's own address) and the Service minus it.

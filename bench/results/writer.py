@@ -88,7 +88,8 @@ def make_socket_repetition(*, seconds: float, transactions: int, failed: int,
                            resets: int = 0, conntrack_entries_created: int | None = None,
                            generator_cpu_ns: int | None = None,
                            responder_cpu_ns: int | None = None,
-                           softirq_ns: int | None = None) -> RepetitionDoc:
+                           softirq_ns: int | None = None,
+                           datapath_ns: int | None = None) -> RepetitionDoc:
     """One repetition of a socket workload: the packet keys neutral (no packet figure is
     read from it), the socket figures under ``socket`` and the RTTs in ``rtt_hist``."""
     if seconds < 0 or transactions < 0 or failed < 0:
@@ -102,6 +103,8 @@ def make_socket_repetition(*, seconds: float, transactions: int, failed: int,
         resets=int(resets), conntrack_entries_created=conntrack_entries_created,
         generator_cpu_ns=generator_cpu_ns, responder_cpu_ns=responder_cpu_ns,
         softirq_ns=softirq_ns)
+    if datapath_ns is not None:
+        rep["socket"]["datapath_ns"] = int(datapath_ns)
     return rep
 
 
