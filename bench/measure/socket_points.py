@@ -6,7 +6,8 @@ each) this runs real connections (bench.measure.sockets: kpb-crr, sockperf,
 iperf3) from the client pod to the measured service's ClusterIP (or, for
 ``nodeport-<w>``, from the external client to its NodePort on node 0), and
 after every repetition its paired **direct** repetition: the same workload
-from the same client to a backend pod's own address, through no Service rule,
+from the same client to the backend pods' own addresses (spread over them as
+the Service spreads its connections), through no Service rule,
 so each point states what the Service costs (Service minus direct) with the
 machine's drift cancelled, as the packet points' paired control does. A first,
 shorter run of each workload is discarded (connections, caches and conntrack
@@ -164,23 +165,30 @@ class SocketPoints:
 
     def _paths(self, bed: Testbed, measured: Service, kind: str, workload: str) -> Paths:
         """The Service path (to every backend pod of the measured service) and the direct
-        one (to the first backend pod's own address, on its target port)."""
-        from bench.measure.runner import MEASURED_NODE_PORT
-
+        one (to the backend pods' own addresses, on their target port)."""
         tcp = workload.startswith("tcp")
         pods = [p for p in bed.layout.pods if (p.tcp_ports if tcp else p.udp_ports)]
         if not pods:
             raise KpbenchError("the measured service has no backend pod to answer")
         responders = tuple(S.Responder(bed.cluster.pod_ns(p), p.ip,
                                        (p.tcp_ports if tcp else p.udp_ports)[0]) for p in pods)
+        sp = next((p for p in measured.ports if p.protocol == ("TCP" if tcp else "UDP")), None)
+        if sp is None:
+            raise KpbenchError(f"the measured service has no {'TCP' if tcp else 'UDP'} port")
         if kind == "nodeport":
-            service = S.SocketPath(bed.cluster.client_ns, L.node_ip(0), MEASURED_NODE_PORT,
+            if sp.node_port is None:
+                raise KpbenchError("the measured service has no node port")
+            service = S.SocketPath(bed.cluster.client_ns, L.node_ip(0), sp.node_port,
                                    responders, port_range=SERVICE_PORTS)
             return Paths(service, None)
-        port = measured.ports[0].port
+        port = sp.port
         service = S.SocketPath(bed.cluster.client_pod_ns, measured.cluster_ip, port,
                                responders, port_range=SERVICE_PORTS)
-        first = responders[0]
-        direct = S.SocketPath(bed.cluster.client_pod_ns, first.ip, first.port or port,
-                              (first,), port_range=DIRECT_PORTS)
+        # Spread over the backends as the Service spreads connections (one backend would
+        # serve a concurrent load with fewer processes than the Service path has).
+        dsts = [(r.ip, r.port or port) for r in responders]
+        if workload == "tcp-stream":  # its Service has session affinity: one backend
+            dsts, responders = dsts[:1], responders[:1]
+        direct = S.SocketPath(bed.cluster.client_pod_ns, dsts[0][0], dsts[0][1], responders,
+                              port_range=DIRECT_PORTS, spread=tuple(dsts[1:]))
         return Paths(service, direct)

@@ -117,6 +117,14 @@ class SocketPath:
     # ports: a connection's conntrack entry outlives it (TIME_WAIT, 120 s), and a direct
     # connection from a port whose Service entry has the same reply tuple clashes with it.
     port_range: tuple[int, int] | None = None
+    # More destinations (address, port) beside dst_ip:dst_port: the direct path spread
+    # over several backends as a Service spreads its connections (tcp-crr: transaction i
+    # to the (i mod n)-th; udp-rr/tcp-rr: flow i to the (i mod n)-th; tcp-stream: the
+    # first only, as its Service has session affinity).
+    spread: tuple[tuple[str, int], ...] = ()
+
+    def destinations(self) -> list[tuple[str, int]]:
+        return [(self.dst_ip, self.dst_port), *self.spread]
 
 
 @dataclass
@@ -280,8 +288,9 @@ def _start_responders(procs: Processes, work: SocketWorkload, path: SocketPath,
 def _crr(procs: Processes, work: SocketWorkload, path: SocketPath, cgroup: Path,
          tmp: Path) -> SocketResult:
     samples = tmp / "crr.samples"
-    argv = [str(T.crr_binary()), "client", "--connect", f"{path.dst_ip}:{path.dst_port}",
-            "--flows", str(work.flows), "--duration", f"{work.duration_s:g}",
+    connect = [a for ip, port in path.destinations() for a in ("--connect", f"{ip}:{port}")]
+    argv = [str(T.crr_binary()), "client", *connect, "--flows", str(work.flows),
+            "--duration", f"{work.duration_s:g}",
             "--request", str(work.request_bytes), "--response", str(work.response_bytes),
             "--timeout-ms", str(work.timeout_ms), "--samples", str(samples)]
     if work.count is not None:
@@ -307,9 +316,11 @@ def _rr(procs: Processes, work: SocketWorkload, path: SocketPath, cgroup: Path,
     tcp = ["--tcp"] if work.workload == "tcp-rr" else []
     bind = ["--client_ip", path.client_ip] if path.client_ip else []
     clients = []
+    dsts = path.destinations()
     for i in range(work.flows):
         log = tmp / f"sockperf-{i}.csv"
-        argv = ["sockperf", *mode, "-i", path.dst_ip, "-p", str(path.dst_port), *tcp,
+        ip, port = dsts[i % len(dsts)]
+        argv = ["sockperf", *mode, "-i", ip, "-p", str(port), *tcp,
                 "-t", str(seconds), "-m", str(work.request_bytes), "--full-log", str(log),
                 *bind]
         clients.append((procs.start("sockperf client", path.client_netns, argv, cgroup), log))

@@ -134,6 +134,23 @@ def test_crr_counts_refused_connections_and_binds_only_its_address(pair: Pair,
     assert (s.transactions, s.connect_failed, served) == (0, 50, 0)
 
 
+def test_crr_spreads_transactions_over_its_destinations(pair: Pair, tmp_path: Path) -> None:
+    # OTHER_IP is the server's too: a second responder binds it (a second backend).
+    servers = [crr_serve(pair, 9004)]
+    other = subprocess.Popen(["ip", "netns", "exec", pair.server, str(T.crr_binary()), "serve",
+                              "--listen", f"{OTHER_IP}:9005", "--duration", "30"],
+                             stdout=subprocess.PIPE, text=True)
+    assert other.stdout is not None and other.stdout.readline().strip() == "ready"
+    servers.append(other)
+    try:
+        s = crr_client(pair, SERVER_IP, 9004, tmp_path / "s", "--connect", f"{OTHER_IP}:9005",
+                       "--flows", "3", "--count", "101", "--duration", "20")
+    finally:
+        served = [stop(p)[0] for p in servers]
+    # Transaction i goes to destination i mod 2: 51 and 50.
+    assert s.transactions == 101 and s.failed == 0 and served == [51, 50]
+
+
 # --- every workload through bench.measure.sockets --------------------------------
 
 def test_tcp_crr_run_matches_the_responders_count(pair: Pair) -> None:
