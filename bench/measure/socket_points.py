@@ -18,6 +18,8 @@ processes (the userspace proxy) from its process cgroup.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -141,13 +143,21 @@ class SocketPoints:
     def _rep(self, work: S.SocketWorkload, path: S.SocketPath, group: Any,
              cpu: CpuProbe | None) -> tuple[R.RepetitionDoc | None, str | None]:
         """One run of ``work`` over ``path``: (the repetition, None) or (None, why)."""
-        if cpu is not None:
-            cpu.start()
+        readings = []
+
+        @contextlib.contextmanager
+        def window() -> Iterator[None]:  # the generator's run only
+            if cpu is not None:
+                cpu.start()
+            yield
+            if cpu is not None:
+                readings.append(cpu.read())
+
         try:
-            res = S.run(work, path, cgroup=group)
+            res = S.run(work, path, cgroup=group, window=window)
         except KpbenchError as e:
             return None, str(e)
-        reading = cpu.read() if cpu is not None else None
+        reading = readings[0] if readings else None
         s = res.summary()
         return make_socket_repetition(
             seconds=res.seconds, transactions=res.transactions, failed=res.failed,

@@ -171,12 +171,16 @@ class SocketResult:
 
 
 def run(work: SocketWorkload, path: SocketPath, *, cgroup: Path | None = None,
-        conntrack_events: bool = False) -> SocketResult:
+        conntrack_events: bool = False,
+        window: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+        ) -> SocketResult:
     """Run ``work`` over ``path``; generator processes start inside ``cgroup`` if given.
 
     ``conntrack_events`` also counts every conntrack entry the nodes create
     (``conntrack -E -e NEW``): exact, but the event delivery and the listener cost
     CPU on the measured path, so keep it for known-workload checks, not timed points.
+    ``window``: a context entered around the generator alone (responders started,
+    counters read), e.g. a CPU probe's measurement window.
 
     Responder and generator CPU are read from cgroups of their own
     (``<prefix>-sresp``, and ``<prefix>-sgen`` unless ``cgroup`` is given, then
@@ -214,14 +218,16 @@ def run(work: SocketWorkload, path: SocketPath, *, cgroup: Path | None = None,
                             discard_stdout=True)  # its total comes on stderr
             time.sleep(CT_LISTEN_S)  # it prints nothing until the first event
         cpu0 = (cgroups.cpu_usage_ns(gen_cg), cgroups.cpu_usage_ns(resp_cg))
-        result = _GENERATORS[work.workload](procs, work, path, gen_cg, tmp)
+        with window() if window is not None else contextlib.nullcontext():
+            result = _GENERATORS[work.workload](procs, work, path, gen_cg, tmp)
         result.generator_cpu_ns = cgroups.cpu_usage_ns(gen_cg) - cpu0[0]
         result.responder_cpu_ns = cgroups.cpu_usage_ns(resp_cg) - cpu0[1]
         if path.node_netns:
             result.conntrack_created = sum(conntrack_count(ns) - c
                                            for ns, c in zip(path.node_netns, ct_before,
                                                             strict=True))
-        result.counters = {ns: {k: nstat(ns).get(v, 0) - before[ns].get(v, 0)
+        after = {ns: nstat(ns) for ns in spaces}
+        result.counters = {ns: {k: after[ns].get(v, 0) - before[ns].get(v, 0)
                                 for k, v in TCP_COUNTERS.items()} for ns in spaces}
         if conntrack_events:
             time.sleep(CT_LISTEN_S)  # events are delivered asynchronously
@@ -260,6 +266,7 @@ def conntrack_count(netns: str) -> int:
 def _start_responders(procs: Processes, work: SocketWorkload, path: SocketPath,
                       cgroup: Path, tmp: Path) -> None:
     bound = str(math.ceil(work.duration_s + GRACE_S + P.READY_TIMEOUT_S))
+    starting = []
     for r in path.responders:
         port = str(r.port or path.dst_port)
         if work.workload == "tcp-crr":
@@ -281,8 +288,9 @@ def _start_responders(procs: Processes, work: SocketWorkload, path: SocketPath,
             argv = ["timeout", bound, "sockperf", "server", "-f", str(feed), "-F", "e",
                     "--uc-reuseaddr"]
             marker, tag = "block on socket", "sockperf server"
-        procs.wait_ready(procs.start(tag, r.netns, argv, cgroup), marker,
-                         f"{tag} in {r.netns}")
+        starting.append((procs.start(tag, r.netns, argv, cgroup), marker, f"{tag} in {r.netns}"))
+    for p, marker, what in starting:  # started together, then each awaited
+        procs.wait_ready(p, marker, what)
 
 
 def _crr(procs: Processes, work: SocketWorkload, path: SocketPath, cgroup: Path,
