@@ -31,7 +31,8 @@ sync_full, settle; against the paired control (the same traffic to the backend
 pods' own addresses), differences near zero whose change, minimum effect
 (--min-effect-ns) and gate are in ns: service_minus_control_p50_ns,
 service_minus_control_p99_ns, service_minus_control_cpu_ns_per_packet; of sync
-scenarios: sync_full, sync_change, sync_kernel, sync_effect; of socket workloads:
+scenarios: sync_full, sync_change, sync_kernel, sync_effect; of socket workloads
+(docs/sockets.md):
 transactions_per_s (higher is better), throughput_bps (higher
 is better), rtt_p50, rtt_p99, rtt_p99.9, cpu_ns_per_transaction,
 failed_connections, and against the direct path (in ns, like the control's):

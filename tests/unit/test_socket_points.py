@@ -1,4 +1,4 @@
-"""Socket points in the analysis: their metrics, their keys, and the
+"""Socket points (docs/sockets.md) in the analysis: their metrics, their keys, and the
 direction of a comparison's verdict on each, with synthetic results whose answer is known."""
 
 from __future__ import annotations
