@@ -1,0 +1,97 @@
+"""Socket points (docs/sockets.md) as shown: CSV and the other export formats, the summary
+tables of `kpbench show`, the run's epilogue and the report, and the plots."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bench.present import export, export_formats
+from tests.helpers.synthetic_results import in_memory, point, socket_point
+
+
+def mixed(rng: np.random.Generator | None = None) -> Any:
+    rng = rng or np.random.default_rng(5)
+    pts = [socket_point(rng, variant=v, workload="tcp-crr", flows=f, reps=2, services=n,
+                        tps=10_000 * f ** 0.5, direct_tps=12_000 * f ** 0.5)
+           for v in ("nftables", "iptables-legacy") for f in (1, 8) for n in (10, 1000)]
+    pts.append(socket_point(rng, workload="tcp-rr", flows=8, loop="open", rate_tps=5000.0,
+                            reps=2))
+    pts.append(socket_point(rng, workload="tcp-stream", flows=4, reps=2, tps=9e9,
+                            direct_tps=1e10, direct_rtt_ns=1))
+    pts.append(point(rng, reps=2))
+    return in_memory(pts)
+
+
+def csv_rows(doc: Any) -> list[dict[str, str]]:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=export.COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in export.rows(doc):
+        w.writerow(r)
+    return list(csv.DictReader(io.StringIO(buf.getvalue())))
+
+
+def test_csv_gives_socket_points_their_rows_and_packet_points_theirs() -> None:
+    rows = csv_rows(mixed())
+    assert export.COLUMNS[:12] == ("run_id", "datapath", "variant", "services", "endpoints",
+                                   "workload", "rate_pps", "position", "repetition", "metric",
+                                   "value", "unit")  # the packet columns, unchanged
+
+    def get(workload: str, flows: str, metric: str, rep: str = "all") -> list[dict[str, str]]:
+        return [r for r in rows if r["workload"] == workload and r["flows"] == flows
+                and r["variant"] == "nftables" and r["services"] == "1000"
+                and r["metric"] == metric and r["repetition"] == rep]
+
+    (tps,) = get("tcp-crr", "8", "transactions_per_s")
+    assert tps["unit"] == "tx/s" and tps["loop"] == "closed" and tps["rate_tps"] == ""
+    assert float(tps["value"]) == pytest.approx(28_284, rel=0.1)
+    for metric in ("rtt_p50", "rtt_p90", "rtt_p99", "rtt_p99.9", "cpu_ns_per_transaction",
+                   "cpu_ns_per_transaction.softirq", "cpu_ns_per_transaction.generator",
+                   "cpu_ns_per_transaction.responder", "failed_connections", "retransmits",
+                   "resets", "conntrack_entries_created", "direct.transactions_per_s",
+                   "direct.rtt_p50", "direct.cpu_ns_per_transaction",
+                   "service_minus_direct_rtt_p50_ns", "service_minus_direct_rtt_p99_ns",
+                   "service_minus_direct_cpu_ns_per_transaction",
+                   "service_minus_direct_transactions_per_s"):
+        assert len(get("tcp-crr", "8", metric)) == 1, metric
+    # Two points that differ only in flows are told apart by the flows column.
+    assert len(get("tcp-crr", "1", "transactions_per_s")) == 1
+    # A socket repetition's rows are its socket figures, never neutral packet keys.
+    reps = [r for r in rows if r["flows"] and r["repetition"] in ("0", "direct-1")]
+    assert reps and not {"sent", "delivered", "latency_p50"} & {r["metric"] for r in reps}
+    assert {"socket.transactions", "socket.seconds", "rtt_p99"} <= {r["metric"] for r in reps}
+    assert not [r for r in rows if r["flows"] and r["repetition"].startswith("control")]
+    (open_,) = [r for r in rows if r["workload"] == "tcp-rr" and r["repetition"] == "all"
+                and r["metric"] == "transactions_per_s"]
+    assert open_["loop"] == "open" and float(open_["rate_tps"]) == 5000
+    (stream,) = [r for r in rows if r["workload"] == "tcp-stream" and r["repetition"] == "all"
+                 and r["metric"] == "throughput_bps"]
+    assert stream["unit"] == "bit/s"
+    # The packet point: its rows as before, the socket columns empty.
+    packet = [r for r in rows if r["workload"] == "udp-new"]
+    assert {"latency_p50", "cpu_ns_per_packet", "sent"} <= {r["metric"] for r in packet}
+    assert all(r["loop"] == r["flows"] == r["rate_tps"] == "" for r in packet)
+    assert not {"transactions_per_s", "rtt_p50"} & {r["metric"] for r in packet}
+
+
+def test_other_formats_carry_the_socket_figures_and_the_load() -> None:
+    doc = mixed()
+    docs = [json.loads(line) for line in export_formats.opensearch_lines(doc)][1::2]
+    crr = [d for d in docs if d["workload"] == "tcp-crr" and d["flows"] == 8
+           and d["metricName"] == "transactions_per_s"]
+    assert len(crr) == 4 and all(d["loop"] == "closed" for d in crr)
+    assert all("flows" not in d for d in docs if d["workload"] == "udp-new")
+    items = export_formats.perfdash(doc)["dataItems"]
+    rtt = [i for i in items if i["labels"]["Metric"] == "rtt"]
+    assert rtt and all(set(i["data"]) == {"Perc50", "Perc90", "Perc99", "Perc999"}
+                       for i in rtt)
+    labels = [tuple(sorted(i["labels"].items())) for i in items]
+    assert len(labels) == len(set(labels))  # points differing in flows stay apart
+    assert any(i["labels"]["Metric"] == "service_minus_direct_transactions_per_s"
+               for i in items)
