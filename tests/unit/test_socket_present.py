@@ -6,13 +6,25 @@ from __future__ import annotations
 import csv
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 from bench.present import export, export_formats
-from tests.helpers.synthetic_results import in_memory, point, socket_point
+from bench.present.summary import figures_tables, points_table, sockets_table, tables
+from bench.results.model import Result
+from tests.helpers.synthetic_results import (
+    in_memory,
+    keep_signal_handlers,
+    main,
+    point,
+    socket_point,
+    write,
+)
+
+__all__ = ["keep_signal_handlers"]  # the autouse fixture, for this module too
 
 
 def mixed(rng: np.random.Generator | None = None) -> Any:
@@ -95,3 +107,50 @@ def test_other_formats_carry_the_socket_figures_and_the_load() -> None:
     assert len(labels) == len(set(labels))  # points differing in flows stay apart
     assert any(i["labels"]["Metric"] == "service_minus_direct_transactions_per_s"
                for i in items)
+
+
+def test_show_has_a_socket_table_and_the_packet_table_is_as_before() -> None:
+    doc = mixed()
+    result = Result(doc)
+    packet = points_table(result)
+    assert [r[1] for r in packet.rows] == ["udp-new"]
+    socks = sockets_table(result)
+    assert socks.columns[:3] == ["variant", "workload", "load"]
+    assert {"tx/s", "rtt p50", "rtt p99", "cpu/tx", "svc-dir p50", "svc-dir tx/s"} <= set(
+        socks.columns)
+    row = dict(zip(socks.columns, socks.rows[0], strict=True))
+    assert row["load"] == "x1 closed" and row["tx/s"].endswith(" tx/s")
+    assert row["rtt p50"].endswith(" µs") and row["svc-dir tx/s"].startswith("-")
+    assert row["cpu/tx"].endswith(" ns")
+    loads = {r[2] for r in socks.rows}
+    assert {"x8 open@5000", "x4 closed"} <= loads
+    stream = next(r for r in socks.rows if r[1] == "tcp-stream")
+    assert "Gbit/s" in stream[socks.columns.index("tx/s")]
+    assert len(tables(result)) == 2
+    only_sockets = in_memory([p for p in doc["points"] if p.get("flows")])
+    assert [t.columns[2] for t in tables(only_sockets)] == ["load"]
+    only_packets = in_memory([p for p in doc["points"] if not p.get("flows")])
+    assert [t.columns for t in tables(only_packets)] == [points_table(only_packets).columns]
+
+
+def test_the_epilogue_has_one_table_per_socket_workload_and_load() -> None:
+    figs, notes = figures_tables(mixed())
+    titles = [t for t, _ in figs]
+    assert "tcp-crr x8 closed: transactions/s · RTT p50" in titles
+    assert "tcp-rr x8 open@5000: transactions/s · RTT p50" in titles
+    assert "udp-new: p50 latency · CPU per packet" in titles
+    crr = dict(figs)["tcp-crr x1 closed: transactions/s · RTT p50"]
+    assert crr.columns == ["variant", "10 svc", "1,000 svc"]
+    assert all(" tx/s · " in c and c.endswith("µs") for r in crr.rows for c in r[1:])
+    assert not notes
+
+
+def test_show_and_the_report_print_both_tables(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path / "r.json", mixed()["points"])
+    assert main("show", path) == 0
+    out = capsys.readouterr().out
+    assert "svc-dir tx/s" in out and "x8 open@5000" in out and "cpu/pkt" in out
+    from bench.present.report import render_report_markdown
+    md = render_report_markdown(Result(mixed()), "r.json", [], Path("f"))
+    assert "| svc-dir p50 |" in md and "| cpu/pkt |" in md
