@@ -1,7 +1,8 @@
 """A result as a report: self-contained HTML and Markdown.
 
 The report holds the run's environment, its summary table, the figures of
-bench.present.plots (latency and CPU per packet against services, latency CDFs) plus
+bench.present.plots (latency and CPU per packet against services, latency CDFs; for socket
+workloads transactions/s against flows, RTT CDFs, Service minus direct) plus
 the full-sync time against services when the result has sync times, and —
 given a base result — the regression comparison of bench.analysis.compare.
 
@@ -33,6 +34,10 @@ FIGURE_TITLES = {
     "latency-cdf": "Latency CDF",
     "sync-vs-services": "Sync time vs services",
     "full-sync-vs-services": "Full sync time vs services (the sync before each scale)",
+    "tps-vs-flows": "Transactions/s vs concurrent flows",
+    "throughput-vs-flows": "Throughput vs concurrent streams",
+    "rtt-cdf": "RTT CDF",
+    "service-minus-direct": "Service minus the direct path",
 }
 
 CSS = """

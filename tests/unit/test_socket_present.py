@@ -154,3 +154,43 @@ def test_show_and_the_report_print_both_tables(tmp_path: Path,
     from bench.present.report import render_report_markdown
     md = render_report_markdown(Result(mixed()), "r.json", [], Path("f"))
     assert "| svc-dir p50 |" in md and "| cpu/pkt |" in md
+
+
+def test_socket_plots_beside_the_packet_plots(tmp_path: Path) -> None:
+    from bench.present import plots
+    doc = mixed()
+    notes: list[str] = []
+    files = plots.plot_result(doc, tmp_path / "p", formats=("png",), notes=notes)
+    assert sorted(f.name for f in files) == sorted([
+        "latency-vs-services_udp-new.png", "cpu-vs-services_udp-new.png",
+        "latency-cdf_udp-new.png",
+        "tps-vs-flows_tcp-crr.png", "rtt-cdf_tcp-crr-x1-closed.png",
+        "rtt-cdf_tcp-crr-x8-closed.png", "service-minus-direct_tcp-crr.png",
+        "tps-vs-flows_tcp-rr.png", "rtt-cdf_tcp-rr-x8-open-5000.png",
+        "service-minus-direct_tcp-rr.png", "throughput-vs-flows_tcp-stream.png"])
+    assert all(f.stat().st_size > 1000 for f in files) and notes == []
+    # Without its socket points, a result draws what it drew before they existed.
+    packets = in_memory([p for p in doc["points"] if not p.get("flows")])
+    assert sorted(f.name for f in plots.plot_result(packets, tmp_path / "q",
+                                                    formats=("png",))) == sorted(
+        ["latency-vs-services_udp-new.png", "cpu-vs-services_udp-new.png",
+         "latency-cdf_udp-new.png"])
+
+
+def test_socket_plots_name_what_they_leave_out(tmp_path: Path) -> None:
+    from bench.present import plots
+    from bench.results.writer import make_point
+    rng = np.random.default_rng(6)
+    pts = [socket_point(rng, flows=f, reps=2, direct_rtt_ns=None) for f in (1, 4)]
+    pts.append(make_point(datapath="ipvs", variant="ipvs", services=1000, endpoints=10,
+                          workload="tcp-crr", rate_pps=None, position="last",
+                          position_index=999, status="failed", error="boom",
+                          socket={"loop": "closed", "flows": 8, "rate_tps": None}))
+    notes: list[str] = []
+    files = plots.plot_result(in_memory(pts), tmp_path, formats=("png",), notes=notes)
+    assert sorted(f.name for f in files) == [
+        "rtt-cdf_tcp-crr-x1-closed.png", "rtt-cdf_tcp-crr-x4-closed.png",
+        "tps-vs-flows_tcp-crr.png"]
+    assert any("ipvs @ 1000 services: failed (boom)" in n for n in notes)
+    assert any("no direct path measured" in n for n in notes)
+    assert any("service-minus-direct_tcp-crr: nothing to draw" in n for n in notes)
