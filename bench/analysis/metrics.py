@@ -238,8 +238,8 @@ def _summary_rtt(q: str) -> Callable[[PointLike], float | None]:
 
 
 #: A socket repetition's CPU parts (summary name, socket key), as the summary pools them.
-CPU_PARTS = (("softirq", "softirq_ns"), ("generator", "generator_cpu_ns"),
-             ("responder", "responder_cpu_ns"))
+CPU_PARTS = (("softirq", "softirq_ns"), ("datapath", "datapath_ns"),
+             ("generator", "generator_cpu_ns"), ("responder", "responder_cpu_ns"))
 
 
 def _measured_parts(reps: Iterable[Repetition]) -> list[str]:
@@ -258,8 +258,8 @@ def _cpu_per_tx(r: Repetition, parts: list[str]) -> float | None:
 
 
 def _cpu_per_tx_samples(point: PointLike) -> list[float]:
-    """Per repetition: (softirq + generator + responder) / transactions, of the parts
-    the point's every repetition measured."""
+    """Per repetition: (softirq + datapath + generator + responder) / transactions, of the
+    parts the point's every repetition measured."""
     p = as_point(point)
     parts = _measured_parts(p.repetitions)
     return _finite(_cpu_per_tx(r, parts) for r in p.repetitions)
@@ -338,8 +338,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("rtt_p99.9", _rep_rtt("p99.9"), _summary_rtt("p99.9"), "lower", "ns",
            "99.9th percentile per-transaction round-trip time", _BUCKET),
     Metric("cpu_ns_per_transaction", _cpu_per_tx_samples, _cpu_per_tx_pooled, "lower",
-           "ns/transaction", "CPU per completed transaction: NET_RX softirq + generator + "
-           "responder, of the parts every repetition measured"),
+           "ns/transaction", "CPU per completed transaction: NET_RX softirq + the datapath's "
+           "processes + generator + responder, of the parts every repetition measured"),
     Metric("failed_connections", _rep_socket("failed"), _summary("failed_connections"),
            "lower", "connections", "failed connections, timeouts, resets mid-transaction, "
            "lost replies"),

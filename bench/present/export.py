@@ -16,8 +16,9 @@ position, repetition, metric, value, unit, loop, flows, rate_tps.
   (empty for packet points, and ``rate_tps`` for a closed loop) and have no
   packet rows: their "all" rows are the socket summary (``transactions_per_s``,
   ``throughput_bps``, ``rtt_*``, ``cpu_ns_per_transaction`` and its
-  ``.softirq``/``.generator``/``.responder`` parts, ``failed_connections``,
-  ``retransmits``, ``resets``, ``conntrack_entries_created``, ``direct.*``,
+  ``.softirq``/``.datapath``/``.generator``/``.responder`` parts,
+  ``failed_connections``, ``retransmits``, ``resets``,
+  ``conntrack_entries_created``, ``direct.*``,
   ``service_minus_direct_*``), a repetition's rows its socket figures and RTT
   (``socket.<figure>``, ``rtt_*``), and the paired direct path's repetitions
   are ``direct-<i>``.
@@ -156,7 +157,8 @@ SOCKET_REPETITION = (("seconds", "s"), ("transactions", "transactions"),
                      ("offered_tps", "tx/s"), ("failed", "connections"),
                      ("retransmits", "segments"), ("resets", "segments"),
                      ("conntrack_entries_created", "entries"), ("softirq_ns", "ns"),
-                     ("generator_cpu_ns", "ns"), ("responder_cpu_ns", "ns"))
+                     ("datapath_ns", "ns"), ("generator_cpu_ns", "ns"),
+                     ("responder_cpu_ns", "ns"))
 
 
 def _socket_repetition_rows(r: Repetition) -> Iterator[tuple[str, Any, str]]:

@@ -445,7 +445,8 @@ def _minus_direct(series: dict[tuple[str, int, str], list[Point]], colors: dict[
     for skey, pts in series.items():
         marker = markers[scales.index(skey[1]) % len(markers)]
         if not any(p.summary.get("direct") for p in pts):
-            notes.append(f"{_socket_label(skey)}: no direct path measured")
+            why = pts[0].missing.get("direct", "not measured")
+            notes.append(f"{_socket_label(skey)}: no direct path ({why})")
             continue
         for ax, key, style, scale, name in (
                 (rtt_ax, "service_minus_direct_rtt_p50_ns", "-", 1000, "p50"),

@@ -77,17 +77,21 @@ def test_socket_samples_agree_with_the_summary() -> None:
 
 
 def test_cpu_per_transaction_counts_only_the_parts_every_repetition_measured() -> None:
-    def rep(softirq: int | None) -> dict:
+    def rep(softirq: int | None, datapath: int | None = 700) -> dict:
         return make_socket_repetition(seconds=1, transactions=100, failed=0, rtt_hist=None,
                                       softirq_ns=softirq, generator_cpu_ns=1000,
-                                      responder_cpu_ns=500)
+                                      responder_cpu_ns=500, datapath_ns=datapath)
     rng = np.random.default_rng(4)
     doc = socket_point(rng, reps=1, direct_rtt_ns=None)
     doc["repetitions"] = [rep(10_000), rep(None)]  # type: ignore[list-item]
     p = Point(doc)
     # softirq is left out of both samples, as the summary leaves it out of the total.
-    assert METRICS_BY_NAME["cpu_ns_per_transaction"].samples(p) == [15.0, 15.0]
-    assert p.summary["cpu_ns_per_transaction"]["total"] == 15.0  # type: ignore[index]
+    assert METRICS_BY_NAME["cpu_ns_per_transaction"].samples(p) == [22.0, 22.0]
+    assert p.summary["cpu_ns_per_transaction"]["total"] == 22.0  # type: ignore[index]
+    doc["repetitions"] = [rep(10_000, None), rep(10_000, None)]  # type: ignore[list-item]
+    p = Point(doc)  # no datapath process (the kernel datapaths): its part is not counted
+    assert METRICS_BY_NAME["cpu_ns_per_transaction"].samples(p) == [115.0, 115.0]
+    assert p.summary["cpu_ns_per_transaction"]["total"] == 115.0  # type: ignore[index]
 
 
 # (metric, how NEW differs for "more of the quantity", whether more is worse)

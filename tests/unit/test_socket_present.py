@@ -192,5 +192,5 @@ def test_socket_plots_name_what_they_leave_out(tmp_path: Path) -> None:
         "rtt-cdf_tcp-crr-x1-closed.png", "rtt-cdf_tcp-crr-x4-closed.png",
         "tps-vs-flows_tcp-crr.png"]
     assert any("ipvs @ 1000 services: failed (boom)" in n for n in notes)
-    assert any("no direct path measured" in n for n in notes)
+    assert any("no direct path (not measured)" in n for n in notes)
     assert any("service-minus-direct_tcp-crr: nothing to draw" in n for n in notes)
