@@ -135,12 +135,36 @@ def _summary(key: str) -> Callable[[PointLike], float | None]:
     return pooled
 
 
+def _pairs(p: Point) -> list[tuple[Repetition, Repetition]]:
+    """(repetition i, the control right after it), by the runner's index ``i``.
+
+    A repetition or control that failed is left out of its list and recorded in
+    ``failed_repetitions`` (phase, index): its partner is then left unpaired, not
+    paired with the next one. Where those records do not account for every
+    attempt (a run split out of a pooled baseline keeps the whole point's), the
+    lists are paired in order, as they are where nothing failed.
+    """
+    reps, control = list(p.repetitions), list(p.control or ())
+    failed: dict[str, set[int]] = {"measured": set(), "control": set()}
+    for f in p.get("failed_repetitions") or []:
+        if f.get("phase") in failed:
+            failed[f["phase"]].add(int(f["index"]))
+    total = len(reps) + len(failed["measured"])
+    if (not failed["measured"] and not failed["control"]) or not control or (
+            len(control) + len(failed["control"]) != total
+            or any(i >= total for ids in failed.values() for i in ids)):
+        return list(zip(reps, control, strict=False))
+    kept = {phase: [i for i in range(total) if i not in ids] for phase, ids in failed.items()}
+    by_index = dict(zip(kept["control"], control, strict=True))
+    return [(r, by_index[i]) for i, r in zip(kept["measured"], reps, strict=True)
+            if i in by_index]
+
+
 def _paired(value: Callable[[Repetition], float | None]) -> Callable[[PointLike], list[float]]:
     """Per pair (repetition i, the control right after it): Service minus control."""
     def samples(point: PointLike) -> list[float]:
-        p = as_point(point)
         out = []
-        for r, c in zip(p.repetitions, p.control or (), strict=False):
+        for r, c in _pairs(as_point(point)):
             a, b = value(r), value(c)
             if a is not None and b is not None:
                 out.append(a - b)
@@ -273,10 +297,9 @@ def _paired_cpu_per_tx(point: PointLike) -> list[float]:
     """Per pair: the Service's CPU per transaction minus the direct path's, each of the
     parts its own side measured throughout (as the summary's totals)."""
     p = as_point(point)
-    control = p.control or ()
-    sp, cp = _measured_parts(p.repetitions), _measured_parts(control)
+    sp, cp = _measured_parts(p.repetitions), _measured_parts(p.control or ())
     out = []
-    for r, c in zip(p.repetitions, control, strict=False):
+    for r, c in _pairs(p):
         a, b = _cpu_per_tx(r, sp), _cpu_per_tx(c, cp)
         if a is not None and b is not None:
             out.append(a - b)

@@ -147,3 +147,19 @@ def test_points_differing_in_load_are_compared_with_their_own_kind() -> None:
     c = compare.compare_runs(in_memory(base), in_memory(new))
     assert not c.points and not c.warnings[:-1]  # no "two points for one key"
     assert all(mc.verdict != "regression" for mc in changes(c, "transactions_per_s"))
+
+
+def test_a_failed_repetition_leaves_its_partner_unpaired() -> None:
+    rng = np.random.default_rng(10)
+    doc = socket_point(rng, reps=3)
+    # The measured repetition 1 failed; its direct repetition 1 did not.
+    doc["repetitions"] = [doc["repetitions"][0], doc["repetitions"][2]]
+    doc["failed_repetitions"] = [{"phase": "measured", "index": 1, "error": "boom"}]
+    reps, control = doc["repetitions"], doc["control"]
+    tps = METRICS_BY_NAME["service_minus_direct_transactions_per_s"]
+    assert tps.samples(Point(doc)) == [
+        reps[0]["socket"]["transactions_per_s"] - control[0]["socket"]["transactions_per_s"],
+        reps[1]["socket"]["transactions_per_s"] - control[2]["socket"]["transactions_per_s"]]
+    # Records that do not account for every attempt: paired in order, as before.
+    doc["failed_repetitions"] = []
+    assert len(tps.samples(Point(doc))) == 2
