@@ -47,26 +47,23 @@ def namespace() -> Iterator[str]:
 def test_a_signal_waits_for_the_requests_and_then_stops(handlers: None,
                                                          namespace: str) -> None:
     seen = []
-    with pytest.raises(interrupts.Terminated):
-        with in_netns(namespace) as ns:
-            os.kill(os.getpid(), signal.SIGTERM)
-            seen.append(ns.link_lookup(ifname="lo"))  # the handle still works
-            ns.link("set", index=seen[0][0], state="up")
+    with pytest.raises(interrupts.Terminated), in_netns(namespace) as ns:
+        os.kill(os.getpid(), signal.SIGTERM)
+        seen.append(ns.link_lookup(ifname="lo"))  # the handle still works
+        ns.link("set", index=seen[0][0], state="up")
     assert seen and seen[0]
 
 
 def test_the_handle_is_usable_after_an_interrupted_block(handlers: None,
                                                           namespace: str) -> None:
-    with pytest.raises(KeyboardInterrupt):
-        with in_netns(namespace) as ns:
-            os.kill(os.getpid(), signal.SIGINT)
-            ns.link_lookup(ifname="lo")
+    with pytest.raises(KeyboardInterrupt), in_netns(namespace) as ns:
+        os.kill(os.getpid(), signal.SIGINT)
+        ns.link_lookup(ifname="lo")
     interrupts.install()  # a later run in the same process
     with in_netns(namespace) as ns:
         assert ns.link_lookup(ifname="lo")
 
 
 def test_no_namespace_name_is_refused() -> None:
-    with pytest.raises(ValueError, match="namespace name"):
-        with in_netns(""):
-            pass
+    with pytest.raises(ValueError, match="namespace name"), in_netns(""):
+        pass

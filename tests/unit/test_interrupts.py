@@ -184,13 +184,12 @@ def test_a_signal_while_a_point_is_written_keeps_the_point_the_file_holds(
 
 def test_raise_pending_stops_a_deferred_block_between_two_steps(handlers: None) -> None:
     done = []
-    with pytest.raises(interrupts.Terminated):
-        with interrupts.deferred():
-            done.append(1)
-            os.kill(os.getpid(), signal.SIGTERM)  # held: a request is in flight
-            done.append(2)
-            interrupts.raise_pending()  # between two requests: stop here
-            done.append(3)
+    with pytest.raises(interrupts.Terminated), interrupts.deferred():
+        done.append(1)
+        os.kill(os.getpid(), signal.SIGTERM)  # held: a request is in flight
+        done.append(2)
+        interrupts.raise_pending()  # between two requests: stop here
+        done.append(3)
     assert done == [1, 2]
     interrupts.check()  # raised once, not again
 
