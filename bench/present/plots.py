@@ -220,15 +220,21 @@ def _cdf(series: dict[tuple[str, ...], list[Point]], colors: dict[str, str],
         drawn += 1
     if not drawn:
         return None, notes
+    _finish_cdf(ax, "latency (µs, log scale)", "fraction of packets ≤ latency",
+                f"Latency CDF at the largest scale — workload {workload}", skipped + notes)
+    return fig, notes
+
+
+def _finish_cdf(ax: Axes, xlabel: str, ylabel: str, title: str, footnotes: list[str]) -> None:
+    """The axes, grid, legend and footnote every CDF figure shares."""
     ax.set_xscale("log")
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel("latency (µs, log scale)")
-    ax.set_ylabel("fraction of packets ≤ latency")
-    ax.set_title(f"Latency CDF at the largest scale — workload {workload}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    _footnote(ax, skipped + notes)
-    return fig, notes
+    _footnote(ax, footnotes)
 
 
 def plot_result(result: Result | ResultDoc, out_dir: str | Path,
@@ -420,14 +426,8 @@ def _rtt_cdf(points: list[Point], colors: dict[str, str], load: str,
         drawn += 1
     if not drawn:
         return None, notes
-    ax.set_xscale("log")
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("round-trip time (µs, log scale)")
-    ax.set_ylabel("fraction of transactions ≤ RTT")
-    ax.set_title(f"RTT CDF — {load}")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    _footnote(ax, skipped + notes)
+    _finish_cdf(ax, "round-trip time (µs, log scale)", "fraction of transactions ≤ RTT",
+                f"RTT CDF — {load}", skipped + notes)
     return fig, notes
 
 
