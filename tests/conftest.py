@@ -143,3 +143,4 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             if tr is not None:
                 tr.write_line(f"ERROR: {p}", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+pytest_plugins = ["tests.helpers.signals"]  # the handlers fixture

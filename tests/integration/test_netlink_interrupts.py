@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -21,18 +20,6 @@ from bench import interrupts
 from bench.cluster.netlink import in_netns
 
 pytestmark = pytest.mark.privileged
-
-
-@pytest.fixture
-def handlers() -> Iterator[None]:
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    hook = sys.unraisablehook
-    interrupts.install()
-    yield
-    interrupts.install()
-    sys.unraisablehook = hook
-    for s, h in saved.items():
-        signal.signal(s, h)
 
 
 @pytest.fixture
