@@ -297,6 +297,23 @@ class UserspaceDatapath(Datapath):
                                seconds=timeout)
         return proc.stdout.readline().strip()
 
+    def kill_proxies(self) -> int:
+        """SIGKILL every node's proxy process (a proxy that dies: the disruption scenario's
+        ``proxy-down``); the node's next :meth:`apply` starts a new one. Returns how many."""
+        killed = 0
+        for proc in self._procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                killed += 1
+            proc.wait()
+            with contextlib.suppress(OSError):
+                if proc.stdin:
+                    proc.stdin.close()
+            with contextlib.suppress(OSError):
+                if proc.stdout:
+                    proc.stdout.close()
+        return killed
+
     def release(self) -> None:
         _stop_all(self._procs, self._group)
         self._initialised.clear()

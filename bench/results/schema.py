@@ -133,6 +133,9 @@ class RepetitionDoc(TypedDict):
     # First to last arrival of the delivered packets at the backends (the latency probe's
     # stamps): delivered_pps is measured over it, not derived from the sender's rate.
     arrival_seconds: NotRequired[float | None]
+    # Disruption points (workload "disruption-<event>/<background>"): the event's figures
+    # and the background's timeline (bench.measure.disruption, docs/disruption.md).
+    disruption: NotRequired[dict[str, Any]]
 
 
 class FailedRepetitionDoc(TypedDict):
@@ -172,6 +175,8 @@ class SummaryDoc(TypedDict):
     service_minus_control_p50_ns: NotRequired[float | None]
     service_minus_control_p99_ns: NotRequired[float | None]
     service_minus_control_cpu_ns_per_packet: NotRequired[float | None]
+    # Disruption points: per event figure, the median over the repetitions.
+    disruption: NotRequired[dict[str, float | None]]
 
 
 class PointDoc(TypedDict):
