@@ -21,12 +21,14 @@ latency shows the delay.
 
 Per event (:func:`summarise`):
 
-- ``stall_ms``: the longest time without any arrival (ns precision, not
-  bins) among the gaps that end after the event's start: the gaps between
-  consecutive arrivals, plus first departure -> first arrival and last
-  arrival -> last departure (trailing packets lost). ``baseline_stall_ms``
-  is the same for the gaps that end by the event's start: what the machine
-  does on its own.
+- ``stall_ms``: the longest time packets were in flight with no arrival
+  (ns precision, not bins), among the gaps that end after the event's
+  start: for each gap between consecutive arrivals (and first departure ->
+  first arrival, last arrival -> last departure when trailing packets are
+  lost), the part of it from the first departure inside it, so a pause of
+  the sender is not counted as a stall. ``baseline_stall_ms`` is the same
+  for the gaps that end by the event's start: what the machine does on its
+  own.
 - ``lost``: packets sent from the event's start to the end of the watch
   window and never delivered; ``baseline_lost`` those sent before.
 - ``excess_p99_ns``: the p99 latency of the packets sent in the bins the
@@ -121,20 +123,30 @@ def bin_timeline(depart_ns: np.ndarray, arrive_ns: np.ndarray, event_start_ns: i
 
 def longest_gap_ns(depart_ns: np.ndarray, arrive_ns: np.ndarray,
                    ends_after_ns: int | None = None, ends_by_ns: int | None = None) -> int:
-    """The longest time without an arrival between the first and last departure
-    (only gaps that end after ``ends_after_ns`` / by ``ends_by_ns``, when given)."""
+    """The longest time packets were in flight with no arrival (see the module doc).
+
+    For each gap between consecutive arrivals (and from the first departure to
+    the first arrival, and from the last arrival to the last departure), its
+    part from the first departure inside it: a pause of the sender is not a
+    stall of the datapath. Only gaps that end after ``ends_after_ns`` / by
+    ``ends_by_ns`` count, when given. ``depart_ns`` sorted.
+    """
     if not len(depart_ns):
         return 0
     arrivals = np.sort(arrive_ns[arrive_ns != 0])
-    start, end = int(depart_ns[0]), int(depart_ns[-1])
-    edges = np.concatenate(([start], arrivals, [max(end, int(arrivals[-1]) if len(arrivals)
-                                                    else end)]))
-    gaps, gap_end = np.diff(edges), edges[1:]
+    first, last = int(depart_ns[0]), int(depart_ns[-1])
+    ends = np.concatenate((arrivals, [max(last, int(arrivals[-1]) if len(arrivals) else last)]))
+    begins = np.concatenate(([first - 1], arrivals))
+    # The first departure after each gap's begin (none: nothing sent in it).
+    nxt = np.searchsorted(depart_ns, begins, side="right")
+    sent_in = nxt < len(depart_ns)
+    d = np.where(sent_in, depart_ns[np.minimum(nxt, len(depart_ns) - 1)], ends)
+    gaps = np.where(sent_in & (d < ends), ends - np.maximum(begins, d), 0)
     keep = np.ones(len(gaps), dtype=bool)
     if ends_after_ns is not None:
-        keep &= gap_end > ends_after_ns
+        keep &= ends > ends_after_ns
     if ends_by_ns is not None:
-        keep &= gap_end <= ends_by_ns
+        keep &= ends <= ends_by_ns
     return int(gaps[keep].max()) if keep.any() else 0
 
 
