@@ -140,6 +140,8 @@ def test_proxy_down_is_an_outage_for_userspace_and_none_for_ebpf_tc(tmp_path: Pa
         check_accounting(p["repetitions"][0])
     user = points["userspace"]["repetitions"][0]["disruption"]
     ebpf = points["ebpf-tc"]["repetitions"][0]["disruption"]
+    print(json.dumps({v: {k: x for k, x in f.items() if k != "timeline"}
+                      for v, f in (("userspace", user), ("ebpf-tc", ebpf))}))
     # userspace: nothing reaches the service while its proxy is dead (1 s down).
     assert user["stall_ms"] >= 900 and user["lost"] >= RATE * 0.9, user
     # ebpf-tc: the kernel keeps forwarding without its agent.
@@ -150,5 +152,4 @@ def test_proxy_down_is_an_outage_for_userspace_and_none_for_ebpf_tc(tmp_path: Pa
     write_csv(doc, csv_path)
     assert "disruption.stall_ms" in csv_path.read_text()
     files = plot_result(doc, tmp_path / "plots", formats=("png",))
-    print(json.dumps({v: {k: x for k, x in p["repetitions"][0]["disruption"].items() if k != "timeline"} for v, p in points.items()}))
     assert any("timeline" in f.name for f in files), files
