@@ -30,7 +30,8 @@ sync_full, settle; against the paired control (the same traffic to the backend
 pods' own addresses), differences near zero whose change, minimum effect
 (--min-effect-ns) and gate are in ns: service_minus_control_p50_ns,
 service_minus_control_p99_ns, service_minus_control_cpu_ns_per_packet; of sync
-scenarios: sync_full, sync_change, sync_kernel, sync_effect
+scenarios: sync_full, sync_change, sync_kernel, sync_effect; of disruption
+scenarios (docs/disruption.md): stall_ms, lost, excess_p99_ns
 
 exit status: 0 no gate failed; 1 a --fail-on gate failed (a significant
 regression beyond its threshold), or with --fail-on-missing a point measured

@@ -163,6 +163,11 @@ def _cell(p: Point) -> str:
     if p.is_sync:
         return fmt_value(_sync_seconds(p), "s")
     s: Any = p.summary
+    if p.workload.startswith("disruption-"):
+        d = s.get("disruption") or {}
+        lost = d.get("lost")
+        return (f"{fmt_value(d.get('stall_ms'), 'ms')} · "
+                f"{'—' if lost is None else f'{lost:,.0f}'} lost")
     lat = (s.get("latency_ns") or {}).get("p50")
     return f"{fmt_value(lat, 'ns')} · {fmt_value(s.get('cpu_ns_per_packet'), 'ns/packet')}"
 
@@ -184,6 +189,7 @@ def figures_tables(result: ResultLike) -> tuple[list[tuple[str, Table]], list[st
         wl = [p for p in points if p.workload == workload]
         scales = sorted({p.services for p in wl})
         what = ("median sync time" if workload.startswith("sync-")
+                else "stall · packets lost (medians)" if workload.startswith("disruption-")
                 else "p50 latency · CPU per packet")
         t = Table(["variant", *(f"{n:,} svc" for n in scales)],
                   align=["l", *("r" for _ in scales)])
