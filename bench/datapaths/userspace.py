@@ -297,11 +297,14 @@ class UserspaceDatapath(Datapath):
                                seconds=timeout)
         return proc.stdout.readline().strip()
 
-    def kill_proxies(self) -> int:
-        """SIGKILL every node's proxy process (a proxy that dies: the disruption scenario's
-        ``proxy-down``); the node's next :meth:`apply` starts a new one. Returns how many."""
+    def kill_proxies(self, netns: str | None = None) -> int:
+        """SIGKILL the proxy process of node ``netns`` (None: of every node): a proxy that
+        dies (the disruption scenario's ``proxy-down``); the node's next :meth:`apply`
+        starts a new one. Returns how many were killed."""
         killed = 0
-        for proc in self._procs.values():
+        for ns, proc in self._procs.items():
+            if netns is not None and ns != netns:
+                continue
             if proc.poll() is None:
                 proc.kill()
                 killed += 1

@@ -27,12 +27,16 @@ Per event (:func:`summarise`):
   first arrival, last arrival -> last departure when trailing packets are
   lost), the part of it from the first departure inside it, so a pause of
   the sender is not counted as a stall. ``baseline_stall_ms`` is the same
-  for the gaps that end by the event's start: what the machine does on its
-  own.
+  over the baseline's packets (below): what the machine does on its own.
 - ``lost``: packets sent from the event's start to the end of the watch
-  window and never delivered; ``baseline_lost`` those sent before.
+  window and never delivered; ``baseline_lost`` those sent in the baseline.
+
+The **baseline** is the traffic sent in the last ``baseline_ns`` before the
+event (the runner: the second half of ``before_s``; the first half is the
+traffic's own start, whose first ~100 ms show higher latency on a loaded
+2-core machine, kept in the timeline but not in the baseline).
 - ``excess_p99_ns``: the p99 latency of the packets sent in the bins the
-  event overlaps minus the p99 of the packets sent before the event (None
+  event overlaps minus the p99 of the packets sent in the baseline (None
   when nothing sent during the event was delivered).
 - ``recovery_ms``: from the event's end to the start of the first run of
   :data:`RECOVERY_RUN` consecutive *normal* bins (0 when the traffic was
@@ -158,10 +162,13 @@ def _p99(depart_ns: np.ndarray, arrive_ns: np.ndarray) -> float | None:
 
 
 def recovery_ns(tl: Timeline, event_start_ns: int, event_end_ns: int,
-                run: int = RECOVERY_RUN) -> int | None:
-    """Event end -> the first run of ``run`` normal bins (see the module doc)."""
+                run: int = RECOVERY_RUN, baseline_from_ns: int | None = None) -> int | None:
+    """Event end -> the first run of ``run`` normal bins (see the module doc); the
+    baseline bins are those wholly before the event (from ``baseline_from_ns`` on)."""
     starts = tl.starts_ns()
     base = starts + tl.bin_ns <= event_start_ns
+    if baseline_from_ns is not None:
+        base &= starts >= baseline_from_ns
     base &= tl.sent > 0
     if not base.any():
         return None
@@ -184,12 +191,17 @@ def recovery_ns(tl: Timeline, event_start_ns: int, event_end_ns: int,
 
 
 def summarise(depart_ns: np.ndarray, arrive_ns: np.ndarray, event_start_ns: int,
-              event_end_ns: int, bin_ns: int = BIN_NS) -> tuple[Timeline, dict[str, Any]]:
+              event_end_ns: int, bin_ns: int = BIN_NS,
+              baseline_ns: int | None = None) -> tuple[Timeline, dict[str, Any]]:
     """The timeline and the event's figures (see the module doc) of sent packets
-    ``depart_ns`` (sorted) with ``arrive_ns`` (0: lost)."""
+    ``depart_ns`` (sorted) with ``arrive_ns`` (0: lost); the baseline is the last
+    ``baseline_ns`` before the event (None: all of the traffic before it)."""
     tl = bin_timeline(depart_ns, arrive_ns, event_start_ns, bin_ns)
-    before = depart_ns < event_start_ns
-    after = ~before
+    after = depart_ns >= event_start_ns
+    base_from = None if baseline_ns is None else event_start_ns - baseline_ns
+    before = ~after
+    if base_from is not None:
+        before &= depart_ns >= base_from
     # The bins the event overlaps: at least one bin's worth of packets for its p99.
     lo = event_start_ns
     hi = event_start_ns + -(-(max(event_end_ns, event_start_ns + 1) - event_start_ns)
@@ -197,10 +209,10 @@ def summarise(depart_ns: np.ndarray, arrive_ns: np.ndarray, event_start_ns: int,
     during = (depart_ns >= lo) & (depart_ns < hi)
     base_p99 = _p99(depart_ns[before], arrive_ns[before])
     ev_p99 = _p99(depart_ns[during], arrive_ns[during])
-    rec = recovery_ns(tl, event_start_ns, event_end_ns)
+    rec = recovery_ns(tl, event_start_ns, event_end_ns, baseline_from_ns=base_from)
     figures = {
         "stall_ms": longest_gap_ns(depart_ns, arrive_ns, ends_after_ns=event_start_ns) / 1e6,
-        "baseline_stall_ms": longest_gap_ns(depart_ns, arrive_ns,
+        "baseline_stall_ms": longest_gap_ns(depart_ns[before], arrive_ns[before],
                                             ends_by_ns=event_start_ns) / 1e6,
         "lost": int(np.count_nonzero(arrive_ns[after] == 0)),
         "baseline_lost": int(np.count_nonzero(arrive_ns[before] == 0)),

@@ -19,13 +19,14 @@ Events (:func:`prepare_event`):
     commits one transaction, eBPF rewrites its maps. Start and end are the
     apply's; ``sync.apply`` is its duration.
 ``proxy-down``
-    the datapath's agent stops for ``down_s`` seconds and comes back. For
-    ``userspace`` the proxy processes of every node are killed (SIGKILL) and,
-    after ``down_s``, started again by the returning agent's full sync; for
-    the other datapaths the agent's absence means no syncs (the rules stay in
-    the kernel) and its return is the same full sync of every node. The event
-    ends when that sync is done; ``sync.down`` is the time down, ``sync.apply``
-    the return sync's duration.
+    node 0's agent stops for ``down_s`` seconds and comes back. For
+    ``userspace`` its proxy process is killed (SIGKILL) and, after ``down_s``,
+    started again by the returning agent's full sync; for the other datapaths
+    the agent's absence means no syncs (the rules stay in the kernel) and its
+    return is the same full sync of node 0. The event ends when that sync is
+    done; ``sync.down`` is the time down, ``sync.apply`` the return sync's
+    duration. (The background enters the cluster at node 0 and only node 0's
+    agent is on its path: node 1's agent does not matter to it.)
 
 Every rendering is done before the traffic starts: kpbench's Python render
 is not the datapath's time and must not perturb the background.
@@ -60,7 +61,7 @@ from bench.measure.probes.latency import LatencyProbe
 from bench.measure.repetition import SeqSpace
 from bench.measure.scale_loop import ScaleLoop
 from bench.measure.scenario import Scenario
-from bench.measure.traffic import MAX_COUNT, ReplayStats, Target
+from bench.measure.traffic import MAX_COUNT, WARMUP_MAGIC, ReplayStats, Target
 from bench.model.generate import GenSpec, generate
 
 log = logging.getLogger("kpbench")
@@ -68,23 +69,24 @@ log = logging.getLogger("kpbench")
 DRAIN_S = 0.2  # after the traffic stops: packets still in flight arrive
 FIRST_PACKET_TIMEOUT_S = 15.0  # tcpreplay preloads its pcap before the first packet
 MIN_EVENT_BUDGET_S = 5.0
+WARMUP_S = 0.5  # the background's own traffic before each repetition, not measured
+BUDGET_FACTOR = 5  # the traffic lasts up to this many times node 0's first sync
 # Event = (start ns, end ns, sync figures) on CLOCK_MONOTONIC.
 Event = tuple[int, int, dict[str, float | None]]
 
 
 def prepare_event(bed: Testbed, event: str, down_s: float) -> Callable[[], Event]:
-    """Render what ``event`` applies (now, before any traffic) and return the event."""
+    """Render what ``event`` applies to node 0 (now, before any traffic); return the event."""
     dp = bed.datapath
-    nodes = bed.cluster.node_count
+    ns = bed.cluster.node_ns(0)
     with gc_paused():
-        texts = [dp.render(bed.views(i), bed.node_context(i)) for i in range(nodes)]
+        text = dp.render(bed.views(0), bed.node_context(0))
 
     if event == "full-sync":
         def full_sync() -> Event:
-            ns = bed.cluster.node_ns(0)
             with gc_paused():
                 start = time.monotonic_ns()
-                dp.apply(texts[0], ns)
+                dp.apply(text, ns)
                 end = time.monotonic_ns()
             return start, end, {"apply": (end - start) / 1e9}
         return full_sync
@@ -93,13 +95,12 @@ def prepare_event(bed: Testbed, event: str, down_s: float) -> Callable[[], Event
         def proxy_down() -> Event:
             start = time.monotonic_ns()
             if isinstance(dp, UserspaceDatapath):
-                dp.kill_proxies()  # the proxy processes die; the rules stay
+                dp.kill_proxies(ns)  # node 0's proxy dies; the rules stay
             # Otherwise the agent is simply absent: no sync, the kernel keeps forwarding.
             time.sleep(max(0.0, down_s - (time.monotonic_ns() - start) / 1e9))
             back = time.monotonic_ns()
             with gc_paused():
-                for i in range(nodes):  # the returning agent's full sync
-                    dp.apply(texts[i], bed.cluster.node_ns(i))
+                dp.apply(text, ns)  # the returning agent's full sync (starts the proxy)
             end = time.monotonic_ns()
             return start, end, {"down": (back - start) / 1e9, "apply": (end - back) / 1e9}
         return proxy_down
@@ -153,8 +154,11 @@ class DisruptionRunner:
             probe = LatencyProbe.for_cluster(bed.cluster)
             try:
                 probe.attach()
-                # An event's traffic is sized for this long (it stops earlier).
-                budget = min(max(MIN_EVENT_BUDGET_S, 3 * sum(timing.apply)),
+                # An event's traffic is sized for this long (it stops at the watch
+                # window's end): node 0's first sync, with a wide margin (a loaded
+                # machine's syncs vary by several times), plus proxy-down's time away.
+                sync_s = timing.apply_seconds or 0.0
+                budget = min(max(MIN_EVENT_BUDGET_S, BUDGET_FACTOR * sync_s),
                              sc.point_time_limit)
                 for event in sc.events:
                     for bg in sc.background:
@@ -199,11 +203,11 @@ class DisruptionRunner:
             fire = prepare_event(bed, event, sc.down_s)
         rate = sc.disruption_rate_pps
         window = sc.before_s + budget + sc.after_s + 1.0
+        if event == "proxy-down":
+            window += sc.down_s
         count = min(math.ceil(rate * window), probe.capacity, MAX_COUNT)
-        warm = self.workdir / "warmup.pcap"
-        target.build_warmup_pcap(background, warm)
-        target.replay(warm, rate, timeout=30)
-        seq = self.seqs.take(count)
+        self._warm_up(target, background, rate)
+        seq = self._take(count)
         pcap = self.workdir / "background.pcap"
         target.build_pcap(background, count, pcap, seq_start=seq, src_span=self.seqs.src_span)
         probe.start(seq)
@@ -239,7 +243,8 @@ class DisruptionRunner:
         time.sleep(DRAIN_S)
         depart, arrive = probe.stamps(count)
         d, a = D.packets(depart, arrive, until_ns=until)
-        timeline, figures = D.summarise(d, a, start_ns, end_ns)
+        timeline, figures = D.summarise(d, a, start_ns, end_ns,
+                                        baseline_ns=int(sc.before_s / 2 * 1e9))
         ok = a != 0
         return {**R.make_repetition(
             sent=len(d), delivered=int(np.count_nonzero(ok)), offered_pps=rate,
@@ -249,6 +254,32 @@ class DisruptionRunner:
             sync=sync),
             "disruption": {"event": event, **figures,
                            "timeline": timeline.document(start_ns, end_ns)}}  # type: ignore[typeddict-item]
+
+
+    def _warm_up(self, target: Target, background: str, rate: int) -> None:
+        """WARMUP_S of the background's own traffic, which the probes ignore (its magic):
+        the flows established, neighbours resolved, a proxy's first packets' costs paid,
+        so the baseline before the event is the steady state, not a start."""
+        warm = self.workdir / "warmup.pcap"
+        if background == "udp-established":
+            target.build_warmup_pcap(background, warm)  # one packet per flow first
+            target.replay(warm, rate, timeout=30)
+        count = max(1, math.ceil(rate * WARMUP_S))
+        target.build_pcap(background, count, warm, seq_start=self._take(count),
+                          src_span=self.seqs.src_span, magic=WARMUP_MAGIC)
+        target.replay(warm, rate, timeout=WARMUP_S * 3 + 30)
+
+    def _take(self, count: int) -> int:
+        """Fresh sequence numbers (fresh new flows). Traffic is sized for the longest the
+        event may take and mostly stops far earlier, so a long run may exhaust the
+        cluster's flow space: it then starts over from the first flows, all sent long
+        (the time of at least one window) before, whose unreplied UDP conntrack entries
+        (30 s) have expired -- the backends drop the packets, so nothing replies."""
+        try:
+            return self.seqs.take(count)
+        except KpbenchError:
+            self.seqs = SeqSpace()
+            return self.seqs.take(count)
 
 
 def _await_first(probe: LatencyProbe, thread: threading.Thread) -> int:

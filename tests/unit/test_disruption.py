@@ -160,3 +160,15 @@ def test_a_disruption_point_summarises_compares_exports_and_plots(tmp_path: Path
             ("all", "disruption.recovery_ms")} <= metrics
     files = plot_result(doc, tmp_path / "plots", formats=("svg",))
     assert [f.name for f in files] == ["timeline_nftables_s1000_disruption-full-sync-udp-new.svg"]
+
+
+def test_the_baseline_is_the_last_part_before_the_event() -> None:
+    d, a = stream()
+    early = d < T0 + 100 * MS
+    a[early] = d[early] + 5 * MS  # the traffic's own start: slow
+    start = T0 + 1000 * MS
+    _, whole = D.summarise(d, a, start, start + 1 * MS)
+    _, late = D.summarise(d, a, start, start + 1 * MS, baseline_ns=500 * MS)
+    assert whole["baseline_p99_ns"] == pytest.approx(5 * MS)
+    assert late["baseline_p99_ns"] == pytest.approx(LATENCY)
+    assert late["baseline_stall_ms"] == pytest.approx(LATENCY / 1e6)
