@@ -230,8 +230,12 @@ def _timeline(p: Point, color: str) -> Figure | None:
     end_ms = tl["event_end_ns"] / 1e6
     fig = Figure(figsize=(9, 6), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True)
-    top.step(xs, tl["sent"], where="post", color="lightgray", label="sent")
-    top.step(xs, tl["delivered"], where="post", color=color, label="delivered")
+    top.step(xs, tl["sent"], where="post", color="lightgray", linewidth=3, label="sent")
+    top.step(xs, tl["delivered"], where="post", color=color, linewidth=1, label="delivered")
+    lost = [s - d for s, d in zip(tl["sent"], tl["delivered"], strict=True)]
+    if any(lost):
+        top.step(xs, lost, where="post", color="black", linewidth=1, linestyle=":",
+                 label="lost")
     top.set_ylabel(f"packets per {bin_ms:g} ms bin")
     for q, style in (("p50_ns", "-"), ("p99_ns", "--")):
         ys = [v / 1e3 if v is not None else float("nan") for v in tl[q]]
