@@ -70,7 +70,7 @@ DRAIN_S = 0.2  # after the traffic stops: packets still in flight arrive
 FIRST_PACKET_TIMEOUT_S = 15.0  # tcpreplay preloads its pcap before the first packet
 MIN_EVENT_BUDGET_S = 5.0
 WARMUP_S = 0.5  # the background's own traffic before each repetition, not measured
-BUDGET_FACTOR = 5  # the traffic lasts up to this many times node 0's first sync
+BUDGET_FACTOR = 10  # the traffic lasts up to this many times node 0's first sync
 # Event = (start ns, end ns, sync figures) on CLOCK_MONOTONIC.
 Event = tuple[int, int, dict[str, float | None]]
 
