@@ -43,6 +43,9 @@ traffic's own start, whose first ~100 ms show higher latency on a loaded
   never off its baseline); a bin is normal when its loss fraction is no
   higher than the worst baseline bin's and its p99 no higher than the worst
   baseline bin's p99. None: not back within the watch window.
+- ``off_baseline_after_ms``: the time in bins that are *not* normal from the
+  bin holding the event's end to the end of the watch window: relapses after
+  the first recovery count here (e.g. a restarted proxy that stumbles again).
 """
 
 from __future__ import annotations
@@ -161,10 +164,10 @@ def _p99(depart_ns: np.ndarray, arrive_ns: np.ndarray) -> float | None:
     return float(np.percentile(arrive_ns[ok] - depart_ns[ok], 99))
 
 
-def recovery_ns(tl: Timeline, event_start_ns: int, event_end_ns: int,
-                run: int = RECOVERY_RUN, baseline_from_ns: int | None = None) -> int | None:
-    """Event end -> the first run of ``run`` normal bins (see the module doc); the
-    baseline bins are those wholly before the event (from ``baseline_from_ns`` on)."""
+def normal_bins(tl: Timeline, event_start_ns: int,
+                baseline_from_ns: int | None = None) -> np.ndarray | None:
+    """Which bins are normal (see the module doc); the baseline bins are those wholly
+    before the event (from ``baseline_from_ns`` on). None: no baseline bin."""
     starts = tl.starts_ns()
     base = starts + tl.bin_ns <= event_start_ns
     if baseline_from_ns is not None:
@@ -180,6 +183,16 @@ def recovery_ns(tl: Timeline, event_start_ns: int, event_end_ns: int,
     normal = (loss <= max_loss) & (p99 <= max_p99)
     # A bin with nothing delivered but something sent is lost traffic: not normal.
     normal &= ~((tl.sent > 0) & (tl.delivered == 0))
+    return normal
+
+
+def recovery_ns(tl: Timeline, event_start_ns: int, event_end_ns: int,
+                run: int = RECOVERY_RUN, baseline_from_ns: int | None = None) -> int | None:
+    """Event end -> the first run of ``run`` normal bins (see the module doc)."""
+    normal = normal_bins(tl, event_start_ns, baseline_from_ns)
+    if normal is None:
+        return None
+    starts = tl.starts_ns()
     first = int(np.searchsorted(starts + tl.bin_ns, event_end_ns, side="right"))
     streak = 0
     for i in range(first, len(normal)):
@@ -210,6 +223,10 @@ def summarise(depart_ns: np.ndarray, arrive_ns: np.ndarray, event_start_ns: int,
     base_p99 = _p99(depart_ns[before], arrive_ns[before])
     ev_p99 = _p99(depart_ns[during], arrive_ns[during])
     rec = recovery_ns(tl, event_start_ns, event_end_ns, baseline_from_ns=base_from)
+    normal = normal_bins(tl, event_start_ns, base_from)
+    after_end = tl.starts_ns() + tl.bin_ns > event_end_ns  # from the bin holding the end
+    off_after = (None if normal is None
+                 else int(np.count_nonzero(after_end & ~normal)) * bin_ns / 1e6)
     figures = {
         "stall_ms": longest_gap_ns(depart_ns, arrive_ns, ends_after_ns=event_start_ns) / 1e6,
         "baseline_stall_ms": longest_gap_ns(depart_ns[before], arrive_ns[before],
@@ -223,6 +240,7 @@ def summarise(depart_ns: np.ndarray, arrive_ns: np.ndarray, event_start_ns: int,
         "excess_p99_ns": (ev_p99 - base_p99 if ev_p99 is not None and base_p99 is not None
                           else None),
         "recovery_ms": rec / 1e6 if rec is not None else None,
+        "off_baseline_after_ms": off_after,
         "event_ms": (event_end_ns - event_start_ns) / 1e6,
     }
     return tl, figures

@@ -156,7 +156,8 @@ def summarise_point(point: PointDoc, hist: HistogramOf = parse_histogram) -> Sum
 
 
 #: A disruption repetition's event figures (bench.measure.disruption) the summary pools.
-DISRUPTION_FIGURES = ("stall_ms", "lost", "excess_p99_ns", "recovery_ms", "event_ms",
+DISRUPTION_FIGURES = ("stall_ms", "lost", "excess_p99_ns", "recovery_ms",
+                      "off_baseline_after_ms", "event_ms",
                       "baseline_stall_ms", "baseline_lost", "baseline_p99_ns", "event_p99_ns")
 
 

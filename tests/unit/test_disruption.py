@@ -62,6 +62,7 @@ def test_a_known_outage_gives_its_stall_loss_excess_and_recovery() -> None:
     # The event's bins hold no delivery: its p99 is that of the slow packets right after.
     assert fig["baseline_p99_ns"] == pytest.approx(LATENCY)
     assert fig["recovery_ms"] == pytest.approx(50.0)
+    assert fig["off_baseline_after_ms"] == pytest.approx(50.0)  # the 5 slow bins
     assert fig["event_ms"] == pytest.approx(300.0)
     lost_bins = np.flatnonzero(tl.lost)
     assert len(lost_bins) == 30 and (tl.delivered[lost_bins] == 0).all()
@@ -89,6 +90,7 @@ def test_loss_to_the_end_is_a_stall_to_the_last_departure_and_no_recovery() -> N
     d, a = stream()
     a[d >= T0 + 1000 * MS] = 0
     _, fig = D.summarise(d, a, T0 + 1000 * MS, T0 + 1010 * MS)
+    assert fig["off_baseline_after_ms"] == pytest.approx(1000 - 10)
     assert fig["stall_ms"] == pytest.approx((d[-1] - (T0 + 1000 * MS)) / 1e6)
     assert fig["recovery_ms"] is None and fig["excess_p99_ns"] is None
 
