@@ -18,12 +18,14 @@ bench.analysis.metrics.METRICS present on both sides, a change is *significant* 
   chance — **and**
 - the reported figures (pooled over repetitions) differ by at least
   ``min_effect_pct`` (default 5 %) — or, for a difference of two figures
-  (Service minus its paired control, near zero), by ``min_effect_ns`` — so a
+  (Service minus its paired control, near zero), by ``min_effect_ns`` (a
+  difference in transactions/s: by ``min_effect_pct`` of BASE's direct-path
+  rate, bench.analysis.metrics.Metric.relative_to) — so a
   statistically clear but irrelevant difference is not called a regression
   (asv's rule: different *and* beyond a factor).
 
 It is a regression or an improvement by the metric's direction (lower latency
-and CPU are better, higher delivered pps is better). With n and m samples the
+and CPU are better, higher delivered pps and transactions/s are better). With n and m samples the
 exact test cannot go below p = 2 / C(n+m, n): when that is above ``alpha``
 (e.g. one sync time per side, or 3 vs 3 repetitions) and there are no runs to
 test either, the change is reported as *untested* with the numbers needed,
@@ -112,16 +114,23 @@ class MetricChange:
     run_p_value: float | None = None  # the (moderated) t test over runs, uncorrected
     run_q_value: float | None = None  # ... after the Benjamini-Hochberg correction
     judgement: Judgement | None = None  # set once every test is in (compare_runs)
+    # BASE's figure a difference metric's change is a % of (Metric.relative_to), if any.
+    scale: float | None = None
 
     @property
     def effect(self) -> float | None:
-        """The change the minimum effect and the gates judge: % (absolute for a difference)."""
+        """The change the minimum effect and the gates judge: % (absolute for a difference;
+        for a difference judged relative to a figure, % of BASE's figure)."""
+        if self.metric.relative_to is not None:
+            if self.change_abs is None or not self.scale:
+                return None
+            return self.change_abs / abs(self.scale) * 100
         return self.change_abs if self.metric.difference else self.change_pct
 
     def effect_text(self) -> str:
         """The change in words for messages: "+20.1%", "+1,860 ns"; "—" when unknown."""
         e = self.effect
-        return "—" if e is None else effect_text(e, self.metric.difference)
+        return "—" if e is None else effect_text(e, self.metric.absolute)
 
     @property
     def worse(self) -> bool:
@@ -281,8 +290,10 @@ def compare_metric(key: PointKey, metric: Metric, base: PointDoc, new: PointDoc,
     within = within_run_variance(metric, [*base_runs, *new_runs])
     st = run_stats(rb, rn, metric.resolution, within, metric.difference)
     p = mann_whitney_p(bs, ns) if min_p_value(len(bs), len(ns)) < alpha else None
+    scale = metric.relative_to(base) if metric.relative_to is not None else None
     return MetricChange(**common, change_pct=change_pct, change_abs=change_abs,  # type: ignore[arg-type]
-                        p_value=p, runs_base=len(rb), runs_new=len(rn), run_stats=st)
+                        p_value=p, runs_base=len(rb), runs_new=len(rn), run_stats=st,
+                        scale=scale)
 
 
 def across_runs(changes: Sequence[MetricChange]) -> None:
@@ -303,7 +314,7 @@ def across_runs(changes: Sequence[MetricChange]) -> None:
 def judge_change(mc: MetricChange, thresholds: Thresholds) -> Judgement:
     """The verdict on one change, its evidence complete (bench.analysis.verdict.judge)."""
     return judge(n_base=mc.n_base, n_new=mc.n_new, effect=mc.effect,
-                 absolute=mc.metric.difference, worse=mc.worse, p_value=mc.p_value,
+                 absolute=mc.metric.absolute, worse=mc.worse, p_value=mc.p_value,
                  run_tested=mc.run_stats is not None, run_q_value=mc.run_q_value,
                  runs_base=mc.runs_base, runs_new=mc.runs_new, thresholds=thresholds)
 

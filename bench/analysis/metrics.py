@@ -10,6 +10,11 @@ better, and its unit. A new metric is one more row.
 Points are matched across results by :func:`point_key`: the coordinates
 that define what was measured, not the point's ``id`` string (which a writer
 may choose freely).
+
+Packet metrics read the packet keys of a repetition, which a socket point's
+repetitions hold neutral (nothing sent, no histogram, no CPU figure), and the
+socket metrics read only ``rtt_hist`` and ``socket``, which packet repetitions
+lack: neither family yields a sample from the other's points.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any, Literal
 
 from bench.analysis import stats
 from bench.results.model import Point, Repetition, as_point
-from bench.results.schema import PointDoc
+from bench.results.schema import PointDoc, is_socket_point
 
 Better = Literal["lower", "higher"]
 #: A point read into the model, or its document (read into the model when asked).
@@ -50,23 +55,48 @@ class Metric:
     # A difference of two figures (Service minus its paired control): near zero and of
     # either sign, so its change is judged in the metric's unit, not in % of itself.
     difference: bool = False
+    # A difference in a unit no absolute minimum effect is given in (transactions/s):
+    # its change is judged as a % of this figure of BASE's point (the direct path's
+    # rate), against the relative minimum effect and a % gate.
+    relative_to: Callable[[PointLike], float | None] | None = None
+
+    @property
+    def absolute(self) -> bool:
+        """Whether its change, minimum effect and gate are in its unit (not in %)."""
+        return self.difference and self.relative_to is None
+
+
+def socket_load(point: PointLike) -> str:
+    """A socket point's workload with its load: ``tcp-crr x8 closed``, ``tcp-rr x8 open@5000``
+    (flows, loop and the open loop's offered transactions/s)."""
+    rate = point.get("rate_tps")
+    return (f"{point['workload']} x{point['flows']} {point.get('loop') or 'closed'}"
+            + (f"@{rate:g}" if rate is not None else ""))
 
 
 def point_key(point: PointLike) -> PointKey:
-    """The identity of a point: what was measured, independent of its ``id`` string."""
+    """The identity of a point: what was measured, independent of its ``id`` string.
+
+    A socket point's workload element carries its load (:func:`socket_load`): points
+    that differ only in flows, loop or offered rate are different points.
+    """
     position = point["position"]
     if position == "index":
         # An explicit index only identifies the point together with its value.
         position = f"index={point.get('position_index')}"
-    return (point["variant"] or point["datapath"], point["workload"], int(point["services"]),
+    workload = socket_load(point) if is_socket_point(point) else point["workload"]
+    return (point["variant"] or point["datapath"], workload, int(point["services"]),
             int(point["endpoints"]), point["rate_pps"], position)
 
 
 def key_label(key: PointKey) -> str:
-    """A short readable name of a point key, e.g. ``nftables udp-new s=1000 e=10 r=10000 last``."""
+    """A short readable name of a point key, e.g. ``nftables udp-new s=1000 e=10 r=10000 last``
+    (a socket point's, whose load is in its workload: ``nftables tcp-rr x8 closed s=1000 e=10
+    last``)."""
     variant, workload, services, endpoints, rate, position = key
-    return (f"{variant} {workload} s={services} e={endpoints} "
-            f"r={'top' if rate is None else rate} {position}")
+    # Packet workloads' names have no space; a socket point has no packet rate.
+    shown_rate = "" if " " in workload else f"r={'top' if rate is None else rate} "
+    return f"{variant} {workload} s={services} e={endpoints} {shown_rate}{position}"
 
 
 # -- extractors ----------------------------------------------------------------------------
@@ -105,12 +135,36 @@ def _summary(key: str) -> Callable[[PointLike], float | None]:
     return pooled
 
 
+def _pairs(p: Point) -> list[tuple[Repetition, Repetition]]:
+    """(repetition i, the control right after it), by the runner's index ``i``.
+
+    A repetition or control that failed is left out of its list and recorded in
+    ``failed_repetitions`` (phase, index): its partner is then left unpaired, not
+    paired with the next one. Where those records do not account for every
+    attempt (a run split out of a pooled baseline keeps the whole point's), the
+    lists are paired in order, as they are where nothing failed.
+    """
+    reps, control = list(p.repetitions), list(p.control or ())
+    failed: dict[str, set[int]] = {"measured": set(), "control": set()}
+    for f in p.get("failed_repetitions") or []:
+        if f.get("phase") in failed:
+            failed[f["phase"]].add(int(f["index"]))
+    total = len(reps) + len(failed["measured"])
+    if (not failed["measured"] and not failed["control"]) or not control or (
+            len(control) + len(failed["control"]) != total
+            or any(i >= total for ids in failed.values() for i in ids)):
+        return list(zip(reps, control, strict=False))
+    kept = {phase: [i for i in range(total) if i not in ids] for phase, ids in failed.items()}
+    by_index = dict(zip(kept["control"], control, strict=True))
+    return [(r, by_index[i]) for i, r in zip(kept["measured"], reps, strict=True)
+            if i in by_index]
+
+
 def _paired(value: Callable[[Repetition], float | None]) -> Callable[[PointLike], list[float]]:
     """Per pair (repetition i, the control right after it): Service minus control."""
     def samples(point: PointLike) -> list[float]:
-        p = as_point(point)
         out = []
-        for r, c in zip(p.repetitions, p.control or (), strict=False):
+        for r, c in _pairs(as_point(point)):
             a, b = value(r), value(c)
             if a is not None and b is not None:
                 out.append(a - b)
@@ -189,6 +243,84 @@ def _summary_disruption(key: str) -> Callable[[PointLike], float | None]:
     return pooled
 
 
+# -- socket points (bench.results.summarise._summarise_sockets) ------------------------------
+
+def _rep_tps(r: Repetition) -> float | None:
+    """A socket repetition's transactions/s: its own figure, else transactions over seconds
+    (None for a stream, and for a packet repetition)."""
+    s = r.socket
+    if not s:
+        return None
+    if s.get("transactions_per_s") is not None:
+        return s["transactions_per_s"]  # type: ignore[no-any-return]
+    if s.get("throughput_bps") is None and (s.get("seconds") or 0) > 0 and s.get("transactions"):
+        return s["transactions"] / s["seconds"]  # type: ignore[no-any-return]
+    return None
+
+
+def _rep_socket(key: str) -> Callable[[PointLike], list[float]]:
+    return _per_repetition(lambda r: r.socket.get(key))
+
+
+def _rep_rtt(q: str) -> Callable[[PointLike], list[float]]:
+    return _per_repetition(lambda r: r.rtt_percentile(q))
+
+
+def _summary_rtt(q: str) -> Callable[[PointLike], float | None]:
+    def pooled(point: PointLike) -> float | None:
+        return (as_point(point).summary.get("rtt_ns") or {}).get(q)
+    return pooled
+
+
+#: A socket repetition's CPU parts (summary name, socket key), as the summary pools them.
+CPU_PARTS = (("softirq", "softirq_ns"), ("datapath", "datapath_ns"),
+             ("generator", "generator_cpu_ns"), ("responder", "responder_cpu_ns"))
+
+
+def _measured_parts(reps: Iterable[Repetition]) -> list[str]:
+    """The CPU parts every socket repetition of ``reps`` measured: the summary counts a
+    part only then (else it would be diluted), so a sample counts only those too."""
+    socks = [r.socket for r in reps if r.socket]
+    return [key for _, key in CPU_PARTS
+            if socks and all(s.get(key) is not None for s in socks)]
+
+
+def _cpu_per_tx(r: Repetition, parts: list[str]) -> float | None:
+    s = r.socket
+    if not s or not s.get("transactions") or not parts:
+        return None
+    return sum(s[k] for k in parts) / s["transactions"]  # type: ignore[no-any-return]
+
+
+def _cpu_per_tx_samples(point: PointLike) -> list[float]:
+    """Per repetition: (softirq + datapath + generator + responder) / transactions, of the
+    parts the point's every repetition measured."""
+    p = as_point(point)
+    parts = _measured_parts(p.repetitions)
+    return _finite(_cpu_per_tx(r, parts) for r in p.repetitions)
+
+
+def _cpu_per_tx_pooled(point: PointLike) -> float | None:
+    return (as_point(point).summary.get("cpu_ns_per_transaction") or {}).get("total")
+
+
+def _paired_cpu_per_tx(point: PointLike) -> list[float]:
+    """Per pair: the Service's CPU per transaction minus the direct path's, each of the
+    parts its own side measured throughout (as the summary's totals)."""
+    p = as_point(point)
+    sp, cp = _measured_parts(p.repetitions), _measured_parts(p.control or ())
+    out = []
+    for r, c in _pairs(p):
+        a, b = _cpu_per_tx(r, sp), _cpu_per_tx(c, cp)
+        if a is not None and b is not None:
+            out.append(a - b)
+    return _finite(out)
+
+
+def _direct_tps(point: PointLike) -> float | None:
+    return (as_point(point).summary.get("direct") or {}).get("transactions_per_s")
+
+
 _BUCKET = 1 / stats.DEFAULT_SUB_BUCKETS
 
 METRICS: tuple[Metric, ...] = (
@@ -238,6 +370,40 @@ METRICS: tuple[Metric, ...] = (
            _summary_disruption("excess_p99_ns"), "lower", "ns",
            "disruption: background p99 during the event minus its pre-event p99",
            difference=True),
+    # Socket points: real connections, one row per figure of their summary.
+    Metric("transactions_per_s", _per_repetition(_rep_tps), _summary("transactions_per_s"),
+           "higher", "tx/s", "completed transactions per second (socket workloads)"),
+    Metric("throughput_bps", _rep_socket("throughput_bps"), _summary("throughput_bps"),
+           "higher", "bit/s", "tcp-stream throughput over all its streams"),
+    Metric("rtt_p50", _rep_rtt("p50"), _summary_rtt("p50"), "lower", "ns",
+           "median per-transaction round-trip time (merged histograms)", _BUCKET),
+    Metric("rtt_p99", _rep_rtt("p99"), _summary_rtt("p99"), "lower", "ns",
+           "99th percentile per-transaction round-trip time", _BUCKET),
+    Metric("rtt_p99.9", _rep_rtt("p99.9"), _summary_rtt("p99.9"), "lower", "ns",
+           "99.9th percentile per-transaction round-trip time", _BUCKET),
+    Metric("cpu_ns_per_transaction", _cpu_per_tx_samples, _cpu_per_tx_pooled, "lower",
+           "ns/transaction", "CPU per completed transaction: NET_RX softirq + the datapath's "
+           "processes + generator + responder, of the parts every repetition measured"),
+    Metric("failed_connections", _rep_socket("failed"), _summary("failed_connections"),
+           "lower", "connections", "failed connections, timeouts, resets mid-transaction, "
+           "lost replies"),
+    # The paired direct path (the same workload to a backend pod's own address, right
+    # after each repetition): what the Service adds to a real connection.
+    Metric("service_minus_direct_rtt_p50_ns", _paired(lambda r: r.rtt_percentile("p50")),
+           _summary("service_minus_direct_rtt_p50_ns"), "lower", "ns",
+           "median RTT the Service adds over the direct path", difference=True),
+    Metric("service_minus_direct_rtt_p99_ns", _paired(lambda r: r.rtt_percentile("p99")),
+           _summary("service_minus_direct_rtt_p99_ns"), "lower", "ns",
+           "99th percentile RTT the Service adds over the direct path", difference=True),
+    Metric("service_minus_direct_cpu_ns_per_transaction", _paired_cpu_per_tx,
+           _summary("service_minus_direct_cpu_ns_per_transaction"), "lower", "ns/transaction",
+           "CPU per transaction the Service adds over the direct path", difference=True),
+    # Negative where the Service is slower; a drop is a regression. Judged as a % of the
+    # direct path's rate in BASE (no absolute minimum effect exists in tx/s).
+    Metric("service_minus_direct_transactions_per_s", _paired(_rep_tps),
+           _summary("service_minus_direct_transactions_per_s"), "higher", "tx/s",
+           "transactions/s of the Service minus the direct path's", difference=True,
+           relative_to=_direct_tps),
 )
 
 METRICS_BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}

@@ -206,7 +206,7 @@ def parse_gate(text: str) -> Gate:
     if name not in METRICS_BY_NAME:
         raise InputError(f"unknown metric {name!r}; known: {', '.join(METRICS_BY_NAME)}",
                          source="--fail-on")
-    absolute = METRICS_BY_NAME[name].difference
+    absolute = METRICS_BY_NAME[name].absolute
     raw = value_text.strip()
     if absolute and raw.endswith("%"):
         raise InputError(f"{name} is a difference (Service minus its paired control) that sits "

@@ -2,7 +2,8 @@
 
 BASE and NEW are result files, or directories (the newest run of each
 scenario under them, paired by scenario name). For every point present in
-both (matched by variant, workload, services, endpoints, rate and position)
+both (matched by variant, workload, services, endpoints, rate and position;
+a socket point also by its flows, loop and offered rate)
 and every metric both measured, it prints the base and new figures, the
 change, the Mann-Whitney U p-value over the repetitions and a verdict:
 REGRESSION / improvement (p < alpha and the change is at least the minimum
@@ -30,8 +31,16 @@ sync_full, settle; against the paired control (the same traffic to the backend
 pods' own addresses), differences near zero whose change, minimum effect
 (--min-effect-ns) and gate are in ns: service_minus_control_p50_ns,
 service_minus_control_p99_ns, service_minus_control_cpu_ns_per_packet; of sync
-scenarios: sync_full, sync_change, sync_kernel, sync_effect; of disruption
-scenarios (docs/disruption.md): stall_ms, lost, excess_p99_ns
+scenarios: sync_full, sync_change, sync_kernel, sync_effect; of socket workloads
+(docs/sockets.md):
+transactions_per_s (higher is better), throughput_bps (higher
+is better), rtt_p50, rtt_p99, rtt_p99.9, cpu_ns_per_transaction,
+failed_connections, and against the direct path (in ns, like the control's):
+service_minus_direct_rtt_p50_ns, service_minus_direct_rtt_p99_ns,
+service_minus_direct_cpu_ns_per_transaction; service_minus_direct_transactions_per_s
+(higher is better; its change, minimum effect and gate are in % of BASE's direct
+rate); of disruption scenarios (docs/disruption.md): stall_ms, lost,
+excess_p99_ns
 
 exit status: 0 no gate failed; 1 a --fail-on gate failed (a significant
 regression beyond its threshold), or with --fail-on-missing a point measured

@@ -5,8 +5,11 @@ newest run is shown). Latency percentiles come from the merged histograms of
 the repetitions; cpu/pkt is CPU time per delivered packet, the sum of NET_RX
 softirq time (softirq) and the datapath's own processes' time (process: a
 userspace proxy; 0 for a datapath that runs none); sync is
-the wall time of the full rule sync, settle the wait after it. A file written
-by an older or newer kpbench is refused with what to do.
+the wall time of the full rule sync, settle the wait after it. Socket points
+have a table of their own (docs/sockets.md): their load (flows, closed or open
+loop), transactions/s, RTT p50/p99, CPU per transaction, failed transactions
+and the Service minus the direct path (svc-dir). A file written by an older or
+newer kpbench is refused with what to do.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here so that other subcommands do not pay for numpy at start-up.
-    from bench.present.summary import environment_table, overhead_line, points_table, run_line
+    from bench.present.summary import environment_table, overhead_line, run_line, tables
     from bench.present.tables import render
     from bench.results.store import resolve_one
 
@@ -43,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         print(overhead)
     print()
     print(render(environment_table(result), args.format))
-    print()
-    print(render(points_table(result), args.format))
+    for table in tables(result):  # packet and sync points, then socket points
+        print()
+        print(render(table, args.format))
     return 0

@@ -79,8 +79,9 @@ class Datapath(ABC):
     # The variants a scenario names, each with the features of bench.kernel.features it
     # needs (a variant runs only where every one of them works).
     variants: ClassVar[Mapping[str, tuple[str, ...]]]
-    # Measurement targets (a workload's kind: "clusterip", "nodeport") this datapath cannot
-    # act on, with the reason recorded as the point's "not applicable" error.
+    # Measurement targets this datapath cannot act on, with the reason recorded as the
+    # point's "not applicable" error: replayed frames to "clusterip" or "nodeport", socket
+    # workloads to "sockets-clusterip" or "sockets-nodeport".
     not_measured: ClassVar[Mapping[str, str]] = MappingProxyType({})
     # Longest an apply may take before its tool is stopped (ApplyTimeout); the runner
     # sets it from the scenario's per-point limit. None: no limit.

@@ -47,6 +47,9 @@ class SocketLbDatapath(EbpfTcDatapath):
                      "cgroup; replayed frames have no socket, so nothing would translate them",
         "nodeport": "socket LB serves the client pod's own sockets; NodePort traffic from "
                     "outside the cluster is not load-balanced by it",
+        # Socket workloads (bench.measure.socket_points): the client pod's are measured.
+        "sockets-nodeport": "socket LB serves the client pod's own sockets; NodePort "
+                            "traffic from outside the cluster is not load-balanced by it",
     }
 
     def __init__(self) -> None:

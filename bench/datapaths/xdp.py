@@ -44,7 +44,9 @@ class XdpDatapath(EbpfTcDatapath):
     variants = {"xdp": ("bcc", "ebpf-tc", "xdp")}
     # ClusterIP takes the tc programs here: measuring it would measure ebpf-tc again.
     not_measured = {"clusterip": "xdp accelerates NodePort only; its ClusterIP path is "
-                                 "ebpf-tc's (measured as ebpf-tc)"}
+                                 "ebpf-tc's (measured as ebpf-tc)",
+                    "sockets-clusterip": "xdp accelerates NodePort only; its ClusterIP path "
+                                         "is ebpf-tc's (measured as ebpf-tc)"}
 
     def __init__(self) -> None:
         super().__init__()

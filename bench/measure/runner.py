@@ -39,9 +39,10 @@ from bench.measure.repetition import ProbeSet, SeqSpace, read_repetition, replay
 from bench.measure.scale_loop import ScaleLoop
 from bench.measure.scenario import Scenario
 from bench.measure.slowdown import inject_rules
+from bench.measure.socket_points import SocketPoints
 from bench.measure.traffic import NEW_FLOW_WORKLOADS, WARMUP_MAGIC, Target
 from bench.model.generate import GenSpec, generate
-from bench.model.objects import Service
+from bench.model.objects import EndpointPort, EndpointSlice, Service
 
 # Settling: bursts of this many new-flow packets (of the point's own protocol) at this
 # rate, until two consecutive medians agree within the scenario's tolerance.
@@ -55,6 +56,24 @@ OVERHEAD_ROUNDS = 5  # paired rounds of none / main / breakdown
 # client pod to its ClusterIP: the path NodePort accelerations such as XDP take.
 NODEPORT_PREFIX = "nodeport-"
 MEASURED_NODE_PORT = 30000
+
+
+def protocol_of(workload: str) -> str:
+    """"UDP" or "TCP": the protocol of a packet or socket workload's traffic."""
+    return "UDP" if workload.removeprefix(NODEPORT_PREFIX).startswith("udp") else "TCP"
+
+
+def _with_port(svc: Service, slices: list[EndpointSlice],
+               protocol: str) -> tuple[Service, list[EndpointSlice]]:
+    """``svc`` with a second port of ``protocol`` (same port numbers, the next node port
+    if it has one), and its slices serving it."""
+    first = svc.ports[0]
+    port = replace(first, name=protocol.lower(), protocol=protocol,
+                   node_port=first.node_port + 1 if first.node_port else None)
+    svc = replace(svc, ports=(*svc.ports, port))
+    target = first.target_port if isinstance(first.target_port, int) else first.port
+    return svc, [replace(sl, ports=(*sl.ports, EndpointPort(port.name, target, protocol)))
+                 if sl.service_key == svc.key else sl for sl in slices]
 
 
 def _target_kind(workload: str) -> str:
@@ -99,13 +118,19 @@ class Runner:
         return self.sc.rate_pps
 
     def _protocol(self) -> str:
-        base = [w.removeprefix(NODEPORT_PREFIX) for w in self.sc.workloads]
-        if all(w.startswith("udp") for w in base):
-            return "UDP"
-        if all(w.startswith("tcp") for w in base):
-            return "TCP"
-        raise KpbenchError("a scenario mixes UDP and TCP workloads; split it in two "
-                           "(services are generated with one protocol)")
+        """The generated services' protocol: the packet workloads' (their control and
+        settle traffic are of it), or the first socket workload's."""
+        protocols = {protocol_of(w) for w in self.sc.packet_workloads}
+        if len(protocols) > 1:
+            raise KpbenchError("a scenario mixes UDP and TCP packet workloads; split it in "
+                               "two (services are generated with one protocol)")
+        return protocols.pop() if protocols else protocol_of(self.sc.workloads[0])
+
+    def _other_protocols(self) -> list[str]:
+        """Protocols socket workloads need beyond :meth:`_protocol`: the measured service
+        gets a port of each (as a Service with TCP and UDP ports, e.g. DNS)."""
+        main = self._protocol()
+        return sorted({protocol_of(w) for w, _ in self.sc.socket_items} - {main})
 
     # --- one datapath at one scale, step by step --------------------------------
     def measure_scale(self, variant: str, n: int) -> None:
@@ -122,9 +147,13 @@ class Runner:
                      **timing.setup_fields()}
             try:
                 points: list[R.PointDoc] = []
-                for kind, workloads in _by_target(self.sc.workloads).items():
+                for kind, workloads in _by_target(self.sc.packet_workloads).items():
                     points += self._measure_target(bed, measured, variant, n, kind, workloads,
                                                    timing, setup["state_size"])
+                if self.sc.socket_items:
+                    points += SocketPoints(self).measure(bed, measured, variant, n,
+                                                         list(self.sc.socket_items), timing,
+                                                         setup["state_size"])
             except FeatureMissing as e:
                 self.loop.record_rest(variant, n, "failed", str(e), say=False, **setup)
                 return
@@ -141,6 +170,11 @@ class Runner:
         if any(_target_kind(w) == "nodeport" for w in sc.workloads):
             port = replace(services[i].ports[0], node_port=MEASURED_NODE_PORT)
             services[i] = replace(services[i], type="NodePort", ports=(port,))
+        for proto in self._other_protocols():
+            services[i], slices = _with_port(services[i], slices, proto)
+        if any(w.endswith("tcp-stream") for w in sc.workloads):
+            # iperf3's control and data connections must reach the same backend.
+            services[i] = replace(services[i], session_affinity="ClientIP")
         self.seqs = SeqSpace()  # a fresh cluster, a fresh conntrack: a fresh flow space
         bed = Testbed(self.loop.datapath(variant), services, slices, sc.nodes,
                       pod_services={services[i].key}, echo=False, sync_on_enter=False)

@@ -28,7 +28,7 @@ from bench.kernel.features import DATAPATH_NEEDS, lacking
 from bench.kernel.vm import guest_environment
 from bench.measure.probes.loader import release_compiled
 from bench.measure.progress import Progress
-from bench.measure.scenario import Scenario
+from bench.measure.scenario import Scenario, split_item
 from bench.results.writer import check_drops_within_loss
 
 log = logging.getLogger("kpbench")
@@ -129,10 +129,13 @@ class ScaleLoop:
     def point(self, variant: str, n: int, workload: str, **kw: Any) -> R.PointDoc:
         """The point of ``workload`` at ``variant`` x ``n`` services (bench.results.make_point)."""
         position = self.sc.position if isinstance(self.sc.position, str) else "index"
+        workload, flows = split_item(workload)
+        if flows is not None and "socket" not in kw:  # a socket workload's point
+            kw["socket"] = {"loop": self.sc.loop, "flows": flows, "rate_tps": self.sc.rate_tps}
         return R.make_point(datapath=family(variant), variant=variant, services=n,
                             endpoints=self.sc.endpoints, workload=workload,
-                            rate_pps=self.step.rate_pps(workload), position=position,
-                            position_index=self.sc.position_index(n), **kw)
+                            rate_pps=None if "socket" in kw else self.step.rate_pps(workload),
+                            position=position, position_index=self.sc.position_index(n), **kw)
 
     def record(self, point: R.PointDoc) -> None:
         """Store a finished point in the result file (rewritten at once).

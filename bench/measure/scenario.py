@@ -38,8 +38,17 @@ from bench.model.input_limits import MAX_SCENARIO_BYTES, brief, parse_toml, read
 
 # "nodeport-<w>": <w> from the external client to the measured service's NodePort on
 # node 0 (see bench.measure.runner), instead of from the client pod to its ClusterIP.
-WORKLOADS = ("udp-new", "tcp-syn", "udp-established", "nodeport-udp-new", "nodeport-tcp-syn",
-             "nodeport-udp-established")
+PACKET_WORKLOADS = ("udp-new", "tcp-syn", "udp-established", "nodeport-udp-new",
+                    "nodeport-tcp-syn", "nodeport-udp-established")
+# Through real sockets (bench.measure.sockets, bench.measure.socket_points): one point per
+# workload and concurrency (traffic.flows), closed or open loop (traffic.loop).
+SOCKET_WORKLOADS = ("tcp-crr", "tcp-rr", "udp-rr", "tcp-stream", "nodeport-tcp-crr",
+                    "nodeport-tcp-rr", "nodeport-udp-rr", "nodeport-tcp-stream")
+WORKLOADS = PACKET_WORKLOADS + SOCKET_WORKLOADS
+LOOPS = ("closed", "open")
+MAX_FLOWS = 256
+MAX_DURATION_S = 600.0
+MAX_RATE_TPS = 1_000_000
 KINDS = ("packets", "sync", "disruption")
 # A disruption scenario (bench/measure/disruption_runner.py): background traffic to an
 # unchanged service while one event happens; its points are "disruption-<event>/<background>".
@@ -64,7 +73,8 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "sweep": {"datapaths": list, "services": list, "endpoints": int, "nodes": int,
               "position": (str, int), "max_services": dict},
     "traffic": {"workloads": list, "rate_pps": int, "packets": int, "repetitions": int,
-                "warmup_packets": int, "control_packets": int},
+                "warmup_packets": int, "control_packets": int, "loop": str, "flows": list,
+                "duration_s": (int, float), "rate_tps": (int, float)},
     "sync": {"changes": list, "repetitions": int, "effect_rate_pps": int},
     "disruption": {"events": list, "background": list, "rate_pps": int,
                    "before_s": (int, float), "after_s": (int, float), "down_s": (int, float),
@@ -114,6 +124,11 @@ class Scenario:
     churn_per_s: tuple[int, ...] = (10, 100)
     churn_s: float = 10.0
     min_sync_period_s: float = 1.0
+    # Socket workloads: closed loop at each concurrency, or open loop at rate_tps.
+    loop: str = "closed"
+    flows: tuple[int, ...] = (8,)
+    duration_s: float = 5.0
+    rate_tps: float | None = None
     # Set by select_datapaths (kpbench run --datapaths): the run measures only these
     # of the file's datapaths, and its result says so.
     selected: tuple[str, ...] | None = None
@@ -141,19 +156,41 @@ class Scenario:
         return doc
 
     @property
+    def packet_workloads(self) -> tuple[str, ...]:
+        return tuple(w for w in self.workloads if w not in SOCKET_WORKLOADS)
+
+    @property
+    def socket_items(self) -> tuple[tuple[str, int], ...]:
+        """(socket workload, flows): one point each, in run order."""
+        return tuple((w, f) for w in self.workloads if w in SOCKET_WORKLOADS
+                     for f in self.flows)
+
+    @property
     def measured(self) -> tuple[str, ...]:
-        """What each (datapath, scale) measures: traffic workloads, or sync kinds."""
+        """What each (datapath, scale) measures: traffic workloads (a socket workload once
+        per concurrency, as ``<workload> x<flows>``), sync kinds, or disruption
+        events with their background (``disruption-<event>/<background>``)."""
         if self.kind == "sync":
             return ("sync-full", *(f"sync-{c}" for c in self.changes))
         if self.kind == "disruption":
             return tuple(f"disruption-{e}/{b}" for e in self.events for b in self.background)
-        return self.workloads
-
+        return (*self.packet_workloads, *(socket_item(w, f) for w, f in self.socket_items))
     @property
     def points(self) -> list[tuple[str, int, str]]:
         """(datapath, services, workload) in run order."""
         return [(dp, n, w) for dp in self.datapaths for n in self.scales(dp)
                 for w in self.measured]
+
+
+def socket_item(workload: str, flows: int) -> str:
+    """The name of one socket point among a scale's measured items: ``tcp-crr x8``."""
+    return f"{workload} x{flows}"
+
+
+def split_item(item: str) -> tuple[str, int | None]:
+    """``tcp-crr x8`` -> ("tcp-crr", 8); a packet workload or sync kind -> (it, None)."""
+    workload, sep, flows = item.partition(" x")
+    return (workload, int(flows)) if sep else (item, None)
 
 
 def select_datapaths(scenario: Scenario, names: Sequence[str]) -> Scenario:
@@ -224,6 +261,41 @@ def _positive(value: int | float, src: str, where: str, hi: float | None = None,
         raise InputError(f"{value} is out of range ({rng})", source=src, field=where)
 
 
+def _socket_traffic(traffic: dict[str, Any], kw: dict[str, Any], src: str) -> None:
+    """traffic.loop, flows, duration_s, rate_tps: the socket workloads' load."""
+    loop = traffic.get("loop", "closed")
+    if loop not in LOOPS:
+        raise InputError(f"unknown loop {brief(loop)}; choose closed (a fixed number of "
+                         "concurrent flows) or open (a fixed offered rate_tps)", source=src,
+                         field="traffic.loop")
+    kw["loop"] = loop
+    if "flows" in traffic:
+        flows = traffic["flows"]
+        if not flows or not all(isinstance(f, int) and not isinstance(f, bool) for f in flows):
+            raise InputError("must be a non-empty list of integers, e.g. [1, 8, 64]",
+                             source=src, field="traffic.flows")
+        for f in flows:
+            _positive(f, src, "traffic.flows", hi=MAX_FLOWS)
+        kw["flows"] = tuple(sorted(set(flows)))
+    if "duration_s" in traffic:
+        _positive(traffic["duration_s"], src, "traffic.duration_s", hi=MAX_DURATION_S)
+        kw["duration_s"] = float(traffic["duration_s"])
+    if "rate_tps" in traffic:
+        _positive(traffic["rate_tps"], src, "traffic.rate_tps", hi=MAX_RATE_TPS)
+        kw["rate_tps"] = float(traffic["rate_tps"])
+    if (loop == "open") != ("rate_tps" in kw):
+        raise InputError("loop = \"open\" needs rate_tps (offered transactions/s), and "
+                         "rate_tps only goes with it", source=src, field="traffic.rate_tps")
+    socket = [w for w in kw.get("workloads", ()) if w in SOCKET_WORKLOADS]
+    if loop == "open" and any(w.endswith("tcp-stream") for w in socket):
+        raise InputError("tcp-stream runs closed loop only (a stream has no transactions)",
+                         source=src, field="traffic.loop")
+    if not socket and any(k in traffic for k in ("loop", "flows", "duration_s", "rate_tps")):
+        raise InputError("loop, flows, duration_s and rate_tps set the socket workloads' "
+                         f"load; add one ({', '.join(SOCKET_WORKLOADS[:4])}) or remove them",
+                         source=src, field="traffic")
+
+
 def parse_scenario(doc: dict[str, Any], src: str = "<scenario>", text: str = "",
                    default_name: str = "scenario") -> Scenario:
     """Validate a parsed TOML document into a Scenario."""
@@ -287,6 +359,7 @@ def parse_scenario(doc: dict[str, Any], src: str = "<scenario>", text: str = "",
         if key in traffic:
             _positive(traffic[key], src, f"traffic.{key}", hi=hi, zero_ok=zero_ok)
             kw[key] = traffic[key]
+    _socket_traffic(traffic, kw, src)
     if "probes" in measure:
         kw["probes"] = _choices(measure["probes"], PROBES, src, "measure.probes")
     for key in ("settle_timeout", "point_time_limit", "settle_tolerance"):

@@ -112,6 +112,19 @@ class SocketPath:
     responders: tuple[Responder, ...]
     node_netns: tuple[str, ...] = ()  # where conntrack entries are counted
     client_ip: str | None = None  # bind the generator to it (None: the route's source)
+    # The client namespace's ephemeral ports for this path (None: leave them). Two paths
+    # from one client to the same backends (a Service and the direct path) must not share
+    # ports: a connection's conntrack entry outlives it (TIME_WAIT, 120 s), and a direct
+    # connection from a port whose Service entry has the same reply tuple clashes with it.
+    port_range: tuple[int, int] | None = None
+    # More destinations (address, port) beside dst_ip:dst_port: the direct path spread
+    # over several backends as a Service spreads its connections (tcp-crr: transaction i
+    # to the (i mod n)-th; udp-rr/tcp-rr: flow i to the (i mod n)-th; tcp-stream: the
+    # first only, as its Service has session affinity).
+    spread: tuple[tuple[str, int], ...] = ()
+
+    def destinations(self) -> list[tuple[str, int]]:
+        return [(self.dst_ip, self.dst_port), *self.spread]
 
 
 @dataclass
@@ -158,12 +171,16 @@ class SocketResult:
 
 
 def run(work: SocketWorkload, path: SocketPath, *, cgroup: Path | None = None,
-        conntrack_events: bool = False) -> SocketResult:
+        conntrack_events: bool = False,
+        window: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+        ) -> SocketResult:
     """Run ``work`` over ``path``; generator processes start inside ``cgroup`` if given.
 
     ``conntrack_events`` also counts every conntrack entry the nodes create
     (``conntrack -E -e NEW``): exact, but the event delivery and the listener cost
     CPU on the measured path, so keep it for known-workload checks, not timed points.
+    ``window``: a context entered around the generator alone (responders started,
+    counters read), e.g. a CPU probe's measurement window.
 
     Responder and generator CPU are read from cgroups of their own
     (``<prefix>-sresp``, and ``<prefix>-sgen`` unless ``cgroup`` is given, then
@@ -187,6 +204,11 @@ def run(work: SocketWorkload, path: SocketPath, *, cgroup: Path | None = None,
         gen_cg = cgroup or _own_cgroup(stack, f"{prefix}-sgen")
         procs = stack.enter_context(Processes())
         _start_responders(procs, work, path, resp_cg, tmp)
+        if path.port_range is not None:
+            lo, hi = path.port_range
+            subprocess.run(["ip", "netns", "exec", path.client_netns, "sysctl", "-qw",
+                            f"net.ipv4.ip_local_port_range={lo} {hi}"], check=True,
+                           capture_output=True, timeout=10)
         before = {ns: nstat(ns) for ns in spaces}
         ct_before = [conntrack_count(ns) for ns in path.node_netns]
         if conntrack_events:
@@ -196,14 +218,16 @@ def run(work: SocketWorkload, path: SocketPath, *, cgroup: Path | None = None,
                             discard_stdout=True)  # its total comes on stderr
             time.sleep(CT_LISTEN_S)  # it prints nothing until the first event
         cpu0 = (cgroups.cpu_usage_ns(gen_cg), cgroups.cpu_usage_ns(resp_cg))
-        result = _GENERATORS[work.workload](procs, work, path, gen_cg, tmp)
+        with window() if window is not None else contextlib.nullcontext():
+            result = _GENERATORS[work.workload](procs, work, path, gen_cg, tmp)
         result.generator_cpu_ns = cgroups.cpu_usage_ns(gen_cg) - cpu0[0]
         result.responder_cpu_ns = cgroups.cpu_usage_ns(resp_cg) - cpu0[1]
         if path.node_netns:
             result.conntrack_created = sum(conntrack_count(ns) - c
                                            for ns, c in zip(path.node_netns, ct_before,
                                                             strict=True))
-        result.counters = {ns: {k: nstat(ns).get(v, 0) - before[ns].get(v, 0)
+        after = {ns: nstat(ns) for ns in spaces}
+        result.counters = {ns: {k: after[ns].get(v, 0) - before[ns].get(v, 0)
                                 for k, v in TCP_COUNTERS.items()} for ns in spaces}
         if conntrack_events:
             time.sleep(CT_LISTEN_S)  # events are delivered asynchronously
@@ -242,6 +266,7 @@ def conntrack_count(netns: str) -> int:
 def _start_responders(procs: Processes, work: SocketWorkload, path: SocketPath,
                       cgroup: Path, tmp: Path) -> None:
     bound = str(math.ceil(work.duration_s + GRACE_S + P.READY_TIMEOUT_S))
+    starting = []
     for r in path.responders:
         port = str(r.port or path.dst_port)
         if work.workload == "tcp-crr":
@@ -263,15 +288,17 @@ def _start_responders(procs: Processes, work: SocketWorkload, path: SocketPath,
             argv = ["timeout", bound, "sockperf", "server", "-f", str(feed), "-F", "e",
                     "--uc-reuseaddr"]
             marker, tag = "block on socket", "sockperf server"
-        procs.wait_ready(procs.start(tag, r.netns, argv, cgroup), marker,
-                         f"{tag} in {r.netns}")
+        starting.append((procs.start(tag, r.netns, argv, cgroup), marker, f"{tag} in {r.netns}"))
+    for p, marker, what in starting:  # started together, then each awaited
+        procs.wait_ready(p, marker, what)
 
 
 def _crr(procs: Processes, work: SocketWorkload, path: SocketPath, cgroup: Path,
          tmp: Path) -> SocketResult:
     samples = tmp / "crr.samples"
-    argv = [str(T.crr_binary()), "client", "--connect", f"{path.dst_ip}:{path.dst_port}",
-            "--flows", str(work.flows), "--duration", f"{work.duration_s:g}",
+    connect = [a for ip, port in path.destinations() for a in ("--connect", f"{ip}:{port}")]
+    argv = [str(T.crr_binary()), "client", *connect, "--flows", str(work.flows),
+            "--duration", f"{work.duration_s:g}",
             "--request", str(work.request_bytes), "--response", str(work.response_bytes),
             "--timeout-ms", str(work.timeout_ms), "--samples", str(samples)]
     if work.count is not None:
@@ -297,9 +324,11 @@ def _rr(procs: Processes, work: SocketWorkload, path: SocketPath, cgroup: Path,
     tcp = ["--tcp"] if work.workload == "tcp-rr" else []
     bind = ["--client_ip", path.client_ip] if path.client_ip else []
     clients = []
+    dsts = path.destinations()
     for i in range(work.flows):
         log = tmp / f"sockperf-{i}.csv"
-        argv = ["sockperf", *mode, "-i", path.dst_ip, "-p", str(path.dst_port), *tcp,
+        ip, port = dsts[i % len(dsts)]
+        argv = ["sockperf", *mode, "-i", ip, "-p", str(port), *tcp,
                 "-t", str(seconds), "-m", str(work.request_bytes), "--full-log", str(log),
                 *bind]
         clients.append((procs.start("sockperf client", path.client_netns, argv, cgroup), log))

@@ -91,7 +91,10 @@ def _method_line(c: Comparison) -> str:
               f"{len(runs)} tests ({max(mc.runs_base for mc in runs)} BASE runs vs "
               f"{max(mc.runs_new for mc in runs)} NEW)" if runs else "")
     differences = (f" ({c.min_effect_ns:g} ns for a difference against the paired control)"
-                   if any(mc.metric.difference for mc in c.changes) else "")
+                   if any(mc.metric.absolute for mc in c.changes) else "")
+    if any(mc.metric.relative_to is not None for mc in c.changes):
+        differences += (" (a difference in transactions/s: that % of BASE's direct-path "
+                        "rate)")
     return (f"Mann-Whitney U over repetitions, two-sided, alpha {c.alpha:g}{across}; a "
             f"significant change must also be at least {c.min_effect_pct:g}%{differences}")
 

@@ -1,7 +1,7 @@
 """Tidy CSV export of a result: one row per point x repetition x metric.
 
 Columns: run_id, datapath, variant, services, endpoints, workload, rate_pps,
-position, repetition, metric, value, unit.
+position, repetition, metric, value, unit, loop, flows, rate_tps.
 
 - ``repetition`` is "all" for a point's summary (pooled over its repetitions,
   see bench.results.summarise.summarise_point) and the 0-based index into the point's
@@ -12,6 +12,16 @@ position, repetition, metric, value, unit.
   aggregate with the "all" rows, never by averaging them. The "all" rows
   include ``service_minus_control_*`` and ``control.*`` (the control pooled).
 - ``rate_pps`` is empty for points measured at the generator's top speed.
+- Socket points (docs/sockets.md) fill ``loop``, ``flows`` and ``rate_tps``
+  (empty for packet points, and ``rate_tps`` for a closed loop) and have no
+  packet rows: their "all" rows are the socket summary (``transactions_per_s``,
+  ``throughput_bps``, ``rtt_*``, ``cpu_ns_per_transaction`` and its
+  ``.softirq``/``.datapath``/``.generator``/``.responder`` parts,
+  ``failed_connections``, ``retransmits``, ``resets``,
+  ``conntrack_entries_created``, ``direct.*``,
+  ``service_minus_direct_*``), a repetition's rows its socket figures and RTT
+  (``socket.<figure>``, ``rtt_*``), and the paired direct path's repetitions
+  are ``direct-<i>``.
 - Every point gets a ``status`` row (value ok / failed / exceeded-limit), a
   failed one also an ``error`` row, and each measurement a probe could not
   take a ``missing.<measurement>`` row whose value is the reason. A missing
@@ -27,11 +37,12 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from bench.analysis import stats
 from bench.results.model import Point, Repetition, Result, as_point, as_result
 from bench.results.schema import PointDoc, ResultDoc
 
 COLUMNS = ("run_id", "datapath", "variant", "services", "endpoints", "workload", "rate_pps",
-           "position", "repetition", "metric", "value", "unit")
+           "position", "repetition", "metric", "value", "unit", "loop", "flows", "rate_tps")
 
 Row = dict[str, Any]
 
@@ -71,6 +82,9 @@ def summary_metrics(point: Point | PointDoc) -> Iterator[tuple[str, Any, str]]:
         if isinstance(value, int | float) and not isinstance(value, bool):
             yield f"setup.state_size.{key}", value, "count"
     s = point.summary
+    if point.is_socket:
+        yield from _socket_summary_rows(s)
+        return
     for key, unit in (("offered_pps", "packets/s"), ("achieved_pps", "packets/s"),
                       ("delivered_pps", "packets/s"), ("loss", "fraction"),
                       ("cpu_ns_per_packet", "ns/packet"), ("softirq_ns_per_packet", "ns/packet"),
@@ -100,6 +114,61 @@ def summary_metrics(point: Point | PointDoc) -> Iterator[tuple[str, Any, str]]:
         yield f"probe_overhead_pct.{key}", value, "% of cpu_ns_per_packet"
 
 
+#: A socket summary's figures and their units (bench.results.summarise._summarise_sockets).
+SOCKET_FIGURES = (("offered_tps", "tx/s"), ("transactions_per_s", "tx/s"),
+                  ("throughput_bps", "bit/s"), ("failed_connections", "connections"),
+                  ("retransmits", "segments"), ("resets", "segments"),
+                  ("conntrack_entries_created", "entries"))
+DIRECT_FIGURES = (("transactions_per_s", "tx/s"), ("throughput_bps", "bit/s"),
+                  ("failed_connections", "connections"))
+SERVICE_MINUS_DIRECT = (("service_minus_direct_rtt_p50_ns", "ns"),
+                        ("service_minus_direct_rtt_p99_ns", "ns"),
+                        ("service_minus_direct_cpu_ns_per_transaction", "ns/transaction"),
+                        ("service_minus_direct_transactions_per_s", "tx/s"))
+
+
+def _cpu_rows(prefix: str, cpu: Mapping[str, Any] | None) -> Iterator[tuple[str, Any, str]]:
+    """cpu_ns_per_transaction (the total), then its measured parts."""
+    for part, value in (cpu or {}).items():
+        if value is not None:
+            name = prefix if part == "total" else f"{prefix}.{part}"
+            yield name, value, "ns/transaction"
+
+
+def _socket_summary_rows(s: Mapping[str, Any]) -> Iterator[tuple[str, Any, str]]:
+    for key, unit in SOCKET_FIGURES:
+        if s.get(key) is not None:
+            yield key, s[key], unit
+    yield from _dist_rows("rtt", s.get("rtt_ns"))
+    yield from _cpu_rows("cpu_ns_per_transaction", s.get("cpu_ns_per_transaction"))
+    direct = s.get("direct") or {}
+    for key, unit in DIRECT_FIGURES:
+        if direct.get(key) is not None:
+            yield f"direct.{key}", direct[key], unit
+    yield from _dist_rows("direct.rtt", direct.get("rtt_ns"))
+    yield from _cpu_rows("direct.cpu_ns_per_transaction", direct.get("cpu_ns_per_transaction"))
+    for key, unit in SERVICE_MINUS_DIRECT:
+        if s.get(key) is not None:
+            yield key, s[key], unit
+
+
+#: A socket repetition's own figures (bench.results.schema.SocketRepetitionDoc).
+SOCKET_REPETITION = (("seconds", "s"), ("transactions", "transactions"),
+                     ("transactions_per_s", "tx/s"), ("throughput_bps", "bit/s"),
+                     ("offered_tps", "tx/s"), ("failed", "connections"),
+                     ("retransmits", "segments"), ("resets", "segments"),
+                     ("conntrack_entries_created", "entries"), ("softirq_ns", "ns"),
+                     ("datapath_ns", "ns"), ("generator_cpu_ns", "ns"),
+                     ("responder_cpu_ns", "ns"))
+
+
+def _socket_repetition_rows(r: Repetition) -> Iterator[tuple[str, Any, str]]:
+    for key, unit in SOCKET_REPETITION:
+        if r.socket.get(key) is not None:
+            yield f"socket.{key}", r.socket[key], unit
+    yield from _dist_rows("rtt", stats.summary(r.rtt) if r.rtt is not None else None)
+
+
 def _overhead_unit(key: str) -> str:
     return next((unit for suffix, unit in (("_ns_per_packet", "ns/packet"), ("_pps", "packets/s"),
                                            ("_pct", "%")) if key.endswith(suffix)), "")
@@ -107,6 +176,9 @@ def _overhead_unit(key: str) -> str:
 
 def _repetition_metrics(r: Repetition) -> Iterator[tuple[str, Any, str]]:
     rep: Any = r.doc
+    if r.socket:  # its packet keys are neutral (0 sent, 0 delivered): not packets
+        yield from _socket_repetition_rows(r)
+        return
     for key, unit in (("offered_pps", "packets/s"), ("achieved_pps", "packets/s"),
                       ("sent", "packets"), ("delivered", "packets"),
                       ("arrival_seconds", "s"),
@@ -150,16 +222,19 @@ def rows(result: Result | ResultDoc) -> Iterator[Row]:
             "endpoints": point["endpoints"], "workload": point["workload"],
             "rate_pps": "" if point["rate_pps"] is None else point["rate_pps"],
             "position": point["position"],
+            "loop": point.get("loop") or "", "flows": point.get("flows") or "",
+            "rate_tps": "" if point.get("rate_tps") is None else point["rate_tps"],
         }
+        paired = "direct" if point.is_socket else "control"
         for metric, value, unit in summary_metrics(point):
             yield {**base, "repetition": "all", "metric": metric, "value": value, "unit": unit}
         for i, rep in enumerate(point.repetitions):
             for metric, value, unit in _repetition_metrics(rep):
                 yield {**base, "repetition": i, "metric": metric, "value": value, "unit": unit}
-        # The paired control and the breakdown repetition: their own repetition labels.
+        # The paired control (direct path) and the breakdown repetition: their own labels.
         for i, rep in enumerate(point.control or ()):
             for metric, value, unit in _repetition_metrics(rep):
-                yield {**base, "repetition": f"control-{i}", "metric": metric, "value": value,
+                yield {**base, "repetition": f"{paired}-{i}", "metric": metric, "value": value,
                        "unit": unit}
         if point.breakdown is not None:
             for metric, value, unit in _repetition_metrics(point.breakdown):

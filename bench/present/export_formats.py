@@ -12,6 +12,9 @@
   "dataItems": [{"data": {bucket: number}, "unit": str, "labels": {str: str}}],
   "labels": {...}}``, one data item per measured point and metric; latency
   buckets are named as perfdash's own (Perc50, Perc90, Perc99) plus Perc999.
+  A socket point's items are its socket figures (``rtt`` in those buckets,
+  ``transactions_per_s``, ...; docs/sockets.md) and its labels carry its
+  ``loop``, ``flows`` and ``rate_tps``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ DEFAULT_INDEX = "kpbench"
 PERFDASH_VERSION = "v1"
 POINT_FIELDS = ("datapath", "variant", "services", "endpoints", "workload", "rate_pps",
                 "position")
+# A socket point's load (docs/sockets.md): added to its documents and labels only.
+SOCKET_FIELDS = ("loop", "flows", "rate_tps")
 
 
 def opensearch_lines(result: Result | ResultDoc, index: str = DEFAULT_INDEX
@@ -50,6 +55,7 @@ def opensearch_lines(result: Result | ResultDoc, index: str = DEFAULT_INDEX
                 continue
             doc = {**run, "point_id": point.id,
                    **{k: point.doc[k] for k in POINT_FIELDS},  # type: ignore[literal-required]
+                   **({k: point.doc.get(k) for k in SOCKET_FIELDS} if point.is_socket else {}),
                    "point_status": point.status, "metricName": metric,
                    "value": value if numeric else None, "unit": unit or None}
             if not ok:
@@ -84,11 +90,41 @@ def perfdash(result: Result | ResultDoc) -> dict[str, Any]:
 
 
 def _labels(p: Point) -> dict[str, str]:
-    return {k: "top" if p.doc[k] is None else str(p.doc[k])  # type: ignore[literal-required]
-            for k in POINT_FIELDS}
+    labels = {k: "top" if p.doc[k] is None else str(p.doc[k])  # type: ignore[literal-required]
+              for k in POINT_FIELDS}
+    if p.is_socket:
+        labels.update({k: "" if p.doc.get(k) is None else str(p.doc.get(k))
+                       for k in SOCKET_FIELDS})
+    return labels
+
+
+def _socket_perfdash(p: Point) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    s: Any = p.summary
+    rtt = s.get("rtt_ns") or {}
+    if rtt:
+        yield "rtt", "us", {bucket: None if rtt.get(q) is None else rtt[q] / 1000
+                            for bucket, q in (("Perc50", "p50"), ("Perc90", "p90"),
+                                              ("Perc99", "p99"), ("Perc999", "p99.9"))}
+    for metric, unit, value in (
+            ("transactions_per_s", "1/s", s.get("transactions_per_s")),
+            ("throughput_bps", "bit/s", s.get("throughput_bps")),
+            ("cpu_ns_per_transaction", "ns",
+             (s.get("cpu_ns_per_transaction") or {}).get("total")),
+            ("failed_connections", "", s.get("failed_connections")),
+            ("service_minus_direct_rtt_p50_ns", "ns", s.get("service_minus_direct_rtt_p50_ns")),
+            ("service_minus_direct_rtt_p99_ns", "ns", s.get("service_minus_direct_rtt_p99_ns")),
+            ("service_minus_direct_cpu_ns_per_transaction", "ns",
+             s.get("service_minus_direct_cpu_ns_per_transaction")),
+            ("service_minus_direct_transactions_per_s", "1/s",
+             s.get("service_minus_direct_transactions_per_s")),
+            ("sync_full", "s", p.setup.get("sync_seconds"))):
+        yield metric, unit, {"Value": value}
 
 
 def _perfdash_metrics(p: Point) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    if p.is_socket:
+        yield from _socket_perfdash(p)
+        return
     s: Any = p.summary
     lat = s.get("latency_ns") or {}
     if lat:

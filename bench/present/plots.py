@@ -12,6 +12,17 @@ For every workload in a result, three figures, each as PNG and SVG:
 - ``latency-cdf_<workload>``: the latency CDF of each datapath variant at the
   largest number of services it was measured at, from the merged histograms.
 
+For every socket workload (docs/sockets.md), instead:
+
+- ``tps-vs-flows_<workload>`` (``throughput-vs-flows`` for ``tcp-stream``):
+  transactions/s against concurrent flows, one colour per datapath variant,
+  one line style per number of services (an open loop's offered rate is a
+  line of its own);
+- ``rtt-cdf_<workload>-x<flows>-<loop>``: the RTT CDF of each variant at that
+  load, from the merged RTT histograms, at the largest number of services;
+- ``service-minus-direct_<workload>``: the Service minus its paired direct
+  path against flows, RTT p50 and p99 (left) and transactions/s (right).
+
 Only points with status "ok" are drawn. Anything that cannot be drawn (a
 failed point, a missing measurement, a workload without latency data) is
 skipped and named, in the log and in a footnote of the figure; a figure with
@@ -30,6 +41,8 @@ from pathlib import Path
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from bench.analysis import stats
+from bench.analysis.metrics import socket_load
 from bench.results.model import Point, Result, as_result
 from bench.results.schema import ResultDoc
 
@@ -265,7 +278,9 @@ def plot_result(result: Result | ResultDoc, out_dir: str | Path,
     """Draw the figures of ``result`` into ``out_dir`` (created); returns the files written.
 
     Files are ``<figure>_<workload>.<format>`` with figure one of
-    latency-vs-services, cpu-vs-services, latency-cdf. What cannot be drawn
+    latency-vs-services, cpu-vs-services, latency-cdf (sync-vs-services for a
+    sync workload; tps-vs-flows or throughput-vs-flows, rtt-cdf and
+    service-minus-direct for a socket workload). What cannot be drawn
     is named in the figure's footnote and logged as a warning, or, given
     ``notes``, appended there instead (a caller that sums them up itself).
     """
@@ -288,8 +303,8 @@ def plot_result(result: Result | ResultDoc, out_dir: str | Path,
     # One colour per datapath variant, the same in every figure of the run.
     colors = {v: COLORS[i % len(COLORS)] for i, v in enumerate(variants)}
 
-    for workload in sorted({p.workload for p in points}):
-        wl = [p for p in points if p.workload == workload]
+    for workload in sorted({p.workload for p in points if not p.is_socket}):
+        wl = [p for p in points if p.workload == workload and not p.is_socket]
         ok = [p for p in wl if p.ok]
         skipped = _skipped(wl)
         for note in skipped:
@@ -339,4 +354,207 @@ def plot_result(result: Result | ResultDoc, out_dir: str | Path,
                 warn("plot: %s %s: nothing to draw; no figure", name, workload)
                 continue
             written += _save(fig, out, f"{name}_{slug}", formats)
+    sockets = [p for p in points if p.is_socket]
+    if sockets:
+        written += _socket_plots(sockets, colors, out, formats, warn)
+    return written
+
+
+# -- socket points (docs/sockets.md) ------------------------------------------------------
+
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def _loop_tag(p: Point) -> str:
+    """closed, or open@<offered tx/s>: what, besides flows, sets a socket point's load."""
+    rate = p.doc.get("rate_tps")
+    return "closed" if rate is None else f"open@{rate:g}"
+
+
+def _socket_series(points: list[Point]) -> dict[tuple[str, int, str], list[Point]]:
+    """Socket points of one workload by (variant, services, loop), each sorted by flows."""
+    groups: dict[tuple[str, int, str], list[Point]] = {}
+    for p in points:
+        groups.setdefault((p.variant, p.services, _loop_tag(p)), []).append(p)
+    for pts in groups.values():
+        pts.sort(key=lambda p: int(p.doc["flows"]))  # type: ignore[typeddict-item]
+    return dict(sorted(groups.items()))
+
+
+def _socket_label(key: tuple[str, int, str]) -> str:
+    variant, services, loop = key
+    return f"{variant}, {services:,} svc" + ("" if loop == "closed" else f", {loop}")
+
+
+def _styles(series: dict[tuple[str, int, str], list[Point]]) -> dict[int, str]:
+    """One line style per number of services (the colour is the variant's)."""
+    scales = sorted({services for _, services, _ in series})
+    return {n: LINESTYLES[i % len(LINESTYLES)] for i, n in enumerate(scales)}
+
+
+def _flows_axis(ax: Axes, flows: set[int], ylabel: str, title: str) -> None:
+    if len(flows) > 1 and max(flows) / min(flows) >= 4:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(flows), [str(f) for f in sorted(flows)])
+    ax.set_xlabel("concurrent flows")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def _stream(points: Sequence[Point]) -> bool:
+    """A stream workload's points: a throughput, no transactions."""
+    return all(p.summary.get("transactions_per_s") is None
+               and p.summary.get("throughput_bps") is not None for p in points)
+
+
+def _rate_vs_flows(series: dict[tuple[str, int, str], list[Point]], colors: dict[str, str],
+                   workload: str, skipped: list[str]) -> tuple[Figure | None, list[str]]:
+    """Transactions/s (a stream's throughput) against flows, one line per variant, services
+    and loop."""
+    stream = _stream([p for pts in series.values() for p in pts])
+    key, scale, unit = (("throughput_bps", 1e9, "Gbit/s") if stream
+                        else ("transactions_per_s", 1.0, "transactions/s"))
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.add_subplot()
+    styles = _styles(series)
+    notes: list[str] = []
+    flows: set[int] = set()
+    for skey, pts in series.items():
+        xs, ys = [], []
+        for p in pts:
+            v = p.summary.get(key)
+            if v is None:
+                notes.append(f"{_socket_label(skey)} x{p.doc['flows']}: no {key}")  # type: ignore[typeddict-item]
+                continue
+            xs.append(int(p.doc["flows"]))  # type: ignore[typeddict-item]
+            ys.append(v / scale)
+        if xs:
+            ax.plot(xs, ys, styles[skey[1]], color=colors[skey[0]], marker="o", markersize=4,
+                    label=_socket_label(skey))
+            flows.update(xs)
+    if not flows:
+        return None, notes
+    ax.set_ylim(bottom=0)
+    _flows_axis(ax, flows, unit, f"{'Throughput' if stream else 'Transactions/s'} vs "
+                f"concurrent flows — workload {workload}")
+    ax.legend(fontsize=8)
+    _footnote(ax, skipped + notes)
+    return fig, notes
+
+
+def _rtt(p: Point) -> stats.Histogram | None:
+    """The merge of the point's repetitions' RTT histograms (None: none has one)."""
+    hists = [r.rtt for r in p.repetitions if r.rtt is not None]
+    merged = stats.merge(hists) if hists else None
+    return merged if merged is not None and merged.count else None
+
+
+def _rtt_cdf(points: list[Point], colors: dict[str, str], load: str,
+             skipped: list[str]) -> tuple[Figure | None, list[str]]:
+    """The RTT CDF of each variant at one workload and load, at the largest number of
+    services it has RTTs at (as the latency CDF)."""
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.add_subplot()
+    notes: list[str] = []
+    drawn = 0
+    for variant in sorted({p.variant for p in points}):
+        mine = sorted((p for p in points if p.variant == variant), key=lambda p: p.services)
+        with_rtt = [(p, h) for p in mine if (h := _rtt(p)) is not None]
+        if not with_rtt:
+            notes.append(f"{variant}: no RTT histogram at any scale")
+            continue
+        p, hist = with_rtt[-1]
+        if p.services != mine[-1].services:
+            notes.append(f"{variant}: CDF at {p.services} services, the largest with RTTs")
+        xs, fractions = hist.cdf()
+        ax.step(xs / 1000, fractions, where="post", color=colors[variant],
+                label=f"{variant} ({p.services:,} services, {hist.count:,} RTTs)")
+        drawn += 1
+    if not drawn:
+        return None, notes
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("round-trip time (µs, log scale)")
+    ax.set_ylabel("fraction of transactions ≤ RTT")
+    ax.set_title(f"RTT CDF — {load}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    _footnote(ax, skipped + notes)
+    return fig, notes
+
+
+def _minus_direct(series: dict[tuple[str, int, str], list[Point]], colors: dict[str, str],
+                  workload: str, skipped: list[str]) -> tuple[Figure | None, list[str]]:
+    """Service minus the direct path against flows: RTT p50 (solid) and p99 (dashed) on the
+    left, transactions/s on the right; one colour per variant, a marker per services."""
+    fig = Figure(figsize=(11, 5), layout="constrained")
+    rtt_ax, tps_ax = fig.subplots(1, 2)
+    markers = ("o", "s", "^", "D", "v")
+    scales = sorted({services for _, services, _ in series})
+    notes: list[str] = []
+    flows: set[int] = set()
+    drawn = {rtt_ax: 0, tps_ax: 0}
+    for skey, pts in series.items():
+        marker = markers[scales.index(skey[1]) % len(markers)]
+        if not any(p.summary.get("direct") for p in pts):
+            why = pts[0].missing.get("direct", "not measured")
+            notes.append(f"{_socket_label(skey)}: no direct path ({why})")
+            continue
+        for ax, key, style, scale, name in (
+                (rtt_ax, "service_minus_direct_rtt_p50_ns", "-", 1000, "p50"),
+                (rtt_ax, "service_minus_direct_rtt_p99_ns", "--", 1000, "p99"),
+                (tps_ax, "service_minus_direct_transactions_per_s", "-", 1, "")):
+            xy = [(int(p.doc["flows"]), p.summary.get(key) / scale)  # type: ignore[typeddict-item,operator]
+                  for p in pts if p.summary.get(key) is not None]
+            if xy:
+                ax.plot(*zip(*xy, strict=True), style, color=colors[skey[0]], marker=marker,
+                        markersize=4, label=f"{_socket_label(skey)} {name}".strip())
+                flows.update(x for x, _ in xy)
+                drawn[ax] += 1
+    if not flows:
+        return None, notes
+    for ax, ylabel, what in ((rtt_ax, "Service − direct RTT (µs)", "RTT p50 and p99"),
+                             (tps_ax, "Service − direct transactions/s", "transactions/s")):
+        ax.axhline(0, color="black", linewidth=0.8)
+        _flows_axis(ax, flows, ylabel, f"What the Service adds: {what} — {workload}")
+        if drawn[ax]:
+            ax.legend(fontsize=7)
+    _footnote(rtt_ax, skipped + notes)
+    return fig, notes
+
+
+def _socket_plots(points: Sequence[Point], colors: dict[str, str], out: Path,
+                  formats: Sequence[str], warn: Callable[..., None]) -> list[Path]:
+    """The socket workloads' figures: ``tps-vs-flows`` (``throughput-vs-flows`` for a
+    stream), ``rtt-cdf`` per workload and load, ``service-minus-direct``."""
+    written: list[Path] = []
+    for workload in sorted({p.workload for p in points}):
+        wl = [p for p in points if p.workload == workload]
+        ok = [p for p in wl if p.ok]
+        skipped = _skipped(wl)
+        for note in skipped:
+            warn("plot: workload %s: skipped %s", workload, note)
+        if not ok:
+            warn("plot: workload %s: no point completed; no figure", workload)
+            continue
+        series = _socket_series(ok)
+        slug = _slug(workload)
+        rate = "throughput-vs-flows" if _stream(ok) else "tps-vs-flows"
+        figures = [(f"{rate}_{slug}", *_rate_vs_flows(series, colors, workload, skipped))]
+        if not _stream(ok):
+            for load in dict.fromkeys(socket_load(p) for p in sorted(
+                    ok, key=lambda p: (int(p.doc["flows"]), _loop_tag(p)))):  # type: ignore[typeddict-item]
+                mine = [p for p in ok if socket_load(p) == load]
+                figures.append((f"rtt-cdf_{_slug(load)}",
+                                *_rtt_cdf(mine, colors, load, skipped)))
+            figures.append((f"service-minus-direct_{slug}",
+                            *_minus_direct(series, colors, workload, skipped)))
+        for stem, fig, notes in figures:
+            for note in notes:
+                warn("plot: %s: %s", stem, note)
+            if fig is None:
+                warn("plot: %s: nothing to draw; no figure", stem)
+                continue
+            written += _save(fig, out, stem, formats)
     return written

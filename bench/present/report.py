@@ -1,7 +1,8 @@
 """A result as a report: self-contained HTML and Markdown.
 
 The report holds the run's environment, its summary table, the figures of
-bench.present.plots (latency and CPU per packet against services, latency CDFs) plus
+bench.present.plots (latency and CPU per packet against services, latency CDFs; for socket
+workloads transactions/s against flows, RTT CDFs, Service minus direct) plus
 the full-sync time against services when the result has sync times, and —
 given a base result — the regression comparison of bench.analysis.compare.
 
@@ -22,7 +23,7 @@ from bench.analysis.compare import Comparison
 from bench.analysis.metrics import key_label
 from bench.present import plots
 from bench.present.compare_output import changes_table, render_text, summary_line
-from bench.present.summary import environment_table, overhead_line, points_table, run_line
+from bench.present.summary import environment_table, overhead_line, run_line, tables
 from bench.present.tables import render_html, render_markdown
 from bench.results.model import Result, as_result
 from bench.results.schema import ResultDoc
@@ -33,6 +34,10 @@ FIGURE_TITLES = {
     "latency-cdf": "Latency CDF",
     "sync-vs-services": "Sync time vs services",
     "full-sync-vs-services": "Full sync time vs services (the sync before each scale)",
+    "tps-vs-flows": "Transactions/s vs concurrent flows",
+    "throughput-vs-flows": "Throughput vs concurrent streams",
+    "rtt-cdf": "RTT CDF",
+    "service-minus-direct": "Service minus the direct path",
 }
 
 CSS = """
@@ -153,7 +158,7 @@ def render_report_html(result: Result | ResultDoc, source: str, figures: list[Fi
         "<h2>Figures</h2>",
         f'<div class="figures">{figs}</div>' if figures else "<p>No figure could be drawn.</p>",
         "<h2>Summary</h2>",
-        render_html(points_table(result)),
+        *(render_html(t) for t in tables(result)),
     ]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>kpbench report — {e(name)}</title><style>{CSS}</style></head>\n"
@@ -171,7 +176,10 @@ def render_report_markdown(result: Result | ResultDoc, source: str, figures: lis
         out += ["## Regressions against BASE", "",
                 render_text([comparison], "markdown", changed_only=True).rstrip(), ""]
     out += ["## Environment", "", render_markdown(environment_table(result)), "",
-            "## Summary", "", render_markdown(points_table(result)), "", "## Figures", ""]
+            "## Summary", ""]
+    for t in tables(result):
+        out += [render_markdown(t), ""]
+    out += ["## Figures", ""]
     for f in figures:
         out += [f"![{f.caption}]({(figures_rel / f.path.name).as_posix()})", ""]
     return "\n".join(out)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.analysis.metrics import socket_load
 from bench.present.tables import Table, fmt_value
 from bench.results.environment import commit_label
 from bench.results.model import Point, Result, as_result
@@ -106,13 +107,14 @@ def _settle(setup: Any) -> str:
 
 
 def points_table(result: ResultLike) -> Table:
-    """One row per point: coordinates, status, latency percentiles, CPU per packet (the
-    total, then its NET_RX softirq and datapath-process parts), rate, loss, setup.
+    """One row per packet or sync point: coordinates, status, latency percentiles, CPU per
+    packet (the total, then its NET_RX softirq and datapath-process parts), rate, loss,
+    setup. Socket points are in :func:`sockets_table`.
 
     ``svc-ctl`` columns: the Service's p50 and CPU per packet minus its paired
     control's (the same traffic to the backend pods' own addresses).
     """
-    points = as_result(result).points
+    points = [p for p in as_result(result).points if not p.is_socket]
     coords = [(k, title) for k, title in OPTIONAL_COORDS
               if len({_coord(p, k) for p in points}) > 1]
     t = Table(["variant", "workload", "services", *(title for _, title in coords), "status",
@@ -139,6 +141,65 @@ def points_table(result: ResultLike) -> Table:
                _settle(p.setup)],
               css="" if p.ok else "failed")
     return t
+
+
+def _load(p: Point) -> str:
+    """A socket point's load: ``x8 closed``, ``x8 open@5000`` (flows, loop, offered tx/s)."""
+    return socket_load(p).removeprefix(f"{p.workload} ")
+
+
+def _rate(s: Any) -> str:
+    """Transactions/s, or a stream's throughput."""
+    if s.get("transactions_per_s") is None and s.get("throughput_bps") is not None:
+        return fmt_value(s["throughput_bps"], "bit/s")
+    return fmt_value(s.get("transactions_per_s"), "tx/s")
+
+
+def _rate_minus_direct(s: Any) -> str:
+    v = s.get("service_minus_direct_transactions_per_s")
+    return "—" if v is None else ("+" if v > 0 else "") + fmt_value(v, "tx/s")
+
+
+def sockets_table(result: ResultLike) -> Table:
+    """One row per socket point (docs/sockets.md): coordinates, load, status, transactions/s
+    (a stream's throughput), RTT p50/p99 of the merged histograms, CPU per transaction
+    (the total of the measured parts), failed transactions, and ``svc-dir``: the Service
+    minus the direct path after each repetition (RTT p50 and p99, tx/s, CPU per
+    transaction)."""
+    points = [p for p in as_result(result).points if p.is_socket]
+    coords = [(k, title) for k, title in OPTIONAL_COORDS[::2]  # endpoints, position
+              if len({_coord(p, k) for p in points}) > 1]
+    t = Table(["variant", "workload", "load", "services", *(title for _, title in coords),
+               "status", "reps", "tx/s", "rtt p50", "rtt p99", "cpu/tx", "failed",
+               "svc-dir p50", "svc-dir p99", "svc-dir tx/s", "svc-dir cpu"],
+              align=["l", "l", "l", "r", *("r" for _ in coords), "l", *["r"] * 10])
+    for p in points:
+        s: Any = p.summary
+        rtt = s.get("rtt_ns") or {}
+        status = p.status if p.ok else f"{p.status}: {p.error or ''}"
+        t.add([p.variant, p.workload, _load(p), p.services,
+               *(_coord(p, k) for k, _ in coords), status[:60], len(p.repetitions),
+               _rate(s), fmt_value(rtt.get("p50"), "ns"), fmt_value(rtt.get("p99"), "ns"),
+               fmt_value((s.get("cpu_ns_per_transaction") or {}).get("total"),
+                         "ns/transaction"),
+               "—" if s.get("failed_connections") is None else f"{s['failed_connections']:,}",
+               fmt_value(s.get("service_minus_direct_rtt_p50_ns"), "ns"),
+               fmt_value(s.get("service_minus_direct_rtt_p99_ns"), "ns"),
+               _rate_minus_direct(s),
+               fmt_value(s.get("service_minus_direct_cpu_ns_per_transaction"),
+                         "ns/transaction")],
+              css="" if p.ok else "failed")
+    return t
+
+
+def tables(result: ResultLike) -> list[Table]:
+    """The summary tables of a result: its packet and sync points' (if any, or if it has no
+    socket point), then its socket points' (if any)."""
+    result = as_result(result)
+    sockets = any(p.is_socket for p in result.points)
+    out = [points_table(result)] if not sockets or any(
+        not p.is_socket for p in result.points) else []
+    return out + ([sockets_table(result)] if sockets else [])
 
 
 KERNEL_MISSING = "kernel feature missing"  # the error of a datapath this kernel lacks
@@ -168,6 +229,9 @@ def _cell(p: Point) -> str:
         lost = d.get("lost")
         return (f"{fmt_value(d.get('stall_ms'), 'ms')} · "
                 f"{'—' if lost is None else f'{lost:,.0f}'} lost")
+    if p.is_socket:
+        rtt = (s.get("rtt_ns") or {}).get("p50")
+        return _rate(s) + ("" if rtt is None else f" · {fmt_value(rtt, 'ns')}")
     lat = (s.get("latency_ns") or {}).get("p50")
     return f"{fmt_value(lat, 'ns')} · {fmt_value(s.get('cpu_ns_per_packet'), 'ns/packet')}"
 
@@ -175,8 +239,10 @@ def _cell(p: Point) -> str:
 def figures_tables(result: ResultLike) -> tuple[list[tuple[str, Table]], list[str]]:
     """The run's figures at a glance: per workload, a variant x services table.
 
-    A cell is the p50 latency and the CPU per packet (packet workloads) or the
-    median sync time (sync workloads). Variants this kernel lacks and
+    A cell is the p50 latency and the CPU per packet (packet workloads), the
+    median sync time (sync workloads), or transactions/s (a stream's
+    throughput) and the RTT p50 (socket workloads: one table per workload and
+    load, e.g. ``tcp-rr x8 closed``). Variants this kernel lacks and
     workloads a variant does not apply to get no row: they are returned as
     notes instead, one per variant, so that what was left out is said once.
     """
@@ -185,11 +251,15 @@ def figures_tables(result: ResultLike) -> tuple[list[tuple[str, Table]], list[st
     points = [p for p in result.points if p.variant not in lacking]
     inapplicable: dict[str, list[str]] = {}
     tables = []
-    for workload in dict.fromkeys(p.workload for p in points):
-        wl = [p for p in points if p.workload == workload]
+    def name(p: Point) -> str:
+        return socket_load(p) if p.is_socket else p.workload
+
+    for workload in dict.fromkeys(name(p) for p in points):
+        wl = [p for p in points if name(p) == workload]
         scales = sorted({p.services for p in wl})
         what = ("median sync time" if workload.startswith("sync-")
                 else "stall · packets lost (medians)" if workload.startswith("disruption-")
+                else "transactions/s · RTT p50" if wl[0].is_socket
                 else "p50 latency · CPU per packet")
         t = Table(["variant", *(f"{n:,} svc" for n in scales)],
                   align=["l", *("r" for _ in scales)])

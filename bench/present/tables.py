@@ -129,8 +129,14 @@ def fmt_value(value: float | None, unit: str) -> str:
         return "—"
     if unit == "ns":
         return f"{_sig(value / 1000)} µs"
-    if unit == "ns/packet":
+    if unit in ("ns/packet", "ns/transaction"):
         return f"{value:,.0f} ns"
+    if unit == "bit/s":
+        scaled = next(((value / f, u) for f, u in ((1e9, "Gbit/s"), (1e6, "Mbit/s"))
+                       if abs(value) >= f), (value, "bit/s"))
+        return f"{_sig(scaled[0])} {scaled[1]}"
+    if unit == "tx/s":
+        return f"{value:,.0f} tx/s"
     if unit == "fraction":
         return f"{value * 100:.3g} %"
     if unit == "s":

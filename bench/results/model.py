@@ -22,7 +22,13 @@ from functools import cached_property
 from typing import Any
 
 from bench.analysis import stats
-from bench.results.schema import PointDoc, RepetitionDoc, ResultDoc, SummaryDoc
+from bench.results.schema import (
+    PointDoc,
+    RepetitionDoc,
+    ResultDoc,
+    SummaryDoc,
+    is_socket_point,
+)
 from bench.results.summarise import summarise_point
 
 
@@ -60,13 +66,32 @@ class Repetition:
         """The transit histogram (breakdown probes), parsed once."""
         return self._parse("transit_hist")
 
+    @cached_property
+    def rtt(self) -> stats.Histogram | None:
+        """A socket repetition's per-transaction RTT histogram, parsed once."""
+        return self._parse("rtt_hist")
+
+    @property
+    def socket(self) -> Mapping[str, Any]:
+        """A socket repetition's figures (empty for a packet repetition)."""
+        return _dict(self.doc.get("socket"))
+
+    def rtt_percentile(self, q: str) -> float | None:
+        """The repetition's own RTT percentile ``q`` ("p50", "p99"; None: none)."""
+        h = self.rtt
+        if h is None or not h.count:
+            return None
+        return h.percentiles([float(q[1:])])[q]
+
     def _parse(self, key: str) -> stats.Histogram | None:
         h = self.doc.get(key)
         return stats.Histogram.from_json(h) if h is not None else None  # type: ignore[arg-type]
 
     def histogram(self, key: str) -> stats.Histogram | None:
-        """The ``key`` histogram ("latency_hist" or "transit_hist"), parsed once."""
-        return self.latency if key == "latency_hist" else self.transit
+        """The ``key`` histogram ("latency_hist", "transit_hist", "rtt_hist"), parsed once."""
+        if key == "latency_hist":
+            return self.latency
+        return self.rtt if key == "rtt_hist" else self.transit
 
     @cached_property
     def _latency_percentiles(self) -> dict[str, float | None]:
@@ -184,6 +209,11 @@ class Point(Mapping[str, Any]):
     def is_sync(self) -> bool:
         """A sync point (bench.measure.sync_runner names their workloads "sync-*")."""
         return self.doc["workload"].startswith("sync-")
+
+    @property
+    def is_socket(self) -> bool:
+        """A socket workload's point (bench.results.schema.is_socket_point)."""
+        return is_socket_point(self.doc)
 
     @property
     def setup(self) -> Mapping[str, Any]:

@@ -110,7 +110,7 @@ OLD_FAMILY_NAMES = {"ebpf": "ebpf-tc", "socket": "socket-lb"}
 
 
 def _check_histograms(p: dict[str, Any], source: str, obj: str) -> None:
-    for key in ("latency_hist", "transit_hist"):
+    for key in ("latency_hist", "transit_hist", "rtt_hist"):
         params = set()
         for j, rep in enumerate(p["repetitions"]):
             if rep.get(key) is None:

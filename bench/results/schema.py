@@ -41,6 +41,12 @@ register an upgrade from the previous version with :func:`upgrade_from`):
   results written before that recorded the variant's first word (``ebpf``,
   ``socket``), which reading maps to the family
   (:data:`bench.results.reader.OLD_FAMILY_NAMES`).
+  Socket points (optional fields, still version 2): a point with ``flows`` (and
+  ``loop``, ``rate_tps``) measured a socket workload (``tcp-crr``, ``tcp-rr``,
+  ``udp-rr``, ``tcp-stream``); its repetitions keep the packet keys neutral
+  (``sent``/``delivered`` 0, the rest null) and carry ``rtt_hist`` and ``socket``;
+  its ``control`` is the direct path; its summary adds the socket figures
+  (:class:`SummaryDoc`).
 """
 
 from __future__ import annotations
@@ -136,6 +142,29 @@ class RepetitionDoc(TypedDict):
     # Disruption points (workload "disruption-<event>/<background>"): the event's figures
     # and the background's timeline (bench.measure.disruption, docs/disruption.md).
     disruption: NotRequired[dict[str, Any]]
+    # Socket points: per-transaction round-trip times (ns), and the socket figures.
+    rtt_hist: NotRequired[dict[str, Any] | None]
+    socket: NotRequired[SocketRepetitionDoc]
+
+
+class SocketRepetitionDoc(TypedDict):
+    """A socket workload's repetition (bench.measure.sockets.SocketResult)."""
+
+    seconds: float  # measured duration
+    transactions: int  # completed (0 for tcp-stream)
+    transactions_per_s: float | None
+    throughput_bps: float | None  # tcp-stream
+    offered_tps: float | None  # open loop
+    failed: int  # failed connections, timeouts, resets mid-transaction, lost replies
+    retransmits: int  # TcpRetransSegs of the client and responder namespaces
+    resets: int  # TcpOutRsts of the same
+    conntrack_entries_created: int | None  # on the nodes
+    generator_cpu_ns: int | None
+    responder_cpu_ns: int | None
+    softirq_ns: int | None  # NET_RX softirq, machine-wide
+    # The datapath's own processes (a userspace proxy), NET_RX in their context taken out.
+    datapath_ns: NotRequired[int | None]
+
 
 
 class FailedRepetitionDoc(TypedDict):
@@ -177,6 +206,23 @@ class SummaryDoc(TypedDict):
     service_minus_control_cpu_ns_per_packet: NotRequired[float | None]
     # Disruption points: per event figure, the median over the repetitions.
     disruption: NotRequired[dict[str, float | None]]
+    # Socket points (bench.results.summarise.summarise_point documents each).
+    loop: NotRequired[str]
+    flows: NotRequired[int]
+    offered_tps: NotRequired[float | None]
+    transactions_per_s: NotRequired[float | None]
+    throughput_bps: NotRequired[float | None]
+    rtt_ns: NotRequired[dict[str, float | int | None] | None]
+    cpu_ns_per_transaction: NotRequired[dict[str, float | None] | None]
+    failed_connections: NotRequired[int]
+    retransmits: NotRequired[int]
+    resets: NotRequired[int]
+    conntrack_entries_created: NotRequired[int | None]
+    direct: NotRequired[dict[str, Any]]
+    service_minus_direct_rtt_p50_ns: NotRequired[float | None]
+    service_minus_direct_rtt_p99_ns: NotRequired[float | None]
+    service_minus_direct_cpu_ns_per_transaction: NotRequired[float | None]
+    service_minus_direct_transactions_per_s: NotRequired[float | None]
 
 
 class PointDoc(TypedDict):
@@ -203,6 +249,10 @@ class PointDoc(TypedDict):
     # own addresses (no Service translation); summary.service_minus_control_* pair them.
     control: NotRequired[list[RepetitionDoc] | None]
     failed_repetitions: NotRequired[list[FailedRepetitionDoc]]
+    # Socket points only: the closed loop's concurrency or the open loop's offered rate.
+    loop: NotRequired[Literal["closed", "open"]]
+    flows: NotRequired[int]
+    rate_tps: NotRequired[float | None]
     # Only in a baseline pooled from several runs (bench.results.baseline): which runs the
     # repetitions came from, in order (see bench.results.model.Point.runs).
     per_run: NotRequired[list[RunShareDoc]]
@@ -231,6 +281,11 @@ class ResultDoc(TypedDict):
     points: list[PointDoc]
 
 
+
+
+def is_socket_point(point: Any) -> bool:
+    """Whether a point (document or read model) measured a socket workload."""
+    return point.get("flows") is not None
 
 
 # -- upgrades ------------------------------------------------------------------------------

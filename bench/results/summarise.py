@@ -13,7 +13,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from bench.analysis import stats
-from bench.results.schema import ControlSummaryDoc, PointDoc, RepetitionDoc, SummaryDoc
+from bench.results.schema import (
+    ControlSummaryDoc,
+    PointDoc,
+    RepetitionDoc,
+    SummaryDoc,
+    is_socket_point,
+)
 
 #: How a summary reads a repetition's histogram (``key``: latency_hist, transit_hist):
 #: parsed from the document, or the read model's cached one (bench.results.model).
@@ -98,6 +104,8 @@ def summarise_point(point: PointDoc, hist: HistogramOf = parse_histogram) -> Sum
     - control, service_minus_control_*: the paired control's figures (the same
       pooling over ``point["control"]``) and the Service's minus them.
     """
+    if is_socket_point(point):
+        return _summarise_sockets(point, hist)
     reps = point.get("repetitions") or []
     breakdown = point.get("breakdown")
     detail = [*reps, breakdown] if breakdown else reps
@@ -173,6 +181,80 @@ def _disruption_summary(reps: list[RepetitionDoc]) -> dict[str, float | None]:
         out[key] = float(statistics.median(values)) if values else None
     out["not_recovered"] = float(sum(1 for f in figs if f.get("recovery_ms") is None))
     return out
+
+
+def _socket_figures(reps: list[RepetitionDoc], hist: HistogramOf) -> dict[str, Any]:
+    """Rates, RTT and CPU per transaction of socket repetitions, pooled."""
+    socks = [r["socket"] for r in reps if r.get("socket")]  # type: ignore[typeddict-item]
+    seconds = sum(s["seconds"] for s in socks)
+    done = sum(s["transactions"] for s in socks)
+    streams = [s for s in socks if s.get("throughput_bps") is not None]
+    stream_s = sum(s["seconds"] for s in streams)
+    cpu: dict[str, float | None] | None = None
+    if done:
+        parts = {}
+        for part, key in (("softirq", "softirq_ns"), ("datapath", "datapath_ns"),
+                          ("generator", "generator_cpu_ns"),
+                          ("responder", "responder_cpu_ns")):
+            values = [s.get(key) for s in socks]
+            # A part counts only if every repetition measured it (else it would be diluted).
+            parts[part] = (sum(values) / done  # type: ignore[arg-type]
+                           if values and all(v is not None for v in values) else None)
+        measured = [v for v in parts.values() if v is not None]
+        cpu = {"total": sum(measured) if measured else None, **parts}
+    return {
+        "transactions_per_s": done / seconds if done and seconds > 0 else None,
+        "throughput_bps": (sum(s["throughput_bps"] * s["seconds"] for s in streams) / stream_s
+                           if stream_s > 0 else None),
+        "rtt_ns": _merged(reps, "rtt_hist", hist),
+        "cpu_ns_per_transaction": cpu,
+        "failed_connections": sum(s["failed"] for s in socks),
+    }
+
+
+def _summarise_sockets(point: PointDoc, hist: HistogramOf) -> SummaryDoc:
+    """A socket point's summary (the packet figures null):
+
+    - transactions_per_s: completed transactions over measured seconds, all repetitions;
+    - throughput_bps (tcp-stream): the repetitions' rates weighted by their seconds;
+    - rtt_ns: the merged per-transaction RTT histograms (like latency_ns);
+    - cpu_ns_per_transaction: softirq (NET_RX, machine-wide), datapath (its own
+      processes, e.g. the userspace proxy; None for a datapath that runs none), generator
+      and responder (their cgroups) ns per completed transaction, and their total (the
+      sum of the parts measured);
+    - failed_connections, retransmits, resets, conntrack_entries_created: sums;
+    - direct, service_minus_direct_*: the paired direct path (``point["control"]``:
+      the same workload to a backend pod's own address) and the Service minus it.
+    """
+    reps = point.get("repetitions") or []
+    socks = [r["socket"] for r in reps if r.get("socket")]  # type: ignore[typeddict-item]
+    figures = _socket_figures(reps, hist)
+    offered = [s["offered_tps"] for s in socks if s.get("offered_tps") is not None]
+    created = [s["conntrack_entries_created"] for s in socks
+               if s.get("conntrack_entries_created") is not None]
+    summary = SummaryDoc(
+        offered_pps=None, achieved_pps=None, delivered_pps=None, loss=None, latency_ns=None,
+        cpu_ns_per_packet=None, drops=None, transit_ns=None,
+        loop=point.get("loop") or "closed", flows=int(point.get("flows") or 0),
+        offered_tps=sum(offered) / len(offered) if offered else None,
+        retransmits=sum(s["retransmits"] for s in socks),
+        resets=sum(s["resets"] for s in socks),
+        conntrack_entries_created=sum(created) if created else None,
+        **figures,
+    )
+    control = point.get("control")
+    if control:
+        d = _socket_figures(control, hist)
+        summary["direct"] = d
+        rtt, drtt = figures["rtt_ns"] or {}, d["rtt_ns"] or {}
+        cpu, dcpu = figures["cpu_ns_per_transaction"] or {}, d["cpu_ns_per_transaction"] or {}
+        summary["service_minus_direct_rtt_p50_ns"] = _minus(rtt.get("p50"), drtt.get("p50"))
+        summary["service_minus_direct_rtt_p99_ns"] = _minus(rtt.get("p99"), drtt.get("p99"))
+        summary["service_minus_direct_cpu_ns_per_transaction"] = _minus(cpu.get("total"),
+                                                                        dcpu.get("total"))
+        summary["service_minus_direct_transactions_per_s"] = _minus(
+            figures["transactions_per_s"], d["transactions_per_s"])
+    return summary
 
 
 def _overhead_pct(overhead: Mapping[str, Any] | None,

@@ -38,6 +38,7 @@ from bench.results.schema import (
     RunStatus,
     ScenarioDoc,
     SetupDoc,
+    SocketRepetitionDoc,
 )
 from bench.results.summarise import summarise_point
 
@@ -79,6 +80,34 @@ def make_repetition(*, sent: int, delivered: int, offered_pps: float | None = No
     return rep
 
 
+def make_socket_repetition(*, seconds: float, transactions: int, failed: int,
+                           rtt_hist: stats.Histogram | dict[str, Any] | None,
+                           transactions_per_s: float | None = None,
+                           throughput_bps: float | None = None,
+                           offered_tps: float | None = None, retransmits: int = 0,
+                           resets: int = 0, conntrack_entries_created: int | None = None,
+                           generator_cpu_ns: int | None = None,
+                           responder_cpu_ns: int | None = None,
+                           softirq_ns: int | None = None,
+                           datapath_ns: int | None = None) -> RepetitionDoc:
+    """One repetition of a socket workload: the packet keys neutral (no packet figure is
+    read from it), the socket figures under ``socket`` and the RTTs in ``rtt_hist``."""
+    if seconds < 0 or transactions < 0 or failed < 0:
+        raise ValueError("seconds, transactions and failed must be >= 0")
+    rep = make_repetition(sent=0, delivered=0)
+    rep["rtt_hist"] = _hist_json(rtt_hist)
+    rep["socket"] = SocketRepetitionDoc(
+        seconds=float(seconds), transactions=int(transactions),
+        transactions_per_s=transactions_per_s, throughput_bps=throughput_bps,
+        offered_tps=offered_tps, failed=int(failed), retransmits=int(retransmits),
+        resets=int(resets), conntrack_entries_created=conntrack_entries_created,
+        generator_cpu_ns=generator_cpu_ns, responder_cpu_ns=responder_cpu_ns,
+        softirq_ns=softirq_ns)
+    if datapath_ns is not None:
+        rep["socket"]["datapath_ns"] = int(datapath_ns)
+    return rep
+
+
 def make_point(*, datapath: str, variant: str, services: int, endpoints: int, workload: str,
                rate_pps: int | None, position: str, position_index: int,
                status: PointStatus = "ok", error: str | None = None,
@@ -91,6 +120,7 @@ def make_point(*, datapath: str, variant: str, services: int, endpoints: int, wo
                probe_overhead: Mapping[str, Any] | None = None,
                control: list[RepetitionDoc] | None = None,
                failed_repetitions: list[FailedRepetitionDoc] | None = None,
+               socket: Mapping[str, Any] | None = None,
                id: str | None = None) -> PointDoc:
     """One measured point; its ``id`` defaults to a readable key of its coordinates.
 
@@ -100,7 +130,12 @@ def make_point(*, datapath: str, variant: str, services: int, endpoints: int, wo
     if status not in POINT_STATUSES:
         raise ValueError(f"point status {status!r} is not one of {POINT_STATUSES}")
     rate = "top" if rate_pps is None else str(rate_pps)
-    pid = id or f"{variant}/{workload}/s{services}/e{endpoints}/r{rate}/{position}"
+    if socket is not None:  # {"loop", "flows", "rate_tps"} of a socket workload's point
+        load = f"f{socket['flows']}/{socket['loop']}" + (
+            f"@{socket['rate_tps']:g}" if socket.get("rate_tps") is not None else "")
+        pid = id or f"{variant}/{workload}/{load}/s{services}/e{endpoints}/{position}"
+    else:
+        pid = id or f"{variant}/{workload}/s{services}/e{endpoints}/r{rate}/{position}"
     point = PointDoc(
         id=pid, datapath=datapath, variant=variant, services=int(services),
         endpoints=int(endpoints), workload=workload, rate_pps=rate_pps, position=position,
@@ -115,6 +150,10 @@ def make_point(*, datapath: str, variant: str, services: int, endpoints: int, wo
         point["setup"]["settle_converged"] = settle_converged
     if control is not None:
         point["control"] = list(control)
+    if socket is not None:
+        point["loop"] = socket["loop"]
+        point["flows"] = int(socket["flows"])
+        point["rate_tps"] = socket.get("rate_tps")
     return point
 
 

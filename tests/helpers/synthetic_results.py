@@ -21,7 +21,12 @@ from bench.analysis import compare, stats
 from bench.results.reader import validate_result
 from bench.results.schema import KIND, SCHEMA_VERSION, PointDoc, RepetitionDoc, ResultDoc
 from bench.results.summarise import summarise_point
-from bench.results.writer import ResultWriter, make_point, make_repetition
+from bench.results.writer import (
+    ResultWriter,
+    make_point,
+    make_repetition,
+    make_socket_repetition,
+)
 
 ENV: dict[str, Any] = {
     "kernel_release": "6.18.44-fc", "kernel_version": "#1", "where": "host", "vm": None,
@@ -72,6 +77,54 @@ def point(rng: np.random.Generator, *, variant: str = "nftables", services: int 
         repetitions=[repetition(rng, latency_ns, cpu_ns, delivered, jitter)
                      for _ in range(reps)],
         sync_seconds=sync_seconds, settle_seconds=0.5)
+
+
+SOCKET_SECONDS = 5.0
+
+
+def socket_repetition(rng: np.random.Generator, rtt_ns: float, tps: float,
+                      cpu_ns: float | None = 20_000, failed: int = 0,
+                      jitter: float = JITTER, workload: str = "tcp-crr") -> RepetitionDoc:
+    """One socket repetition: ``tps`` transactions/s for SOCKET_SECONDS, lognormal RTTs
+    around ``rtt_ns``, ``cpu_ns`` per transaction split softirq 50 %, generator 30 %,
+    responder 20 % (None: no CPU measured); tcp-stream: ``tps`` is bits/s, no RTT."""
+    level = 1 + rng.normal(0, jitter)
+    if workload.endswith("tcp-stream"):
+        return make_socket_repetition(seconds=SOCKET_SECONDS, transactions=0, failed=failed,
+                                      rtt_hist=None, throughput_bps=tps * level)
+    done = int(tps * level * SOCKET_SECONDS)
+    rtt = rng.lognormal(np.log(rtt_ns * level), 0.3, min(done, 4000))
+    cpu = (None if cpu_ns is None else
+           {k: int(done * cpu_ns * share * (1 + rng.normal(0, jitter)))
+            for k, share in (("softirq_ns", 0.5), ("generator_cpu_ns", 0.3),
+                             ("responder_cpu_ns", 0.2))})
+    return make_socket_repetition(
+        seconds=SOCKET_SECONDS, transactions=done, failed=failed,
+        rtt_hist=stats.Histogram.from_samples(rtt), transactions_per_s=done / SOCKET_SECONDS,
+        retransmits=1, resets=0, conntrack_entries_created=done if "crr" in workload else 8,
+        **(cpu or {}))
+
+
+def socket_point(rng: np.random.Generator, *, variant: str = "nftables", services: int = 1000,
+                 workload: str = "tcp-crr", flows: int = 8, loop: str = "closed",
+                 rate_tps: float | None = None, rtt_ns: float = 50_000,
+                 tps: float = 20_000, cpu_ns: float | None = 20_000, failed: int = 0,
+                 direct_rtt_ns: float | None = 40_000, direct_tps: float = 25_000,
+                 direct_cpu_ns: float | None = 15_000, reps: int = REPS,
+                 jitter: float = JITTER) -> PointDoc:
+    """A socket point (bench.results.writer.make_point(..., socket=...)) with, unless
+    ``direct_rtt_ns`` is None, its paired direct path: one direct repetition after each."""
+    control = None
+    if direct_rtt_ns is not None:
+        control = [socket_repetition(rng, direct_rtt_ns, direct_tps, direct_cpu_ns,
+                                     jitter=jitter, workload=workload) for _ in range(reps)]
+    return make_point(
+        datapath=variant.split("-")[0], variant=variant, services=services, endpoints=10,
+        workload=workload, rate_pps=None, position="last", position_index=services - 1,
+        repetitions=[socket_repetition(rng, rtt_ns, tps, cpu_ns, failed, jitter, workload)
+                     for _ in range(reps)],
+        control=control, socket={"loop": loop, "flows": flows, "rate_tps": rate_tps},
+        sync_seconds=2.0, settle_seconds=0.5)
 
 
 def write(path: Path, points: list[PointDoc], env: dict[str, Any] | None = None,

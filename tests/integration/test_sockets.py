@@ -134,6 +134,23 @@ def test_crr_counts_refused_connections_and_binds_only_its_address(pair: Pair,
     assert (s.transactions, s.connect_failed, served) == (0, 50, 0)
 
 
+def test_crr_spreads_transactions_over_its_destinations(pair: Pair, tmp_path: Path) -> None:
+    # OTHER_IP is the server's too: a second responder binds it (a second backend).
+    servers = [crr_serve(pair, 9004)]
+    other = subprocess.Popen(["ip", "netns", "exec", pair.server, str(T.crr_binary()), "serve",
+                              "--listen", f"{OTHER_IP}:9005", "--duration", "30"],
+                             stdout=subprocess.PIPE, text=True)
+    assert other.stdout is not None and other.stdout.readline().strip() == "ready"
+    servers.append(other)
+    try:
+        s = crr_client(pair, SERVER_IP, 9004, tmp_path / "s", "--connect", f"{OTHER_IP}:9005",
+                       "--flows", "3", "--count", "101", "--duration", "20")
+    finally:
+        served = [stop(p)[0] for p in servers]
+    # Transaction i goes to destination i mod 2: 51 and 50.
+    assert s.transactions == 101 and s.failed == 0 and served == [51, 50]
+
+
 # --- every workload through bench.measure.sockets --------------------------------
 
 def test_tcp_crr_run_matches_the_responders_count(pair: Pair) -> None:
@@ -299,3 +316,61 @@ def test_udp_rr_through_a_clusterip_one_conntrack_entry_per_flow() -> None:
         # Every request after a flow's first hits its entry: 3 flows, 3 entries.
         assert r.transactions > 100 and r.failed == 0 and r.conntrack_new == 3
         tb.datapath.cleanup(node)
+
+
+# --- socket points through the runner ------------------------------------------------
+
+SOCKET_SCENARIO = """
+name = "socket-points"
+[sweep]
+datapaths = ["iptables-legacy", "socket-lb", "xdp"]
+services = [20]
+endpoints = 2
+nodes = 1
+[traffic]
+workloads = ["tcp-crr", "tcp-rr"]
+flows = [2]
+duration_s = 1
+repetitions = 2
+[measure]
+probes = ["cpu"]
+overhead = false
+"""
+
+
+def test_socket_points_measure_the_service_and_the_direct_path(tmp_path: Path) -> None:
+    """A run of socket workloads: each point measured through the Service and, right after
+    each repetition, on the direct path; socket-lb measured (its client sockets are in
+    the run's cgroup), xdp's ClusterIP recorded as not applicable with the reason."""
+    import json
+    import sys
+
+    for name in ("iptables-legacy", "socket-lb", "xdp"):
+        require_feature(name)
+    path = tmp_path / "s.toml"
+    path.write_text(SOCKET_SCENARIO)
+    p = subprocess.run([sys.executable, "-m", "bench", "run", str(path), "--results",
+                        str(tmp_path / "r"), "--no-export"], capture_output=True, text=True,
+                       timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    doc = json.loads(Path(p.stdout.split()[0]).read_text())
+    points = {pt["id"]: pt for pt in doc["points"]}
+    assert len(points) == 6, sorted(points)
+    for pid, pt in points.items():
+        if pt["datapath"] == "xdp":
+            assert pt["status"] == "failed" and pt["error"].startswith("not applicable")
+            continue
+        assert pt["status"] == "ok", (pid, pt["error"], pt.get("failed_repetitions"))
+        assert pt["flows"] == 2 and pt["loop"] == "closed" and pt["rate_pps"] is None
+        assert len(pt["repetitions"]) == 2 and len(pt["control"]) == 2
+        s = pt["summary"]
+        for rep in pt["repetitions"] + pt["control"]:
+            sock = rep["socket"]
+            assert sock["transactions"] > 100 and sock["failed"] == 0, (pid, sock)
+            assert (rep["sent"], rep["delivered"], rep["latency_hist"]) == (0, 0, None)
+        assert s["transactions_per_s"] > 100 and s["rtt_ns"]["count"] > 100
+        assert s["direct"]["transactions_per_s"] > 100
+        assert s["service_minus_direct_rtt_p50_ns"] is not None
+        cpu = s["cpu_ns_per_transaction"]
+        assert cpu["softirq"] > 0 and cpu["generator"] > 0 and cpu["responder"] > 0
+        assert "conntrack_entries_created" in pt["missing"]

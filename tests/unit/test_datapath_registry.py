@@ -79,8 +79,9 @@ def test_older_results_read_with_the_family_name() -> None:
 
 
 def test_what_a_datapath_cannot_measure_is_declared_with_why() -> None:
-    assert set(make_variant("xdp").not_measured) == {"clusterip"}
-    assert set(make_variant("socket-lb").not_measured) == {"clusterip", "nodeport"}
+    assert set(make_variant("xdp").not_measured) == {"clusterip", "sockets-clusterip"}
+    assert set(make_variant("socket-lb").not_measured) == {"clusterip", "nodeport",
+                                                          "sockets-nodeport"}
     assert all(make_variant(v).not_measured == {} for v in
                ("iptables-legacy", "nftables", "ipvs", "ebpf-tc", "userspace"))
     assert all(why for v in VARIANTS for why in make_variant(v).not_measured.values())

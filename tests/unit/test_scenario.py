@@ -57,3 +57,28 @@ def test_datapaths_selects_part_of_a_scenario_and_says_so(tmp_path: Path) -> Non
         pass
     assert load_result(tmp_path / "r.json")["scenario"]["selected_datapaths"] == [
         "ipvs", "userspace"]
+
+
+def test_socket_workloads_are_one_point_per_concurrency(tmp_path: Path) -> None:
+    from bench.measure.scenario import split_item
+
+    path = tmp_path / "s.toml"
+    path.write_text('[sweep]\ndatapaths = ["nftables"]\nservices = [1, 10]\n[traffic]\n'
+                    'workloads = ["tcp-crr", "tcp-rr"]\nflows = [8, 1, 8]\nduration_s = 2\n')
+    sc = load_scenario(path)
+    assert sc.flows == (1, 8) and sc.loop == "closed" and sc.duration_s == 2.0
+    assert sc.measured == ("tcp-crr x1", "tcp-crr x8", "tcp-rr x1", "tcp-rr x8")
+    assert len(sc.points) == 8
+    assert split_item("tcp-crr x8") == ("tcp-crr", 8)
+    assert split_item("udp-new") == ("udp-new", None)
+    assert sc.packet_workloads == ()
+
+
+def test_socket_point_ids_and_summary_keep_flows_apart() -> None:
+    from bench.results.writer import make_point
+
+    ids = {make_point(datapath="nftables", variant="nftables", services=1, endpoints=4,
+                      workload="tcp-rr", rate_pps=None, position="last", position_index=0,
+                      socket={"loop": "closed", "flows": f, "rate_tps": None})["id"]
+           for f in (1, 8)}
+    assert len(ids) == 2

@@ -3,7 +3,8 @@
  *
  *   kpb-crr serve  --listen IP:PORT [--listen IP:PORT ...] [--request B] [--response B]
  *                  [--delay-us US] [--duration S]
- *   kpb-crr client --connect IP:PORT [--bind IP] [--flows N] [--count N] [--duration S]
+ *   kpb-crr client --connect IP:PORT [--connect IP:PORT ...] [--bind IP] [--flows N]
+ *                  [--count N] [--duration S]
  *                  [--rate TPS] [--request B] [--response B] [--timeout-ms MS]
  *                  [--samples FILE]
  *
@@ -14,6 +15,8 @@
  * long after its request is in (a backend's service time; also a known latency to
  * test the generator's clock against where the kernel has no netem).
  *
+ * Transaction i goes to the (i mod n)-th of the n --connect destinations (a
+ * direct path spread over several backends, as a Service spreads connections).
  * The client runs --flows threads. Closed loop (no --rate): each thread runs
  * transactions back to back. Open loop (--rate): transaction i is due at
  * start + i/rate; a free thread takes the next one, sleeps until it is due and
@@ -266,9 +269,11 @@ static int serve(int argc, char **argv)
 
 /* ---- generator ------------------------------------------------------------ */
 
+#define MAX_DSTS 64
+
 struct client_cfg {
-    struct sockaddr_in dst, src;
-    int bind_src;
+    struct sockaddr_in dst[MAX_DSTS], src;
+    int n_dst, bind_src;
     long request, response, count, timeout_ms;
     double rate;
     uint64_t start, end;
@@ -297,8 +302,9 @@ static int wait_fd(int fd, short events, uint64_t deadline)
     }
 }
 
-static int transaction(char *buf)
+static int transaction(char *buf, long i)
 {
+    const struct sockaddr_in *dst = &cfg.dst[i % cfg.n_dst];
     uint64_t deadline = now_ns() + (uint64_t)cfg.timeout_ms * 1000000ull;
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0), one = 1, rc = TX_OK;
     if (fd < 0)
@@ -312,7 +318,7 @@ static int transaction(char *buf)
             return TX_CONNECT_FAILED;
         }
     }
-    if (connect(fd, (struct sockaddr *)&cfg.dst, sizeof cfg.dst) && errno != EINPROGRESS) {
+    if (connect(fd, (const struct sockaddr *)dst, sizeof *dst) && errno != EINPROGRESS) {
         rc = TX_CONNECT_FAILED;
         goto out;
     }
@@ -405,7 +411,7 @@ static void *flow(void *arg)
         } else if (due >= cfg.end) {
             break;
         }
-        int rc = transaction(buf);
+        int rc = transaction(buf, i);
         uint64_t lat = now_ns() - due;
         if (rc == TX_OK) {
             long slot = atomic_fetch_add(&n_ok, 1);
@@ -436,7 +442,9 @@ static int client(int argc, char **argv)
         if (!v)
             die("option %s needs a value", a);
         if (!strcmp(a, "--connect")) {
-            parse_addr(v, &cfg.dst, 1);
+            if (cfg.n_dst == MAX_DSTS)
+                die("at most 64 --connect destinations%s", "");
+            parse_addr(v, &cfg.dst[cfg.n_dst++], 1);
             have_dst = 1;
         } else if (!strcmp(a, "--bind")) {
             parse_addr(v, &cfg.src, 0);

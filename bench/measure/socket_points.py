@@ -1,0 +1,204 @@
+"""Socket points: the scenario's socket workloads at one datapath and scale.
+
+:class:`bench.measure.runner.Runner` hands the socket workloads of a scale
+here after the timed first sync. For each workload and concurrency (one point
+each) this runs real connections (bench.measure.sockets: kpb-crr, sockperf,
+iperf3) from the client pod to the measured service's ClusterIP (or, for
+``nodeport-<w>``, from the external client to its NodePort on node 0), and
+after every repetition its paired **direct** repetition: the same workload
+from the same client to the backend pods' own addresses (spread over them as
+the Service spreads its connections), through no Service rule,
+so each point states what the Service costs (Service minus direct) with the
+machine's drift cancelled, as the packet points' paired control does. A first,
+shorter run of each workload is discarded (connections, caches and conntrack
+warm). The NET_RX softirq CPU of each repetition comes from the CPU probe;
+the generator's and responders' from their own cgroups; a datapath's own
+processes (the userspace proxy) from its process cgroup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from bench import results as R
+from bench.cluster.testbed import SyncTiming, Testbed
+from bench.errors import FeatureMissing, KpbenchError
+from bench.measure import sockets as S
+from bench.measure.probes.cpu import CpuProbe
+from bench.model import layout as L
+from bench.model.objects import Service
+from bench.results.writer import make_socket_repetition
+
+if TYPE_CHECKING:
+    from bench.measure.runner import Runner
+
+NODEPORT_PREFIX = "nodeport-"
+# The client's ephemeral ports for the Service path and for the direct path, apart
+# (bench.measure.sockets.SocketPath.port_range says why).
+SERVICE_PORTS = (20000, 39999)
+DIRECT_PORTS = (40000, 59999)
+WARMUP_S = 1.0  # the discarded first run of each workload
+
+
+def is_socket_workload(workload: str) -> bool:
+    """``tcp-crr``, ``tcp-rr``, ``udp-rr``, ``tcp-stream`` (or their ``nodeport-`` form)."""
+    return workload.removeprefix(NODEPORT_PREFIX) in S.WORKLOADS
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where one socket workload goes: through the Service, and the direct path."""
+
+    service: S.SocketPath
+    direct: S.SocketPath | None  # None: no direct path from this client (NodePort)
+
+
+class SocketPoints:
+    """Measures the socket points of one datapath at one scale (see the module doc)."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        self.sc = runner.sc
+
+    def measure(self, bed: Testbed, measured: Service, variant: str, n: int,
+                items: list[tuple[str, int]], timing: SyncTiming,
+                state: dict[str, int]) -> list[R.PointDoc]:
+        """The points of ``items`` ((workload, flows) pairs), in order."""
+        points = []
+        cpu = CpuProbe(bed.datapath.process_cgroup) if "cpu" in self.sc.probes else None
+        missing: dict[str, str] = {}
+        if cpu is not None:
+            try:
+                cpu.attach()
+            except FeatureMissing as e:
+                missing["cpu"] = str(e)
+                cpu = None
+        try:
+            for workload, flows in items:
+                points.append(self._point(bed, measured, variant, n, workload, flows, timing,
+                                          state, cpu, dict(missing)))
+        finally:
+            if cpu is not None:
+                cpu.detach()
+        return points
+
+    # -- one point --------------------------------------------------------------------
+    def _point(self, bed: Testbed, measured: Service, variant: str, n: int, workload: str,
+               flows: int, timing: SyncTiming, state: dict[str, int], cpu: CpuProbe | None,
+               missing: dict[str, str]) -> R.PointDoc:
+        sc = self.sc
+        load = {"loop": sc.loop, "flows": flows, "rate_tps": sc.rate_tps}
+        common: dict[str, Any] = {"socket": load, "state_size": state, **timing.setup_fields()}
+        kind = "nodeport" if workload.startswith(NODEPORT_PREFIX) else "clusterip"
+        why = bed.datapath.not_measured.get(f"sockets-{kind}")
+        if why:
+            return self.runner.loop.point(variant, n, workload, status="failed",
+                                          error=f"not applicable: {why}", **common)
+        work = S.SocketWorkload(workload.removeprefix(NODEPORT_PREFIX), flows=flows,
+                                loop=sc.loop, rate_tps=sc.rate_tps, duration_s=sc.duration_s)
+        paths = self._paths(bed, measured, kind, work.workload)
+        missing["conntrack_entries_created"] = (
+            "counted exactly only with conntrack -E, whose cost would be in the timed "
+            "figures (tests/integration/test_sockets.py checks one entry per connection)")
+        if paths.direct is None:
+            missing["direct"] = ("no direct path from the external client to a pod's own "
+                                 "address (the underlay does not route pod addresses)")
+        group = bed.datapath.client_cgroup() if kind == "clusterip" else None
+        say = self.runner.progress.say
+        label = f"{variant}: {n} services: {workload} x{flows}"
+        say(f"{label}: warm-up")
+        try:
+            S.run(S.SocketWorkload(work.workload, flows=flows, loop=sc.loop,
+                                   rate_tps=sc.rate_tps, duration_s=WARMUP_S),
+                  paths.service, cgroup=group)
+        except KpbenchError as e:
+            return self.runner.loop.point(variant, n, workload, status="failed",
+                                          error=f"warm-up failed: {e}", missing=missing,
+                                          **common)
+        reps: list[R.RepetitionDoc] = []
+        direct: list[R.RepetitionDoc] = []
+        failed: list[dict[str, Any]] = []
+        for r in range(sc.repetitions):
+            say(f"{label}: rep {r + 1}/{sc.repetitions}")
+            rep, error = self._rep(work, paths.service, group, cpu)
+            if rep is None:
+                failed.append({"phase": "measured", "index": r, "error": error})
+            else:
+                reps.append(rep)
+            if paths.direct is not None:
+                rep, error = self._rep(work, paths.direct, group, cpu)
+                if rep is None:
+                    failed.append({"phase": "control", "index": r, "error": error})
+                else:
+                    direct.append(rep)
+        return self.runner.loop.point(
+            variant, n, workload, repetitions=reps, control=direct or None,
+            status="ok" if reps else "failed",
+            error=None if reps else f"every repetition failed: {failed[0]['error']}",
+            missing=missing, failed_repetitions=failed, **common)
+
+    def _rep(self, work: S.SocketWorkload, path: S.SocketPath, group: Any,
+             cpu: CpuProbe | None) -> tuple[R.RepetitionDoc | None, str | None]:
+        """One run of ``work`` over ``path``: (the repetition, None) or (None, why)."""
+        readings = []
+
+        @contextlib.contextmanager
+        def window() -> Iterator[None]:  # the generator's run only
+            if cpu is not None:
+                cpu.start()
+            yield
+            if cpu is not None:
+                readings.append(cpu.read())
+
+        try:
+            res = S.run(work, path, cgroup=group, window=window)
+        except KpbenchError as e:
+            return None, str(e)
+        reading = readings[0] if readings else None
+        s = res.summary()
+        return make_socket_repetition(
+            seconds=res.seconds, transactions=res.transactions, failed=res.failed,
+            rtt_hist=res.rtt if res.rtt.count else None,
+            transactions_per_s=res.transactions_per_s, throughput_bps=res.throughput_bps,
+            offered_tps=res.offered_tps, retransmits=s["retransmits"], resets=s["resets"],
+            # The entry count's growth undercounts (a connection on a 4-tuple in
+            # TIME_WAIT replaces its entry); exact counting (conntrack -E) would put the
+            # listener's cost in the figures: not measured at timed repetitions.
+            conntrack_entries_created=None,
+            generator_cpu_ns=res.generator_cpu_ns, responder_cpu_ns=res.responder_cpu_ns,
+            softirq_ns=reading.net_rx_ns if reading is not None else None,
+            datapath_ns=(reading.process_ns if reading is not None
+                         and cpu is not None and cpu.group is not None else None)), None
+
+    def _paths(self, bed: Testbed, measured: Service, kind: str, workload: str) -> Paths:
+        """The Service path (to every backend pod of the measured service) and the direct
+        one (to the backend pods' own addresses, on their target port)."""
+        tcp = workload.startswith("tcp")
+        pods = [p for p in bed.layout.pods if (p.tcp_ports if tcp else p.udp_ports)]
+        if not pods:
+            raise KpbenchError("the measured service has no backend pod to answer")
+        responders = tuple(S.Responder(bed.cluster.pod_ns(p), p.ip,
+                                       (p.tcp_ports if tcp else p.udp_ports)[0]) for p in pods)
+        sp = next((p for p in measured.ports if p.protocol == ("TCP" if tcp else "UDP")), None)
+        if sp is None:
+            raise KpbenchError(f"the measured service has no {'TCP' if tcp else 'UDP'} port")
+        if kind == "nodeport":
+            if sp.node_port is None:
+                raise KpbenchError("the measured service has no node port")
+            service = S.SocketPath(bed.cluster.client_ns, L.node_ip(0), sp.node_port,
+                                   responders, port_range=SERVICE_PORTS)
+            return Paths(service, None)
+        port = sp.port
+        service = S.SocketPath(bed.cluster.client_pod_ns, measured.cluster_ip, port,
+                               responders, port_range=SERVICE_PORTS)
+        # Spread over the backends as the Service spreads connections (one backend would
+        # serve a concurrent load with fewer processes than the Service path has).
+        dsts = [(r.ip, r.port or port) for r in responders]
+        if workload == "tcp-stream":  # its Service has session affinity: one backend
+            dsts, responders = dsts[:1], responders[:1]
+        direct = S.SocketPath(bed.cluster.client_pod_ns, dsts[0][0], dsts[0][1], responders,
+                              port_range=DIRECT_PORTS, spread=tuple(dsts[1:]))
+        return Paths(service, direct)

@@ -1,0 +1,51 @@
+"""A socket point's summary: pooled rates, merged RTTs, CPU per transaction, Service - direct."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.analysis.stats import Histogram
+from bench.results.summarise import summarise_point
+from bench.results.writer import make_point, make_socket_repetition
+
+
+def rep(transactions: int, seconds: float, rtt_us: int, softirq_ns: int,
+        datapath_ns: int | None = None) -> dict:
+    return make_socket_repetition(  # type: ignore[return-value]
+        seconds=seconds, transactions=transactions, failed=1,
+        rtt_hist=Histogram.from_samples(np.full(100, rtt_us * 1000)),
+        generator_cpu_ns=transactions * 1000, responder_cpu_ns=transactions * 500,
+        softirq_ns=softirq_ns, datapath_ns=datapath_ns)
+
+
+def point(reps: list, control: list | None) -> dict:
+    return make_point(datapath="nftables", variant="nftables", services=1, endpoints=4,
+                      workload="tcp-crr", rate_pps=None, position="last", position_index=0,
+                      repetitions=reps, control=control,  # type: ignore[arg-type]
+                      socket={"loop": "closed", "flows": 8, "rate_tps": None})
+
+
+def test_socket_summary_pools_and_subtracts_the_direct_path() -> None:
+    s = summarise_point(point([rep(1000, 1.0, 50, 2_000_000), rep(3000, 1.0, 70, 6_000_000)],
+                              [rep(4000, 1.0, 40, 4_000_000)]))  # type: ignore[arg-type]
+    assert s["transactions_per_s"] == 2000.0  # 4000 transactions over 2 s
+    assert s["rtt_ns"]["count"] == 200 and s["rtt_ns"]["min"] == 50_000  # type: ignore[index]
+    cpu = s["cpu_ns_per_transaction"]
+    assert cpu == {"total": 3500.0, "softirq": 2000.0, "datapath": None, "generator": 1000.0,
+                   "responder": 500.0}
+    assert s["failed_connections"] == 2 and s["flows"] == 8 and s["loop"] == "closed"
+    assert s["direct"]["transactions_per_s"] == 4000.0
+    assert s["service_minus_direct_transactions_per_s"] == -2000.0
+    assert s["service_minus_direct_cpu_ns_per_transaction"] == pytest.approx(3500 - 2500)
+    assert s["service_minus_direct_rtt_p50_ns"] == pytest.approx(
+        s["rtt_ns"]["p50"] - 40_000)  # type: ignore[index]
+    # No packet figure is made up for a socket point.
+    assert s["latency_ns"] is None and s["loss"] is None and s["cpu_ns_per_packet"] is None
+
+
+def test_a_part_not_measured_everywhere_is_not_diluted() -> None:
+    s = summarise_point(point([rep(1000, 1.0, 50, 2_000_000, datapath_ns=3_000_000),
+                               rep(1000, 1.0, 50, 2_000_000)], None))  # type: ignore[arg-type]
+    assert s["cpu_ns_per_transaction"]["datapath"] is None  # type: ignore[index]
+    assert "direct" not in s
