@@ -232,6 +232,17 @@ def _change(workload: str) -> bool:
     return workload != "sync-full"
 
 
+def _rep_disruption(key: str) -> Callable[[PointLike], list[float]]:
+    """Per-repetition event figure ``key`` of a disruption point (docs/disruption.md)."""
+    return _per_repetition(lambda r: (r.doc.get("disruption") or {}).get(key))
+
+
+def _summary_disruption(key: str) -> Callable[[PointLike], float | None]:
+    def pooled(point: PointLike) -> float | None:
+        return (as_point(point).summary.get("disruption") or {}).get(key)
+    return pooled
+
+
 # -- socket points (bench.results.summarise._summarise_sockets) ------------------------------
 
 def _rep_tps(r: Repetition) -> float | None:
@@ -349,6 +360,16 @@ METRICS: tuple[Metric, ...] = (
     Metric("service_minus_control_cpu_ns_per_packet", _paired(lambda r: r.softirq_ns_per_packet),
            _summary("service_minus_control_cpu_ns_per_packet"), "lower", "ns/packet",
            "CPU per packet the Service adds over its paired control", difference=True),
+    # Disruption points: what an event does to the background traffic (docs/disruption.md).
+    Metric("stall_ms", _rep_disruption("stall_ms"), _summary_disruption("stall_ms"), "lower",
+           "ms", "disruption: longest time without a delivered background packet"),
+    Metric("lost", _rep_disruption("lost"), _summary_disruption("lost"), "lower", "packets",
+           "disruption: background packets sent from the event's start on and never "
+           "delivered"),
+    Metric("excess_p99_ns", _rep_disruption("excess_p99_ns"),
+           _summary_disruption("excess_p99_ns"), "lower", "ns",
+           "disruption: background p99 during the event minus its pre-event p99",
+           difference=True),
     # Socket points: real connections, one row per figure of their summary.
     Metric("transactions_per_s", _per_repetition(_rep_tps), _summary("transactions_per_s"),
            "higher", "tx/s", "completed transactions per second (socket workloads)"),

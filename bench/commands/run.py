@@ -86,6 +86,13 @@ def run(args: argparse.Namespace) -> int:
                              "(rule programming): run it without the option",
                              source=args.scenario)
         runner: Runner | SyncRunner = SyncRunner(scenario, Path(args.results))
+    elif scenario.kind == "disruption":
+        from bench.measure.disruption_runner import DisruptionRunner
+
+        if args.inject_rules:
+            raise InputError("--inject-rules slows packets down; this is a disruption "
+                             "scenario: run it without the option", source=args.scenario)
+        runner = DisruptionRunner(scenario, Path(args.results))  # type: ignore[assignment]
     else:
         runner = Runner(scenario, Path(args.results), inject_rules=args.inject_rules)
     try:

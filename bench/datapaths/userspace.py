@@ -297,6 +297,26 @@ class UserspaceDatapath(Datapath):
                                seconds=timeout)
         return proc.stdout.readline().strip()
 
+    def kill_proxies(self, netns: str | None = None) -> int:
+        """SIGKILL the proxy process of node ``netns`` (None: of every node): a proxy that
+        dies (the disruption scenario's ``proxy-down``); the node's next :meth:`apply`
+        starts a new one. Returns how many were killed."""
+        killed = 0
+        for ns, proc in self._procs.items():
+            if netns is not None and ns != netns:
+                continue
+            if proc.poll() is None:
+                proc.kill()
+                killed += 1
+            proc.wait()
+            with contextlib.suppress(OSError):
+                if proc.stdin:
+                    proc.stdin.close()
+            with contextlib.suppress(OSError):
+                if proc.stdout:
+                    proc.stdout.close()
+        return killed
+
     def release(self) -> None:
         _stop_all(self._procs, self._group)
         self._initialised.clear()

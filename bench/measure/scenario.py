@@ -49,7 +49,13 @@ LOOPS = ("closed", "open")
 MAX_FLOWS = 256
 MAX_DURATION_S = 600.0
 MAX_RATE_TPS = 1_000_000
-KINDS = ("packets", "sync")
+KINDS = ("packets", "sync", "disruption")
+# A disruption scenario (bench/measure/disruption_runner.py): background traffic to an
+# unchanged service while one event happens; its points are "disruption-<event>/<background>".
+EVENTS = ("full-sync", "churn", "proxy-down", "endpoint-removed")
+EVENTS_IMPLEMENTED = ("full-sync", "proxy-down")
+BACKGROUNDS = ("udp-new", "udp-established")
+MAX_DISRUPTION_S = 3600.0
 # One change at scale, each applied as a partial sync (see bench/measure/sync_runner.py).
 CHANGES = ("add-service", "remove-service", "add-endpoint", "remove-endpoint",
            "endpoint-not-ready")
@@ -63,13 +69,17 @@ MAX_REPETITIONS = 100
 
 _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "": {"name": str, "description": str, "kind": str, "sweep": dict, "traffic": dict,
-         "measure": dict, "sync": dict},
+         "measure": dict, "sync": dict, "disruption": dict},
     "sweep": {"datapaths": list, "services": list, "endpoints": int, "nodes": int,
               "position": (str, int), "max_services": dict},
     "traffic": {"workloads": list, "rate_pps": int, "packets": int, "repetitions": int,
                 "warmup_packets": int, "control_packets": int, "loop": str, "flows": list,
                 "duration_s": (int, float), "rate_tps": (int, float)},
     "sync": {"changes": list, "repetitions": int, "effect_rate_pps": int},
+    "disruption": {"events": list, "background": list, "rate_pps": int,
+                   "before_s": (int, float), "after_s": (int, float), "down_s": (int, float),
+                   "churn_per_s": list, "churn_s": (int, float),
+                   "min_sync_period_s": (int, float)},
     "measure": {"probes": list, "overhead": bool, "settle_timeout": (int, float),
                 "point_time_limit": (int, float), "settle_tolerance": (int, float)},
 }
@@ -104,6 +114,16 @@ class Scenario:
     changes: tuple[str, ...] = CHANGES
     sync_repetitions: int = 3
     effect_rate_pps: int = 2000
+    # kind = "disruption" ([disruption] table; see bench/measure/disruption_runner.py)
+    events: tuple[str, ...] = ("full-sync",)
+    background: tuple[str, ...] = BACKGROUNDS
+    disruption_rate_pps: int = 5000
+    before_s: float = 2.0
+    after_s: float = 5.0
+    down_s: float = 3.0
+    churn_per_s: tuple[int, ...] = (10, 100)
+    churn_s: float = 10.0
+    min_sync_period_s: float = 1.0
     # Socket workloads: closed loop at each concurrency, or open loop at rate_tps.
     loop: str = "closed"
     flows: tuple[int, ...] = (8,)
@@ -148,11 +168,13 @@ class Scenario:
     @property
     def measured(self) -> tuple[str, ...]:
         """What each (datapath, scale) measures: traffic workloads (a socket workload once
-        per concurrency, as ``<workload> x<flows>``), or sync kinds."""
+        per concurrency, as ``<workload> x<flows>``), sync kinds, or disruption
+        events with their background (``disruption-<event>/<background>``)."""
         if self.kind == "sync":
             return ("sync-full", *(f"sync-{c}" for c in self.changes))
+        if self.kind == "disruption":
+            return tuple(f"disruption-{e}/{b}" for e in self.events for b in self.background)
         return (*self.packet_workloads, *(socket_item(w, f) for w, f in self.socket_items))
-
     @property
     def points(self) -> list[tuple[str, int, str]]:
         """(datapath, services, workload) in run order."""
@@ -278,7 +300,7 @@ def parse_scenario(doc: dict[str, Any], src: str = "<scenario>", text: str = "",
                    default_name: str = "scenario") -> Scenario:
     """Validate a parsed TOML document into a Scenario."""
     _check_keys(doc, "", src)
-    for section in ("sweep", "traffic", "measure", "sync"):
+    for section in ("sweep", "traffic", "measure", "sync", "disruption"):
         _check_keys(doc.get(section, {}), section, src)
     if "sweep" not in doc:
         raise InputError("missing [sweep] table (datapaths and services)", source=src,
@@ -362,8 +384,46 @@ def parse_scenario(doc: dict[str, Any], src: str = "<scenario>", text: str = "",
     if "effect_rate_pps" in sync:
         _positive(sync["effect_rate_pps"], src, "sync.effect_rate_pps", hi=MAX_RATE_PPS)
         kw["effect_rate_pps"] = sync["effect_rate_pps"]
+    kw.update(_disruption(doc.get("disruption", {}), kind, src))
     name = doc.get("name", default_name)
     if not name or not all(c.isalnum() or c in "-_." for c in name):
         raise InputError("use letters, digits, '-', '_' and '.' only", source=src, field="name")
     return Scenario(name=name, path=src, text=text, description=doc.get("description", ""),
                     **kw)
+
+
+def _disruption(table: dict[str, Any], kind: str, src: str) -> dict[str, Any]:
+    """The Scenario fields of a ``[disruption]`` table (validated; types checked already)."""
+    if table and kind != "disruption":
+        raise InputError("a [disruption] table needs kind = \"disruption\"", source=src,
+                         field="disruption")
+    kw: dict[str, Any] = {}
+    if "events" in table:
+        events = _choices(table["events"], EVENTS, src, "disruption.events")
+        todo = [e for e in events if e not in EVENTS_IMPLEMENTED]
+        if todo:
+            raise InputError(f"not implemented yet: {', '.join(todo)}; implemented: "
+                             f"{', '.join(EVENTS_IMPLEMENTED)}", source=src,
+                             field="disruption.events")
+        kw["events"] = events
+    if "background" in table:
+        kw["background"] = _choices(table["background"], BACKGROUNDS, src,
+                                    "disruption.background")
+    if "rate_pps" in table:
+        _positive(table["rate_pps"], src, "disruption.rate_pps", hi=MAX_RATE_PPS)
+        kw["disruption_rate_pps"] = table["rate_pps"]
+    for key in ("before_s", "after_s", "down_s", "churn_s", "min_sync_period_s"):
+        if key in table:
+            _positive(table[key], src, f"disruption.{key}", hi=MAX_DISRUPTION_S,
+                      zero_ok=key == "min_sync_period_s")
+            kw[key] = float(table[key])
+    if "churn_per_s" in table:
+        values = table["churn_per_s"]
+        if not values or not all(isinstance(v, int) and not isinstance(v, bool)
+                                 for v in values):
+            raise InputError("must be a non-empty list of integers", source=src,
+                             field="disruption.churn_per_s")
+        for v in values:
+            _positive(v, src, "disruption.churn_per_s", hi=100_000)
+        kw["churn_per_s"] = tuple(values)
+    return kw

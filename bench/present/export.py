@@ -106,6 +106,7 @@ def summary_metrics(point: Point | PointDoc) -> Iterator[tuple[str, Any, str]]:
     yield from _dist_rows("transit", s.get("transit_ns"))
     yield from _drops_rows(s.get("drops"))
     yield from _sync_rows(s.get("sync"))
+    yield from _disruption_rows(s.get("disruption"))
     for key, value in sorted(point.probe_overhead.items()):
         if isinstance(value, int | float) and not isinstance(value, bool):
             yield f"probe_overhead.{key}", value, _overhead_unit(key)
@@ -189,6 +190,20 @@ def _repetition_metrics(r: Repetition) -> Iterator[tuple[str, Any, str]]:
     yield from _dist_rows("transit", r.transit_summary)
     yield from _drops_rows(rep.get("drops"))
     yield from _sync_rows(rep.get("sync"))
+    yield from _disruption_rows(rep.get("disruption"))
+
+
+_DISRUPTION_UNITS = {"_ms": "ms", "_ns": "ns", "lost": "packets", "sent": "packets",
+                     "delivered": "packets", "not_recovered": "repetitions"}
+
+
+def _disruption_rows(figures: Mapping[str, Any] | None) -> Iterator[tuple[str, Any, str]]:
+    """A disruption point's event figures (the timeline itself stays in the JSON)."""
+    for key, value in sorted((figures or {}).items()):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            unit = next((u for suffix, u in _DISRUPTION_UNITS.items() if key.endswith(suffix)),
+                        "")
+            yield f"disruption.{key}", value, unit
 
 
 def _sync_rows(sync: dict[str, float | None] | None) -> Iterator[tuple[str, Any, str]]:

@@ -237,6 +237,47 @@ def _finish_cdf(ax: Axes, xlabel: str, ylabel: str, title: str, footnotes: list[
     _footnote(ax, footnotes)
 
 
+def _timeline(p: Point, color: str) -> Figure | None:
+    """Delivered (and sent) packets per bin, and p50/p99 latency per bin, against time
+    from the event's start; the event shaded. None when the point stores no timeline."""
+    tl = next((r.doc.get("disruption", {}).get("timeline") for r in p.repetitions
+               if r.doc.get("disruption", {}).get("timeline")), None)
+    if not tl:
+        return None
+    bin_ms = tl["bin_ns"] / 1e6
+    xs = [(tl["t0_ns"] + i * tl["bin_ns"]) / 1e6 for i in range(len(tl["sent"]))]
+    end_ms = tl["event_end_ns"] / 1e6
+    fig = Figure(figsize=(9, 6), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    top.step(xs, tl["sent"], where="post", color="lightgray", linewidth=3, label="sent")
+    top.step(xs, tl["delivered"], where="post", color=color, linewidth=1, label="delivered")
+    lost = [s - d for s, d in zip(tl["sent"], tl["delivered"], strict=True)]
+    if any(lost):
+        top.step(xs, lost, where="post", color="black", linewidth=1, linestyle=":",
+                 label="lost")
+    top.set_ylabel(f"packets per {bin_ms:g} ms bin")
+    for q, style in (("p50_ns", "-"), ("p99_ns", "--")):
+        ys = [v / 1e3 if v is not None else float("nan") for v in tl[q]]
+        bottom.step(xs, ys, where="post", color=color, linestyle=style, label=q[:3])
+    bottom.set_yscale("log")
+    bottom.set_ylabel("latency per bin (µs)")
+    bottom.set_xlabel("time from the event's start (ms, send time; CLOCK_MONOTONIC)")
+    fig_ = p.summary.get("disruption") or {}
+    for ax in (top, bottom):
+        ax.axvspan(0, max(end_ms, bin_ms / 10), color="tab:red", alpha=0.15,
+                   label="event")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="upper right")
+    def fmt(key: str, unit: str, scale: float = 1.0) -> str:
+        v = fig_.get(key)
+        return f"{key} {v / scale:.4g} {unit}" if isinstance(v, int | float) else f"{key} -"
+    top.set_title(f"{p.workload} — {p.variant} @ {p.services} services\n"
+                  + ", ".join((fmt("stall_ms", "ms"), fmt("lost", "pkts"),
+                               fmt("excess_p99_ns", "µs", 1e3), fmt("recovery_ms", "ms"),
+                               fmt("event_ms", "ms"))), fontsize=9)
+    return fig
+
+
 def plot_result(result: Result | ResultDoc, out_dir: str | Path,
                 formats: Sequence[str] = FORMATS, notes: list[str] | None = None
                 ) -> list[Path]:
@@ -279,6 +320,18 @@ def plot_result(result: Result | ResultDoc, out_dir: str | Path,
             continue
         series = _group(ok)
         slug = _slug(workload)
+        if workload.startswith("disruption-"):
+            # One timeline per datapath variant, scale and event/background (its first
+            # repetition's: the others are in the result).
+            for p in ok:
+                fig = _timeline(p, colors[p.variant])
+                if fig is None:
+                    warn("plot: timeline %s %s: no timeline stored; no figure", p.variant,
+                         workload)
+                    continue
+                written += _save(fig, out, f"timeline_{_slug(p.variant)}_s{p.services}_{slug}",
+                                 formats)
+            continue
         if workload.startswith("sync-"):
             fig, notes = _vs_services(
                 series, colors, f"Rule sync vs number of services — {workload}",

@@ -224,6 +224,11 @@ def _cell(p: Point) -> str:
     if p.is_sync:
         return fmt_value(_sync_seconds(p), "s")
     s: Any = p.summary
+    if p.workload.startswith("disruption-"):
+        d = s.get("disruption") or {}
+        lost = d.get("lost")
+        return (f"{fmt_value(d.get('stall_ms'), 'ms')} · "
+                f"{'—' if lost is None else f'{lost:,.0f}'} lost")
     if p.is_socket:
         rtt = (s.get("rtt_ns") or {}).get("p50")
         return _rate(s) + ("" if rtt is None else f" · {fmt_value(rtt, 'ns')}")
@@ -253,6 +258,7 @@ def figures_tables(result: ResultLike) -> tuple[list[tuple[str, Table]], list[st
         wl = [p for p in points if name(p) == workload]
         scales = sorted({p.services for p in wl})
         what = ("median sync time" if workload.startswith("sync-")
+                else "stall · packets lost (medians)" if workload.startswith("disruption-")
                 else "transactions/s · RTT p50" if wl[0].is_socket
                 else "p50 latency · CPU per packet")
         t = Table(["variant", *(f"{n:,} svc" for n in scales)],

@@ -139,6 +139,9 @@ class RepetitionDoc(TypedDict):
     # First to last arrival of the delivered packets at the backends (the latency probe's
     # stamps): delivered_pps is measured over it, not derived from the sender's rate.
     arrival_seconds: NotRequired[float | None]
+    # Disruption points (workload "disruption-<event>/<background>"): the event's figures
+    # and the background's timeline (bench.measure.disruption, docs/disruption.md).
+    disruption: NotRequired[dict[str, Any]]
     # Socket points: per-transaction round-trip times (ns), and the socket figures.
     rtt_hist: NotRequired[dict[str, Any] | None]
     socket: NotRequired[SocketRepetitionDoc]
@@ -201,6 +204,8 @@ class SummaryDoc(TypedDict):
     service_minus_control_p50_ns: NotRequired[float | None]
     service_minus_control_p99_ns: NotRequired[float | None]
     service_minus_control_cpu_ns_per_packet: NotRequired[float | None]
+    # Disruption points: per event figure, the median over the repetitions.
+    disruption: NotRequired[dict[str, float | None]]
     # Socket points (bench.results.summarise.summarise_point documents each).
     loop: NotRequired[str]
     flows: NotRequired[int]

@@ -157,7 +157,30 @@ def summarise_point(point: PointDoc, hist: HistogramOf = parse_histogram) -> Sum
             values = [r["sync"][key] for r in reps  # type: ignore[typeddict-item]
                       if (r.get("sync") or {}).get(key) is not None]
             summary["sync"][key] = float(statistics.median(values)) if values else None
+    disruption = _disruption_summary(reps)
+    if disruption:
+        summary["disruption"] = disruption
     return summary
+
+
+#: A disruption repetition's event figures (bench.measure.disruption) the summary pools.
+DISRUPTION_FIGURES = ("stall_ms", "lost", "excess_p99_ns", "recovery_ms",
+                      "off_baseline_after_ms", "event_ms",
+                      "baseline_stall_ms", "baseline_lost", "baseline_p99_ns", "event_p99_ns")
+
+
+def _disruption_summary(reps: list[RepetitionDoc]) -> dict[str, float | None]:
+    """Disruption points: per event figure, the median over the repetitions (None: no
+    repetition has it; recovery_ms None in a repetition means not back within after_s)."""
+    figs = [r["disruption"] for r in reps if isinstance(r.get("disruption"), dict)]
+    if not figs:
+        return {}
+    out: dict[str, float | None] = {}
+    for key in DISRUPTION_FIGURES:
+        values = [f[key] for f in figs if isinstance(f.get(key), int | float)]
+        out[key] = float(statistics.median(values)) if values else None
+    out["not_recovered"] = float(sum(1 for f in figs if f.get("recovery_ms") is None))
+    return out
 
 
 def _socket_figures(reps: list[RepetitionDoc], hist: HistogramOf) -> dict[str, Any]:

@@ -141,3 +141,19 @@ class LatencyProbe(Probe):
             out_of_range=_percpu_sum(counts, 2), duplicates=_percpu_sum(counts, 3),
             seconds=self._window(), arrival_ns=arrive[both],
             copied=_percpu_sum(counts, 4))
+
+    def stamps(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of the first ``count`` slots' (departure ns, arrival ns) since :meth:`start`
+        (0: not seen), slot i = sequence number ``seq_base + i``: the disruption timeline
+        (bench.measure.disruption) bins every sent packet, lost ones too, by its own
+        departure stamp."""
+        self._require()
+        assert self._depart is not None and self._arrive is not None
+        count = min(count, self.capacity)
+        return self._depart[:count].copy(), self._arrive[:count].copy()
+
+    def first_departure(self) -> int:
+        """Slot 0's departure stamp (0: not sent yet): when the window's traffic began."""
+        self._require()
+        assert self._depart is not None
+        return int(self._depart[0])

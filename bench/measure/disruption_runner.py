@@ -1,0 +1,297 @@
+"""Disruption: what a sync or a proxy failure does to everyone else's traffic.
+
+A ``kind = "disruption"`` scenario (see docs/disruption.md). For each datapath
+variant and number of services the runner builds the cluster, programs every
+node (the timed first sync, as in packet scenarios), attaches the latency
+probe, and for every event and background workload measures repetitions of:
+
+1. background traffic (``udp-new`` or ``udp-established``) at the scenario's
+   fixed rate from the client pod to the measured service, a service the
+   event does not change;
+2. ``before_s`` seconds after its first packet left the client, the event;
+3. ``after_s`` seconds after the event's end, the traffic stops.
+
+Events (:func:`prepare_event`):
+
+``full-sync``
+    a full resync of node 0 (the node the traffic enters) to the state it
+    already has, N services: iptables-restore swaps whole tables, nftables
+    commits one transaction, eBPF rewrites its maps. Start and end are the
+    apply's; ``sync.apply`` is its duration.
+``proxy-down``
+    node 0's agent stops for ``down_s`` seconds and comes back. For
+    ``userspace`` its proxy process is killed (SIGKILL) and, after ``down_s``,
+    started again by the returning agent's full sync; for the other datapaths
+    the agent's absence means no syncs (the rules stay in the kernel) and its
+    return is the same full sync of node 0. The event ends when that sync is
+    done; ``sync.down`` is the time down, ``sync.apply`` the return sync's
+    duration. (The background enters the cluster at node 0 and only node 0's
+    agent is on its path: node 1's agent does not matter to it.)
+
+Every rendering is done before the traffic starts: kpbench's Python render
+is not the datapath's time and must not perturb the background.
+
+What one repetition stores (bench.measure.disruption): the timeline in 10 ms
+bins of send time (sent, delivered, p50, p99) with the event's start and end,
+and the event's figures (stall_ms, lost, excess_p99_ns, recovery_ms, ...),
+all on CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns().
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from bench import interrupts
+from bench import results as R
+from bench.analysis.stats import Histogram
+from bench.cluster.testbed import Testbed, gc_paused
+from bench.datapaths.userspace import UserspaceDatapath
+from bench.errors import ApplyTimeout, FeatureMissing, KpbenchError
+from bench.measure import disruption as D
+from bench.measure.probes.latency import LatencyProbe
+from bench.measure.repetition import SeqSpace
+from bench.measure.scale_loop import ScaleLoop
+from bench.measure.scenario import Scenario
+from bench.measure.traffic import MAX_COUNT, WARMUP_MAGIC, ReplayStats, Target
+from bench.model.generate import GenSpec, generate
+
+log = logging.getLogger("kpbench")
+
+DRAIN_S = 0.2  # after the traffic stops: packets still in flight arrive
+FIRST_PACKET_TIMEOUT_S = 15.0  # tcpreplay preloads its pcap before the first packet
+MIN_EVENT_BUDGET_S = 5.0
+WARMUP_S = 0.5  # the background's own traffic before each repetition, not measured
+BUDGET_FACTOR = 10  # the traffic lasts up to this many times node 0's first sync
+# Event = (start ns, end ns, sync figures) on CLOCK_MONOTONIC.
+Event = tuple[int, int, dict[str, float | None]]
+
+
+def prepare_event(bed: Testbed, event: str, down_s: float) -> Callable[[], Event]:
+    """Render what ``event`` applies to node 0 (now, before any traffic); return the event."""
+    dp = bed.datapath
+    ns = bed.cluster.node_ns(0)
+    with gc_paused():
+        text = dp.render(bed.views(0), bed.node_context(0))
+
+    if event == "full-sync":
+        def full_sync() -> Event:
+            with gc_paused():
+                start = time.monotonic_ns()
+                dp.apply(text, ns)
+                end = time.monotonic_ns()
+            return start, end, {"apply": (end - start) / 1e9}
+        return full_sync
+
+    if event == "proxy-down":
+        def proxy_down() -> Event:
+            start = time.monotonic_ns()
+            if isinstance(dp, UserspaceDatapath):
+                dp.kill_proxies(ns)  # node 0's proxy dies; the rules stay
+            # Otherwise the agent is simply absent: no sync, the kernel keeps forwarding.
+            time.sleep(max(0.0, down_s - (time.monotonic_ns() - start) / 1e9))
+            back = time.monotonic_ns()
+            with gc_paused():
+                dp.apply(text, ns)  # the returning agent's full sync (starts the proxy)
+            end = time.monotonic_ns()
+            return start, end, {"down": (back - start) / 1e9, "apply": (end - back) / 1e9}
+        return proxy_down
+
+    raise KpbenchError(f"disruption event {event!r} is not implemented")
+
+
+class DisruptionRunner:
+    """Runs a ``kind = "disruption"`` scenario (see the module doc): the run's loop
+    (:class:`bench.measure.scale_loop.ScaleLoop`) with this measurement at each scale."""
+
+    def __init__(self, scenario: Scenario, results_dir: Path, out: TextIO = sys.stderr) -> None:
+        self.sc = scenario
+        self.loop = ScaleLoop(scenario, results_dir, self, out)
+        self.progress = self.loop.progress
+        self.workdir = self.loop.workdir
+        self.seqs = SeqSpace()
+
+    def run(self) -> Path:
+        """Run every point; returns the result file (complete, or partial on Ctrl-C)."""
+        return self.loop.run()
+
+    def rate_pps(self, workload: str) -> int | None:
+        """The background's fixed rate."""
+        return self.sc.disruption_rate_pps
+
+    def measure_scale(self, variant: str, n: int) -> None:
+        sc = self.sc
+        self.progress.say(f"{variant}: {n} services x {sc.endpoints} endpoints: building")
+        services, slices = generate(GenSpec(services=n, endpoints=sc.endpoints, nodes=sc.nodes,
+                                            protocol="UDP"))
+        measured = services[sc.position_index(n)]
+        self.seqs = SeqSpace()
+        bed = Testbed(self.loop.datapath(variant), services, slices, sc.nodes,
+                      pod_services={measured.key}, echo=False, sync_on_enter=False)
+        with bed:
+            self.progress.say(f"{variant}: {n} services: full sync")
+            try:
+                timing = bed.sync(limit=sc.point_time_limit)
+            except ApplyTimeout as e:
+                self.loop.record_rest(variant, n, "exceeded-limit", str(e),
+                                      **bed.last_timing.setup_fields())
+                return
+            except KpbenchError as e:
+                self.loop.record_rest(variant, n, "failed", str(e))
+                return
+            setup = {"state_size": bed.datapath.state_size(timing.rendered[0]),
+                     **timing.setup_fields()}
+            target = Target.from_client_pod(bed.cluster, measured.cluster_ip,
+                                            measured.ports[0].port)
+            probe = LatencyProbe.for_cluster(bed.cluster)
+            try:
+                probe.attach()
+                # An event's traffic is sized for this long (it stops at the watch
+                # window's end): node 0's first sync, with a wide margin (a loaded
+                # machine's syncs vary by several times), plus proxy-down's time away.
+                sync_s = timing.apply_seconds or 0.0
+                budget = min(max(MIN_EVENT_BUDGET_S, BUDGET_FACTOR * sync_s),
+                             sc.point_time_limit)
+                for event in sc.events:
+                    for bg in sc.background:
+                        self.loop.record(self._point(bed, target, probe, variant, n, event,
+                                                     bg, budget, setup))
+            except FeatureMissing as e:
+                self.loop.record_rest(variant, n, "failed", str(e), say=False, **setup)
+            finally:
+                with interrupts.deferred():
+                    probe.detach()
+
+    def _point(self, bed: Testbed, target: Target, probe: LatencyProbe, variant: str, n: int,
+               event: str, background: str, budget: float,
+               setup: dict[str, Any]) -> R.PointDoc:
+        reps: list[R.RepetitionDoc] = []
+        failed: list[dict[str, Any]] = []
+        workload = f"disruption-{event}/{background}"
+        for r in range(self.sc.repetitions):
+            self.progress.say(f"{variant}: {n} services: {workload} rep {r + 1}/"
+                              f"{self.sc.repetitions}")
+            try:
+                reps.append(self.repetition(bed, target, probe, event, background, budget))
+            except ApplyTimeout as e:
+                failed.append({"phase": "measured", "index": r, "error": str(e)})
+                break
+            except KpbenchError as e:
+                failed.append({"phase": "measured", "index": r, "error": str(e)})
+        status: R.PointStatus = "ok" if reps else "failed"
+        return self.loop.point(
+            variant, n, workload, repetitions=reps, status=status,
+            error=None if reps else f"every repetition failed: {failed[0]['error']}",
+            failed_repetitions=failed, **setup)
+
+    def repetition(self, bed: Testbed, target: Target, probe: LatencyProbe, event: str,
+                   background: str, budget: float,
+                   fire: Callable[[], Event] | None = None) -> R.RepetitionDoc:
+        """One repetition: background traffic, the event ``before_s`` after its first
+        packet, ``after_s`` watched after the event's end (``fire``: another event, e.g.
+        a test's own)."""
+        sc = self.sc
+        if fire is None:
+            fire = prepare_event(bed, event, sc.down_s)
+        rate = sc.disruption_rate_pps
+        window = sc.before_s + budget + sc.after_s + 1.0
+        if event == "proxy-down":
+            window += sc.down_s
+        count = min(math.ceil(rate * window), probe.capacity, MAX_COUNT)
+        self._warm_up(target, background, rate)
+        seq = self._take(count)
+        pcap = self.workdir / "background.pcap"
+        target.build_pcap(background, count, pcap, seq_start=seq, src_span=self.seqs.src_span)
+        probe.start(seq)
+        stop = threading.Event()
+        out: dict[str, Any] = {}
+
+        def send() -> None:
+            try:
+                out["stats"] = target.replay(pcap, rate, window + 30, stop)
+            except BaseException as e:  # reported by the main thread
+                out["error"] = e
+
+        thread = threading.Thread(target=send, daemon=True)
+        thread.start()
+        try:
+            first = _await_first(probe, thread)
+            time.sleep(max(0.0, sc.before_s - (time.monotonic_ns() - first) / 1e9))
+            start_ns, end_ns, sync = fire()
+            until = end_ns + int(sc.after_s * 1e9)
+            while time.monotonic_ns() < until and thread.is_alive():
+                time.sleep(0.05)
+            ended_early = not thread.is_alive()
+        finally:
+            stop.set()
+            thread.join()
+        if "error" in out:
+            raise out["error"]
+        stats: ReplayStats = out["stats"]
+        if ended_early:
+            raise KpbenchError(f"the background traffic ({count} packets at {rate}/s) ended "
+                               f"before the watch window did: the event took "
+                               f"{(end_ns - start_ns) / 1e9:.1f} s")
+        time.sleep(DRAIN_S)
+        depart, arrive = probe.stamps(count)
+        d, a = D.packets(depart, arrive, until_ns=until)
+        timeline, figures = D.summarise(d, a, start_ns, end_ns,
+                                        baseline_ns=int(sc.before_s / 2 * 1e9))
+        ok = a != 0
+        return {**R.make_repetition(
+            sent=len(d), delivered=int(np.count_nonzero(ok)), offered_pps=rate,
+            achieved_pps=stats.achieved_pps,
+            arrival_seconds=(float(a[ok].max() - a[ok].min()) / 1e9 if ok.sum() > 1 else None),
+            latency_hist=Histogram.from_samples(a[ok] - d[ok]) if ok.any() else None,
+            sync=sync),
+            "disruption": {"event": event, **figures,
+                           "timeline": timeline.document(start_ns, end_ns)}}  # type: ignore[typeddict-item]
+
+
+    def _warm_up(self, target: Target, background: str, rate: int) -> None:
+        """WARMUP_S of the background's own traffic, which the probes ignore (its magic):
+        the flows established, neighbours resolved, a proxy's first packets' costs paid,
+        so the baseline before the event is the steady state, not a start."""
+        warm = self.workdir / "warmup.pcap"
+        if background == "udp-established":
+            target.build_warmup_pcap(background, warm)  # one packet per flow first
+            target.replay(warm, rate, timeout=30)
+        count = max(1, math.ceil(rate * WARMUP_S))
+        target.build_pcap(background, count, warm, seq_start=self._take(count),
+                          src_span=self.seqs.src_span, magic=WARMUP_MAGIC)
+        target.replay(warm, rate, timeout=WARMUP_S * 3 + 30)
+
+    def _take(self, count: int) -> int:
+        """Fresh sequence numbers (fresh new flows). Traffic is sized for the longest the
+        event may take and mostly stops far earlier, so a long run may exhaust the
+        cluster's flow space: it then starts over from the first flows, all sent long
+        (the time of at least one window) before, whose unreplied UDP conntrack entries
+        (30 s) have expired -- the backends drop the packets, so nothing replies."""
+        try:
+            return self.seqs.take(count)
+        except KpbenchError:
+            self.seqs = SeqSpace()
+            return self.seqs.take(count)
+
+
+def _await_first(probe: LatencyProbe, thread: threading.Thread) -> int:
+    """The first background packet's departure stamp (ns), once it left the client."""
+    deadline = time.monotonic() + FIRST_PACKET_TIMEOUT_S
+    while time.monotonic() < deadline:
+        first = probe.first_departure()
+        if first:
+            return first
+        if not thread.is_alive():
+            break
+        time.sleep(0.005)
+    raise KpbenchError("the background traffic did not start: no packet left the client "
+                       f"within {FIRST_PACKET_TIMEOUT_S:g} s")
+

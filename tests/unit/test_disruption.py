@@ -1,0 +1,176 @@
+"""Disruption maths (bench.measure.disruption) on synthetic stamps with known answers,
+the scenario's [disruption] table, and a disruption point through summary, compare
+metrics, CSV and the timeline plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bench import results as R
+from bench.analysis.metrics import METRICS_BY_NAME
+from bench.analysis.stats import Histogram
+from bench.errors import InputError
+from bench.measure import disruption as D
+from bench.measure.scenario import parse_scenario
+from bench.present.export import rows
+from bench.present.plots import plot_result
+from tests.unit.test_results import ENV, SCENARIO
+
+MS = 1_000_000
+T0 = 5_000_000_000_000  # an arbitrary CLOCK_MONOTONIC origin
+SPACING = 200_000  # 5000 packets/s
+LATENCY = 50_000
+
+
+def stream(seconds: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+    """Departures every 0.2 ms from T0, each delivered 50 us later."""
+    d = T0 + np.arange(int(seconds * 1e9 / SPACING), dtype=np.int64) * SPACING
+    return d, d + LATENCY
+
+
+def test_every_packet_is_in_one_bin_delivered_or_lost() -> None:
+    d, a = stream()
+    rng = np.random.default_rng(1)
+    a[rng.random(len(a)) < 0.1] = 0  # 10 % lost anywhere
+    tl = D.bin_timeline(d, a, T0 + 1000 * MS + 3 * MS)  # edges off the packet grid
+    assert (tl.delivered + tl.lost == tl.sent).all() and (tl.lost >= 0).all()
+    assert tl.sent.sum() == len(d) and tl.delivered.sum() == np.count_nonzero(a)
+    assert (tl.sent[1:-1] == 50).all()  # 10 ms bins at 5000 packets/s
+    # The event's start is a bin edge.
+    assert (T0 + 1003 * MS - tl.t0_ns) % D.BIN_NS == 0
+
+
+def test_a_known_outage_gives_its_stall_loss_excess_and_recovery() -> None:
+    d, a = stream()
+    start, end = T0 + 1000 * MS, T0 + 1300 * MS
+    out = (d >= start) & (d < end)
+    a[out] = 0  # everything sent during the event is lost
+    slow = (d >= end) & (d < end + 50 * MS)
+    a[slow] = d[slow] + 1 * MS  # then 50 ms of 1 ms latency
+    tl, fig = D.summarise(d, a, start, end)
+    assert fig["lost"] == out.sum() == 1500 and fig["baseline_lost"] == 0
+    # From the first packet sent after the last arrival (the first lost one, sent at
+    # `start`) to the next arrival: the packet sent at `end`, 1 ms later.
+    assert fig["stall_ms"] == pytest.approx((end + 1 * MS - start) / 1e6)
+    # Undisturbed, packets are in flight without an arrival for one latency at a time.
+    assert fig["baseline_stall_ms"] == pytest.approx(LATENCY / 1e6)
+    # The event's bins hold no delivery: its p99 is that of the slow packets right after.
+    assert fig["baseline_p99_ns"] == pytest.approx(LATENCY)
+    assert fig["recovery_ms"] == pytest.approx(50.0)
+    assert fig["off_baseline_after_ms"] == pytest.approx(50.0)  # the 5 slow bins
+    assert fig["event_ms"] == pytest.approx(300.0)
+    lost_bins = np.flatnonzero(tl.lost)
+    assert len(lost_bins) == 30 and (tl.delivered[lost_bins] == 0).all()
+
+
+def test_excess_p99_is_the_event_bins_over_the_baseline() -> None:
+    d, a = stream()
+    start, end = T0 + 1000 * MS, T0 + 1005 * MS  # 5 ms: p99 over its whole bin
+    during = (d >= start) & (d < start + D.BIN_NS)
+    a[during] = d[during] + 400_000
+    _, fig = D.summarise(d, a, start, end)
+    assert fig["excess_p99_ns"] == pytest.approx(350_000)
+    # Normal from the next bin: recovery has the bins' resolution.
+    assert fig["lost"] == 0 and fig["recovery_ms"] == pytest.approx(5.0)
+
+
+def test_a_pause_of_the_sender_is_no_stall() -> None:
+    d, a = stream()
+    keep = (d < T0 + 1000 * MS) | (d >= T0 + 1100 * MS)  # 100 ms nothing sent
+    _, fig = D.summarise(d[keep], a[keep], T0 + 1000 * MS, T0 + 1001 * MS)
+    assert fig["stall_ms"] == pytest.approx(LATENCY / 1e6) and fig["lost"] == 0
+
+
+def test_loss_to_the_end_is_a_stall_to_the_last_departure_and_no_recovery() -> None:
+    d, a = stream()
+    a[d >= T0 + 1000 * MS] = 0
+    _, fig = D.summarise(d, a, T0 + 1000 * MS, T0 + 1010 * MS)
+    assert fig["off_baseline_after_ms"] == pytest.approx(1000 - 10)
+    assert fig["stall_ms"] == pytest.approx((d[-1] - (T0 + 1000 * MS)) / 1e6)
+    assert fig["recovery_ms"] is None and fig["excess_p99_ns"] is None
+
+
+def test_packets_keeps_the_sent_ones_in_departure_order() -> None:
+    depart = np.array([30, 0, 10, 20, 50], dtype=np.uint64)
+    arrive = np.array([35, 0, 0, 26, 55], dtype=np.uint64)
+    d, a = D.packets(depart, arrive, until_ns=40)
+    assert d.tolist() == [10, 20, 30] and a.tolist() == [0, 26, 35]
+
+
+def scenario(**table: Any) -> Any:
+    doc = {"kind": "disruption", "sweep": {"datapaths": ["nftables", "userspace"],
+                                           "services": [1000]},
+           "disruption": table}
+    return parse_scenario(doc, "<t>", json.dumps(doc))
+
+
+def test_the_disruption_table_as_the_issue_writes_it() -> None:
+    sc = scenario(events=["full-sync", "proxy-down"], background=["udp-new", "udp-established"],
+                  rate_pps=5000, before_s=2, after_s=5, churn_per_s=[10, 100], churn_s=10,
+                  min_sync_period_s=1, down_s=3)
+    assert sc.measured == ("disruption-full-sync/udp-new", "disruption-full-sync/udp-established",
+                           "disruption-proxy-down/udp-new",
+                           "disruption-proxy-down/udp-established")
+    assert (sc.disruption_rate_pps, sc.before_s, sc.after_s, sc.down_s) == (5000, 2.0, 5.0, 3.0)
+    assert len(sc.points) == 8
+    with pytest.raises(InputError, match="not implemented yet: churn, endpoint-removed; "
+                                         "implemented: full-sync, proxy-down"):
+        scenario(events=["churn", "endpoint-removed"])
+    with pytest.raises(InputError, match=r"disruption\.rate_pps: expected int"):
+        scenario(rate_pps="fast")
+    with pytest.raises(InputError, match=r"unknown key; known keys here: after_s"):
+        scenario(tcp=True)
+
+
+def disruption_point(stalls: list[float]) -> R.PointDoc:
+    reps = []
+    for stall in stalls:
+        d, a = stream(1.0)
+        start = T0 + 500 * MS
+        a[(d >= start) & (d < start + int(stall * MS))] = 0
+        tl, fig = D.summarise(d, a, start, start + int(stall * MS))
+        ok = a != 0
+        reps.append({**R.make_repetition(sent=len(d), delivered=int(ok.sum()),
+                                         latency_hist=Histogram.from_samples(a[ok] - d[ok]),
+                                         sync={"apply": stall / 1e3}),
+                     "disruption": {"event": "full-sync", **fig,
+                                    "timeline": tl.document(start, start + int(stall * MS))}})
+    return R.make_point(datapath="nftables", variant="nftables", services=1000, endpoints=10,
+                        workload="disruption-full-sync/udp-new", rate_pps=5000,
+                        position="last", position_index=999, repetitions=reps)  # type: ignore[arg-type]
+
+
+def test_a_disruption_point_summarises_compares_exports_and_plots(tmp_path: Path) -> None:
+    point = disruption_point([100.0, 200.0, 300.0])
+    with R.ResultWriter(tmp_path / "r.json", scenario=SCENARIO, environment=ENV) as w:
+        w.add_point(point)
+    doc = R.load_result(tmp_path / "r.json")  # also checked against the schema
+    p = doc["points"][0]
+    summary = p["summary"]["disruption"]
+    assert summary["lost"] == 1000 and summary["not_recovered"] == 0
+    assert summary["stall_ms"] == pytest.approx(200.0, abs=0.3)
+    assert METRICS_BY_NAME["stall_ms"].samples(p) == pytest.approx([100, 200, 300], abs=0.3)
+    assert METRICS_BY_NAME["lost"].pooled(p) == 1000
+    assert METRICS_BY_NAME["excess_p99_ns"].better == "lower"
+    metrics = {(r["repetition"], r["metric"]) for r in rows(doc)}
+    assert {("all", "disruption.stall_ms"), (0, "disruption.lost"),
+            ("all", "disruption.recovery_ms")} <= metrics
+    files = plot_result(doc, tmp_path / "plots", formats=("svg",))
+    assert [f.name for f in files] == ["timeline_nftables_s1000_disruption-full-sync-udp-new.svg"]
+
+
+def test_the_baseline_is_the_last_part_before_the_event() -> None:
+    d, a = stream()
+    early = d < T0 + 100 * MS
+    a[early] = d[early] + 5 * MS  # the traffic's own start: slow
+    start = T0 + 1000 * MS
+    _, whole = D.summarise(d, a, start, start + 1 * MS)
+    _, late = D.summarise(d, a, start, start + 1 * MS, baseline_ns=500 * MS)
+    assert whole["baseline_p99_ns"] == pytest.approx(5 * MS)
+    assert late["baseline_p99_ns"] == pytest.approx(LATENCY)
+    assert late["baseline_stall_ms"] == pytest.approx(LATENCY / 1e6)
