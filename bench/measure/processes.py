@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench import interrupts
 from bench.cluster import cgroups
 from bench.cluster.netns_exec import die_with_parent
 from bench.errors import KpbenchError
@@ -64,10 +65,12 @@ class Processes:
 
         out, err = ((subprocess.DEVNULL, subprocess.PIPE) if discard_stdout
                     else (subprocess.PIPE, subprocess.STDOUT))
-        p = subprocess.Popen(["ip", "netns", "exec", netns, *argv], stdout=out, stderr=err,
-                             text=True, preexec_fn=child,
-                             start_new_session=True)
-        self.procs.append((tag, p))
+        # Known to the clean-up as soon as it exists (a signal during Popen waits).
+        with interrupts.deferred():
+            p = subprocess.Popen(["ip", "netns", "exec", netns, *argv], stdout=out,
+                                 stderr=err, text=True, preexec_fn=child,
+                                 start_new_session=True)
+            self.procs.append((tag, p))
         return p
 
     def wait_ready(self, p: subprocess.Popen[str], marker: str, what: str) -> None:

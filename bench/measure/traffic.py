@@ -56,7 +56,8 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from bench.cluster.netns_exec import netns_argv
+from bench import interrupts
+from bench.cluster.netns_exec import die_with_parent, netns_argv
 from bench.cluster.topology import CLIENT_POD_IF, NODE_UNDERLAY_IF, Cluster, in_netns
 from bench.errors import KpbenchError
 from bench.model import layout as L
@@ -390,10 +391,15 @@ def replay(netns: str, ifname: str, pcap: Path, pps: int | None,
     rate = [f"--pps={pps}"] if pps is not None else ["--topspeed"]
     argv = netns_argv(netns, ["tcpreplay", f"--intf1={ifname}", "--preload-pcap", *rate,
                               str(pcap)])
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc: subprocess.Popen[str] | None = None
     timed_out = False
     deadline = time.monotonic() + timeout
     try:
+        # A signal while Popen starts it would leave tcpreplay running unknown to us: it
+        # waits until proc is known, so the finally below stops it.
+        with interrupts.deferred():
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True, preexec_fn=die_with_parent)
         while True:
             left = deadline - time.monotonic()
             try:
@@ -413,7 +419,7 @@ def replay(netns: str, ifname: str, pcap: Path, pps: int | None,
             proc.kill()
             out, _ = proc.communicate()
     finally:
-        if proc.poll() is None:
+        if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             proc.wait()
