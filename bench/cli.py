@@ -93,6 +93,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _stopped(signalled) if signalled is not None else code
 
 
+def entry() -> None:
+    """The process entry (``kpbench``, ``python -m bench``): :func:`main`, then exit.
+
+    A run stopped by a signal ends with ``os._exit`` right after its clean-up and
+    message: the interpreter's own shutdown (finalizers, atexit) once ended such a run by
+    SIGINT (-2) after its message instead of with its exit code.
+    """
+    code = main()
+    if interrupts.received() is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code)
+
+
 BUG_EXIT = 70  # EX_SOFTWARE: an internal error, not bad input (2) or a failed gate (1)
 
 
