@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import re
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from matplotlib.axes import Axes
@@ -62,6 +62,22 @@ def _slug(text: str) -> str:
 
 def _point_label(p: Point) -> str:
     return f"{p['variant'] or p['datapath']} @ {p['services']} services"
+
+
+def _by_workload(points: Sequence[Point], warn: Callable[..., None],
+                 ) -> Iterator[tuple[str, list[Point], list[str]]]:
+    """(workload, its completed points, why the others were skipped) for every workload
+    with a completed point; the skipped and the empty ones are said through ``warn``."""
+    for workload in sorted({p.workload for p in points}):
+        wl = [p for p in points if p.workload == workload]
+        ok = [p for p in wl if p.ok]
+        skipped = _skipped(wl)
+        for note in skipped:
+            warn("plot: workload %s: skipped %s", workload, note)
+        if not ok:
+            warn("plot: workload %s: no point completed; no figure", workload)
+            continue
+        yield workload, ok, skipped
 
 
 def _skipped(points: Sequence[Point]) -> list[str]:
@@ -309,15 +325,7 @@ def plot_result(result: Result | ResultDoc, out_dir: str | Path,
     # One colour per datapath variant, the same in every figure of the run.
     colors = {v: COLORS[i % len(COLORS)] for i, v in enumerate(variants)}
 
-    for workload in sorted({p.workload for p in points if not p.is_socket}):
-        wl = [p for p in points if p.workload == workload and not p.is_socket]
-        ok = [p for p in wl if p.ok]
-        skipped = _skipped(wl)
-        for note in skipped:
-            warn("plot: workload %s: skipped %s", workload, note)
-        if not ok:
-            warn("plot: workload %s: no point completed; no figure", workload)
-            continue
+    for workload, ok, skipped in _by_workload([p for p in points if not p.is_socket], warn):
         series = _group(ok)
         slug = _slug(workload)
         if workload.startswith("disruption-"):
@@ -529,15 +537,7 @@ def _socket_plots(points: Sequence[Point], colors: dict[str, str], out: Path,
     """The socket workloads' figures: ``tps-vs-flows`` (``throughput-vs-flows`` for a
     stream), ``rtt-cdf`` per workload and load, ``service-minus-direct``."""
     written: list[Path] = []
-    for workload in sorted({p.workload for p in points}):
-        wl = [p for p in points if p.workload == workload]
-        ok = [p for p in wl if p.ok]
-        skipped = _skipped(wl)
-        for note in skipped:
-            warn("plot: workload %s: skipped %s", workload, note)
-        if not ok:
-            warn("plot: workload %s: no point completed; no figure", workload)
-            continue
+    for workload, ok, skipped in _by_workload(points, warn):
         series = _socket_series(ok)
         slug = _slug(workload)
         rate = "throughput-vs-flows" if _stream(ok) else "tps-vs-flows"
