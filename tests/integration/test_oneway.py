@@ -1,0 +1,152 @@
+"""The one-way probe (probes/oneway.c) on known workloads through a real ClusterIP
+(iptables-legacy: DNAT on the request, reverse NAT on the response).
+
+N ``tcp-crr`` transactions must give exactly N request and N response samples and
+exactly N SYNs at the client's egress and at the backend's ingress; the two one-way
+medians together stay below the RTT median (an RTT holds both and the end hosts'
+stacks); and a known hold time in the responder (the kernel has no netem) shows in the
+RTT and in neither one-way part, which stop at the backend's eth0 and start there again.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.analysis.stats import summary
+from bench.cluster.testbed import Testbed
+from bench.datapaths import make_variant
+from bench.measure import socket_tools as T
+from bench.measure import sockets as S
+from bench.measure.probes.oneway import OneWayProbe
+from bench.model.generate import GenSpec, generate
+from tests.conftest import require_feature
+
+pytestmark = pytest.mark.privileged
+
+
+def _bed(protocol: str) -> Iterator[Testbed]:
+    require_feature("iptables-legacy")
+    services, slices = generate(GenSpec(services=1, endpoints=2, nodes=1, protocol=protocol))
+    with Testbed(make_variant("iptables-legacy"), services, slices, nodes=1,
+                 echo=False) as tb:
+        yield tb
+
+
+@pytest.fixture(scope="module")
+def tcp_bed() -> Iterator[Testbed]:
+    yield from _bed("TCP")
+
+
+@pytest.fixture(scope="module")
+def udp_bed() -> Iterator[Testbed]:
+    yield from _bed("UDP")
+
+
+def service_path(tb: Testbed, tcp: bool = True) -> S.SocketPath:
+    svc = tb.services[0]
+    return S.SocketPath(tb.cluster.client_pod_ns, svc.cluster_ip, svc.ports[0].port,
+                        tuple(S.Responder(tb.cluster.pod_ns(p), p.ip,
+                                          (p.tcp_ports if tcp else p.udp_ports)[0])
+                              for p in tb.layout.pods))
+
+
+def test_n_crr_transactions_give_exactly_n_samples_and_n_syns_each_way(
+        tcp_bed: Testbed) -> None:
+    n = 400
+    with OneWayProbe.for_cluster(tcp_bed.cluster) as probe:
+        probe.start()
+        r = S.run(S.SocketWorkload("tcp-crr", flows=2, count=n, duration_s=30),
+                  service_path(tcp_bed))
+        reading = probe.read()
+    assert (r.transactions, r.served, r.failed) == (n, n, 0)
+    c = reading.counts
+    assert (len(reading.request_ns), len(reading.response_ns)) == (n, n), c
+    # One request segment and one response segment per connection (kpb-crr writes each
+    # in one call), one SYN out of the client and into the backend, one SYN-ACK back.
+    assert (c["request_departed"], c["request_arrived"]) == (n, n), c
+    assert (c["response_departed"], c["response_arrived"]) == (n, n), c
+    assert (c["syn_client_egress"], c["syn_backend_ingress"]) == (n, n), c
+    assert (c["syn_backend_egress"], c["syn_client_ingress"]) == (n, n), c
+    assert (c["unmatched"], c["duplicates"], c["inflight_full"], c["overflow"],
+            c["left_in_flight"]) == (0, 0, 0, 0, 0), c
+    assert reading.request_ns.min() > 0 and reading.response_ns.min() > 0
+    # Each one-way part is one crossing of the node; the RTT holds both, the connect
+    # and close round trips and both end stacks: the medians together stay below it.
+    rtt_p50 = summary(r.rtt)["p50"]
+    assert np.median(reading.request_ns) + np.median(reading.response_ns) < rtt_p50
+
+
+def test_a_responder_hold_time_shows_in_the_rtt_and_in_neither_direction(
+        tcp_bed: Testbed, tmp_path: Path) -> None:
+    """The same workload without and with a 5 ms hold in the responder: the RTT grows by
+    at least the hold, neither one-way median by anything near it."""
+    hold_ns = 5_000_000
+    n = 150
+    medians = {}
+    for hold in (0, hold_ns):
+        path = service_path(tcp_bed)
+        with OneWayProbe.for_cluster(tcp_bed.cluster) as probe:
+            probe.start()
+            stats, rtt = _crr_with_hold(path, n, hold // 1000, tmp_path)
+            reading = probe.read()
+        assert (stats.transactions, stats.failed) == (n, 0)
+        assert len(reading.request_ns) == n and len(reading.response_ns) == n
+        medians[hold] = (float(np.median(rtt)), float(np.median(reading.request_ns)),
+                         float(np.median(reading.response_ns)))
+    (rtt0, req0, resp0), (rtt1, req1, resp1) = medians[0], medians[hold_ns]
+    assert rtt1 - rtt0 >= 0.9 * hold_ns
+    # A one-way median that held the hold would be >= 5 ms; on this busy machine a
+    # one-way part stays far below (tens of us): a tenth of the hold is a wide margin.
+    for before, after in ((req0, req1), (resp0, resp1)):
+        assert after < hold_ns / 10 and abs(after - before) < hold_ns / 10
+
+
+def _crr_with_hold(path: S.SocketPath, n: int, delay_us: int,
+                   tmp: Path) -> tuple[T.CrrClientStats, np.ndarray]:
+    """``n`` kpb-crr transactions over ``path``, every response held ``delay_us`` by the
+    responders (``kpb-crr serve --delay-us``): the client's stats and its RTT samples."""
+    servers = []
+    try:
+        for r in path.responders:
+            p = subprocess.Popen(["ip", "netns", "exec", r.netns, str(T.crr_binary()), "serve",
+                                  "--listen", f"{r.ip}:{r.port}", "--delay-us", str(delay_us),
+                                  "--duration", "60"], stdout=subprocess.PIPE, text=True)
+            servers.append(p)
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        samples = tmp / f"rtt-{delay_us}"
+        out = subprocess.run(["ip", "netns", "exec", path.client_netns, str(T.crr_binary()),
+                              "client", "--connect", f"{path.dst_ip}:{path.dst_port}",
+                              "--flows", "2", "--count", str(n), "--duration", "30",
+                              "--samples", str(samples)], check=True, capture_output=True,
+                             text=True, timeout=60).stdout
+        stats = T.parse_crr_client(out)
+        return stats, T.read_crr_samples(samples, stats.transactions)
+    finally:
+        for p in servers:
+            p.terminate()
+            p.communicate(timeout=10)
+
+
+@pytest.mark.parametrize("workload", ["tcp-rr", "udp-rr"])
+def test_rr_every_reply_received_is_one_sample_each_way(
+        tcp_bed: Testbed, udp_bed: Testbed, workload: str) -> None:
+    tb = tcp_bed if workload == "tcp-rr" else udp_bed
+    with OneWayProbe.for_cluster(tb.cluster) as probe:
+        probe.start()
+        r = S.run(S.SocketWorkload(workload, flows=2, duration_s=1),
+                  service_path(tb, tcp=workload == "tcp-rr"))
+        reading = probe.read()
+    c = reading.counts
+    assert r.transactions > 100 and r.failed == 0
+    # sockperf's warm-up messages are not in its log, so the probe sees at least as
+    # many; every one departed is matched (none unmatched, none left over).
+    assert len(reading.request_ns) >= r.transactions, c
+    assert len(reading.response_ns) >= r.transactions, c
+    assert c["request_departed"] == c["request_arrived"] == len(reading.request_ns), c
+    assert c["response_departed"] == c["response_arrived"] == len(reading.response_ns), c
+    assert (c["unmatched"], c["left_in_flight"], c["short"]) == (0, 0, 0), c
