@@ -23,6 +23,7 @@ from bench.measure.probes.loader import (
     TcHook,
     _clear_live,
     _compile,
+    _origin,
     _percpu_sum,
 )
 
@@ -75,9 +76,11 @@ class OneWayProbe(Probe):
         self._samples: np.ndarray | None = None
 
     @classmethod
-    def for_cluster(cls, cluster: Cluster, capacity: int = ONEWAY_CAPACITY) -> OneWayProbe:
-        """The client pod and every backend pod (ClusterIP and direct paths)."""
-        return cls(TcHook(cluster.client_pod_ns),
+    def for_cluster(cls, cluster: Cluster, external: bool = False,
+                    capacity: int = ONEWAY_CAPACITY) -> OneWayProbe:
+        """The client pod (or the external client, ``external``: NodePort) and every
+        backend pod."""
+        return cls(_origin(cluster, external),
                    [TcHook(cluster.pod_ns(p)) for p in cluster.layout.pods], capacity)
 
     def cflags(self) -> list[str]:
