@@ -150,3 +150,69 @@ def test_rr_every_reply_received_is_one_sample_each_way(
     assert c["request_departed"] == c["request_arrived"] == len(reading.request_ns), c
     assert c["response_departed"] == c["response_arrived"] == len(reading.response_ns), c
     assert (c["unmatched"], c["left_in_flight"], c["short"]) == (0, 0, 0), c
+
+
+# --- through the runner: the breakdown repetitions of socket points ----------------------
+
+ONEWAY_SCENARIO = """
+name = "socket-oneway"
+[sweep]
+datapaths = ["iptables-legacy", "nftables"]
+services = [20]
+endpoints = 2
+nodes = 1
+[traffic]
+workloads = ["tcp-crr", "tcp-rr", "tcp-stream"]
+flows = [2]
+duration_s = 1
+repetitions = 2
+[measure]
+probes = ["cpu", "oneway"]
+overhead = false
+"""
+
+
+def test_socket_points_keep_the_one_way_breakdown_apart(tmp_path: Path) -> None:
+    """Each request/response point gets one breakdown repetition per path with the probe
+    (point["breakdown"], point["control_breakdown"]), never pooled: the summary's RTT and
+    rate come from the measured repetitions alone; tcp-stream says why it has none."""
+    import json
+    import sys
+
+    for name in ("iptables-legacy", "nftables"):
+        require_feature(name)
+    path = tmp_path / "s.toml"
+    path.write_text(ONEWAY_SCENARIO)
+    p = subprocess.run([sys.executable, "-m", "bench", "run", str(path), "--results",
+                        str(tmp_path / "r"), "--no-export"], capture_output=True, text=True,
+                       timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    doc = json.loads(Path(p.stdout.split()[0]).read_text())
+    points = {pt["id"]: pt for pt in doc["points"]}
+    assert len(points) == 6, sorted(points)
+    for pid, pt in points.items():
+        assert pt["status"] == "ok", (pid, pt["error"], pt.get("failed_repetitions"))
+        s = pt["summary"]
+        if pt["workload"] == "tcp-stream":
+            assert "breakdown" not in pt and "one_way_ns" not in s
+            assert "no request and response" in pt["missing"]["one_way_ns"]
+            continue
+        assert len(pt["repetitions"]) == 2 and len(pt["control"]) == 2
+        for key in ("breakdown", "control_breakdown"):
+            b = pt[key]
+            c = b["one_way"]
+            assert c["unmatched"] == c["inflight_full"] == c["overflow"] == 0, (pid, key, c)
+            assert b["one_way_request_hist"] and b["one_way_response_hist"], (pid, key)
+            if pt["workload"] == "tcp-crr":  # one request and one response a transaction
+                n = b["socket"]["transactions"]
+                assert c["request_arrived"] == c["response_arrived"] == n, (pid, key, c)
+                assert c["syn_client_egress"] == c["syn_backend_ingress"] == n, (pid, key, c)
+        # Never pooled: the measured repetitions' transactions alone make the RTT count.
+        measured = sum(r["socket"]["transactions"] for r in pt["repetitions"])
+        assert s["rtt_ns"]["count"] == measured
+        for part in ("request", "response"):
+            assert s["one_way_ns"][part]["count"] > 0
+            assert s["direct"]["one_way_ns"][part]["count"] > 0
+            assert s[f"service_minus_direct_{part}_p50_ns"] is not None
+        assert (s["one_way_ns"]["request"]["p50"] + s["one_way_ns"]["response"]["p50"]
+                < s["rtt_ns"]["p50"])
