@@ -12,9 +12,10 @@ so each point states what the Service costs (Service minus direct) with the
 machine's drift cancelled, as the packet points' paired control does. A first,
 shorter run of each workload is discarded (connections, caches and conntrack
 warm). With the ``oneway`` probe asked for, a request/response point closes with
-a breakdown repetition of each path (:meth:`SocketPoints._breakdown`). The NET_RX softirq CPU of each repetition comes from the CPU probe;
-the generator's and responders' from their own cgroups; a datapath's own
-processes (the userspace proxy) from its process cgroup.
+a breakdown repetition of each path (:meth:`SocketPoints._breakdown`). The NET_RX
+softirq CPU of each repetition comes from the CPU probe; the generator's and
+responders' from their own cgroups; a datapath's own processes (the userspace
+proxy) from its process cgroup.
 """
 
 from __future__ import annotations
@@ -152,7 +153,9 @@ class SocketPoints:
                    kind: str, point: R.PointDoc) -> None:
         """One more repetition of each path with the one-way probe attached (its cost is on
         the packet path, so never in a measured repetition): ``point["breakdown"]`` (the
-        Service) and ``point["control_breakdown"]`` (the direct path), never pooled."""
+        Service) and ``point["control_breakdown"]`` (the direct path), never pooled; a
+        failed one is under failed_repetitions as phase "breakdown", index 0 (the Service)
+        or 1 (the direct path)."""
         missing = point["missing"]
         if work.workload not in ONE_WAY_WORKLOADS:
             missing["one_way_ns"] = f"{work.workload} has no request and response to time"
