@@ -11,11 +11,17 @@
  *   between the two ends, so a packet is matched at its two ends by what NAT
  *   keeps: the protocol, the direction, the client-side port (the source port of
  *   a request, the destination port of a response) and
- *     TCP: the segment's sequence number; only data-bearing segments are timed
- *          (SYNs are counted at every hook, not timed);
+ *     TCP: the segment's sequence and acknowledgment numbers; only data-bearing
+ *          segments are timed (SYNs are counted at every hook, not timed). With
+ *          KPB_MATCH_PORT 0 the port is left out of a TCP key: SNAT with a random
+ *          source port (kube-proxy's MASQUERADE --random-fully, NodePort) changes
+ *          it, while both random initial sequence numbers still tell connections
+ *          apart;
  *     UDP: the first KPB_ID_BYTES bytes of the payload (sockperf's message header:
  *          flags, length and the message's sequence number); a shorter payload
- *          counts as short and is not timed.
+ *          counts as short and is not timed. The port always stays in a UDP key
+ *          (every flow's messages are numbered alike): a datagram whose port SNAT
+ *          changed arrives unmatched.
  *   A departure whose key is already in flight (a TCP retransmission) keeps the
  *   first stamp and counts a duplicate; an arrival with no departure in flight
  *   counts as unmatched and is never paired with anything else. A departure that
@@ -42,6 +48,9 @@
 #ifndef KPB_INFLIGHT
 #define KPB_INFLIGHT 65536
 #endif
+#ifndef KPB_MATCH_PORT
+#define KPB_MATCH_PORT 1
+#endif
 #define KPB_ID_BYTES 16
 
 enum { D_REQUEST, D_RESPONSE };
@@ -57,6 +66,7 @@ struct kpb_key {
     u8 dir;
     u16 client_port;
     u32 seq; /* TCP sequence number (0 for UDP) */
+    u32 ack; /* TCP acknowledgment number (0 for UDP) */
     u8 id[KPB_ID_BYTES]; /* UDP payload head (zeros for TCP) */
 };
 
@@ -106,8 +116,11 @@ static __always_inline int kpb_parse(struct __sk_buff *skb, int response, struct
             return 1;
         if ((u32)ntohs(tot_len) <= ihl + (doff >> 4) * 4)
             return -1; /* no data: a bare ACK or FIN */
-        if (bpf_skb_load_bytes(skb, off + 4, &k->seq, 4) < 0)
+        if (bpf_skb_load_bytes(skb, off + 4, &k->seq, 4) < 0
+            || bpf_skb_load_bytes(skb, off + 8, &k->ack, 4) < 0)
             return -1;
+        if (!KPB_MATCH_PORT)
+            k->client_port = 0;
         return 0;
     }
     if (proto == IPPROTO_UDP) {

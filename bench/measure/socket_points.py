@@ -181,8 +181,8 @@ class SocketPoints:
                 if c["unmatched"] and not rep["one_way_request_hist"]:  # type: ignore[typeddict-item]
                     missing["one_way_ns"] = (
                         f"no request matched at both ends ({c['unmatched']} arrived "
-                        "unmatched): the path changes the client port or the TCP sequence "
-                        "numbers (a proxy's own connection to the backend)")
+                        "unmatched): the path changes the TCP sequence numbers (a proxy's "
+                        "own connection to the backend) or a UDP flow's client port (SNAT)")
         finally:
             probe.detach()
 

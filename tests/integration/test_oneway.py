@@ -216,3 +216,69 @@ def test_socket_points_keep_the_one_way_breakdown_apart(tmp_path: Path) -> None:
             assert s[f"service_minus_direct_{part}_p50_ns"] is not None
         assert (s["one_way_ns"]["request"]["p50"] + s["one_way_ns"]["response"]["p50"]
                 < s["rtt_ns"]["p50"])
+
+
+NODEPORT_SCENARIO = """
+name = "socket-oneway-nodeport"
+[sweep]
+datapaths = ["iptables-legacy"]
+services = [5]
+endpoints = 2
+nodes = 2
+[traffic]
+workloads = ["nodeport-tcp-crr"]
+flows = [2]
+duration_s = 1
+repetitions = 1
+[measure]
+probes = ["oneway"]
+overhead = false
+"""
+
+
+def test_nodeport_one_way_parts_through_snat(tmp_path: Path) -> None:
+    """From the external client to a NodePort (DNAT, and SNAT to the node's address with a
+    random port, MASQUERADE --random-fully): TCP keys leave the port out, so every request
+    and response is matched by its sequence and acknowledgment numbers; no direct path,
+    so no direct breakdown and no difference."""
+    import json
+    import sys
+
+    require_feature("iptables-legacy")
+    path = tmp_path / "s.toml"
+    path.write_text(NODEPORT_SCENARIO)
+    p = subprocess.run([sys.executable, "-m", "bench", "run", str(path), "--results",
+                        str(tmp_path / "r"), "--no-export"], capture_output=True, text=True,
+                       timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    (pt,) = json.loads(Path(p.stdout.split()[0]).read_text())["points"]
+    assert pt["status"] == "ok", (pt["error"], pt.get("failed_repetitions"))
+    c, n = pt["breakdown"]["one_way"], pt["breakdown"]["socket"]["transactions"]
+    assert n > 100 and c["request_arrived"] == c["response_arrived"] == n, c
+    assert (c["unmatched"], c["left_in_flight"]) == (0, 0), c
+    assert "control_breakdown" not in pt and "direct" in pt["missing"]
+    s = pt["summary"]
+    assert s["one_way_ns"]["request"]["count"] == n
+    assert "service_minus_direct_request_p50_ns" not in s
+
+
+def test_nodeport_udp_through_snat_is_unmatched_and_says_so(tmp_path: Path) -> None:
+    """UDP keys keep the client port (every flow numbers its messages alike): SNAT's random
+    port leaves the datagrams unmatched, counted, and the point says why; never paired
+    with another flow's datagram."""
+    import json
+    import sys
+
+    require_feature("iptables-legacy")
+    path = tmp_path / "s.toml"
+    path.write_text(NODEPORT_SCENARIO.replace("nodeport-tcp-crr", "nodeport-udp-rr"))
+    p = subprocess.run([sys.executable, "-m", "bench", "run", str(path), "--results",
+                        str(tmp_path / "r"), "--no-export"], capture_output=True, text=True,
+                       timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    (pt,) = json.loads(Path(p.stdout.split()[0]).read_text())["points"]
+    assert pt["status"] == "ok", (pt["error"], pt.get("failed_repetitions"))
+    c = pt["breakdown"]["one_way"]
+    assert c["request_arrived"] > 100 and c["unmatched"] >= c["request_arrived"], c
+    assert "SNAT" in pt["missing"]["one_way_ns"]
+    assert pt["summary"]["one_way_ns"]["request"] is None

@@ -60,8 +60,12 @@ class OneWayProbe(Probe):
     transient_maps = ("inflight",)  # departures of the last window
 
     def __init__(self, client: TcHook, backends: Sequence[TcHook],
-                 capacity: int = ONEWAY_CAPACITY, inflight: int = ONEWAY_INFLIGHT) -> None:
+                 capacity: int = ONEWAY_CAPACITY, inflight: int = ONEWAY_INFLIGHT,
+                 match_port: bool = True) -> None:
+        """``match_port``: TCP keys hold the client port (False: SNAT may change it, the
+        sequence and acknowledgment numbers alone tell connections apart)."""
         super().__init__()
+        self.match_port = match_port
         if not 1 <= capacity <= 1 << 24:
             raise ValueError(f"capacity {capacity} out of range (1-{1 << 24})")
         if not 1 <= inflight <= 1 << 22:
@@ -78,13 +82,16 @@ class OneWayProbe(Probe):
     @classmethod
     def for_cluster(cls, cluster: Cluster, external: bool = False,
                     capacity: int = ONEWAY_CAPACITY) -> OneWayProbe:
-        """The client pod (or the external client, ``external``: NodePort) and every
-        backend pod."""
+        """The client pod (or the external client, ``external``: NodePort, whose SNAT
+        picks a random source port, so TCP keys leave the port out) and every backend
+        pod."""
         return cls(_origin(cluster, external),
-                   [TcHook(cluster.pod_ns(p)) for p in cluster.layout.pods], capacity)
+                   [TcHook(cluster.pod_ns(p)) for p in cluster.layout.pods], capacity,
+                   match_port=not external)
 
     def cflags(self) -> list[str]:
-        return [f"-DKPB_CAPACITY={self.capacity}", f"-DKPB_INFLIGHT={self.inflight}"]
+        return [f"-DKPB_CAPACITY={self.capacity}", f"-DKPB_INFLIGHT={self.inflight}",
+                f"-DKPB_MATCH_PORT={int(self.match_port)}"]
 
     def _attach(self) -> None:
         self._bpf = _compile(self.name, self.cflags())
