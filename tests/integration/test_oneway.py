@@ -10,9 +10,11 @@ RTT and in neither one-way part, which stop at the backend's eth0 and start ther
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -130,6 +132,85 @@ def _crr_with_hold(path: S.SocketPath, n: int, delay_us: int,
         for p in servers:
             p.terminate()
             p.communicate(timeout=10)
+
+
+# A known extra delay on one direction (the kernel has no netem): a tc program on every
+# backend pod's eth0 egress, behind the one-way probe's (a higher prio number runs
+# later), spins until HOLD_NS have passed on the probe's own clock before the packet
+# goes on; it counts the packets it held the full time and those it could not.
+HOLD_NS = 200_000
+HOLD_SRC = r"""
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/pkt_cls.h>
+BPF_ARRAY(held, u64, 2); /* [0] held HOLD_NS, [1] ran out of spins first */
+int kpb_hold(struct __sk_buff *skb)
+{
+    u64 t0 = bpf_ktime_get_ns();
+    u32 k = 1;
+    for (int i = 0; i < 8000; i++) { /* the verifier's bound on a loop's jumps */
+        bpf_ktime_get_ns();
+        bpf_ktime_get_ns();
+        bpf_ktime_get_ns();
+        if (bpf_ktime_get_ns() - t0 >= KPB_HOLD_NS) {
+            k = 0;
+            break;
+        }
+    }
+    u64 *n = held.lookup(&k);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+    return TC_ACT_UNSPEC;
+}
+"""
+
+
+@contextlib.contextmanager
+def responses_held(tb: Testbed) -> Iterator[Any]:
+    """Every packet a backend pod sends held HOLD_NS after the probe stamped it."""
+    from bcc import BPF
+
+    from bench.measure.probes.loader import TC_EGRESS, TC_PRIO, TcHook, _tc_attach, _tc_detach
+
+    bpf = BPF(text=HOLD_SRC.encode(), cflags=[f"-DKPB_HOLD_NS={HOLD_NS}ULL"])
+    attached = []
+    try:
+        fn = bpf.load_func(b"kpb_hold", BPF.SCHED_CLS)
+        for pod in tb.layout.pods:
+            attached.append(_tc_attach("hold", TcHook(tb.cluster.pod_ns(pod)), fn, TC_EGRESS,
+                                       TC_PRIO + 9))
+        yield bpf[b"held"]
+    finally:
+        for a in attached:
+            _tc_detach(a)
+        bpf.cleanup()
+
+
+def test_a_delay_on_the_response_direction_shows_on_that_direction_only(
+        tcp_bed: Testbed) -> None:
+    """The same tcp-crr workload without and with every backend packet held 200 us after
+    its departure stamp: the response's one-way median grows by at least the hold, the
+    request's by nothing near it, and the RTT by at least the hold."""
+    n = 150
+    got = {}
+    for hold in (False, True):
+        with OneWayProbe.for_cluster(tcp_bed.cluster) as probe, (
+                responses_held(tcp_bed) if hold else contextlib.nullcontext()) as held:
+            probe.start()
+            r = S.run(S.SocketWorkload("tcp-crr", flows=1, count=n, duration_s=30),
+                      service_path(tcp_bed))
+            reading = probe.read()
+            if held is not None:
+                counts = [int(held[held.Key(i)].value) for i in range(2)]
+                # SYN-ACK, response, FIN (or with the response), ACKs: all held in full.
+                assert counts[0] >= 2 * n and counts[1] == 0, counts
+        assert (r.transactions, r.failed) == (n, 0)
+        assert len(reading.request_ns) == n and len(reading.response_ns) == n
+        got[hold] = (summary(r.rtt)["p50"], float(np.median(reading.request_ns)),
+                     float(np.median(reading.response_ns)))
+    (rtt0, req0, resp0), (rtt1, req1, resp1) = got[False], got[True]
+    assert resp1 - resp0 >= HOLD_NS
+    assert abs(req1 - req0) < HOLD_NS / 4, (req0, req1)
+    assert rtt1 - rtt0 >= HOLD_NS
 
 
 @pytest.mark.parametrize("workload", ["tcp-rr", "udp-rr"])
