@@ -60,7 +60,9 @@ MAX_DISRUPTION_S = 3600.0
 CHANGES = ("add-service", "remove-service", "add-endpoint", "remove-endpoint",
            "endpoint-not-ready")
 POSITIONS = ("first", "middle", "last")
-PROBES = ("latency", "cpu", "drops", "transit")
+PROBES = ("latency", "cpu", "drops", "transit", "oneway")
+# "oneway" (socket points' breakdown repetition, docs/sockets.md) only where asked for.
+DEFAULT_PROBES = ("latency", "cpu", "drops", "transit")
 # tcpreplay reaches about 180k packets/s per core here (docs/machines.md); far beyond that
 # the offered rate would be a fiction.
 MAX_RATE_PPS = 1_000_000
@@ -104,7 +106,7 @@ class Scenario:
     # Packets of each paired control repetition (the same traffic to the backend pods'
     # own addresses, after each measured repetition); None: half of ``packets``; 0: none.
     control_packets: int | None = None
-    probes: tuple[str, ...] = PROBES
+    probes: tuple[str, ...] = DEFAULT_PROBES
     overhead: bool = True
     settle_timeout: float = 60.0
     settle_tolerance: float = 0.15
