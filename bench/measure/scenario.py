@@ -364,6 +364,12 @@ def parse_scenario(doc: dict[str, Any], src: str = "<scenario>", text: str = "",
     _socket_traffic(traffic, kw, src)
     if "probes" in measure:
         kw["probes"] = _choices(measure["probes"], PROBES, src, "measure.probes")
+        timed = [w for w in kw.get("workloads", Scenario.workloads)
+                 if w in SOCKET_WORKLOADS and not w.endswith("tcp-stream")]
+        if "oneway" in kw["probes"] and (not timed or doc.get("kind", "packets") != "packets"):
+            raise InputError("the oneway probe times socket workloads' requests and responses "
+                             "(tcp-crr, tcp-rr, udp-rr); add one to traffic.workloads or "
+                             "remove \"oneway\"", source=src, field="measure.probes")
     for key in ("settle_timeout", "point_time_limit", "settle_tolerance"):
         if key in measure:
             _positive(measure[key], src, f"measure.{key}", zero_ok=key == "settle_timeout")
