@@ -473,6 +473,18 @@ class UserspaceDatapath(Datapath):
         if not line.startswith("ok"):
             raise ApplyError(f"userspace proxy in {netns}: {line or 'no answer'}")
 
+    def proxy_table(self, netns: str) -> list[dict[str, Any]]:
+        """What the node's proxy holds, in the form of :func:`parse_proxy_table` (sorted
+        by name and protocol, endpoints and claims sorted)."""
+        proc = self._procs[netns]
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps({"show": True}) + "\n")
+        proc.stdin.flush()
+        line = self._read_line(proc, PROXY_SYNC_TIMEOUT, netns)
+        if not line.startswith("table "):
+            raise ApplyError(f"userspace proxy in {netns}: {line or 'no answer'}")
+        return list(json.loads(line[len("table "):]))
+
     @staticmethod
     def _read_line(proc: subprocess.Popen[str], timeout: float, netns: str) -> str:
         import select

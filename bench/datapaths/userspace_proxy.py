@@ -15,7 +15,9 @@ did. Node ports are held open ("claimed") as upstream held them.
 Protocol on stdin/stdout, one JSON object per line: the parent sends
 ``{"services": [...]}``, the whole table (see :func:`Proxy.configure`), or
 ``{"update": [...], "remove": [[name, protocol], ...]}``, the service ports
-of a partial sync only (the others are left as they are), and the proxy answers
+of a partial sync only (the others are left as they are), or ``{"show": true}``,
+answered with ``table <json>``: what the proxy holds, in the form a full
+table gives it (tests compare it with one). For the others the proxy answers
 ``ok <listening sockets>`` or ``error <reason>`` once every socket is open
 or closed. It prints ``ready`` at start.
 
@@ -174,6 +176,15 @@ class Proxy:
             if port not in svc.claims:
                 svc.claims[port] = _listen(spec["protocol"], port)
 
+    def table(self) -> list[dict[str, Any]]:
+        """Every service port the proxy serves, as ``configure`` takes it (sorted)."""
+        return sorted(({"name": s.name, "protocol": s.protocol, "proxy_port": s.proxy_port,
+                        "endpoints": sorted(f"{h}:{p}" for h, p in s.balancer.endpoints),
+                        "affinity_timeout": (int(s.balancer.affinity_ttl)
+                                             if s.balancer.affinity_ttl is not None else None),
+                        "claims": sorted(s.claims)} for s in self.services.values()),
+                      key=lambda d: (d["name"], d["protocol"]))
+
     def _close_service(self, svc: Service) -> None:
         self.sel.unregister(svc.sock)
         svc.sock.close()
@@ -318,7 +329,11 @@ class Proxy:
 
 def _answer(proxy: Proxy, line: bytes) -> None:
     try:
-        n = proxy.configure(json.loads(line))
+        doc = json.loads(line)
+        if doc.get("show"):
+            print("table " + json.dumps(proxy.table()), flush=True)
+            return
+        n = proxy.configure(doc)
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"error {type(e).__name__}: {e}", flush=True)
         return
