@@ -357,7 +357,8 @@ class LoadedLb:
         return {"written": sum(len(p[0]) for p in plans.values()),
                 "deleted": sum(len(p[1]) for p in plans.values())}
 
-    def program_delta(self, writes: M.Entries, deletes: Sequence[tuple[str, str]]) -> dict[str, int]:
+    def program_delta(self, writes: M.Entries,
+                      deletes: Sequence[tuple[str, str]]) -> dict[str, int]:
         """Write and delete the entries of a partial sync (ebpf_maps.render_delta) only."""
         self.generation = None  # until this write completes
         by_map: dict[str, list[tuple[str, str]]] = {m: [] for m in M.MAPS}

@@ -34,9 +34,9 @@ the programs handle TCP and UDP only.
 from __future__ import annotations
 
 import functools
-from collections import _count_elements as count_ids  # Counter.update's C loop
 import socket
 import struct
+from collections import _count_elements as count_ids  # Counter.update's C loop
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -218,7 +218,7 @@ def render_maps(ports: Sequence[ServicePortView], ctx: NodeContext,
     names = [v.name for v in ports]
     fresh = 0
     hits: list[tuple[_FrontendEntries, ...]] = []
-    for view, name in zip(ports, names):
+    for view, name in zip(ports, names, strict=True):
         hit = cache.get(name)
         if hit is None or not (hit[1] is ctx or hit[1] == ctx) or not (
                 hit[0] is view or hit[0] == view):
@@ -237,7 +237,7 @@ def render_maps(ports: Sequence[ServicePortView], ctx: NodeContext,
     matches: set[tuple[int, int]] = set()
     owner: dict[str, str] = {}
     ports_of: dict[str, list[str]] = {}
-    for view, name, entries in zip(ports, names, hits):
+    for view, name, entries in zip(ports, names, hits, strict=True):
         ports_of.setdefault(view.service.key, []).append(name)
         for fe in entries:
             if fe.key in owner:

@@ -25,9 +25,10 @@ one ``iptables-legacy-restore --noflush``. A partial sync
 the changed Services' ports: the proxy gets just their lines (and the ports
 that went), which it parses and acts on alone, and ``iptables-restore
 --noflush`` deletes and appends just their portal rules, as upstream's
-proxier opened and closed the portals of a changed service only. Upstream ensured every rule with its
-own ``iptables -C``/``-A`` call, far slower at scale; kpbench measures this
-mode for the per-packet cost of crossing into user space, not for that.
+proxier opened and closed the portals of a changed service only. Upstream
+ensured every rule with its own ``iptables -C``/``-A`` call, far slower at
+scale; kpbench measures this mode for the per-packet cost of crossing into
+user space, not for that.
 
 Known differences from the other datapaths, all upstream's behaviour: the
 backend sees the node's address, never the client's (the proxy makes its own
@@ -196,7 +197,7 @@ def render_rules(ports: Sequence[ServicePortView], ctx: NodeContext,
     names = [v.name for v in ports]
     parts: list[_PortRules | None] = []
     fresh = 0
-    for view, name in zip(ports, names):
+    for view, name in zip(ports, names, strict=True):
         hit = state.cache.get(name)
         if hit is None or not (hit[1] is ctx or hit[1] == ctx) or not (
                 hit[0] is view or hit[0] == view):
@@ -214,7 +215,7 @@ def render_rules(ports: Sequence[ServicePortView], ctx: NodeContext,
     rules: dict[str, list[str]] = {c: [] for c in (*NAT_CHAINS, *FILTER_CHAINS)}
     proxy_lines: list[str] = []
     ports_of: dict[str, list[str]] = {}
-    for view, name, part in zip(ports, names, parts):
+    for view, name, part in zip(ports, names, parts, strict=True):
         ports_of.setdefault(view.service.key, []).append(name)
         if part is None:
             continue
