@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import logging
 import math
+import resource
 import sys
 import threading
 import time
@@ -57,12 +58,14 @@ from bench.cluster.testbed import Testbed, gc_paused
 from bench.datapaths.userspace import UserspaceDatapath
 from bench.errors import ApplyTimeout, FeatureMissing, KpbenchError
 from bench.measure import disruption as D
+from bench.measure.churn import Churn, SyncRecord, change_times, run_schedule
 from bench.measure.probes.latency import LatencyProbe
 from bench.measure.repetition import SeqSpace
 from bench.measure.scale_loop import ScaleLoop
-from bench.measure.scenario import Scenario
+from bench.measure.scenario import Scenario, event_label
 from bench.measure.traffic import MAX_COUNT, WARMUP_MAGIC, ReplayStats, Target
 from bench.model.generate import GenSpec, generate
+from bench.model.objects import service_port_views
 
 log = logging.getLogger("kpbench")
 
@@ -162,8 +165,10 @@ class DisruptionRunner:
                              sc.point_time_limit)
                 for event in sc.events:
                     for bg in sc.background:
-                        self.loop.record(self._point(bed, target, probe, variant, n, event,
-                                                     bg, budget, setup))
+                        for option in sc.event_options(event):
+                            self.loop.record(self._point(bed, target, probe, variant, n,
+                                                         event, bg, budget, setup,
+                                                         option, measured.key))
             except FeatureMissing as e:
                 self.loop.record_rest(variant, n, "failed", str(e), say=False, **setup)
             finally:
@@ -172,15 +177,20 @@ class DisruptionRunner:
 
     def _point(self, bed: Testbed, target: Target, probe: LatencyProbe, variant: str, n: int,
                event: str, background: str, budget: float,
-               setup: dict[str, Any]) -> R.PointDoc:
+               setup: dict[str, Any], option: int | bool | None = None,
+               measured: str = "") -> R.PointDoc:
         reps: list[R.RepetitionDoc] = []
         failed: list[dict[str, Any]] = []
-        workload = f"disruption-{event}/{background}"
+        workload = f"disruption-{event_label(event, option)}/{background}"
         for r in range(self.sc.repetitions):
             self.progress.say(f"{variant}: {n} services: {workload} rep {r + 1}/"
                               f"{self.sc.repetitions}")
             try:
-                reps.append(self.repetition(bed, target, probe, event, background, budget))
+                fire = None
+                if event == "churn":
+                    fire = self.churn_event(bed, measured, int(option or 1))
+                reps.append(self.repetition(bed, target, probe, event, background, budget,
+                                            fire=fire))
             except ApplyTimeout as e:
                 failed.append({"phase": "measured", "index": r, "error": str(e)})
                 break
@@ -205,6 +215,8 @@ class DisruptionRunner:
         window = sc.before_s + budget + sc.after_s + 1.0
         if event == "proxy-down":
             window += sc.down_s
+        if event == "churn":
+            window += sc.churn_s
         count = min(math.ceil(rate * window), probe.capacity, MAX_COUNT)
         self._warm_up(target, background, rate)
         seq = self._take(count)
@@ -245,6 +257,7 @@ class DisruptionRunner:
         d, a = D.packets(depart, arrive, until_ns=until)
         timeline, figures = D.summarise(d, a, start_ns, end_ns,
                                         baseline_ns=int(sc.before_s / 2 * 1e9))
+        figures.update(getattr(fire, "figures", {}))
         ok = a != 0
         return {**R.make_repetition(
             sent=len(d), delivered=int(np.count_nonzero(ok)), offered_pps=rate,
@@ -255,6 +268,53 @@ class DisruptionRunner:
             "disruption": {"event": event, **figures,
                            "timeline": timeline.document(start_ns, end_ns)}}  # type: ignore[typeddict-item]
 
+
+    def churn_event(self, bed: Testbed, measured: str, per_s: int) -> Callable[[], Event]:
+        """The ``churn`` event at ``per_s`` changes per second (bench.measure.churn): node
+        0's agent applies them for ``churn_s`` seconds, coalesced into at most one sync
+        per ``min_sync_period_s``, each a partial sync (a full one every
+        ``full_sync_period_s``). The event's ``figures`` (set when it fired) go into the
+        repetition's ``disruption``: syncs run and per second, each sync's apply time and
+        CPU, the sync CPU per second."""
+        sc = self.sc
+        dp = bed.datapath
+        ns = bed.cluster.node_ns(0)
+        ctx = bed.node_context(0)
+        churn = Churn(bed.services, bed.slices, keep=measured)
+        times = change_times(per_s, sc.churn_s)
+        applies: list[float] = []
+        renders: list[float] = []
+
+        def sync(first: int, stop: int, full: bool) -> float:
+            changed = churn.apply(stop - first)
+            slices = churn.slices()
+            with gc_paused():
+                t0 = time.monotonic()
+                views = service_port_views(bed.services, slices, ctx.node_name)
+                text = dp.render(views, ctx) if full else dp.render_partial(views, ctx, changed)
+                renders.append(time.monotonic() - t0)
+                cpu0 = sync_cpu_seconds()
+                t1 = time.monotonic()
+                if full:
+                    dp.apply(text, ns)
+                else:
+                    dp.apply_partial(text, ns)
+                applies.append(time.monotonic() - t1)
+                cpu = sync_cpu_seconds() - cpu0
+            bed.slices = slices
+            return cpu
+
+        def fire() -> Event:
+            start = time.monotonic_ns()
+            records = run_schedule(times, sc.min_sync_period_s, sc.full_sync_period_s,
+                                   time.monotonic, time.sleep, sync)
+            end = time.monotonic_ns()
+            fire.figures = churn_figures(records, applies, per_s, (end - start) / 1e9)  # type: ignore[attr-defined]
+            return start, end, {"apply": max(applies), "apply_total": sum(applies),
+                                "render": sum(renders),
+                                "cpu": sum(r.cpu_s or 0.0 for r in records),
+                                "syncs": float(len(records))}
+        return fire
 
     def _warm_up(self, target: Target, background: str, rate: int) -> None:
         """WARMUP_S of the background's own traffic, which the probes ignore (its magic):
@@ -280,6 +340,29 @@ class DisruptionRunner:
         except KpbenchError:
             self.seqs = SeqSpace()
             return self.seqs.take(count)
+
+
+def sync_cpu_seconds() -> float:
+    """CPU seconds of the syncs' appliers so far: the tools this process ran and waited
+    for (iptables-restore, nft, ipset: RUSAGE_CHILDREN) plus this thread's own (the
+    datapaths that program the kernel in-process: bpf() and netlink calls)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime + time.thread_time()
+
+
+def churn_figures(records: list[SyncRecord], applies: list[float], per_s: int,
+                  seconds: float) -> dict[str, Any]:
+    """A churn repetition's own figures (docs/disruption.md), over the event's
+    ``seconds`` (first change to the end of the last sync)."""
+    cpu = [r.cpu_s for r in records]
+    total_cpu = sum(c for c in cpu if c is not None)
+    return {"churn_per_s": per_s, "changes": sum(r.changes for r in records),
+            "syncs": len(records), "full_syncs": sum(1 for r in records if r.full),
+            "syncs_per_s": len(records) / seconds if seconds > 0 else None,
+            "sync_cpu_s_per_s": total_cpu / seconds if seconds > 0 else None,
+            "sync_apply_s": applies, "sync_cpu_s": cpu,
+            "sync_start_ms": [r.start * 1e3 for r in records],
+            "sync_changes": [r.changes for r in records]}
 
 
 def _await_first(probe: LatencyProbe, thread: threading.Thread) -> int:

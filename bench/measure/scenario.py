@@ -53,7 +53,7 @@ KINDS = ("packets", "sync", "disruption")
 # A disruption scenario (bench/measure/disruption_runner.py): background traffic to an
 # unchanged service while one event happens; its points are "disruption-<event>/<background>".
 EVENTS = ("full-sync", "churn", "proxy-down", "endpoint-removed")
-EVENTS_IMPLEMENTED = ("full-sync", "proxy-down")
+EVENTS_IMPLEMENTED = ("full-sync", "proxy-down", "churn")
 BACKGROUNDS = ("udp-new", "udp-established")
 MAX_DISRUPTION_S = 3600.0
 # One change at scale, each applied as a partial sync (see bench/measure/sync_runner.py).
@@ -79,7 +79,7 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "disruption": {"events": list, "background": list, "rate_pps": int,
                    "before_s": (int, float), "after_s": (int, float), "down_s": (int, float),
                    "churn_per_s": list, "churn_s": (int, float),
-                   "min_sync_period_s": (int, float)},
+                   "min_sync_period_s": (int, float), "full_sync_period_s": (int, float)},
     "measure": {"probes": list, "overhead": bool, "settle_timeout": (int, float),
                 "point_time_limit": (int, float), "settle_tolerance": (int, float)},
 }
@@ -124,6 +124,8 @@ class Scenario:
     churn_per_s: tuple[int, ...] = (10, 100)
     churn_s: float = 10.0
     min_sync_period_s: float = 1.0
+    # churn: a full sync at most this often (kube-proxy's FullSyncPeriod; bench.measure.churn)
+    full_sync_period_s: float = 3600.0
     # Socket workloads: closed loop at each concurrency, or open loop at rate_tps.
     loop: str = "closed"
     flows: tuple[int, ...] = (8,)
@@ -165,6 +167,13 @@ class Scenario:
         return tuple((w, f) for w in self.workloads if w in SOCKET_WORKLOADS
                      for f in self.flows)
 
+    def event_options(self, event: str) -> tuple[int | bool | None, ...]:
+        """One disruption point per option of ``event`` (and background): churn's
+        changes per second (``churn_per_s``); one point for the other events."""
+        if event == "churn":
+            return tuple(self.churn_per_s)
+        return (None,)
+
     @property
     def measured(self) -> tuple[str, ...]:
         """What each (datapath, scale) measures: traffic workloads (a socket workload once
@@ -173,13 +182,23 @@ class Scenario:
         if self.kind == "sync":
             return ("sync-full", *(f"sync-{c}" for c in self.changes))
         if self.kind == "disruption":
-            return tuple(f"disruption-{e}/{b}" for e in self.events for b in self.background)
+            return tuple(f"disruption-{event_label(e, o)}/{b}"
+                         for e in self.events for b in self.background
+                         for o in self.event_options(e))
         return (*self.packet_workloads, *(socket_item(w, f) for w, f in self.socket_items))
     @property
     def points(self) -> list[tuple[str, int, str]]:
         """(datapath, services, workload) in run order."""
         return [(dp, n, w) for dp in self.datapaths for n in self.scales(dp)
                 for w in self.measured]
+
+
+def event_label(event: str, option: int | bool | None) -> str:
+    """A disruption event's part of its points' workload names (``disruption-<label>/
+    <background>``): ``churn-100`` for churn at 100 changes/s; else the event's name."""
+    if event == "churn":
+        return f"churn-{option}"
+    return event
 
 
 def socket_item(workload: str, flows: int) -> str:
@@ -412,7 +431,8 @@ def _disruption(table: dict[str, Any], kind: str, src: str) -> dict[str, Any]:
     if "rate_pps" in table:
         _positive(table["rate_pps"], src, "disruption.rate_pps", hi=MAX_RATE_PPS)
         kw["disruption_rate_pps"] = table["rate_pps"]
-    for key in ("before_s", "after_s", "down_s", "churn_s", "min_sync_period_s"):
+    for key in ("before_s", "after_s", "down_s", "churn_s", "min_sync_period_s",
+                "full_sync_period_s"):
         if key in table:
             _positive(table[key], src, f"disruption.{key}", hi=MAX_DISRUPTION_S,
                       zero_ok=key == "min_sync_period_s")
