@@ -1,0 +1,62 @@
+"""Disruption events of kube-proxy's own making, end to end at small scale: churn runs
+the syncs its coalescing schedule says (bench.measure.churn)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bench.measure.disruption_runner import DisruptionRunner
+from bench.measure.scenario import parse_scenario
+from bench.results.reader import load_result
+
+pytestmark = pytest.mark.privileged
+RATE = 2000
+
+
+def scenario(datapaths: list[str], **disruption: Any) -> Any:
+    doc = {"name": "disruption-churn-test", "kind": "disruption",
+           "sweep": {"datapaths": datapaths, "services": [20], "endpoints": 3},
+           "traffic": {"repetitions": 1},
+           "disruption": {"background": ["udp-new"], "rate_pps": RATE, "before_s": 0.5,
+                          "after_s": 1.0, **disruption},
+           "measure": {"point_time_limit": 60}}
+    return parse_scenario(doc, "<test>", json.dumps(doc))
+
+
+def check_accounting(rep: dict[str, Any]) -> None:
+    tl = rep["disruption"]["timeline"]
+    sent, delivered = np.array(tl["sent"]), np.array(tl["delivered"])
+    assert (delivered <= sent).all() and sent.sum() == rep["sent"]
+
+
+@pytest.mark.parametrize("variant", ["iptables-legacy", "nftables"])
+def test_churn_runs_one_sync_per_min_sync_period(tmp_path: Path, variant: str) -> None:
+    # 20 changes/s for 2 s (40 changes), at most one sync per 0.5 s: the first change
+    # at once, then one sync per period while changes keep coming, the last one's at
+    # 2.0 s -- 5 syncs when each takes under 0.5 s (fewer only if one took longer).
+    sc = scenario([variant], events=["churn"], churn_per_s=[20], churn_s=2,
+                  min_sync_period_s=0.5)
+    doc = load_result(DisruptionRunner(sc, tmp_path).run())
+    (point,) = doc["points"]
+    assert point["workload"] == "disruption-churn-20/udp-new"
+    assert point["status"] == "ok", point.get("error")
+    rep = point["repetitions"][0]
+    check_accounting(rep)
+    fig = rep["disruption"]
+    print(json.dumps({k: v for k, v in fig.items() if k != "timeline"}))
+    assert fig["changes"] == 40 and fig["churn_per_s"] == 20
+    starts = fig["sync_start_ms"]
+    assert all(b - a >= 500 - 1e-6 for a, b in zip(starts, starts[1:], strict=False)), starts
+    longest = max(fig["sync_apply_s"])
+    if longest < 0.4:  # syncs (render + apply) kept to their period: the schedule's count
+        assert fig["syncs"] == 5, starts
+    assert 2 <= fig["syncs"] <= 5 and len(fig["sync_apply_s"]) == fig["syncs"]
+    assert fig["full_syncs"] == 0 and sum(fig["sync_changes"]) == 40
+    assert fig["sync_cpu_s_per_s"] > 0 and fig["syncs_per_s"] > 0
+    summary = point["summary"]["disruption"]
+    assert summary["syncs"] == fig["syncs"] and summary["churn_per_s"] == 20
