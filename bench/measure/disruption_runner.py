@@ -39,6 +39,7 @@ all on CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns().
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import resource
@@ -46,6 +47,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -55,11 +57,14 @@ from bench import interrupts
 from bench import results as R
 from bench.analysis.stats import Histogram
 from bench.cluster.testbed import Testbed, gc_paused
+from bench.datapaths.base import run_in_netns
 from bench.datapaths.userspace import UserspaceDatapath
 from bench.errors import ApplyTimeout, FeatureMissing, KpbenchError
 from bench.measure import disruption as D
 from bench.measure.churn import Churn, SyncRecord, change_times, run_schedule
+from bench.measure.probes.gone import GoneProbe
 from bench.measure.probes.latency import LatencyProbe
+from bench.measure.probes.loader import TcHook
 from bench.measure.repetition import SeqSpace
 from bench.measure.scale_loop import ScaleLoop
 from bench.measure.scenario import Scenario, event_label
@@ -121,6 +126,7 @@ class DisruptionRunner:
         self.progress = self.loop.progress
         self.workdir = self.loop.workdir
         self.seqs = SeqSpace()
+        self.gone: GoneProbe | None = None  # endpoint-removed: the removed pod is gone
 
     def run(self) -> Path:
         """Run every point; returns the result file (complete, or partial on Ctrl-C)."""
@@ -155,8 +161,13 @@ class DisruptionRunner:
             target = Target.from_client_pod(bed.cluster, measured.cluster_ip,
                                             measured.ports[0].port)
             probe = LatencyProbe.for_cluster(bed.cluster)
+            self.gone = (GoneProbe([TcHook(bed.cluster.pod_ns(p)) for p in bed.layout.pods])
+                         if "endpoint-removed" in sc.events else None)
             try:
                 probe.attach()
+                if self.gone is not None:
+                    self.gone.attach()
+                    self.gone.start()
                 # An event's traffic is sized for this long (it stops at the watch
                 # window's end): node 0's first sync, with a wide margin (a loaded
                 # machine's syncs vary by several times), plus proxy-down's time away.
@@ -174,6 +185,9 @@ class DisruptionRunner:
             finally:
                 with interrupts.deferred():
                     probe.detach()
+                    if self.gone is not None:
+                        self.gone.detach()
+                        self.gone = None
 
     def _point(self, bed: Testbed, target: Target, probe: LatencyProbe, variant: str, n: int,
                event: str, background: str, budget: float,
@@ -189,6 +203,8 @@ class DisruptionRunner:
                 fire = None
                 if event == "churn":
                     fire = self.churn_event(bed, measured, int(option or 1))
+                elif event == "endpoint-removed":
+                    fire = self.endpoint_removed_event(bed, measured, option is not False)
                 reps.append(self.repetition(bed, target, probe, event, background, budget,
                                             fire=fire))
             except ApplyTimeout as e:
@@ -245,6 +261,9 @@ class DisruptionRunner:
         finally:
             stop.set()
             thread.join()
+            after = getattr(fire, "after", None)
+            if after is not None:
+                out["figures"] = after()  # the event's own figures, then its state undone
         if "error" in out:
             raise out["error"]
         stats: ReplayStats = out["stats"]
@@ -258,6 +277,7 @@ class DisruptionRunner:
         timeline, figures = D.summarise(d, a, start_ns, end_ns,
                                         baseline_ns=int(sc.before_s / 2 * 1e9))
         figures.update(getattr(fire, "figures", {}))
+        figures.update(out.get("figures") or {})
         ok = a != 0
         return {**R.make_repetition(
             sent=len(d), delivered=int(np.count_nonzero(ok)), offered_pps=rate,
@@ -316,6 +336,80 @@ class DisruptionRunner:
                                 "syncs": float(len(records))}
         return fire
 
+    def endpoint_removed_event(self, bed: Testbed, measured: str,
+                               cleanup: bool) -> Callable[[], Event]:
+        """The ``endpoint-removed`` event: the endpoint of the measured Service that most
+        background packets reached (where established flows are pinned) is removed --
+        its pod is gone (the gone probe drops what still reaches it, counted as lost),
+        node 0's agent applies the removal as a partial sync and, with ``cleanup``,
+        deletes the removed UDP endpoint's conntrack entries as kube-proxy does
+        (:func:`clear_udp_conntrack`). Start: the pod gone; end: the sync (and the
+        cleanup) done. After the watch window the endpoint and its pod come back
+        (unmeasured), and the event's figures are read (``after``)."""
+        gone = self.gone
+        if gone is None:
+            raise KpbenchError("endpoint-removed needs the gone probe attached")
+        dp = bed.datapath
+        ns = bed.cluster.node_ns(0)
+        ctx = bed.node_context(0)
+        svc = next(s for s in bed.services if s.key == measured)
+        original = list(bed.slices)
+        state: dict[str, Any] = {}
+
+        def sync(slices: list[Any]) -> float:
+            with gc_paused():
+                views = service_port_views(bed.services, slices, ctx.node_name)
+                text = dp.render_partial(views, ctx, {measured})
+                t = time.monotonic()
+                dp.apply_partial(text, ns)
+                bed.slices = slices
+                return time.monotonic() - t
+
+        def fire() -> Event:
+            arrivals = gone.arrivals()
+            ips = [e.addresses[0] for sl in original if sl.service_key == measured
+                   for e in sl.endpoints if e.ready]
+            if not ips:
+                raise KpbenchError(f"endpoint-removed: the measured Service {measured} has "
+                                   "no ready endpoint to remove")
+            ip = max(ips, key=lambda a: arrivals.get(a, 0))
+            slices = [replace(sl, endpoints=tuple(e for e in sl.endpoints
+                                                  if e.addresses[0] != ip))
+                      if sl.service_key == measured else sl for sl in original]
+            with gc_paused():
+                views = service_port_views(bed.services, slices, ctx.node_name)
+                text = dp.render_partial(views, ctx, {measured})
+                start = time.monotonic_ns()
+                gone.set_gone(ip)  # the pod is gone
+                dp.apply_partial(text, ns)
+                applied = time.monotonic_ns()
+                bed.slices = slices
+                deleted = (clear_udp_conntrack(ns, svc.cluster_ip, svc.ports[0].port, ip)
+                           if cleanup else None)
+                end = time.monotonic_ns()
+            state.update(start=start, ip=ip, deleted=deleted,
+                         pinned_packets=arrivals.get(ip, 0))
+            sync_doc: dict[str, float | None] = {"apply": (applied - start) / 1e9}
+            if cleanup:
+                sync_doc["cleanup"] = (end - applied) / 1e9
+            return start, end, sync_doc
+
+        def after() -> dict[str, Any]:
+            first, last, drops = gone.dropped()
+            gone.set_gone(None)
+            sync(original)  # the endpoint back; its pod is back too
+            gone.start()  # fresh counts for the next repetition
+            if "start" not in state:
+                return {}
+            return {"conntrack_cleanup": cleanup, "removed_endpoint": state["ip"],
+                    "removed_endpoint_packets_before": state["pinned_packets"],
+                    "conntrack_deleted": state["deleted"],
+                    "to_removed_packets": drops,
+                    "to_removed_ms": (last - state["start"]) / 1e6 if drops else 0.0}
+
+        fire.after = after  # type: ignore[attr-defined]
+        return fire
+
     def _warm_up(self, target: Target, background: str, rate: int) -> None:
         """WARMUP_S of the background's own traffic, which the probes ignore (its magic):
         the flows established, neighbours resolved, a proxy's first packets' costs paid,
@@ -340,6 +434,23 @@ class DisruptionRunner:
         except KpbenchError:
             self.seqs = SeqSpace()
             return self.seqs.take(count)
+
+
+def clear_udp_conntrack(netns: str, service_ip: str, port: int, endpoint_ip: str) -> int:
+    """Delete the conntrack entries of UDP flows to ``service_ip``:``port`` that were
+    NATed to ``endpoint_ip``, as kube-proxy does after a sync that removed that UDP
+    endpoint (its conntrack cleanup: entries by original destination, port and the
+    endpoint as reply source). Returns how many were deleted."""
+    p = run_in_netns(netns, ["conntrack", "-D", "-p", "udp", "--orig-dst", service_ip,
+                             "--dport", str(port), "--reply-src", endpoint_ip], check=False)
+    out = (p.stderr or "") + (p.stdout or "")
+    for line in out.splitlines():  # "conntrack v1.4.7 (...): 2 flow entries have been deleted."
+        if "flow entries have been deleted" in line:
+            with contextlib.suppress(ValueError, IndexError):
+                return int(line.split(":")[-1].split()[0])
+    if p.returncode not in (0, 1):
+        raise KpbenchError(f"conntrack -D failed in {netns}: {out.strip()[:200]}")
+    return 0
 
 
 def sync_cpu_seconds() -> float:

@@ -53,7 +53,7 @@ KINDS = ("packets", "sync", "disruption")
 # A disruption scenario (bench/measure/disruption_runner.py): background traffic to an
 # unchanged service while one event happens; its points are "disruption-<event>/<background>".
 EVENTS = ("full-sync", "churn", "proxy-down", "endpoint-removed")
-EVENTS_IMPLEMENTED = ("full-sync", "proxy-down", "churn")
+EVENTS_IMPLEMENTED = ("full-sync", "proxy-down", "churn", "endpoint-removed")
 BACKGROUNDS = ("udp-new", "udp-established")
 MAX_DISRUPTION_S = 3600.0
 # One change at scale, each applied as a partial sync (see bench/measure/sync_runner.py).
@@ -79,7 +79,8 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "disruption": {"events": list, "background": list, "rate_pps": int,
                    "before_s": (int, float), "after_s": (int, float), "down_s": (int, float),
                    "churn_per_s": list, "churn_s": (int, float),
-                   "min_sync_period_s": (int, float), "full_sync_period_s": (int, float)},
+                   "min_sync_period_s": (int, float), "full_sync_period_s": (int, float),
+                   "conntrack_cleanup": list},
     "measure": {"probes": list, "overhead": bool, "settle_timeout": (int, float),
                 "point_time_limit": (int, float), "settle_tolerance": (int, float)},
 }
@@ -126,6 +127,9 @@ class Scenario:
     min_sync_period_s: float = 1.0
     # churn: a full sync at most this often (kube-proxy's FullSyncPeriod; bench.measure.churn)
     full_sync_period_s: float = 3600.0
+    # endpoint-removed: with kube-proxy's conntrack cleanup of the removed UDP endpoint,
+    # without it, or both (one point each)
+    conntrack_cleanup: tuple[bool, ...] = (True, False)
     # Socket workloads: closed loop at each concurrency, or open loop at rate_tps.
     loop: str = "closed"
     flows: tuple[int, ...] = (8,)
@@ -169,9 +173,12 @@ class Scenario:
 
     def event_options(self, event: str) -> tuple[int | bool | None, ...]:
         """One disruption point per option of ``event`` (and background): churn's
-        changes per second (``churn_per_s``); one point for the other events."""
+        changes per second (``churn_per_s``), endpoint-removed's ``conntrack_cleanup``
+        (true, false); one point for the other events."""
         if event == "churn":
             return tuple(self.churn_per_s)
+        if event == "endpoint-removed":
+            return tuple(self.conntrack_cleanup)
         return (None,)
 
     @property
@@ -195,9 +202,12 @@ class Scenario:
 
 def event_label(event: str, option: int | bool | None) -> str:
     """A disruption event's part of its points' workload names (``disruption-<label>/
-    <background>``): ``churn-100`` for churn at 100 changes/s; else the event's name."""
+    <background>``): ``churn-100`` for churn at 100 changes/s,
+    ``endpoint-removed-no-cleanup`` without the conntrack cleanup; else the event's name."""
     if event == "churn":
         return f"churn-{option}"
+    if event == "endpoint-removed" and option is False:
+        return "endpoint-removed-no-cleanup"
     return event
 
 
@@ -446,4 +456,12 @@ def _disruption(table: dict[str, Any], kind: str, src: str) -> dict[str, Any]:
         for v in values:
             _positive(v, src, "disruption.churn_per_s", hi=100_000)
         kw["churn_per_s"] = tuple(values)
+    if "conntrack_cleanup" in table:
+        values = table["conntrack_cleanup"]
+        if (not values or not all(isinstance(v, bool) for v in values)
+                or len(set(values)) != len(values)):
+            raise InputError("must be [true], [false] or [true, false] (endpoint-removed with "
+                             "kube-proxy's conntrack cleanup, without it, or both)",
+                             source=src, field="disruption.conntrack_cleanup")
+        kw["conntrack_cleanup"] = tuple(values)
     return kw

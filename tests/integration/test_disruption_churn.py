@@ -60,3 +60,50 @@ def test_churn_runs_one_sync_per_min_sync_period(tmp_path: Path, variant: str) -
     assert fig["sync_cpu_s_per_s"] > 0 and fig["syncs_per_s"] > 0
     summary = point["summary"]["disruption"]
     assert summary["syncs"] == fig["syncs"] and summary["churn_per_s"] == 20
+
+
+def after_end(rep: dict[str, Any], from_ms: float) -> tuple[int, int]:
+    """(sent, lost) of the background packets sent from ``from_ms`` after the event's end."""
+    tl = rep["disruption"]["timeline"]
+    sent, delivered = np.array(tl["sent"]), np.array(tl["delivered"])
+    starts = tl["t0_ns"] + np.arange(len(sent)) * tl["bin_ns"]
+    late = starts >= tl["event_end_ns"] + from_ms * 1e6
+    return int(sent[late].sum()), int((sent - delivered)[late].sum())
+
+
+def test_endpoint_removed_conntrack_cleanup_moves_the_established_flow(tmp_path: Path) -> None:
+    # udp-established: 16 flows pinned by conntrack; the endpoint most of them reach is
+    # removed and its pod gone. With kube-proxy's cleanup the flows move to the live
+    # endpoints; without it they keep going to the gone pod until the window ends.
+    sc = scenario(["iptables-legacy"], events=["endpoint-removed"],
+                  background=["udp-established"], after_s=1.5)
+    doc = load_result(DisruptionRunner(sc, tmp_path).run())
+    points = {p["workload"]: p for p in doc["points"]}
+    assert set(points) == {"disruption-endpoint-removed/udp-established",
+                           "disruption-endpoint-removed-no-cleanup/udp-established"}
+    for p in points.values():
+        assert p["status"] == "ok", p.get("error")
+        check_accounting(p["repetitions"][0])
+    with_ = points["disruption-endpoint-removed/udp-established"]["repetitions"][0]
+    without = points["disruption-endpoint-removed-no-cleanup/udp-established"]["repetitions"][0]
+    w, wo = with_["disruption"], without["disruption"]
+    print(json.dumps({name: {k: v for k, v in f.items() if k != "timeline"}
+                      for name, f in (("cleanup", w), ("no-cleanup", wo))}))
+    # Both removed an endpoint that flows were pinned to, and packets to it were lost.
+    for f in (w, wo):
+        assert f["removed_endpoint_packets_before"] > 0 and f["to_removed_packets"] > 0, f
+        assert f["lost"] > 0, f
+    # (The gone pod's drops count to the sender's stop, a little past the window.)
+    assert w["lost"] >= w["to_removed_packets"], w
+    # With cleanup: its entries deleted, nothing reaches the gone pod after the event
+    # (bounded: the sync and the cleanup), and everything is delivered again.
+    assert w["conntrack_cleanup"] is True and w["conntrack_deleted"] >= 1, w
+    assert w["to_removed_ms"] <= w["event_ms"] + 50, w
+    sent, lost = after_end(with_, 200)
+    assert sent > RATE * 0.5 and lost == 0, (sent, lost)
+    # Without: the entries stay (refreshed by every packet): the flows pinned there keep
+    # going to the gone pod to the end of the window.
+    assert wo["conntrack_cleanup"] is False and wo["conntrack_deleted"] is None, wo
+    assert wo["to_removed_ms"] >= wo["event_ms"] + 1500 * 0.8, wo
+    sent, lost = after_end(without, 200)
+    assert lost > 0 and lost >= sent / 16, (sent, lost)
