@@ -175,7 +175,7 @@ class DisruptionRunner:
                 budget = min(max(MIN_EVENT_BUDGET_S, BUDGET_FACTOR * sync_s),
                              sc.point_time_limit)
                 for event in sc.events:
-                    for bg in sc.background:
+                    for bg in sc.event_backgrounds(event):
                         for option in sc.event_options(event):
                             self.loop.record(self._point(bed, target, probe, variant, n,
                                                          event, bg, budget, setup,

@@ -171,6 +171,14 @@ class Scenario:
         return tuple((w, f) for w in self.workloads if w in SOCKET_WORKLOADS
                      for f in self.flows)
 
+    def event_backgrounds(self, event: str) -> tuple[str, ...]:
+        """The backgrounds ``event`` is measured with: endpoint-removed is about
+        established UDP flows (``udp-established`` only: a new flow per packet meets a
+        removal as it meets any partial sync); every other event, each background."""
+        if event == "endpoint-removed":
+            return tuple(b for b in self.background if b == "udp-established")
+        return self.background
+
     def event_options(self, event: str) -> tuple[int | bool | None, ...]:
         """One disruption point per option of ``event`` (and background): churn's
         changes per second (``churn_per_s``), endpoint-removed's ``conntrack_cleanup``
@@ -190,7 +198,7 @@ class Scenario:
             return ("sync-full", *(f"sync-{c}" for c in self.changes))
         if self.kind == "disruption":
             return tuple(f"disruption-{event_label(e, o)}/{b}"
-                         for e in self.events for b in self.background
+                         for e in self.events for b in self.event_backgrounds(e)
                          for o in self.event_options(e))
         return (*self.packet_workloads, *(socket_item(w, f) for w, f in self.socket_items))
     @property
@@ -435,6 +443,11 @@ def _disruption(table: dict[str, Any], kind: str, src: str) -> dict[str, Any]:
                              f"{', '.join(EVENTS_IMPLEMENTED)}", source=src,
                              field="disruption.events")
         kw["events"] = events
+        if ("endpoint-removed" in events and "udp-established"
+                not in table.get("background", BACKGROUNDS)):
+            raise InputError("endpoint-removed measures established UDP flows: add "
+                             "\"udp-established\" to disruption.background", source=src,
+                             field="disruption.events")
     if "background" in table:
         kw["background"] = _choices(table["background"], BACKGROUNDS, src,
                                     "disruption.background")

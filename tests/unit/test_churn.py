@@ -114,3 +114,17 @@ def test_churn_points_one_per_rate() -> None:
     from bench.errors import InputError
     with pytest.raises(InputError, match=r"full_sync_period_s"):
         scenario(events=["churn"], full_sync_period_s=0)
+
+
+def test_endpoint_removed_points_with_and_without_cleanup() -> None:
+    sc = scenario(events=["endpoint-removed"], background=["udp-new", "udp-established"])
+    # Established UDP flows only, with kube-proxy's conntrack cleanup and without it.
+    assert sc.measured == ("disruption-endpoint-removed/udp-established",
+                           "disruption-endpoint-removed-no-cleanup/udp-established")
+    sc = scenario(events=["endpoint-removed"], conntrack_cleanup=[False])
+    assert sc.measured == ("disruption-endpoint-removed-no-cleanup/udp-established",)
+    from bench.errors import InputError
+    with pytest.raises(InputError, match=r"add \"udp-established\" to disruption\.background"):
+        scenario(events=["endpoint-removed"], background=["udp-new"])
+    with pytest.raises(InputError, match=r"conntrack_cleanup: must be \[true\], \[false\]"):
+        scenario(events=["endpoint-removed"], conntrack_cleanup=[True, True])
