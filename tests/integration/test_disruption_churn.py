@@ -1,17 +1,24 @@
 """Disruption events of kube-proxy's own making, end to end at small scale: churn runs
-the syncs its coalescing schedule says (bench.measure.churn)."""
+the syncs its coalescing schedule says (bench.measure.churn) and leaves the kernel as a
+full sync of the churned state would; endpoint-removed with kube-proxy's conntrack
+cleanup moves an established UDP flow off the removed endpoint, without it not."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from bench.cluster.testbed import Testbed
+from bench.datapaths import make_variant
+from bench.datapaths.base import run_in_netns
 from bench.measure.disruption_runner import DisruptionRunner
 from bench.measure.scenario import parse_scenario
+from bench.model.generate import GenSpec, generate
 from bench.results.reader import load_result
 
 pytestmark = pytest.mark.privileged
@@ -107,3 +114,33 @@ def test_endpoint_removed_conntrack_cleanup_moves_the_established_flow(tmp_path:
     assert wo["to_removed_ms"] >= wo["event_ms"] + 1500 * 0.8, wo
     sent, lost = after_end(without, 200)
     assert lost > 0 and lost >= sent / 16, (sent, lost)
+
+
+def svc_to_sep(text: str) -> set[tuple[str, str]]:
+    """(service chain, endpoint chain) of every jump from a KUBE-SVC to a KUBE-SEP chain."""
+    return set(re.findall(r"^-A (KUBE-SVC-\w+) .*-j (KUBE-SEP-\w+)", text, re.M))
+
+
+def test_churn_leaves_node_0_as_a_full_sync_of_the_churned_state(tmp_path: Path) -> None:
+    # The partial syncs really reach the kernel: after a churn, node 0's service ->
+    # endpoint jumps are those a fresh full sync of the state would write.
+    services, slices = generate(GenSpec(services=20, endpoints=3, nodes=2, protocol="UDP"))
+    measured = services[-1]
+    bed = Testbed(make_variant("iptables-legacy"), services, slices, 2,
+                  pod_services={measured.key}, echo=False)
+    sc = scenario(["iptables-legacy"], events=["churn"], churn_per_s=[30], churn_s=1,
+                  min_sync_period_s=0.3)
+    runner = DisruptionRunner(sc, tmp_path)
+    with bed:
+        before = svc_to_sep(run_in_netns(bed.cluster.node_ns(0),
+                                         ["iptables-legacy-save", "-t", "nat"]).stdout)
+        fire = runner.churn_event(bed, measured.key, 30)
+        fire()
+        kernel = svc_to_sep(run_in_netns(bed.cluster.node_ns(0),
+                                         ["iptables-legacy-save", "-t", "nat"]).stdout)
+        fresh = svc_to_sep(make_variant("iptables-legacy").render(bed.views(0),
+                                                                   bed.node_context(0)))
+    figures = fire.figures  # type: ignore[attr-defined]
+    assert figures["changes"] == 30 and figures["syncs"] >= 2, figures
+    assert bed.slices != slices and kernel != before  # the churn changed something
+    assert kernel == fresh, (kernel ^ fresh)
