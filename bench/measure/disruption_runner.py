@@ -27,9 +27,22 @@ Events (:func:`prepare_event`):
     done; ``sync.down`` is the time down, ``sync.apply`` the return sync's
     duration. (The background enters the cluster at node 0 and only node 0's
     agent is on its path: node 1's agent does not matter to it.)
+``churn``
+    K endpoint changes per second to other Services for ``churn_s``, applied
+    by node 0's agent as kube-proxy does: coalesced into at most one partial
+    sync per ``min_sync_period_s``, a full one every ``full_sync_period_s``
+    (:meth:`DisruptionRunner.churn_event`, bench.measure.churn). One point
+    per K. Its batches are rendered as their syncs start, during the event.
+``endpoint-removed``
+    the measured Service's endpoint established UDP flows are pinned to goes
+    away (its pod gone, probes/gone.c) and node 0's agent removes it, with or
+    without kube-proxy's conntrack cleanup (``conntrack_cleanup``; one point
+    each): the one event that changes the background's own Service
+    (:meth:`DisruptionRunner.endpoint_removed_event`).
 
-Every rendering is done before the traffic starts: kpbench's Python render
-is not the datapath's time and must not perturb the background.
+Every rendering of full-sync and proxy-down is done before the traffic
+starts: kpbench's Python render is not the datapath's time and must not
+perturb the background (churn's batches cannot be: see above).
 
 What one repetition stores (bench.measure.disruption): the timeline in 10 ms
 bins of send time (sent, delivered, p50, p99) with the event's start and end,
