@@ -172,6 +172,6 @@ def _without_measurements(point: R.PointDoc, error: str) -> R.PointDoc:
     """``point`` failed with ``error``: its coordinates and set-up (the sync, the settle)
     kept, none of its repetitions."""
     failed: dict[str, Any] = {k: v for k, v in point.items()
-                              if k not in ("control", "breakdown", "summary")}
+                              if k not in ("control", "breakdown", "control_breakdown", "summary")}
     failed.update(status="failed", error=error, repetitions=[], failed_repetitions=[])
     return failed  # type: ignore[return-value]

@@ -60,7 +60,9 @@ MAX_DISRUPTION_S = 3600.0
 CHANGES = ("add-service", "remove-service", "add-endpoint", "remove-endpoint",
            "endpoint-not-ready")
 POSITIONS = ("first", "middle", "last")
-PROBES = ("latency", "cpu", "drops", "transit")
+PROBES = ("latency", "cpu", "drops", "transit", "oneway")
+# "oneway" (socket points' breakdown repetition, docs/sockets.md) only where asked for.
+DEFAULT_PROBES = ("latency", "cpu", "drops", "transit")
 # tcpreplay reaches about 180k packets/s per core here (docs/machines.md); far beyond that
 # the offered rate would be a fiction.
 MAX_RATE_PPS = 1_000_000
@@ -105,7 +107,7 @@ class Scenario:
     # Packets of each paired control repetition (the same traffic to the backend pods'
     # own addresses, after each measured repetition); None: half of ``packets``; 0: none.
     control_packets: int | None = None
-    probes: tuple[str, ...] = PROBES
+    probes: tuple[str, ...] = DEFAULT_PROBES
     overhead: bool = True
     settle_timeout: float = 60.0
     settle_tolerance: float = 0.15
@@ -399,6 +401,12 @@ def parse_scenario(doc: dict[str, Any], src: str = "<scenario>", text: str = "",
     _socket_traffic(traffic, kw, src)
     if "probes" in measure:
         kw["probes"] = _choices(measure["probes"], PROBES, src, "measure.probes")
+        timed = [w for w in kw.get("workloads", Scenario.workloads)
+                 if w in SOCKET_WORKLOADS and not w.endswith("tcp-stream")]
+        if "oneway" in kw["probes"] and (not timed or doc.get("kind", "packets") != "packets"):
+            raise InputError("the oneway probe times socket workloads' requests and responses "
+                             "(tcp-crr, tcp-rr, udp-rr); add one to traffic.workloads or "
+                             "remove \"oneway\"", source=src, field="measure.probes")
     for key in ("settle_timeout", "point_time_limit", "settle_tolerance"):
         if key in measure:
             _positive(measure[key], src, f"measure.{key}", zero_ok=key == "settle_timeout")

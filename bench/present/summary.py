@@ -163,23 +163,28 @@ def _rate_minus_direct(s: Any) -> str:
 def sockets_table(result: ResultLike) -> Table:
     """One row per socket point (docs/sockets.md): coordinates, load, status, transactions/s
     (a stream's throughput), RTT p50/p99 of the merged histograms, CPU per transaction
-    (the total of the measured parts), failed transactions, and ``svc-dir``: the Service
-    minus the direct path after each repetition (RTT p50 and p99, tx/s, CPU per
-    transaction)."""
+    (the total of the measured parts), failed transactions, the one-way p50s of the
+    request and the response (``req p50``, ``resp p50``: the breakdown repetition's one-way
+    probe; "—" without it), and ``svc-dir``: the Service minus the direct path after each
+    repetition (RTT p50 and p99, tx/s, CPU per transaction)."""
     points = [p for p in as_result(result).points if p.is_socket]
     coords = [(k, title) for k, title in OPTIONAL_COORDS[::2]  # endpoints, position
               if len({_coord(p, k) for p in points}) > 1]
     t = Table(["variant", "workload", "load", "services", *(title for _, title in coords),
-               "status", "reps", "tx/s", "rtt p50", "rtt p99", "cpu/tx", "failed",
-               "svc-dir p50", "svc-dir p99", "svc-dir tx/s", "svc-dir cpu"],
-              align=["l", "l", "l", "r", *("r" for _ in coords), "l", *["r"] * 10])
+               "status", "reps", "tx/s", "rtt p50", "rtt p99", "req p50", "resp p50",
+               "cpu/tx", "failed", "svc-dir p50", "svc-dir p99", "svc-dir tx/s",
+               "svc-dir cpu"],
+              align=["l", "l", "l", "r", *("r" for _ in coords), "l", *["r"] * 12])
     for p in points:
         s: Any = p.summary
         rtt = s.get("rtt_ns") or {}
+        one_way = s.get("one_way_ns") or {}
         status = p.status if p.ok else f"{p.status}: {p.error or ''}"
         t.add([p.variant, p.workload, _load(p), p.services,
                *(_coord(p, k) for k, _ in coords), status[:60], len(p.repetitions),
                _rate(s), fmt_value(rtt.get("p50"), "ns"), fmt_value(rtt.get("p99"), "ns"),
+               *(fmt_value((one_way.get(part) or {}).get("p50"), "ns")
+                 for part in ("request", "response")),
                fmt_value((s.get("cpu_ns_per_transaction") or {}).get("total"),
                          "ns/transaction"),
                "—" if s.get("failed_connections") is None else f"{s['failed_connections']:,}",

@@ -229,7 +229,11 @@ def _summarise_sockets(point: PointDoc, hist: HistogramOf) -> SummaryDoc:
       sum of the parts measured);
     - failed_connections, retransmits, resets, conntrack_entries_created: sums;
     - direct, service_minus_direct_*: the paired direct path (``point["control"]``:
-      the same workload to a backend pod's own address) and the Service minus it.
+      the same workload to a backend pod's own address) and the Service minus it;
+    - one_way_ns: request and response one-way times from the breakdown repetition
+      (``point["breakdown"]``, the one-way probe), never pooled with the measured ones;
+      the direct path's (``point["control_breakdown"]``) under direct.one_way_ns, and
+      service_minus_direct_request_p50_ns / _response_p50_ns.
     """
     reps = point.get("repetitions") or []
     socks = [r["socket"] for r in reps if r.get("socket")]  # type: ignore[typeddict-item]
@@ -259,7 +263,26 @@ def _summarise_sockets(point: PointDoc, hist: HistogramOf) -> SummaryDoc:
                                                                         dcpu.get("total"))
         summary["service_minus_direct_transactions_per_s"] = _minus(
             figures["transactions_per_s"], d["transactions_per_s"])
+    one_way = _one_way(point.get("breakdown"), hist)
+    if one_way is not None:
+        summary["one_way_ns"] = one_way
+        direct = _one_way(point.get("control_breakdown"), hist)
+        if direct is not None:
+            summary.setdefault("direct", {})["one_way_ns"] = direct
+            for part in ("request", "response"):
+                summary[f"service_minus_direct_{part}_p50_ns"] = _minus(  # type: ignore[literal-required]
+                    (one_way[part] or {}).get("p50"), (direct[part] or {}).get("p50"))
     return summary
+
+
+def _one_way(rep: RepetitionDoc | None, hist: HistogramOf,
+             ) -> dict[str, dict[str, float | int | None] | None] | None:
+    """A socket breakdown repetition's one-way parts, {"request", "response"} each like
+    rtt_ns (None: that direction had no sample); None when it has no one-way probe."""
+    if not rep or "one_way" not in rep:
+        return None
+    return {part: _merged([rep], f"one_way_{part}_hist", hist)
+            for part in ("request", "response")}
 
 
 def _overhead_pct(overhead: Mapping[str, Any] | None,
