@@ -206,7 +206,9 @@ def _repetition_metrics(r: Repetition) -> Iterator[tuple[str, Any, str]]:
 
 
 _DISRUPTION_UNITS = {"_ms": "ms", "_ns": "ns", "lost": "packets", "sent": "packets",
-                     "delivered": "packets", "not_recovered": "repetitions"}
+                     "delivered": "packets", "not_recovered": "repetitions",
+                     "churn_per_s": "changes/s", "syncs_per_s": "syncs/s",
+                     "sync_cpu_s_per_s": "s/s", "syncs": "syncs", "changes": "changes"}
 
 
 def _disruption_rows(figures: Mapping[str, Any] | None) -> Iterator[tuple[str, Any, str]]:

@@ -166,7 +166,10 @@ def summarise_point(point: PointDoc, hist: HistogramOf = parse_histogram) -> Sum
 #: A disruption repetition's event figures (bench.measure.disruption) the summary pools.
 DISRUPTION_FIGURES = ("stall_ms", "lost", "excess_p99_ns", "recovery_ms",
                       "off_baseline_after_ms", "event_ms",
-                      "baseline_stall_ms", "baseline_lost", "baseline_p99_ns", "event_p99_ns")
+                      "baseline_stall_ms", "baseline_lost", "baseline_p99_ns", "event_p99_ns",
+                      # churn (bench.measure.churn): its rate and the syncs it ran
+                      "churn_per_s", "syncs", "syncs_per_s", "sync_cpu_s_per_s")
+CHURN_FIGURES = DISRUPTION_FIGURES[-4:]
 
 
 def _disruption_summary(reps: list[RepetitionDoc]) -> dict[str, float | None]:
@@ -178,6 +181,8 @@ def _disruption_summary(reps: list[RepetitionDoc]) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for key in DISRUPTION_FIGURES:
         values = [f[key] for f in figs if isinstance(f.get(key), int | float)]
+        if key in CHURN_FIGURES and not any(key in f for f in figs):
+            continue  # another event's point
         out[key] = float(statistics.median(values)) if values else None
     out["not_recovered"] = float(sum(1 for f in figs if f.get("recovery_ms") is None))
     return out
