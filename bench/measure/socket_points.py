@@ -9,7 +9,9 @@ after every repetition its paired **direct** repetition: the same workload
 from the same client to the backend pods' own addresses (spread over them as
 the Service spreads its connections), through no Service rule,
 so each point states what the Service costs (Service minus direct) with the
-machine's drift cancelled, as the packet points' paired control does. A first,
+machine's drift cancelled, as the packet points' paired control does. The
+``direct`` datapath (no Service rules) measures that direct path as its own
+repetitions, without a control: the rules-free reference. A first,
 shorter run of each workload is discarded (connections, caches and conntrack
 warm). The NET_RX softirq CPU of each repetition comes from the CPU probe;
 the generator's and responders' from their own cgroups; a datapath's own
@@ -100,10 +102,14 @@ class SocketPoints:
         work = S.SocketWorkload(workload.removeprefix(NODEPORT_PREFIX), flows=flows,
                                 loop=sc.loop, rate_tps=sc.rate_tps, duration_s=sc.duration_s)
         paths = self._paths(bed, measured, kind, work.workload)
+        if bed.datapath.without_rules:  # the rules-free reference: the direct path IS the point
+            paths = Paths(paths.direct or paths.service, None)
+            missing["direct"] = ("this point is the direct path (the datapath programs no "
+                                 "Service rules): no separate control")
         missing["conntrack_entries_created"] = (
             "counted exactly only with conntrack -E, whose cost would be in the timed "
             "figures (tests/integration/test_sockets.py checks one entry per connection)")
-        if paths.direct is None:
+        if paths.direct is None and "direct" not in missing:
             missing["direct"] = ("no direct path from the external client to a pod's own "
                                  "address (the underlay does not route pod addresses)")
         group = bed.datapath.client_cgroup() if kind == "clusterip" else None
