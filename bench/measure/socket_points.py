@@ -13,9 +13,11 @@ machine's drift cancelled, as the packet points' paired control does. The
 ``direct`` datapath (no Service rules) measures that direct path as its own
 repetitions, without a control: the rules-free reference. A first,
 shorter run of each workload is discarded (connections, caches and conntrack
-warm). The NET_RX softirq CPU of each repetition comes from the CPU probe;
-the generator's and responders' from their own cgroups; a datapath's own
-processes (the userspace proxy) from its process cgroup.
+warm), and the generator's own ceiling at the point's load is measured once
+per run (:class:`bench.measure.generator_ceiling.Ceilings`). The NET_RX softirq
+CPU of each repetition comes from the CPU probe; the generator's and
+responders' from their own cgroups; a datapath's own processes (the userspace
+proxy) from its process cgroup.
 """
 
 from __future__ import annotations
@@ -124,6 +126,10 @@ class SocketPoints:
             return self.runner.loop.point(variant, n, workload, status="failed",
                                           error=f"warm-up failed: {e}", missing=missing,
                                           **common)
+        # The generator's own ceiling at this load: measured once per run.
+        ceiling, why = self.runner.ceilings.get(work, paths.service.client_netns)
+        if why:
+            missing["generator_ceiling"] = why
         reps: list[R.RepetitionDoc] = []
         direct: list[R.RepetitionDoc] = []
         failed: list[dict[str, Any]] = []
@@ -140,11 +146,13 @@ class SocketPoints:
                     failed.append({"phase": "control", "index": r, "error": error})
                 else:
                     direct.append(rep)
-        return self.runner.loop.point(
+        point = self.runner.loop.point(
             variant, n, workload, repetitions=reps, control=direct or None,
             status="ok" if reps else "failed",
             error=None if reps else f"every repetition failed: {failed[0]['error']}",
             missing=missing, failed_repetitions=failed, **common)
+        point["generator_ceiling"] = ceiling
+        return point
 
     def _rep(self, work: S.SocketWorkload, path: S.SocketPath, group: Any,
              cpu: CpuProbe | None) -> tuple[R.RepetitionDoc | None, str | None]:

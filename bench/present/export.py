@@ -19,7 +19,8 @@ position, repetition, metric, value, unit, loop, flows, rate_tps.
   ``.softirq``/``.datapath``/``.generator``/``.responder`` parts,
   ``failed_connections``, ``retransmits``, ``resets``,
   ``conntrack_entries_created``, ``direct.*``,
-  ``service_minus_direct_*``), a repetition's rows its socket figures and RTT
+  ``service_minus_direct_*``, ``generator_ceiling.*``, ``at_generator_ceiling``,
+  ``offered_not_reached``), a repetition's rows its socket figures and RTT
   (``socket.<figure>``, ``rtt_*``), and the paired direct path's repetitions
   are ``direct-<i>``.
 - Every point gets a ``status`` row (value ok / failed / exceeded-limit), a
@@ -84,6 +85,7 @@ def summary_metrics(point: Point | PointDoc) -> Iterator[tuple[str, Any, str]]:
     s = point.summary
     if point.is_socket:
         yield from _socket_summary_rows(s)
+        yield from _ceiling_rows(point.doc.get("generator_ceiling"), s)
         return
     for key, unit in (("offered_pps", "packets/s"), ("achieved_pps", "packets/s"),
                       ("delivered_pps", "packets/s"), ("loss", "fraction"),
@@ -150,6 +152,18 @@ def _socket_summary_rows(s: Mapping[str, Any]) -> Iterator[tuple[str, Any, str]]
     for key, unit in SERVICE_MINUS_DIRECT:
         if s.get(key) is not None:
             yield key, s[key], unit
+
+
+def _ceiling_rows(ceiling: Mapping[str, Any] | None,
+                  s: Mapping[str, Any]) -> Iterator[tuple[str, Any, str]]:
+    """The generator's own ceiling (``generator_ceiling.*``) and the flags judged on it."""
+    for key, unit in (("transactions_per_s", "tx/s"), ("throughput_bps", "bit/s"),
+                      ("seconds", "s"), ("measured_at", "")):
+        if (ceiling or {}).get(key) is not None:
+            yield f"generator_ceiling.{key}", ceiling[key], unit  # type: ignore[index]
+    for key in ("at_generator_ceiling", "offered_not_reached"):
+        if s.get(key) is not None:
+            yield key, s[key], ""
 
 
 #: A socket repetition's own figures (bench.results.schema.SocketRepetitionDoc).

@@ -46,7 +46,8 @@ register an upgrade from the previous version with :func:`upgrade_from`):
   ``udp-rr``, ``tcp-stream``); its repetitions keep the packet keys neutral
   (``sent``/``delivered`` 0, the rest null) and carry ``rtt_hist`` and ``socket``;
   its ``control`` is the direct path; its summary adds the socket figures
-  (:class:`SummaryDoc`).
+  (:class:`SummaryDoc`); its ``generator_ceiling`` the generator's own ceiling
+  and its summary ``at_generator_ceiling`` and ``offered_not_reached``.
 """
 
 from __future__ import annotations
@@ -223,6 +224,10 @@ class SummaryDoc(TypedDict):
     service_minus_direct_rtt_p99_ns: NotRequired[float | None]
     service_minus_direct_cpu_ns_per_transaction: NotRequired[float | None]
     service_minus_direct_transactions_per_s: NotRequired[float | None]
+    # The point's rate >= 90 % of point["generator_ceiling"]'s, and (open loop) achieved
+    # < 95 % of offered (bench.results.summarise.ceiling_flags).
+    at_generator_ceiling: NotRequired[bool | None]
+    offered_not_reached: NotRequired[bool | None]
 
 
 class PointDoc(TypedDict):
@@ -253,6 +258,10 @@ class PointDoc(TypedDict):
     loop: NotRequired[Literal["closed", "open"]]
     flows: NotRequired[int]
     rate_tps: NotRequired[float | None]
+    # Socket points: the generator and responder's own ceiling at this workload, flows,
+    # loop and rate (bench.measure.generator_ceiling): {transactions_per_s,
+    # throughput_bps, seconds, measured_at}; None when it could not be measured.
+    generator_ceiling: NotRequired[dict[str, Any] | None]
     # Only in a baseline pooled from several runs (bench.results.baseline): which runs the
     # repetitions came from, in order (see bench.results.model.Point.runs).
     per_run: NotRequired[list[RunShareDoc]]

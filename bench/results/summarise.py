@@ -224,7 +224,8 @@ def _summarise_sockets(point: PointDoc, hist: HistogramOf) -> SummaryDoc:
       sum of the parts measured);
     - failed_connections, retransmits, resets, conntrack_entries_created: sums;
     - direct, service_minus_direct_*: the paired direct path (``point["control"]``:
-      the same workload to a backend pod's own address) and the Service minus it.
+      the same workload to a backend pod's own address) and the Service minus it;
+    - at_generator_ceiling, offered_not_reached: :func:`ceiling_flags`.
     """
     reps = point.get("repetitions") or []
     socks = [r["socket"] for r in reps if r.get("socket")]  # type: ignore[typeddict-item]
@@ -242,6 +243,7 @@ def _summarise_sockets(point: PointDoc, hist: HistogramOf) -> SummaryDoc:
         conntrack_entries_created=sum(created) if created else None,
         **figures,
     )
+    summary.update(ceiling_flags(summary, point.get("generator_ceiling")))  # type: ignore[typeddict-item]
     control = point.get("control")
     if control:
         d = _socket_figures(control, hist)
@@ -255,6 +257,37 @@ def _summarise_sockets(point: PointDoc, hist: HistogramOf) -> SummaryDoc:
         summary["service_minus_direct_transactions_per_s"] = _minus(
             figures["transactions_per_s"], d["transactions_per_s"])
     return summary
+
+
+# A socket point at or above this fraction of its generator's ceiling (point
+# ["generator_ceiling"], bench.measure.generator_ceiling) is at the ceiling. The ceiling
+# run has no hop and no rule, so any real path is slower; but it is a single 1 s run on
+# a shared machine, whose rate varies by a few per cent between runs: within 10 % of it,
+# a point cannot be told apart from the generator's own limit.
+AT_CEILING = 0.90
+# An open-loop point that achieved less than this fraction of its offered rate did not
+# sustain it (sockperf and kpb-crr pace to within a per cent or two when they can).
+OFFERED_REACHED = 0.95
+
+
+def ceiling_flags(summary: Mapping[str, Any],
+                  ceiling: Mapping[str, Any] | None) -> dict[str, bool | None]:
+    """A socket point's ``at_generator_ceiling`` (its rate >= :data:`AT_CEILING` of the
+    ceiling's, transactions/s or bits/s for a stream; None: no ceiling or no rate) and
+    ``offered_not_reached`` (open loop: achieved < :data:`OFFERED_REACHED` of offered;
+    None for a closed loop)."""
+    at = None
+    if ceiling is not None:
+        rate_key = ("throughput_bps" if summary.get("throughput_bps") is not None
+                    else "transactions_per_s")
+        rate, top = summary.get(rate_key), ceiling.get(rate_key)
+        if rate is not None and top:
+            at = bool(rate >= AT_CEILING * top)
+    offered, achieved = summary.get("offered_tps"), summary.get("transactions_per_s")
+    short = None
+    if summary.get("loop") == "open" and offered:
+        short = achieved is None or achieved < OFFERED_REACHED * offered
+    return {"at_generator_ceiling": at, "offered_not_reached": short}
 
 
 def _overhead_pct(overhead: Mapping[str, Any] | None,
