@@ -105,7 +105,8 @@ class SocketPoints:
                                 loop=sc.loop, rate_tps=sc.rate_tps, duration_s=sc.duration_s)
         paths = self._paths(bed, measured, kind, work.workload)
         if bed.datapath.without_rules:  # the rules-free reference: the direct path IS the point
-            paths = Paths(paths.direct or paths.service, None)
+            assert paths.direct is not None  # a ClusterIP workload (NodePort: not_measured)
+            paths = Paths(paths.direct, None)
             missing["direct"] = ("this point is the direct path (the datapath programs no "
                                  "Service rules): no separate control")
         missing["conntrack_entries_created"] = (
