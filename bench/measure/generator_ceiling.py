@@ -1,14 +1,17 @@
 """A socket generator's own ceiling, and whether a point reached it.
 
 The most a generator and its responder reach on this machine is measured
-with the same workload (same tool, concurrency, loop and rate) run for
+with the same workload (same tool and concurrency) run closed loop for
 :data:`CEILING_S` inside ONE namespace, over its loopback: no Service, no
-veth, no node, no rules, no conntrack. A point whose rate comes near that
+veth, no node, no rules, no conntrack. Closed loop also for an open-loop
+point: at its own offered rate the run would only reach that rate back, so
+every point that sustains its rate would look "at the ceiling"; whether an
+open-loop point sustained its rate is ``offered_not_reached``. A point whose rate comes near that
 is bound by the generator and the CPUs, not by the datapath, and says so
 (``summary.at_generator_ceiling``: :func:`bench.results.summarise.ceiling_flags`)
 instead of reporting the generator as the datapath.
 
-:class:`Ceilings` measures each (workload, flows, loop, rate) once per run
+:class:`Ceilings` measures each (workload, flows) once per run
 and keeps it (the runner holds one); ``scripts/socket_ceilings.py`` prints
 the table through :func:`measure`, the same code.
 """
@@ -29,9 +32,9 @@ CEILING_PORT = 7999  # the responder's port on the namespace's loopback
 
 def measure(work: S.SocketWorkload, netns: str,
             seconds: float = CEILING_S) -> dict[str, Any]:
-    """``work``'s ceiling: the same workload for ``seconds`` within ``netns`` over its
-    loopback; {transactions_per_s, throughput_bps, seconds, measured_at}."""
-    short = replace(work, duration_s=seconds, count=None)
+    """``work``'s ceiling: the same workload, closed loop, for ``seconds`` within ``netns``
+    over its loopback; {transactions_per_s, throughput_bps, seconds, measured_at}."""
+    short = replace(work, loop="closed", rate_tps=None, duration_s=seconds, count=None)
     path = S.SocketPath(netns, LOOPBACK, CEILING_PORT, (S.Responder(netns, LOOPBACK),),
                         client_ip=LOOPBACK)
     res = S.run(short, path)
@@ -40,17 +43,16 @@ def measure(work: S.SocketWorkload, netns: str,
             "measured_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
 
 
-def key(work: S.SocketWorkload) -> tuple[str, int, str, float | None]:
-    """What a ceiling depends on: (workload, flows, loop, rate_tps)."""
-    return (work.workload, work.flows, work.loop, work.rate_tps)
+def key(work: S.SocketWorkload) -> tuple[str, int]:
+    """What a ceiling depends on: (workload, flows); it is measured closed loop."""
+    return (work.workload, work.flows)
 
 
 class Ceilings:
     """The run's ceilings, each measured once (a failure too, kept with its reason)."""
 
     def __init__(self) -> None:
-        self._found: dict[tuple[str, int, str, float | None],
-                          tuple[dict[str, Any] | None, str | None]] = {}
+        self._found: dict[tuple[str, int], tuple[dict[str, Any] | None, str | None]] = {}
         self.measured = 0  # how many ceilings this run measured (not served from the cache)
 
     def get(self, work: S.SocketWorkload,

@@ -258,8 +258,8 @@ class PointDoc(TypedDict):
     loop: NotRequired[Literal["closed", "open"]]
     flows: NotRequired[int]
     rate_tps: NotRequired[float | None]
-    # Socket points: the generator and responder's own ceiling at this workload, flows,
-    # loop and rate (bench.measure.generator_ceiling): {transactions_per_s,
+    # Socket points: the generator and responder's own ceiling at this workload and
+    # flows, closed loop (bench.measure.generator_ceiling): {transactions_per_s,
     # throughput_bps, seconds, measured_at}; None when it could not be measured.
     generator_ceiling: NotRequired[dict[str, Any] | None]
     # Only in a baseline pooled from several runs (bench.results.baseline): which runs the
