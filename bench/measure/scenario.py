@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bench.datapaths import VARIANTS
+from bench.datapaths import VARIANTS, without_rules
 from bench.errors import InputError
 from bench.model.generate import capacity
 from bench.model.input_limits import MAX_SCENARIO_BYTES, brief, parse_toml, read_input
@@ -418,6 +418,12 @@ def parse_scenario(doc: dict[str, Any], src: str = "<scenario>", text: str = "",
         raise InputError(f"unknown kind {brief(kind)}; choose from {', '.join(KINDS)}", source=src,
                          field="kind")
     kw["kind"] = kind
+    if kind != "packets":  # a sync or disruption scenario measures the rules' changes
+        for dp in kw["datapaths"]:
+            if without_rules(dp):
+                raise InputError(f"{dp} programs no Service rules, so a {kind} scenario has "
+                                 "nothing to measure for it; remove it", source=src,
+                                 field="sweep.datapaths")
     sync = doc.get("sync", {})
     if sync and kind != "sync":
         raise InputError("a [sync] table needs kind = \"sync\"", source=src, field="sync")

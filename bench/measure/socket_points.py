@@ -9,11 +9,15 @@ after every repetition its paired **direct** repetition: the same workload
 from the same client to the backend pods' own addresses (spread over them as
 the Service spreads its connections), through no Service rule,
 so each point states what the Service costs (Service minus direct) with the
-machine's drift cancelled, as the packet points' paired control does. A first,
+machine's drift cancelled, as the packet points' paired control does. The
+``direct`` datapath (no Service rules) measures that direct path as its own
+repetitions, without a control: the rules-free reference. A first,
 shorter run of each workload is discarded (connections, caches and conntrack
-warm). With the ``oneway`` probe asked for, a request/response point closes with
-a breakdown repetition of each path (:meth:`SocketPoints._breakdown`). The NET_RX
-softirq CPU of each repetition comes from the CPU probe; the generator's and
+warm), and the generator's own ceiling at the point's load is measured once
+per run (:class:`bench.measure.generator_ceiling.Ceilings`). With the ``oneway``
+probe asked for, a request/response point closes with a breakdown repetition of
+each path (:meth:`SocketPoints._breakdown`). The NET_RX softirq
+CPU of each repetition comes from the CPU probe; the generator's and
 responders' from their own cgroups; a datapath's own processes (the userspace
 proxy) from its process cgroup.
 """
@@ -105,10 +109,15 @@ class SocketPoints:
         work = S.SocketWorkload(workload.removeprefix(NODEPORT_PREFIX), flows=flows,
                                 loop=sc.loop, rate_tps=sc.rate_tps, duration_s=sc.duration_s)
         paths = self._paths(bed, measured, kind, work.workload)
+        if bed.datapath.without_rules:  # the rules-free reference: the direct path IS the point
+            assert paths.direct is not None  # a ClusterIP workload (NodePort: not_measured)
+            paths = Paths(paths.direct, None)
+            missing["direct"] = ("this point is the direct path (the datapath programs no "
+                                 "Service rules): no separate control")
         missing["conntrack_entries_created"] = (
             "counted exactly only with conntrack -E, whose cost would be in the timed "
             "figures (tests/integration/test_sockets.py checks one entry per connection)")
-        if paths.direct is None:
+        if paths.direct is None and "direct" not in missing:
             missing["direct"] = ("no direct path from the external client to a pod's own "
                                  "address (the underlay does not route pod addresses)")
         group = bed.datapath.client_cgroup() if kind == "clusterip" else None
@@ -123,6 +132,10 @@ class SocketPoints:
             return self.runner.loop.point(variant, n, workload, status="failed",
                                           error=f"warm-up failed: {e}", missing=missing,
                                           **common)
+        # The generator's own ceiling at this load: measured once per run.
+        ceiling, why = self.runner.ceilings.get(work, paths.service.client_netns)
+        if why:
+            missing["generator_ceiling"] = why
         reps: list[R.RepetitionDoc] = []
         direct: list[R.RepetitionDoc] = []
         failed: list[dict[str, Any]] = []
@@ -144,6 +157,7 @@ class SocketPoints:
             status="ok" if reps else "failed",
             error=None if reps else f"every repetition failed: {failed[0]['error']}",
             missing=missing, failed_repetitions=failed, **common)
+        point["generator_ceiling"] = ceiling
         if reps and "oneway" in sc.probes:
             say(f"{label}: breakdown (one-way probe)")
             self._breakdown(bed, work, paths, group, kind, point)
@@ -255,7 +269,9 @@ class SocketPoints:
         # Spread over the backends as the Service spreads connections (one backend would
         # serve a concurrent load with fewer processes than the Service path has).
         dsts = [(r.ip, r.port or port) for r in responders]
-        if workload == "tcp-stream":  # its Service has session affinity: one backend
+        # With ClientIP affinity (a scenario with tcp-stream gives the measured service
+        # one) every connection of this client goes to one backend: so does the direct path.
+        if measured.session_affinity == "ClientIP":
             dsts, responders = dsts[:1], responders[:1]
         direct = S.SocketPath(bed.cluster.client_pod_ns, dsts[0][0], dsts[0][1], responders,
                               port_range=DIRECT_PORTS, spread=tuple(dsts[1:]))

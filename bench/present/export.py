@@ -23,7 +23,9 @@ position, repetition, metric, value, unit, loop, flows, rate_tps.
   ``one_way_response_*`` and their ``direct.`` forms), a repetition's rows its
   socket figures and RTT (``socket.<figure>``, ``rtt_*``; a breakdown's also its
   ``one_way_*`` and the probe's counts ``one_way.<count>``), the paired direct
-  path's repetitions are ``direct-<i>`` and its breakdown ``direct-breakdown``.
+  path's repetitions are ``direct-<i>`` and its breakdown ``direct-breakdown``;
+  also ``generator_ceiling.*``, ``at_generator_ceiling`` and
+  ``offered_not_reached``.
 - Every point gets a ``status`` row (value ok / failed / exceeded-limit), a
   failed one also an ``error`` row, and each measurement a probe could not
   take a ``missing.<measurement>`` row whose value is the reason. A missing
@@ -86,6 +88,7 @@ def summary_metrics(point: Point | PointDoc) -> Iterator[tuple[str, Any, str]]:
     s = point.summary
     if point.is_socket:
         yield from _socket_summary_rows(s)
+        yield from _ceiling_rows(point.doc.get("generator_ceiling"), s)
         return
     for key, unit in (("offered_pps", "packets/s"), ("achieved_pps", "packets/s"),
                       ("delivered_pps", "packets/s"), ("loss", "fraction"),
@@ -157,6 +160,18 @@ def _socket_summary_rows(s: Mapping[str, Any]) -> Iterator[tuple[str, Any, str]]
     for key, unit in SERVICE_MINUS_DIRECT:
         if s.get(key) is not None:
             yield key, s[key], unit
+
+
+def _ceiling_rows(ceiling: Mapping[str, Any] | None,
+                  s: Mapping[str, Any]) -> Iterator[tuple[str, Any, str]]:
+    """The generator's own ceiling (``generator_ceiling.*``) and the flags judged on it."""
+    for key, unit in (("transactions_per_s", "tx/s"), ("throughput_bps", "bit/s"),
+                      ("seconds", "s"), ("measured_at", "")):
+        if (ceiling or {}).get(key) is not None:
+            yield f"generator_ceiling.{key}", ceiling[key], unit  # type: ignore[index]
+    for key in ("at_generator_ceiling", "offered_not_reached"):
+        if s.get(key) is not None:
+            yield key, s[key], ""
 
 
 #: A socket repetition's own figures (bench.results.schema.SocketRepetitionDoc).

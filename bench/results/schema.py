@@ -50,6 +50,8 @@ register an upgrade from the previous version with :func:`upgrade_from`):
   ``control_breakdown`` (the direct path's) carry ``one_way_request_hist``,
   ``one_way_response_hist`` and ``one_way`` (the probe's counts), and the summary
   ``one_way_ns`` and ``service_minus_direct_request_p50_ns`` / ``_response_p50_ns``.
+  Its ``generator_ceiling`` is the generator's own ceiling, and its summary says
+  ``at_generator_ceiling`` and ``offered_not_reached``.
 """
 
 from __future__ import annotations
@@ -238,6 +240,10 @@ class SummaryDoc(TypedDict):
     one_way_ns: NotRequired[dict[str, dict[str, float | int | None] | None]]
     service_minus_direct_request_p50_ns: NotRequired[float | None]
     service_minus_direct_response_p50_ns: NotRequired[float | None]
+    # The point's rate >= 90 % of point["generator_ceiling"]'s, and (open loop) achieved
+    # < 95 % of offered (bench.results.summarise.ceiling_flags).
+    at_generator_ceiling: NotRequired[bool | None]
+    offered_not_reached: NotRequired[bool | None]
 
 
 class PointDoc(TypedDict):
@@ -271,6 +277,10 @@ class PointDoc(TypedDict):
     loop: NotRequired[Literal["closed", "open"]]
     flows: NotRequired[int]
     rate_tps: NotRequired[float | None]
+    # Socket points: the generator and responder's own ceiling at this workload and
+    # flows, closed loop (bench.measure.generator_ceiling): {transactions_per_s,
+    # throughput_bps, seconds, measured_at}; None when it could not be measured.
+    generator_ceiling: NotRequired[dict[str, Any] | None]
     # Only in a baseline pooled from several runs (bench.results.baseline): which runs the
     # repetitions came from, in order (see bench.results.model.Point.runs).
     per_run: NotRequired[list[RunShareDoc]]

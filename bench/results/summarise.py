@@ -233,7 +233,8 @@ def _summarise_sockets(point: PointDoc, hist: HistogramOf) -> SummaryDoc:
     - one_way_ns: request and response one-way times from the breakdown repetition
       (``point["breakdown"]``, the one-way probe), never pooled with the measured ones;
       the direct path's (``point["control_breakdown"]``) under direct.one_way_ns, and
-      service_minus_direct_request_p50_ns / _response_p50_ns.
+      service_minus_direct_request_p50_ns / _response_p50_ns;
+    - at_generator_ceiling, offered_not_reached: :func:`ceiling_flags`.
     """
     reps = point.get("repetitions") or []
     socks = [r["socket"] for r in reps if r.get("socket")]  # type: ignore[typeddict-item]
@@ -251,6 +252,7 @@ def _summarise_sockets(point: PointDoc, hist: HistogramOf) -> SummaryDoc:
         conntrack_entries_created=sum(created) if created else None,
         **figures,
     )
+    summary.update(ceiling_flags(summary, point.get("generator_ceiling")))  # type: ignore[typeddict-item]
     control = point.get("control")
     if control:
         d = _socket_figures(control, hist)
@@ -283,6 +285,35 @@ def _one_way(rep: RepetitionDoc | None, hist: HistogramOf,
         return None
     return {part: _merged([rep], f"one_way_{part}_hist", hist)
             for part in ("request", "response")}
+# A socket point at or above this fraction of its generator's ceiling (point
+# ["generator_ceiling"], bench.measure.generator_ceiling) is at the ceiling. The ceiling
+# run has no hop and no rule, so any real path is slower; but it is a single 1 s run on
+# a shared machine, whose rate varies by a few per cent between runs: within 10 % of it,
+# a point cannot be told apart from the generator's own limit.
+AT_CEILING = 0.90
+# An open-loop point that achieved less than this fraction of its offered rate did not
+# sustain it (sockperf and kpb-crr pace to within a per cent or two when they can).
+OFFERED_REACHED = 0.95
+
+
+def ceiling_flags(summary: Mapping[str, Any],
+                  ceiling: Mapping[str, Any] | None) -> dict[str, bool | None]:
+    """A socket point's ``at_generator_ceiling`` (its rate >= :data:`AT_CEILING` of the
+    ceiling's, transactions/s or bits/s for a stream; None: no ceiling or no rate) and
+    ``offered_not_reached`` (open loop: achieved < :data:`OFFERED_REACHED` of offered;
+    None for a closed loop)."""
+    at = None
+    if ceiling is not None:
+        rate_key = ("throughput_bps" if summary.get("throughput_bps") is not None
+                    else "transactions_per_s")
+        rate, top = summary.get(rate_key), ceiling.get(rate_key)
+        if rate is not None and top:
+            at = bool(rate >= AT_CEILING * top)
+    offered, achieved = summary.get("offered_tps"), summary.get("transactions_per_s")
+    short = None
+    if summary.get("loop") == "open" and offered:
+        short = achieved is None or achieved < OFFERED_REACHED * offered
+    return {"at_generator_ceiling": at, "offered_not_reached": short}
 
 
 def _overhead_pct(overhead: Mapping[str, Any] | None,

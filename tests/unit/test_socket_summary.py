@@ -126,3 +126,46 @@ def test_one_way_parts_in_csv_and_show() -> None:
     t = sockets_table(as_result(doc))
     row = dict(zip(t.columns, t.rows[0], strict=True))
     assert row["req p50"].endswith(" µs") and row["resp p50"].endswith(" µs")
+# --- the generator's ceiling and the open loop's offered rate ------------------------
+
+def with_ceiling(p: dict, tps: float | None) -> dict:
+    p["generator_ceiling"] = None if tps is None else {
+        "transactions_per_s": tps, "throughput_bps": None, "seconds": 1.0,
+        "measured_at": "2026-11-30T18:00:00+00:00"}
+    return p
+
+
+@pytest.mark.parametrize(("ceiling", "at"), [(2000.0, True), (2200.0, True),
+                                              (2250.0, False), (10_000.0, False),
+                                              (None, None)])
+def test_a_point_near_its_generators_ceiling_says_so(ceiling: float | None,
+                                                     at: bool | None) -> None:
+    # 2000 tx/s against the ceiling: at 90 % of it or above is "at the ceiling".
+    s = summarise_point(with_ceiling(point([rep(2000, 1.0, 50, 1)], None),  # type: ignore[arg-type]
+                                     ceiling))
+    assert s["at_generator_ceiling"] is at
+    assert s["offered_not_reached"] is None  # a closed loop offers no rate
+
+
+def test_a_stream_is_judged_by_its_throughput() -> None:
+    from bench.results.summarise import ceiling_flags
+
+    summary = {"loop": "closed", "transactions_per_s": None, "throughput_bps": 9.5e9}
+    assert ceiling_flags(summary, {"transactions_per_s": None, "throughput_bps": 1e10})[
+        "at_generator_ceiling"] is True
+    assert ceiling_flags(summary, {"transactions_per_s": None, "throughput_bps": 2e10})[
+        "at_generator_ceiling"] is False
+    # A ceiling with no figure of the point's kind judges nothing.
+    assert ceiling_flags(summary, {"transactions_per_s": 5.0, "throughput_bps": None})[
+        "at_generator_ceiling"] is None
+
+
+@pytest.mark.parametrize(("achieved", "short"), [(950, False), (949, True), (1000, False)])
+def test_an_open_loop_point_short_of_its_offered_rate_says_so(achieved: int,
+                                                              short: bool) -> None:
+    r = rep(achieved, 1.0, 50, 1)
+    r["socket"]["offered_tps"] = 1000.0
+    p = point([r], None)
+    p.update(loop="open", rate_tps=1000.0)
+    s = summarise_point(p)  # type: ignore[arg-type]
+    assert s["offered_tps"] == 1000.0 and s["offered_not_reached"] is short
