@@ -23,6 +23,8 @@ from bench.measure.sync_runner import SyncRunner
 from bench.model.generate import GenSpec, generate
 from bench.model.objects import EndpointSlice, Service, ServicePortView, service_port_views
 from bench.present.export import write_csv
+from bench.present.summary import tables
+from bench.present.tables import render
 from bench.results.reader import load_result
 
 pytestmark = pytest.mark.privileged
@@ -171,6 +173,10 @@ def test_sync_results_carry_list_and_longest_transaction_apart(tmp_path: Path) -
     write_csv(doc, csv_path)
     text = csv_path.read_text()
     assert "sync.list" in text and "sync.transaction_max" in text
+    # kpbench show: the sync figures apart, the cold start beside the resync.
+    shown = render(tables(doc)[-1], "table")
+    assert shown.splitlines()[0].split()[:4] == ["variant", "workload", "services", "cold"]
+    assert "longest tx" in shown and "list" in shown
 
 
 def test_cold_start_disruption_keeps_the_pod_traffic_through_node_0(tmp_path: Path) -> None:
