@@ -151,7 +151,7 @@ class Datapath(ABC):
         sync into several (chunked nftables); empty: not split, or not measured."""
         return []
 
-    def forget(self, node: str) -> None:
+    def forget(self, node: str) -> None:  # noqa: B027 - optional hook
         """``node``'s programmed state was removed (:meth:`cleanup`): its next render
         starts from nothing, as on a cold start (default: nothing is kept per node)."""
 

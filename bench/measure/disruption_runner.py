@@ -79,7 +79,7 @@ from bench import interrupts
 from bench import results as R
 from bench.analysis.stats import Histogram
 from bench.cluster.testbed import Testbed, gc_paused
-from bench.datapaths.base import run_in_netns
+from bench.datapaths.base import Datapath, run_in_netns
 from bench.datapaths.userspace import UserspaceDatapath
 from bench.errors import ApplyTimeout, FeatureMissing, KpbenchError
 from bench.measure import disruption as D
@@ -160,7 +160,7 @@ def _prepare_cold_start(bed: Testbed) -> Callable[[], Event]:
     return cold_start
 
 
-def _apply_figures(dp: Any, start: int, end: int) -> dict[str, float | None]:
+def _apply_figures(dp: Datapath, start: int, end: int) -> dict[str, float | None]:
     """A sync event's figures: its apply and, where it was several transactions, the
     longest one (nftables-chunked)."""
     out: dict[str, float | None] = {"apply": (end - start) / 1e9}
