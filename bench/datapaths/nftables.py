@@ -48,6 +48,13 @@ differ from what the node holds (a changed value is deleted and added, an
 unused element deleted); stale chains are flushed and deleted one sync
 later. Its size does not grow with the number of unchanged Services.
 
+The variant ``nftables-chunked`` writes full syncs as several transactions of
+at most :data:`CHUNK_OPS` operations (:func:`render_chunked_sync`, in the
+order of upstream's chunking proposal); a chunked resync writes the element
+differences instead of flushing the sets and maps, so nothing live is emptied
+between two transactions. :meth:`NftablesDatapath.list_state` is the read-back
+of the table kube-proxy does on its syncs, which the sync runner times apart.
+
 Why one module of this size: the transaction mirrors upstream's
 ``pkg/proxy/nftables/proxier.go`` line for line, in its order, so that the
 golden tests and a reader can hold one against the other.
@@ -910,23 +917,23 @@ class NftablesDatapath(Datapath):
             state.pop(node, None)
 
     def list_state(self, netns: str, full: bool) -> bool:
-        """What kube-proxy's nftables proxier reads back from the kernel during a sync.
+        """What kube-proxy's nftables proxier reads back from the kernel on a sync.
 
-        As modelled here (the proxier version this module follows, see the module
-        doc): every sync lists the table's chains to find stale service chains
-        (``nft --json list chains``, as knftables' ``List("chains")``), and a full
-        sync also reads back the elements of each per-service set and map
-        (``nft --json list set|map``, as ``nftElementStorage``'s ``readOrReset``) so
-        that it writes only their differences. A missing table (cold start) is not an
-        error, as kube-proxy ignores NotFound. The transaction is not affected: the
-        render already holds the same facts, from its own bookkeeping.
+        As the proxier this module follows (the one with ``nftElementStorage``): on
+        every sync, full or partial, it lists the table's chains (to flush the
+        service chains no longer used) and its sets (to delete unused affinity
+        sets): ``List("chains")`` and ``List("sets")``. knftables' ``List`` reads
+        the whole table for each, ``nft --json list table ip kube-proxy`` (every
+        chain, rule, set and element: it grows with the Services), and keeps the
+        objects of the one type. Elements are not read back (the element storage
+        is kept in memory and reset with a flush on a full sync). A missing table
+        (a cold start) is not an error, as kube-proxy ignores NotFound. ``full``
+        does not change the reads. The render does not use them: it keeps the same
+        facts itself, so the transaction is the same with or without them.
         """
-        reads = [["nft", "--json", "list", "chains", "ip", TABLE]]
-        if full:
-            reads += [["nft", "--json", "list", "set" if c == "cluster-ips" else "map",
-                       "ip", TABLE, c] for c in PORT_CONTAINERS]
-        for argv in reads:
-            run_in_netns(netns, argv, timeout=self.apply_timeout, check=False)
+        for _ in ("chains", "sets"):
+            run_in_netns(netns, ["nft", "--json", "list", "table", "ip", TABLE],
+                         timeout=self.apply_timeout, check=False)
         return True
 
     def cleanup(self, netns: str) -> None:

@@ -18,13 +18,13 @@ Each repetition splits its time into apply (the tool and the kernel: the
 figure reported as the sync time), render (ours, in Python, kept apart and
 never added to it), kernel (time inside the applying tool's system calls,
 from the syscall tracepoints) and commit (its netlink sendmsg/recvmsg or
-iptables-legacy setsockopt/getsockopt). Where the datapath's agent reads its
-state back from the kernel on a sync (nftables: kube-proxy lists the table's
-chains, and on a full sync its sets' and maps' elements;
-``Datapath.list_state``), that read is timed on its own as ``list``, before
-the apply and never added to it. Where a sync is several transactions
-(``nftables-chunked``), ``transaction_max`` is the longest one: the stall a
-chunked sync is meant to bound, beside ``apply``, the total. Time to effect is measured by
+iptables-legacy setsockopt/getsockopt). Where the datapath's agent reads
+its state back from the kernel on a sync (nftables: kube-proxy reads its
+whole table twice, for its chains and its sets; ``Datapath.list_state``),
+that read is timed on its own as ``list``, before the apply and never added
+to it. Where a sync is several transactions (``nftables-chunked``),
+``transaction_max`` is the longest one: the stall a chunked sync is meant to
+bound, beside ``apply``, the total. Time to effect is measured by
 traffic, never inferred from the apply time: new flows are sent to the
 changed service throughout the change, and the effect probe at every backend
 pod stamps the first packet that reaches a new endpoint (or the last that
