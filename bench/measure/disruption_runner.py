@@ -14,8 +14,8 @@ probe, and for every event and background workload measures repetitions of:
 Events (:func:`prepare_event`):
 
 ``full-sync``
-    a full *resync* of node 0 (its table present) (the node the traffic enters) to the state it
-    already has, N services: iptables-restore swaps whole tables, nftables
+    a full *resync* of node 0 (the node the traffic enters; its rules present)
+    to the state it already has, N services: iptables-restore swaps whole tables, nftables
     commits one transaction, eBPF rewrites its maps. Start and end are the
     apply's; ``sync.apply`` is its duration.
 ``cold-start``

@@ -213,17 +213,17 @@ class SyncRunner:
                     else dp.render_partial(views, ctx, partial))
             render_s = time.monotonic() - t0
         self._last_text = text
+        # What the agent reads back from the kernel on this sync (kube-proxy's nftables
+        # proxier lists its table): its own step and figure, before the change's traffic
+        # and the apply, never part of either (the time to effect starts at the apply).
+        t0 = time.monotonic()
+        listed = dp.list_state(ns, full=partial is None)
+        list_s = time.monotonic() - t0
         traffic = None
         if effect is not None:
             traffic = self._start_traffic(bed, change, expect_s)
             effect.start()
             time.sleep(PRE_ROLL)
-        # What the agent reads back from the kernel on this sync (kube-proxy's nftables
-        # proxier lists its table): its own step and figure, before the apply and never
-        # part of it (nor of the time to effect, which starts at the apply).
-        t0 = time.monotonic()
-        listed = dp.list_state(ns, full=partial is None)
-        list_s = time.monotonic() - t0
         own = threading.get_native_id() if dp.applies_in_process else None
         if syscalls is not None:
             syscalls.start()
