@@ -198,3 +198,22 @@ def test_cold_start_disruption_keeps_the_pod_traffic_through_node_0(tmp_path: Pa
         # The pod traffic does not need node 0's Service rules: nothing lost.
         assert rep["disruption"]["lost"] == 0, rep["disruption"]
     assert by["disruption-full-sync/udp-new"]["status"] == "ok"
+
+
+def test_the_syscall_probe_watches_more_tools_than_its_map_holds() -> None:
+    """A chunked sync runs one nft per transaction, hundreds of them: tools that have
+    exited make room for the next (the probe's map holds 64 threads)."""
+    import subprocess
+
+    from bench.measure.probes.syscalls import SyscallProbe
+
+    probe = SyscallProbe()
+    probe.attach()
+    try:
+        probe.start()
+        for _ in range(100):
+            child = subprocess.Popen(["true"])
+            probe.watch(child.pid)
+            child.wait()
+    finally:
+        probe.detach()
