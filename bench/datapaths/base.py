@@ -146,6 +146,20 @@ class Datapath(ABC):
         """Program a :meth:`render_partial` result (default: like a full sync)."""
         self.apply(rendered, netns)
 
+    def transaction_seconds(self) -> list[float]:
+        """Seconds of each transaction of the last apply, for a datapath that splits a
+        sync into several (chunked nftables); empty: not split, or not measured."""
+        return []
+
+    def forget(self, node: str) -> None:  # noqa: B027 - optional hook
+        """``node``'s programmed state was removed (:meth:`cleanup`): its next render
+        starts from nothing, as on a cold start (default: nothing is kept per node)."""
+
+    def list_state(self, netns: str, full: bool) -> bool:
+        """Read back from the kernel what the agent reads on a sync (``full``: a full
+        sync), as its own step; False: this datapath's agent reads nothing."""
+        return False
+
     @property
     def process_cgroup(self) -> Path | None:
         """The run cgroup holding every process this datapath runs on the packet path

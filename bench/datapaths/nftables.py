@@ -48,6 +48,13 @@ differ from what the node holds (a changed value is deleted and added, an
 unused element deleted); stale chains are flushed and deleted one sync
 later. Its size does not grow with the number of unchanged Services.
 
+The variant ``nftables-chunked`` writes full syncs as several transactions of
+at most :data:`CHUNK_OPS` operations (:func:`render_chunked_sync`, in the
+order of upstream's chunking proposal); a chunked resync writes the element
+differences instead of flushing the sets and maps, so nothing live is emptied
+between two transactions. :meth:`NftablesDatapath.list_state` is the read-back
+of the table kube-proxy does on its syncs, which the sync runner times apart.
+
 Why one module of this size: the transaction mirrors upstream's
 ``pkg/proxy/nftables/proxier.go`` line for line, in its order, so that the
 golden tests and a reader can hold one against the other.
@@ -58,6 +65,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import ipaddress
+import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
@@ -97,6 +105,16 @@ _JUMP_CHAINS = (
     ("cluster-ips-check", "filter-forward", "ct state new"),
     ("cluster-ips-check", "filter-output", "ct state new"),
 )
+
+# Operations per transaction of the "nftables-chunked" variant, as upstream's chunking
+# proposal (kubernetes PR #139546).
+CHUNK_OPS = 1000
+# The comment line that separates two transactions of a chunked sync.
+CHUNK_MARK = "# kpbench: transaction"
+# The sets and maps whose elements come from the service ports (the skeleton flushes them
+# for a full sync; a chunked resync writes their differences instead).
+PORT_CONTAINERS = ("cluster-ips", "service-ips", "firewall-ips", "no-endpoint-services",
+                   "no-endpoint-nodeports", "service-nodeports")
 
 _VERDICT_KEY = "ipv4_addr . inet_proto . inet_service : verdict"
 _PORT_KEY = "inet_proto . inet_service : verdict"
@@ -584,21 +602,116 @@ def render_full_sync(
     with the same ``ctx``: a port equal to its cached one is not rendered
     again. It is refreshed in place (ports that went away are dropped).
     """
+    skeleton, parts = _full_sync_parts(ports, ctx, service_cidrs, cache)
+    return "\n".join([*skeleton, *(p.text for p in parts if p.text)]) + "\n"
+
+
+def _full_sync_parts(
+    ports: Sequence[ServicePortView], ctx: NodeContext, service_cidrs: Sequence[str],
+    cache: PortCache | None,
+) -> tuple[list[str], list[_PortRender]]:
+    """A full sync's skeleton lines and each port's part, in order (see render_full_sync)."""
     tx = _Transaction()
     _setup(tx, ctx, service_cidrs)
     cache = {} if cache is None else cache
-    blocks: list[str] = []
     fresh: PortCache = {}
     for view in ports:
         hit = cache.get(view.name)
         if hit is None or not (hit.view is view or hit.view == view):
             hit = render_port(view, ctx)
         fresh[view.name] = hit
-        if hit.text:
-            blocks.append(hit.text)
     cache.clear()
     cache.update(fresh)
-    return "\n".join([*tx.lines, *blocks]) + "\n"
+    return tx.lines, list(fresh.values())
+
+
+def render_chunked_sync(
+    skeleton: Sequence[str], parts: Sequence[_PortRender], chunk: int,
+    held: dict[tuple[str, str], str] | None,
+) -> str:
+    """A full sync split into transactions of at most ``chunk`` operations.
+
+    The order is the chunking proposal's (kubernetes PR #139546): the table
+    and its base objects (the whole skeleton, one transaction of its own),
+    then the endpoint chains and affinity sets, then the service chains, then
+    the rules (endpoint chains' first) and the set and map elements. Each
+    transaction is one ``nft -f``; the transactions are separated by
+    :data:`CHUNK_MARK` comment lines (nft ignores them, so the text is also a
+    valid single transaction).
+
+    ``held`` is None for a cold start (the table is created from nothing):
+    every element is added. On a resync ``held`` is what the node's sets and
+    maps hold (``(set or map, key) -> value``), and nothing live is ever
+    emptied between two transactions: the skeleton does not flush the
+    per-service sets and maps (their elements are written where they differ
+    from ``held``, a changed value deleted and re-added in one transaction,
+    unused ones deleted last), and a chain's ``flush chain`` travels with its
+    rules in one transaction. The state left equals the one-transaction sync's.
+    """
+    resync = held is not None
+    first = [ln for ln in skeleton
+             if not (resync and ln.startswith(("flush set ", "flush map "))
+                     and ln.split(" ")[4] in PORT_CONTAINERS)]
+    endpoint_decls: list[list[str]] = []
+    service_decls: list[list[str]] = []
+    endpoint_rules: dict[str, list[str]] = {}
+    service_rules: dict[str, list[str]] = {}
+    for part in parts:
+        for ln in part.text.split("\n"):
+            words = ln.split(" ", 5)
+            if len(words) < 5 or words[1] == "element":
+                continue  # elements: from part.elements below
+            verb, kind, name = words[0], words[1], words[4]
+            is_endpoint = name.startswith("endpoint-")
+            if kind == "set":  # an affinity set
+                endpoint_decls.append([ln])
+            elif kind == "chain" and verb == "add":
+                (endpoint_decls if is_endpoint else service_decls).append([ln])
+            else:  # "flush chain" and its "add rule"s: one group, never split
+                (endpoint_rules if is_endpoint else service_rules).setdefault(name, []).append(ln)
+    elements: list[list[str]] = []
+    wanted: dict[tuple[str, str], Element] = {
+        (e[0], e[1]): e for part in parts for e in part.elements}
+    for (container, key), (_, _, value, comment) in wanted.items():
+        old = None if held is None else held.get((container, key))
+        if old == value:
+            continue
+        group = [] if old is None else [_element_line("delete", container, key)]
+        elements.append([*group, _element_line("add", container, key, value, comment)])
+    for container, key in (held or {}).keys() - wanted.keys():
+        elements.append([_element_line("delete", container, key)])
+    rest = [*endpoint_decls, *service_decls, *endpoint_rules.values(),
+            *service_rules.values(), *elements]
+    chunks = [first, *_pack(rest, chunk)]
+    return "".join(f"{CHUNK_MARK} {i}/{len(chunks)}\n" + "".join(f"{ln}\n" for ln in c)
+                   for i, c in enumerate(chunks, 1))
+
+
+def _pack(groups: Sequence[list[str]], chunk: int) -> list[list[str]]:
+    """Consecutive groups of lines into transactions of at most ``chunk`` lines (a group
+    larger than that is a transaction of its own: it must not be split)."""
+    out: list[list[str]] = []
+    cur: list[str] = []
+    for group in groups:
+        if cur and len(cur) + len(group) > chunk:
+            out.append(cur)
+            cur = []
+        cur.extend(group)
+    if cur:
+        out.append(cur)
+    return out
+
+
+def split_transactions(text: str) -> list[str]:
+    """The transactions of a :func:`render_chunked_sync` text (the whole text when it
+    has no :data:`CHUNK_MARK`)."""
+    out: list[list[str]] = []
+    for ln in text.splitlines():
+        if ln.startswith(CHUNK_MARK) or not out:
+            out.append([])
+        if not ln.startswith(CHUNK_MARK):
+            out[-1].append(ln)
+    return ["".join(f"{ln}\n" for ln in lines) for lines in out if lines]
 
 
 def render_partial_sync(
@@ -690,9 +803,14 @@ class NftablesDatapath(Datapath):
     """kube-proxy in nftables mode: one ``nft -f`` transaction per sync."""
 
     name = "nftables"
-    variants = {"nftables": ("nftables",)}
+    # "nftables-chunked": full syncs as transactions of CHUNK_OPS operations each
+    # (render_chunked_sync); partial syncs stay one transaction.
+    variants = {"nftables": ("nftables",), "nftables-chunked": ("nftables",)}
 
-    def __init__(self) -> None:
+    def __init__(self, chunk: int = 0) -> None:
+        self.chunk = chunk  # operations per full-sync transaction; 0: one transaction
+        # Seconds of each transaction of the last apply (several when chunked).
+        self._transactions: list[float] = []
         # Per node: the service chains in use after the last sync (by Service), the chains
         # a partial sync flushed that the next one deletes (as upstream's staleChains),
         # and the elements its sets and maps hold.
@@ -702,13 +820,29 @@ class NftablesDatapath(Datapath):
         # Per node: the context and each service port's output of the last render.
         self._ports: dict[str, tuple[NodeContext, PortCache]] = {}
 
+    @classmethod
+    def for_variant(cls, variant: str) -> NftablesDatapath:
+        return cls(chunk=CHUNK_OPS if variant == "nftables-chunked" else 0)
+
+    @property
+    def variant(self) -> str:
+        return "nftables-chunked" if self.chunk else "nftables"
+
     def render(self, ports: Sequence[ServicePortView], ctx: NodeContext) -> str:
-        """The ``nft -f`` transaction of kube-proxy's first full sync (see module doc)."""
+        """The ``nft -f`` transaction of kube-proxy's first full sync (see module doc);
+        chunked (:func:`render_chunked_sync`) when the variant is: a cold start when this
+        node has had no render since it was created or :meth:`forget`-ten, else a resync."""
         node = ctx.node_name
         cached_ctx, cache = self._ports.get(node, (ctx, {}))
         if cached_ctx != ctx:
             cache = {}
-        text = render_full_sync(ports, ctx, ctx.service_cidrs, cache)
+        skeleton, parts = _full_sync_parts(ports, ctx, ctx.service_cidrs, cache)
+        if self.chunk:
+            store = self._elements.get(node)
+            text = render_chunked_sync(skeleton, parts, self.chunk,
+                                       None if store is None else dict(store.values))
+        else:
+            text = "\n".join([*skeleton, *(p.text for p in parts if p.text)]) + "\n"
         self._ports[node] = (ctx, cache)
         by_port: dict[str, list[Element]] = {}
         ports_of: dict[str, set[str]] = {}
@@ -766,8 +900,41 @@ class NftablesDatapath(Datapath):
         return count_objects(rendered)
 
     def apply(self, rendered: str, netns: str) -> None:
-        """Run ``rendered`` as one ``nft -f -`` transaction inside ``netns``."""
-        run_in_netns(netns, ["nft", "-f", "-"], stdin=rendered, timeout=self.apply_timeout)
+        """Run ``rendered`` inside ``netns``: one ``nft -f -`` per transaction (one, unless
+        the render was chunked), each timed (:meth:`transaction_seconds`)."""
+        self._transactions = []
+        for tx in split_transactions(rendered):
+            t0 = time.monotonic()
+            run_in_netns(netns, ["nft", "-f", "-"], stdin=tx, timeout=self.apply_timeout)
+            self._transactions.append(time.monotonic() - t0)
+
+    def transaction_seconds(self) -> list[float]:
+        return list(self._transactions)
+
+    def forget(self, node: str) -> None:
+        """``node``'s table was deleted: its next render is a cold start."""
+        for state in (self._chains, self._stale, self._elements, self._ports):
+            state.pop(node, None)
+
+    def list_state(self, netns: str, full: bool) -> bool:
+        """What kube-proxy's nftables proxier reads back from the kernel on a sync.
+
+        As the proxier this module follows (the one with ``nftElementStorage``): on
+        every sync, full or partial, it lists the table's chains (to flush the
+        service chains no longer used) and its sets (to delete unused affinity
+        sets): ``List("chains")`` and ``List("sets")``. knftables' ``List`` reads
+        the whole table for each, ``nft --json list table ip kube-proxy`` (every
+        chain, rule, set and element: it grows with the Services), and keeps the
+        objects of the one type. Elements are not read back (the element storage
+        is kept in memory and reset with a flush on a full sync). A missing table
+        (a cold start) is not an error, as kube-proxy ignores NotFound. ``full``
+        does not change the reads. The render does not use them: it keeps the same
+        facts itself, so the transaction is the same with or without them.
+        """
+        for _ in ("chains", "sets"):
+            run_in_netns(netns, ["nft", "--json", "list", "table", "ip", TABLE],
+                         timeout=self.apply_timeout, check=False)
+        return True
 
     def cleanup(self, netns: str) -> None:
         """Delete ``table ip kube-proxy`` in ``netns``; nothing to do if it is absent."""

@@ -14,10 +14,19 @@ probe, and for every event and background workload measures repetitions of:
 Events (:func:`prepare_event`):
 
 ``full-sync``
-    a full resync of node 0 (the node the traffic enters) to the state it
-    already has, N services: iptables-restore swaps whole tables, nftables
+    a full *resync* of node 0 (the node the traffic enters; its rules present)
+    to the state it already has, N services: iptables-restore swaps whole tables, nftables
     commits one transaction, eBPF rewrites its maps. Start and end are the
     apply's; ``sync.apply`` is its duration.
+``cold-start``
+    node 0 created from nothing, as when kube-proxy starts on an empty node:
+    before the traffic its datapath's state is removed (``cleanup``), and the
+    event is its first full sync (for nftables, the table created; for
+    ``nftables-chunked``, in transactions of 1000 operations). An empty node
+    has no Service the background could use, so for this event the background
+    goes to the measured service's backend pods' own addresses through node 0
+    (what node 0 carries while its rules are created); ``sync.apply`` is the
+    sync's duration, ``sync.transaction_max`` its longest transaction.
 ``proxy-down``
     node 0's agent stops for ``down_s`` seconds and comes back. For
     ``userspace`` its proxy process is killed (SIGKILL) and, after ``down_s``,
@@ -70,7 +79,7 @@ from bench import interrupts
 from bench import results as R
 from bench.analysis.stats import Histogram
 from bench.cluster.testbed import Testbed, gc_paused
-from bench.datapaths.base import run_in_netns
+from bench.datapaths.base import Datapath, run_in_netns
 from bench.datapaths.userspace import UserspaceDatapath
 from bench.errors import ApplyTimeout, FeatureMissing, KpbenchError
 from bench.measure import disruption as D
@@ -100,6 +109,8 @@ def prepare_event(bed: Testbed, event: str, down_s: float) -> Callable[[], Event
     """Render what ``event`` applies to node 0 (now, before any traffic); return the event."""
     dp = bed.datapath
     ns = bed.cluster.node_ns(0)
+    if event == "cold-start":
+        return _prepare_cold_start(bed)
     with gc_paused():
         text = dp.render(bed.views(0), bed.node_context(0))
 
@@ -109,7 +120,7 @@ def prepare_event(bed: Testbed, event: str, down_s: float) -> Callable[[], Event
                 start = time.monotonic_ns()
                 dp.apply(text, ns)
                 end = time.monotonic_ns()
-            return start, end, {"apply": (end - start) / 1e9}
+            return start, end, _apply_figures(dp, start, end)
         return full_sync
 
     if event == "proxy-down":
@@ -127,6 +138,47 @@ def prepare_event(bed: Testbed, event: str, down_s: float) -> Callable[[], Event
         return proxy_down
 
     raise KpbenchError(f"disruption event {event!r} is not implemented")
+
+
+def _prepare_cold_start(bed: Testbed) -> Callable[[], Event]:
+    """Empty node 0 (its datapath's state removed, now, before any traffic) and render its
+    first sync; the event creates everything from nothing (see the module doc)."""
+    dp = bed.datapath
+    ns = bed.cluster.node_ns(0)
+    ctx = bed.node_context(0)
+    dp.cleanup(ns)
+    dp.forget(ctx.node_name)
+    with gc_paused():
+        text = dp.render(bed.views(0), ctx)
+
+    def cold_start() -> Event:
+        with gc_paused():
+            start = time.monotonic_ns()
+            dp.apply(text, ns)
+            end = time.monotonic_ns()
+        return start, end, _apply_figures(dp, start, end)
+    return cold_start
+
+
+def _apply_figures(dp: Datapath, start: int, end: int) -> dict[str, float | None]:
+    """A sync event's figures: its apply and, where it was several transactions, the
+    longest one (nftables-chunked)."""
+    out: dict[str, float | None] = {"apply": (end - start) / 1e9}
+    transactions = dp.transaction_seconds()
+    if transactions:
+        out["transaction_max"] = max(transactions)
+    return out
+
+
+def cold_start_target(bed: Testbed, target: Target) -> Target:
+    """The background of a cold start: ``target``'s frames to the measured service's
+    backend pods' own addresses, which node 0 forwards with or without its Service rules
+    (an empty node has no Service yet; this traffic is what it carries meanwhile)."""
+    pods = [p for p in bed.layout.pods if p.udp_ports]
+    if not pods:
+        raise KpbenchError("the measured service has no backend pod for the cold start's "
+                           "background")
+    return target.to_addresses([p.ip for p in pods], pods[0].udp_ports[0])
 
 
 class DisruptionRunner:
@@ -188,9 +240,10 @@ class DisruptionRunner:
                 budget = min(max(MIN_EVENT_BUDGET_S, BUDGET_FACTOR * sync_s),
                              sc.point_time_limit)
                 for event in sc.events:
+                    to = cold_start_target(bed, target) if event == "cold-start" else target
                     for bg in sc.event_backgrounds(event):
                         for option in sc.event_options(event):
-                            self.loop.record(self._point(bed, target, probe, variant, n,
+                            self.loop.record(self._point(bed, to, probe, variant, n,
                                                          event, bg, budget, setup,
                                                          option, measured.key))
             except FeatureMissing as e:

@@ -52,8 +52,8 @@ MAX_RATE_TPS = 1_000_000
 KINDS = ("packets", "sync", "disruption")
 # A disruption scenario (bench/measure/disruption_runner.py): background traffic to an
 # unchanged service while one event happens; its points are "disruption-<event>/<background>".
-EVENTS = ("full-sync", "churn", "proxy-down", "endpoint-removed")
-EVENTS_IMPLEMENTED = ("full-sync", "proxy-down", "churn", "endpoint-removed")
+EVENTS = ("full-sync", "churn", "proxy-down", "endpoint-removed", "cold-start")
+EVENTS_IMPLEMENTED = ("full-sync", "proxy-down", "churn", "endpoint-removed", "cold-start")
 BACKGROUNDS = ("udp-new", "udp-established")
 MAX_DISRUPTION_S = 3600.0
 # One change at scale, each applied as a partial sync (see bench/measure/sync_runner.py).

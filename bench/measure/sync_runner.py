@@ -3,10 +3,12 @@
 For each datapath variant and number of services the runner programs node 0
 of a namespace cluster with N generated services x E endpoints and measures:
 
-- ``sync-full``: full resyncs of that state (kube-proxy's periodic full sync,
-  ``sync_full_proxy_rules_duration_seconds``); the very first sync of the
-  empty node is the point's ``setup.sync_seconds`` (node 0's apply time, as in
-  packet scenarios);
+- ``sync-full``: full *resyncs* of that state, the table present (kube-proxy's
+  periodic full sync, ``sync_full_proxy_rules_duration_seconds``); the
+  *cold start*, the very first sync of the empty node (the table created from
+  nothing, as when kube-proxy starts on a fresh node), is the point's
+  ``setup.sync_seconds`` (node 0's apply time, as in packet scenarios), shown
+  as "cold start" beside the resync's "apply" by ``kpbench show``;
 - ``sync-<change>``: one change applied as a partial sync (KEP-3453 for
   iptables, the same for nftables; ``sync_partial_proxy_rules_duration_seconds``):
   add a service, remove one, add an endpoint, remove one, flip one to
@@ -16,7 +18,13 @@ Each repetition splits its time into apply (the tool and the kernel: the
 figure reported as the sync time), render (ours, in Python, kept apart and
 never added to it), kernel (time inside the applying tool's system calls,
 from the syscall tracepoints) and commit (its netlink sendmsg/recvmsg or
-iptables-legacy setsockopt/getsockopt). Time to effect is measured by
+iptables-legacy setsockopt/getsockopt). Where the datapath's agent reads
+its state back from the kernel on a sync (nftables: kube-proxy reads its
+whole table twice, for its chains and its sets; ``Datapath.list_state``),
+that read is timed on its own as ``list``, before the apply and never added
+to it. Where a sync is several transactions (``nftables-chunked``),
+``transaction_max`` is the longest one: the stall a chunked sync is meant to
+bound, beside ``apply``, the total. Time to effect is measured by
 traffic, never inferred from the apply time: new flows are sent to the
 changed service throughout the change, and the effect probe at every backend
 pod stamps the first packet that reaches a new endpoint (or the last that
@@ -205,6 +213,12 @@ class SyncRunner:
                     else dp.render_partial(views, ctx, partial))
             render_s = time.monotonic() - t0
         self._last_text = text
+        # What the agent reads back from the kernel on this sync (kube-proxy's nftables
+        # proxier lists its table): its own step and figure, before the change's traffic
+        # and the apply, never part of either (the time to effect starts at the apply).
+        t0 = time.monotonic()
+        listed = dp.list_state(ns, full=partial is None)
+        list_s = time.monotonic() - t0
         traffic = None
         if effect is not None:
             traffic = self._start_traffic(bed, change, expect_s)
@@ -241,6 +255,11 @@ class SyncRunner:
         bed.services, bed.slices = change.services, change.slices
         # "apply" is the figure (the datapath's time); "render" is kpbench's, kept apart.
         sync: dict[str, float | None] = {"render": render_s, "apply": apply_s}
+        if listed:
+            sync["list"] = list_s
+        transactions = dp.transaction_seconds()
+        if transactions:  # the longest single transaction: the stall a chunked sync bounds
+            sync["transaction_max"] = max(transactions)
         if syscalls is not None:
             reading = syscalls.read()
             sync["kernel"] = reading.seconds()

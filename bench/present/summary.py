@@ -222,7 +222,27 @@ def tables(result: ResultLike) -> list[Table]:
     sockets = any(p.is_socket for p in result.points)
     out = [points_table(result)] if not sockets or any(
         not p.is_socket for p in result.points) else []
+    if any(p.is_sync for p in result.points):
+        out.append(sync_table(result))
     return out + ([sockets_table(result)] if sockets else [])
+
+
+def sync_table(result: ResultLike) -> Table:
+    """One row per sync point, its figures apart (medians over repetitions): the scale's
+    cold start (node 0's first sync, table created from nothing), the point's apply (for
+    ``sync-full``: a resync, table present), the longest single transaction of it, the
+    agent's read-back of its state (``list``, never part of apply), kpbench's render and
+    the time to effect."""
+    t = Table(["variant", "workload", "services", "cold start", "apply", "longest tx",
+               "list", "render", "effect"], align=["l", "l", *["r"] * 7])
+    for p in as_result(result).points:
+        if not p.is_sync:
+            continue
+        sync = p.summary.get("sync") or {}
+        t.add([p.variant, p.workload, p.services, fmt_value(p.setup.get("sync_seconds"), "s"),
+               *(fmt_value(sync.get(k), "s") for k in ("apply", "transaction_max", "list",
+                                                       "render", "effect"))])
+    return t
 
 
 KERNEL_MISSING = "kernel feature missing"  # the error of a datapath this kernel lacks

@@ -140,6 +140,9 @@ class RepetitionDoc(TypedDict):
     # Sync points (workload "sync-*"), node 0, seconds: "apply" (the datapath's time,
     # the figure), "render" (kpbench's, apart), "kernel" (in the applying tool's
     # syscalls), "commit", "effect" (to the change's effect on traffic); None: not measured.
+    # Optional, where the datapath has them: "list" (the agent reading its state back from
+    # the kernel, e.g. nftables' table listing: timed apart, never part of "apply") and
+    # "transaction_max" (the longest transaction of the apply, e.g. nftables-chunked's).
     sync: NotRequired[dict[str, float | None]]
     # First to last arrival of the delivered packets at the backends (the latency probe's
     # stamps): delivered_pps is measured over it, not derived from the sender's rate.

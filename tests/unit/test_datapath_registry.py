@@ -46,16 +46,17 @@ def test_every_datapath_class_declares_its_own_name_and_variants(cls: type[Datap
 
 
 def test_the_variant_list_and_names_come_from_the_classes() -> None:
-    assert VARIANTS == ("direct", "iptables-legacy", "iptables-nft", "nftables", "ipvs", "ebpf-tc",
-                        "xdp", "socket-lb", "userspace")
+    assert VARIANTS == ("direct", "iptables-legacy", "iptables-nft", "nftables",
+                        "nftables-chunked", "ipvs", "ebpf-tc", "xdp", "socket-lb", "userspace")
     assert DATAPATH_NAMES == ("direct", "iptables", "nftables", "ipvs", "ebpf-tc", "xdp",
                               "socket-lb", "userspace")
     assert set(F.DATAPATH_NEEDS) == set(VARIANTS)
 
 
 def test_a_family_is_its_real_name_not_the_variants_first_word() -> None:
-    assert [family(v) for v in VARIANTS] == ["direct", "iptables", "iptables", "nftables", "ipvs",
-                                             "ebpf-tc", "xdp", "socket-lb", "userspace"]
+    assert [family(v) for v in VARIANTS] == ["direct", "iptables", "iptables", "nftables",
+                                             "nftables", "ipvs", "ebpf-tc", "xdp", "socket-lb",
+                                             "userspace"]
     with pytest.raises(InputError, match="unknown datapath 'ebpf'"):
         family("ebpf")
 

@@ -11,6 +11,7 @@ review the diff.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -303,3 +304,126 @@ def test_apply_and_cleanup_are_one_nft_transaction_each(monkeypatch: pytest.Monk
         ("kpb-node-1", ["nft", "-f", "-"], "add table ip kube-proxy\n"),
         ("kpb-node-1", ["nft", "-f", "-"], "add table ip kube-proxy\ndelete table ip kube-proxy\n"),
     ]
+
+
+# --- nftables-chunked: a full sync in transactions of CHUNK_OPS operations ----------------
+
+def _many(n: int, endpoints: int = 3, affinity: bool = False) -> tuple[list[Service],
+                                                                      list[EndpointSlice]]:
+    kw: dict[str, Any] = {"session_affinity": "ClientIP"} if affinity else {}
+    services = [_svc(f"s{i}", f"172.30.{i // 250}.{i % 250 + 1}", **kw) for i in range(n)]
+    slices = [_slice(f"s{i}", *(Endpoint((f"10.{i // 250}.{i % 250}.{e + 1}",), node_name=NODE)
+                                for e in range(endpoints))) for i in range(n)]
+    return services, slices
+
+
+def _views(services: list[Service], slices: list[EndpointSlice]) -> list[Any]:
+    return service_port_views(services, slices, NODE)
+
+
+def _kinds(line: str) -> tuple[str, str, str]:
+    verb, kind, _, _, name = line.split(" ", 5)[:5]
+    return verb, kind, name
+
+
+def test_chunked_variant_is_the_nftables_family_with_its_own_name() -> None:
+    from bench.datapaths import family, make_variant
+
+    dp = make_variant("nftables-chunked")
+    assert isinstance(dp, NftablesDatapath) and dp.chunk == nftables.CHUNK_OPS == 1000
+    assert dp.variant == "nftables-chunked" and family("nftables-chunked") == "nftables"
+    assert make_variant("nftables").chunk == 0 and make_variant("nftables").variant == "nftables"
+
+
+def test_chunked_cold_start_is_the_same_operations_in_the_proposal_s_order() -> None:
+    services, slices = _many(200, affinity=True)
+    one = NftablesDatapath().render(_views(services, slices), CTX)
+    text = NftablesDatapath(chunk=1000).render(_views(services, slices), CTX)
+    txs = nftables.split_transactions(text)
+    lines = [ln for tx in txs for ln in tx.splitlines()]
+    # The same operations as one transaction (nothing lost, nothing added).
+    assert sorted(lines) == sorted(one.splitlines()) and len(txs) > 3
+    # The skeleton first, alone; then at most 1000 operations per transaction.
+    assert txs[0].startswith("add table ip kube-proxy") and "ns1/" not in txs[0]
+    assert all(len(tx.splitlines()) <= 1000 for tx in txs[1:])
+    # Endpoint chains and affinity sets, then service chains, then rules, then elements.
+    rank = {("add", "chain", True): 0, ("add", "set", True): 0, ("add", "chain", False): 1,
+            ("flush", "chain", True): 2, ("add", "rule", True): 2,
+            ("flush", "chain", False): 3, ("add", "rule", False): 3, ("add", "element", False): 4}
+    after = [ln for tx in txs[1:] for ln in tx.splitlines()]
+    ranks = [rank[(v, k, n.startswith(("endpoint-", "affinity-")))]
+             for v, k, n in map(_kinds, after)]
+    assert ranks == sorted(ranks) and set(ranks) == {0, 1, 2, 3, 4}
+    # The text is also one valid transaction (the separators are nft comments).
+    assert nftables.count_objects(text) == nftables.count_objects(one)
+
+
+def test_a_chunked_resync_keeps_each_chain_whole_and_writes_element_differences() -> None:
+    services, slices = _many(200)
+    dp = NftablesDatapath(chunk=1000)
+    dp.render(_views(services, slices), CTX)  # the cold start
+    # Same state: no per-service set or map is flushed, no element written.
+    txs = nftables.split_transactions(dp.render(_views(services, slices), CTX))
+    text = "".join(txs)
+    assert not any(f"flush {k} ip kube-proxy {c}" in text
+                   for k in ("set", "map") for c in nftables.PORT_CONTAINERS)
+    assert [ln for ln in text.splitlines() if " element " in ln] == [
+        "add element ip kube-proxy nodeport-ips { 192.168.0.2 }"]  # the skeleton's own
+    # A chain's flush and its rules are in one transaction: never empty between two.
+    for tx in txs:
+        flushed = {n for v, k, n in map(_kinds, tx.splitlines()) if (v, k) == ("flush", "chain")}
+        ruled = {n for v, k, n in map(_kinds, tx.splitlines()) if (v, k) == ("add", "rule")}
+        assert ruled <= flushed
+    # Another state: a service gone, one with a new endpoint (a new value), one new.
+    gone, grown = services[0], services[1]
+    new_svc, new_slices = _many(201)
+    services2 = [*services[1:], new_svc[-1]]
+    slices2 = [*slices[2:], new_slices[-1],
+               replace(slices[1], endpoints=(*slices[1].endpoints,
+                                             Endpoint(("10.9.9.9",), node_name=NODE)))]
+    lines = dp.render(_views(services2, slices2), CTX).splitlines()
+    elements = [ln for ln in lines if " element " in ln and "nodeport-ips" not in ln]
+    assert set(elements[-2:]) == {  # unused elements deleted, last
+        f"delete element ip kube-proxy cluster-ips {{ {gone.cluster_ip} }}",
+        f"delete element ip kube-proxy service-ips {{ {gone.cluster_ip} . tcp . 80 }}"}
+    assert sum(ln.startswith("delete element") for ln in elements) == 2
+    assert f"add element ip kube-proxy cluster-ips {{ {new_svc[-1].cluster_ip} }}" in elements
+    # The grown service keeps its element (same chain): only its chain's rules change.
+    assert not any(grown.cluster_ip + " " in ln for ln in elements)
+    assert any(ln.startswith("add rule") and "10.9.9.9" in ln for ln in lines)
+
+
+def test_forget_makes_the_next_chunked_render_a_cold_start() -> None:
+    services, slices = _many(50)
+    dp = NftablesDatapath(chunk=1000)
+    cold = dp.render(_views(services, slices), CTX)
+    assert "flush map ip kube-proxy service-ips" in cold
+    assert "flush map ip kube-proxy service-ips" not in dp.render(_views(services, slices), CTX)
+    dp.forget(NODE)
+    assert dp.render(_views(services, slices), CTX) == cold
+
+
+def test_a_chunked_apply_is_one_nft_per_transaction(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str | None] = []
+    monkeypatch.setattr(nftables, "run_in_netns",
+                        lambda netns, argv, stdin=None, **kw: calls.append(stdin))
+    services, slices = _many(200)
+    dp = NftablesDatapath(chunk=1000)
+    text = dp.render(_views(services, slices), CTX)
+    dp.apply(text, "kpb-node-0")
+    assert calls == nftables.split_transactions(text) and len(calls) > 3
+    assert len(dp.transaction_seconds()) == len(calls)
+    assert nftables.split_transactions("add table ip kube-proxy\n") == [
+        "add table ip kube-proxy\n"]
+
+
+def test_list_state_reads_the_table_twice_on_every_sync(monkeypatch: pytest.MonkeyPatch) -> None:
+    """List("chains") and List("sets"), each knftables' read of the whole table."""
+    calls: list[list[str]] = []
+    monkeypatch.setattr(nftables, "run_in_netns",
+                        lambda netns, argv, stdin=None, **kw: calls.append(list(argv)))
+    dp = NftablesDatapath()
+    for full in (True, False):
+        calls.clear()
+        assert dp.list_state("kpb-node-0", full=full) is True
+        assert calls == [["nft", "--json", "list", "table", "ip", "kube-proxy"]] * 2

@@ -5,6 +5,7 @@ and its commit calls: :data:`NETLINK_CALLS`, :data:`SOCKOPT_CALLS`).
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -62,7 +63,15 @@ class SyscallProbe(Probe):
         except KeyError:
             pass
         pids = self._bpf[b"pids"]
-        pids[pids.Key(pid)] = pids.Leaf(1)
+        try:
+            pids[pids.Key(pid)] = pids.Leaf(1)
+        except Exception:  # bcc's "Could not update table": the map (64 threads) is full
+            # A sync of many tool runs (nftables-chunked: one nft per transaction) fills
+            # it with tools that have exited; their calls are already counted in stats.
+            for key in list(pids.keys()):
+                if not os.path.exists(f"/proc/{key.value}"):
+                    del pids[key]
+            pids[pids.Key(pid)] = pids.Leaf(1)
 
     def unwatch(self, pid: int) -> None:
         """Stop counting thread ``pid`` (the harness's own, once its apply returned)."""
