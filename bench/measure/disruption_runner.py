@@ -174,11 +174,7 @@ def cold_start_target(bed: Testbed, target: Target) -> Target:
     """The background of a cold start: ``target``'s frames to the measured service's
     backend pods' own addresses, which node 0 forwards with or without its Service rules
     (an empty node has no Service yet; this traffic is what it carries meanwhile)."""
-    pods = [p for p in bed.layout.pods if p.udp_ports]
-    if not pods:
-        raise KpbenchError("the measured service has no backend pod for the cold start's "
-                           "background")
-    return target.to_addresses([p.ip for p in pods], pods[0].udp_ports[0])
+    return target.to_backend_pods(bed.layout, tcp=False)
 
 
 class DisruptionRunner:

@@ -320,12 +320,7 @@ class Runner:
         """The paired control: ``target``'s frames sent to the backend pods' own addresses
         (no Service translation), on the port each pod serves, spread over the pods as the
         Service spreads new flows over its endpoints."""
-        tcp = self._protocol() == "TCP"
-        pods = [p for p in bed.layout.pods if (p.tcp_ports if tcp else p.udp_ports)]
-        if not pods:
-            raise KpbenchError("the measured service has no backend pod to send the control to")
-        port = (pods[0].tcp_ports if tcp else pods[0].udp_ports)[0]
-        return target.to_addresses([p.ip for p in pods], port)
+        return target.to_backend_pods(bed.layout, tcp=self._protocol() == "TCP")
 
     def _settle(self, target: Target, probes: ProbeSet,
                 workload: str = "udp-new") -> tuple[float, bool]:

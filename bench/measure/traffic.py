@@ -149,6 +149,16 @@ class Target:
             raise ValueError("to_addresses needs at least one address")
         return replace(self, dst_ip=dst_ips[0], dst_ips=tuple(dst_ips), dport=dport)
 
+    def to_backend_pods(self, layout: L.Layout, tcp: bool) -> Target:
+        """The same frames to the backend pods' own addresses (no Service translation), on
+        the port they serve, spread over the pods as a Service spreads new flows."""
+        pods = [p for p in layout.pods if (p.tcp_ports if tcp else p.udp_ports)]
+        if not pods:
+            raise KpbenchError("the measured service has no backend pod serving "
+                               f"{'TCP' if tcp else 'UDP'} to send to")
+        port = (pods[0].tcp_ports if tcp else pods[0].udp_ports)[0]
+        return self.to_addresses([p.ip for p in pods], port)
+
     def replay(self, pcap: Path, pps: int | None, timeout: float,
                stop: threading.Event | None = None) -> ReplayStats:
         """:func:`replay` from this target's namespace and interface."""
