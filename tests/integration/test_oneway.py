@@ -27,6 +27,7 @@ from bench.measure import sockets as S
 from bench.measure.probes.oneway import OneWayProbe
 from bench.model.generate import GenSpec, generate
 from tests.conftest import require_feature
+from tests.helpers.runs import run_points
 
 pytestmark = pytest.mark.privileged
 
@@ -257,19 +258,10 @@ def test_socket_points_keep_the_one_way_breakdown_apart(tmp_path: Path) -> None:
     """Each request/response point gets one breakdown repetition per path with the probe
     (point["breakdown"], point["control_breakdown"]), never pooled: the summary's RTT and
     rate come from the measured repetitions alone; tcp-stream says why it has none."""
-    import json
-    import sys
 
     for name in ("iptables-legacy", "nftables"):
         require_feature(name)
-    path = tmp_path / "s.toml"
-    path.write_text(ONEWAY_SCENARIO)
-    p = subprocess.run([sys.executable, "-m", "bench", "run", str(path), "--results",
-                        str(tmp_path / "r"), "--no-export"], capture_output=True, text=True,
-                       timeout=900)
-    assert p.returncode == 0, p.stderr[-3000:]
-    doc = json.loads(Path(p.stdout.split()[0]).read_text())
-    points = {pt["id"]: pt for pt in doc["points"]}
+    points = {pt["id"]: pt for pt in run_points(tmp_path, ONEWAY_SCENARIO)}
     assert len(points) == 6, sorted(points)
     for pid, pt in points.items():
         assert pt["status"] == "ok", (pid, pt["error"], pt.get("failed_repetitions"))
@@ -322,17 +314,9 @@ def test_nodeport_one_way_parts_through_snat(tmp_path: Path) -> None:
     random port, MASQUERADE --random-fully): TCP keys leave the port out, so every request
     and response is matched by its sequence and acknowledgment numbers; no direct path,
     so no direct breakdown and no difference."""
-    import json
-    import sys
 
     require_feature("iptables-legacy")
-    path = tmp_path / "s.toml"
-    path.write_text(NODEPORT_SCENARIO)
-    p = subprocess.run([sys.executable, "-m", "bench", "run", str(path), "--results",
-                        str(tmp_path / "r"), "--no-export"], capture_output=True, text=True,
-                       timeout=900)
-    assert p.returncode == 0, p.stderr[-3000:]
-    (pt,) = json.loads(Path(p.stdout.split()[0]).read_text())["points"]
+    (pt,) = run_points(tmp_path, NODEPORT_SCENARIO)
     assert pt["status"] == "ok", (pt["error"], pt.get("failed_repetitions"))
     c, n = pt["breakdown"]["one_way"], pt["breakdown"]["socket"]["transactions"]
     assert n > 100 and c["request_arrived"] == c["response_arrived"] == n, c
@@ -347,17 +331,9 @@ def test_nodeport_udp_through_snat_is_unmatched_and_says_so(tmp_path: Path) -> N
     """UDP keys keep the client port (every flow numbers its messages alike): SNAT's random
     port leaves the datagrams unmatched, counted, and the point says why; never paired
     with another flow's datagram."""
-    import json
-    import sys
 
     require_feature("iptables-legacy")
-    path = tmp_path / "s.toml"
-    path.write_text(NODEPORT_SCENARIO.replace("nodeport-tcp-crr", "nodeport-udp-rr"))
-    p = subprocess.run([sys.executable, "-m", "bench", "run", str(path), "--results",
-                        str(tmp_path / "r"), "--no-export"], capture_output=True, text=True,
-                       timeout=900)
-    assert p.returncode == 0, p.stderr[-3000:]
-    (pt,) = json.loads(Path(p.stdout.split()[0]).read_text())["points"]
+    (pt,) = run_points(tmp_path, NODEPORT_SCENARIO.replace("nodeport-tcp-crr", "nodeport-udp-rr"))
     assert pt["status"] == "ok", (pt["error"], pt.get("failed_repetitions"))
     c = pt["breakdown"]["one_way"]
     assert c["request_arrived"] > 100 and c["unmatched"] >= c["request_arrived"], c

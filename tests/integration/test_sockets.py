@@ -23,6 +23,7 @@ from bench.measure import socket_tools as T
 from bench.measure import sockets as S
 from bench.model.generate import GenSpec, generate
 from tests.conftest import require_feature
+from tests.helpers.runs import run_points
 
 pytestmark = pytest.mark.privileged
 
@@ -345,19 +346,10 @@ def test_socket_points_measure_the_service_and_the_direct_path(tmp_path: Path) -
     direct datapath measured to the backend pods' own addresses, with no control and its
     sync not applicable; each workload's generator ceiling measured once for the run and
     stored in every point of it."""
-    import json
-    import sys
 
     for name in ("iptables-legacy", "socket-lb", "xdp"):
         require_feature(name)
-    path = tmp_path / "s.toml"
-    path.write_text(SOCKET_SCENARIO)
-    p = subprocess.run([sys.executable, "-m", "bench", "run", str(path), "--results",
-                        str(tmp_path / "r"), "--no-export"], capture_output=True, text=True,
-                       timeout=900)
-    assert p.returncode == 0, p.stderr[-3000:]
-    doc = json.loads(Path(p.stdout.split()[0]).read_text())
-    points = {pt["id"]: pt for pt in doc["points"]}
+    points = {pt["id"]: pt for pt in run_points(tmp_path, SOCKET_SCENARIO)}
     assert len(points) == 8, sorted(points)
     ceilings: dict[str, list[dict]] = {}
     for pid, pt in points.items():
