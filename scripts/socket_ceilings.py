@@ -3,7 +3,7 @@
     .venv/bin/python scripts/socket_ceilings.py [SECONDS] [FLOWS ...]
 
 Two run namespaces joined by a veth pair: no node, no rules, no conntrack.
-Each socket workload (tcp-crr with kpb-crr, tcp-rr and udp-rr with sockperf)
+Each socket workload (tcp-crr and tcp-rr with kpb-crr, udp-rr with sockperf)
 runs closed loop at each concurrency (default 1, 8, 64) for SECONDS
 (default 3) through bench.measure.sockets, as the runner runs it. What a
 generator and its responder reach here is the most any point can show: a

@@ -49,7 +49,7 @@ from bench.cluster.topology import PREFIX_RE
 from bench.errors import KpbenchError
 from bench.measure import processes as P
 from bench.measure import socket_tools as T
-from bench.measure.processes import Processes
+from bench.measure.processes import Processes, last_line
 
 WORKLOADS = ("udp-rr", "tcp-rr", "tcp-crr", "tcp-stream")
 LOOPS = ("closed", "open")
@@ -218,7 +218,7 @@ def run(work: SocketWorkload, path: SocketPath, *, cgroup: Path | None = None,
             subprocess.run(["ip", "netns", "exec", path.client_netns, "sysctl", "-qw",
                             f"net.ipv4.ip_local_port_range={lo} {hi}"], check=True,
                            capture_output=True, timeout=10)
-        before = {ns: nstat(ns) for ns in spaces}
+        before = nstat(spaces)
         ct_before = [conntrack_count(ns) for ns in path.node_netns]
         if conntrack_events:
             for ns in path.node_netns:
@@ -235,7 +235,7 @@ def run(work: SocketWorkload, path: SocketPath, *, cgroup: Path | None = None,
             result.conntrack_created = sum(conntrack_count(ns) - c
                                            for ns, c in zip(path.node_netns, ct_before,
                                                             strict=True))
-        after = {ns: nstat(ns) for ns in spaces}
+        after = nstat(spaces)
         result.counters = {ns: {k: after[ns].get(v, 0) - before[ns].get(v, 0)
                                 for k, v in TCP_COUNTERS.items()} for ns in spaces}
         if conntrack_events:
@@ -258,11 +258,25 @@ def _own_cgroup(stack: contextlib.ExitStack, name: str) -> Path:
 
 # --- counters ------------------------------------------------------------------
 
-def nstat(netns: str) -> dict[str, int]:
-    """The namespace's SNMP counters (absolute; nstat's history is left untouched)."""
-    out = subprocess.run(["ip", "netns", "exec", netns, "nstat", "-asz", "--json"],
-                         capture_output=True, text=True, timeout=10, check=True).stdout
-    return {k: int(v) for k, v in json.loads(out).get("kernel", {}).items()}
+def nstat(spaces: list[str]) -> dict[str, dict[str, int]]:
+    """Each namespace's SNMP counters (absolute; nstat's history is left untouched),
+    read all at once (one after the other, a dozen namespaces cost a point 0.2 s)."""
+    procs = {ns: subprocess.Popen(["ip", "netns", "exec", ns, "nstat", "-asz", "--json"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for ns in spaces}
+    counters = {}
+    try:
+        for ns, p in procs.items():
+            out, err = p.communicate(timeout=10)
+            if p.returncode != 0:
+                raise KpbenchError(f"nstat in {ns} failed: {last_line(err)}")
+            counters[ns] = {k: int(v) for k, v in json.loads(out).get("kernel", {}).items()}
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return counters
 
 
 def conntrack_count(netns: str) -> int:
