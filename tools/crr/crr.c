@@ -136,28 +136,33 @@ static void on_signal(int sig) { (void)sig; stop_flag = 1; }
 
 static long served, serve_errors, accepted;
 
-/* Write the whole response (bounded blocking send) and count it. Without --keep, or
- * if the write failed, close the connection and return 0; with --keep, return 1 with
- * the connection ready for its next request (non-blocking, nothing read of it yet). */
+/* Write the whole response and count it: at once if the socket buffer takes it (the
+ * usual case), else the rest as a bounded blocking send. Without --keep, or if the
+ * write failed, close the connection and return 0; with --keep, return 1 with the
+ * connection ready for its next request (non-blocking, nothing read of it yet). */
 static int respond(struct conn *c, char *buf, long response, int keep)
 {
-    long off = 0;
-    int fl = fcntl(c->fd, F_GETFL);
-    fcntl(c->fd, F_SETFL, fl & ~O_NONBLOCK);
-    struct timeval tv = {.tv_sec = 5};
-    setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    while (off < response) {
-        ssize_t w = write(c->fd, buf, (size_t)(response - off));
-        if (w <= 0)
-            break;
-        off += w;
+    /* MSG_NOSIGNAL: a client gone (timed out) is an error to count, not a SIGPIPE. */
+    ssize_t w = send(c->fd, buf, (size_t)response, MSG_NOSIGNAL);
+    long off = w > 0 ? w : 0;
+    if (off < response && (w >= 0 || errno == EAGAIN)) {
+        int fl = fcntl(c->fd, F_GETFL);
+        fcntl(c->fd, F_SETFL, fl & ~O_NONBLOCK);
+        struct timeval tv = {.tv_sec = 5};
+        setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        while (off < response) {
+            w = send(c->fd, buf, (size_t)(response - off), MSG_NOSIGNAL);
+            if (w <= 0)
+                break;
+            off += w;
+        }
+        fcntl(c->fd, F_SETFL, fl);
     }
     if (off == response)
         served++;
     else
         serve_errors++;
     if (keep && off == response) {
-        fcntl(c->fd, F_SETFL, fl | O_NONBLOCK);
         c->got = 0;
         c->due = 0;
         return 1;
