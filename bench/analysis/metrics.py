@@ -370,6 +370,9 @@ METRICS: tuple[Metric, ...] = (
            _summary_disruption("excess_p99_ns"), "lower", "ns",
            "disruption: background p99 during the event minus its pre-event p99",
            difference=True),
+    Metric("sync_cpu_s_per_s", _rep_disruption("sync_cpu_s_per_s"),
+           _summary_disruption("sync_cpu_s_per_s"), "lower", "s/s",
+           "disruption churn: CPU of the syncs' appliers per second of churn"),
     # Socket points: real connections, one row per figure of their summary.
     Metric("transactions_per_s", _per_repetition(_rep_tps), _summary("transactions_per_s"),
            "higher", "tx/s", "completed transactions per second (socket workloads)"),

@@ -40,7 +40,7 @@ service_minus_direct_rtt_p50_ns, service_minus_direct_rtt_p99_ns,
 service_minus_direct_cpu_ns_per_transaction; service_minus_direct_transactions_per_s
 (higher is better; its change, minimum effect and gate are in % of BASE's direct
 rate); of disruption scenarios (docs/disruption.md): stall_ms, lost,
-excess_p99_ns
+excess_p99_ns, and of churn sync_cpu_s_per_s
 
 exit status: 0 no gate failed; 1 a --fail-on gate failed (a significant
 regression beyond its threshold), or with --fail-on-missing a point measured

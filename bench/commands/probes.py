@@ -21,7 +21,8 @@ from bench.paths import PROBES_DIR
 if TYPE_CHECKING:
     from bench.measure.probes.loader import Probe
 
-NAMES = ("latency", "cpu", "drops", "transit", "kfunc", "syscalls", "effect")
+NAMES = ("latency", "cpu", "drops", "transit", "kfunc", "syscalls", "effect", "oneway",
+         "gone")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -56,21 +57,25 @@ def as_a_run_compiles() -> dict[str, Callable[[], Probe]]:
     from bench.measure.probes.cpu import CpuProbe
     from bench.measure.probes.drops import DropsProbe
     from bench.measure.probes.effect import EffectProbe
+    from bench.measure.probes.gone import GoneProbe
     from bench.measure.probes.kfunc import KfuncProbe
     from bench.measure.probes.latency import LatencyProbe
     from bench.measure.probes.loader import TcHook
+    from bench.measure.probes.oneway import OneWayProbe
     from bench.measure.probes.syscalls import SyscallProbe
     from bench.measure.probes.transit import TransitProbe
 
     client, backend = TcHook("<client>"), TcHook("<backend>")
     return {
         "latency": lambda: LatencyProbe(client, [backend]),
+        "oneway": lambda: OneWayProbe(client, [backend]),
         "cpu": CpuProbe,
         "drops": lambda: DropsProbe(client, [backend]),
         "transit": lambda: TransitProbe(client),
         "kfunc": KfuncProbe,
         "syscalls": SyscallProbe,
         "effect": lambda: EffectProbe([backend]),
+        "gone": lambda: GoneProbe([backend]),
     }
 
 

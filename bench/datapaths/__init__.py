@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from bench.datapaths.base import Datapath, NodeContext
+from bench.datapaths.direct import DirectDatapath
 from bench.datapaths.ebpf_tc import EbpfTcDatapath
 from bench.datapaths.iptables import IptablesDatapath
 from bench.datapaths.ipvs import IpvsDatapath
@@ -24,7 +25,7 @@ from bench.datapaths.xdp import XdpDatapath
 from bench.errors import InputError
 
 CLASSES: tuple[type[Datapath], ...] = (
-    IptablesDatapath, NftablesDatapath, IpvsDatapath, EbpfTcDatapath, XdpDatapath,
+    DirectDatapath, IptablesDatapath, NftablesDatapath, IpvsDatapath, EbpfTcDatapath, XdpDatapath,
     SocketLbDatapath, UserspaceDatapath)
 DATAPATH_NAMES = tuple(c.name for c in CLASSES)
 
@@ -57,6 +58,11 @@ def family(variant: str) -> str:
     return _class_of(variant).name
 
 
+def without_rules(variant: str) -> str | None:
+    """Why ``variant`` programs no Service rules (``direct``), or None."""
+    return _class_of(variant).without_rules
+
+
 def make_datapath(name: str, iptables_backend: str = "legacy") -> Datapath:
     """The datapath called ``name``; an unknown name is an InputError listing the known ones."""
     if name == IptablesDatapath.name:
@@ -82,4 +88,5 @@ def _class_of(variant: str) -> type[Datapath]:
 
 
 __all__ = ["CLASSES", "DATAPATH_NAMES", "IPTABLES_BACKENDS", "VARIANTS", "VARIANT_NEEDS",
-           "Datapath", "NodeContext", "family", "make_datapath", "make_variant"]
+           "Datapath", "NodeContext", "family", "make_datapath", "make_variant",
+           "without_rules"]

@@ -83,6 +83,10 @@ class Datapath(ABC):
     # point's "not applicable" error: replayed frames to "clusterip" or "nodeport", socket
     # workloads to "sockets-clusterip" or "sockets-nodeport".
     not_measured: ClassVar[Mapping[str, str]] = MappingProxyType({})
+    # Why this datapath programs no Service rules (``direct``, the rules-free reference):
+    # its syncs are then recorded "not applicable" with this reason, not as a fast sync,
+    # and its socket points measure the backend pods' own addresses. None: it programs them.
+    without_rules: ClassVar[str | None] = None
     # Longest an apply may take before its tool is stopped (ApplyTimeout); the runner
     # sets it from the scenario's per-point limit. None: no limit.
     apply_timeout: float | None = None

@@ -314,7 +314,9 @@ class LoadedLb:
     netns: str
     bpf: Any
     sizes: MapSizes
-    applied: M.Entries | None = field(default_factory=dict)  # None: unknown, rewrite all
+    # The render generation (ebpf_maps.NodeRender) the maps hold; None: not known, so
+    # only a full sync, which reads the maps back, may program them.
+    generation: int | None = None
     tc_links: list[str] = field(default_factory=list)
     xdp_links: list[tuple[str, str]] = field(default_factory=list)  # (namespace, link)
     xdp_mode: str | None = None
@@ -324,31 +326,82 @@ class LoadedLb:
     cgroups: list[tuple[int, Any, int]] = field(default_factory=list)
 
     def program(self, entries: M.Entries) -> dict[str, int]:
-        """Make the sync maps hold exactly ``entries``; returns entries written/deleted."""
+        """Make the sync maps hold exactly ``entries`` (a full sync); returns entries
+        written/deleted.
+
+        The maps are read back from the kernel and compared with ``entries`` packed as
+        the kernel holds them: what differs or is missing is written, what no entry
+        wants is deleted. A full sync therefore writes nothing when the maps already
+        hold the rendering, as an eBPF agent's full reconciliation (Cilium's: update
+        the frontends that changed, prune what nothing wants) writes nothing then,
+        and it repairs entries changed behind its back.
+        """
         self.sizes.check(M.count_entries(entries))
-        old = self.applied
-        if old is None:
-            self._clear()
-            old = {}
-        self.applied = None  # until this write completes
-        updates: dict[str, list[tuple[str, str]]] = {m: [] for m in M.MAPS}
-        deletes: dict[str, list[tuple[str, str]]] = {m: [] for m in M.MAPS}
+        self.generation = None  # until this write completes
+        by_map: dict[str, list[tuple[str, str]]] = {m: [] for m in M.MAPS}
         for (m, k), v in entries.items():
-            if old.get((m, k)) != v:
-                updates[m].append((k, v))
-        for (m, k), v in old.items():
-            if (m, k) not in entries:
-                deletes[m].append((k, v))
-        # Slot 0 of a frontend last: its count must never name a slot not written yet.
-        updates["svc"].sort(key=lambda kv: kv[0].endswith("#0"))
+            by_map[m].append((k, v))
+        plans = {}
         for m in M.MAPS:
-            self._write(m, updates[m])
+            held = self.dump(m)
+            want = {M.pack_key(m, k): M.pack_value(m, v) for k, v in by_map[m]}
+            plans[m] = ([(k, v) for k, v in want.items() if held.get(k) != v],
+                        [k for k in held if k not in want])
+        # Slot 0 of a frontend last: its count must never name a slot not written yet.
+        plans["svc"][0].sort(key=lambda kv: _slot0(kv[0]))
+        for m in M.MAPS:
+            self._write_packed(m, plans[m][0])
         for m in reversed(M.MAPS):
             # Slot 0 first: a shrinking frontend stops naming a slot before it goes.
-            self._delete(m, sorted(deletes[m], key=lambda kv: not kv[0].endswith("#0")))
-        self.applied = dict(entries)
-        return {"written": sum(map(len, updates.values())),
-                "deleted": sum(map(len, deletes.values()))}
+            self._delete_packed(m, sorted(plans[m][1], key=lambda k: not _slot0(k)))
+        return {"written": sum(len(p[0]) for p in plans.values()),
+                "deleted": sum(len(p[1]) for p in plans.values())}
+
+    def program_delta(self, writes: M.Entries,
+                      deletes: Sequence[tuple[str, str]]) -> dict[str, int]:
+        """Write and delete the entries of a partial sync (ebpf_maps.render_delta) only."""
+        self.generation = None  # until this write completes
+        by_map: dict[str, list[tuple[str, str]]] = {m: [] for m in M.MAPS}
+        for (m, k), v in writes.items():
+            by_map[m].append((k, v))
+        by_map["svc"].sort(key=lambda kv: kv[0].endswith("#0"))
+        for m in M.MAPS:
+            self._write(m, by_map[m])
+        gone: dict[str, list[tuple[str, str]]] = {m: [] for m in M.MAPS}
+        for m, k in deletes:
+            gone[m].append((k, ""))
+        for m in reversed(M.MAPS):
+            self._delete(m, sorted(gone[m], key=lambda kv: not kv[0].endswith("#0")))
+        return {"written": len(writes), "deleted": len(deletes)}
+
+    def dump(self, m: str) -> dict[bytes, bytes]:
+        """Every entry of sync map ``m`` as the kernel holds it (key bytes -> value bytes),
+        read with the batch lookup call."""
+        from bcc.libbcc import lib
+
+        table = self._table(m)
+        ksize, vsize = ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf)
+        cap = table.max_entries
+        keys = ctypes.create_string_buffer(ksize * cap)
+        values = ctypes.create_string_buffer(vsize * cap)
+        token, nxt = ctypes.c_uint32(0), ctypes.c_uint32(0)
+        total, first = 0, True
+        while total < cap:
+            count = ctypes.c_uint32(cap - total)
+            res = lib.bpf_lookup_batch(table.map_fd, None if first else ctypes.byref(token),
+                                       ctypes.byref(nxt), ctypes.byref(keys, ksize * total),
+                                       ctypes.byref(values, vsize * total),
+                                       ctypes.byref(count))
+            err = ctypes.get_errno()
+            total += count.value
+            if res != 0:
+                if err == errno.ENOENT:
+                    break  # the whole map was read
+                raise ApplyError(f"reading {M.MAPS[m]} in {self.netns}: {os.strerror(err)}")
+            token.value, first = nxt.value, False
+        kb, vb = keys.raw[:ksize * total], values.raw[:vsize * total]
+        return {kb[i * ksize:(i + 1) * ksize]: vb[i * vsize:(i + 1) * vsize]
+                for i in range(total)}
 
     def _table(self, m: str) -> Any:
         return self.bpf[M.MAPS[m].encode()]
@@ -377,9 +430,28 @@ class LoadedLb:
             raise ApplyError(f"deleting {len(items)} {M.MAPS[m]} entries in {self.netns}: "
                              f"{first_line(e)}") from e
 
-    def _clear(self) -> None:
-        for m in M.MAPS:
-            self._table(m).clear()
+    def _write_packed(self, m: str, items: Sequence[tuple[bytes, bytes]]) -> None:
+        if not items:
+            return
+        table = self._table(m)
+        n = len(items)
+        try:
+            table.items_update_batch(
+                (table.Key * n).from_buffer_copy(b"".join(k for k, _ in items)),
+                (table.Leaf * n).from_buffer_copy(b"".join(v for _, v in items)))
+        except Exception as e:  # BCC raises bare Exception
+            raise ApplyError(f"writing {n} {M.MAPS[m]} entries in {self.netns}: "
+                             f"{first_line(e)}") from e
+
+    def _delete_packed(self, m: str, keys: Sequence[bytes]) -> None:
+        if not keys:
+            return
+        table = self._table(m)
+        try:
+            table.items_delete_batch((table.Key * len(keys)).from_buffer_copy(b"".join(keys)))
+        except Exception as e:  # BCC raises bare Exception
+            raise ApplyError(f"deleting {len(keys)} {M.MAPS[m]} entries in {self.netns}: "
+                             f"{first_line(e)}") from e
 
     def stats(self) -> dict[str, int]:
         """What the programs counted (lb4_stats), summed over CPUs."""
@@ -415,6 +487,12 @@ class LoadedLb:
         self.cgroups.clear()
         self.tuned.clear()
         self.bpf.cleanup()
+
+
+def _slot0(svc_key: bytes) -> bool:
+    """Whether a packed lb4_key is a frontend's slot 0 (its u16 backend_slot, after the
+    address and port, is zero)."""
+    return svc_key[6:8] == b"\0\0"
 
 
 def ctypes_sizes_match(bpf: Any) -> None:

@@ -36,8 +36,9 @@ from __future__ import annotations
 import functools
 import socket
 import struct
+from collections import _count_elements as count_ids  # Counter.update's C loop
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bench.datapaths.base import NodeContext
 from bench.errors import InputError
@@ -134,16 +135,16 @@ class IdAllocator:
     def __init__(self, name: str, limit: int) -> None:
         self.name = name
         self.limit = limit
-        self._ids: dict[str, int] = {}
+        self.known: dict[str, int] = {}  # key -> its id (read-only for callers)
 
     def __call__(self, key: str) -> int:
-        got = self._ids.get(key)
+        got = self.known.get(key)
         if got is None:
-            got = len(self._ids) + 1
+            got = len(self.known) + 1
             if got > self.limit:
                 raise InputError(f"more than {self.limit} {self.name} ids were needed; the "
                                  "map field holding them is too small for this many")
-            self._ids[key] = got
+            self.known[key] = got
         return got
 
 
@@ -160,67 +161,234 @@ class _FrontendEntries:
 
 def _frontend_entries(fe: Frontend, backend_ids: IdAllocator,
                       revnat_ids: IdAllocator) -> _FrontendEntries:
-    revnat = revnat_ids(f"{fe.address}:{fe.port}/{fe.protocol}")
+    key = fe.key
+    revnat = revnat_ids(key)
     flags = ",".join(n for bit, n in FLAG_NAMES.items() if fe.flags & bit) or "-"
-    lines = [f"svc {fe.key}#0 count={len(fe.backends)} revnat={revnat} "
+    lines = [f"svc {key}#0 count={len(fe.backends)} revnat={revnat} "
              f"flags={flags} timeout={fe.affinity_timeout}"]
     backends = []
+    proto = fe.protocol
+    known = backend_ids.known
     for slot, ep in enumerate(fe.backends, start=1):
-        bkey = f"{ep.ip}:{ep.port}/{fe.protocol}"
-        bid = backend_ids(bkey)
+        bkey = f"{ep.address}/{proto}"
+        bid = known.get(bkey) or backend_ids(bkey)
         backends.append((bid, f"backend {bid} {bkey}"))
-        lines.append(f"svc {fe.key}#{slot} backend={bid}")
+        lines.append(f"svc {key}#{slot} backend={bid}")
     matches = tuple((bid, revnat) for bid, _ in backends) if fe.flags & SVC_F_AFFINITY else ()
-    return _FrontendEntries(fe.key, "\n".join(lines), tuple(backends),
+    return _FrontendEntries(key, "\n".join(lines), tuple(backends),
                             (revnat, f"revnat {revnat} {fe.address}:{fe.port}"), matches)
 
 
 PortCache = dict[str, tuple[ServicePortView, NodeContext, tuple[_FrontendEntries, ...]]]
 
+DELTA_HEADER = "# kpbench lb4 maps delta for "
+
+
+@dataclass
+class NodeRender:
+    """What the renders for one node left behind: each service port's entries, and the
+    state of the maps they make, so a partial sync renders only what changed.
+
+    ``generation`` counts the renders; a delta names the generation it starts
+    from, so it is only applied to a node holding exactly that state.
+    """
+
+    cache: PortCache = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)  # port order of the last full render
+    text: str | None = None  # the last full rendering, while still the current state
+    owner: dict[str, str] = field(default_factory=dict)  # frontend key -> its port's name
+    ports_of: dict[str, list[str]] = field(default_factory=dict)  # Service key -> port names
+    backend_refs: dict[int, int] = field(default_factory=dict)  # backend id -> frontends
+    generation: int = 0
+    rendered_entries: int = 0  # entries the last render built anew (not from the cache)
+
 
 def render_maps(ports: Sequence[ServicePortView], ctx: NodeContext,
                 backend_ids: IdAllocator, revnat_ids: IdAllocator,
-                cache: PortCache | None = None, changed: Collection[str] | None = None) -> str:
+                state: NodeRender | None = None) -> str:
     """Every map entry a full sync programs, one per line (see the module doc).
 
-    ``cache`` (service port name -> the port, the node and its entries), if
-    given, holds each port's entries from earlier renders: a port equal to
-    the cached one is not rendered again (its ids are stable, see
-    :class:`IdAllocator`), and it is refreshed in place. With ``changed``
-    (Service keys), the ports of other Services are taken from the cache
-    without comparing them, as a partial sync trusts its change tracker.
+    ``state``, if given, holds each port's entries from earlier renders: a port
+    equal to the cached one is not rendered again (its ids are stable, see
+    :class:`IdAllocator`), and when every port is unchanged and in the same
+    order, the last rendering is returned as it is.
     """
-    svc_lines: list[str] = []
-    backends: dict[int, str] = {}
-    revnats: dict[int, str] = {}
-    matches: set[tuple[int, int]] = set()
-    seen: set[str] = set()
-    cache = {} if cache is None else cache
-    for view in ports:
-        hit = cache.get(view.name)
-        trusted = changed is not None and view.service.key not in changed
+    state = NodeRender() if state is None else state
+    cache = state.cache
+    names = [v.name for v in ports]
+    fresh = 0
+    hits: list[tuple[_FrontendEntries, ...]] = []
+    for view, name in zip(ports, names, strict=True):
+        hit = cache.get(name)
         if hit is None or not (hit[1] is ctx or hit[1] == ctx) or not (
-                trusted or hit[0] is view or hit[0] == view):
+                hit[0] is view or hit[0] == view):
             hit = (view, ctx, tuple(_frontend_entries(fe, backend_ids, revnat_ids)
                                     for fe in frontends(view, ctx)))
-            cache[view.name] = hit
-        for fe in hit[2]:
-            if fe.key in seen:
+            cache[name] = hit
+            fresh += sum(1 + len(fe.backends) for fe in hit[2])
+        hits.append(hit[2])
+    state.rendered_entries = fresh
+    if not fresh and state.text is not None and names == state.names:
+        return state.text  # nothing changed since the last full render
+    svc_lines: list[str] = []
+    backends: dict[int, str] = {}
+    refs: dict[int, int] = {}
+    revnats: dict[int, str] = {}
+    matches: set[tuple[int, int]] = set()
+    owner: dict[str, str] = {}
+    ports_of: dict[str, list[str]] = {}
+    for view, name, entries in zip(ports, names, hits, strict=True):
+        ports_of.setdefault(view.service.key, []).append(name)
+        for fe in entries:
+            if fe.key in owner:
                 continue  # a later duplicate frontend loses, as a map key can only hold one
-            seen.add(fe.key)
+            owner[fe.key] = name
             revnats[fe.revnat[0]] = fe.revnat[1]
             svc_lines.append(fe.svc_lines)
             backends.update(fe.backends)
+            count_ids(refs, [bid for bid, _ in fe.backends])
             matches.update(fe.matches)
     if len(cache) > 2 * len(ports) + 64:
-        live = {v.name for v in ports}
+        live = set(names)
         for name in [n for n in cache if n not in live]:
             del cache[name]
     lines = [f"# kpbench lb4 maps for {ctx.node_name}: <map> <key> <value>", *svc_lines]
     lines += [backends[bid] for bid in sorted(backends)]
     lines += [revnats[i] for i in sorted(revnats)]
     lines += [f"match {b}/{r} 1" for b, r in sorted(matches)]
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    state.names, state.text, state.owner, state.ports_of = names, text, owner, ports_of
+    state.backend_refs = refs
+    state.generation += 1
+    return text
+
+
+def _split_lines(text: str) -> dict[tuple[str, str], str]:
+    out = {}
+    for line in text.splitlines():
+        m, k, v = line.split(" ", 2)
+        out[(m, k)] = v
+    return out
+
+
+def _entries_of(frontends: Iterable[_FrontendEntries]) -> tuple[Entries, dict[int, int]]:
+    """The svc, revnat and match entries of ``frontends``, and how often each backend
+    id is named by them."""
+    entries: Entries = {}
+    refs: dict[int, int] = {}
+    for fe in frontends:
+        entries.update(_split_lines(fe.svc_lines))
+        entries.update(_split_lines(fe.revnat[1]))
+        for bid, _ in fe.backends:
+            refs[bid] = refs.get(bid, 0) + 1
+        for b, r in fe.matches:
+            entries[("match", f"{b}/{r}")] = "1"
+    return entries, refs
+
+
+def render_delta(ports: Sequence[ServicePortView], ctx: NodeContext,
+                 backend_ids: IdAllocator, revnat_ids: IdAllocator,
+                 state: NodeRender, changed: Collection[str]) -> str:
+    """The entries a partial sync writes and deletes after the Services in ``changed``
+    (``ns/name``) changed: only those Services' ports are rendered, as an eBPF agent
+    updates the map entries of the frontends that changed.
+
+    Lines are ``<map> <key> <value>`` (write) and ``delete <map> <key>``,
+    after a header naming the generation of ``state`` they start from. Ports
+    of other Services are trusted to be unchanged, as a partial sync trusts its
+    change tracker. Without a full render to start from, for another node
+    context, or when a changed frontend shares its address with another
+    port's (only one of them can hold the map key), this is a full rendering.
+    """
+    first = next(iter(state.cache.values()), None)
+    if state.text is None and not state.owner or first is not None and not (
+            first[1] is ctx or first[1] == ctx):
+        return render_maps(ports, ctx, backend_ids, revnat_ids, state)
+    keys = set(changed)
+    index = getattr(ports, "by_service", None)  # objects.PortViews: no walk over every port
+    views = ([v for k in keys for v in index.get(k, ())] if index is not None
+             else [v for v in ports if v.service.key in keys])
+    old_names = {n for k in keys for n in state.ports_of.get(k, ())}
+    old_ports = [(n, state.cache[n][2]) for n in old_names if n in state.cache]
+    old = [fe for _, entries in old_ports for fe in entries]
+    new = {v.name: tuple(_frontend_entries(fe, backend_ids, revnat_ids)
+                         for fe in frontends(v, ctx)) for v in views}
+    claimed = [fe.key for entries in new.values() for fe in entries]
+    if (len(set(claimed)) != len(claimed)
+            or any(state.owner.get(fe.key) != n for n, entries in old_ports for fe in entries)
+            or any(state.owner.get(k) not in (None, *old_names) for k in claimed)):
+        # A frontend address held by two ports: which one wins depends on the order
+        # of all ports, so render them all.
+        return render_maps(ports, ctx, backend_ids, revnat_ids, state)
+    before, refs_before = _entries_of(old)
+    after, refs_after = _entries_of(fe for entries in new.values() for fe in entries)
+    writes = [(m, k, v) for (m, k), v in after.items() if before.get((m, k)) != v]
+    deletes = [(m, k) for (m, k) in before if (m, k) not in after]
+    refs = state.backend_refs
+    lines_of = {bid: line for entries in new.values() for fe in entries
+                for bid, line in fe.backends}
+    for bid in set(refs_before) | set(refs_after):
+        had = refs.get(bid, 0)
+        has = had - refs_before.get(bid, 0) + refs_after.get(bid, 0)
+        if has and not had:
+            writes.append(("backend", str(bid), lines_of[bid].split(" ", 2)[2]))
+        elif had and not has:
+            deletes.append(("backend", str(bid)))
+        if has:
+            refs[bid] = has
+        else:
+            refs.pop(bid, None)
+    # The state a full render of the new ports would leave.
+    for name in old_names - new.keys():
+        state.cache.pop(name, None)
+    for key in keys:
+        state.ports_of.pop(key, None)
+    for fe in old:
+        state.owner.pop(fe.key, None)
+    for view in views:
+        state.cache[view.name] = (view, ctx, new[view.name])
+        state.ports_of.setdefault(view.service.key, []).append(view.name)
+        for fe in new[view.name]:
+            state.owner[fe.key] = view.name
+    state.text, state.names = None, []  # the next full render assembles the text again
+    start = state.generation
+    state.generation += 1
+    state.rendered_entries = sum(1 + len(fe.backends) for e in new.values() for fe in e)
+    out = [f"{DELTA_HEADER}{ctx.node_name}: {start} -> {state.generation}"]
+    out += [f"{m} {k} {v}" for m, k, v in writes]
+    out += [f"delete {m} {k}" for m, k in deletes]
+    return "\n".join(out) + "\n"
+
+
+def parse_delta(rendered: str) -> tuple[int, int, Entries, list[tuple[str, str]]]:
+    """(from, to generation, entries to write, (map, key) to delete) of a delta."""
+    header, _, body = rendered.partition("\n")
+    try:
+        span = header.removeprefix(DELTA_HEADER).rsplit(": ", 1)[1]
+        start, _, end = span.partition(" -> ")
+        gens = int(start), int(end)
+    except (IndexError, ValueError):
+        raise InputError(f"line 1: expected '{DELTA_HEADER}<node>: <from> -> <to>': "
+                         f"{header!r}", source="eBPF map delta") from None
+    writes: Entries = {}
+    deletes: list[tuple[str, str]] = []
+    for n, line in enumerate(body.splitlines(), start=2):
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split(" ", 2)
+        if parts[0] == "delete" and len(parts) == 3 and parts[1] in MAPS:
+            deletes.append((parts[1], parts[2]))
+        elif len(parts) == 3 and parts[0] in MAPS:
+            writes[(parts[0], parts[1])] = parts[2]
+        else:
+            raise InputError(f"line {n}: expected '<map> <key> <value>' or 'delete <map> "
+                             f"<key>' with a map among {', '.join(MAPS)}: {line!r}",
+                             source="eBPF map delta")
+    return gens[0], gens[1], writes, deletes
+
+
+def is_delta(rendered: str) -> bool:
+    return rendered.startswith(DELTA_HEADER)
 
 
 def parse_maps(rendered: str) -> Entries:

@@ -9,10 +9,17 @@ redirected to its egress interface without netfilter; replies are
 translated back. NodePort with ``externalTrafficPolicy: Cluster`` SNATs to
 the node; ``Local`` keeps the client address and only uses local endpoints.
 
-A sync is map programming (:mod:`bench.datapaths.ebpf_maps`): ``render``
-lists every map entry as text; ``apply`` writes the entries that differ from
-what the node holds and deletes the ones that went away, with the batch
-map syscalls. The first apply on a node compiles and loads the programs
+A sync is map programming (:mod:`bench.datapaths.ebpf_maps`), as an eBPF
+kube-proxy replacement does it. A full sync: ``render`` lists every map
+entry as text (each service port's entries cached; unchanged, the last
+rendering is returned as it is); ``apply`` reads the four maps back from the
+kernel and writes the entries that differ, deleting the ones nothing wants,
+with the batch map syscalls (Cilium's agent likewise updates only frontends
+that changed and prunes what nothing wants). A partial sync:
+``render_partial`` renders only the changed Services' ports and lists the
+entries to write and delete against the state the node holds
+(:func:`~bench.datapaths.ebpf_maps.render_delta`); ``apply_partial`` writes
+and deletes just those. The first apply on a node compiles and loads the programs
 (about a second and a half here, included in that first sync) with maps
 sized from that rendering; ``state_size`` reports that part as
 ``program_load_ms``. Readiness and endpoint changes are map updates.
@@ -28,6 +35,7 @@ from typing import Any
 from bench.datapaths import bpf_lb as B
 from bench.datapaths import ebpf_maps as M
 from bench.datapaths.base import Datapath, NodeContext
+from bench.errors import ApplyError
 from bench.model.objects import ServicePortView
 
 log = logging.getLogger(__name__)
@@ -45,8 +53,9 @@ class EbpfTcDatapath(Datapath):
     def __init__(self) -> None:
         self._backend_ids = M.IdAllocator("backend", M.MAX_BACKEND_ID)
         self._revnat_ids = M.IdAllocator("frontend (reverse-NAT index)", M.MAX_REVNAT)
-        # Per node: each service port's entries, rendered again only when it changed.
-        self._render_cache: dict[str, M.PortCache] = {}
+        # Per node: each service port's entries and the maps' state they make, rendered
+        # again only when a port changed.
+        self._renders: dict[str, M.NodeRender] = {}
         self._nodes: dict[str, B.LoadedLb] = {}
         # Seconds each node's first apply spent compiling, loading and attaching.
         self.load_seconds: dict[str, float] = {}
@@ -56,16 +65,24 @@ class EbpfTcDatapath(Datapath):
     def render(self, ports: Sequence[ServicePortView], ctx: NodeContext) -> str:
         """Every map entry of a full sync, one per line (see :mod:`ebpf_maps`)."""
         return M.render_maps(ports, ctx, self._backend_ids, self._revnat_ids,
-                             self._render_cache.setdefault(ctx.node_name, {}))
+                             self._renders.setdefault(ctx.node_name, M.NodeRender()))
 
     def render_partial(self, ports: Sequence[ServicePortView], ctx: NodeContext,
                        changed: Collection[str]) -> str:
-        """Every map entry after the Services in ``changed`` changed; the others' entries
-        come from the cache as they are. ``apply`` then writes only what differs."""
-        return M.render_maps(ports, ctx, self._backend_ids, self._revnat_ids,
-                             self._render_cache.setdefault(ctx.node_name, {}), changed)
+        """The entries to write and delete after the Services in ``changed`` changed: only
+        their ports are rendered (:func:`ebpf_maps.render_delta`)."""
+        return M.render_delta(ports, ctx, self._backend_ids, self._revnat_ids,
+                              self._renders.setdefault(ctx.node_name, M.NodeRender()),
+                              changed)
+
+    def rendered_entries(self, node_name: str) -> int:
+        """Entries the node's last render built anew rather than took from its cache."""
+        return self._renders[node_name].rendered_entries
 
     def state_size(self, rendered: str) -> dict[str, Any]:
+        if M.is_delta(rendered):
+            _, _, writes, deletes = M.parse_delta(rendered)
+            return {"written": len(writes), "deleted": len(deletes)}
         entries = M.parse_maps(rendered)
         counts = M.count_entries(entries)
         frontends = sum(1 for m, k in entries if m == "svc" and k.endswith("#0"))
@@ -77,11 +94,32 @@ class EbpfTcDatapath(Datapath):
 
     def apply(self, rendered: str, netns: str) -> None:
         """Make ``netns``'s maps hold exactly ``rendered`` (loading the programs the first time)."""
+        if M.is_delta(rendered):
+            self.apply_partial(rendered, netns)
+            return
         entries = M.parse_maps(rendered)
         node = self._nodes.get(netns)
         if node is None:
             node = self._load(netns, entries)
         self.last_sync[netns] = node.program(entries)
+        # A node holding a node's latest full rendering can take that node's next delta.
+        node.generation = next((r.generation for r in self._renders.values()
+                                if r.text is rendered or r.text == rendered), None)
+
+    def apply_partial(self, rendered: str, netns: str) -> None:
+        """Write and delete what a :meth:`render_partial` delta lists; a full rendering
+        (what a partial render falls back to) is applied as a full sync."""
+        if not M.is_delta(rendered):
+            self.apply(rendered, netns)
+            return
+        start, end, writes, deletes = M.parse_delta(rendered)
+        node = self._nodes.get(netns)
+        if node is None or node.generation != start:
+            held = "no maps" if node is None else f"generation {node.generation}"
+            raise ApplyError(f"a partial sync of {netns} from generation {start} cannot "
+                             f"apply: the node holds {held}; run a full sync first")
+        self.last_sync[netns] = node.program_delta(writes, deletes)
+        node.generation = end
 
     def _load(self, netns: str, entries: M.Entries) -> B.LoadedLb:
         B.require_netns(netns)

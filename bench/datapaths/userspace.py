@@ -17,12 +17,18 @@ programmed, rendered for one node:
 
 :meth:`UserspaceDatapath.render` returns ``iptables-restore`` input whose
 ``# proxy`` comment lines are the proxy's table (iptables-restore skips
-them), so one text says everything a sync programs. :meth:`apply` gives the
-proxy its table first (it opens and closes sockets), then ensures the base
-chains and jumps and restores the chains' contents in one
-``iptables-legacy-restore --noflush``. Upstream ensured every rule with its
-own ``iptables -C``/``-A`` call, far slower at scale; kpbench measures this
-mode for the per-packet cost of crossing into user space, not for that.
+them), so one text says everything a sync programs. :meth:`apply` (a full
+sync) gives the proxy its whole table first (it opens and closes sockets),
+then ensures the base chains and jumps and restores the chains' contents in
+one ``iptables-legacy-restore --noflush``. A partial sync
+(:meth:`~UserspaceDatapath.render_partial`, :func:`render_delta`) renders only
+the changed Services' ports: the proxy gets just their lines (and the ports
+that went), which it parses and acts on alone, and ``iptables-restore
+--noflush`` deletes and appends just their portal rules, as upstream's
+proxier opened and closed the portals of a changed service only. Upstream
+ensured every rule with its own ``iptables -C``/``-A`` call, far slower at
+scale; kpbench measures this mode for the per-packet cost of crossing into
+user space, not for that.
 
 Known differences from the other datapaths, all upstream's behaviour: the
 backend sees the node's address, never the client's (the proxy makes its own
@@ -43,7 +49,8 @@ import json
 import subprocess
 import sys
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +60,7 @@ from bench.cluster.topology import PREFIX_RE
 from bench.datapaths.base import Datapath, NodeContext
 from bench.datapaths.ebpf_maps import IdAllocator
 from bench.datapaths.kube_proxy import IptablesTools
-from bench.errors import ApplyError, ApplyTimeout
+from bench.errors import ApplyError, ApplyTimeout, InputError
 from bench.model.objects import ServicePortView
 
 CONTAINER_PORTAL = "KUBE-PORTALS-CONTAINER"
@@ -104,50 +111,117 @@ def _common(name: str, protocol: str, port: int, dest: str | None = None,
     return args
 
 
-def render_rules(ports: Sequence[ServicePortView], ctx: NodeContext,
-                 proxy_ports: IdAllocator) -> str:
-    """The iptables-restore text (with ``# proxy`` lines) of a full userspace sync."""
+@dataclass(frozen=True)
+class _PortRules:
+    """What one service port contributes to a sync: its proxy line and its rules."""
+
+    key: tuple[str, str]  # (port name, protocol): the proxy's key for it
+    proxy_line: str
+    rules: tuple[tuple[str, str], ...]  # (chain, rule), in chain order
+
+
+def _port_rules(view: ServicePortView, ctx: NodeContext,
+                proxy_ports: IdAllocator) -> _PortRules | None:
+    svc, sp = view.service, view.port
+    if sp.protocol not in ("TCP", "UDP"):
+        return None  # the userspace proxier had no SCTP
     host_ip = ctx.node_ips[0] if ctx.node_ips else "127.0.0.1"
+    pport = PROXY_PORT_FIRST - 1 + proxy_ports(f"{view.name}/{sp.protocol}")
+    name = view.name
+    redirect = f"-j REDIRECT --to-ports {pport}"
+    dnat = f"-j DNAT --to-destination {host_ip}:{pport}"
+    portals = [(svc.cluster_ip, False)]
+    portals += [(ip, True) for ip in svc.external_ips]
+    if svc.type == "LoadBalancer":
+        portals += [(ip, False) for ip in svc.load_balancer_ips]
+    claims = []
+    rules: list[tuple[str, str]] = []
+    for ip, external in portals:
+        if ip in ctx.node_ips:
+            claims.append(sp.port)  # a portal on a local address holds that port
+        common = _common(name, sp.protocol, sp.port, ip, physdev=external)
+        rules.append((CONTAINER_PORTAL, f"{common} {redirect}"))
+        if external:
+            local = _common(name, sp.protocol, sp.port, ip, dst_local=True)
+            rules.append((CONTAINER_PORTAL, f"{local} {redirect}"))
+            rules.append((HOST_PORTAL, f"{local} {dnat}"))
+        else:
+            rules.append((HOST_PORTAL, f"{common} {dnat}"))
+    if svc.has_node_ports and sp.node_port:
+        claims.append(sp.node_port)
+        common = _common(name, sp.protocol, sp.node_port)
+        rules.append((CONTAINER_NODEPORT, f"{common} {redirect}"))
+        rules.append((HOST_NODEPORT, f"{common} {dnat}"))
+        rules.append((NON_LOCAL_NODEPORT,
+                      f"{_common(name, sp.protocol, pport)} -m state --state NEW -j ACCEPT"))
+    # The Endpoints API the userspace proxier read lists ready addresses only.
+    eps = ",".join(e.address for e in view.endpoints if e.ready) or "-"
+    affinity = (f"ClientIP:{svc.affinity_timeout}" if svc.session_affinity == "ClientIP"
+                else "None")
+    line = (f"# proxy {name} {sp.protocol} port={pport} affinity={affinity} "
+            f"claims={','.join(map(str, sorted(set(claims)))) or '-'} endpoints={eps}")
+    return _PortRules((name, sp.protocol), line, tuple(rules))
+
+
+@dataclass
+class NodeRender:
+    """What the renders for one node left behind: each service port's proxy line and
+    rules, so a partial sync renders only the changed Services' ports.
+
+    ``generation`` counts the renders; a delta names the generation it starts
+    from, so it is only applied to a node holding exactly that state.
+    """
+
+    cache: dict[str, tuple[ServicePortView, NodeContext, _PortRules | None]] = field(
+        default_factory=dict)
+    names: list[str] = field(default_factory=list)  # port order of the last full render
+    text: str | None = None  # the last full rendering, while still the current state
+    ports_of: dict[str, list[str]] = field(default_factory=dict)  # Service key -> names
+    generation: int = 0
+    rendered_ports: int = 0  # ports the last render built anew (not from the cache)
+
+
+DELTA_HEADER = "# kpbench userspace proxy delta for "
+REMOVE = "# proxy-remove "
+
+
+def render_rules(ports: Sequence[ServicePortView], ctx: NodeContext,
+                 proxy_ports: IdAllocator, state: NodeRender | None = None) -> str:
+    """The iptables-restore text (with ``# proxy`` lines) of a full userspace sync.
+
+    ``state``, if given, holds each port's part from earlier renders: a port
+    equal to the cached one is not rendered again, and when every port is
+    unchanged and in the same order the last rendering is returned as it is.
+    """
+    state = NodeRender() if state is None else state
+    names = [v.name for v in ports]
+    parts: list[_PortRules | None] = []
+    fresh = 0
+    for view, name in zip(ports, names, strict=True):
+        hit = state.cache.get(name)
+        if hit is None or not (hit[1] is ctx or hit[1] == ctx) or not (
+                hit[0] is view or hit[0] == view):
+            hit = (view, ctx, _port_rules(view, ctx, proxy_ports))
+            state.cache[name] = hit
+            fresh += 1
+        parts.append(hit[2])
+    state.rendered_ports = fresh
+    if not fresh and state.text is not None and names == state.names:
+        return state.text
+    if len(state.cache) > 2 * len(ports) + 64:
+        live = set(names)
+        for name in [n for n in state.cache if n not in live]:
+            del state.cache[name]
     rules: dict[str, list[str]] = {c: [] for c in (*NAT_CHAINS, *FILTER_CHAINS)}
     proxy_lines: list[str] = []
-    for view in ports:
-        svc, sp = view.service, view.port
-        if sp.protocol not in ("TCP", "UDP"):
-            continue  # the userspace proxier had no SCTP
-        pport = PROXY_PORT_FIRST - 1 + proxy_ports(f"{view.name}/{sp.protocol}")
-        name = view.name
-        redirect = f"-j REDIRECT --to-ports {pport}"
-        dnat = f"-j DNAT --to-destination {host_ip}:{pport}"
-        portals = [(svc.cluster_ip, False)]
-        portals += [(ip, True) for ip in svc.external_ips]
-        if svc.type == "LoadBalancer":
-            portals += [(ip, False) for ip in svc.load_balancer_ips]
-        claims = []
-        for ip, external in portals:
-            if ip in ctx.node_ips:
-                claims.append(sp.port)  # a portal on a local address holds that port
-            common = _common(name, sp.protocol, sp.port, ip, physdev=external)
-            rules[CONTAINER_PORTAL].append(f"{common} {redirect}")
-            if external:
-                local = _common(name, sp.protocol, sp.port, ip, dst_local=True)
-                rules[CONTAINER_PORTAL].append(f"{local} {redirect}")
-                rules[HOST_PORTAL].append(f"{local} {dnat}")
-            else:
-                rules[HOST_PORTAL].append(f"{common} {dnat}")
-        if svc.has_node_ports and sp.node_port:
-            claims.append(sp.node_port)
-            common = _common(name, sp.protocol, sp.node_port)
-            rules[CONTAINER_NODEPORT].append(f"{common} {redirect}")
-            rules[HOST_NODEPORT].append(f"{common} {dnat}")
-            rules[NON_LOCAL_NODEPORT].append(
-                f"{_common(name, sp.protocol, pport)} -m state --state NEW -j ACCEPT")
-        # The Endpoints API the userspace proxier read lists ready addresses only.
-        eps = ",".join(e.address for e in view.endpoints if e.ready) or "-"
-        affinity = (f"ClientIP:{svc.affinity_timeout}" if svc.session_affinity == "ClientIP"
-                    else "None")
-        proxy_lines.append(f"# proxy {name} {sp.protocol} port={pport} affinity={affinity} "
-                           f"claims={','.join(map(str, sorted(set(claims)))) or '-'} "
-                           f"endpoints={eps}")
+    ports_of: dict[str, list[str]] = {}
+    for view, name, part in zip(ports, names, parts, strict=True):
+        ports_of.setdefault(view.service.key, []).append(name)
+        if part is None:
+            continue
+        proxy_lines.append(part.proxy_line)
+        for chain, rule in part.rules:
+            rules[chain].append(rule)
     lines = [f"# kpbench userspace proxy for {ctx.node_name}: iptables-restore --noflush "
              "input; '# proxy' lines are the proxy's table", *proxy_lines]
     for table, chains in (("nat", NAT_CHAINS), ("filter", FILTER_CHAINS)):
@@ -155,7 +229,76 @@ def render_rules(ports: Sequence[ServicePortView], ctx: NodeContext,
         lines += [f":{c} - [0:0]" for c in chains]
         lines += [f"-A {c} {r}" for c in chains for r in rules[c]]
         lines.append("COMMIT")
+    text = "\n".join(lines) + "\n"
+    state.names, state.text, state.ports_of = names, text, ports_of
+    state.generation += 1
+    return text
+
+
+def render_delta(ports: Sequence[ServicePortView], ctx: NodeContext,
+                 proxy_ports: IdAllocator, state: NodeRender, changed: Collection[str]) -> str:
+    """A partial sync after the Services in ``changed`` (``ns/name``) changed: the proxy
+    lines of their changed ports, ``# proxy-remove <name> <protocol>`` for ports gone,
+    and ``iptables-restore --noflush`` input deleting (``-D``) their rules that went
+    and appending (``-A``) the new ones, as upstream's proxier opened and closed the
+    portals of a changed service only. Without a full render to start from, or for
+    another node context, this is a full rendering.
+    """
+    first = next(iter(state.cache.values()), None)
+    if not state.ports_of or first is not None and not (first[1] is ctx or first[1] == ctx):
+        return render_rules(ports, ctx, proxy_ports, state)
+    keys = set(changed)
+    index = getattr(ports, "by_service", None)  # objects.PortViews: no walk over every port
+    views = ([v for k in keys for v in index.get(k, ())] if index is not None
+             else [v for v in ports if v.service.key in keys])
+    old_names = {n for k in keys for n in state.ports_of.get(k, ())}
+    old = {p.key: p for n in old_names if n in state.cache
+           for p in (state.cache[n][2],) if p is not None}
+    new_parts = {v.name: _port_rules(v, ctx, proxy_ports) for v in views}
+    new = {p.key: p for p in new_parts.values() if p is not None}
+    proxy = [p.proxy_line for k, p in new.items()
+             if k not in old or old[k].proxy_line != p.proxy_line]
+    removed = [f"{REMOVE}{name} {proto}" for name, proto in old if (name, proto) not in new]
+    gone = {r for p in old.values() for r in p.rules} - {r for p in new.values() for r in p.rules}
+    added = [r for p in new.values() for r in p.rules
+             if not any(r in o.rules for o in old.values())]
+    for name in old_names - new_parts.keys():
+        state.cache.pop(name, None)
+    for key in keys:
+        state.ports_of.pop(key, None)
+    for view in views:
+        state.cache[view.name] = (view, ctx, new_parts[view.name])
+        state.ports_of.setdefault(view.service.key, []).append(view.name)
+    state.text, state.names = None, []  # the next full render assembles the text again
+    start = state.generation
+    state.generation += 1
+    state.rendered_ports = len(views)
+    lines = [f"{DELTA_HEADER}{ctx.node_name}: {start} -> {state.generation}", *proxy, *removed]
+    for table, chains in (("nat", NAT_CHAINS), ("filter", FILTER_CHAINS)):
+        body = [f"-D {c} {r}" for c, r in sorted(gone) if c in chains]
+        body += [f"-A {c} {r}" for c, r in added if c in chains]
+        if body:
+            lines += [f"*{table}", *body, "COMMIT"]
     return "\n".join(lines) + "\n"
+
+
+def parse_delta_header(rendered: str) -> tuple[int, int] | None:
+    """(from, to) generation of a :func:`render_delta` text; None for a full rendering."""
+    if not rendered.startswith(DELTA_HEADER):
+        return None
+    header = rendered.partition("\n")[0]
+    try:
+        start, _, end = header.rsplit(": ", 1)[1].partition(" -> ")
+        return int(start), int(end)
+    except (IndexError, ValueError):
+        raise InputError(f"line 1: expected '{DELTA_HEADER}<node>: <from> -> <to>': "
+                         f"{header!r}", source="userspace proxy delta") from None
+
+
+def removed_ports(rendered: str) -> list[list[str]]:
+    """[name, protocol] of every ``# proxy-remove`` line of a delta."""
+    return [line[len(REMOVE):].split(" ") for line in rendered.splitlines()
+            if line.startswith(REMOVE)]
 
 
 def parse_proxy_table(rendered: str) -> list[dict[str, Any]]:
@@ -215,6 +358,10 @@ class UserspaceDatapath(Datapath):
         self._procs: dict[str, subprocess.Popen[str]] = {}
         self._initialised: set[str] = set()
         self._group: list[Path] = []  # the run cgroup of the proxies, once made
+        # Per node: each service port's part of a sync, rendered again only when it changed.
+        self._renders: dict[str, NodeRender] = {}
+        # Per node namespace: the render generation its proxy and rules hold (None: unknown).
+        self._generation: dict[str, int | None] = {}
         # Proxies (and their cgroup) go with this object even if nobody calls cleanup().
         weakref.finalize(self, _stop_all, self._procs, self._group)
 
@@ -233,7 +380,18 @@ class UserspaceDatapath(Datapath):
 
     def render(self, ports: Sequence[ServicePortView], ctx: NodeContext) -> str:
         """iptables-restore input for the portal chains plus the proxy's table."""
-        return render_rules(ports, ctx, self._proxy_ports)
+        return render_rules(ports, ctx, self._proxy_ports,
+                            self._renders.setdefault(ctx.node_name, NodeRender()))
+
+    def render_partial(self, ports: Sequence[ServicePortView], ctx: NodeContext,
+                       changed: Collection[str]) -> str:
+        """The changed Services' proxy lines and portal rules only (:func:`render_delta`)."""
+        return render_delta(ports, ctx, self._proxy_ports,
+                            self._renders.setdefault(ctx.node_name, NodeRender()), changed)
+
+    def rendered_ports(self, node_name: str) -> int:
+        """Service ports the node's last render built anew rather than took from its cache."""
+        return self._renders[node_name].rendered_ports
 
     def state_size(self, rendered: str) -> dict[str, int]:
         lines = rendered.splitlines()
@@ -242,12 +400,43 @@ class UserspaceDatapath(Datapath):
                 "proxy_sockets": sum(1 for ln in lines if ln.startswith("# proxy "))}
 
     def apply(self, rendered: str, netns: str) -> None:
-        """Give the node's proxy its table, then program the portals."""
-        self._sync_proxy(netns, parse_proxy_table(rendered))
+        """Give the node's proxy its whole table, then program the portals."""
+        if parse_delta_header(rendered) is not None:
+            self.apply_partial(rendered, netns)
+            return
+        self._generation[netns] = None  # until this sync completes
+        self._sync_proxy(netns, {"services": parse_proxy_table(rendered)})
         if netns not in self._initialised:
             self._ensure_base(netns)
             self._initialised.add(netns)
         TOOLS.restore(netns, rendered, "--noflush", timeout=self.apply_timeout)
+        self._generation[netns] = next(
+            (r.generation for r in self._renders.values()
+             if r.text is rendered or r.text == rendered), None)
+
+    def apply_partial(self, rendered: str, netns: str) -> None:
+        """Give the proxy only the changed ports (it parses and acts on those alone), then
+        delete and append the changed portal rules; a full rendering (what a partial
+        render falls back to) is applied as a full sync."""
+        span = parse_delta_header(rendered)
+        if span is None:
+            self.apply(rendered, netns)
+            return
+        held = self._generation.get(netns)
+        proc = self._procs.get(netns)
+        if proc is None or proc.poll() is not None:
+            held = None  # a new proxy would start with an empty table
+        if held != span[0] or netns not in self._initialised:
+            raise ApplyError(f"a partial sync of {netns} from generation {span[0]} cannot "
+                             f"apply: the node holds {held}; run a full sync first")
+        self._generation[netns] = None  # until this sync completes
+        update = parse_proxy_table(rendered)
+        remove = removed_ports(rendered)
+        if update or remove:
+            self._sync_proxy(netns, {"update": update, "remove": remove})
+        if "\nCOMMIT" in rendered:
+            TOOLS.restore(netns, rendered, "--noflush", timeout=self.apply_timeout)
+        self._generation[netns] = span[1]
 
     def _ensure_base(self, netns: str) -> None:
         # Upstream's iptablesInit: EnsureChain, then EnsureRule (check, insert/append).
@@ -273,17 +462,29 @@ class UserspaceDatapath(Datapath):
             raise ApplyError(f"userspace proxy in {netns} failed to start: {line or 'no output'}")
         return proc
 
-    def _sync_proxy(self, netns: str, services: list[dict[str, Any]]) -> None:
+    def _sync_proxy(self, netns: str, doc: dict[str, Any]) -> None:
         proc = self._proxy(netns)
         assert proc.stdin is not None
         try:
-            proc.stdin.write(json.dumps({"services": services}) + "\n")
+            proc.stdin.write(json.dumps(doc) + "\n")
             proc.stdin.flush()
         except OSError as e:
             raise ApplyError(f"userspace proxy in {netns} is gone: {e}") from e
         line = self._read_line(proc, self.apply_timeout or PROXY_SYNC_TIMEOUT, netns)
         if not line.startswith("ok"):
             raise ApplyError(f"userspace proxy in {netns}: {line or 'no answer'}")
+
+    def proxy_table(self, netns: str) -> list[dict[str, Any]]:
+        """What the node's proxy holds, in the form of :func:`parse_proxy_table` (sorted
+        by name and protocol, endpoints and claims sorted)."""
+        proc = self._procs[netns]
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps({"show": True}) + "\n")
+        proc.stdin.flush()
+        line = self._read_line(proc, PROXY_SYNC_TIMEOUT, netns)
+        if not line.startswith("table "):
+            raise ApplyError(f"userspace proxy in {netns}: {line or 'no answer'}")
+        return list(json.loads(line[len("table "):]))
 
     @staticmethod
     def _read_line(proc: subprocess.Popen[str], timeout: float, netns: str) -> str:
@@ -305,6 +506,7 @@ class UserspaceDatapath(Datapath):
         for ns, proc in self._procs.items():
             if netns is not None and ns != netns:
                 continue
+            self._generation[ns] = None  # its successor starts empty: a full sync must follow
             if proc.poll() is None:
                 proc.kill()
                 killed += 1
@@ -320,6 +522,7 @@ class UserspaceDatapath(Datapath):
     def release(self) -> None:
         _stop_all(self._procs, self._group)
         self._initialised.clear()
+        self._generation.clear()
 
     def cleanup(self, netns: str) -> None:
         """Stop the node's proxy, unlink the jumps, delete the chains."""
@@ -327,6 +530,7 @@ class UserspaceDatapath(Datapath):
         if proc is not None:
             _stop(proc)
         self._initialised.discard(netns)
+        self._generation.pop(netns, None)
         for table, builtin, _, rule in JUMPS:
             if TOOLS.rc(netns, "-t", table, "-C", builtin, *rule, timeout=None) == 0:
                 TOOLS.run(netns, "-t", table, "-D", builtin, *rule)

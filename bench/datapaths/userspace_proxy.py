@@ -13,7 +13,11 @@ port without endpoints accepts and closes (TCP) or drops (UDP), as upstream
 did. Node ports are held open ("claimed") as upstream held them.
 
 Protocol on stdin/stdout, one JSON object per line: the parent sends
-``{"services": [...]}`` (see :func:`Proxy.configure`), the proxy answers
+``{"services": [...]}``, the whole table (see :func:`Proxy.configure`), or
+``{"update": [...], "remove": [[name, protocol], ...]}``, the service ports
+of a partial sync only (the others are left as they are), or ``{"show": true}``,
+answered with ``table <json>``: what the proxy holds, in the form a full
+table gives it (tests compare it with one). For the others the proxy answers
 ``ok <listening sockets>`` or ``error <reason>`` once every socket is open
 or closed. It prints ``ready`` at start.
 
@@ -136,30 +140,50 @@ class Proxy:
         Each service: ``name``, ``protocol``, ``proxy_port``, ``endpoints`` (``ip:port``),
         ``affinity_timeout`` (seconds, null without ClientIP affinity), ``claims``.
         """
+        if "services" not in doc:
+            for name, protocol in doc["remove"]:
+                svc = self.services.pop((name, protocol), None)
+                if svc is not None:
+                    self._close_service(svc)
+            for spec in doc["update"]:
+                self._configure_one(spec)
+            return len(self.services)
         wanted = {(s["name"], s["protocol"]): s for s in doc["services"]}
         for key in [k for k in self.services if k not in wanted]:
             self._close_service(self.services.pop(key))
-        for key, spec in wanted.items():
-            svc = self.services.get(key)
-            if svc is not None and svc.proxy_port != spec["proxy_port"]:
-                self._close_service(self.services.pop(key))
-                svc = None
-            if svc is None:
-                sock = _listen(spec["protocol"], spec["proxy_port"])
-                svc = Service(spec["name"], spec["protocol"], spec["proxy_port"], sock,
-                              Balancer())
-                self.sel.register(sock, selectors.EVENT_READ, ("listen", svc))
-                self.services[key] = svc
-            endpoints = [(h, int(p)) for h, _, p in (e.rpartition(":")
-                                                     for e in spec["endpoints"])]
-            ttl = spec.get("affinity_timeout")
-            svc.balancer.update(endpoints, float(ttl) if ttl is not None else None)
-            for port in [p for p in svc.claims if p not in spec["claims"]]:
-                svc.claims.pop(port).close()
-            for port in spec["claims"]:
-                if port not in svc.claims:
-                    svc.claims[port] = _listen(spec["protocol"], port)
+        for spec in wanted.values():
+            self._configure_one(spec)
         return len(self.services)
+
+    def _configure_one(self, spec: dict[str, Any]) -> None:
+        """Make one service port's socket, balancer and claims match ``spec``."""
+        key = (spec["name"], spec["protocol"])
+        svc = self.services.get(key)
+        if svc is not None and svc.proxy_port != spec["proxy_port"]:
+            self._close_service(self.services.pop(key))
+            svc = None
+        if svc is None:
+            sock = _listen(spec["protocol"], spec["proxy_port"])
+            svc = Service(spec["name"], spec["protocol"], spec["proxy_port"], sock, Balancer())
+            self.sel.register(sock, selectors.EVENT_READ, ("listen", svc))
+            self.services[key] = svc
+        endpoints = [(h, int(p)) for h, _, p in (e.rpartition(":") for e in spec["endpoints"])]
+        ttl = spec.get("affinity_timeout")
+        svc.balancer.update(endpoints, float(ttl) if ttl is not None else None)
+        for port in [p for p in svc.claims if p not in spec["claims"]]:
+            svc.claims.pop(port).close()
+        for port in spec["claims"]:
+            if port not in svc.claims:
+                svc.claims[port] = _listen(spec["protocol"], port)
+
+    def table(self) -> list[dict[str, Any]]:
+        """Every service port the proxy serves, as ``configure`` takes it (sorted)."""
+        return sorted(({"name": s.name, "protocol": s.protocol, "proxy_port": s.proxy_port,
+                        "endpoints": sorted(f"{h}:{p}" for h, p in s.balancer.endpoints),
+                        "affinity_timeout": (int(s.balancer.affinity_ttl)
+                                             if s.balancer.affinity_ttl is not None else None),
+                        "claims": sorted(s.claims)} for s in self.services.values()),
+                      key=lambda d: (d["name"], d["protocol"]))
 
     def _close_service(self, svc: Service) -> None:
         self.sel.unregister(svc.sock)
@@ -305,7 +329,11 @@ class Proxy:
 
 def _answer(proxy: Proxy, line: bytes) -> None:
     try:
-        n = proxy.configure(json.loads(line))
+        doc = json.loads(line)
+        if doc.get("show"):
+            print("table " + json.dumps(proxy.table()), flush=True)
+            return
+        n = proxy.configure(doc)
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"error {type(e).__name__}: {e}", flush=True)
         return

@@ -27,9 +27,22 @@ Events (:func:`prepare_event`):
     done; ``sync.down`` is the time down, ``sync.apply`` the return sync's
     duration. (The background enters the cluster at node 0 and only node 0's
     agent is on its path: node 1's agent does not matter to it.)
+``churn``
+    K endpoint changes per second to other Services for ``churn_s``, applied
+    by node 0's agent as kube-proxy does: coalesced into at most one partial
+    sync per ``min_sync_period_s``, a full one every ``full_sync_period_s``
+    (:meth:`DisruptionRunner.churn_event`, bench.measure.churn). One point
+    per K. Its batches are rendered as their syncs start, during the event.
+``endpoint-removed``
+    the measured Service's endpoint established UDP flows are pinned to goes
+    away (its pod gone, probes/gone.c) and node 0's agent removes it, with or
+    without kube-proxy's conntrack cleanup (``conntrack_cleanup``; one point
+    each): the one event that changes the background's own Service
+    (:meth:`DisruptionRunner.endpoint_removed_event`).
 
-Every rendering is done before the traffic starts: kpbench's Python render
-is not the datapath's time and must not perturb the background.
+Every rendering of full-sync and proxy-down is done before the traffic
+starts: kpbench's Python render is not the datapath's time and must not
+perturb the background (churn's batches cannot be: see above).
 
 What one repetition stores (bench.measure.disruption): the timeline in 10 ms
 bins of send time (sent, delivered, p50, p99) with the event's start and end,
@@ -39,12 +52,15 @@ all on CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns().
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import resource
 import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -54,15 +70,20 @@ from bench import interrupts
 from bench import results as R
 from bench.analysis.stats import Histogram
 from bench.cluster.testbed import Testbed, gc_paused
+from bench.datapaths.base import run_in_netns
 from bench.datapaths.userspace import UserspaceDatapath
 from bench.errors import ApplyTimeout, FeatureMissing, KpbenchError
 from bench.measure import disruption as D
+from bench.measure.churn import Churn, SyncRecord, change_times, run_schedule
+from bench.measure.probes.gone import GoneProbe
 from bench.measure.probes.latency import LatencyProbe
+from bench.measure.probes.loader import TcHook
 from bench.measure.repetition import SeqSpace
 from bench.measure.scale_loop import ScaleLoop
-from bench.measure.scenario import Scenario
+from bench.measure.scenario import Scenario, event_label
 from bench.measure.traffic import MAX_COUNT, WARMUP_MAGIC, ReplayStats, Target
 from bench.model.generate import GenSpec, generate
+from bench.model.objects import service_port_views
 
 log = logging.getLogger("kpbench")
 
@@ -118,6 +139,7 @@ class DisruptionRunner:
         self.progress = self.loop.progress
         self.workdir = self.loop.workdir
         self.seqs = SeqSpace()
+        self.gone: GoneProbe | None = None  # endpoint-removed: the removed pod is gone
 
     def run(self) -> Path:
         """Run every point; returns the result file (complete, or partial on Ctrl-C)."""
@@ -152,8 +174,13 @@ class DisruptionRunner:
             target = Target.from_client_pod(bed.cluster, measured.cluster_ip,
                                             measured.ports[0].port)
             probe = LatencyProbe.for_cluster(bed.cluster)
+            self.gone = (GoneProbe([TcHook(bed.cluster.pod_ns(p)) for p in bed.layout.pods])
+                         if "endpoint-removed" in sc.events else None)
             try:
                 probe.attach()
+                if self.gone is not None:
+                    self.gone.attach()
+                    self.gone.start()
                 # An event's traffic is sized for this long (it stops at the watch
                 # window's end): node 0's first sync, with a wide margin (a loaded
                 # machine's syncs vary by several times), plus proxy-down's time away.
@@ -161,26 +188,38 @@ class DisruptionRunner:
                 budget = min(max(MIN_EVENT_BUDGET_S, BUDGET_FACTOR * sync_s),
                              sc.point_time_limit)
                 for event in sc.events:
-                    for bg in sc.background:
-                        self.loop.record(self._point(bed, target, probe, variant, n, event,
-                                                     bg, budget, setup))
+                    for bg in sc.event_backgrounds(event):
+                        for option in sc.event_options(event):
+                            self.loop.record(self._point(bed, target, probe, variant, n,
+                                                         event, bg, budget, setup,
+                                                         option, measured.key))
             except FeatureMissing as e:
                 self.loop.record_rest(variant, n, "failed", str(e), say=False, **setup)
             finally:
                 with interrupts.deferred():
                     probe.detach()
+                    if self.gone is not None:
+                        self.gone.detach()
+                        self.gone = None
 
     def _point(self, bed: Testbed, target: Target, probe: LatencyProbe, variant: str, n: int,
                event: str, background: str, budget: float,
-               setup: dict[str, Any]) -> R.PointDoc:
+               setup: dict[str, Any], option: int | bool | None = None,
+               measured: str = "") -> R.PointDoc:
         reps: list[R.RepetitionDoc] = []
         failed: list[dict[str, Any]] = []
-        workload = f"disruption-{event}/{background}"
+        workload = f"disruption-{event_label(event, option)}/{background}"
         for r in range(self.sc.repetitions):
             self.progress.say(f"{variant}: {n} services: {workload} rep {r + 1}/"
                               f"{self.sc.repetitions}")
             try:
-                reps.append(self.repetition(bed, target, probe, event, background, budget))
+                fire = None
+                if event == "churn":
+                    fire = self.churn_event(bed, measured, int(option or 1))
+                elif event == "endpoint-removed":
+                    fire = self.endpoint_removed_event(bed, measured, option is not False)
+                reps.append(self.repetition(bed, target, probe, event, background, budget,
+                                            fire=fire))
             except ApplyTimeout as e:
                 failed.append({"phase": "measured", "index": r, "error": str(e)})
                 break
@@ -205,6 +244,8 @@ class DisruptionRunner:
         window = sc.before_s + budget + sc.after_s + 1.0
         if event == "proxy-down":
             window += sc.down_s
+        if event == "churn":
+            window += sc.churn_s
         count = min(math.ceil(rate * window), probe.capacity, MAX_COUNT)
         self._warm_up(target, background, rate)
         seq = self._take(count)
@@ -233,6 +274,9 @@ class DisruptionRunner:
         finally:
             stop.set()
             thread.join()
+            after = getattr(fire, "after", None)
+            if after is not None:
+                out["figures"] = after()  # the event's own figures, then its state undone
         if "error" in out:
             raise out["error"]
         stats: ReplayStats = out["stats"]
@@ -245,6 +289,8 @@ class DisruptionRunner:
         d, a = D.packets(depart, arrive, until_ns=until)
         timeline, figures = D.summarise(d, a, start_ns, end_ns,
                                         baseline_ns=int(sc.before_s / 2 * 1e9))
+        figures.update(getattr(fire, "figures", {}))
+        figures.update(out.get("figures") or {})
         ok = a != 0
         return {**R.make_repetition(
             sent=len(d), delivered=int(np.count_nonzero(ok)), offered_pps=rate,
@@ -255,6 +301,127 @@ class DisruptionRunner:
             "disruption": {"event": event, **figures,
                            "timeline": timeline.document(start_ns, end_ns)}}  # type: ignore[typeddict-item]
 
+
+    def churn_event(self, bed: Testbed, measured: str, per_s: int) -> Callable[[], Event]:
+        """The ``churn`` event at ``per_s`` changes per second (bench.measure.churn): node
+        0's agent applies them for ``churn_s`` seconds, coalesced into at most one sync
+        per ``min_sync_period_s``, each a partial sync (a full one every
+        ``full_sync_period_s``). The event's ``figures`` (set when it fired) go into the
+        repetition's ``disruption``: syncs run and per second, each sync's apply time and
+        CPU, the sync CPU per second."""
+        sc = self.sc
+        dp = bed.datapath
+        ns = bed.cluster.node_ns(0)
+        ctx = bed.node_context(0)
+        churn = Churn(bed.services, bed.slices, keep=measured)
+        times = change_times(per_s, sc.churn_s)
+        applies: list[float] = []
+        renders: list[float] = []
+
+        def sync(first: int, stop: int, full: bool) -> float:
+            changed = churn.apply(stop - first)
+            slices = churn.slices()
+            with gc_paused():
+                t0 = time.monotonic()
+                views = service_port_views(bed.services, slices, ctx.node_name)
+                text = dp.render(views, ctx) if full else dp.render_partial(views, ctx, changed)
+                renders.append(time.monotonic() - t0)
+                cpu0 = sync_cpu_seconds()
+                t1 = time.monotonic()
+                if full:
+                    dp.apply(text, ns)
+                else:
+                    dp.apply_partial(text, ns)
+                applies.append(time.monotonic() - t1)
+                cpu = sync_cpu_seconds() - cpu0
+            bed.slices = slices
+            return cpu
+
+        def fire() -> Event:
+            start = time.monotonic_ns()
+            records = run_schedule(times, sc.min_sync_period_s, sc.full_sync_period_s,
+                                   time.monotonic, time.sleep, sync)
+            end = time.monotonic_ns()
+            fire.figures = churn_figures(records, applies, per_s, (end - start) / 1e9)  # type: ignore[attr-defined]
+            return start, end, {"apply": max(applies), "apply_total": sum(applies),
+                                "render": sum(renders),
+                                "cpu": sum(r.cpu_s or 0.0 for r in records),
+                                "syncs": float(len(records))}
+        return fire
+
+    def endpoint_removed_event(self, bed: Testbed, measured: str,
+                               cleanup: bool) -> Callable[[], Event]:
+        """The ``endpoint-removed`` event: the endpoint of the measured Service that most
+        background packets reached (where established flows are pinned) is removed --
+        its pod is gone (the gone probe drops what still reaches it, counted as lost),
+        node 0's agent applies the removal as a partial sync and, with ``cleanup``,
+        deletes the removed UDP endpoint's conntrack entries as kube-proxy does
+        (:func:`clear_udp_conntrack`). Start: the pod gone; end: the sync (and the
+        cleanup) done. After the watch window the endpoint and its pod come back
+        (unmeasured), and the event's figures are read (``after``)."""
+        gone = self.gone
+        if gone is None:
+            raise KpbenchError("endpoint-removed needs the gone probe attached")
+        dp = bed.datapath
+        ns = bed.cluster.node_ns(0)
+        ctx = bed.node_context(0)
+        svc = next(s for s in bed.services if s.key == measured)
+        original = list(bed.slices)
+        state: dict[str, Any] = {}
+
+        def sync(slices: list[Any]) -> float:
+            with gc_paused():
+                views = service_port_views(bed.services, slices, ctx.node_name)
+                text = dp.render_partial(views, ctx, {measured})
+                t = time.monotonic()
+                dp.apply_partial(text, ns)
+                bed.slices = slices
+                return time.monotonic() - t
+
+        def fire() -> Event:
+            arrivals = gone.arrivals()
+            ips = [e.addresses[0] for sl in original if sl.service_key == measured
+                   for e in sl.endpoints if e.ready]
+            if not ips:
+                raise KpbenchError(f"endpoint-removed: the measured Service {measured} has "
+                                   "no ready endpoint to remove")
+            ip = max(ips, key=lambda a: arrivals.get(a, 0))
+            slices = [replace(sl, endpoints=tuple(e for e in sl.endpoints
+                                                  if e.addresses[0] != ip))
+                      if sl.service_key == measured else sl for sl in original]
+            with gc_paused():
+                views = service_port_views(bed.services, slices, ctx.node_name)
+                text = dp.render_partial(views, ctx, {measured})
+                start = time.monotonic_ns()
+                gone.set_gone(ip)  # the pod is gone
+                dp.apply_partial(text, ns)
+                applied = time.monotonic_ns()
+                bed.slices = slices
+                deleted = (clear_udp_conntrack(ns, svc.cluster_ip, svc.ports[0].port, ip)
+                           if cleanup else None)
+                end = time.monotonic_ns()
+            state.update(start=start, ip=ip, deleted=deleted,
+                         pinned_packets=arrivals.get(ip, 0))
+            sync_doc: dict[str, float | None] = {"apply": (applied - start) / 1e9}
+            if cleanup:
+                sync_doc["cleanup"] = (end - applied) / 1e9
+            return start, end, sync_doc
+
+        def after() -> dict[str, Any]:
+            first, last, drops = gone.dropped()
+            gone.set_gone(None)
+            sync(original)  # the endpoint back; its pod is back too
+            gone.start()  # fresh counts for the next repetition
+            if "start" not in state:
+                return {}
+            return {"conntrack_cleanup": cleanup, "removed_endpoint": state["ip"],
+                    "removed_endpoint_packets_before": state["pinned_packets"],
+                    "conntrack_deleted": state["deleted"],
+                    "to_removed_packets": drops,
+                    "to_removed_ms": (last - state["start"]) / 1e6 if drops else 0.0}
+
+        fire.after = after  # type: ignore[attr-defined]
+        return fire
 
     def _warm_up(self, target: Target, background: str, rate: int) -> None:
         """WARMUP_S of the background's own traffic, which the probes ignore (its magic):
@@ -280,6 +447,46 @@ class DisruptionRunner:
         except KpbenchError:
             self.seqs = SeqSpace()
             return self.seqs.take(count)
+
+
+def clear_udp_conntrack(netns: str, service_ip: str, port: int, endpoint_ip: str) -> int:
+    """Delete the conntrack entries of UDP flows to ``service_ip``:``port`` that were
+    NATed to ``endpoint_ip``, as kube-proxy does after a sync that removed that UDP
+    endpoint (its conntrack cleanup: entries by original destination, port and the
+    endpoint as reply source). Returns how many were deleted."""
+    p = run_in_netns(netns, ["conntrack", "-D", "-p", "udp", "--orig-dst", service_ip,
+                             "--dport", str(port), "--reply-src", endpoint_ip], check=False)
+    out = (p.stderr or "") + (p.stdout or "")
+    for line in out.splitlines():  # "conntrack v1.4.7 (...): 2 flow entries have been deleted."
+        if "flow entries have been deleted" in line:
+            with contextlib.suppress(ValueError, IndexError):
+                return int(line.split(":")[-1].split()[0])
+    if p.returncode not in (0, 1):
+        raise KpbenchError(f"conntrack -D failed in {netns}: {out.strip()[:200]}")
+    return 0
+
+
+def sync_cpu_seconds() -> float:
+    """CPU seconds of the syncs' appliers so far: the tools this process ran and waited
+    for (iptables-restore, nft, ipset: RUSAGE_CHILDREN) plus this thread's own (the
+    datapaths that program the kernel in-process: bpf() and netlink calls)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime + time.thread_time()
+
+
+def churn_figures(records: list[SyncRecord], applies: list[float], per_s: int,
+                  seconds: float) -> dict[str, Any]:
+    """A churn repetition's own figures (docs/disruption.md), over the event's
+    ``seconds`` (first change to the end of the last sync)."""
+    cpu = [r.cpu_s for r in records]
+    total_cpu = sum(c for c in cpu if c is not None)
+    return {"churn_per_s": per_s, "changes": sum(r.changes for r in records),
+            "syncs": len(records), "full_syncs": sum(1 for r in records if r.full),
+            "syncs_per_s": len(records) / seconds if seconds > 0 else None,
+            "sync_cpu_s_per_s": total_cpu / seconds if seconds > 0 else None,
+            "sync_apply_s": applies, "sync_cpu_s": cpu,
+            "sync_start_ms": [r.start * 1e3 for r in records],
+            "sync_changes": [r.changes for r in records]}
 
 
 def _await_first(probe: LatencyProbe, thread: threading.Thread) -> int:

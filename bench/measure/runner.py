@@ -28,6 +28,7 @@ import numpy as np
 from bench import results as R
 from bench.cluster.testbed import SyncTiming, Testbed
 from bench.errors import ApplyTimeout, FeatureMissing, KpbenchError
+from bench.measure.generator_ceiling import Ceilings
 from bench.measure.overhead import measure as measure_overhead
 from bench.measure.probes.cpu import CpuProbe
 from bench.measure.probes.drops import DropsProbe
@@ -108,6 +109,7 @@ class Runner:
         self.overhead_done = False
         self.warned: set[str] = set()  # missing-probe reasons already said in this run
         self.seqs = SeqSpace()
+        self.ceilings = Ceilings()  # socket generators' own ceilings, once per run
 
     def run(self) -> Path:
         """Run every point; returns the result file (complete, or partial on Ctrl-C)."""

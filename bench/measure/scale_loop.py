@@ -22,7 +22,7 @@ from typing import Any, Protocol, TextIO
 
 from bench import interrupts
 from bench import results as R
-from bench.datapaths import Datapath, family, make_variant
+from bench.datapaths import Datapath, family, make_variant, without_rules
 from bench.errors import KpbenchError
 from bench.kernel.features import DATAPATH_NEEDS, lacking
 from bench.kernel.vm import guest_environment
@@ -132,6 +132,11 @@ class ScaleLoop:
         workload, flows = split_item(workload)
         if flows is not None and "socket" not in kw:  # a socket workload's point
             kw["socket"] = {"loop": self.sc.loop, "flows": flows, "rate_tps": self.sc.rate_tps}
+        why = without_rules(variant)
+        if why is not None:  # its syncs program nothing: no figure, and the reason
+            kw.update(sync_seconds=None, sync_render_seconds=None, sync_node_seconds=[],
+                      missing={**kw.get("missing", {}),
+                               "sync_seconds": f"not applicable: {why}"})
         return R.make_point(datapath=family(variant), variant=variant, services=n,
                             endpoints=self.sc.endpoints, workload=workload,
                             rate_pps=None if "socket" in kw else self.step.rate_pps(workload),
@@ -172,6 +177,6 @@ def _without_measurements(point: R.PointDoc, error: str) -> R.PointDoc:
     """``point`` failed with ``error``: its coordinates and set-up (the sync, the settle)
     kept, none of its repetitions."""
     failed: dict[str, Any] = {k: v for k, v in point.items()
-                              if k not in ("control", "breakdown", "summary")}
+                              if k not in ("control", "breakdown", "control_breakdown", "summary")}
     failed.update(status="failed", error=error, repetitions=[], failed_repetitions=[])
     return failed  # type: ignore[return-value]

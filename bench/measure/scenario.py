@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bench.datapaths import VARIANTS
+from bench.datapaths import VARIANTS, without_rules
 from bench.errors import InputError
 from bench.model.generate import capacity
 from bench.model.input_limits import MAX_SCENARIO_BYTES, brief, parse_toml, read_input
@@ -53,14 +53,16 @@ KINDS = ("packets", "sync", "disruption")
 # A disruption scenario (bench/measure/disruption_runner.py): background traffic to an
 # unchanged service while one event happens; its points are "disruption-<event>/<background>".
 EVENTS = ("full-sync", "churn", "proxy-down", "endpoint-removed")
-EVENTS_IMPLEMENTED = ("full-sync", "proxy-down")
+EVENTS_IMPLEMENTED = ("full-sync", "proxy-down", "churn", "endpoint-removed")
 BACKGROUNDS = ("udp-new", "udp-established")
 MAX_DISRUPTION_S = 3600.0
 # One change at scale, each applied as a partial sync (see bench/measure/sync_runner.py).
 CHANGES = ("add-service", "remove-service", "add-endpoint", "remove-endpoint",
            "endpoint-not-ready")
 POSITIONS = ("first", "middle", "last")
-PROBES = ("latency", "cpu", "drops", "transit")
+PROBES = ("latency", "cpu", "drops", "transit", "oneway")
+# "oneway" (socket points' breakdown repetition, docs/sockets.md) only where asked for.
+DEFAULT_PROBES = ("latency", "cpu", "drops", "transit")
 # tcpreplay reaches about 180k packets/s per core here (docs/machines.md); far beyond that
 # the offered rate would be a fiction.
 MAX_RATE_PPS = 1_000_000
@@ -79,7 +81,8 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "disruption": {"events": list, "background": list, "rate_pps": int,
                    "before_s": (int, float), "after_s": (int, float), "down_s": (int, float),
                    "churn_per_s": list, "churn_s": (int, float),
-                   "min_sync_period_s": (int, float)},
+                   "min_sync_period_s": (int, float), "full_sync_period_s": (int, float),
+                   "conntrack_cleanup": list},
     "measure": {"probes": list, "overhead": bool, "settle_timeout": (int, float),
                 "point_time_limit": (int, float), "settle_tolerance": (int, float)},
 }
@@ -104,7 +107,7 @@ class Scenario:
     # Packets of each paired control repetition (the same traffic to the backend pods'
     # own addresses, after each measured repetition); None: half of ``packets``; 0: none.
     control_packets: int | None = None
-    probes: tuple[str, ...] = PROBES
+    probes: tuple[str, ...] = DEFAULT_PROBES
     overhead: bool = True
     settle_timeout: float = 60.0
     settle_tolerance: float = 0.15
@@ -124,6 +127,11 @@ class Scenario:
     churn_per_s: tuple[int, ...] = (10, 100)
     churn_s: float = 10.0
     min_sync_period_s: float = 1.0
+    # churn: a full sync at most this often (kube-proxy's FullSyncPeriod; bench.measure.churn)
+    full_sync_period_s: float = 3600.0
+    # endpoint-removed: with kube-proxy's conntrack cleanup of the removed UDP endpoint,
+    # without it, or both (one point each)
+    conntrack_cleanup: tuple[bool, ...] = (True, False)
     # Socket workloads: closed loop at each concurrency, or open loop at rate_tps.
     loop: str = "closed"
     flows: tuple[int, ...] = (8,)
@@ -165,6 +173,24 @@ class Scenario:
         return tuple((w, f) for w in self.workloads if w in SOCKET_WORKLOADS
                      for f in self.flows)
 
+    def event_backgrounds(self, event: str) -> tuple[str, ...]:
+        """The backgrounds ``event`` is measured with: endpoint-removed is about
+        established UDP flows (``udp-established`` only: a new flow per packet meets a
+        removal as it meets any partial sync); every other event, each background."""
+        if event == "endpoint-removed":
+            return tuple(b for b in self.background if b == "udp-established")
+        return self.background
+
+    def event_options(self, event: str) -> tuple[int | bool | None, ...]:
+        """One disruption point per option of ``event`` (and background): churn's
+        changes per second (``churn_per_s``), endpoint-removed's ``conntrack_cleanup``
+        (true, false); one point for the other events."""
+        if event == "churn":
+            return tuple(self.churn_per_s)
+        if event == "endpoint-removed":
+            return tuple(self.conntrack_cleanup)
+        return (None,)
+
     @property
     def measured(self) -> tuple[str, ...]:
         """What each (datapath, scale) measures: traffic workloads (a socket workload once
@@ -173,13 +199,26 @@ class Scenario:
         if self.kind == "sync":
             return ("sync-full", *(f"sync-{c}" for c in self.changes))
         if self.kind == "disruption":
-            return tuple(f"disruption-{e}/{b}" for e in self.events for b in self.background)
+            return tuple(f"disruption-{event_label(e, o)}/{b}"
+                         for e in self.events for b in self.event_backgrounds(e)
+                         for o in self.event_options(e))
         return (*self.packet_workloads, *(socket_item(w, f) for w, f in self.socket_items))
     @property
     def points(self) -> list[tuple[str, int, str]]:
         """(datapath, services, workload) in run order."""
         return [(dp, n, w) for dp in self.datapaths for n in self.scales(dp)
                 for w in self.measured]
+
+
+def event_label(event: str, option: int | bool | None) -> str:
+    """A disruption event's part of its points' workload names (``disruption-<label>/
+    <background>``): ``churn-100`` for churn at 100 changes/s,
+    ``endpoint-removed-no-cleanup`` without the conntrack cleanup; else the event's name."""
+    if event == "churn":
+        return f"churn-{option}"
+    if event == "endpoint-removed" and option is False:
+        return "endpoint-removed-no-cleanup"
+    return event
 
 
 def socket_item(workload: str, flows: int) -> str:
@@ -362,6 +401,12 @@ def parse_scenario(doc: dict[str, Any], src: str = "<scenario>", text: str = "",
     _socket_traffic(traffic, kw, src)
     if "probes" in measure:
         kw["probes"] = _choices(measure["probes"], PROBES, src, "measure.probes")
+        timed = [w for w in kw.get("workloads", Scenario.workloads)
+                 if w in SOCKET_WORKLOADS and not w.endswith("tcp-stream")]
+        if "oneway" in kw["probes"] and (not timed or doc.get("kind", "packets") != "packets"):
+            raise InputError("the oneway probe times socket workloads' requests and responses "
+                             "(tcp-crr, tcp-rr, udp-rr); add one to traffic.workloads or "
+                             "remove \"oneway\"", source=src, field="measure.probes")
     for key in ("settle_timeout", "point_time_limit", "settle_tolerance"):
         if key in measure:
             _positive(measure[key], src, f"measure.{key}", zero_ok=key == "settle_timeout")
@@ -373,6 +418,12 @@ def parse_scenario(doc: dict[str, Any], src: str = "<scenario>", text: str = "",
         raise InputError(f"unknown kind {brief(kind)}; choose from {', '.join(KINDS)}", source=src,
                          field="kind")
     kw["kind"] = kind
+    if kind != "packets":  # a sync or disruption scenario measures the rules' changes
+        for dp in kw["datapaths"]:
+            if without_rules(dp):
+                raise InputError(f"{dp} programs no Service rules, so a {kind} scenario has "
+                                 "nothing to measure for it; remove it", source=src,
+                                 field="sweep.datapaths")
     sync = doc.get("sync", {})
     if sync and kind != "sync":
         raise InputError("a [sync] table needs kind = \"sync\"", source=src, field="sync")
@@ -406,13 +457,19 @@ def _disruption(table: dict[str, Any], kind: str, src: str) -> dict[str, Any]:
                              f"{', '.join(EVENTS_IMPLEMENTED)}", source=src,
                              field="disruption.events")
         kw["events"] = events
+        if ("endpoint-removed" in events and "udp-established"
+                not in table.get("background", BACKGROUNDS)):
+            raise InputError("endpoint-removed measures established UDP flows: add "
+                             "\"udp-established\" to disruption.background", source=src,
+                             field="disruption.events")
     if "background" in table:
         kw["background"] = _choices(table["background"], BACKGROUNDS, src,
                                     "disruption.background")
     if "rate_pps" in table:
         _positive(table["rate_pps"], src, "disruption.rate_pps", hi=MAX_RATE_PPS)
         kw["disruption_rate_pps"] = table["rate_pps"]
-    for key in ("before_s", "after_s", "down_s", "churn_s", "min_sync_period_s"):
+    for key in ("before_s", "after_s", "down_s", "churn_s", "min_sync_period_s",
+                "full_sync_period_s"):
         if key in table:
             _positive(table[key], src, f"disruption.{key}", hi=MAX_DISRUPTION_S,
                       zero_ok=key == "min_sync_period_s")
@@ -426,4 +483,12 @@ def _disruption(table: dict[str, Any], kind: str, src: str) -> dict[str, Any]:
         for v in values:
             _positive(v, src, "disruption.churn_per_s", hi=100_000)
         kw["churn_per_s"] = tuple(values)
+    if "conntrack_cleanup" in table:
+        values = table["conntrack_cleanup"]
+        if (not values or not all(isinstance(v, bool) for v in values)
+                or len(set(values)) != len(values)):
+            raise InputError("must be [true], [false] or [true, false] (endpoint-removed with "
+                             "kube-proxy's conntrack cleanup, without it, or both)",
+                             source=src, field="disruption.conntrack_cleanup")
+        kw["conntrack_cleanup"] = tuple(values)
     return kw

@@ -9,11 +9,17 @@ after every repetition its paired **direct** repetition: the same workload
 from the same client to the backend pods' own addresses (spread over them as
 the Service spreads its connections), through no Service rule,
 so each point states what the Service costs (Service minus direct) with the
-machine's drift cancelled, as the packet points' paired control does. A first,
+machine's drift cancelled, as the packet points' paired control does. The
+``direct`` datapath (no Service rules) measures that direct path as its own
+repetitions, without a control: the rules-free reference. A first,
 shorter run of each workload is discarded (connections, caches and conntrack
-warm). The NET_RX softirq CPU of each repetition comes from the CPU probe;
-the generator's and responders' from their own cgroups; a datapath's own
-processes (the userspace proxy) from its process cgroup.
+warm), and the generator's own ceiling at the point's load is measured once
+per run (:class:`bench.measure.generator_ceiling.Ceilings`). With the ``oneway``
+probe asked for, a request/response point closes with a breakdown repetition of
+each path (:meth:`SocketPoints._breakdown`). The NET_RX softirq
+CPU of each repetition comes from the CPU probe; the generator's and
+responders' from their own cgroups; a datapath's own processes (the userspace
+proxy) from its process cgroup.
 """
 
 from __future__ import annotations
@@ -28,9 +34,10 @@ from bench.cluster.testbed import SyncTiming, Testbed
 from bench.errors import FeatureMissing, KpbenchError
 from bench.measure import sockets as S
 from bench.measure.probes.cpu import CpuProbe
+from bench.measure.probes.oneway import OneWayProbe
 from bench.model import layout as L
 from bench.model.objects import Service
-from bench.results.writer import make_socket_repetition
+from bench.results.writer import add_one_way, make_socket_repetition
 
 if TYPE_CHECKING:
     from bench.measure.runner import Runner
@@ -43,6 +50,8 @@ DIRECT_PORTS = (40000, 59999)
 # The discarded first run of each workload: this long, or half a repetition if shorter
 # (a short-point suite would spend more on warming up than on measuring).
 WARMUP_S = 1.0
+# The workloads with a request and a response to time one way (tcp-stream has neither).
+ONE_WAY_WORKLOADS = ("tcp-crr", "tcp-rr", "udp-rr")
 
 
 def is_socket_workload(workload: str) -> bool:
@@ -102,10 +111,15 @@ class SocketPoints:
         work = S.SocketWorkload(workload.removeprefix(NODEPORT_PREFIX), flows=flows,
                                 loop=sc.loop, rate_tps=sc.rate_tps, duration_s=sc.duration_s)
         paths = self._paths(bed, measured, kind, work.workload)
+        if bed.datapath.without_rules:  # the rules-free reference: the direct path IS the point
+            assert paths.direct is not None  # a ClusterIP workload (NodePort: not_measured)
+            paths = Paths(paths.direct, None)
+            missing["direct"] = ("this point is the direct path (the datapath programs no "
+                                 "Service rules): no separate control")
         missing["conntrack_entries_created"] = (
             "counted exactly only with conntrack -E, whose cost would be in the timed "
             "figures (tests/integration/test_sockets.py checks one entry per connection)")
-        if paths.direct is None:
+        if paths.direct is None and "direct" not in missing:
             missing["direct"] = ("no direct path from the external client to a pod's own "
                                  "address (the underlay does not route pod addresses)")
         group = bed.datapath.client_cgroup() if kind == "clusterip" else None
@@ -121,6 +135,10 @@ class SocketPoints:
             return self.runner.loop.point(variant, n, workload, status="failed",
                                           error=f"warm-up failed: {e}", missing=missing,
                                           **common)
+        # The generator's own ceiling at this load: measured once per run.
+        ceiling, why = self.runner.ceilings.get(work, paths.service.client_netns)
+        if why:
+            missing["generator_ceiling"] = why
         reps: list[R.RepetitionDoc] = []
         direct: list[R.RepetitionDoc] = []
         failed: list[dict[str, Any]] = []
@@ -137,24 +155,73 @@ class SocketPoints:
                     failed.append({"phase": "control", "index": r, "error": error})
                 else:
                     direct.append(rep)
-        return self.runner.loop.point(
+        point = self.runner.loop.point(
             variant, n, workload, repetitions=reps, control=direct or None,
             status="ok" if reps else "failed",
             error=None if reps else f"every repetition failed: {failed[0]['error']}",
             missing=missing, failed_repetitions=failed, **common)
+        point["generator_ceiling"] = ceiling
+        if reps and "oneway" in sc.probes:
+            say(f"{label}: breakdown (one-way probe)")
+            self._breakdown(bed, work, paths, group, kind, point)
+        return point
+
+    def _breakdown(self, bed: Testbed, work: S.SocketWorkload, paths: Paths, group: Any,
+                   kind: str, point: R.PointDoc) -> None:
+        """One more repetition of each path with the one-way probe attached (its cost is on
+        the packet path, so never in a measured repetition): ``point["breakdown"]`` (the
+        Service) and ``point["control_breakdown"]`` (the direct path), never pooled; a
+        failed one is under failed_repetitions as phase "breakdown", index 0 (the Service)
+        or 1 (the direct path)."""
+        missing = point["missing"]
+        if work.workload not in ONE_WAY_WORKLOADS:
+            missing["one_way_ns"] = f"{work.workload} has no request and response to time"
+            return
+        probe = OneWayProbe.for_cluster(bed.cluster, external=kind == "nodeport")
+        try:
+            probe.attach()
+        except FeatureMissing as e:
+            missing["one_way_ns"] = str(e)
+            return
+        try:
+            for key, path, index in (("breakdown", paths.service, 0),
+                                     ("control_breakdown", paths.direct, 1)):
+                if path is None:
+                    continue
+                rep, error = self._rep(work, path, group, None, probe)
+                if rep is None:
+                    point["failed_repetitions"].append(
+                        {"phase": "breakdown", "index": index, "error": error or ""})
+                    continue
+                point[key] = rep  # type: ignore[literal-required]
+                c = rep["one_way"]  # type: ignore[typeddict-item]
+                if c["unmatched"] and not rep["one_way_request_hist"]:  # type: ignore[typeddict-item]
+                    missing["one_way_ns"] = (
+                        f"no request matched at both ends ({c['unmatched']} arrived "
+                        "unmatched): the path changes the TCP sequence numbers (a proxy's "
+                        "own connection to the backend) or a UDP flow's client port (SNAT)")
+        finally:
+            probe.detach()
 
     def _rep(self, work: S.SocketWorkload, path: S.SocketPath, group: Any,
-             cpu: CpuProbe | None) -> tuple[R.RepetitionDoc | None, str | None]:
-        """One run of ``work`` over ``path``: (the repetition, None) or (None, why)."""
+             cpu: CpuProbe | None, oneway: OneWayProbe | None = None,
+             ) -> tuple[R.RepetitionDoc | None, str | None]:
+        """One run of ``work`` over ``path``: (the repetition, None) or (None, why);
+        with ``oneway``, its one-way parts too (a breakdown repetition)."""
         readings = []
+        one_way = []
 
         @contextlib.contextmanager
         def window() -> Iterator[None]:  # the generator's run only
             if cpu is not None:
                 cpu.start()
+            if oneway is not None:
+                oneway.start()
             yield
             if cpu is not None:
                 readings.append(cpu.read())
+            if oneway is not None:
+                one_way.append(oneway.read())
 
         try:
             res = S.run(work, path, cgroup=group, window=window)
@@ -162,7 +229,7 @@ class SocketPoints:
             return None, str(e)
         reading = readings[0] if readings else None
         s = res.summary()
-        return make_socket_repetition(
+        rep = make_socket_repetition(
             seconds=res.seconds, transactions=res.transactions, failed=res.failed,
             rtt_hist=res.rtt if res.rtt.count else None,
             transactions_per_s=res.transactions_per_s, throughput_bps=res.throughput_bps,
@@ -174,7 +241,12 @@ class SocketPoints:
             generator_cpu_ns=res.generator_cpu_ns, responder_cpu_ns=res.responder_cpu_ns,
             softirq_ns=reading.net_rx_ns if reading is not None else None,
             datapath_ns=(reading.process_ns if reading is not None
-                         and cpu is not None and cpu.group is not None else None)), None
+                         and cpu is not None and cpu.group is not None else None))
+        if one_way:
+            h = one_way[0].histograms()
+            add_one_way(rep, h["request"] if h["request"].count else None,
+                        h["response"] if h["response"].count else None, one_way[0].counts)
+        return rep, None
 
     def _paths(self, bed: Testbed, measured: Service, kind: str, workload: str) -> Paths:
         """The Service path (to every backend pod of the measured service) and the direct
@@ -200,7 +272,9 @@ class SocketPoints:
         # Spread over the backends as the Service spreads connections (one backend would
         # serve a concurrent load with fewer processes than the Service path has).
         dsts = [(r.ip, r.port or port) for r in responders]
-        if workload == "tcp-stream":  # its Service has session affinity: one backend
+        # With ClientIP affinity (a scenario with tcp-stream gives the measured service
+        # one) every connection of this client goes to one backend: so does the direct path.
+        if measured.session_affinity == "ClientIP":
             dsts, responders = dsts[:1], responders[:1]
         direct = S.SocketPath(bed.cluster.client_pod_ns, dsts[0][0], dsts[0][1], responders,
                               port_range=DIRECT_PORTS, spread=tuple(dsts[1:]))

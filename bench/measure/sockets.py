@@ -218,7 +218,7 @@ def run(work: SocketWorkload, path: SocketPath, *, cgroup: Path | None = None,
             subprocess.run(["ip", "netns", "exec", path.client_netns, "sysctl", "-qw",
                             f"net.ipv4.ip_local_port_range={lo} {hi}"], check=True,
                            capture_output=True, timeout=10)
-        before = nstat(spaces)
+        before = nstat_all(spaces)
         ct_before = [conntrack_count(ns) for ns in path.node_netns]
         if conntrack_events:
             for ns in path.node_netns:
@@ -235,7 +235,7 @@ def run(work: SocketWorkload, path: SocketPath, *, cgroup: Path | None = None,
             result.conntrack_created = sum(conntrack_count(ns) - c
                                            for ns, c in zip(path.node_netns, ct_before,
                                                             strict=True))
-        after = nstat(spaces)
+        after = nstat_all(spaces)
         result.counters = {ns: {k: after[ns].get(v, 0) - before[ns].get(v, 0)
                                 for k, v in TCP_COUNTERS.items()} for ns in spaces}
         if conntrack_events:
@@ -258,9 +258,14 @@ def _own_cgroup(stack: contextlib.ExitStack, name: str) -> Path:
 
 # --- counters ------------------------------------------------------------------
 
-def nstat(spaces: list[str]) -> dict[str, dict[str, int]]:
-    """Each namespace's SNMP counters (absolute; nstat's history is left untouched),
-    read all at once (one after the other, a dozen namespaces cost a point 0.2 s)."""
+def nstat(netns: str) -> dict[str, int]:
+    """The namespace's SNMP counters (absolute; nstat's history is left untouched)."""
+    return nstat_all([netns])[netns]
+
+
+def nstat_all(spaces: list[str]) -> dict[str, dict[str, int]]:
+    """:func:`nstat` of each namespace, read all at once (one after the other, a dozen
+    namespaces cost each run 0.2 s)."""
     procs = {ns: subprocess.Popen(["ip", "netns", "exec", ns, "nstat", "-asz", "--json"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for ns in spaces}

@@ -49,7 +49,7 @@ from bench.measure.scale_loop import ScaleLoop
 from bench.measure.scenario import Scenario
 from bench.measure.traffic import Target
 from bench.model.generate import GenSpec, generate
-from bench.model.objects import EndpointSlice, Service, service_port_views
+from bench.model.objects import EndpointSlice, Service, ServicePortView, service_port_views
 
 PRE_ROLL = 0.3  # seconds of traffic before a change is issued
 TAIL = 0.5  # and after the change showed (or the apply is expected to end)
@@ -93,6 +93,7 @@ class SyncRunner:
         self._seq = 0  # the effect traffic's sequence numbers, fresh for every change
         self._last_text = ""  # the last rendering applied (its state size is recorded)
         self._last_times = (0.0, 0.0)  # (render, apply) seconds of the last sync, also cut short
+        self._last_views: tuple[Any, Any, str, list[ServicePortView]] | None = None
 
     def run(self) -> Path:
         """Run every point; returns the result file (complete, or partial on Ctrl-C)."""
@@ -197,7 +198,7 @@ class SyncRunner:
         dp = bed.datapath
         ctx = bed.node_context(0)
         ns = bed.cluster.node_ns(0)
-        views = service_port_views(change.services, change.slices, ctx.node_name)
+        views = self._views(change, ctx.node_name)
         with gc_paused():  # the collector's pauses are ours, not render's or apply's
             t0 = time.monotonic()
             text = (dp.render(views, ctx) if partial is None
@@ -247,6 +248,18 @@ class SyncRunner:
         if effect is not None:
             sync["effect"] = _effect_seconds(effect.read(), change, issued)
         return R.make_repetition(sent=0, delivered=0, sync=sync)
+
+    def _views(self, change: Change, node: str) -> list[ServicePortView]:
+        """The service ports of ``change``'s state; the same objects as last time while
+        its Services and slices are (an informer hands the same objects until one
+        changes), so a resync's render finds every port unchanged at a glance."""
+        last = self._last_views
+        if last is not None and last[0] is change.services and last[1] is change.slices \
+                and last[2] == node:
+            return last[3]
+        views = service_port_views(change.services, change.slices, node)
+        self._last_views = (change.services, change.slices, node, views)
+        return views
 
     def _start_traffic(self, bed: Testbed, change: Change,
                        expect_s: float | None) -> tuple[threading.Thread, threading.Event]:

@@ -183,9 +183,21 @@ def sorted_endpoints(endpoints: Iterable[ServiceEndpoint]) -> tuple[ServiceEndpo
     return tuple(sorted(endpoints, key=lambda e: e.address))
 
 
+class PortViews(list[ServicePortView]):
+    """The views of :func:`service_port_views`, with ``by_service`` (Service key ->
+    its views, in order): what a change tracker hands a partial sync, so it renders
+    the changed Services without walking every port."""
+
+    def __init__(self, views: Iterable[ServicePortView] = ()) -> None:
+        super().__init__(views)
+        self.by_service: dict[str, list[ServicePortView]] = {}
+        for v in self:
+            self.by_service.setdefault(v.service.key, []).append(v)
+
+
 def service_port_views(
     services: Sequence[Service], slices: Sequence[EndpointSlice], node_name: str | None
-) -> list[ServicePortView]:
+) -> PortViews:
     """Join every service port to its endpoints, as seen from ``node_name``.
 
     Endpoint ports are matched by port name and protocol; an address that
@@ -222,4 +234,4 @@ def service_port_views(
                                                       and not seen[se.address].is_local):
                             seen[se.address] = se
             views.append(ServicePortView(svc, sp, sorted_endpoints(seen.values())))
-    return views
+    return PortViews(views)

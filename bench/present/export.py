@@ -19,9 +19,13 @@ position, repetition, metric, value, unit, loop, flows, rate_tps.
   ``.softirq``/``.datapath``/``.generator``/``.responder`` parts,
   ``failed_connections``, ``retransmits``, ``resets``,
   ``conntrack_entries_created``, ``direct.*``,
-  ``service_minus_direct_*``), a repetition's rows its socket figures and RTT
-  (``socket.<figure>``, ``rtt_*``), and the paired direct path's repetitions
-  are ``direct-<i>``.
+  ``service_minus_direct_*``, and with the one-way probe ``one_way_request_*``,
+  ``one_way_response_*`` and their ``direct.`` forms), a repetition's rows its
+  socket figures and RTT (``socket.<figure>``, ``rtt_*``; a breakdown's also its
+  ``one_way_*`` and the probe's counts ``one_way.<count>``), the paired direct
+  path's repetitions are ``direct-<i>`` and its breakdown ``direct-breakdown``;
+  also ``generator_ceiling.*``, ``at_generator_ceiling`` and
+  ``offered_not_reached``.
 - Every point gets a ``status`` row (value ok / failed / exceeded-limit), a
   failed one also an ``error`` row, and each measurement a probe could not
   take a ``missing.<measurement>`` row whose value is the reason. A missing
@@ -84,6 +88,7 @@ def summary_metrics(point: Point | PointDoc) -> Iterator[tuple[str, Any, str]]:
     s = point.summary
     if point.is_socket:
         yield from _socket_summary_rows(s)
+        yield from _ceiling_rows(point.doc.get("generator_ceiling"), s)
         return
     for key, unit in (("offered_pps", "packets/s"), ("achieved_pps", "packets/s"),
                       ("delivered_pps", "packets/s"), ("loss", "fraction"),
@@ -124,7 +129,9 @@ DIRECT_FIGURES = (("transactions_per_s", "tx/s"), ("throughput_bps", "bit/s"),
 SERVICE_MINUS_DIRECT = (("service_minus_direct_rtt_p50_ns", "ns"),
                         ("service_minus_direct_rtt_p99_ns", "ns"),
                         ("service_minus_direct_cpu_ns_per_transaction", "ns/transaction"),
-                        ("service_minus_direct_transactions_per_s", "tx/s"))
+                        ("service_minus_direct_transactions_per_s", "tx/s"),
+                        ("service_minus_direct_request_p50_ns", "ns"),
+                        ("service_minus_direct_response_p50_ns", "ns"))
 
 
 def _cpu_rows(prefix: str, cpu: Mapping[str, Any] | None) -> Iterator[tuple[str, Any, str]]:
@@ -147,9 +154,24 @@ def _socket_summary_rows(s: Mapping[str, Any]) -> Iterator[tuple[str, Any, str]]
             yield f"direct.{key}", direct[key], unit
     yield from _dist_rows("direct.rtt", direct.get("rtt_ns"))
     yield from _cpu_rows("direct.cpu_ns_per_transaction", direct.get("cpu_ns_per_transaction"))
+    for prefix, one_way in (("", s.get("one_way_ns")), ("direct.", direct.get("one_way_ns"))):
+        for part in ("request", "response"):
+            yield from _dist_rows(f"{prefix}one_way_{part}", (one_way or {}).get(part))
     for key, unit in SERVICE_MINUS_DIRECT:
         if s.get(key) is not None:
             yield key, s[key], unit
+
+
+def _ceiling_rows(ceiling: Mapping[str, Any] | None,
+                  s: Mapping[str, Any]) -> Iterator[tuple[str, Any, str]]:
+    """The generator's own ceiling (``generator_ceiling.*``) and the flags judged on it."""
+    for key, unit in (("transactions_per_s", "tx/s"), ("throughput_bps", "bit/s"),
+                      ("seconds", "s"), ("measured_at", "")):
+        if (ceiling or {}).get(key) is not None:
+            yield f"generator_ceiling.{key}", ceiling[key], unit  # type: ignore[index]
+    for key in ("at_generator_ceiling", "offered_not_reached"):
+        if s.get(key) is not None:
+            yield key, s[key], ""
 
 
 #: A socket repetition's own figures (bench.results.schema.SocketRepetitionDoc).
@@ -167,6 +189,11 @@ def _socket_repetition_rows(r: Repetition) -> Iterator[tuple[str, Any, str]]:
         if r.socket.get(key) is not None:
             yield f"socket.{key}", r.socket[key], unit
     yield from _dist_rows("rtt", stats.summary(r.rtt) if r.rtt is not None else None)
+    for part in ("request", "response"):  # a breakdown repetition's one-way probe
+        h = r.histogram(f"one_way_{part}_hist")
+        yield from _dist_rows(f"one_way_{part}", stats.summary(h) if h and h.count else None)
+    for key, n in (r.doc.get("one_way") or {}).items():
+        yield f"one_way.{key}", n, "packets"
 
 
 def _overhead_unit(key: str) -> str:
@@ -194,7 +221,9 @@ def _repetition_metrics(r: Repetition) -> Iterator[tuple[str, Any, str]]:
 
 
 _DISRUPTION_UNITS = {"_ms": "ms", "_ns": "ns", "lost": "packets", "sent": "packets",
-                     "delivered": "packets", "not_recovered": "repetitions"}
+                     "delivered": "packets", "not_recovered": "repetitions",
+                     "churn_per_s": "changes/s", "syncs_per_s": "syncs/s",
+                     "sync_cpu_s_per_s": "s/s", "syncs": "syncs", "changes": "changes"}
 
 
 def _disruption_rows(figures: Mapping[str, Any] | None) -> Iterator[tuple[str, Any, str]]:
@@ -240,6 +269,11 @@ def rows(result: Result | ResultDoc) -> Iterator[Row]:
             for metric, value, unit in _repetition_metrics(point.breakdown):
                 yield {**base, "repetition": "breakdown", "metric": metric, "value": value,
                        "unit": unit}
+        if point.get("control_breakdown"):  # a socket point's direct-path breakdown
+            for metric, value, unit in _repetition_metrics(
+                    Repetition(point["control_breakdown"])):
+                yield {**base, "repetition": "direct-breakdown", "metric": metric,
+                       "value": value, "unit": unit}
         for f in point.get("failed_repetitions") or []:
             yield {**base, "repetition": f"{f['phase']}-{f['index']}", "metric": "failed",
                    "value": f["error"], "unit": ""}

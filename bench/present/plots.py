@@ -43,6 +43,7 @@ from matplotlib.figure import Figure
 
 from bench.analysis import stats
 from bench.analysis.metrics import socket_load
+from bench.datapaths.direct import DirectDatapath
 from bench.results.model import Point, Result, as_result
 from bench.results.schema import ResultDoc
 
@@ -397,7 +398,9 @@ def _socket_series(points: list[Point]) -> dict[tuple[str, int, str], list[Point
 
 def _socket_label(key: tuple[str, int, str]) -> str:
     variant, services, loop = key
-    return f"{variant}, {services:,} svc" + ("" if loop == "closed" else f", {loop}")
+    # direct programs no Service rules: the reference every other curve is read against.
+    name = f"{variant} (no Service rules)" if variant == DirectDatapath.name else variant
+    return f"{name}, {services:,} svc" + ("" if loop == "closed" else f", {loop}")
 
 
 def _styles(series: dict[tuple[str, int, str], list[Point]]) -> dict[int, str]:
@@ -505,6 +508,8 @@ def _minus_direct(series: dict[tuple[str, int, str], list[Point]], colors: dict[
     drawn = {rtt_ax: 0, tps_ax: 0}
     for skey, pts in series.items():
         marker = markers[scales.index(skey[1]) % len(markers)]
+        if skey[0] == DirectDatapath.name:
+            continue  # the rules-free reference itself: drawn in the rate figure
         if not any(p.summary.get("direct") for p in pts):
             why = pts[0].missing.get("direct", "not measured")
             notes.append(f"{_socket_label(skey)}: no direct path ({why})")

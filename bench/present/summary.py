@@ -160,26 +160,48 @@ def _rate_minus_direct(s: Any) -> str:
     return "—" if v is None else ("+" if v > 0 else "") + fmt_value(v, "tx/s")
 
 
+def _ceiling(p: Point) -> str:
+    """The generator's own ceiling at the point's load (the same unit as its rate)."""
+    c = p.doc.get("generator_ceiling")
+    return "—" if not c else _rate(c)
+
+
+def _flags(s: Any) -> str:
+    """What bounds the point, if not the datapath (bench.results.summarise.ceiling_flags)."""
+    said = [text for key, text in (("at_generator_ceiling", "AT GENERATOR CEILING"),
+                                   ("offered_not_reached", "OFFERED NOT REACHED"))
+            if s.get(key)]
+    return ", ".join(said) or "—"
+
+
 def sockets_table(result: ResultLike) -> Table:
     """One row per socket point (docs/sockets.md): coordinates, load, status, transactions/s
     (a stream's throughput), RTT p50/p99 of the merged histograms, CPU per transaction
-    (the total of the measured parts), failed transactions, and ``svc-dir``: the Service
-    minus the direct path after each repetition (RTT p50 and p99, tx/s, CPU per
-    transaction)."""
+    (the total of the measured parts), failed transactions, the one-way p50s of the
+    request and the response (``req p50``, ``resp p50``: the breakdown repetition's one-way
+    probe; "—" without it), ``svc-dir``: the Service minus the direct path after each
+    repetition (RTT p50 and p99, tx/s, CPU per transaction); ``gen ceiling``: the
+    generator's own ceiling at the point's load, and ``bound``: whether the point reached
+    it (90 %) or (open loop) fell short of its offered rate, so that its rate is the
+    generator's, not the datapath's."""
     points = [p for p in as_result(result).points if p.is_socket]
     coords = [(k, title) for k, title in OPTIONAL_COORDS[::2]  # endpoints, position
               if len({_coord(p, k) for p in points}) > 1]
     t = Table(["variant", "workload", "load", "services", *(title for _, title in coords),
-               "status", "reps", "tx/s", "rtt p50", "rtt p99", "cpu/tx", "failed",
-               "svc-dir p50", "svc-dir p99", "svc-dir tx/s", "svc-dir cpu"],
-              align=["l", "l", "l", "r", *("r" for _ in coords), "l", *["r"] * 10])
+               "status", "reps", "tx/s", "rtt p50", "rtt p99", "req p50", "resp p50",
+               "cpu/tx", "failed", "svc-dir p50", "svc-dir p99", "svc-dir tx/s",
+               "svc-dir cpu", "gen ceiling", "bound"],
+              align=["l", "l", "l", "r", *("r" for _ in coords), "l", *["r"] * 13, "l"])
     for p in points:
         s: Any = p.summary
         rtt = s.get("rtt_ns") or {}
+        one_way = s.get("one_way_ns") or {}
         status = p.status if p.ok else f"{p.status}: {p.error or ''}"
         t.add([p.variant, p.workload, _load(p), p.services,
                *(_coord(p, k) for k, _ in coords), status[:60], len(p.repetitions),
                _rate(s), fmt_value(rtt.get("p50"), "ns"), fmt_value(rtt.get("p99"), "ns"),
+               *(fmt_value((one_way.get(part) or {}).get("p50"), "ns")
+                 for part in ("request", "response")),
                fmt_value((s.get("cpu_ns_per_transaction") or {}).get("total"),
                          "ns/transaction"),
                "—" if s.get("failed_connections") is None else f"{s['failed_connections']:,}",
@@ -187,7 +209,8 @@ def sockets_table(result: ResultLike) -> Table:
                fmt_value(s.get("service_minus_direct_rtt_p99_ns"), "ns"),
                _rate_minus_direct(s),
                fmt_value(s.get("service_minus_direct_cpu_ns_per_transaction"),
-                         "ns/transaction")],
+                         "ns/transaction"),
+               _ceiling(p), _flags(s)],
               css="" if p.ok else "failed")
     return t
 
@@ -231,7 +254,9 @@ def _cell(p: Point) -> str:
                 f"{'—' if lost is None else f'{lost:,.0f}'} lost")
     if p.is_socket:
         rtt = (s.get("rtt_ns") or {}).get("p50")
-        return _rate(s) + ("" if rtt is None else f" · {fmt_value(rtt, 'ns')}")
+        bound = _flags(s)
+        return (_rate(s) + ("" if rtt is None else f" · {fmt_value(rtt, 'ns')}")
+                + ("" if bound == "—" else f" ({bound.lower()})"))
     lat = (s.get("latency_ns") or {}).get("p50")
     return f"{fmt_value(lat, 'ns')} · {fmt_value(s.get('cpu_ns_per_packet'), 'ns/packet')}"
 

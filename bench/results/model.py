@@ -88,10 +88,13 @@ class Repetition:
         return stats.Histogram.from_json(h) if h is not None else None  # type: ignore[arg-type]
 
     def histogram(self, key: str) -> stats.Histogram | None:
-        """The ``key`` histogram ("latency_hist", "transit_hist", "rtt_hist"), parsed once."""
+        """The ``key`` histogram ("latency_hist", "transit_hist", "rtt_hist"; parsed once),
+        or another one's (a socket breakdown's "one_way_*_hist"), parsed now."""
         if key == "latency_hist":
             return self.latency
-        return self.rtt if key == "rtt_hist" else self.transit
+        if key == "rtt_hist":
+            return self.rtt
+        return self.transit if key == "transit_hist" else self._parse(key)
 
     @cached_property
     def _latency_percentiles(self) -> dict[str, float | None]:

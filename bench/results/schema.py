@@ -46,7 +46,12 @@ register an upgrade from the previous version with :func:`upgrade_from`):
   ``udp-rr``, ``tcp-stream``); its repetitions keep the packet keys neutral
   (``sent``/``delivered`` 0, the rest null) and carry ``rtt_hist`` and ``socket``;
   its ``control`` is the direct path; its summary adds the socket figures
-  (:class:`SummaryDoc`).
+  (:class:`SummaryDoc`). With the ``oneway`` probe, its ``breakdown`` and
+  ``control_breakdown`` (the direct path's) carry ``one_way_request_hist``,
+  ``one_way_response_hist`` and ``one_way`` (the probe's counts), and the summary
+  ``one_way_ns`` and ``service_minus_direct_request_p50_ns`` / ``_response_p50_ns``.
+  Its ``generator_ceiling`` is the generator's own ceiling, and its summary says
+  ``at_generator_ceiling`` and ``offered_not_reached``.
 """
 
 from __future__ import annotations
@@ -145,6 +150,12 @@ class RepetitionDoc(TypedDict):
     # Socket points: per-transaction round-trip times (ns), and the socket figures.
     rtt_hist: NotRequired[dict[str, Any] | None]
     socket: NotRequired[SocketRepetitionDoc]
+    # A socket point's breakdown repetitions (the one-way probe, probes/oneway.c): the
+    # requests' and responses' one-way times (ns) and the probe's counts (matched,
+    # unmatched, SYNs per hook, ...: bench.measure.probes.oneway.COUNTERS).
+    one_way_request_hist: NotRequired[dict[str, Any] | None]
+    one_way_response_hist: NotRequired[dict[str, Any] | None]
+    one_way: NotRequired[dict[str, int]]
 
 
 class SocketRepetitionDoc(TypedDict):
@@ -223,6 +234,16 @@ class SummaryDoc(TypedDict):
     service_minus_direct_rtt_p99_ns: NotRequired[float | None]
     service_minus_direct_cpu_ns_per_transaction: NotRequired[float | None]
     service_minus_direct_transactions_per_s: NotRequired[float | None]
+    # From the breakdown repetitions (the one-way probe): {"request": ..., "response": ...}
+    # each like rtt_ns (the direct path's under direct.one_way_ns), and the Service's
+    # one-way p50 minus the direct path's per direction.
+    one_way_ns: NotRequired[dict[str, dict[str, float | int | None] | None]]
+    service_minus_direct_request_p50_ns: NotRequired[float | None]
+    service_minus_direct_response_p50_ns: NotRequired[float | None]
+    # The point's rate >= 90 % of point["generator_ceiling"]'s, and (open loop) achieved
+    # < 95 % of offered (bench.results.summarise.ceiling_flags).
+    at_generator_ceiling: NotRequired[bool | None]
+    offered_not_reached: NotRequired[bool | None]
 
 
 class PointDoc(TypedDict):
@@ -249,10 +270,17 @@ class PointDoc(TypedDict):
     # own addresses (no Service translation); summary.service_minus_control_* pair them.
     control: NotRequired[list[RepetitionDoc] | None]
     failed_repetitions: NotRequired[list[FailedRepetitionDoc]]
+    # Socket points: the direct path's breakdown repetition (``breakdown`` is the
+    # Service's), with the one-way probe; never pooled.
+    control_breakdown: NotRequired[RepetitionDoc | None]
     # Socket points only: the closed loop's concurrency or the open loop's offered rate.
     loop: NotRequired[Literal["closed", "open"]]
     flows: NotRequired[int]
     rate_tps: NotRequired[float | None]
+    # Socket points: the generator and responder's own ceiling at this workload and
+    # flows, closed loop (bench.measure.generator_ceiling): {transactions_per_s,
+    # throughput_bps, seconds, measured_at}; None when it could not be measured.
+    generator_ceiling: NotRequired[dict[str, Any] | None]
     # Only in a baseline pooled from several runs (bench.results.baseline): which runs the
     # repetitions came from, in order (see bench.results.model.Point.runs).
     per_run: NotRequired[list[RunShareDoc]]

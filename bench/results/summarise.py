@@ -166,7 +166,10 @@ def summarise_point(point: PointDoc, hist: HistogramOf = parse_histogram) -> Sum
 #: A disruption repetition's event figures (bench.measure.disruption) the summary pools.
 DISRUPTION_FIGURES = ("stall_ms", "lost", "excess_p99_ns", "recovery_ms",
                       "off_baseline_after_ms", "event_ms",
-                      "baseline_stall_ms", "baseline_lost", "baseline_p99_ns", "event_p99_ns")
+                      "baseline_stall_ms", "baseline_lost", "baseline_p99_ns", "event_p99_ns",
+                      # churn (bench.measure.churn): its rate and the syncs it ran
+                      "churn_per_s", "syncs", "syncs_per_s", "sync_cpu_s_per_s")
+CHURN_FIGURES = DISRUPTION_FIGURES[-4:]
 
 
 def _disruption_summary(reps: list[RepetitionDoc]) -> dict[str, float | None]:
@@ -178,6 +181,8 @@ def _disruption_summary(reps: list[RepetitionDoc]) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for key in DISRUPTION_FIGURES:
         values = [f[key] for f in figs if isinstance(f.get(key), int | float)]
+        if key in CHURN_FIGURES and not any(key in f for f in figs):
+            continue  # another event's point
         out[key] = float(statistics.median(values)) if values else None
     out["not_recovered"] = float(sum(1 for f in figs if f.get("recovery_ms") is None))
     return out
@@ -224,7 +229,12 @@ def _summarise_sockets(point: PointDoc, hist: HistogramOf) -> SummaryDoc:
       sum of the parts measured);
     - failed_connections, retransmits, resets, conntrack_entries_created: sums;
     - direct, service_minus_direct_*: the paired direct path (``point["control"]``:
-      the same workload to a backend pod's own address) and the Service minus it.
+      the same workload to a backend pod's own address) and the Service minus it;
+    - one_way_ns: request and response one-way times from the breakdown repetition
+      (``point["breakdown"]``, the one-way probe), never pooled with the measured ones;
+      the direct path's (``point["control_breakdown"]``) under direct.one_way_ns, and
+      service_minus_direct_request_p50_ns / _response_p50_ns;
+    - at_generator_ceiling, offered_not_reached: :func:`ceiling_flags`.
     """
     reps = point.get("repetitions") or []
     socks = [r["socket"] for r in reps if r.get("socket")]  # type: ignore[typeddict-item]
@@ -242,6 +252,7 @@ def _summarise_sockets(point: PointDoc, hist: HistogramOf) -> SummaryDoc:
         conntrack_entries_created=sum(created) if created else None,
         **figures,
     )
+    summary.update(ceiling_flags(summary, point.get("generator_ceiling")))  # type: ignore[typeddict-item]
     control = point.get("control")
     if control:
         d = _socket_figures(control, hist)
@@ -254,7 +265,55 @@ def _summarise_sockets(point: PointDoc, hist: HistogramOf) -> SummaryDoc:
                                                                         dcpu.get("total"))
         summary["service_minus_direct_transactions_per_s"] = _minus(
             figures["transactions_per_s"], d["transactions_per_s"])
+    one_way = _one_way(point.get("breakdown"), hist)
+    if one_way is not None:
+        summary["one_way_ns"] = one_way
+        direct = _one_way(point.get("control_breakdown"), hist)
+        if direct is not None:
+            summary.setdefault("direct", {})["one_way_ns"] = direct
+            for part in ("request", "response"):
+                summary[f"service_minus_direct_{part}_p50_ns"] = _minus(  # type: ignore[literal-required]
+                    (one_way[part] or {}).get("p50"), (direct[part] or {}).get("p50"))
     return summary
+
+
+def _one_way(rep: RepetitionDoc | None, hist: HistogramOf,
+             ) -> dict[str, dict[str, float | int | None] | None] | None:
+    """A socket breakdown repetition's one-way parts, {"request", "response"} each like
+    rtt_ns (None: that direction had no sample); None when it has no one-way probe."""
+    if not rep or "one_way" not in rep:
+        return None
+    return {part: _merged([rep], f"one_way_{part}_hist", hist)
+            for part in ("request", "response")}
+# A socket point at or above this fraction of its generator's ceiling (point
+# ["generator_ceiling"], bench.measure.generator_ceiling) is at the ceiling. The ceiling
+# run has no hop and no rule, so any real path is slower; but it is a single 1 s run on
+# a shared machine, whose rate varies by a few per cent between runs: within 10 % of it,
+# a point cannot be told apart from the generator's own limit.
+AT_CEILING = 0.90
+# An open-loop point that achieved less than this fraction of its offered rate did not
+# sustain it (sockperf and kpb-crr pace to within a per cent or two when they can).
+OFFERED_REACHED = 0.95
+
+
+def ceiling_flags(summary: Mapping[str, Any],
+                  ceiling: Mapping[str, Any] | None) -> dict[str, bool | None]:
+    """A socket point's ``at_generator_ceiling`` (its rate >= :data:`AT_CEILING` of the
+    ceiling's, transactions/s or bits/s for a stream; None: no ceiling or no rate) and
+    ``offered_not_reached`` (open loop: achieved < :data:`OFFERED_REACHED` of offered;
+    None for a closed loop)."""
+    at = None
+    if ceiling is not None:
+        rate_key = ("throughput_bps" if summary.get("throughput_bps") is not None
+                    else "transactions_per_s")
+        rate, top = summary.get(rate_key), ceiling.get(rate_key)
+        if rate is not None and top:
+            at = bool(rate >= AT_CEILING * top)
+    offered, achieved = summary.get("offered_tps"), summary.get("transactions_per_s")
+    short = None
+    if summary.get("loop") == "open" and offered:
+        short = achieved is None or achieved < OFFERED_REACHED * offered
+    return {"at_generator_ceiling": at, "offered_not_reached": short}
 
 
 def _overhead_pct(overhead: Mapping[str, Any] | None,

@@ -108,6 +108,17 @@ def make_socket_repetition(*, seconds: float, transactions: int, failed: int,
     return rep
 
 
+def add_one_way(rep: RepetitionDoc, request: stats.Histogram | dict[str, Any] | None,
+                response: stats.Histogram | dict[str, Any] | None,
+                counts: Mapping[str, int]) -> RepetitionDoc:
+    """``rep`` (a socket point's breakdown repetition) with the one-way probe's request
+    and response histograms (ns) and its counts (bench.measure.probes.oneway.COUNTERS)."""
+    rep["one_way_request_hist"] = _hist_json(request)
+    rep["one_way_response_hist"] = _hist_json(response)
+    rep["one_way"] = {k: int(v) for k, v in counts.items()}
+    return rep
+
+
 def make_point(*, datapath: str, variant: str, services: int, endpoints: int, workload: str,
                rate_pps: int | None, position: str, position_index: int,
                status: PointStatus = "ok", error: str | None = None,
@@ -222,6 +233,8 @@ def _repetition_docs(point: PointDoc) -> Iterator[tuple[str, RepetitionDoc]]:
     apart: Any = point.get("breakdown")  # the breakdown repetition, kept apart
     for i, r in enumerate(apart if isinstance(apart, list) else [apart] if apart else []):
         yield f"breakdown[{i}]", r
+    if point.get("control_breakdown"):  # a socket point's direct-path breakdown
+        yield "control_breakdown", point["control_breakdown"]  # type: ignore[typeddict-item]
 
 
 def check_drops_within_loss(point: PointDoc) -> None:

@@ -254,3 +254,77 @@ def test_socket_lb_replies_to_sendto_come_from_the_service() -> None:
     peer_ip, peer_port, pod = out.stdout.split()
     assert (peer_ip, int(peer_port)) == (vip, port)  # recvmsg4 showed the frontend
     assert pod in {S.POD_OF[S.A], S.POD_OF[S.C]}
+
+
+def _packed(entries: dict[tuple[str, str], str]) -> dict[str, dict[bytes, bytes]]:
+    from bench.datapaths import ebpf_maps as M
+
+    return {m: {M.pack_key(m, k): M.pack_value(m, v) for (mm, k), v in entries.items()
+                if mm == m} for m in M.MAPS}
+
+
+def test_a_delta_sync_leaves_the_maps_a_fresh_full_sync_leaves() -> None:
+    """A partial sync writes only the changed Service's entries (a delta against the
+    generation the node holds); after each one the kernel's maps equal the packed full
+    rendering of the new state, a full sync then writes nothing, and a fresh full sync
+    into empty maps of another namespace holds exactly the same entries."""
+    from pyroute2 import netns as nsmod
+
+    from bench.cluster.topology import new_prefix, remove_run
+    from bench.datapaths import ebpf_maps as M
+    from bench.errors import ApplyError
+    from bench.measure.sync_runner import State, _make_change
+
+    require_feature("ebpf-tc")
+    services, slices = generate(GenSpec(services=21, endpoints=3, protocol="UDP",
+                                        type="NodePort"))
+    spare = services[-1]
+    base = State(services[:-1], [s for s in slices if s.service_name != spare.name],
+                 [s for s in slices if s.service_name == spare.name])
+    measured = base.services[7]
+    dp = make_variant("ebpf-tc")
+    with Testbed(dp, base.services, base.slices, nodes=1, echo=False) as bed:
+        ns, ctx = bed.cluster.node_ns(0), bed.node_context(0)
+        node = dp._nodes[ns]  # type: ignore[attr-defined]
+        views = bed.views(0)
+        for kind in ("add-service", "remove-service", "add-endpoint", "remove-endpoint",
+                     "endpoint-not-ready"):
+            change = _make_change(kind, base, measured, spare)
+            for state in (change, replace(change, services=base.services, slices=base.slices)):
+                views = service_port_views(state.services, state.slices, ctx.node_name)
+                delta = dp.render_partial(views, ctx, change.changed)
+                assert M.is_delta(delta), kind
+                dp.apply_partial(delta, ns)
+                done = dp.last_sync[ns]  # type: ignore[attr-defined]
+                assert 0 < done["written"] + done["deleted"] <= 2 * (2 + 2 * 4), (kind, done)
+                full = dp.render(views, ctx)
+                assert {m: node.dump(m) for m in M.MAPS} == _packed(M.parse_maps(full)), kind
+                dp.apply(full, ns)
+                assert dp.last_sync[ns] == {"written": 0, "deleted": 0}  # type: ignore[attr-defined]
+        # A delta from another generation than the node holds is refused.
+        stale = dp.render_partial(views, ctx, {measured.key})
+        dp.render(bed.views(0), ctx)
+        with pytest.raises(ApplyError, match="full sync first"):
+            dp.apply_partial(dp.render_partial(views, ctx, {measured.key}), ns)
+        assert M.is_delta(stale)
+        # An entry deleted behind the datapath's back: the next full sync reads the maps
+        # back and writes it again.
+        full = dp.render(views, ctx)
+        dp.apply(full, ns)
+        some = next(iter(node.dump("svc")))
+        node._delete_packed("svc", [some])
+        dp.apply(full, ns)
+        assert dp.last_sync[ns] == {"written": 1, "deleted": 0}  # type: ignore[attr-defined]
+        prefix = new_prefix()
+        scratch = f"{prefix}-fresh"
+        nsmod.create(scratch)
+        try:
+            fresh = {}
+            dp.apply(full, scratch)
+            fresh = {m: dp._nodes[scratch].dump(m) for m in M.MAPS}  # type: ignore[attr-defined]
+            dp.cleanup(scratch)
+            assert fresh == {m: node.dump(m) for m in M.MAPS}
+            assert sum(map(len, fresh.values())) == len(M.parse_maps(full))
+        finally:
+            dp.cleanup(scratch)
+            remove_run(prefix)

@@ -20,7 +20,7 @@ from scipy.stats import chisquare
 from bench.cluster import cgroups
 from bench.cluster.netclient import connect_many
 from bench.cluster.testbed import Testbed
-from bench.datapaths import VARIANTS, make_variant
+from bench.datapaths import VARIANTS, make_variant, without_rules
 from bench.model import layout as L
 from tests.conftest import require_feature
 from tests.helpers import semantics as S
@@ -29,6 +29,9 @@ pytestmark = pytest.mark.privileged
 
 NODE_ADDRESSES = {L.node_ip(0), L.node_ip(1), L.pod_gateway(0), L.pod_gateway(1)}
 IPVS_TIME_WAIT_S = 120  # ip_vs_proto_tcp.c: tcp_timeouts[IP_VS_TCP_S_TIME_WAIT]
+
+# The datapaths that implement Services (direct, the rules-free reference, implements none).
+SERVICE_VARIANTS = [v for v in VARIANTS if without_rules(v) is None]
 
 # Cases a datapath does not implement, by design, with the reason; every other case runs.
 NOT_IMPLEMENTED = {
@@ -48,7 +51,8 @@ NOT_IMPLEMENTED = {
 def applies(case: str) -> pytest.MarkDecorator:
     """Run a test for the datapath variants that implement ``case``."""
     return pytest.mark.parametrize(
-        "bed", [v for v in VARIANTS if case not in NOT_IMPLEMENTED.get(v, {})], indirect=True)
+        "bed", [v for v in SERVICE_VARIANTS if case not in NOT_IMPLEMENTED.get(v, {})],
+        indirect=True)
 
 
 def implements(bed: Testbed, case: str) -> bool:
@@ -64,7 +68,7 @@ def client_pod_processes(tb: Testbed) -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="module", params=list(VARIANTS))
+@pytest.fixture(scope="module", params=SERVICE_VARIANTS)
 def bed(request: pytest.FixtureRequest):
     require_feature(request.param)
     services, slices = S.semantics_cluster()

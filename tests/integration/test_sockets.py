@@ -403,7 +403,7 @@ def test_udp_rr_through_a_clusterip_one_conntrack_entry_per_flow() -> None:
 SOCKET_SCENARIO = """
 name = "socket-points"
 [sweep]
-datapaths = ["iptables-legacy", "socket-lb", "xdp"]
+datapaths = ["direct", "iptables-legacy", "socket-lb", "xdp"]
 services = [20]
 endpoints = 2
 nodes = 1
@@ -421,7 +421,10 @@ overhead = false
 def test_socket_points_measure_the_service_and_the_direct_path(tmp_path: Path) -> None:
     """A run of socket workloads: each point measured through the Service and, right after
     each repetition, on the direct path; socket-lb measured (its client sockets are in
-    the run's cgroup), xdp's ClusterIP recorded as not applicable with the reason."""
+    the run's cgroup), xdp's ClusterIP recorded as not applicable with the reason; the
+    direct datapath measured to the backend pods' own addresses, with no control and its
+    sync not applicable; each workload's generator ceiling measured once for the run and
+    stored in every point of it."""
     import json
     import sys
 
@@ -435,10 +438,23 @@ def test_socket_points_measure_the_service_and_the_direct_path(tmp_path: Path) -
     assert p.returncode == 0, p.stderr[-3000:]
     doc = json.loads(Path(p.stdout.split()[0]).read_text())
     points = {pt["id"]: pt for pt in doc["points"]}
-    assert len(points) == 6, sorted(points)
+    assert len(points) == 8, sorted(points)
+    ceilings: dict[str, list[dict]] = {}
     for pid, pt in points.items():
         if pt["datapath"] == "xdp":
             assert pt["status"] == "failed" and pt["error"].startswith("not applicable")
+            continue
+        ceilings.setdefault(pt["workload"], []).append(pt["generator_ceiling"])
+        assert isinstance(pt["summary"]["at_generator_ceiling"], bool), pid
+        assert pt["summary"]["offered_not_reached"] is None  # closed loop
+        if pt["datapath"] == "direct":
+            assert pt["status"] == "ok", (pid, pt["error"], pt.get("failed_repetitions"))
+            assert "control" not in pt and "this point is the direct path" in pt["missing"][
+                "direct"]
+            assert pt["setup"]["sync_seconds"] is None
+            assert pt["missing"]["sync_seconds"].startswith("not applicable: direct")
+            assert len(pt["repetitions"]) == 2 and pt["summary"]["transactions_per_s"] > 100
+            assert pt["summary"]["rtt_ns"]["count"] > 100
             continue
         assert pt["status"] == "ok", (pid, pt["error"], pt.get("failed_repetitions"))
         assert pt["flows"] == 2 and pt["loop"] == "closed" and pt["rate_pps"] is None
@@ -454,3 +470,9 @@ def test_socket_points_measure_the_service_and_the_direct_path(tmp_path: Path) -
         cpu = s["cpu_ns_per_transaction"]
         assert cpu["softirq"] > 0 and cpu["generator"] > 0 and cpu["responder"] > 0
         assert "conntrack_entries_created" in pt["missing"]
+    # One ceiling per workload for the whole run (three clusters), stored in each point.
+    assert set(ceilings) == {"tcp-crr", "tcp-rr"}
+    for workload, found in ceilings.items():
+        assert len(found) == 3 and all(c == found[0] for c in found), (workload, found)
+        c = found[0]
+        assert c["transactions_per_s"] > 100 and 0 < c["seconds"] <= 1.5 and c["measured_at"]

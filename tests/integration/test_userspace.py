@@ -23,6 +23,7 @@ import pytest
 from bench.cluster.netclient import connect_many
 from bench.cluster.testbed import Testbed
 from bench.datapaths import make_variant
+from bench.datapaths import userspace as U
 from bench.measure import traffic as T
 from bench.measure.probes.cpu import CpuProbe
 from bench.measure.probes.drops import DropsProbe
@@ -112,3 +113,64 @@ def test_cpu_per_packet_counts_the_proxy(tmp_path: Path) -> None:
     # machine add to it).
     assert process > 5_000 and process > 2 * in_proxies > 0, (softirq, process, in_proxies)
     assert r.per_packet_ns(delivered) == pytest.approx(softirq + process)
+
+
+def _portal_rules(ns: str) -> list[str]:
+    out = subprocess.run(["ip", "netns", "exec", ns, "iptables-legacy-save"],
+                         capture_output=True, text=True, check=True, timeout=60).stdout
+    return sorted(ln for ln in out.splitlines()
+                  if ln.startswith("-A ") and ln.split()[1] in U.NAT_CHAINS + U.FILTER_CHAINS)
+
+
+def test_a_partial_sync_leaves_what_a_fresh_full_sync_leaves() -> None:
+    """A partial sync hands the proxy only the changed ports and deletes and appends only
+    their portal rules; after each one the proxy's table and the rules equal those of a
+    fresh full sync of the new state in another namespace."""
+    from dataclasses import replace
+
+    from pyroute2 import netns as nsmod
+
+    from bench.cluster.topology import new_prefix, remove_run
+    from bench.errors import ApplyError
+    from bench.measure.sync_runner import State, _make_change
+    from bench.model.objects import service_port_views
+
+    require_feature("userspace")
+    services, slices = generate(GenSpec(services=13, endpoints=3, type="NodePort"))
+    spare = services[-1]
+    base = State(services[:-1], [s for s in slices if s.service_name != spare.name],
+                 [s for s in slices if s.service_name == spare.name])
+    measured = base.services[5]
+    dp = make_variant("userspace")
+    with Testbed(dp, base.services, base.slices, nodes=1, echo=False) as bed:
+        ns, ctx = bed.cluster.node_ns(0), bed.node_context(0)
+        prefix = new_prefix()
+        scratch = f"{prefix}-fresh"
+        nsmod.create(scratch)
+        try:
+            for kind in ("add-service", "remove-service", "add-endpoint", "remove-endpoint",
+                         "endpoint-not-ready"):
+                change = _make_change(kind, base, measured, spare)
+                for state in (change,
+                              replace(change, services=base.services, slices=base.slices)):
+                    views = service_port_views(state.services, state.slices, ctx.node_name)
+                    delta = dp.render_partial(views, ctx, change.changed)
+                    assert U.parse_delta_header(delta) is not None
+                    assert len(U.parse_proxy_table(delta)) + len(U.removed_ports(delta)) == 1
+                    dp.apply_partial(delta, ns)
+                    fresh = make_variant("userspace")
+                    # The same proxy ports (stable per port name) as the long-lived one.
+                    fresh._proxy_ports = dp._proxy_ports  # type: ignore[attr-defined]
+                    try:
+                        fresh.apply(fresh.render(views, ctx), scratch)
+                        assert dp.proxy_table(ns) == fresh.proxy_table(scratch), kind  # type: ignore[attr-defined]
+                        assert _portal_rules(ns) == _portal_rules(scratch), kind
+                    finally:
+                        fresh.release()
+                        fresh.cleanup(scratch)
+            # A proxy that died starts empty: a delta is refused until a full sync.
+            dp.kill_proxies(ns)  # type: ignore[attr-defined]
+            with pytest.raises(ApplyError, match="full sync first"):
+                dp.apply_partial(dp.render_partial(bed.views(0), ctx, {measured.key}), ns)
+        finally:
+            remove_run(prefix)

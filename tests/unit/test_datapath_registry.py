@@ -36,7 +36,8 @@ def test_every_datapath_class_declares_its_own_name_and_variants(cls: type[Datap
     # Not inherited: xdp and socket-lb are ebpf-tc subclasses with facts of their own.
     assert "name" in vars(cls) and "variants" in vars(cls)
     for variant, needs in cls.variants.items():
-        assert needs, f"{variant} needs no kernel feature?"
+        # Only the rules-free reference (direct) needs nothing beyond the run's namespaces.
+        assert bool(needs) != bool(cls.without_rules), f"{variant} needs no kernel feature?"
         assert set(needs) <= {*F.NETNS_CHECKS, *F.HOST_CHECKS}, variant
         dp = make_variant(variant)
         assert type(dp) is cls and dp.variant == variant
@@ -45,15 +46,15 @@ def test_every_datapath_class_declares_its_own_name_and_variants(cls: type[Datap
 
 
 def test_the_variant_list_and_names_come_from_the_classes() -> None:
-    assert VARIANTS == ("iptables-legacy", "iptables-nft", "nftables", "ipvs", "ebpf-tc",
+    assert VARIANTS == ("direct", "iptables-legacy", "iptables-nft", "nftables", "ipvs", "ebpf-tc",
                         "xdp", "socket-lb", "userspace")
-    assert DATAPATH_NAMES == ("iptables", "nftables", "ipvs", "ebpf-tc", "xdp", "socket-lb",
-                              "userspace")
+    assert DATAPATH_NAMES == ("direct", "iptables", "nftables", "ipvs", "ebpf-tc", "xdp",
+                              "socket-lb", "userspace")
     assert set(F.DATAPATH_NEEDS) == set(VARIANTS)
 
 
 def test_a_family_is_its_real_name_not_the_variants_first_word() -> None:
-    assert [family(v) for v in VARIANTS] == ["iptables", "iptables", "nftables", "ipvs",
+    assert [family(v) for v in VARIANTS] == ["direct", "iptables", "iptables", "nftables", "ipvs",
                                              "ebpf-tc", "xdp", "socket-lb", "userspace"]
     with pytest.raises(InputError, match="unknown datapath 'ebpf'"):
         family("ebpf")
@@ -85,6 +86,31 @@ def test_what_a_datapath_cannot_measure_is_declared_with_why() -> None:
     assert all(make_variant(v).not_measured == {} for v in
                ("iptables-legacy", "nftables", "ipvs", "ebpf-tc", "userspace"))
     assert all(why for v in VARIANTS for why in make_variant(v).not_measured.values())
+
+
+def test_direct_programs_nothing_and_its_points_say_so(tmp_path: Path) -> None:
+    dp = make_variant("direct")
+    assert dp.render([], None) == "" and dp.without_rules  # type: ignore[arg-type]
+    assert set(dp.not_measured) == {"clusterip", "nodeport", "sockets-nodeport"}
+    assert all(make_variant(v).without_rules is None for v in VARIANTS if v != "direct")
+    doc = {"name": "ref", "sweep": {"datapaths": ["direct", "nftables"], "services": [1]},
+           "traffic": {"workloads": ["tcp-crr"], "flows": [1]}}
+    runner = Runner(parse_scenario(doc, "<test>", json.dumps(doc)), tmp_path)
+    # Its sync programs nothing: no figure, "not applicable" with the reason, even when a
+    # (zero) time was passed in.
+    point = runner.loop.point("direct", 1, "tcp-crr x1", sync_seconds=0.0,
+                              sync_node_seconds=[0.0, 0.0])
+    assert point["setup"]["sync_seconds"] is None and point["setup"]["sync_node_seconds"] == []
+    assert point["missing"]["sync_seconds"].startswith("not applicable: direct programs no")
+    other = runner.loop.point("nftables", 1, "tcp-crr x1", sync_seconds=0.5)
+    assert other["setup"]["sync_seconds"] == 0.5 and "sync_seconds" not in other["missing"]
+
+
+@pytest.mark.parametrize("kind", ["sync", "disruption"])
+def test_a_rules_changing_scenario_rejects_direct(kind: str) -> None:
+    doc = {"name": "x", "kind": kind, "sweep": {"datapaths": ["direct"], "services": [1]}}
+    with pytest.raises(InputError, match="direct programs no Service rules.*remove it"):
+        parse_scenario(doc, "<test>", json.dumps(doc))
 
 
 def test_the_one_off_load_cost_is_the_bpf_load_time() -> None:

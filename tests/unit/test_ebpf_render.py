@@ -164,6 +164,46 @@ def test_a_partial_render_equals_a_full_render_of_the_new_state(kind: str) -> No
     before = service_port_views(base.services, base.slices, "node-0")
     after = service_port_views(c.services, c.slices, "node-0")
     partial, full = EbpfTcDatapath(), EbpfTcDatapath()
-    assert partial.render(before, ctx) == full.render(before, ctx)
-    text = partial.render_partial(after, ctx, c.changed)
-    assert text == full.render(after, ctx) != partial.render(before, ctx)
+    base = partial.render(before, ctx)
+    assert base == full.render(before, ctx)
+    delta = partial.render_partial(after, ctx, c.changed)
+    # Only the changed Service's port was rendered: its frontend and its backends.
+    (view,) = [v for v in (after if kind != "remove-service" else before)
+               if v.service.key in c.changed]
+    assert partial.rendered_entries("node-0") == (
+        0 if kind == "remove-service" else 1 + len(view.cluster_endpoints))
+    # The delta takes the node from the old full rendering to the new one exactly.
+    start, end, writes, deletes = M.parse_delta(delta)
+    assert end == start + 1
+    entries = M.parse_maps(base)
+    for key in deletes:
+        del entries[key]
+    assert not any(entries.get(k) == v for k, v in writes.items())  # no needless write
+    entries.update(writes)
+    new = full.render(after, ctx)
+    assert entries == M.parse_maps(new) != M.parse_maps(base)
+    assert len(writes) + len(deletes) <= 2 * (2 + len(view.endpoints))
+    # And the next full render of the partial datapath is that of a fresh one.
+    assert partial.render(after, ctx) == new
+
+
+def test_a_full_render_of_an_unchanged_state_renders_nothing_new() -> None:
+    services, slices = generate(GenSpec(services=20, endpoints=3))
+    dp = EbpfTcDatapath()
+    first = dp.render(service_port_views(services, slices, "node-0"), ctx(0))
+    assert dp.rendered_entries("node-0") == 20 * 4
+    again = dp.render(service_port_views(services, slices, "node-0"), ctx(0))
+    assert again is first and dp.rendered_entries("node-0") == 0
+
+
+def test_a_partial_render_with_a_shared_frontend_renders_everything() -> None:
+    """Two Services on one ClusterIP:port: which one holds the map key depends on
+    the order of all ports, so the partial render falls back to a full one."""
+    services, slices = generate(GenSpec(services=4, endpoints=2))
+    twin = replace(services[2], cluster_ip=services[1].cluster_ip)
+    services = [*services[:2], twin, services[3]]
+    views = service_port_views(services, slices, "node-0")
+    dp = EbpfTcDatapath()
+    dp.render(views, ctx(0))
+    text = dp.render_partial(views, ctx(0), {twin.key})
+    assert not M.is_delta(text) and text == EbpfTcDatapath().render(views, ctx(0))

@@ -485,10 +485,11 @@ static void *flow(void *arg)
     int fd = -1;
     /* --keep: connected before the clock starts; if that fails, the first transaction
      * reconnects (and counts its failure). */
-    if (cfg.keep)
+    if (cfg.keep) {
         open_conn(&fd, dst, deadline_from_now());
-    pthread_barrier_wait(&connected);
-    pthread_barrier_wait(&go); /* cfg.start and cfg.end set */
+        pthread_barrier_wait(&connected);
+        pthread_barrier_wait(&go); /* cfg.start and cfg.end set */
+    }
     for (;;) {
         long i = atomic_fetch_add(&next_tx, 1);
         if (i >= cfg.count || stop_flag)
@@ -577,15 +578,22 @@ static int client(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
     pthread_t th[MAX_FLOWS];
-    pthread_barrier_init(&connected, NULL, (unsigned)flows + 1);
-    pthread_barrier_init(&go, NULL, (unsigned)flows + 1);
+    /* Without --keep the clock starts before the flows; with it, once all are connected. */
+    cfg.start = now_ns();
+    cfg.end = cfg.start + (uint64_t)(duration * 1e9);
+    if (cfg.keep) {
+        pthread_barrier_init(&connected, NULL, (unsigned)flows + 1);
+        pthread_barrier_init(&go, NULL, (unsigned)flows + 1);
+    }
     for (long i = 0; i < flows; i++)
         if (pthread_create(&th[i], NULL, flow, (void *)(intptr_t)i))
             die("cannot start a flow thread%s", "");
-    pthread_barrier_wait(&connected); /* every flow started (--keep: connected) */
-    cfg.start = now_ns();
-    cfg.end = cfg.start + (uint64_t)(duration * 1e9);
-    pthread_barrier_wait(&go);
+    if (cfg.keep) {
+        pthread_barrier_wait(&connected);
+        cfg.start = now_ns();
+        cfg.end = cfg.start + (uint64_t)(duration * 1e9);
+        pthread_barrier_wait(&go);
+    }
     for (long i = 0; i < flows; i++)
         pthread_join(th[i], NULL);
     double seconds = (double)(now_ns() - cfg.start) / 1e9;
