@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/socket_ceilings.py [SECONDS] [FLOWS ...]
 
-Each socket workload (tcp-crr with kpb-crr, tcp-rr and udp-rr with sockperf)
+Each socket workload (tcp-crr and tcp-rr with kpb-crr, udp-rr with sockperf)
 runs closed loop at each concurrency (default 1, 8, 64) for SECONDS (default
 1) through bench.measure.generator_ceiling.measure, the code a run uses for
 each point's ``generator_ceiling``: generator and responder in ONE run

@@ -47,7 +47,9 @@ NODEPORT_PREFIX = "nodeport-"
 # (bench.measure.sockets.SocketPath.port_range says why).
 SERVICE_PORTS = (20000, 39999)
 DIRECT_PORTS = (40000, 59999)
-WARMUP_S = 1.0  # the discarded first run of each workload
+# The discarded first run of each workload: this long, or half a repetition if shorter
+# (a short-point suite would spend more on warming up than on measuring).
+WARMUP_S = 1.0
 # The workloads with a request and a response to time one way (tcp-stream has neither).
 ONE_WAY_WORKLOADS = ("tcp-crr", "tcp-rr", "udp-rr")
 
@@ -126,7 +128,8 @@ class SocketPoints:
         say(f"{label}: warm-up")
         try:
             S.run(S.SocketWorkload(work.workload, flows=flows, loop=sc.loop,
-                                   rate_tps=sc.rate_tps, duration_s=WARMUP_S),
+                                   rate_tps=sc.rate_tps,
+                                   duration_s=min(WARMUP_S, sc.duration_s / 2)),
                   paths.service, cgroup=group)
         except KpbenchError as e:
             return self.runner.loop.point(variant, n, workload, status="failed",

@@ -1,10 +1,14 @@
 """The socket workloads' generators and responders: their command lines and their output.
 
-``sockperf`` (ping-pong and under-load, UDP and TCP) and ``iperf3`` (streams)
-come from Debian; ``kpb-crr`` (connect, request, response, close) is built from
-``tools/crr/crr.c`` by ``scripts/setup.sh`` into ``build/``. Nothing here starts
-a process: :mod:`bench.measure.sockets` does, and hands the output to these
-parsers, which fail loudly (:class:`KpbenchError`) on output they do not know.
+``kpb-crr`` is built from ``tools/crr/crr.c`` by ``scripts/setup.sh`` into
+``build/``: connect, request, response, close per transaction (``tcp-crr``), and
+with ``--keep`` request/response on one kept-alive connection per flow
+(``tcp-rr``). ``sockperf`` (UDP ping-pong and under-load: ``udp-rr``) and
+``iperf3`` (streams) come from Debian. ``tcp-rr`` does not use sockperf's TCP
+mode because its client sleeps a fixed 2 s after connecting on every run, which
+a suite of short points cannot absorb (``--pre-warmup-wait`` cannot be 0). Nothing
+here starts a process: :mod:`bench.measure.sockets` does, and hands the output to
+these parsers, which fail loudly (:class:`KpbenchError`) on output they do not know.
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ from bench.paths import CHECKOUT
 CRR_SOURCE = CHECKOUT / "tools" / "crr" / "crr.c"
 CRR_BINARY = CHECKOUT / "build" / "kpb-crr"
 SOCKPERF_MIN_MSG = 14  # sockperf's own header; smaller messages are refused
-SOCKPERF_WARMUP_S = 0.4  # sockperf's warm-up before its measured ("valid") duration
 
 
 def require(tool: str) -> None:
@@ -68,7 +71,7 @@ class CrrClientStats:
 _CRR_CLIENT = re.compile(
     r"^crr-client transactions=(\d+) connect_failed=(\d+) timeouts=(\d+) errors=(\d+) "
     r"seconds=([\d.]+) flows=(\d+) loop=(open|closed) rate=([\d.]+)$", re.M)
-_CRR_SERVER = re.compile(r"^crr-server served=(\d+) errors=(\d+)$", re.M)
+_CRR_SERVER = re.compile(r"^crr-server served=(\d+) errors=(\d+) connections=(\d+)$", re.M)
 
 
 def parse_crr_client(output: str) -> CrrClientStats:
@@ -81,12 +84,21 @@ def parse_crr_client(output: str) -> CrrClientStats:
                           g[6], float(g[7]))
 
 
-def parse_crr_server(output: str) -> tuple[int, int]:
-    """(served, errors) from ``kpb-crr serve``'s output; KpbenchError without its line."""
+@dataclass(frozen=True)
+class CrrServerStats:
+    """``kpb-crr serve``'s summary line."""
+
+    served: int  # responses written in full
+    errors: int  # connections closed or reset mid-request, responses not written in full
+    connections: int  # connections accepted (tcp-crr: one per transaction; --keep: per flow)
+
+
+def parse_crr_server(output: str) -> CrrServerStats:
+    """Parse ``kpb-crr serve``'s output; KpbenchError without its summary line."""
     m = _CRR_SERVER.search(output)
     if m is None:
         raise KpbenchError(f"kpb-crr responder printed no summary: {last_line(output)}")
-    return int(m.group(1)), int(m.group(2))
+    return CrrServerStats(*(int(g) for g in m.groups()))
 
 
 def read_crr_samples(path: Path, expected: int) -> np.ndarray:
@@ -102,12 +114,12 @@ def read_crr_samples(path: Path, expected: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class SockperfStats:
-    """One sockperf client's measured part (its warm-up excluded, as sockperf does)."""
+    """One sockperf UDP client's measured part (its warm-up excluded, as sockperf does)."""
 
     seconds: float  # "[Valid Duration] RunTime"
     sent: int
     received: int
-    dropped: int  # replies that never came (UDP)
+    dropped: int  # replies that never came
     rtt_ns: np.ndarray  # rxTime - txTime of every message in the full log
 
 

@@ -3,13 +3,19 @@
 Workloads (:data:`WORKLOADS`), each closed loop at ``flows`` concurrent flows
 or open loop at ``rate_tps`` (request/response workloads only):
 
-``udp-rr`` / ``tcp-rr``
+``tcp-rr``
+    request/response on ``flows`` established connections, one per flow,
+    each opened before the clock starts and closed at the end (``kpb-crr
+    --keep``, :mod:`bench.measure.socket_tools`).
+``udp-rr``
     ping-pong of ``request_bytes`` messages on established flows (sockperf
     ``ping-pong``, open loop ``under-load --reply-every 1``); one sockperf
-    client per flow, so each flow is its own socket and 5-tuple.
+    client per flow, so each flow is its own socket and 5-tuple. (sockperf's
+    TCP client sleeps a fixed 2 s after connecting on every run, hence
+    ``kpb-crr`` for ``tcp-rr``.)
 ``tcp-crr``
-    per transaction: connect, request, response, close (``kpb-crr``,
-    :mod:`bench.measure.socket_tools`); every transaction is a new connection.
+    per transaction: connect, request, response, close (``kpb-crr``); every
+    transaction is a new connection.
 ``tcp-stream``
     bulk transfer over ``flows`` parallel TCP streams (``iperf3 -P``).
 
@@ -43,7 +49,7 @@ from bench.cluster.topology import PREFIX_RE
 from bench.errors import KpbenchError
 from bench.measure import processes as P
 from bench.measure import socket_tools as T
-from bench.measure.processes import Processes
+from bench.measure.processes import Processes, last_line
 
 WORKLOADS = ("udp-rr", "tcp-rr", "tcp-crr", "tcp-stream")
 LOOPS = ("closed", "open")
@@ -51,6 +57,8 @@ MAX_FLOWS = 256
 GRACE_S = 15.0  # on top of a workload's duration before its generator is killed
 CT_LISTEN_S = 0.3  # for conntrack -E to subscribe, and for the last events to arrive
 CT_EVENT_BUFFER = 128 << 20  # its netlink buffer: a lost event would fail the count
+# The workloads kpb-crr runs, with the flags both its sides take for them.
+KPB_CRR: dict[str, tuple[str, ...]] = {"tcp-crr": (), "tcp-rr": ("--keep",)}
 # The namespace counters a point reports (nstat names).
 TCP_COUNTERS = {"retransmits": "TcpRetransSegs", "resets_sent": "TcpOutRsts",
                 "estab_resets": "TcpEstabResets", "attempt_fails": "TcpAttemptFails",
@@ -66,10 +74,10 @@ class SocketWorkload:
     loop: str = "closed"
     rate_tps: float | None = None  # open loop: offered transactions/s over all flows
     duration_s: float = 5.0
-    count: int | None = None  # tcp-crr: at most this many transactions
+    count: int | None = None  # tcp-crr, tcp-rr: at most this many transactions
     request_bytes: int = 64
     response_bytes: int = 64
-    timeout_ms: int = 2000  # tcp-crr: one transaction's bound
+    timeout_ms: int = 2000  # tcp-crr, tcp-rr: one transaction's bound
 
     def check(self) -> None:
         """ValueError naming the bad field and the accepted values."""
@@ -88,7 +96,7 @@ class SocketWorkload:
             raise ValueError("tcp-stream runs closed loop only (a stream has no transactions)")
         if not 0 < self.duration_s <= 3600:
             raise ValueError(f"duration_s {self.duration_s} out of range (0-3600]")
-        if self.workload in ("udp-rr", "tcp-rr") and self.request_bytes < T.SOCKPERF_MIN_MSG:
+        if self.workload == "udp-rr" and self.request_bytes < T.SOCKPERF_MIN_MSG:
             raise ValueError(f"request_bytes must be >= {T.SOCKPERF_MIN_MSG} for sockperf")
 
 
@@ -141,7 +149,7 @@ class SocketResult:
     throughput_bps: float | None
     rtt: Histogram
     failed: int  # failed connections, timeouts, resets mid-transaction, lost replies
-    served: int | None  # what the responders counted (tcp-crr)
+    served: int | None  # responses the responders wrote (tcp-crr, tcp-rr)
     counters: dict[str, dict[str, int]] = field(default_factory=dict)  # netns -> deltas
     # Entry count growth summed over node_netns. A connection whose 4-tuple repeats one
     # still in TIME_WAIT replaces that entry, so past ~10,000 connections to one address
@@ -150,6 +158,7 @@ class SocketResult:
     conntrack_new: int | None = None  # NEW events (run(..., conntrack_events=True))
     generator_cpu_ns: int | None = None
     responder_cpu_ns: int | None = None
+    connections: int | None = None  # connections the responders accepted (kpb-crr)
 
     def summary(self) -> dict[str, Any]:
         """The point's figures under the names of the issue (rtt_ns like latency_ns)."""
@@ -187,7 +196,7 @@ def run(work: SocketWorkload, path: SocketPath, *, cgroup: Path | None = None,
     from it: it must hold nothing else). Raises KpbenchError if a tool fails.
     """
     work.check()
-    for tool in {"tcp-stream": ["iperf3"], "tcp-crr": []}.get(work.workload, ["sockperf"]):
+    for tool in {"tcp-stream": ["iperf3"], "udp-rr": ["sockperf"]}.get(work.workload, []):
         T.require(tool)
     for tool in ("nstat", *(["conntrack"] if path.node_netns else [])):
         T.require(tool)
@@ -209,7 +218,7 @@ def run(work: SocketWorkload, path: SocketPath, *, cgroup: Path | None = None,
             subprocess.run(["ip", "netns", "exec", path.client_netns, "sysctl", "-qw",
                             f"net.ipv4.ip_local_port_range={lo} {hi}"], check=True,
                            capture_output=True, timeout=10)
-        before = {ns: nstat(ns) for ns in spaces}
+        before = nstat_all(spaces)
         ct_before = [conntrack_count(ns) for ns in path.node_netns]
         if conntrack_events:
             for ns in path.node_netns:
@@ -226,16 +235,18 @@ def run(work: SocketWorkload, path: SocketPath, *, cgroup: Path | None = None,
             result.conntrack_created = sum(conntrack_count(ns) - c
                                            for ns, c in zip(path.node_netns, ct_before,
                                                             strict=True))
-        after = {ns: nstat(ns) for ns in spaces}
+        after = nstat_all(spaces)
         result.counters = {ns: {k: after[ns].get(v, 0) - before[ns].get(v, 0)
                                 for k, v in TCP_COUNTERS.items()} for ns in spaces}
         if conntrack_events:
             time.sleep(CT_LISTEN_S)  # events are delivered asynchronously
             result.conntrack_new = sum(T.parse_conntrack_events(out) for out in
                                        procs.stop_all(signal.SIGTERM, "conntrack -E"))
-        if work.workload == "tcp-crr":
-            result.served = sum(T.parse_crr_server(out)[0]
-                                for out in procs.stop_all(signal.SIGTERM, "kpb-crr serve"))
+        if work.workload in KPB_CRR:
+            served = [T.parse_crr_server(out)
+                      for out in procs.stop_all(signal.SIGTERM, "kpb-crr serve")]
+            result.served = sum(s.served for s in served)
+            result.connections = sum(s.connections for s in served)
     return result
 
 
@@ -249,9 +260,28 @@ def _own_cgroup(stack: contextlib.ExitStack, name: str) -> Path:
 
 def nstat(netns: str) -> dict[str, int]:
     """The namespace's SNMP counters (absolute; nstat's history is left untouched)."""
-    out = subprocess.run(["ip", "netns", "exec", netns, "nstat", "-asz", "--json"],
-                         capture_output=True, text=True, timeout=10, check=True).stdout
-    return {k: int(v) for k, v in json.loads(out).get("kernel", {}).items()}
+    return nstat_all([netns])[netns]
+
+
+def nstat_all(spaces: list[str]) -> dict[str, dict[str, int]]:
+    """:func:`nstat` of each namespace, read all at once (one after the other, a dozen
+    namespaces cost each run 0.2 s)."""
+    procs = {ns: subprocess.Popen(["ip", "netns", "exec", ns, "nstat", "-asz", "--json"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for ns in spaces}
+    counters = {}
+    try:
+        for ns, p in procs.items():
+            out, err = p.communicate(timeout=10)
+            if p.returncode != 0:
+                raise KpbenchError(f"nstat in {ns} failed: {last_line(err)}")
+            counters[ns] = {k: int(v) for k, v in json.loads(out).get("kernel", {}).items()}
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return counters
 
 
 def conntrack_count(netns: str) -> int:
@@ -269,38 +299,36 @@ def _start_responders(procs: Processes, work: SocketWorkload, path: SocketPath,
     starting = []
     for r in path.responders:
         port = str(r.port or path.dst_port)
-        if work.workload == "tcp-crr":
+        if work.workload in KPB_CRR:
             argv = [str(T.crr_binary()), "serve", "--listen", f"{r.ip}:{port}",
                     "--request", str(work.request_bytes), "--response",
-                    str(work.response_bytes), "--duration", bound]
+                    str(work.response_bytes), "--duration", bound, *KPB_CRR[work.workload]]
             marker, tag = "ready", "kpb-crr serve"
         elif work.workload == "tcp-stream":
             # One test per server process; the streams of one client share it.
             argv = ["timeout", bound, "iperf3", "-s", "-1", "--forceflush", "-B", r.ip, "-p",
                     port]
             marker, tag = "Server listening", "iperf3 -s"
-        else:
-            # From a feed file, so that -F e serves many flows at once (the default,
-            # blocking on one TCP connection, leaves a second client unanswered).
+        else:  # udp-rr
+            # From a feed file, so that -F e serves many flows at once.
             feed = tmp / f"feed-{r.netns}-{r.ip}-{port}"
-            feed.write_text(f"{'T' if work.workload == 'tcp-rr' else 'U'}:{r.ip}:{port}\n")
-            # --uc-reuseaddr: a tcp-crr run just before leaves TIME_WAIT on this port.
-            argv = ["timeout", bound, "sockperf", "server", "-f", str(feed), "-F", "e",
-                    "--uc-reuseaddr"]
+            feed.write_text(f"U:{r.ip}:{port}\n")
+            argv = ["timeout", bound, "sockperf", "server", "-f", str(feed), "-F", "e"]
             marker, tag = "block on socket", "sockperf server"
         starting.append((procs.start(tag, r.netns, argv, cgroup), marker, f"{tag} in {r.netns}"))
     for p, marker, what in starting:  # started together, then each awaited
         procs.wait_ready(p, marker, what)
 
 
-def _crr(procs: Processes, work: SocketWorkload, path: SocketPath, cgroup: Path,
-         tmp: Path) -> SocketResult:
+def _kpb_crr(procs: Processes, work: SocketWorkload, path: SocketPath, cgroup: Path,
+             tmp: Path) -> SocketResult:
     samples = tmp / "crr.samples"
     connect = [a for ip, port in path.destinations() for a in ("--connect", f"{ip}:{port}")]
     argv = [str(T.crr_binary()), "client", *connect, "--flows", str(work.flows),
             "--duration", f"{work.duration_s:g}",
             "--request", str(work.request_bytes), "--response", str(work.response_bytes),
-            "--timeout-ms", str(work.timeout_ms), "--samples", str(samples)]
+            "--timeout-ms", str(work.timeout_ms), "--samples", str(samples),
+            *KPB_CRR[work.workload]]
     if work.count is not None:
         argv += ["--count", str(work.count)]
     if work.rate_tps is not None:
@@ -316,19 +344,18 @@ def _crr(procs: Processes, work: SocketWorkload, path: SocketPath, cgroup: Path,
                         s.failed, None)
 
 
-def _rr(procs: Processes, work: SocketWorkload, path: SocketPath, cgroup: Path,
-        tmp: Path) -> SocketResult:
+def _udp_rr(procs: Processes, work: SocketWorkload, path: SocketPath, cgroup: Path,
+            tmp: Path) -> SocketResult:
     seconds = max(1, math.ceil(work.duration_s))  # sockperf takes whole seconds
     mode = ["ping-pong"] if work.loop == "closed" else [
         "under-load", "--reply-every", "1", "--mps", str(max(1, round(work.rate_tps / work.flows)))]  # type: ignore[operator]
-    tcp = ["--tcp"] if work.workload == "tcp-rr" else []
     bind = ["--client_ip", path.client_ip] if path.client_ip else []
     clients = []
     dsts = path.destinations()
     for i in range(work.flows):
         log = tmp / f"sockperf-{i}.csv"
         ip, port = dsts[i % len(dsts)]
-        argv = ["sockperf", *mode, "-i", ip, "-p", str(port), *tcp,
+        argv = ["sockperf", *mode, "-i", ip, "-p", str(port),
                 "-t", str(seconds), "-m", str(work.request_bytes), "--full-log", str(log),
                 *bind]
         clients.append((procs.start("sockperf client", path.client_netns, argv, cgroup), log))
@@ -366,4 +393,4 @@ def _stream(procs: Processes, work: SocketWorkload, path: SocketPath, cgroup: Pa
 
 
 _GENERATORS: dict[str, Callable[..., SocketResult]] = {
-    "udp-rr": _rr, "tcp-rr": _rr, "tcp-crr": _crr, "tcp-stream": _stream}
+    "udp-rr": _udp_rr, "tcp-rr": _kpb_crr, "tcp-crr": _kpb_crr, "tcp-stream": _stream}

@@ -225,8 +225,9 @@ def test_rr_every_reply_received_is_one_sample_each_way(
         reading = probe.read()
     c = reading.counts
     assert r.transactions > 100 and r.failed == 0
-    # sockperf's warm-up messages are not in its log, so the probe sees at least as
-    # many; every one departed is matched (none unmatched, none left over).
+    # sockperf's (udp-rr) warm-up messages are not in its log, so the probe sees at least
+    # as many (kpb-crr, tcp-rr, has no warm-up); every one departed is matched (none
+    # unmatched, none left over).
     assert len(reading.request_ns) >= r.transactions, c
     assert len(reading.response_ns) >= r.transactions, c
     assert c["request_departed"] == c["request_arrived"] == len(reading.request_ns), c

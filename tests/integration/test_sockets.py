@@ -90,7 +90,7 @@ def crr_client(pair: Pair, dst: str, port: int, samples: Path, *extra: str) -> T
                                      f"{dst}:{port}", "--samples", str(samples), *extra))
 
 
-def stop(p: subprocess.Popen[str]) -> tuple[int, int]:
+def stop(p: subprocess.Popen[str]) -> T.CrrServerStats:
     p.terminate()
     return T.parse_crr_server(p.communicate(timeout=10)[0])
 
@@ -103,8 +103,9 @@ def test_crr_latency_is_the_responders_hold_time_and_every_transaction_is_served
         s = crr_client(pair, SERVER_IP, 9001, tmp_path / "s", "--flows", "4", "--count", "300",
                        "--duration", "20")
     finally:
-        served, errors = stop(server)
-    assert (s.transactions, s.failed, served, errors) == (300, 0, 300, 0)
+        srv = stop(server)
+    assert (s.transactions, s.failed, srv.served, srv.errors, srv.connections) == (
+        300, 0, 300, 0, 300)
     rtt = T.read_crr_samples(tmp_path / "s", 300)
     p50 = float(sorted(rtt)[149])
     # Never below the hold time; above it by the connect/close round trips on a veth
@@ -119,7 +120,7 @@ def test_crr_open_loop_offers_its_rate_and_not_more(pair: Pair, tmp_path: Path) 
         s = crr_client(pair, SERVER_IP, 9002, tmp_path / "s", "--flows", "2", "--rate", "400",
                        "--count", "200", "--duration", "20")
     finally:
-        served, _ = stop(server)
+        served = stop(server).served
     assert s.loop == "open" and s.transactions == served == 200 and s.failed == 0
     # 200 transactions due over 0.5 s: a closed loop would finish them far sooner.
     assert 0.49 <= s.seconds < 2.0
@@ -131,7 +132,7 @@ def test_crr_counts_refused_connections_and_binds_only_its_address(pair: Pair,
     try:
         s = crr_client(pair, OTHER_IP, 9003, tmp_path / "s", "--count", "50", "--duration", "10")
     finally:
-        served, _ = stop(server)
+        served = stop(server).served
     assert (s.transactions, s.connect_failed, served) == (0, 50, 0)
 
 
@@ -147,9 +148,69 @@ def test_crr_spreads_transactions_over_its_destinations(pair: Pair, tmp_path: Pa
         s = crr_client(pair, SERVER_IP, 9004, tmp_path / "s", "--connect", f"{OTHER_IP}:9005",
                        "--flows", "3", "--count", "101", "--duration", "20")
     finally:
-        served = [stop(p)[0] for p in servers]
+        served = [stop(p).served for p in servers]
     # Transaction i goes to destination i mod 2: 51 and 50.
     assert s.transactions == 101 and s.failed == 0 and served == [51, 50]
+
+
+def test_keep_latency_is_the_hold_time_on_one_connection_per_flow(pair: Pair,
+                                                                  tmp_path: Path) -> None:
+    # tcp-rr's mode: 300 transactions over 4 flows are 300 requests on 4 connections.
+    delay_ns = 2_000_000
+    server = crr_serve(pair, 9010, "--keep", "--delay-us", str(delay_ns // 1000))
+    try:
+        s = crr_client(pair, SERVER_IP, 9010, tmp_path / "s", "--keep", "--flows", "4",
+                       "--count", "300", "--duration", "20")
+    finally:
+        srv = stop(server)
+    assert (s.transactions, s.failed) == (300, 0)
+    assert (srv.served, srv.errors, srv.connections) == (300, 0, 4)
+    rtt = T.read_crr_samples(tmp_path / "s", 300)
+    # No connect or close in a transaction: just above the hold time (one round trip
+    # on a veth; a busy 2-core machine adds some).
+    assert delay_ns <= rtt.min() and float(sorted(rtt)[149]) < delay_ns + 1_000_000
+    # The client closed its 4 connections at the end (tcp-crr's responder closes first).
+    assert len(ns_run(pair.client, "ss", "-Htan", "state", "time-wait", "dport",
+                      "= :9010").splitlines()) == 4
+
+
+def test_keep_spreads_flows_over_its_destinations(pair: Pair, tmp_path: Path) -> None:
+    servers = [crr_serve(pair, 9011, "--keep")]
+    other = subprocess.Popen(["ip", "netns", "exec", pair.server, str(T.crr_binary()), "serve",
+                              "--listen", f"{OTHER_IP}:9012", "--duration", "30", "--keep"],
+                             stdout=subprocess.PIPE, text=True)
+    assert other.stdout is not None and other.stdout.readline().strip() == "ready"
+    servers.append(other)
+    try:
+        s = crr_client(pair, SERVER_IP, 9011, tmp_path / "s", "--connect", f"{OTHER_IP}:9012",
+                       "--keep", "--flows", "3", "--count", "90", "--duration", "20")
+    finally:
+        stats = [stop(p) for p in servers]
+    # Flow i to destination i mod 2: flows 0 and 2 to the first, flow 1 to the second.
+    assert s.transactions == 90 and s.failed == 0
+    assert [st.connections for st in stats] == [2, 1] and sum(st.served for st in stats) == 90
+
+
+def test_keep_counts_failed_transactions_and_reconnects(pair: Pair, tmp_path: Path) -> None:
+    # A responder that closes after each response (tcp-crr's): the kept connection's
+    # second request finds it closed (an error), the third reconnects and succeeds.
+    server = crr_serve(pair, 9013)
+    try:
+        s = crr_client(pair, SERVER_IP, 9013, tmp_path / "s", "--keep", "--count", "50",
+                       "--duration", "20")
+    finally:
+        srv = stop(server)
+    assert (s.transactions, s.errors, s.connect_failed, s.timeouts) == (25, 25, 0, 0)
+    assert (srv.served, srv.connections) == (25, 25)
+    # A response later than the timeout: each transaction times out, closes its
+    # connection, and the next reconnects.
+    server = crr_serve(pair, 9014, "--keep", "--delay-us", "300000")
+    try:
+        s = crr_client(pair, SERVER_IP, 9014, tmp_path / "s", "--keep", "--count", "4",
+                       "--timeout-ms", "100", "--duration", "20")
+    finally:
+        srv = stop(server)
+    assert (s.transactions, s.timeouts, s.failed) == (0, 4, 4) and srv.connections == 4
 
 
 # --- every workload through bench.measure.sockets --------------------------------
@@ -163,7 +224,8 @@ def test_tcp_crr_run_matches_the_responders_count(pair: Pair) -> None:
     assert not live_pids(pair.client, pair.server)
     # The responder closes first: a client left in TIME_WAIT would run out of ports
     # after ~28,000 transactions (60 s each) and then crawl.
-    assert ns_run(pair.client, "ss", "-Htan", "state", "time-wait").strip() == ""
+    assert ns_run(pair.client, "ss", "-Htan", "state", "time-wait", "dport",
+                  "= :9101").strip() == ""
 
 
 @pytest.mark.parametrize("workload", ["tcp-rr", "udp-rr"])
@@ -172,6 +234,8 @@ def test_rr_closed_loop_one_sample_per_message_over_several_flows(pair: Pair,
     r = S.run(S.SocketWorkload(workload, flows=2, duration_s=1), pair.path(9200))
     assert r.transactions > 100 and r.rtt.count == r.transactions and r.failed == 0
     assert r.transactions_per_s and r.rtt.percentiles((50,))["p50"]
+    if workload == "tcp-rr":  # kpb-crr --keep: every request answered, one connection a flow
+        assert (r.served, r.connections) == (r.transactions, 2)
     assert not live_pids(pair.client, pair.server)
 
 
@@ -187,7 +251,8 @@ def test_rr_open_loop_achieves_the_offered_rate(pair: Pair, workload: str) -> No
     r = S.run(S.SocketWorkload(workload, flows=2, loop="open", rate_tps=1000, duration_s=1),
               pair.path(9300))
     assert r.failed == 0 and r.rtt.count == r.transactions
-    # sockperf paces each flow at 500 msg/s; a closed loop would reach tens of thousands.
+    # 1000/s offered (sockperf: 500 msg/s per flow; kpb-crr: transaction i due at
+    # i/1000 s); a closed loop would reach tens of thousands.
     assert r.transactions_per_s is not None and 700 < r.transactions_per_s < 1100
 
 
@@ -278,6 +343,21 @@ def test_tcp_crr_through_a_clusterip_one_conntrack_entry_per_transaction(
               conntrack_events=True)
     assert r.conntrack_created is not None and r.conntrack_created <= 1000
     assert (r.transactions, r.served, r.failed, r.conntrack_new) == (n, n, 0, n)
+
+
+def test_tcp_rr_through_a_clusterip_one_conntrack_entry_per_flow(
+        iptables_bed: Testbed) -> None:
+    tb, svc = iptables_bed, iptables_bed.services[0]
+    path = S.SocketPath(tb.cluster.client_pod_ns, svc.cluster_ip, svc.ports[0].port,
+                        tuple(S.Responder(tb.cluster.pod_ns(p), p.ip, p.tcp_ports[0])
+                              for p in tb.layout.pods),
+                        node_netns=(tb.cluster.node_ns(0),))
+    r = S.run(S.SocketWorkload("tcp-rr", flows=3, count=600, duration_s=20), path,
+              conntrack_events=True)
+    # 600 requests, each answered through DNAT and reverse NAT, on 3 connections:
+    # 3 entries (tcp-crr makes one per transaction).
+    assert (r.transactions, r.served, r.failed) == (600, 600, 0)
+    assert (r.connections, r.conntrack_new) == (3, 3)
 
 
 def test_socket_lb_balances_only_the_run_cgroups_sockets() -> None:

@@ -27,6 +27,14 @@ def test_default_scenario_caps_iptables_nft() -> None:
     assert sc.position_index(5000) == 4999
 
 
+def test_default_scenario_measures_tcp_crr_and_tcp_rr_closed_loop_at_8_flows() -> None:
+    # Issue 12's acceptance: the default suite gains both, closed loop, 8 flows.
+    sc = load_scenario(ROOT / "scenarios" / "default.toml")
+    assert sc.socket_items == (("tcp-crr", 8), ("tcp-rr", 8))
+    assert sc.loop == "closed" and sc.rate_tps is None
+    assert sc.packet_workloads == ("udp-new", "udp-established", "nodeport-udp-new")
+
+
 @pytest.mark.parametrize("path", BAD, ids=[p.name for p in BAD])
 def test_bad_scenario_is_one_line_naming_file_and_key(path: Path) -> None:
     expected = path.read_text().splitlines()[0].removeprefix("# expect: ")

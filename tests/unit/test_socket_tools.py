@@ -33,7 +33,8 @@ def test_crr_outputs_without_a_summary_are_errors_naming_the_last_line() -> None
         T.parse_crr_client("kpb-crr: bad --flows value\n")
     with pytest.raises(KpbenchError, match="responder printed no summary: ready"):
         T.parse_crr_server("ready\n")
-    assert T.parse_crr_server("ready\ncrr-server served=800 errors=2\n") == (800, 2)
+    s = T.parse_crr_server("ready\ncrr-server served=800 errors=2 connections=8\n")
+    assert (s.served, s.errors, s.connections) == (800, 2, 8)
 
 
 def test_crr_samples_are_little_endian_u32_and_their_count_is_checked(tmp_path: Path) -> None:
@@ -104,6 +105,15 @@ def test_conntrack_event_total_and_lost_events() -> None:
 def test_workload_check_names_the_bad_field(kw: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         SocketWorkload(**kw).check()
+
+
+def test_tcp_rr_runs_on_kpb_crr_not_sockperf() -> None:
+    # sockperf's TCP client sleeps 2 s after connecting on every run (socket_tools' doc):
+    # tcp-rr runs kpb-crr's kept-alive mode, so sockperf's minimum message is not its.
+    from bench.measure import sockets as S
+
+    assert S.KPB_CRR["tcp-rr"] == ("--keep",) and S.KPB_CRR["tcp-crr"] == ()
+    SocketWorkload("tcp-rr", request_bytes=1).check()
 
 
 def test_summary_uses_the_issues_metric_names() -> None:

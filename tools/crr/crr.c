@@ -1,12 +1,13 @@
 /*
- * kpb-crr: a TCP connect-request-response-close generator and its responder.
+ * kpb-crr: a TCP connect-request-response-close generator and its responder, and
+ * the same request/response on kept-alive connections (--keep).
  *
  *   kpb-crr serve  --listen IP:PORT [--listen IP:PORT ...] [--request B] [--response B]
- *                  [--delay-us US] [--duration S]
+ *                  [--delay-us US] [--duration S] [--keep]
  *   kpb-crr client --connect IP:PORT [--connect IP:PORT ...] [--bind IP] [--flows N]
  *                  [--count N] [--duration S]
  *                  [--rate TPS] [--request B] [--response B] [--timeout-ms MS]
- *                  [--samples FILE]
+ *                  [--samples FILE] [--keep]
  *
  * A transaction is: connect(), write a request of B bytes, read a response of
  * B bytes, read the responder's FIN, close(). The responder accepts, reads the
@@ -25,10 +26,20 @@
  * Both stop after --count transactions or --duration seconds, whichever comes
  * first; a transaction in flight is bounded by --timeout-ms.
  *
+ * --keep (both sides; the tcp-rr workload): each flow opens ONE connection, to the
+ * (flow mod n)-th destination, before the clock starts, and a transaction is only
+ * write the request, read the response. The responder answers request after request
+ * on a connection until the client's EOF. At the end the client closes its
+ * connections (so it holds their TIME_WAIT: one port per flow, not per transaction). A
+ * transaction that times out or fails closes its connection (a late response would
+ * answer the next request); the flow's next transaction reconnects first, inside its
+ * own timing, and a failed reconnect counts as connect_failed.
+ *
  * Output (stdout, one line, key=value; the responder prints "ready" first and
  * its line when it gets SIGTERM/SIGINT or its --duration ends):
  *   crr-client transactions=N connect_failed=N timeouts=N errors=N seconds=F ...
- *   crr-server served=N errors=N
+ *   crr-server served=N errors=N connections=N
+ * (served: responses written in full; connections: connections accepted.)
  * --samples writes each successful transaction's latency in ns as a
  * little-endian uint32 (clamped at 2^32-1, i.e. 4.29 s), in completion order.
  */
@@ -123,28 +134,49 @@ struct conn {
 static volatile sig_atomic_t stop_flag;
 static void on_signal(int sig) { (void)sig; stop_flag = 1; }
 
-static long served, serve_errors;
+static long served, serve_errors, accepted;
 
-/* Write the whole response (bounded blocking send), count it, close. */
-static void respond(struct conn *c, char *buf, long response)
+/* Write the whole response and count it: at once if the socket buffer takes it (the
+ * usual case), else the rest as a bounded blocking send. Without --keep, or if the
+ * write failed, close the connection and return 0; with --keep, return 1 with the
+ * connection ready for its next request (non-blocking, nothing read of it yet). */
+static int respond(struct conn *c, char *buf, long response, int keep)
 {
-    long off = 0;
-    int fl = fcntl(c->fd, F_GETFL);
-    fcntl(c->fd, F_SETFL, fl & ~O_NONBLOCK);
-    struct timeval tv = {.tv_sec = 5};
-    setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    while (off < response) {
-        ssize_t w = write(c->fd, buf, (size_t)(response - off));
-        if (w <= 0)
-            break;
-        off += w;
+    /* MSG_NOSIGNAL: a client gone (timed out) is an error to count, not a SIGPIPE. */
+    ssize_t w = send(c->fd, buf, (size_t)response, MSG_NOSIGNAL);
+    long off = w > 0 ? w : 0;
+    if (off < response && (w >= 0 || errno == EAGAIN)) {
+        int fl = fcntl(c->fd, F_GETFL);
+        fcntl(c->fd, F_SETFL, fl & ~O_NONBLOCK);
+        struct timeval tv = {.tv_sec = 5};
+        setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        while (off < response) {
+            w = send(c->fd, buf, (size_t)(response - off), MSG_NOSIGNAL);
+            if (w <= 0)
+                break;
+            off += w;
+        }
+        fcntl(c->fd, F_SETFL, fl);
     }
     if (off == response)
         served++;
     else
         serve_errors++;
+    if (keep && off == response) {
+        c->got = 0;
+        c->due = 0;
+        return 1;
+    }
     close(c->fd); /* also removes it from the epoll set */
     free(c);
+    return 0;
+}
+
+static void watch(int ep, struct conn *c)
+{
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP};
+    ev.data.ptr = c;
+    epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
 }
 
 static int serve(int argc, char **argv)
@@ -152,9 +184,14 @@ static int serve(int argc, char **argv)
     struct sockaddr_in addrs[MAX_LISTEN];
     int n_listen = 0;
     long request = 64, response = 64, delay_us = 0;
+    int keep = 0;
     double duration = 3600;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--keep")) {
+            keep = 1;
+            continue;
+        }
         if (!v)
             die("option %s needs a value", a);
         if (!strcmp(a, "--listen")) {
@@ -220,9 +257,8 @@ static int serve(int argc, char **argv)
                     setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
                     struct conn *c = calloc(1, sizeof *c);
                     c->fd = cfd;
-                    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP};
-                    ev.data.ptr = c;
-                    epoll_ctl(ep, EPOLL_CTL_ADD, cfd, &ev);
+                    accepted++;
+                    watch(ep, c);
                 }
                 continue;
             }
@@ -241,8 +277,11 @@ static int serve(int argc, char **argv)
                         c->next = delayed;
                         delayed = c;
                     } else {
-                        respond(c, buf, response);
+                        respond(c, buf, response, keep); /* kept: still watched */
                     }
+                } else if (r == 0 && keep && c->got == 0) {
+                    close(c->fd); /* --keep: the client's EOF between requests */
+                    free(c);
                 } else if (r == 0 || (errno != EAGAIN && errno != EINTR)) {
                     serve_errors++; /* closed or reset before the whole request came */
                     close(c->fd);
@@ -256,13 +295,15 @@ static int serve(int argc, char **argv)
             struct conn *c = *pp;
             if (c->due <= t) {
                 *pp = c->next;
-                respond(c, buf, response);
+                if (respond(c, buf, response, keep))
+                    watch(ep, c); /* taken out of the set while its response waited */
             } else {
                 pp = &c->next;
             }
         }
     }
-    printf("crr-server served=%ld errors=%ld\n", served, serve_errors);
+    printf("crr-server served=%ld errors=%ld connections=%ld\n", served, serve_errors,
+           accepted);
     fflush(stdout);
     return 0;
 }
@@ -273,13 +314,14 @@ static int serve(int argc, char **argv)
 
 struct client_cfg {
     struct sockaddr_in dst[MAX_DSTS], src;
-    int n_dst, bind_src;
+    int n_dst, bind_src, keep;
     long request, response, count, timeout_ms;
     double rate;
     uint64_t start, end;
 };
 
 static struct client_cfg cfg;
+static pthread_barrier_t connected, go;
 static atomic_long next_tx, n_ok, n_connect_failed, n_timeouts, n_errors;
 static uint32_t *samples;
 
@@ -302,11 +344,12 @@ static int wait_fd(int fd, short events, uint64_t deadline)
     }
 }
 
-static int transaction(char *buf, long i)
+/* Open a connection to dst (bound to --bind's address if given) by deadline (ns):
+ * TX_OK with *fdp set, or why not (*fdp -1). */
+static int open_conn(int *fdp, const struct sockaddr_in *dst, uint64_t deadline)
 {
-    const struct sockaddr_in *dst = &cfg.dst[i % cfg.n_dst];
-    uint64_t deadline = now_ns() + (uint64_t)cfg.timeout_ms * 1000000ull;
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0), one = 1, rc = TX_OK;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0), one = 1;
+    *fdp = -1;
     if (fd < 0)
         return TX_ERROR;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -318,35 +361,42 @@ static int transaction(char *buf, long i)
             return TX_CONNECT_FAILED;
         }
     }
+    int rc = TX_OK;
     if (connect(fd, (const struct sockaddr *)dst, sizeof *dst) && errno != EINPROGRESS) {
         rc = TX_CONNECT_FAILED;
-        goto out;
+    } else {
+        int w = wait_fd(fd, POLLOUT, deadline);
+        if (w <= 0) {
+            rc = w == 0 ? TX_CONNECT_FAILED : TX_ERROR;
+        } else {
+            int err = 0;
+            socklen_t len = sizeof err;
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+            if (err)
+                rc = TX_CONNECT_FAILED;
+        }
     }
-    int w = wait_fd(fd, POLLOUT, deadline);
-    if (w <= 0) {
-        rc = w == 0 ? TX_CONNECT_FAILED : TX_ERROR;
-        goto out;
-    }
-    int err = 0;
-    socklen_t len = sizeof err;
-    getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
-    if (err) {
-        rc = TX_CONNECT_FAILED;
-        goto out;
-    }
+    if (rc == TX_OK)
+        *fdp = fd;
+    else
+        close(fd);
+    return rc;
+}
+
+/* Write the whole request and read the whole response on fd by deadline. */
+static int exchange(int fd, char *buf, uint64_t deadline)
+{
+    int w;
     long off = 0;
     while (off < cfg.request) {
         ssize_t r = write(fd, buf, (size_t)(cfg.request - off));
         if (r > 0) {
             off += r;
         } else if (r < 0 && errno == EAGAIN) {
-            if ((w = wait_fd(fd, POLLOUT, deadline)) <= 0) {
-                rc = w == 0 ? TX_TIMEOUT : TX_ERROR;
-                goto out;
-            }
+            if ((w = wait_fd(fd, POLLOUT, deadline)) <= 0)
+                return w == 0 ? TX_TIMEOUT : TX_ERROR;
         } else {
-            rc = TX_ERROR;
-            goto out;
+            return TX_ERROR;
         }
     }
     off = 0;
@@ -355,34 +405,67 @@ static int transaction(char *buf, long i)
         if (r > 0) {
             off += r;
         } else if (r < 0 && errno == EAGAIN) {
-            if ((w = wait_fd(fd, POLLIN, deadline)) <= 0) {
-                rc = w == 0 ? TX_TIMEOUT : TX_ERROR;
-                goto out;
-            }
+            if ((w = wait_fd(fd, POLLIN, deadline)) <= 0)
+                return w == 0 ? TX_TIMEOUT : TX_ERROR;
         } else {
-            rc = TX_ERROR; /* reset, or closed before the whole response */
-            goto out;
+            return TX_ERROR; /* reset, or closed before the whole response */
         }
     }
-    /* Wait for the responder's FIN before closing: the side that closes first holds
-     * TIME_WAIT for 60 s, and on the client that would use up its ephemeral ports
-     * within seconds at the rates measured here. */
+    return TX_OK;
+}
+
+/* Read until the responder's FIN by deadline: TX_OK, or why not. */
+static int await_fin(int fd, char *buf, uint64_t deadline)
+{
     for (;;) {
         ssize_t r = read(fd, buf, 1);
         if (r == 0)
-            break;
+            return TX_OK;
         if (r < 0 && errno == EAGAIN) {
-            if ((w = wait_fd(fd, POLLIN, deadline)) <= 0) {
-                rc = w == 0 ? TX_TIMEOUT : TX_ERROR;
-                goto out;
-            }
+            int w = wait_fd(fd, POLLIN, deadline);
+            if (w <= 0)
+                return w == 0 ? TX_TIMEOUT : TX_ERROR;
             continue;
         }
-        rc = TX_ERROR; /* more than the response, or a reset */
-        goto out;
+        return TX_ERROR; /* more than the response, or a reset */
     }
-out:
+}
+
+static uint64_t deadline_from_now(void)
+{
+    return now_ns() + (uint64_t)cfg.timeout_ms * 1000000ull;
+}
+
+/* One connect-request-response-close transaction. */
+static int transaction(char *buf, long i)
+{
+    uint64_t deadline = deadline_from_now();
+    int fd, rc = open_conn(&fd, &cfg.dst[i % cfg.n_dst], deadline);
+    if (rc != TX_OK)
+        return rc;
+    rc = exchange(fd, buf, deadline);
+    /* Wait for the responder's FIN before closing: the side that closes first holds
+     * TIME_WAIT for 60 s, and on the client that would use up its ephemeral ports
+     * within seconds at the rates measured here. */
+    if (rc == TX_OK)
+        rc = await_fin(fd, buf, deadline);
     close(fd);
+    return rc;
+}
+
+/* One request/response on the flow's kept connection *fdp (--keep), opening it first
+ * if it is closed; a failed transaction leaves it closed. */
+static int keep_transaction(char *buf, int *fdp, const struct sockaddr_in *dst)
+{
+    uint64_t deadline = deadline_from_now();
+    int rc = *fdp < 0 ? open_conn(fdp, dst, deadline) : TX_OK;
+    if (rc != TX_OK)
+        return rc;
+    rc = exchange(*fdp, buf, deadline);
+    if (rc != TX_OK) {
+        close(*fdp);
+        *fdp = -1;
+    }
     return rc;
 }
 
@@ -396,8 +479,17 @@ static void sleep_until(uint64_t t)
 
 static void *flow(void *arg)
 {
-    (void)arg;
+    long index = (long)(intptr_t)arg;
+    const struct sockaddr_in *dst = &cfg.dst[index % cfg.n_dst];
     char *buf = calloc(1, (size_t)(cfg.request > cfg.response ? cfg.request : cfg.response));
+    int fd = -1;
+    /* --keep: connected before the clock starts; if that fails, the first transaction
+     * reconnects (and counts its failure). */
+    if (cfg.keep) {
+        open_conn(&fd, dst, deadline_from_now());
+        pthread_barrier_wait(&connected);
+        pthread_barrier_wait(&go); /* cfg.start and cfg.end set */
+    }
     for (;;) {
         long i = atomic_fetch_add(&next_tx, 1);
         if (i >= cfg.count || stop_flag)
@@ -411,7 +503,7 @@ static void *flow(void *arg)
         } else if (due >= cfg.end) {
             break;
         }
-        int rc = transaction(buf, i);
+        int rc = cfg.keep ? keep_transaction(buf, &fd, dst) : transaction(buf, i);
         uint64_t lat = now_ns() - due;
         if (rc == TX_OK) {
             long slot = atomic_fetch_add(&n_ok, 1);
@@ -424,6 +516,8 @@ static void *flow(void *arg)
             atomic_fetch_add(&n_errors, 1);
         }
     }
+    if (fd >= 0) /* --keep */
+        close(fd);
     free(buf);
     return NULL;
 }
@@ -439,6 +533,10 @@ static int client(int argc, char **argv)
     cfg.timeout_ms = 2000;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--keep")) {
+            cfg.keep = 1;
+            continue;
+        }
         if (!v)
             die("option %s needs a value", a);
         if (!strcmp(a, "--connect")) {
@@ -480,11 +578,22 @@ static int client(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
     pthread_t th[MAX_FLOWS];
+    /* Without --keep the clock starts before the flows; with it, once all are connected. */
     cfg.start = now_ns();
     cfg.end = cfg.start + (uint64_t)(duration * 1e9);
+    if (cfg.keep) {
+        pthread_barrier_init(&connected, NULL, (unsigned)flows + 1);
+        pthread_barrier_init(&go, NULL, (unsigned)flows + 1);
+    }
     for (long i = 0; i < flows; i++)
-        if (pthread_create(&th[i], NULL, flow, NULL))
+        if (pthread_create(&th[i], NULL, flow, (void *)(intptr_t)i))
             die("cannot start a flow thread%s", "");
+    if (cfg.keep) {
+        pthread_barrier_wait(&connected);
+        cfg.start = now_ns();
+        cfg.end = cfg.start + (uint64_t)(duration * 1e9);
+        pthread_barrier_wait(&go);
+    }
     for (long i = 0; i < flows; i++)
         pthread_join(th[i], NULL);
     double seconds = (double)(now_ns() - cfg.start) / 1e9;
