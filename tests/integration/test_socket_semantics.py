@@ -137,6 +137,12 @@ def test_client_ip_affinity_puts_every_crr_connection_on_one_backend(bed: Testbe
         backs = responders(bed, H.A, H.B, H.C, H.D)
         spaces = [b.netns for b in backs]
         path = S.SocketPath(bed.cluster.client_pod_ns, vip, port, backs)
+        if sticky:
+            # The affinity is recorded by the client's first connection; first SYNs of
+            # several flows sent at the same instant can each pick before it exists (as in
+            # the kernel datapaths themselves). One connection first, then the concurrent
+            # run: every one of its connections must stick.
+            S.run(S.SocketWorkload("tcp-crr", flows=1, count=1, duration_s=5), path)
         before = passive_opens(spaces)
         r = S.run(S.SocketWorkload("tcp-crr", flows=4, count=n, duration_s=20), path)
         after = passive_opens(spaces)

@@ -230,7 +230,11 @@ static __always_inline u32 lb4_select_backend(struct lb4_service *svc, __be32 ad
     akey.client = client;
     akey.rev_nat_index = svc->rev_nat_index;
     aval = lb4_affinity.lookup(&akey);
-    if (aval && now - aval->last_used_ns <= (u64)svc->affinity_timeout * NSEC) {
+    /* Another CPU may have renewed the entry with a later "now" than this packet's:
+     * last_used_ns > now is fresh, not a u64 wrap-around taken for an expired entry
+     * (which sent a concurrent connection to a new random backend). */
+    if (aval && (aval->last_used_ns >= now ||
+                 now - aval->last_used_ns <= (u64)svc->affinity_timeout * NSEC)) {
         match.backend_id = aval->backend_id;
         match.rev_nat_index = svc->rev_nat_index;
         if (lb4_affinity_match.lookup(&match)) {
