@@ -378,6 +378,8 @@ def plot_result(result: Result | ResultDoc, out_dir: str | Path,
 # -- socket points (docs/sockets.md) ------------------------------------------------------
 
 LINESTYLES = ("-", "--", ":", "-.")
+# One colour per number of services where datapaths are the categories (bar groups).
+SCALE_COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3")
 
 
 def _loop_tag(p: Point) -> str:
@@ -497,43 +499,61 @@ def _rtt_cdf(points: list[Point], colors: dict[str, str], load: str,
 
 def _minus_direct(series: dict[tuple[str, int, str], list[Point]], colors: dict[str, str],
                   workload: str, skipped: list[str]) -> tuple[Figure | None, list[str]]:
-    """Service minus the direct path against flows: RTT p50 (solid) and p99 (dashed) on the
-    left, transactions/s on the right; one colour per variant, a marker per services."""
-    fig = Figure(figsize=(11, 5), layout="constrained")
-    rtt_ax, tps_ax = fig.subplots(1, 2)
-    markers = ("o", "s", "^", "D", "v")
-    scales = sorted({services for _, services, _ in series})
+    """Service minus the direct path per datapath: one row per load (flows, loop), RTT p50
+    (bars; p99 as a diamond) on the left and transactions/s on the right, a bar per
+    number of services in each datapath's group (``colors`` is unused: a colour per
+    services count reads better across groups)."""
+    del colors
     notes: list[str] = []
-    flows: set[int] = set()
-    drawn = {rtt_ax: 0, tps_ax: 0}
+    rows: dict[tuple[int, str], dict[tuple[str, int], Point]] = {}
     for skey, pts in series.items():
-        marker = markers[scales.index(skey[1]) % len(markers)]
         if skey[0] == DirectDatapath.name:
             continue  # the rules-free reference itself: drawn in the rate figure
         if not any(p.summary.get("direct") for p in pts):
             why = pts[0].missing.get("direct", "not measured")
             notes.append(f"{_socket_label(skey)}: no direct path ({why})")
             continue
-        for ax, key, style, scale, name in (
-                (rtt_ax, "service_minus_direct_rtt_p50_ns", "-", 1000, "p50"),
-                (rtt_ax, "service_minus_direct_rtt_p99_ns", "--", 1000, "p99"),
-                (tps_ax, "service_minus_direct_transactions_per_s", "-", 1, "")):
-            xy = [(int(p.doc["flows"]), p.summary.get(key) / scale)  # type: ignore[typeddict-item,operator]
-                  for p in pts if p.summary.get(key) is not None]
-            if xy:
-                ax.plot(*zip(*xy, strict=True), style, color=colors[skey[0]], marker=marker,
-                        markersize=4, label=f"{_socket_label(skey)} {name}".strip())
-                flows.update(x for x, _ in xy)
-                drawn[ax] += 1
-    if not flows:
+        for p in pts:
+            if p.summary.get("direct"):
+                rows.setdefault((int(p.doc["flows"]), skey[2]), {})[(skey[0], skey[1])] = p  # type: ignore[typeddict-item]
+    if not rows:
         return None, notes
-    for ax, ylabel, what in ((rtt_ax, "Service − direct RTT (µs)", "RTT p50 and p99"),
-                             (tps_ax, "Service − direct transactions/s", "transactions/s")):
-        ax.axhline(0, color="black", linewidth=0.8)
-        _flows_axis(ax, flows, ylabel, f"What the Service adds: {what} — {workload}")
-        if drawn[ax]:
+    variants = list(dict.fromkeys(v for row in rows.values() for v, _ in row))
+    scales = sorted({n for row in rows.values() for _, n in row})
+    width = 0.8 / len(scales)
+    fig = Figure(figsize=(max(9.0, 2.2 * len(variants)), 1.2 + 3.6 * len(rows)),
+                 layout="constrained")
+    axes = fig.subplots(len(rows), 2, squeeze=False)
+    for (flows, loop), (rtt_ax, tps_ax) in zip(sorted(rows), axes, strict=True):
+        row = rows[(flows, loop)]
+        for j, n in enumerate(scales):
+            color = SCALE_COLORS[j % len(SCALE_COLORS)]
+            xs = [i + (j - (len(scales) - 1) / 2) * width for i in range(len(variants))]
+            got = [(x, row.get((v, n))) for x, v in zip(xs, variants, strict=True)]
+            got = [(x, p) for x, p in got if p is not None]
+            label = f"{n:,} service" + ("" if n == 1 else "s")
+            for ax, key, scale in ((rtt_ax, "service_minus_direct_rtt_p50_ns", 1000),
+                                   (tps_ax, "service_minus_direct_transactions_per_s", 1)):
+                bars = [(x, p.summary.get(key)) for x, p in got]
+                bars = [(x, v / scale) for x, v in bars if v is not None]
+                if bars:
+                    ax.bar(*zip(*bars, strict=True), width=width, color=color, label=label)
+            p99 = [(x, p.summary.get("service_minus_direct_rtt_p99_ns")) for x, p in got]
+            p99 = [(x, v / 1000) for x, v in p99 if v is not None]
+            if p99:
+                rtt_ax.plot(*zip(*p99, strict=True), "D", color=color, markersize=4,
+                            markeredgecolor="black", markeredgewidth=0.5,
+                            label=f"{label} p99")
+        load = f"x{flows}" + ("" if loop == "closed" else f" {loop}")
+        for ax, ylabel, what in ((rtt_ax, "Service − direct RTT (µs)", "RTT p50 (p99 ◆)"),
+                                 (tps_ax, "Service − direct transactions/s", "transactions/s")):
+            ax.axhline(0, color="black", linewidth=0.8)
+            ax.set_xticks(range(len(variants)), variants, rotation=20, ha="right", fontsize=8)
+            ax.set_ylabel(ylabel)
+            ax.set_title(f"What the Service adds: {what} — {workload} {load}", fontsize=10)
+            ax.grid(True, axis="y", alpha=0.3)
             ax.legend(fontsize=7)
-    _footnote(rtt_ax, skipped + notes)
+    _footnote(axes[-1][0], skipped + notes)
     return fig, notes
 
 

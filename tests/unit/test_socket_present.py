@@ -194,3 +194,21 @@ def test_socket_plots_name_what_they_leave_out(tmp_path: Path) -> None:
     assert any("ipvs @ 1000 services: failed (boom)" in n for n in notes)
     assert any("no direct path (not measured)" in n for n in notes)
     assert any("service-minus-direct_tcp-crr: nothing to draw" in n for n in notes)
+
+
+def test_service_minus_direct_stays_readable_with_many_datapaths_at_one_load(
+        tmp_path: Path) -> None:
+    """The default suite's shape (one flows value, seven datapaths, three scales): the figure
+    is drawn per datapath, and matplotlib's layout does not collapse (a legend of one entry
+    per curve once squeezed the axes to nothing)."""
+    import warnings
+
+    from bench.present import plots
+    rng = np.random.default_rng(7)
+    pts = [socket_point(rng, variant=v, workload="tcp-crr", flows=8, reps=2, services=n)
+           for v in ("iptables-legacy", "iptables-nft", "nftables", "ebpf-tc", "socket-lb",
+                     "userspace", "ipvs") for n in (1, 1000, 5000)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        files = plots.plot_result(in_memory(pts), tmp_path, formats=("png",))
+    assert "service-minus-direct_tcp-crr.png" in [f.name for f in files]
