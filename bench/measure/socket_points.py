@@ -136,7 +136,8 @@ class SocketPoints:
                                           error=f"warm-up failed: {e}", missing=missing,
                                           **common)
         # The generator's own ceiling at this load: measured once per run.
-        ceiling, why = self.runner.ceilings.get(work, paths.service.client_netns)
+        ceiling, why = self.runner.ceilings.get(work, paths.service.client_netns,
+                                                responders=len(paths.service.responders))
         if why:
             missing["generator_ceiling"] = why
         reps: list[R.RepetitionDoc] = []

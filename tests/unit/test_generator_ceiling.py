@@ -15,7 +15,8 @@ def test_each_load_is_measured_once_and_a_failure_is_kept_with_why(
         monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[str, int, str]] = []
 
-    def fake(work: S.SocketWorkload, netns: str, seconds: float = G.CEILING_S) -> dict[str, Any]:
+    def fake(work: S.SocketWorkload, netns: str, seconds: float = G.CEILING_S,
+             responders: int = 1) -> dict[str, Any]:
         calls.append((work.workload, work.flows, netns))
         if work.workload == "udp-rr":
             raise KpbenchError("sockperf failed")
@@ -61,3 +62,11 @@ def test_the_ceiling_runs_in_one_namespace_over_its_loopback(
     assert [(r.netns, r.ip) for r in path.responders] == [("kpb0a-p0", "127.0.0.1")]
     assert path.spread == () and path.node_netns == ()
     assert out["transactions_per_s"] == 5.0 and out["seconds"] == 0.5 and out["measured_at"]
+    # As many responders as the point's backends (one process uses one CPU: a single one
+    # bounded the ceiling below what points through ten backends reached); a stream, one.
+    G.measure(S.SocketWorkload("tcp-rr", flows=8), "kpb0a-p0", responders=3)
+    work, path = seen[1]
+    assert [r.ip for r in path.responders] == ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+    assert path.destinations() == [(f"127.0.0.{i}", G.CEILING_PORT) for i in (1, 2, 3)]
+    G.measure(S.SocketWorkload("tcp-stream", flows=8), "kpb0a-p0", responders=3)
+    assert len(seen[2][1].responders) == 1
