@@ -123,35 +123,57 @@ class SocketPoints:
             missing["direct"] = ("no direct path from the external client to a pod's own "
                                  "address (the underlay does not route pod addresses)")
         group = bed.datapath.client_cgroup() if kind == "clusterip" else None
-        say = self.runner.progress.say
-        label = f"{variant}: {n} services: {workload} x{flows}"
-        say(f"{label}: warm-up")
-        try:
-            S.run(S.SocketWorkload(work.workload, flows=flows, loop=sc.loop,
-                                   rate_tps=sc.rate_tps,
-                                   duration_s=min(WARMUP_S, sc.duration_s / 2)),
-                  paths.service, cgroup=group)
-        except KpbenchError as e:
-            return self.runner.loop.point(variant, n, workload, status="failed",
-                                          error=f"warm-up failed: {e}", missing=missing,
-                                          **common)
-        # The generator's own ceiling at this load: measured once per run.
+        # The generator's own ceiling at this load: measured once per run (before this
+        # point's responders start: the ceiling run has its own).
         ceiling, why = self.runner.ceilings.get(work, paths.service.client_netns,
                                                 responders=len(paths.service.responders))
         if why:
             missing["generator_ceiling"] = why
+        # The point's responders serve all its runs: the warm-up, each path's repetitions
+        # and breakdowns (the direct path's backends are the Service's).
+        runs = 2 * sc.repetitions + 3
+        try:
+            with S.serve(work, paths.service, runs) as serving:
+                point = self._runs(bed, variant, n, workload, work, paths, group, cpu, kind,
+                                   missing, common, serving)
+        except KpbenchError as e:
+            return self.runner.loop.point(variant, n, workload, status="failed",
+                                          error=f"responders failed: {e}", missing=missing,
+                                          **common)
+        point["generator_ceiling"] = ceiling
+        return point
+
+    def _runs(self, bed: Testbed, variant: str, n: int, workload: str,
+              work: S.SocketWorkload, paths: Paths, group: Any, cpu: CpuProbe | None,
+              kind: str, missing: dict[str, str], common: dict[str, Any],
+              serving: S.Serving | None) -> R.PointDoc:
+        """The point's runs with its responders up: warm-up, repetitions (each followed by
+        the direct one), and with the oneway probe the breakdowns."""
+        sc = self.sc
+        say = self.runner.progress.say
+        label = f"{variant}: {n} services: {workload} x{work.flows}"
+        say(f"{label}: warm-up")
+        try:
+            S.run(S.SocketWorkload(work.workload, flows=work.flows, loop=sc.loop,
+                                   rate_tps=sc.rate_tps,
+                                   duration_s=min(WARMUP_S, sc.duration_s / 2)),
+                  paths.service, cgroup=group, serving=serving)
+        except KpbenchError as e:
+            return self.runner.loop.point(variant, n, workload, status="failed",
+                                          error=f"warm-up failed: {e}", missing=missing,
+                                          **common)
         reps: list[R.RepetitionDoc] = []
         direct: list[R.RepetitionDoc] = []
         failed: list[dict[str, Any]] = []
         for r in range(sc.repetitions):
             say(f"{label}: rep {r + 1}/{sc.repetitions}")
-            rep, error = self._rep(work, paths.service, group, cpu)
+            rep, error = self._rep(work, paths.service, group, cpu, serving=serving)
             if rep is None:
                 failed.append({"phase": "measured", "index": r, "error": error})
             else:
                 reps.append(rep)
             if paths.direct is not None:
-                rep, error = self._rep(work, paths.direct, group, cpu)
+                rep, error = self._rep(work, paths.direct, group, cpu, serving=serving)
                 if rep is None:
                     failed.append({"phase": "control", "index": r, "error": error})
                 else:
@@ -161,14 +183,13 @@ class SocketPoints:
             status="ok" if reps else "failed",
             error=None if reps else f"every repetition failed: {failed[0]['error']}",
             missing=missing, failed_repetitions=failed, **common)
-        point["generator_ceiling"] = ceiling
         if reps and "oneway" in sc.probes:
             say(f"{label}: breakdown (one-way probe)")
-            self._breakdown(bed, work, paths, group, kind, point)
+            self._breakdown(bed, work, paths, group, kind, point, serving)
         return point
 
     def _breakdown(self, bed: Testbed, work: S.SocketWorkload, paths: Paths, group: Any,
-                   kind: str, point: R.PointDoc) -> None:
+                   kind: str, point: R.PointDoc, serving: S.Serving | None = None) -> None:
         """One more repetition of each path with the one-way probe attached (its cost is on
         the packet path, so never in a measured repetition): ``point["breakdown"]`` (the
         Service) and ``point["control_breakdown"]`` (the direct path), never pooled; a
@@ -189,7 +210,7 @@ class SocketPoints:
                                      ("control_breakdown", paths.direct, 1)):
                 if path is None:
                     continue
-                rep, error = self._rep(work, path, group, None, probe)
+                rep, error = self._rep(work, path, group, None, probe, serving=serving)
                 if rep is None:
                     point["failed_repetitions"].append(
                         {"phase": "breakdown", "index": index, "error": error or ""})
@@ -205,8 +226,8 @@ class SocketPoints:
             probe.detach()
 
     def _rep(self, work: S.SocketWorkload, path: S.SocketPath, group: Any,
-             cpu: CpuProbe | None, oneway: OneWayProbe | None = None,
-             ) -> tuple[R.RepetitionDoc | None, str | None]:
+             cpu: CpuProbe | None, oneway: OneWayProbe | None = None, *,
+             serving: S.Serving | None = None) -> tuple[R.RepetitionDoc | None, str | None]:
         """One run of ``work`` over ``path``: (the repetition, None) or (None, why);
         with ``oneway``, its one-way parts too (a breakdown repetition)."""
         readings = []
@@ -225,7 +246,7 @@ class SocketPoints:
                 one_way.append(oneway.read())
 
         try:
-            res = S.run(work, path, cgroup=group, window=window)
+            res = S.run(work, path, cgroup=group, window=window, serving=serving)
         except KpbenchError as e:
             return None, str(e)
         reading = readings[0] if readings else None

@@ -36,8 +36,8 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -179,10 +179,55 @@ class SocketResult:
                 "cpu_ns_per_transaction": per_tx}
 
 
+@dataclass(frozen=True)
+class Serving:
+    """Responders started once for several runs of one workload (:func:`serve`)."""
+
+    workload: str
+    responders: tuple[Responder, ...]
+    cgroup: Path  # theirs alone: its CPU time is the responders'
+
+
+# A run's own cost beside its duration (process starts, counters): part of the bound of
+# responders that serve several runs.
+RUN_OVERHEAD_S = 5.0
+
+
+@contextlib.contextmanager
+def serve(work: SocketWorkload, path: SocketPath, runs: int) -> Iterator[Serving | None]:
+    """Start ``path``'s responders once for up to ``runs`` runs of ``work`` (each no longer
+    than ``work.duration_s``), as :func:`run`'s ``serving``: kpb-crr and sockperf serve
+    run after run, so a point does not pay their start (a third of a second for ten
+    backends) at every repetition. None for ``tcp-stream`` (``iperf3 -s -1`` serves one
+    test): each run then starts its own. The responders are stopped at the block's end;
+    a run given them reports no ``served`` count (read only when they stop)."""
+    work.check()
+    if work.workload == "tcp-stream":
+        yield None
+        return
+    if work.workload == "udp-rr":
+        T.require("sockperf")
+    prefix = _prefix(path)
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kpb-serve-")))
+        cg = _own_cgroup(stack, f"{prefix}-sresp")
+        procs = stack.enter_context(Processes())
+        bound = replace(work, duration_s=runs * (work.duration_s + RUN_OVERHEAD_S))
+        _start_responders(procs, bound, path, cg, tmp)
+        yield Serving(work.workload, path.responders, cg)
+
+
+def _prefix(path: SocketPath) -> str:
+    m = PREFIX_RE.match(path.client_netns)
+    if m is None:
+        raise ValueError(f"not a run namespace: {path.client_netns}")
+    return m.group(1)
+
+
 def run(work: SocketWorkload, path: SocketPath, *, cgroup: Path | None = None,
         conntrack_events: bool = False,
         window: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
-        ) -> SocketResult:
+        serving: Serving | None = None) -> SocketResult:
     """Run ``work`` over ``path``; generator processes start inside ``cgroup`` if given.
 
     ``conntrack_events`` also counts every conntrack entry the nodes create
@@ -193,7 +238,9 @@ def run(work: SocketWorkload, path: SocketPath, *, cgroup: Path | None = None,
 
     Responder and generator CPU are read from cgroups of their own
     (``<prefix>-sresp``, and ``<prefix>-sgen`` unless ``cgroup`` is given, then
-    from it: it must hold nothing else). Raises KpbenchError if a tool fails.
+    from it: it must hold nothing else). ``serving``: responders already running
+    (:func:`serve`) for this workload and every responder of ``path``; else this run
+    starts and stops its own. Raises KpbenchError if a tool fails.
     """
     work.check()
     for tool in {"tcp-stream": ["iperf3"], "udp-rr": ["sockperf"]}.get(work.workload, []):
@@ -202,17 +249,18 @@ def run(work: SocketWorkload, path: SocketPath, *, cgroup: Path | None = None,
         T.require(tool)
     if not path.responders:
         raise ValueError("a socket workload needs at least one responder")
-    m = PREFIX_RE.match(path.client_netns)
-    if m is None:
-        raise ValueError(f"not a run namespace: {path.client_netns}")
-    prefix = m.group(1)
+    prefix = _prefix(path)
+    if serving is not None and (serving.workload != work.workload
+                                or not set(path.responders) <= set(serving.responders)):
+        raise ValueError("serving: responders of another workload or path")
     spaces = [path.client_netns, *dict.fromkeys(r.netns for r in path.responders)]
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kpb-sock-")))
-        resp_cg = _own_cgroup(stack, f"{prefix}-sresp")
+        resp_cg = serving.cgroup if serving else _own_cgroup(stack, f"{prefix}-sresp")
         gen_cg = cgroup or _own_cgroup(stack, f"{prefix}-sgen")
         procs = stack.enter_context(Processes())
-        _start_responders(procs, work, path, resp_cg, tmp)
+        if serving is None:
+            _start_responders(procs, work, path, resp_cg, tmp)
         if path.port_range is not None:
             lo, hi = path.port_range
             subprocess.run(["ip", "netns", "exec", path.client_netns, "sysctl", "-qw",
@@ -242,7 +290,7 @@ def run(work: SocketWorkload, path: SocketPath, *, cgroup: Path | None = None,
             time.sleep(CT_LISTEN_S)  # events are delivered asynchronously
             result.conntrack_new = sum(T.parse_conntrack_events(out) for out in
                                        procs.stop_all(signal.SIGTERM, "conntrack -E"))
-        if work.workload in KPB_CRR:
+        if work.workload in KPB_CRR and serving is None:
             served = [T.parse_crr_server(out)
                       for out in procs.stop_all(signal.SIGTERM, "kpb-crr serve")]
             result.served = sum(s.served for s in served)

@@ -228,6 +228,30 @@ def test_tcp_crr_run_matches_the_responders_count(pair: Pair) -> None:
                   "= :9101").strip() == ""
 
 
+@pytest.mark.parametrize("workload", ["tcp-crr", "tcp-rr", "udp-rr"])
+def test_responders_started_once_serve_every_run_of_a_point(pair: Pair, workload: str) -> None:
+    """A point's runs share one start of its responders (serve): the same processes answer
+    each run in full, their CPU is counted per run, and they are gone after the block."""
+    work = S.SocketWorkload(workload, flows=2, count=200 if workload == "tcp-crr" else None,
+                            duration_s=1 if workload != "tcp-crr" else 20)
+    path = pair.path(9120)
+    with S.serve(work, path, runs=3) as serving:
+        assert serving is not None
+        first = live_pids(pair.server)
+        assert first  # the responder is up before any run
+        for _ in range(3):
+            r = S.run(work, path, serving=serving)
+            assert r.transactions > 0 and r.failed == 0, r.summary()
+            if workload == "tcp-crr":
+                assert r.transactions == 200
+            assert r.served is None  # read only when the responders stop
+            assert r.responder_cpu_ns and r.generator_cpu_ns
+            assert live_pids(pair.server) == first  # the same processes, still serving
+    assert not live_pids(pair.client, pair.server)
+    with S.serve(S.SocketWorkload("tcp-stream"), path, runs=3) as serving:
+        assert serving is None  # iperf3 -s -1 serves one test: each run starts its own
+
+
 @pytest.mark.parametrize("workload", ["tcp-rr", "udp-rr"])
 def test_rr_closed_loop_one_sample_per_message_over_several_flows(pair: Pair,
                                                                   workload: str) -> None:
