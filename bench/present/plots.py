@@ -462,6 +462,51 @@ def _rate_vs_flows(series: dict[tuple[str, int, str], list[Point]], colors: dict
     return fig, notes
 
 
+def _rate_vs_services(points: Sequence[Point], colors: dict[str, str], workload: str,
+                      skipped: list[str]) -> tuple[Figure | None, list[str]]:
+    """Transactions/s (a stream's throughput) against the number of services, one line per
+    variant and load (flows, loop): what the rules cost a connection as they grow. None
+    when the points have one number of services."""
+    if len({p.services for p in points}) < 2:
+        return None, []
+    stream = _stream(points)
+    key, scale, unit = (("throughput_bps", 1e9, "Gbit/s") if stream
+                        else ("transactions_per_s", 1.0, "transactions/s"))
+    lines: dict[tuple[str, int, str], list[tuple[int, float]]] = {}
+    for p in points:
+        v = p.summary.get(key)
+        if v is not None:
+            lines.setdefault((p.variant, int(p.doc["flows"]), _loop_tag(p)),  # type: ignore[typeddict-item]
+                             []).append((p.services, v / scale))
+    if not lines:
+        return None, []
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.add_subplot()
+    loads = sorted({(f, loop) for _, f, loop in lines})
+    for (variant, flows, loop), xy in sorted(lines.items()):
+        xy.sort()
+        style = LINESTYLES[loads.index((flows, loop)) % len(LINESTYLES)]
+        name = (f"{variant} (no Service rules)" if variant == DirectDatapath.name
+                else variant)
+        label = f"{name}, x{flows}" + ("" if loop == "closed" else f" {loop}")
+        if len(xy) == 1:  # one scale (direct, a capped datapath): a level, drawn across
+            ax.axhline(xy[0][1], color=colors[variant], linestyle=style, linewidth=1,
+                       label=f"{label} ({xy[0][0]:,} svc)")
+        else:
+            ax.plot(*zip(*xy, strict=True), style, color=colors[variant], marker="o",
+                    markersize=4, label=label)
+    ax.set_xscale("log")
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("services (log scale)")
+    ax.set_ylabel(unit)
+    ax.set_title(f"{'Throughput' if stream else 'Transactions/s'} vs services — workload "
+                 f"{workload}", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    _footnote(ax, skipped)
+    return fig, []
+
+
 def _rtt(p: Point) -> stats.Histogram | None:
     """The merge of the point's repetitions' RTT histograms (None: none has one)."""
     hists = [r.rtt for r in p.repetitions if r.rtt is not None]
@@ -560,13 +605,17 @@ def _minus_direct(series: dict[tuple[str, int, str], list[Point]], colors: dict[
 def _socket_plots(points: Sequence[Point], colors: dict[str, str], out: Path,
                   formats: Sequence[str], warn: Callable[..., None]) -> list[Path]:
     """The socket workloads' figures: ``tps-vs-flows`` (``throughput-vs-flows`` for a
-    stream), ``rtt-cdf`` per workload and load, ``service-minus-direct``."""
+    stream), ``tps-vs-services`` when the points have several numbers of services,
+    ``rtt-cdf`` per workload and load, ``service-minus-direct``."""
     written: list[Path] = []
     for workload, ok, skipped in _by_workload(points, warn):
         series = _socket_series(ok)
         slug = _slug(workload)
         rate = "throughput-vs-flows" if _stream(ok) else "tps-vs-flows"
         figures = [(f"{rate}_{slug}", *_rate_vs_flows(series, colors, workload, skipped))]
+        fig, notes = _rate_vs_services(ok, colors, workload, skipped)
+        if fig is not None:
+            figures.append((f"{rate.replace('flows', 'services')}_{slug}", fig, notes))
         if not _stream(ok):
             for load in dict.fromkeys(socket_load(p) for p in sorted(
                     ok, key=lambda p: (int(p.doc["flows"]), _loop_tag(p)))):  # type: ignore[typeddict-item]
