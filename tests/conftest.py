@@ -61,13 +61,17 @@ def require_feature(name: str) -> None:
     BPF programs, a tool not installed, bcc not importable) is a test failure with the
     message, never a skip.
     """
+    from bench.datapaths import VARIANT_NEEDS
     from bench.kernel.features import feature
 
-    f = feature(name)
-    if f.missing:
-        pytest.skip(f"{FEATURE_SKIP} {name} ({f.detail})")
-    if not f.ok:
-        pytest.fail(f"{name} fails although the kernel supports it: {f.detail}", pytrace=False)
+    # A datapath variant (nftables-chunked, xdp, ...) needs each feature of its own.
+    for need in VARIANT_NEEDS.get(name, (name,)):
+        f = feature(need)
+        if f.missing:
+            pytest.skip(f"{FEATURE_SKIP} {need} ({f.detail})")
+        if not f.ok:
+            pytest.fail(f"{need} fails although the kernel supports it: {f.detail}",
+                        pytrace=False)
 
 
 @pytest.fixture(autouse=True)
