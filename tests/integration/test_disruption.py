@@ -124,9 +124,11 @@ def test_a_known_stall_is_measured_within_one_bin(tmp_path: Path) -> None:
                       **{k: v for k, v in fig.items() if k != "timeline"}}))
     assert known_ms >= DROP_S * 1e3 / 2  # the sender was mostly sending
     assert abs(fig["stall_ms"] - known_ms) <= bin_ms, (known_ms, fig)
-    # Every packet the gate dropped is lost, and none before it.
-    assert fig["lost"] == drops, (drops, fig)
-    assert fig["baseline_lost"] == 0 and fig["baseline_stall_ms"] < DROP_S * 1e3 / 3, fig
+    # Every packet the gate dropped is lost, and no other: a packet sent just before the
+    # event's start and still on its way when the gate closed is lost in the baseline
+    # (its send time), so at most the one packet in flight then (5000 pps, ~10 us).
+    assert fig["lost"] + fig["baseline_lost"] == drops, (drops, fig)
+    assert fig["baseline_lost"] <= 1 and fig["baseline_stall_ms"] < DROP_S * 1e3 / 3, fig
     # Back to baseline within the watched window; how soon depends on the machine's load
     # (513 ms once under other jobs), which is no known quantity of this workload.
     assert fig["recovery_ms"] is not None, fig
