@@ -118,9 +118,9 @@ def prepare_event(bed: Testbed, event: str, down_s: float) -> Callable[[], Event
         def full_sync() -> Event:
             with gc_paused():
                 start = time.monotonic_ns()
-                dp.apply(text, ns)
+                listed, applied = agent_sync(dp, ns, text, full=True)
                 end = time.monotonic_ns()
-            return start, end, _apply_figures(dp, start, end)
+            return start, end, _apply_figures(dp, listed, applied)
         return full_sync
 
     if event == "proxy-down":
@@ -131,10 +131,11 @@ def prepare_event(bed: Testbed, event: str, down_s: float) -> Callable[[], Event
             # Otherwise the agent is simply absent: no sync, the kernel keeps forwarding.
             time.sleep(max(0.0, down_s - (time.monotonic_ns() - start) / 1e9))
             back = time.monotonic_ns()
-            with gc_paused():
-                dp.apply(text, ns)  # the returning agent's full sync (starts the proxy)
+            with gc_paused():  # the returning agent's full sync (starts the proxy)
+                listed, applied = agent_sync(dp, ns, text, full=True)
             end = time.monotonic_ns()
-            return start, end, {"down": (back - start) / 1e9, "apply": (end - back) / 1e9}
+            return start, end, {"down": (back - start) / 1e9,
+                                **_apply_figures(dp, listed, applied)}
         return proxy_down
 
     raise KpbenchError(f"disruption event {event!r} is not implemented")
@@ -154,16 +155,38 @@ def _prepare_cold_start(bed: Testbed) -> Callable[[], Event]:
     def cold_start() -> Event:
         with gc_paused():
             start = time.monotonic_ns()
-            dp.apply(text, ns)
+            listed, applied = agent_sync(dp, ns, text, full=True)
             end = time.monotonic_ns()
-        return start, end, _apply_figures(dp, start, end)
+        return start, end, _apply_figures(dp, listed, applied)
     return cold_start
 
 
-def _apply_figures(dp: Datapath, start: int, end: int) -> dict[str, float | None]:
-    """A sync event's figures: its apply and, where it was several transactions, the
-    longest one (nftables-chunked)."""
-    out: dict[str, float | None] = {"apply": (end - start) / 1e9}
+def agent_sync(dp: Datapath, ns: str, text: str, full: bool) -> tuple[float | None, float]:
+    """One sync of the agent of node ``ns``, as kube-proxy runs it: first what it reads
+    back from the kernel (:meth:`Datapath.list_state`: the nftables proxier lists its
+    table on every sync, full or partial), then the apply of ``text`` (full or partial).
+    Returns (the read-back's seconds, None when the agent reads nothing; the apply's
+    seconds). Both are inside the event; the apply is ``sync.apply`` as everywhere in
+    kpbench, the read-back ``sync.list``, never added to it."""
+    t0 = time.monotonic_ns()
+    listed = dp.list_state(ns, full=full)
+    t1 = time.monotonic_ns()
+    if full:
+        dp.apply(text, ns)
+    else:
+        dp.apply_partial(text, ns)
+    t2 = time.monotonic_ns()
+    return ((t1 - t0) / 1e9 if listed else None), (t2 - t1) / 1e9
+
+
+def _apply_figures(dp: Datapath, listed: float | None,
+                   applied: float) -> dict[str, float | None]:
+    """A sync event's figures: its apply, its read-back where the agent reads one
+    (``list``) and, where the apply was several transactions, the longest one
+    (nftables-chunked)."""
+    out: dict[str, float | None] = {"apply": applied}
+    if listed is not None:
+        out["list"] = listed
     transactions = dp.transaction_seconds()
     if transactions:
         out["transaction_max"] = max(transactions)
@@ -365,6 +388,7 @@ class DisruptionRunner:
         churn = Churn(bed.services, bed.slices, keep=measured)
         times = change_times(per_s, sc.churn_s)
         applies: list[float] = []
+        lists: list[float] = []
         renders: list[float] = []
 
         def sync(first: int, stop: int, full: bool) -> float:
@@ -376,12 +400,10 @@ class DisruptionRunner:
                 text = dp.render(views, ctx) if full else dp.render_partial(views, ctx, changed)
                 renders.append(time.monotonic() - t0)
                 cpu0 = sync_cpu_seconds()
-                t1 = time.monotonic()
-                if full:
-                    dp.apply(text, ns)
-                else:
-                    dp.apply_partial(text, ns)
-                applies.append(time.monotonic() - t1)
+                listed, applied = agent_sync(dp, ns, text, full)
+                applies.append(applied)
+                if listed is not None:
+                    lists.append(listed)
                 cpu = sync_cpu_seconds() - cpu0
             bed.slices = slices
             return cpu
@@ -391,11 +413,15 @@ class DisruptionRunner:
             records = run_schedule(times, sc.min_sync_period_s, sc.full_sync_period_s,
                                    time.monotonic, time.sleep, sync)
             end = time.monotonic_ns()
-            fire.figures = churn_figures(records, applies, per_s, (end - start) / 1e9)  # type: ignore[attr-defined]
-            return start, end, {"apply": max(applies), "apply_total": sum(applies),
-                                "render": sum(renders),
-                                "cpu": sum(r.cpu_s or 0.0 for r in records),
-                                "syncs": float(len(records))}
+            fire.figures = churn_figures(records, applies, per_s, (end - start) / 1e9,  # type: ignore[attr-defined]
+                                         lists)
+            figures: dict[str, float | None] = {
+                "apply": max(applies), "apply_total": sum(applies), "render": sum(renders),
+                "cpu": sum(r.cpu_s or 0.0 for r in records), "syncs": float(len(records))}
+            if lists:
+                figures["list"] = max(lists)
+                figures["list_total"] = sum(lists)
+            return start, end, figures
         return fire
 
     def endpoint_removed_event(self, bed: Testbed, measured: str,
@@ -422,10 +448,9 @@ class DisruptionRunner:
             with gc_paused():
                 views = service_port_views(bed.services, slices, ctx.node_name)
                 text = dp.render_partial(views, ctx, {measured})
-                t = time.monotonic()
-                dp.apply_partial(text, ns)
+                _, applied = agent_sync(dp, ns, text, full=False)
                 bed.slices = slices
-                return time.monotonic() - t
+                return applied
 
         def fire() -> Event:
             arrivals = gone.arrivals()
@@ -443,7 +468,7 @@ class DisruptionRunner:
                 text = dp.render_partial(views, ctx, {measured})
                 start = time.monotonic_ns()
                 gone.set_gone(ip)  # the pod is gone
-                dp.apply_partial(text, ns)
+                listed, _ = agent_sync(dp, ns, text, full=False)
                 applied = time.monotonic_ns()
                 bed.slices = slices
                 deleted = (clear_udp_conntrack(ns, svc.cluster_ip, svc.ports[0].port, ip)
@@ -451,7 +476,7 @@ class DisruptionRunner:
                 end = time.monotonic_ns()
             state.update(start=start, ip=ip, deleted=deleted,
                          pinned_packets=arrivals.get(ip, 0))
-            sync_doc: dict[str, float | None] = {"apply": (applied - start) / 1e9}
+            sync_doc = _apply_figures(dp, listed, (applied - start) / 1e9 - (listed or 0.0))
             if cleanup:
                 sync_doc["cleanup"] = (end - applied) / 1e9
             return start, end, sync_doc
@@ -524,12 +549,14 @@ def sync_cpu_seconds() -> float:
 
 
 def churn_figures(records: list[SyncRecord], applies: list[float], per_s: int,
-                  seconds: float) -> dict[str, Any]:
+                  seconds: float, lists: list[float] | None = None) -> dict[str, Any]:
     """A churn repetition's own figures (docs/disruption.md), over the event's
-    ``seconds`` (first change to the end of the last sync)."""
+    ``seconds`` (first change to the end of the last sync); ``lists``: each sync's
+    read-back, where the agent reads one."""
     cpu = [r.cpu_s for r in records]
     total_cpu = sum(c for c in cpu if c is not None)
-    return {"churn_per_s": per_s, "changes": sum(r.changes for r in records),
+    return {**({"sync_list_s": lists} if lists else {}),
+            "churn_per_s": per_s, "changes": sum(r.changes for r in records),
             "syncs": len(records), "full_syncs": sum(1 for r in records if r.full),
             "syncs_per_s": len(records) / seconds if seconds > 0 else None,
             "sync_cpu_s_per_s": total_cpu / seconds if seconds > 0 else None,

@@ -128,3 +128,56 @@ def test_endpoint_removed_points_with_and_without_cleanup() -> None:
         scenario(events=["endpoint-removed"], background=["udp-new"])
     with pytest.raises(InputError, match=r"conntrack_cleanup: must be \[true\], \[false\]"):
         scenario(events=["endpoint-removed"], conntrack_cleanup=[True, True])
+
+
+class _Agent:
+    """A datapath that records the order of its calls (no kernel)."""
+
+    def __init__(self, reads: bool) -> None:
+        self.reads = reads
+        self.calls: list[str] = []
+
+    def list_state(self, netns: str, full: bool) -> bool:
+        self.calls.append(f"list {netns} full={full}")
+        return self.reads
+
+    def apply(self, text: str, netns: str) -> None:
+        self.calls.append(f"apply {text}")
+
+    def apply_partial(self, text: str, netns: str) -> None:
+        self.calls.append(f"apply_partial {text}")
+
+    def transaction_seconds(self) -> list[float]:
+        return []
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_an_agent_sync_reads_back_first_then_applies_each_timed_apart(full: bool) -> None:
+    from bench.measure.disruption_runner import _apply_figures, agent_sync
+
+    dp = _Agent(reads=True)
+    listed, applied = agent_sync(dp, "kpb-node-0", "T", full=full)  # type: ignore[arg-type]
+    assert dp.calls == [f"list kpb-node-0 full={full}", "apply T" if full else "apply_partial T"]
+    assert listed is not None and listed >= 0 and applied >= 0
+    figures = _apply_figures(dp, listed, applied)  # type: ignore[arg-type]
+    assert figures == {"apply": applied, "list": listed}
+
+
+def test_an_agent_that_reads_nothing_has_no_list_figure() -> None:
+    from bench.measure.disruption_runner import _apply_figures, agent_sync
+
+    dp = _Agent(reads=False)
+    listed, applied = agent_sync(dp, "kpb-node-0", "T", full=True)  # type: ignore[arg-type]
+    assert listed is None
+    assert _apply_figures(dp, listed, applied) == {"apply": applied}  # type: ignore[arg-type]
+
+
+def test_churn_figures_keep_each_syncs_read_back() -> None:
+    from bench.measure.disruption_runner import churn_figures
+
+    records = [SyncRecord(start=0.0, end=0.5, changes=3, full=False, cpu_s=0.1),
+               SyncRecord(start=1.0, end=1.6, changes=2, full=False, cpu_s=0.2)]
+    with_list = churn_figures(records, [0.01, 0.02], 5, 2.0, [0.5, 0.6])
+    assert with_list["sync_list_s"] == [0.5, 0.6]
+    assert with_list["syncs"] == 2 and with_list["sync_apply_s"] == [0.01, 0.02]
+    assert "sync_list_s" not in churn_figures(records, [0.01, 0.02], 5, 2.0)

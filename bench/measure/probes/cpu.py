@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bench.cluster import cgroups
 from bench.errors import FeatureMissing
-from bench.measure.probes.loader import Probe, _compile, _percpu_sum, print_symbolic
+from bench.measure.probes.loader import Probe, compile_probe, percpu_sum, print_symbolic
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class CpuProbe(Probe):
         if self.group is not None:
             self._subtract_net_rx = irq_time_in_task_time()
             cgroups.cpu_usage_ns(self.group)  # readable, or FeatureMissing now
-        self._bpf = _compile(self.name, cflags)
+        self._bpf = compile_probe(self.name, cflags)
 
     def _zero(self) -> None:
         self._bpf[b"stats"].clear()
@@ -103,11 +103,11 @@ class CpuProbe(Probe):
         self._require()
         stats = self._bpf[b"stats"]
         per_cpu = tuple(int(v) for v in stats.getvalue(stats.Key(0)))
-        in_group = _percpu_sum(stats, 2)
+        in_group = percpu_sum(stats, 2)
         process = 0
         if self.group is not None:
             used = cgroups.cpu_usage_ns(self.group) - self._group_start_ns
             # usage_usec is rounded to the microsecond: never below zero.
             process = max(used - (in_group if self._subtract_net_rx else 0), 0)
-        return CpuReading(sum(per_cpu), _percpu_sum(stats, 1), per_cpu, self._window(),
+        return CpuReading(sum(per_cpu), percpu_sum(stats, 1), per_cpu, self._window(),
                           process_ns=process, group_net_rx_ns=in_group)

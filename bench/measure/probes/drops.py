@@ -20,11 +20,11 @@ from bench.measure.probes.loader import (
     TC_PRIO_FIRST,
     Probe,
     TcHook,
-    _compile,
     _first_line,
-    _origin,
-    _skb_offsets,
+    compile_probe,
+    origin_hook,
     print_symbolic,
+    skb_offset_flags,
     tracepoint_field,
 )
 
@@ -79,7 +79,7 @@ class DropsProbe(Probe):
         external client, not yet at a backend pod or the datapath's own processes),
         with machine-wide counts beside."""
         pods = [TcHook(cluster.pod_ns(p)) for p in cluster.layout.pods]
-        return cls(_origin(cluster, external), pods, process_group)
+        return cls(origin_hook(cluster, external), pods, process_group)
 
     def cflags(self) -> list[str]:
         reason = tracepoint_field("skb", "kfree_skb", "reason")
@@ -92,12 +92,12 @@ class DropsProbe(Probe):
                                  f"(reason {reason}, protocol {protocol})")
         tagged = self.origin is not None
         return [f"-DKPB_OFF_REASON={reason[0]}", f"-DKPB_OFF_PROTOCOL={protocol[0]}",
-                f"-DKPB_TAGGED={int(tagged)}", *_skb_offsets(self.name)]
+                f"-DKPB_TAGGED={int(tagged)}", *skb_offset_flags(self.name)]
 
     def _attach(self) -> None:
         cflags = self.cflags()
         self.reasons = print_symbolic("skb", "kfree_skb", "reason")
-        self._bpf = _compile(self.name, cflags)
+        self._bpf = compile_probe(self.name, cflags)
         self._attach_tracepoint("skb:kfree_skb", "kpb_kfree_skb")
         if self.origin is not None:
             self._attach_tracepoint("skb:consume_skb", "kpb_consume_skb")

@@ -9,7 +9,14 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bench.measure.probes.loader import TC_INGRESS, TC_PRIO, Probe, TcHook, _clear_live, _compile
+from bench.measure.probes.loader import (
+    TC_INGRESS,
+    TC_PRIO,
+    Probe,
+    TcHook,
+    clear_live,
+    compile_probe,
+)
 
 
 @dataclass(frozen=True)
@@ -32,11 +39,11 @@ class EffectProbe(Probe):
     def attach(self) -> None:
         if self.attached:
             return
-        self._bpf = _compile(self.name, self.cflags())
+        self._bpf = compile_probe(self.name, self.cflags())
         self._attach_guarded(lambda: self._attach_tc("kpb_effect", self.backends, TC_INGRESS))
 
     def _zero(self) -> None:
-        _clear_live(self._bpf[b"seen"])
+        clear_live(self._bpf[b"seen"])
 
     def read(self) -> dict[str, Arrivals]:
         """Arrivals since :meth:`start`, by backend IP."""

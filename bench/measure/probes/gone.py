@@ -8,7 +8,7 @@ import ipaddress
 import socket
 from collections.abc import Sequence
 
-from bench.measure.probes.loader import TC_INGRESS, TC_PRIO_FIRST, Probe, TcHook, _compile
+from bench.measure.probes.loader import TC_INGRESS, TC_PRIO_FIRST, Probe, TcHook, compile_probe
 
 
 def _ip_key(ip: str) -> int:
@@ -27,7 +27,7 @@ class GoneProbe(Probe):
         self.backends = list(backends)
 
     def _attach(self) -> None:
-        self._bpf = _compile(self.name, self.cflags())
+        self._bpf = compile_probe(self.name, self.cflags())
         self._attach_tc("kpb_gone", self.backends, TC_INGRESS)
 
     def _zero(self) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.errors import FeatureMissing
-from bench.measure.probes.loader import TRACEFS_DIRS, Probe, _compile, _first_line
+from bench.measure.probes.loader import TRACEFS_DIRS, Probe, _first_line, compile_probe
 
 # Breakdown name -> candidate kernel symbols, first present wins.
 FUNCTIONS: dict[str, tuple[str, ...]] = {
@@ -121,7 +121,7 @@ class KfuncProbe(Probe):
                                  f"{', '.join(s for c in self.wanted.values() for s in c)} "
                                  "is probeable on this kernel")
         self._index = {name: i for i, name in enumerate(self.symbols)}
-        self._bpf = _compile(self.name, self.cflags())
+        self._bpf = compile_probe(self.name, self.cflags())
 
         def steps() -> None:
             for name, sym in self.symbols.items():

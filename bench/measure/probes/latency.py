@@ -18,9 +18,9 @@ from bench.measure.probes.loader import (
     TC_PRIO,
     Probe,
     TcHook,
-    _compile,
-    _origin,
-    _percpu_sum,
+    compile_probe,
+    origin_hook,
+    percpu_sum,
 )
 
 LATENCY_CAPACITY = 1 << 21  # slots: one replay of traffic.MAX_COUNT packets fits
@@ -78,13 +78,13 @@ class LatencyProbe(Probe):
                     capacity: int = LATENCY_CAPACITY, drop: bool = True) -> LatencyProbe:
         """Client pod (or the external client) egress -> every backend pod's ingress."""
         pods = [TcHook(cluster.pod_ns(p)) for p in cluster.layout.pods]
-        return cls(_origin(cluster, external), pods, capacity, drop)
+        return cls(origin_hook(cluster, external), pods, capacity, drop)
 
     def cflags(self) -> list[str]:
         return [f"-DKPB_CAPACITY={self.capacity}", f"-DKPB_DROP={int(self.drop)}"]
 
     def _attach(self) -> None:
-        self._bpf = _compile(self.name, self.cflags())
+        self._bpf = compile_probe(self.name, self.cflags())
         self._depart = self._mmap("depart_ns")
         self._arrive = self._mmap("arrive_ns")
         self._attach_tc("kpb_depart", [self.client], TC_EGRESS)
@@ -136,11 +136,11 @@ class LatencyProbe(Probe):
         return LatencyReading(
             seqs=(both + self._seq_base).astype(np.uint32),
             latency_ns=arrive[both].astype(np.int64) - depart[both].astype(np.int64),
-            sent_seen=_percpu_sum(counts, 0), delivered_seen=_percpu_sum(counts, 1),
+            sent_seen=percpu_sum(counts, 0), delivered_seen=percpu_sum(counts, 1),
             departed=departed, lost=departed - len(both),
-            out_of_range=_percpu_sum(counts, 2), duplicates=_percpu_sum(counts, 3),
+            out_of_range=percpu_sum(counts, 2), duplicates=percpu_sum(counts, 3),
             seconds=self._window(), arrival_ns=arrive[both],
-            copied=_percpu_sum(counts, 4))
+            copied=percpu_sum(counts, 4))
 
     def stamps(self, count: int) -> tuple[np.ndarray, np.ndarray]:
         """Copies of the first ``count`` slots' (departure ns, arrival ns) since :meth:`start`

@@ -95,7 +95,7 @@ def tracepoint_field(category: str, event: str, field_name: str) -> tuple[int, i
 _POOL: dict[tuple[str, tuple[str, ...]], list[Any]] = {}
 
 
-def _compile(probe: str, cflags: Sequence[str] = ()) -> Any:
+def compile_probe(probe: str, cflags: Sequence[str] = ()) -> Any:
     """BCC-compile ``probes/<probe>.c`` (tracepoint programs attach here too).
 
     A program kept by :func:`_keep` with the same source and flags is reused:
@@ -172,11 +172,12 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def _percpu_sum(table: Any, index: int) -> int:
+def percpu_sum(table: Any, index: int) -> int:
+    """The sum over CPUs of entry ``index`` of a per-CPU array map."""
     return int(sum(table.getvalue(table.Key(index))))
 
 
-def _clear_live(table: Any) -> None:
+def clear_live(table: Any) -> None:
     """Empty a hash map that an attached program keeps changing.
 
     BCC's own ``clear()`` deletes key by key and raises KeyError for an entry
@@ -257,7 +258,7 @@ def _tc_detach(a: _TcAttachment) -> None:
                 ns.tc("del-filter", "bpf", idx[0], parent=a.parent, prio=a.prio)
 
 
-def _skb_offsets(probe: str) -> list[str]:
+def skb_offset_flags(probe: str) -> list[str]:
     """cflags with the skbaddr offsets of skb:kfree_skb and skb:consume_skb."""
     flags = []
     for event in ("kfree_skb", "consume_skb"):
@@ -378,5 +379,7 @@ class Probe:
         self.detach()
 
 
-def _origin(cluster: Cluster, external: bool) -> TcHook:
+def origin_hook(cluster: Cluster, external: bool) -> TcHook:
+    """Where the traffic starts: the external client's namespace (NodePort) or the client
+    pod's (ClusterIP)."""
     return TcHook(cluster.client_ns if external else cluster.client_pod_ns)

@@ -21,10 +21,10 @@ from bench.measure.probes.loader import (
     TC_PRIO,
     Probe,
     TcHook,
-    _clear_live,
-    _compile,
-    _origin,
-    _percpu_sum,
+    clear_live,
+    compile_probe,
+    origin_hook,
+    percpu_sum,
 )
 
 ONEWAY_CAPACITY = 1 << 20  # samples per direction
@@ -85,7 +85,7 @@ class OneWayProbe(Probe):
         """The client pod (or the external client, ``external``: NodePort, whose SNAT
         picks a random source port, so TCP keys leave the port out) and every backend
         pod."""
-        return cls(_origin(cluster, external),
+        return cls(origin_hook(cluster, external),
                    [TcHook(cluster.pod_ns(p)) for p in cluster.layout.pods], capacity,
                    match_port=not external)
 
@@ -94,7 +94,7 @@ class OneWayProbe(Probe):
                 f"-DKPB_MATCH_PORT={int(self.match_port)}"]
 
     def _attach(self) -> None:
-        self._bpf = _compile(self.name, self.cflags())
+        self._bpf = compile_probe(self.name, self.cflags())
         table = self._bpf[b"samples"]
         size = -(-2 * self.capacity * 8 // mmap.PAGESIZE) * mmap.PAGESIZE
         try:
@@ -117,7 +117,7 @@ class OneWayProbe(Probe):
         super().detach()
 
     def _zero(self) -> None:
-        _clear_live(self._bpf[b"inflight"])  # the programs change it meanwhile
+        clear_live(self._bpf[b"inflight"])  # the programs change it meanwhile
         self._bpf[b"next"].clear()
         self._bpf[b"counts"].clear()
 
@@ -130,6 +130,6 @@ class OneWayProbe(Probe):
         parts = [self._samples[d * self.capacity:d * self.capacity + written[d]]
                  .astype(np.int64) for d in range(2)]
         c = self._bpf[b"counts"]
-        counts = {name: _percpu_sum(c, i) for i, name in enumerate(COUNTERS)}
+        counts = {name: percpu_sum(c, i) for i, name in enumerate(COUNTERS)}
         counts["left_in_flight"] = len(self._bpf[b"inflight"])
         return OneWayReading(parts[0], parts[1], counts, self._window())

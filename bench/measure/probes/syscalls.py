@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from bench.measure.probes.loader import Probe, _compile
+from bench.measure.probes.loader import Probe, compile_probe
 
 UNISTD = Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h")
 # Where the commit of each tool happens: netlink messages (nft, iptables-nft) or
@@ -50,7 +50,7 @@ class SyscallProbe(Probe):
     def attach(self) -> None:
         if self.attached:
             return
-        self._bpf = _compile(self.name, self.cflags())
+        self._bpf = compile_probe(self.name, self.cflags())
 
     def watch(self, pid: int) -> None:
         """Count the system calls of thread ``pid`` (a tool's pid) from now on."""

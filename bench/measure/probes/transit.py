@@ -15,11 +15,11 @@ from bench.measure.probes.loader import (
     TC_PRIO,
     Probe,
     TcHook,
-    _clear_live,
-    _compile,
-    _origin,
-    _percpu_sum,
-    _skb_offsets,
+    clear_live,
+    compile_probe,
+    origin_hook,
+    percpu_sum,
+    skb_offset_flags,
     tracepoint_field,
 )
 
@@ -85,7 +85,7 @@ class TransitProbe(Probe):
     @classmethod
     def for_cluster(cls, cluster: Cluster, external: bool = False) -> TransitProbe:
         """Transit of the packets the client pod (or the external client) sends."""
-        return cls(_origin(cluster, external))
+        return cls(origin_hook(cluster, external))
 
     def cflags(self) -> list[str]:
         for event in ("netif_receive_skb", "net_dev_start_xmit"):
@@ -93,10 +93,10 @@ class TransitProbe(Probe):
                 raise FeatureMissing(f"{self.name} probe: net:{event} has no device name")
         tagged = self.origin is not None
         return [f"-DKPB_MAX_NS={self.max_ns}ULL", f"-DKPB_TAGGED={int(tagged)}",
-                *(_skb_offsets(self.name) if tagged else ())]
+                *(skb_offset_flags(self.name) if tagged else ())]
 
     def _attach(self) -> None:
-        self._bpf = _compile(self.name, self.cflags())
+        self._bpf = compile_probe(self.name, self.cflags())
         if self.origin is not None:
             self._attach_tracepoint("skb:kfree_skb", "kpb_kfree_skb")
             self._attach_tracepoint("skb:consume_skb", "kpb_consume_skb")
@@ -107,7 +107,7 @@ class TransitProbe(Probe):
             self._bpf[name].clear()
         if self.origin is None:
             # Tagged entries belong to live skbs; untagged ones may be stale.
-            _clear_live(self._bpf[b"inflight"])
+            clear_live(self._bpf[b"inflight"])
 
     def read(self) -> TransitReading:
         """Transit histogram and counts since :meth:`start`."""
@@ -117,6 +117,6 @@ class TransitProbe(Probe):
         for k, v in hist_t.items():
             hist[k.value] = sum(v)
         return TransitReading(
-            hist=hist, by_hops={h: _percpu_sum(counts, i) for i, h in enumerate(TRANSIT_HOPS)},
-            stale=_percpu_sum(counts, 4), rx_seen=_percpu_sum(counts, 5),
+            hist=hist, by_hops={h: percpu_sum(counts, i) for i, h in enumerate(TRANSIT_HOPS)},
+            stale=percpu_sum(counts, 4), rx_seen=percpu_sum(counts, 5),
             seconds=self._window())
