@@ -13,6 +13,7 @@ these parsers, which fail loudly (:class:`KpbenchError`) on output they do not k
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -27,6 +28,8 @@ from bench.paths import CHECKOUT
 
 CRR_SOURCE = CHECKOUT / "tools" / "crr" / "crr.c"
 CRR_BINARY = CHECKOUT / "build" / "kpb-crr"
+# What scripts/setup.sh built it from: "<sha256 of the source> <gcc version>".
+CRR_STAMP = CHECKOUT / "build" / "kpb-crr.stamp"
 SOCKPERF_MIN_MSG = 14  # sockperf's own header; smaller messages are refused
 
 
@@ -42,10 +45,23 @@ def crr_binary() -> Path:
     if not CRR_BINARY.is_file():
         raise KpbenchError(f"{CRR_BINARY} is missing: run scripts/setup.sh to build it "
                            f"from {CRR_SOURCE.relative_to(CHECKOUT)}")
-    if CRR_BINARY.stat().st_mtime < CRR_SOURCE.stat().st_mtime:
-        raise KpbenchError(f"{CRR_BINARY} is older than {CRR_SOURCE.relative_to(CHECKOUT)}: "
-                           "run scripts/setup.sh to rebuild it")
+    if crr_stale():
+        raise KpbenchError(f"{CRR_BINARY} was built from another "
+                           f"{CRR_SOURCE.relative_to(CHECKOUT)}: run scripts/setup.sh to "
+                           "rebuild it")
     return CRR_BINARY
+
+
+def crr_stale() -> bool:
+    """Whether the built generator is not the current source's: by the source's hash in
+    the stamp setup.sh writes beside it (a checkout that rewrites the source with the same
+    bytes changes its time, not what the binary was built from), by file times without
+    a stamp."""
+    try:
+        built_from = CRR_STAMP.read_text().split()[0]
+    except (OSError, IndexError):
+        return CRR_BINARY.stat().st_mtime < CRR_SOURCE.stat().st_mtime
+    return built_from != hashlib.sha256(CRR_SOURCE.read_bytes()).hexdigest()
 
 
 # --- kpb-crr -----------------------------------------------------------------

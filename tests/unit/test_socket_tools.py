@@ -129,3 +129,28 @@ def test_summary_uses_the_issues_metric_names() -> None:
     assert (s["retransmits"], s["resets"], s["failed_connections"]) == (3, 1, 1)
     assert s["cpu_ns_per_transaction"] == {"generator": 5000.0, "responder": 3000.0}
     assert s["conntrack_entries_created"] == 1000 and s["throughput_bps"] is None
+
+
+def test_the_generator_is_stale_by_what_it_was_built_from_not_by_file_times(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+    import os
+
+    src, binary, stamp = tmp_path / "crr.c", tmp_path / "kpb-crr", tmp_path / "kpb-crr.stamp"
+    src.write_text("int main(void) { return 0; }\n")
+    binary.write_text("built")
+    monkeypatch.setattr(T, "CRR_SOURCE", src)
+    monkeypatch.setattr(T, "CRR_BINARY", binary)
+    monkeypatch.setattr(T, "CRR_STAMP", stamp)
+    monkeypatch.setattr(T, "CHECKOUT", tmp_path)
+    os.utime(binary, (1, 1))  # older than the source, as after a checkout
+    stamp.write_text(hashlib.sha256(src.read_bytes()).hexdigest() + " 12.2.0\n")
+    assert T.crr_binary() == binary  # the same bytes: not stale
+    src.write_text("int main(void) { return 1; }\n")  # another source
+    with pytest.raises(KpbenchError, match="built from another crr.c: run scripts/setup.sh"):
+        T.crr_binary()
+    stamp.unlink()  # no stamp: file times decide
+    with pytest.raises(KpbenchError, match="scripts/setup.sh"):
+        T.crr_binary()
+    os.utime(binary)
+    assert T.crr_binary() == binary
