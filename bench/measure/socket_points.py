@@ -263,7 +263,8 @@ class SocketPoints:
             generator_cpu_ns=res.generator_cpu_ns, responder_cpu_ns=res.responder_cpu_ns,
             softirq_ns=reading.net_rx_ns if reading is not None else None,
             datapath_ns=(reading.process_ns if reading is not None
-                         and cpu is not None and cpu.group is not None else None))
+                         and cpu is not None and cpu.group is not None else None),
+            shared_cpu=res.shared_cpu)
         if one_way:
             h = one_way[0].histograms()
             add_one_way(rep, h["request"] if h["request"].count else None,

@@ -23,6 +23,7 @@ or open loop at ``rate_tps`` (request/response workloads only):
 the generator(s) in the client namespace (inside ``cgroup`` if given: socket-lb
 balances only sockets of that cgroup), and reads each namespace's own TCP
 counters (``nstat``) and the node's conntrack entry count before and after.
+With one flow the generator and the responders share one CPU (:func:`shared_cpu`).
 Every process is bounded by a timeout, dies with this process, and is killed
 when the run ends, fails or is interrupted.
 """
@@ -32,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import subprocess
 import tempfile
@@ -159,6 +161,7 @@ class SocketResult:
     generator_cpu_ns: int | None = None
     responder_cpu_ns: int | None = None
     connections: int | None = None  # connections the responders accepted (kpb-crr)
+    shared_cpu: int | None = None  # the CPU generator and responders shared (shared_cpu)
 
     def summary(self) -> dict[str, Any]:
         """The point's figures under the names of the issue (rtt_ns like latency_ns)."""
@@ -277,6 +280,7 @@ def run(work: SocketWorkload, path: SocketPath, *, cgroup: Path | None = None,
         cpu0 = (cgroups.cpu_usage_ns(gen_cg), cgroups.cpu_usage_ns(resp_cg))
         with window() if window is not None else contextlib.nullcontext():
             result = _GENERATORS[work.workload](procs, work, path, gen_cg, tmp)
+        result.shared_cpu = shared_cpu(work.flows)
         result.generator_cpu_ns = cgroups.cpu_usage_ns(gen_cg) - cpu0[0]
         result.responder_cpu_ns = cgroups.cpu_usage_ns(resp_cg) - cpu0[1]
         if path.node_netns:
@@ -341,6 +345,30 @@ def conntrack_count(netns: str) -> int:
 
 # --- workloads -----------------------------------------------------------------
 
+def shared_cpu(flows: int) -> int | None:
+    """The one CPU a one-flow run's generator and responders share, None: not pinned.
+
+    One flow is one transaction at a time: left to the scheduler, the generator and the
+    responder sometimes run on one CPU (each wake-up a switch on that CPU) and sometimes
+    on two (each wake-up an inter-processor interrupt to an idle CPU, which in a VM is
+    tens of microseconds), so the same point measured 8 or 75 us RTT from one run to the
+    next (docs/sockets.md). Pinned to one CPU, a transaction runs serially on it, the
+    whole packet path included (veth delivers in the sender's context): what is left is
+    the path's own cost. The last CPU of this process's set: the first takes more of
+    the machine's housekeeping. Several flows are left to the scheduler (they need
+    every CPU to reach saturation)."""
+    if flows != 1:
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    return cpus[-1] if len(cpus) > 1 else None
+
+
+def _pinned(work: SocketWorkload, argv: list[str]) -> list[str]:
+    """``argv`` run on :func:`shared_cpu` (``taskset``), or as it is."""
+    cpu = shared_cpu(work.flows)
+    return argv if cpu is None else ["taskset", "-c", str(cpu), *argv]
+
+
 def _start_responders(procs: Processes, work: SocketWorkload, path: SocketPath,
                       cgroup: Path, tmp: Path) -> None:
     bound = str(math.ceil(work.duration_s + GRACE_S + P.READY_TIMEOUT_S))
@@ -363,7 +391,8 @@ def _start_responders(procs: Processes, work: SocketWorkload, path: SocketPath,
             feed.write_text(f"U:{r.ip}:{port}\n")
             argv = ["timeout", bound, "sockperf", "server", "-f", str(feed), "-F", "e"]
             marker, tag = "block on socket", "sockperf server"
-        starting.append((procs.start(tag, r.netns, argv, cgroup), marker, f"{tag} in {r.netns}"))
+        starting.append((procs.start(tag, r.netns, _pinned(work, argv), cgroup), marker,
+                         f"{tag} in {r.netns}"))
     for p, marker, what in starting:  # started together, then each awaited
         procs.wait_ready(p, marker, what)
 
@@ -383,7 +412,7 @@ def _kpb_crr(procs: Processes, work: SocketWorkload, path: SocketPath, cgroup: P
         argv += ["--rate", f"{work.rate_tps:g}"]
     if path.client_ip:
         argv += ["--bind", path.client_ip]
-    p = procs.start("kpb-crr client", path.client_netns, argv, cgroup)
+    p = procs.start("kpb-crr client", path.client_netns, _pinned(work, argv), cgroup)
     s = T.parse_crr_client(procs.finish(p, work.duration_s + GRACE_S, "kpb-crr client"))
     return SocketResult(work.workload, work.loop, work.flows, work.rate_tps, s.seconds,
                         s.transactions, s.transactions / s.seconds if s.seconds else None,
@@ -406,7 +435,8 @@ def _udp_rr(procs: Processes, work: SocketWorkload, path: SocketPath, cgroup: Pa
         argv = ["sockperf", *mode, "-i", ip, "-p", str(port),
                 "-t", str(seconds), "-m", str(work.request_bytes), "--full-log", str(log),
                 *bind]
-        clients.append((procs.start("sockperf client", path.client_netns, argv, cgroup), log))
+        clients.append((procs.start("sockperf client", path.client_netns,
+                                    _pinned(work, argv), cgroup), log))
     stats = [T.parse_sockperf(procs.finish(p, seconds + GRACE_S, "sockperf client"),
                               log.read_text()) for p, log in clients]
     rtt = Histogram()
@@ -425,7 +455,7 @@ def _stream(procs: Processes, work: SocketWorkload, path: SocketPath, cgroup: Pa
     bind = ["-B", path.client_ip] if path.client_ip else []
     argv = ["iperf3", "-c", path.dst_ip, "-p", str(path.dst_port), "-t", str(seconds),
             "-P", str(work.flows), "-J", *bind]
-    p = procs.start("iperf3 client", path.client_netns, argv, cgroup)
+    p = procs.start("iperf3 client", path.client_netns, _pinned(work, argv), cgroup)
     try:
         s = T.parse_iperf3(procs.finish(p, seconds + GRACE_S, "iperf3 client"))
     except KpbenchError as e:

@@ -178,6 +178,8 @@ class SocketRepetitionDoc(TypedDict):
     softirq_ns: int | None  # NET_RX softirq, machine-wide
     # The datapath's own processes (a userspace proxy), NET_RX in their context taken out.
     datapath_ns: NotRequired[int | None]
+    # The one CPU the generator and the responders shared (one flow); absent: unpinned.
+    shared_cpu: NotRequired[int]
 
 
 

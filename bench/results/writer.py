@@ -89,7 +89,8 @@ def make_socket_repetition(*, seconds: float, transactions: int, failed: int,
                            generator_cpu_ns: int | None = None,
                            responder_cpu_ns: int | None = None,
                            softirq_ns: int | None = None,
-                           datapath_ns: int | None = None) -> RepetitionDoc:
+                           datapath_ns: int | None = None,
+                           shared_cpu: int | None = None) -> RepetitionDoc:
     """One repetition of a socket workload: the packet keys neutral (no packet figure is
     read from it), the socket figures under ``socket`` and the RTTs in ``rtt_hist``."""
     if seconds < 0 or transactions < 0 or failed < 0:
@@ -105,6 +106,8 @@ def make_socket_repetition(*, seconds: float, transactions: int, failed: int,
         softirq_ns=softirq_ns)
     if datapath_ns is not None:
         rep["socket"]["datapath_ns"] = int(datapath_ns)
+    if shared_cpu is not None:
+        rep["socket"]["shared_cpu"] = int(shared_cpu)
     return rep
 
 

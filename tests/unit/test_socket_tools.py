@@ -154,3 +154,22 @@ def test_the_generator_is_stale_by_what_it_was_built_from_not_by_file_times(
         T.crr_binary()
     os.utime(binary)
     assert T.crr_binary() == binary
+
+
+def test_one_flow_pins_generator_and_responders_to_one_cpu_more_flows_do_not(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.measure import sockets as S
+    from bench.results.writer import make_socket_repetition
+
+    monkeypatch.setattr(S.os, "sched_getaffinity", lambda pid: {0, 1, 3})
+    assert S.shared_cpu(1) == 3 and S.shared_cpu(8) is None
+    one, eight = SocketWorkload("tcp-rr", flows=1), SocketWorkload("tcp-rr", flows=8)
+    assert S._pinned(one, ["kpb-crr", "client"]) == ["taskset", "-c", "3", "kpb-crr", "client"]
+    assert S._pinned(eight, ["kpb-crr", "client"]) == ["kpb-crr", "client"]
+    monkeypatch.setattr(S.os, "sched_getaffinity", lambda pid: {0})
+    assert S.shared_cpu(1) is None  # one CPU: nothing to choose
+    rep = make_socket_repetition(seconds=1.0, transactions=10, failed=0, rtt_hist=None,
+                                 shared_cpu=3)
+    assert rep["socket"].get("shared_cpu") == 3
+    assert "shared_cpu" not in make_socket_repetition(seconds=1.0, transactions=10, failed=0,
+                                                      rtt_hist=None)["socket"]
