@@ -5,10 +5,12 @@ variant and number of services the runner builds the cluster, programs every
 node (the timed first sync, as in packet scenarios), attaches the latency
 probe, and for every event and background workload measures repetitions of:
 
-1. background traffic (``udp-new`` or ``udp-established``) at the scenario's
-   fixed rate from the client pod to the measured service, a service the
-   event does not change;
-2. ``before_s`` seconds after its first packet left the client, the event;
+1. background traffic (``udp-new`` or ``udp-established`` replayed and stamped
+   by the latency probe, or ``tcp-rr`` transactions on kept connections,
+   bench.measure.rr_background) at the scenario's fixed rate from the client
+   pod to the measured service, a service the event does not change;
+2. ``before_s`` seconds after its first packet left the client (tcp-rr: its
+   first transaction was due), the event;
 3. ``after_s`` seconds after the event's end, the traffic stops.
 
 Events (:func:`prepare_event`):
@@ -54,9 +56,10 @@ starts: kpbench's Python render is not the datapath's time and must not
 perturb the background (churn's batches cannot be: see above).
 
 What one repetition stores (bench.measure.disruption): the timeline in 10 ms
-bins of send time (sent, delivered, p50, p99) with the event's start and end,
-and the event's figures (stall_ms, lost, excess_p99_ns, recovery_ms, ...),
-all on CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns().
+bins of send time (tcp-rr: due time) (sent, delivered, p50, p99) with the
+event's start and end, and the event's figures (stall_ms, lost, excess_p99_ns,
+recovery_ms, ...), all on CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns() and
+of kpb-crr's records.
 """
 
 from __future__ import annotations
