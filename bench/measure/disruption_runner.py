@@ -309,7 +309,8 @@ class DisruptionRunner:
                 return self._point(
                     bed, lambda: RR.TcpRrTraffic.on(bed, path, serving, rate, self.workdir),
                     variant, n, event, "tcp-rr", budget, setup, option, measured.key)
-        except KpbenchError as e:
+        # ValueError: a window past a socket workload's bounds (bench.measure.sockets).
+        except (KpbenchError, ValueError) as e:
             return self.loop.point(variant, n, workload, status="failed",
                                    error=f"responders failed: {e}", **setup)
 
