@@ -362,10 +362,11 @@ METRICS: tuple[Metric, ...] = (
            "CPU per packet the Service adds over its paired control", difference=True),
     # Disruption points: what an event does to the background traffic (docs/disruption.md).
     Metric("stall_ms", _rep_disruption("stall_ms"), _summary_disruption("stall_ms"), "lower",
-           "ms", "disruption: longest time without a delivered background packet"),
+           "ms", "disruption: longest time without a delivered background packet "
+           "(tcp-rr: a completed transaction)"),
     Metric("lost", _rep_disruption("lost"), _summary_disruption("lost"), "lower", "packets",
-           "disruption: background packets sent from the event's start on and never "
-           "delivered"),
+           "disruption: background packets (tcp-rr: transactions) sent from the event's "
+           "start on and never delivered"),
     Metric("excess_p99_ns", _rep_disruption("excess_p99_ns"),
            _summary_disruption("excess_p99_ns"), "lower", "ns",
            "disruption: background p99 during the event minus its pre-event p99",

@@ -2,7 +2,7 @@
 
 A point of ``direct`` sends its socket workload from the client pod to the
 backend pods' own addresses (spread over them as a Service spreads its
-connections: :meth:`bench.measure.socket_points.SocketPoints._paths`), so
+connections: :func:`bench.measure.socket_points.socket_paths`), so
 its repetitions are the direct path itself and every other datapath's point
 at the same workload can be read against it (Service minus direct). Its
 syncs program nothing, so their figures are "not applicable" rather than a

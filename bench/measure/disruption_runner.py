@@ -5,10 +5,12 @@ variant and number of services the runner builds the cluster, programs every
 node (the timed first sync, as in packet scenarios), attaches the latency
 probe, and for every event and background workload measures repetitions of:
 
-1. background traffic (``udp-new`` or ``udp-established``) at the scenario's
-   fixed rate from the client pod to the measured service, a service the
-   event does not change;
-2. ``before_s`` seconds after its first packet left the client, the event;
+1. background traffic (``udp-new`` or ``udp-established`` replayed and stamped
+   by the latency probe, or ``tcp-rr`` transactions on kept connections,
+   bench.measure.rr_background) at the scenario's fixed rate from the client
+   pod to the measured service, a service the event does not change;
+2. ``before_s`` seconds after its first packet left the client (tcp-rr: its
+   first transaction was due), the event;
 3. ``after_s`` seconds after the event's end, the traffic stops.
 
 Events (:func:`prepare_event`):
@@ -54,9 +56,10 @@ starts: kpbench's Python render is not the datapath's time and must not
 perturb the background (churn's batches cannot be: see above).
 
 What one repetition stores (bench.measure.disruption): the timeline in 10 ms
-bins of send time (sent, delivered, p50, p99) with the event's start and end,
-and the event's figures (stall_ms, lost, excess_p99_ns, recovery_ms, ...),
-all on CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns().
+bins of send time (tcp-rr: due time) (sent, delivered, p50, p99) with the
+event's start and end, and the event's figures (stall_ms, lost, excess_p99_ns,
+recovery_ms, ...), all on CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns() and
+of kpb-crr's records.
 """
 
 from __future__ import annotations
@@ -70,8 +73,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import numpy as np
 
@@ -83,16 +87,19 @@ from bench.datapaths.base import Datapath, run_in_netns
 from bench.datapaths.userspace import UserspaceDatapath
 from bench.errors import ApplyTimeout, FeatureMissing, KpbenchError
 from bench.measure import disruption as D
+from bench.measure import rr_background as RR
 from bench.measure.churn import Churn, SyncRecord, change_times, run_schedule
 from bench.measure.probes.gone import GoneProbe
 from bench.measure.probes.latency import LatencyProbe
 from bench.measure.probes.loader import TcHook
 from bench.measure.repetition import SeqSpace
+from bench.measure.runner import with_port
 from bench.measure.scale_loop import ScaleLoop
 from bench.measure.scenario import Scenario, event_label
+from bench.measure.socket_points import socket_paths
 from bench.measure.traffic import MAX_COUNT, WARMUP_MAGIC, ReplayStats, Target
 from bench.model.generate import GenSpec, generate
-from bench.model.objects import service_port_views
+from bench.model.objects import Service, service_port_views
 
 log = logging.getLogger("kpbench")
 
@@ -225,7 +232,10 @@ class DisruptionRunner:
         self.progress.say(f"{variant}: {n} services x {sc.endpoints} endpoints: building")
         services, slices = generate(GenSpec(services=n, endpoints=sc.endpoints, nodes=sc.nodes,
                                             protocol="UDP"))
-        measured = services[sc.position_index(n)]
+        i = sc.position_index(n)
+        if "tcp-rr" in sc.background:  # its connections go to a TCP port of the service
+            services[i], slices = with_port(services[i], slices, "TCP")
+        measured = services[i]
         self.seqs = SeqSpace()
         bed = Testbed(self.loop.datapath(variant), services, slices, sc.nodes,
                       pod_services={measured.key}, echo=False, sync_on_enter=False)
@@ -262,9 +272,14 @@ class DisruptionRunner:
                     to = cold_start_target(bed, target) if event == "cold-start" else target
                     for bg in sc.event_backgrounds(event):
                         for option in sc.event_options(event):
-                            self.loop.record(self._point(bed, to, probe, variant, n,
-                                                         event, bg, budget, setup,
-                                                         option, measured.key))
+                            if bg == "tcp-rr":
+                                point = self._rr_point(bed, measured, variant, n, event,
+                                                       budget, setup, option)
+                            else:
+                                point = self._point(
+                                    bed, partial(_Replay, self, to, probe, bg), variant, n,
+                                    event, bg, budget, setup, option, measured.key)
+                            self.loop.record(point)
             except FeatureMissing as e:
                 self.loop.record_rest(variant, n, "failed", str(e), say=False, **setup)
             finally:
@@ -274,7 +289,32 @@ class DisruptionRunner:
                         self.gone.detach()
                         self.gone = None
 
-    def _point(self, bed: Testbed, target: Target, probe: LatencyProbe, variant: str, n: int,
+    def _rr_point(self, bed: Testbed, measured: Service, variant: str, n: int, event: str,
+                  budget: float, setup: dict[str, Any],
+                  option: int | bool | None) -> R.PointDoc:
+        """A ``tcp-rr`` background point (bench.measure.rr_background): its responders in
+        the backend pods serve all its repetitions; through the Service's ClusterIP (for
+        ``cold-start``, to the backend pods' own addresses, as the packet backgrounds)."""
+        workload = f"disruption-{event_label(event, option)}/tcp-rr"
+        why = bed.datapath.not_measured.get("sockets-clusterip")
+        if why:
+            return self.loop.point(variant, n, workload, status="failed",
+                                   error=f"not applicable: {why}", **setup)
+        paths = socket_paths(bed, measured, "clusterip", "tcp-rr")
+        path = paths.direct if event == "cold-start" and paths.direct else paths.service
+        rate = self.sc.disruption_rate_pps
+        try:
+            with RR.responders(path, rate, self.window_s(event, budget),
+                               self.sc.repetitions) as serving:
+                return self._point(
+                    bed, lambda: RR.TcpRrTraffic.on(bed, path, serving, rate, self.workdir),
+                    variant, n, event, "tcp-rr", budget, setup, option, measured.key)
+        # ValueError: a window past a socket workload's bounds (bench.measure.sockets).
+        except (KpbenchError, ValueError) as e:
+            return self.loop.point(variant, n, workload, status="failed",
+                                   error=f"responders failed: {e}", **setup)
+
+    def _point(self, bed: Testbed, traffic: Callable[[], Traffic], variant: str, n: int,
                event: str, background: str, budget: float,
                setup: dict[str, Any], option: int | bool | None = None,
                measured: str = "") -> R.PointDoc:
@@ -290,8 +330,7 @@ class DisruptionRunner:
                     fire = self.churn_event(bed, measured, int(option or 1))
                 elif event == "endpoint-removed":
                     fire = self.endpoint_removed_event(bed, measured, option is not False)
-                reps.append(self.repetition(bed, target, probe, event, background, budget,
-                                            fire=fire))
+                reps.append(self.watch(bed, traffic(), event, budget, fire=fire))
             except ApplyTimeout as e:
                 failed.append({"phase": "measured", "index": r, "error": str(e)})
                 break
@@ -306,73 +345,68 @@ class DisruptionRunner:
     def repetition(self, bed: Testbed, target: Target, probe: LatencyProbe, event: str,
                    background: str, budget: float,
                    fire: Callable[[], Event] | None = None) -> R.RepetitionDoc:
-        """One repetition: background traffic, the event ``before_s`` after its first
-        packet, ``after_s`` watched after the event's end (``fire``: another event, e.g.
-        a test's own)."""
+        """One repetition of a packet background (``udp-new``, ``udp-established``) to
+        ``target``, stamped by ``probe`` (see :meth:`watch`)."""
+        return self.watch(bed, _Replay(self, target, probe, background), event, budget,
+                          fire)
+
+    def window_s(self, event: str, budget: float) -> float:
+        """How long a repetition's background is sized for (it stops at the watch window's
+        end): ``before_s``, the event's budget and ``after_s``, plus proxy-down's time
+        away and churn's changes."""
         sc = self.sc
-        if fire is None:
-            fire = prepare_event(bed, event, sc.down_s)
-        rate = sc.disruption_rate_pps
         window = sc.before_s + budget + sc.after_s + 1.0
         if event == "proxy-down":
             window += sc.down_s
         if event == "churn":
             window += sc.churn_s
-        count = min(math.ceil(rate * window), probe.capacity, MAX_COUNT)
-        self._warm_up(target, background, rate)
-        seq = self._take(count)
-        pcap = self.workdir / "background.pcap"
-        target.build_pcap(background, count, pcap, seq_start=seq, src_span=self.seqs.src_span)
-        probe.start(seq)
-        stop = threading.Event()
+        return window
+
+    def watch(self, bed: Testbed, traffic: Traffic, event: str, budget: float,
+              fire: Callable[[], Event] | None = None) -> R.RepetitionDoc:
+        """One repetition: background ``traffic``, the event ``before_s`` after its
+        first packet (or transaction), ``after_s`` watched after the event's end
+        (``fire``: another event, e.g. a test's own)."""
+        sc = self.sc
+        if fire is None:
+            fire = prepare_event(bed, event, sc.down_s)
+        rate = sc.disruption_rate_pps
+        window = self.window_s(event, budget)
+        traffic.start(window)
         out: dict[str, Any] = {}
-
-        def send() -> None:
-            try:
-                out["stats"] = target.replay(pcap, rate, window + 30, stop)
-            except BaseException as e:  # reported by the main thread
-                out["error"] = e
-
-        thread = threading.Thread(target=send, daemon=True)
-        thread.start()
         try:
-            first = _await_first(probe, thread)
+            first = traffic.first()
             time.sleep(max(0.0, sc.before_s - (time.monotonic_ns() - first) / 1e9))
             start_ns, end_ns, sync = fire()
             until = end_ns + int(sc.after_s * 1e9)
-            while time.monotonic_ns() < until and thread.is_alive():
+            while time.monotonic_ns() < until and traffic.running():
                 time.sleep(0.05)
-            ended_early = not thread.is_alive()
+            ended_early = not traffic.running()
         finally:
-            stop.set()
-            thread.join()
+            traffic.end()
             after = getattr(fire, "after", None)
             if after is not None:
                 out["figures"] = after()  # the event's own figures, then its state undone
-        if "error" in out:
-            raise out["error"]
-        stats: ReplayStats = out["stats"]
+        traffic.check()  # the traffic's own failure first
         if ended_early:
-            raise KpbenchError(f"the background traffic ({count} packets at {rate}/s) ended "
+            raise KpbenchError(f"the background traffic ({rate}/s for {window:.1f} s) ended "
                                f"before the watch window did: the event took "
                                f"{(end_ns - start_ns) / 1e9:.1f} s")
-        time.sleep(DRAIN_S)
-        depart, arrive = probe.stamps(count)
-        d, a = D.packets(depart, arrive, until_ns=until)
+        d, a, achieved, own = traffic.result(until)
         timeline, figures = D.summarise(d, a, start_ns, end_ns,
                                         baseline_ns=int(sc.before_s / 2 * 1e9))
+        figures.update(own)
         figures.update(getattr(fire, "figures", {}))
         figures.update(out.get("figures") or {})
         ok = a != 0
         return {**R.make_repetition(
             sent=len(d), delivered=int(np.count_nonzero(ok)), offered_pps=rate,
-            achieved_pps=stats.achieved_pps,
+            achieved_pps=achieved,
             arrival_seconds=(float(a[ok].max() - a[ok].min()) / 1e9 if ok.sum() > 1 else None),
             latency_hist=Histogram.from_samples(a[ok] - d[ok]) if ok.any() else None,
             sync=sync),
             "disruption": {"event": event, **figures,
                            "timeline": timeline.document(start_ns, end_ns)}}  # type: ignore[typeddict-item]
-
 
     def churn_event(self, bed: Testbed, measured: str, per_s: int) -> Callable[[], Event]:
         """The ``churn`` event at ``per_s`` changes per second (bench.measure.churn): node
@@ -521,6 +555,88 @@ class DisruptionRunner:
         except KpbenchError:
             self.seqs = SeqSpace()
             return self.seqs.take(count)
+
+
+class Traffic(Protocol):
+    """A repetition's background (:meth:`DisruptionRunner.watch`): packets replayed and
+    stamped by the latency probe (:class:`_Replay`), or tcp-rr transactions
+    (:class:`bench.measure.rr_background.TcpRrTraffic`)."""
+
+    def start(self, window_s: float) -> None:
+        """Warm up, then start the traffic, sized for at most ``window_s``."""
+
+    def first(self) -> int:
+        """Its first send (ns, CLOCK_MONOTONIC), once it has started."""
+
+    def running(self) -> bool: ...
+
+    def end(self) -> None:
+        """Stop it and wait for it; never raises (:meth:`check` does)."""
+
+    def check(self) -> None:
+        """Raise the error that stopped the traffic, if one did."""
+
+    def result(self, until_ns: int) -> tuple[np.ndarray, np.ndarray, float | None,
+                                             dict[str, Any]]:
+        """(departure ns, arrival ns or 0) of everything sent before ``until_ns`` in
+        departure order, the achieved rate, and the background's own figures."""
+
+
+class _Replay:
+    """A packet background: ``background``'s frames replayed by tcpreplay to ``target``
+    at the scenario's rate, each stamped by the latency probe at the client's egress and
+    a backend's ingress."""
+
+    def __init__(self, runner: DisruptionRunner, target: Target, probe: LatencyProbe,
+                 background: str) -> None:
+        self.runner, self.target, self.probe, self.background = (runner, target, probe,
+                                                                  background)
+        self.rate = runner.sc.disruption_rate_pps
+        self.stop = threading.Event()
+        self.out: dict[str, Any] = {}
+        self.count = 0
+
+    def start(self, window_s: float) -> None:
+        runner, probe = self.runner, self.probe
+        self.count = min(math.ceil(self.rate * window_s), probe.capacity, MAX_COUNT)
+        runner._warm_up(self.target, self.background, self.rate)
+        seq = runner._take(self.count)
+        pcap = runner.workdir / "background.pcap"
+        self.target.build_pcap(self.background, self.count, pcap, seq_start=seq,
+                               src_span=runner.seqs.src_span)
+        probe.start(seq)
+
+        def send() -> None:
+            try:
+                self.out["stats"] = self.target.replay(pcap, self.rate, window_s + 30,
+                                                       self.stop)
+            except BaseException as e:  # reported by check()
+                self.out["error"] = e
+
+        self.thread = threading.Thread(target=send, daemon=True)
+        self.thread.start()
+
+    def first(self) -> int:
+        return _await_first(self.probe, self.thread)
+
+    def running(self) -> bool:
+        return self.thread.is_alive()
+
+    def end(self) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def check(self) -> None:
+        if "error" in self.out:
+            raise self.out["error"]
+
+    def result(self, until_ns: int) -> tuple[np.ndarray, np.ndarray, float | None,
+                                             dict[str, Any]]:
+        time.sleep(DRAIN_S)
+        depart, arrive = self.probe.stamps(self.count)
+        d, a = D.packets(depart, arrive, until_ns=until_ns)
+        stats: ReplayStats = self.out["stats"]
+        return d, a, stats.achieved_pps, {}
 
 
 def clear_udp_conntrack(netns: str, service_ip: str, port: int, endpoint_ip: str) -> int:

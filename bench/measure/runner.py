@@ -64,7 +64,7 @@ def protocol_of(workload: str) -> str:
     return "UDP" if workload.removeprefix(NODEPORT_PREFIX).startswith("udp") else "TCP"
 
 
-def _with_port(svc: Service, slices: list[EndpointSlice],
+def with_port(svc: Service, slices: list[EndpointSlice],
                protocol: str) -> tuple[Service, list[EndpointSlice]]:
     """``svc`` with a second port of ``protocol`` (same port numbers, the next node port
     if it has one), and its slices serving it."""
@@ -173,7 +173,7 @@ class Runner:
             port = replace(services[i].ports[0], node_port=MEASURED_NODE_PORT)
             services[i] = replace(services[i], type="NodePort", ports=(port,))
         for proto in self._other_protocols():
-            services[i], slices = _with_port(services[i], slices, proto)
+            services[i], slices = with_port(services[i], slices, proto)
         if any(w.endswith("tcp-stream") for w in sc.workloads):
             # iperf3's control and data connections must reach the same backend.
             services[i] = replace(services[i], session_affinity="ClientIP")

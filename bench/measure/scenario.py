@@ -54,7 +54,10 @@ KINDS = ("packets", "sync", "disruption")
 # unchanged service while one event happens; its points are "disruption-<event>/<background>".
 EVENTS = ("full-sync", "churn", "proxy-down", "endpoint-removed", "cold-start")
 EVENTS_IMPLEMENTED = ("full-sync", "proxy-down", "churn", "endpoint-removed", "cold-start")
-BACKGROUNDS = ("udp-new", "udp-established")
+# Replayed UDP frames, or tcp-rr transactions on kept connections through real sockets
+# (bench.measure.rr_background); a [disruption] table without "background" gets the UDP two.
+BACKGROUNDS = ("udp-new", "udp-established", "tcp-rr")
+DEFAULT_BACKGROUNDS = ("udp-new", "udp-established")
 MAX_DISRUPTION_S = 3600.0
 # One change at scale, each applied as a partial sync (see bench/measure/sync_runner.py).
 CHANGES = ("add-service", "remove-service", "add-endpoint", "remove-endpoint",
@@ -119,7 +122,7 @@ class Scenario:
     effect_rate_pps: int = 2000
     # kind = "disruption" ([disruption] table; see bench/measure/disruption_runner.py)
     events: tuple[str, ...] = ("full-sync",)
-    background: tuple[str, ...] = BACKGROUNDS
+    background: tuple[str, ...] = DEFAULT_BACKGROUNDS
     disruption_rate_pps: int = 5000
     before_s: float = 2.0
     after_s: float = 5.0
@@ -458,7 +461,7 @@ def _disruption(table: dict[str, Any], kind: str, src: str) -> dict[str, Any]:
                              field="disruption.events")
         kw["events"] = events
         if ("endpoint-removed" in events and "udp-established"
-                not in table.get("background", BACKGROUNDS)):
+                not in table.get("background", DEFAULT_BACKGROUNDS)):
             raise InputError("endpoint-removed measures established UDP flows: add "
                              "\"udp-established\" to disruption.background", source=src,
                              field="disruption.events")

@@ -110,7 +110,7 @@ class SocketPoints:
                                           error=f"not applicable: {why}", **common)
         work = S.SocketWorkload(workload.removeprefix(NODEPORT_PREFIX), flows=flows,
                                 loop=sc.loop, rate_tps=sc.rate_tps, duration_s=sc.duration_s)
-        paths = self._paths(bed, measured, kind, work.workload)
+        paths = socket_paths(bed, measured, kind, work.workload)
         if bed.datapath.without_rules:  # the rules-free reference: the direct path IS the point
             assert paths.direct is not None  # a ClusterIP workload (NodePort: not_measured)
             paths = Paths(paths.direct, None)
@@ -271,34 +271,35 @@ class SocketPoints:
                         h["response"] if h["response"].count else None, one_way[0].counts)
         return rep, None
 
-    def _paths(self, bed: Testbed, measured: Service, kind: str, workload: str) -> Paths:
-        """The Service path (to every backend pod of the measured service) and the direct
-        one (to the backend pods' own addresses, on their target port)."""
-        tcp = workload.startswith("tcp")
-        pods = [p for p in bed.layout.pods if (p.tcp_ports if tcp else p.udp_ports)]
-        if not pods:
-            raise KpbenchError("the measured service has no backend pod to answer")
-        responders = tuple(S.Responder(bed.cluster.pod_ns(p), p.ip,
-                                       (p.tcp_ports if tcp else p.udp_ports)[0]) for p in pods)
-        sp = next((p for p in measured.ports if p.protocol == ("TCP" if tcp else "UDP")), None)
-        if sp is None:
-            raise KpbenchError(f"the measured service has no {'TCP' if tcp else 'UDP'} port")
-        if kind == "nodeport":
-            if sp.node_port is None:
-                raise KpbenchError("the measured service has no node port")
-            service = S.SocketPath(bed.cluster.client_ns, L.node_ip(0), sp.node_port,
-                                   responders, port_range=SERVICE_PORTS)
-            return Paths(service, None)
-        port = sp.port
-        service = S.SocketPath(bed.cluster.client_pod_ns, measured.cluster_ip, port,
+
+def socket_paths(bed: Testbed, measured: Service, kind: str, workload: str) -> Paths:
+    """The Service path (to every backend pod of the measured service) and the direct
+    one (to the backend pods' own addresses, on their target port)."""
+    tcp = workload.startswith("tcp")
+    pods = [p for p in bed.layout.pods if (p.tcp_ports if tcp else p.udp_ports)]
+    if not pods:
+        raise KpbenchError("the measured service has no backend pod to answer")
+    responders = tuple(S.Responder(bed.cluster.pod_ns(p), p.ip,
+                                   (p.tcp_ports if tcp else p.udp_ports)[0]) for p in pods)
+    sp = next((p for p in measured.ports if p.protocol == ("TCP" if tcp else "UDP")), None)
+    if sp is None:
+        raise KpbenchError(f"the measured service has no {'TCP' if tcp else 'UDP'} port")
+    if kind == "nodeport":
+        if sp.node_port is None:
+            raise KpbenchError("the measured service has no node port")
+        service = S.SocketPath(bed.cluster.client_ns, L.node_ip(0), sp.node_port,
                                responders, port_range=SERVICE_PORTS)
-        # Spread over the backends as the Service spreads connections (one backend would
-        # serve a concurrent load with fewer processes than the Service path has).
-        dsts = [(r.ip, r.port or port) for r in responders]
-        # With ClientIP affinity (a scenario with tcp-stream gives the measured service
-        # one) every connection of this client goes to one backend: so does the direct path.
-        if measured.session_affinity == "ClientIP":
-            dsts, responders = dsts[:1], responders[:1]
-        direct = S.SocketPath(bed.cluster.client_pod_ns, dsts[0][0], dsts[0][1], responders,
-                              port_range=DIRECT_PORTS, spread=tuple(dsts[1:]))
-        return Paths(service, direct)
+        return Paths(service, None)
+    port = sp.port
+    service = S.SocketPath(bed.cluster.client_pod_ns, measured.cluster_ip, port,
+                           responders, port_range=SERVICE_PORTS)
+    # Spread over the backends as the Service spreads connections (one backend would
+    # serve a concurrent load with fewer processes than the Service path has).
+    dsts = [(r.ip, r.port or port) for r in responders]
+    # With ClientIP affinity (a scenario with tcp-stream gives the measured service
+    # one) every connection of this client goes to one backend: so does the direct path.
+    if measured.session_affinity == "ClientIP":
+        dsts, responders = dsts[:1], responders[:1]
+    direct = S.SocketPath(bed.cluster.client_pod_ns, dsts[0][0], dsts[0][1], responders,
+                          port_range=DIRECT_PORTS, spread=tuple(dsts[1:]))
+    return Paths(service, direct)

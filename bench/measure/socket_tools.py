@@ -126,6 +126,27 @@ def read_crr_samples(path: Path, expected: int) -> np.ndarray:
     return np.frombuffer(raw, dtype="<u4").astype(np.float64)
 
 
+# ``kpb-crr client --records``: one record per transaction (tools/crr/crr.c).
+CRR_RECORD = np.dtype([("due_ns", "<u8"), ("rtt_ns", "<u8"), ("status", "<u2"),
+                       ("flags", "<u2"), ("flow", "<u4")])
+CRR_STATUS = ("ok", "connect_failed", "timeout", "error", "not_started")
+CRR_RECONNECTED = 1  # flags: the transaction opened its flow's connection first (--keep)
+
+
+def read_crr_records(path: Path) -> np.ndarray:
+    """The transactions ``kpb-crr client --records`` wrote, in transaction (due) order:
+    a structured array of :data:`CRR_RECORD` (due_ns on CLOCK_MONOTONIC)."""
+    raw = path.read_bytes()
+    if len(raw) % CRR_RECORD.itemsize:
+        raise KpbenchError(f"{path}: {len(raw)} bytes is not a whole number of "
+                           f"{CRR_RECORD.itemsize}-byte transaction records")
+    records = np.frombuffer(raw, dtype=CRR_RECORD)
+    if len(records) and int(records["status"].max()) >= len(CRR_STATUS):
+        raise KpbenchError(f"{path}: a transaction record with an unknown status "
+                           f"{int(records['status'].max())}")
+    return records
+
+
 # --- sockperf ----------------------------------------------------------------
 
 @dataclass(frozen=True)

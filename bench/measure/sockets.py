@@ -264,11 +264,7 @@ def run(work: SocketWorkload, path: SocketPath, *, cgroup: Path | None = None,
         procs = stack.enter_context(Processes())
         if serving is None:
             _start_responders(procs, work, path, resp_cg, tmp)
-        if path.port_range is not None:
-            lo, hi = path.port_range
-            subprocess.run(["ip", "netns", "exec", path.client_netns, "sysctl", "-qw",
-                            f"net.ipv4.ip_local_port_range={lo} {hi}"], check=True,
-                           capture_output=True, timeout=10)
+        set_port_range(path)
         before = nstat_all(spaces)
         ct_before = [conntrack_count(ns) for ns in path.node_netns]
         if conntrack_events:
@@ -300,6 +296,15 @@ def run(work: SocketWorkload, path: SocketPath, *, cgroup: Path | None = None,
             result.served = sum(s.served for s in served)
             result.connections = sum(s.connections for s in served)
     return result
+
+
+def set_port_range(path: SocketPath) -> None:
+    """The client namespace's ephemeral ports for ``path`` (its ``port_range``), if any."""
+    if path.port_range is not None:
+        lo, hi = path.port_range
+        subprocess.run(["ip", "netns", "exec", path.client_netns, "sysctl", "-qw",
+                        f"net.ipv4.ip_local_port_range={lo} {hi}"], check=True,
+                       capture_output=True, timeout=10)
 
 
 def _own_cgroup(stack: contextlib.ExitStack, name: str) -> Path:
@@ -397,21 +402,27 @@ def _start_responders(procs: Processes, work: SocketWorkload, path: SocketPath,
         procs.wait_ready(p, marker, what)
 
 
-def _kpb_crr(procs: Processes, work: SocketWorkload, path: SocketPath, cgroup: Path,
-             tmp: Path) -> SocketResult:
-    samples = tmp / "crr.samples"
+def crr_client_argv(work: SocketWorkload, path: SocketPath, *output: str) -> list[str]:
+    """``kpb-crr client``'s command line for ``work`` over ``path`` (tcp-crr, tcp-rr);
+    ``output``: where it writes its samples or records (``--samples FILE``, ...)."""
     connect = [a for ip, port in path.destinations() for a in ("--connect", f"{ip}:{port}")]
     argv = [str(T.crr_binary()), "client", *connect, "--flows", str(work.flows),
             "--duration", f"{work.duration_s:g}",
             "--request", str(work.request_bytes), "--response", str(work.response_bytes),
-            "--timeout-ms", str(work.timeout_ms), "--samples", str(samples),
-            *KPB_CRR[work.workload]]
+            "--timeout-ms", str(work.timeout_ms), *output, *KPB_CRR[work.workload]]
     if work.count is not None:
         argv += ["--count", str(work.count)]
     if work.rate_tps is not None:
         argv += ["--rate", f"{work.rate_tps:g}"]
     if path.client_ip:
         argv += ["--bind", path.client_ip]
+    return argv
+
+
+def _kpb_crr(procs: Processes, work: SocketWorkload, path: SocketPath, cgroup: Path,
+             tmp: Path) -> SocketResult:
+    samples = tmp / "crr.samples"
+    argv = crr_client_argv(work, path, "--samples", str(samples))
     p = procs.start("kpb-crr client", path.client_netns, _pinned(work, argv), cgroup)
     s = T.parse_crr_client(procs.finish(p, work.duration_s + GRACE_S, "kpb-crr client"))
     return SocketResult(work.workload, work.loop, work.flows, work.rate_tps, s.seconds,

@@ -111,7 +111,7 @@ def summary_metrics(point: Point | PointDoc) -> Iterator[tuple[str, Any, str]]:
     yield from _dist_rows("transit", s.get("transit_ns"))
     yield from _drops_rows(s.get("drops"))
     yield from _sync_rows(s.get("sync"))
-    yield from _disruption_rows(s.get("disruption"))
+    yield from _disruption_rows(s.get("disruption"), count_unit(point.workload))
     for key, value in sorted(point.probe_overhead.items()):
         if isinstance(value, int | float) and not isinstance(value, bool):
             yield f"probe_overhead.{key}", value, _overhead_unit(key)
@@ -201,13 +201,20 @@ def _overhead_unit(key: str) -> str:
                                            ("_pct", "%")) if key.endswith(suffix)), "")
 
 
-def _repetition_metrics(r: Repetition) -> Iterator[tuple[str, Any, str]]:
+def count_unit(workload: str) -> str:
+    """What a point's sent, delivered and lost count: a tcp-rr disruption background's
+    are transactions (bench.measure.rr_background), every other point's packets."""
+    return "transactions" if workload.endswith("/tcp-rr") else "packets"
+
+
+def _repetition_metrics(r: Repetition, count: str = "packets"
+                        ) -> Iterator[tuple[str, Any, str]]:
     rep: Any = r.doc
     if r.socket:  # its packet keys are neutral (0 sent, 0 delivered): not packets
         yield from _socket_repetition_rows(r)
         return
-    for key, unit in (("offered_pps", "packets/s"), ("achieved_pps", "packets/s"),
-                      ("sent", "packets"), ("delivered", "packets"),
+    for key, unit in (("offered_pps", f"{count}/s"), ("achieved_pps", f"{count}/s"),
+                      ("sent", count), ("delivered", count),
                       ("arrival_seconds", "s"),
                       ("cpu_ns_per_packet", "ns/packet"), ("softirq_ns", "ns"),
                       ("process_ns", "ns")):
@@ -217,21 +224,29 @@ def _repetition_metrics(r: Repetition) -> Iterator[tuple[str, Any, str]]:
     yield from _dist_rows("transit", r.transit_summary)
     yield from _drops_rows(rep.get("drops"))
     yield from _sync_rows(rep.get("sync"))
-    yield from _disruption_rows(rep.get("disruption"))
+    yield from _disruption_rows(rep.get("disruption"), count)
 
 
-_DISRUPTION_UNITS = {"_ms": "ms", "_ns": "ns", "lost": "packets", "sent": "packets",
-                     "delivered": "packets", "not_recovered": "repetitions",
+_DISRUPTION_UNITS = {"_ms": "ms", "_ns": "ns", "not_recovered": "repetitions",
                      "churn_per_s": "changes/s", "syncs_per_s": "syncs/s",
-                     "sync_cpu_s_per_s": "s/s", "syncs": "syncs", "changes": "changes"}
+                     "sync_cpu_s_per_s": "s/s", "syncs": "syncs", "changes": "changes",
+                     "retransmits": "segments", "resets_sent": "segments",
+                     "estab_resets": "connections", "attempt_fails": "connections",
+                     "reconnects": "connections"}
+# Figures in the point's own count (packets, or a tcp-rr background's transactions).
+_DISRUPTION_COUNTED = ("lost", "sent", "delivered")
 
 
-def _disruption_rows(figures: Mapping[str, Any] | None) -> Iterator[tuple[str, Any, str]]:
-    """A disruption point's event figures (the timeline itself stays in the JSON)."""
+def _disruption_rows(figures: Mapping[str, Any] | None,
+                     count: str = "packets") -> Iterator[tuple[str, Any, str]]:
+    """A disruption point's event figures (the timeline itself stays in the JSON);
+    ``count``: what its sent, delivered and lost count (:func:`count_unit`)."""
     for key, value in sorted((figures or {}).items()):
         if isinstance(value, int | float) and not isinstance(value, bool):
             unit = next((u for suffix, u in _DISRUPTION_UNITS.items() if key.endswith(suffix)),
                         "")
+            if key.endswith(_DISRUPTION_COUNTED) or key.startswith("tx_"):
+                unit = count
             yield f"disruption.{key}", value, unit
 
 
@@ -258,7 +273,7 @@ def rows(result: Result | ResultDoc) -> Iterator[Row]:
         for metric, value, unit in summary_metrics(point):
             yield {**base, "repetition": "all", "metric": metric, "value": value, "unit": unit}
         for i, rep in enumerate(point.repetitions):
-            for metric, value, unit in _repetition_metrics(rep):
+            for metric, value, unit in _repetition_metrics(rep, count_unit(point.workload)):
                 yield {**base, "repetition": i, "metric": metric, "value": value, "unit": unit}
         # The paired control (direct path) and the breakdown repetition: their own labels.
         for i, rep in enumerate(point.control or ()):

@@ -44,6 +44,7 @@ from matplotlib.figure import Figure
 from bench.analysis import stats
 from bench.analysis.metrics import socket_load
 from bench.datapaths.direct import DirectDatapath
+from bench.present.export import count_unit
 from bench.results.model import Point, Result, as_result
 from bench.results.schema import ResultDoc
 
@@ -256,7 +257,8 @@ def _finish_cdf(ax: Axes, xlabel: str, ylabel: str, title: str, footnotes: list[
 
 def _timeline(p: Point, color: str) -> Figure | None:
     """Delivered (and sent) packets per bin, and p50/p99 latency per bin, against time
-    from the event's start; the event shaded. None when the point stores no timeline."""
+    from the event's start; the event shaded. None when the point stores no timeline.
+    A tcp-rr background's bins count transactions by due time, its latency their RTT."""
     tl = next((r.doc.get("disruption", {}).get("timeline") for r in p.repetitions
                if r.doc.get("disruption", {}).get("timeline")), None)
     if not tl:
@@ -272,13 +274,16 @@ def _timeline(p: Point, color: str) -> Figure | None:
     if any(lost):
         top.step(xs, lost, where="post", color="black", linewidth=1, linestyle=":",
                  label="lost")
-    top.set_ylabel(f"packets per {bin_ms:g} ms bin")
+    count = count_unit(p.workload)
+    top.set_ylabel(f"{count} per {bin_ms:g} ms bin")
     for q, style in (("p50_ns", "-"), ("p99_ns", "--")):
         ys = [v / 1e3 if v is not None else float("nan") for v in tl[q]]
         bottom.step(xs, ys, where="post", color=color, linestyle=style, label=q[:3])
     bottom.set_yscale("log")
-    bottom.set_ylabel("latency per bin (µs)")
-    bottom.set_xlabel("time from the event's start (ms, send time; CLOCK_MONOTONIC)")
+    tx = count == "transactions"
+    bottom.set_ylabel("RTT from due, per bin (µs)" if tx else "latency per bin (µs)")
+    bottom.set_xlabel(f"time from the event's start (ms, {'due' if tx else 'send'} time; "
+                      "CLOCK_MONOTONIC)")
     fig_ = p.summary.get("disruption") or {}
     for ax in (top, bottom):
         ax.axvspan(0, max(end_ms, bin_ms / 10), color="tab:red", alpha=0.15,
@@ -289,7 +294,8 @@ def _timeline(p: Point, color: str) -> Figure | None:
         v = fig_.get(key)
         return f"{key} {v / scale:.4g} {unit}" if isinstance(v, int | float) else f"{key} -"
     top.set_title(f"{p.workload} — {p.variant} @ {p.services} services\n"
-                  + ", ".join((fmt("stall_ms", "ms"), fmt("lost", "pkts"),
+                  + ", ".join((fmt("stall_ms", "ms"),
+                               fmt("lost", "transactions" if tx else "pkts"),
                                fmt("excess_p99_ns", "µs", 1e3), fmt("recovery_ms", "ms"),
                                fmt("event_ms", "ms"))), fontsize=9)
     return fig

@@ -168,8 +168,11 @@ DISRUPTION_FIGURES = ("stall_ms", "lost", "excess_p99_ns", "recovery_ms",
                       "off_baseline_after_ms", "event_ms",
                       "baseline_stall_ms", "baseline_lost", "baseline_p99_ns", "event_p99_ns",
                       # churn (bench.measure.churn): its rate and the syncs it ran
-                      "churn_per_s", "syncs", "syncs_per_s", "sync_cpu_s_per_s")
-CHURN_FIGURES = DISRUPTION_FIGURES[-4:]
+                      "churn_per_s", "syncs", "syncs_per_s", "sync_cpu_s_per_s",
+                      # tcp-rr background (bench.measure.rr_background): TCP's own repairs
+                      "retransmits", "reconnects")
+CHURN_FIGURES = DISRUPTION_FIGURES[-6:-2]
+TCP_RR_FIGURES = DISRUPTION_FIGURES[-2:]
 
 
 def _disruption_summary(reps: list[RepetitionDoc]) -> dict[str, float | None]:
@@ -181,8 +184,8 @@ def _disruption_summary(reps: list[RepetitionDoc]) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for key in DISRUPTION_FIGURES:
         values = [f[key] for f in figs if isinstance(f.get(key), int | float)]
-        if key in CHURN_FIGURES and not any(key in f for f in figs):
-            continue  # another event's point
+        if key in CHURN_FIGURES + TCP_RR_FIGURES and not any(key in f for f in figs):
+            continue  # another event's or background's point
         out[key] = float(statistics.median(values)) if values else None
     out["not_recovered"] = float(sum(1 for f in figs if f.get("recovery_ms") is None))
     return out

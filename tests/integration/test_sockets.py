@@ -8,10 +8,12 @@ hold time (``kpb-crr serve --delay-us``), which the generator's clock must see.
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bench.cluster import cgroups
@@ -211,6 +213,72 @@ def test_keep_counts_failed_transactions_and_reconnects(pair: Pair, tmp_path: Pa
     finally:
         srv = stop(server)
     assert (s.transactions, s.timeouts, s.failed) == (0, 4, 4) and srv.connections == 4
+
+
+def test_records_hold_each_transactions_due_time_rtt_and_status(pair: Pair,
+                                                                 tmp_path: Path) -> None:
+    # The disruption timeline's source (tcp-rr background): open loop, 100 transactions
+    # due every 2 ms over 2 kept connections, each held 1 ms by the responder.
+    delay_ns, rate = 1_000_000, 500
+    server = crr_serve(pair, 9015, "--keep", "--delay-us", str(delay_ns // 1000))
+    before = time.monotonic_ns()
+    try:
+        s = crr_client(pair, SERVER_IP, 9015, tmp_path / "s", "--keep", "--flows", "2",
+                       "--rate", str(rate), "--count", "100", "--duration", "20",
+                       "--records", str(tmp_path / "r"))
+    finally:
+        stop(server)
+    after = time.monotonic_ns()
+    r = T.read_crr_records(tmp_path / "r")
+    assert s.transactions == len(r) == 100
+    # Transaction i due at start + i/rate, on this process's CLOCK_MONOTONIC.
+    assert before < r["due_ns"][0] < after
+    assert (r["due_ns"] - r["due_ns"][0] == np.arange(100) * (10**9 // rate)).all()
+    assert (r["status"] == 0).all() and (r["flags"] == 0).all()
+    assert set(r["flow"]) == {0, 1}
+    rtt = r["rtt_ns"].astype(np.int64)
+    assert delay_ns <= rtt.min() and np.median(rtt) < delay_ns + 1_000_000
+    # The same latencies as --samples (completion order there, due order here).
+    assert sorted(rtt) == sorted(T.read_crr_samples(tmp_path / "s", 100).astype(np.int64))
+
+
+def test_records_show_failures_reconnects_and_what_was_due_but_not_started(
+        pair: Pair, tmp_path: Path) -> None:
+    # A responder that closes after each response: on the kept connection, transaction
+    # 1 fails (error), 2 reconnects first and succeeds, and so on.
+    server = crr_serve(pair, 9016)
+    try:
+        crr_client(pair, SERVER_IP, 9016, tmp_path / "s", "--keep", "--count", "10",
+                   "--duration", "20", "--records", str(tmp_path / "r"))
+    finally:
+        stop(server)
+    r = T.read_crr_records(tmp_path / "r")
+    assert list(r["status"]) == [0, 3] * 5
+    assert list(r["flags"]) == [0, 0] + [T.CRR_RECONNECTED, 0] * 4
+    # Open loop, one flow, every response held 300 ms, 100 due per second, stopped by
+    # SIGTERM after ~1 s: the flow ran a few; every other transaction due before the
+    # stop is recorded as not started (status 4), none due after it.
+    server = crr_serve(pair, 9017, "--keep", "--delay-us", "300000")
+    try:
+        client = subprocess.Popen(
+            ["ip", "netns", "exec", pair.client, str(T.crr_binary()), "client", "--connect",
+             f"{SERVER_IP}:9017", "--keep", "--rate", "100", "--duration", "20",
+             "--records", str(tmp_path / "r")], stdout=subprocess.PIPE, text=True)
+        assert client.stdout is not None and client.stdout.readline().strip() == "running"
+        time.sleep(1.0)
+        stopped = time.monotonic_ns()
+        client.terminate()
+        out = client.communicate(timeout=10)[0]
+    finally:
+        stop(server)
+    s = T.parse_crr_client(out)
+    r = T.read_crr_records(tmp_path / "r")
+    ran = r["status"] == 0
+    assert s.transactions == ran.sum() and 3 <= ran.sum() <= 6, (s, r["status"])
+    assert ran[:ran.sum()].all() and (r["status"][~ran] == 4).all()
+    assert (r["due_ns"] - r["due_ns"][0] == np.arange(len(r)) * 10_000_000).all()
+    assert 90 <= len(r) <= 130 and r["due_ns"][-1] < stopped + 50_000_000
+    assert (r["rtt_ns"][~ran] == 0).all()
 
 
 # --- every workload through bench.measure.sockets --------------------------------

@@ -14,8 +14,10 @@ import pytest
 from bench import results as R
 from bench.analysis.metrics import METRICS_BY_NAME
 from bench.analysis.stats import Histogram
-from bench.errors import InputError
+from bench.errors import InputError, KpbenchError
 from bench.measure import disruption as D
+from bench.measure import rr_background as RR
+from bench.measure import socket_tools as T
 from bench.measure.scenario import parse_scenario
 from bench.present.export import rows
 from bench.present.plots import plot_result
@@ -126,7 +128,8 @@ def test_the_disruption_table_as_the_issue_writes_it() -> None:
         scenario(tcp=True)
 
 
-def disruption_point(stalls: list[float]) -> R.PointDoc:
+def disruption_point(stalls: list[float], workload: str = "disruption-full-sync/udp-new",
+                     **figures: Any) -> R.PointDoc:
     reps = []
     for stall in stalls:
         d, a = stream(1.0)
@@ -137,10 +140,10 @@ def disruption_point(stalls: list[float]) -> R.PointDoc:
         reps.append({**R.make_repetition(sent=len(d), delivered=int(ok.sum()),
                                          latency_hist=Histogram.from_samples(a[ok] - d[ok]),
                                          sync={"apply": stall / 1e3}),
-                     "disruption": {"event": "full-sync", **fig,
+                     "disruption": {"event": "full-sync", **fig, **figures,
                                     "timeline": tl.document(start, start + int(stall * MS))}})
     return R.make_point(datapath="nftables", variant="nftables", services=1000, endpoints=10,
-                        workload="disruption-full-sync/udp-new", rate_pps=5000,
+                        workload=workload, rate_pps=5000,
                         position="last", position_index=999, repetitions=reps)  # type: ignore[arg-type]
 
 
@@ -173,3 +176,95 @@ def test_the_baseline_is_the_last_part_before_the_event() -> None:
     assert whole["baseline_p99_ns"] == pytest.approx(5 * MS)
     assert late["baseline_p99_ns"] == pytest.approx(LATENCY)
     assert late["baseline_stall_ms"] == pytest.approx(LATENCY / 1e6)
+
+
+# --- the tcp-rr background (bench.measure.rr_background) -----------------------------
+
+def records(due: np.ndarray, rtt: np.ndarray, status: np.ndarray,
+            flags: np.ndarray | None = None) -> np.ndarray:
+    """kpb-crr --records' transactions (tools/crr/crr.c) as the client writes them."""
+    r = np.zeros(len(due), dtype=T.CRR_RECORD)
+    r["due_ns"], r["rtt_ns"], r["status"] = due, rtt, status
+    r["flags"] = 0 if flags is None else flags
+    r["flow"] = np.arange(len(due)) % RR.FLOWS
+    return r
+
+
+def test_the_tcp_rr_background_is_accepted_and_not_for_endpoint_removed() -> None:
+    sc = scenario(events=["full-sync", "proxy-down", "endpoint-removed"],
+                  background=["udp-established", "tcp-rr"])
+    assert sc.measured == (
+        "disruption-full-sync/udp-established", "disruption-full-sync/tcp-rr",
+        "disruption-proxy-down/udp-established", "disruption-proxy-down/tcp-rr",
+        "disruption-endpoint-removed/udp-established",
+        "disruption-endpoint-removed-no-cleanup/udp-established")
+    # Without a background key: the UDP two, as before tcp-rr existed.
+    assert scenario(events=["full-sync"]).background == ("udp-new", "udp-established")
+    with pytest.raises(InputError, match=r"add \"udp-established\""):
+        scenario(events=["endpoint-removed"], background=["tcp-rr"])
+    with pytest.raises(InputError, match=r"disruption\.background"):
+        scenario(background=["tcp-crr"])
+
+
+def test_transaction_records_read_back_field_by_field(tmp_path: Path) -> None:
+    r = records(np.array([T0, T0 + 500_000]), np.array([90_000, 7]), np.array([0, 2]),
+                np.array([0, T.CRR_RECONNECTED]))
+    (tmp_path / "r").write_bytes(r.tobytes())
+    back = T.read_crr_records(tmp_path / "r")
+    assert T.CRR_RECORD.itemsize == 24 and back.tobytes() == r.tobytes()
+    assert back["due_ns"][1] == T0 + 500_000 and T.CRR_STATUS[back["status"][1]] == "timeout"
+    (tmp_path / "r").write_bytes(r.tobytes()[:-1])
+    with pytest.raises(KpbenchError, match="not a whole number of 24-byte"):
+        T.read_crr_records(tmp_path / "r")
+    r["status"][0] = 9
+    (tmp_path / "r").write_bytes(r.tobytes())
+    with pytest.raises(KpbenchError, match="unknown status 9"):
+        T.read_crr_records(tmp_path / "r")
+
+
+def test_tcp_rr_transactions_bin_by_due_time_and_a_late_one_is_a_stall_not_a_loss() -> None:
+    # 2000 transactions/s for 2 s, each answered 100 us after it was due; from 1 s on the
+    # path stalls 300 ms: every transaction due then completes at 1.3 s + 100 us, late
+    # but ok (TCP retransmitted it), and 10 of them fail (status 3) after it.
+    spacing = 500_000
+    due = T0 + np.arange(4000, dtype=np.int64) * spacing
+    start, end = T0 + 1000 * MS, T0 + 1300 * MS
+    rtt = np.full(4000, 100_000, dtype=np.int64)
+    held = (due >= start) & (due < end)
+    rtt[held] = end + 100_000 - due[held]
+    status = np.zeros(4000, dtype=np.uint16)
+    status[(due >= end) & (due < end + 10 * spacing)] = 3
+    status[-5:] = 4  # due before the stop, never started
+    due_ns, done = RR.stamps(records(due, rtt, status), until_ns=int(due[-1]) + 1)
+    assert (due_ns == due).all() and (done[status != 0] == 0).all()
+    assert (done[status == 0] == (due + rtt)[status == 0]).all()
+    tl, fig = D.summarise(due_ns, done, start, end)
+    assert (tl.delivered + tl.lost == tl.sent).all() and tl.sent.sum() == 4000
+    assert fig["lost"] == 15 and fig["baseline_lost"] == 0
+    # From the first transaction due after the last completion (the one due at `start`)
+    # to the next completion (1.3 s + 100 us): the stall, at ns precision.
+    assert fig["stall_ms"] == pytest.approx((end + 100_000 - start) / 1e6)
+    assert fig["excess_p99_ns"] > 290 * MS
+    # The transactions due after until_ns are not part of the repetition.
+    d2, _ = RR.stamps(records(due, rtt, status), until_ns=int(start))
+    assert len(d2) == 2000
+
+
+def test_a_tcp_rr_point_counts_transactions_in_its_csv_and_pools_tcp_figures(
+        tmp_path: Path) -> None:
+    udp = disruption_point([100.0])
+    rr = disruption_point([100.0], "disruption-full-sync/tcp-rr", retransmits=10,
+                          reconnects=0, tx_error=0)
+    with R.ResultWriter(tmp_path / "r.json", scenario=SCENARIO, environment=ENV) as w:
+        w.add_point(udp)
+        w.add_point(rr)
+    doc = R.load_result(tmp_path / "r.json")
+    by = {p["workload"]: p for p in doc["points"]}
+    assert by["disruption-full-sync/tcp-rr"]["summary"]["disruption"]["retransmits"] == 10
+    assert "retransmits" not in by["disruption-full-sync/udp-new"]["summary"]["disruption"]
+    units = {(r["workload"], r["repetition"], r["metric"]): r["unit"] for r in rows(doc)}
+    assert units["disruption-full-sync/tcp-rr", "all", "disruption.lost"] == "transactions"
+    assert units["disruption-full-sync/tcp-rr", 0, "sent"] == "transactions"
+    assert units["disruption-full-sync/tcp-rr", 0, "disruption.tx_error"] == "transactions"
+    assert units["disruption-full-sync/tcp-rr", 0, "disruption.retransmits"] == "segments"
+    assert units["disruption-full-sync/udp-new", 0, "disruption.lost"] == "packets"

@@ -7,7 +7,7 @@
  *   kpb-crr client --connect IP:PORT [--connect IP:PORT ...] [--bind IP] [--flows N]
  *                  [--count N] [--duration S]
  *                  [--rate TPS] [--request B] [--response B] [--timeout-ms MS]
- *                  [--samples FILE] [--keep]
+ *                  [--samples FILE] [--records FILE] [--keep]
  *
  * A transaction is: connect(), write a request of B bytes, read a response of
  * B bytes, read the responder's FIN, close(). The responder accepts, reads the
@@ -40,8 +40,19 @@
  *   crr-client transactions=N connect_failed=N timeouts=N errors=N seconds=F ...
  *   crr-server served=N errors=N connections=N
  * (served: responses written in full; connections: connections accepted.)
+ * The client prints "running" when its clock starts (with --keep: once every flow
+ * is connected).
  * --samples writes each successful transaction's latency in ns as a
  * little-endian uint32 (clamped at 2^32-1, i.e. 4.29 s), in completion order.
+ * --records writes one record per transaction, in transaction (due) order, 24 bytes
+ * little-endian (struct tx_record): due_ns (uint64, CLOCK_MONOTONIC: when it was due
+ * in open loop, when it started in closed loop), rtt_ns (uint64: due to completion or
+ * failure), status (uint16: 0 ok, 1 connect failed, 2 timeout, 3 error, 4 not
+ * started), flags (uint16: 1 = it opened its flow's connection first, --keep's
+ * reconnect), flow (uint32). Open loop, a transaction due before the run ended (its
+ * --duration, or SIGTERM/SIGINT) that no flow started is recorded "not started"
+ * (every flow was busy with an earlier one): a stall of the path shows as late or
+ * failed transactions, never as transactions that silently were not there.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -132,7 +143,15 @@ struct conn {
 };
 
 static volatile sig_atomic_t stop_flag;
-static void on_signal(int sig) { (void)sig; stop_flag = 1; }
+static volatile uint64_t stop_ns; /* when the signal came (clock_gettime is signal-safe) */
+static uint64_t now_ns(void);
+static void on_signal(int sig)
+{
+    (void)sig;
+    if (!stop_flag)
+        stop_ns = now_ns();
+    stop_flag = 1;
+}
 
 static long served, serve_errors, accepted;
 
@@ -325,7 +344,17 @@ static pthread_barrier_t connected, go;
 static atomic_long next_tx, n_ok, n_connect_failed, n_timeouts, n_errors;
 static uint32_t *samples;
 
-enum { TX_OK, TX_CONNECT_FAILED, TX_TIMEOUT, TX_ERROR };
+enum { TX_OK, TX_CONNECT_FAILED, TX_TIMEOUT, TX_ERROR, TX_NOT_STARTED };
+#define TX_NONE 0xffff /* a record no transaction wrote */
+#define TX_RECONNECTED 1 /* flags: the transaction opened its flow's connection first */
+
+struct tx_record {
+    uint64_t due_ns, rtt_ns;
+    uint16_t status, flags;
+    uint32_t flow;
+};
+_Static_assert(sizeof(struct tx_record) == 24, "--records' layout is 24 bytes");
+static struct tx_record *records;
 
 /* Wait for fd to be ready for `events` until deadline (ns); 1 ready, 0 timeout. */
 static int wait_fd(int fd, short events, uint64_t deadline)
@@ -455,9 +484,12 @@ static int transaction(char *buf, long i)
 
 /* One request/response on the flow's kept connection *fdp (--keep), opening it first
  * if it is closed; a failed transaction leaves it closed. */
-static int keep_transaction(char *buf, int *fdp, const struct sockaddr_in *dst)
+static int keep_transaction(char *buf, int *fdp, const struct sockaddr_in *dst,
+                            uint16_t *flags)
 {
     uint64_t deadline = deadline_from_now();
+    if (*fdp < 0)
+        *flags |= TX_RECONNECTED;
     int rc = *fdp < 0 ? open_conn(fdp, dst, deadline) : TX_OK;
     if (rc != TX_OK)
         return rc;
@@ -503,8 +535,13 @@ static void *flow(void *arg)
         } else if (due >= cfg.end) {
             break;
         }
-        int rc = cfg.keep ? keep_transaction(buf, &fd, dst) : transaction(buf, i);
+        uint16_t flags = 0;
+        int rc = cfg.keep ? keep_transaction(buf, &fd, dst, &flags) : transaction(buf, i);
         uint64_t lat = now_ns() - due;
+        if (records)
+            records[i] = (struct tx_record){.due_ns = due, .rtt_ns = lat,
+                                            .status = (uint16_t)rc, .flags = flags,
+                                            .flow = (uint32_t)index};
         if (rc == TX_OK) {
             long slot = atomic_fetch_add(&n_ok, 1);
             samples[slot] = lat > UINT32_MAX ? UINT32_MAX : (uint32_t)lat;
@@ -522,11 +559,37 @@ static void *flow(void *arg)
     return NULL;
 }
 
+/* --records: every transaction run, and (open loop) every one due before the run ended
+ * that none started, in transaction order. */
+static void write_records(const char *path)
+{
+    uint64_t ended = stop_flag && stop_ns < cfg.end ? stop_ns : cfg.end;
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        die("cannot write %s", path);
+    for (long i = 0; i < cfg.count; i++) {
+        struct tx_record r = records[i];
+        if (r.status == TX_NONE) {
+            if (cfg.rate <= 0)
+                continue;
+            r.due_ns = cfg.start + (uint64_t)((double)i * 1e9 / cfg.rate);
+            if (r.due_ns >= ended)
+                continue; /* due later: never part of the run */
+            r = (struct tx_record){.due_ns = r.due_ns, .status = TX_NOT_STARTED,
+                                   .flow = UINT32_MAX};
+        }
+        if (fwrite(&r, sizeof r, 1, f) != 1)
+            die("cannot write %s", path);
+    }
+    if (fclose(f))
+        die("cannot write %s", path);
+}
+
 static int client(int argc, char **argv)
 {
     long flows = 1;
     double duration = 10;
-    const char *samples_path = NULL;
+    const char *samples_path = NULL, *records_path = NULL;
     int have_dst = 0;
     cfg.request = cfg.response = 64;
     cfg.count = 1000000;
@@ -564,6 +627,8 @@ static int client(int argc, char **argv)
             cfg.timeout_ms = parse_long(v, 1, 600000, "--timeout-ms");
         else if (!strcmp(a, "--samples"))
             samples_path = v;
+        else if (!strcmp(a, "--records"))
+            records_path = v;
         else
             die("unknown client option %s", a);
         i++;
@@ -573,6 +638,13 @@ static int client(int argc, char **argv)
     samples = malloc((size_t)cfg.count * sizeof *samples);
     if (!samples)
         die("cannot allocate the samples of --count%s", "");
+    if (records_path) {
+        records = malloc((size_t)cfg.count * sizeof *records);
+        if (!records)
+            die("cannot allocate the records of --count%s", "");
+        for (long i = 0; i < cfg.count; i++)
+            records[i].status = TX_NONE;
+    }
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
@@ -592,8 +664,11 @@ static int client(int argc, char **argv)
         pthread_barrier_wait(&connected);
         cfg.start = now_ns();
         cfg.end = cfg.start + (uint64_t)(duration * 1e9);
-        pthread_barrier_wait(&go);
     }
+    printf("running\n");
+    fflush(stdout);
+    if (cfg.keep)
+        pthread_barrier_wait(&go);
     for (long i = 0; i < flows; i++)
         pthread_join(th[i], NULL);
     double seconds = (double)(now_ns() - cfg.start) / 1e9;
@@ -603,6 +678,8 @@ static int client(int argc, char **argv)
         if (!f || fwrite(samples, sizeof *samples, (size_t)ok, f) != (size_t)ok || fclose(f))
             die("cannot write %s", samples_path);
     }
+    if (records_path)
+        write_records(records_path);
     printf("crr-client transactions=%ld connect_failed=%ld timeouts=%ld errors=%ld "
            "seconds=%.6f flows=%ld loop=%s rate=%.3f\n",
            ok, atomic_load(&n_connect_failed), atomic_load(&n_timeouts),
