@@ -1,4 +1,4 @@
-"""The map entries of kpbench's eBPF datapaths, as text and as kernel bytes.
+"""The map entries of kpbench's eBPF datapaths, packed as the kernel holds them.
 
 A sync of an eBPF datapath is map programming, as in Cilium: the frontends
 of every service port (its ClusterIP, its NodePort on each node address,
@@ -8,8 +8,14 @@ entry per backend slot (slot 0 holds the count), the backends into
 ``lb4_reverse_nat``, and the backends a ClientIP-affinity entry may still
 point to into ``lb4_affinity_match`` (see ``bpf/lb4.h``).
 
-:func:`render_maps` writes them one entry per line, ``<map> <key> <value>``,
-in a stable order so two renderings diff cleanly::
+:func:`render_maps` builds them as the bytes of the C structs, map by map
+(key bytes -> value bytes), ready to be handed to the kernel: an eBPF agent
+has no text between its model and its maps, so neither does this render, and
+the apply only compares and writes. Each service port is packed once and
+kept while the port and its endpoints are unchanged, as the iptables and
+nftables renderers keep their text. ``str()`` of a rendering is its text,
+one entry per line, ``<map> <key> <value>``, in a stable order so two
+renderings diff cleanly (``kpbench render`` prints it)::
 
     svc 172.30.0.10:80/TCP#0 count=2 revnat=1 flags=- timeout=0
     svc 172.30.0.10:80/TCP#1 backend=1
@@ -18,8 +24,7 @@ in a stable order so two renderings diff cleanly::
     revnat 1 172.30.0.10:80
     match 1/3 1
 
-:func:`parse_maps` reads that text back and :func:`pack` turns entries into
-the bytes of the C structs. Nothing here needs root.
+Nothing here needs root.
 
 Which backends a frontend gets follows kube-proxy's traffic policies:
 ClusterIP uses the cluster endpoints (local ones with
@@ -33,15 +38,17 @@ the programs handle TCP and UDP only.
 
 from __future__ import annotations
 
-import functools
 import socket
 import struct
+import sys
 from collections import _count_elements as count_ids  # Counter.update's C loop
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import NamedTuple
 
 from bench.datapaths.base import NodeContext
-from bench.errors import InputError
+from bench.errors import ApplyError, InputError
 from bench.model.objects import ServiceEndpoint, ServicePortView, sorted_endpoints
 
 # Flags of a frontend (lb4_service.flags); the same values as SVC_F_* in bpf/lb4.h.
@@ -52,6 +59,7 @@ SVC_F_EXTERNAL = 0x8
 FLAG_NAMES = {SVC_F_AFFINITY: "affinity", SVC_F_SNAT: "snat", SVC_F_DROP: "drop",
               SVC_F_EXTERNAL: "external"}
 PROTO_NUMBERS = {"TCP": 6, "UDP": 17}
+PROTO_NAMES = {n: p for p, n in PROTO_NUMBERS.items()}
 
 # Rendering name -> kernel map name (bpf/lb4.h), in the order a sync writes them:
 # what a frontend points to exists before the frontend does.
@@ -69,15 +77,16 @@ _MATCH_KEY = struct.Struct("=IHxx")  # lb4_affinity_match
 _MATCH_VALUE = struct.Struct("=B")
 LAYOUTS = {"svc": (_SVC_KEY, _SVC_VALUE), "backend": (_BACKEND_KEY, _BACKEND_VALUE),
            "revnat": (_REVNAT_KEY, _REVNAT_VALUE), "match": (_MATCH_KEY, _MATCH_VALUE)}
+_MATCH_ONE = _MATCH_VALUE.pack(1)
 
 MAX_REVNAT = 0xFFFF  # lb4_service.rev_nat_index is a u16
 MAX_BACKEND_ID = 0xFFFFFFFF
 
-Entries = dict[tuple[str, str], str]  # (map, key) -> value, as rendered
+Maps = dict[str, dict[bytes, bytes]]  # rendering name -> packed key -> packed value
+Entries = dict[tuple[str, str], str]  # (map, key) -> value, as the text shows them
 
 
-@dataclass(frozen=True)
-class Frontend:
+class Frontend(NamedTuple):
     """One address:port/protocol that leads to a service port's backends."""
 
     address: str
@@ -100,10 +109,11 @@ def frontends(view: ServicePortView, ctx: NodeContext) -> list[Frontend]:
     affinity = svc.session_affinity == "ClientIP"
     base = SVC_F_AFFINITY if affinity else 0
     timeout = svc.affinity_timeout if affinity else 0
-    any_endpoint = bool(view.cluster_endpoints)
+    cluster = view.cluster_endpoints
+    any_endpoint = bool(cluster)
 
     def frontend(address: str, port: int, local: bool, external: bool) -> Frontend:
-        eps = view.local_endpoints if local else view.cluster_endpoints
+        eps = view.local_endpoints if local else cluster
         flags = base | (SVC_F_EXTERNAL if external else 0)
         if external and not local:
             flags |= SVC_F_SNAT
@@ -112,6 +122,8 @@ def frontends(view: ServicePortView, ctx: NodeContext) -> list[Frontend]:
         return Frontend(address, port, sp.protocol, sorted_endpoints(eps), flags, timeout)
 
     out = [frontend(svc.cluster_ip, sp.port, svc.internal_traffic_policy == "Local", False)]
+    if not (svc.external_ips or svc.type != "ClusterIP"):
+        return out
     local = svc.external_policy_local
     for ip in svc.external_ips:
         out.append(frontend(ip, sp.port, local, True))
@@ -148,192 +160,360 @@ class IdAllocator:
         return got
 
 
-@dataclass(frozen=True)
-class _FrontendEntries:
-    """What one frontend contributes to a sync: its ``svc`` lines and what they point to."""
+# --- packing ------------------------------------------------------------------------------
 
-    key: str
-    svc_lines: str
-    backends: tuple[tuple[int, str], ...]  # (id, its "backend" line)
-    revnat: tuple[int, str]  # (index, its "revnat" line)
-    matches: tuple[tuple[int, int], ...]
+_NATIVE = sys.byteorder
+_SLOT_ZERO = bytes(12)  # lb4_service after a slot's backend id: no count, revnat or flags
 
 
-def _frontend_entries(fe: Frontend, backend_ids: IdAllocator,
-                      revnat_ids: IdAllocator) -> _FrontendEntries:
-    key = fe.key
-    revnat = revnat_ids(key)
-    flags = ",".join(n for bit, n in FLAG_NAMES.items() if fe.flags & bit) or "-"
-    lines = [f"svc {key}#0 count={len(fe.backends)} revnat={revnat} "
-             f"flags={flags} timeout={fe.affinity_timeout}"]
-    backends = []
+class Backends:
+    """Stable backend ids (never reused, as :class:`IdAllocator`'s) and each backend's
+    packed entries, made once per address and protocol and shared by every frontend
+    and node that names it."""
+
+    def __init__(self, limit: int = MAX_BACKEND_ID) -> None:
+        self.limit = limit
+        # protocol -> "ip:port" -> ((lb4_backends key, its lb4_backend), a slot's lb4_service)
+        self.packed: dict[str, dict[str, tuple[tuple[bytes, bytes], bytes]]] = {
+            p: {} for p in PROTO_NUMBERS}
+        self.count = 0
+
+    def add(self, ep: ServiceEndpoint, proto: str) -> tuple[tuple[bytes, bytes], bytes]:
+        if self.count >= self.limit:
+            raise InputError(f"more than {self.limit} backend ids were needed; the map "
+                             "field holding them is too small for this many")
+        self.count += 1
+        key = self.count.to_bytes(4, _NATIVE)
+        got = ((key, socket.inet_aton(ep.ip) + ep.port.to_bytes(2, "big") + _PROTO_PAD[proto]),
+               key + _SLOT_ZERO)
+        self.packed[proto][ep.address] = got
+        return got
+
+
+# lb4_backend after the address and port: the protocol, then padding.
+_PROTO_PAD = {p: bytes([n, 0]) for p, n in PROTO_NUMBERS.items()}
+# lb4_key after the address and port, per protocol: slot (u16), protocol, padding.
+_SLOT_TAILS: dict[str, list[bytes]] = {p: [] for p in PROTO_NUMBERS}
+
+
+def _slot_tails(proto: str, n: int) -> list[bytes]:
+    tails = _SLOT_TAILS[proto]
+    if len(tails) <= n:
+        tails += [struct.pack("=HB3x", slot, PROTO_NUMBERS[proto])
+                  for slot in range(len(tails), 2 * n + 16)]
+    return tails
+
+
+class _Packed(NamedTuple):
+    """One frontend's entries, packed: its ``svc`` entries and what they point to."""
+
+    key: bytes  # its slot 0's lb4_key: the frontend's identity in lb4_services
+    svc_keys: tuple[bytes, ...]  # lb4_key of slots 0..count
+    svc_values: tuple[bytes, ...]  # their lb4_service
+    backends: tuple[tuple[bytes, bytes], ...]  # (id, lb4_backend) of each slot's backend
+    revnat: tuple[bytes, bytes]
+    matches: tuple[bytes, ...]  # lb4_affinity_match keys (value 1)
+
+
+def _pack(fe: Frontend, backends: Backends, revnat_ids: IdAllocator) -> _Packed:
     proto = fe.protocol
-    known = backend_ids.known
-    for slot, ep in enumerate(fe.backends, start=1):
-        bkey = f"{ep.address}/{proto}"
-        bid = known.get(bkey) or backend_ids(bkey)
-        backends.append((bid, f"backend {bid} {bkey}"))
-        lines.append(f"svc {key}#{slot} backend={bid}")
-    matches = tuple((bid, revnat) for bid, _ in backends) if fe.flags & SVC_F_AFFINITY else ()
-    return _FrontendEntries(key, "\n".join(lines), tuple(backends),
-                            (revnat, f"revnat {revnat} {fe.address}:{fe.port}"), matches)
+    head = socket.inet_aton(fe.address) + fe.port.to_bytes(2, "big")
+    known, add = backends.packed[proto], backends.add
+    got = [known.get(ep.address) or add(ep, proto) for ep in fe.backends]
+    n = len(got)
+    revnat = revnat_ids(f"{fe.address}:{fe.port}/{proto}")
+    keys = tuple(map(head.__add__, _slot_tails(proto, n)[:n + 1]))
+    values = (_SVC_VALUE.pack(0, fe.affinity_timeout, n, revnat, fe.flags), *map(_second, got))
+    rev = revnat.to_bytes(2, _NATIVE)
+    matches = (tuple([b[0][0] + rev + b"\0\0" for b in got])
+               if fe.flags & SVC_F_AFFINITY else ())
+    # lb4_reverse_nat: the frontend's address and port (head), then padding.
+    return _Packed(keys[0], keys, values, tuple(map(_first, got)), (rev, head + b"\0\0"),
+                   matches)
 
 
-PortCache = dict[str, tuple[ServicePortView, NodeContext, tuple[_FrontendEntries, ...]]]
+_first, _second = itemgetter(0), itemgetter(1)
+
+
+def _pack_port(view: ServicePortView, ctx: NodeContext, backends: Backends,
+               revnat_ids: IdAllocator) -> tuple[_Packed, ...]:
+    return tuple([_pack(fe, backends, revnat_ids) for fe in frontends(view, ctx)])
+
+
+def _entries(packed: Iterable[_Packed]) -> tuple[Maps, dict[bytes, int]]:
+    """The entries of ``packed`` frontends by map, and how often each backend is named."""
+    maps: Maps = {m: {} for m in MAPS}
+    svc, revnat, match, backend = maps["svc"], maps["revnat"], maps["match"], maps["backend"]
+    refs: dict[bytes, int] = {}
+    for fe in packed:
+        svc.update(zip(fe.svc_keys, fe.svc_values))
+        backend.update(fe.backends)
+        count_ids(refs, map(_first, fe.backends))
+        revnat[fe.revnat[0]] = fe.revnat[1]
+        if fe.matches:
+            match.update(dict.fromkeys(fe.matches, _MATCH_ONE))
+    return maps, refs
+
+
+# --- renderings ---------------------------------------------------------------------------
+
+class MapsRendering:
+    """What a full sync makes the four maps hold (:attr:`maps`: rendering name -> packed
+    key -> packed value), for node ``node`` at render generation ``generation``.
+
+    It shares its dictionaries with the node's render state, which a partial sync
+    updates in place (a copy would cost a full sync's worth of entries): once one
+    has, this rendering is out of date and refuses to be read (render again).
+    ``str()`` is its text (built on first use).
+    """
+
+    def __init__(self, node: str, maps: Maps, frontends: int, generation: int) -> None:
+        self.node, self.frontends, self.generation = node, frontends, generation
+        self._maps: Maps | None = maps
+        self._text: str | None = None
+
+    @property
+    def maps(self) -> Maps:
+        if self._maps is None:
+            raise ApplyError(f"this rendering of {self.node}'s maps (generation "
+                             f"{self.generation}) is out of date: a partial sync has "
+                             "changed them since; render a full sync again")
+        return self._maps
+
+    def retire(self) -> None:
+        """The node's maps are about to change in place: this rendering is no longer."""
+        self._maps = None
+
+    def counts(self) -> dict[str, int]:
+        """Entries per map, by rendering name."""
+        return {m: len(self.maps[m]) for m in MAPS}
+
+    def entries(self) -> Entries:
+        """(map, key) -> value of every entry, as the text shows them."""
+        return {(m, k): v for m in MAPS for k, v in _unpacked(m, self.maps[m])}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, MapsRendering) and other.maps == self.maps
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __str__(self) -> str:
+        if self._text is None:
+            lines = [f"# kpbench lb4 maps for {self.node}: <map> <key> <value>"]
+            lines += [f"{m} {k} {v}" for m in ("svc", "backend", "revnat", "match")
+                      for k, v in _unpacked(m, self.maps[m])]
+            self._text = "\n".join(lines) + "\n"
+        return self._text
+
 
 DELTA_HEADER = "# kpbench lb4 maps delta for "
 
 
+@dataclass(frozen=True)
+class MapsDelta:
+    """What a partial sync writes (``writes``) and deletes (``deletes``) in each map,
+    packed, taking node ``node`` from render generation ``start`` to ``end``."""
+
+    node: str
+    start: int
+    end: int
+    writes: Maps
+    deletes: dict[str, list[bytes]]
+
+    def counts(self) -> dict[str, int]:
+        return {"written": sum(map(len, self.writes.values())),
+                "deleted": sum(map(len, self.deletes.values()))}
+
+    def __str__(self) -> str:
+        lines = [f"{DELTA_HEADER}{self.node}: {self.start} -> {self.end}"]
+        lines += [f"{m} {k} {v}" for m in MAPS for k, v in _unpacked(m, self.writes[m])]
+        lines += [f"delete {m} {k}" for m in MAPS
+                  for k, _ in _unpacked(m, dict.fromkeys(self.deletes[m], b""))]
+        return "\n".join(lines) + "\n"
+
+
+def _hostport(addr: bytes, port: bytes) -> str:
+    return f"{socket.inet_ntoa(addr)}:{int.from_bytes(port, 'big')}"
+
+
+def _flags(bits: int) -> str:
+    return ",".join(n for bit, n in FLAG_NAMES.items() if bits & bit) or "-"
+
+
+def _svc_order(key: bytes) -> tuple[bytes, int, int]:
+    return key[:6], key[8], int.from_bytes(key[6:8], _NATIVE)
+
+
+def _unpacked(m: str, entries: dict[bytes, bytes]) -> list[tuple[str, str]]:
+    """(key, value) of map ``m``'s packed entries as the text shows them, in its order:
+    frontends by address, port and protocol, then slot; the others by id."""
+    out = []
+    if m == "svc":
+        for k in sorted(entries, key=_svc_order):
+            v = entries[k]
+            slot = int.from_bytes(k[6:8], _NATIVE)
+            bid, timeout, count, revnat, flags = _SVC_VALUE.unpack(v) if v else (0,) * 5
+            out.append((f"{_hostport(k[:4], k[4:6])}/{PROTO_NAMES[k[8]]}#{slot}",
+                        "" if not v else f"backend={bid}" if slot else
+                        f"count={count} revnat={revnat} flags={_flags(flags)} "
+                        f"timeout={timeout}"))
+    elif m == "backend":
+        for k in sorted(entries, key=lambda k: int.from_bytes(k, _NATIVE)):
+            v = entries[k]
+            out.append((str(int.from_bytes(k, _NATIVE)),
+                        v and f"{_hostport(v[:4], v[4:6])}/{PROTO_NAMES[v[6]]}"))
+    elif m == "revnat":
+        for k in sorted(entries, key=lambda k: int.from_bytes(k, _NATIVE)):
+            v = entries[k]
+            out.append((str(int.from_bytes(k, _NATIVE)), v and _hostport(v[:4], v[4:6])))
+    else:
+        for k in sorted(entries, key=_MATCH_KEY.unpack):
+            b, r = _MATCH_KEY.unpack(k)
+            out.append((f"{b}/{r}", str(entries[k][0]) if entries[k] else ""))
+    return out
+
+
+# --- a node's renders ---------------------------------------------------------------------
+
 @dataclass
 class NodeRender:
-    """What the renders for one node left behind: each service port's entries, and the
-    state of the maps they make, so a partial sync renders only what changed.
+    """What the renders for one node left behind: each service port's packed entries, and
+    the whole rendering they make, kept up to date by partial syncs, so a partial sync
+    renders only what changed and a full one after it assembles nothing again.
 
     ``generation`` counts the renders; a delta names the generation it starts
     from, so it is only applied to a node holding exactly that state.
     """
 
-    cache: PortCache = field(default_factory=dict)
-    names: list[str] = field(default_factory=list)  # port order of the last full render
-    text: str | None = None  # the last full rendering, while still the current state
-    owner: dict[str, str] = field(default_factory=dict)  # frontend key -> its port's name
+    cache: dict[str, tuple[ServicePortView, NodeContext, tuple[_Packed, ...]]] = field(
+        default_factory=dict)
+    # The whole rendering of the ports in ``live`` (None before the first full render).
+    maps: Maps | None = None
+    live: set[str] = field(default_factory=set)
+    refs: dict[bytes, int] = field(default_factory=dict)  # backend key -> frontends naming it
+    owner: dict[bytes, str] = field(default_factory=dict)  # frontend -> its port's name
     ports_of: dict[str, list[str]] = field(default_factory=dict)  # Service key -> port names
-    backend_refs: dict[int, int] = field(default_factory=dict)  # backend id -> frontends
+    # Some frontend is claimed by two ports: the port order decides which holds it, so
+    # a full render assembles the maps again.
+    shared: bool = False
+    rendering: MapsRendering | None = None  # the last full rendering, while current
     generation: int = 0
     rendered_entries: int = 0  # entries the last render built anew (not from the cache)
 
 
-def render_maps(ports: Sequence[ServicePortView], ctx: NodeContext,
-                backend_ids: IdAllocator, revnat_ids: IdAllocator,
-                state: NodeRender | None = None) -> str:
-    """Every map entry a full sync programs, one per line (see the module doc).
+def render_maps(ports: Sequence[ServicePortView], ctx: NodeContext, backends: Backends,
+                revnat_ids: IdAllocator, state: NodeRender | None = None) -> MapsRendering:
+    """Every map entry a full sync programs, packed (see the module doc).
 
     ``state``, if given, holds each port's entries from earlier renders: a port
-    equal to the cached one is not rendered again (its ids are stable, see
-    :class:`IdAllocator`), and when every port is unchanged and in the same
-    order, the last rendering is returned as it is.
+    equal to the cached one is not packed again (its ids are stable, see
+    :class:`IdAllocator`). When every port is cached and they are the ports the
+    node's whole rendering holds (kept up to date by :func:`render_delta`), that
+    rendering is returned: as it is if no partial sync came since, else copied.
     """
     state = NodeRender() if state is None else state
     cache = state.cache
     names = [v.name for v in ports]
-    fresh = 0
-    hits: list[tuple[_FrontendEntries, ...]] = []
+    fresh = misses = 0
+    hits: list[tuple[_Packed, ...]] = []
     for view, name in zip(ports, names, strict=True):
         hit = cache.get(name)
         if hit is None or not (hit[1] is ctx or hit[1] == ctx) or not (
                 hit[0] is view or hit[0] == view):
-            hit = (view, ctx, tuple(_frontend_entries(fe, backend_ids, revnat_ids)
-                                    for fe in frontends(view, ctx)))
+            hit = (view, ctx, _pack_port(view, ctx, backends, revnat_ids))
             cache[name] = hit
-            fresh += sum(1 + len(fe.backends) for fe in hit[2])
+            misses += 1
+            fresh += sum([len(fe.svc_keys) for fe in hit[2]])
         hits.append(hit[2])
     state.rendered_entries = fresh
-    if not fresh and state.text is not None and names == state.names:
-        return state.text  # nothing changed since the last full render
-    svc_lines: list[str] = []
-    backends: dict[int, str] = {}
-    refs: dict[int, int] = {}
-    revnats: dict[int, str] = {}
-    matches: set[tuple[int, int]] = set()
-    owner: dict[str, str] = {}
+    if not misses and state.maps is not None and not state.shared and state.live == set(names):
+        if state.rendering is None:  # partial syncs kept the maps up to date
+            state.rendering = MapsRendering(ctx.node_name, state.maps, len(state.owner),
+                                            state.generation)
+        return state.rendering
+    owner: dict[bytes, str] = {}
     ports_of: dict[str, list[str]] = {}
+    shared = False
+    kept: list[_Packed] = []
     for view, name, entries in zip(ports, names, hits, strict=True):
         ports_of.setdefault(view.service.key, []).append(name)
         for fe in entries:
             if fe.key in owner:
-                continue  # a later duplicate frontend loses, as a map key can only hold one
+                shared = True  # a later duplicate frontend loses, as a map key holds one
+                continue
             owner[fe.key] = name
-            revnats[fe.revnat[0]] = fe.revnat[1]
-            svc_lines.append(fe.svc_lines)
-            backends.update(fe.backends)
-            count_ids(refs, [bid for bid, _ in fe.backends])
-            matches.update(fe.matches)
+            kept.append(fe)
+    maps, refs = _entries(kept)
     if len(cache) > 2 * len(ports) + 64:
         live = set(names)
         for name in [n for n in cache if n not in live]:
             del cache[name]
-    lines = [f"# kpbench lb4 maps for {ctx.node_name}: <map> <key> <value>", *svc_lines]
-    lines += [backends[bid] for bid in sorted(backends)]
-    lines += [revnats[i] for i in sorted(revnats)]
-    lines += [f"match {b}/{r} 1" for b, r in sorted(matches)]
-    text = "\n".join(lines) + "\n"
-    state.names, state.text, state.owner, state.ports_of = names, text, owner, ports_of
-    state.backend_refs = refs
     state.generation += 1
-    return text
+    state.maps, state.refs, state.owner, state.ports_of = maps, refs, owner, ports_of
+    state.live, state.shared = set(names), shared
+    # (An earlier rendering keeps the dictionaries replaced here: nothing changes them.)
+    state.rendering = MapsRendering(ctx.node_name, maps, len(owner), state.generation)
+    return state.rendering
 
 
-def _split_lines(text: str) -> dict[tuple[str, str], str]:
-    out = {}
-    for line in text.splitlines():
-        m, k, v = line.split(" ", 2)
-        out[(m, k)] = v
-    return out
-
-
-def _entries_of(frontends: Iterable[_FrontendEntries]) -> tuple[Entries, dict[int, int]]:
-    """The svc, revnat and match entries of ``frontends``, and how often each backend
-    id is named by them."""
-    entries: Entries = {}
-    refs: dict[int, int] = {}
-    for fe in frontends:
-        entries.update(_split_lines(fe.svc_lines))
-        entries.update(_split_lines(fe.revnat[1]))
-        for bid, _ in fe.backends:
-            refs[bid] = refs.get(bid, 0) + 1
-        for b, r in fe.matches:
-            entries[("match", f"{b}/{r}")] = "1"
-    return entries, refs
-
-
-def render_delta(ports: Sequence[ServicePortView], ctx: NodeContext,
-                 backend_ids: IdAllocator, revnat_ids: IdAllocator,
-                 state: NodeRender, changed: Collection[str]) -> str:
+def render_delta(ports: Sequence[ServicePortView], ctx: NodeContext, backends: Backends,
+                 revnat_ids: IdAllocator, state: NodeRender,
+                 changed: Collection[str]) -> MapsDelta | MapsRendering:
     """The entries a partial sync writes and deletes after the Services in ``changed``
-    (``ns/name``) changed: only those Services' ports are rendered, as an eBPF agent
+    (``ns/name``) changed: only those Services' ports are packed, as an eBPF agent
     updates the map entries of the frontends that changed.
 
-    Lines are ``<map> <key> <value>`` (write) and ``delete <map> <key>``,
-    after a header naming the generation of ``state`` they start from. Ports
-    of other Services are trusted to be unchanged, as a partial sync trusts its
-    change tracker. Without a full render to start from, for another node
-    context, or when a changed frontend shares its address with another
-    port's (only one of them can hold the map key), this is a full rendering.
+    Ports of other Services are trusted to be unchanged, as a partial sync trusts
+    its change tracker. The node's whole rendering is updated in place. Without a
+    full render to start from, for another node context, or when a changed
+    frontend shares its address with another port's (only one of them can hold
+    the map key), this is a full rendering.
     """
     first = next(iter(state.cache.values()), None)
-    if state.text is None and not state.owner or first is not None and not (
-            first[1] is ctx or first[1] == ctx):
-        return render_maps(ports, ctx, backend_ids, revnat_ids, state)
+    if state.maps is None or first is not None and not (first[1] is ctx or first[1] == ctx):
+        return render_maps(ports, ctx, backends, revnat_ids, state)
     keys = set(changed)
     index = getattr(ports, "by_service", None)  # objects.PortViews: no walk over every port
     views = ([v for k in keys for v in index.get(k, ())] if index is not None
              else [v for v in ports if v.service.key in keys])
     old_names = {n for k in keys for n in state.ports_of.get(k, ())}
     old_ports = [(n, state.cache[n][2]) for n in old_names if n in state.cache]
-    old = [fe for _, entries in old_ports for fe in entries]
-    new = {v.name: tuple(_frontend_entries(fe, backend_ids, revnat_ids)
-                         for fe in frontends(v, ctx)) for v in views}
+    new = {v.name: _pack_port(v, ctx, backends, revnat_ids) for v in views}
+    owner = state.owner
     claimed = [fe.key for entries in new.values() for fe in entries]
     if (len(set(claimed)) != len(claimed)
-            or any(state.owner.get(fe.key) != n for n, entries in old_ports for fe in entries)
-            or any(state.owner.get(k) not in (None, *old_names) for k in claimed)):
+            or any(owner.get(fe.key) != n for n, entries in old_ports for fe in entries)
+            or any(owner.get(k) not in (None, *old_names) for k in claimed)):
         # A frontend address held by two ports: which one wins depends on the order
         # of all ports, so render them all.
-        return render_maps(ports, ctx, backend_ids, revnat_ids, state)
-    before, refs_before = _entries_of(old)
-    after, refs_after = _entries_of(fe for entries in new.values() for fe in entries)
-    writes = [(m, k, v) for (m, k), v in after.items() if before.get((m, k)) != v]
-    deletes = [(m, k) for (m, k) in before if (m, k) not in after]
-    refs = state.backend_refs
-    lines_of = {bid: line for entries in new.values() for fe in entries
-                for bid, line in fe.backends}
-    for bid in set(refs_before) | set(refs_after):
+        return render_maps(ports, ctx, backends, revnat_ids, state)
+    old = [fe for _, entries in old_ports for fe in entries]
+    before, refs_before = _entries(old)
+    after, refs_after = _entries(fe for entries in new.values() for fe in entries)
+    writes: Maps = {m: {} for m in MAPS}
+    deletes: dict[str, list[bytes]] = {m: [] for m in MAPS}
+    if state.rendering is not None:
+        state.rendering.retire()  # its dictionaries change now
+        state.rendering = None
+    maps = state.maps
+    for m in ("svc", "revnat", "match"):
+        was, now, held = before[m], after[m], maps[m]
+        for k, v in now.items():
+            if was.get(k) != v:
+                writes[m][k] = held[k] = v
+        for k in was:
+            if k not in now:
+                deletes[m].append(k)
+                del held[k]
+    refs, held = state.refs, maps["backend"]
+    for bid in refs_before.keys() | refs_after.keys():
         had = refs.get(bid, 0)
         has = had - refs_before.get(bid, 0) + refs_after.get(bid, 0)
         if has and not had:
-            writes.append(("backend", str(bid), lines_of[bid].split(" ", 2)[2]))
+            writes["backend"][bid] = held[bid] = after["backend"][bid]
         elif had and not has:
-            deletes.append(("backend", str(bid)))
+            deletes["backend"].append(bid)
+            del held[bid]
         if has:
             refs[bid] = has
         else:
@@ -341,134 +521,18 @@ def render_delta(ports: Sequence[ServicePortView], ctx: NodeContext,
     # The state a full render of the new ports would leave.
     for name in old_names - new.keys():
         state.cache.pop(name, None)
+        state.live.discard(name)
     for key in keys:
         state.ports_of.pop(key, None)
     for fe in old:
-        state.owner.pop(fe.key, None)
+        owner.pop(fe.key, None)
     for view in views:
         state.cache[view.name] = (view, ctx, new[view.name])
         state.ports_of.setdefault(view.service.key, []).append(view.name)
+        state.live.add(view.name)
         for fe in new[view.name]:
-            state.owner[fe.key] = view.name
-    state.text, state.names = None, []  # the next full render assembles the text again
+            owner[fe.key] = view.name
     start = state.generation
     state.generation += 1
-    state.rendered_entries = sum(1 + len(fe.backends) for e in new.values() for fe in e)
-    out = [f"{DELTA_HEADER}{ctx.node_name}: {start} -> {state.generation}"]
-    out += [f"{m} {k} {v}" for m, k, v in writes]
-    out += [f"delete {m} {k}" for m, k in deletes]
-    return "\n".join(out) + "\n"
-
-
-def parse_delta(rendered: str) -> tuple[int, int, Entries, list[tuple[str, str]]]:
-    """(from, to generation, entries to write, (map, key) to delete) of a delta."""
-    header, _, body = rendered.partition("\n")
-    try:
-        span = header.removeprefix(DELTA_HEADER).rsplit(": ", 1)[1]
-        start, _, end = span.partition(" -> ")
-        gens = int(start), int(end)
-    except (IndexError, ValueError):
-        raise InputError(f"line 1: expected '{DELTA_HEADER}<node>: <from> -> <to>': "
-                         f"{header!r}", source="eBPF map delta") from None
-    writes: Entries = {}
-    deletes: list[tuple[str, str]] = []
-    for n, line in enumerate(body.splitlines(), start=2):
-        if not line or line.startswith("#"):
-            continue
-        parts = line.split(" ", 2)
-        if parts[0] == "delete" and len(parts) == 3 and parts[1] in MAPS:
-            deletes.append((parts[1], parts[2]))
-        elif len(parts) == 3 and parts[0] in MAPS:
-            writes[(parts[0], parts[1])] = parts[2]
-        else:
-            raise InputError(f"line {n}: expected '<map> <key> <value>' or 'delete <map> "
-                             f"<key>' with a map among {', '.join(MAPS)}: {line!r}",
-                             source="eBPF map delta")
-    return gens[0], gens[1], writes, deletes
-
-
-def is_delta(rendered: str) -> bool:
-    return rendered.startswith(DELTA_HEADER)
-
-
-def parse_maps(rendered: str) -> Entries:
-    """(map, key) -> value of every entry in a rendering; comments and blanks skipped."""
-    entries: Entries = {}
-    for n, line in enumerate(rendered.splitlines(), start=1):
-        if not line or line.startswith("#"):
-            continue
-        parts = line.split(" ", 2)
-        if len(parts) != 3 or parts[0] not in MAPS:
-            raise InputError(f"line {n}: expected '<map> <key> <value>' with a map among "
-                             f"{', '.join(MAPS)}: {line!r}", source="eBPF map rendering")
-        entries[(parts[0], parts[1])] = parts[2]
-    return entries
-
-
-def count_entries(entries: Entries | Iterable[tuple[str, str]]) -> dict[str, int]:
-    """Entries per map, by rendering name."""
-    counts = dict.fromkeys(MAPS, 0)
-    for m, _ in entries:
-        counts[m] += 1
-    return counts
-
-
-def _addr(text: str) -> bytes:
-    # Renderings hold canonical addresses (the model validated them): no re-validation.
-    return socket.inet_aton(text)
-
-
-def _port(port: str | int) -> int:
-    # Stored in network order in a u16 the program reads natively.
-    return socket.htons(int(port))
-
-
-# A frontend's address repeats on every slot line and backends repeat across
-# frontends: remember the parsed form (a full sync at 10k services packs 220k lines).
-@functools.lru_cache(maxsize=1 << 18)
-def _hostport(text: str) -> tuple[bytes, int, str]:
-    hostport, _, proto = text.partition("/")
-    host, _, port = hostport.rpartition(":")
-    return _addr(host), _port(port), proto
-
-
-def _fields(value: str) -> dict[str, str]:
-    return dict(f.split("=", 1) for f in value.split())
-
-
-def pack_key(m: str, key: str) -> bytes:
-    """The kernel bytes of one rendered key of map ``m``."""
-    if m == "svc":
-        frontend, _, slot = key.partition("#")
-        addr, port, proto = _hostport(frontend)
-        return _SVC_KEY.pack(addr, port, int(slot), PROTO_NUMBERS[proto])
-    if m == "backend":
-        return _BACKEND_KEY.pack(int(key))
-    if m == "revnat":
-        return _REVNAT_KEY.pack(int(key))
-    backend, _, revnat = key.partition("/")
-    return _MATCH_KEY.pack(int(backend), int(revnat))
-
-
-def pack_value(m: str, value: str) -> bytes:
-    """The kernel bytes of one rendered value of map ``m``."""
-    if m == "svc":
-        if value.startswith("backend="):
-            return _SVC_VALUE.pack(int(value[8:]), 0, 0, 0, 0)
-        f = _fields(value)
-        bits = {name: bit for bit, name in FLAG_NAMES.items()}
-        flags = sum(bits[n] for n in f["flags"].split(",") if n != "-")
-        return _SVC_VALUE.pack(0, int(f["timeout"]), int(f["count"]), int(f["revnat"]), flags)
-    if m == "backend":
-        addr, port, proto = _hostport(value)
-        return _BACKEND_VALUE.pack(addr, port, PROTO_NUMBERS[proto])
-    if m == "revnat":
-        addr, port, _ = _hostport(value)
-        return _REVNAT_VALUE.pack(addr, port)
-    return _MATCH_VALUE.pack(int(value))
-
-
-def pack(m: str, items: Sequence[tuple[str, str]]) -> tuple[bytes, bytes]:
-    """Keys and values of ``items`` (rendered key, value) of map ``m``, concatenated."""
-    return (b"".join(pack_key(m, k) for k, _ in items),
-            b"".join(pack_value(m, v) for _, v in items))
+    state.rendered_entries = sum(len(fe.svc_keys) for e in new.values() for fe in e)
+    return MapsDelta(ctx.node_name, start, state.generation, writes, deletes)
