@@ -42,10 +42,13 @@ import socket
 import struct
 import sys
 from collections import _count_elements as count_ids  # Counter.update's C loop
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from operator import itemgetter
 from typing import NamedTuple
+
+import numpy as np
 
 from bench.datapaths.base import NodeContext
 from bench.errors import ApplyError, InputError
@@ -147,9 +150,9 @@ class IdAllocator:
     def __init__(self, name: str, limit: int) -> None:
         self.name = name
         self.limit = limit
-        self.known: dict[str, int] = {}  # key -> its id (read-only for callers)
+        self.known: dict[Hashable, int] = {}  # key -> its id (read-only for callers)
 
-    def __call__(self, key: str) -> int:
+    def __call__(self, key: Hashable) -> int:
         got = self.known.get(key)
         if got is None:
             got = len(self.known) + 1
@@ -168,91 +171,158 @@ _SLOT_ZERO = bytes(12)  # lb4_service after a slot's backend id: no count, revna
 
 class Backends:
     """Stable backend ids (never reused, as :class:`IdAllocator`'s) and each backend's
-    packed entries, made once per address and protocol and shared by every frontend
-    and node that names it."""
+    packed lb4_backend, made once per address and protocol and shared by every
+    frontend and node that names it."""
 
     def __init__(self, limit: int = MAX_BACKEND_ID) -> None:
         self.limit = limit
-        # protocol -> "ip:port" -> ((lb4_backends key, its lb4_backend), a slot's lb4_service)
-        self.packed: dict[str, dict[str, tuple[tuple[bytes, bytes], bytes]]] = {
-            p: {} for p in PROTO_NUMBERS}
-        self.count = 0
+        self.ids: dict[str, dict[str, int]] = {p: {} for p in PROTO_NUMBERS}  # "ip:port"
+        self.values: list[bytes] = [b""]  # lb4_backend by id (0 is no backend)
 
-    def add(self, ep: ServiceEndpoint, proto: str) -> tuple[tuple[bytes, bytes], bytes]:
-        if self.count >= self.limit:
+    def add(self, ep: ServiceEndpoint, proto: str) -> int:
+        bid = len(self.values)
+        if bid > self.limit:
             raise InputError(f"more than {self.limit} backend ids were needed; the map "
                              "field holding them is too small for this many")
-        self.count += 1
-        key = self.count.to_bytes(4, _NATIVE)
-        got = ((key, socket.inet_aton(ep.ip) + ep.port.to_bytes(2, "big") + _PROTO_PAD[proto]),
-               key + _SLOT_ZERO)
-        self.packed[proto][ep.address] = got
-        return got
+        self.values.append(socket.inet_aton(ep.ip) + ep.port.to_bytes(2, "big")
+                           + _PROTO_PAD[proto])
+        self.ids[proto][ep.address] = bid
+        return bid
 
 
 # lb4_backend after the address and port: the protocol, then padding.
 _PROTO_PAD = {p: bytes([n, 0]) for p, n in PROTO_NUMBERS.items()}
 # lb4_key after the address and port, per protocol: slot (u16), protocol, padding.
-_SLOT_TAILS: dict[str, list[bytes]] = {p: [] for p in PROTO_NUMBERS}
+_SLOT_TAILS: dict[int, list[bytes]] = {n: [struct.pack("=HB3x", 0, n)]
+                                        for n in PROTO_NUMBERS.values()}
 
 
-def _slot_tails(proto: str, n: int) -> list[bytes]:
+def _slot_tails(proto: int, n: int) -> list[bytes]:
     tails = _SLOT_TAILS[proto]
     if len(tails) <= n:
-        tails += [struct.pack("=HB3x", slot, PROTO_NUMBERS[proto])
-                  for slot in range(len(tails), 2 * n + 16)]
+        tails += [struct.pack("=HB3x", slot, proto) for slot in range(len(tails), 2 * n + 16)]
     return tails
+
+
+class _Fe(NamedTuple):
+    """One frontend as the numbers its entries are packed from (a service port's cached
+    render): both packers below take these."""
+
+    key: bytes  # its slot 0's lb4_key: the frontend's identity in lb4_services
+    head: bytes  # its address and port (network order), as lb4_key begins
+    proto: int
+    flags: int
+    timeout: int
+    revnat: int
+    backends: tuple[int, ...]  # the backend id of each slot
+
+
+def _port_frontends(view: ServicePortView, ctx: NodeContext, backends: Backends,
+                    revnat_ids: IdAllocator) -> tuple[_Fe, ...]:
+    out = []
+    for fe in frontends(view, ctx):
+        proto = fe.protocol
+        ids, add = backends.ids[proto], backends.add
+        num = PROTO_NUMBERS[proto]
+        head = socket.inet_aton(fe.address) + fe.port.to_bytes(2, "big")
+        key = head + _SLOT_TAILS[num][0]
+        out.append(_Fe(key, head, num, fe.flags, fe.affinity_timeout, revnat_ids(key),
+                       tuple([ids.get(ep.address) or add(ep, proto) for ep in fe.backends])))
+    return tuple(out)
 
 
 class _Packed(NamedTuple):
     """One frontend's entries, packed: its ``svc`` entries and what they point to."""
 
-    key: bytes  # its slot 0's lb4_key: the frontend's identity in lb4_services
-    svc_keys: tuple[bytes, ...]  # lb4_key of slots 0..count
-    svc_values: tuple[bytes, ...]  # their lb4_service
+    svc: dict[bytes, bytes]  # lb4_key -> lb4_service of slots 0..count
     backends: tuple[tuple[bytes, bytes], ...]  # (id, lb4_backend) of each slot's backend
     revnat: tuple[bytes, bytes]
     matches: tuple[bytes, ...]  # lb4_affinity_match keys (value 1)
 
 
-def _pack(fe: Frontend, backends: Backends, revnat_ids: IdAllocator) -> _Packed:
-    proto = fe.protocol
-    head = socket.inet_aton(fe.address) + fe.port.to_bytes(2, "big")
-    known, add = backends.packed[proto], backends.add
-    got = [known.get(ep.address) or add(ep, proto) for ep in fe.backends]
-    n = len(got)
-    revnat = revnat_ids(f"{fe.address}:{fe.port}/{proto}")
-    keys = tuple(map(head.__add__, _slot_tails(proto, n)[:n + 1]))
-    values = (_SVC_VALUE.pack(0, fe.affinity_timeout, n, revnat, fe.flags), *map(_second, got))
-    rev = revnat.to_bytes(2, _NATIVE)
-    matches = (tuple([b[0][0] + rev + b"\0\0" for b in got])
-               if fe.flags & SVC_F_AFFINITY else ())
-    # lb4_reverse_nat: the frontend's address and port (head), then padding.
-    return _Packed(keys[0], keys, values, tuple(map(_first, got)), (rev, head + b"\0\0"),
-                   matches)
+def _pack(fe: _Fe, backends: Backends) -> _Packed:
+    """One frontend's entries, packed in Python (a partial sync's few frontends;
+    :func:`_pack_all` packs a full sync's, to the same bytes)."""
+    n = len(fe.backends)
+    ids = [b.to_bytes(4, _NATIVE) for b in fe.backends]
+    rev = fe.revnat.to_bytes(2, _NATIVE)
+    svc = dict(zip(map(fe.head.__add__, _slot_tails(fe.proto, n)[:n + 1]),
+                   [_SVC_VALUE.pack(0, fe.timeout, n, fe.revnat, fe.flags),
+                    *[k + _SLOT_ZERO for k in ids]]))
+    values = backends.values
+    return _Packed(svc, tuple(zip(ids, [values[b] for b in fe.backends])),
+                   (rev, fe.head + b"\0\0"),
+                   tuple([k + rev + b"\0\0" for k in ids]) if fe.flags & SVC_F_AFFINITY else ())
 
 
-_first, _second = itemgetter(0), itemgetter(1)
+_first = itemgetter(0)
 
 
-def _pack_port(view: ServicePortView, ctx: NodeContext, backends: Backends,
-               revnat_ids: IdAllocator) -> tuple[_Packed, ...]:
-    return tuple([_pack(fe, backends, revnat_ids) for fe in frontends(view, ctx)])
-
-
-def _entries(packed: Iterable[_Packed]) -> tuple[Maps, dict[bytes, int]]:
+def _entries(packed: Sequence[_Packed]) -> tuple[Maps, dict[bytes, int]]:
     """The entries of ``packed`` frontends by map, and how often each backend is named."""
     maps: Maps = {m: {} for m in MAPS}
-    svc, revnat, match, backend = maps["svc"], maps["revnat"], maps["match"], maps["backend"]
     refs: dict[bytes, int] = {}
     for fe in packed:
-        svc.update(zip(fe.svc_keys, fe.svc_values))
-        backend.update(fe.backends)
+        maps["svc"].update(fe.svc)
+        maps["backend"].update(fe.backends)
         count_ids(refs, map(_first, fe.backends))
-        revnat[fe.revnat[0]] = fe.revnat[1]
-        if fe.matches:
-            match.update(dict.fromkeys(fe.matches, _MATCH_ONE))
+        maps["revnat"][fe.revnat[0]] = fe.revnat[1]
+        maps["match"].update(dict.fromkeys(fe.matches, _MATCH_ONE))
     return maps, refs
+
+
+# The structs of bpf/lb4.h as numpy records (native byte order, as LAYOUTS).
+_SVC_KEY_NP = np.dtype({"names": ["head", "slot", "proto"], "formats": ["V6", "=u2", "u1"],
+                        "offsets": [0, 6, 8], "itemsize": 12})
+_SVC_VALUE_NP = np.dtype({"names": ["backend", "timeout", "count", "revnat", "flags"],
+                          "formats": ["=u4", "=u4", "=u2", "=u2", "u1"],
+                          "offsets": [0, 4, 8, 10, 12], "itemsize": 16})
+_REVNAT_VALUE_NP = np.dtype({"names": ["head"], "formats": ["V6"], "offsets": [0],
+                             "itemsize": 8})
+_MATCH_KEY_NP = np.dtype({"names": ["backend", "revnat"], "formats": ["=u4", "=u2"],
+                          "offsets": [0, 4], "itemsize": 8})
+
+
+def _pack_all(fes: Sequence[_Fe], backends: Backends) -> tuple[Maps, dict[bytes, int]]:
+    """Every entry of ``fes`` (frontends with distinct keys) by map, and how often each
+    backend is named: a full sync's 220k entries at 10k services, built as numpy
+    records and handed over as the bytes objects the maps are compared in."""
+    n = len(fes)
+    ids = [fe.backends for fe in fes]
+    counts = np.fromiter(map(len, ids), np.int64, n)
+    rows = counts + 1
+    total = int(rows.sum())
+    starts = np.cumsum(rows) - rows
+    slot_ids = np.fromiter(chain.from_iterable(ids), np.uint32, total - n)
+    heads = np.frombuffer(b"".join([fe.head for fe in fes]), "V6")
+    revnats = np.fromiter([fe.revnat for fe in fes], np.uint16, n)
+    key = np.zeros(total, _SVC_KEY_NP)
+    key["head"] = np.repeat(heads, rows)
+    key["slot"] = np.arange(total) - np.repeat(starts, rows)
+    key["proto"] = np.repeat(np.fromiter([fe.proto for fe in fes], np.uint8, n), rows)
+    value = np.zeros(total, _SVC_VALUE_NP)
+    slots = np.ones(total, bool)
+    slots[starts] = False
+    value["backend"][slots] = slot_ids
+    value["timeout"][starts] = np.fromiter([fe.timeout for fe in fes], np.uint32, n)
+    value["count"][starts] = counts
+    value["revnat"][starts] = revnats
+    value["flags"][starts] = np.fromiter([fe.flags for fe in fes], np.uint8, n)
+    used, named = np.unique(slot_ids, return_counts=True)
+    backend_keys = used.astype("=u4").view("V4").tolist()
+    revnat = np.zeros(n, _REVNAT_VALUE_NP)
+    revnat["head"] = heads
+    sticky = np.fromiter([bool(fe.flags & SVC_F_AFFINITY) for fe in fes], bool, n)
+    match = np.zeros(int(counts[sticky].sum()), _MATCH_KEY_NP)
+    match["backend"] = slot_ids[np.repeat(sticky, counts)]
+    match["revnat"] = np.repeat(revnats[sticky], counts[sticky])
+    values = backends.values
+    maps = {"backend": dict(zip(backend_keys, [values[b] for b in used.tolist()])),
+            "revnat": dict(zip(revnats.astype("=u2").view("V2").tolist(),
+                               revnat.view("V8").tolist())),
+            "match": dict.fromkeys(match.view("V8").tolist(), _MATCH_ONE),
+            "svc": dict(zip(key.view("V12").tolist(), value.view("V16").tolist()))}
+    return maps, dict(zip(backend_keys, named.tolist()))
 
 
 # --- renderings ---------------------------------------------------------------------------
@@ -385,7 +455,7 @@ class NodeRender:
     from, so it is only applied to a node holding exactly that state.
     """
 
-    cache: dict[str, tuple[ServicePortView, NodeContext, tuple[_Packed, ...]]] = field(
+    cache: dict[str, tuple[ServicePortView, NodeContext, tuple[_Fe, ...]]] = field(
         default_factory=dict)
     # The whole rendering of the ports in ``live`` (None before the first full render).
     maps: Maps | None = None
@@ -406,24 +476,24 @@ def render_maps(ports: Sequence[ServicePortView], ctx: NodeContext, backends: Ba
     """Every map entry a full sync programs, packed (see the module doc).
 
     ``state``, if given, holds each port's entries from earlier renders: a port
-    equal to the cached one is not packed again (its ids are stable, see
+    equal to the cached one is not rendered again (its ids are stable, see
     :class:`IdAllocator`). When every port is cached and they are the ports the
     node's whole rendering holds (kept up to date by :func:`render_delta`), that
-    rendering is returned: as it is if no partial sync came since, else copied.
+    rendering is returned without assembling anything.
     """
     state = NodeRender() if state is None else state
     cache = state.cache
     names = [v.name for v in ports]
     fresh = misses = 0
-    hits: list[tuple[_Packed, ...]] = []
+    hits: list[tuple[_Fe, ...]] = []
     for view, name in zip(ports, names, strict=True):
         hit = cache.get(name)
         if hit is None or not (hit[1] is ctx or hit[1] == ctx) or not (
                 hit[0] is view or hit[0] == view):
-            hit = (view, ctx, _pack_port(view, ctx, backends, revnat_ids))
+            hit = (view, ctx, _port_frontends(view, ctx, backends, revnat_ids))
             cache[name] = hit
             misses += 1
-            fresh += sum([len(fe.svc_keys) for fe in hit[2]])
+            fresh += sum([1 + len(fe.backends) for fe in hit[2]])
         hits.append(hit[2])
     state.rendered_entries = fresh
     if not misses and state.maps is not None and not state.shared and state.live == set(names):
@@ -434,7 +504,7 @@ def render_maps(ports: Sequence[ServicePortView], ctx: NodeContext, backends: Ba
     owner: dict[bytes, str] = {}
     ports_of: dict[str, list[str]] = {}
     shared = False
-    kept: list[_Packed] = []
+    kept: list[_Fe] = []
     for view, name, entries in zip(ports, names, hits, strict=True):
         ports_of.setdefault(view.service.key, []).append(name)
         for fe in entries:
@@ -443,7 +513,7 @@ def render_maps(ports: Sequence[ServicePortView], ctx: NodeContext, backends: Ba
                 continue
             owner[fe.key] = name
             kept.append(fe)
-    maps, refs = _entries(kept)
+    maps, refs = _pack_all(kept, backends)
     if len(cache) > 2 * len(ports) + 64:
         live = set(names)
         for name in [n for n in cache if n not in live]:
@@ -478,7 +548,7 @@ def render_delta(ports: Sequence[ServicePortView], ctx: NodeContext, backends: B
              else [v for v in ports if v.service.key in keys])
     old_names = {n for k in keys for n in state.ports_of.get(k, ())}
     old_ports = [(n, state.cache[n][2]) for n in old_names if n in state.cache]
-    new = {v.name: _pack_port(v, ctx, backends, revnat_ids) for v in views}
+    new = {v.name: _port_frontends(v, ctx, backends, revnat_ids) for v in views}
     owner = state.owner
     claimed = [fe.key for entries in new.values() for fe in entries]
     if (len(set(claimed)) != len(claimed)
@@ -488,8 +558,9 @@ def render_delta(ports: Sequence[ServicePortView], ctx: NodeContext, backends: B
         # of all ports, so render them all.
         return render_maps(ports, ctx, backends, revnat_ids, state)
     old = [fe for _, entries in old_ports for fe in entries]
-    before, refs_before = _entries(old)
-    after, refs_after = _entries(fe for entries in new.values() for fe in entries)
+    before, refs_before = _entries([_pack(fe, backends) for fe in old])
+    after, refs_after = _entries([_pack(fe, backends) for entries in new.values()
+                                  for fe in entries])
     writes: Maps = {m: {} for m in MAPS}
     deletes: dict[str, list[bytes]] = {m: [] for m in MAPS}
     if state.rendering is not None:
@@ -534,5 +605,5 @@ def render_delta(ports: Sequence[ServicePortView], ctx: NodeContext, backends: B
             owner[fe.key] = view.name
     start = state.generation
     state.generation += 1
-    state.rendered_entries = sum(len(fe.svc_keys) for e in new.values() for fe in e)
+    state.rendered_entries = sum(1 + len(fe.backends) for e in new.values() for fe in e)
     return MapsDelta(ctx.node_name, start, state.generation, writes, deletes)

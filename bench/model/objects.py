@@ -9,6 +9,7 @@ ServicePortName / endpoints map does.
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -180,7 +181,10 @@ def _usable(endpoints: Sequence[ServiceEndpoint]) -> tuple[ServiceEndpoint, ...]
 
 def sorted_endpoints(endpoints: Iterable[ServiceEndpoint]) -> tuple[ServiceEndpoint, ...]:
     """Endpoints in the order kube-proxy writes them (by ``ip:port`` string)."""
-    return tuple(sorted(endpoints, key=lambda e: e.address))
+    return tuple(sorted(endpoints, key=_address))
+
+
+_address = operator.attrgetter("address")
 
 
 class PortViews(list[ServicePortView]):

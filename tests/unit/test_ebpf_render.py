@@ -28,6 +28,8 @@ from bench.model.objects import (
     EndpointSlice,
     Service,
     ServiceEndpoint,
+    ServicePort,
+    ServicePortView,
     service_port_views,
 )
 from tests.helpers import semantics as S
@@ -91,30 +93,48 @@ def test_ids_stay_stable_when_a_service_is_added() -> None:
 
 
 def test_packed_entries_match_the_c_structs() -> None:
-    """The render packs by hand (concatenated bytes, for speed): byte for byte the
-    structs of bpf/lb4.h, as struct.pack lays them out (LAYOUTS, checked against the
-    compiled maps' sizes when the programs load)."""
+    """The render packs by hand (concatenated bytes, numpy records, for speed): byte
+    for byte the structs of bpf/lb4.h as struct.pack lays them out (LAYOUTS, checked
+    against the compiled maps' sizes when the programs load), by both packers."""
     sk, sv = M.LAYOUTS["svc"]
     bk, bv = M.LAYOUTS["backend"]
     rk, rv = M.LAYOUTS["revnat"]
     mk, mv = M.LAYOUTS["match"]
+    svc = Service("ns", "sticky", "10.0.0.1", (ServicePort("", 80, "UDP"),),
+                  session_affinity="ClientIP", affinity_timeout=60)
     ep = ServiceEndpoint("10.1.1.1", 8080, None, True, True, False, False)
-    fe = M.Frontend("10.0.0.1", 80, "UDP", (ep,), M.SVC_F_AFFINITY | M.SVC_F_SNAT, 60)
-    packed = M._pack(fe, M.Backends(), M.IdAllocator("revnat", 100))
+    backends = M.Backends()
+    (fe,) = M._port_frontends(ServicePortView(svc, svc.ports[0], (ep,)), ctx(0), backends,
+                              M.IdAllocator("revnat", 100))
     addr, port = bytes([10, 0, 0, 1]), socket.htons(80)
-    assert packed.svc_keys == (sk.pack(addr, port, 0, 17), sk.pack(addr, port, 1, 17))
-    assert packed.svc_values == (sv.pack(0, 60, 1, 1, M.SVC_F_AFFINITY | M.SVC_F_SNAT),
-                                 sv.pack(1, 0, 0, 0, 0))
-    assert packed.backends == ((bk.pack(1), bv.pack(bytes([10, 1, 1, 1]),
-                                                   socket.htons(8080), 17)),)
-    assert packed.revnat == (rk.pack(1), rv.pack(addr, port))
-    assert packed.matches == (mk.pack(1, 1),) and M._MATCH_ONE == mv.pack(1)
+    want = {"svc": {sk.pack(addr, port, 0, 17): sv.pack(0, 60, 1, 1, M.SVC_F_AFFINITY),
+                    sk.pack(addr, port, 1, 17): sv.pack(1, 0, 0, 0, 0)},
+            "backend": {bk.pack(1): bv.pack(bytes([10, 1, 1, 1]), socket.htons(8080), 17)},
+            "revnat": {rk.pack(1): rv.pack(addr, port)},
+            "match": {mk.pack(1, 1): mv.pack(1)}}
+    assert M._entries([M._pack(fe, backends)])[0] == want
+    assert M._pack_all([fe], backends)[0] == want
     assert [s.size for s in M.LAYOUTS["svc"]] == [12, 16]
     # And the text shows them as they were rendered.
-    assert M._unpacked("svc", dict(zip(packed.svc_keys, packed.svc_values))) == [
-        ("10.0.0.1:80/UDP#0", "count=1 revnat=1 flags=affinity,snat timeout=60"),
+    assert M._unpacked("svc", want["svc"]) == [
+        ("10.0.0.1:80/UDP#0", "count=1 revnat=1 flags=affinity timeout=60"),
         ("10.0.0.1:80/UDP#1", "backend=1")]
-    assert M._unpacked("backend", dict(packed.backends)) == [("1", "10.1.1.1:8080/UDP")]
+    assert M._unpacked("backend", want["backend"]) == [("1", "10.1.1.1:8080/UDP")]
+
+
+@pytest.mark.parametrize("node", [0, 1])
+def test_both_packers_give_the_same_entries(node: int) -> None:
+    """A full sync packs all frontends at once (numpy), a partial one frontend by
+    frontend (Python): over every kind of frontend of the semantics cluster (affinity,
+    NodePorts, traffic policies, no endpoints) they agree byte for byte."""
+    services, slices = S.semantics_cluster()
+    backends, revnat = M.Backends(), M.IdAllocator("revnat", 1000)
+    fes = [fe for v in service_port_views(services, slices, f"node-{node}")
+           for fe in M._port_frontends(v, ctx(node), backends, revnat)]
+    assert any(fe.flags & M.SVC_F_AFFINITY for fe in fes) and any(not fe.backends for fe in fes)
+    by_frontend = M._entries([M._pack(fe, backends) for fe in fes])
+    assert M._pack_all(fes, backends) == by_frontend
+    assert all(by_frontend[0].values())
 
 
 def test_an_out_of_date_rendering_refuses_to_be_read() -> None:
@@ -222,7 +242,7 @@ def test_a_partial_render_equals_a_full_render_of_the_new_state(kind: str) -> No
     # And the next full render of the partial datapath is that of a fresh one, taken
     # from the whole rendering the partial sync kept up to date: nothing packed or
     # assembled again.
-    with counting(M, "_pack") as packed, counting(M, "_entries") as assembled:
+    with counting(M, "_port_frontends") as packed, counting(M, "_pack_all") as assembled:
         again = partial.render(after, ctx)
     assert again == new and str(again) == str(new)
     assert packed == [] and assembled == []
@@ -251,7 +271,7 @@ def test_a_full_render_of_an_unchanged_state_renders_nothing_new() -> None:
     dp = EbpfTcDatapath()
     first = dp.render(service_port_views(services, slices, "node-0"), ctx(0))
     assert dp.rendered_entries("node-0") == 20 * 4
-    with counting(M, "_pack") as packed, counting(M, "_entries") as assembled:
+    with counting(M, "_port_frontends") as packed, counting(M, "_pack_all") as assembled:
         again = dp.render(service_port_views(services, slices, "node-0"), ctx(0))
     assert again is first and dp.rendered_entries("node-0") == 0
     assert packed == [] and assembled == []
