@@ -258,19 +258,6 @@ def _pack(fe: _Fe, backends: Backends) -> _Packed:
 _first = itemgetter(0)
 
 
-def _entries(packed: Sequence[_Packed]) -> tuple[Maps, dict[bytes, int]]:
-    """The entries of ``packed`` frontends by map, and how often each backend is named."""
-    maps: Maps = {m: {} for m in MAPS}
-    refs: dict[bytes, int] = {}
-    for fe in packed:
-        maps["svc"].update(fe.svc)
-        maps["backend"].update(fe.backends)
-        count_ids(refs, map(_first, fe.backends))
-        maps["revnat"][fe.revnat[0]] = fe.revnat[1]
-        maps["match"].update(dict.fromkeys(fe.matches, _MATCH_ONE))
-    return maps, refs
-
-
 # The structs of bpf/lb4.h as numpy records (native byte order, as LAYOUTS).
 _SVC_KEY_NP = np.dtype({"names": ["head", "slot", "proto"], "formats": ["V6", "=u2", "u1"],
                         "offsets": [0, 6, 8], "itemsize": 12})
@@ -379,16 +366,16 @@ class MapsRendering:
 DELTA_HEADER = "# kpbench lb4 maps delta for "
 
 
-@dataclass(frozen=True)
 class MapsDelta:
     """What a partial sync writes (``writes``) and deletes (``deletes``) in each map,
     packed, taking node ``node`` from render generation ``start`` to ``end``."""
 
-    node: str
-    start: int
-    end: int
-    writes: Maps
-    deletes: dict[str, list[bytes]]
+    __slots__ = ("node", "start", "end", "writes", "deletes")
+
+    def __init__(self, node: str, start: int, end: int, writes: Maps,
+                 deletes: dict[str, list[bytes]]) -> None:
+        self.node, self.start, self.end = node, start, end
+        self.writes, self.deletes = writes, deletes
 
     def counts(self) -> dict[str, int]:
         return {"written": sum(map(len, self.writes.values())),
@@ -526,6 +513,77 @@ def render_maps(ports: Sequence[ServicePortView], ctx: NodeContext, backends: Ba
     return state.rendering
 
 
+def _changes(old: dict[bytes, _Fe], new: dict[bytes, _Fe], backends: Backends,
+             refs: dict[bytes, int]) -> tuple[Maps, dict[str, list[bytes]]]:
+    """The entries to write and delete that turn frontends ``old`` into ``new`` (by
+    key): only the slots, counts, backends and affinity entries that differ. ``refs``
+    (backend key -> frontends naming it) is updated."""
+    writes: Maps = {m: {} for m in MAPS}
+    deletes: dict[str, list[bytes]] = {m: [] for m in MAPS}
+    svc_w, svc_d = writes["svc"], deletes["svc"]
+    gone: list[int] = []  # backend ids named by one frontend fewer (one per frontend)
+    came: list[int] = []
+    for key, was in old.items():
+        if key not in new:
+            svc_d += map(was.head.__add__, _SLOT_TAILS[was.proto][:len(was.backends) + 1])
+            rev = was.revnat.to_bytes(2, _NATIVE)
+            deletes["revnat"].append(rev)
+            if was.flags & SVC_F_AFFINITY:
+                deletes["match"] += [_match_key(b, rev) for b in was.backends]
+            gone += was.backends
+    for key, now in new.items():
+        was = old.get(key)
+        if was is None:
+            packed = _pack(now, backends)
+            svc_w.update(packed.svc)
+            writes["revnat"][packed.revnat[0]] = packed.revnat[1]
+            writes["match"].update(dict.fromkeys(packed.matches, _MATCH_ONE))
+            came += now.backends
+            continue
+        if was == now:
+            continue
+        ob, nb = was.backends, now.backends
+        tails = _slot_tails(now.proto, max(len(ob), len(nb)))
+        if (was.flags, was.timeout, len(ob)) != (now.flags, now.timeout, len(nb)):
+            svc_w[key] = _SVC_VALUE.pack(0, now.timeout, len(nb), now.revnat, now.flags)
+        for slot, b in enumerate(nb, start=1):
+            if slot > len(ob) or ob[slot - 1] != b:
+                svc_w[now.head + tails[slot]] = b.to_bytes(4, _NATIVE) + _SLOT_ZERO
+        svc_d += map(now.head.__add__, tails[len(nb) + 1:len(ob) + 1])
+        so, sn = set(ob), set(nb)
+        gone += so - sn
+        came += sn - so
+        # The revnat entry is the key's (same address, port and index): unchanged.
+        rev = now.revnat.to_bytes(2, _NATIVE)
+        om = so if was.flags & SVC_F_AFFINITY else set()
+        nm = sn if now.flags & SVC_F_AFFINITY else set()
+        writes["match"].update(dict.fromkeys([_match_key(b, rev) for b in nm - om], _MATCH_ONE))
+        deletes["match"] += [_match_key(b, rev) for b in om - nm]
+    named: dict[int, int] = {}
+    count_ids(named, came)
+    for b in gone:
+        named[b] = named.get(b, 0) - 1
+    for b, change in named.items():
+        if not change:
+            continue
+        k = b.to_bytes(4, _NATIVE)
+        had = refs.get(k, 0)
+        has = had + change
+        if has and not had:
+            writes["backend"][k] = backends.values[b]
+        elif had and not has:
+            deletes["backend"].append(k)
+        if has:
+            refs[k] = has
+        else:
+            refs.pop(k, None)
+    return writes, deletes
+
+
+def _match_key(backend: int, rev: bytes) -> bytes:
+    return backend.to_bytes(4, _NATIVE) + rev + b"\0\0"
+
+
 def render_delta(ports: Sequence[ServicePortView], ctx: NodeContext, backends: Backends,
                  revnat_ids: IdAllocator, state: NodeRender,
                  changed: Collection[str]) -> MapsDelta | MapsRendering:
@@ -558,37 +616,18 @@ def render_delta(ports: Sequence[ServicePortView], ctx: NodeContext, backends: B
         # of all ports, so render them all.
         return render_maps(ports, ctx, backends, revnat_ids, state)
     old = [fe for _, entries in old_ports for fe in entries]
-    before, refs_before = _entries([_pack(fe, backends) for fe in old])
-    after, refs_after = _entries([_pack(fe, backends) for entries in new.values()
-                                  for fe in entries])
-    writes: Maps = {m: {} for m in MAPS}
-    deletes: dict[str, list[bytes]] = {m: [] for m in MAPS}
     if state.rendering is not None:
         state.rendering.retire()  # its dictionaries change now
         state.rendering = None
+    writes, deletes = _changes({fe.key: fe for fe in old},
+                               {fe.key: fe for entries in new.values() for fe in entries},
+                               backends, state.refs)
     maps = state.maps
-    for m in ("svc", "revnat", "match"):
-        was, now, held = before[m], after[m], maps[m]
-        for k, v in now.items():
-            if was.get(k) != v:
-                writes[m][k] = held[k] = v
-        for k in was:
-            if k not in now:
-                deletes[m].append(k)
-                del held[k]
-    refs, held = state.refs, maps["backend"]
-    for bid in refs_before.keys() | refs_after.keys():
-        had = refs.get(bid, 0)
-        has = had - refs_before.get(bid, 0) + refs_after.get(bid, 0)
-        if has and not had:
-            writes["backend"][bid] = held[bid] = after["backend"][bid]
-        elif had and not has:
-            deletes["backend"].append(bid)
-            del held[bid]
-        if has:
-            refs[bid] = has
-        else:
-            refs.pop(bid, None)
+    for m in MAPS:
+        held = maps[m]
+        for k in deletes[m]:
+            del held[k]
+        held.update(writes[m])
     # The state a full render of the new ports would leave.
     for name in old_names - new.keys():
         state.cache.pop(name, None)

@@ -155,7 +155,7 @@ def _port_rules(view: ServicePortView, ctx: NodeContext,
         rules.append((NON_LOCAL_NODEPORT,
                       f"{_common(name, sp.protocol, pport)} -m state --state NEW -j ACCEPT"))
     # The Endpoints API the userspace proxier read lists ready addresses only.
-    eps = ",".join(e.address for e in view.endpoints if e.ready) or "-"
+    eps = ",".join([e.address for e in view.endpoints if e.ready]) or "-"
     affinity = (f"ClientIP:{svc.affinity_timeout}" if svc.session_affinity == "ClientIP"
                 else "None")
     line = (f"# proxy {name} {sp.protocol} port={pport} affinity={affinity} "
@@ -213,21 +213,21 @@ def render_rules(ports: Sequence[ServicePortView], ctx: NodeContext,
         for name in [n for n in state.cache if n not in live]:
             del state.cache[name]
     rules: dict[str, list[str]] = {c: [] for c in (*NAT_CHAINS, *FILTER_CHAINS)}
-    proxy_lines: list[str] = []
     ports_of: dict[str, list[str]] = {}
-    for view, name, part in zip(ports, names, parts, strict=True):
+    for view, name in zip(ports, names, strict=True):
         ports_of.setdefault(view.service.key, []).append(name)
-        if part is None:
-            continue
-        proxy_lines.append(part.proxy_line)
+    rendered = [part for part in parts if part is not None]
+    for part in rendered:
         for chain, rule in part.rules:
             rules[chain].append(rule)
     lines = [f"# kpbench userspace proxy for {ctx.node_name}: iptables-restore --noflush "
-             "input; '# proxy' lines are the proxy's table", *proxy_lines]
+             "input; '# proxy' lines are the proxy's table"]
+    lines += [part.proxy_line for part in rendered]
     for table, chains in (("nat", NAT_CHAINS), ("filter", FILTER_CHAINS)):
         lines.append(f"*{table}")
         lines += [f":{c} - [0:0]" for c in chains]
-        lines += [f"-A {c} {r}" for c in chains for r in rules[c]]
+        for c in chains:
+            lines += map(f"-A {c} ".__add__, rules[c])
         lines.append("COMMIT")
     text = "\n".join(lines) + "\n"
     state.names, state.text, state.ports_of = names, text, ports_of

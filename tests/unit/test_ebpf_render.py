@@ -112,7 +112,7 @@ def test_packed_entries_match_the_c_structs() -> None:
             "backend": {bk.pack(1): bv.pack(bytes([10, 1, 1, 1]), socket.htons(8080), 17)},
             "revnat": {rk.pack(1): rv.pack(addr, port)},
             "match": {mk.pack(1, 1): mv.pack(1)}}
-    assert M._entries([M._pack(fe, backends)])[0] == want
+    assert _entries([M._pack(fe, backends)]) == want
     assert M._pack_all([fe], backends)[0] == want
     assert [s.size for s in M.LAYOUTS["svc"]] == [12, 16]
     # And the text shows them as they were rendered.
@@ -132,9 +132,19 @@ def test_both_packers_give_the_same_entries(node: int) -> None:
     fes = [fe for v in service_port_views(services, slices, f"node-{node}")
            for fe in M._port_frontends(v, ctx(node), backends, revnat)]
     assert any(fe.flags & M.SVC_F_AFFINITY for fe in fes) and any(not fe.backends for fe in fes)
-    by_frontend = M._entries([M._pack(fe, backends) for fe in fes])
-    assert M._pack_all(fes, backends) == by_frontend
-    assert all(by_frontend[0].values())
+    by_frontend = _entries([M._pack(fe, backends) for fe in fes])
+    assert M._pack_all(fes, backends)[0] == by_frontend
+    assert all(by_frontend.values())
+
+
+def _entries(packed: list[M._Packed]) -> M.Maps:
+    maps: M.Maps = {m: {} for m in M.MAPS}
+    for fe in packed:
+        maps["svc"].update(fe.svc)
+        maps["backend"].update(fe.backends)
+        maps["revnat"][fe.revnat[0]] = fe.revnat[1]
+        maps["match"].update(dict.fromkeys(fe.matches, M._MATCH_ONE))
+    return maps
 
 
 def test_an_out_of_date_rendering_refuses_to_be_read() -> None:
