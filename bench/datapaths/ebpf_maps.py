@@ -38,6 +38,7 @@ the programs handle TCP and UDP only.
 
 from __future__ import annotations
 
+import functools
 import socket
 import struct
 import sys
@@ -46,9 +47,7 @@ from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import itemgetter
-from typing import NamedTuple
-
-import numpy as np
+from typing import Any, NamedTuple
 
 from bench.datapaths.base import NodeContext
 from bench.errors import ApplyError, InputError
@@ -258,22 +257,33 @@ def _pack(fe: _Fe, backends: Backends) -> _Packed:
 _first = itemgetter(0)
 
 
-# The structs of bpf/lb4.h as numpy records (native byte order, as LAYOUTS).
-_SVC_KEY_NP = np.dtype({"names": ["head", "slot", "proto"], "formats": ["V6", "=u2", "u1"],
-                        "offsets": [0, 6, 8], "itemsize": 12})
-_SVC_VALUE_NP = np.dtype({"names": ["backend", "timeout", "count", "revnat", "flags"],
-                          "formats": ["=u4", "=u4", "=u2", "=u2", "u1"],
-                          "offsets": [0, 4, 8, 10, 12], "itemsize": 16})
-_REVNAT_VALUE_NP = np.dtype({"names": ["head"], "formats": ["V6"], "offsets": [0],
-                             "itemsize": 8})
-_MATCH_KEY_NP = np.dtype({"names": ["backend", "revnat"], "formats": ["=u4", "=u2"],
-                          "offsets": [0, 4], "itemsize": 8})
+def prepare() -> None:
+    """Import what a full render packs with (numpy) now, not in the first render."""
+    _records()
+
+
+@functools.cache
+def _records() -> tuple[Any, ...]:
+    """numpy and the structs of bpf/lb4.h as its records (native byte order, as
+    LAYOUTS), imported on first use: the CLI's parser must not import numpy."""
+    import numpy as np
+
+    return (np,
+            np.dtype({"names": ["head", "slot", "proto"], "formats": ["V6", "=u2", "u1"],
+                      "offsets": [0, 6, 8], "itemsize": 12}),
+            np.dtype({"names": ["backend", "timeout", "count", "revnat", "flags"],
+                      "formats": ["=u4", "=u4", "=u2", "=u2", "u1"],
+                      "offsets": [0, 4, 8, 10, 12], "itemsize": 16}),
+            np.dtype({"names": ["head"], "formats": ["V6"], "offsets": [0], "itemsize": 8}),
+            np.dtype({"names": ["backend", "revnat"], "formats": ["=u4", "=u2"],
+                      "offsets": [0, 4], "itemsize": 8}))
 
 
 def _pack_all(fes: Sequence[_Fe], backends: Backends) -> tuple[Maps, dict[bytes, int]]:
     """Every entry of ``fes`` (frontends with distinct keys) by map, and how often each
     backend is named: a full sync's 220k entries at 10k services, built as numpy
     records and handed over as the bytes objects the maps are compared in."""
+    np, svc_key, svc_value, revnat_value, match_key = _records()
     n = len(fes)
     ids = [fe.backends for fe in fes]
     counts = np.fromiter(map(len, ids), np.int64, n)
@@ -283,11 +293,11 @@ def _pack_all(fes: Sequence[_Fe], backends: Backends) -> tuple[Maps, dict[bytes,
     slot_ids = np.fromiter(chain.from_iterable(ids), np.uint32, total - n)
     heads = np.frombuffer(b"".join([fe.head for fe in fes]), "V6")
     revnats = np.fromiter([fe.revnat for fe in fes], np.uint16, n)
-    key = np.zeros(total, _SVC_KEY_NP)
+    key = np.zeros(total, svc_key)
     key["head"] = np.repeat(heads, rows)
     key["slot"] = np.arange(total) - np.repeat(starts, rows)
     key["proto"] = np.repeat(np.fromiter([fe.proto for fe in fes], np.uint8, n), rows)
-    value = np.zeros(total, _SVC_VALUE_NP)
+    value = np.zeros(total, svc_value)
     slots = np.ones(total, bool)
     slots[starts] = False
     value["backend"][slots] = slot_ids
@@ -297,10 +307,10 @@ def _pack_all(fes: Sequence[_Fe], backends: Backends) -> tuple[Maps, dict[bytes,
     value["flags"][starts] = np.fromiter([fe.flags for fe in fes], np.uint8, n)
     used, named = np.unique(slot_ids, return_counts=True)
     backend_keys = used.astype("=u4").view("V4").tolist()
-    revnat = np.zeros(n, _REVNAT_VALUE_NP)
+    revnat = np.zeros(n, revnat_value)
     revnat["head"] = heads
     sticky = np.fromiter([bool(fe.flags & SVC_F_AFFINITY) for fe in fes], bool, n)
-    match = np.zeros(int(counts[sticky].sum()), _MATCH_KEY_NP)
+    match = np.zeros(int(counts[sticky].sum()), match_key)
     match["backend"] = slot_ids[np.repeat(sticky, counts)]
     match["revnat"] = np.repeat(revnats[sticky], counts[sticky])
     values = backends.values

@@ -53,6 +53,7 @@ class EbpfTcDatapath(Datapath):
 
     def __init__(self) -> None:
         self._backends = M.Backends()
+        M.prepare()  # numpy's import: process set-up, not the first render's time
         self._revnat_ids = M.IdAllocator("frontend (reverse-NAT index)", M.MAX_REVNAT)
         # Per node: each service port's entries and the maps' state they make, rendered
         # again only when a port changed.
