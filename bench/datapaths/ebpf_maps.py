@@ -178,15 +178,21 @@ class Backends:
         self.ids: dict[str, dict[str, int]] = {p: {} for p in PROTO_NUMBERS}  # "ip:port"
         self.values: list[bytes] = [b""]  # lb4_backend by id (0 is no backend)
 
-    def add(self, ep: ServiceEndpoint, proto: str) -> int:
-        bid = len(self.values)
-        if bid > self.limit:
+    def of(self, eps: Sequence[ServiceEndpoint], proto: str) -> tuple[int, ...]:
+        """The ids of ``eps`` (backends of protocol ``proto``), new ones made."""
+        ids = self.ids[proto]
+        got = [ids.get(ep.address) for ep in eps]
+        if None not in got:
+            return tuple(got)  # type: ignore[arg-type]
+        new = [ep for ep, bid in zip(eps, got) if bid is None]
+        values, first, pad = self.values, len(self.values), _PROTO_PAD[proto]
+        values += [socket.inet_aton(ep.ip) + ep.port.to_bytes(2, "big") + pad for ep in new]
+        ids.update(zip([ep.address for ep in new], range(first, len(values))))
+        got = [ids[ep.address] if bid is None else bid for ep, bid in zip(eps, got)]
+        if len(values) - 1 > self.limit:
             raise InputError(f"more than {self.limit} backend ids were needed; the map "
                              "field holding them is too small for this many")
-        self.values.append(socket.inet_aton(ep.ip) + ep.port.to_bytes(2, "big")
-                           + _PROTO_PAD[proto])
-        self.ids[proto][ep.address] = bid
-        return bid
+        return tuple(got)  # type: ignore[arg-type]
 
 
 # lb4_backend after the address and port: the protocol, then padding.
@@ -220,13 +226,11 @@ def _port_frontends(view: ServicePortView, ctx: NodeContext, backends: Backends,
                     revnat_ids: IdAllocator) -> tuple[_Fe, ...]:
     out = []
     for fe in frontends(view, ctx):
-        proto = fe.protocol
-        ids, add = backends.ids[proto], backends.add
-        num = PROTO_NUMBERS[proto]
+        num = PROTO_NUMBERS[fe.protocol]
         head = socket.inet_aton(fe.address) + fe.port.to_bytes(2, "big")
         key = head + _SLOT_TAILS[num][0]
         out.append(_Fe(key, head, num, fe.flags, fe.affinity_timeout, revnat_ids(key),
-                       tuple([ids.get(ep.address) or add(ep, proto) for ep in fe.backends])))
+                       backends.of(fe.backends, fe.protocol)))
     return tuple(out)
 
 
