@@ -283,7 +283,7 @@ def _records() -> tuple[Any, ...]:
                       "offsets": [0, 4], "itemsize": 8}))
 
 
-def _pack_all(fes: Sequence[_Fe], backends: Backends) -> tuple[Maps, dict[bytes, int]]:
+def _pack_all(fes: Sequence[_Fe], backends: Backends) -> tuple[Maps, dict[int, int]]:
     """Every entry of ``fes`` (frontends with distinct keys) by map, and how often each
     backend is named: a full sync's 220k entries at 10k services, built as numpy
     records and handed over as the bytes objects the maps are compared in."""
@@ -317,13 +317,13 @@ def _pack_all(fes: Sequence[_Fe], backends: Backends) -> tuple[Maps, dict[bytes,
     match = np.zeros(int(counts[sticky].sum()), match_key)
     match["backend"] = slot_ids[np.repeat(sticky, counts)]
     match["revnat"] = np.repeat(revnats[sticky], counts[sticky])
-    values = backends.values
-    maps = {"backend": dict(zip(backend_keys, [values[b] for b in used.tolist()])),
+    used_ids = used.tolist()
+    maps = {"backend": dict(zip(backend_keys, map(backends.values.__getitem__, used_ids))),
             "revnat": dict(zip(revnats.astype("=u2").view("V2").tolist(),
                                revnat.view("V8").tolist())),
             "match": dict.fromkeys(match.view("V8").tolist(), _MATCH_ONE),
             "svc": dict(zip(key.view("V12").tolist(), value.view("V16").tolist()))}
-    return maps, dict(zip(backend_keys, named.tolist()))
+    return maps, dict(zip(used_ids, named.tolist()))
 
 
 # --- renderings ---------------------------------------------------------------------------
@@ -461,7 +461,7 @@ class NodeRender:
     # The whole rendering of the ports in ``live`` (None before the first full render).
     maps: Maps | None = None
     live: set[str] = field(default_factory=set)
-    refs: dict[bytes, int] = field(default_factory=dict)  # backend key -> frontends naming it
+    refs: dict[int, int] = field(default_factory=dict)  # backend id -> frontends naming it
     owner: dict[bytes, str] = field(default_factory=dict)  # frontend -> its port's name
     ports_of: dict[str, list[str]] = field(default_factory=dict)  # Service key -> port names
     # Some frontend is claimed by two ports: the port order decides which holds it, so
@@ -528,10 +528,10 @@ def render_maps(ports: Sequence[ServicePortView], ctx: NodeContext, backends: Ba
 
 
 def _changes(old: dict[bytes, _Fe], new: dict[bytes, _Fe], backends: Backends,
-             refs: dict[bytes, int]) -> tuple[Maps, dict[str, list[bytes]]]:
+             refs: dict[int, int]) -> tuple[Maps, dict[str, list[bytes]]]:
     """The entries to write and delete that turn frontends ``old`` into ``new`` (by
     key): only the slots, counts, backends and affinity entries that differ. ``refs``
-    (backend key -> frontends naming it) is updated."""
+    (backend id -> frontends naming it) is updated."""
     writes: Maps = {m: {} for m in MAPS}
     deletes: dict[str, list[bytes]] = {m: [] for m in MAPS}
     svc_w, svc_d = writes["svc"], deletes["svc"]
@@ -580,17 +580,16 @@ def _changes(old: dict[bytes, _Fe], new: dict[bytes, _Fe], backends: Backends,
     for b, change in named.items():
         if not change:
             continue
-        k = b.to_bytes(4, _NATIVE)
-        had = refs.get(k, 0)
+        had = refs.get(b, 0)
         has = had + change
         if has and not had:
-            writes["backend"][k] = backends.values[b]
+            writes["backend"][b.to_bytes(4, _NATIVE)] = backends.values[b]
         elif had and not has:
-            deletes["backend"].append(k)
+            deletes["backend"].append(b.to_bytes(4, _NATIVE))
         if has:
-            refs[k] = has
+            refs[b] = has
         else:
-            refs.pop(k, None)
+            refs.pop(b, None)
     return writes, deletes
 
 

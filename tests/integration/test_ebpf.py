@@ -61,7 +61,8 @@ def test_xdp_forwards_every_nodeport_packet_without_the_stack(tmp_path: Path) ->
     dp = make_variant("xdp")
     with Testbed(dp, services, slices, nodes=2, echo=False) as tb:
         node0 = tb.cluster.node_ns(0)
-        assert dp.state_size("")["xdp_mode"] in ("native", "generic")
+        assert dp.state_size(dp.render(tb.views(0), tb.node_context(0)))["xdp_mode"] in (
+            "native", "generic")
         # The earliest netfilter hook there is: a packet the stack saw would count here.
         subprocess.run(["ip", "netns", "exec", node0, "nft", "-f", "-"], check=True, timeout=30,
                        text=True, input="table ip kpbtest {\n chain pre {\n"
