@@ -113,15 +113,18 @@ def frontends(view: ServicePortView, ctx: NodeContext) -> list[Frontend]:
     timeout = svc.affinity_timeout if affinity else 0
     cluster = view.cluster_endpoints
     any_endpoint = bool(cluster)
+    ordered: dict[bool, tuple[ServiceEndpoint, ...]] = {}  # local? -> its endpoints, sorted
 
     def frontend(address: str, port: int, local: bool, external: bool) -> Frontend:
-        eps = view.local_endpoints if local else cluster
+        eps = ordered.get(local)
+        if eps is None:
+            eps = ordered[local] = sorted_endpoints(view.local_endpoints if local else cluster)
         flags = base | (SVC_F_EXTERNAL if external else 0)
         if external and not local:
             flags |= SVC_F_SNAT
         if not eps and any_endpoint:
             flags |= SVC_F_DROP
-        return Frontend(address, port, sp.protocol, sorted_endpoints(eps), flags, timeout)
+        return Frontend(address, port, sp.protocol, eps, flags, timeout)
 
     out = [frontend(svc.cluster_ip, sp.port, svc.internal_traffic_policy == "Local", False)]
     if not (svc.external_ips or svc.type != "ClusterIP"):

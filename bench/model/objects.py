@@ -197,10 +197,10 @@ class ServicePortView:
 
 
 def _usable(endpoints: Sequence[ServiceEndpoint]) -> tuple[ServiceEndpoint, ...]:
-    ready = tuple(e for e in endpoints if e.ready)
+    ready = tuple([e for e in endpoints if e.ready])
     if ready:
         return ready
-    return tuple(e for e in endpoints if e.serving and e.terminating)
+    return tuple([e for e in endpoints if e.serving and e.terminating])
 
 
 def sorted_endpoints(endpoints: Iterable[ServiceEndpoint]) -> tuple[ServiceEndpoint, ...]:
