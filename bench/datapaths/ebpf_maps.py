@@ -542,7 +542,8 @@ def _changes(old: dict[bytes, _Fe], new: dict[bytes, _Fe], backends: Backends,
     came: list[int] = []
     for key, was in old.items():
         if key not in new:
-            svc_d += map(was.head.__add__, _SLOT_TAILS[was.proto][:len(was.backends) + 1])
+            n = len(was.backends)
+            svc_d += map(was.head.__add__, _slot_tails(was.proto, n)[:n + 1])
             rev = was.revnat.to_bytes(2, _NATIVE)
             deletes["revnat"].append(rev)
             if was.flags & SVC_F_AFFINITY:

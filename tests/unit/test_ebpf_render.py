@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import struct
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -274,6 +275,23 @@ def counting(module: object, name: str) -> Iterator[list[object]]:
         yield calls
     finally:
         setattr(module, name, real)
+
+
+def test_a_removed_service_loses_every_slot_right_after_a_full_render(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The slot keys of a removed frontend are made again for the delete: also when
+    nothing was packed frontend by frontend before (a full render packs with numpy)."""
+    monkeypatch.setattr(M, "_SLOT_TAILS", {n: [struct.pack("=HB3x", 0, n)]
+                                           for n in M.PROTO_NUMBERS.values()})
+    services, slices = generate(GenSpec(services=3, endpoints=4))
+    dp = EbpfTcDatapath()
+    before = dp.render(service_port_views(services, slices, "node-0"), ctx(0)).counts()
+    delta = dp.render_partial(service_port_views(services[:2], slices, "node-0"), ctx(0),
+                              {services[2].key})
+    assert isinstance(delta, M.MapsDelta)
+    assert len(delta.deletes["svc"]) == 1 + 4 and len(delta.deletes["backend"]) == 4
+    after = dp.render(service_port_views(services[:2], slices, "node-0"), ctx(0))
+    assert after.counts()["svc"] == before["svc"] - 5
 
 
 def test_a_full_render_of_an_unchanged_state_renders_nothing_new() -> None:
