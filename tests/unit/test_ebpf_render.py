@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
 import struct
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from bench.model.objects import (
     Service,
     ServiceEndpoint,
     ServicePort,
+    PortViews,
     ServicePortView,
     service_port_views,
 )
@@ -316,3 +318,61 @@ def test_a_partial_render_with_a_shared_frontend_renders_everything() -> None:
     dp.render(views, ctx(0))
     text = dp.render_partial(views, ctx(0), {twin.key})
     assert isinstance(text, M.MapsRendering) and text == EbpfTcDatapath().render(views, ctx(0))
+
+
+def test_random_partial_syncs_keep_the_whole_rendering_a_fresh_assembly() -> None:
+    """Many partial syncs of random changes (endpoints gone, added, not ready; affinity,
+    NodePort and traffic policy flips; services removed and added back): after each,
+    the maps a node holds from applying the deltas, the whole rendering the partial
+    syncs kept and a fresh assembly of every port (same ids) are the same."""
+    rng = random.Random(13)
+    services, slices = generate(GenSpec(services=12, endpoints=4, protocol="UDP"))
+    full_views = list(service_port_views(services, slices, "node-0"))
+    views = list(full_views)
+    dp = EbpfTcDatapath()
+    held = {m: dict(d) for m, d in dp.render(PortViews(views), ctx(0)).maps.items()}
+    for step in range(150):
+        i = rng.randrange(len(full_views))
+        key = full_views[i].service.key
+        present = [j for j, v in enumerate(views) if v.service.key == key]
+        kind = rng.choice(["drop", "add", "ready", "affinity", "nodeport", "local", "remove"])
+        if not present:
+            views.append(full_views[i])  # the service comes back
+        elif kind == "remove":
+            del views[present[0]]
+        else:
+            j = present[0]
+            v, svc = views[j], views[j].service
+            eps = list(v.endpoints)
+            if kind == "drop" and eps:
+                eps.pop(rng.randrange(len(eps)))
+            elif kind == "add":
+                eps = list(full_views[i].endpoints)
+            elif kind == "ready" and eps:
+                k = rng.randrange(len(eps))
+                eps[k] = replace(eps[k], ready=not eps[k].ready)
+            elif kind == "affinity":
+                svc = replace(svc, session_affinity="None" if svc.session_affinity ==
+                              "ClientIP" else "ClientIP", affinity_timeout=rng.randrange(1, 99))
+            elif kind == "nodeport":
+                nodeport = svc.type == "ClusterIP"
+                svc = replace(svc, type="NodePort" if nodeport else "ClusterIP")
+                v = replace(v, port=replace(v.port, node_port=30000 + i if nodeport else None))
+            elif kind == "local":
+                svc = replace(svc, external_traffic_policy="Local" if
+                              svc.external_traffic_policy == "Cluster" else "Cluster")
+            views[j] = replace(v, service=svc, endpoints=tuple(eps))
+        now = PortViews(views)
+        out = dp.render_partial(now, ctx(0), {key})
+        if isinstance(out, M.MapsDelta):
+            for m, keys in out.deletes.items():
+                for k in keys:
+                    del held[m][k]  # a delete of what the node holds
+            assert not any(held[m].get(k) == v for m, w in out.writes.items()
+                           for k, v in w.items()), step  # no needless write
+            for m, w in out.writes.items():
+                held[m].update(w)
+        else:
+            held = {m: dict(d) for m, d in out.maps.items()}
+        fresh = M.render_maps(now, ctx(0), dp._backends, dp._revnat_ids, M.NodeRender())
+        assert dp.render(now, ctx(0)).maps == held == fresh.maps, (step, kind)
