@@ -464,6 +464,7 @@ class NodeRender:
     # The whole rendering of the ports in ``live`` (None before the first full render).
     maps: Maps | None = None
     live: set[str] = field(default_factory=set)
+    names: list[str] = field(default_factory=list)  # ``live`` in the last full render's order
     refs: dict[int, int] = field(default_factory=dict)  # backend id -> frontends naming it
     owner: dict[bytes, str] = field(default_factory=dict)  # frontend -> its port's name
     ports_of: dict[str, list[str]] = field(default_factory=dict)  # Service key -> port names
@@ -500,10 +501,12 @@ def render_maps(ports: Sequence[ServicePortView], ctx: NodeContext, backends: Ba
             fresh += sum([1 + len(fe.backends) for fe in hit[2]])
         hits.append(hit[2])
     state.rendered_entries = fresh
-    if not misses and state.maps is not None and not state.shared and state.live == set(names):
+    if not misses and state.maps is not None and not state.shared and (
+            names == state.names or state.live == set(names)):
         if state.rendering is None:  # partial syncs kept the maps up to date
             state.rendering = MapsRendering(ctx.node_name, state.maps, len(state.owner),
                                             state.generation)
+        state.names = names
         return state.rendering
     owner: dict[bytes, str] = {}
     ports_of: dict[str, list[str]] = {}
@@ -524,7 +527,7 @@ def render_maps(ports: Sequence[ServicePortView], ctx: NodeContext, backends: Ba
             del cache[name]
     state.generation += 1
     state.maps, state.refs, state.owner, state.ports_of = maps, refs, owner, ports_of
-    state.live, state.shared = set(names), shared
+    state.live, state.shared, state.names = set(names), shared, names
     # (An earlier rendering keeps the dictionaries replaced here: nothing changes them.)
     state.rendering = MapsRendering(ctx.node_name, maps, len(owner), state.generation)
     return state.rendering
@@ -646,6 +649,7 @@ def render_delta(ports: Sequence[ServicePortView], ctx: NodeContext, backends: B
             del held[k]
         held.update(writes[m])
     # The state a full render of the new ports would leave.
+    state.names = []  # ``live`` changes order (and maybe members) below
     for name in old_names - new.keys():
         state.cache.pop(name, None)
         state.live.discard(name)
