@@ -30,7 +30,6 @@ from bench.cluster.netns_exec import netns_argv
 from bench.errors import ApplyError, ApplyTimeout, InputError
 from bench.model.objects import ServicePortView
 
-
 # What render() returns and apply() takes: the text a tool reads (iptables-restore and
 # nft input, IPVS records), or a datapath's own form whose str() is that text (the eBPF
 # datapaths' map entries, packed as the kernel holds them).

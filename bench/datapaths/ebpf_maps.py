@@ -46,7 +46,6 @@ from collections import _count_elements as count_ids  # Counter.update's C loop
 from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
-from operator import itemgetter
 from typing import Any, NamedTuple
 
 from bench.datapaths.base import NodeContext
@@ -187,11 +186,12 @@ class Backends:
         got = [ids.get(ep.address) for ep in eps]
         if None not in got:
             return tuple(got)  # type: ignore[arg-type]
-        new = [ep for ep, bid in zip(eps, got) if bid is None]
+        new = [ep for ep, bid in zip(eps, got, strict=True) if bid is None]
         values, first, pad = self.values, len(self.values), _PROTO_PAD[proto]
         values += [socket.inet_aton(ep.ip) + ep.port.to_bytes(2, "big") + pad for ep in new]
-        ids.update(zip([ep.address for ep in new], range(first, len(values))))
-        got = [ids[ep.address] if bid is None else bid for ep, bid in zip(eps, got)]
+        ids.update(zip([ep.address for ep in new], range(first, len(values)), strict=True))
+        got = [ids[ep.address] if bid is None else bid
+               for ep, bid in zip(eps, got, strict=True)]
         if len(values) - 1 > self.limit:
             raise InputError(f"more than {self.limit} backend ids were needed; the map "
                              "field holding them is too small for this many")
@@ -254,14 +254,11 @@ def _pack(fe: _Fe, backends: Backends) -> _Packed:
     rev = fe.revnat.to_bytes(2, _NATIVE)
     svc = dict(zip(map(fe.head.__add__, _slot_tails(fe.proto, n)[:n + 1]),
                    [_SVC_VALUE.pack(0, fe.timeout, n, fe.revnat, fe.flags),
-                    *[k + _SLOT_ZERO for k in ids]]))
+                    *[k + _SLOT_ZERO for k in ids]], strict=True))
     values = backends.values
-    return _Packed(svc, tuple(zip(ids, [values[b] for b in fe.backends])),
+    return _Packed(svc, tuple(zip(ids, [values[b] for b in fe.backends], strict=True)),
                    (rev, fe.head + b"\0\0"),
                    tuple([k + rev + b"\0\0" for k in ids]) if fe.flags & SVC_F_AFFINITY else ())
-
-
-_first = itemgetter(0)
 
 
 def prepare() -> None:
@@ -321,12 +318,14 @@ def _pack_all(fes: Sequence[_Fe], backends: Backends) -> tuple[Maps, dict[int, i
     match["backend"] = slot_ids[np.repeat(sticky, counts)]
     match["revnat"] = np.repeat(revnats[sticky], counts[sticky])
     used_ids = used.tolist()
-    maps = {"backend": dict(zip(backend_keys, map(backends.values.__getitem__, used_ids))),
+    maps = {"backend": dict(zip(backend_keys, map(backends.values.__getitem__, used_ids),
+                                strict=True)),
             "revnat": dict(zip(revnats.astype("=u2").view("V2").tolist(),
-                               revnat.view("V8").tolist())),
+                               revnat.view("V8").tolist(), strict=True)),
             "match": dict.fromkeys(match.view("V8").tolist(), _MATCH_ONE),
-            "svc": dict(zip(key.view("V12").tolist(), value.view("V16").tolist()))}
-    return maps, dict(zip(used_ids, named.tolist()))
+            "svc": dict(zip(key.view("V12").tolist(), value.view("V16").tolist(),
+                            strict=True))}
+    return maps, dict(zip(used_ids, named.tolist(), strict=True))
 
 
 # --- renderings ---------------------------------------------------------------------------

@@ -21,7 +21,7 @@ PROTOCOLS = ("TCP", "UDP", "SCTP")
 _T = TypeVar("_T")
 
 
-class _cached(Generic[_T]):  # noqa: N801 - a decorator, as functools.cached_property
+class _cached(Generic[_T]):
     """functools.cached_property without its lock: Python 3.11 takes one on every
     first read (about 1 us), and a full sync reads the names of 10k fresh ports inside
     the timed render. The value lands in the instance's __dict__, outside the

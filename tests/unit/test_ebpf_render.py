@@ -28,10 +28,10 @@ from bench.model import layout as L
 from bench.model.generate import GenSpec, generate
 from bench.model.objects import (
     EndpointSlice,
+    PortViews,
     Service,
     ServiceEndpoint,
     ServicePort,
-    PortViews,
     ServicePortView,
     service_port_views,
 )
