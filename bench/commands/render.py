@@ -50,5 +50,5 @@ def run(args: argparse.Namespace) -> int:
                       service_cidrs=tuple(args.service_cidrs or ()))
     objs = load_services(args.services)
     views = service_port_views(objs.services, objs.slices, args.node_name)
-    sys.stdout.write(datapath.render(views, ctx))
+    sys.stdout.write(str(datapath.render(views, ctx)))
     return 0

@@ -24,11 +24,16 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from bench.cluster.netns_exec import netns_argv
 from bench.errors import ApplyError, ApplyTimeout, InputError
 from bench.model.objects import ServicePortView
+
+# What render() returns and apply() takes: the text a tool reads (iptables-restore and
+# nft input, IPVS records), or a datapath's own form whose str() is that text (the eBPF
+# datapaths' map entries, packed as the kernel holds them).
+Rendering = Any
 
 
 @dataclass(frozen=True)
@@ -126,15 +131,15 @@ class Datapath(ABC):
         return None
 
     @abstractmethod
-    def render(self, ports: Sequence[ServicePortView], ctx: NodeContext) -> str:
+    def render(self, ports: Sequence[ServicePortView], ctx: NodeContext) -> Rendering:
         """What a full sync would program, as the text (or listing) that gets applied."""
 
     @abstractmethod
-    def apply(self, rendered: str, netns: str) -> None:
+    def apply(self, rendered: Rendering, netns: str) -> None:
         """Program ``rendered`` inside the named network namespace (never the host's)."""
 
     def render_partial(self, ports: Sequence[ServicePortView], ctx: NodeContext,
-                       changed: Collection[str]) -> str:
+                       changed: Collection[str]) -> Rendering:
         """A partial sync after the Services in ``changed`` (``ns/name``) changed.
 
         ``ports`` is the whole current state. Datapaths without a partial mode
@@ -142,7 +147,7 @@ class Datapath(ABC):
         """
         return self.render(ports, ctx)
 
-    def apply_partial(self, rendered: str, netns: str) -> None:
+    def apply_partial(self, rendered: Rendering, netns: str) -> None:
         """Program a :meth:`render_partial` result (default: like a full sync)."""
         self.apply(rendered, netns)
 
@@ -166,7 +171,7 @@ class Datapath(ABC):
         (a userspace proxy), whose CPU time counts in the CPU per packet; None: none."""
         return None
 
-    def state_size(self, rendered: str) -> dict[str, int]:
+    def state_size(self, rendered: Rendering) -> dict[str, int]:
         """Size of the programmed state (rules, chains, map elements) for a rendering."""
         return {}
 

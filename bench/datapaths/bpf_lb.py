@@ -325,26 +325,23 @@ class LoadedLb:
     # cgroup attachments: (directory fd, program, attach type); the fd is ours to close
     cgroups: list[tuple[int, Any, int]] = field(default_factory=list)
 
-    def program(self, entries: M.Entries) -> dict[str, int]:
-        """Make the sync maps hold exactly ``entries`` (a full sync); returns entries
-        written/deleted.
+    def program(self, maps: M.Maps) -> dict[str, int]:
+        """Make the sync maps hold exactly ``maps`` (a full sync: rendering name -> packed
+        key -> packed value); returns entries written/deleted.
 
-        The maps are read back from the kernel and compared with ``entries`` packed as
-        the kernel holds them: what differs or is missing is written, what no entry
-        wants is deleted. A full sync therefore writes nothing when the maps already
-        hold the rendering, as an eBPF agent's full reconciliation (Cilium's: update
-        the frontends that changed, prune what nothing wants) writes nothing then,
-        and it repairs entries changed behind its back.
+        The maps are read back from the kernel and compared with ``maps``: what
+        differs or is missing is written, what no entry wants is deleted. A full
+        sync therefore writes nothing when the maps already hold the rendering, as
+        an eBPF agent's full reconciliation (Cilium's: update the frontends that
+        changed, prune what nothing wants) writes nothing then, and it repairs
+        entries changed behind its back.
         """
-        self.sizes.check(M.count_entries(entries))
+        self.sizes.check({m: len(maps[m]) for m in M.MAPS})
         self.generation = None  # until this write completes
-        by_map: dict[str, list[tuple[str, str]]] = {m: [] for m in M.MAPS}
-        for (m, k), v in entries.items():
-            by_map[m].append((k, v))
         plans = {}
         for m in M.MAPS:
             held = self.dump(m)
-            want = {M.pack_key(m, k): M.pack_value(m, v) for k, v in by_map[m]}
+            want = maps[m]
             plans[m] = ([(k, v) for k, v in want.items() if held.get(k) != v],
                         [k for k in held if k not in want])
         # Slot 0 of a frontend last: its count must never name a slot not written yet.
@@ -357,22 +354,18 @@ class LoadedLb:
         return {"written": sum(len(p[0]) for p in plans.values()),
                 "deleted": sum(len(p[1]) for p in plans.values())}
 
-    def program_delta(self, writes: M.Entries,
-                      deletes: Sequence[tuple[str, str]]) -> dict[str, int]:
+    def program_delta(self, writes: M.Maps, deletes: dict[str, list[bytes]]) -> dict[str, int]:
         """Write and delete the entries of a partial sync (ebpf_maps.render_delta) only."""
         self.generation = None  # until this write completes
-        by_map: dict[str, list[tuple[str, str]]] = {m: [] for m in M.MAPS}
-        for (m, k), v in writes.items():
-            by_map[m].append((k, v))
-        by_map["svc"].sort(key=lambda kv: kv[0].endswith("#0"))
         for m in M.MAPS:
-            self._write(m, by_map[m])
-        gone: dict[str, list[tuple[str, str]]] = {m: [] for m in M.MAPS}
-        for m, k in deletes:
-            gone[m].append((k, ""))
+            items = list(writes[m].items())
+            if m == "svc":
+                items.sort(key=lambda kv: _slot0(kv[0]))
+            self._write_packed(m, items)
         for m in reversed(M.MAPS):
-            self._delete(m, sorted(gone[m], key=lambda kv: not kv[0].endswith("#0")))
-        return {"written": len(writes), "deleted": len(deletes)}
+            self._delete_packed(m, sorted(deletes[m], key=lambda k: not _slot0(k)))
+        return {"written": sum(map(len, writes.values())),
+                "deleted": sum(map(len, deletes.values()))}
 
     def dump(self, m: str) -> dict[bytes, bytes]:
         """Every entry of sync map ``m`` as the kernel holds it (key bytes -> value bytes),
@@ -405,30 +398,6 @@ class LoadedLb:
 
     def _table(self, m: str) -> Any:
         return self.bpf[M.MAPS[m].encode()]
-
-    def _write(self, m: str, items: Sequence[tuple[str, str]]) -> None:
-        if not items:
-            return
-        table = self._table(m)
-        keys, values = M.pack(m, items)
-        n = len(items)
-        try:
-            table.items_update_batch((table.Key * n).from_buffer_copy(keys),
-                                     (table.Leaf * n).from_buffer_copy(values))
-        except Exception as e:  # BCC raises bare Exception
-            raise ApplyError(f"writing {n} {M.MAPS[m]} entries in {self.netns}: "
-                             f"{first_line(e)}") from e
-
-    def _delete(self, m: str, items: Sequence[tuple[str, str]]) -> None:
-        if not items:
-            return
-        table = self._table(m)
-        keys = b"".join(M.pack_key(m, k) for k, _ in items)
-        try:
-            table.items_delete_batch((table.Key * len(items)).from_buffer_copy(keys))
-        except Exception as e:  # BCC raises bare Exception
-            raise ApplyError(f"deleting {len(items)} {M.MAPS[m]} entries in {self.netns}: "
-                             f"{first_line(e)}") from e
 
     def _write_packed(self, m: str, items: Sequence[tuple[bytes, bytes]]) -> None:
         if not items:

@@ -1,4 +1,4 @@
-"""The map entries of kpbench's eBPF datapaths, as text and as kernel bytes.
+"""The map entries of kpbench's eBPF datapaths, packed as the kernel holds them.
 
 A sync of an eBPF datapath is map programming, as in Cilium: the frontends
 of every service port (its ClusterIP, its NodePort on each node address,
@@ -8,8 +8,14 @@ entry per backend slot (slot 0 holds the count), the backends into
 ``lb4_reverse_nat``, and the backends a ClientIP-affinity entry may still
 point to into ``lb4_affinity_match`` (see ``bpf/lb4.h``).
 
-:func:`render_maps` writes them one entry per line, ``<map> <key> <value>``,
-in a stable order so two renderings diff cleanly::
+:func:`render_maps` builds them as the bytes of the C structs, map by map
+(key bytes -> value bytes), ready to be handed to the kernel: an eBPF agent
+has no text between its model and its maps, so neither does this render, and
+the apply only compares and writes. Each service port is packed once and
+kept while the port and its endpoints are unchanged, as the iptables and
+nftables renderers keep their text. ``str()`` of a rendering is its text,
+one entry per line, ``<map> <key> <value>``, in a stable order so two
+renderings diff cleanly (``kpbench render`` prints it)::
 
     svc 172.30.0.10:80/TCP#0 count=2 revnat=1 flags=- timeout=0
     svc 172.30.0.10:80/TCP#1 backend=1
@@ -18,8 +24,7 @@ in a stable order so two renderings diff cleanly::
     revnat 1 172.30.0.10:80
     match 1/3 1
 
-:func:`parse_maps` reads that text back and :func:`pack` turns entries into
-the bytes of the C structs. Nothing here needs root.
+Nothing here needs root.
 
 Which backends a frontend gets follows kube-proxy's traffic policies:
 ClusterIP uses the cluster endpoints (local ones with
@@ -36,12 +41,15 @@ from __future__ import annotations
 import functools
 import socket
 import struct
+import sys
 from collections import _count_elements as count_ids  # Counter.update's C loop
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
+from typing import Any, NamedTuple
 
 from bench.datapaths.base import NodeContext
-from bench.errors import InputError
+from bench.errors import ApplyError, InputError
 from bench.model.objects import ServiceEndpoint, ServicePortView, sorted_endpoints
 
 # Flags of a frontend (lb4_service.flags); the same values as SVC_F_* in bpf/lb4.h.
@@ -52,6 +60,7 @@ SVC_F_EXTERNAL = 0x8
 FLAG_NAMES = {SVC_F_AFFINITY: "affinity", SVC_F_SNAT: "snat", SVC_F_DROP: "drop",
               SVC_F_EXTERNAL: "external"}
 PROTO_NUMBERS = {"TCP": 6, "UDP": 17}
+PROTO_NAMES = {n: p for p, n in PROTO_NUMBERS.items()}
 
 # Rendering name -> kernel map name (bpf/lb4.h), in the order a sync writes them:
 # what a frontend points to exists before the frontend does.
@@ -69,15 +78,16 @@ _MATCH_KEY = struct.Struct("=IHxx")  # lb4_affinity_match
 _MATCH_VALUE = struct.Struct("=B")
 LAYOUTS = {"svc": (_SVC_KEY, _SVC_VALUE), "backend": (_BACKEND_KEY, _BACKEND_VALUE),
            "revnat": (_REVNAT_KEY, _REVNAT_VALUE), "match": (_MATCH_KEY, _MATCH_VALUE)}
+_MATCH_ONE = _MATCH_VALUE.pack(1)
 
 MAX_REVNAT = 0xFFFF  # lb4_service.rev_nat_index is a u16
 MAX_BACKEND_ID = 0xFFFFFFFF
 
-Entries = dict[tuple[str, str], str]  # (map, key) -> value, as rendered
+Maps = dict[str, dict[bytes, bytes]]  # rendering name -> packed key -> packed value
+Entries = dict[tuple[str, str], str]  # (map, key) -> value, as the text shows them
 
 
-@dataclass(frozen=True)
-class Frontend:
+class Frontend(NamedTuple):
     """One address:port/protocol that leads to a service port's backends."""
 
     address: str
@@ -100,18 +110,24 @@ def frontends(view: ServicePortView, ctx: NodeContext) -> list[Frontend]:
     affinity = svc.session_affinity == "ClientIP"
     base = SVC_F_AFFINITY if affinity else 0
     timeout = svc.affinity_timeout if affinity else 0
-    any_endpoint = bool(view.cluster_endpoints)
+    cluster = view.cluster_endpoints
+    any_endpoint = bool(cluster)
+    ordered: dict[bool, tuple[ServiceEndpoint, ...]] = {}  # local? -> its endpoints, sorted
 
     def frontend(address: str, port: int, local: bool, external: bool) -> Frontend:
-        eps = view.local_endpoints if local else view.cluster_endpoints
+        eps = ordered.get(local)
+        if eps is None:
+            eps = ordered[local] = sorted_endpoints(view.local_endpoints if local else cluster)
         flags = base | (SVC_F_EXTERNAL if external else 0)
         if external and not local:
             flags |= SVC_F_SNAT
         if not eps and any_endpoint:
             flags |= SVC_F_DROP
-        return Frontend(address, port, sp.protocol, sorted_endpoints(eps), flags, timeout)
+        return Frontend(address, port, sp.protocol, eps, flags, timeout)
 
     out = [frontend(svc.cluster_ip, sp.port, svc.internal_traffic_policy == "Local", False)]
+    if not (svc.external_ips or svc.type != "ClusterIP"):
+        return out
     local = svc.external_policy_local
     for ip in svc.external_ips:
         out.append(frontend(ip, sp.port, local, True))
@@ -135,9 +151,9 @@ class IdAllocator:
     def __init__(self, name: str, limit: int) -> None:
         self.name = name
         self.limit = limit
-        self.known: dict[str, int] = {}  # key -> its id (read-only for callers)
+        self.known: dict[Hashable, int] = {}  # key -> its id (read-only for callers)
 
-    def __call__(self, key: str) -> int:
+    def __call__(self, key: Hashable) -> int:
         got = self.known.get(key)
         if got is None:
             got = len(self.known) + 1
@@ -148,327 +164,505 @@ class IdAllocator:
         return got
 
 
-@dataclass(frozen=True)
-class _FrontendEntries:
-    """What one frontend contributes to a sync: its ``svc`` lines and what they point to."""
+# --- packing ------------------------------------------------------------------------------
 
-    key: str
-    svc_lines: str
-    backends: tuple[tuple[int, str], ...]  # (id, its "backend" line)
-    revnat: tuple[int, str]  # (index, its "revnat" line)
-    matches: tuple[tuple[int, int], ...]
+_NATIVE = sys.byteorder
+_SLOT_ZERO = bytes(12)  # lb4_service after a slot's backend id: no count, revnat or flags
 
 
-def _frontend_entries(fe: Frontend, backend_ids: IdAllocator,
-                      revnat_ids: IdAllocator) -> _FrontendEntries:
-    key = fe.key
-    revnat = revnat_ids(key)
-    flags = ",".join(n for bit, n in FLAG_NAMES.items() if fe.flags & bit) or "-"
-    lines = [f"svc {key}#0 count={len(fe.backends)} revnat={revnat} "
-             f"flags={flags} timeout={fe.affinity_timeout}"]
-    backends = []
-    proto = fe.protocol
-    known = backend_ids.known
-    for slot, ep in enumerate(fe.backends, start=1):
-        bkey = f"{ep.address}/{proto}"
-        bid = known.get(bkey) or backend_ids(bkey)
-        backends.append((bid, f"backend {bid} {bkey}"))
-        lines.append(f"svc {key}#{slot} backend={bid}")
-    matches = tuple((bid, revnat) for bid, _ in backends) if fe.flags & SVC_F_AFFINITY else ()
-    return _FrontendEntries(key, "\n".join(lines), tuple(backends),
-                            (revnat, f"revnat {revnat} {fe.address}:{fe.port}"), matches)
+class Backends:
+    """Stable backend ids (never reused, as :class:`IdAllocator`'s) and each backend's
+    packed lb4_backend, made once per address and protocol and shared by every
+    frontend and node that names it."""
+
+    def __init__(self, limit: int = MAX_BACKEND_ID) -> None:
+        self.limit = limit
+        self.ids: dict[str, dict[str, int]] = {p: {} for p in PROTO_NUMBERS}  # "ip:port"
+        self.values: list[bytes] = [b""]  # lb4_backend by id (0 is no backend)
+
+    def of(self, eps: Sequence[ServiceEndpoint], proto: str) -> tuple[int, ...]:
+        """The ids of ``eps`` (backends of protocol ``proto``), new ones made."""
+        ids = self.ids[proto]
+        got = [ids.get(ep.address) for ep in eps]
+        if None not in got:
+            return tuple(got)  # type: ignore[arg-type]
+        new = [ep for ep, bid in zip(eps, got, strict=True) if bid is None]
+        values, first, pad = self.values, len(self.values), _PROTO_PAD[proto]
+        values += [socket.inet_aton(ep.ip) + ep.port.to_bytes(2, "big") + pad for ep in new]
+        ids.update(zip([ep.address for ep in new], range(first, len(values)), strict=True))
+        got = [ids[ep.address] if bid is None else bid
+               for ep, bid in zip(eps, got, strict=True)]
+        if len(values) - 1 > self.limit:
+            raise InputError(f"more than {self.limit} backend ids were needed; the map "
+                             "field holding them is too small for this many")
+        return tuple(got)  # type: ignore[arg-type]
 
 
-PortCache = dict[str, tuple[ServicePortView, NodeContext, tuple[_FrontendEntries, ...]]]
+# lb4_backend after the address and port: the protocol, then padding.
+_PROTO_PAD = {p: bytes([n, 0]) for p, n in PROTO_NUMBERS.items()}
+# lb4_key after the address and port, per protocol: slot (u16), protocol, padding.
+_SLOT_TAILS: dict[int, list[bytes]] = {n: [struct.pack("=HB3x", 0, n)]
+                                        for n in PROTO_NUMBERS.values()}
+
+
+def _slot_tails(proto: int, n: int) -> list[bytes]:
+    tails = _SLOT_TAILS[proto]
+    if len(tails) <= n:
+        tails += [struct.pack("=HB3x", slot, proto) for slot in range(len(tails), 2 * n + 16)]
+    return tails
+
+
+class _Fe(NamedTuple):
+    """One frontend as the numbers its entries are packed from (a service port's cached
+    render): both packers below take these."""
+
+    key: bytes  # its slot 0's lb4_key: the frontend's identity in lb4_services
+    head: bytes  # its address and port (network order), as lb4_key begins
+    proto: int
+    flags: int
+    timeout: int
+    revnat: int
+    backends: tuple[int, ...]  # the backend id of each slot
+
+
+def _port_frontends(view: ServicePortView, ctx: NodeContext, backends: Backends,
+                    revnat_ids: IdAllocator) -> tuple[_Fe, ...]:
+    out = []
+    for fe in frontends(view, ctx):
+        num = PROTO_NUMBERS[fe.protocol]
+        head = socket.inet_aton(fe.address) + fe.port.to_bytes(2, "big")
+        key = head + _SLOT_TAILS[num][0]
+        out.append(_Fe(key, head, num, fe.flags, fe.affinity_timeout, revnat_ids(key),
+                       backends.of(fe.backends, fe.protocol)))
+    return tuple(out)
+
+
+class _Packed(NamedTuple):
+    """One frontend's entries, packed: its ``svc`` entries and what they point to."""
+
+    svc: dict[bytes, bytes]  # lb4_key -> lb4_service of slots 0..count
+    backends: tuple[tuple[bytes, bytes], ...]  # (id, lb4_backend) of each slot's backend
+    revnat: tuple[bytes, bytes]
+    matches: tuple[bytes, ...]  # lb4_affinity_match keys (value 1)
+
+
+def _pack(fe: _Fe, backends: Backends) -> _Packed:
+    """One frontend's entries, packed in Python (a partial sync's few frontends;
+    :func:`_pack_all` packs a full sync's, to the same bytes)."""
+    n = len(fe.backends)
+    ids = [b.to_bytes(4, _NATIVE) for b in fe.backends]
+    rev = fe.revnat.to_bytes(2, _NATIVE)
+    svc = dict(zip(map(fe.head.__add__, _slot_tails(fe.proto, n)[:n + 1]),
+                   [_SVC_VALUE.pack(0, fe.timeout, n, fe.revnat, fe.flags),
+                    *[k + _SLOT_ZERO for k in ids]], strict=True))
+    values = backends.values
+    return _Packed(svc, tuple(zip(ids, [values[b] for b in fe.backends], strict=True)),
+                   (rev, fe.head + b"\0\0"),
+                   tuple([k + rev + b"\0\0" for k in ids]) if fe.flags & SVC_F_AFFINITY else ())
+
+
+def prepare() -> None:
+    """Import what a full render packs with (numpy) now, not in the first render."""
+    _records()
+
+
+@functools.cache
+def _records() -> tuple[Any, ...]:
+    """numpy and the structs of bpf/lb4.h as its records (native byte order, as
+    LAYOUTS), imported on first use: the CLI's parser must not import numpy."""
+    import numpy as np
+
+    return (np,
+            np.dtype({"names": ["head", "slot", "proto"], "formats": ["V6", "=u2", "u1"],
+                      "offsets": [0, 6, 8], "itemsize": 12}),
+            np.dtype({"names": ["backend", "timeout", "count", "revnat", "flags"],
+                      "formats": ["=u4", "=u4", "=u2", "=u2", "u1"],
+                      "offsets": [0, 4, 8, 10, 12], "itemsize": 16}),
+            np.dtype({"names": ["head"], "formats": ["V6"], "offsets": [0], "itemsize": 8}),
+            np.dtype({"names": ["backend", "revnat"], "formats": ["=u4", "=u2"],
+                      "offsets": [0, 4], "itemsize": 8}))
+
+
+def _pack_all(fes: Sequence[_Fe], backends: Backends) -> tuple[Maps, dict[int, int]]:
+    """Every entry of ``fes`` (frontends with distinct keys) by map, and how often each
+    backend is named: a full sync's 220k entries at 10k services, built as numpy
+    records and handed over as the bytes objects the maps are compared in."""
+    np, svc_key, svc_value, revnat_value, match_key = _records()
+    n = len(fes)
+    ids = [fe.backends for fe in fes]
+    counts = np.fromiter(map(len, ids), np.int64, n)
+    rows = counts + 1
+    total = int(rows.sum())
+    starts = np.cumsum(rows) - rows
+    slot_ids = np.fromiter(chain.from_iterable(ids), np.uint32, total - n)
+    heads = np.frombuffer(b"".join([fe.head for fe in fes]), "V6")
+    revnats = np.fromiter([fe.revnat for fe in fes], np.uint16, n)
+    key = np.zeros(total, svc_key)
+    key["head"] = np.repeat(heads, rows)
+    key["slot"] = np.arange(total) - np.repeat(starts, rows)
+    key["proto"] = np.repeat(np.fromiter([fe.proto for fe in fes], np.uint8, n), rows)
+    value = np.zeros(total, svc_value)
+    slots = np.ones(total, bool)
+    slots[starts] = False
+    value["backend"][slots] = slot_ids
+    value["timeout"][starts] = np.fromiter([fe.timeout for fe in fes], np.uint32, n)
+    value["count"][starts] = counts
+    value["revnat"][starts] = revnats
+    value["flags"][starts] = np.fromiter([fe.flags for fe in fes], np.uint8, n)
+    used, named = np.unique(slot_ids, return_counts=True)
+    backend_keys = used.astype("=u4").view("V4").tolist()
+    revnat = np.zeros(n, revnat_value)
+    revnat["head"] = heads
+    sticky = np.fromiter([bool(fe.flags & SVC_F_AFFINITY) for fe in fes], bool, n)
+    match = np.zeros(int(counts[sticky].sum()), match_key)
+    match["backend"] = slot_ids[np.repeat(sticky, counts)]
+    match["revnat"] = np.repeat(revnats[sticky], counts[sticky])
+    used_ids = used.tolist()
+    maps = {"backend": dict(zip(backend_keys, map(backends.values.__getitem__, used_ids),
+                                strict=True)),
+            "revnat": dict(zip(revnats.astype("=u2").view("V2").tolist(),
+                               revnat.view("V8").tolist(), strict=True)),
+            "match": dict.fromkeys(match.view("V8").tolist(), _MATCH_ONE),
+            "svc": dict(zip(key.view("V12").tolist(), value.view("V16").tolist(),
+                            strict=True))}
+    return maps, dict(zip(used_ids, named.tolist(), strict=True))
+
+
+# --- renderings ---------------------------------------------------------------------------
+
+class MapsRendering:
+    """What a full sync makes the four maps hold (:attr:`maps`: rendering name -> packed
+    key -> packed value), for node ``node`` at render generation ``generation``.
+
+    It shares its dictionaries with the node's render state, which a partial sync
+    updates in place (a copy would cost a full sync's worth of entries): once one
+    has, this rendering is out of date and refuses to be read (render again).
+    ``str()`` is its text (built on first use).
+    """
+
+    def __init__(self, node: str, maps: Maps, frontends: int, generation: int) -> None:
+        self.node, self.frontends, self.generation = node, frontends, generation
+        self._maps: Maps | None = maps
+        self._text: str | None = None
+
+    @property
+    def maps(self) -> Maps:
+        if self._maps is None:
+            raise ApplyError(f"this rendering of {self.node}'s maps (generation "
+                             f"{self.generation}) is out of date: a partial sync has "
+                             "changed them since; render a full sync again")
+        return self._maps
+
+    def retire(self) -> None:
+        """The node's maps are about to change in place: this rendering is no longer."""
+        self._maps = None
+
+    def counts(self) -> dict[str, int]:
+        """Entries per map, by rendering name."""
+        return {m: len(self.maps[m]) for m in MAPS}
+
+    def entries(self) -> Entries:
+        """(map, key) -> value of every entry, as the text shows them."""
+        return {(m, k): v for m in MAPS for k, v in _unpacked(m, self.maps[m])}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, MapsRendering) and other.maps == self.maps
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __str__(self) -> str:
+        if self._text is None:
+            lines = [f"# kpbench lb4 maps for {self.node}: <map> <key> <value>"]
+            lines += [f"{m} {k} {v}" for m in ("svc", "backend", "revnat", "match")
+                      for k, v in _unpacked(m, self.maps[m])]
+            self._text = "\n".join(lines) + "\n"
+        return self._text
+
 
 DELTA_HEADER = "# kpbench lb4 maps delta for "
 
 
+class MapsDelta:
+    """What a partial sync writes (``writes``) and deletes (``deletes``) in each map,
+    packed, taking node ``node`` from render generation ``start`` to ``end``."""
+
+    __slots__ = ("node", "start", "end", "writes", "deletes")
+
+    def __init__(self, node: str, start: int, end: int, writes: Maps,
+                 deletes: dict[str, list[bytes]]) -> None:
+        self.node, self.start, self.end = node, start, end
+        self.writes, self.deletes = writes, deletes
+
+    def counts(self) -> dict[str, int]:
+        return {"written": sum(map(len, self.writes.values())),
+                "deleted": sum(map(len, self.deletes.values()))}
+
+    def __str__(self) -> str:
+        lines = [f"{DELTA_HEADER}{self.node}: {self.start} -> {self.end}"]
+        lines += [f"{m} {k} {v}" for m in MAPS for k, v in _unpacked(m, self.writes[m])]
+        lines += [f"delete {m} {k}" for m in MAPS
+                  for k, _ in _unpacked(m, dict.fromkeys(self.deletes[m], b""))]
+        return "\n".join(lines) + "\n"
+
+
+def _hostport(addr: bytes, port: bytes) -> str:
+    return f"{socket.inet_ntoa(addr)}:{int.from_bytes(port, 'big')}"
+
+
+def _flags(bits: int) -> str:
+    return ",".join(n for bit, n in FLAG_NAMES.items() if bits & bit) or "-"
+
+
+def _svc_order(key: bytes) -> tuple[bytes, int, int]:
+    return key[:6], key[8], int.from_bytes(key[6:8], _NATIVE)
+
+
+def _unpacked(m: str, entries: dict[bytes, bytes]) -> list[tuple[str, str]]:
+    """(key, value) of map ``m``'s packed entries as the text shows them, in its order:
+    frontends by address, port and protocol, then slot; the others by id."""
+    out = []
+    if m == "svc":
+        for k in sorted(entries, key=_svc_order):
+            v = entries[k]
+            slot = int.from_bytes(k[6:8], _NATIVE)
+            bid, timeout, count, revnat, flags = _SVC_VALUE.unpack(v) if v else (0,) * 5
+            out.append((f"{_hostport(k[:4], k[4:6])}/{PROTO_NAMES[k[8]]}#{slot}",
+                        "" if not v else f"backend={bid}" if slot else
+                        f"count={count} revnat={revnat} flags={_flags(flags)} "
+                        f"timeout={timeout}"))
+    elif m == "backend":
+        for k in sorted(entries, key=lambda k: int.from_bytes(k, _NATIVE)):
+            v = entries[k]
+            out.append((str(int.from_bytes(k, _NATIVE)),
+                        v and f"{_hostport(v[:4], v[4:6])}/{PROTO_NAMES[v[6]]}"))
+    elif m == "revnat":
+        for k in sorted(entries, key=lambda k: int.from_bytes(k, _NATIVE)):
+            v = entries[k]
+            out.append((str(int.from_bytes(k, _NATIVE)), v and _hostport(v[:4], v[4:6])))
+    else:
+        for k in sorted(entries, key=_MATCH_KEY.unpack):
+            b, r = _MATCH_KEY.unpack(k)
+            out.append((f"{b}/{r}", str(entries[k][0]) if entries[k] else ""))
+    return out
+
+
+# --- a node's renders ---------------------------------------------------------------------
+
 @dataclass
 class NodeRender:
-    """What the renders for one node left behind: each service port's entries, and the
-    state of the maps they make, so a partial sync renders only what changed.
+    """What the renders for one node left behind: each service port's packed entries, and
+    the whole rendering they make, kept up to date by partial syncs, so a partial sync
+    renders only what changed and a full one after it assembles nothing again.
 
     ``generation`` counts the renders; a delta names the generation it starts
     from, so it is only applied to a node holding exactly that state.
     """
 
-    cache: PortCache = field(default_factory=dict)
-    names: list[str] = field(default_factory=list)  # port order of the last full render
-    text: str | None = None  # the last full rendering, while still the current state
-    owner: dict[str, str] = field(default_factory=dict)  # frontend key -> its port's name
+    cache: dict[str, tuple[ServicePortView, NodeContext, tuple[_Fe, ...]]] = field(
+        default_factory=dict)
+    # The whole rendering of the ports in ``live`` (None before the first full render).
+    maps: Maps | None = None
+    live: set[str] = field(default_factory=set)
+    names: list[str] = field(default_factory=list)  # ``live`` in the last full render's order
+    refs: dict[int, int] = field(default_factory=dict)  # backend id -> frontends naming it
+    owner: dict[bytes, str] = field(default_factory=dict)  # frontend -> its port's name
     ports_of: dict[str, list[str]] = field(default_factory=dict)  # Service key -> port names
-    backend_refs: dict[int, int] = field(default_factory=dict)  # backend id -> frontends
+    # Some frontend is claimed by two ports: the port order decides which holds it, so
+    # a full render assembles the maps again.
+    shared: bool = False
+    rendering: MapsRendering | None = None  # the last full rendering, while current
     generation: int = 0
     rendered_entries: int = 0  # entries the last render built anew (not from the cache)
 
 
-def render_maps(ports: Sequence[ServicePortView], ctx: NodeContext,
-                backend_ids: IdAllocator, revnat_ids: IdAllocator,
-                state: NodeRender | None = None) -> str:
-    """Every map entry a full sync programs, one per line (see the module doc).
+def render_maps(ports: Sequence[ServicePortView], ctx: NodeContext, backends: Backends,
+                revnat_ids: IdAllocator, state: NodeRender | None = None) -> MapsRendering:
+    """Every map entry a full sync programs, packed (see the module doc).
 
     ``state``, if given, holds each port's entries from earlier renders: a port
     equal to the cached one is not rendered again (its ids are stable, see
-    :class:`IdAllocator`), and when every port is unchanged and in the same
-    order, the last rendering is returned as it is.
+    :class:`IdAllocator`). When every port is cached and they are the ports the
+    node's whole rendering holds (kept up to date by :func:`render_delta`), that
+    rendering is returned without assembling anything.
     """
     state = NodeRender() if state is None else state
     cache = state.cache
     names = [v.name for v in ports]
-    fresh = 0
-    hits: list[tuple[_FrontendEntries, ...]] = []
+    fresh = misses = 0
+    hits: list[tuple[_Fe, ...]] = []
     for view, name in zip(ports, names, strict=True):
         hit = cache.get(name)
         if hit is None or not (hit[1] is ctx or hit[1] == ctx) or not (
                 hit[0] is view or hit[0] == view):
-            hit = (view, ctx, tuple(_frontend_entries(fe, backend_ids, revnat_ids)
-                                    for fe in frontends(view, ctx)))
+            hit = (view, ctx, _port_frontends(view, ctx, backends, revnat_ids))
             cache[name] = hit
-            fresh += sum(1 + len(fe.backends) for fe in hit[2])
+            misses += 1
+            fresh += sum([1 + len(fe.backends) for fe in hit[2]])
         hits.append(hit[2])
     state.rendered_entries = fresh
-    if not fresh and state.text is not None and names == state.names:
-        return state.text  # nothing changed since the last full render
-    svc_lines: list[str] = []
-    backends: dict[int, str] = {}
-    refs: dict[int, int] = {}
-    revnats: dict[int, str] = {}
-    matches: set[tuple[int, int]] = set()
-    owner: dict[str, str] = {}
+    if not misses and state.maps is not None and not state.shared and (
+            names == state.names or state.live == set(names)):
+        if state.rendering is None:  # partial syncs kept the maps up to date
+            state.rendering = MapsRendering(ctx.node_name, state.maps, len(state.owner),
+                                            state.generation)
+        state.names = names
+        return state.rendering
+    owner: dict[bytes, str] = {}
     ports_of: dict[str, list[str]] = {}
+    shared = False
+    kept: list[_Fe] = []
     for view, name, entries in zip(ports, names, hits, strict=True):
         ports_of.setdefault(view.service.key, []).append(name)
         for fe in entries:
             if fe.key in owner:
-                continue  # a later duplicate frontend loses, as a map key can only hold one
+                shared = True  # a later duplicate frontend loses, as a map key holds one
+                continue
             owner[fe.key] = name
-            revnats[fe.revnat[0]] = fe.revnat[1]
-            svc_lines.append(fe.svc_lines)
-            backends.update(fe.backends)
-            count_ids(refs, [bid for bid, _ in fe.backends])
-            matches.update(fe.matches)
+            kept.append(fe)
+    maps, refs = _pack_all(kept, backends)
     if len(cache) > 2 * len(ports) + 64:
         live = set(names)
         for name in [n for n in cache if n not in live]:
             del cache[name]
-    lines = [f"# kpbench lb4 maps for {ctx.node_name}: <map> <key> <value>", *svc_lines]
-    lines += [backends[bid] for bid in sorted(backends)]
-    lines += [revnats[i] for i in sorted(revnats)]
-    lines += [f"match {b}/{r} 1" for b, r in sorted(matches)]
-    text = "\n".join(lines) + "\n"
-    state.names, state.text, state.owner, state.ports_of = names, text, owner, ports_of
-    state.backend_refs = refs
     state.generation += 1
-    return text
+    state.maps, state.refs, state.owner, state.ports_of = maps, refs, owner, ports_of
+    state.live, state.shared, state.names = set(names), shared, names
+    # (An earlier rendering keeps the dictionaries replaced here: nothing changes them.)
+    state.rendering = MapsRendering(ctx.node_name, maps, len(owner), state.generation)
+    return state.rendering
 
 
-def _split_lines(text: str) -> dict[tuple[str, str], str]:
-    out = {}
-    for line in text.splitlines():
-        m, k, v = line.split(" ", 2)
-        out[(m, k)] = v
-    return out
+def _changes(old: dict[bytes, _Fe], new: dict[bytes, _Fe], backends: Backends,
+             refs: dict[int, int]) -> tuple[Maps, dict[str, list[bytes]]]:
+    """The entries to write and delete that turn frontends ``old`` into ``new`` (by
+    key): only the slots, counts, backends and affinity entries that differ. ``refs``
+    (backend id -> frontends naming it) is updated."""
+    writes: Maps = {m: {} for m in MAPS}
+    deletes: dict[str, list[bytes]] = {m: [] for m in MAPS}
+    svc_w, svc_d = writes["svc"], deletes["svc"]
+    gone: list[int] = []  # backend ids named by one frontend fewer (one per frontend)
+    came: list[int] = []
+    for key, was in old.items():
+        if key not in new:
+            n = len(was.backends)
+            svc_d += map(was.head.__add__, _slot_tails(was.proto, n)[:n + 1])
+            rev = was.revnat.to_bytes(2, _NATIVE)
+            deletes["revnat"].append(rev)
+            if was.flags & SVC_F_AFFINITY:
+                deletes["match"] += [_match_key(b, rev) for b in was.backends]
+            gone += was.backends
+    for key, now in new.items():
+        was = old.get(key)
+        if was is None:
+            packed = _pack(now, backends)
+            svc_w.update(packed.svc)
+            writes["revnat"][packed.revnat[0]] = packed.revnat[1]
+            writes["match"].update(dict.fromkeys(packed.matches, _MATCH_ONE))
+            came += now.backends
+            continue
+        if was == now:
+            continue
+        ob, nb = was.backends, now.backends
+        tails = _slot_tails(now.proto, max(len(ob), len(nb)))
+        if (was.flags, was.timeout, len(ob)) != (now.flags, now.timeout, len(nb)):
+            svc_w[key] = _SVC_VALUE.pack(0, now.timeout, len(nb), now.revnat, now.flags)
+        for slot, b in enumerate(nb, start=1):
+            if slot > len(ob) or ob[slot - 1] != b:
+                svc_w[now.head + tails[slot]] = b.to_bytes(4, _NATIVE) + _SLOT_ZERO
+        svc_d += map(now.head.__add__, tails[len(nb) + 1:len(ob) + 1])
+        so, sn = set(ob), set(nb)
+        gone += so - sn
+        came += sn - so
+        # The revnat entry is the key's (same address, port and index): unchanged.
+        rev = now.revnat.to_bytes(2, _NATIVE)
+        om = so if was.flags & SVC_F_AFFINITY else set()
+        nm = sn if now.flags & SVC_F_AFFINITY else set()
+        writes["match"].update(dict.fromkeys([_match_key(b, rev) for b in nm - om], _MATCH_ONE))
+        deletes["match"] += [_match_key(b, rev) for b in om - nm]
+    named: dict[int, int] = {}
+    count_ids(named, came)
+    for b in gone:
+        named[b] = named.get(b, 0) - 1
+    for b, change in named.items():
+        if not change:
+            continue
+        had = refs.get(b, 0)
+        has = had + change
+        if has and not had:
+            writes["backend"][b.to_bytes(4, _NATIVE)] = backends.values[b]
+        elif had and not has:
+            deletes["backend"].append(b.to_bytes(4, _NATIVE))
+        if has:
+            refs[b] = has
+        else:
+            refs.pop(b, None)
+    return writes, deletes
 
 
-def _entries_of(frontends: Iterable[_FrontendEntries]) -> tuple[Entries, dict[int, int]]:
-    """The svc, revnat and match entries of ``frontends``, and how often each backend
-    id is named by them."""
-    entries: Entries = {}
-    refs: dict[int, int] = {}
-    for fe in frontends:
-        entries.update(_split_lines(fe.svc_lines))
-        entries.update(_split_lines(fe.revnat[1]))
-        for bid, _ in fe.backends:
-            refs[bid] = refs.get(bid, 0) + 1
-        for b, r in fe.matches:
-            entries[("match", f"{b}/{r}")] = "1"
-    return entries, refs
+def _match_key(backend: int, rev: bytes) -> bytes:
+    return backend.to_bytes(4, _NATIVE) + rev + b"\0\0"
 
 
-def render_delta(ports: Sequence[ServicePortView], ctx: NodeContext,
-                 backend_ids: IdAllocator, revnat_ids: IdAllocator,
-                 state: NodeRender, changed: Collection[str]) -> str:
+def render_delta(ports: Sequence[ServicePortView], ctx: NodeContext, backends: Backends,
+                 revnat_ids: IdAllocator, state: NodeRender,
+                 changed: Collection[str]) -> MapsDelta | MapsRendering:
     """The entries a partial sync writes and deletes after the Services in ``changed``
-    (``ns/name``) changed: only those Services' ports are rendered, as an eBPF agent
+    (``ns/name``) changed: only those Services' ports are packed, as an eBPF agent
     updates the map entries of the frontends that changed.
 
-    Lines are ``<map> <key> <value>`` (write) and ``delete <map> <key>``,
-    after a header naming the generation of ``state`` they start from. Ports
-    of other Services are trusted to be unchanged, as a partial sync trusts its
-    change tracker. Without a full render to start from, for another node
-    context, or when a changed frontend shares its address with another
-    port's (only one of them can hold the map key), this is a full rendering.
+    Ports of other Services are trusted to be unchanged, as a partial sync trusts
+    its change tracker. The node's whole rendering is updated in place. Without a
+    full render to start from, for another node context, or when a changed
+    frontend shares its address with another port's (only one of them can hold
+    the map key), this is a full rendering.
     """
     first = next(iter(state.cache.values()), None)
-    if state.text is None and not state.owner or first is not None and not (
-            first[1] is ctx or first[1] == ctx):
-        return render_maps(ports, ctx, backend_ids, revnat_ids, state)
+    if state.maps is None or first is not None and not (first[1] is ctx or first[1] == ctx):
+        return render_maps(ports, ctx, backends, revnat_ids, state)
     keys = set(changed)
     index = getattr(ports, "by_service", None)  # objects.PortViews: no walk over every port
     views = ([v for k in keys for v in index.get(k, ())] if index is not None
              else [v for v in ports if v.service.key in keys])
     old_names = {n for k in keys for n in state.ports_of.get(k, ())}
     old_ports = [(n, state.cache[n][2]) for n in old_names if n in state.cache]
-    old = [fe for _, entries in old_ports for fe in entries]
-    new = {v.name: tuple(_frontend_entries(fe, backend_ids, revnat_ids)
-                         for fe in frontends(v, ctx)) for v in views}
+    new = {v.name: _port_frontends(v, ctx, backends, revnat_ids) for v in views}
+    owner = state.owner
     claimed = [fe.key for entries in new.values() for fe in entries]
     if (len(set(claimed)) != len(claimed)
-            or any(state.owner.get(fe.key) != n for n, entries in old_ports for fe in entries)
-            or any(state.owner.get(k) not in (None, *old_names) for k in claimed)):
+            or any(owner.get(fe.key) != n for n, entries in old_ports for fe in entries)
+            or any(owner.get(k) not in (None, *old_names) for k in claimed)):
         # A frontend address held by two ports: which one wins depends on the order
         # of all ports, so render them all.
-        return render_maps(ports, ctx, backend_ids, revnat_ids, state)
-    before, refs_before = _entries_of(old)
-    after, refs_after = _entries_of(fe for entries in new.values() for fe in entries)
-    writes = [(m, k, v) for (m, k), v in after.items() if before.get((m, k)) != v]
-    deletes = [(m, k) for (m, k) in before if (m, k) not in after]
-    refs = state.backend_refs
-    lines_of = {bid: line for entries in new.values() for fe in entries
-                for bid, line in fe.backends}
-    for bid in set(refs_before) | set(refs_after):
-        had = refs.get(bid, 0)
-        has = had - refs_before.get(bid, 0) + refs_after.get(bid, 0)
-        if has and not had:
-            writes.append(("backend", str(bid), lines_of[bid].split(" ", 2)[2]))
-        elif had and not has:
-            deletes.append(("backend", str(bid)))
-        if has:
-            refs[bid] = has
-        else:
-            refs.pop(bid, None)
+        return render_maps(ports, ctx, backends, revnat_ids, state)
+    old = [fe for _, entries in old_ports for fe in entries]
+    if state.rendering is not None:
+        state.rendering.retire()  # its dictionaries change now
+        state.rendering = None
+    writes, deletes = _changes({fe.key: fe for fe in old},
+                               {fe.key: fe for entries in new.values() for fe in entries},
+                               backends, state.refs)
+    maps = state.maps
+    for m in MAPS:
+        held = maps[m]
+        for k in deletes[m]:
+            del held[k]
+        held.update(writes[m])
     # The state a full render of the new ports would leave.
+    state.names = []  # ``live`` changes order (and maybe members) below
     for name in old_names - new.keys():
         state.cache.pop(name, None)
+        state.live.discard(name)
     for key in keys:
         state.ports_of.pop(key, None)
     for fe in old:
-        state.owner.pop(fe.key, None)
+        owner.pop(fe.key, None)
     for view in views:
         state.cache[view.name] = (view, ctx, new[view.name])
         state.ports_of.setdefault(view.service.key, []).append(view.name)
+        state.live.add(view.name)
         for fe in new[view.name]:
-            state.owner[fe.key] = view.name
-    state.text, state.names = None, []  # the next full render assembles the text again
+            owner[fe.key] = view.name
     start = state.generation
     state.generation += 1
     state.rendered_entries = sum(1 + len(fe.backends) for e in new.values() for fe in e)
-    out = [f"{DELTA_HEADER}{ctx.node_name}: {start} -> {state.generation}"]
-    out += [f"{m} {k} {v}" for m, k, v in writes]
-    out += [f"delete {m} {k}" for m, k in deletes]
-    return "\n".join(out) + "\n"
-
-
-def parse_delta(rendered: str) -> tuple[int, int, Entries, list[tuple[str, str]]]:
-    """(from, to generation, entries to write, (map, key) to delete) of a delta."""
-    header, _, body = rendered.partition("\n")
-    try:
-        span = header.removeprefix(DELTA_HEADER).rsplit(": ", 1)[1]
-        start, _, end = span.partition(" -> ")
-        gens = int(start), int(end)
-    except (IndexError, ValueError):
-        raise InputError(f"line 1: expected '{DELTA_HEADER}<node>: <from> -> <to>': "
-                         f"{header!r}", source="eBPF map delta") from None
-    writes: Entries = {}
-    deletes: list[tuple[str, str]] = []
-    for n, line in enumerate(body.splitlines(), start=2):
-        if not line or line.startswith("#"):
-            continue
-        parts = line.split(" ", 2)
-        if parts[0] == "delete" and len(parts) == 3 and parts[1] in MAPS:
-            deletes.append((parts[1], parts[2]))
-        elif len(parts) == 3 and parts[0] in MAPS:
-            writes[(parts[0], parts[1])] = parts[2]
-        else:
-            raise InputError(f"line {n}: expected '<map> <key> <value>' or 'delete <map> "
-                             f"<key>' with a map among {', '.join(MAPS)}: {line!r}",
-                             source="eBPF map delta")
-    return gens[0], gens[1], writes, deletes
-
-
-def is_delta(rendered: str) -> bool:
-    return rendered.startswith(DELTA_HEADER)
-
-
-def parse_maps(rendered: str) -> Entries:
-    """(map, key) -> value of every entry in a rendering; comments and blanks skipped."""
-    entries: Entries = {}
-    for n, line in enumerate(rendered.splitlines(), start=1):
-        if not line or line.startswith("#"):
-            continue
-        parts = line.split(" ", 2)
-        if len(parts) != 3 or parts[0] not in MAPS:
-            raise InputError(f"line {n}: expected '<map> <key> <value>' with a map among "
-                             f"{', '.join(MAPS)}: {line!r}", source="eBPF map rendering")
-        entries[(parts[0], parts[1])] = parts[2]
-    return entries
-
-
-def count_entries(entries: Entries | Iterable[tuple[str, str]]) -> dict[str, int]:
-    """Entries per map, by rendering name."""
-    counts = dict.fromkeys(MAPS, 0)
-    for m, _ in entries:
-        counts[m] += 1
-    return counts
-
-
-def _addr(text: str) -> bytes:
-    # Renderings hold canonical addresses (the model validated them): no re-validation.
-    return socket.inet_aton(text)
-
-
-def _port(port: str | int) -> int:
-    # Stored in network order in a u16 the program reads natively.
-    return socket.htons(int(port))
-
-
-# A frontend's address repeats on every slot line and backends repeat across
-# frontends: remember the parsed form (a full sync at 10k services packs 220k lines).
-@functools.lru_cache(maxsize=1 << 18)
-def _hostport(text: str) -> tuple[bytes, int, str]:
-    hostport, _, proto = text.partition("/")
-    host, _, port = hostport.rpartition(":")
-    return _addr(host), _port(port), proto
-
-
-def _fields(value: str) -> dict[str, str]:
-    return dict(f.split("=", 1) for f in value.split())
-
-
-def pack_key(m: str, key: str) -> bytes:
-    """The kernel bytes of one rendered key of map ``m``."""
-    if m == "svc":
-        frontend, _, slot = key.partition("#")
-        addr, port, proto = _hostport(frontend)
-        return _SVC_KEY.pack(addr, port, int(slot), PROTO_NUMBERS[proto])
-    if m == "backend":
-        return _BACKEND_KEY.pack(int(key))
-    if m == "revnat":
-        return _REVNAT_KEY.pack(int(key))
-    backend, _, revnat = key.partition("/")
-    return _MATCH_KEY.pack(int(backend), int(revnat))
-
-
-def pack_value(m: str, value: str) -> bytes:
-    """The kernel bytes of one rendered value of map ``m``."""
-    if m == "svc":
-        if value.startswith("backend="):
-            return _SVC_VALUE.pack(int(value[8:]), 0, 0, 0, 0)
-        f = _fields(value)
-        bits = {name: bit for bit, name in FLAG_NAMES.items()}
-        flags = sum(bits[n] for n in f["flags"].split(",") if n != "-")
-        return _SVC_VALUE.pack(0, int(f["timeout"]), int(f["count"]), int(f["revnat"]), flags)
-    if m == "backend":
-        addr, port, proto = _hostport(value)
-        return _BACKEND_VALUE.pack(addr, port, PROTO_NUMBERS[proto])
-    if m == "revnat":
-        addr, port, _ = _hostport(value)
-        return _REVNAT_VALUE.pack(addr, port)
-    return _MATCH_VALUE.pack(int(value))
-
-
-def pack(m: str, items: Sequence[tuple[str, str]]) -> tuple[bytes, bytes]:
-    """Keys and values of ``items`` (rendered key, value) of map ``m``, concatenated."""
-    return (b"".join(pack_key(m, k) for k, _ in items),
-            b"".join(pack_value(m, v) for _, v in items))
+    return MapsDelta(ctx.node_name, start, state.generation, writes, deletes)

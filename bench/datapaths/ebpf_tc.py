@@ -10,13 +10,14 @@ translated back. NodePort with ``externalTrafficPolicy: Cluster`` SNATs to
 the node; ``Local`` keeps the client address and only uses local endpoints.
 
 A sync is map programming (:mod:`bench.datapaths.ebpf_maps`), as an eBPF
-kube-proxy replacement does it. A full sync: ``render`` lists every map
-entry as text (each service port's entries cached; unchanged, the last
-rendering is returned as it is); ``apply`` reads the four maps back from the
-kernel and writes the entries that differ, deleting the ones nothing wants,
-with the batch map syscalls (Cilium's agent likewise updates only frontends
-that changed and prunes what nothing wants). A partial sync:
-``render_partial`` renders only the changed Services' ports and lists the
+kube-proxy replacement does it. A full sync: ``render`` packs every map
+entry as the kernel holds it (each service port packed once and cached;
+unchanged, the last rendering is returned as it is, and after partial syncs
+the whole rendering they kept up to date); ``apply`` reads the four maps back
+from the kernel and writes the entries that differ, deleting the ones nothing
+wants, with the batch map syscalls (Cilium's agent likewise updates only
+frontends that changed and prunes what nothing wants). A partial sync:
+``render_partial`` packs only the changed Services' ports and lists the
 entries to write and delete against the state the node holds
 (:func:`~bench.datapaths.ebpf_maps.render_delta`); ``apply_partial`` writes
 and deletes just those. The first apply on a node compiles and loads the programs
@@ -51,7 +52,8 @@ class EbpfTcDatapath(Datapath):
     program = "lb"  # bpf/lb.c
 
     def __init__(self) -> None:
-        self._backend_ids = M.IdAllocator("backend", M.MAX_BACKEND_ID)
+        self._backends = M.Backends()
+        M.prepare()  # numpy's import: process set-up, not the first render's time
         self._revnat_ids = M.IdAllocator("frontend (reverse-NAT index)", M.MAX_REVNAT)
         # Per node: each service port's entries and the maps' state they make, rendered
         # again only when a port changed.
@@ -62,16 +64,16 @@ class EbpfTcDatapath(Datapath):
         # Entries the last apply wrote and deleted, per node: what a sync really changed.
         self.last_sync: dict[str, dict[str, int]] = {}
 
-    def render(self, ports: Sequence[ServicePortView], ctx: NodeContext) -> str:
-        """Every map entry of a full sync, one per line (see :mod:`ebpf_maps`)."""
-        return M.render_maps(ports, ctx, self._backend_ids, self._revnat_ids,
+    def render(self, ports: Sequence[ServicePortView], ctx: NodeContext) -> M.MapsRendering:
+        """Every map entry of a full sync, packed (see :mod:`ebpf_maps`)."""
+        return M.render_maps(ports, ctx, self._backends, self._revnat_ids,
                              self._renders.setdefault(ctx.node_name, M.NodeRender()))
 
     def render_partial(self, ports: Sequence[ServicePortView], ctx: NodeContext,
-                       changed: Collection[str]) -> str:
+                       changed: Collection[str]) -> M.MapsDelta | M.MapsRendering:
         """The entries to write and delete after the Services in ``changed`` changed: only
-        their ports are rendered (:func:`ebpf_maps.render_delta`)."""
-        return M.render_delta(ports, ctx, self._backend_ids, self._revnat_ids,
+        their ports are packed (:func:`ebpf_maps.render_delta`)."""
+        return M.render_delta(ports, ctx, self._backends, self._revnat_ids,
                               self._renders.setdefault(ctx.node_name, M.NodeRender()),
                               changed)
 
@@ -79,52 +81,51 @@ class EbpfTcDatapath(Datapath):
         """Entries the node's last render built anew rather than took from its cache."""
         return self._renders[node_name].rendered_entries
 
-    def state_size(self, rendered: str) -> dict[str, Any]:
-        if M.is_delta(rendered):
-            _, _, writes, deletes = M.parse_delta(rendered)
-            return {"written": len(writes), "deleted": len(deletes)}
-        entries = M.parse_maps(rendered)
-        counts = M.count_entries(entries)
-        frontends = sum(1 for m, k in entries if m == "svc" and k.endswith("#0"))
+    def state_size(self, rendered: M.MapsRendering | M.MapsDelta) -> dict[str, Any]:
+        if isinstance(rendered, M.MapsDelta):
+            return rendered.counts()
+        counts = rendered.counts()
         # The first sync of a node includes loading the programs: say how much of it.
-        return {"frontends": frontends, "service_entries": counts["svc"],
+        return {"frontends": rendered.frontends, "service_entries": counts["svc"],
                 "backends": counts["backend"], "reverse_nat": counts["revnat"],
                 "affinity_match": counts["match"],
                 "program_load_ms": round(1000 * self.one_off_seconds())}
 
-    def apply(self, rendered: str, netns: str) -> None:
+    def apply(self, rendered: M.MapsRendering | M.MapsDelta, netns: str) -> None:
         """Make ``netns``'s maps hold exactly ``rendered`` (loading the programs the first time)."""
-        if M.is_delta(rendered):
+        if isinstance(rendered, M.MapsDelta):
             self.apply_partial(rendered, netns)
             return
-        entries = M.parse_maps(rendered)
+        if not isinstance(rendered, M.MapsRendering):
+            raise ApplyError(f"{self.name} applies what its own render() returns (packed map "
+                             f"entries), not a {type(rendered).__name__}")
         node = self._nodes.get(netns)
         if node is None:
-            node = self._load(netns, entries)
-        self.last_sync[netns] = node.program(entries)
+            node = self._load(netns, rendered.counts())
+        self.last_sync[netns] = node.program(rendered.maps)
         # A node holding a node's latest full rendering can take that node's next delta.
-        node.generation = next((r.generation for r in self._renders.values()
-                                if r.text is rendered or r.text == rendered), None)
+        state = self._renders.get(rendered.node)
+        node.generation = (rendered.generation if state is not None
+                           and state.generation == rendered.generation else None)
 
-    def apply_partial(self, rendered: str, netns: str) -> None:
+    def apply_partial(self, rendered: M.MapsDelta | M.MapsRendering, netns: str) -> None:
         """Write and delete what a :meth:`render_partial` delta lists; a full rendering
         (what a partial render falls back to) is applied as a full sync."""
-        if not M.is_delta(rendered):
+        if not isinstance(rendered, M.MapsDelta):
             self.apply(rendered, netns)
             return
-        start, end, writes, deletes = M.parse_delta(rendered)
         node = self._nodes.get(netns)
-        if node is None or node.generation != start:
+        if node is None or node.generation != rendered.start:
             held = "no maps" if node is None else f"generation {node.generation}"
-            raise ApplyError(f"a partial sync of {netns} from generation {start} cannot "
-                             f"apply: the node holds {held}; run a full sync first")
-        self.last_sync[netns] = node.program_delta(writes, deletes)
-        node.generation = end
+            raise ApplyError(f"a partial sync of {netns} from generation {rendered.start} "
+                             f"cannot apply: the node holds {held}; run a full sync first")
+        self.last_sync[netns] = node.program_delta(rendered.writes, rendered.deletes)
+        node.generation = rendered.end
 
-    def _load(self, netns: str, entries: M.Entries) -> B.LoadedLb:
+    def _load(self, netns: str, counts: dict[str, int]) -> B.LoadedLb:
         B.require_netns(netns)
         start = time.monotonic()
-        sizes = B.MapSizes.for_counts(M.count_entries(entries))
+        sizes = B.MapSizes.for_counts(counts)
         bpf = B.compile_lb(self.program, sizes)
         node = B.LoadedLb(netns, bpf, sizes)
         try:

@@ -123,44 +123,49 @@ class _PortRules:
 def _port_rules(view: ServicePortView, ctx: NodeContext,
                 proxy_ports: IdAllocator) -> _PortRules | None:
     svc, sp = view.service, view.port
-    if sp.protocol not in ("TCP", "UDP"):
+    protocol = sp.protocol
+    if protocol not in ("TCP", "UDP"):
         return None  # the userspace proxier had no SCTP
     host_ip = ctx.node_ips[0] if ctx.node_ips else "127.0.0.1"
-    pport = PROXY_PORT_FIRST - 1 + proxy_ports(f"{view.name}/{sp.protocol}")
     name = view.name
-    redirect = f"-j REDIRECT --to-ports {pport}"
-    dnat = f"-j DNAT --to-destination {host_ip}:{pport}"
-    portals = [(svc.cluster_ip, False)]
-    portals += [(ip, True) for ip in svc.external_ips]
+    pport = PROXY_PORT_FIRST - 1 + proxy_ports((name, protocol))
+    redirect = f" -j REDIRECT --to-ports {pport}"
+    dnat = f" -j DNAT --to-destination {host_ip}:{pport}"
+    claims = []
+    # The ClusterIP portal, as the loop below writes any non-external one.
+    common = _common(name, protocol, sp.port, svc.cluster_ip)
+    rules = [(CONTAINER_PORTAL, common + redirect), (HOST_PORTAL, common + dnat)]
+    if svc.cluster_ip in ctx.node_ips:
+        claims.append(sp.port)  # a portal on a local address holds that port
+    portals = [(ip, True) for ip in svc.external_ips]
     if svc.type == "LoadBalancer":
         portals += [(ip, False) for ip in svc.load_balancer_ips]
-    claims = []
-    rules: list[tuple[str, str]] = []
     for ip, external in portals:
         if ip in ctx.node_ips:
-            claims.append(sp.port)  # a portal on a local address holds that port
-        common = _common(name, sp.protocol, sp.port, ip, physdev=external)
-        rules.append((CONTAINER_PORTAL, f"{common} {redirect}"))
+            claims.append(sp.port)
+        common = _common(name, protocol, sp.port, ip, physdev=external)
+        rules.append((CONTAINER_PORTAL, common + redirect))
         if external:
-            local = _common(name, sp.protocol, sp.port, ip, dst_local=True)
-            rules.append((CONTAINER_PORTAL, f"{local} {redirect}"))
-            rules.append((HOST_PORTAL, f"{local} {dnat}"))
+            local = _common(name, protocol, sp.port, ip, dst_local=True)
+            rules.append((CONTAINER_PORTAL, local + redirect))
+            rules.append((HOST_PORTAL, local + dnat))
         else:
-            rules.append((HOST_PORTAL, f"{common} {dnat}"))
+            rules.append((HOST_PORTAL, common + dnat))
     if svc.has_node_ports and sp.node_port:
         claims.append(sp.node_port)
-        common = _common(name, sp.protocol, sp.node_port)
-        rules.append((CONTAINER_NODEPORT, f"{common} {redirect}"))
-        rules.append((HOST_NODEPORT, f"{common} {dnat}"))
+        common = _common(name, protocol, sp.node_port)
+        rules.append((CONTAINER_NODEPORT, common + redirect))
+        rules.append((HOST_NODEPORT, common + dnat))
         rules.append((NON_LOCAL_NODEPORT,
-                      f"{_common(name, sp.protocol, pport)} -m state --state NEW -j ACCEPT"))
+                      f"{_common(name, protocol, pport)} -m state --state NEW -j ACCEPT"))
     # The Endpoints API the userspace proxier read lists ready addresses only.
-    eps = ",".join(e.address for e in view.endpoints if e.ready) or "-"
+    eps = ",".join([e.address for e in view.endpoints if e.ready]) or "-"
     affinity = (f"ClientIP:{svc.affinity_timeout}" if svc.session_affinity == "ClientIP"
                 else "None")
-    line = (f"# proxy {name} {sp.protocol} port={pport} affinity={affinity} "
-            f"claims={','.join(map(str, sorted(set(claims)))) or '-'} endpoints={eps}")
-    return _PortRules((name, sp.protocol), line, tuple(rules))
+    held = ",".join(map(str, sorted(set(claims)))) if claims else "-"
+    line = (f"# proxy {name} {protocol} port={pport} affinity={affinity} "
+            f"claims={held} endpoints={eps}")
+    return _PortRules((name, protocol), line, tuple(rules))
 
 
 @dataclass
@@ -213,21 +218,21 @@ def render_rules(ports: Sequence[ServicePortView], ctx: NodeContext,
         for name in [n for n in state.cache if n not in live]:
             del state.cache[name]
     rules: dict[str, list[str]] = {c: [] for c in (*NAT_CHAINS, *FILTER_CHAINS)}
-    proxy_lines: list[str] = []
     ports_of: dict[str, list[str]] = {}
-    for view, name, part in zip(ports, names, parts, strict=True):
+    for view, name in zip(ports, names, strict=True):
         ports_of.setdefault(view.service.key, []).append(name)
-        if part is None:
-            continue
-        proxy_lines.append(part.proxy_line)
+    rendered = [part for part in parts if part is not None]
+    for part in rendered:
         for chain, rule in part.rules:
             rules[chain].append(rule)
     lines = [f"# kpbench userspace proxy for {ctx.node_name}: iptables-restore --noflush "
-             "input; '# proxy' lines are the proxy's table", *proxy_lines]
+             "input; '# proxy' lines are the proxy's table"]
+    lines += [part.proxy_line for part in rendered]
     for table, chains in (("nat", NAT_CHAINS), ("filter", FILTER_CHAINS)):
         lines.append(f"*{table}")
         lines += [f":{c} - [0:0]" for c in chains]
-        lines += [f"-A {c} {r}" for c in chains for r in rules[c]]
+        for c in chains:
+            lines += map(f"-A {c} ".__add__, rules[c])
         lines.append("COMMIT")
     text = "\n".join(lines) + "\n"
     state.names, state.text, state.ports_of = names, text, ports_of

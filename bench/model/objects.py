@@ -8,14 +8,39 @@ ServicePortName / endpoints map does.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Iterable, Sequence
+import operator
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar, overload
 
 DEFAULT_AFFINITY_TIMEOUT = 10800  # kube-proxy's default for sessionAffinity: ClientIP
 MAX_AFFINITY_TIMEOUT = 86400  # what the API server accepts (timeoutSeconds 1-86400)
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
+
+_T = TypeVar("_T")
+
+
+class _cached(Generic[_T]):
+    """functools.cached_property without its lock: Python 3.11 takes one on every
+    first read (about 1 us), and a full sync reads the names of 10k fresh ports inside
+    the timed render. The value lands in the instance's __dict__, outside the
+    dataclass fields, so equality and hashing ignore it."""
+
+    def __init__(self, func: Callable[[Any], _T]) -> None:
+        self.func, self.attr = func, func.__name__
+        self.__doc__ = func.__doc__
+
+    @overload
+    def __get__(self, obj: None, cls: type | None = None) -> _cached[_T]: ...
+    @overload
+    def __get__(self, obj: object, cls: type | None = None) -> _T: ...
+
+    def __get__(self, obj: object, cls: type | None = None) -> _T | _cached[_T]:
+        if obj is None:
+            return self
+        value = obj.__dict__[self.attr] = self.func(obj)
+        return value
 
 
 @dataclass(frozen=True)
@@ -43,7 +68,7 @@ class Service:
     load_balancer_source_ranges: tuple[str, ...] = ()
     health_check_node_port: int | None = None
 
-    @functools.cached_property
+    @_cached
     def key(self) -> str:
         # Cached (outside the dataclass fields, so equality and hashing ignore it): a
         # partial sync looks it up for every Service at every sync.
@@ -102,7 +127,7 @@ class ServiceEndpoint:
     terminating: bool
     is_local: bool
 
-    @functools.cached_property
+    @_cached
     def address(self) -> str:
         """``ip:port``, the string kube-proxy hashes into KUBE-SEP names."""
         return f"{self.ip}:{self.port}"
@@ -116,7 +141,7 @@ class ServicePortView:
     port: ServicePort
     endpoints: tuple[ServiceEndpoint, ...] = field(default=())
 
-    @functools.cached_property
+    @_cached
     def name(self) -> str:
         """``namespace/name:port`` (``:port`` only for a named port), as upstream prints it."""
         suffix = f":{self.port.name}" if self.port.name else ""
@@ -172,15 +197,18 @@ class ServicePortView:
 
 
 def _usable(endpoints: Sequence[ServiceEndpoint]) -> tuple[ServiceEndpoint, ...]:
-    ready = tuple(e for e in endpoints if e.ready)
+    ready = tuple([e for e in endpoints if e.ready])
     if ready:
         return ready
-    return tuple(e for e in endpoints if e.serving and e.terminating)
+    return tuple([e for e in endpoints if e.serving and e.terminating])
 
 
 def sorted_endpoints(endpoints: Iterable[ServiceEndpoint]) -> tuple[ServiceEndpoint, ...]:
     """Endpoints in the order kube-proxy writes them (by ``ip:port`` string)."""
-    return tuple(sorted(endpoints, key=lambda e: e.address))
+    return tuple(sorted(endpoints, key=_address))
+
+
+_address = operator.attrgetter("address")
 
 
 class PortViews(list[ServicePortView]):

@@ -2,11 +2,12 @@
 
 Not part of the normal test run; run with scripts/microbench.sh, which saves
 pytest-benchmark JSON under results/microbench and compares with the last
-saved run (--benchmark-compare). Three cases per datapath: the first full
+saved run (--benchmark-compare). Four cases per datapath: the first full
 sync (nothing cached), a full resync of the same state (kube-proxy's periodic
-full sync; each service port's output comes from the cache) and a partial sync
-of one change (only the changed Service is rendered). Compare them with the
-apply times of a sync scenario (`sync.apply`, the datapath's own time).
+full sync; each service port's output comes from the cache), a partial sync
+of one change (only the changed Service is rendered) and a full sync right
+after that partial one. Compare them with the apply times of a sync scenario
+(`sync.apply`, the datapath's own time).
 """
 
 from __future__ import annotations
@@ -83,4 +84,23 @@ def test_partial_sync_render(benchmark, variant: str, services: int) -> None:
 
     text = benchmark.pedantic(lambda dp, v, c: dp.render_partial(v, CTX, c), setup=setup,
                               rounds=3, iterations=1)
+    assert text
+
+
+@pytest.mark.parametrize("services", SCALES)
+@pytest.mark.parametrize("variant", RENDERED)
+def test_full_render_after_partial(benchmark, variant: str, services: int) -> None:
+    """A full sync right after a partial one: no port changed since, but the last full
+    rendering is gone (ebpf-tc takes the whole rendering its partial syncs kept)."""
+    before = views(services)
+    after, changed = _changed(services)
+
+    def setup():  # type: ignore[no-untyped-def]
+        dp = make_variant(variant)
+        dp.render(before, CTX)
+        dp.render_partial(after, CTX, changed)
+        return (dp, after), {}
+
+    text = benchmark.pedantic(lambda dp, v: dp.render(v, CTX), setup=setup, rounds=3,
+                              iterations=1)
     assert text

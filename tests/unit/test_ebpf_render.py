@@ -7,8 +7,12 @@ with ``KPBENCH_UPDATE_GOLDEN=1`` after a deliberate change and review the diff.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
+import socket
 import struct
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,10 +23,18 @@ from bench.datapaths import ebpf_maps as M
 from bench.datapaths import userspace as U
 from bench.datapaths.base import NodeContext
 from bench.datapaths.ebpf_tc import EbpfTcDatapath
-from bench.errors import InputError
+from bench.errors import ApplyError, InputError
 from bench.model import layout as L
 from bench.model.generate import GenSpec, generate
-from bench.model.objects import EndpointSlice, Service, service_port_views
+from bench.model.objects import (
+    EndpointSlice,
+    PortViews,
+    Service,
+    ServiceEndpoint,
+    ServicePort,
+    ServicePortView,
+    service_port_views,
+)
 from tests.helpers import semantics as S
 
 GOLDEN = Path(__file__).parents[1] / "data" / "golden" / "ebpf"
@@ -34,7 +46,7 @@ def ctx(i: int) -> NodeContext:
 
 
 def render(dp: EbpfTcDatapath, i: int, services: list[Service] | None = None,
-           slices: list[EndpointSlice] | None = None) -> str:
+           slices: list[EndpointSlice] | None = None) -> M.MapsRendering:
     if services is None or slices is None:
         services, slices = S.semantics_cluster()
     return dp.render(service_port_views(services, slices, f"node-{i}"), ctx(i))
@@ -42,7 +54,7 @@ def render(dp: EbpfTcDatapath, i: int, services: list[Service] | None = None,
 
 @pytest.mark.parametrize("node", [0, 1])
 def test_semantics_cluster_matches_golden(node: int) -> None:
-    text = render(EbpfTcDatapath(), node)
+    text = str(render(EbpfTcDatapath(), node))
     path = GOLDEN / f"semantics-node-{node}.expected"
     if os.environ.get("KPBENCH_UPDATE_GOLDEN"):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,7 +63,7 @@ def test_semantics_cluster_matches_golden(node: int) -> None:
 
 
 def test_frontends_follow_the_traffic_policies() -> None:
-    entries = M.parse_maps(render(EbpfTcDatapath(), 0))
+    entries = render(EbpfTcDatapath(), 0).entries()
     slot0 = {k.split("#")[0]: v for (m, k), v in entries.items() if m == "svc" and
              k.endswith("#0")}
     # No endpoint at all: count 0 and no drop flag (the program rejects).
@@ -67,7 +79,7 @@ def test_frontends_follow_the_traffic_policies() -> None:
     assert slot0["172.30.0.12:80/TCP"].endswith(f"flags=affinity timeout={S.AFFINITY_TIMEOUT}")
     assert sum(1 for m, _ in entries if m == "match") == 4
     # eTP Local on the node that has the endpoint: only that one, client address kept.
-    entries1 = M.parse_maps(render(EbpfTcDatapath(), 1))
+    entries1 = render(EbpfTcDatapath(), 1).entries()
     assert entries1[("svc", "192.168.0.3:30081/TCP#0")].startswith("count=1 ")
     assert "snat" not in entries1[("svc", "192.168.0.3:30081/TCP#0")]
 
@@ -75,29 +87,82 @@ def test_frontends_follow_the_traffic_policies() -> None:
 def test_ids_stay_stable_when_a_service_is_added() -> None:
     dp = EbpfTcDatapath()
     services, slices = generate(GenSpec(services=20, endpoints=3))
-    before = M.parse_maps(render(dp, 0, services, slices))
+    before = render(dp, 0, services, slices).entries()
     more, more_slices = generate(GenSpec(services=21, endpoints=3))
-    after = M.parse_maps(render(dp, 0, [more[-1], *services], [more_slices[-1], *slices]))
+    after = render(dp, 0, [more[-1], *services], [more_slices[-1], *slices]).entries()
     # The new service comes first in the input, yet every old entry is unchanged.
     assert all(after[k] == v for k, v in before.items())
     assert len(after) - len(before) == 1 + 3 + 3 + 1  # slot 0, 3 slots, 3 backends, revnat
 
 
 def test_packed_entries_match_the_c_structs() -> None:
-    keys, values = M.pack("svc", [("10.0.0.1:80/TCP#2", "backend=7")])
-    assert keys == bytes([10, 0, 0, 1]) + b"\x00\x50" + struct.pack("=H", 2) + b"\x06" + bytes(3)
-    assert values == struct.pack("=IIHHB3x", 7, 0, 0, 0, 0)
-    _, v0 = M.pack("svc", [("10.0.0.1:80/UDP#0",
-                            "count=3 revnat=9 flags=affinity,snat timeout=60")])
-    assert v0 == struct.pack("=IIHHB3x", 0, 60, 3, 9, M.SVC_F_AFFINITY | M.SVC_F_SNAT)
-    _, b = M.pack("backend", [("7", "10.1.1.1:8080/UDP")])
-    assert b == bytes([10, 1, 1, 1]) + b"\x1f\x90" + b"\x11\x00"
+    """The render packs by hand (concatenated bytes, numpy records, for speed): byte
+    for byte the structs of bpf/lb4.h as struct.pack lays them out (LAYOUTS, checked
+    against the compiled maps' sizes when the programs load), by both packers."""
+    sk, sv = M.LAYOUTS["svc"]
+    bk, bv = M.LAYOUTS["backend"]
+    rk, rv = M.LAYOUTS["revnat"]
+    mk, mv = M.LAYOUTS["match"]
+    svc = Service("ns", "sticky", "10.0.0.1", (ServicePort("", 80, "UDP"),),
+                  session_affinity="ClientIP", affinity_timeout=60)
+    ep = ServiceEndpoint("10.1.1.1", 8080, None, True, True, False, False)
+    backends = M.Backends()
+    (fe,) = M._port_frontends(ServicePortView(svc, svc.ports[0], (ep,)), ctx(0), backends,
+                              M.IdAllocator("revnat", 100))
+    addr, port = bytes([10, 0, 0, 1]), socket.htons(80)
+    want = {"svc": {sk.pack(addr, port, 0, 17): sv.pack(0, 60, 1, 1, M.SVC_F_AFFINITY),
+                    sk.pack(addr, port, 1, 17): sv.pack(1, 0, 0, 0, 0)},
+            "backend": {bk.pack(1): bv.pack(bytes([10, 1, 1, 1]), socket.htons(8080), 17)},
+            "revnat": {rk.pack(1): rv.pack(addr, port)},
+            "match": {mk.pack(1, 1): mv.pack(1)}}
+    assert _entries([M._pack(fe, backends)]) == want
+    assert M._pack_all([fe], backends)[0] == want
     assert [s.size for s in M.LAYOUTS["svc"]] == [12, 16]
+    # And the text shows them as they were rendered.
+    assert M._unpacked("svc", want["svc"]) == [
+        ("10.0.0.1:80/UDP#0", "count=1 revnat=1 flags=affinity timeout=60"),
+        ("10.0.0.1:80/UDP#1", "backend=1")]
+    assert M._unpacked("backend", want["backend"]) == [("1", "10.1.1.1:8080/UDP")]
 
 
-def test_a_malformed_rendering_is_refused_with_its_line() -> None:
-    with pytest.raises(InputError, match="line 2"):
-        M.parse_maps("# header\nsvc only-two\n")
+@pytest.mark.parametrize("node", [0, 1])
+def test_both_packers_give_the_same_entries(node: int) -> None:
+    """A full sync packs all frontends at once (numpy), a partial one frontend by
+    frontend (Python): over every kind of frontend of the semantics cluster (affinity,
+    NodePorts, traffic policies, no endpoints) they agree byte for byte."""
+    services, slices = S.semantics_cluster()
+    backends, revnat = M.Backends(), M.IdAllocator("revnat", 1000)
+    fes = [fe for v in service_port_views(services, slices, f"node-{node}")
+           for fe in M._port_frontends(v, ctx(node), backends, revnat)]
+    assert any(fe.flags & M.SVC_F_AFFINITY for fe in fes) and any(not fe.backends for fe in fes)
+    by_frontend = _entries([M._pack(fe, backends) for fe in fes])
+    assert M._pack_all(fes, backends)[0] == by_frontend
+    assert all(by_frontend.values())
+
+
+def _entries(packed: list[M._Packed]) -> M.Maps:
+    maps: M.Maps = {m: {} for m in M.MAPS}
+    for fe in packed:
+        maps["svc"].update(fe.svc)
+        maps["backend"].update(fe.backends)
+        maps["revnat"][fe.revnat[0]] = fe.revnat[1]
+        maps["match"].update(dict.fromkeys(fe.matches, M._MATCH_ONE))
+    return maps
+
+
+def test_an_out_of_date_rendering_refuses_to_be_read() -> None:
+    """A partial sync changes the node's maps in place: the full rendering that shared
+    them must not be applied (or shown) as if it were still that state."""
+    services, slices = generate(GenSpec(services=3, endpoints=2))
+    dp = EbpfTcDatapath()
+    views = service_port_views(services, slices, "node-0")
+    full = dp.render(views, ctx(0))
+    text = str(full)
+    dp.render_partial(views, ctx(0), {services[1].key})
+    with pytest.raises(ApplyError, match="out of date"):
+        full.counts()
+    again = dp.render(views, ctx(0))
+    assert again is not full and str(again) == text
 
 
 def test_map_sizes_come_from_the_rendering_and_have_limits() -> None:
@@ -114,7 +179,7 @@ def test_ten_thousand_services_of_ten_endpoints_fit() -> None:
     services, slices = generate(GenSpec(services=10_000, endpoints=10, type="ClusterIP"))
     services = [replace(s, type="NodePort", ports=(replace(s.ports[0], node_port=30000),))
                 if i == 0 else s for i, s in enumerate(services)]
-    counts = M.count_entries(M.parse_maps(render(EbpfTcDatapath(), 0, services, slices)))
+    counts = render(EbpfTcDatapath(), 0, services, slices).counts()
     sizes = B.MapSizes.for_counts(counts)
     sizes.check(counts)
     assert counts["svc"] >= 110_000
@@ -166,6 +231,7 @@ def test_a_partial_render_equals_a_full_render_of_the_new_state(kind: str) -> No
     partial, full = EbpfTcDatapath(), EbpfTcDatapath()
     base = partial.render(before, ctx)
     assert base == full.render(before, ctx)
+    held = {m: dict(d) for m, d in base.maps.items()}  # what a node applying it holds
     delta = partial.render_partial(after, ctx, c.changed)
     # Only the changed Service's port was rendered: its frontend and its backends.
     (view,) = [v for v in (after if kind != "remove-service" else before)
@@ -173,18 +239,61 @@ def test_a_partial_render_equals_a_full_render_of_the_new_state(kind: str) -> No
     assert partial.rendered_entries("node-0") == (
         0 if kind == "remove-service" else 1 + len(view.cluster_endpoints))
     # The delta takes the node from the old full rendering to the new one exactly.
-    start, end, writes, deletes = M.parse_delta(delta)
-    assert end == start + 1
-    entries = M.parse_maps(base)
-    for key in deletes:
-        del entries[key]
-    assert not any(entries.get(k) == v for k, v in writes.items())  # no needless write
-    entries.update(writes)
+    assert isinstance(delta, M.MapsDelta) and delta.end == delta.start + 1
+    old = {m: dict(d) for m, d in held.items()}
+    for m, keys in delta.deletes.items():
+        for k in keys:
+            del held[m][k]
+    assert not any(held[m].get(k) == v for m, w in delta.writes.items()
+                   for k, v in w.items())  # no needless write
+    for m, w in delta.writes.items():
+        held[m].update(w)
     new = full.render(after, ctx)
-    assert entries == M.parse_maps(new) != M.parse_maps(base)
-    assert len(writes) + len(deletes) <= 2 * (2 + len(view.endpoints))
-    # And the next full render of the partial datapath is that of a fresh one.
-    assert partial.render(after, ctx) == new
+    assert held == new.maps != old
+    counts = delta.counts()
+    assert counts["written"] + counts["deleted"] <= 2 * (2 + len(view.endpoints))
+    # And the next full render of the partial datapath is that of a fresh one, taken
+    # from the whole rendering the partial sync kept up to date: nothing packed or
+    # assembled again.
+    with counting(M, "_port_frontends") as packed, counting(M, "_pack_all") as assembled:
+        again = partial.render(after, ctx)
+    assert again == new and str(again) == str(new)
+    assert packed == [] and assembled == []
+    assert partial.rendered_entries("node-0") == 0
+
+
+@contextlib.contextmanager
+def counting(module: object, name: str) -> Iterator[list[object]]:
+    """Record every call of ``module.name`` in the block."""
+    real = getattr(module, name)
+    calls: list[object] = []
+
+    def spy(*args: object, **kw: object) -> object:
+        calls.append(args)
+        return real(*args, **kw)
+
+    setattr(module, name, spy)
+    try:
+        yield calls
+    finally:
+        setattr(module, name, real)
+
+
+def test_a_removed_service_loses_every_slot_right_after_a_full_render(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The slot keys of a removed frontend are made again for the delete: also when
+    nothing was packed frontend by frontend before (a full render packs with numpy)."""
+    monkeypatch.setattr(M, "_SLOT_TAILS", {n: [struct.pack("=HB3x", 0, n)]
+                                           for n in M.PROTO_NUMBERS.values()})
+    services, slices = generate(GenSpec(services=3, endpoints=4))
+    dp = EbpfTcDatapath()
+    before = dp.render(service_port_views(services, slices, "node-0"), ctx(0)).counts()
+    delta = dp.render_partial(service_port_views(services[:2], slices, "node-0"), ctx(0),
+                              {services[2].key})
+    assert isinstance(delta, M.MapsDelta)
+    assert len(delta.deletes["svc"]) == 1 + 4 and len(delta.deletes["backend"]) == 4
+    after = dp.render(service_port_views(services[:2], slices, "node-0"), ctx(0))
+    assert after.counts()["svc"] == before["svc"] - 5
 
 
 def test_a_full_render_of_an_unchanged_state_renders_nothing_new() -> None:
@@ -192,8 +301,10 @@ def test_a_full_render_of_an_unchanged_state_renders_nothing_new() -> None:
     dp = EbpfTcDatapath()
     first = dp.render(service_port_views(services, slices, "node-0"), ctx(0))
     assert dp.rendered_entries("node-0") == 20 * 4
-    again = dp.render(service_port_views(services, slices, "node-0"), ctx(0))
+    with counting(M, "_port_frontends") as packed, counting(M, "_pack_all") as assembled:
+        again = dp.render(service_port_views(services, slices, "node-0"), ctx(0))
     assert again is first and dp.rendered_entries("node-0") == 0
+    assert packed == [] and assembled == []
 
 
 def test_a_partial_render_with_a_shared_frontend_renders_everything() -> None:
@@ -206,4 +317,62 @@ def test_a_partial_render_with_a_shared_frontend_renders_everything() -> None:
     dp = EbpfTcDatapath()
     dp.render(views, ctx(0))
     text = dp.render_partial(views, ctx(0), {twin.key})
-    assert not M.is_delta(text) and text == EbpfTcDatapath().render(views, ctx(0))
+    assert isinstance(text, M.MapsRendering) and text == EbpfTcDatapath().render(views, ctx(0))
+
+
+def test_random_partial_syncs_keep_the_whole_rendering_a_fresh_assembly() -> None:
+    """Many partial syncs of random changes (endpoints gone, added, not ready; affinity,
+    NodePort and traffic policy flips; services removed and added back): after each,
+    the maps a node holds from applying the deltas, the whole rendering the partial
+    syncs kept and a fresh assembly of every port (same ids) are the same."""
+    rng = random.Random(13)
+    services, slices = generate(GenSpec(services=12, endpoints=4, protocol="UDP"))
+    full_views = list(service_port_views(services, slices, "node-0"))
+    views = list(full_views)
+    dp = EbpfTcDatapath()
+    held = {m: dict(d) for m, d in dp.render(PortViews(views), ctx(0)).maps.items()}
+    for step in range(150):
+        i = rng.randrange(len(full_views))
+        key = full_views[i].service.key
+        present = [j for j, v in enumerate(views) if v.service.key == key]
+        kind = rng.choice(["drop", "add", "ready", "affinity", "nodeport", "local", "remove"])
+        if not present:
+            views.append(full_views[i])  # the service comes back
+        elif kind == "remove":
+            del views[present[0]]
+        else:
+            j = present[0]
+            v, svc = views[j], views[j].service
+            eps = list(v.endpoints)
+            if kind == "drop" and eps:
+                eps.pop(rng.randrange(len(eps)))
+            elif kind == "add":
+                eps = list(full_views[i].endpoints)
+            elif kind == "ready" and eps:
+                k = rng.randrange(len(eps))
+                eps[k] = replace(eps[k], ready=not eps[k].ready)
+            elif kind == "affinity":
+                svc = replace(svc, session_affinity="None" if svc.session_affinity ==
+                              "ClientIP" else "ClientIP", affinity_timeout=rng.randrange(1, 99))
+            elif kind == "nodeport":
+                nodeport = svc.type == "ClusterIP"
+                svc = replace(svc, type="NodePort" if nodeport else "ClusterIP")
+                v = replace(v, port=replace(v.port, node_port=30000 + i if nodeport else None))
+            elif kind == "local":
+                svc = replace(svc, external_traffic_policy="Local" if
+                              svc.external_traffic_policy == "Cluster" else "Cluster")
+            views[j] = replace(v, service=svc, endpoints=tuple(eps))
+        now = PortViews(views)
+        out = dp.render_partial(now, ctx(0), {key})
+        if isinstance(out, M.MapsDelta):
+            for m, keys in out.deletes.items():
+                for k in keys:
+                    del held[m][k]  # a delete of what the node holds
+            assert not any(held[m].get(k) == v for m, w in out.writes.items()
+                           for k, v in w.items()), step  # no needless write
+            for m, w in out.writes.items():
+                held[m].update(w)
+        else:
+            held = {m: dict(d) for m, d in out.maps.items()}
+        fresh = M.render_maps(now, ctx(0), dp._backends, dp._revnat_ids, M.NodeRender())
+        assert dp.render(now, ctx(0)).maps == held == fresh.maps, (step, kind)
