@@ -215,6 +215,37 @@ def sockets_table(result: ResultLike) -> Table:
     return t
 
 
+def disruption_table(result: ResultLike) -> Table:
+    """One row per disruption point (docs/disruption.md): its event and background, the
+    medians over repetitions of the event's ``stall`` (longest time packets were in flight
+    with none arriving), ``lost`` (packets; transactions for a tcp-rr background),
+    ``excess p99`` over the pre-event baseline and ``recovery``, in how many repetitions
+    the traffic was not back within after_s (``not back``), the agent sync's read-back
+    (``list``) and ``apply``, and for churn the syncs it ran per second and their CPU
+    seconds per second."""
+    t = Table(["variant", "event/background", "services", "status", "reps", "stall", "lost",
+               "excess p99", "recovery", "not back", "list", "apply", "syncs/s",
+               "sync cpu/s"], align=["l", "l", "r", "l", *["r"] * 10])
+    for p in as_result(result).points:
+        d: Any = p.summary.get("disruption")
+        if not isinstance(d, dict):
+            continue
+        sync: Any = p.summary.get("sync") or {}
+        status = p.status if p.ok else f"{p.status}: {p.error or ''}"
+        lost = d.get("lost")
+        t.add([p.variant, p.workload.removeprefix("disruption-"), p.services, status[:60],
+               len(p.repetitions), fmt_value(d.get("stall_ms"), "ms"),
+               "—" if lost is None else f"{lost:,.0f}",
+               fmt_value(d.get("excess_p99_ns"), "ns"),
+               fmt_value(d.get("recovery_ms"), "ms"),
+               "—" if d.get("not_recovered") is None else f"{d['not_recovered']:.0f}",
+               fmt_value(sync.get("list"), "s"), fmt_value(sync.get("apply"), "s"),
+               fmt_value(d.get("syncs_per_s"), "/s"),
+               fmt_value(d.get("sync_cpu_s_per_s"), "s/s")],
+              css="" if p.ok else "failed")
+    return t
+
+
 def tables(result: ResultLike) -> list[Table]:
     """The summary tables of a result: its packet and sync points' (if any, or if it has no
     socket point), then its socket points' (if any)."""
@@ -224,6 +255,8 @@ def tables(result: ResultLike) -> list[Table]:
         not p.is_socket for p in result.points) else []
     if any(p.is_sync for p in result.points):
         out.append(sync_table(result))
+    if any(isinstance(p.summary.get("disruption"), dict) for p in result.points):
+        out.append(disruption_table(result))
     return out + ([sockets_table(result)] if sockets else [])
 
 

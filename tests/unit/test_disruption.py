@@ -21,6 +21,7 @@ from bench.measure import socket_tools as T
 from bench.measure.scenario import parse_scenario
 from bench.present.export import rows
 from bench.present.plots import plot_result
+from bench.present.summary import tables
 from tests.unit.test_results import ENV, SCENARIO
 
 MS = 1_000_000
@@ -164,6 +165,19 @@ def test_a_disruption_point_summarises_compares_exports_and_plots(tmp_path: Path
             ("all", "disruption.recovery_ms")} <= metrics
     files = plot_result(doc, tmp_path / "plots", formats=("svg",))
     assert [f.name for f in files] == ["timeline_nftables_s1000_disruption-full-sync-udp-new.svg"]
+
+
+def test_show_has_a_disruption_table_with_the_event_figures(tmp_path: Path) -> None:
+    with R.ResultWriter(tmp_path / "r.json", scenario=SCENARIO, environment=ENV) as w:
+        w.add_point(disruption_point([100.0, 200.0, 300.0]))
+    tabs = tables(R.load_result(tmp_path / "r.json"))
+    t = next(t for t in tabs if "stall" in t.columns)
+    assert len(t.rows) == 1
+    row = dict(zip(t.columns, t.rows[0], strict=True))
+    assert row["event/background"] == "full-sync/udp-new"
+    assert row["stall"].startswith("200") and row["stall"].endswith(" ms")
+    assert row["lost"] == "1,000" and row["not back"] == "0"
+    assert row["apply"] == "0.200 s" and row["list"] == "—"
 
 
 def test_the_baseline_is_the_last_part_before_the_event() -> None:
