@@ -250,6 +250,9 @@ class DisruptionRunner:
             except KpbenchError as e:
                 self.loop.record_rest(variant, n, "failed", str(e))
                 return
+            # The ETA's sync model, as the packet runner's (loading BPF is not per service).
+            self.progress.record_sync(variant, n, max(timing.wall
+                                                      - bed.datapath.one_off_seconds(), 0.0))
             setup = {"state_size": bed.datapath.state_size(timing.rendered[0]),
                      **timing.setup_fields()}
             target = Target.from_client_pod(bed.cluster, measured.cluster_ip,
