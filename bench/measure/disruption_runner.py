@@ -240,19 +240,9 @@ class DisruptionRunner:
         bed = Testbed(self.loop.datapath(variant), services, slices, sc.nodes,
                       pod_services={measured.key}, echo=False, sync_on_enter=False)
         with bed:
-            self.progress.say(f"{variant}: {n} services: full sync")
-            try:
-                timing = bed.sync(limit=sc.point_time_limit)
-            except ApplyTimeout as e:
-                self.loop.record_rest(variant, n, "exceeded-limit", str(e),
-                                      **bed.last_timing.setup_fields())
+            timing = self.loop.first_sync(bed, variant, n)
+            if timing is None:
                 return
-            except KpbenchError as e:
-                self.loop.record_rest(variant, n, "failed", str(e))
-                return
-            # The ETA's sync model, as the packet runner's (loading BPF is not per service).
-            self.progress.record_sync(variant, n, max(timing.wall
-                                                      - bed.datapath.one_off_seconds(), 0.0))
             setup = {"state_size": bed.datapath.state_size(timing.rendered[0]),
                      **timing.setup_fields()}
             target = Target.from_client_pod(bed.cluster, measured.cluster_ip,

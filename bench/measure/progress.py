@@ -44,8 +44,9 @@ class Progress:
 
     Everything comes from this run's own measurements, so a run in a VM under
     TCG emulation (several times slower) is estimated at its own speed. Until
-    the first point is measured the ETA says it is unknown; while no sync at
-    scale has been measured it is a lower bound, and says so.
+    the first point is measured the ETA says it is unknown (until the first scale
+    ends, its fixed part comes from the points of the current scale done so far);
+    while no sync at scale has been measured it is a lower bound, and says so.
     """
 
     RATE_MIN_SERVICES = 100
@@ -61,6 +62,13 @@ class Progress:
         self.fixed_seconds: list[float] = []  # per scale point: its time without the sync
         self.one_off = 0.0  # once-per-run work inside the current point (probe overhead)
         self.skipped: set[str] = set()  # variants this kernel lacks: recorded, not measured
+        # The scale being measured: when it started and how many points were done then.
+        self.scale_start: tuple[float, int] | None = None
+
+    def start_scale(self) -> None:
+        """A scale starts (its cluster is built next): until one has ended, the ETA's fixed
+        part comes from this one's points done so far."""
+        self.scale_start = (time.monotonic(), self.done)
 
     def record_sync(self, variant: str, services: int, seconds: float) -> None:
         self.syncs.append((variant, services, seconds))
@@ -71,6 +79,19 @@ class Progress:
                     0.0)
         self.fixed_seconds.append(max(wall - sync - self.one_off, 0.0))
         self.one_off = 0.0
+        self.scale_start = None
+
+    def _fixed_estimate(self) -> float | None:
+        """Seconds of a scale without its sync: the median of the scales measured; before
+        one has ended, the points done in the current one scaled to all its points
+        (its sync, recorded last, taken out); None before any point."""
+        if self.fixed_seconds:
+            return statistics.median(self.fixed_seconds)
+        if self.scale_start is None or self.done <= self.scale_start[1] or not self.syncs:
+            return None
+        t0, done0 = self.scale_start
+        spent = time.monotonic() - t0 - self.syncs[-1][2] - self.one_off
+        return max(spent, 0.0) / (self.done - done0) * len(self.sc.measured)
 
     def _sync_estimate(self, variant: str, services: int) -> tuple[float, bool]:
         """Seconds of this variant's sync at ``services``, and whether that is grounded in
@@ -107,7 +128,7 @@ class Progress:
             # Per repetition: the change and the change back, each a sync, and the
             # traffic window that watches the change (a few seconds at least).
             return self.sc.sync_repetitions * (2 * sync + 3.5), known
-        fixed = statistics.median(self.fixed_seconds) if self.fixed_seconds else 0.0
+        fixed = self._fixed_estimate() or 0.0
         return (fixed + sync) / len(self.sc.measured), known
 
     def eta(self) -> Eta:
@@ -115,7 +136,7 @@ class Progress:
         remaining = self.sc.points[self.done:]
         if not remaining:
             return Eta(0.0)
-        measured = self.syncs if self.sc.kind == "sync" else self.fixed_seconds
+        measured = self.syncs if self.sc.kind == "sync" else self._fixed_estimate() is not None
         if not measured:
             return Eta(None, why="until the first point is measured")
         total, grounded = 0.0, True

@@ -27,7 +27,7 @@ import numpy as np
 
 from bench import results as R
 from bench.cluster.testbed import SyncTiming, Testbed
-from bench.errors import ApplyTimeout, FeatureMissing, KpbenchError
+from bench.errors import FeatureMissing, KpbenchError
 from bench.measure.generator_ceiling import Ceilings
 from bench.measure.overhead import measure as measure_overhead
 from bench.measure.probes.cpu import CpuProbe
@@ -185,20 +185,9 @@ class Runner:
     def _program(self, bed: Testbed, variant: str, n: int) -> SyncTiming | None:
         """The timed first full sync of every node (and the slowdown injected on purpose);
         None when it failed or went past the limit, its points recorded so."""
-        self.progress.say(f"{variant}: {n} services: full sync")
-        try:
-            timing = bed.sync(limit=self.sc.point_time_limit)
-        except ApplyTimeout as e:
-            # The time reached on each node (the last one stopped), not the limit.
-            self.loop.record_rest(variant, n, "exceeded-limit", str(e),
-                                  **bed.last_timing.setup_fields())
+        timing = self.loop.first_sync(bed, variant, n)
+        if timing is None:
             return None
-        except KpbenchError as e:
-            self.loop.record_rest(variant, n, "failed", str(e))
-            return None
-        # Loading BPF programs is a fixed cost, not a per-service one: not for the ETA.
-        load = bed.datapath.one_off_seconds()
-        self.progress.record_sync(variant, n, max(timing.wall - load, 0.0))
         inject_rules([bed.cluster.node_ns(i) for i in range(bed.cluster.node_count)],
                      self.inject_rules)
         return timing

@@ -18,18 +18,21 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from bench import interrupts
 from bench import results as R
 from bench.datapaths import Datapath, family, make_variant, without_rules
-from bench.errors import KpbenchError
+from bench.errors import ApplyTimeout, KpbenchError
 from bench.kernel.features import DATAPATH_NEEDS, lacking
 from bench.kernel.vm import guest_environment
 from bench.measure.probes.loader import release_compiled
 from bench.measure.progress import Progress
 from bench.measure.scenario import Scenario, split_item
 from bench.results.writer import check_drops_within_loss
+
+if TYPE_CHECKING:
+    from bench.cluster.testbed import SyncTiming, Testbed
 
 log = logging.getLogger("kpbench")
 
@@ -88,6 +91,7 @@ class ScaleLoop:
                         continue
                     for n in self.sc.scales(variant):
                         t0 = time.monotonic()
+                        self.progress.start_scale()
                         self.step.measure_scale(variant, n)
                         self.progress.record_scale(variant, n, time.monotonic() - t0)
         finally:
@@ -141,6 +145,26 @@ class ScaleLoop:
                             endpoints=self.sc.endpoints, workload=workload,
                             rate_pps=None if "socket" in kw else self.step.rate_pps(workload),
                             position=position, position_index=self.sc.position_index(n), **kw)
+
+    def first_sync(self, bed: Testbed, variant: str, n: int) -> SyncTiming | None:
+        """The timed first full sync of every node of ``bed`` (``variant`` at ``n``
+        services), fed to the ETA; None when it failed or went past the scenario's
+        per-point limit, every point of the scale then recorded so (``exceeded-limit``
+        with the time reached on each node, the last one stopped, not the limit)."""
+        self.progress.say(f"{variant}: {n} services: full sync")
+        try:
+            timing = bed.sync(limit=self.sc.point_time_limit)
+        except ApplyTimeout as e:
+            self.record_rest(variant, n, "exceeded-limit", str(e),
+                             **bed.last_timing.setup_fields())
+            return None
+        except KpbenchError as e:
+            self.record_rest(variant, n, "failed", str(e))
+            return None
+        # Loading BPF programs is a fixed cost, not a per-service one: not for the ETA.
+        self.progress.record_sync(variant, n, max(timing.wall - bed.datapath.one_off_seconds(),
+                                                  0.0))
+        return timing
 
     def record(self, point: R.PointDoc) -> None:
         """Store a finished point in the result file (rewritten at once).

@@ -4,6 +4,7 @@ where TCP's retransmission timer stretches a stall (and hides its loss as latenc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -163,6 +164,22 @@ def test_proxy_down_is_an_outage_for_userspace_and_none_for_ebpf_tc(tmp_path: Pa
     assert "disruption.stall_ms" in csv_path.read_text()
     files = plot_result(doc, tmp_path / "plots", formats=("png",))
     assert any("timeline" in f.name for f in files), files
+
+
+def test_a_first_sync_beyond_the_limit_records_every_event_point_as_exceeded(
+        tmp_path: Path) -> None:
+    """The scale's first full sync is the packet runner's (ScaleLoop.first_sync): past
+    the per-point limit, every event point of the scale is recorded as exceeded, with
+    the time reached on each node, and no event is run."""
+    sc = scenario(["iptables-legacy"], events=["proxy-down", "full-sync"])
+    sc = dataclasses.replace(sc, point_time_limit=0.001)
+    points = load_result(DisruptionRunner(sc, tmp_path).run())["points"]
+    assert sorted(p["workload"] for p in points) == ["disruption-full-sync/udp-new",
+                                                     "disruption-proxy-down/udp-new"]
+    for pt in points:
+        assert pt["status"] == "exceeded-limit" and "did not finish within" in pt["error"]
+        assert not pt["repetitions"], pt
+        assert pt["setup"]["sync_seconds"] > 0.001, pt["setup"]
 
 
 def test_a_known_stall_of_tcp_rr_lasts_at_least_the_drop_and_at_most_one_backoff_more(

@@ -108,3 +108,23 @@ def test_datapaths_this_kernel_lacks_cost_nothing_in_the_eta() -> None:
     p.skipped = {"ipvs"}  # recorded as failed at once, never measured
     lacking = p.eta().seconds
     assert full is not None and lacking is not None and lacking < full
+
+
+def test_before_a_scale_ends_the_eta_comes_from_its_points_done_so_far(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import bench.measure.progress as P
+    clock = [1000.0]
+    monkeypatch.setattr(P.time, "monotonic", lambda: clock[0])
+    p = progress()
+    p.start_scale()
+    p.record_sync("iptables-legacy", 1, 2.0)
+    assert p.eta().seconds is None  # no point of the scale done yet
+    clock[0] += 2.0 + 10.0  # the sync, then one point of 10 s
+    p.done += 1
+    per_scale = 10.0 * len(p.sc.measured)
+    per_point, _ = p._estimate("iptables-legacy", 1)
+    assert per_point == pytest.approx((per_scale + 2.0) / len(p.sc.measured))
+    assert p.eta().seconds is not None and p.eta().seconds > 0
+    # Once a scale has ended, its measured fixed part is used.
+    p.record_scale("iptables-legacy", 1, 2.0 + 11.0 * len(p.sc.measured))
+    assert p._fixed_estimate() == pytest.approx(11.0 * len(p.sc.measured))
