@@ -109,12 +109,13 @@ def _settle(setup: Any) -> str:
 def points_table(result: ResultLike) -> Table:
     """One row per packet or sync point: coordinates, status, latency percentiles, CPU per
     packet (the total, then its NET_RX softirq and datapath-process parts), rate, loss,
-    setup. Socket points are in :func:`sockets_table`.
+    setup. Socket points are in :func:`sockets_table`, disruption points in
+    :func:`disruption_table`.
 
     ``svc-ctl`` columns: the Service's p50 and CPU per packet minus its paired
     control's (the same traffic to the backend pods' own addresses).
     """
-    points = [p for p in as_result(result).points if not p.is_socket]
+    points = [p for p in as_result(result).points if not (p.is_socket or p.is_disruption)]
     coords = [(k, title) for k, title in OPTIONAL_COORDS
               if len({_coord(p, k) for p in points}) > 1]
     t = Table(["variant", "workload", "services", *(title for _, title in coords), "status",
@@ -222,14 +223,16 @@ def disruption_table(result: ResultLike) -> Table:
     ``excess p99`` over the pre-event baseline and ``recovery``, in how many repetitions
     the traffic was not back within after_s (``not back``), the agent sync's read-back
     (``list``) and ``apply``, and for churn the syncs it ran per second and their CPU
-    seconds per second."""
+    seconds per second. A point that failed or went past its limit has its row, the
+    reason in its status."""
     t = Table(["variant", "event/background", "services", "status", "reps", "stall", "lost",
                "excess p99", "recovery", "not back", "list", "apply", "syncs/s",
                "sync cpu/s"], align=["l", "l", "r", "l", *["r"] * 10])
     for p in as_result(result).points:
-        d: Any = p.summary.get("disruption")
-        if not isinstance(d, dict):
+        if not p.is_disruption:
             continue
+        d: Any = p.summary.get("disruption")
+        d = d if isinstance(d, dict) else {}
         sync: Any = p.summary.get("sync") or {}
         status = p.status if p.ok else f"{p.status}: {p.error or ''}"
         lost = d.get("lost")
@@ -247,15 +250,17 @@ def disruption_table(result: ResultLike) -> Table:
 
 
 def tables(result: ResultLike) -> list[Table]:
-    """The summary tables of a result: its packet and sync points' (if any, or if it has no
-    socket point), then its socket points' (if any)."""
+    """The summary tables of a result: its packet and sync points' (if any, or if it has
+    neither socket nor disruption points), its sync points', its disruption points', then
+    its socket points' (each if any)."""
     result = as_result(result)
     sockets = any(p.is_socket for p in result.points)
-    out = [points_table(result)] if not sockets or any(
-        not p.is_socket for p in result.points) else []
+    disruption = any(p.is_disruption for p in result.points)
+    out = [points_table(result)] if not (sockets or disruption) or any(
+        not (p.is_socket or p.is_disruption) for p in result.points) else []
     if any(p.is_sync for p in result.points):
         out.append(sync_table(result))
-    if any(isinstance(p.summary.get("disruption"), dict) for p in result.points):
+    if disruption:
         out.append(disruption_table(result))
     return out + ([sockets_table(result)] if sockets else [])
 

@@ -214,6 +214,12 @@ class Point(Mapping[str, Any]):
         return self.doc["workload"].startswith("sync-")
 
     @property
+    def is_disruption(self) -> bool:
+        """A disruption point (bench.measure.disruption_runner names their workloads
+        "disruption-<event>/<background>")."""
+        return self.doc["workload"].startswith("disruption-")
+
+    @property
     def is_socket(self) -> bool:
         """A socket workload's point (bench.results.schema.is_socket_point)."""
         return is_socket_point(self.doc)

@@ -168,11 +168,21 @@ def test_a_disruption_point_summarises_compares_exports_and_plots(tmp_path: Path
 
 
 def test_show_has_a_disruption_table_with_the_event_figures(tmp_path: Path) -> None:
+    failed = R.make_point(datapath="nftables", variant="nftables", services=5000,
+                          endpoints=10, workload="disruption-proxy-down/udp-new",
+                          rate_pps=5000, position="last", position_index=4999,
+                          status="exceeded-limit", error="did not finish within 300 s")
     with R.ResultWriter(tmp_path / "r.json", scenario=SCENARIO, environment=ENV) as w:
         w.add_point(disruption_point([100.0, 200.0, 300.0]))
+        w.add_point(failed)  # type: ignore[arg-type]
     tabs = tables(R.load_result(tmp_path / "r.json"))
-    t = next(t for t in tabs if "stall" in t.columns)
-    assert len(t.rows) == 1
+    # The disruption table alone: no packet table whose columns a disruption point lacks.
+    assert len(tabs) == 1
+    t = tabs[0]
+    assert len(t.rows) == 2
+    stopped = dict(zip(t.columns, t.rows[1], strict=True))
+    assert stopped["status"].startswith("exceeded-limit: did not finish")
+    assert stopped["stall"] == "—" and stopped["lost"] == "—"
     row = dict(zip(t.columns, t.rows[0], strict=True))
     assert row["event/background"] == "full-sync/udp-new"
     assert row["stall"].startswith("200") and row["stall"].endswith(" ms")
