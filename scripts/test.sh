@@ -17,7 +17,8 @@ bash scripts/setup.sh
 # tests that compare the machine's state before and after: remove them first.
 .venv/bin/kpbench clean
 rc=0
-.venv/bin/python -m pytest "$@" || rc=$?
+# --durations: the slowest tests in every log, to keep the suite within its time.
+.venv/bin/python -m pytest --durations=25 "$@" || rc=$?
 # pytest's 5 means no test ran, which must not pass silently.
 [ "$rc" -eq 5 ] && { echo "test.sh: no tests were collected" >&2; exit 1; }
 
