@@ -1,14 +1,23 @@
-"""The probes' cost per packet, probe by probe, with the runner's own estimator
-(bench.measure.overhead.measure: the sender's cgroup CPU per delivered packet of
-top-speed bursts, interleaved paired rounds; docs/probes.md).
+"""The probes' cost per packet, probe by probe, with the runner's own estimators
+(bench.measure.overhead; docs/probes.md).
 
-    .venv/bin/python scripts/probe_overhead.py VARIANT SERVICES ROUNDS PACKETS [SET ...]
+    .venv/bin/python scripts/probe_overhead.py [--in-window RATE]
+        VARIANT SERVICES ROUNDS PACKETS [SET ...]
 
-SET is one of: latency, cpu, main (latency + cpu), drops, transit, breakdown
-(latency + drops + transit, as the runner's breakdown repetition). As root. Default:
-latency cpu main breakdown. Prints the estimator's JSON (quietest burst less
-the quietest without probes, paired median and range, raw samples).
+Without --in-window: bench.measure.overhead.measure, the sender's cgroup CPU per
+delivered packet of top-speed bursts of PACKETS (the whole path, the client's
+egress program included). With --in-window RATE: measure_in_window, the NET_RX
+ns per packet a cpu probe reports at RATE packets/s (bursts of half a second;
+PACKETS is ignored) with each set beside it: the probes' share of the figure the
+runs report, and in_window_figures() when the sets latency, cpu and breakdown
+are all there. SET is one of: latency, cpu (a second cpu probe in --in-window),
+main (latency + cpu), drops, transit, breakdown (latency + drops + transit, as
+the runner's breakdown repetition). Default: latency cpu main breakdown (with
+--in-window: latency cpu breakdown). As root. Prints the estimator's JSON
+(quietest burst less the quietest without probes, paired median and range, raw
+samples).
 """
+import argparse
 import json
 import sys
 import tempfile
@@ -25,25 +34,46 @@ from bench.measure.probes.latency import LatencyProbe
 from bench.measure.probes.transit import TransitProbe
 from bench.model.generate import GenSpec, generate
 
-variant, n, rounds, packets = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-sets = sys.argv[5:] or ["latency", "cpu", "main", "breakdown"]
-services, slices = generate(GenSpec(services=n, endpoints=10, nodes=2, protocol="UDP"))
+ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+ap.add_argument("--in-window", type=int, metavar="RATE")
+ap.add_argument("variant")
+ap.add_argument("services", type=int)
+ap.add_argument("rounds", type=int)
+ap.add_argument("packets", type=int)
+ap.add_argument("sets", nargs="*")
+a = ap.parse_args()
+sets = a.sets or (["latency", "cpu", "breakdown"] if a.in_window
+                  else ["latency", "cpu", "main", "breakdown"])
+services, slices = generate(GenSpec(services=a.services, endpoints=10, nodes=2,
+                                    protocol="UDP"))
 svc = services[-1]
-with Testbed(make_variant(variant), services, slices, nodes=2, pod_services={svc.key},
+with Testbed(make_variant(a.variant), services, slices, nodes=2, pod_services={svc.key},
              echo=False) as tb:
     c = tb.cluster
     tgt = T.Target.from_client_pod(c, svc.cluster_ip, svc.ports[0].port)
+    group = None if a.in_window else tb.datapath.process_cgroup
     factories = {
         "latency": lambda: [LatencyProbe.for_cluster(c)],
-        "cpu": lambda: [CpuProbe(tb.datapath.process_cgroup)],
-        "main": lambda: [LatencyProbe.for_cluster(c), CpuProbe(tb.datapath.process_cgroup)],
+        "cpu": lambda: [CpuProbe(group)],
+        "main": lambda: [LatencyProbe.for_cluster(c), CpuProbe(group)],
         "drops": lambda: [DropsProbe.for_cluster(c)],
         "transit": lambda: [TransitProbe.for_cluster(c)],
         "breakdown": lambda: [LatencyProbe.for_cluster(c), DropsProbe.for_cluster(c),
                               TransitProbe.for_cluster(c)],
     }
-    out = overhead.measure(c, tgt, Path(tempfile.mkdtemp()), {s: factories[s] for s in sets},
-                           rounds=rounds, packets=packets,
-                           say=lambda m: print(m, file=sys.stderr, flush=True))
-out.update(variant=variant, services=n)
+    unknown = sorted(set(sets) - set(factories))
+    if unknown:
+        sys.exit(f"unknown set {', '.join(unknown)}: one of {', '.join(factories)}")
+    chosen = {s: factories[s] for s in sets}
+    say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    workdir = Path(tempfile.mkdtemp())
+    if a.in_window:
+        out = overhead.measure_in_window(c, tgt, workdir, a.in_window, chosen,
+                                         rounds=a.rounds, say=say)
+        if {"latency", "cpu", "breakdown"} <= set(sets):
+            out.update(overhead.in_window_figures(out))
+    else:
+        out = overhead.measure(c, tgt, workdir, chosen, rounds=a.rounds, packets=a.packets,
+                               say=say)
+out.update(variant=a.variant, services=a.services)
 print(json.dumps(out, indent=1))

@@ -23,6 +23,11 @@ configuration. What this counts is every nanosecond the probes add on the
 packet path, including the client-egress program, which runs before the
 NET_RX softirq the CPU probe reports: an upper bound on what the probes add
 to the reported CPU per packet.
+
+:func:`measure_in_window` measures the share inside the reported figure itself: a
+cpu probe times NET_RX per packet at the scenario's own rate with and without each
+probe set beside it (:func:`in_window_figures`: the percentage the runner stores as
+``in_window_main_pct``).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from typing import Any
 from bench.cluster import cgroups
 from bench.cluster.topology import Cluster, in_netns
 from bench.errors import FeatureMissing
+from bench.measure.probes.cpu import CpuProbe
 from bench.measure.probes.latency import LatencyProbe
 from bench.measure.probes.loader import Probe
 from bench.measure.traffic import Target
@@ -86,32 +92,119 @@ def measure(cluster: Cluster, target: Target, workdir: Path,
     """
     pcap = target.build_pcap(WORKLOAD, packets, workdir / "overhead.pcap", seq_start=seq_start)
     group = cgroups.create(f"{cluster.prefix}-sender")
-    samples: dict[str, list[float]] = {"none": [], **{name: [] for name in configs}}
-    missing: dict[str, str] = {}
     try:
-        # One unmeasured burst: neighbours resolved, flows established, caches warm.
-        sender_ns_per_packet(cluster, target, pcap, group)
-        for r in range(rounds):
-            say(f"probe overhead: round {r + 1}/{rounds}")
-            order = ["none", *configs]
-            if r % 2:
-                order.reverse()  # drift within a round hits every set alike
-            for name in order:
-                with contextlib.ExitStack() as stack:
-                    for probe in configs[name]() if name != "none" else ():
-                        if isinstance(probe, LatencyProbe):
-                            probe.drop = False  # the backend's stack runs in every set
-                        try:
-                            stack.enter_context(probe)
-                        except FeatureMissing as e:  # as in the measured repetitions
-                            missing[probe.name] = str(e)
-                            continue
-                        probe.start()
-                    samples[name].append(sender_ns_per_packet(cluster, target, pcap, group)[0])
+        samples, missing = paired_rounds(
+            lambda: sender_ns_per_packet(cluster, target, pcap, group)[0], configs, rounds,
+            "probe overhead", say)
     finally:
         cgroups.remove(group)
     out: dict[str, Any] = {"workload": WORKLOAD, "packets": packets, "rounds": rounds,
                            "missing": missing, **estimate(samples)}
+    return out
+
+
+def paired_rounds(burst: Callable[[], float],
+                  configs: Mapping[str, Callable[[], Sequence[Probe]]], rounds: int,
+                  what: str, say: Callable[[str], None] = lambda _: None,
+                  ) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """``burst()`` once unmeasured, then ``rounds`` rounds of one burst per probe set
+    (``none`` first: no probe of a set attached; the order reversed every other round,
+    so drift within a round hits every set alike).
+
+    Returns the samples per set and {probe: reason} of probes that could not attach
+    (the set is measured without them, as the measured repetitions would run). The
+    latency probe runs with ``drop=False``: the backend's stack does the same work in
+    every set.
+    """
+    samples: dict[str, list[float]] = {"none": [], **{name: [] for name in configs}}
+    missing: dict[str, str] = {}
+    burst()  # neighbours resolved, flows established, caches warm
+    for r in range(rounds):
+        say(f"{what}: round {r + 1}/{rounds}")
+        order = ["none", *configs]
+        if r % 2:
+            order.reverse()
+        for name in order:
+            with contextlib.ExitStack() as stack:
+                for probe in configs[name]() if name != "none" else ():
+                    if isinstance(probe, LatencyProbe):
+                        probe.drop = False
+                    try:
+                        stack.enter_context(probe)
+                    except FeatureMissing as e:
+                        missing[probe.name] = str(e)
+                        continue
+                    probe.start()
+                samples[name].append(burst())
+    return samples, missing
+
+
+# --- inside the reported figure ----------------------------------------------------
+
+IN_WINDOW_SECONDS = 0.5  # one burst at the scenario's rate
+
+
+def net_rx_ns_per_packet(cluster: Cluster, target: Target, pcap: Path, rate_pps: int,
+                         packets: int, reporter: CpuProbe) -> float:
+    """NET_RX softirq ns per delivered packet, as ``reporter`` (an attached cpu probe)
+    reports it, of one burst of ``pcap`` at ``rate_pps``."""
+    before_rx = pods_rx_packets(cluster)
+    reporter.start()
+    stats = target.replay(pcap, rate_pps, timeout=packets / rate_pps * 3 + 30)
+    time.sleep(DRAIN_SECONDS)
+    reading = reporter.read()
+    delivered = pods_rx_packets(cluster) - before_rx
+    if stats.timed_out or delivered <= 0:
+        raise RuntimeError(f"in-window overhead burst: {delivered} of {stats.sent} packets "
+                           f"delivered{' (replay timed out)' if stats.timed_out else ''}")
+    return reading.net_rx_ns / delivered
+
+
+def measure_in_window(cluster: Cluster, target: Target, workdir: Path, rate_pps: int,
+                      configs: Mapping[str, Callable[[], Sequence[Probe]]],
+                      rounds: int = 5, seconds: float = IN_WINDOW_SECONDS,
+                      say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """What probe sets add to the figure the cpu probe reports: NET_RX ns per packet.
+
+    A cpu probe (the reporter, attached first and throughout) times NET_RX softirqs
+    while bursts of ``rate_pps`` (the measured repetitions' own rate) run with each set
+    attached besides it, paired and interleaved as :func:`paired_rounds`; per set the
+    quietest burst less the quietest without it (:func:`estimate`). The whole-path
+    estimate (:func:`measure`) also counts what runs outside the reported window (the
+    client's egress program, the sender); this is the share inside it. A second cpu
+    probe in ``configs`` (key ``cpu``) runs its entry program inside the reporter's
+    window, as the reporter's own work after its clock read does: it stands for the
+    reporter's own share (:func:`in_window_figures`).
+    """
+    packets = max(int(rate_pps * seconds), 1000)
+    pcap = target.build_pcap(WORKLOAD, packets, workdir / "in-window.pcap", seq_start=0)
+    with CpuProbe() as reporter:
+        samples, missing = paired_rounds(
+            lambda: net_rx_ns_per_packet(cluster, target, pcap, rate_pps, packets, reporter),
+            configs, rounds, "probe overhead in the reported figure", say)
+    return {"workload": WORKLOAD, "rate_pps": rate_pps, "packets": packets,
+            "rounds": rounds, "missing": missing, **estimate(samples)}
+
+
+def in_window_figures(window: Mapping[str, Any]) -> dict[str, float]:
+    """The probes' share of the CPU per packet they report, from :func:`measure_in_window`
+    with the sets ``latency``, ``cpu`` (a second cpu probe) and ``breakdown``.
+
+    ``in_window_main_ns_per_packet``: latency + the cpu probe's own share (a second cpu
+    probe's cost inside the window); ``in_window_breakdown_ns_per_packet``: the
+    breakdown set + that share; ``_pct``: of the NET_RX ns per packet without them.
+    A set's figure can come out below zero when it costs less than the bursts' spread;
+    it is kept as measured.
+    """
+    base = window["none_ns_per_packet"]
+    own = window.get("cpu_ns_per_packet", 0.0)
+    out: dict[str, float] = {}
+    for name, added in (("main", window.get("latency_ns_per_packet")),
+                        ("breakdown", window.get("breakdown_ns_per_packet"))):
+        if added is None:
+            continue
+        out[f"in_window_{name}_ns_per_packet"] = added + own
+        out[f"in_window_{name}_pct"] = 100 * (added + own) / base
     return out
 
 

@@ -29,6 +29,7 @@ from bench import results as R
 from bench.cluster.testbed import SyncTiming, Testbed
 from bench.errors import FeatureMissing, KpbenchError
 from bench.measure.generator_ceiling import Ceilings
+from bench.measure.overhead import in_window_figures, measure_in_window
 from bench.measure.overhead import measure as measure_overhead
 from bench.measure.probes.cpu import CpuProbe
 from bench.measure.probes.drops import DropsProbe
@@ -293,13 +294,30 @@ class Runner:
             probes = self._breakdown_probes(bed, external)
             return [probes.latency, *probes.others.values()]
 
+        def latency() -> list[Probe]:
+            return [self._main_probes(bed, external).latency]
+
         self.progress.say("measuring the probes' overhead")
         # The bursts are udp-established: their 16 flows' source ports lie below every
         # new flow's (bench.measure.traffic), so they take nothing from the cluster's flow space.
-        return measure_overhead(bed.cluster, target, self.workdir,
-                                {"main": main, "breakdown": breakdown},
-                                rounds=OVERHEAD_ROUNDS, packets=OVERHEAD_PACKETS,
-                                seq_start=0, say=self.progress.say)
+        out = measure_overhead(bed.cluster, target, self.workdir,
+                               {"main": main, "breakdown": breakdown},
+                               rounds=OVERHEAD_ROUNDS, packets=OVERHEAD_PACKETS,
+                               seq_start=0, say=self.progress.say)
+        if "cpu" not in self.sc.probes:
+            out["in_window"] = {"error": "the scenario's probes leave out cpu"}
+            return out
+        try:
+            window = measure_in_window(
+                bed.cluster, target, self.workdir, self.sc.rate_pps,
+                {"latency": latency, "cpu": lambda: [CpuProbe()], "breakdown": breakdown},
+                rounds=OVERHEAD_ROUNDS, say=self.progress.say)
+        except FeatureMissing as e:  # no cpu probe to report a figure: nothing to relate
+            out["in_window"] = {"error": str(e)}
+            return out
+        out["in_window"] = window
+        out.update(in_window_figures(window))
+        return out
 
     def _settle_workload(self) -> str:
         """New flows of the scenario's own protocol: TCP SYNs walk the TCP rules."""

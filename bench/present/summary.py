@@ -59,8 +59,24 @@ def overhead_line(result: ResultLike) -> str | None:
         parts.append(f"{name} {added:+,.0f} ns/packet (rounds {lo:+,.0f} to {hi:+,.0f}{share})")
     if not parts:
         return None
-    return (f"probe overhead (sender CPU, {ov.get('rounds', '?')} paired rounds): "
+    line = (f"probe overhead (sender CPU, {ov.get('rounds', '?')} paired rounds): "
             + "; ".join(parts))
+    window = ov.get("in_window")
+    if isinstance(window, dict) and window.get("error"):
+        line += f"\n  inside the reported CPU figure: not measured ({window['error']})"
+    elif isinstance(window, dict):
+        inside = []
+        for name in ("main", "breakdown"):
+            added, share = (ov.get(f"in_window_{name}_ns_per_packet"),
+                            ov.get(f"in_window_{name}_pct"))
+            if isinstance(added, int | float) and isinstance(share, int | float):
+                inside.append(f"{name} {added:+,.0f} ns/packet ({share:.1f} %)")
+        base = window.get("none_ns_per_packet")
+        if inside and isinstance(base, int | float):
+            line += (f"\n  inside the reported CPU figure (NET_RX {base:,.0f} ns/packet at "
+                     f"{window.get('rate_pps', '?')} pps, {window.get('rounds', '?')} paired "
+                     "rounds): " + "; ".join(inside))
+    return line
 
 
 def environment_table(result: ResultLike) -> Table:

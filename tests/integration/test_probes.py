@@ -34,6 +34,7 @@ from bench.measure.probes.cpu import CpuProbe
 from bench.measure.probes.drops import DropsProbe
 from bench.measure.probes.latency import LatencyProbe
 from bench.measure.probes.loader import (
+    TC_INGRESS,
     Probe,
     TcHook,
     compiled_source,
@@ -493,3 +494,79 @@ def test_overhead_same_workload_with_and_without_probes(cluster: Cluster,
         Path(out).write_text(json.dumps({"packets": count, "reps": reps, "workload":
                                          "udp-established, top speed, no datapath",
                                          "results": report}, indent=2))
+
+
+# --- the probes' share of the figure they report ---------------------------------------
+
+BURN_READS = 100  # clock reads per packet: about 2-3 us on this machine, far above the noise
+
+
+class BurnProbe(Probe):
+    """A tc program of known cost at a pod's ingress (inside the NET_RX softirq the cpu
+    probe times): BURN_READS clock reads per packet, the body's time measured apart."""
+
+    name = "burn"
+    tc_prio = 7
+
+    def __init__(self, hook: TcHook) -> None:
+        super().__init__()
+        self.hook = hook
+
+    def _attach(self) -> None:
+        from bcc import BPF
+
+        self._bpf = BPF(text=f"""
+            #include <uapi/linux/pkt_cls.h>
+            int kpb_burn(struct __sk_buff *skb) {{
+                u64 acc = 0;
+                #pragma unroll
+                for (int i = 0; i < {BURN_READS}; i++)
+                    acc += bpf_ktime_get_ns();
+                skb->cb[0] = (u32)acc;  /* keep the reads */
+                return TC_ACT_UNSPEC;
+            }}""".encode())
+        self._attach_tc("kpb_burn", [self.hook], TC_INGRESS)
+
+    def _zero(self) -> None:
+        pass
+
+    def body_ns(self, workdir: Path, repeat: int = 20_000) -> float:
+        """The program's run time by BPF_PROG_TEST_RUN (bpftool), the quietest of three."""
+        from bcc import BPF
+
+        fd = self._bpf.load_func(b"kpb_burn", BPF.SCHED_CLS).fd
+        info = Path(f"/proc/self/fdinfo/{fd}").read_text()
+        prog_id = next(ln.split()[1] for ln in info.splitlines() if ln.startswith("prog_id:"))
+        data = workdir / "frame.bin"
+        data.write_bytes(bytes(64))
+        runs = []
+        for _ in range(3):
+            out = subprocess.run(["bpftool", "prog", "run", "id", prog_id, "data_in", str(data),
+                                  "repeat", str(repeat)], capture_output=True, text=True,
+                                 check=True).stdout
+            # "Return value: ..., duration (average): 2630ns"
+            runs.append(float(out.rsplit(":", 1)[1].strip().removesuffix("ns")))
+        return min(runs)
+
+
+def test_the_in_window_overhead_finds_a_program_of_known_cost(cluster: Cluster,
+                                                              tmp_path: Path) -> None:
+    """bench.measure.overhead.measure_in_window (the probes' share of the CPU per packet the
+    cpu probe reports, stored by every run) against a known cost: a tc program whose body
+    BPF_PROG_TEST_RUN times must come out as that body plus one tc hook, not as zero (a
+    program outside the reporter's window) nor as a multiple (a unit or pairing error)."""
+    require_feature("tc_bpf")
+    from bench.measure import overhead
+
+    pod = pod_on(cluster, 0)
+    target = T.Target.from_client_pod(cluster, pod.ip, PORT)
+    hook = TcHook(cluster.pod_ns(pod))
+    with BurnProbe(hook) as burn:
+        body = burn.body_ns(tmp_path)
+    assert 200 < body < 20_000, body  # BURN_READS clock reads: tens of ns each
+    window = overhead.measure_in_window(cluster, target, tmp_path, 10_000,
+                                        {"burn": lambda: [BurnProbe(hook)]}, rounds=5)
+    added = window["burn_ns_per_packet"]
+    # One tc hook on a veth ingress (clsact + cls_bpf dispatch) costs well under 300 ns.
+    assert 0.8 * body <= added <= 1.25 * body + 300, (added, body, window["samples"])
+    assert window["none_ns_per_packet"] > 0 and window["rounds"] == 5
