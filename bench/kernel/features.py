@@ -121,6 +121,7 @@ NETNS_CHECKS: dict[str, Check] = {
     "ipset": _ipset,
     "ipvs": _ipvs,
     "ebpf-tc": _datapath_check("check_tc"),
+    "tcx": K.tcx,  # the probes' tc programs as tcx links (else clsact filters)
     "xdp": _datapath_check("check_xdp"),
     "socket-lb": _datapath_check("check_socket_lb"),
     "userspace": _datapath_check("check_userspace"),
@@ -135,6 +136,7 @@ KERNEL_PROBES: dict[str, Check] = {
     "ipset": K.ipset,
     "ipvs": K.ipvs,
     "ebpf-tc": K.tc_bpf,
+    "tcx": K.tcx,
     "xdp": K.xdp,
     "socket-lb": K.cgroup_sock_addr,
     "userspace": lambda ns: K.iptables_legacy(ns, targets=("REDIRECT",), matches=("addrtype",)),

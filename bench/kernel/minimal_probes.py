@@ -38,6 +38,10 @@ _NR_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine(), 321)
 
 # uapi/linux/bpf.h
 BPF_PROG_LOAD, BPF_PROG_ATTACH, BPF_PROG_DETACH, BPF_RAW_TRACEPOINT_OPEN = 5, 8, 9, 17
+BPF_PROG_QUERY, BPF_LINK_CREATE = 16, 28
+ATTACH_TCX_INGRESS, ATTACH_TCX_EGRESS = 46, 47  # Linux >= 6.6
+BPF_F_BEFORE, BPF_F_LINK = 1 << 3, 1 << 13  # a multi-program hook's order, by a link fd
+TC_ACT_UNSPEC = -1  # tcx: the next program, then the legacy tc hook, run
 PROG_KPROBE, PROG_SCHED_CLS, PROG_XDP, PROG_CGROUP_SOCK_ADDR, PROG_TRACING = 2, 3, 6, 18, 26
 ATTACH_CGROUP_INET4_CONNECT, ATTACH_TRACE_FENTRY = 10, 24
 TC_ACT_OK, XDP_PASS = 0, 2
@@ -236,6 +240,68 @@ def tc_bpf(ns: str) -> tuple[bool, str]:
         return True, "a trivial tc program attaches at clsact ingress"
     try:
         return _with_veth(ns, attach)
+    finally:
+        os.close(fd)
+
+
+class _LinkCreateTcx(ctypes.Structure):
+    """The BPF_LINK_CREATE part of ``union bpf_attr`` for a tcx link (zero tail)."""
+
+    _fields_ = [("prog_fd", ctypes.c_uint32), ("target_ifindex", ctypes.c_uint32),
+                ("attach_type", ctypes.c_uint32), ("flags", ctypes.c_uint32),
+                ("relative_fd", ctypes.c_uint32), ("_pad", ctypes.c_uint32),
+                ("expected_revision", ctypes.c_uint64), ("_tail", ctypes.c_uint8 * 32)]
+
+
+def tcx_link(prog_fd: int, ifindex: int, ingress: bool, before_link_fd: int | None = None) -> int:
+    """Attach the tc program ``prog_fd`` to ``ifindex`` of the calling thread's network
+    namespace as a tcx link (Linux >= 6.6): at the end of the hook's programs, or right
+    before the program of link ``before_link_fd``. Returns the link's fd: closing it
+    detaches the program. OSError when the kernel refuses (EINVAL: no tcx)."""
+    attr = _LinkCreateTcx(prog_fd=prog_fd, target_ifindex=ifindex,
+                          attach_type=ATTACH_TCX_INGRESS if ingress else ATTACH_TCX_EGRESS,
+                          flags=0 if before_link_fd is None else BPF_F_BEFORE | BPF_F_LINK,
+                          relative_fd=before_link_fd or 0)
+    return _bpf(BPF_LINK_CREATE, attr)
+
+
+class _ProgQuery(ctypes.Structure):
+    """The BPF_PROG_QUERY part of ``union bpf_attr``."""
+
+    _fields_ = [("target_ifindex", ctypes.c_uint32), ("attach_type", ctypes.c_uint32),
+                ("query_flags", ctypes.c_uint32), ("attach_flags", ctypes.c_uint32),
+                ("prog_ids", ctypes.c_uint64), ("prog_cnt", ctypes.c_uint32),
+                ("_pad", ctypes.c_uint32), ("prog_attach_flags", ctypes.c_uint64),
+                ("link_ids", ctypes.c_uint64), ("link_attach_flags", ctypes.c_uint64),
+                ("revision", ctypes.c_uint64)]
+
+
+def tcx_prog_ids(ifindex: int, ingress: bool, most: int = 64) -> list[int]:
+    """Ids of the programs attached to ``ifindex`` (the calling thread's network
+    namespace) by tcx, in the order they run."""
+    ids = (ctypes.c_uint32 * most)()
+    attr = _ProgQuery(target_ifindex=ifindex,
+                      attach_type=ATTACH_TCX_INGRESS if ingress else ATTACH_TCX_EGRESS,
+                      prog_ids=ctypes.addressof(ids), prog_cnt=most)
+    _bpf(BPF_PROG_QUERY, attr)
+    return list(ids[:attr.prog_cnt])
+
+
+def tcx(ns: str) -> tuple[bool, str]:
+    """A trivial SCHED_CLS program attaches as a tcx link (to ``lo`` of ``ns``)."""
+    try:
+        fd = trivial_prog(PROG_SCHED_CLS, TC_ACT_UNSPEC)
+    except OSError as e:
+        return _refused("a trivial tc (SCHED_CLS) program", e)
+
+    def attach() -> tuple[bool, str]:
+        try:
+            os.close(tcx_link(fd, socket.if_nametoindex("lo"), ingress=True))
+        except OSError as e:
+            return _refused("a tcx link (BPF_TCX_INGRESS)", e)
+        return True, "a trivial tc program attaches as a tcx link"
+    try:
+        return in_netns(ns, attach)
     finally:
         os.close(fd)
 

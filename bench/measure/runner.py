@@ -35,7 +35,7 @@ from bench.measure.probes.cpu import CpuProbe
 from bench.measure.probes.drops import DropsProbe
 from bench.measure.probes.kfunc import KfuncProbe
 from bench.measure.probes.latency import LatencyProbe
-from bench.measure.probes.loader import Probe
+from bench.measure.probes.loader import Probe, tc_mode
 from bench.measure.probes.transit import TransitProbe
 from bench.measure.repetition import ProbeSet, SeqSpace, read_repetition, replay_failure
 from bench.measure.scale_loop import ScaleLoop
@@ -304,6 +304,7 @@ class Runner:
                                {"main": main, "breakdown": breakdown},
                                rounds=OVERHEAD_ROUNDS, packets=OVERHEAD_PACKETS,
                                seq_start=0, say=self.progress.say)
+        out["tc_attach"] = tc_mode()  # the probes' tc programs: tcx links or clsact filters
         if "cpu" not in self.sc.probes:
             out["in_window"] = {"error": "the scenario's probes leave out cpu"}
             return out

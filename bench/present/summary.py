@@ -59,8 +59,9 @@ def overhead_line(result: ResultLike) -> str | None:
         parts.append(f"{name} {added:+,.0f} ns/packet (rounds {lo:+,.0f} to {hi:+,.0f}{share})")
     if not parts:
         return None
-    line = (f"probe overhead (sender CPU, {ov.get('rounds', '?')} paired rounds): "
-            + "; ".join(parts))
+    how = {"tcx": ", tc programs as tcx links", "clsact": ", tc programs as clsact filters"}
+    line = (f"probe overhead (sender CPU, {ov.get('rounds', '?')} paired rounds"
+            f"{how.get(ov.get('tc_attach'), '')}): " + "; ".join(parts))
     window = ov.get("in_window")
     if isinstance(window, dict) and window.get("error"):
         line += f"\n  inside the reported CPU figure: not measured ({window['error']})"

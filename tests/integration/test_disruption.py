@@ -78,7 +78,7 @@ class Gate(Probe):
         u64 *last = state.lookup(&k2), *drops = state.lookup(&k3);
         if (!closed || !first || !last || !drops || !*closed
                 || skb->protocol != bpf_htons(ETH_P_IP))
-            return TC_ACT_OK;
+            return TC_ACT_UNSPEC;  /* as a tcx link, TC_ACT_OK would skip the datapath's */
         u64 now = bpf_ktime_get_ns();
         if (!*first)
             *first = now;

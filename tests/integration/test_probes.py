@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -141,19 +143,68 @@ def test_latency_ignores_warmup_and_out_of_window_packets(cluster: Cluster,
     assert (len(r.latency_ns), r.out_of_range) == (10, 2 * 13)  # slots 90-99 only
 
 
-def test_latency_probe_detaches_cleanly(cluster: Cluster) -> None:
+@pytest.fixture(params=["tcx", "clsact"])
+def tc_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The probes' tc programs attached as tcx links (where the kernel has tcx, the
+    default), then as cls_bpf filters on clsact (the fallback: older kernels)."""
+    from bench.measure.probes import loader
+
+    if request.param == "tcx":
+        require_feature("tcx")
+    monkeypatch.setattr(loader, "_tc_mode", request.param)
+    return str(request.param)
+
+
+def hook_programs(netns: str, ifname: str, direction: str) -> list[str]:
+    """Names of the tc programs at a hook in the order they run: tcx links, then the
+    clsact filters (by priority)."""
+    from bench.kernel import minimal_probes as K
+
+    ids = K.in_netns(netns, lambda: K.tcx_prog_ids(socket.if_nametoindex(ifname),
+                                                  ingress=direction == "ingress"))
+    names = [json.loads(subprocess.run(["bpftool", "prog", "show", "id", str(i), "-j"],
+                                       capture_output=True, text=True, check=True).stdout)["name"]
+             for i in ids]
+    shown = subprocess.run(["ip", "netns", "exec", netns, "tc", "filter", "show", "dev", ifname,
+                            direction], capture_output=True, text=True).stdout
+    return names + re.findall(r"handle \S+ (\w+)(?::\[\d+\])? ", shown)
+
+
+def test_latency_probe_detaches_cleanly(cluster: Cluster, tc_mode: str) -> None:
     lat = LatencyProbe.for_cluster(cluster)
     lat.attach()
     pod_ns = cluster.pod_ns(pod_on(cluster, 0))
-    assert "kpb_arrive" in tc(pod_ns, "filter", "show", "dev", "eth0", "ingress")
-    assert "kpb_depart" in tc(cluster.client_pod_ns, "filter", "show", "dev", "eth0", "egress")
+    assert hook_programs(pod_ns, "eth0", "ingress") == ["kpb_arrive"]
+    assert hook_programs(cluster.client_pod_ns, "eth0", "egress") == ["kpb_depart"]
+    assert ("clsact" in tc(pod_ns, "qdisc", "show", "dev", "eth0")) == (tc_mode == "clsact")
     lat.detach()
     lat.detach()
+    assert hook_programs(pod_ns, "eth0", "ingress") == []
+    assert hook_programs(cluster.client_pod_ns, "eth0", "egress") == []
     assert "clsact" not in tc(pod_ns, "qdisc", "show", "dev", "eth0")
     assert "clsact" not in tc(cluster.client_pod_ns, "qdisc", "show", "dev", "eth0")
 
 
-def test_latency_keeps_a_clsact_it_did_not_create(cluster: Cluster) -> None:
+def test_probes_run_in_priority_order_whatever_the_attach_order(cluster: Cluster,
+                                                                tc_mode: str) -> None:
+    """At a backend's ingress the drops probe's delivery count (TC_PRIO_FIRST) must run
+    before the latency probe, which drops the run's packets: attached after it, it still
+    comes first; the gone probe (before every other) first of all."""
+    from bench.measure.probes.gone import GoneProbe
+
+    pod = TcHook(cluster.pod_ns(pod_on(cluster, 0)))
+    with LatencyProbe(TcHook(cluster.client_pod_ns), [pod]), \
+            DropsProbe(TcHook(cluster.client_pod_ns), backends=[pod]), GoneProbe([pod]):
+        assert hook_programs(pod.netns, "eth0", "ingress") == [
+            "kpb_gone", "kpb_delivered", "kpb_arrive"]
+    assert hook_programs(pod.netns, "eth0", "ingress") == []
+
+
+def test_latency_keeps_a_clsact_it_did_not_create(cluster: Cluster,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.measure.probes import loader
+
+    monkeypatch.setattr(loader, "_tc_mode", "clsact")
     pod_ns = cluster.pod_ns(pod_on(cluster, 1))
     run_netns(pod_ns, ["tc", "qdisc", "add", "dev", "eth0", "clsact"])
     try:
@@ -165,13 +216,16 @@ def test_latency_keeps_a_clsact_it_did_not_create(cluster: Cluster) -> None:
         run_netns(pod_ns, ["tc", "qdisc", "del", "dev", "eth0", "clsact"])
 
 
-def test_attach_error_is_feature_missing_naming_the_probe(cluster: Cluster) -> None:
+def test_attach_error_is_feature_missing_naming_the_probe(cluster: Cluster,
+                                                          tc_mode: str) -> None:
     lat = LatencyProbe(TcHook(cluster.client_pod_ns),
                        [TcHook(cluster.pod_ns(pod_on(cluster, 0))), TcHook("kpb000000-gone")])
     with pytest.raises(FeatureMissing, match="^latency probe: .*kpb000000-gone"):
         lat.attach()
     assert not lat.attached
     # The hooks attached before the failure were removed again.
+    assert hook_programs(cluster.client_pod_ns, "eth0", "egress") == []
+    assert hook_programs(cluster.pod_ns(pod_on(cluster, 0)), "eth0", "ingress") == []
     assert "clsact" not in tc(cluster.client_pod_ns, "qdisc", "show", "dev", "eth0")
     assert not Path("/run/netns/kpb000000-gone").exists()
 
@@ -185,7 +239,7 @@ def test_drops_names_the_pod_ingress_tc_drop(cluster: Cluster, tmp_path: Path) -
         drops.start()
         send(cluster, pod_on(cluster, 0), tmp_path)
         r = drops.read()
-    assert "kpb_delivered" not in tc(pod_ns, "filter", "show", "dev", "eth0", "ingress")
+    assert "kpb_delivered" not in hook_programs(pod_ns, "eth0", "ingress")
     # Whatever this kernel calls a TC_ACT_SHOT at ingress, the run's 23 packets have it.
     assert r.run_by_reason is not None and list(r.run_by_reason.values()) == [23], r
     if "TC_INGRESS" in drops.reasons.values():

@@ -55,7 +55,8 @@ def test_show_prints_the_share_inside_the_reported_figure() -> None:
 
     rep = make_repetition(sent=1000, delivered=1000, softirq_ns=1000 * 2_000,
                           cpu_ns_per_packet=2_000.0)
-    ov = {"main_ns_per_packet": 400.0, "rounds": 5, "in_window_main_ns_per_packet": 60.0,
+    ov = {"main_ns_per_packet": 400.0, "rounds": 5, "tc_attach": "tcx",
+          "in_window_main_ns_per_packet": 60.0,
           "in_window_main_pct": 3.0, "in_window_breakdown_ns_per_packet": 170.0,
           "in_window_breakdown_pct": 8.5,
           "in_window": {"none_ns_per_packet": 2000.0, "rate_pps": 10000, "rounds": 5}}
@@ -65,6 +66,8 @@ def test_show_prints_the_share_inside_the_reported_figure() -> None:
     doc = {"points": [p]}
     line = overhead_line(doc)
     assert line is not None
+    assert line.startswith("probe overhead (sender CPU, 5 paired rounds, tc programs as tcx "
+                           "links): main +400 ns/packet")
     assert line.splitlines()[1] == (
         "  inside the reported CPU figure (NET_RX 2,000 ns/packet at 10000 pps, 5 paired "
         "rounds): main +60 ns/packet (3.0 %); breakdown +170 ns/packet (8.5 %)")

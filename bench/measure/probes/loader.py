@@ -9,6 +9,12 @@ Every probe is used the same way::
         ... replay traffic ...
         reading = lat.read()                         # counts since start()
 
+tc programs attach as tcx links where the kernel has them (Linux >= 6.6: the
+program runs straight from the device's hook, no clsact qdisc or cls_bpf
+classifier in between), else as cls_bpf filters on a clsact qdisc; either way
+in the order of their priorities (:data:`TC_PRIO`). ``KPBENCH_PROBE_TC=tcx`` or
+``clsact`` forces one (an A/B of the hook's cost, docs/probes.md).
+
 A probe that cannot be compiled or attached raises
 :class:`bench.errors.FeatureMissing` naming the probe, so the runner records
 that measurement as missing rather than zero. ``detach()`` is idempotent and
@@ -24,7 +30,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import re
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,7 +43,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from bench.cluster.netlink import in_netns
 from bench.cluster.topology import Cluster
-from bench.errors import FeatureMissing
+from bench.errors import FeatureMissing, KpbenchError
+from bench.kernel import minimal_probes
 from bench.paths import PROBES_DIR
 
 TRACEFS_DIRS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
@@ -201,6 +210,55 @@ class _TcAttachment:
     hook: TcHook
     parent: str
     prio: int
+    link_fd: int | None = None  # a tcx link (closing it detaches); None: a clsact filter
+
+
+TC_MODE_ENV = "KPBENCH_PROBE_TC"
+TC_MODES = ("tcx", "clsact")
+_tc_mode: str | None = None  # decided at the first attach, kept for the process
+
+
+def tc_mode(netns: str | None = None) -> str | None:
+    """How this process attaches tc programs: ``tcx`` or ``clsact`` (None: not decided
+    yet and no ``netns`` given to find out in).
+
+    ``KPBENCH_PROBE_TC`` decides if set; else ``tcx`` when the kernel attaches a
+    trivial program as a tcx link in ``netns`` (a run namespace), ``clsact`` if not.
+    """
+    global _tc_mode
+    if _tc_mode is None:
+        forced = os.environ.get(TC_MODE_ENV, "")
+        if forced and forced not in TC_MODES:
+            raise KpbenchError(f"{TC_MODE_ENV}={forced}: not a way to attach tc programs; "
+                               f"set it to {' or '.join(TC_MODES)}, or unset it")
+        if forced:
+            _tc_mode = forced
+        elif netns is not None:
+            _tc_mode = "tcx" if minimal_probes.tcx(netns)[0] else "clsact"
+    return _tc_mode
+
+
+# tcx links of this process per hook and direction, in the hooks' order: a link is
+# placed before the first one of a higher priority, as clsact orders filters.
+_TCX_LINKS: dict[tuple[TcHook, str], list[_TcAttachment]] = {}
+
+
+def _tcx_attach(probe: str, hook: TcHook, fn: Any, parent: str, prio: int) -> _TcAttachment:
+    links = _TCX_LINKS.setdefault((hook, parent), [])
+    later = [a for a in links if a.prio > prio]
+    before = min(later, key=lambda a: a.prio).link_fd if later else None
+
+    def attach() -> int:
+        return minimal_probes.tcx_link(fn.fd, socket.if_nametoindex(hook.ifname),
+                                       ingress=parent == TC_INGRESS, before_link_fd=before)
+    try:
+        fd = minimal_probes.in_netns(hook.netns, attach)
+    except OSError as e:
+        raise FeatureMissing(f"{probe} probe: cannot attach {fn.name} to {hook.ifname} in "
+                             f"{hook.netns} as a tcx link: {e.strerror or e}") from e
+    attachment = _TcAttachment(hook, parent, prio, link_fd=fd)
+    links.append(attachment)
+    return attachment
 
 
 # clsact qdiscs a probe of this process created, with how many probe filters use
@@ -212,6 +270,8 @@ _OUR_CLSACT: dict[TcHook, int] = {}
 def _tc_attach(probe: str, hook: TcHook, fn: Any, parent: str, prio: int) -> _TcAttachment:
     if not (NETNS_DIR / hook.netns).exists():
         raise FeatureMissing(f"{probe} probe: namespace {hook.netns} does not exist")
+    if tc_mode(hook.netns) == "tcx":
+        return _tcx_attach(probe, hook, fn, parent, prio)
     # flags=0: never create a namespace that is not there.
     with in_netns(hook.netns) as ns:
         idx = ns.link_lookup(ifname=hook.ifname)
@@ -238,6 +298,13 @@ def _tc_attach(probe: str, hook: TcHook, fn: Any, parent: str, prio: int) -> _Tc
 
 
 def _tc_detach(a: _TcAttachment) -> None:
+    if a.link_fd is not None:  # a tcx link: closing it detaches, namespace or not
+        links = _TCX_LINKS.get((a.hook, a.parent), [])
+        if a in links:
+            links.remove(a)
+        os.close(a.link_fd)
+        a.link_fd = None
+        return
     last = False
     if a.hook in _OUR_CLSACT:
         _OUR_CLSACT[a.hook] -= 1
