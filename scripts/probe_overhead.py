@@ -12,8 +12,10 @@ PACKETS is ignored) with each set beside it: the probes' share of the figure the
 runs report, and in_window_figures() when the sets latency, cpu and breakdown
 are all there. SET is one of: latency, cpu (a second cpu probe in --in-window),
 main (latency + cpu), drops, transit, breakdown (latency + drops + transit, as
-the runner's breakdown repetition). Default: latency cpu main breakdown (with
---in-window: latency cpu breakdown). As root. Prints the estimator's JSON
+the runner's breakdown repetition); SET@tcx or SET@clsact attaches that set's tc
+programs that way (an A/B of the hook within one run; otherwise the default, tcx
+where the kernel has it). Default: latency cpu main breakdown (with --in-window:
+latency cpu breakdown). As root. Prints the estimator's JSON
 (quietest burst less the quietest without probes, paired median and range, raw
 samples).
 """
@@ -28,6 +30,7 @@ from bench.cluster.testbed import Testbed
 from bench.datapaths import make_variant
 from bench.measure import overhead
 from bench.measure import traffic as T
+from bench.measure.probes import loader
 from bench.measure.probes.cpu import CpuProbe
 from bench.measure.probes.drops import DropsProbe
 from bench.measure.probes.latency import LatencyProbe
@@ -61,10 +64,21 @@ with Testbed(make_variant(a.variant), services, slices, nodes=2, pod_services={s
         "breakdown": lambda: [LatencyProbe.for_cluster(c), DropsProbe.for_cluster(c),
                               TransitProbe.for_cluster(c)],
     }
-    unknown = sorted(set(sets) - set(factories))
+    unknown = sorted({s for s in sets if s.partition("@")[0] not in factories
+                      or s.partition("@")[2] not in ("", *loader.TC_MODES)})
     if unknown:
-        sys.exit(f"unknown set {', '.join(unknown)}: one of {', '.join(factories)}")
-    chosen = {s: factories[s] for s in sets}
+        sys.exit(f"unknown set {', '.join(unknown)}: one of {', '.join(factories)}, "
+                 f"optionally with @{' or @'.join(loader.TC_MODES)}")
+    default_mode = loader.tc_mode(c.client_pod_ns)
+
+    def attached_as(name: str):  # the set's probes, attached the way its name says
+        base, _, mode = name.partition("@")
+
+        def make():
+            loader._tc_mode = mode or default_mode
+            return factories[base]()
+        return make
+    chosen = {s: attached_as(s) for s in sets}
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     workdir = Path(tempfile.mkdtemp())
     if a.in_window:
@@ -75,5 +89,5 @@ with Testbed(make_variant(a.variant), services, slices, nodes=2, pod_services={s
     else:
         out = overhead.measure(c, tgt, workdir, chosen, rounds=a.rounds, packets=a.packets,
                                say=say)
-out.update(variant=a.variant, services=a.services)
+out.update(variant=a.variant, services=a.services, tc_attach_default=default_mode)
 print(json.dumps(out, indent=1))
