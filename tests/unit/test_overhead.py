@@ -77,3 +77,19 @@ def test_show_prints_the_share_inside_the_reported_figure() -> None:
                     repetitions=[rep], probe_overhead=ov2)
     assert overhead_line({"points": [p2]}).endswith(  # type: ignore[union-attr]
         "inside the reported CPU figure: not measured (cpu probe: no NET_RX)")
+
+
+def test_the_tc_attach_mode_can_be_forced_and_a_bad_value_is_named(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.errors import KpbenchError
+    from bench.measure.probes import loader
+
+    monkeypatch.setattr(loader, "_tc_mode", None)
+    monkeypatch.setenv(loader.TC_MODE_ENV, "clsact")
+    assert loader.tc_mode() == "clsact"  # forced: no kernel probe, no namespace needed
+    monkeypatch.setattr(loader, "_tc_mode", None)
+    monkeypatch.setenv(loader.TC_MODE_ENV, "xdp")
+    with pytest.raises(KpbenchError, match="^KPBENCH_PROBE_TC=xdp: .*tcx or clsact"):
+        loader.tc_mode()
+    monkeypatch.delenv(loader.TC_MODE_ENV)
+    assert loader.tc_mode() is None  # not decided: no namespace to find out in
