@@ -470,6 +470,10 @@ class DisruptionRunner:
         svc = next(s for s in bed.services if s.key == measured)
         original = list(bed.slices)
         state: dict[str, Any] = {}
+        # Arrivals from this repetition's own traffic only (its warm-up and baseline):
+        # earlier points' traffic may have been pinned elsewhere (a cold start's went to
+        # the pods' own addresses, a flow's conntrack entry may have expired since).
+        gone.start()
 
         def sync(slices: list[Any]) -> float:
             with gc_paused():
@@ -512,7 +516,6 @@ class DisruptionRunner:
             first, last, drops = gone.dropped()
             gone.set_gone(None)
             sync(original)  # the endpoint back; its pod is back too
-            gone.start()  # fresh counts for the next repetition
             if "start" not in state:
                 return {}
             return {"conntrack_cleanup": cleanup, "removed_endpoint": state["ip"],

@@ -16,7 +16,7 @@ import pytest
 from bench.cluster.testbed import Testbed
 from bench.datapaths import make_variant
 from bench.datapaths.base import run_in_netns
-from bench.measure.disruption_runner import DisruptionRunner
+from bench.measure.disruption_runner import WARMUP_S, DisruptionRunner
 from bench.measure.scenario import parse_scenario
 from bench.model.generate import GenSpec, generate
 from bench.results.reader import load_result
@@ -82,12 +82,19 @@ def test_endpoint_removed_conntrack_cleanup_moves_the_established_flow(tmp_path:
     # udp-established: 16 flows pinned by conntrack; the endpoint most of them reach is
     # removed and its pod gone. With kube-proxy's cleanup the flows move to the live
     # endpoints; without it they keep going to the gone pod until the window ends.
-    sc = scenario(["iptables-legacy"], events=["endpoint-removed"],
+    # A full sync's point first: the endpoint is chosen by this repetition's own
+    # arrivals, not by what earlier points' traffic reached.
+    sc = scenario(["iptables-legacy"], events=["full-sync", "endpoint-removed"],
                   background=["udp-established"], after_s=1.5)
     doc = load_result(DisruptionRunner(sc, tmp_path).run())
-    points = {p["workload"]: p for p in doc["points"]}
+    points = {p["workload"]: p for p in doc["points"]
+              if p["workload"] != "disruption-full-sync/udp-established"}
     assert set(points) == {"disruption-endpoint-removed/udp-established",
                            "disruption-endpoint-removed-no-cleanup/udp-established"}
+    for p in points.values():  # counted from the repetition's warm-up on: no more than it sent
+        rep = p["repetitions"][0]
+        assert rep["disruption"]["removed_endpoint_packets_before"] <= (
+            rep["sent"] + RATE * WARMUP_S * 1.2), rep["disruption"]
     for p in points.values():
         assert p["status"] == "ok", p.get("error")
         check_accounting(p["repetitions"][0])
