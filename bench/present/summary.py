@@ -68,13 +68,15 @@ def overhead_line(result: ResultLike) -> str | None:
     elif isinstance(window, dict):
         inside = []
         for name in ("main", "breakdown"):
-            added, share = (ov.get(f"in_window_{name}_ns_per_packet"),
-                            ov.get(f"in_window_{name}_pct"))
-            if isinstance(added, int | float) and isinstance(share, int | float):
-                inside.append(f"{name} {added:+,.0f} ns/packet ({share:.1f} %)")
-        base = window.get("none_ns_per_packet")
-        if inside and isinstance(base, int | float):
-            line += (f"\n  inside the reported CPU figure (NET_RX {base:,.0f} ns/packet at "
+            added = ov.get(f"in_window_{name}_ns_per_packet")
+            if not isinstance(added, int | float):
+                continue
+            share = pct.get(f"in_window_{name}")
+            inside.append(f"{name} {added:+,.0f} ns/packet" + (
+                f" ({share:.1f} % of cpu/pkt at {point.doc['variant']} {point.workload})"
+                if isinstance(share, int | float) else ""))
+        if inside:
+            line += (f"\n  inside the reported CPU figure (cpu probe's NET_RX at "
                      f"{window.get('rate_pps', '?')} pps, {window.get('rounds', '?')} paired "
                      "rounds): " + "; ".join(inside))
     return line
