@@ -242,9 +242,33 @@ class _BoundedLoader(yaml.SafeLoader):
         return node
 
 
+def _flow_nesting_exceeds(text: str, limit: int) -> bool:
+    """Whether flow collections (``[`` and ``{``, quoted text skipped) nest deeper than
+    ``limit``: PyYAML's scanner spends seconds on a few hundred such levels (2 s at 233
+    on a 2-vCPU guest here) before the loader's own depth bound is reached."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth, quote = 0, ""
+    for ch in text:
+        if quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch in "]}":
+            depth = max(depth - 1, 0)
+    return False
+
+
 def parse_yaml_documents(text: str, source: str) -> list[Any]:
     """Parse a YAML stream into its documents, bounded (depth, expanded nodes, aliases,
     integer digits). Parser messages are cut to one line with the line number."""
+    if _flow_nesting_exceeds(text, MAX_DEPTH):
+        raise _too_deep(source)
     docs: list[Any] = []
     loader: _BoundedLoader | None = None
     try:
