@@ -26,6 +26,7 @@ from pathlib import Path
 
 from pyroute2 import netns as _netns
 
+from bench import interrupts
 from bench.cluster.netns_exec import run_netns
 from bench.cluster.topology import new_prefix, register_run, remove_run
 from bench.datapaths import VARIANT_NEEDS
@@ -58,12 +59,21 @@ class Feature:
 def scratch_netns() -> Iterator[str]:
     prefix = new_prefix()
     name = f"{prefix}-probe"
-    register_run(prefix)  # not a leftover to `kpbench clean` or a concurrent run
+    # A signal held while the namespace is made and while it is removed: pyroute2 makes
+    # it in a child process, which finished after a SIGINT had already run the removal
+    # (CI, 2026-12-01: an interrupt 0.78 s into a run left it behind).
+    with interrupts.deferred():
+        register_run(prefix)  # not a leftover to `kpbench clean` or a concurrent run
+        try:
+            _netns.create(name)
+        except BaseException:
+            remove_run(prefix)
+            raise
     try:
-        _netns.create(name)
         yield name
     finally:
-        remove_run(prefix)
+        with interrupts.deferred():
+            remove_run(prefix)
 
 
 def _try(ns: str, argv: list[str], stdin: str | None = None) -> tuple[bool, str]:

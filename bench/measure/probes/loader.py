@@ -41,6 +41,7 @@ from typing import Any, Self
 
 from pyroute2.netlink.exceptions import NetlinkError
 
+from bench import interrupts
 from bench.cluster.netlink import in_netns
 from bench.cluster.topology import Cluster
 from bench.errors import FeatureMissing, KpbenchError
@@ -251,13 +252,16 @@ def _tcx_attach(probe: str, hook: TcHook, fn: Any, parent: str, prio: int) -> _T
     def attach() -> int:
         return minimal_probes.tcx_link(fn.fd, socket.if_nametoindex(hook.ifname),
                                        ingress=parent == TC_INGRESS, before_link_fd=before)
-    try:
-        fd = minimal_probes.in_netns(hook.netns, attach)
-    except OSError as e:
-        raise FeatureMissing(f"{probe} probe: cannot attach {fn.name} to {hook.ifname} in "
-                             f"{hook.netns} as a tcx link: {e.strerror or e}") from e
-    attachment = _TcAttachment(hook, parent, prio, link_fd=fd)
-    links.append(attachment)
+    # A signal held until the link is registered: the helper thread would otherwise
+    # finish making a link that no detach knows of.
+    with interrupts.deferred():
+        try:
+            fd = minimal_probes.in_netns(hook.netns, attach)
+        except OSError as e:
+            raise FeatureMissing(f"{probe} probe: cannot attach {fn.name} to {hook.ifname} "
+                                 f"in {hook.netns} as a tcx link: {e.strerror or e}") from e
+        attachment = _TcAttachment(hook, parent, prio, link_fd=fd)
+        links.append(attachment)
     return attachment
 
 
