@@ -295,7 +295,7 @@ class Runner:
             return [probes.latency, *probes.others.values()]
 
         def latency() -> list[Probe]:
-            return [self._main_probes(bed, external).latency]
+            return [LatencyProbe.for_cluster(bed.cluster, external=external)]
 
         self.progress.say("measuring the probes' overhead")
         # The bursts are udp-established: their 16 flows' source ports lie below every
