@@ -12,6 +12,7 @@ scenarios. Every point goes through :meth:`ScaleLoop.record`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import sys
@@ -29,7 +30,7 @@ from bench.kernel.vm import guest_environment
 from bench.measure.probes.loader import release_compiled
 from bench.measure.progress import Progress
 from bench.measure.scenario import Scenario, split_item
-from bench.results.writer import check_drops_within_loss
+from bench.results.writer import ResultWriteError, check_drops_within_loss
 
 if TYPE_CHECKING:
     from bench.cluster.testbed import SyncTiming, Testbed
@@ -74,10 +75,14 @@ class ScaleLoop:
         """Run every point; returns the result file (complete, or partial on Ctrl-C)."""
         env = R.capture_environment(**guest_environment())  # 'vm', KVM or TCG, in a guest
         env.update(self.environment)  # type: ignore[typeddict-item]
-        writer = self.writer = self._writer(R.result_path(self.results_dir, self.sc.name, env),
-                                            self.sc.document(), env)
-        log.info("result: %s", writer.path)
+        writer: R.ResultWriter | None = None
         try:
+            # A signal waits until the writer is held, and one landing before its block is
+            # entered still ends the file "interrupted" (the except below), never "running".
+            with interrupts.deferred():
+                writer = self.writer = self._writer(
+                    R.result_path(self.results_dir, self.sc.name, env), self.sc.document(), env)
+            log.info("result: %s", writer.path)
             with writer:
                 left_out = {v: self._missing_feature(v) for v in self.sc.datapaths}
                 self.progress.skipped = {v for v, why in left_out.items() if why}
@@ -94,10 +99,16 @@ class ScaleLoop:
                         self.progress.start_scale()
                         self.step.measure_scale(variant, n)
                         self.progress.record_scale(variant, n, time.monotonic() - t0)
+        except KeyboardInterrupt:
+            if writer is not None and writer.document["status"] == "running":
+                with contextlib.suppress(ResultWriteError):  # the file keeps its last version
+                    writer.finish("interrupted")
+            raise
         finally:
             with interrupts.deferred():
                 release_compiled()
             shutil.rmtree(self.workdir, ignore_errors=True)
+        assert writer is not None
         return writer.path
 
     @staticmethod

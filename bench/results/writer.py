@@ -370,7 +370,10 @@ class ResultWriter:
                              f"got {status!r}")
         self.document["status"] = status
         self.document["finished"] = _now()
-        self._write()
+        # A signal waits for this last rewrite: cut short, the file would stay "running"
+        # while the run reports it finished.
+        with interrupts.deferred():
+            self._write()
 
     def __enter__(self) -> Self:
         return self

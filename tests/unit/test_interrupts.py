@@ -169,6 +169,51 @@ def test_a_signal_while_a_point_is_written_keeps_the_point_the_file_holds(
     assert doc["status"] == "interrupted" and len(doc["points"]) == 1
 
 
+def test_a_signal_while_the_final_status_is_written_leaves_a_finished_file(
+        handlers: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM during the last rewrite (the one that marks the run complete): the file
+    must say complete (the signal waits for the write), never stay "running"."""
+    import json
+
+    from bench import results
+    from bench.results import writer
+
+    w = results.ResultWriter(tmp_path / "r.json", environment=results.capture_environment(),
+                             scenario={"name": "s", "path": "s.toml", "text": ""})
+    write = writer.write_json_atomic
+
+    def signalled_write(path: Path, doc: object) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # lands before the rename
+        write(path, doc)
+
+    monkeypatch.setattr(writer, "write_json_atomic", signalled_write)
+    with pytest.raises(interrupts.Terminated), w:
+        pass
+    assert json.loads((tmp_path / "r.json").read_text())["status"] == "complete"
+
+
+def test_a_signal_before_the_run_enters_its_result_block_marks_it_interrupted(
+        handlers: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C between claiming the result file and measuring (while the run logs the
+    file's name): the file must end "interrupted", not "running"."""
+    import json
+
+    from bench.measure import scale_loop
+    from bench.measure.scenario import load_scenario
+
+    def signalled_info(*args: object, **kw: object) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(scale_loop.log, "info", signalled_info)
+    sc = load_scenario(Path(__file__).parents[2] / "scenarios" / "smoke.toml")
+    loop = scale_loop.ScaleLoop(sc, tmp_path, step=None)  # type: ignore[arg-type]
+    with pytest.raises(KeyboardInterrupt):
+        loop.run()
+    files = list(tmp_path.rglob("*.json"))
+    assert len(files) == 1, files
+    assert json.loads(files[0].read_text())["status"] == "interrupted"
+
+
 def test_raise_pending_stops_a_deferred_block_between_two_steps(handlers: None) -> None:
     done = []
     with pytest.raises(interrupts.Terminated), interrupts.deferred():
