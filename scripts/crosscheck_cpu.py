@@ -1,6 +1,6 @@
 """Cross-check of CPU per packet against a figure no probe touches (docs/probes.md).
 
-    sudo .venv/bin/python scripts/crosscheck_cpu.py VARIANT SERVICES ROUNDS PACKETS [WORKLOAD]
+    .venv/bin/python scripts/crosscheck_cpu.py VARIANT SERVICES ROUNDS PACKETS [WORKLOAD]
 
 Builds a cluster with VARIANT and SERVICES services, then, per round and
 interleaved, replays PACKETS frames at top speed from the client pod to the

@@ -6,16 +6,18 @@
 
 Without --in-window: bench.measure.overhead.measure, the sender's cgroup CPU per
 delivered packet of top-speed bursts of PACKETS (the whole path, the client's
-egress program included). With --in-window RATE: measure_in_window, the NET_RX
-ns per packet a cpu probe reports at RATE packets/s (bursts of half a second;
-PACKETS is ignored) with each set beside it: the probes' share of the figure the
-runs report, and in_window_figures() when the sets latency, cpu and breakdown
-are all there. SET is one of: latency, cpu (a second cpu probe in --in-window),
+egress program included). With --in-window RATE: measure_in_window, bursts of
+half a second at RATE packets/s (PACKETS is ignored) with each set attached: each
+set's BPF programs' run time per packet by the kernel's statistics
+(<set>_programs_ns_per_packet; the cpu probe's own as reporter_programs_...), the
+runs' programs_main/programs_breakdown figures (in_window_figures) when the sets
+latency and breakdown are there, and the NET_RX per packet a cpu probe reports
+beside each set. SET is one of: latency, cpu (a second cpu probe in --in-window),
 main (latency + cpu), drops, transit, breakdown (latency + drops + transit, as
 the runner's breakdown repetition); SET@tcx or SET@clsact attaches that set's tc
 programs that way (an A/B of the hook within one run; otherwise the default, tcx
 where the kernel has it). Default: latency cpu main breakdown (with --in-window:
-latency cpu breakdown). As root. Prints the estimator's JSON
+latency breakdown). As root. Prints the estimator's JSON
 (quietest burst less the quietest without probes, paired median and range, raw
 samples).
 """
@@ -45,7 +47,7 @@ ap.add_argument("rounds", type=int)
 ap.add_argument("packets", type=int)
 ap.add_argument("sets", nargs="*")
 a = ap.parse_args()
-sets = a.sets or (["latency", "cpu", "breakdown"] if a.in_window
+sets = a.sets or (["latency", "breakdown"] if a.in_window
                   else ["latency", "cpu", "main", "breakdown"])
 services, slices = generate(GenSpec(services=a.services, endpoints=10, nodes=2,
                                     protocol="UDP"))
@@ -84,8 +86,7 @@ with Testbed(make_variant(a.variant), services, slices, nodes=2, pod_services={s
     if a.in_window:
         out = overhead.measure_in_window(c, tgt, workdir, a.in_window, chosen,
                                          rounds=a.rounds, say=say)
-        if {"latency", "cpu", "breakdown"} <= set(sets):
-            out.update(overhead.in_window_figures(out))
+        out.update(overhead.in_window_figures(out))  # with the sets latency and breakdown
     else:
         out = overhead.measure(c, tgt, workdir, chosen, rounds=a.rounds, packets=a.packets,
                                say=say)

@@ -24,10 +24,11 @@ packet path, including the client-egress program, which runs before the
 NET_RX softirq the CPU probe reports: an upper bound on what the probes add
 to the reported CPU per packet.
 
-:func:`measure_in_window` measures the share inside the reported figure itself: a
-cpu probe times NET_RX per packet at the scenario's own rate with and without each
-probe set beside it (:func:`in_window_figures`; each point relates it to its own CPU
-per packet as ``probe_overhead_pct.in_window_main``).
+:func:`measure_in_window` measures at the scenario's own rate what the probes'
+programs themselves take per packet, by the kernel's own BPF run-time statistics
+(:func:`in_window_figures`; each point relates it to its own CPU per packet as
+``probe_overhead_pct.programs_main``), beside the NET_RX per packet a cpu probe
+reports with and without each set.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from typing import Any
 from bench.cluster import cgroups
 from bench.cluster.topology import Cluster, in_netns
 from bench.errors import FeatureMissing
+from bench.kernel import bpf_stats
 from bench.measure.probes.cpu import CpuProbe
 from bench.measure.probes.latency import LatencyProbe
 from bench.measure.probes.loader import Probe
@@ -94,7 +96,7 @@ def measure(cluster: Cluster, target: Target, workdir: Path,
     group = cgroups.create(f"{cluster.prefix}-sender")
     try:
         samples, missing = paired_rounds(
-            lambda: sender_ns_per_packet(cluster, target, pcap, group)[0], configs, rounds,
+            lambda *_: sender_ns_per_packet(cluster, target, pcap, group)[0], configs, rounds,
             "probe overhead", say)
     finally:
         cgroups.remove(group)
@@ -103,22 +105,24 @@ def measure(cluster: Cluster, target: Target, workdir: Path,
     return out
 
 
-def paired_rounds(burst: Callable[[], float],
+def paired_rounds(burst: Callable[[str, Sequence[Probe]], float],
                   configs: Mapping[str, Callable[[], Sequence[Probe]]], rounds: int,
                   what: str, say: Callable[[str], None] = lambda _: None,
                   ) -> tuple[dict[str, list[float]], dict[str, str]]:
-    """``burst()`` once unmeasured, then ``rounds`` rounds of one burst per probe set
+    """``burst("warm-up", [])`` once unmeasured, then ``rounds`` rounds of one burst per
+    probe set
     (``none`` first: no probe of a set attached; the order reversed every other round,
     so drift within a round hits every set alike).
 
-    Returns the samples per set and {probe: reason} of probes that could not attach
+    ``burst`` gets the set's name and its attached probes. Returns the samples per set and
+    {probe: reason} of probes that could not attach
     (the set is measured without them, as the measured repetitions would run). The
     latency probe runs with ``drop=False``: the backend's stack does the same work in
     every set.
     """
     samples: dict[str, list[float]] = {"none": [], **{name: [] for name in configs}}
     missing: dict[str, str] = {}
-    burst()  # neighbours resolved, flows established, caches warm
+    burst("warm-up", [])  # neighbours resolved, flows established, caches warm
     for r in range(rounds):
         say(f"{what}: round {r + 1}/{rounds}")
         order = ["none", *configs]
@@ -126,6 +130,7 @@ def paired_rounds(burst: Callable[[], float],
             order.reverse()
         for name in order:
             with contextlib.ExitStack() as stack:
+                attached: list[Probe] = []
                 for probe in configs[name]() if name != "none" else ():
                     if isinstance(probe, LatencyProbe):
                         probe.drop = False
@@ -135,76 +140,106 @@ def paired_rounds(burst: Callable[[], float],
                         missing[probe.name] = str(e)
                         continue
                     probe.start()
-                samples[name].append(burst())
+                    attached.append(probe)
+                samples[name].append(burst(name, attached))
     return samples, missing
 
 
-# --- inside the reported figure ----------------------------------------------------
+# --- at the scenario's rate: the programs, and the reported NET_RX ------------------
 
 IN_WINDOW_SECONDS = 0.5  # one burst at the scenario's rate
 
 
 def net_rx_ns_per_packet(cluster: Cluster, target: Target, pcap: Path, rate_pps: int,
-                         packets: int, reporter: CpuProbe) -> float:
+                         packets: int, reporter: CpuProbe,
+                         programs: Mapping[str, Sequence[int]] | None = None,
+                         ) -> tuple[float, dict[str, float]]:
     """NET_RX softirq ns per delivered packet, as ``reporter`` (an attached cpu probe)
-    reports it, of one burst of ``pcap`` at ``rate_pps``."""
+    reports it, of one burst of ``pcap`` at ``rate_pps``; and per group of BPF program
+    fds in ``programs``, their run time per delivered packet by the kernel's own
+    statistics (bench.kernel.bpf_stats, which must be on)."""
+    groups = dict(programs or {})
     before_rx = pods_rx_packets(cluster)
+    before = {k: bpf_stats.total_run_time(fds) for k, fds in groups.items()}
     reporter.start()
     stats = target.replay(pcap, rate_pps, timeout=packets / rate_pps * 3 + 30)
     time.sleep(DRAIN_SECONDS)
     reading = reporter.read()
+    after = {k: bpf_stats.total_run_time(fds) for k, fds in groups.items()}
     delivered = pods_rx_packets(cluster) - before_rx
     if stats.timed_out or delivered <= 0:
         raise RuntimeError(f"in-window overhead burst: {delivered} of {stats.sent} packets "
                            f"delivered{' (replay timed out)' if stats.timed_out else ''}")
-    return reading.net_rx_ns / delivered
+    return reading.net_rx_ns / delivered, {k: (after[k] - before[k]) / delivered
+                                           for k in groups}
 
 
 def measure_in_window(cluster: Cluster, target: Target, workdir: Path, rate_pps: int,
                       configs: Mapping[str, Callable[[], Sequence[Probe]]],
                       rounds: int = 5, seconds: float = IN_WINDOW_SECONDS,
                       say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    """What probe sets add to the figure the cpu probe reports: NET_RX ns per packet.
+    """What probe sets cost per packet at the scenario's own rate, two ways.
 
     A cpu probe (the reporter, attached first and throughout) times NET_RX softirqs
     while bursts of ``rate_pps`` (the measured repetitions' own rate) run with each set
-    attached besides it, paired and interleaved as :func:`paired_rounds`; per set the
-    quietest burst less the quietest without it (:func:`estimate`). The whole-path
-    estimate (:func:`measure`) also counts what runs outside the reported window (the
-    client's egress program, the sender); this is the share inside it. A second cpu
-    probe in ``configs`` (key ``cpu``) runs its entry program inside the reporter's
-    window, as the reporter's own work after its clock read does: it stands for the
-    reporter's own share (:func:`in_window_figures`).
+    attached besides it, paired and interleaved as :func:`paired_rounds`.
+
+    - Programs (``<set>_programs_ns_per_packet``, and ``reporter_programs_ns_per_packet``
+      for the reporter's own): the run time of the set's BPF programs per delivered
+      packet, by the kernel's own statistics, median over the rounds. Their body's
+      whole time at every hook they use, so an upper bound of their share inside the
+      reported window (the client's egress program runs before it), without the hooks'
+      dispatch. Unlike the NET_RX figure it does not move with what else the machine
+      does between two bursts.
+    - The reported figure (``<set>_ns_per_packet``, :func:`estimate`): each set's
+      quietest burst of NET_RX per packet less the quietest without it. At a rate that
+      leaves the CPUs idle between packets this moves by tens of percent from burst to
+      burst here, far more than the probes cost: kept as the raw samples and that
+      estimate, not as a figure to relate points to.
     """
     packets = max(int(rate_pps * seconds), 1000)
     pcap = target.build_pcap(WORKLOAD, packets, workdir / "in-window.pcap", seq_start=0)
-    with CpuProbe() as reporter:
-        samples, missing = paired_rounds(
-            lambda: net_rx_ns_per_packet(cluster, target, pcap, rate_pps, packets, reporter),
-            configs, rounds, "probe overhead in the reported figure", say)
-    return {"workload": WORKLOAD, "rate_pps": rate_pps, "packets": packets,
-            "rounds": rounds, "missing": missing, **estimate(samples)}
+    programs: dict[str, list[float]] = {"reporter": [], **{name: [] for name in configs}}
+    with bpf_stats.enabled(), CpuProbe() as reporter:
+        def burst(name: str, attached: Sequence[Probe]) -> float:
+            groups = {"reporter": reporter.prog_fds(),
+                      "set": [fd for p in attached for fd in p.prog_fds()]}
+            rx, per_packet = net_rx_ns_per_packet(cluster, target, pcap, rate_pps, packets,
+                                                  reporter, groups)
+            if name in programs:
+                programs[name].append(per_packet["set"])
+            if name != "warm-up":
+                programs["reporter"].append(per_packet["reporter"])
+            return rx
+
+        samples, missing = paired_rounds(burst, configs, rounds,
+                                         "probe overhead in the reported figure", say)
+    out = {"workload": WORKLOAD, "rate_pps": rate_pps, "packets": packets,
+           "rounds": rounds, "missing": missing, **estimate(samples),
+           "programs": {k: [round(x, 1) for x in v] for k, v in programs.items()}}
+    for name, values in programs.items():
+        if values:
+            out[f"{name}_programs_ns_per_packet"] = statistics.median(values)
+    return out
 
 
 def in_window_figures(window: Mapping[str, Any]) -> dict[str, float]:
-    """What the probes add to the CPU per packet they report, from
-    :func:`measure_in_window` with the sets ``latency``, ``cpu`` (a second cpu probe)
-    and ``breakdown``: ``in_window_main_ns_per_packet`` = latency + the cpu probe's own
-    share (a second cpu probe's cost inside the window), and
-    ``in_window_breakdown_ns_per_packet`` = the breakdown set + that share.
-
-    Not as a percentage of the bursts' own NET_RX: those run with the latency probe's
-    drop off (the pod's stack works in every set), a costlier path than the measured
-    repetitions'; each point relates the figure to its own CPU per packet
-    (``probe_overhead_pct.in_window_main``). A set's figure can come out below zero when
-    it costs less than the bursts' spread; it is kept as measured.
+    """What the probes cost per packet at the scenario's rate, from
+    :func:`measure_in_window` with the sets ``latency`` and ``breakdown``: their BPF
+    programs' run time per packet with the cpu probe's own (the reporter's) added:
+    ``programs_main_ns_per_packet`` (latency + cpu: the measured repetitions' probes)
+    and ``programs_breakdown_ns_per_packet`` (the breakdown set + cpu). Each point
+    relates them to its own CPU per packet (``probe_overhead_pct.programs_main``).
     """
-    own = window.get("cpu_ns_per_packet", 0.0)
+    own = window.get("reporter_programs_ns_per_packet")
     out: dict[str, float] = {}
-    for name, added in (("main", window.get("latency_ns_per_packet")),
-                        ("breakdown", window.get("breakdown_ns_per_packet"))):
+    if own is None:
+        return out
+    for name, key in (("main", "latency_programs_ns_per_packet"),
+                      ("breakdown", "breakdown_programs_ns_per_packet")):
+        added = window.get(key)
         if added is not None:
-            out[f"in_window_{name}_ns_per_packet"] = added + own
+            out[f"programs_{name}_ns_per_packet"] = added + own
     return out
 
 

@@ -311,7 +311,7 @@ class Runner:
         try:
             window = measure_in_window(
                 bed.cluster, target, self.workdir, self.sc.rate_pps,
-                {"latency": latency, "cpu": lambda: [CpuProbe()], "breakdown": breakdown},
+                {"latency": latency, "breakdown": breakdown},
                 rounds=OVERHEAD_ROUNDS, say=self.progress.say)
         except FeatureMissing as e:  # no cpu probe to report a figure: nothing to relate
             out["in_window"] = {"error": str(e)}

@@ -64,21 +64,20 @@ def overhead_line(result: ResultLike) -> str | None:
             f"{how.get(ov.get('tc_attach'), '')}): " + "; ".join(parts))
     window = ov.get("in_window")
     if isinstance(window, dict) and window.get("error"):
-        line += f"\n  inside the reported CPU figure: not measured ({window['error']})"
+        line += f"\n  the probes' programs at the scenario's rate: not measured ({window['error']})"
     elif isinstance(window, dict):
         inside = []
         for name in ("main", "breakdown"):
-            added = ov.get(f"in_window_{name}_ns_per_packet")
+            added = ov.get(f"programs_{name}_ns_per_packet")
             if not isinstance(added, int | float):
                 continue
-            share = pct.get(f"in_window_{name}")
-            inside.append(f"{name} {added:+,.0f} ns/packet" + (
+            share = pct.get(f"programs_{name}")
+            inside.append(f"{name} {added:,.0f} ns/packet" + (
                 f" ({share:.1f} % of cpu/pkt at {point.doc['variant']} {point.workload})"
                 if isinstance(share, int | float) else ""))
         if inside:
-            line += (f"\n  inside the reported CPU figure (cpu probe's NET_RX at "
-                     f"{window.get('rate_pps', '?')} pps, {window.get('rounds', '?')} paired "
-                     "rounds): " + "; ".join(inside))
+            line += (f"\n  the probes' programs at {window.get('rate_pps', '?')} pps (kernel BPF "
+                     "run-time statistics, hooks' dispatch not included): " + "; ".join(inside))
     return line
 
 

@@ -606,10 +606,11 @@ class BurnProbe(Probe):
 
 def test_the_in_window_overhead_finds_a_program_of_known_cost(cluster: Cluster,
                                                               tmp_path: Path) -> None:
-    """bench.measure.overhead.measure_in_window (the probes' share of the CPU per packet the
-    cpu probe reports, stored by every run) against a known cost: a tc program whose body
-    BPF_PROG_TEST_RUN times must come out as that body plus one tc hook, not as zero (a
-    program outside the reporter's window) nor as a multiple (a unit or pairing error)."""
+    """bench.measure.overhead.measure_in_window (what the probes' programs cost per packet
+    at the scenario's rate, stored by every run) against a known cost: a tc program whose
+    body BPF_PROG_TEST_RUN times must come out as that body per packet (the kernel's
+    run-time statistics of it, divided by the packets delivered), not as zero (statistics
+    off, or another program read) nor as a multiple (a unit or packet-count error)."""
     from bench.measure import overhead
 
     pod = pod_on(cluster, 0)
@@ -620,7 +621,11 @@ def test_the_in_window_overhead_finds_a_program_of_known_cost(cluster: Cluster,
     assert 200 < body < 20_000, body  # BURN_READS clock reads: tens of ns each
     window = overhead.measure_in_window(cluster, target, tmp_path, 10_000,
                                         {"burn": lambda: [BurnProbe(hook)]}, rounds=5)
-    added = window["burn_ns_per_packet"]
-    # One tc hook on a veth ingress (clsact + cls_bpf dispatch) costs well under 300 ns.
-    assert 0.8 * body <= added <= 1.25 * body + 300, (added, body, window["samples"])
+    added = window["burn_programs_ns_per_packet"]
+    # In place the body runs as under BPF_PROG_TEST_RUN, plus the statistics' own clock
+    # read; cold caches between packets may slow it a little, never by a multiple.
+    assert 0.8 * body <= added <= 1.3 * body + 100, (added, body, window["programs"])
+    assert len(window["programs"]["burn"]) == 5 and len(window["programs"]["reporter"]) == 10
+    # The cpu probe's own programs run once per softirq: tens to hundreds of ns a packet.
+    assert 10 < window["reporter_programs_ns_per_packet"] < 2_000, window["programs"]
     assert window["none_ns_per_packet"] > 0 and window["rounds"] == 5

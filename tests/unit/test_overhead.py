@@ -3,6 +3,8 @@ spread."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bench.measure.overhead import estimate
@@ -31,23 +33,23 @@ def test_rounds_must_pair() -> None:
         estimate({"none": [1.0, 2.0], "main": [1.0]})
 
 
-def test_in_window_figures_add_the_cpu_probes_own_share_to_each_set() -> None:
+def test_program_figures_add_the_cpu_probes_own_programs_to_each_set() -> None:
     from bench.measure.overhead import in_window_figures
 
-    # NET_RX 2000 ns a packet as the reporter sees it; latency adds 40, a second cpu
-    # probe 20 (standing for the reporter's own work inside its window), breakdown 150.
-    window = estimate({"none": [2000.0, 2100.0], "latency": [2040.0, 2300.0],
-                       "cpu": [2020.0, 2020.0], "breakdown": [2150.0, 2500.0]})
+    # The kernel's run time per packet: the reporter (the cpu probe) 45 ns, latency's
+    # two programs 70, the breakdown set 400; the NET_RX estimate beside them is noise.
+    window = {**estimate({"none": [2000.0, 9000.0], "latency": [9100.0, 2300.0]}),
+              "reporter_programs_ns_per_packet": 45.0,
+              "latency_programs_ns_per_packet": 70.0,
+              "breakdown_programs_ns_per_packet": 400.0}
     assert in_window_figures(window) == {
-        "in_window_main_ns_per_packet": pytest.approx(60),
-        "in_window_breakdown_ns_per_packet": pytest.approx(170)}
-    # A set cheaper than the bursts' spread comes out below zero: kept as measured.
-    quiet = estimate({"none": [2000.0], "latency": [1990.0], "cpu": [2000.0],
-                      "breakdown": [2000.0]})
-    assert in_window_figures(quiet)["in_window_main_ns_per_packet"] == pytest.approx(-10)
+        "programs_main_ns_per_packet": pytest.approx(115),
+        "programs_breakdown_ns_per_packet": pytest.approx(445)}
+    # No reporter figure (statistics off): nothing to add up, no figure.
+    assert in_window_figures({"latency_programs_ns_per_packet": 70.0}) == {}
 
 
-def test_show_prints_the_share_inside_the_reported_figure() -> None:
+def test_show_prints_the_probes_programs_share() -> None:
     from bench.present.summary import overhead_line
     from bench.results.summarise import summarise_point
     from bench.results.writer import make_point, make_repetition
@@ -55,27 +57,36 @@ def test_show_prints_the_share_inside_the_reported_figure() -> None:
     rep = make_repetition(sent=1000, delivered=1000, softirq_ns=1000 * 2_000,
                           cpu_ns_per_packet=2_000.0)
     ov = {"main_ns_per_packet": 400.0, "rounds": 5, "tc_attach": "tcx",
-          "in_window_main_ns_per_packet": 60.0, "in_window_breakdown_ns_per_packet": 170.0,
+          "programs_main_ns_per_packet": 60.0, "programs_breakdown_ns_per_packet": 170.0,
           "in_window": {"none_ns_per_packet": 2500.0, "rate_pps": 10000, "rounds": 5}}
     p = make_point(datapath="ebpf-tc", variant="ebpf-tc", services=1, endpoints=1,
                    workload="udp-new", rate_pps=10000, position="last", position_index=0,
                    repetitions=[rep], probe_overhead=ov)
     p["summary"] = summarise_point(p)
-    assert p["summary"]["probe_overhead_pct"]["in_window_main"] == pytest.approx(3.0)
+    assert p["summary"]["probe_overhead_pct"]["programs_main"] == pytest.approx(3.0)
     line = overhead_line({"points": [p]})
     assert line is not None
     assert line.startswith("probe overhead (sender CPU, 5 paired rounds, tc programs as tcx "
                            "links): main +400 ns/packet")
     assert line.splitlines()[1] == (
-        "  inside the reported CPU figure (cpu probe's NET_RX at 10000 pps, 5 paired "
-        "rounds): main +60 ns/packet (3.0 % of cpu/pkt at ebpf-tc udp-new); breakdown "
-        "+170 ns/packet (8.5 % of cpu/pkt at ebpf-tc udp-new)")
+        "  the probes' programs at 10000 pps (kernel BPF run-time statistics, hooks' "
+        "dispatch not included): main 60 ns/packet (3.0 % of cpu/pkt at ebpf-tc udp-new); "
+        "breakdown 170 ns/packet (8.5 % of cpu/pkt at ebpf-tc udp-new)")
     ov2 = {"main_ns_per_packet": 400.0, "in_window": {"error": "cpu probe: no NET_RX"}}
     p2 = make_point(datapath="ebpf-tc", variant="ebpf-tc", services=1, endpoints=1,
                     workload="udp-new", rate_pps=10000, position="last", position_index=0,
                     repetitions=[rep], probe_overhead=ov2)
     assert overhead_line({"points": [p2]}).endswith(  # type: ignore[union-attr]
-        "inside the reported CPU figure: not measured (cpu probe: no NET_RX)")
+        "the probes' programs at the scenario's rate: not measured (cpu probe: no NET_RX)")
+
+
+def test_the_kernel_s_program_statistics_are_read_from_fdinfo(tmp_path: Path) -> None:
+    """A file that is no BPF program shows no run_time_ns: said, not read as zero."""
+    from bench.errors import FeatureMissing
+    from bench.kernel import bpf_stats
+
+    with open(tmp_path / "f", "w") as f, pytest.raises(FeatureMissing, match="run_time_ns"):
+        bpf_stats.run_time(f.fileno())
 
 
 def test_the_tc_attach_mode_can_be_forced_and_a_bad_value_is_named(

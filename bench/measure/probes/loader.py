@@ -404,6 +404,11 @@ class Probe:
             else:
                 _keep(bpf, self.transient_maps)
 
+    def prog_fds(self) -> list[int]:
+        """File descriptors of this probe's loaded BPF programs (attached or kept)."""
+        self._require()
+        return [f.fd for f in self._bpf.funcs.values()]
+
     def start(self) -> None:
         """Zero the counters: a measurement window opens now."""
         self._require()
