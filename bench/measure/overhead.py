@@ -153,11 +153,11 @@ IN_WINDOW_SECONDS = 0.5  # one burst at the scenario's rate
 def net_rx_ns_per_packet(cluster: Cluster, target: Target, pcap: Path, rate_pps: int,
                          packets: int, reporter: CpuProbe,
                          programs: Mapping[str, Sequence[int]] | None = None,
-                         ) -> tuple[float, dict[str, float]]:
+                         ) -> tuple[float, dict[str, tuple[float, float]]]:
     """NET_RX softirq ns per delivered packet, as ``reporter`` (an attached cpu probe)
     reports it, of one burst of ``pcap`` at ``rate_pps``; and per group of BPF program
-    fds in ``programs``, their run time per delivered packet by the kernel's own
-    statistics (bench.kernel.bpf_stats, which must be on)."""
+    fds in ``programs``, their run time and their runs per delivered packet by the
+    kernel's own statistics (bench.kernel.bpf_stats, which must be on)."""
     groups = dict(programs or {})
     before_rx = pods_rx_packets(cluster)
     before = {k: bpf_stats.total_run_time(fds) for k, fds in groups.items()}
@@ -170,8 +170,9 @@ def net_rx_ns_per_packet(cluster: Cluster, target: Target, pcap: Path, rate_pps:
     if stats.timed_out or delivered <= 0:
         raise RuntimeError(f"in-window overhead burst: {delivered} of {stats.sent} packets "
                            f"delivered{' (replay timed out)' if stats.timed_out else ''}")
-    return reading.net_rx_ns / delivered, {k: (after[k] - before[k]) / delivered
-                                           for k in groups}
+    return reading.net_rx_ns / delivered, {
+        k: ((after[k][0] - before[k][0]) / delivered, (after[k][1] - before[k][1]) / delivered)
+        for k in groups}
 
 
 def measure_in_window(cluster: Cluster, target: Target, workdir: Path, rate_pps: int,
@@ -186,11 +187,12 @@ def measure_in_window(cluster: Cluster, target: Target, workdir: Path, rate_pps:
 
     - Programs (``<set>_programs_ns_per_packet``, and ``reporter_programs_ns_per_packet``
       for the reporter's own): the run time of the set's BPF programs per delivered
-      packet, by the kernel's own statistics, median over the rounds. Their body's
-      whole time at every hook they use, so an upper bound of their share inside the
-      reported window (the client's egress program runs before it), without the hooks'
-      dispatch. Unlike the NET_RX figure it does not move with what else the machine
-      does between two bursts.
+      packet, by the kernel's own statistics, less what the statistics put into every
+      run (``stats_ns_per_run``, bench.kernel.bpf_stats.own_cost_ns, times the runs),
+      median over the rounds. Their bodies' whole time at every hook they use, so an
+      upper bound of their share inside the reported window (the client's egress
+      program runs before it), without the hooks' dispatch. Unlike the NET_RX figure
+      it does not move with what else the machine does between two bursts.
     - The reported figure (``<set>_ns_per_packet``, :func:`estimate`): each set's
       quietest burst of NET_RX per packet less the quietest without it. At a rate that
       leaves the CPUs idle between packets this moves by tens of percent from burst to
@@ -200,23 +202,29 @@ def measure_in_window(cluster: Cluster, target: Target, workdir: Path, rate_pps:
     packets = max(int(rate_pps * seconds), 1000)
     pcap = target.build_pcap(WORKLOAD, packets, workdir / "in-window.pcap", seq_start=0)
     programs: dict[str, list[float]] = {"reporter": [], **{name: [] for name in configs}}
+    runs: dict[str, list[float]] = {name: [] for name in programs}
     with bpf_stats.enabled(), CpuProbe() as reporter:
+        own = bpf_stats.own_cost_ns()  # the statistics' clock reads, in every run's time
+
         def burst(name: str, attached: Sequence[Probe]) -> float:
             groups = {"reporter": reporter.prog_fds(),
                       "set": [fd for p in attached for fd in p.prog_fds()]}
             rx, per_packet = net_rx_ns_per_packet(cluster, target, pcap, rate_pps, packets,
                                                   reporter, groups)
-            if name in programs:
-                programs[name].append(per_packet["set"])
-            if name != "warm-up":
-                programs["reporter"].append(per_packet["reporter"])
+            for group, key in (("set", name), ("reporter", "reporter")):
+                if key in programs and name != "warm-up":
+                    ns, n = per_packet[group]
+                    programs[key].append(ns - n * own)
+                    runs[key].append(n)
             return rx
 
         samples, missing = paired_rounds(burst, configs, rounds,
                                          "probe overhead in the reported figure", say)
     out = {"workload": WORKLOAD, "rate_pps": rate_pps, "packets": packets,
            "rounds": rounds, "missing": missing, **estimate(samples),
-           "programs": {k: [round(x, 1) for x in v] for k, v in programs.items()}}
+           "programs": {k: [round(x, 1) for x in v] for k, v in programs.items()},
+           "program_runs_per_packet": {k: [round(x, 2) for x in v] for k, v in runs.items()},
+           "stats_ns_per_run": own}
     for name, values in programs.items():
         if values:
             out[f"{name}_programs_ns_per_packet"] = statistics.median(values)

@@ -626,6 +626,8 @@ def test_the_in_window_overhead_finds_a_program_of_known_cost(cluster: Cluster,
     # read; cold caches between packets may slow it a little, never by a multiple.
     assert 0.8 * body <= added <= 1.3 * body + 100, (added, body, window["programs"])
     assert len(window["programs"]["burn"]) == 5 and len(window["programs"]["reporter"]) == 10
+    # One run a packet: the figure is divided by the packets the program saw.
+    assert all(0.95 <= n <= 1.05 for n in window["program_runs_per_packet"]["burn"]), window
     # The cpu probe's own programs run once per softirq: tens to hundreds of ns a packet.
     assert 10 < window["reporter_programs_ns_per_packet"] < 2_000, window["programs"]
     assert window["none_ns_per_packet"] > 0 and window["rounds"] == 5

@@ -70,10 +70,12 @@ def test_the_runner_records_the_family(tmp_path: Path) -> None:
 
 
 def test_older_results_read_with_the_family_name() -> None:
-    """The committed baseline recorded "ebpf" and "socket"; reading maps them."""
-    raw = json.loads((CHECKOUT / "results/baselines/default.json").read_text())
+    """Results of 2026-11-30 (two points of the baseline committed then) recorded "ebpf"
+    and "socket"; reading maps them."""
+    older = CHECKOUT / "tests/data/good/baseline-v2-ebpf-socket-excerpt.json"
+    raw = json.loads(older.read_text())
     assert {p["datapath"] for p in raw["points"]} >= {"ebpf", "socket"}
-    read = R.load_result(CHECKOUT / "results/baselines/default.json")
+    read = R.load_result(older)
     assert {(p["datapath"], p["variant"]) for p in read["points"]
             if p["variant"] in ("ebpf-tc", "socket-lb")} == {("ebpf-tc", "ebpf-tc"),
                                                              ("socket-lb", "socket-lb")}
