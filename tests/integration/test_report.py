@@ -59,7 +59,9 @@ def colour_pixels(img: np.ndarray, colour: str, tol: float = 0.08) -> int:
 def drawn_colours(result: ResultDoc) -> dict[str, str]:
     """The colour bench.present.plots gives each variant that has a measured point."""
     variants = sorted({p["variant"] or p["datapath"] for p in result["points"]})
-    ok = {p["variant"] or p["datapath"] for p in result["points"] if p["status"] == "ok"}
+    # The first screen's figures are the packet points' (socket points' figures follow).
+    ok = {p["variant"] or p["datapath"] for p in result["points"]
+          if p["status"] == "ok" and p.get("rate_pps") is not None}
     assert ok, "the baseline has no measured point"
     return {v: plots.COLORS[i % len(plots.COLORS)] for i, v in enumerate(variants) if v in ok}
 
