@@ -209,7 +209,10 @@ def test_a_delay_on_the_response_direction_shows_on_that_direction_only(
         got[hold] = (summary(r.rtt)["p50"], float(np.median(reading.request_ns)),
                      float(np.median(reading.response_ns)))
     (rtt0, req0, resp0), (rtt1, req1, resp1) = got[False], got[True]
-    assert resp1 - resp0 >= HOLD_NS
+    # A held packet arrives no sooner than the hold after its stamp; the rest of its way
+    # may be quicker than an unheld packet's (its CPU spun instead of waking from idle:
+    # 5.8 against 7.2 us in CI), so the growth is the hold less a part of resp0.
+    assert resp1 >= HOLD_NS and resp1 - resp0 >= 0.9 * HOLD_NS, (resp0, resp1)
     assert abs(req1 - req0) < HOLD_NS / 4, (req0, req1)
     assert rtt1 - rtt0 >= HOLD_NS
 

@@ -622,9 +622,10 @@ def test_the_in_window_overhead_finds_a_program_of_known_cost(cluster: Cluster,
     window = overhead.measure_in_window(cluster, target, tmp_path, 10_000,
                                         {"burn": lambda: [BurnProbe(hook)]}, rounds=5)
     added = window["burn_programs_ns_per_packet"]
-    # In place the body runs as under BPF_PROG_TEST_RUN, plus the statistics' own clock
-    # read; cold caches between packets may slow it a little, never by a multiple.
-    assert 0.8 * body <= added <= 1.3 * body + 100, (added, body, window["programs"])
+    # In place the body's 100 clock reads cost what they cost under BPF_PROG_TEST_RUN within
+    # a third (CI: 3,144 ns in place against 4,342 by TEST_RUN; locally the other way
+    # round), never a multiple or nothing (statistics off, another program, a unit error).
+    assert 0.6 * body <= added <= 1.6 * body + 100, (added, body, window["programs"])
     assert len(window["programs"]["burn"]) == 5 and len(window["programs"]["reporter"]) == 10
     # One run a packet: the figure is divided by the packets the program saw.
     assert all(0.95 <= n <= 1.05 for n in window["program_runs_per_packet"]["burn"]), window
