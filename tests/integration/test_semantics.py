@@ -91,8 +91,15 @@ def test_clusterip_reaches_backends_on_both_nodes_uniformly(bed: Testbed) -> Non
     assert all(a.ok for a in attempts), Counter(a.error for a in attempts)
     seen = Counter(a.pod for a in attempts)
     assert set(seen) == {S.POD_OF[ip] for ip in (S.A, S.B, S.C, S.D)}
-    # Random balancing: chi-square must not reject uniformity at p = 0.001.
-    assert chisquare(list(seen.values())).pvalue > 0.001, seen
+    # Random balancing: chi-square must not reject uniformity at p = 0.001. Over every
+    # datapath and CI run a fair balancer still fails that about once in a hundred runs
+    # (socket-lb once: 128/105/98/69), so a rejected sample is drawn again, fresh, and
+    # must pass: a fair one then fails once in a million, a biased one (say 40/20/20/20 %,
+    # p ~ 1e-10 at 400) both times.
+    if chisquare(list(seen.values())).pvalue <= 0.001:
+        again = Counter(a.pod for a in connect_many(bed.cluster.client_pod_ns, proto, vip,
+                                                    port, count=400) if a.ok)
+        assert chisquare([again[p] for p in seen]).pvalue > 0.001, (seen, again)
     if implements(bed, "client-ip"):
         # Pod-to-service traffic inside the cluster CIDR is not masqueraded.
         assert {a.peer_ip for a in attempts} == {L.client_pod_ip()}
