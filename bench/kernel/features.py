@@ -62,14 +62,13 @@ def scratch_netns() -> Iterator[str]:
     # A signal held while the namespace is made and while it is removed: pyroute2 makes
     # it in a child process, which finished after a SIGINT had already run the removal
     # (CI, 2026-12-01: an interrupt 0.78 s into a run left it behind).
-    with interrupts.deferred():
-        register_run(prefix)  # not a leftover to `kpbench clean` or a concurrent run
-        try:
-            _netns.create(name)
-        except BaseException:
-            remove_run(prefix)
-            raise
+    # A signal held during the creation is raised as that block ends, when the namespace
+    # exists: the removal's try must already enclose it (CI, 2026-12-01: an interrupt
+    # 0.79 s into a run still left one behind when the try began after the block).
     try:
+        with interrupts.deferred():
+            register_run(prefix)  # not a leftover to `kpbench clean` or a concurrent run
+            _netns.create(name)
         yield name
     finally:
         with interrupts.deferred():

@@ -33,6 +33,8 @@ CALLS_PER_PACKET_MAX = {"ipvs_hook": 4, "ipt_do_table": 32}
 
 
 VIP, PORT, POD = "172.30.0.20", 53, "10.2.1.1"  # one endpoint, on node-1
+PPS = 50  # packets 20 ms apart: one packet's path is over before the next starts
+PACKET_GAP_NS = 1e9 / PPS
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +56,7 @@ def _send(bed: Testbed, probe: KfuncProbe, count: int, tmp: Path, seq: int) -> d
         target.build_pcap("udp-new", count, pcap, seq_start=seq)
     probe.start()
     if count:
-        stats = target.replay(pcap, 1000, timeout=60)
+        stats = target.replay(pcap, PPS, timeout=60)
         assert stats.sent == count
     time.sleep(0.5)  # let the last packets finish their path
     return {name: f.calls for name, f in probe.read().functions.items()}
@@ -89,9 +91,11 @@ def test_kfunc_times_are_plausible(bed: Testbed, tmp_path: Path) -> None:
         # each namespace on the way): whole calls per packet, a handful, not none.
         assert f.calls % 23 == 0 and 1 <= f.calls // 23 <= CALLS_PER_PACKET_MAX[name], \
             (name, f.calls)
-        # Inclusive mean time per call: a hook walk costs microseconds, far below 100 us
-        # even under TCG emulation; a unit error or a return paired with the wrong entry
-        # crosses that.
-        assert 10 < f.mean_ns < 100_000, (name, f.mean_ns)
+        # Inclusive mean time per call. A hook walk costs microseconds, but under TCG an
+        # outer call also holds its nested probes' kprobe traps (CI, 2026-12-01: the IPVS
+        # hook's calls 4 us to 2 ms, mean 106 us). A return paired with another packet's
+        # entry spans at least the packets' spacing (PACKET_GAP_NS): the bound sits at a
+        # quarter of it; a ns/us unit error crosses one bound or the other.
+        assert 10 < f.mean_ns < PACKET_GAP_NS / 4, (name, f.mean_ns)
         assert breakdown[name]["ns_per_packet"] == f.total_ns / 23
     assert reading.functions["nf_hook_slow"].total_ns >= reading.functions["ipvs_hook"].total_ns
