@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from bench.errors import FeatureMissing
-from bench.kernel.minimal_probes import PROG_SCHED_CLS, TC_ACT_UNSPEC, _bpf, trivial_prog
+from bench.kernel.minimal_probes import PROG_SCHED_CLS, TC_ACT_UNSPEC, bpf_syscall, trivial_prog
 
 BPF_PROG_TEST_RUN, BPF_ENABLE_STATS = 10, 32  # uapi/linux/bpf.h; statistics: Linux >= 5.8
 BPF_STATS_RUN_TIME = 0
@@ -51,7 +51,7 @@ def enabled() -> Iterator[None]:
     """Run-time statistics on for every BPF program while the block runs;
     FeatureMissing where the kernel cannot (before Linux 5.8)."""
     try:
-        fd = _bpf(BPF_ENABLE_STATS, _EnableStats(BPF_STATS_RUN_TIME))
+        fd = bpf_syscall(BPF_ENABLE_STATS, _EnableStats(BPF_STATS_RUN_TIME))
     except OSError as e:
         raise FeatureMissing(f"BPF run-time statistics: the kernel refused BPF_ENABLE_STATS "
                              f"({e.strerror}; Linux >= 5.8 has it)") from None
@@ -94,7 +94,7 @@ def own_cost_ns(repeat: int = 200_000, tries: int = 3) -> float:
         best = float("inf")
         for _ in range(tries):
             before = run_time(fd)
-            _bpf(BPF_PROG_TEST_RUN, _TestRun(prog_fd=fd, data_size_in=len(frame),
+            bpf_syscall(BPF_PROG_TEST_RUN, _TestRun(prog_fd=fd, data_size_in=len(frame),
                                              data_in=ctypes.addressof(frame), repeat=repeat))
             ns, runs = (a - b for a, b in zip(run_time(fd), before, strict=True))
             if runs <= 0:

@@ -65,7 +65,8 @@ class _ProgLoad(ctypes.Structure):
                 ("_tail", ctypes.c_uint8 * 24)]
 
 
-def _bpf(cmd: int, attr: Any) -> int:
+def bpf_syscall(cmd: int, attr: Any) -> int:
+    """The bpf(2) system call with ``attr``; OSError with the errno on failure."""
     ret = _libc.syscall(_NR_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
     if ret < 0:
         e = ctypes.get_errno()
@@ -86,7 +87,7 @@ def trivial_prog(prog_type: int, verdict: int, expected_attach_type: int = 0,
                      log_buf=ctypes.addressof(log), prog_name=b"kpb_kernel",
                      expected_attach_type=expected_attach_type, attach_btf_id=attach_btf_id)
     try:
-        return _bpf(BPF_PROG_LOAD, attr)
+        return bpf_syscall(BPF_PROG_LOAD, attr)
     except OSError as e:
         text = log.value.decode(errors="replace").strip()
         raise OSError(e.errno, f"{e.strerror}{': ' + text if text else ''}") from None
@@ -262,7 +263,7 @@ def tcx_link(prog_fd: int, ifindex: int, ingress: bool, before_link_fd: int | No
                           attach_type=ATTACH_TCX_INGRESS if ingress else ATTACH_TCX_EGRESS,
                           flags=0 if before_link_fd is None else BPF_F_BEFORE | BPF_F_LINK,
                           relative_fd=before_link_fd or 0)
-    return _bpf(BPF_LINK_CREATE, attr)
+    return bpf_syscall(BPF_LINK_CREATE, attr)
 
 
 class _ProgQuery(ctypes.Structure):
@@ -283,7 +284,7 @@ def tcx_prog_ids(ifindex: int, ingress: bool, most: int = 64) -> list[int]:
     attr = _ProgQuery(target_ifindex=ifindex,
                       attach_type=ATTACH_TCX_INGRESS if ingress else ATTACH_TCX_EGRESS,
                       prog_ids=ctypes.addressof(ids), prog_cnt=most)
-    _bpf(BPF_PROG_QUERY, attr)
+    bpf_syscall(BPF_PROG_QUERY, attr)
     return list(ids[:attr.prog_cnt])
 
 
@@ -345,8 +346,8 @@ def cgroup_sock_addr(ns: str) -> tuple[bool, str]:
         cg = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
         attr = (ctypes.c_uint32 * 4)(cg, fd, ATTACH_CGROUP_INET4_CONNECT, 0)
         try:
-            _bpf(BPF_PROG_ATTACH, attr)
-            _bpf(BPF_PROG_DETACH, attr)
+            bpf_syscall(BPF_PROG_ATTACH, attr)
+            bpf_syscall(BPF_PROG_DETACH, attr)
         except OSError as e:
             return _refused("to attach a cgroup connect4 program", e)
         finally:
@@ -406,7 +407,7 @@ def fentry(ns: str = "", function: str = "nf_hook_slow") -> tuple[bool, str]:
         return _refused(f"a trivial fentry program on {function} (no BPF trampolines; use "
                         "`kpbench vm run`)", e)
     try:
-        link = _bpf(BPF_RAW_TRACEPOINT_OPEN, (ctypes.c_uint64 * 2)(0, fd))
+        link = bpf_syscall(BPF_RAW_TRACEPOINT_OPEN, (ctypes.c_uint64 * 2)(0, fd))
         os.close(link)
     except OSError as e:
         return _refused(f"to attach a trivial fentry program to {function}", e)

@@ -189,10 +189,13 @@ def measure_in_window(cluster: Cluster, target: Target, workdir: Path, rate_pps:
       for the reporter's own): the run time of the set's BPF programs per delivered
       packet, by the kernel's own statistics, less what the statistics put into every
       run (``stats_ns_per_run``, bench.kernel.bpf_stats.own_cost_ns, times the runs),
-      median over the rounds. Their bodies' whole time at every hook they use, so an
-      upper bound of their share inside the reported window (the client's egress
-      program runs before it), without the hooks' dispatch. Unlike the NET_RX figure
-      it does not move with what else the machine does between two bursts.
+      median over the rounds. Their bodies' whole time at every hook they use, without
+      the hooks' dispatch. Unlike the NET_RX figure it does not move with what else
+      the machine does between two bursts. Apart (``<set>_programs_outside_ns_per_packet``)
+      the programs a probe names in ``outside_cpu_figure``: at the client's egress, in
+      the sender's send, before the NET_RX softirq the reported CPU figure times; the
+      rest is ``<set>_programs_in_figure_ns_per_packet``, what the set can add to that
+      figure (an upper bound: a tracepoint program's every hit is in it).
     - The reported figure (``<set>_ns_per_packet``, :func:`estimate`): each set's
       quietest burst of NET_RX per packet less the quietest without it. At a rate that
       leaves the CPUs idle between packets this moves by tens of percent from burst to
@@ -203,19 +206,26 @@ def measure_in_window(cluster: Cluster, target: Target, workdir: Path, rate_pps:
     pcap = target.build_pcap(WORKLOAD, packets, workdir / "in-window.pcap", seq_start=0)
     programs: dict[str, list[float]] = {"reporter": [], **{name: [] for name in configs}}
     runs: dict[str, list[float]] = {name: [] for name in programs}
+    outside: dict[str, list[float]] = {name: [] for name in configs}
     with bpf_stats.enabled(), CpuProbe() as reporter:
         own = bpf_stats.own_cost_ns()  # the statistics' clock reads, in every run's time
 
         def burst(name: str, attached: Sequence[Probe]) -> float:
             groups = {"reporter": reporter.prog_fds(),
-                      "set": [fd for p in attached for fd in p.prog_fds()]}
+                      "set": [fd for p in attached for fd in p.prog_fds()],
+                      "outside": [fd for p in attached for fd in p.outside_prog_fds()]}
             rx, per_packet = net_rx_ns_per_packet(cluster, target, pcap, rate_pps, packets,
                                                   reporter, groups)
+            if name == "warm-up":
+                return rx
             for group, key in (("set", name), ("reporter", "reporter")):
-                if key in programs and name != "warm-up":
+                if key in programs:
                     ns, n = per_packet[group]
                     programs[key].append(ns - n * own)
                     runs[key].append(n)
+            if name in outside:
+                ns, n = per_packet["outside"]
+                outside[name].append(ns - n * own)
             return rx
 
         samples, missing = paired_rounds(burst, configs, rounds,
@@ -223,11 +233,18 @@ def measure_in_window(cluster: Cluster, target: Target, workdir: Path, rate_pps:
     out = {"workload": WORKLOAD, "rate_pps": rate_pps, "packets": packets,
            "rounds": rounds, "missing": missing, **estimate(samples),
            "programs": {k: [round(x, 1) for x in v] for k, v in programs.items()},
+           "programs_outside": {k: [round(x, 1) for x in v] for k, v in outside.items()},
            "program_runs_per_packet": {k: [round(x, 2) for x in v] for k, v in runs.items()},
            "stats_ns_per_run": own}
     for name, values in programs.items():
         if values:
             out[f"{name}_programs_ns_per_packet"] = statistics.median(values)
+    for name, values in outside.items():
+        if values:
+            # Per round, so the median of the difference is of paired figures.
+            inside = [t - o for t, o in zip(programs[name], values, strict=True)]
+            out[f"{name}_programs_outside_ns_per_packet"] = statistics.median(values)
+            out[f"{name}_programs_in_figure_ns_per_packet"] = statistics.median(inside)
     return out
 
 
@@ -236,18 +253,23 @@ def in_window_figures(window: Mapping[str, Any]) -> dict[str, float]:
     :func:`measure_in_window` with the sets ``latency`` and ``breakdown``: their BPF
     programs' run time per packet with the cpu probe's own (the reporter's) added:
     ``programs_main_ns_per_packet`` (latency + cpu: the measured repetitions' probes)
-    and ``programs_breakdown_ns_per_packet`` (the breakdown set + cpu). Each point
-    relates them to its own CPU per packet (``probe_overhead_pct.programs_main``).
+    and ``programs_breakdown_ns_per_packet`` (the breakdown set + cpu), and of each the
+    part inside the reported CPU figure, ``programs_<set>_in_figure_ns_per_packet``
+    (less the client-egress programs; the cpu probe's own counted whole). Each point
+    relates them to its own CPU per packet (``probe_overhead_pct.programs_main_in_figure``:
+    what the probes add to the figure it reports).
     """
     own = window.get("reporter_programs_ns_per_packet")
     out: dict[str, float] = {}
     if own is None:
         return out
-    for name, key in (("main", "latency_programs_ns_per_packet"),
-                      ("breakdown", "breakdown_programs_ns_per_packet")):
-        added = window.get(key)
+    for name, key in (("main", "latency"), ("breakdown", "breakdown")):
+        added = window.get(f"{key}_programs_ns_per_packet")
         if added is not None:
             out[f"programs_{name}_ns_per_packet"] = added + own
+        inside = window.get(f"{key}_programs_in_figure_ns_per_packet")
+        if inside is not None:
+            out[f"programs_{name}_in_figure_ns_per_packet"] = inside + own
     return out
 
 

@@ -71,10 +71,20 @@ def overhead_line(result: ResultLike) -> str | None:
             added = ov.get(f"programs_{name}_ns_per_packet")
             if not isinstance(added, int | float):
                 continue
+            at = f"of cpu/pkt at {point.doc['variant']} {point.workload}"
+            part = ov.get(f"programs_{name}_in_figure_ns_per_packet")
+            share = pct.get(f"programs_{name}_in_figure")
+            if isinstance(part, int | float):
+                # What the set adds to the CPU figure: its client-egress programs run
+                # in the sender's send, before the NET_RX time the figure is.
+                inside.append(f"{name} {added:,.0f} ns/packet, {part:,.0f} inside the "
+                              "reported CPU figure" + (
+                                  f" ({share:.1f} % {at})"
+                                  if isinstance(share, int | float) else ""))
+                continue
             share = pct.get(f"programs_{name}")
             inside.append(f"{name} {added:,.0f} ns/packet" + (
-                f" ({share:.1f} % of cpu/pkt at {point.doc['variant']} {point.workload})"
-                if isinstance(share, int | float) else ""))
+                f" ({share:.1f} % {at})" if isinstance(share, int | float) else ""))
         if inside:
             line += (f"\n  the probes' programs at {window.get('rate_pps', '?')} pps (kernel BPF "
                      "run-time statistics, hooks' dispatch not included): " + "; ".join(inside))

@@ -36,6 +36,7 @@ from bench.measure.probes.cpu import CpuProbe
 from bench.measure.probes.drops import DropsProbe
 from bench.measure.probes.latency import LatencyProbe
 from bench.measure.probes.loader import (
+    TC_EGRESS,
     TC_INGRESS,
     Probe,
     TcHook,
@@ -558,14 +559,21 @@ BURN_READS = 100  # clock reads per packet: about 2-3 us on this machine, far ab
 
 class BurnProbe(Probe):
     """A tc program of known cost at a pod's ingress (inside the NET_RX softirq the cpu
-    probe times): BURN_READS clock reads per packet, the body's time measured apart."""
+    probe times): ``reads`` clock reads per packet, the body's time measured apart. With
+    ``egress``, at the client's egress instead, and declared outside the CPU figure (it
+    runs in the sender's send, before the NET_RX softirq begins)."""
 
     name = "burn"
     tc_prio = 7
 
-    def __init__(self, hook: TcHook) -> None:
+    def __init__(self, hook: TcHook, egress: bool = False, reads: int = BURN_READS) -> None:
         super().__init__()
         self.hook = hook
+        self.egress = egress
+        self.reads = reads
+        if egress:
+            self.name = "burnout"
+            self.outside_cpu_figure = ("kpb_burn",)
 
     def _attach(self) -> None:
         from bcc import BPF
@@ -575,12 +583,12 @@ class BurnProbe(Probe):
             int kpb_burn(struct __sk_buff *skb) {{
                 u64 acc = 0;
                 #pragma unroll
-                for (int i = 0; i < {BURN_READS}; i++)
+                for (int i = 0; i < {self.reads}; i++)
                     acc += bpf_ktime_get_ns();
                 skb->cb[0] = (u32)acc;  /* keep the reads */
                 return TC_ACT_UNSPEC;
             }}""".encode())
-        self._attach_tc("kpb_burn", [self.hook], TC_INGRESS)
+        self._attach_tc("kpb_burn", [self.hook], TC_EGRESS if self.egress else TC_INGRESS)
 
     def _zero(self) -> None:
         pass
@@ -632,3 +640,28 @@ def test_the_in_window_overhead_finds_a_program_of_known_cost(cluster: Cluster,
     # The cpu probe's own programs run once per softirq: tens to hundreds of ns a packet.
     assert 10 < window["reporter_programs_ns_per_packet"] < 2_000, window["programs"]
     assert window["none_ns_per_packet"] > 0 and window["rounds"] == 5
+    # Nothing of this set runs at the client: all of it is inside the reported figure.
+    assert window["burn_programs_outside_ns_per_packet"] == pytest.approx(0, abs=1)
+    assert window["burn_programs_in_figure_ns_per_packet"] == pytest.approx(added, abs=1)
+
+
+def test_the_in_window_overhead_keeps_the_client_egress_programs_apart(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """A set with a known program inside the reported CPU figure (a pod's ingress) and one
+    twice its cost outside it (the client's egress, in the sender's send): the part inside
+    is the first body, the part outside the second, and the whole both."""
+    from bench.measure import overhead
+
+    pod = pod_on(cluster, 0)
+    target = T.Target.from_client_pod(cluster, pod.ip, PORT)
+    inner, outer = TcHook(cluster.pod_ns(pod)), TcHook(cluster.client_pod_ns)
+    window = overhead.measure_in_window(
+        cluster, target, tmp_path, 10_000,
+        {"both": lambda: [BurnProbe(inner, reads=BURN_READS // 2),
+                          BurnProbe(outer, egress=True, reads=BURN_READS)]}, rounds=3)
+    inside = window["both_programs_in_figure_ns_per_packet"]
+    outside = window["both_programs_outside_ns_per_packet"]
+    # The same clock reads, half as many inside: a ratio of 2 within the 0.6-1.6 spread of
+    # one body (the test above), never 0 (outside programs not found) nor mixed up.
+    assert 1.2 <= outside / inside <= 3.3, window
+    assert window["both_programs_ns_per_packet"] == pytest.approx(inside + outside, rel=0.15)

@@ -45,6 +45,13 @@ def test_program_figures_add_the_cpu_probes_own_programs_to_each_set() -> None:
     assert in_window_figures(window) == {
         "programs_main_ns_per_packet": pytest.approx(115),
         "programs_breakdown_ns_per_packet": pytest.approx(445)}
+    # With the part of each set inside the reported figure (its client-egress programs
+    # left out), that part too, the cpu probe's own counted whole.
+    window |= {"latency_programs_in_figure_ns_per_packet": 30.0,
+               "breakdown_programs_in_figure_ns_per_packet": 250.0}
+    figures = in_window_figures(window)
+    assert figures["programs_main_in_figure_ns_per_packet"] == pytest.approx(75)
+    assert figures["programs_breakdown_in_figure_ns_per_packet"] == pytest.approx(295)
     # No reporter figure (statistics off): nothing to add up, no figure.
     assert in_window_figures({"latency_programs_ns_per_packet": 70.0}) == {}
 
@@ -72,6 +79,13 @@ def test_show_prints_the_probes_programs_share() -> None:
         "  the probes' programs at 10000 pps (kernel BPF run-time statistics, hooks' "
         "dispatch not included): main 60 ns/packet (3.0 % of cpu/pkt at ebpf-tc udp-new); "
         "breakdown 170 ns/packet (8.5 % of cpu/pkt at ebpf-tc udp-new)")
+    p["probe_overhead"]["programs_main_in_figure_ns_per_packet"] = 40.0
+    p["summary"] = summarise_point(p)
+    assert p["summary"]["probe_overhead_pct"]["programs_main_in_figure"] == pytest.approx(2.0)
+    line = overhead_line({"points": [p]})
+    assert line is not None and line.splitlines()[1].split(": ", 1)[1].startswith(
+        "main 60 ns/packet, 40 inside the reported CPU figure (2.0 % of cpu/pkt at ebpf-tc "
+        "udp-new); breakdown 170 ns/packet (8.5 %")
     ov2 = {"main_ns_per_packet": 400.0, "in_window": {"error": "cpu probe: no NET_RX"}}
     p2 = make_point(datapath="ebpf-tc", variant="ebpf-tc", services=1, endpoints=1,
                     workload="udp-new", rate_pps=10000, position="last", position_index=0,

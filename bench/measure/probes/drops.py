@@ -53,6 +53,7 @@ class DropsProbe(Probe):
     """
 
     name = "drops"
+    outside_cpu_figure = ("kpb_tag",)  # its client-egress program
     tc_prio = TC_PRIO + 1
     transient_maps = ()
 

@@ -53,6 +53,7 @@ class LatencyProbe(Probe):
     """Per-packet one-way latency (probes/latency.c): client egress -> backend ingress."""
 
     name = "latency"
+    outside_cpu_figure = ("kpb_depart",)  # its client-egress program
     tc_prio = TC_PRIO
     transient_maps = ()  # stamps and counts are zeroed at start(), config set there
 

@@ -348,6 +348,10 @@ class Probe:
     # Maps holding state that must not outlive a window (besides what _zero()
     # clears); None: the program is unloaded on detach, not kept for reuse.
     transient_maps: tuple[str, ...] | None = None
+    # Programs of this probe that run outside every CPU figure a point reports: at the
+    # client's tc egress, in the sender's own send, before the NET_RX softirq the cpu
+    # probe times begins (and the sender is in no cgroup the cpu probe counts).
+    outside_cpu_figure: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self._bpf: Any = None
@@ -406,8 +410,18 @@ class Probe:
 
     def prog_fds(self) -> list[int]:
         """File descriptors of this probe's loaded BPF programs (attached or kept)."""
+        return list(self.prog_fds_by_name().values())
+
+    def prog_fds_by_name(self) -> dict[str, int]:
+        """{program name: file descriptor} of this probe's loaded BPF programs."""
         self._require()
-        return [f.fd for f in self._bpf.funcs.values()]
+        return {(k.decode() if isinstance(k, bytes) else str(k)): f.fd
+                for k, f in self._bpf.funcs.items()}
+
+    def outside_prog_fds(self) -> list[int]:
+        """File descriptors of the programs named in :attr:`outside_cpu_figure`."""
+        return [fd for k, fd in self.prog_fds_by_name().items()
+                if k in self.outside_cpu_figure]
 
     def start(self) -> None:
         """Zero the counters: a measurement window opens now."""

@@ -73,6 +73,7 @@ class TransitProbe(Probe):
     """
 
     name = "transit"
+    outside_cpu_figure = ("kpb_tag",)  # its client-egress program
     tc_prio = TC_PRIO + 2
     transient_maps = ("inflight",)  # skbs of the last window
 
