@@ -22,8 +22,20 @@ def _hist_samples(h: stats.Histogram) -> np.ndarray:
                            np.full(h.overflow, h.max_ns or 0.0)])
 
 
+#: A socket repetition's CPU parts (bench.analysis.metrics.CPU_PARTS) and its rates.
+SOCKET_CPU = ("softirq_ns", "datapath_ns", "generator_cpu_ns", "responder_cpu_ns")
+SOCKET_RATES = ("transactions_per_s", "throughput_bps")
+
+
+def _scaled(doc: dict, factor: float) -> dict:  # type: ignore[type-arg]
+    h = stats.Histogram.from_json(doc)
+    return stats.Histogram.from_samples(_hist_samples(h) * factor).to_json()  # type: ignore[return-value]
+
+
 def slowed_down(doc: ResultDoc, factor: float) -> ResultDoc:
-    """``doc`` with every latency, CPU cost and sync time ``factor`` x larger, as one run."""
+    """``doc`` with every latency, RTT, CPU cost and sync time ``factor`` x larger and every
+    socket point's rates ``factor`` x smaller (its Service side; the direct path as it
+    was), as one run."""
     out = copy.deepcopy(doc)
     for p in out["points"]:
         p.pop("summary", None)  # type: ignore[misc]  # recomputed from the repetitions
@@ -32,9 +44,19 @@ def slowed_down(doc: ResultDoc, factor: float) -> ResultDoc:
             p["setup"]["sync_seconds"] *= factor  # type: ignore[operator]
         for r in p["repetitions"]:
             if r.get("latency_hist"):
-                h = stats.Histogram.from_json(r["latency_hist"])  # type: ignore[arg-type]
-                r["latency_hist"] = stats.Histogram.from_samples(
-                    _hist_samples(h) * factor).to_json()
+                r["latency_hist"] = _scaled(r["latency_hist"], factor)  # type: ignore[arg-type]
+            if r.get("rtt_hist"):
+                r["rtt_hist"] = _scaled(r["rtt_hist"], factor)  # type: ignore[typeddict-item,arg-type]
+            sock = r.get("socket")
+            if sock:
+                for key in SOCKET_CPU:
+                    if sock.get(key) is not None:
+                        sock[key] = int(sock[key] * factor)  # type: ignore[literal-required]
+                for key in SOCKET_RATES:
+                    if sock.get(key) is not None:
+                        sock[key] /= factor  # type: ignore[literal-required]
+                if sock.get("seconds"):  # the same transactions in factor x the time
+                    sock["seconds"] *= factor  # type: ignore[operator]
             for key in ("softirq_ns", "process_ns"):
                 if r.get(key) is not None:
                     r[key] = int(r[key] * factor)  # type: ignore[literal-required]

@@ -526,3 +526,21 @@ def test_a_run_slowed_on_purpose_is_said(tmp_path: Path) -> None:
     slow["environment"]["injected_rules"] = 600  # type: ignore[typeddict-unknown-key]
     c = compare.compare_runs(in_memory([point(rng)]), slow)
     assert any("--inject-rules 600" in w for w in c.warnings), c.warnings
+
+
+def test_socket_points_slowed_down_are_regressions(baseline: ResultDoc) -> None:
+    """The socket points of the baseline (real connections through the Service) twice as
+    slow: RTT and CPU per transaction up, transactions per second down; compare flags
+    them at most points (one new run against the pooled ones), and calls none better."""
+    c = compare.compare_runs(baseline, slowed_down(baseline, 2.0))
+    assert not c.by_verdict("improvement") and not [p for p in c.points if p.lost]
+    socket = {mc.key for mc in changes(c, "rtt_p50")}
+    assert socket, "the baseline has socket points"
+    for name, change in (("rtt_p50", 100), ("rtt_p99", 100),
+                         ("cpu_ns_per_transaction", 100), ("transactions_per_s", -50)):
+        rows = changes(c, name)
+        assert {mc.key for mc in rows} == socket, name
+        assert all(mc.change_pct == pytest.approx(change, abs=5) for mc in rows), (
+            name, [(mc.key, mc.change_pct) for mc in rows])
+        flagged = [mc for mc in rows if mc.verdict == "regression"]
+        assert len(flagged) > 0.6 * len(rows), (name, [(mc.key, mc.verdict) for mc in rows])
