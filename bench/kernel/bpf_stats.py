@@ -95,7 +95,8 @@ def own_cost_ns(repeat: int = 200_000, tries: int = 3) -> float:
         for _ in range(tries):
             before = run_time(fd)
             bpf_syscall(BPF_PROG_TEST_RUN, _TestRun(prog_fd=fd, data_size_in=len(frame),
-                                             data_in=ctypes.addressof(frame), repeat=repeat))
+                                                    data_in=ctypes.addressof(frame),
+                                                    repeat=repeat))
             ns, runs = (a - b for a, b in zip(run_time(fd), before, strict=True))
             if runs <= 0:
                 raise FeatureMissing("BPF run-time statistics: an empty program's runs were "
