@@ -665,3 +665,34 @@ def test_the_in_window_overhead_keeps_the_client_egress_programs_apart(
     # one body (the test above), never 0 (outside programs not found) nor mixed up.
     assert 1.2 <= outside / inside <= 3.3, window
     assert window["both_programs_ns_per_packet"] == pytest.approx(inside + outside, rel=0.15)
+
+
+SHARE_PAD = 32  # clock reads added inside the cpu probe's window: about 1 us here
+
+
+def test_the_cpu_probe_s_own_share_finds_known_work_inside_its_window(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """bench.measure.overhead.cpu_probe_share (the cpu probe's own time inside the windows
+    it times: a bracket of two programs around it, less the bracket's own edges timed
+    apart; stored by every run) against known work: SHARE_PAD clock reads added inside the
+    window (probes/cpu.c, KPB_PAD) must raise the estimate by what those reads cost under
+    BPF_PROG_TEST_RUN (the burn program's), not by nothing (the bracket misses the window)
+    nor a multiple; and the estimate lies between zero and the bound."""
+    from bench.measure import overhead
+
+    pod = pod_on(cluster, 0)
+    target = T.Target.from_client_pod(cluster, pod.ip, PORT)
+    with BurnProbe(TcHook(cluster.pod_ns(pod))) as burn:
+        per_read = burn.body_ns(tmp_path) / BURN_READS
+    pcap = target.build_pcap("udp-established", 5000, tmp_path / "share.pcap", seq_start=0)
+    base = overhead.cpu_probe_share(cluster, target, pcap, 10_000, 5000, bursts=5)
+    padded = overhead.cpu_probe_share(cluster, target, pcap, 10_000, 5000, bursts=5,
+                                      pad=SHARE_PAD)
+    added = padded["ns_per_softirq"] - base["ns_per_softirq"]
+    known = SHARE_PAD * per_read
+    assert 0.6 * known <= added <= 1.6 * known + 100, (added, known, base, padded)
+    # The bracket's edges are outside the probe: the estimate is below the bound, and the
+    # probe's own share (a hook dispatch and a few instructions each side) is not nothing.
+    assert 0 < base["ns_per_softirq"] < base["bound_ns_per_softirq"] < 2_000, base
+    # One NET_RX softirq a packet at this rate, give or take a few (timers, batches).
+    assert 0.5 <= base["ns_per_packet"] / base["ns_per_softirq"] <= 1.5, base

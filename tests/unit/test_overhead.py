@@ -52,6 +52,14 @@ def test_program_figures_add_the_cpu_probes_own_programs_to_each_set() -> None:
     figures = in_window_figures(window)
     assert figures["programs_main_in_figure_ns_per_packet"] == pytest.approx(75)
     assert figures["programs_breakdown_in_figure_ns_per_packet"] == pytest.approx(295)
+    # With the cpu probe's own share of its window measured (bench.measure.overhead.
+    # cpu_probe_share: its bracketed time less the bracket's edges), that instead: its
+    # programs' hook dispatch is in it, the part of its programs outside its window is not.
+    window |= {"reporter_in_figure_ns_per_packet": 120.0}
+    figures = in_window_figures(window)
+    assert figures["programs_main_in_figure_ns_per_packet"] == pytest.approx(150)
+    assert figures["programs_breakdown_in_figure_ns_per_packet"] == pytest.approx(370)
+    assert figures["programs_main_ns_per_packet"] == pytest.approx(115)  # whole: unchanged
     # No reporter figure (statistics off): nothing to add up, no figure.
     assert in_window_figures({"latency_programs_ns_per_packet": 70.0}) == {}
 
