@@ -34,3 +34,10 @@ def in_netns(name: str, *, create: bool = False) -> Iterator[NetNS]:
             yield ns
         finally:
             ns.close()
+
+
+def rx_packets(netns: str, ifname: str = "eth0") -> int:
+    """Packets ``ifname`` in ``netns`` has received (its own counter, no probe)."""
+    with in_netns(netns) as ns:
+        (link,) = ns.get_links(ifname=ifname)
+        return int(link.get_attr("IFLA_STATS64")["rx_packets"])

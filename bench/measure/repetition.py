@@ -22,6 +22,7 @@ from bench import interrupts
 from bench import results as R
 from bench.analysis.stats import Histogram
 from bench.errors import FeatureMissing, KpbenchError
+from bench.measure.probes.cpu import CpuProbe, CpuReading
 from bench.measure.probes.latency import LatencyProbe
 from bench.measure.probes.loader import Probe
 from bench.measure.probes.transit import transit_bucket_bounds
@@ -61,12 +62,25 @@ class SeqSpace:
 
 @dataclass
 class ProbeSet:
-    """The probes a scenario asks for; the ones that failed are recorded as missing."""
+    """The probes a scenario asks for; the ones that failed are recorded as missing.
+
+    ``cpu``: the cpu probe of the measured repetitions, attached only in their cpu
+    passes (:meth:`cpu_window`), never beside the latency probe's stamping: each of
+    the two would put its own work into the other's figure.
+    """
 
     latency: LatencyProbe
     others: dict[str, Probe] = field(default_factory=dict)
     missing: dict[str, str] = field(default_factory=dict)
     warned: set[str] = field(default_factory=set)  # shared by a run: each reason said once
+    cpu: CpuProbe | None = None
+
+    def _missing(self, name: str, e: FeatureMissing) -> None:
+        if str(e) not in self.warned:
+            self.warned.add(str(e))
+            log.warning("warning: %s; its measurement is recorded as missing "
+                        "(at every point; said once)", e)
+        self.missing[name] = str(e)
 
     @contextlib.contextmanager
     def attached(self) -> Iterator[ProbeSet]:
@@ -78,17 +92,34 @@ class ProbeSet:
                 try:
                     probe.attach()
                 except FeatureMissing as e:
-                    if str(e) not in self.warned:
-                        self.warned.add(str(e))
-                        log.warning("warning: %s; its measurement is recorded as missing "
-                                    "(at every point; said once)", e)
-                    self.missing[name] = str(e)
+                    self._missing(name, e)
                     del self.others[name]
             yield self
         finally:
             with interrupts.deferred():
                 for probe in (self.latency, *self.others.values()):
                     probe.detach()
+
+    @contextlib.contextmanager
+    def cpu_window(self) -> Iterator[CpuProbe | None]:
+        """The cpu probe attached for the block, with the latency probe in sink mode
+        (None: no cpu probe, or it cannot attach: recorded as missing)."""
+        cpu = self.cpu
+        if cpu is not None:
+            try:
+                cpu.attach()  # a compiled program kept from the last pass: quick
+            except FeatureMissing as e:
+                self._missing("cpu", e)
+                self.cpu = cpu = None
+        if cpu is None:
+            yield None
+            return
+        try:
+            with self.latency.sinking():
+                yield cpu
+        finally:
+            with interrupts.deferred():
+                cpu.detach()
 
     def start(self, seq_base: int) -> None:
         """Start a window whose own packets have sequence numbers from ``seq_base``."""
@@ -100,7 +131,8 @@ class ProbeSet:
 def read_repetition(stats: Any, probes: ProbeSet, latency: bool = True,
                     seq_base: int = 0) -> R.RepetitionDoc:
     """The repetition the probes saw of the replay ``stats`` describes (``latency``:
-    with its latency histogram; a breakdown repetition's latency is not reported)."""
+    with its latency histogram; a breakdown repetition's latency is not reported).
+    Its CPU figures come from its own cpu pass (:func:`cpu_fields`)."""
     lat = probes.latency.read()
     # Only the packets this repetition sent: stamped on leaving the client in this
     # window, with a sequence number among the first stats.sent of its range. A
@@ -110,11 +142,6 @@ def read_repetition(stats: Any, probes: ProbeSet, latency: bool = True,
     arrivals = lat.arrival_ns[mine] if lat.arrival_ns is not None else np.empty(0)
     latency_ns = lat.latency_ns[mine]
     kw: dict[str, Any] = {}
-    if "cpu" in probes.others:
-        cpu = probes.others["cpu"].read()  # type: ignore[attr-defined]
-        kw["softirq_ns"] = cpu.net_rx_ns
-        kw["process_ns"] = cpu.process_ns  # the datapath's processes (0: it runs none)
-        kw["cpu_ns_per_packet"] = cpu.total_ns / delivered if delivered else None
     if "drops" in probes.others:
         drops = probes.others["drops"].read()  # type: ignore[attr-defined]
         # The run's own packets when the probe can tell them apart, else IPv4 drops.
@@ -137,6 +164,15 @@ def read_repetition(stats: Any, probes: ProbeSet, latency: bool = True,
         latency_hist=(Histogram.from_samples(latency_ns)
                       if latency and len(latency_ns) else None),
         **kw)
+
+
+def cpu_fields(cpu: CpuReading, delivered: int) -> dict[str, Any]:
+    """A repetition's CPU figures from its cpu pass: ``delivered`` packets reached the
+    backends (their own counters) while ``cpu`` was read."""
+    return {"softirq_ns": cpu.net_rx_ns,
+            "process_ns": cpu.process_ns,  # the datapath's processes (0: it runs none)
+            "cpu_ns_per_packet": cpu.total_ns / delivered if delivered else None,
+            "cpu_delivered": delivered}
 
 
 def sent_here(seqs: np.ndarray, seq_base: int, sent: int) -> np.ndarray:

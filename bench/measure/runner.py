@@ -26,6 +26,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from bench import results as R
+from bench.cluster.netlink import rx_packets
 from bench.cluster.testbed import SyncTiming, Testbed
 from bench.errors import FeatureMissing, KpbenchError
 from bench.measure.generator_ceiling import Ceilings
@@ -37,7 +38,13 @@ from bench.measure.probes.kfunc import KfuncProbe
 from bench.measure.probes.latency import LatencyProbe
 from bench.measure.probes.loader import Probe, tc_mode
 from bench.measure.probes.transit import TransitProbe
-from bench.measure.repetition import ProbeSet, SeqSpace, read_repetition, replay_failure
+from bench.measure.repetition import (
+    ProbeSet,
+    SeqSpace,
+    cpu_fields,
+    read_repetition,
+    replay_failure,
+)
 from bench.measure.scale_loop import ScaleLoop
 from bench.measure.scenario import Scenario
 from bench.measure.slowdown import inject_rules
@@ -251,11 +258,9 @@ class Runner:
 
         ``external``: the traffic comes from the external client, not the client pod.
         """
-        others: dict[str, Probe] = {}
-        if "cpu" in self.sc.probes:
-            others["cpu"] = CpuProbe(bed.datapath.process_cgroup)
-        return ProbeSet(LatencyProbe.for_cluster(bed.cluster, external=external), others,
-                        warned=self.warned)
+        cpu = CpuProbe(bed.datapath.process_cgroup) if "cpu" in self.sc.probes else None
+        return ProbeSet(LatencyProbe.for_cluster(bed.cluster, external=external), {},
+                        warned=self.warned, cpu=cpu)
 
     def _breakdown_probes(self, bed: Testbed, external: bool = False) -> ProbeSet:
         # The run's own drops (tagged at the client: costs ~1 us a packet, docs/probes.md),
@@ -286,9 +291,9 @@ class Runner:
 
         Once per run, at its first point, before any probe is attached.
         """
-        def main() -> list[Probe]:
+        def main() -> list[Probe]:  # both at once: the top-speed figure's upper bound
             probes = self._main_probes(bed, external)
-            return [probes.latency, *probes.others.values()]
+            return [probes.latency, *([probes.cpu] if probes.cpu else [])]
 
         def breakdown() -> list[Probe]:
             probes = self._breakdown_probes(bed, external)
@@ -296,6 +301,11 @@ class Runner:
 
         def latency() -> list[Probe]:
             return [LatencyProbe.for_cluster(bed.cluster, external=external)]
+
+        def sink() -> list[Probe]:  # the latency probe as the cpu passes run it
+            probe = LatencyProbe.for_cluster(bed.cluster, external=external)
+            probe.sink = True
+            return [probe]
 
         self.progress.say("measuring the probes' overhead")
         # The bursts are udp-established: their 16 flows' source ports lie below every
@@ -311,7 +321,7 @@ class Runner:
         try:
             window = measure_in_window(
                 bed.cluster, target, self.workdir, self.sc.rate_pps,
-                {"latency": latency, "breakdown": breakdown},
+                {"latency": latency, "sink": sink, "breakdown": breakdown},
                 rounds=OVERHEAD_ROUNDS, say=self.progress.say)
         except FeatureMissing as e:  # no cpu probe to report a figure: nothing to relate
             out["in_window"] = {"error": str(e)}
@@ -387,7 +397,42 @@ class Runner:
         error = replay_failure(stats, count, budget)
         if error:
             return None, error
-        return read_repetition(stats, probes, latency, seq_base=seq), None
+        rep = read_repetition(stats, probes, latency, seq_base=seq)
+        if probes.cpu is not None:
+            cpu, error = self._cpu_pass(target, packets, count, probes)
+            if error:
+                return None, f"cpu pass: {error}"
+            if cpu is not None:
+                rep.update(cpu)  # type: ignore[typeddict-item]
+        return rep, None
+
+    def _cpu_pass(self, target: Target, packets: str, count: int,
+                  probes: ProbeSet) -> tuple[dict[str, Any] | None, str | None]:
+        """The repetition's CPU figures: its traffic again, on flows of its own, with the
+        cpu probe timing NET_RX and the latency probe sinking (probes/latency.c), so the
+        figure carries neither latency stamp; delivered by the backends' own counters.
+        (None, None) when there is no cpu probe; (None, why) when the replay failed."""
+        pcap = self.workdir / f"{packets}-cpu.pcap"
+        seq = self.seqs.take(count)
+        target.build_pcap(packets, count, pcap, seq_start=seq, src_span=self.seqs.src_span)
+        budget = count / self.sc.rate_pps * 3 + 30
+        backends = probes.latency.backends
+        with probes.cpu_window() as cpu:
+            if cpu is None:
+                return None, None
+            before = sum(rx_packets(h.netns, h.ifname) for h in backends)
+            cpu.start()
+            try:
+                stats = target.replay(pcap, self.sc.rate_pps, timeout=budget)
+            except KpbenchError as e:
+                return None, str(e)
+            time.sleep(DRAIN_SECONDS)
+            reading = cpu.read()
+            delivered = sum(rx_packets(h.netns, h.ifname) for h in backends) - before
+        error = replay_failure(stats, count, budget)
+        if error:
+            return None, error
+        return cpu_fields(reading, min(delivered, stats.sent)), None
 
     def _measure(self, target: Target, control: Target, variant: str, n: int, workload: str,
                  probes: ProbeSet, timing: SyncTiming, settle: tuple[float, bool],

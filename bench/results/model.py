@@ -120,20 +120,26 @@ class Repetition:
         return stats.summary(self.transit) if self.transit is not None else None
 
     @property
+    def cpu_delivered(self) -> int:
+        """The CPU figures' packets: those the repetition's cpu pass delivered (results
+        from before the passes were split: ``delivered``)."""
+        return int(self.doc.get("cpu_delivered", self.delivered))
+
+    @property
     def cpu_ns_per_packet(self) -> float | None:
         """CPU per delivered packet: (NET_RX softirq + the datapath's processes) /
-        delivered, or the recorded figure of a repetition that kept only that."""
+        cpu_delivered, or the recorded figure of a repetition that kept only that."""
         softirq = self.doc.get("softirq_ns")
-        if softirq is not None and self.delivered > 0:
-            return (softirq + (self.doc.get("process_ns") or 0)) / self.delivered
+        if softirq is not None and self.cpu_delivered > 0:
+            return (softirq + (self.doc.get("process_ns") or 0)) / self.cpu_delivered
         return self.doc.get("cpu_ns_per_packet")
 
     @property
     def softirq_ns_per_packet(self) -> float | None:
         """NET_RX softirq time per delivered packet, or the recorded CPU figure."""
         softirq = self.doc.get("softirq_ns")
-        if softirq is not None and self.delivered > 0:
-            return float(softirq) / self.delivered
+        if softirq is not None and self.cpu_delivered > 0:
+            return float(softirq) / self.cpu_delivered
         return self.doc.get("cpu_ns_per_packet")
 
     @property

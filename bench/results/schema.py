@@ -52,6 +52,14 @@ register an upgrade from the previous version with :func:`upgrade_from`):
   ``one_way_ns`` and ``service_minus_direct_request_p50_ns`` / ``_response_p50_ns``.
   Its ``generator_ceiling`` is the generator's own ceiling, and its summary says
   ``at_generator_ceiling`` and ``offered_not_reached``.
+  CPU passes (optional field, still version 2; 2026-12): a packet repetition's CPU
+  figures (``softirq_ns``, ``process_ns``, ``cpu_ns_per_packet``) come from a pass of
+  its own - the same traffic on flows of its own, the cpu probe alone timing and the
+  latency probe in sink mode - over ``cpu_delivered`` packets (the backends' own
+  counters); its latency, ``sent`` and ``delivered`` from the pass without the cpu
+  probe. Earlier results timed both in one pass, both probes attached (their CPU
+  figures carry the latency probe's arrival program, their latencies the cpu probe's
+  entry program); a reader takes ``delivered`` where ``cpu_delivered`` is absent.
 """
 
 from __future__ import annotations
@@ -128,8 +136,12 @@ class RepetitionDoc(TypedDict):
     sent: int
     delivered: int
     latency_hist: dict[str, Any] | None
-    cpu_ns_per_packet: float | None  # (softirq_ns + process_ns) / delivered
+    cpu_ns_per_packet: float | None  # (softirq_ns + process_ns) / cpu_delivered
     softirq_ns: int | None  # NET_RX softirq time, machine-wide
+    # Packets the backends received in the repetition's cpu pass (its traffic again, the
+    # cpu probe alone timing, the latency probe sinking): the CPU figures' denominator.
+    # Absent in results written before the passes were split: ``delivered`` then.
+    cpu_delivered: NotRequired[int]
     # CPU time of the datapath's own processes (a userspace proxy), their NET_RX time
     # (already in softirq_ns) taken out; 0 for a datapath that runs none.
     process_ns: NotRequired[int | None]

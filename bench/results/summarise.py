@@ -56,17 +56,19 @@ def _traffic(reps: list[RepetitionDoc], hist: HistogramOf) -> dict[str, Any]:
     cpu_ns = softirq_ns = process_ns = 0.0
     cpu_pkts = softirq_pkts = process_pkts = 0
     for r in reps:
+        # The CPU figures' own packets: those of the repetition's cpu pass.
+        n = r.get("cpu_delivered", r["delivered"])
         if r.get("softirq_ns") is not None:
             cpu_ns += r["softirq_ns"] + (r.get("process_ns") or 0)  # type: ignore[operator]
-            cpu_pkts += r["delivered"]
+            cpu_pkts += n
             softirq_ns += r["softirq_ns"]  # type: ignore[operator]
-            softirq_pkts += r["delivered"]
+            softirq_pkts += n
             if r.get("process_ns") is not None:
                 process_ns += r["process_ns"]  # type: ignore[operator]
-                process_pkts += r["delivered"]
+                process_pkts += n
         elif r.get("cpu_ns_per_packet") is not None:
-            cpu_ns += r["cpu_ns_per_packet"] * r["delivered"]  # type: ignore[operator]
-            cpu_pkts += r["delivered"]
+            cpu_ns += r["cpu_ns_per_packet"] * n  # type: ignore[operator]
+            cpu_pkts += n
     return {
         "delivered_pps": spanned / span if span > 0 else None,
         "loss": 1 - delivered / sent if sent > 0 else None,
@@ -92,7 +94,7 @@ def summarise_point(point: PointDoc, hist: HistogramOf = parse_histogram) -> Sum
     - delivered_pps: measured at the receiver, sum(delivered - 1) over the sum
       of the repetitions' arrival spans (None where no span was recorded);
     - loss: 1 - sum(delivered) / sum(sent);
-    - cpu_ns_per_packet: sum(softirq_ns + process_ns) / sum(delivered) over the
+    - cpu_ns_per_packet: sum(softirq_ns + process_ns) / sum(cpu_delivered) over the
       repetitions that measured it (a repetition with only cpu_ns_per_packet
       counts as cpu_ns_per_packet x delivered), with softirq_ns_per_packet and
       process_ns_per_packet, its two parts (process: None where no repetition

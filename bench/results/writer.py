@@ -54,6 +54,7 @@ def make_repetition(*, sent: int, delivered: int, offered_pps: float | None = No
                     kfunc: Mapping[str, Mapping[str, Any]] | None = None,
                     sync: Mapping[str, float | None] | None = None,
                     arrival_seconds: float | None = None,
+                    cpu_delivered: int | None = None,
                     ) -> RepetitionDoc:
     """One repetition of a point. Leave a measurement None when it was not taken.
 
@@ -77,6 +78,8 @@ def make_repetition(*, sent: int, delivered: int, offered_pps: float | None = No
         rep["sync"] = dict(sync)
     if arrival_seconds is not None:
         rep["arrival_seconds"] = float(arrival_seconds)
+    if cpu_delivered is not None:
+        rep["cpu_delivered"] = int(cpu_delivered)
     return rep
 
 

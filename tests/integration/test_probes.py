@@ -106,6 +106,49 @@ def test_latency_sees_23_at_both_ends_and_a_small_positive_latency(
     assert 0 < r.percentiles()[50] < 1_000_000
 
 
+def udp_in_datagrams_and_no_ports(netns: str) -> tuple[int, int]:
+    """The pod's own UDP counters (/proc/net/snmp): datagrams its stack took in, and those
+    for a port nothing listens on."""
+    out = run_netns(netns, ["cat", "/proc/net/snmp"]).stdout
+    head, values = [ln.split()[1:] for ln in out.splitlines() if ln.startswith("Udp:")][:2]
+    row = dict(zip(head, map(int, values), strict=True))
+    return row["InDatagrams"], row["NoPorts"]
+
+
+def test_the_cpu_window_times_without_the_latency_stamps(cluster: Cluster,
+                                                         tmp_path: Path) -> None:
+    """A measured repetition's cpu pass (bench.measure.repetition.ProbeSet.cpu_window): the
+    cpu probe is attached only inside it, and the latency probe there only sinks - it
+    stamps and counts nothing, and the backends still drop the packets at ingress (their
+    UDP stacks see none of them), as they do identified packets outside."""
+    from bench.measure.repetition import ProbeSet
+
+    pod = pod_on(cluster, 0)
+    probes = ProbeSet(LatencyProbe.for_cluster(cluster), cpu=CpuProbe())
+    udp_before = udp_in_datagrams_and_no_ports(cluster.pod_ns(pod))
+    with probes.attached():
+        assert probes.cpu is not None and not probes.cpu.attached  # not beside the stamps
+        probes.start(seq_base=700)
+        send(cluster, pod, tmp_path, seq_start=700)
+        stamped = probes.latency.read()
+        with probes.cpu_window() as cpu:
+            assert cpu is probes.cpu and cpu.attached
+            cpu.start()
+            send(cluster, pod, tmp_path, seq_start=723)  # inside the latency window's range
+            sunk, timed = probes.latency.read(), cpu.read()
+        assert not probes.cpu.attached
+        probes.start(seq_base=900)  # stamping again after the window
+        send(cluster, pod, tmp_path, seq_start=900)
+        after = probes.latency.read()
+    assert (stamped.sent_seen, stamped.delivered_seen) == (23, 23)
+    # Nothing stamped or counted in the window: the counts are the first 23's.
+    assert (sunk.sent_seen, sunk.delivered_seen, sunk.departed) == (23, 23, 23)
+    assert timed.runs >= 23 and timed.net_rx_ns > 0
+    assert (after.sent_seen, after.delivered_seen) == (23, 23)
+    # Dropped at the pod's ingress in both modes: its UDP stack saw none of the 69.
+    assert udp_in_datagrams_and_no_ports(cluster.pod_ns(pod)) == udp_before
+
+
 def test_latency_matches_a_tbf_rate_limiter(cluster: Cluster, tmp_path: Path) -> None:
     """tbf at rate R queues a back-to-back burst: packet k leaves k * size * 8 / R after
     the first. With R slow enough that the send spacing is < 1 % of that, the

@@ -60,6 +60,12 @@ def test_program_figures_add_the_cpu_probes_own_programs_to_each_set() -> None:
     assert figures["programs_main_in_figure_ns_per_packet"] == pytest.approx(150)
     assert figures["programs_breakdown_in_figure_ns_per_packet"] == pytest.approx(370)
     assert figures["programs_main_ns_per_packet"] == pytest.approx(115)  # whole: unchanged
+    # With the latency probe measured in sink mode too (as the measured repetitions'
+    # cpu passes run it), the main set's part inside the figure is that, not stamping's.
+    window |= {"sink_programs_in_figure_ns_per_packet": 4.0}
+    figures = in_window_figures(window)
+    assert figures["programs_main_in_figure_ns_per_packet"] == pytest.approx(124)
+    assert figures["programs_breakdown_in_figure_ns_per_packet"] == pytest.approx(370)
     # No reporter figure (statistics off): nothing to add up, no figure.
     assert in_window_figures({"latency_programs_ns_per_packet": 70.0}) == {}
 

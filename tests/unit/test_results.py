@@ -206,6 +206,24 @@ def test_summarise_point_known_answers() -> None:
     assert s["transit_ns"] is None
 
 
+def test_cpu_figures_are_per_packet_of_the_cpu_pass() -> None:
+    """A repetition's CPU figures are over the packets of its own cpu pass (cpu_delivered),
+    not over those of the pass that measured latency and loss."""
+    from bench.analysis.metrics import METRICS_BY_NAME
+
+    reps = [make_repetition(sent=1000, delivered=500, softirq_ns=900 * 3000,
+                            cpu_delivered=900),
+            make_repetition(sent=1000, delivered=1000, softirq_ns=1000 * 5000,
+                            cpu_delivered=1000)]
+    p = make_point(datapath="iptables", variant="iptables-legacy", services=1, endpoints=10,
+                   workload="udp-new", rate_pps=1000, position="last", position_index=0,
+                   repetitions=reps)
+    s = summarise_point(p)
+    assert s["cpu_ns_per_packet"] == pytest.approx((900 * 3000 + 1000 * 5000) / 1900)
+    assert s["loss"] == pytest.approx(0.25)  # the latency pass's own
+    assert METRICS_BY_NAME["cpu_ns_per_packet"].samples(p) == pytest.approx([3000, 5000])
+
+
 def test_summarise_point_with_missing_measurements() -> None:
     reps = [make_repetition(sent=10, delivered=10), make_repetition(sent=10, delivered=5)]
     p = make_point(datapath="nftables", variant="nftables", services=10, endpoints=1,

@@ -4,8 +4,9 @@ egress -> backend pod ingress, read back through memory-mapped stamp arrays.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,9 +59,14 @@ class LatencyProbe(Probe):
     transient_maps = ()  # stamps and counts are zeroed at start(), config set there
 
     def __init__(self, client: TcHook, backends: Sequence[TcHook],
-                 capacity: int = LATENCY_CAPACITY, drop: bool = True) -> None:
-        """``drop``: backends drop identified packets at ingress (no responder noise)."""
+                 capacity: int = LATENCY_CAPACITY, drop: bool = True,
+                 sink: bool = False) -> None:
+        """``drop``: backends drop identified packets at ingress (no responder noise).
+        ``sink``: every window opens in sink mode (what the cpu passes run with; for
+        measurements of its cost)."""
         super().__init__()
+        self.sink = sink
+        self._sinking = False  # inside sinking()
         if not 1 <= capacity <= 1 << 24:
             raise ValueError(f"capacity {capacity} out of range (1-{1 << 24})")
         if not backends:
@@ -113,12 +119,31 @@ class LatencyProbe(Probe):
         super().detach()
 
     def start(self, seq_base: int = 0) -> None:
-        """Open a window for sequence numbers ``seq_base`` .. ``seq_base + capacity - 1``."""
+        """Open a window for sequence numbers ``seq_base`` .. ``seq_base + capacity - 1``
+        (stamping, unless the probe was made with ``sink``)."""
         self._require()
         config = self._bpf[b"config"]
         config[config.Key(0)] = config.Leaf(seq_base)
+        config[config.Key(1)] = config.Leaf(int(self.sink or self._sinking))
         self._seq_base = seq_base
         super().start()
+
+    @contextlib.contextmanager
+    def sinking(self) -> Iterator[None]:
+        """For the block, sink mode (probes/latency.c): nothing is stamped or counted,
+        the backends drop every IPv4 frame at ingress as they drop identified ones
+        otherwise; a CPU figure taken meanwhile carries only a lookup and a compare of
+        this probe's (and its hook's dispatch)."""
+        self._require()
+        config = self._bpf[b"config"]
+        config[config.Key(1)] = config.Leaf(1)
+        self._sinking = True
+        try:
+            yield
+        finally:
+            self._sinking = False
+            if self._bpf is not None:
+                config[config.Key(1)] = config.Leaf(int(self.sink))
 
     def _zero(self) -> None:
         assert self._depart is not None and self._arrive is not None
