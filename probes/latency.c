@@ -19,8 +19,9 @@
  *   NET_RX, so the cpu probe counts it; the time after the departure stamp
  *   (this program's own parse) is inside every latency sample (tens of ns).
  *   With drop=1 the backend's stack is skipped, so throughput rises.
- * Sink mode (config[1]): kpb_depart returns at once and kpb_arrive only drops IPv4
- *   frames - for the passes whose CPU figure must not carry this probe's work.
+ * Sink mode (config[1]): kpb_depart returns at once and kpb_arrive only counts and
+ *   drops IPv4 frames - for the passes whose CPU figure must not carry this probe's
+ *   work.
  * Limits: sequence numbers index arrays of KPB_CAPACITY slots from a base
  *   set in config[0]; others count as out_of_range. A sequence number seen
  *   twice keeps the last stamp and counts a duplicate. IPv4 only; non-first
@@ -39,7 +40,7 @@
 #endif
 #define KPB_MAGIC 0x4b504231 /* "KPB1" read as a big-endian u32 */
 
-enum { C_SENT, C_DELIVERED, C_OUT_OF_RANGE, C_DUPLICATE, C_COPIED, C_N };
+enum { C_SENT, C_DELIVERED, C_OUT_OF_RANGE, C_DUPLICATE, C_COPIED, C_SUNK, C_N };
 
 /* Mmappable so userspace reads a million stamps in one copy, not a million syscalls. */
 BPF_F_TABLE("array", u32, u64, depart_ns, KPB_CAPACITY, BPF_F_MMAPABLE);
@@ -181,13 +182,18 @@ int kpb_depart(struct __sk_buff *skb)
 }
 
 /* Sink mode (config[1] = 1, the cpu passes of bench.measure.runner): no parse, no
- * stamp - every IPv4 frame is dropped as it reaches the backend (ARP still passes),
- * so the backends' stacks do what they do when identified packets are dropped, and
- * this program adds to the NET_RX figure only a lookup and a compare. */
+ * stamp - every IPv4 frame is counted (C_SUNK: what the pass delivered) and dropped as
+ * it reaches the backend (ARP still passes), so the backends' stacks do what they do
+ * when identified packets are dropped, and this program adds to the NET_RX figure
+ * only two lookups, a compare and an increment. */
 int kpb_arrive(struct __sk_buff *skb)
 {
-    if (kpb_sinking())
-        return KPB_DROP && skb->protocol == htons(ETH_P_IP) ? TC_ACT_SHOT : TC_ACT_UNSPEC;
+    if (kpb_sinking()) {
+        if (skb->protocol != htons(ETH_P_IP))
+            return TC_ACT_UNSPEC;
+        kpb_count(C_SUNK);
+        return KPB_DROP ? TC_ACT_SHOT : TC_ACT_UNSPEC;
+    }
     if (kpb_stamp(skb, 1) < 0)
         return TC_ACT_UNSPEC;
     return KPB_DROP ? TC_ACT_SHOT : TC_ACT_UNSPEC;

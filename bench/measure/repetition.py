@@ -168,7 +168,7 @@ def read_repetition(stats: Any, probes: ProbeSet, latency: bool = True,
 
 def cpu_fields(cpu: CpuReading, delivered: int) -> dict[str, Any]:
     """A repetition's CPU figures from its cpu pass: ``delivered`` packets reached the
-    backends (their own counters) while ``cpu`` was read."""
+    backends (as the latency probe's sink counts them) while ``cpu`` was read."""
     return {"softirq_ns": cpu.net_rx_ns,
             "process_ns": cpu.process_ns,  # the datapath's processes (0: it runs none)
             "cpu_ns_per_packet": cpu.total_ns / delivered if delivered else None,

@@ -26,7 +26,6 @@ from typing import Any, TextIO
 import numpy as np
 
 from bench import results as R
-from bench.cluster.netlink import rx_packets
 from bench.cluster.testbed import SyncTiming, Testbed
 from bench.errors import FeatureMissing, KpbenchError
 from bench.measure.generator_ceiling import Ceilings
@@ -410,17 +409,16 @@ class Runner:
                   probes: ProbeSet) -> tuple[dict[str, Any] | None, str | None]:
         """The repetition's CPU figures: its traffic again, on flows of its own, with the
         cpu probe timing NET_RX and the latency probe sinking (probes/latency.c), so the
-        figure carries neither latency stamp; delivered by the backends' own counters.
+        figure carries neither latency stamp; delivered as the sink counts it.
         (None, None) when there is no cpu probe; (None, why) when the replay failed."""
         pcap = self.workdir / f"{packets}-cpu.pcap"
         seq = self.seqs.take(count)
         target.build_pcap(packets, count, pcap, seq_start=seq, src_span=self.seqs.src_span)
         budget = count / self.sc.rate_pps * 3 + 30
-        backends = probes.latency.backends
         with probes.cpu_window() as cpu:
             if cpu is None:
                 return None, None
-            before = sum(rx_packets(h.netns, h.ifname) for h in backends)
+            before = probes.latency.sunk()  # the sink counts what reaches the backends
             cpu.start()
             try:
                 stats = target.replay(pcap, self.sc.rate_pps, timeout=budget)
@@ -428,7 +426,7 @@ class Runner:
                 return None, str(e)
             time.sleep(DRAIN_SECONDS)
             reading = cpu.read()
-            delivered = sum(rx_packets(h.netns, h.ifname) for h in backends) - before
+            delivered = probes.latency.sunk() - before
         error = replay_failure(stats, count, budget)
         if error:
             return None, error

@@ -55,8 +55,8 @@ register an upgrade from the previous version with :func:`upgrade_from`):
   CPU passes (optional field, still version 2; 2026-12): a packet repetition's CPU
   figures (``softirq_ns``, ``process_ns``, ``cpu_ns_per_packet``) come from a pass of
   its own - the same traffic on flows of its own, the cpu probe alone timing and the
-  latency probe in sink mode - over ``cpu_delivered`` packets (the backends' own
-  counters); its latency, ``sent`` and ``delivered`` from the pass without the cpu
+  latency probe in sink mode - over ``cpu_delivered`` packets (counted by the sink at
+  the backends' ingress); its latency, ``sent`` and ``delivered`` from the pass without the cpu
   probe. Earlier results timed both in one pass, both probes attached (their CPU
   figures carry the latency probe's arrival program, their latencies the cpu probe's
   entry program); a reader takes ``delivered`` where ``cpu_delivered`` is absent.

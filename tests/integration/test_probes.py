@@ -119,8 +119,9 @@ def test_the_cpu_window_times_without_the_latency_stamps(cluster: Cluster,
                                                          tmp_path: Path) -> None:
     """A measured repetition's cpu pass (bench.measure.repetition.ProbeSet.cpu_window): the
     cpu probe is attached only inside it, and the latency probe there only sinks - it
-    stamps and counts nothing, and the backends still drop the packets at ingress (their
-    UDP stacks see none of them), as they do identified packets outside."""
+    stamps nothing, counts what reaches the backends, and the backends still drop the
+    packets at ingress (their UDP stacks see none of them), as they do identified
+    packets outside."""
     from bench.measure.repetition import ProbeSet
 
     pod = pod_on(cluster, 0)
@@ -134,8 +135,10 @@ def test_the_cpu_window_times_without_the_latency_stamps(cluster: Cluster,
         with probes.cpu_window() as cpu:
             assert cpu is probes.cpu and cpu.attached
             cpu.start()
+            sunk_before = probes.latency.sunk()
             send(cluster, pod, tmp_path, seq_start=723)  # inside the latency window's range
             sunk, timed = probes.latency.read(), cpu.read()
+            sunk_count = probes.latency.sunk() - sunk_before
         assert not probes.cpu.attached
         probes.start(seq_base=900)  # stamping again after the window
         send(cluster, pod, tmp_path, seq_start=900)
@@ -143,6 +146,7 @@ def test_the_cpu_window_times_without_the_latency_stamps(cluster: Cluster,
     assert (stamped.sent_seen, stamped.delivered_seen) == (23, 23)
     # Nothing stamped or counted in the window: the counts are the first 23's.
     assert (sunk.sent_seen, sunk.delivered_seen, sunk.departed) == (23, 23, 23)
+    assert sunk_count == 23  # what the pass delivered, counted by the sink
     assert timed.runs >= 23 and timed.net_rx_ns > 0
     assert (after.sent_seen, after.delivered_seen) == (23, 23)
     # Dropped at the pod's ingress in both modes: its UDP stack saw none of the 69.

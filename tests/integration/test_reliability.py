@@ -89,10 +89,10 @@ def tiny(tmp_path: Path) -> Path:
 # probe and the overhead measurement as in the default suite, in about a third of its
 # time (the whole suite is the main job, not a test: README "Times of the main job").
 SCALED_DOWN = {
-    "services = [1, 1000, 5000]": "services = [1, 1000]",
-    "packets = 10000 ": "packets = 4000 ",
+    "services = [1, 1000, 5000]": "services = [1, 300]",
+    "packets = 10000 ": "packets = 3000 ",
     "repetitions = 3 ": "repetitions = 2 ",
-    "control_packets = 5000": "control_packets = 2000",
+    "control_packets = 5000": "control_packets = 1500",
     "duration_s = 0.5": "duration_s = 0.25",
 }
 

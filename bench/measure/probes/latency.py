@@ -168,6 +168,12 @@ class LatencyProbe(Probe):
             seconds=self._window(), arrival_ns=arrive[both],
             copied=percpu_sum(counts, 4))
 
+    def sunk(self) -> int:
+        """IPv4 frames the backends took in sink mode (:meth:`sinking`) since the probe
+        attached: read before and after a pass, the difference is what it delivered."""
+        self._require()
+        return percpu_sum(self._bpf[b"counts"], 5)
+
     def stamps(self, count: int) -> tuple[np.ndarray, np.ndarray]:
         """Copies of the first ``count`` slots' (departure ns, arrival ns) since :meth:`start`
         (0: not seen), slot i = sequence number ``seq_base + i``: the disruption timeline
