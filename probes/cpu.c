@@ -72,7 +72,9 @@ RAW_TRACEPOINT_PROBE(softirq_entry)
 #if KPB_PAD > 0
     /* Known work inside the window (tests of the own-share bound only). */
     u64 pad = 0;
-#pragma unroll
+    /* A bounded loop, not unrolled: hundreds of unrolled helper calls spill past the
+     * 512-byte BPF stack. */
+#pragma clang loop unroll(disable)
     for (int i = 0; i < KPB_PAD; i++)
         pad += bpf_ktime_get_ns();
     if (t && pad == 1)

@@ -114,6 +114,9 @@ class Runner:
         self.workdir = self.loop.workdir
         self.overhead: dict[str, Any] | None = None  # the probes' cost, once per run
         self.overhead_done = False
+        # The cpu probe's own ns in each NET_RX softirq it times, taken out of every cpu
+        # pass (bench.measure.repetition.cpu_fields); measured with the overhead.
+        self.cpu_share: float | None = None
         self.warned: set[str] = set()  # missing-probe reasons already said in this run
         self.seqs = SeqSpace()
         self.ceilings = Ceilings()  # socket generators' own ceilings, once per run
@@ -327,6 +330,7 @@ class Runner:
             return out
         out["in_window"] = window
         out.update(in_window_figures(window))
+        self.cpu_share = window["cpu_probe_share"]["ns_per_softirq"]
         return out
 
     def _settle_workload(self) -> str:
@@ -430,7 +434,7 @@ class Runner:
         error = replay_failure(stats, count, budget)
         if error:
             return None, error
-        return cpu_fields(reading, min(delivered, stats.sent)), None
+        return cpu_fields(reading, min(delivered, stats.sent), self.cpu_share), None
 
     def _measure(self, target: Target, control: Target, variant: str, n: int, workload: str,
                  probes: ProbeSet, timing: SyncTiming, settle: tuple[float, bool],

@@ -60,6 +60,12 @@ register an upgrade from the previous version with :func:`upgrade_from`):
   probe. Earlier results timed both in one pass, both probes attached (their CPU
   figures carry the latency probe's arrival program, their latencies the cpu probe's
   entry program); a reader takes ``delivered`` where ``cpu_delivered`` is absent.
+  Compensated CPU passes (optional fields, still version 2; 2026-12): ``softirq_ns`` is
+  the NET_RX time less the cpu probe's own share of it, ``softirq_probe_ns`` (the share
+  per NET_RX softirq the run measured, bench.measure.overhead.cpu_probe_share, times
+  ``net_rx_softirqs``, the softirqs the pass timed). Without ``softirq_probe_ns`` the
+  share was not taken out (earlier results, or a run that did not measure its probes'
+  overhead): that figure keeps it, about 100-150 ns a softirq on the reference machine.
 """
 
 from __future__ import annotations
@@ -137,7 +143,11 @@ class RepetitionDoc(TypedDict):
     delivered: int
     latency_hist: dict[str, Any] | None
     cpu_ns_per_packet: float | None  # (softirq_ns + process_ns) / cpu_delivered
-    softirq_ns: int | None  # NET_RX softirq time, machine-wide
+    softirq_ns: int | None  # NET_RX softirq time, machine-wide, less softirq_probe_ns
+    # The cpu probe's own share taken out of softirq_ns (its share per softirq times
+    # net_rx_softirqs); absent: not taken out.
+    softirq_probe_ns: NotRequired[int]
+    net_rx_softirqs: NotRequired[int]  # NET_RX softirqs the cpu pass timed
     # Packets the backends received in the repetition's cpu pass (its traffic again, the
     # cpu probe alone timing, the latency probe sinking): the CPU figures' denominator.
     # Absent in results written before the passes were split: ``delivered`` then.

@@ -53,8 +53,8 @@ def test_program_figures_add_the_cpu_probes_own_programs_to_each_set() -> None:
     assert figures["programs_main_in_figure_ns_per_packet"] == pytest.approx(75)
     assert figures["programs_breakdown_in_figure_ns_per_packet"] == pytest.approx(295)
     # With the cpu probe's own share of its window measured (bench.measure.overhead.
-    # cpu_probe_share: its bracketed time less the bracket's edges), that instead: its
-    # programs' hook dispatch is in it, the part of its programs outside its window is not.
+    # cpu_probe_share) and taken out of every cpu pass, what that leaves of it instead
+    # (the share's uncertainty; runs before the compensation stored the share there).
     window |= {"reporter_in_figure_ns_per_packet": 120.0}
     figures = in_window_figures(window)
     assert figures["programs_main_in_figure_ns_per_packet"] == pytest.approx(150)

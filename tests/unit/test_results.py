@@ -224,6 +224,27 @@ def test_cpu_figures_are_per_packet_of_the_cpu_pass() -> None:
     assert METRICS_BY_NAME["cpu_ns_per_packet"].samples(p) == pytest.approx([3000, 5000])
 
 
+def test_the_cpu_probe_s_own_share_is_taken_out_per_softirq_and_kept_apart() -> None:
+    """A cpu pass's NET_RX time less the probe's own share (per softirq, times the softirqs
+    the pass timed), kept apart; the process time untouched; no share measured: none
+    taken out, and the record says so by leaving softirq_probe_ns out."""
+    from bench.measure.probes.cpu import CpuReading
+    from bench.measure.repetition import cpu_fields
+
+    reading = CpuReading(net_rx_ns=5_000_000, runs=1200, per_cpu_ns=(5_000_000, 0),
+                         seconds=0.5, process_ns=300_000)
+    f = cpu_fields(reading, 1000, 110.0)
+    assert f["softirq_probe_ns"] == 132_000 and f["net_rx_softirqs"] == 1200
+    assert f["softirq_ns"] == 5_000_000 - 132_000 and f["process_ns"] == 300_000
+    assert f["cpu_ns_per_packet"] == pytest.approx((5_000_000 - 132_000 + 300_000) / 1000)
+    raw = cpu_fields(reading, 1000, None)
+    assert "softirq_probe_ns" not in raw and raw["softirq_ns"] == 5_000_000
+    assert raw["cpu_ns_per_packet"] == pytest.approx(5_300)
+    assert cpu_fields(reading, 0, 110.0)["cpu_ns_per_packet"] is None
+    # A share larger than the time itself never leaves a negative figure.
+    assert cpu_fields(reading, 1000, 1e9)["softirq_ns"] == 0
+
+
 def test_summarise_point_with_missing_measurements() -> None:
     reps = [make_repetition(sent=10, delivered=10), make_repetition(sent=10, delivered=5)]
     p = make_point(datapath="nftables", variant="nftables", services=10, endpoints=1,
