@@ -166,25 +166,32 @@ def read_repetition(stats: Any, probes: ProbeSet, latency: bool = True,
         **kw)
 
 
+def net_rx_less_probe(cpu: CpuReading, share_ns_per_softirq: float | None) -> dict[str, int]:
+    """The NET_RX time of ``cpu`` less the cpu probe's own share of it.
+
+    ``share_ns_per_softirq``: the probe's own time inside each window it times
+    (bench.measure.overhead.cpu_probe_share, measured once per run). It is in every
+    NET_RX softirq the probe timed, so that many times it is taken out of
+    ``softirq_ns`` and kept apart as ``softirq_probe_ns``; None (not measured): the
+    figure keeps it and ``softirq_probe_ns`` is absent. ``net_rx_softirqs``: the
+    softirqs timed.
+    """
+    out = {"softirq_ns": cpu.net_rx_ns, "net_rx_softirqs": cpu.runs}
+    if share_ns_per_softirq is not None:
+        probe = min(round(share_ns_per_softirq * cpu.runs), cpu.net_rx_ns)
+        out["softirq_probe_ns"] = probe
+        out["softirq_ns"] -= probe
+    return out
+
+
 def cpu_fields(cpu: CpuReading, delivered: int,
                share_ns_per_softirq: float | None) -> dict[str, Any]:
     """A repetition's CPU figures from its cpu pass: ``delivered`` packets reached the
-    backends (as the latency probe's sink counts them) while ``cpu`` was read.
-
-    ``share_ns_per_softirq``: the cpu probe's own time inside each window it times
-    (bench.measure.overhead.cpu_probe_share, measured once per run). It is in every
-    NET_RX softirq the pass timed, so that many times it is taken out of
-    ``softirq_ns`` and kept apart as ``softirq_probe_ns``; None (not measured): the
-    figure keeps it and ``softirq_probe_ns`` is absent.
-    """
-    softirq = cpu.net_rx_ns
-    fields: dict[str, Any] = {"net_rx_softirqs": cpu.runs}
-    if share_ns_per_softirq is not None:
-        probe = min(round(share_ns_per_softirq * cpu.runs), softirq)
-        fields["softirq_probe_ns"] = probe
-        softirq -= probe
-    total = softirq + cpu.process_ns
-    return {**fields, "softirq_ns": softirq,
+    backends (as the latency probe's sink counts them) while ``cpu`` was read; its
+    NET_RX time less the cpu probe's own share (:func:`net_rx_less_probe`)."""
+    fields: dict[str, Any] = net_rx_less_probe(cpu, share_ns_per_softirq)
+    total = fields["softirq_ns"] + cpu.process_ns
+    return {**fields,
             "process_ns": cpu.process_ns,  # the datapath's processes (0: it runs none)
             "cpu_ns_per_packet": total / delivered if delivered else None,
             "cpu_delivered": delivered}

@@ -29,7 +29,11 @@ from bench import results as R
 from bench.cluster.testbed import SyncTiming, Testbed
 from bench.errors import FeatureMissing, KpbenchError
 from bench.measure.generator_ceiling import Ceilings
-from bench.measure.overhead import in_window_figures, measure_in_window
+from bench.measure.overhead import (
+    in_window_figures,
+    measure_cpu_probe_share,
+    measure_in_window,
+)
 from bench.measure.overhead import measure as measure_overhead
 from bench.measure.probes.cpu import CpuProbe
 from bench.measure.probes.drops import DropsProbe
@@ -114,8 +118,10 @@ class Runner:
         self.workdir = self.loop.workdir
         self.overhead: dict[str, Any] | None = None  # the probes' cost, once per run
         self.overhead_done = False
-        # The cpu probe's own ns in each NET_RX softirq it times, taken out of every cpu
-        # pass (bench.measure.repetition.cpu_fields); measured with the overhead.
+        # The cpu probe's own share of the windows it times (cpu_probe_share), once per
+        # run before its first figure; its ns per NET_RX softirq is taken out of every
+        # figure the probe reports (bench.measure.repetition.net_rx_less_probe).
+        self.cpu_share_doc: dict[str, Any] | None = None
         self.cpu_share: float | None = None
         self.warned: set[str] = set()  # missing-probe reasons already said in this run
         self.seqs = SeqSpace()
@@ -221,6 +227,7 @@ class Runner:
         control = self._control_target(bed, target)
         if self.sc.overhead and not self.overhead_done:
             # Once per run, at its first point, before any probe is attached.
+            self.measure_cpu_share(bed)
             t0 = time.monotonic()
             self.overhead = self._overhead(bed, target, external)
             self.progress.one_off += time.monotonic() - t0
@@ -320,18 +327,44 @@ class Runner:
         if "cpu" not in self.sc.probes:
             out["in_window"] = {"error": "the scenario's probes leave out cpu"}
             return out
+        if self.cpu_share is None:  # it failed (said in cpu_share_doc)
+            out["in_window"] = dict(self.cpu_share_doc or {})
+            return out
         try:
             window = measure_in_window(
                 bed.cluster, target, self.workdir, self.sc.rate_pps,
                 {"latency": latency, "sink": sink, "breakdown": breakdown},
-                rounds=OVERHEAD_ROUNDS, say=self.progress.say)
+                rounds=OVERHEAD_ROUNDS, say=self.progress.say, share=self.cpu_share_doc)
         except FeatureMissing as e:  # no cpu probe to report a figure: nothing to relate
-            out["in_window"] = {"error": str(e)}
+            out["in_window"] = {"error": str(e), "cpu_probe_share": self.cpu_share_doc}
             return out
         out["in_window"] = window
         out.update(in_window_figures(window))
-        self.cpu_share = window["cpu_probe_share"]["ns_per_softirq"]
         return out
+
+    def measure_cpu_share(self, bed: Testbed) -> None:
+        """The cpu probe's own share of the windows it times (bench.measure.overhead.
+        cpu_probe_share), once per run, before the probe's first figure, when the run
+        measures its probes' overhead: bursts at the scenario's rate from the client pod
+        to the backend pods' own addresses (the share is per NET_RX softirq, whatever
+        the path). Not measured (overhead off, no cpu probe, or it failed: said in the
+        result): the figures keep it."""
+        if self.cpu_share_doc is not None or not self.sc.overhead \
+                or "cpu" not in self.sc.probes:
+            return
+        self.progress.say("the cpu probe's own share of its figure")
+        t0 = time.monotonic()
+        try:
+            pods = [p for p in bed.layout.pods if p.udp_ports]
+            if not pods:
+                raise KpbenchError("no backend pod serves UDP to send its bursts to")
+            target = Target.from_client_pod(bed.cluster, pods[0].ip, pods[0].udp_ports[0])
+            self.cpu_share_doc = measure_cpu_probe_share(
+                bed.cluster, target, self.workdir, self.sc.rate_pps, rounds=OVERHEAD_ROUNDS)
+            self.cpu_share = self.cpu_share_doc["ns_per_softirq"]
+        except (FeatureMissing, KpbenchError, RuntimeError) as e:
+            self.cpu_share_doc = {"error": f"the cpu probe's own share: {e}"}
+        self.progress.one_off += time.monotonic() - t0
 
     def _settle_workload(self) -> str:
         """New flows of the scenario's own protocol: TCP SYNs walk the TCP rules."""

@@ -35,6 +35,7 @@ from bench.errors import FeatureMissing, KpbenchError
 from bench.measure import sockets as S
 from bench.measure.probes.cpu import CpuProbe
 from bench.measure.probes.oneway import OneWayProbe
+from bench.measure.repetition import net_rx_less_probe
 from bench.model import layout as L
 from bench.model.objects import Service
 from bench.results.writer import add_one_way, make_socket_repetition
@@ -79,6 +80,7 @@ class SocketPoints:
                 state: dict[str, int]) -> list[R.PointDoc]:
         """The points of ``items`` ((workload, flows) pairs), in order."""
         points = []
+        self.runner.measure_cpu_share(bed)  # once per run, before the probe's first figure
         cpu = CpuProbe(bed.datapath.process_cgroup) if "cpu" in self.sc.probes else None
         missing: dict[str, str] = {}
         if cpu is not None:
@@ -178,11 +180,17 @@ class SocketPoints:
                     failed.append({"phase": "control", "index": r, "error": error})
                 else:
                     direct.append(rep)
+        share = self.runner.cpu_share_doc
         point = self.runner.loop.point(
             variant, n, workload, repetitions=reps, control=direct or None,
             status="ok" if reps else "failed",
             error=None if reps else f"every repetition failed: {failed[0]['error']}",
-            missing=missing, failed_repetitions=failed, **common)
+            missing=missing, failed_repetitions=failed,
+            # Where no packet point stores the probes' overhead, the socket points keep
+            # the cpu probe's own share taken out of their softirq figures.
+            probe_overhead=({"in_window": {"cpu_probe_share": share}}
+                            if share is not None and not sc.packet_workloads else None),
+            **common)
         if reps and "oneway" in sc.probes:
             say(f"{label}: breakdown (one-way probe)")
             self._breakdown(bed, work, paths, group, kind, point, serving)
@@ -250,6 +258,8 @@ class SocketPoints:
         except KpbenchError as e:
             return None, str(e)
         reading = readings[0] if readings else None
+        softirq = (net_rx_less_probe(reading, self.runner.cpu_share)
+                   if reading is not None else {})
         s = res.summary()
         rep = make_socket_repetition(
             seconds=res.seconds, transactions=res.transactions, failed=res.failed,
@@ -261,7 +271,9 @@ class SocketPoints:
             # listener's cost in the figures: not measured at timed repetitions.
             conntrack_entries_created=None,
             generator_cpu_ns=res.generator_cpu_ns, responder_cpu_ns=res.responder_cpu_ns,
-            softirq_ns=reading.net_rx_ns if reading is not None else None,
+            softirq_ns=softirq.get("softirq_ns"),
+            softirq_probe_ns=softirq.get("softirq_probe_ns"),
+            net_rx_softirqs=softirq.get("net_rx_softirqs"),
             datapath_ns=(reading.process_ns if reading is not None
                          and cpu is not None and cpu.group is not None else None),
             shared_cpu=res.shared_cpu)

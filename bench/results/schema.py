@@ -197,7 +197,11 @@ class SocketRepetitionDoc(TypedDict):
     conntrack_entries_created: int | None  # on the nodes
     generator_cpu_ns: int | None
     responder_cpu_ns: int | None
-    softirq_ns: int | None  # NET_RX softirq, machine-wide
+    softirq_ns: int | None  # NET_RX softirq, machine-wide, less softirq_probe_ns
+    # The cpu probe's own share taken out of softirq_ns (as a packet repetition's); absent:
+    # not taken out. net_rx_softirqs: the NET_RX softirqs timed.
+    softirq_probe_ns: NotRequired[int]
+    net_rx_softirqs: NotRequired[int]
     # The datapath's own processes (a userspace proxy), NET_RX in their context taken out.
     datapath_ns: NotRequired[int | None]
     # The one CPU the generator and the responders shared (one flow); absent: unpinned.

@@ -93,7 +93,9 @@ def make_socket_repetition(*, seconds: float, transactions: int, failed: int,
                            responder_cpu_ns: int | None = None,
                            softirq_ns: int | None = None,
                            datapath_ns: int | None = None,
-                           shared_cpu: int | None = None) -> RepetitionDoc:
+                           shared_cpu: int | None = None,
+                           softirq_probe_ns: int | None = None,
+                           net_rx_softirqs: int | None = None) -> RepetitionDoc:
     """One repetition of a socket workload: the packet keys neutral (no packet figure is
     read from it), the socket figures under ``socket`` and the RTTs in ``rtt_hist``."""
     if seconds < 0 or transactions < 0 or failed < 0:
@@ -111,6 +113,10 @@ def make_socket_repetition(*, seconds: float, transactions: int, failed: int,
         rep["socket"]["datapath_ns"] = int(datapath_ns)
     if shared_cpu is not None:
         rep["socket"]["shared_cpu"] = int(shared_cpu)
+    if softirq_probe_ns is not None:  # taken out of softirq_ns (the cpu probe's own)
+        rep["socket"]["softirq_probe_ns"] = int(softirq_probe_ns)
+    if net_rx_softirqs is not None:
+        rep["socket"]["net_rx_softirqs"] = int(net_rx_softirqs)
     return rep
 
 

@@ -84,6 +84,13 @@ def test_smoke_run_writes_result_csv_and_plots(tmp_path: Path) -> None:
         assert share == pytest.approx(100 * added / points[0]["summary"]["cpu_ns_per_packet"])
         assert 20 < added < 5_000, window["programs"]
     assert overhead["programs_main_ns_per_packet"] < overhead["programs_breakdown_ns_per_packet"]
+    # The cpu probe's own share of its windows, measured once, is taken out of every
+    # repetition's cpu pass (and of every control's), per NET_RX softirq it timed.
+    own = window["cpu_probe_share"]["ns_per_softirq"]
+    assert 20 < own < 2_000, window["cpu_probe_share"]
+    for pt in points:
+        for r in [*pt["repetitions"], *(pt.get("control") or [])]:
+            assert r["softirq_probe_ns"] == round(own * r["net_rx_softirqs"]) > 0, r
     assert where["csv"].suffix == ".csv" and where["csv"].stat().st_size > 0
     assert where["report"].suffix == ".html" and where["report"].stat().st_size > 0
     pngs = list(where["plots"].glob("*.png"))

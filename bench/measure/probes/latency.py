@@ -62,11 +62,10 @@ class LatencyProbe(Probe):
                  capacity: int = LATENCY_CAPACITY, drop: bool = True,
                  sink: bool = False) -> None:
         """``drop``: backends drop identified packets at ingress (no responder noise).
-        ``sink``: every window opens in sink mode (what the cpu passes run with; for
-        measurements of its cost)."""
+        ``sink``: windows open in sink mode (what the cpu passes run with, inside
+        :meth:`sinking`; made so, for measurements of its cost)."""
         super().__init__()
         self.sink = sink
-        self._sinking = False  # inside sinking()
         if not 1 <= capacity <= 1 << 24:
             raise ValueError(f"capacity {capacity} out of range (1-{1 << 24})")
         if not backends:
@@ -124,7 +123,7 @@ class LatencyProbe(Probe):
         self._require()
         config = self._bpf[b"config"]
         config[config.Key(0)] = config.Leaf(seq_base)
-        config[config.Key(1)] = config.Leaf(int(self.sink or self._sinking))
+        config[config.Key(1)] = config.Leaf(int(self.sink))
         self._seq_base = seq_base
         super().start()
 
@@ -135,15 +134,18 @@ class LatencyProbe(Probe):
         otherwise; a CPU figure taken meanwhile carries only a lookup and a compare of
         this probe's (and its hook's dispatch)."""
         self._require()
-        config = self._bpf[b"config"]
-        config[config.Key(1)] = config.Leaf(1)
-        self._sinking = True
+        was = self.sink
+        self._sink_mode(True)
         try:
             yield
         finally:
-            self._sinking = False
-            if self._bpf is not None:
-                config[config.Key(1)] = config.Leaf(int(self.sink))
+            self._sink_mode(was)
+
+    def _sink_mode(self, on: bool) -> None:
+        self.sink = on
+        if self._bpf is not None:
+            config = self._bpf[b"config"]
+            config[config.Key(1)] = config.Leaf(int(on))
 
     def _zero(self) -> None:
         assert self._depart is not None and self._arrive is not None
