@@ -182,6 +182,12 @@ def cpu_probe_share(cluster: Cluster, target: Target, pcap: Path, rate_pps: int,
     ``bound_ns_per_packet`` and ``ns_per_packet``, medians over the bursts. Also the
     bracketed probe's NET_RX per packet (inflated by the bracket). ``pad``: known work
     inside the window (tests).
+
+    What the runner takes out of every figure the probe reports is the quietest burst's
+    share (``taken_ns_per_softirq``; ``taken_ns_per_packet``): other work on the machine
+    only ever slows a burst, the share with it, so no figure is made to read lower than
+    the probe's share at its quietest; ``left_ns_per_packet`` (the median less that) is
+    what the compensation typically leaves in a figure.
     """
     rows: list[tuple[float, float, float, float, float]] = []
     with CpuProbe(own_share=True, pad=pad) as probe:
@@ -207,17 +213,14 @@ def cpu_probe_share(cluster: Cluster, target: Target, pcap: Path, rate_pps: int,
                              "ns_per_packet", "bracketed_net_rx_ns_per_packet")):
         out[key] = statistics.median(cols[i])
         out[f"{key}_samples"] = [round(x, 1) for x in cols[i]]
-    # How far a burst's share typically strays from the median (the median absolute
-    # deviation): what taking the median out of a figure (bench.measure.repetition.
-    # cpu_fields) typically leaves in it, or takes beyond it. Not the furthest: a burst
-    # the machine slowed reads everything higher, its share too.
     for i, key in ((1, "ns_per_softirq"), (3, "ns_per_packet")):
-        out[f"{key}_uncertainty"] = statistics.median(abs(x - out[key]) for x in cols[i])
+        out[f"taken_{key}"] = min(cols[i])
+    out["left_ns_per_packet"] = out["ns_per_packet"] - out["taken_ns_per_packet"]
     return out
 
 
 def measure_cpu_probe_share(cluster: Cluster, target: Target, workdir: Path, rate_pps: int,
-                            rounds: int = 5,
+                            rounds: int = 9,
                             seconds: float = IN_WINDOW_SECONDS) -> dict[str, Any]:
     """:func:`cpu_probe_share` on bursts of the in-window workload at ``rate_pps`` (the
     measured repetitions' own rate), ``seconds`` each."""
@@ -288,10 +291,10 @@ def measure_in_window(cluster: Cluster, target: Target, workdir: Path, rate_pps:
         say("the cpu probe's own share of its figure")
         share = cpu_probe_share(cluster, target, pcap, rate_pps, packets, bursts=rounds)
     out = {"cpu_probe_share": dict(share),
-           # Taken out of every cpu pass (bench.measure.repetition.cpu_fields): what is
-           # left of it in the figure is typically how far a burst's share strays.
-           "reporter_in_figure_ns_per_packet": share["ns_per_packet_uncertainty"],
-           "reporter_share_ns_per_packet": share["ns_per_packet"],
+           # Taken out of every figure the probe reports (bench.measure.repetition.
+           # net_rx_less_probe): what that typically leaves in it.
+           "reporter_in_figure_ns_per_packet": share["left_ns_per_packet"],
+           "reporter_share_ns_per_packet": share["taken_ns_per_packet"],
            "reporter_in_figure_bound_ns_per_packet": share["bound_ns_per_packet"],
            "workload": WORKLOAD, "rate_pps": rate_pps, "packets": packets,
            "rounds": rounds, "missing": missing, **estimate(samples),
@@ -328,8 +331,9 @@ def in_window_figures(window: Mapping[str, Any]) -> dict[str, float]:
     if own is None:
         return out
     # The cpu probe's own part inside its window: what compensation leaves of it
-    # (reporter_in_figure_ns_per_packet: the share's uncertainty; runs before the
-    # compensation stored the share itself there), else its programs' whole time.
+    # (reporter_in_figure_ns_per_packet: the median share less the quietest burst's, which
+    # is taken out; runs before the compensation stored the share itself there), else its
+    # programs' whole time.
     own_inside = window.get("reporter_in_figure_ns_per_packet", own)
     for name, key in (("main", "latency"), ("breakdown", "breakdown")):
         added = window.get(f"{key}_programs_ns_per_packet")

@@ -86,7 +86,7 @@ def test_smoke_run_writes_result_csv_and_plots(tmp_path: Path) -> None:
     assert overhead["programs_main_ns_per_packet"] < overhead["programs_breakdown_ns_per_packet"]
     # The cpu probe's own share of its windows, measured once, is taken out of every
     # repetition's cpu pass (and of every control's), per NET_RX softirq it timed.
-    own = window["cpu_probe_share"]["ns_per_softirq"]
+    own = window["cpu_probe_share"]["taken_ns_per_softirq"]
     assert 20 < own < 2_000, window["cpu_probe_share"]
     for pt in points:
         for r in [*pt["repetitions"], *(pt.get("control") or [])]:

@@ -54,7 +54,8 @@ def test_program_figures_add_the_cpu_probes_own_programs_to_each_set() -> None:
     assert figures["programs_breakdown_in_figure_ns_per_packet"] == pytest.approx(295)
     # With the cpu probe's own share of its window measured (bench.measure.overhead.
     # cpu_probe_share) and taken out of every cpu pass, what that leaves of it instead
-    # (the share's uncertainty; runs before the compensation stored the share there).
+    # (the median share less the quietest burst's, which is taken out; runs before the
+    # compensation stored the share itself there).
     window |= {"reporter_in_figure_ns_per_packet": 120.0}
     figures = in_window_figures(window)
     assert figures["programs_main_in_figure_ns_per_packet"] == pytest.approx(150)
