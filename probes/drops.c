@@ -21,10 +21,14 @@
  *   that same hook) nor the pod stack's. So drops of the run <= sent -
  *   arrived at a backend. With the datapath's process cgroup also
  *   kpb_delivered_cg at its cgroup_skb ingress (skbs its processes receive).
+ *   The run's skbs live in a direct-mapped table (`tags`): a slot per
+ *   hash of the address, holding the whole address; two in flight at once
+ *   that share a slot keep only the later one's tag (a drop of the earlier is
+ *   then not the run's: an undercount, never a drop of another skb).
  * Overhead: one per-CPU hash increment per dropped skb machine-wide (two for
- *   IPv4); tagged: one hash update per sent packet, one lock-free hash lookup
- *   per freed or consumed skb machine-wide and a delete for the run's own, one
- *   lookup and delete per delivered packet. Measured (docs/probes.md, 2026-11-29, 2-vCPU Firecracker VM,
+ *   IPv4); tagged: one slot store per sent packet, one slot load and compare
+ *   per freed, consumed or delivered skb and a store for the run's own.
+ *   Measured before the table (docs/probes.md, 2026-11-29, 2-vCPU Firecracker VM,
  *   kernel 6.18) on a workload where every packet is
  *   dropped: top-speed throughput -5 to -10 % (about +0.2-0.5 us per packet),
  *   tagged -18 to -21 % (about +1.0-1.2 us per packet).
@@ -44,17 +48,70 @@
 #endif
 #define KPB_ETH_P_IP 0x0800
 
-/* (kind << 32 | reason) -> count, per CPU (the loader sums the CPUs): a plain
- * add, no atomic on a line that both CPUs write for every dropped packet. */
+/* Counts per CPU (the loader sums the CPUs): a plain add, no atomic on a line
+ * that both CPUs write for every dropped packet. The core reasons (below
+ * KPB_CORE_REASONS: enum skb_drop_reason has about 130) in an array at
+ * kind * KPB_CORE_REASONS + reason, one inlined load a drop; a subsystem's
+ * (its id in the high 16 bits) in a hash keyed kind << 32 | reason. */
 enum { K_ALL, K_IP, K_RUN }; /* every protocol, IPv4, the run's tagged skbs */
+#define KPB_CORE_REASONS 512
+BPF_PERCPU_ARRAY(core_drops, u64, 3 * KPB_CORE_REASONS);
 BPF_PERCPU_HASH(drops, u64, u64, 3 * 4096);
-/* Per-CPU LRU lists: no lock shared across CPUs on the per-packet path. */
-BPF_F_TABLE("lru_hash", u64, u8, tagged, 262144, BPF_F_NO_COMMON_LRU);
+#if KPB_TAGGED
+struct kpb_slot {
+    u64 skb; /* a run's skb not yet delivered nor ended; 0: none */
+};
+/* The run's skbs in a direct-mapped table: a slot per (Fibonacci) hash of the
+ * address, holding the whole address, so a look-up is one array load and one
+ * compare (drops.c and transit.c hold the same few lines: BCC rewrites map
+ * calls in a probe's own file only, not in a header it includes). */
+#ifndef KPB_TAG_BITS
+#define KPB_TAG_BITS 18
+#endif
+
+BPF_ARRAY(tags, struct kpb_slot, 1 << KPB_TAG_BITS);
+
+static __always_inline struct kpb_slot *kpb_slot(u64 skb)
+{
+    u32 i = (u32)((skb * 0x9E3779B97F4A7C15ULL) >> (64 - KPB_TAG_BITS));
+    return tags.lookup(&i);
+}
+
+/* The skb's life ended: forget it, if its slot holds it. */
+static __always_inline void kpb_forget(u64 skb)
+{
+    struct kpb_slot *s = kpb_slot(skb);
+    if (s && s->skb == skb)
+        s->skb = 0;
+}
+
+/* The kernel's address of a tc or cgroup_skb program's skb (its context pointer)
+ * as a number: the verifier allows no arithmetic on a context pointer, but root
+ * may store one in a map value, and what a program reads from a map is a number. */
+BPF_PERCPU_ARRAY(addr_of, u64, 1);
+
+static __always_inline u64 kpb_skb_addr(struct __sk_buff *skb)
+{
+    u32 zero = 0;
+    u64 *slot = addr_of.lookup(&zero);
+    if (!slot)
+        return 0;
+    *slot = (u64)(unsigned long)skb;
+    return *(volatile u64 *)slot;
+}
+#endif
 
 /* count[kind, reason]++ on this CPU's slot. insert() is BPF_NOEXIST: if another
  * CPU's first drop of this reason made the entry meanwhile, look again. */
 static __always_inline void kpb_add(u64 kind, u32 reason)
 {
+    if (reason < KPB_CORE_REASONS) {
+        u32 i = (u32)kind * KPB_CORE_REASONS + reason;
+        u64 *n = core_drops.lookup(&i);
+        if (n)
+            (*n)++;
+        return;
+    }
     u64 key = kind << 32 | reason;
     u64 *c = drops.lookup(&key);
     if (!c) {
@@ -67,14 +124,6 @@ static __always_inline void kpb_add(u64 kind, u32 reason)
         (*c)++;
 }
 
-/* A hash delete takes its bucket's lock even when the key is absent, and these
- * run for every freed or consumed skb on the machine: look first (lock-free). */
-static __always_inline void kpb_forget(u64 skb)
-{
-    if (tagged.lookup(&skb))
-        tagged.delete(&skb);
-}
-
 int kpb_kfree_skb(void *ctx)
 {
     u32 reason = *(u32 *)((char *)ctx + KPB_OFF_REASON);
@@ -84,9 +133,10 @@ int kpb_kfree_skb(void *ctx)
         kpb_add(K_IP, reason);
 #if KPB_TAGGED
     u64 skb = *(u64 *)((char *)ctx + KPB_OFF_KFREE_SKBADDR);
-    if (tagged.lookup(&skb)) {
+    struct kpb_slot *s = kpb_slot(skb);
+    if (s && s->skb == skb) {
+        s->skb = 0;
         kpb_add(K_RUN, reason);
-        tagged.delete(&skb);
     }
 #endif
     return 0;
@@ -105,10 +155,11 @@ int kpb_tag(struct __sk_buff *skb)
     /* The frame's own EtherType: skb->protocol of an AF_PACKET-injected frame
      * depends on how the sender opened its socket. */
     if (bpf_skb_load_bytes(skb, 12, &eth_type, 2) == 0 && eth_type == htons(KPB_ETH_P_IP)) {
-        /* The context pointer is the kernel's struct sk_buff (root may read it). */
-        u64 addr = (u64)(unsigned long)skb;
-        u8 one = 1;
-        tagged.update(&addr, &one);
+        /* The context pointer is the kernel's struct sk_buff. */
+        u64 addr = kpb_skb_addr(skb);
+        struct kpb_slot *s = kpb_slot(addr);
+        if (s)
+            s->skb = addr;
     }
     return TC_ACT_UNSPEC; /* let the filters behind this one run */
 }
@@ -119,7 +170,7 @@ int kpb_tag(struct __sk_buff *skb)
  * datapath's drop. Forget it. */
 int kpb_delivered(struct __sk_buff *skb)
 {
-    kpb_forget((u64)(unsigned long)skb);
+    kpb_forget(kpb_skb_addr(skb));
     return TC_ACT_UNSPEC;
 }
 
@@ -130,7 +181,7 @@ int kpb_delivered(struct __sk_buff *skb)
  * must be forgotten here or a later skb at that address would count. */
 int kpb_delivered_cg(struct __sk_buff *skb)
 {
-    kpb_forget((u64)(unsigned long)skb);
+    kpb_forget(kpb_skb_addr(skb));
     return 1; /* allow */
 }
 #endif

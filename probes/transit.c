@@ -15,11 +15,16 @@
  *   remembers every IPv4 skb the client sends (the tc context is the kernel's
  *   skb, the address the tracepoints report; veth hands that skb on through
  *   every hop), and skb:kfree_skb / skb:consume_skb forget it when it ends,
- *   so a reused address is not mistaken for the run's.
+ *   so a reused address is not mistaken for the run's. Tagged skbs live in a
+ *   direct-mapped table (`tags`: a slot per hash of the address,
+ *   holding the whole address): a look-up is one array load and compare, no
+ *   hash map's hashing, locks or LRU lists on the per-packet path.
  * Overhead: both net tracepoints fire for every packet on every device; each
  *   hit reads up to 8 bytes of device name; node hops add a hash lookup and
- *   update. Tagged: one hash update per sent packet and one hash delete per
- *   freed or consumed skb machine-wide. Measured (docs/probes.md,
+ *   update. Tagged: a hit first looks the skb up in the table (an skb that is
+ *   not the run's leaves there, before the name is read); one slot store per
+ *   sent packet, one slot load per freed or consumed skb machine-wide.
+ *   Measured before the table (docs/probes.md,
  *   2026-11-29, 2-vCPU Firecracker VM, kernel 6.18): the most expensive
  *   probe, top-speed throughput -23 to -28 %, about +1.3-1.7 us per packet
  *   (four tracepoint hits on a pod -> node -> pod path), and that time is
@@ -29,7 +34,11 @@
  *   the machine (other runs too) is merged, and an skb freed inside a node
  *   leaves an entry whose reused address could pair with a packet the node
  *   sends itself: matches older than KPB_MAX_NS count as stale, not samples.
- *   A packet whose skb is copied inside the node is not matched.
+ *   A packet whose skb is copied inside the node is not matched. Tagged: two
+ *   of the run's skbs in flight at once whose addresses share a slot keep only
+ *   the later one's tag (the earlier is not matched: a sample less, never a
+ *   wrong one); with 2^18 slots and the few hundred skbs a run has in flight
+ *   at most, that is rare.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
@@ -40,6 +49,9 @@
 #ifndef KPB_TAGGED
 #define KPB_TAGGED 0
 #endif
+#ifndef KPB_SAMPLE_EVERY
+#define KPB_SAMPLE_EVERY 1 /* tagged: time 1 in this many of the IPv4 skbs sent */
+#endif
 #define KPB_SUB_BITS 4
 /* Exponents up to 61: every bound fits a signed 64-bit ns; larger values
  * (impossible below KPB_MAX_NS) go to the last bucket. */
@@ -49,13 +61,63 @@
 enum { HOP_PC, HOP_UL0, HOP_POD, HOP_N };
 enum { T_STALE = 4, T_RX, T_N }; /* 0..3: pair (in - HOP_PC) * 2 + (out == HOP_UL0) */
 
+#if KPB_TAGGED
+/* The run's skbs: ts 0 while not inside a node (between hops); hop HOP_N once
+ * a node sent it to a pod (it enters no node again: the pod's own hops need
+ * no name read). */
+struct kpb_slot {
+    u64 skb;
+    u64 ts;
+    u32 hop;
+    u32 pad;
+};
+/* The run's skbs in a direct-mapped table: a slot per (Fibonacci) hash of the
+ * address, holding the whole address, so a look-up is one array load and one
+ * compare (drops.c and transit.c hold the same few lines: BCC rewrites map
+ * calls in a probe's own file only, not in a header it includes). */
+#ifndef KPB_TAG_BITS
+#define KPB_TAG_BITS 18
+#endif
+
+BPF_ARRAY(tags, struct kpb_slot, 1 << KPB_TAG_BITS);
+
+static __always_inline struct kpb_slot *kpb_slot(u64 skb)
+{
+    u32 i = (u32)((skb * 0x9E3779B97F4A7C15ULL) >> (64 - KPB_TAG_BITS));
+    return tags.lookup(&i);
+}
+
+/* The skb's life ended: forget it, if its slot holds it. */
+static __always_inline void kpb_forget(u64 skb)
+{
+    struct kpb_slot *s = kpb_slot(skb);
+    if (s && s->skb == skb)
+        s->skb = 0;
+}
+
+/* The kernel's address of a tc or cgroup_skb program's skb (its context pointer)
+ * as a number: the verifier allows no arithmetic on a context pointer, but root
+ * may store one in a map value, and what a program reads from a map is a number. */
+BPF_PERCPU_ARRAY(addr_of, u64, 1);
+
+static __always_inline u64 kpb_skb_addr(struct __sk_buff *skb)
+{
+    u32 zero = 0;
+    u64 *slot = addr_of.lookup(&zero);
+    if (!slot)
+        return 0;
+    *slot = (u64)(unsigned long)skb;
+    return *(volatile u64 *)slot;
+}
+#else
 struct kpb_inflight {
-    u64 ts; /* 0: not inside a node (tagged, between hops) */
+    u64 ts;
     u32 hop;
 };
 
 /* Per-CPU LRU lists: no lock shared across CPUs on the per-packet path. */
 BPF_F_TABLE("lru_hash", u64, struct kpb_inflight, inflight, 262144, BPF_F_NO_COMMON_LRU);
+#endif
 BPF_PERCPU_ARRAY(hist, u64, KPB_BUCKETS);
 BPF_PERCPU_ARRAY(counts, u64, T_N);
 
@@ -97,16 +159,18 @@ static __always_inline u32 kpb_bucket(u64 v)
 
 TRACEPOINT_PROBE(net, netif_receive_skb)
 {
+    u64 key = (u64)args->skbaddr;
+#if KPB_TAGGED
+    struct kpb_slot *in = kpb_slot(key);
+    if (!in || in->skb != key || in->hop == HOP_N)
+        return 0; /* not the run's, or at its pod */
+#endif
     char name[8] = {};
     TP_DATA_LOC_READ_CONST(name, name, sizeof(name));
     int hop = kpb_hop(name);
     if (hop != HOP_PC && hop != HOP_UL0)
         return 0;
-    u64 key = (u64)args->skbaddr;
 #if KPB_TAGGED
-    struct kpb_inflight *in = inflight.lookup(&key);
-    if (!in)
-        return 0; /* not the run's */
     in->ts = bpf_ktime_get_ns();
     in->hop = hop;
 #else
@@ -119,20 +183,29 @@ TRACEPOINT_PROBE(net, netif_receive_skb)
 
 TRACEPOINT_PROBE(net, net_dev_start_xmit)
 {
+    u64 key = (u64)args->skbaddr;
+#if KPB_TAGGED
+    struct kpb_slot *in = kpb_slot(key);
+    if (!in || in->skb != key || !in->ts)
+        return 0; /* not the run's, or not inside a node: no clock read */
     u64 now = bpf_ktime_get_ns();
+#else
+    u64 now = bpf_ktime_get_ns();
+    struct kpb_inflight *in = inflight.lookup(&key);
+    if (!in || !in->ts)
+        return 0;
+#endif
     char name[8] = {};
     TP_DATA_LOC_READ_CONST(name, name, sizeof(name));
     int hop = kpb_hop(name);
     if (hop != HOP_POD && hop != HOP_UL0)
         return 0;
-    u64 key = (u64)args->skbaddr;
-    struct kpb_inflight *in = inflight.lookup(&key);
-    if (!in || !in->ts)
-        return 0;
     u64 delta = now - in->ts;
     u32 pair = (in->hop - HOP_PC) * 2 + (hop == HOP_UL0);
 #if KPB_TAGGED
-    in->ts = 0; /* stays tagged: it may enter another node */
+    in->ts = 0; /* stays tagged: it may enter another node, unless a pod */
+    if (hop == HOP_POD)
+        in->hop = HOP_N;
 #else
     inflight.delete(&key);
 #endif
@@ -151,30 +224,42 @@ TRACEPOINT_PROBE(net, net_dev_start_xmit)
 }
 
 #if KPB_TAGGED
+/* IPv4 skbs sent, per CPU: with KPB_SAMPLE_EVERY > 1 only every that-many-th is
+ * tagged, and the others leave every hit above at the table's first compare. */
+BPF_PERCPU_ARRAY(sent, u32, 1);
+
+static __always_inline int kpb_sampled(void)
+{
+    if (KPB_SAMPLE_EVERY <= 1)
+        return 1;
+    u32 zero = 0;
+    u32 *n = sent.lookup(&zero);
+    if (!n)
+        return 0;
+    return (*n)++ % KPB_SAMPLE_EVERY == 0;
+}
+
 int kpb_tag(struct __sk_buff *skb)
 {
     u16 eth_type;
     /* The frame's own EtherType: skb->protocol of an AF_PACKET-injected frame
      * depends on how the sender opened its socket. */
-    if (bpf_skb_load_bytes(skb, 12, &eth_type, 2) == 0 && eth_type == htons(KPB_ETH_P_IP)) {
-        /* The context pointer is the kernel's struct sk_buff (root may read it). */
-        u64 addr = (u64)(unsigned long)skb;
-        struct kpb_inflight in = {};
-        inflight.update(&addr, &in);
+    if (bpf_skb_load_bytes(skb, 12, &eth_type, 2) == 0 && eth_type == htons(KPB_ETH_P_IP)
+        && kpb_sampled()) {
+        /* The context pointer is the kernel's struct sk_buff. */
+        u64 addr = kpb_skb_addr(skb);
+        struct kpb_slot *s = kpb_slot(addr);
+        if (s) {
+            s->ts = 0;
+            s->hop = HOP_PC;
+            s->skb = addr;
+        }
     }
     return TC_ACT_UNSPEC; /* let the filters behind this one run */
 }
 
 /* skb:kfree_skb and skb:consume_skb: the skb's life ends, forget its address.
  * Field offsets come from the format files (KPB_OFF_*), not kernel headers. */
-/* A hash delete takes its bucket's lock even when the key is absent, and these
- * run for every freed or consumed skb on the machine: look first (lock-free). */
-static __always_inline void kpb_forget(u64 skb)
-{
-    if (inflight.lookup(&skb))
-        inflight.delete(&skb);
-}
-
 int kpb_kfree_skb(void *ctx)
 {
     kpb_forget(*(u64 *)((char *)ctx + KPB_OFF_KFREE_SKBADDR));

@@ -36,7 +36,7 @@ from bench.measure.probes import loader
 from bench.measure.probes.cpu import CpuProbe
 from bench.measure.probes.drops import DropsProbe
 from bench.measure.probes.latency import LatencyProbe
-from bench.measure.probes.transit import TransitProbe
+from bench.measure.probes.transit import RUN_SAMPLE_EVERY, TransitProbe
 from bench.model.generate import GenSpec, generate
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -62,9 +62,10 @@ with Testbed(make_variant(a.variant), services, slices, nodes=2, pod_services={s
         "cpu": lambda: [CpuProbe(group)],
         "main": lambda: [LatencyProbe.for_cluster(c), CpuProbe(group)],
         "drops": lambda: [DropsProbe.for_cluster(c)],
-        "transit": lambda: [TransitProbe.for_cluster(c)],
+        # Sampled as the runner's breakdown repetition samples it.
+        "transit": lambda: [TransitProbe.for_cluster(c, sample_every=RUN_SAMPLE_EVERY)],
         "breakdown": lambda: [LatencyProbe.for_cluster(c), DropsProbe.for_cluster(c),
-                              TransitProbe.for_cluster(c)],
+                              TransitProbe.for_cluster(c, sample_every=RUN_SAMPLE_EVERY)],
     }
     unknown = sorted({s for s in sets if s.partition("@")[0] not in factories
                       or s.partition("@")[2] not in ("", *loader.TC_MODES)})

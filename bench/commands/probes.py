@@ -63,7 +63,7 @@ def as_a_run_compiles() -> dict[str, Callable[[], Probe]]:
     from bench.measure.probes.loader import TcHook
     from bench.measure.probes.oneway import OneWayProbe
     from bench.measure.probes.syscalls import SyscallProbe
-    from bench.measure.probes.transit import TransitProbe
+    from bench.measure.probes.transit import RUN_SAMPLE_EVERY, TransitProbe
 
     client, backend = TcHook("<client>"), TcHook("<backend>")
     return {
@@ -71,7 +71,7 @@ def as_a_run_compiles() -> dict[str, Callable[[], Probe]]:
         "oneway": lambda: OneWayProbe(client, [backend]),
         "cpu": CpuProbe,
         "drops": lambda: DropsProbe(client, [backend]),
-        "transit": lambda: TransitProbe(client),
+        "transit": lambda: TransitProbe(client, sample_every=RUN_SAMPLE_EVERY),
         "kfunc": KfuncProbe,
         "syscalls": SyscallProbe,
         "effect": lambda: EffectProbe([backend]),

@@ -153,6 +153,7 @@ def read_repetition(stats: Any, probes: ProbeSet, latency: bool = True,
         mids = ((lower + upper - 1) / 2).astype("int64")
         samples = mids.repeat(tr.hist)
         kw["transit_hist"] = Histogram.from_samples(samples) if len(samples) else None
+        kw["transit_sample_every"] = tr.sample_every
     if "kfunc" in probes.others:
         kw["kfunc"] = probes.others["kfunc"].read().per_packet(delivered)  # type: ignore[attr-defined]
     return R.make_repetition(

@@ -40,7 +40,7 @@ from bench.measure.probes.drops import DropsProbe
 from bench.measure.probes.kfunc import KfuncProbe
 from bench.measure.probes.latency import LatencyProbe
 from bench.measure.probes.loader import Probe, tc_mode
-from bench.measure.probes.transit import TransitProbe
+from bench.measure.probes.transit import RUN_SAMPLE_EVERY, TransitProbe
 from bench.measure.repetition import (
     ProbeSet,
     SeqSpace,
@@ -280,7 +280,8 @@ class Runner:
             others["drops"] = DropsProbe.for_cluster(
                 bed.cluster, external=external, process_group=bed.datapath.process_cgroup)
         if "transit" in self.sc.probes:
-            others["transit"] = TransitProbe.for_cluster(bed.cluster, external=external)
+            others["transit"] = TransitProbe.for_cluster(
+                bed.cluster, external=external, sample_every=RUN_SAMPLE_EVERY)
         # Kernel-function time wherever the kernel has kprobes (e.g. in the VM);
         # elsewhere it is recorded as missing with the reason.
         others["kfunc"] = KfuncProbe()

@@ -157,6 +157,9 @@ class RepetitionDoc(TypedDict):
     process_ns: NotRequired[int | None]
     drops: dict[str, int] | None
     transit_hist: dict[str, Any] | None
+    # transit_hist holds 1 in this many of the repetition's packets (the transit probe
+    # times a sample of them); absent: every one (results written before sampling).
+    transit_sample_every: NotRequired[int]
     # Kernel-function breakdown (bench.measure.kfunc_probes), where the kernel has kprobes.
     kfunc: NotRequired[dict[str, dict[str, Any]] | None]
     # Sync points (workload "sync-*"), node 0, seconds: "apply" (the datapath's time,

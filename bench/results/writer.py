@@ -55,6 +55,7 @@ def make_repetition(*, sent: int, delivered: int, offered_pps: float | None = No
                     sync: Mapping[str, float | None] | None = None,
                     arrival_seconds: float | None = None,
                     cpu_delivered: int | None = None,
+                    transit_sample_every: int | None = None,
                     ) -> RepetitionDoc:
     """One repetition of a point. Leave a measurement None when it was not taken.
 
@@ -76,6 +77,8 @@ def make_repetition(*, sent: int, delivered: int, offered_pps: float | None = No
         rep["process_ns"] = int(process_ns)
     if sync is not None:
         rep["sync"] = dict(sync)
+    if transit_sample_every is not None:  # 1 in this many packets timed in transit_hist
+        rep["transit_sample_every"] = int(transit_sample_every)
     if arrival_seconds is not None:
         rep["arrival_seconds"] = float(arrival_seconds)
     if cpu_delivered is not None:

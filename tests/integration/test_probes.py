@@ -44,7 +44,7 @@ from bench.measure.probes.loader import (
     print_symbolic,
     release_compiled,
 )
-from bench.measure.probes.transit import TransitProbe, transit_bucket_bounds
+from bench.measure.probes.transit import RUN_SAMPLE_EVERY, TransitProbe, transit_bucket_bounds
 from bench.model.generate import GenSpec, generate
 from bench.model.layout import PodSpec, plan_layout
 from bench.model.objects import service_port_views
@@ -496,6 +496,26 @@ def test_transit_sees_23_through_node0(cluster: Cluster, tmp_path: Path) -> None
     # To node 1: node 0 forwards to the underlay, node 1 to its pod.
     assert remote.by_hops == {"pc->pod": 0, "pc->ul0": 23, "ul0->pod": 23, "ul0->ul0": 0}
     assert remote.count == 46
+
+
+def test_transit_sampled_times_1_in_n_of_the_packets_sent(cluster: Cluster,
+                                                          tmp_path: Path) -> None:
+    # The runner's breakdown repetition samples: 1 in RUN_SAMPLE_EVERY of the IPv4 skbs
+    # the client sends is tagged and timed (a per-CPU count, restarted every window).
+    n = RUN_SAMPLE_EVERY
+    assert n > 1
+    count = 40 * n
+    with TransitProbe.for_cluster(cluster, sample_every=n) as transit, \
+            LatencyProbe.for_cluster(cluster):
+        transit.start()
+        send(cluster, pod_on(cluster, 0), tmp_path, count=count)
+        r = transit.read()
+    # A sender moved to another CPU mid-replay starts that CPU's count at its own
+    # phase: at most one more timed packet per CPU.
+    assert count // n <= r.count <= count // n + (os.cpu_count() or 1), r
+    assert r.by_hops["pc->pod"] == r.count == r.rx_seen and r.stale == 0
+    assert r.sample_every == n
+    assert 0 < r.percentile(50) < 1_000_000
 
 
 def test_transit_without_origin_sees_at_least_the_runs_packets(cluster: Cluster,

@@ -28,6 +28,8 @@ from bench.measure.probes.loader import (
     tracepoint_field,
 )
 
+CORE_REASONS = 512  # drops.c KPB_CORE_REASONS
+
 
 @dataclass(frozen=True)
 class DropsReading:
@@ -135,7 +137,14 @@ class DropsProbe(Probe):
         super().detach()
 
     def _zero(self) -> None:
+        self._bpf[b"core_drops"].clear()  # zeroes every entry
         self._bpf[b"drops"].clear()
+
+    def tagged_left(self) -> int:
+        """How many of the run's skbs the tag table holds now (sent, neither delivered
+        nor ended yet; with an origin hook)."""
+        self._require()
+        return sum(1 for _, v in self._bpf[b"tags"].items_lookup_batch() if v.skb)
 
     def reason_name(self, value: int) -> str:
         """The kernel's name of drop reason ``value`` (``reason-<n>`` if it prints none)."""
@@ -145,8 +154,13 @@ class DropsProbe(Probe):
         """Drops by reason since :meth:`start`."""
         self._require()
 
-        # One per-CPU table keyed kind << 32 | reason (drops.c): summed over the CPUs.
+        # Per-CPU counts (drops.c), summed over the CPUs: the core reasons in an array
+        # at kind * CORE_REASONS + reason, the others keyed kind << 32 | reason.
         counts: list[dict[str, int]] = [{}, {}, {}]  # every protocol, IPv4, the run's
+        for k, v in self._bpf[b"core_drops"].items():
+            if n := int(sum(v)):
+                kind, reason = divmod(k.value, CORE_REASONS)
+                counts[kind][self.reason_name(reason)] = n
         for k, v in self._bpf[b"drops"].items():
             counts[k.value >> 32][self.reason_name(k.value & 0xFFFFFFFF)] = int(sum(v))
         return DropsReading(counts[0], counts[1],

@@ -26,6 +26,10 @@ from bench.measure.probes.loader import (
 TRANSIT_SUB_BITS = 4  # must match KPB_SUB_BITS in transit.c
 TRANSIT_BUCKETS = (62 - TRANSIT_SUB_BITS + 1) << TRANSIT_SUB_BITS  # as KPB_BUCKETS
 TRANSIT_HOPS = ("pc->pod", "pc->ul0", "ul0->pod", "ul0->ul0")
+# A run's breakdown repetition times 1 in this many of its packets (2,500 of the
+# default 10,000): a timed packet costs about 400 ns of programs on a pod -> node ->
+# pod path, one that is not about 15 ns a hit (docs/probes.md, "The breakdown set").
+RUN_SAMPLE_EVERY = 4
 
 
 def transit_bucket_bounds() -> tuple[np.ndarray, np.ndarray]:
@@ -47,6 +51,7 @@ class TransitReading:
     stale: int  # matches older than the probe's limit, not counted as samples
     rx_seen: int  # packets received on a node's inbound hop
     seconds: float
+    sample_every: int = 1  # tagged: 1 in this many of the packets sent were timed
     _bounds: tuple[np.ndarray, np.ndarray] = field(default_factory=transit_bucket_bounds,
                                                    repr=False)
 
@@ -70,23 +75,37 @@ class TransitProbe(Probe):
 
     With ``origin`` (the client's egress hook) only the skbs the client sent
     count; without it, every packet through any kpbench node on the machine.
+    ``sample_every`` (with an origin): only 1 in that many of the IPv4 skbs the
+    client sends is tagged and timed; the others leave every hit at the tag
+    table's first compare, so the probe costs the packets it does not time little.
     """
 
     name = "transit"
     outside_cpu_figure = ("kpb_tag",)  # its client-egress program
     tc_prio = TC_PRIO + 2
-    transient_maps = ("inflight",)  # skbs of the last window
+    transient_maps: tuple[str, ...] = ()
 
-    def __init__(self, origin: TcHook | None = None, max_ns: int = 1_000_000_000) -> None:
+    def __init__(self, origin: TcHook | None = None, max_ns: int = 1_000_000_000,
+                 sample_every: int = 1) -> None:
         """``max_ns``: longer matches count as stale (an untracked skb's address reused)."""
         super().__init__()
+        if not 1 <= sample_every <= 1024:
+            raise ValueError(f"sample_every {sample_every} out of range (1-1024)")
+        if sample_every > 1 and origin is None:
+            raise ValueError("sampling needs an origin hook (it tags the skbs it times)")
         self.origin = origin
         self.max_ns = max_ns
+        self.sample_every = sample_every
+        # Untagged: the skbs of the last window, stamped at a node's inbound hop.
+        # Tagged: the table of the run's skbs holds only live ones (ended ones are
+        # forgotten), and a stamp at least KPB_MAX_NS old counts as stale.
+        self.transient_maps = ("inflight",) if origin is None else ()
 
     @classmethod
-    def for_cluster(cls, cluster: Cluster, external: bool = False) -> TransitProbe:
+    def for_cluster(cls, cluster: Cluster, external: bool = False,
+                    sample_every: int = 1) -> TransitProbe:
         """Transit of the packets the client pod (or the external client) sends."""
-        return cls(origin_hook(cluster, external))
+        return cls(origin_hook(cluster, external), sample_every=sample_every)
 
     def cflags(self) -> list[str]:
         for event in ("netif_receive_skb", "net_dev_start_xmit"):
@@ -94,6 +113,7 @@ class TransitProbe(Probe):
                 raise FeatureMissing(f"{self.name} probe: net:{event} has no device name")
         tagged = self.origin is not None
         return [f"-DKPB_MAX_NS={self.max_ns}ULL", f"-DKPB_TAGGED={int(tagged)}",
+                *([f"-DKPB_SAMPLE_EVERY={self.sample_every}"] if self.sample_every > 1 else ()),
                 *(skb_offset_flags(self.name) if tagged else ())]
 
     def _attach(self) -> None:
@@ -109,6 +129,8 @@ class TransitProbe(Probe):
         if self.origin is None:
             # Tagged entries belong to live skbs; untagged ones may be stale.
             clear_live(self._bpf[b"inflight"])
+        elif self.sample_every > 1:
+            self._bpf[b"sent"].clear()  # every window times its 1st, (N+1)th, ... packet
 
     def read(self) -> TransitReading:
         """Transit histogram and counts since :meth:`start`."""
@@ -120,4 +142,4 @@ class TransitProbe(Probe):
         return TransitReading(
             hist=hist, by_hops={h: percpu_sum(counts, i) for i, h in enumerate(TRANSIT_HOPS)},
             stale=percpu_sum(counts, 4), rx_seen=percpu_sum(counts, 5),
-            seconds=self._window())
+            seconds=self._window(), sample_every=self.sample_every)
