@@ -133,14 +133,21 @@ def read_repetition(stats: Any, probes: ProbeSet, latency: bool = True,
     """The repetition the probes saw of the replay ``stats`` describes (``latency``:
     with its latency histogram; a breakdown repetition's latency is not reported).
     Its CPU figures come from its own cpu pass (:func:`cpu_fields`)."""
-    lat = probes.latency.read()
-    # Only the packets this repetition sent: stamped on leaving the client in this
-    # window, with a sequence number among the first stats.sent of its range. A
-    # straggler of earlier traffic, or warm-up, is not one of them.
-    mine = sent_here(lat.seqs, seq_base, stats.sent)
-    delivered = int(np.count_nonzero(mine))
-    arrivals = lat.arrival_ns[mine] if lat.arrival_ns is not None else np.empty(0)
-    latency_ns = lat.latency_ns[mine]
+    if probes.latency.sink:
+        # A window in sink mode (the breakdown repetition): nothing stamped; delivered
+        # is what the backends took (IPv4 frames; the repetition's traffic is all there
+        # is, and the probes were started after the earlier traffic drained).
+        delivered = min(probes.latency.sunk(), stats.sent)
+        arrivals = latency_ns = np.empty(0, dtype=np.int64)
+    else:
+        lat = probes.latency.read()
+        # Only the packets this repetition sent: stamped on leaving the client in this
+        # window, with a sequence number among the first stats.sent of its range. A
+        # straggler of earlier traffic, or warm-up, is not one of them.
+        mine = sent_here(lat.seqs, seq_base, stats.sent)
+        delivered = int(np.count_nonzero(mine))
+        arrivals = lat.arrival_ns[mine] if lat.arrival_ns is not None else np.empty(0)
+        latency_ns = lat.latency_ns[mine]
     kw: dict[str, Any] = {}
     if "drops" in probes.others:
         drops = probes.others["drops"].read()  # type: ignore[attr-defined]

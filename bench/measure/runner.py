@@ -285,12 +285,15 @@ class Runner:
         # Kernel-function time wherever the kernel has kprobes (e.g. in the VM);
         # elsewhere it is recorded as missing with the reason.
         others["kfunc"] = KfuncProbe()
-        return ProbeSet(LatencyProbe.for_cluster(bed.cluster, external=external), others,
-                        warned=self.warned)
+        # Its latency is not reported: the latency probe sinks (counts and drops what
+        # reaches the backends, stamps nothing), its programs' least cost.
+        return ProbeSet(LatencyProbe.for_cluster(bed.cluster, external=external, sink=True),
+                        others, warned=self.warned)
 
     def _breakdown_rep(self, target: Target, workload: str,
                        probes: ProbeSet) -> tuple[R.RepetitionDoc | None, str | None]:
-        """One more repetition with the breakdown probes; its latency is not reported.
+        """One more repetition with the breakdown probes; its latency is not reported
+        (the latency probe sinks: delivered is what the backends took).
 
         Returns the repetition, or None and why its replay failed.
         """

@@ -21,6 +21,7 @@ import pytest
 from bench.cluster.netlink import in_netns
 from bench.measure import runner as runner_mod
 from bench.measure import traffic as T
+from bench.measure.probes.transit import RUN_SAMPLE_EVERY
 from bench.measure.runner import Runner
 from bench.measure.scenario import parse_scenario
 from bench.results.reader import load_result
@@ -73,7 +74,7 @@ def watched_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict
                        "repetitions": REPS, "warmup_packets": 100,
                        "control_packets": CONTROL},
            "measure": {"settle_timeout": 3, "overhead": False,
-                       "probes": ["latency", "cpu", "drops"]}}
+                       "probes": ["latency", "cpu", "drops", "transit"]}}
     sc = parse_scenario(doc, "<test>", json.dumps(doc))
     beds: list[Any] = []
     replays: list[Replay] = []
@@ -139,6 +140,24 @@ def test_delivered_is_bounded_by_what_the_backends_received(
         for doc, seen in ((rep, m_rep), (ctl, m_ctl)):
             assert doc["sent"] == seen.sent
             assert 0.9 * seen.sent <= doc["delivered"] <= min(seen.sent, seen.pod_rx)
+
+
+def test_the_breakdown_repetition_counts_what_the_backends_took(
+        watched_run: tuple[dict[str, Any], list[Replay]]) -> None:
+    # Its latency probe sinks (stamps nothing): delivered is what reached the backends,
+    # bounded by their own interface counters over its replay (the last of udp-new.pcap).
+    point, replays = watched_run
+    seen = [r for r in replays if r.pcap == "udp-new.pcap"][-1]
+    bd = point["breakdown"]
+    assert bd["sent"] == seen.sent == PACKETS
+    assert 0.9 * seen.sent <= bd["delivered"] <= min(seen.sent, seen.pod_rx), (bd, seen)
+    assert bd["latency_hist"] is None
+    # Transit timed 1 in RUN_SAMPLE_EVERY of its packets, and says so: one transit for
+    # a packet to node 0's backend, two (node 0, node 1) for one to node 1's.
+    assert bd["transit_sample_every"] == RUN_SAMPLE_EVERY
+    timed = PACKETS // RUN_SAMPLE_EVERY
+    transits = point["summary"]["transit_ns"]["count"]
+    assert 0.9 * timed <= transits <= 2 * (timed + 2), transits
 
 
 def test_delivered_rate_comes_from_the_receiver(

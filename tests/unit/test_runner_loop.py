@@ -84,6 +84,8 @@ class FakeTarget:
 class FakeLatency:
     """Every packet of the last replay arrives 1 us after it left, plus stragglers."""
 
+    sink = False  # stamping, as the measured repetitions' probe
+
     def __init__(self, wire: Wire, latencies: list[float] | None = None) -> None:
         self.wire = wire
         self.latencies = list(latencies or [])  # per window, a level in ns (settle)

@@ -81,10 +81,11 @@ class LatencyProbe(Probe):
 
     @classmethod
     def for_cluster(cls, cluster: Cluster, external: bool = False,
-                    capacity: int = LATENCY_CAPACITY, drop: bool = True) -> LatencyProbe:
+                    capacity: int = LATENCY_CAPACITY, drop: bool = True,
+                    sink: bool = False) -> LatencyProbe:
         """Client pod (or the external client) egress -> every backend pod's ingress."""
         pods = [TcHook(cluster.pod_ns(p)) for p in cluster.layout.pods]
-        return cls(origin_hook(cluster, external), pods, capacity, drop)
+        return cls(origin_hook(cluster, external), pods, capacity, drop, sink)
 
     def cflags(self) -> list[str]:
         return [f"-DKPB_CAPACITY={self.capacity}", f"-DKPB_DROP={int(self.drop)}"]
@@ -171,8 +172,9 @@ class LatencyProbe(Probe):
             copied=percpu_sum(counts, 4))
 
     def sunk(self) -> int:
-        """IPv4 frames the backends took in sink mode (:meth:`sinking`) since the probe
-        attached: read before and after a pass, the difference is what it delivered."""
+        """IPv4 frames the backends took in sink mode since the window opened
+        (:meth:`start`; a window opened in sink mode counts only those): read before
+        and after a pass inside :meth:`sinking`, the difference is what it delivered."""
         self._require()
         return percpu_sum(self._bpf[b"counts"], 5)
 

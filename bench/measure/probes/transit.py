@@ -26,10 +26,10 @@ from bench.measure.probes.loader import (
 TRANSIT_SUB_BITS = 4  # must match KPB_SUB_BITS in transit.c
 TRANSIT_BUCKETS = (62 - TRANSIT_SUB_BITS + 1) << TRANSIT_SUB_BITS  # as KPB_BUCKETS
 TRANSIT_HOPS = ("pc->pod", "pc->ul0", "ul0->pod", "ul0->ul0")
-# A run's breakdown repetition times 1 in this many of its packets (2,500 of the
+# A run's breakdown repetition times 1 in this many of its packets (1,250 of the
 # default 10,000): a timed packet costs about 400 ns of programs on a pod -> node ->
 # pod path, one that is not about 15 ns a hit (docs/probes.md, "The breakdown set").
-RUN_SAMPLE_EVERY = 4
+RUN_SAMPLE_EVERY = 8
 
 
 def transit_bucket_bounds() -> tuple[np.ndarray, np.ndarray]:
