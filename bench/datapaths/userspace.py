@@ -52,7 +52,7 @@ import weakref
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from bench.cluster import cgroups
 from bench.cluster.netns_exec import die_with_parent, netns_argv
@@ -111,61 +111,69 @@ def _common(name: str, protocol: str, port: int, dest: str | None = None,
     return args
 
 
-@dataclass(frozen=True)
-class _PortRules:
+class _PortRules(NamedTuple):
     """What one service port contributes to a sync: its proxy line and its rules."""
 
     key: tuple[str, str]  # (port name, protocol): the proxy's key for it
     proxy_line: str
     rules: tuple[tuple[str, str], ...]  # (chain, rule), in chain order
+    head: str  # the proxy line up to its endpoints, which come last
+
+
+def _ready_addresses(view: ServicePortView) -> str:
+    # The Endpoints API the userspace proxier read lists ready addresses only.
+    return ",".join([e.address for e in view.endpoints if e.ready]) or "-"
 
 
 def _port_rules(view: ServicePortView, ctx: NodeContext,
                 proxy_ports: IdAllocator) -> _PortRules | None:
     svc, sp = view.service, view.port
     protocol = sp.protocol
-    if protocol not in ("TCP", "UDP"):
+    if protocol != "TCP" and protocol != "UDP":
         return None  # the userspace proxier had no SCTP
-    host_ip = ctx.node_ips[0] if ctx.node_ips else "127.0.0.1"
+    node_ips = ctx.node_ips
+    host_ip = node_ips[0] if node_ips else "127.0.0.1"
     name = view.name
-    pport = PROXY_PORT_FIRST - 1 + proxy_ports((name, protocol))
+    key = (name, protocol)
+    pport = proxy_ports.known.get(key) or proxy_ports(key)
+    pport += PROXY_PORT_FIRST - 1
     redirect = f" -j REDIRECT --to-ports {pport}"
     dnat = f" -j DNAT --to-destination {host_ip}:{pport}"
-    claims = []
-    # The ClusterIP portal, as the loop below writes any non-external one.
-    common = _common(name, protocol, sp.port, svc.cluster_ip)
+    # The ClusterIP portal, as the loop below writes any non-external one (_common's
+    # text, written out: every port has one).
+    proto = protocol.lower()
+    common = (f'-m comment --comment "{name}" -p {proto} -m {proto} --dport {sp.port}'
+              f" -d {svc.cluster_ip}/32")
     rules = [(CONTAINER_PORTAL, common + redirect), (HOST_PORTAL, common + dnat)]
-    if svc.cluster_ip in ctx.node_ips:
-        claims.append(sp.port)  # a portal on a local address holds that port
-    portals = [(ip, True) for ip in svc.external_ips]
-    if svc.type == "LoadBalancer":
-        portals += [(ip, False) for ip in svc.load_balancer_ips]
-    for ip, external in portals:
-        if ip in ctx.node_ips:
-            claims.append(sp.port)
-        common = _common(name, protocol, sp.port, ip, physdev=external)
-        rules.append((CONTAINER_PORTAL, common + redirect))
-        if external:
-            local = _common(name, protocol, sp.port, ip, dst_local=True)
-            rules.append((CONTAINER_PORTAL, local + redirect))
-            rules.append((HOST_PORTAL, local + dnat))
-        else:
-            rules.append((HOST_PORTAL, common + dnat))
-    if svc.has_node_ports and sp.node_port:
-        claims.append(sp.node_port)
-        common = _common(name, protocol, sp.node_port)
-        rules.append((CONTAINER_NODEPORT, common + redirect))
-        rules.append((HOST_NODEPORT, common + dnat))
-        rules.append((NON_LOCAL_NODEPORT,
-                      f"{_common(name, protocol, pport)} -m state --state NEW -j ACCEPT"))
-    # The Endpoints API the userspace proxier read lists ready addresses only.
-    eps = ",".join([e.address for e in view.endpoints if e.ready]) or "-"
+    claims = [sp.port] if svc.cluster_ip in node_ips else []  # a local portal holds it
+    if svc.external_ips or svc.type != "ClusterIP":
+        portals = [(ip, True) for ip in svc.external_ips]
+        if svc.type == "LoadBalancer":
+            portals += [(ip, False) for ip in svc.load_balancer_ips]
+        for ip, external in portals:
+            if ip in node_ips:
+                claims.append(sp.port)
+            common = _common(name, protocol, sp.port, ip, physdev=external)
+            rules.append((CONTAINER_PORTAL, common + redirect))
+            if external:
+                local = _common(name, protocol, sp.port, ip, dst_local=True)
+                rules.append((CONTAINER_PORTAL, local + redirect))
+                rules.append((HOST_PORTAL, local + dnat))
+            else:
+                rules.append((HOST_PORTAL, common + dnat))
+        if svc.has_node_ports and sp.node_port:
+            claims.append(sp.node_port)
+            common = _common(name, protocol, sp.node_port)
+            rules.append((CONTAINER_NODEPORT, common + redirect))
+            rules.append((HOST_NODEPORT, common + dnat))
+            rules.append((NON_LOCAL_NODEPORT,
+                          f"{_common(name, protocol, pport)} -m state --state NEW -j ACCEPT"))
     affinity = (f"ClientIP:{svc.affinity_timeout}" if svc.session_affinity == "ClientIP"
                 else "None")
     held = ",".join(map(str, sorted(set(claims)))) if claims else "-"
-    line = (f"# proxy {name} {protocol} port={pport} affinity={affinity} "
-            f"claims={held} endpoints={eps}")
-    return _PortRules((name, protocol), line, tuple(rules))
+    head = (f"# proxy {name} {protocol} port={pport} affinity={affinity} "
+            f"claims={held} endpoints=")
+    return _PortRules(key, head + _ready_addresses(view), tuple(rules), head)
 
 
 @dataclass
@@ -177,8 +185,8 @@ class NodeRender:
     from, so it is only applied to a node holding exactly that state.
     """
 
-    cache: dict[str, tuple[ServicePortView, NodeContext, _PortRules | None]] = field(
-        default_factory=dict)
+    cache: dict[str, tuple[ServicePortView, _PortRules | None]] = field(default_factory=dict)
+    ctx: NodeContext | None = None  # the node context every cached part was rendered for
     names: list[str] = field(default_factory=list)  # port order of the last full render
     text: str | None = None  # the last full rendering, while still the current state
     ports_of: dict[str, list[str]] = field(default_factory=dict)  # Service key -> names
@@ -199,17 +207,17 @@ def render_rules(ports: Sequence[ServicePortView], ctx: NodeContext,
     unchanged and in the same order the last rendering is returned as it is.
     """
     state = NodeRender() if state is None else state
+    _same_context(state, ctx)
     names = [v.name for v in ports]
     parts: list[_PortRules | None] = []
+    cache = state.cache
     fresh = 0
     for view, name in zip(ports, names, strict=True):
-        hit = state.cache.get(name)
-        if hit is None or not (hit[1] is ctx or hit[1] == ctx) or not (
-                hit[0] is view or hit[0] == view):
-            hit = (view, ctx, _port_rules(view, ctx, proxy_ports))
-            state.cache[name] = hit
+        hit = cache.get(name)
+        if hit is None or not (hit[0] is view or hit[0] == view):
+            hit = cache[name] = (view, _port_rules(view, ctx, proxy_ports))
             fresh += 1
-        parts.append(hit[2])
+        parts.append(hit[1])
     state.rendered_ports = fresh
     if not fresh and state.text is not None and names == state.names:
         return state.text
@@ -217,14 +225,24 @@ def render_rules(ports: Sequence[ServicePortView], ctx: NodeContext,
         live = set(names)
         for name in [n for n in state.cache if n not in live]:
             del state.cache[name]
-    rules: dict[str, list[str]] = {c: [] for c in (*NAT_CHAINS, *FILTER_CHAINS)}
     ports_of: dict[str, list[str]] = {}
     for view, name in zip(ports, names, strict=True):
         ports_of.setdefault(view.service.key, []).append(name)
     rendered = [part for part in parts if part is not None]
-    for part in rendered:
-        for chain, rule in part.rules:
-            rules[chain].append(rule)
+    # Most ports have the ClusterIP portal's two rules alone: those go straight to
+    # their chains; any other port's rules are sorted into them one by one.
+    container: list[str] = []
+    host: list[str] = []
+    rules = {CONTAINER_PORTAL: container, HOST_PORTAL: host, CONTAINER_NODEPORT: [],
+             HOST_NODEPORT: [], NON_LOCAL_NODEPORT: []}
+    plain = [p.rules for p in rendered if len(p.rules) == 2]
+    if len(plain) == len(rendered):
+        container += [r[0][1] for r in plain]
+        host += [r[1][1] for r in plain]
+    else:
+        for part in rendered:
+            for chain, rule in part.rules:
+                rules[chain].append(rule)
     lines = [f"# kpbench userspace proxy for {ctx.node_name}: iptables-restore --noflush "
              "input; '# proxy' lines are the proxy's table"]
     lines += [part.proxy_line for part in rendered]
@@ -249,16 +267,40 @@ def render_delta(ports: Sequence[ServicePortView], ctx: NodeContext,
     portals of a changed service only. Without a full render to start from, or for
     another node context, this is a full rendering.
     """
-    first = next(iter(state.cache.values()), None)
-    if not state.ports_of or first is not None and not (first[1] is ctx or first[1] == ctx):
+    held = state.ctx
+    if not state.ports_of or held is None or not (held is ctx or held == ctx):
         return render_rules(ports, ctx, proxy_ports, state)
-    keys = set(changed)
+    state.ctx = ctx
+    cache = state.cache
     index = getattr(ports, "by_service", None)  # objects.PortViews: no walk over every port
+    if index is not None and len(changed) == 1:
+        key = next(iter(changed))
+        views = index.get(key, ())
+        old_names = state.ports_of.get(key, ())
+        if len(views) == 1 and len(old_names) == 1 and views[0].name == old_names[0]:
+            # One port changed: when its Service and port are the ones cached, only its
+            # endpoints can differ, and they are in its proxy line alone.
+            view = views[0]
+            was_view, was = cache[old_names[0]]
+            if was is not None and (was_view.service is view.service
+                                    or was_view.service == view.service) and (
+                    was_view.port is view.port or was_view.port == view.port):
+                now = _PortRules(was.key, was.head + _ready_addresses(view), was.rules, was.head)
+                cache[view.name] = (view, now)
+                state.text = None  # the next full render assembles the text again
+                start = state.generation
+                state.generation += 1
+                state.rendered_ports = 1
+                header = f"{DELTA_HEADER}{ctx.node_name}: {start} -> {state.generation}\n"
+                if now.proxy_line == was.proxy_line:
+                    return header
+                return f"{header}{now.proxy_line}\n"
+    keys = set(changed)
     views = ([v for k in keys for v in index.get(k, ())] if index is not None
              else [v for v in ports if v.service.key in keys])
     old_names = {n for k in keys for n in state.ports_of.get(k, ())}
-    old = {p.key: p for n in old_names if n in state.cache
-           for p in (state.cache[n][2],) if p is not None}
+    old = {p.key: p for n in old_names if n in cache
+           for p in (cache[n][1],) if p is not None}
     new_parts = {v.name: _port_rules(v, ctx, proxy_ports) for v in views}
     new = {p.key: p for p in new_parts.values() if p is not None}
     proxy = [p.proxy_line for k, p in new.items()
@@ -268,11 +310,11 @@ def render_delta(ports: Sequence[ServicePortView], ctx: NodeContext,
     added = [r for p in new.values() for r in p.rules
              if not any(r in o.rules for o in old.values())]
     for name in old_names - new_parts.keys():
-        state.cache.pop(name, None)
+        cache.pop(name, None)
     for key in keys:
         state.ports_of.pop(key, None)
     for view in views:
-        state.cache[view.name] = (view, ctx, new_parts[view.name])
+        cache[view.name] = (view, new_parts[view.name])
         state.ports_of.setdefault(view.service.key, []).append(view.name)
     state.text, state.names = None, []  # the next full render assembles the text again
     start = state.generation
@@ -285,6 +327,15 @@ def render_delta(ports: Sequence[ServicePortView], ctx: NodeContext,
         if body:
             lines += [f"*{table}", *body, "COMMIT"]
     return "\n".join(lines) + "\n"
+
+
+def _same_context(state: NodeRender, ctx: NodeContext) -> None:
+    """Drop the parts cached for another node context: they are rendered again."""
+    held = state.ctx
+    if held is not ctx:
+        if held is not None and held != ctx:
+            state.cache.clear()
+        state.ctx = ctx
 
 
 def parse_delta_header(rendered: str) -> tuple[int, int] | None:
@@ -391,8 +442,10 @@ class UserspaceDatapath(Datapath):
     def render_partial(self, ports: Sequence[ServicePortView], ctx: NodeContext,
                        changed: Collection[str]) -> str:
         """The changed Services' proxy lines and portal rules only (:func:`render_delta`)."""
-        return render_delta(ports, ctx, self._proxy_ports,
-                            self._renders.setdefault(ctx.node_name, NodeRender()), changed)
+        state = self._renders.get(ctx.node_name)
+        if state is None:
+            state = self._renders[ctx.node_name] = NodeRender()
+        return render_delta(ports, ctx, self._proxy_ports, state, changed)
 
     def rendered_ports(self, node_name: str) -> int:
         """Service ports the node's last render built anew rather than took from its cache."""
