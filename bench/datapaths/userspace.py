@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import operator
 import subprocess
 import sys
 import weakref
@@ -120,60 +121,79 @@ class _PortRules(NamedTuple):
     head: str  # the proxy line up to its endpoints, which come last
 
 
+_ready = operator.attrgetter("ready")
+_address = operator.attrgetter("address")
+_rules_of = operator.attrgetter("rules")
+_rule_of = operator.itemgetter(1)
+_new_part = tuple.__new__  # _PortRules(...) without its Python-level __new__
+
+
 def _ready_addresses(view: ServicePortView) -> str:
     # The Endpoints API the userspace proxier read lists ready addresses only.
-    return ",".join([e.address for e in view.endpoints if e.ready]) or "-"
+    return ",".join(map(_address, filter(_ready, view.endpoints))) or "-"
+
+
+# _common's text after the comment, per protocol, up to the port.
+_PROTO_ARGS = {"TCP": " -p tcp -m tcp --dport ", "UDP": " -p udp -m udp --dport "}
 
 
 def _port_rules(view: ServicePortView, ctx: NodeContext,
                 proxy_ports: IdAllocator) -> _PortRules | None:
     svc, sp = view.service, view.port
     protocol = sp.protocol
-    if protocol != "TCP" and protocol != "UDP":
+    args = _PROTO_ARGS.get(protocol)
+    if args is None:
         return None  # the userspace proxier had no SCTP
     node_ips = ctx.node_ips
     host_ip = node_ips[0] if node_ips else "127.0.0.1"
     name = view.name
     key = (name, protocol)
-    pport = proxy_ports.known.get(key) or proxy_ports(key)
-    pport += PROXY_PORT_FIRST - 1
+    pport = (proxy_ports.known.get(key) or proxy_ports(key)) + (PROXY_PORT_FIRST - 1)
     redirect = f" -j REDIRECT --to-ports {pport}"
     dnat = f" -j DNAT --to-destination {host_ip}:{pport}"
     # The ClusterIP portal, as the loop below writes any non-external one (_common's
     # text, written out: every port has one).
-    proto = protocol.lower()
-    common = (f'-m comment --comment "{name}" -p {proto} -m {proto} --dport {sp.port}'
-              f" -d {svc.cluster_ip}/32")
+    common = f'-m comment --comment "{name}"{args}{sp.port} -d {svc.cluster_ip}/32'
+    if not (svc.external_ips or svc.type != "ClusterIP"):
+        # The ClusterIP portal alone (most ports).
+        held = str(sp.port) if svc.cluster_ip in node_ips else "-"  # a local portal
+        affinity = (f"ClientIP:{svc.affinity_timeout}" if svc.session_affinity == "ClientIP"
+                    else "None")
+        head = (f"# proxy {name} {protocol} port={pport} affinity={affinity} "
+                f"claims={held} endpoints=")
+        line = head + (",".join(map(_address, filter(_ready, view.endpoints))) or "-")
+        return _new_part(_PortRules, (key, line, ((CONTAINER_PORTAL, common + redirect),
+                                                  (HOST_PORTAL, common + dnat)), head))
     rules = [(CONTAINER_PORTAL, common + redirect), (HOST_PORTAL, common + dnat)]
     claims = [sp.port] if svc.cluster_ip in node_ips else []  # a local portal holds it
-    if svc.external_ips or svc.type != "ClusterIP":
-        portals = [(ip, True) for ip in svc.external_ips]
-        if svc.type == "LoadBalancer":
-            portals += [(ip, False) for ip in svc.load_balancer_ips]
-        for ip, external in portals:
-            if ip in node_ips:
-                claims.append(sp.port)
-            common = _common(name, protocol, sp.port, ip, physdev=external)
-            rules.append((CONTAINER_PORTAL, common + redirect))
-            if external:
-                local = _common(name, protocol, sp.port, ip, dst_local=True)
-                rules.append((CONTAINER_PORTAL, local + redirect))
-                rules.append((HOST_PORTAL, local + dnat))
-            else:
-                rules.append((HOST_PORTAL, common + dnat))
-        if svc.has_node_ports and sp.node_port:
-            claims.append(sp.node_port)
-            common = _common(name, protocol, sp.node_port)
-            rules.append((CONTAINER_NODEPORT, common + redirect))
-            rules.append((HOST_NODEPORT, common + dnat))
-            rules.append((NON_LOCAL_NODEPORT,
-                          f"{_common(name, protocol, pport)} -m state --state NEW -j ACCEPT"))
+    portals = [(ip, True) for ip in svc.external_ips]
+    if svc.type == "LoadBalancer":
+        portals += [(ip, False) for ip in svc.load_balancer_ips]
+    for ip, external in portals:
+        if ip in node_ips:
+            claims.append(sp.port)
+        common = _common(name, protocol, sp.port, ip, physdev=external)
+        rules.append((CONTAINER_PORTAL, common + redirect))
+        if external:
+            local = _common(name, protocol, sp.port, ip, dst_local=True)
+            rules.append((CONTAINER_PORTAL, local + redirect))
+            rules.append((HOST_PORTAL, local + dnat))
+        else:
+            rules.append((HOST_PORTAL, common + dnat))
+    if svc.has_node_ports and sp.node_port:
+        claims.append(sp.node_port)
+        common = _common(name, protocol, sp.node_port)
+        rules.append((CONTAINER_NODEPORT, common + redirect))
+        rules.append((HOST_NODEPORT, common + dnat))
+        rules.append((NON_LOCAL_NODEPORT,
+                      f"{_common(name, protocol, pport)} -m state --state NEW -j ACCEPT"))
     affinity = (f"ClientIP:{svc.affinity_timeout}" if svc.session_affinity == "ClientIP"
                 else "None")
     held = ",".join(map(str, sorted(set(claims)))) if claims else "-"
     head = (f"# proxy {name} {protocol} port={pport} affinity={affinity} "
             f"claims={held} endpoints=")
-    return _PortRules(key, head + _ready_addresses(view), tuple(rules), head)
+    line = head + (",".join(map(_address, filter(_ready, view.endpoints))) or "-")
+    return _new_part(_PortRules, (key, line, tuple(rules), head))
 
 
 @dataclass
@@ -189,7 +209,12 @@ class NodeRender:
     ctx: NodeContext | None = None  # the node context every cached part was rendered for
     names: list[str] = field(default_factory=list)  # port order of the last full render
     text: str | None = None  # the last full rendering, while still the current state
-    ports_of: dict[str, list[str]] = field(default_factory=dict)  # Service key -> names
+    # Service key -> its port names, for the Services partial syncs changed since the
+    # last full render; any other Service's ports are those of ``by_service``, the
+    # index of the ports that render was handed (objects.PortViews), or none.
+    ports_of: dict[str, list[str]] = field(default_factory=dict)
+    by_service: dict[str, list[ServicePortView]] | None = None
+    full: bool = False  # a full render was made (a partial one has a state to start from)
     generation: int = 0
     rendered_ports: int = 0  # ports the last render built anew (not from the cache)
 
@@ -209,15 +234,21 @@ def render_rules(ports: Sequence[ServicePortView], ctx: NodeContext,
     state = NodeRender() if state is None else state
     _same_context(state, ctx)
     names = [v.name for v in ports]
-    parts: list[_PortRules | None] = []
+    parts: list[_PortRules | None]
     cache = state.cache
-    fresh = 0
-    for view, name in zip(ports, names, strict=True):
-        hit = cache.get(name)
-        if hit is None or not (hit[0] is view or hit[0] == view):
-            hit = cache[name] = (view, _port_rules(view, ctx, proxy_ports))
-            fresh += 1
-        parts.append(hit[1])
+    if not cache:  # the first render: nothing to look up
+        parts = [_port_rules(view, ctx, proxy_ports) for view in ports]
+        cache.update(zip(names, zip(ports, parts, strict=True), strict=True))
+        fresh = len(parts)
+    else:
+        parts = []
+        fresh = 0
+        for view, name in zip(ports, names, strict=True):
+            hit = cache.get(name)
+            if hit is None or not (hit[0] is view or hit[0] == view):
+                hit = cache[name] = (view, _port_rules(view, ctx, proxy_ports))
+                fresh += 1
+            parts.append(hit[1])
     state.rendered_ports = fresh
     if not fresh and state.text is not None and names == state.names:
         return state.text
@@ -226,8 +257,10 @@ def render_rules(ports: Sequence[ServicePortView], ctx: NodeContext,
         for name in [n for n in state.cache if n not in live]:
             del state.cache[name]
     ports_of: dict[str, list[str]] = {}
-    for view, name in zip(ports, names, strict=True):
-        ports_of.setdefault(view.service.key, []).append(name)
+    index = getattr(ports, "by_service", None)  # objects.PortViews: nothing to build
+    if index is None:
+        for view, name in zip(ports, names, strict=True):
+            ports_of.setdefault(view.service.key, []).append(name)
     rendered = [part for part in parts if part is not None]
     # Most ports have the ClusterIP portal's two rules alone: those go straight to
     # their chains; any other port's rules are sorted into them one by one.
@@ -235,10 +268,11 @@ def render_rules(ports: Sequence[ServicePortView], ctx: NodeContext,
     host: list[str] = []
     rules = {CONTAINER_PORTAL: container, HOST_PORTAL: host, CONTAINER_NODEPORT: [],
              HOST_NODEPORT: [], NON_LOCAL_NODEPORT: []}
-    plain = [p.rules for p in rendered if len(p.rules) == 2]
-    if len(plain) == len(rendered):
-        container += [r[0][1] for r in plain]
-        host += [r[1][1] for r in plain]
+    each = list(map(_rules_of, rendered))
+    if rendered and set(map(len, each)) == {2}:
+        first, second = zip(*each, strict=True)
+        container += map(_rule_of, first)
+        host += map(_rule_of, second)
     else:
         for part in rendered:
             for chain, rule in part.rules:
@@ -250,10 +284,12 @@ def render_rules(ports: Sequence[ServicePortView], ctx: NodeContext,
         lines.append(f"*{table}")
         lines += [f":{c} - [0:0]" for c in chains]
         for c in chains:
-            lines += map(f"-A {c} ".__add__, rules[c])
+            if rules[c]:  # one join per chain, no string per rule in between
+                lines.append(f"-A {c} " + f"\n-A {c} ".join(rules[c]))
         lines.append("COMMIT")
     text = "\n".join(lines) + "\n"
     state.names, state.text, state.ports_of = names, text, ports_of
+    state.by_service, state.full = index, True
     state.generation += 1
     return text
 
@@ -268,7 +304,7 @@ def render_delta(ports: Sequence[ServicePortView], ctx: NodeContext,
     another node context, this is a full rendering.
     """
     held = state.ctx
-    if not state.ports_of or held is None or not (held is ctx or held == ctx):
+    if not state.full or held is None or not (held is ctx or held == ctx):
         return render_rules(ports, ctx, proxy_ports, state)
     state.ctx = ctx
     cache = state.cache
@@ -276,7 +312,7 @@ def render_delta(ports: Sequence[ServicePortView], ctx: NodeContext,
     if index is not None and len(changed) == 1:
         key = next(iter(changed))
         views = index.get(key, ())
-        old_names = state.ports_of.get(key, ())
+        old_names = _port_names(state, key)
         if len(views) == 1 and len(old_names) == 1 and views[0].name == old_names[0]:
             # One port changed: when its Service and port are the ones cached, only its
             # endpoints can differ, and they are in its proxy line alone.
@@ -298,7 +334,7 @@ def render_delta(ports: Sequence[ServicePortView], ctx: NodeContext,
     keys = set(changed)
     views = ([v for k in keys for v in index.get(k, ())] if index is not None
              else [v for v in ports if v.service.key in keys])
-    old_names = {n for k in keys for n in state.ports_of.get(k, ())}
+    old_names = {n for k in keys for n in _port_names(state, k)}
     old = {p.key: p for n in old_names if n in cache
            for p in (cache[n][1],) if p is not None}
     new_parts = {v.name: _port_rules(v, ctx, proxy_ports) for v in views}
@@ -312,10 +348,10 @@ def render_delta(ports: Sequence[ServicePortView], ctx: NodeContext,
     for name in old_names - new_parts.keys():
         cache.pop(name, None)
     for key in keys:
-        state.ports_of.pop(key, None)
+        state.ports_of[key] = []  # (hides what by_service says of it)
     for view in views:
         cache[view.name] = (view, new_parts[view.name])
-        state.ports_of.setdefault(view.service.key, []).append(view.name)
+        state.ports_of[view.service.key].append(view.name)
     state.text, state.names = None, []  # the next full render assembles the text again
     start = state.generation
     state.generation += 1
@@ -327,6 +363,15 @@ def render_delta(ports: Sequence[ServicePortView], ctx: NodeContext,
         if body:
             lines += [f"*{table}", *body, "COMMIT"]
     return "\n".join(lines) + "\n"
+
+
+def _port_names(state: NodeRender, key: str) -> list[str]:
+    """The names of Service ``key``'s ports in the node's current state."""
+    got = state.ports_of.get(key)
+    if got is None:
+        index = state.by_service
+        got = [v.name for v in index.get(key, ())] if index is not None else []
+    return got
 
 
 def _same_context(state: NodeRender, ctx: NodeContext) -> None:
