@@ -6,8 +6,8 @@
 For each datapath, at ``--services`` services x 10 endpoints (UDP, position
 "last", 2 nodes: the states of ``scenarios/sync.toml``), it times
 ``render``/``render_partial`` alone, as ``bench.measure.sync_runner`` does
-(garbage collector paused, the runner's views, a fresh but equal NodeContext
-each sync), in CPU thread time and wall time:
+(garbage collector paused, the runner's views, node 0's one NodeContext
+object), in CPU thread time and wall time:
 
 - ``first``: the first full sync of an empty node (a new datapath object);
 - ``change``: each of the runner's five changes as a partial sync, then (not
@@ -51,11 +51,18 @@ def evict() -> None:
     sum(_EVICT[::4096])
 
 
+_CONTEXT: list[NodeContext] = []  # the one context of node 0, as Testbed.node_context
+FRESH_CONTEXT = False  # --fresh-context: a new (equal) object every sync, as Testbed's before
+
+
 def ctx() -> NodeContext:
-    # As Testbed.node_context(0): a new object each sync, equal to the last, made
-    # before the render is timed.
-    return NodeContext(node_name="node-0", node_ips=(L.node_ip(0),),
+    """Node 0's context, made before the render is timed."""
+    if _CONTEXT and not FRESH_CONTEXT:
+        return _CONTEXT[0]
+    made = NodeContext(node_name="node-0", node_ips=(L.node_ip(0),),
                        cluster_cidr=L.CLUSTER_CIDR, service_cidrs=(str(L.SERVICE_CIDR),))
+    _CONTEXT[:] = [made]
+    return made
 
 
 def timed(fn: Callable[..., object], *args: object) -> tuple[float, float]:
@@ -83,7 +90,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--datapaths", nargs="+", default=["ebpf-tc", "userspace"])
     ap.add_argument("--cases", nargs="+", default=["first", "change", "resync", "after"])
+    ap.add_argument("--fresh-context", action="store_true",
+                    help="a new NodeContext object every sync (Testbed before 2026-12-02)")
     args = ap.parse_args()
+    global FRESH_CONTEXT
+    FRESH_CONTEXT = args.fresh_context
     n = args.services
     services, slices = generate(GenSpec(services=n + 1, endpoints=10, nodes=2,
                                         protocol="UDP"))

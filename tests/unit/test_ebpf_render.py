@@ -376,3 +376,47 @@ def test_random_partial_syncs_keep_the_whole_rendering_a_fresh_assembly() -> Non
             held = {m: dict(d) for m, d in out.maps.items()}
         fresh = M.render_maps(now, ctx(0), dp._backends, dp._revnat_ids, M.NodeRender())
         assert dp.render(now, ctx(0)).maps == held == fresh.maps, (step, kind)
+
+
+@pytest.mark.parametrize("kind", ["add-endpoint", "remove-endpoint", "endpoint-not-ready"])
+@pytest.mark.parametrize("gen", [GenSpec(services=9, endpoints=3, protocol="UDP"),
+                                 GenSpec(services=9, endpoints=3, type="LoadBalancer",
+                                         session_affinity="ClientIP",
+                                         external_traffic_policy="Local")])
+def test_partial_syncs_leave_their_deltas_to_the_next_full_render(kind: str,
+                                                                   gen: GenSpec) -> None:
+    """A partial render touches nothing of the kept whole rendering: its delta waits in
+    ``pending`` and the next full render folds it in, equal to a fresh render's maps. One
+    port's endpoint change (the shortcut) gives the delta the general path gives."""
+    from bench.measure.sync_runner import State, _make_change
+
+    services, slices = generate(gen)
+    spare = services[-1]
+    base = State(services[:-1], [s for s in slices if s.service_name != spare.name],
+                 [s for s in slices if s.service_name == spare.name])
+    before = service_port_views(base.services, base.slices, "node-0")
+    shortcut, general = EbpfTcDatapath(), EbpfTcDatapath()
+    kept = {m: dict(d) for m, d in shortcut.render(before, ctx(0)).maps.items()}
+    general.render(before, ctx(0))
+    state = shortcut._renders["node-0"]
+    for measured in (base.services[4], base.services[0]):
+        c = _make_change(kind, base, measured, spare)
+        after = service_port_views(c.services, c.slices, "node-0")
+        with counting(M, "_port_frontends") as packed:
+            delta = shortcut.render_partial(after, ctx(0), c.changed)
+        assert packed == []  # the cached frontends, their backends chosen again
+        assert isinstance(delta, M.MapsDelta) and delta.writes["svc"]
+        other = M.render_delta(list(after), ctx(0), general._backends, general._revnat_ids,
+                               general._renders["node-0"], c.changed)
+        assert isinstance(other, M.MapsDelta)
+        assert (delta.writes, delta.deletes) == (other.writes, other.deletes)
+        assert state.maps == kept and len(state.pending) >= 1  # nothing folded yet
+        folded = shortcut.render(after, ctx(0))
+        assert not state.pending
+        fresh = M.render_maps(after, ctx(0), shortcut._backends, shortcut._revnat_ids)
+        assert folded.maps == fresh.maps == general.render(after, ctx(0)).maps
+        # Back to the base state, the same way.
+        delta = shortcut.render_partial(before, ctx(0), c.changed)
+        general.render_partial(list(before), ctx(0), c.changed)
+        kept = {m: dict(d) for m, d in shortcut.render(before, ctx(0)).maps.items()}
+        assert kept == general.render(before, ctx(0)).maps
