@@ -114,6 +114,8 @@ def main() -> None:
             if "first" in args.cases:
                 out = []
                 for _ in range(args.rounds):
+                    # Fresh views, as the runner's: no port's name computed yet.
+                    base_views = service_port_views(base.services, base.slices, "node-0")
                     dp = make_variant(variant)
                     c = ctx()
                     if cold:

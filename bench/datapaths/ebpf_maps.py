@@ -46,12 +46,12 @@ import sys
 from collections import _count_elements as count_ids  # Counter.update's C loop
 from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass, field
-from itertools import chain, repeat
+from itertools import chain, compress, islice, repeat
 from typing import Any, NamedTuple
 
 from bench.datapaths.base import NodeContext
 from bench.errors import ApplyError, InputError
-from bench.model.objects import ServiceEndpoint, ServicePortView, sorted_endpoints
+from bench.model.objects import ServiceEndpoint, ServicePortView, _usable, sorted_endpoints
 
 # Flags of a frontend (lb4_service.flags); the same values as SVC_F_* in bpf/lb4.h.
 SVC_F_AFFINITY = 0x1
@@ -284,49 +284,61 @@ def _records() -> tuple[Any, ...]:
                       "offsets": [0, 4], "itemsize": 8}))
 
 
-def _pack_all(fes: Sequence[_Fe], backends: Backends) -> tuple[Maps, dict[int, int]]:
+_fe_head = operator.attrgetter("head")
+_fe_proto = operator.attrgetter("proto")
+_fe_flags = operator.attrgetter("flags")
+_fe_timeout = operator.attrgetter("timeout")
+_fe_revnat = operator.attrgetter("revnat")
+
+
+def _pack_all(fes: Sequence[_Fe], backends: Backends) -> tuple[Maps, list[int]]:
     """Every entry of ``fes`` (frontends with distinct keys) by map, and how often each
-    backend is named: a full sync's 220k entries at 10k services, built as numpy
+    backend is named (by id): a full sync's 220k entries at 10k services, built as numpy
     records and handed over as the bytes objects the maps are compared in."""
     np, svc_key, svc_value, revnat_value, match_key = _records()
     n = len(fes)
-    ids = [fe.backends for fe in fes]
+    ids = list(map(_fe_backends, fes))
     counts = np.fromiter(map(len, ids), np.int64, n)
     rows = counts + 1
     total = int(rows.sum())
     starts = np.cumsum(rows) - rows
     slot_ids = np.fromiter(chain.from_iterable(ids), np.uint32, total - n)
-    heads = np.frombuffer(b"".join([fe.head for fe in fes]), "V6")
-    revnats = np.fromiter([fe.revnat for fe in fes], np.uint16, n)
+    heads = np.frombuffer(b"".join(map(_fe_head, fes)), "V6")
+    revnats = np.fromiter(map(_fe_revnat, fes), np.uint16, n)
+    flags = np.fromiter(map(_fe_flags, fes), np.uint8, n)
     key = np.zeros(total, svc_key)
     key["head"] = np.repeat(heads, rows)
     key["slot"] = np.arange(total) - np.repeat(starts, rows)
-    key["proto"] = np.repeat(np.fromiter([fe.proto for fe in fes], np.uint8, n), rows)
+    key["proto"] = np.repeat(np.fromiter(map(_fe_proto, fes), np.uint8, n), rows)
     value = np.zeros(total, svc_value)
     slots = np.ones(total, bool)
     slots[starts] = False
     value["backend"][slots] = slot_ids
-    value["timeout"][starts] = np.fromiter([fe.timeout for fe in fes], np.uint32, n)
+    value["timeout"][starts] = np.fromiter(map(_fe_timeout, fes), np.uint32, n)
     value["count"][starts] = counts
     value["revnat"][starts] = revnats
-    value["flags"][starts] = np.fromiter([fe.flags for fe in fes], np.uint8, n)
-    used, named = np.unique(slot_ids, return_counts=True)
+    value["flags"][starts] = flags
+    named = np.bincount(slot_ids, minlength=len(backends.values))
+    used = np.flatnonzero(named)
     backend_keys = used.astype("=u4").view("V4").tolist()
     revnat = np.zeros(n, revnat_value)
     revnat["head"] = heads
-    sticky = np.fromiter([bool(fe.flags & SVC_F_AFFINITY) for fe in fes], bool, n)
+    sticky = (flags & SVC_F_AFFINITY).astype(bool)
     match = np.zeros(int(counts[sticky].sum()), match_key)
     match["backend"] = slot_ids[np.repeat(sticky, counts)]
     match["revnat"] = np.repeat(revnats[sticky], counts[sticky])
-    used_ids = used.tolist()
-    maps = {"backend": dict(zip(backend_keys, map(backends.values.__getitem__, used_ids),
-                                strict=True)),
+    values = backends.values
+    if len(used) == len(values) - 1:  # every backend made so far: ids 1..n
+        backend_values = values[1:]
+    else:
+        backend_values = list(map(values.__getitem__, used.tolist()))
+    maps = {"backend": dict(zip(backend_keys, backend_values, strict=True)),
             "revnat": dict(zip(revnats.astype("=u2").view("V2").tolist(),
                                revnat.view("V8").tolist(), strict=True)),
             "match": dict.fromkeys(match.view("V8").tolist(), _MATCH_ONE),
             "svc": dict(zip(key.view("V12").tolist(), value.view("V16").tolist(),
                             strict=True))}
-    return maps, dict(zip(used_ids, named.tolist(), strict=True))
+    return maps, named.tolist()
 
 
 # --- renderings ---------------------------------------------------------------------------
@@ -471,7 +483,7 @@ class NodeRender:
     pending: list[tuple[Maps, dict[str, list[bytes]]]] = field(default_factory=list)
     live: set[str] = field(default_factory=set)
     names: list[str] = field(default_factory=list)  # ``live`` in the last full render's order
-    refs: dict[int, int] = field(default_factory=dict)  # backend id -> frontends naming it
+    refs: list[int] = field(default_factory=list)  # backend id -> frontends naming it
     owner: dict[bytes, str] = field(default_factory=dict)  # frontend -> its port's name
     # Service key -> its port names, for the Services partial syncs changed since the
     # last full render; any other Service's ports are those of ``by_service``, the
@@ -530,8 +542,167 @@ _fe_backends = operator.attrgetter("backends")
 
 def _ports_frontends(ports: Sequence[ServicePortView], ctx: NodeContext, backends: Backends,
                      revnat_ids: IdAllocator) -> list[tuple[_Fe, ...]]:
-    """:func:`_port_frontends` of every port of a first render."""
-    return [_port_frontends(view, ctx, backends, revnat_ids) for view in ports]
+    """:func:`_port_frontends` of every port of a first render, with the same ids: runs
+    of ports that have their ClusterIP frontend alone (:func:`_plain_run`) are packed
+    together, any other port by itself, in the ports' order."""
+    services = list(map(_service_of, ports))
+    protocols = set(map(_protocol_of, map(_port_of, ports)))
+    if (len(protocols) == 1 and protocols <= PROTO_NUMBERS.keys()
+            and set(map(_type_of, services)) <= {"ClusterIP"}
+            and not any(map(_external_ips_of, services))
+            and set(map(_internal_policy_of, services)) <= {"Cluster"}):
+        return _plain_run(list(ports), protocols.pop(), backends, revnat_ids)  # all plain
+    out: list[tuple[_Fe, ...]] = []
+    run: list[ServicePortView] = []
+    proto = ""
+    for view in ports:
+        svc = view.service
+        p = view.port.protocol
+        if (svc.type == "ClusterIP" and not svc.external_ips
+                and svc.internal_traffic_policy == "Cluster" and p in PROTO_NUMBERS):
+            if p != proto and run:
+                out += _plain_run(run, proto, backends, revnat_ids)
+                run = []
+            run.append(view)
+            proto = p
+            continue
+        if run:
+            out += _plain_run(run, proto, backends, revnat_ids)
+            run = []
+        out.append(_port_frontends(view, ctx, backends, revnat_ids))
+    if run:
+        out += _plain_run(run, proto, backends, revnat_ids)
+    return out
+
+
+_endpoints_of = operator.attrgetter("endpoints")
+_ready = operator.attrgetter("ready")
+_address = operator.attrgetter("address")
+_ip = operator.attrgetter("ip")
+_port_number = operator.attrgetter("port")
+_service_of = operator.attrgetter("service")
+_port_of = operator.attrgetter("port")
+_cluster_ip = operator.attrgetter("cluster_ip")
+_protocol_of = operator.attrgetter("protocol")
+_type_of = operator.attrgetter("type")
+_external_ips_of = operator.attrgetter("external_ips")
+_internal_policy_of = operator.attrgetter("internal_traffic_policy")
+
+
+def _plain_run(views: list[ServicePortView], proto: str, backends: Backends,
+               revnat_ids: IdAllocator) -> list[tuple[_Fe, ...]]:
+    """:func:`_port_frontends` of ports of protocol ``proto`` whose Service is a
+    ClusterIP one without external IPs and with ``internalTrafficPolicy: Cluster``: one
+    frontend each (the ClusterIP), its backends the cluster endpoints, never ``drop``.
+    The ids are made as port by port, in one pass over all their endpoints."""
+    np = _records()[0]
+    num = PROTO_NUMBERS[proto]
+    n = len(views)
+    cluster = list(map(_endpoints_of, views))
+    flat = list(chain.from_iterable(cluster))
+    if not all(map(_ready, flat)):  # ports with endpoints not ready: theirs chosen alone
+        cluster = [_usable(eps) for eps in cluster]
+        flat = list(chain.from_iterable(cluster))
+    counts = list(map(len, cluster))
+    addresses = list(map(_address, flat))
+    # Each port's endpoints in address order (sorted_endpoints): only the ports with a
+    # descent inside them are sorted.
+    descents = np.flatnonzero(~np.fromiter(map(operator.le, addresses,
+                                               islice(addresses, 1, None)),
+                                           bool, max(len(addresses) - 1, 0)))
+    if len(descents):
+        ends = np.cumsum(counts)
+        at = np.searchsorted(ends, descents, side="right")
+        unsorted = np.unique(at[descents + 1 < ends[at]]).tolist()
+        for i in unsorted:
+            cluster[i] = sorted_endpoints(cluster[i])
+        if unsorted:
+            flat = list(chain.from_iterable(cluster))
+            addresses = list(map(_address, flat))
+    # Backend ids, new ones in order of first appearance (as Backends.of, port by port).
+    ids = backends.ids[proto]
+    values = backends.values
+    first = len(values)
+    if not ids and not any(backends.ids.values()):
+        # Nothing known yet: ids in order, if no address comes twice.
+        made = dict(zip(addresses, range(first, first + len(addresses)), strict=True))
+        if len(made) == len(addresses):
+            backends.ids[proto] = made
+            values += _backend_values(addresses, num)
+            got: list[int | None] = list(range(first, len(values)))
+        else:
+            got = [None] * len(addresses)
+    else:
+        got = list(map(ids.get, addresses))
+    if None in got:
+        new = list(dict.fromkeys(compress(addresses, map(operator.is_, got, repeat(None)))))
+        values += _backend_values(new, num)
+        ids.update(zip(new, range(first, len(values)), strict=True))
+        got = list(map(ids.__getitem__, addresses))
+    if len(values) - 1 > backends.limit:
+        raise InputError(f"more than {backends.limit} backend ids were needed; the map "
+                         "field holding them is too small for this many")
+    slots = iter(got)
+    per_port = [tuple(islice(slots, k)) for k in counts]
+    # Frontend keys: the ClusterIP and port, slot 0, the protocol.
+    services = list(map(_service_of, views))
+    heads_record = np.zeros(n, _HEAD_RECORD)
+    heads_record["ip"] = np.frombuffer(
+        b"".join(map(socket.inet_aton, map(_cluster_ip, services))), "V4")
+    heads_record["port"] = np.fromiter(map(_port_number, map(_port_of, views)), ">u2", n)
+    heads = heads_record.view("V6").tolist()
+    keys = list(map(operator.add, heads, repeat(_SLOT_TAILS[num][0])))
+    known = revnat_ids.known
+    revnats = list(map(known.get, keys))
+    if None in revnats:  # new ones numbered in order, as IdAllocator does one by one
+        new = list(dict.fromkeys(compress(keys, map(operator.is_, revnats, repeat(None)))))
+        first = len(known) + 1
+        room = max(revnat_ids.limit - len(known), 0)
+        known.update(zip(new[:room], range(first, first + room), strict=False))
+        if len(new) > room:
+            revnat_ids(new[room])  # raises: the field is too small
+        revnats = list(map(known.__getitem__, keys))
+    sticky = [svc.session_affinity == "ClientIP" for svc in services]
+    if any(sticky):
+        flags = [SVC_F_AFFINITY if s else 0 for s in sticky]
+        timeouts = [svc.affinity_timeout if s else 0
+                    for svc, s in zip(services, sticky, strict=True)]
+    else:
+        flags = timeouts = [0] * n
+    fes = map(_new_fe, repeat(_Fe), zip(keys, heads, [num] * n, flags, timeouts, revnats,
+                                        per_port, strict=True))
+    return list(zip(fes))
+
+
+def _backend_value(address: str, proto: int) -> bytes:
+    ip, _, port = address.rpartition(":")
+    return socket.inet_aton(ip) + int(port).to_bytes(2, "big") + bytes([proto, 0])
+
+
+_BACKEND_RECORD = [("ip", "V4"), ("port", ">u2"), ("proto", "u1"), ("pad", "u1")]
+
+
+def _backend_values(addresses: list[str], proto: int) -> list[bytes]:
+    """lb4_backend of each ``ip:port``, as Backends.of packs them: the addresses (dotted
+    decimal, as the input's validation leaves them) parsed as one text by numpy rather
+    than one inet_aton each; any other form is packed one by one."""
+    np = _records()[0]
+    k = len(addresses)
+    if not k:
+        return []
+    text = " ".join(addresses).replace(".", " ").replace(":", " ")
+    numbers = np.fromstring(text, dtype=np.int64, sep=" ")
+    if numbers.shape != (5 * k,):
+        return [_backend_value(a, proto) for a in addresses]
+    numbers = numbers.reshape(k, 5)
+    if numbers.min() < 0 or numbers[:, :4].max() > 255 or numbers[:, 4].max() > 0xFFFF:
+        return [_backend_value(a, proto) for a in addresses]
+    record = np.zeros(k, _BACKEND_RECORD)
+    record["ip"] = numbers[:, :4].astype(np.uint8).view("V4").ravel()
+    record["port"] = numbers[:, 4]
+    record["proto"] = proto
+    return record.view("V8").tolist()
+_HEAD_RECORD = [("ip", "V4"), ("port", ">u2")]
 
 
 def render_maps(ports: Sequence[ServicePortView], ctx: NodeContext, backends: Backends,
@@ -610,7 +781,7 @@ def render_maps(ports: Sequence[ServicePortView], ctx: NodeContext, backends: Ba
 
 
 def _changes(old: dict[bytes, _Fe], new: dict[bytes, _Fe], backends: Backends,
-             refs: dict[int, int]) -> tuple[Maps, dict[str, list[bytes]]]:
+             refs: list[int]) -> tuple[Maps, dict[str, list[bytes]]]:
     """The entries to write and delete that turn frontends ``old`` into ``new`` (by
     key): only the slots, counts, backends and affinity entries that differ. ``refs``
     (backend id -> frontends naming it) is updated."""
@@ -656,24 +827,33 @@ def _changes(old: dict[bytes, _Fe], new: dict[bytes, _Fe], backends: Backends,
         nm = sn if now.flags & SVC_F_AFFINITY else set()
         writes["match"].update(dict.fromkeys([_match_key(b, rev) for b in nm - om], _MATCH_ONE))
         deletes["match"] += [_match_key(b, rev) for b in om - nm]
+    _count(came, gone, backends, refs, writes["backend"], deletes["backend"])
+    return writes, deletes
+
+
+def _count(came: list[int], gone: list[int], backends: Backends, refs: list[int],
+           written: dict[bytes, bytes], deleted: list[bytes]) -> None:
+    """Count the frontends naming each backend (``refs``, by id): the backends ``came``
+    (named once more each) and ``gone`` (once less) make; a backend named by none now is
+    deleted, one named again written."""
     named: dict[int, int] = {}
     count_ids(named, came)
     for b in gone:
         named[b] = named.get(b, 0) - 1
+    held = len(refs)
     for b, change in named.items():
         if not change:
             continue
-        had = refs.get(b, 0)
+        had = refs[b] if b < held else 0
         has = had + change
         if has and not had:
-            writes["backend"][b.to_bytes(4, _NATIVE)] = backends.values[b]
+            written[b.to_bytes(4, _NATIVE)] = backends.values[b]
         elif had and not has:
-            deletes["backend"].append(b.to_bytes(4, _NATIVE))
-        if has:
-            refs[b] = has
-        else:
-            refs.pop(b, None)
-    return writes, deletes
+            deleted.append(b.to_bytes(4, _NATIVE))
+        if b >= held:
+            refs += [0] * (b + 1 - held)
+            held = b + 1
+        refs[b] = has
 
 
 def _match_key(backend: int, rev: bytes) -> bytes:
@@ -804,7 +984,7 @@ _new_fe = tuple.__new__  # _Fe(...) without its Python-level __new__
 
 
 def _backend_changes(old: Sequence[_Fe], new: Sequence[_Fe], backends: Backends,
-                     refs: dict[int, int]) -> tuple[Maps, dict[str, list[bytes]]]:
+                     refs: list[int]) -> tuple[Maps, dict[str, list[bytes]]]:
     """:func:`_changes` of frontends that differ only in their backends and the ``drop``
     flag (``old[i]`` and ``new[i]`` have one key): the same entries, in the same order,
     without building the general case's maps of frontends."""
@@ -838,22 +1018,6 @@ def _backend_changes(old: Sequence[_Fe], new: Sequence[_Fe], backends: Backends,
             match_d += [_match_key(b, rev) for b in so - sn]
     back_w: dict[bytes, bytes] = {}
     back_d: list[bytes] = []
-    named: dict[int, int] = {}
-    count_ids(named, came)
-    for b in gone:
-        named[b] = named.get(b, 0) - 1
-    for b, change in named.items():
-        if not change:
-            continue
-        had = refs.get(b, 0)
-        has = had + change
-        if has and not had:
-            back_w[b.to_bytes(4, _NATIVE)] = backends.values[b]
-        elif had and not has:
-            back_d.append(b.to_bytes(4, _NATIVE))
-        if has:
-            refs[b] = has
-        else:
-            refs.pop(b, None)
+    _count(came, gone, backends, refs, back_w, back_d)
     return ({"backend": back_w, "revnat": {}, "match": match_w, "svc": svc_w},
             {"backend": back_d, "revnat": [], "match": match_d, "svc": svc_d})

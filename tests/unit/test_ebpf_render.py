@@ -420,3 +420,56 @@ def test_partial_syncs_leave_their_deltas_to_the_next_full_render(kind: str,
         general.render_partial(list(before), ctx(0), c.changed)
         kept = {m: dict(d) for m, d in shortcut.render(before, ctx(0)).maps.items()}
         assert kept == general.render(before, ctx(0)).maps
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_first_render_packs_runs_of_plain_ports_as_port_by_port(seed: int) -> None:
+    """A first render packs runs of ClusterIP-only ports in one pass (_plain_run): the
+    same entries, backend and reverse-NAT ids and cached frontends as port by port, with
+    endpoints out of order, not ready, terminating, shared by two Services, protocols
+    mixed and other Service types in between."""
+    rng = random.Random(seed)
+    mixed = seed % 2 == 1  # else every port plain, one protocol: one run of them all
+    services, slices = S.semantics_cluster()
+    views = list(service_port_views(services, slices, "node-0")) if mixed else []
+    more, more_slices = generate(GenSpec(services=40, endpoints=5, protocol="UDP"))
+    views += service_port_views(more, more_slices, "node-0")
+    pool = [e for v in views for e in v.endpoints]
+    out = []
+    for v in views:
+        eps = list(v.endpoints)
+        rng.shuffle(eps)
+        roll = rng.random()
+        if roll < 0.2 and eps:
+            k = rng.randrange(len(eps))
+            eps[k] = replace(eps[k], ready=False, serving=rng.random() < 0.5,
+                             terminating=True)
+        elif roll < 0.3:
+            eps.append(rng.choice(pool))  # an endpoint another Service has too
+            eps = list({e.address: e for e in eps}.values())
+        elif roll < 0.35:
+            eps = [replace(e, ready=False, serving=True, terminating=True) for e in eps]
+        svc = v.service
+        if rng.random() < 0.2:
+            svc = replace(svc, session_affinity="ClientIP", affinity_timeout=rng.randrange(9))
+        if mixed and rng.random() < 0.2:
+            v = replace(v, port=replace(v.port, protocol="TCP"))
+        out.append(replace(v, service=svc, endpoints=tuple(eps)))
+    rng.shuffle(out)
+    batch, single = EbpfTcDatapath(), EbpfTcDatapath()
+    with counting(M, "_plain_run") as runs:
+        got = M.render_maps(out, ctx(0), batch._backends, batch._revnat_ids,
+                            batch._renders.setdefault("node-0", M.NodeRender()))
+    assert len(runs) >= (2 if mixed else 1)
+    state = single._renders.setdefault("node-0", M.NodeRender())
+    state.cache["-"] = (out[0], ())  # not empty: every port is looked up and packed alone
+    with counting(M, "_plain_run") as runs:
+        want = M.render_maps(out, ctx(0), single._backends, single._revnat_ids, state)
+    assert runs == []
+    assert got.maps == want.maps and str(got) == str(want)
+    assert batch._backends.values == single._backends.values
+    assert batch._backends.ids == single._backends.ids
+    assert batch._revnat_ids.known == single._revnat_ids.known
+    assert batch._renders["node-0"].refs == state.refs
+    for v in out:
+        assert batch._renders["node-0"].cache[v.name][1] == state.cache[v.name][1], v.name
