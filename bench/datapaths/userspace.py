@@ -237,6 +237,7 @@ def render_rules(ports: Sequence[ServicePortView], ctx: NodeContext,
     parts: list[_PortRules | None]
     cache = state.cache
     if not cache:  # the first render: nothing to look up
+        _number_proxy_ports(ports, names, proxy_ports)
         parts = [_port_rules(view, ctx, proxy_ports) for view in ports]
         cache.update(zip(names, zip(ports, parts, strict=True), strict=True))
         fresh = len(parts)
@@ -292,6 +293,27 @@ def render_rules(ports: Sequence[ServicePortView], ctx: NodeContext,
     state.by_service, state.full = index, True
     state.generation += 1
     return text
+
+
+def _number_proxy_ports(ports: Sequence[ServicePortView], names: list[str],
+                        proxy_ports: IdAllocator) -> None:
+    """Proxy ports for the TCP and UDP ports among ``ports`` that have none yet, numbered
+    in their order as _port_rules would one by one."""
+    known = proxy_ports.known
+    keys = [k for k in zip(names, map(_protocol_of, map(_port_of, ports)), strict=True)
+            if k[1] in _PROTO_ARGS and k not in known]
+    if not keys:
+        return
+    new = list(dict.fromkeys(keys))
+    first = len(known) + 1
+    room = max(proxy_ports.limit - len(known), 0)
+    known.update(zip(new[:room], range(first, first + room), strict=False))
+    if len(new) > room:
+        proxy_ports(new[room])  # raises: no proxy port left
+
+
+_protocol_of = operator.attrgetter("protocol")
+_port_of = operator.attrgetter("port")
 
 
 def render_delta(ports: Sequence[ServicePortView], ctx: NodeContext,
