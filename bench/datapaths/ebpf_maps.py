@@ -51,7 +51,7 @@ from typing import Any, NamedTuple
 
 from bench.datapaths.base import NodeContext
 from bench.errors import ApplyError, InputError
-from bench.model.objects import ServiceEndpoint, ServicePortView, _usable, sorted_endpoints
+from bench.model.objects import ServiceEndpoint, ServicePortView, sorted_endpoints
 
 # Flags of a frontend (lb4_service.flags); the same values as SVC_F_* in bpf/lb4.h.
 SVC_F_AFFINITY = 0x1
@@ -601,7 +601,7 @@ def _plain_run(views: list[ServicePortView], proto: str, backends: Backends,
     cluster = list(map(_endpoints_of, views))
     flat = list(chain.from_iterable(cluster))
     if not all(map(_ready, flat)):  # ports with endpoints not ready: theirs chosen alone
-        cluster = [_usable(eps) for eps in cluster]
+        cluster = [v.cluster_endpoints for v in views]
         flat = list(chain.from_iterable(cluster))
     counts = list(map(len, cluster))
     addresses = list(map(_address, flat))
@@ -623,8 +623,7 @@ def _plain_run(views: list[ServicePortView], proto: str, backends: Backends,
     ids = backends.ids[proto]
     values = backends.values
     first = len(values)
-    if not ids and not any(backends.ids.values()):
-        # Nothing known yet: ids in order, if no address comes twice.
+    if not ids:  # none of this protocol known yet: ids in order, if no address comes twice
         made = dict(zip(addresses, range(first, first + len(addresses)), strict=True))
         if len(made) == len(addresses):
             backends.ids[proto] = made
@@ -679,7 +678,8 @@ def _backend_value(address: str, proto: int) -> bytes:
     return socket.inet_aton(ip) + int(port).to_bytes(2, "big") + bytes([proto, 0])
 
 
-_BACKEND_RECORD = [("ip", "V4"), ("port", ">u2"), ("proto", "u1"), ("pad", "u1")]
+_BACKEND_RECORD = [("ip", "V4"), ("port", ">u2"), ("proto", "u1"), ("pad", "u1")]  # lb4_backend
+_HEAD_RECORD = [("ip", "V4"), ("port", ">u2")]  # lb4_key's address and port
 
 
 def _backend_values(addresses: list[str], proto: int) -> list[bytes]:
@@ -702,7 +702,6 @@ def _backend_values(addresses: list[str], proto: int) -> list[bytes]:
     record["port"] = numbers[:, 4]
     record["proto"] = proto
     return record.view("V8").tolist()
-_HEAD_RECORD = [("ip", "V4"), ("port", ">u2")]
 
 
 def render_maps(ports: Sequence[ServicePortView], ctx: NodeContext, backends: Backends,
@@ -753,9 +752,8 @@ def render_maps(ports: Sequence[ServicePortView], ctx: NodeContext, backends: Ba
         for view, name in zip(ports, names, strict=True):
             ports_of.setdefault(view.service.key, []).append(name)
     kept = list(chain.from_iterable(hits))
-    frontend_names = (names if len(kept) == len(names) else
-                      list(chain.from_iterable(map(repeat, names, map(len, hits)))))
-    owner = dict(zip(map(_fe_key, kept), frontend_names, strict=True))
+    owner = dict(zip(map(_fe_key, kept), chain.from_iterable(map(repeat, names, map(len, hits))),
+                     strict=True))
     shared = len(owner) != len(kept)
     if shared:  # a later duplicate frontend loses, as a map key holds one
         owner = {}

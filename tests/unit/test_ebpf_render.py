@@ -471,5 +471,9 @@ def test_a_first_render_packs_runs_of_plain_ports_as_port_by_port(seed: int) -> 
     assert batch._backends.ids == single._backends.ids
     assert batch._revnat_ids.known == single._revnat_ids.known
     assert batch._renders["node-0"].refs == state.refs
+    kept = batch._renders["node-0"]
     for v in out:
-        assert batch._renders["node-0"].cache[v.name][1] == state.cache[v.name][1], v.name
+        assert kept.cache[v.name][1] == state.cache[v.name][1], v.name
+        if not kept.shared:  # each frontend is its own port's
+            assert all(kept.owner[fe.key] == v.name for fe in kept.cache[v.name][1])
+    assert kept.owner == state.owner
