@@ -477,3 +477,32 @@ def test_a_first_render_packs_runs_of_plain_ports_as_port_by_port(seed: int) -> 
         if not kept.shared:  # each frontend is its own port's
             assert all(kept.owner[fe.key] == v.name for fe in kept.cache[v.name][1])
     assert kept.owner == state.owner
+
+
+def test_a_long_run_of_partial_syncs_folds_its_deltas_as_it_goes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MAX_PENDING unfolded deltas a partial render folds them itself (what it keeps
+    stays bounded), and the whole rendering is still a fresh render's."""
+    from bench.measure.sync_runner import State, _make_change
+
+    monkeypatch.setattr(M, "MAX_PENDING", 2)
+    services, slices = generate(GenSpec(services=7, endpoints=3, protocol="UDP"))
+    spare = services[-1]
+    base = State(services[:-1], [s for s in slices if s.service_name != spare.name],
+                 [s for s in slices if s.service_name == spare.name])
+    before = service_port_views(base.services, base.slices, "node-0")
+    dp = EbpfTcDatapath()
+    dp.render(before, ctx(0))
+    state = dp._renders["node-0"]
+    views = before
+    for i, kind in enumerate(["remove-endpoint", "add-endpoint", "endpoint-not-ready",
+                              "remove-service", "add-service", "remove-endpoint"]):
+        c = _make_change(kind, base, base.services[i % 5], spare)
+        assert isinstance(dp.render_partial(views, ctx(0), c.changed), M.MapsDelta)
+        views = service_port_views(c.services, c.slices, "node-0")
+        assert isinstance(dp.render_partial(views, ctx(0), c.changed), M.MapsDelta)
+        assert len(state.pending) <= 2
+        views = service_port_views(base.services, base.slices, "node-0")
+        dp.render_partial(views, ctx(0), c.changed)
+    fresh = M.render_maps(views, ctx(0), dp._backends, dp._revnat_ids)
+    assert dp.render(views, ctx(0)).maps == fresh.maps
