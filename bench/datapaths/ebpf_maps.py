@@ -51,7 +51,7 @@ from typing import Any, NamedTuple
 
 from bench.datapaths.base import NodeContext
 from bench.errors import ApplyError, InputError
-from bench.model.objects import ServiceEndpoint, ServicePortView, sorted_endpoints
+from bench.model.objects import ServiceEndpoint, ServicePortView, sorted_endpoints, view_names
 
 # Flags of a frontend (lb4_service.flags); the same values as SVC_F_* in bpf/lb4.h.
 SVC_F_AFFINITY = 0x1
@@ -717,7 +717,7 @@ def render_maps(ports: Sequence[ServicePortView], ctx: NodeContext, backends: Ba
     state = NodeRender() if state is None else state
     _same_context(state, ctx)
     cache = state.cache
-    names = [v.name for v in ports]
+    names = view_names(ports)
     fresh = misses = 0
     hits: list[tuple[_Fe, ...]]
     if not cache:  # the first render: nothing to look up

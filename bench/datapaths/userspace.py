@@ -62,7 +62,7 @@ from bench.datapaths.base import Datapath, NodeContext
 from bench.datapaths.ebpf_maps import IdAllocator
 from bench.datapaths.kube_proxy import IptablesTools
 from bench.errors import ApplyError, ApplyTimeout, InputError
-from bench.model.objects import ServicePortView
+from bench.model.objects import ServicePortView, view_names
 
 CONTAINER_PORTAL = "KUBE-PORTALS-CONTAINER"
 HOST_PORTAL = "KUBE-PORTALS-HOST"
@@ -137,8 +137,8 @@ def _ready_addresses(view: ServicePortView) -> str:
 _PROTO_ARGS = {"TCP": " -p tcp -m tcp --dport ", "UDP": " -p udp -m udp --dport "}
 
 
-def _port_rules(view: ServicePortView, ctx: NodeContext,
-                proxy_ports: IdAllocator) -> _PortRules | None:
+def _port_rules(view: ServicePortView, ctx: NodeContext, proxy_ports: IdAllocator,
+                name: str | None = None) -> _PortRules | None:
     svc, sp = view.service, view.port
     protocol = sp.protocol
     args = _PROTO_ARGS.get(protocol)
@@ -146,7 +146,8 @@ def _port_rules(view: ServicePortView, ctx: NodeContext,
         return None  # the userspace proxier had no SCTP
     node_ips = ctx.node_ips
     host_ip = node_ips[0] if node_ips else "127.0.0.1"
-    name = view.name
+    if name is None:
+        name = view.name
     key = (name, protocol)
     pport = (proxy_ports.known.get(key) or proxy_ports(key)) + (PROXY_PORT_FIRST - 1)
     redirect = f" -j REDIRECT --to-ports {pport}"
@@ -233,12 +234,13 @@ def render_rules(ports: Sequence[ServicePortView], ctx: NodeContext,
     """
     state = NodeRender() if state is None else state
     _same_context(state, ctx)
-    names = [v.name for v in ports]
+    names = view_names(ports)
     parts: list[_PortRules | None]
     cache = state.cache
     if not cache:  # the first render: nothing to look up
         _number_proxy_ports(ports, names, proxy_ports)
-        parts = [_port_rules(view, ctx, proxy_ports) for view in ports]
+        parts = [_port_rules(view, ctx, proxy_ports, name)
+                 for view, name in zip(ports, names, strict=True)]
         cache.update(zip(names, zip(ports, parts, strict=True), strict=True))
         fresh = len(parts)
     else:

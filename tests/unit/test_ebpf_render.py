@@ -506,3 +506,15 @@ def test_a_long_run_of_partial_syncs_folds_its_deltas_as_it_goes(
         dp.render_partial(views, ctx(0), c.changed)
     fresh = M.render_maps(views, ctx(0), dp._backends, dp._revnat_ids)
     assert dp.render(views, ctx(0)).maps == fresh.maps
+
+
+def test_view_names_are_the_views_names() -> None:
+    from bench.model.objects import view_names
+
+    services, slices = S.semantics_cluster()
+    views = list(service_port_views(services, slices, "node-0"))
+    views[1] = replace(views[1], port=replace(views[1].port, name="http"))
+    assert view_names(views) == [v.name for v in views]
+    assert views[1].name.endswith(":http")
+    plain = service_port_views(*generate(GenSpec(services=5, endpoints=2)), "node-0")
+    assert view_names(plain) == [v.name for v in plain]
