@@ -50,10 +50,18 @@ class Testbed:
         self.echo = echo
         self.sync_on_enter = sync_on_enter
         self.last_timing = SyncTiming()
+        self._contexts: dict[int, NodeContext] = {}
 
     def node_context(self, i: int) -> NodeContext:
-        return NodeContext(node_name=self.layout.node_names[i], node_ips=(L.node_ip(i),),
-                           cluster_cidr=L.CLUSTER_CIDR, service_cidrs=(str(L.SERVICE_CIDR),))
+        """Node ``i``'s context: one object per node for the testbed's life (it is frozen),
+        as a proxy's node configuration is, so a render finds it unchanged at a glance
+        (``is``) rather than comparing its fields."""
+        ctx = self._contexts.get(i)
+        if ctx is None:
+            ctx = self._contexts[i] = NodeContext(
+                node_name=self.layout.node_names[i], node_ips=(L.node_ip(i),),
+                cluster_cidr=L.CLUSTER_CIDR, service_cidrs=(str(L.SERVICE_CIDR),))
+        return ctx
 
     def views(self, i: int) -> list[ServicePortView]:
         return service_port_views(self.services, self.slices, self.layout.node_names[i])

@@ -39,18 +39,19 @@ the programs handle TCP and UDP only.
 from __future__ import annotations
 
 import functools
+import operator
 import socket
 import struct
 import sys
 from collections import _count_elements as count_ids  # Counter.update's C loop
 from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, compress, islice, repeat
 from typing import Any, NamedTuple
 
 from bench.datapaths.base import NodeContext
 from bench.errors import ApplyError, InputError
-from bench.model.objects import ServiceEndpoint, ServicePortView, sorted_endpoints
+from bench.model.objects import ServiceEndpoint, ServicePortView, sorted_endpoints, view_names
 
 # Flags of a frontend (lb4_service.flags); the same values as SVC_F_* in bpf/lb4.h.
 SVC_F_AFFINITY = 0x1
@@ -283,49 +284,61 @@ def _records() -> tuple[Any, ...]:
                       "offsets": [0, 4], "itemsize": 8}))
 
 
-def _pack_all(fes: Sequence[_Fe], backends: Backends) -> tuple[Maps, dict[int, int]]:
+_fe_head = operator.attrgetter("head")
+_fe_proto = operator.attrgetter("proto")
+_fe_flags = operator.attrgetter("flags")
+_fe_timeout = operator.attrgetter("timeout")
+_fe_revnat = operator.attrgetter("revnat")
+
+
+def _pack_all(fes: Sequence[_Fe], backends: Backends) -> tuple[Maps, list[int]]:
     """Every entry of ``fes`` (frontends with distinct keys) by map, and how often each
-    backend is named: a full sync's 220k entries at 10k services, built as numpy
+    backend is named (by id): a full sync's 220k entries at 10k services, built as numpy
     records and handed over as the bytes objects the maps are compared in."""
     np, svc_key, svc_value, revnat_value, match_key = _records()
     n = len(fes)
-    ids = [fe.backends for fe in fes]
+    ids = list(map(_fe_backends, fes))
     counts = np.fromiter(map(len, ids), np.int64, n)
     rows = counts + 1
     total = int(rows.sum())
     starts = np.cumsum(rows) - rows
     slot_ids = np.fromiter(chain.from_iterable(ids), np.uint32, total - n)
-    heads = np.frombuffer(b"".join([fe.head for fe in fes]), "V6")
-    revnats = np.fromiter([fe.revnat for fe in fes], np.uint16, n)
+    heads = np.frombuffer(b"".join(map(_fe_head, fes)), "V6")
+    revnats = np.fromiter(map(_fe_revnat, fes), np.uint16, n)
+    flags = np.fromiter(map(_fe_flags, fes), np.uint8, n)
     key = np.zeros(total, svc_key)
     key["head"] = np.repeat(heads, rows)
     key["slot"] = np.arange(total) - np.repeat(starts, rows)
-    key["proto"] = np.repeat(np.fromiter([fe.proto for fe in fes], np.uint8, n), rows)
+    key["proto"] = np.repeat(np.fromiter(map(_fe_proto, fes), np.uint8, n), rows)
     value = np.zeros(total, svc_value)
     slots = np.ones(total, bool)
     slots[starts] = False
     value["backend"][slots] = slot_ids
-    value["timeout"][starts] = np.fromiter([fe.timeout for fe in fes], np.uint32, n)
+    value["timeout"][starts] = np.fromiter(map(_fe_timeout, fes), np.uint32, n)
     value["count"][starts] = counts
     value["revnat"][starts] = revnats
-    value["flags"][starts] = np.fromiter([fe.flags for fe in fes], np.uint8, n)
-    used, named = np.unique(slot_ids, return_counts=True)
+    value["flags"][starts] = flags
+    named = np.bincount(slot_ids, minlength=len(backends.values))
+    used = np.flatnonzero(named)
     backend_keys = used.astype("=u4").view("V4").tolist()
     revnat = np.zeros(n, revnat_value)
     revnat["head"] = heads
-    sticky = np.fromiter([bool(fe.flags & SVC_F_AFFINITY) for fe in fes], bool, n)
+    sticky = (flags & SVC_F_AFFINITY).astype(bool)
     match = np.zeros(int(counts[sticky].sum()), match_key)
     match["backend"] = slot_ids[np.repeat(sticky, counts)]
     match["revnat"] = np.repeat(revnats[sticky], counts[sticky])
-    used_ids = used.tolist()
-    maps = {"backend": dict(zip(backend_keys, map(backends.values.__getitem__, used_ids),
-                                strict=True)),
+    values = backends.values
+    if len(used) == len(values) - 1:  # every backend made so far: ids 1..n
+        backend_values = values[1:]
+    else:
+        backend_values = list(map(values.__getitem__, used.tolist()))
+    maps = {"backend": dict(zip(backend_keys, backend_values, strict=True)),
             "revnat": dict(zip(revnats.astype("=u2").view("V2").tolist(),
                                revnat.view("V8").tolist(), strict=True)),
             "match": dict.fromkeys(match.view("V8").tolist(), _MATCH_ONE),
             "svc": dict(zip(key.view("V12").tolist(), value.view("V16").tolist(),
                             strict=True))}
-    return maps, dict(zip(used_ids, named.tolist(), strict=True))
+    return maps, named.tolist()
 
 
 # --- renderings ---------------------------------------------------------------------------
@@ -451,28 +464,244 @@ def _unpacked(m: str, entries: dict[bytes, bytes]) -> list[tuple[str, str]]:
 @dataclass
 class NodeRender:
     """What the renders for one node left behind: each service port's packed entries, and
-    the whole rendering they make, kept up to date by partial syncs, so a partial sync
+    the whole rendering they make, kept up to date with partial syncs, so a partial sync
     renders only what changed and a full one after it assembles nothing again.
+
+    A partial sync leaves its delta in ``pending``; the next full render folds the
+    deltas into ``maps`` (a few dictionary operations each) before it uses them, so a
+    partial render touches nothing of the whole rendering's 200k entries.
 
     ``generation`` counts the renders; a delta names the generation it starts
     from, so it is only applied to a node holding exactly that state.
     """
 
-    cache: dict[str, tuple[ServicePortView, NodeContext, tuple[_Fe, ...]]] = field(
-        default_factory=dict)
-    # The whole rendering of the ports in ``live`` (None before the first full render).
+    cache: dict[str, tuple[ServicePortView, tuple[_Fe, ...]]] = field(default_factory=dict)
+    ctx: NodeContext | None = None  # the node context every cached port was rendered for
+    # The whole rendering of the ports in ``live`` once ``pending`` is folded in (None
+    # before the first full render).
     maps: Maps | None = None
+    pending: list[tuple[Maps, dict[str, list[bytes]]]] = field(default_factory=list)
     live: set[str] = field(default_factory=set)
     names: list[str] = field(default_factory=list)  # ``live`` in the last full render's order
-    refs: dict[int, int] = field(default_factory=dict)  # backend id -> frontends naming it
+    refs: list[int] = field(default_factory=list)  # backend id -> frontends naming it
     owner: dict[bytes, str] = field(default_factory=dict)  # frontend -> its port's name
-    ports_of: dict[str, list[str]] = field(default_factory=dict)  # Service key -> port names
+    # Service key -> its port names, for the Services partial syncs changed since the
+    # last full render; any other Service's ports are those of ``by_service``, the
+    # index of the ports that render was handed (objects.PortViews), or none.
+    ports_of: dict[str, list[str]] = field(default_factory=dict)
+    by_service: dict[str, list[ServicePortView]] | None = None
     # Some frontend is claimed by two ports: the port order decides which holds it, so
     # a full render assembles the maps again.
     shared: bool = False
     rendering: MapsRendering | None = None  # the last full rendering, while current
     generation: int = 0
     rendered_entries: int = 0  # entries the last render built anew (not from the cache)
+
+
+MAX_PENDING = 256  # deltas a partial render leaves unfolded at most
+
+
+def _fold(state: NodeRender) -> None:
+    """Apply the partial syncs' deltas to the kept whole rendering, in their order."""
+    maps = state.maps
+    assert maps is not None
+    for writes, deletes in state.pending:
+        for m in MAPS:
+            held = maps[m]
+            for k in deletes[m]:
+                del held[k]
+            held.update(writes[m])
+    state.pending.clear()
+
+
+def _port_names(state: NodeRender, key: str) -> list[str]:
+    """The names of Service ``key``'s ports in the node's current state."""
+    got = state.ports_of.get(key)
+    if got is None:
+        index = state.by_service
+        got = [v.name for v in index.get(key, ())] if index is not None else []
+    return got
+
+
+def _same_context(state: NodeRender, ctx: NodeContext) -> bool:
+    """Whether ``state`` was rendered for ``ctx`` (or nothing yet): else its ports are
+    dropped, to be rendered again."""
+    held = state.ctx
+    if held is ctx:
+        return True
+    state.ctx = ctx
+    if held is None or held == ctx:
+        return True
+    state.cache.clear()
+    return False
+
+
+_fe_key = operator.attrgetter("key")
+_fe_backends = operator.attrgetter("backends")
+
+
+def _ports_frontends(ports: Sequence[ServicePortView], ctx: NodeContext, backends: Backends,
+                     revnat_ids: IdAllocator) -> list[tuple[_Fe, ...]]:
+    """:func:`_port_frontends` of every port of a first render, with the same ids: runs
+    of ports that have their ClusterIP frontend alone (:func:`_plain_run`) are packed
+    together, any other port by itself, in the ports' order."""
+    services = list(map(_service_of, ports))
+    protocols = set(map(_protocol_of, map(_port_of, ports)))
+    if (len(protocols) == 1 and protocols <= PROTO_NUMBERS.keys()
+            and set(map(_type_of, services)) <= {"ClusterIP"}
+            and not any(map(_external_ips_of, services))
+            and set(map(_internal_policy_of, services)) <= {"Cluster"}):
+        return _plain_run(list(ports), protocols.pop(), backends, revnat_ids)  # all plain
+    out: list[tuple[_Fe, ...]] = []
+    run: list[ServicePortView] = []
+    proto = ""
+    for view in ports:
+        svc = view.service
+        p = view.port.protocol
+        if (svc.type == "ClusterIP" and not svc.external_ips
+                and svc.internal_traffic_policy == "Cluster" and p in PROTO_NUMBERS):
+            if p != proto and run:
+                out += _plain_run(run, proto, backends, revnat_ids)
+                run = []
+            run.append(view)
+            proto = p
+            continue
+        if run:
+            out += _plain_run(run, proto, backends, revnat_ids)
+            run = []
+        out.append(_port_frontends(view, ctx, backends, revnat_ids))
+    if run:
+        out += _plain_run(run, proto, backends, revnat_ids)
+    return out
+
+
+_endpoints_of = operator.attrgetter("endpoints")
+_ready = operator.attrgetter("ready")
+_address = operator.attrgetter("address")
+_ip = operator.attrgetter("ip")
+_port_number = operator.attrgetter("port")
+_service_of = operator.attrgetter("service")
+_port_of = operator.attrgetter("port")
+_cluster_ip = operator.attrgetter("cluster_ip")
+_protocol_of = operator.attrgetter("protocol")
+_type_of = operator.attrgetter("type")
+_external_ips_of = operator.attrgetter("external_ips")
+_internal_policy_of = operator.attrgetter("internal_traffic_policy")
+
+
+def _plain_run(views: list[ServicePortView], proto: str, backends: Backends,
+               revnat_ids: IdAllocator) -> list[tuple[_Fe, ...]]:
+    """:func:`_port_frontends` of ports of protocol ``proto`` whose Service is a
+    ClusterIP one without external IPs and with ``internalTrafficPolicy: Cluster``: one
+    frontend each (the ClusterIP), its backends the cluster endpoints, never ``drop``.
+    The ids are made as port by port, in one pass over all their endpoints."""
+    np = _records()[0]
+    num = PROTO_NUMBERS[proto]
+    n = len(views)
+    cluster = list(map(_endpoints_of, views))
+    flat = list(chain.from_iterable(cluster))
+    if not all(map(_ready, flat)):  # ports with endpoints not ready: theirs chosen alone
+        cluster = [v.cluster_endpoints for v in views]
+        flat = list(chain.from_iterable(cluster))
+    counts = list(map(len, cluster))
+    addresses = list(map(_address, flat))
+    # Each port's endpoints in address order (sorted_endpoints): only the ports with a
+    # descent inside them are sorted.
+    descents = np.flatnonzero(~np.fromiter(map(operator.le, addresses,
+                                               islice(addresses, 1, None)),
+                                           bool, max(len(addresses) - 1, 0)))
+    if len(descents):
+        ends = np.cumsum(counts)
+        at = np.searchsorted(ends, descents, side="right")
+        unsorted = np.unique(at[descents + 1 < ends[at]]).tolist()
+        for i in unsorted:
+            cluster[i] = sorted_endpoints(cluster[i])
+        if unsorted:
+            flat = list(chain.from_iterable(cluster))
+            addresses = list(map(_address, flat))
+    # Backend ids, new ones in order of first appearance (as Backends.of, port by port).
+    ids = backends.ids[proto]
+    values = backends.values
+    first = len(values)
+    if not ids:  # none of this protocol known yet: ids in order, if no address comes twice
+        made = dict(zip(addresses, range(first, first + len(addresses)), strict=True))
+        if len(made) == len(addresses):
+            backends.ids[proto] = made
+            values += _backend_values(addresses, num)
+            got: list[int | None] = list(range(first, len(values)))
+        else:
+            got = [None] * len(addresses)
+    else:
+        got = list(map(ids.get, addresses))
+    if None in got:
+        new = list(dict.fromkeys(compress(addresses, map(operator.is_, got, repeat(None)))))
+        values += _backend_values(new, num)
+        ids.update(zip(new, range(first, len(values)), strict=True))
+        got = list(map(ids.__getitem__, addresses))
+    if len(values) - 1 > backends.limit:
+        raise InputError(f"more than {backends.limit} backend ids were needed; the map "
+                         "field holding them is too small for this many")
+    slots = iter(got)
+    per_port = [tuple(islice(slots, k)) for k in counts]
+    # Frontend keys: the ClusterIP and port, slot 0, the protocol.
+    services = list(map(_service_of, views))
+    heads_record = np.zeros(n, _HEAD_RECORD)
+    heads_record["ip"] = np.frombuffer(
+        b"".join(map(socket.inet_aton, map(_cluster_ip, services))), "V4")
+    heads_record["port"] = np.fromiter(map(_port_number, map(_port_of, views)), ">u2", n)
+    heads = heads_record.view("V6").tolist()
+    keys = list(map(operator.add, heads, repeat(_SLOT_TAILS[num][0])))
+    known = revnat_ids.known
+    revnats = list(map(known.get, keys))
+    if None in revnats:  # new ones numbered in order, as IdAllocator does one by one
+        new = list(dict.fromkeys(compress(keys, map(operator.is_, revnats, repeat(None)))))
+        first = len(known) + 1
+        room = max(revnat_ids.limit - len(known), 0)
+        known.update(zip(new[:room], range(first, first + room), strict=False))
+        if len(new) > room:
+            revnat_ids(new[room])  # raises: the field is too small
+        revnats = list(map(known.__getitem__, keys))
+    sticky = [svc.session_affinity == "ClientIP" for svc in services]
+    if any(sticky):
+        flags = [SVC_F_AFFINITY if s else 0 for s in sticky]
+        timeouts = [svc.affinity_timeout if s else 0
+                    for svc, s in zip(services, sticky, strict=True)]
+    else:
+        flags = timeouts = [0] * n
+    fes = map(_new_fe, repeat(_Fe), zip(keys, heads, [num] * n, flags, timeouts, revnats,
+                                        per_port, strict=True))
+    return list(zip(fes))
+
+
+def _backend_value(address: str, proto: int) -> bytes:
+    ip, _, port = address.rpartition(":")
+    return socket.inet_aton(ip) + int(port).to_bytes(2, "big") + bytes([proto, 0])
+
+
+_BACKEND_RECORD = [("ip", "V4"), ("port", ">u2"), ("proto", "u1"), ("pad", "u1")]  # lb4_backend
+_HEAD_RECORD = [("ip", "V4"), ("port", ">u2")]  # lb4_key's address and port
+
+
+def _backend_values(addresses: list[str], proto: int) -> list[bytes]:
+    """lb4_backend of each ``ip:port``, as Backends.of packs them: the addresses (dotted
+    decimal, as the input's validation leaves them) parsed as one text by numpy rather
+    than one inet_aton each; any other form is packed one by one."""
+    np = _records()[0]
+    k = len(addresses)
+    if not k:
+        return []
+    text = " ".join(addresses).replace(".", " ").replace(":", " ")
+    numbers = np.fromstring(text, dtype=np.int64, sep=" ")
+    if numbers.shape != (5 * k,):
+        return [_backend_value(a, proto) for a in addresses]
+    numbers = numbers.reshape(k, 5)
+    if numbers.min() < 0 or numbers[:, :4].max() > 255 or numbers[:, 4].max() > 0xFFFF:
+        return [_backend_value(a, proto) for a in addresses]
+    record = np.zeros(k, _BACKEND_RECORD)
+    record["ip"] = numbers[:, :4].astype(np.uint8).view("V4").ravel()
+    record["port"] = numbers[:, 4]
+    record["proto"] = proto
+    return record.view("V8").tolist()
 
 
 def render_maps(ports: Sequence[ServicePortView], ctx: NodeContext, backends: Backends,
@@ -482,43 +711,58 @@ def render_maps(ports: Sequence[ServicePortView], ctx: NodeContext, backends: Ba
     ``state``, if given, holds each port's entries from earlier renders: a port
     equal to the cached one is not rendered again (its ids are stable, see
     :class:`IdAllocator`). When every port is cached and they are the ports the
-    node's whole rendering holds (kept up to date by :func:`render_delta`), that
-    rendering is returned without assembling anything.
+    node's whole rendering holds (kept up to date with :func:`render_delta`'s
+    deltas), that rendering is returned without assembling anything.
     """
     state = NodeRender() if state is None else state
+    _same_context(state, ctx)
     cache = state.cache
-    names = [v.name for v in ports]
+    names = view_names(ports)
     fresh = misses = 0
-    hits: list[tuple[_Fe, ...]] = []
-    for view, name in zip(ports, names, strict=True):
-        hit = cache.get(name)
-        if hit is None or not (hit[1] is ctx or hit[1] == ctx) or not (
-                hit[0] is view or hit[0] == view):
-            hit = (view, ctx, _port_frontends(view, ctx, backends, revnat_ids))
-            cache[name] = hit
-            misses += 1
-            fresh += sum([1 + len(fe.backends) for fe in hit[2]])
-        hits.append(hit[2])
+    hits: list[tuple[_Fe, ...]]
+    if not cache:  # the first render: nothing to look up
+        hits = _ports_frontends(ports, ctx, backends, revnat_ids)
+        cache.update(zip(names, zip(ports, hits, strict=True), strict=True))
+        misses = len(hits)
+        every = list(chain.from_iterable(hits))
+        fresh = len(every) + sum(map(len, map(_fe_backends, every)))
+    else:
+        hits = []
+        for view, name in zip(ports, names, strict=True):
+            hit = cache.get(name)
+            if hit is None or not (hit[0] is view or hit[0] == view):
+                hit = (view, _port_frontends(view, ctx, backends, revnat_ids))
+                cache[name] = hit
+                misses += 1
+                fresh += sum([1 + len(fe.backends) for fe in hit[1]])
+            hits.append(hit[1])
     state.rendered_entries = fresh
     if not misses and state.maps is not None and not state.shared and (
             names == state.names or state.live == set(names)):
-        if state.rendering is None:  # partial syncs kept the maps up to date
+        if state.pending:
+            _fold(state)  # what the partial syncs since the last full render changed
+        if state.rendering is None:
             state.rendering = MapsRendering(ctx.node_name, state.maps, len(state.owner),
                                             state.generation)
         state.names = names
         return state.rendering
-    owner: dict[bytes, str] = {}
+    index = getattr(ports, "by_service", None)  # objects.PortViews: nothing to build
     ports_of: dict[str, list[str]] = {}
-    shared = False
-    kept: list[_Fe] = []
-    for view, name, entries in zip(ports, names, hits, strict=True):
-        ports_of.setdefault(view.service.key, []).append(name)
-        for fe in entries:
-            if fe.key in owner:
-                shared = True  # a later duplicate frontend loses, as a map key holds one
-                continue
-            owner[fe.key] = name
-            kept.append(fe)
+    if index is None:
+        for view, name in zip(ports, names, strict=True):
+            ports_of.setdefault(view.service.key, []).append(name)
+    kept = list(chain.from_iterable(hits))
+    owner = dict(zip(map(_fe_key, kept), chain.from_iterable(map(repeat, names, map(len, hits))),
+                     strict=True))
+    shared = len(owner) != len(kept)
+    if shared:  # a later duplicate frontend loses, as a map key holds one
+        owner = {}
+        kept = []
+        for name, entries in zip(names, hits, strict=True):
+            for fe in entries:
+                if fe.key not in owner:
+                    owner[fe.key] = name
+                    kept.append(fe)
     maps, refs = _pack_all(kept, backends)
     if len(cache) > 2 * len(ports) + 64:
         live = set(names)
@@ -526,14 +770,16 @@ def render_maps(ports: Sequence[ServicePortView], ctx: NodeContext, backends: Ba
             del cache[name]
     state.generation += 1
     state.maps, state.refs, state.owner, state.ports_of = maps, refs, owner, ports_of
+    state.pending.clear()  # (folded into nothing: these maps are new)
     state.live, state.shared, state.names = set(names), shared, names
+    state.by_service = index
     # (An earlier rendering keeps the dictionaries replaced here: nothing changes them.)
     state.rendering = MapsRendering(ctx.node_name, maps, len(owner), state.generation)
     return state.rendering
 
 
 def _changes(old: dict[bytes, _Fe], new: dict[bytes, _Fe], backends: Backends,
-             refs: dict[int, int]) -> tuple[Maps, dict[str, list[bytes]]]:
+             refs: list[int]) -> tuple[Maps, dict[str, list[bytes]]]:
     """The entries to write and delete that turn frontends ``old`` into ``new`` (by
     key): only the slots, counts, backends and affinity entries that differ. ``refs``
     (backend id -> frontends naming it) is updated."""
@@ -579,24 +825,33 @@ def _changes(old: dict[bytes, _Fe], new: dict[bytes, _Fe], backends: Backends,
         nm = sn if now.flags & SVC_F_AFFINITY else set()
         writes["match"].update(dict.fromkeys([_match_key(b, rev) for b in nm - om], _MATCH_ONE))
         deletes["match"] += [_match_key(b, rev) for b in om - nm]
+    _count(came, gone, backends, refs, writes["backend"], deletes["backend"])
+    return writes, deletes
+
+
+def _count(came: list[int], gone: list[int], backends: Backends, refs: list[int],
+           written: dict[bytes, bytes], deleted: list[bytes]) -> None:
+    """Count the frontends naming each backend (``refs``, by id): the backends ``came``
+    (named once more each) and ``gone`` (once less) make; a backend named by none now is
+    deleted, one named again written."""
     named: dict[int, int] = {}
     count_ids(named, came)
     for b in gone:
         named[b] = named.get(b, 0) - 1
+    held = len(refs)
     for b, change in named.items():
         if not change:
             continue
-        had = refs.get(b, 0)
+        had = refs[b] if b < held else 0
         has = had + change
         if has and not had:
-            writes["backend"][b.to_bytes(4, _NATIVE)] = backends.values[b]
+            written[b.to_bytes(4, _NATIVE)] = backends.values[b]
         elif had and not has:
-            deletes["backend"].append(b.to_bytes(4, _NATIVE))
-        if has:
-            refs[b] = has
-        else:
-            refs.pop(b, None)
-    return writes, deletes
+            deleted.append(b.to_bytes(4, _NATIVE))
+        if b >= held:
+            refs += [0] * (b + 1 - held)
+            held = b + 1
+        refs[b] = has
 
 
 def _match_key(backend: int, rev: bytes) -> bytes:
@@ -611,20 +866,23 @@ def render_delta(ports: Sequence[ServicePortView], ctx: NodeContext, backends: B
     updates the map entries of the frontends that changed.
 
     Ports of other Services are trusted to be unchanged, as a partial sync trusts
-    its change tracker. The node's whole rendering is updated in place. Without a
-    full render to start from, for another node context, or when a changed
-    frontend shares its address with another port's (only one of them can hold
-    the map key), this is a full rendering.
+    its change tracker. The delta is left for the next full render to fold into the
+    node's whole rendering (``state.pending``). Without a full render to start from,
+    for another node context, or when a changed frontend shares its address with
+    another port's (only one of them can hold the map key), this is a full rendering.
     """
-    first = next(iter(state.cache.values()), None)
-    if state.maps is None or first is not None and not (first[1] is ctx or first[1] == ctx):
+    if state.maps is None or not _same_context(state, ctx):
         return render_maps(ports, ctx, backends, revnat_ids, state)
-    keys = set(changed)
     index = getattr(ports, "by_service", None)  # objects.PortViews: no walk over every port
+    if index is not None and len(changed) == 1:
+        delta = _endpoints_delta(index, ctx, backends, state, next(iter(changed)))
+        if delta is not None:
+            return delta
+    keys = set(changed)
     views = ([v for k in keys for v in index.get(k, ())] if index is not None
              else [v for v in ports if v.service.key in keys])
-    old_names = {n for k in keys for n in state.ports_of.get(k, ())}
-    old_ports = [(n, state.cache[n][2]) for n in old_names if n in state.cache]
+    old_names = {n for k in keys for n in _port_names(state, k)}
+    old_ports = [(n, state.cache[n][1]) for n in old_names if n in state.cache]
     new = {v.name: _port_frontends(v, ctx, backends, revnat_ids) for v in views}
     owner = state.owner
     claimed = [fe.key for entries in new.values() for fe in entries]
@@ -635,34 +893,129 @@ def render_delta(ports: Sequence[ServicePortView], ctx: NodeContext, backends: B
         # of all ports, so render them all.
         return render_maps(ports, ctx, backends, revnat_ids, state)
     old = [fe for _, entries in old_ports for fe in entries]
-    if state.rendering is not None:
-        state.rendering.retire()  # its dictionaries change now
-        state.rendering = None
     writes, deletes = _changes({fe.key: fe for fe in old},
                                {fe.key: fe for entries in new.values() for fe in entries},
                                backends, state.refs)
-    maps = state.maps
-    for m in MAPS:
-        held = maps[m]
-        for k in deletes[m]:
-            del held[k]
-        held.update(writes[m])
-    # The state a full render of the new ports would leave.
+    # The state a full render of the new ports would leave (the maps: once folded).
     state.names = []  # ``live`` changes order (and maybe members) below
     for name in old_names - new.keys():
         state.cache.pop(name, None)
         state.live.discard(name)
     for key in keys:
-        state.ports_of.pop(key, None)
+        state.ports_of[key] = []  # (hides what by_service says of it)
     for fe in old:
         owner.pop(fe.key, None)
     for view in views:
-        state.cache[view.name] = (view, ctx, new[view.name])
-        state.ports_of.setdefault(view.service.key, []).append(view.name)
+        state.cache[view.name] = (view, new[view.name])
+        state.ports_of[view.service.key].append(view.name)
         state.live.add(view.name)
         for fe in new[view.name]:
             owner[fe.key] = view.name
+    state.rendered_entries = sum(1 + len(fe.backends) for e in new.values() for fe in e)
+    return _delta(state, ctx, writes, deletes)
+
+
+def _delta(state: NodeRender, ctx: NodeContext, writes: Maps,
+           deletes: dict[str, list[bytes]]) -> MapsDelta:
+    """The partial sync's delta, left in ``state.pending`` for the next full render."""
+    if state.rendering is not None:
+        state.rendering.retire()  # its dictionaries change when the delta is folded in
+        state.rendering = None
+    pending = state.pending
+    pending.append((writes, deletes))
+    if len(pending) > MAX_PENDING:
+        _fold(state)
     start = state.generation
     state.generation += 1
-    state.rendered_entries = sum(1 + len(fe.backends) for e in new.values() for fe in e)
-    return MapsDelta(ctx.node_name, start, state.generation, writes, deletes)
+    return MapsDelta(ctx.node_name, start, start + 1, writes, deletes)
+
+
+def _endpoints_delta(index: dict[str, list[ServicePortView]], ctx: NodeContext,
+                     backends: Backends, state: NodeRender, key: str) -> MapsDelta | None:
+    """The delta of a Service of one port whose endpoints alone changed (the Service and
+    the port are the cached ones): its frontends keep their addresses, ids and flags
+    but for ``drop``, so only their backends are chosen again. None: not that case."""
+    views = index.get(key)
+    if views is None or len(views) != 1:
+        return None
+    view = views[0]
+    name = view.name
+    hit = state.cache.get(name)
+    if hit is None:
+        return None
+    was_view, old = hit
+    svc = view.service
+    if not ((was_view.service is svc or was_view.service == svc)
+            and (was_view.port is view.port or was_view.port == view.port)):
+        return None
+    names = _port_names(state, key)
+    if len(names) != 1 or names[0] != name:
+        return None
+    owner = state.owner
+    for fe in old:
+        if owner.get(fe.key) != name:
+            return None  # a frontend another port holds: render them all
+    cluster = view.cluster_endpoints
+    ordered: dict[bool, tuple[ServiceEndpoint, ...]] = {}
+    local_internal = svc.internal_traffic_policy == "Local"
+    new = []
+    for fe in old:
+        flags = fe.flags
+        # As frontends(): external frontends are local unless they SNAT.
+        local = not flags & SVC_F_SNAT if flags & SVC_F_EXTERNAL else local_internal
+        eps = ordered.get(local)
+        if eps is None:
+            eps = ordered[local] = sorted_endpoints(view.local_endpoints if local
+                                                    else cluster)
+        flags &= ~SVC_F_DROP
+        if not eps and cluster:
+            flags |= SVC_F_DROP
+        new.append(_new_fe(_Fe, (fe.key, fe.head, fe.proto, flags, fe.timeout, fe.revnat,
+                                 backends.of(eps, PROTO_NAMES[fe.proto]))))
+    writes, deletes = _backend_changes(old, new, backends, state.refs)
+    state.cache[name] = (view, tuple(new))
+    state.rendered_entries = sum([1 + len(fe.backends) for fe in new])
+    return _delta(state, ctx, writes, deletes)
+
+
+_new_fe = tuple.__new__  # _Fe(...) without its Python-level __new__
+
+
+def _backend_changes(old: Sequence[_Fe], new: Sequence[_Fe], backends: Backends,
+                     refs: list[int]) -> tuple[Maps, dict[str, list[bytes]]]:
+    """:func:`_changes` of frontends that differ only in their backends and the ``drop``
+    flag (``old[i]`` and ``new[i]`` have one key): the same entries, in the same order,
+    without building the general case's maps of frontends."""
+    svc_w: dict[bytes, bytes] = {}
+    svc_d: list[bytes] = []
+    match_w: dict[bytes, bytes] = {}
+    match_d: list[bytes] = []
+    came: list[int] = []
+    gone: list[int] = []
+    for was, now in zip(old, new, strict=True):
+        ob, nb = was.backends, now.backends
+        flags = now.flags
+        if ob == nb and was.flags == flags:
+            continue
+        no, nn = len(ob), len(nb)
+        if no != nn or was.flags != flags:
+            svc_w[now.key] = _SVC_VALUE.pack(0, now.timeout, nn, now.revnat, flags)
+        head = now.head
+        tails = _slot_tails(now.proto, max(no, nn))
+        for slot, b in enumerate(nb, start=1):
+            if slot > no or ob[slot - 1] != b:
+                svc_w[head + tails[slot]] = b.to_bytes(4, _NATIVE) + _SLOT_ZERO
+        if no > nn:
+            svc_d += map(head.__add__, tails[nn + 1:no + 1])
+        so, sn = set(ob), set(nb)
+        gone += so - sn
+        came += sn - so
+        if flags & SVC_F_AFFINITY:  # (both have it: the flags differ in drop at most)
+            rev = now.revnat.to_bytes(2, _NATIVE)
+            match_w.update(dict.fromkeys([_match_key(b, rev) for b in sn - so], _MATCH_ONE))
+            match_d += [_match_key(b, rev) for b in so - sn]
+    back_w: dict[bytes, bytes] = {}
+    back_d: list[bytes] = []
+    _count(came, gone, backends, refs, back_w, back_d)
+    return ({"backend": back_w, "revnat": {}, "match": match_w, "svc": svc_w},
+            {"backend": back_d, "revnat": [], "match": match_d, "svc": svc_d})

@@ -67,15 +67,20 @@ class EbpfTcDatapath(Datapath):
     def render(self, ports: Sequence[ServicePortView], ctx: NodeContext) -> M.MapsRendering:
         """Every map entry of a full sync, packed (see :mod:`ebpf_maps`)."""
         return M.render_maps(ports, ctx, self._backends, self._revnat_ids,
-                             self._renders.setdefault(ctx.node_name, M.NodeRender()))
+                             self._node_render(ctx.node_name))
 
     def render_partial(self, ports: Sequence[ServicePortView], ctx: NodeContext,
                        changed: Collection[str]) -> M.MapsDelta | M.MapsRendering:
         """The entries to write and delete after the Services in ``changed`` changed: only
         their ports are packed (:func:`ebpf_maps.render_delta`)."""
         return M.render_delta(ports, ctx, self._backends, self._revnat_ids,
-                              self._renders.setdefault(ctx.node_name, M.NodeRender()),
-                              changed)
+                              self._node_render(ctx.node_name), changed)
+
+    def _node_render(self, node_name: str) -> M.NodeRender:
+        state = self._renders.get(node_name)  # (no NodeRender made to be thrown away)
+        if state is None:
+            state = self._renders[node_name] = M.NodeRender()
+        return state
 
     def rendered_entries(self, node_name: str) -> int:
         """Entries the node's last render built anew rather than took from its cache."""

@@ -46,13 +46,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import operator
 import subprocess
 import sys
 import weakref
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from bench.cluster import cgroups
 from bench.cluster.netns_exec import die_with_parent, netns_argv
@@ -61,7 +62,7 @@ from bench.datapaths.base import Datapath, NodeContext
 from bench.datapaths.ebpf_maps import IdAllocator
 from bench.datapaths.kube_proxy import IptablesTools
 from bench.errors import ApplyError, ApplyTimeout, InputError
-from bench.model.objects import ServicePortView
+from bench.model.objects import ServicePortView, view_names
 
 CONTAINER_PORTAL = "KUBE-PORTALS-CONTAINER"
 HOST_PORTAL = "KUBE-PORTALS-HOST"
@@ -111,37 +112,66 @@ def _common(name: str, protocol: str, port: int, dest: str | None = None,
     return args
 
 
-@dataclass(frozen=True)
-class _PortRules:
+class _PortRules(NamedTuple):
     """What one service port contributes to a sync: its proxy line and its rules."""
 
     key: tuple[str, str]  # (port name, protocol): the proxy's key for it
     proxy_line: str
     rules: tuple[tuple[str, str], ...]  # (chain, rule), in chain order
+    head: str  # the proxy line up to its endpoints, which come last
 
 
-def _port_rules(view: ServicePortView, ctx: NodeContext,
-                proxy_ports: IdAllocator) -> _PortRules | None:
+_ready = operator.attrgetter("ready")
+_address = operator.attrgetter("address")
+_rules_of = operator.attrgetter("rules")
+_rule_of = operator.itemgetter(1)
+_new_part = tuple.__new__  # _PortRules(...) without its Python-level __new__
+
+
+def _ready_addresses(view: ServicePortView) -> str:
+    # The Endpoints API the userspace proxier read lists ready addresses only.
+    return ",".join(map(_address, filter(_ready, view.endpoints))) or "-"
+
+
+# _common's text after the comment, per protocol, up to the port.
+_PROTO_ARGS = {"TCP": " -p tcp -m tcp --dport ", "UDP": " -p udp -m udp --dport "}
+
+
+def _port_rules(view: ServicePortView, ctx: NodeContext, proxy_ports: IdAllocator,
+                name: str | None = None) -> _PortRules | None:
     svc, sp = view.service, view.port
     protocol = sp.protocol
-    if protocol not in ("TCP", "UDP"):
+    args = _PROTO_ARGS.get(protocol)
+    if args is None:
         return None  # the userspace proxier had no SCTP
-    host_ip = ctx.node_ips[0] if ctx.node_ips else "127.0.0.1"
-    name = view.name
-    pport = PROXY_PORT_FIRST - 1 + proxy_ports((name, protocol))
+    node_ips = ctx.node_ips
+    host_ip = node_ips[0] if node_ips else "127.0.0.1"
+    if name is None:
+        name = view.name
+    key = (name, protocol)
+    pport = (proxy_ports.known.get(key) or proxy_ports(key)) + (PROXY_PORT_FIRST - 1)
     redirect = f" -j REDIRECT --to-ports {pport}"
     dnat = f" -j DNAT --to-destination {host_ip}:{pport}"
-    claims = []
-    # The ClusterIP portal, as the loop below writes any non-external one.
-    common = _common(name, protocol, sp.port, svc.cluster_ip)
+    # The ClusterIP portal, as the loop below writes any non-external one (_common's
+    # text, written out: every port has one).
+    common = f'-m comment --comment "{name}"{args}{sp.port} -d {svc.cluster_ip}/32'
+    if not (svc.external_ips or svc.type != "ClusterIP"):
+        # The ClusterIP portal alone (most ports).
+        held = str(sp.port) if svc.cluster_ip in node_ips else "-"  # a local portal
+        affinity = (f"ClientIP:{svc.affinity_timeout}" if svc.session_affinity == "ClientIP"
+                    else "None")
+        head = (f"# proxy {name} {protocol} port={pport} affinity={affinity} "
+                f"claims={held} endpoints=")
+        line = head + (",".join(map(_address, filter(_ready, view.endpoints))) or "-")
+        return _new_part(_PortRules, (key, line, ((CONTAINER_PORTAL, common + redirect),
+                                                  (HOST_PORTAL, common + dnat)), head))
     rules = [(CONTAINER_PORTAL, common + redirect), (HOST_PORTAL, common + dnat)]
-    if svc.cluster_ip in ctx.node_ips:
-        claims.append(sp.port)  # a portal on a local address holds that port
+    claims = [sp.port] if svc.cluster_ip in node_ips else []  # a local portal holds it
     portals = [(ip, True) for ip in svc.external_ips]
     if svc.type == "LoadBalancer":
         portals += [(ip, False) for ip in svc.load_balancer_ips]
     for ip, external in portals:
-        if ip in ctx.node_ips:
+        if ip in node_ips:
             claims.append(sp.port)
         common = _common(name, protocol, sp.port, ip, physdev=external)
         rules.append((CONTAINER_PORTAL, common + redirect))
@@ -158,14 +188,13 @@ def _port_rules(view: ServicePortView, ctx: NodeContext,
         rules.append((HOST_NODEPORT, common + dnat))
         rules.append((NON_LOCAL_NODEPORT,
                       f"{_common(name, protocol, pport)} -m state --state NEW -j ACCEPT"))
-    # The Endpoints API the userspace proxier read lists ready addresses only.
-    eps = ",".join([e.address for e in view.endpoints if e.ready]) or "-"
     affinity = (f"ClientIP:{svc.affinity_timeout}" if svc.session_affinity == "ClientIP"
                 else "None")
     held = ",".join(map(str, sorted(set(claims)))) if claims else "-"
-    line = (f"# proxy {name} {protocol} port={pport} affinity={affinity} "
-            f"claims={held} endpoints={eps}")
-    return _PortRules((name, protocol), line, tuple(rules))
+    head = (f"# proxy {name} {protocol} port={pport} affinity={affinity} "
+            f"claims={held} endpoints=")
+    line = head + (",".join(map(_address, filter(_ready, view.endpoints))) or "-")
+    return _new_part(_PortRules, (key, line, tuple(rules), head))
 
 
 @dataclass
@@ -177,11 +206,16 @@ class NodeRender:
     from, so it is only applied to a node holding exactly that state.
     """
 
-    cache: dict[str, tuple[ServicePortView, NodeContext, _PortRules | None]] = field(
-        default_factory=dict)
+    cache: dict[str, tuple[ServicePortView, _PortRules | None]] = field(default_factory=dict)
+    ctx: NodeContext | None = None  # the node context every cached part was rendered for
     names: list[str] = field(default_factory=list)  # port order of the last full render
     text: str | None = None  # the last full rendering, while still the current state
-    ports_of: dict[str, list[str]] = field(default_factory=dict)  # Service key -> names
+    # Service key -> its port names, for the Services partial syncs changed since the
+    # last full render; any other Service's ports are those of ``by_service``, the
+    # index of the ports that render was handed (objects.PortViews), or none.
+    ports_of: dict[str, list[str]] = field(default_factory=dict)
+    by_service: dict[str, list[ServicePortView]] | None = None
+    full: bool = False  # a full render was made (a partial one has a state to start from)
     generation: int = 0
     rendered_ports: int = 0  # ports the last render built anew (not from the cache)
 
@@ -199,17 +233,25 @@ def render_rules(ports: Sequence[ServicePortView], ctx: NodeContext,
     unchanged and in the same order the last rendering is returned as it is.
     """
     state = NodeRender() if state is None else state
-    names = [v.name for v in ports]
-    parts: list[_PortRules | None] = []
-    fresh = 0
-    for view, name in zip(ports, names, strict=True):
-        hit = state.cache.get(name)
-        if hit is None or not (hit[1] is ctx or hit[1] == ctx) or not (
-                hit[0] is view or hit[0] == view):
-            hit = (view, ctx, _port_rules(view, ctx, proxy_ports))
-            state.cache[name] = hit
-            fresh += 1
-        parts.append(hit[2])
+    _same_context(state, ctx)
+    names = view_names(ports)
+    parts: list[_PortRules | None]
+    cache = state.cache
+    if not cache:  # the first render: nothing to look up
+        _number_proxy_ports(ports, names, proxy_ports)
+        parts = [_port_rules(view, ctx, proxy_ports, name)
+                 for view, name in zip(ports, names, strict=True)]
+        cache.update(zip(names, zip(ports, parts, strict=True), strict=True))
+        fresh = len(parts)
+    else:
+        parts = []
+        fresh = 0
+        for view, name in zip(ports, names, strict=True):
+            hit = cache.get(name)
+            if hit is None or not (hit[0] is view or hit[0] == view):
+                hit = cache[name] = (view, _port_rules(view, ctx, proxy_ports))
+                fresh += 1
+            parts.append(hit[1])
     state.rendered_ports = fresh
     if not fresh and state.text is not None and names == state.names:
         return state.text
@@ -217,14 +259,27 @@ def render_rules(ports: Sequence[ServicePortView], ctx: NodeContext,
         live = set(names)
         for name in [n for n in state.cache if n not in live]:
             del state.cache[name]
-    rules: dict[str, list[str]] = {c: [] for c in (*NAT_CHAINS, *FILTER_CHAINS)}
     ports_of: dict[str, list[str]] = {}
-    for view, name in zip(ports, names, strict=True):
-        ports_of.setdefault(view.service.key, []).append(name)
+    index = getattr(ports, "by_service", None)  # objects.PortViews: nothing to build
+    if index is None:
+        for view, name in zip(ports, names, strict=True):
+            ports_of.setdefault(view.service.key, []).append(name)
     rendered = [part for part in parts if part is not None]
-    for part in rendered:
-        for chain, rule in part.rules:
-            rules[chain].append(rule)
+    # Most ports have the ClusterIP portal's two rules alone: those go straight to
+    # their chains; any other port's rules are sorted into them one by one.
+    container: list[str] = []
+    host: list[str] = []
+    rules = {CONTAINER_PORTAL: container, HOST_PORTAL: host, CONTAINER_NODEPORT: [],
+             HOST_NODEPORT: [], NON_LOCAL_NODEPORT: []}
+    each = list(map(_rules_of, rendered))
+    if rendered and set(map(len, each)) == {2}:
+        first, second = zip(*each, strict=True)
+        container += map(_rule_of, first)
+        host += map(_rule_of, second)
+    else:
+        for part in rendered:
+            for chain, rule in part.rules:
+                rules[chain].append(rule)
     lines = [f"# kpbench userspace proxy for {ctx.node_name}: iptables-restore --noflush "
              "input; '# proxy' lines are the proxy's table"]
     lines += [part.proxy_line for part in rendered]
@@ -232,12 +287,35 @@ def render_rules(ports: Sequence[ServicePortView], ctx: NodeContext,
         lines.append(f"*{table}")
         lines += [f":{c} - [0:0]" for c in chains]
         for c in chains:
-            lines += map(f"-A {c} ".__add__, rules[c])
+            if rules[c]:  # one join per chain, no string per rule in between
+                lines.append(f"-A {c} " + f"\n-A {c} ".join(rules[c]))
         lines.append("COMMIT")
     text = "\n".join(lines) + "\n"
     state.names, state.text, state.ports_of = names, text, ports_of
+    state.by_service, state.full = index, True
     state.generation += 1
     return text
+
+
+def _number_proxy_ports(ports: Sequence[ServicePortView], names: list[str],
+                        proxy_ports: IdAllocator) -> None:
+    """Proxy ports for the TCP and UDP ports among ``ports`` that have none yet, numbered
+    in their order as _port_rules would one by one."""
+    known = proxy_ports.known
+    keys = [k for k in zip(names, map(_protocol_of, map(_port_of, ports)), strict=True)
+            if k[1] in _PROTO_ARGS and k not in known]
+    if not keys:
+        return
+    new = list(dict.fromkeys(keys))
+    first = len(known) + 1
+    room = max(proxy_ports.limit - len(known), 0)
+    known.update(zip(new[:room], range(first, first + room), strict=False))
+    if len(new) > room:
+        proxy_ports(new[room])  # raises: no proxy port left
+
+
+_protocol_of = operator.attrgetter("protocol")
+_port_of = operator.attrgetter("port")
 
 
 def render_delta(ports: Sequence[ServicePortView], ctx: NodeContext,
@@ -249,16 +327,40 @@ def render_delta(ports: Sequence[ServicePortView], ctx: NodeContext,
     portals of a changed service only. Without a full render to start from, or for
     another node context, this is a full rendering.
     """
-    first = next(iter(state.cache.values()), None)
-    if not state.ports_of or first is not None and not (first[1] is ctx or first[1] == ctx):
+    held = state.ctx
+    if not state.full or held is None or not (held is ctx or held == ctx):
         return render_rules(ports, ctx, proxy_ports, state)
-    keys = set(changed)
+    state.ctx = ctx
+    cache = state.cache
     index = getattr(ports, "by_service", None)  # objects.PortViews: no walk over every port
+    if index is not None and len(changed) == 1:
+        key = next(iter(changed))
+        views = index.get(key, ())
+        old_names = _port_names(state, key)
+        if len(views) == 1 and len(old_names) == 1 and views[0].name == old_names[0]:
+            # One port changed: when its Service and port are the ones cached, only its
+            # endpoints can differ, and they are in its proxy line alone.
+            view = views[0]
+            was_view, was = cache[old_names[0]]
+            if was is not None and (was_view.service is view.service
+                                    or was_view.service == view.service) and (
+                    was_view.port is view.port or was_view.port == view.port):
+                now = _PortRules(was.key, was.head + _ready_addresses(view), was.rules, was.head)
+                cache[view.name] = (view, now)
+                state.text = None  # the next full render assembles the text again
+                start = state.generation
+                state.generation += 1
+                state.rendered_ports = 1
+                header = f"{DELTA_HEADER}{ctx.node_name}: {start} -> {state.generation}\n"
+                if now.proxy_line == was.proxy_line:
+                    return header
+                return f"{header}{now.proxy_line}\n"
+    keys = set(changed)
     views = ([v for k in keys for v in index.get(k, ())] if index is not None
              else [v for v in ports if v.service.key in keys])
-    old_names = {n for k in keys for n in state.ports_of.get(k, ())}
-    old = {p.key: p for n in old_names if n in state.cache
-           for p in (state.cache[n][2],) if p is not None}
+    old_names = {n for k in keys for n in _port_names(state, k)}
+    old = {p.key: p for n in old_names if n in cache
+           for p in (cache[n][1],) if p is not None}
     new_parts = {v.name: _port_rules(v, ctx, proxy_ports) for v in views}
     new = {p.key: p for p in new_parts.values() if p is not None}
     proxy = [p.proxy_line for k, p in new.items()
@@ -268,12 +370,12 @@ def render_delta(ports: Sequence[ServicePortView], ctx: NodeContext,
     added = [r for p in new.values() for r in p.rules
              if not any(r in o.rules for o in old.values())]
     for name in old_names - new_parts.keys():
-        state.cache.pop(name, None)
+        cache.pop(name, None)
     for key in keys:
-        state.ports_of.pop(key, None)
+        state.ports_of[key] = []  # (hides what by_service says of it)
     for view in views:
-        state.cache[view.name] = (view, ctx, new_parts[view.name])
-        state.ports_of.setdefault(view.service.key, []).append(view.name)
+        cache[view.name] = (view, new_parts[view.name])
+        state.ports_of[view.service.key].append(view.name)
     state.text, state.names = None, []  # the next full render assembles the text again
     start = state.generation
     state.generation += 1
@@ -285,6 +387,24 @@ def render_delta(ports: Sequence[ServicePortView], ctx: NodeContext,
         if body:
             lines += [f"*{table}", *body, "COMMIT"]
     return "\n".join(lines) + "\n"
+
+
+def _port_names(state: NodeRender, key: str) -> list[str]:
+    """The names of Service ``key``'s ports in the node's current state."""
+    got = state.ports_of.get(key)
+    if got is None:
+        index = state.by_service
+        got = [v.name for v in index.get(key, ())] if index is not None else []
+    return got
+
+
+def _same_context(state: NodeRender, ctx: NodeContext) -> None:
+    """Drop the parts cached for another node context: they are rendered again."""
+    held = state.ctx
+    if held is not ctx:
+        if held is not None and held != ctx:
+            state.cache.clear()
+        state.ctx = ctx
 
 
 def parse_delta_header(rendered: str) -> tuple[int, int] | None:
@@ -391,8 +511,10 @@ class UserspaceDatapath(Datapath):
     def render_partial(self, ports: Sequence[ServicePortView], ctx: NodeContext,
                        changed: Collection[str]) -> str:
         """The changed Services' proxy lines and portal rules only (:func:`render_delta`)."""
-        return render_delta(ports, ctx, self._proxy_ports,
-                            self._renders.setdefault(ctx.node_name, NodeRender()), changed)
+        state = self._renders.get(ctx.node_name)
+        if state is None:
+            state = self._renders[ctx.node_name] = NodeRender()
+        return render_delta(ports, ctx, self._proxy_ports, state, changed)
 
     def rendered_ports(self, node_name: str) -> int:
         """Service ports the node's last render built anew rather than took from its cache."""

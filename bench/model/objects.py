@@ -211,6 +211,20 @@ def sorted_endpoints(endpoints: Iterable[ServiceEndpoint]) -> tuple[ServiceEndpo
 _address = operator.attrgetter("address")
 
 
+_service_key = operator.attrgetter("service.key")
+_port_name = operator.attrgetter("port.name")
+
+
+def view_names(views: Sequence[ServicePortView]) -> list[str]:
+    """``[v.name for v in views]``, made by C iterators (a full render reads the names of
+    10k fresh views: the ``name`` property's first read is a Python call each)."""
+    keys = list(map(_service_key, views))
+    suffixes = list(map(_port_name, views))
+    if not any(suffixes):
+        return keys
+    return [f"{k}:{p}" if p else k for k, p in zip(keys, suffixes, strict=True)]
+
+
 class PortViews(list[ServicePortView]):
     """The views of :func:`service_port_views`, with ``by_service`` (Service key ->
     its views, in order): what a change tracker hands a partial sync, so it renders

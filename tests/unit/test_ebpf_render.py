@@ -376,3 +376,145 @@ def test_random_partial_syncs_keep_the_whole_rendering_a_fresh_assembly() -> Non
             held = {m: dict(d) for m, d in out.maps.items()}
         fresh = M.render_maps(now, ctx(0), dp._backends, dp._revnat_ids, M.NodeRender())
         assert dp.render(now, ctx(0)).maps == held == fresh.maps, (step, kind)
+
+
+@pytest.mark.parametrize("kind", ["add-endpoint", "remove-endpoint", "endpoint-not-ready"])
+@pytest.mark.parametrize("gen", [GenSpec(services=9, endpoints=3, protocol="UDP"),
+                                 GenSpec(services=9, endpoints=3, type="LoadBalancer",
+                                         session_affinity="ClientIP",
+                                         external_traffic_policy="Local")])
+def test_partial_syncs_leave_their_deltas_to_the_next_full_render(kind: str,
+                                                                   gen: GenSpec) -> None:
+    """A partial render touches nothing of the kept whole rendering: its delta waits in
+    ``pending`` and the next full render folds it in, equal to a fresh render's maps. One
+    port's endpoint change (the shortcut) gives the delta the general path gives."""
+    from bench.measure.sync_runner import State, _make_change
+
+    services, slices = generate(gen)
+    spare = services[-1]
+    base = State(services[:-1], [s for s in slices if s.service_name != spare.name],
+                 [s for s in slices if s.service_name == spare.name])
+    before = service_port_views(base.services, base.slices, "node-0")
+    shortcut, general = EbpfTcDatapath(), EbpfTcDatapath()
+    kept = {m: dict(d) for m, d in shortcut.render(before, ctx(0)).maps.items()}
+    general.render(before, ctx(0))
+    state = shortcut._renders["node-0"]
+    for measured in (base.services[4], base.services[0]):
+        c = _make_change(kind, base, measured, spare)
+        after = service_port_views(c.services, c.slices, "node-0")
+        with counting(M, "_port_frontends") as packed:
+            delta = shortcut.render_partial(after, ctx(0), c.changed)
+        assert packed == []  # the cached frontends, their backends chosen again
+        assert isinstance(delta, M.MapsDelta) and delta.writes["svc"]
+        other = M.render_delta(list(after), ctx(0), general._backends, general._revnat_ids,
+                               general._renders["node-0"], c.changed)
+        assert isinstance(other, M.MapsDelta)
+        assert (delta.writes, delta.deletes) == (other.writes, other.deletes)
+        assert state.maps == kept and len(state.pending) >= 1  # nothing folded yet
+        folded = shortcut.render(after, ctx(0))
+        assert not state.pending
+        fresh = M.render_maps(after, ctx(0), shortcut._backends, shortcut._revnat_ids)
+        assert folded.maps == fresh.maps == general.render(after, ctx(0)).maps
+        # Back to the base state, the same way.
+        delta = shortcut.render_partial(before, ctx(0), c.changed)
+        general.render_partial(list(before), ctx(0), c.changed)
+        kept = {m: dict(d) for m, d in shortcut.render(before, ctx(0)).maps.items()}
+        assert kept == general.render(before, ctx(0)).maps
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_first_render_packs_runs_of_plain_ports_as_port_by_port(seed: int) -> None:
+    """A first render packs runs of ClusterIP-only ports in one pass (_plain_run): the
+    same entries, backend and reverse-NAT ids and cached frontends as port by port, with
+    endpoints out of order, not ready, terminating, shared by two Services, protocols
+    mixed and other Service types in between."""
+    rng = random.Random(seed)
+    mixed = seed % 2 == 1  # else every port plain, one protocol: one run of them all
+    services, slices = S.semantics_cluster()
+    views = list(service_port_views(services, slices, "node-0")) if mixed else []
+    more, more_slices = generate(GenSpec(services=40, endpoints=5, protocol="UDP"))
+    views += service_port_views(more, more_slices, "node-0")
+    pool = [e for v in views for e in v.endpoints]
+    out = []
+    for v in views:
+        eps = list(v.endpoints)
+        rng.shuffle(eps)
+        roll = rng.random()
+        if roll < 0.2 and eps:
+            k = rng.randrange(len(eps))
+            eps[k] = replace(eps[k], ready=False, serving=rng.random() < 0.5,
+                             terminating=True)
+        elif roll < 0.3:
+            eps.append(rng.choice(pool))  # an endpoint another Service has too
+            eps = list({e.address: e for e in eps}.values())
+        elif roll < 0.35:
+            eps = [replace(e, ready=False, serving=True, terminating=True) for e in eps]
+        svc = v.service
+        if rng.random() < 0.2:
+            svc = replace(svc, session_affinity="ClientIP", affinity_timeout=rng.randrange(9))
+        if mixed and rng.random() < 0.2:
+            v = replace(v, port=replace(v.port, protocol="TCP"))
+        out.append(replace(v, service=svc, endpoints=tuple(eps)))
+    rng.shuffle(out)
+    batch, single = EbpfTcDatapath(), EbpfTcDatapath()
+    with counting(M, "_plain_run") as runs:
+        got = M.render_maps(out, ctx(0), batch._backends, batch._revnat_ids,
+                            batch._renders.setdefault("node-0", M.NodeRender()))
+    assert len(runs) >= (2 if mixed else 1)
+    state = single._renders.setdefault("node-0", M.NodeRender())
+    state.cache["-"] = (out[0], ())  # not empty: every port is looked up and packed alone
+    with counting(M, "_plain_run") as runs:
+        want = M.render_maps(out, ctx(0), single._backends, single._revnat_ids, state)
+    assert runs == []
+    assert got.maps == want.maps and str(got) == str(want)
+    assert batch._backends.values == single._backends.values
+    assert batch._backends.ids == single._backends.ids
+    assert batch._revnat_ids.known == single._revnat_ids.known
+    assert batch._renders["node-0"].refs == state.refs
+    kept = batch._renders["node-0"]
+    for v in out:
+        assert kept.cache[v.name][1] == state.cache[v.name][1], v.name
+        if not kept.shared:  # each frontend is its own port's
+            assert all(kept.owner[fe.key] == v.name for fe in kept.cache[v.name][1])
+    assert kept.owner == state.owner
+
+
+def test_a_long_run_of_partial_syncs_folds_its_deltas_as_it_goes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MAX_PENDING unfolded deltas a partial render folds them itself (what it keeps
+    stays bounded), and the whole rendering is still a fresh render's."""
+    from bench.measure.sync_runner import State, _make_change
+
+    monkeypatch.setattr(M, "MAX_PENDING", 2)
+    services, slices = generate(GenSpec(services=7, endpoints=3, protocol="UDP"))
+    spare = services[-1]
+    base = State(services[:-1], [s for s in slices if s.service_name != spare.name],
+                 [s for s in slices if s.service_name == spare.name])
+    before = service_port_views(base.services, base.slices, "node-0")
+    dp = EbpfTcDatapath()
+    dp.render(before, ctx(0))
+    state = dp._renders["node-0"]
+    views = before
+    for i, kind in enumerate(["remove-endpoint", "add-endpoint", "endpoint-not-ready",
+                              "remove-service", "add-service", "remove-endpoint"]):
+        c = _make_change(kind, base, base.services[i % 5], spare)
+        assert isinstance(dp.render_partial(views, ctx(0), c.changed), M.MapsDelta)
+        views = service_port_views(c.services, c.slices, "node-0")
+        assert isinstance(dp.render_partial(views, ctx(0), c.changed), M.MapsDelta)
+        assert len(state.pending) <= 2
+        views = service_port_views(base.services, base.slices, "node-0")
+        dp.render_partial(views, ctx(0), c.changed)
+    fresh = M.render_maps(views, ctx(0), dp._backends, dp._revnat_ids)
+    assert dp.render(views, ctx(0)).maps == fresh.maps
+
+
+def test_view_names_are_the_views_names() -> None:
+    from bench.model.objects import view_names
+
+    services, slices = S.semantics_cluster()
+    views = list(service_port_views(services, slices, "node-0"))
+    views[1] = replace(views[1], port=replace(views[1].port, name="http"))
+    assert view_names(views) == [v.name for v in views]
+    assert views[1].name.endswith(":http")
+    plain = service_port_views(*generate(GenSpec(services=5, endpoints=2)), "node-0")
+    assert view_names(plain) == [v.name for v in plain]

@@ -62,6 +62,13 @@ def test_a_partial_render_is_the_changed_ports_only_and_reaches_a_full_sync(
             rules.append(ln)
     assert sorted(rules) == _rules(new)
     assert partial.render(after, CTX) == new
+    # One port's endpoints changing takes a shortcut (its proxy line alone); it says
+    # what the general path, handed a plain list of ports, says.
+    general = U.UserspaceDatapath()
+    general.render(before, CTX)
+    state = general._renders["node-0"]
+    assert U.render_delta(list(after), CTX, general._proxy_ports, state, c.changed) == delta
+    assert general.render(after, CTX) == new
 
 
 def test_a_full_render_of_an_unchanged_state_renders_nothing_new() -> None:
