@@ -22,9 +22,12 @@
  * Overhead: both net tracepoints fire for every packet on every device; each
  *   hit reads up to 8 bytes of device name; node hops add a hash lookup and
  *   update. Tagged: a hit first looks the skb up in the table (an skb that is
- *   not the run's leaves there, before the name is read); one slot store per
- *   sent packet, one slot load per freed or consumed skb machine-wide.
- *   Measured before the table (docs/probes.md,
+ *   not the run's, or not timed, leaves there, before the name or the clock is
+ *   read); one slot store per sent packet, one slot load per freed or consumed
+ *   skb machine-wide. KPB_SAMPLE_EVERY > 1 tags only every that-many-th IPv4
+ *   skb sent (a run's breakdown repetition: 8). With the table (docs/probes.md,
+ *   "The breakdown set", 2026-12-02): a timed packet about 400 ns of programs.
+ *   Measured with hash maps before the table (docs/probes.md,
  *   2026-11-29, 2-vCPU Firecracker VM, kernel 6.18): the most expensive
  *   probe, top-speed throughput -23 to -28 %, about +1.3-1.7 us per packet
  *   (four tracepoint hits on a pod -> node -> pod path), and that time is

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +79,7 @@ from bench.results.environment import (
     ENV_WARN_KEYS,
     env_differences,
 )
+from bench.results.model import scenario_content
 
 
 class EnvironmentMismatch(KpbenchError):
@@ -350,22 +350,12 @@ def _index(doc: ResultDoc, side: str, warnings: list[str]) -> dict[PointKey, Poi
     return points
 
 
-def _scenario_content(doc: ResultDoc) -> Any:
-    """What a run's scenario asks for: its parsed TOML (a changed comment changes nothing),
-    or the text itself when it does not parse."""
-    text = doc["scenario"].get("text") or ""
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError:
-        return text
-
-
 def _run_warnings(base: ResultDoc, new: ResultDoc) -> list[str]:
     out = []
     if base["scenario"]["name"] != new["scenario"]["name"]:
         out.append(f"different scenarios: {base['scenario']['name']!r} (BASE) vs "
                    f"{new['scenario']['name']!r} (NEW); only points present in both compare")
-    elif _scenario_content(base) != _scenario_content(new):
+    elif scenario_content(base) != scenario_content(new):
         out.append(f"scenario {new['scenario']['name']!r} was changed between the runs "
                    f"(packets, repetitions or warm-up may differ)")
     for side, doc in (("BASE", base), ("NEW", new)):

@@ -32,7 +32,7 @@ from typing import Any
 from bench.analysis.metrics import PointKey, key_label, point_key
 from bench.errors import InputError
 from bench.results.environment import ENV_KEYS, env_differences
-from bench.results.model import runs_of
+from bench.results.model import runs_of, scenario_content
 from bench.results.reader import validate_result
 from bench.results.schema import PointDoc, ResultDoc
 from bench.results.summarise import summarise_point
@@ -56,9 +56,9 @@ def _check_runs(runs: Sequence[tuple[str, ResultDoc]]) -> list[str]:
         if doc["scenario"]["name"] != first["scenario"]["name"]:
             raise InputError(f"scenario {doc['scenario']['name']!r} differs from "
                              f"{first['scenario']['name']!r} ({first_src})", source=src)
-        if doc["scenario"].get("text") != first["scenario"].get("text"):
+        if scenario_content(doc) != scenario_content(first):  # comments may differ
             raise InputError(f"scenario {doc['scenario']['name']!r} was changed between this "
-                             f"run and {first_src}; pool runs of one scenario text",
+                             f"run and {first_src}; pool runs of one scenario",
                              source=src)
         diffs = env_differences(first["environment"], doc["environment"], ENV_KEYS)
         if diffs:

@@ -16,6 +16,7 @@ reads results as dicts.
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -376,3 +377,13 @@ def as_point(point: Point | PointDoc | Mapping[str, Any]) -> Point:
 def runs_of(point: Point | PointDoc) -> list[Point]:
     """The point as each run measured it (:attr:`Point.runs`)."""
     return list(as_point(point).runs)
+
+
+def scenario_content(doc: Mapping[str, Any]) -> Any:
+    """What a run's scenario asks for: its parsed TOML (a changed comment changes nothing),
+    or the text itself when it does not parse."""
+    text = doc["scenario"].get("text") or ""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return text

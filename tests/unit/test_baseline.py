@@ -78,6 +78,15 @@ def test_runs_that_cannot_be_pooled_are_refused(change, needle: str) -> None:  #
         merge_runs(rs[:1])
 
 
+def test_runs_whose_scenarios_differ_only_in_comments_are_pooled() -> None:
+    # As compare judges them: the scenario's parsed content, not its text.
+    rs = runs(3)
+    for i, (_, doc) in enumerate(rs):
+        doc["scenario"]["text"] = f"# edited {i} times\npackets = 100  # per repetition\n"
+    merged, _ = merge_runs(rs)
+    assert len(merged["merged_from"]) == 3  # type: ignore[typeddict-item]
+
+
 def test_pooling_lets_three_repetition_runs_be_tested() -> None:
     base_runs = runs(4, n=5)
     (_, new), = runs(5, n=1, latency_ns=12_000)  # one new run, 20 % slower
