@@ -242,6 +242,17 @@ def run_in_netns(netns: str, argv: Sequence[str], stdin: str | None = None,
 _NOTICE = ("Ignoring deprecated ", "Warning: ")
 
 
+def held_port_names(state: Any, key: str) -> list[str]:
+    """The names of Service ``key``'s ports in a node's rendered state (a datapath's
+    ``NodeRender``: ``ports_of``, what its partial syncs changed, over ``by_service``,
+    the index of the views it was handed)."""
+    got = state.ports_of.get(key)
+    if got is None:
+        index = state.by_service
+        got = [v.name for v in index.get(key, ())] if index is not None else []
+    return got
+
+
 def first_error_line(output: str) -> str:
     """The first line of a tool's output that is not one of its routine notices."""
     lines = [ln.strip() for ln in output.strip().splitlines() if ln.strip()]

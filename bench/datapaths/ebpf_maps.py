@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from itertools import chain, compress, islice, repeat
 from typing import Any, NamedTuple
 
-from bench.datapaths.base import NodeContext
+from bench.datapaths.base import NodeContext, held_port_names
 from bench.errors import ApplyError, InputError
 from bench.model.objects import ServiceEndpoint, ServicePortView, sorted_endpoints, view_names
 
@@ -514,15 +514,6 @@ def _fold(state: NodeRender) -> None:
     state.pending.clear()
 
 
-def _port_names(state: NodeRender, key: str) -> list[str]:
-    """The names of Service ``key``'s ports in the node's current state."""
-    got = state.ports_of.get(key)
-    if got is None:
-        index = state.by_service
-        got = [v.name for v in index.get(key, ())] if index is not None else []
-    return got
-
-
 def _same_context(state: NodeRender, ctx: NodeContext) -> bool:
     """Whether ``state`` was rendered for ``ctx`` (or nothing yet): else its ports are
     dropped, to be rendered again."""
@@ -881,7 +872,7 @@ def render_delta(ports: Sequence[ServicePortView], ctx: NodeContext, backends: B
     keys = set(changed)
     views = ([v for k in keys for v in index.get(k, ())] if index is not None
              else [v for v in ports if v.service.key in keys])
-    old_names = {n for k in keys for n in _port_names(state, k)}
+    old_names = {n for k in keys for n in held_port_names(state, k)}
     old_ports = [(n, state.cache[n][1]) for n in old_names if n in state.cache]
     new = {v.name: _port_frontends(v, ctx, backends, revnat_ids) for v in views}
     owner = state.owner
@@ -948,7 +939,7 @@ def _endpoints_delta(index: dict[str, list[ServicePortView]], ctx: NodeContext,
     if not ((was_view.service is svc or was_view.service == svc)
             and (was_view.port is view.port or was_view.port == view.port)):
         return None
-    names = _port_names(state, key)
+    names = held_port_names(state, key)
     if len(names) != 1 or names[0] != name:
         return None
     owner = state.owner

@@ -58,7 +58,7 @@ from typing import Any, NamedTuple
 from bench.cluster import cgroups
 from bench.cluster.netns_exec import die_with_parent, netns_argv
 from bench.cluster.topology import PREFIX_RE
-from bench.datapaths.base import Datapath, NodeContext
+from bench.datapaths.base import Datapath, NodeContext, held_port_names
 from bench.datapaths.ebpf_maps import IdAllocator
 from bench.datapaths.kube_proxy import IptablesTools
 from bench.errors import ApplyError, ApplyTimeout, InputError
@@ -336,7 +336,7 @@ def render_delta(ports: Sequence[ServicePortView], ctx: NodeContext,
     if index is not None and len(changed) == 1:
         key = next(iter(changed))
         views = index.get(key, ())
-        old_names = _port_names(state, key)
+        old_names = held_port_names(state, key)
         if len(views) == 1 and len(old_names) == 1 and views[0].name == old_names[0]:
             # One port changed: when its Service and port are the ones cached, only its
             # endpoints can differ, and they are in its proxy line alone.
@@ -358,7 +358,7 @@ def render_delta(ports: Sequence[ServicePortView], ctx: NodeContext,
     keys = set(changed)
     views = ([v for k in keys for v in index.get(k, ())] if index is not None
              else [v for v in ports if v.service.key in keys])
-    old_names = {n for k in keys for n in _port_names(state, k)}
+    old_names = {n for k in keys for n in held_port_names(state, k)}
     old = {p.key: p for n in old_names if n in cache
            for p in (cache[n][1],) if p is not None}
     new_parts = {v.name: _port_rules(v, ctx, proxy_ports) for v in views}
@@ -387,15 +387,6 @@ def render_delta(ports: Sequence[ServicePortView], ctx: NodeContext,
         if body:
             lines += [f"*{table}", *body, "COMMIT"]
     return "\n".join(lines) + "\n"
-
-
-def _port_names(state: NodeRender, key: str) -> list[str]:
-    """The names of Service ``key``'s ports in the node's current state."""
-    got = state.ports_of.get(key)
-    if got is None:
-        index = state.by_service
-        got = [v.name for v in index.get(key, ())] if index is not None else []
-    return got
 
 
 def _same_context(state: NodeRender, ctx: NodeContext) -> None:
