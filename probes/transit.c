@@ -15,7 +15,9 @@
  *   remembers every IPv4 skb the client sends (the tc context is the kernel's
  *   skb, the address the tracepoints report; veth hands that skb on through
  *   every hop), and skb:kfree_skb / skb:consume_skb forget it when it ends,
- *   so a reused address is not mistaken for the run's. Tagged skbs live in a
+ *   so a reused address is not mistaken for the run's; with the datapath's
+ *   process cgroup also kpb_delivered_cg at its cgroup_skb ingress (a skb a
+ *   userspace proxy reads ends without a tracepoint). Tagged skbs live in a
  *   direct-mapped table (`tags`: a slot per hash of the address,
  *   holding the whole address): a look-up is one array load and compare, no
  *   hash map's hashing, locks or LRU lists on the per-packet path.
@@ -273,5 +275,16 @@ int kpb_consume_skb(void *ctx)
 {
     kpb_forget(*(u64 *)((char *)ctx + KPB_OFF_CONSUME_SKBADDR));
     return 0;
+}
+
+/* At the sockets of the datapath's own processes (a userspace proxy: cgroup_skb
+ * ingress of their cgroup): the client's skb ends in the proxy's socket, and
+ * UDP frees a datagram it has read without any tracepoint, so its address must
+ * be forgotten here; else the proxy's own send, whose new skb may reuse that
+ * address, would be timed as a transit of the client's packet. */
+int kpb_delivered_cg(struct __sk_buff *skb)
+{
+    kpb_forget(kpb_skb_addr(skb));
+    return 1; /* allow */
 }
 #endif

@@ -17,7 +17,7 @@ from bench.datapaths import Datapath, NodeContext
 from bench.errors import ApplyTimeout
 from bench.model import layout as L
 from bench.model.layout import Layout, plan_layout
-from bench.model.objects import EndpointSlice, Service, ServicePortView, service_port_views
+from bench.model.objects import EndpointSlice, PortViews, Service, service_port_views
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ class Testbed:
         self.sync_on_enter = sync_on_enter
         self.last_timing = SyncTiming()
         self._contexts: dict[int, NodeContext] = {}
+        self._views: dict[int, PortViews] = {}  # node -> its last views (views())
 
     def node_context(self, i: int) -> NodeContext:
         """Node ``i``'s context: one object per node for the testbed's life (it is frozen),
@@ -63,8 +64,14 @@ class Testbed:
                 cluster_cidr=L.CLUSTER_CIDR, service_cidrs=(str(L.SERVICE_CIDR),))
         return ctx
 
-    def views(self, i: int) -> list[ServicePortView]:
-        return service_port_views(self.services, self.slices, self.layout.node_names[i])
+    def views(self, i: int, slices: Sequence[EndpointSlice] | None = None) -> PortViews:
+        """Node ``i``'s service ports (of ``slices``, else the testbed's own): the same
+        view objects as the last call's for every Service whose objects are unchanged,
+        as an informer's cache hands them (objects.service_port_views, ``previous``)."""
+        views = service_port_views(self.services, self.slices if slices is None else slices,
+                                   self.layout.node_names[i], previous=self._views.get(i))
+        self._views[i] = views
+        return views
 
     def __enter__(self) -> Testbed:
         self.cluster.__enter__()

@@ -99,7 +99,7 @@ from bench.measure.scenario import Scenario, event_label
 from bench.measure.socket_points import socket_paths
 from bench.measure.traffic import MAX_COUNT, WARMUP_MAGIC, ReplayStats, Target
 from bench.model.generate import GenSpec, generate
-from bench.model.objects import Service, service_port_views
+from bench.model.objects import Service
 
 log = logging.getLogger("kpbench")
 
@@ -423,7 +423,7 @@ class DisruptionRunner:
             slices = churn.slices()
             with gc_paused():
                 t0 = time.monotonic()
-                views = service_port_views(bed.services, slices, ctx.node_name)
+                views = bed.views(0, slices)
                 text = dp.render(views, ctx) if full else dp.render_partial(views, ctx, changed)
                 renders.append(time.monotonic() - t0)
                 cpu0 = sync_cpu_seconds()
@@ -477,7 +477,7 @@ class DisruptionRunner:
 
         def sync(slices: list[Any]) -> float:
             with gc_paused():
-                views = service_port_views(bed.services, slices, ctx.node_name)
+                views = bed.views(0, slices)
                 text = dp.render_partial(views, ctx, {measured})
                 _, applied = agent_sync(dp, ns, text, full=False)
                 bed.slices = slices
@@ -495,7 +495,7 @@ class DisruptionRunner:
                                                   if e.addresses[0] != ip))
                       if sl.service_key == measured else sl for sl in original]
             with gc_paused():
-                views = service_port_views(bed.services, slices, ctx.node_name)
+                views = bed.views(0, slices)
                 text = dp.render_partial(views, ctx, {measured})
                 start = time.monotonic_ns()
                 gone.set_gone(ip)  # the pod is gone

@@ -57,7 +57,7 @@ from bench.measure.scale_loop import ScaleLoop
 from bench.measure.scenario import Scenario
 from bench.measure.traffic import Target
 from bench.model.generate import GenSpec, generate
-from bench.model.objects import EndpointSlice, Service, ServicePortView, service_port_views
+from bench.model.objects import EndpointSlice, PortViews, Service, service_port_views
 
 PRE_ROLL = 0.3  # seconds of traffic before a change is issued
 TAIL = 0.5  # and after the change showed (or the apply is expected to end)
@@ -101,7 +101,7 @@ class SyncRunner:
         self._seq = 0  # the effect traffic's sequence numbers, fresh for every change
         self._last_text = ""  # the last rendering applied (its state size is recorded)
         self._last_times = (0.0, 0.0)  # (render, apply) seconds of the last sync, also cut short
-        self._last_views: tuple[Any, Any, str, list[ServicePortView]] | None = None
+        self._last_views: tuple[Any, Any, str, PortViews] | None = None
 
     def run(self) -> Path:
         """Run every point; returns the result file (complete, or partial on Ctrl-C)."""
@@ -268,15 +268,17 @@ class SyncRunner:
             sync["effect"] = _effect_seconds(effect.read(), change, issued)
         return R.make_repetition(sent=0, delivered=0, sync=sync)
 
-    def _views(self, change: Change, node: str) -> list[ServicePortView]:
+    def _views(self, change: Change, node: str) -> PortViews:
         """The service ports of ``change``'s state; the same objects as last time while
         its Services and slices are (an informer hands the same objects until one
-        changes), so a resync's render finds every port unchanged at a glance."""
+        changes), so a resync's render finds every port unchanged at a glance; after a
+        change, the same objects for every Service the change left alone."""
         last = self._last_views
         if last is not None and last[0] is change.services and last[1] is change.slices \
                 and last[2] == node:
             return last[3]
-        views = service_port_views(change.services, change.slices, node)
+        views = service_port_views(change.services, change.slices, node,
+                                   previous=last[3] if last is not None else None)
         self._last_views = (change.services, change.slices, node, views)
         return views
 

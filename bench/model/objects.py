@@ -228,33 +228,64 @@ def view_names(views: Sequence[ServicePortView]) -> list[str]:
 class PortViews(list[ServicePortView]):
     """The views of :func:`service_port_views`, with ``by_service`` (Service key ->
     its views, in order): what a change tracker hands a partial sync, so it renders
-    the changed Services without walking every port."""
+    the changed Services without walking every port. ``node_name`` and ``sources``
+    (Service key -> the Service and the EndpointSlices its views were joined from)
+    let the next call hand back the same view objects for what did not change."""
 
-    def __init__(self, views: Iterable[ServicePortView] = ()) -> None:
+    def __init__(self, views: Iterable[ServicePortView] = (), node_name: str | None = None,
+                 sources: dict[str, tuple[Service, tuple[EndpointSlice, ...]]] | None = None
+                 ) -> None:
         super().__init__(views)
+        self.node_name = node_name
+        self.sources = sources if sources is not None else {}
         self.by_service: dict[str, list[ServicePortView]] = {}
         for v in self:
             self.by_service.setdefault(v.service.key, []).append(v)
 
+    def reusable(self, svc: Service, slices: tuple[EndpointSlice, ...]) -> bool:
+        """Whether this call's views of ``svc`` came from these very objects (``is``:
+        an informer hands the same objects until one changes)."""
+        was = self.sources.get(svc.key)
+        return (was is not None and was[0] is svc and len(was[1]) == len(slices)
+                and all(map(operator.is_, was[1], slices))
+                and len(self.by_service.get(svc.key, ())) == len(svc.ports))
+
 
 def service_port_views(
-    services: Sequence[Service], slices: Sequence[EndpointSlice], node_name: str | None
+    services: Sequence[Service], slices: Sequence[EndpointSlice], node_name: str | None,
+    previous: PortViews | None = None,
 ) -> PortViews:
     """Join every service port to its endpoints, as seen from ``node_name``.
 
     Endpoint ports are matched by port name and protocol; an address that
     appears in several slices counts once (the local copy preferred).
     Services keep their input order.
+
+    ``previous``: an earlier result for the same node. A Service that is the same
+    object with the same EndpointSlice objects as then keeps its view objects, as
+    kube-proxy's change tracker keeps the entries of what did not change: a render
+    then finds that port unchanged at a glance (``is``) rather than by comparing
+    every field of every endpoint.
     """
     by_service: dict[str, list[EndpointSlice]] = {}
     for s in slices:
         by_service.setdefault(s.service_key, []).append(s)
+    if previous is not None and previous.node_name != node_name:
+        previous = None
 
-    views = []
+    views: list[ServicePortView] = []
+    sources: dict[str, tuple[Service, tuple[EndpointSlice, ...]]] = {}
     for svc in services:
+        own = tuple(by_service.get(svc.key, ()))
+        if svc.key in sources:  # a key twice: no source to tell its views apart
+            previous = None
+        sources[svc.key] = (svc, own)
+        if previous is not None and previous.reusable(svc, own):
+            views += previous.by_service.get(svc.key, ())
+            continue
         for sp in svc.ports:
             seen: dict[str, ServiceEndpoint] = {}
-            for sl in by_service.get(svc.key, ()):
+            for sl in own:
                 for ep_port in sl.ports:
                     if ep_port.name != sp.name or ep_port.protocol != sp.protocol:
                         continue
@@ -276,4 +307,4 @@ def service_port_views(
                                                       and not seen[se.address].is_local):
                             seen[se.address] = se
             views.append(ServicePortView(svc, sp, sorted_endpoints(seen.values())))
-    return PortViews(views)
+    return PortViews(views, node_name, sources)

@@ -28,6 +28,7 @@ from bench.measure import traffic as T
 from bench.measure.probes.cpu import CpuProbe
 from bench.measure.probes.drops import DropsProbe
 from bench.measure.probes.latency import LatencyProbe
+from bench.measure.probes.transit import TransitProbe
 from bench.model import layout as L
 from bench.model.generate import GenSpec, generate
 from tests.conftest import require_feature
@@ -79,7 +80,10 @@ def test_userspace_does_what_upstream_did_where_it_differs() -> None:
 def test_cpu_per_packet_counts_the_proxy(tmp_path: Path) -> None:
     """The proxy's own CPU (recv, Python, send) is the cost this mode is measured for:
     the proxies run in the datapath's process cgroup, and the CPU probe reads it next
-    to the NET_RX time (which it exceeds by far), each nanosecond counted once."""
+    to the NET_RX time (which it exceeds by far), each nanosecond counted once. The
+    drops and transit probes forget the client's skbs at the proxies' sockets: no drop
+    of the run, and no node "transit" (a proxy's send is a new packet, never the
+    client's skb forwarded)."""
     require_feature("userspace")
     require_feature("bcc")
     services, slices = generate(GenSpec(services=1, endpoints=2, nodes=2, protocol="UDP"))
@@ -93,18 +97,23 @@ def test_cpu_per_packet_counts_the_proxy(tmp_path: Path) -> None:
         target = T.Target.from_client_pod(tb.cluster, svc.cluster_ip, svc.ports[0].port)
         pcap = target.build_pcap("udp-established", 2000, tmp_path / "u.pcap")
         with LatencyProbe.for_cluster(tb.cluster) as lat, CpuProbe(group) as cpu, \
-                DropsProbe.for_cluster(tb.cluster, process_group=group) as drops:
-            for probe in (lat, cpu, drops):
+                DropsProbe.for_cluster(tb.cluster, process_group=group) as drops, \
+                TransitProbe.for_cluster(tb.cluster, process_group=group) as transit:
+            for probe in (lat, cpu, drops, transit):
                 probe.start()
             assert target.replay(pcap, 2000, timeout=60).sent == 2000
             time.sleep(0.2)
             delivered, r, d = lat.read().delivered_seen, cpu.read(), drops.read()
+            tr = transit.read()
             # The client's skbs end at the proxies' sockets (UDP frees a read datagram
             # with no tracepoint): forgotten there, or their reused addresses would
             # count later skbs' drops as the run's.
             still_tagged = drops.tagged_left()
     assert not group.exists()  # removed with the proxies
     assert d.run_by_reason == {} and still_tagged < 100, (d, still_tagged)
+    # Every packet entered node 0 from the client; none left it as the same skb (without
+    # the forgetting, a proxy's send reusing a read skb's address was timed).
+    assert tr.rx_seen >= 1900 and tr.count == 0 and sum(tr.by_hops.values()) == 0, tr
     assert delivered >= 1900, delivered
     softirq, process = r.net_rx_ns / delivered, r.process_ns / delivered
     in_proxies = r.group_net_rx_ns / delivered  # NET_RX that ran in a proxy's context

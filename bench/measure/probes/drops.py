@@ -4,12 +4,9 @@ own drop reason names, machine-wide and for the run's own packets.
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from bench.cluster.topology import Cluster
 from bench.errors import FeatureMissing
@@ -20,7 +17,6 @@ from bench.measure.probes.loader import (
     TC_PRIO_FIRST,
     Probe,
     TcHook,
-    _first_line,
     compile_probe,
     origin_hook,
     print_symbolic,
@@ -73,7 +69,6 @@ class DropsProbe(Probe):
         self.backends = list(backends)
         self.process_group = process_group
         self.reasons: dict[int, str] = {}  # the kernel's names, read on attach
-        self._cgroup_attached: tuple[int, Any] | None = None  # (directory fd, program)
 
     @classmethod
     def for_cluster(cls, cluster: Cluster, external: bool = False,
@@ -110,31 +105,6 @@ class DropsProbe(Probe):
             self._attach_tc("kpb_delivered", self.backends, TC_INGRESS, prio=TC_PRIO_FIRST)
         if self.process_group is not None:
             self._attach_cgroup_ingress("kpb_delivered_cg", self.process_group)
-
-    def _attach_cgroup_ingress(self, fn_name: str, group: Path) -> None:
-        from bcc import BPF, BPFAttachType
-
-        fd = os.open(group, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            fn = self._bpf.load_func(fn_name.encode(), BPF.CGROUP_SKB)
-            # BPF_F_ALLOW_MULTI: beside whatever else is attached there.
-            BPF.attach_func(fn, fd, BPFAttachType.CGROUP_INET_INGRESS, 2)
-        except Exception as e:  # BCC raises bare Exception
-            os.close(fd)
-            raise FeatureMissing(f"{self.name} probe: cannot attach {fn_name} to {group}: "
-                                 f"{_first_line(e)}") from e
-        self._cgroup_attached = (fd, fn)
-
-    def detach(self) -> None:
-        if self._cgroup_attached is not None:
-            from bcc import BPF, BPFAttachType
-
-            fd, fn = self._cgroup_attached
-            self._cgroup_attached = None
-            with contextlib.suppress(Exception):  # the cgroup may be gone already
-                BPF.detach_func(fn, fd, BPFAttachType.CGROUP_INET_INGRESS)
-            os.close(fd)
-        super().detach()
 
     def _zero(self) -> None:
         self._bpf[b"core_drops"].clear()  # zeroes every entry

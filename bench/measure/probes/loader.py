@@ -356,6 +356,7 @@ class Probe:
     def __init__(self) -> None:
         self._bpf: Any = None
         self._tc: list[_TcAttachment] = []
+        self._cgroups: list[tuple[int, Any]] = []  # (cgroup directory fd, program)
         self._window_start = 0.0
 
     @property
@@ -401,6 +402,13 @@ class Probe:
         """Remove every program and map of this probe; safe to call twice."""
         while self._tc:
             _tc_detach(self._tc.pop())
+        while self._cgroups:
+            from bcc import BPF, BPFAttachType
+
+            fd, fn = self._cgroups.pop()
+            with contextlib.suppress(Exception):  # the cgroup may be gone already
+                BPF.detach_func(fn, fd, BPFAttachType.CGROUP_INET_INGRESS)
+            os.close(fd)
         if self._bpf is not None:
             bpf, self._bpf = self._bpf, None
             if self.transient_maps is None:
@@ -453,6 +461,21 @@ class Probe:
         for hook in hooks:
             self._tc.append(_tc_attach(self.name, hook, fn, parent,
                                        self.tc_prio if prio is None else prio))
+
+    def _attach_cgroup_ingress(self, fn_name: str, group: Path) -> None:
+        """Load ``fn_name`` as a cgroup_skb program and attach it at the ingress of the
+        sockets of cgroup ``group`` (beside whatever else is attached there)."""
+        from bcc import BPF, BPFAttachType
+
+        fd = os.open(group, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fn = self._bpf.load_func(fn_name.encode(), BPF.CGROUP_SKB)
+            BPF.attach_func(fn, fd, BPFAttachType.CGROUP_INET_INGRESS, 2)  # ALLOW_MULTI
+        except Exception as e:  # BCC raises bare Exception
+            os.close(fd)
+            raise FeatureMissing(f"{self.name} probe: cannot attach {fn_name} to {group}: "
+                                 f"{_first_line(e)}") from e
+        self._cgroups.append((fd, fn))
 
     def _attach_tracepoint(self, tp: str, fn_name: str) -> None:
         try:

@@ -5,6 +5,7 @@ outbound hop of the same skb, as a log-linear histogram.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -86,14 +87,20 @@ class TransitProbe(Probe):
     transient_maps: tuple[str, ...] = ()
 
     def __init__(self, origin: TcHook | None = None, max_ns: int = 1_000_000_000,
-                 sample_every: int = 1) -> None:
-        """``max_ns``: longer matches count as stale (an untracked skb's address reused)."""
+                 sample_every: int = 1, process_group: Path | None = None) -> None:
+        """``max_ns``: longer matches count as stale (an untracked skb's address reused).
+        ``process_group``: the cgroup of the datapath's own processes (a userspace
+        proxy): a run's skb that reaches their sockets is forgotten there, as it ends
+        without a tracepoint (needs ``origin``)."""
         super().__init__()
         if not 1 <= sample_every <= 1024:
             raise ValueError(f"sample_every {sample_every} out of range (1-1024)")
         if sample_every > 1 and origin is None:
             raise ValueError("sampling needs an origin hook (it tags the skbs it times)")
+        if process_group is not None and origin is None:
+            raise ValueError("a process group needs an origin hook (it forgets tagged skbs)")
         self.origin = origin
+        self.process_group = process_group
         self.max_ns = max_ns
         self.sample_every = sample_every
         # Untagged: the skbs of the last window, stamped at a node's inbound hop.
@@ -103,9 +110,10 @@ class TransitProbe(Probe):
 
     @classmethod
     def for_cluster(cls, cluster: Cluster, external: bool = False,
-                    sample_every: int = 1) -> TransitProbe:
+                    sample_every: int = 1, process_group: Path | None = None) -> TransitProbe:
         """Transit of the packets the client pod (or the external client) sends."""
-        return cls(origin_hook(cluster, external), sample_every=sample_every)
+        return cls(origin_hook(cluster, external), sample_every=sample_every,
+                   process_group=process_group)
 
     def cflags(self) -> list[str]:
         for event in ("netif_receive_skb", "net_dev_start_xmit"):
@@ -122,6 +130,8 @@ class TransitProbe(Probe):
             self._attach_tracepoint("skb:kfree_skb", "kpb_kfree_skb")
             self._attach_tracepoint("skb:consume_skb", "kpb_consume_skb")
             self._attach_tc("kpb_tag", [self.origin], TC_EGRESS)
+        if self.process_group is not None:
+            self._attach_cgroup_ingress("kpb_delivered_cg", self.process_group)
 
     def _zero(self) -> None:
         for name in (b"hist", b"counts"):
