@@ -253,6 +253,20 @@ def held_port_names(state: Any, key: str) -> list[str]:
     return got
 
 
+def same_context(state: Any, ctx: Any) -> bool:
+    """Whether a node's rendered state (a datapath's ``NodeRender``: ``ctx``, ``cache``)
+    was rendered for node context ``ctx`` (or for none yet); else its cached ports are
+    dropped, to be rendered again. ``ctx`` becomes the state's context either way."""
+    held = state.ctx
+    if held is ctx:
+        return True
+    state.ctx = ctx
+    if held is None or held == ctx:
+        return True
+    state.cache.clear()
+    return False
+
+
 def first_error_line(output: str) -> str:
     """The first line of a tool's output that is not one of its routine notices."""
     lines = [ln.strip() for ln in output.strip().splitlines() if ln.strip()]

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from itertools import chain, compress, islice, repeat
 from typing import Any, NamedTuple
 
-from bench.datapaths.base import NodeContext, held_port_names
+from bench.datapaths.base import NodeContext, held_port_names, same_context
 from bench.errors import ApplyError, InputError
 from bench.model.objects import ServiceEndpoint, ServicePortView, sorted_endpoints, view_names
 
@@ -514,19 +514,6 @@ def _fold(state: NodeRender) -> None:
     state.pending.clear()
 
 
-def _same_context(state: NodeRender, ctx: NodeContext) -> bool:
-    """Whether ``state`` was rendered for ``ctx`` (or nothing yet): else its ports are
-    dropped, to be rendered again."""
-    held = state.ctx
-    if held is ctx:
-        return True
-    state.ctx = ctx
-    if held is None or held == ctx:
-        return True
-    state.cache.clear()
-    return False
-
-
 _fe_key = operator.attrgetter("key")
 _fe_backends = operator.attrgetter("backends")
 
@@ -706,7 +693,7 @@ def render_maps(ports: Sequence[ServicePortView], ctx: NodeContext, backends: Ba
     deltas), that rendering is returned without assembling anything.
     """
     state = NodeRender() if state is None else state
-    _same_context(state, ctx)
+    same_context(state, ctx)
     cache = state.cache
     names = view_names(ports)
     fresh = misses = 0
@@ -862,7 +849,7 @@ def render_delta(ports: Sequence[ServicePortView], ctx: NodeContext, backends: B
     for another node context, or when a changed frontend shares its address with
     another port's (only one of them can hold the map key), this is a full rendering.
     """
-    if state.maps is None or not _same_context(state, ctx):
+    if state.maps is None or not same_context(state, ctx):
         return render_maps(ports, ctx, backends, revnat_ids, state)
     index = getattr(ports, "by_service", None)  # objects.PortViews: no walk over every port
     if index is not None and len(changed) == 1:

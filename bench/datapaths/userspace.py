@@ -58,7 +58,7 @@ from typing import Any, NamedTuple
 from bench.cluster import cgroups
 from bench.cluster.netns_exec import die_with_parent, netns_argv
 from bench.cluster.topology import PREFIX_RE
-from bench.datapaths.base import Datapath, NodeContext, held_port_names
+from bench.datapaths.base import Datapath, NodeContext, held_port_names, same_context
 from bench.datapaths.ebpf_maps import IdAllocator
 from bench.datapaths.kube_proxy import IptablesTools
 from bench.errors import ApplyError, ApplyTimeout, InputError
@@ -233,7 +233,7 @@ def render_rules(ports: Sequence[ServicePortView], ctx: NodeContext,
     unchanged and in the same order the last rendering is returned as it is.
     """
     state = NodeRender() if state is None else state
-    _same_context(state, ctx)
+    same_context(state, ctx)
     names = view_names(ports)
     parts: list[_PortRules | None]
     cache = state.cache
@@ -387,15 +387,6 @@ def render_delta(ports: Sequence[ServicePortView], ctx: NodeContext,
         if body:
             lines += [f"*{table}", *body, "COMMIT"]
     return "\n".join(lines) + "\n"
-
-
-def _same_context(state: NodeRender, ctx: NodeContext) -> None:
-    """Drop the parts cached for another node context: they are rendered again."""
-    held = state.ctx
-    if held is not ctx:
-        if held is not None and held != ctx:
-            state.cache.clear()
-        state.ctx = ctx
 
 
 def parse_delta_header(rendered: str) -> tuple[int, int] | None:

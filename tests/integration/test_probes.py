@@ -787,7 +787,7 @@ def test_the_cpu_figure_less_the_probe_s_own_share_drops_known_work_inside_the_w
                                             pad=pad) for pad in pads}  # as the runner takes
     raw: dict[int, list[float]] = {pad: [] for pad in pads}
     compensated: dict[int, list[float]] = {pad: [] for pad in pads}
-    for _ in range(4):
+    for _ in range(6):  # each probe's quietest of 6: robust to a busy machine's bursts
         for pad in pads:
             with CpuProbe(pad=pad) as probe:
                 before = overhead.pods_rx_packets(cluster)
