@@ -806,7 +806,10 @@ def test_the_cpu_figure_less_the_probe_s_own_share_drops_known_work_inside_the_w
     detail = (raw, compensated, {p: s["ns_per_softirq_samples"] for p, s in shares.items()})
     # The padding shows in the raw figure, about as the bracket measured it...
     assert 0.6 * known <= added <= 1.6 * known, (added, known, detail)
-    # ...and the compensated figures agree (here within 1-3 % of the padding; without the
-    # compensation all of it is left).
+    # ...and the compensated figures agree: on a quiet machine within 1-3 % of the padding.
+    # The share is measured once, before the bursts, as a run measures it, so a change of
+    # the machine's speed in between shows here (-18.5 % once, with other jobs running on
+    # the two cores). A broken compensation is far outside: none leaves all of the padding
+    # (+100 %), one taken twice -100 %.
     left = min(compensated[COMPENSATE_PAD]) - min(compensated[0])
-    assert abs(left) <= 0.15 * added, (left, added, detail)
+    assert abs(left) <= 0.3 * added, (left, added, detail)
