@@ -19,7 +19,10 @@
  *   run's drop is a drop between the client and the backend, the datapath's,
  *   never the harness's own (the latency probe drops identified packets at
  *   that same hook) nor the pod stack's. So drops of the run <= sent -
- *   arrived at a backend. With the datapath's process cgroup also
+ *   arrived at a backend. With KPB_SINK kpb_delivered also counts every IPv4
+ *   frame that reaches a backend and drops it there (the latency probe's sink
+ *   mode, for the breakdown repetition: one program at that hook, not two).
+ *   With the datapath's process cgroup also
  *   kpb_delivered_cg at its cgroup_skb ingress (skbs its processes receive).
  *   The run's skbs live in a direct-mapped table (`tags`): a slot per
  *   hash of the address, holding the whole address; two in flight at once
@@ -47,6 +50,9 @@
 #endif
 #ifndef KPB_TAGGED
 #define KPB_TAGGED 0
+#endif
+#ifndef KPB_SINK
+#define KPB_SINK 0 /* kpb_delivered counts and drops what reaches a backend */
 #endif
 #define KPB_ETH_P_IP 0x0800
 
@@ -170,10 +176,29 @@ int kpb_tag(struct __sk_buff *skb)
  * has crossed the datapath, so whatever happens to it next (the latency
  * probe's own TC_ACT_SHOT, the pod's stack finding no socket) is not the
  * datapath's drop. Forget it. */
+#if KPB_SINK
+/* IPv4 frames the backends took (per CPU): with KPB_SINK the breakdown
+ * repetition's count of what it delivered, in place of the latency probe's
+ * sink (one program a packet at the backend instead of two). */
+BPF_PERCPU_ARRAY(sunk, u64, 1);
+#endif
+
 int kpb_delivered(struct __sk_buff *skb)
 {
     kpb_forget(kpb_skb_addr(skb));
+#if KPB_SINK
+    /* As the latency probe's sink mode: every IPv4 frame is counted and dropped
+     * here (ARP passes), forgotten first, so the drop is not the datapath's. */
+    if (skb->protocol != htons(KPB_ETH_P_IP))
+        return TC_ACT_UNSPEC;
+    u32 zero = 0;
+    u64 *n = sunk.lookup(&zero);
+    if (n)
+        (*n)++;
+    return TC_ACT_SHOT;
+#else
     return TC_ACT_UNSPEC;
+#endif
 }
 
 /* The same at the sockets of the datapath's own processes (a userspace proxy,

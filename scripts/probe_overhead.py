@@ -13,8 +13,9 @@ set's BPF programs' run time per packet by the kernel's statistics
 runs' programs_main/programs_breakdown figures (in_window_figures) when the sets
 latency and breakdown are there, and the NET_RX per packet a cpu probe reports
 beside each set. SET is one of: latency, cpu (a second cpu probe in --in-window),
-main (latency + cpu), drops, transit, breakdown (latency + drops + transit, as
-the runner's breakdown repetition); SET@tcx or SET@clsact attaches that set's tc
+main (latency + cpu), drops, transit, breakdown (drops sinking + transit, as
+the runner's breakdown repetition), breakdown-latency (the latency probe sinking
+beside drops + transit: the set before); SET@tcx or SET@clsact attaches that set's tc
 programs that way (an A/B of the hook within one run; otherwise the default, tcx
 where the kernel has it). Default: latency cpu main breakdown (with --in-window:
 latency breakdown). As root. Prints the estimator's JSON
@@ -64,8 +65,13 @@ with Testbed(make_variant(a.variant), services, slices, nodes=2, pod_services={s
         "drops": lambda: [DropsProbe.for_cluster(c)],
         # Sampled as the runner's breakdown repetition samples it.
         "transit": lambda: [TransitProbe.for_cluster(c, sample_every=RUN_SAMPLE_EVERY)],
-        "breakdown": lambda: [LatencyProbe.for_cluster(c), DropsProbe.for_cluster(c),
+        # As the runner's breakdown repetition: the drops probe sinks (no latency probe).
+        "breakdown": lambda: [DropsProbe.for_cluster(c, sink=True),
                               TransitProbe.for_cluster(c, sample_every=RUN_SAMPLE_EVERY)],
+        # The set before 2026-12-02 (afternoon): the latency probe sinking beside drops.
+        "breakdown-latency": lambda: [LatencyProbe.for_cluster(c, sink=True),
+                                      DropsProbe.for_cluster(c),
+                                      TransitProbe.for_cluster(c, sample_every=RUN_SAMPLE_EVERY)],
     }
     unknown = sorted({s for s in sets if s.partition("@")[0] not in factories
                       or s.partition("@")[2] not in ("", *loader.TC_MODES)})

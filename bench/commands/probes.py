@@ -70,7 +70,7 @@ def as_a_run_compiles() -> dict[str, Callable[[], Probe]]:
         "latency": lambda: LatencyProbe(client, [backend]),
         "oneway": lambda: OneWayProbe(client, [backend]),
         "cpu": CpuProbe,
-        "drops": lambda: DropsProbe(client, [backend]),
+        "drops": lambda: DropsProbe(client, [backend], sink=True),  # as the breakdown repetition
         "transit": lambda: TransitProbe(client, sample_every=RUN_SAMPLE_EVERY),
         "kfunc": KfuncProbe,
         "syscalls": SyscallProbe,

@@ -23,6 +23,7 @@ from bench import results as R
 from bench.analysis.stats import Histogram
 from bench.errors import FeatureMissing, KpbenchError
 from bench.measure.probes.cpu import CpuProbe, CpuReading
+from bench.measure.probes.drops import DropsProbe
 from bench.measure.probes.latency import LatencyProbe
 from bench.measure.probes.loader import Probe
 from bench.measure.probes.transit import transit_bucket_bounds
@@ -67,9 +68,13 @@ class ProbeSet:
     ``cpu``: the cpu probe of the measured repetitions, attached only in their cpu
     passes (:meth:`cpu_window`), never beside the latency probe's stamping: each of
     the two would put its own work into the other's figure.
+
+    ``latency`` None: a breakdown set, whose drops probe (``others["drops"]``, made to
+    sink) counts what the backends took, as the latency probe's sink mode would with
+    a program of its own.
     """
 
-    latency: LatencyProbe
+    latency: LatencyProbe | None
     others: dict[str, Probe] = field(default_factory=dict)
     missing: dict[str, str] = field(default_factory=dict)
     warned: set[str] = field(default_factory=set)  # shared by a run: each reason said once
@@ -82,13 +87,27 @@ class ProbeSet:
                         "(at every point; said once)", e)
         self.missing[name] = str(e)
 
+    @property
+    def counter(self) -> LatencyProbe | DropsProbe:
+        """The probe that counts delivered packets: the latency probe, else the drops
+        probe sinking at the backends."""
+        if self.latency is not None:
+            return self.latency
+        drops = self.others.get("drops")
+        if not isinstance(drops, DropsProbe) or not drops.sink:
+            raise ValueError("a probe set without the latency probe needs a sinking drops probe")
+        return drops
+
     @contextlib.contextmanager
     def attached(self) -> Iterator[ProbeSet]:
         """The probes attached for the block (a missing one recorded, said once per run)."""
         try:
-            # Without the latency probe nothing counts delivered packets: that is fatal.
-            self.latency.attach()
+            # Without the probe that counts delivered packets nothing can: that is fatal.
+            counter = self.counter
+            counter.attach()
             for name, probe in list(self.others.items()):
+                if probe is counter:
+                    continue
                 try:
                     probe.attach()
                 except FeatureMissing as e:
@@ -97,8 +116,12 @@ class ProbeSet:
             yield self
         finally:
             with interrupts.deferred():
-                for probe in (self.latency, *self.others.values()):
+                for probe in self.all():
                     probe.detach()
+
+    def all(self) -> list[Probe]:
+        """Every probe of the set but the cpu probe of the cpu passes."""
+        return [p for p in (self.latency, *self.others.values()) if p is not None]
 
     @contextlib.contextmanager
     def cpu_window(self) -> Iterator[CpuProbe | None]:
@@ -114,6 +137,8 @@ class ProbeSet:
         if cpu is None:
             yield None
             return
+        if self.latency is None:
+            raise ValueError("a cpu pass needs the latency probe (its sink mode)")
         try:
             with self.latency.sinking():
                 yield cpu
@@ -123,7 +148,8 @@ class ProbeSet:
 
     def start(self, seq_base: int) -> None:
         """Start a window whose own packets have sequence numbers from ``seq_base``."""
-        self.latency.start(seq_base)
+        if self.latency is not None:
+            self.latency.start(seq_base)
         for probe in self.others.values():
             probe.start()
 
@@ -133,14 +159,15 @@ def read_repetition(stats: Any, probes: ProbeSet, latency: bool = True,
     """The repetition the probes saw of the replay ``stats`` describes (``latency``:
     with its latency histogram; a breakdown repetition's latency is not reported).
     Its CPU figures come from its own cpu pass (:func:`cpu_fields`)."""
-    if probes.latency.sink:
+    counter = probes.counter
+    if counter.sink:
         # A window in sink mode (the breakdown repetition): nothing stamped; delivered
         # is what the backends took (IPv4 frames; the repetition's traffic is all there
         # is, and the probes were started after the earlier traffic drained).
-        delivered = min(probes.latency.sunk(), stats.sent)
+        delivered = min(counter.sunk(), stats.sent)
         arrivals = latency_ns = np.empty(0, dtype=np.int64)
     else:
-        lat = probes.latency.read()
+        lat = counter.read()  # the latency probe's (only it stamps)
         # Only the packets this repetition sent: stamped on leaving the client in this
         # window, with a sequence number among the first stats.sent of its range. A
         # straggler of earlier traffic, or warm-up, is not one of them.

@@ -276,9 +276,13 @@ class Runner:
         # The run's own drops (tagged at the client: costs ~1 us a packet, docs/probes.md),
         # node transit and kernel-function time would inflate latency and CPU per packet.
         others: dict[str, Probe] = {}
-        if "drops" in self.sc.probes:
+        sinking = "drops" in self.sc.probes
+        if sinking:
+            # Its backend program also counts and drops what reaches the backends, as
+            # the latency probe's sink mode would with a program of its own.
             others["drops"] = DropsProbe.for_cluster(
-                bed.cluster, external=external, process_group=bed.datapath.process_cgroup)
+                bed.cluster, external=external, process_group=bed.datapath.process_cgroup,
+                sink=True)
         if "transit" in self.sc.probes:
             others["transit"] = TransitProbe.for_cluster(
                 bed.cluster, external=external, sample_every=RUN_SAMPLE_EVERY,
@@ -286,15 +290,16 @@ class Runner:
         # Kernel-function time wherever the kernel has kprobes (e.g. in the VM);
         # elsewhere it is recorded as missing with the reason.
         others["kfunc"] = KfuncProbe()
-        # Its latency is not reported: the latency probe sinks (counts and drops what
-        # reaches the backends, stamps nothing), its programs' least cost.
-        return ProbeSet(LatencyProbe.for_cluster(bed.cluster, external=external, sink=True),
-                        others, warned=self.warned)
+        # Its latency is not reported: what reaches the backends is counted and dropped
+        # there (by the drops probe, else the latency probe in sink mode), nothing stamped.
+        latency = (None if sinking
+                   else LatencyProbe.for_cluster(bed.cluster, external=external, sink=True))
+        return ProbeSet(latency, others, warned=self.warned)
 
     def _breakdown_rep(self, target: Target, workload: str,
                        probes: ProbeSet) -> tuple[R.RepetitionDoc | None, str | None]:
         """One more repetition with the breakdown probes; its latency is not reported
-        (the latency probe sinks: delivered is what the backends took).
+        (what reaches the backends is counted and dropped there: delivered).
 
         Returns the repetition, or None and why its replay failed.
         """
@@ -311,8 +316,7 @@ class Runner:
             return [probes.latency, *([probes.cpu] if probes.cpu else [])]
 
         def breakdown() -> list[Probe]:
-            probes = self._breakdown_probes(bed, external)
-            return [probes.latency, *probes.others.values()]
+            return self._breakdown_probes(bed, external).all()
 
         def latency() -> list[Probe]:
             return [LatencyProbe.for_cluster(bed.cluster, external=external)]

@@ -144,14 +144,16 @@ def test_delivered_is_bounded_by_what_the_backends_received(
 
 def test_the_breakdown_repetition_counts_what_the_backends_took(
         watched_run: tuple[dict[str, Any], list[Replay]]) -> None:
-    # Its latency probe sinks (stamps nothing): delivered is what reached the backends,
-    # bounded by their own interface counters over its replay (the last of udp-new.pcap).
+    # Its drops probe sinks (no latency probe, nothing stamped): delivered is what reached
+    # the backends, bounded by their own interface counters over its replay (the last of
+    # udp-new.pcap), and the sink's own drops are not the datapath's.
     point, replays = watched_run
     seen = [r for r in replays if r.pcap == "udp-new.pcap"][-1]
     bd = point["breakdown"]
     assert bd["sent"] == seen.sent == PACKETS
     assert 0.9 * seen.sent <= bd["delivered"] <= min(seen.sent, seen.pod_rx), (bd, seen)
     assert bd["latency_hist"] is None
+    assert sum(bd["drops"].values()) <= bd["sent"] - bd["delivered"], bd["drops"]
     # Transit timed 1 in RUN_SAMPLE_EVERY of its packets, and says so: one transit for
     # a packet to node 0's backend, two (node 0, node 1) for one to node 1's.
     assert bd["transit_sample_every"] == RUN_SAMPLE_EVERY

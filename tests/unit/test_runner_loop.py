@@ -225,3 +225,20 @@ def test_a_settle_with_nothing_arriving_is_not_converged(tmp_path: Path) -> None
     r = runner(tmp_path, scenario())
     seconds, converged = r._settle(FakeTarget(wire), ProbeSet(Silent(wire)))  # type: ignore[arg-type]
     assert not converged and len(wire.replayed) == 1
+
+
+def test_a_probe_set_without_the_latency_probe_counts_with_a_sinking_drops_probe() -> None:
+    """The breakdown repetition's set: its drops probe counts (and drops) what reaches the
+    backends; without one made to sink, nothing would count delivered packets."""
+    from bench.measure.probes.drops import DropsProbe
+    from bench.measure.probes.loader import TcHook
+
+    client, pod = TcHook("client"), TcHook("pod")
+    sinking = DropsProbe(client, [pod], sink=True)
+    assert ProbeSet(None, {"drops": sinking}).counter is sinking
+    assert ProbeSet(None, {"drops": sinking}).all() == [sinking]
+    for others in ({}, {"drops": DropsProbe(client, [pod])}):
+        with pytest.raises(ValueError, match="sinking drops probe"):
+            ProbeSet(None, others).counter  # noqa: B018
+    with pytest.raises(ValueError, match="backend hooks"):
+        DropsProbe(client, sink=True)

@@ -19,6 +19,7 @@ from bench.measure.probes.loader import (
     TcHook,
     compile_probe,
     origin_hook,
+    percpu_sum,
     print_symbolic,
     skb_offset_flags,
     tracepoint_field,
@@ -56,15 +57,22 @@ class DropsProbe(Probe):
     transient_maps = ()
 
     def __init__(self, origin: TcHook | None = None,
-                 backends: Sequence[TcHook] = (), process_group: Path | None = None) -> None:
+                 backends: Sequence[TcHook] = (), process_group: Path | None = None,
+                 sink: bool = False) -> None:
         """``backends``: where the run's packets end their crossing of the datapath
         (the backend pods' ingress); a run's packet that reaches one is no longer
         counted, whatever happens to it there (needs ``origin``). ``process_group``:
         the cgroup of the datapath's own processes (a userspace proxy), whose
-        sockets are such an end too."""
+        sockets are such an end too. ``sink``: the backend hooks also count every IPv4
+        frame that reaches them and drop it (:meth:`sunk`; the latency probe's sink
+        mode, for a repetition whose latency is not reported: one program a packet
+        there instead of two)."""
         super().__init__()
         if (backends or process_group) and origin is None:
             raise ValueError("backend hooks need an origin hook (they forget tagged skbs)")
+        if sink and not backends:
+            raise ValueError("sinking needs backend hooks (it counts what reaches them)")
+        self.sink = sink
         self.origin = origin
         self.backends = list(backends)
         self.process_group = process_group
@@ -72,12 +80,12 @@ class DropsProbe(Probe):
 
     @classmethod
     def for_cluster(cls, cluster: Cluster, external: bool = False,
-                    process_group: Path | None = None) -> DropsProbe:
+                    process_group: Path | None = None, sink: bool = False) -> DropsProbe:
         """The datapath's drops of the run's own packets (sent by the client pod or the
         external client, not yet at a backend pod or the datapath's own processes),
         with machine-wide counts beside."""
         pods = [TcHook(cluster.pod_ns(p)) for p in cluster.layout.pods]
-        return cls(origin_hook(cluster, external), pods, process_group)
+        return cls(origin_hook(cluster, external), pods, process_group, sink)
 
     def cflags(self) -> list[str]:
         reason = tracepoint_field("skb", "kfree_skb", "reason")
@@ -90,7 +98,8 @@ class DropsProbe(Probe):
                                  f"(reason {reason}, protocol {protocol})")
         tagged = self.origin is not None
         return [f"-DKPB_OFF_REASON={reason[0]}", f"-DKPB_OFF_PROTOCOL={protocol[0]}",
-                f"-DKPB_TAGGED={int(tagged)}", *skb_offset_flags(self.name)]
+                f"-DKPB_TAGGED={int(tagged)}", f"-DKPB_SINK={int(self.sink)}",
+                *skb_offset_flags(self.name)]
 
     def _attach(self) -> None:
         cflags = self.cflags()
@@ -101,7 +110,8 @@ class DropsProbe(Probe):
             self._attach_tracepoint("skb:consume_skb", "kpb_consume_skb")
             self._attach_tc("kpb_tag", [self.origin], TC_EGRESS)
         if self.backends:
-            # Ahead of every probe filter there (the latency probe's drop comes after).
+            # Ahead of every probe filter there (the latency probe's drop comes after;
+            # with sink, this program counts and drops there itself).
             self._attach_tc("kpb_delivered", self.backends, TC_INGRESS, prio=TC_PRIO_FIRST)
         if self.process_group is not None:
             self._attach_cgroup_ingress("kpb_delivered_cg", self.process_group)
@@ -109,6 +119,16 @@ class DropsProbe(Probe):
     def _zero(self) -> None:
         self._bpf[b"core_drops"].clear()  # zeroes every entry
         self._bpf[b"drops"].clear()
+        if self.sink:
+            self._bpf[b"sunk"].clear()
+
+    def sunk(self) -> int:
+        """IPv4 frames the backends took since the window opened (:meth:`start`; made
+        with ``sink``)."""
+        self._require()
+        if not self.sink:
+            raise RuntimeError("the drops probe was not made to sink")
+        return percpu_sum(self._bpf[b"sunk"], 0)
 
     def tagged_left(self) -> int:
         """How many of the run's skbs the tag table holds now (sent, neither delivered
