@@ -132,3 +132,52 @@ def test_the_tc_attach_mode_can_be_forced_and_a_bad_value_is_named(
         loader.tc_mode()
     monkeypatch.delenv(loader.TC_MODE_ENV)
     assert loader.tc_mode() is None  # not decided: no namespace to find out in
+
+
+def test_the_statistics_own_cost_is_the_least_of_a_sample_at_every_burst(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """measure_in_window takes out of every program run the statistics' own cost, a
+    constant of the machine that only ever reads higher: sampled at every burst, the
+    least. One sample taken at a slow moment (here the first, 70 ns against 47) would
+    take 23 ns too much out of each run and put the set below what its programs cost."""
+    import contextlib
+
+    from bench.measure import overhead as O
+
+    costs = iter([70.0] + [47.0, 48.5, 52.0] * 20)
+    monkeypatch.setattr(O.bpf_stats, "own_cost_ns", lambda **_: next(costs))
+    monkeypatch.setattr(O.bpf_stats, "enabled", contextlib.nullcontext)
+
+    class Reporter:
+        def __enter__(self) -> Reporter:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def prog_fds(self) -> list[int]:
+            return []
+
+    monkeypatch.setattr(O, "CpuProbe", Reporter)
+
+    def burst(cluster, target, pcap, rate, packets, reporter, groups):
+        # Every set's programs: 10 runs a packet of 20 ns each, as the kernel records them
+        # with its statistics' 47 ns a run added; 2 of those runs at the client's egress.
+        return 3000.0, {"reporter": (2 * (30 + 47.0), 2.0), "set": (10 * (20 + 47.0), 10.0),
+                        "outside": (2 * (20 + 47.0), 2.0)}
+
+    monkeypatch.setattr(O, "net_rx_ns_per_packet", burst)
+
+    class FakeTarget:
+        def build_pcap(self, *a: object, **k: object) -> Path:
+            return tmp_path / "x.pcap"
+
+    out = O.measure_in_window(None, FakeTarget(), tmp_path, 10_000,  # type: ignore[arg-type]
+                              {"set": lambda: []}, rounds=3, share={"left_ns_per_packet": 1,
+                                                                    "taken_ns_per_packet": 2,
+                                                                    "bound_ns_per_packet": 3})
+    assert out["stats_ns_per_run"] == 47.0
+    assert len(out["stats_ns_per_run_samples"]) == 7  # the warm-up and 2 sets x 3 rounds
+    assert out["set_programs_ns_per_packet"] == pytest.approx(200)
+    assert out["set_programs_in_figure_ns_per_packet"] == pytest.approx(160)
+    assert out["reporter_programs_ns_per_packet"] == pytest.approx(60)
