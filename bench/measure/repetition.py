@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,7 +71,8 @@ class ProbeSet:
 
     ``latency`` None: a breakdown set, whose drops probe (``others["drops"]``, made to
     sink) counts what the backends took, as the latency probe's sink mode would with
-    a program of its own.
+    a program of its own; if that probe cannot attach (the kernel lacks what it reads),
+    ``sink_fallback`` makes the latency probe that counts instead.
     """
 
     latency: LatencyProbe | None
@@ -79,6 +80,7 @@ class ProbeSet:
     missing: dict[str, str] = field(default_factory=dict)
     warned: set[str] = field(default_factory=set)  # shared by a run: each reason said once
     cpu: CpuProbe | None = None
+    sink_fallback: Callable[[], LatencyProbe] | None = None
 
     def _missing(self, name: str, e: FeatureMissing) -> None:
         if str(e) not in self.warned:
@@ -104,7 +106,17 @@ class ProbeSet:
         try:
             # Without the probe that counts delivered packets nothing can: that is fatal.
             counter = self.counter
-            counter.attach()
+            try:
+                counter.attach()
+            except FeatureMissing as e:
+                if self.latency is not None or self.sink_fallback is None:
+                    raise
+                # The sinking drops probe cannot attach on this kernel: recorded as
+                # missing, and the latency probe in sink mode counts instead.
+                self._missing("drops", e)
+                del self.others["drops"]
+                self.latency = counter = self.sink_fallback()
+                counter.attach()
             for name, probe in list(self.others.items()):
                 if probe is counter:
                     continue

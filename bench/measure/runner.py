@@ -292,9 +292,10 @@ class Runner:
         others["kfunc"] = KfuncProbe()
         # Its latency is not reported: what reaches the backends is counted and dropped
         # there (by the drops probe, else the latency probe in sink mode), nothing stamped.
-        latency = (None if sinking
-                   else LatencyProbe.for_cluster(bed.cluster, external=external, sink=True))
-        return ProbeSet(latency, others, warned=self.warned)
+        def sink() -> LatencyProbe:
+            return LatencyProbe.for_cluster(bed.cluster, external=external, sink=True)
+        return ProbeSet(None if sinking else sink(), others, warned=self.warned,
+                        sink_fallback=sink)
 
     def _breakdown_rep(self, target: Target, workload: str,
                        probes: ProbeSet) -> tuple[R.RepetitionDoc | None, str | None]:

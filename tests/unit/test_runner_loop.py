@@ -242,3 +242,33 @@ def test_a_probe_set_without_the_latency_probe_counts_with_a_sinking_drops_probe
             ProbeSet(None, others).counter  # noqa: B018
     with pytest.raises(ValueError, match="backend hooks"):
         DropsProbe(client, sink=True)
+
+
+def test_a_breakdown_set_whose_drops_probe_cannot_attach_counts_with_the_latency_sink() -> None:
+    """On a kernel the drops probe cannot read (no drop reasons before 5.17), the breakdown
+    set records it as missing and counts with the latency probe's sink mode instead."""
+    from bench.errors import FeatureMissing
+    from bench.measure.probes.drops import DropsProbe
+    from bench.measure.probes.loader import TcHook
+
+    class NoDrops(DropsProbe):
+        def attach(self) -> None:
+            raise FeatureMissing("drops probe: skb:kfree_skb has no reason field")
+
+    class Sink:
+        sink = True
+        attached = False
+
+        def attach(self) -> None:
+            self.attached = True
+
+        def detach(self) -> None:
+            self.attached = False
+
+    made: list[Sink] = []
+    probes = ProbeSet(None, {"drops": NoDrops(TcHook("c"), [TcHook("p")], sink=True)},
+                      sink_fallback=lambda: made.append(Sink()) or made[-1])  # type: ignore[arg-type,return-value]
+    with probes.attached():
+        assert probes.counter is made[0] and made[0].attached
+        assert "drops" not in probes.others and "no reason field" in probes.missing["drops"]
+    assert not made[0].attached
