@@ -8,7 +8,10 @@ vary (`kpbench compare` tests the per-run figures too), not only against
 the repetitions inside one run — and with 3 repetitions per run the
 repetition test gets enough samples (3 vs 3 can never reach p < 0.05).
 Pool at least five runs: the spread between runs is then known well enough
-to call changes of a few tens of percent.
+to call changes of a few tens of percent. It prints that spread (the sd of
+the per-run figures at the median point, for latency, CPU per packet and
+the socket points' RTT and rate) and each run's offset from the others,
+and warns of a run that stands out by more than 10 %.
 
 The runs must be complete, of the same scenario text and from the same
 environment (as `kpbench compare` checks it). A baseline can be pooled
@@ -40,6 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bench.analysis.spread import spread_lines
     from bench.results.baseline import merge_runs
     from bench.results.reader import load_result
     from bench.results.writer import write_json_atomic
@@ -59,4 +63,6 @@ def run(args: argparse.Namespace) -> int:
     n_runs = max([len(p.get("per_run") or []) for p in doc["points"]] + [len(runs)])
     print(f"{out}: {len(doc['points'])} points, {reps} repetitions from {n_runs} runs",
           file=sys.stderr)
+    for line in spread_lines(doc):
+        print(line, file=sys.stderr)
     return 0

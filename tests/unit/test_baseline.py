@@ -155,7 +155,9 @@ def test_baseline_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     files = [write(tmp_path / f"r{i}.json", [point(rng, reps=3)]) for i in range(3)]
     out = tmp_path / "baselines" / "default.json"
     assert main("baseline", *files, "-o", out) == 0
-    assert "3 runs" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "3 runs" in err
+    assert "spread between runs" in err and "p50_latency" in err
     doc = load_result(out)
     assert len(doc["points"][0]["repetitions"]) == 9
     assert json.loads(out.read_text())["merged_from"][2]["file"] == str(files[2])
@@ -199,3 +201,27 @@ def test_merge_pools_the_paired_controls_and_splits_them_back_per_run() -> None:
             doc["points"][0]["summary"]["service_minus_control_p50_ns"])  # type: ignore[typeddict-item]
     assert mp["summary"]["control"]["latency_ns"]["count"] == sum(  # type: ignore[typeddict-item]
         len(r["control"]) for r in per_run) * 2000  # type: ignore[arg-type]
+
+
+def test_the_spread_between_runs_and_the_run_that_stands_out_are_measured() -> None:
+    from bench.analysis.spread import run_spread, spread_lines
+
+    # Five runs at known levels, each tight inside (0.5 %): the spread is the sd of the
+    # levels' logs, each run's offset its level over the levels' geometric mean.
+    levels = (1.0, 1.0, 1.02, 0.98, 1.3)
+    pooled, _ = merge_runs([(f"r{i}.json", _run_with_level(i, lv))
+                            for i, lv in enumerate(levels)])
+    (p50,) = run_spread(pooled, ["p50_latency"])
+    logs = np.log(levels)
+    assert p50.points == len(SCALES)
+    assert p50.median_sd == pytest.approx(np.std(logs, ddof=1), rel=0.1)
+    gmean = np.exp(logs.mean())
+    assert p50.run_offsets == pytest.approx([lv / gmean - 1 for lv in levels], abs=0.01)
+    lines = spread_lines(pooled)
+    warned = [line for line in lines if line.startswith("warning")]
+    assert len(warned) == 1 and "run 5 (r4.json)" in warned[0]  # +24 %: the one outlier
+    # The same runs without the outlier: nothing stands out.
+    quiet, _ = merge_runs([(f"r{i}.json", _run_with_level(i, lv))
+                           for i, lv in enumerate(levels[:4])])
+    assert not [line for line in spread_lines(quiet) if line.startswith("warning")]
+    assert spread_lines(runs(3, n=1)[0][1]) == []  # one run: no spread to tell
