@@ -31,6 +31,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -84,18 +85,18 @@ def summary(samples: list[tuple[float, float]]) -> str:
             f"wall {min(wall):8.3f} / {statistics.median(wall):8.3f}")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--services", type=int, default=10_000)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--datapaths", nargs="+", default=["ebpf-tc", "userspace"])
-    ap.add_argument("--cases", nargs="+", default=["first", "change", "resync", "after"])
-    ap.add_argument("--fresh-context", action="store_true",
-                    help="a new NodeContext object every sync (Testbed before 2026-12-02)")
-    args = ap.parse_args()
-    global FRESH_CONTEXT
-    FRESH_CONTEXT = args.fresh_context
-    n = args.services
+class States(NamedTuple):
+    base: State  # the measured state, without the spare Service
+    base_views: Any  # node 0's views of it
+    changes: dict[str, tuple[set[str], Any]]  # change -> (changed Services, views)
+    services: list[Any]  # every Service, the spare one too (what a Testbed builds)
+    slices: list[Any]
+    backed: set[str]  # the measured and the spare Service: the ones with backend pods
+
+
+def states(n: int) -> States:
+    """The sync runner's base state of ``n`` services (plus its spare one), node 0's views
+    of it, and each change's (changed Services, views), as the runner makes them."""
     services, slices = generate(GenSpec(services=n + 1, endpoints=10, nodes=2,
                                         protocol="UDP"))
     spare = services[-1]
@@ -110,6 +111,22 @@ def main() -> None:
         # objects as before it (previous=).
         changes[kind] = (c.changed, service_port_views(c.services, c.slices, "node-0",
                                                        previous=base_views))
+    return States(base, base_views, changes, services, slices, {measured.key, spare.key})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--services", type=int, default=10_000)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--datapaths", nargs="+", default=["ebpf-tc", "userspace"])
+    ap.add_argument("--cases", nargs="+", default=["first", "change", "resync", "after"])
+    ap.add_argument("--fresh-context", action="store_true",
+                    help="a new NodeContext object every sync (Testbed before 2026-12-02)")
+    args = ap.parse_args()
+    global FRESH_CONTEXT
+    FRESH_CONTEXT = args.fresh_context
+    n = args.services
+    base, base_views, changes, *_ = states(n)
     print(f"{n} services x 10 endpoints; ms, fastest / median of {args.rounds}")
     for variant in args.datapaths:
         for cold in (False, True):
