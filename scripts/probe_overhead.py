@@ -13,7 +13,8 @@ set's BPF programs' run time per packet by the kernel's statistics
 runs' programs_main/programs_breakdown figures (in_window_figures) when the sets
 latency and breakdown are there, and the NET_RX per packet a cpu probe reports
 beside each set. SET is one of: latency, cpu (a second cpu probe in --in-window),
-main (latency + cpu), drops, transit, breakdown (drops sinking + transit, as
+main (latency + cpu), drops, null (an empty program at the backends' ingress:
+a known workload, whose figure should read about 0), transit, breakdown (drops sinking + transit, as
 the runner's breakdown repetition), breakdown-latency (the latency probe sinking
 beside drops + transit: the set before); SET@tcx or SET@clsact attaches that set's tc
 programs that way (an A/B of the hook within one run; otherwise the default, tcx
@@ -37,6 +38,7 @@ from bench.measure.probes import loader
 from bench.measure.probes.cpu import CpuProbe
 from bench.measure.probes.drops import DropsProbe
 from bench.measure.probes.latency import LatencyProbe
+from bench.measure.probes.null import NullProbe
 from bench.measure.probes.transit import RUN_SAMPLE_EVERY, TransitProbe
 from bench.model.generate import GenSpec, generate
 
@@ -63,6 +65,8 @@ with Testbed(make_variant(a.variant), services, slices, nodes=2, pod_services={s
         "cpu": lambda: [CpuProbe(group)],
         "main": lambda: [LatencyProbe.for_cluster(c), CpuProbe(group)],
         "drops": lambda: [DropsProbe.for_cluster(c)],
+        # An empty program at the backends' ingress: its figure is the calibration's error.
+        "null": lambda: [NullProbe.for_cluster(c)],
         # Sampled as the runner's breakdown repetition samples it.
         "transit": lambda: [TransitProbe.for_cluster(c, sample_every=RUN_SAMPLE_EVERY)],
         # As the runner's breakdown repetition: the drops probe sinks (no latency probe).

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from bench.measure.probes.loader import Probe
 
 NAMES = ("latency", "cpu", "drops", "transit", "kfunc", "syscalls", "effect", "oneway",
-         "gone")
+         "gone", "null")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -61,6 +61,7 @@ def as_a_run_compiles() -> dict[str, Callable[[], Probe]]:
     from bench.measure.probes.kfunc import KfuncProbe
     from bench.measure.probes.latency import LatencyProbe
     from bench.measure.probes.loader import TcHook
+    from bench.measure.probes.null import NullProbe
     from bench.measure.probes.oneway import OneWayProbe
     from bench.measure.probes.syscalls import SyscallProbe
     from bench.measure.probes.transit import RUN_SAMPLE_EVERY, TransitProbe
@@ -76,6 +77,7 @@ def as_a_run_compiles() -> dict[str, Callable[[], Probe]]:
         "syscalls": SyscallProbe,
         "effect": lambda: EffectProbe([backend]),
         "gone": lambda: GoneProbe([backend]),
+        "null": lambda: NullProbe([backend]),
     }
 
 
