@@ -41,6 +41,7 @@ from bench.measure.probes.kfunc import KfuncProbe
 from bench.measure.probes.latency import LatencyProbe
 from bench.measure.probes.loader import Probe, tc_mode
 from bench.measure.probes.transit import RUN_SAMPLE_EVERY, TransitProbe
+from bench.measure.quiet import wait_quiet
 from bench.measure.repetition import (
     ProbeSet,
     SeqSpace,
@@ -327,6 +328,9 @@ class Runner:
             probe.sink = True
             return [probe]
 
+        self.progress.say("measuring the probes' overhead: waiting for a quiet machine")
+        # Measured once, related to every point: not beside other work (bench.measure.quiet).
+        quiet = wait_quiet()
         self.progress.say("measuring the probes' overhead")
         # The bursts are udp-established: their 16 flows' source ports lie below every
         # new flow's (bench.measure.traffic), so they take nothing from the cluster's flow space.
@@ -335,6 +339,7 @@ class Runner:
                                rounds=OVERHEAD_ROUNDS, packets=OVERHEAD_PACKETS,
                                seq_start=0, say=self.progress.say)
         out["tc_attach"] = tc_mode()  # the probes' tc programs: tcx links or clsact filters
+        out["quiet"] = quiet
         if "cpu" not in self.sc.probes:
             out["in_window"] = {"error": "the scenario's probes leave out cpu"}
             return out
@@ -363,8 +368,10 @@ class Runner:
         if self.cpu_share_doc is not None or not self.sc.overhead \
                 or "cpu" not in self.sc.probes:
             return
-        self.progress.say("the cpu probe's own share of its figure")
+        self.progress.say("the cpu probe's own share of its figure: waiting for a quiet machine")
         t0 = time.monotonic()
+        quiet = wait_quiet()  # measured once, it moves every figure: not beside other work
+        self.progress.say("the cpu probe's own share of its figure")
         try:
             pods = [p for p in bed.layout.pods if p.udp_ports]
             if not pods:
@@ -372,6 +379,7 @@ class Runner:
             target = Target.from_client_pod(bed.cluster, pods[0].ip, pods[0].udp_ports[0])
             self.cpu_share_doc = measure_cpu_probe_share(
                 bed.cluster, target, self.workdir, self.sc.rate_pps, rounds=CPU_SHARE_BURSTS)
+            self.cpu_share_doc["quiet"] = quiet
             self.cpu_share = self.cpu_share_doc["taken_ns_per_softirq"]
         except (FeatureMissing, KpbenchError, RuntimeError) as e:
             self.cpu_share_doc = {"error": f"the cpu probe's own share: {e}"}

@@ -181,3 +181,83 @@ def test_the_statistics_own_cost_is_the_least_of_a_sample_at_every_burst(
     assert out["set_programs_ns_per_packet"] == pytest.approx(200)
     assert out["set_programs_in_figure_ns_per_packet"] == pytest.approx(160)
     assert out["reporter_programs_ns_per_packet"] == pytest.approx(60)
+
+
+def test_a_set_s_program_figure_is_its_quietest_round(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """What else runs beside a burst only slows the programs in it: the quietest of the
+    rounds is the figure (medians kept apart). Here three rounds of five are slowed,
+    as the breakdown set's rounds were at a default run's first point (214-821 ns)."""
+    import contextlib
+
+    from bench.measure import overhead as O
+
+    monkeypatch.setattr(O.bpf_stats, "own_cost_ns", lambda **_: 40.0)
+    monkeypatch.setattr(O.bpf_stats, "enabled", contextlib.nullcontext)
+
+    class Reporter:
+        def __enter__(self) -> Reporter:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def prog_fds(self) -> list[int]:
+            return []
+
+    monkeypatch.setattr(O, "CpuProbe", Reporter)
+    # The warm-up, then each round's two bursts (none and the set) slowed alike: three
+    # of five rounds slowed, so the median is too.
+    slowdown = iter([1.0] + [1.0, 1.0, 3.0, 3.0, 2.0, 2.0, 1.0, 1.0, 1.5, 1.5])
+
+    def burst(cluster, target, pcap, rate, packets, reporter, groups):
+        k = next(slowdown)
+        # 10 runs of 20 ns a packet, 2 of them at the client's egress, slowed by k.
+        return 3000.0 * k, {"reporter": (2 * (30 * k + 40), 2.0),
+                            "set": (10 * (20 * k + 40), 10.0),
+                            "outside": (2 * (20 * k + 40), 2.0)}
+
+    monkeypatch.setattr(O, "net_rx_ns_per_packet", burst)
+
+    class FakeTarget:
+        def build_pcap(self, *a: object, **k: object) -> Path:
+            return tmp_path / "x.pcap"
+
+    out = O.measure_in_window(None, FakeTarget(), tmp_path, 10_000,  # type: ignore[arg-type]
+                              {"set": lambda: []}, rounds=5, share={"left_ns_per_packet": 1,
+                                                                    "taken_ns_per_packet": 2,
+                                                                    "bound_ns_per_packet": 3})
+    assert out["set_programs_ns_per_packet"] == pytest.approx(200)  # the unslowed rounds
+    assert out["set_programs_in_figure_ns_per_packet"] == pytest.approx(160)
+    assert out["set_programs_outside_ns_per_packet"] == pytest.approx(40)
+    assert out["set_programs_ns_per_packet_median"] == pytest.approx(300)
+    assert out["reporter_programs_ns_per_packet"] == pytest.approx(60)
+    assert max(out["programs"]["set"]) == pytest.approx(600)  # the rounds as measured
+
+
+def test_the_quiet_gate_waits_for_an_idle_window_and_gives_up_in_bounded_time() -> None:
+    from bench.measure.quiet import cpu_times, wait_quiet
+
+    stat = ("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 50 0 25 400 25 0 0 0 0 0\n"
+            "intr 1 2 3\n")
+    assert cpu_times(stat) == (150, 1000)  # idle and iowait are not busy; steal would be
+    with pytest.raises(ValueError, match="aggregate cpu"):
+        cpu_times("cpu0 1 2 3 4 5 6 7 8\n")
+
+    def fake(windows: list[float]):  # busy fraction of each successive window
+        clock = [0.0]
+        reads = []
+        for busy in windows:
+            reads += [(0, 0), (int(1000 * busy), 1000)]
+        it = iter(reads)
+
+        def sleep(s: float) -> None:
+            clock[0] += s
+        return (lambda: next(it)), sleep, (lambda: clock[0])
+
+    read, sleep, clock = fake([0.9, 0.5, 0.05])
+    got = wait_quiet(read=read, sleep=sleep, clock=clock)
+    assert got == {"quiet": True, "waited_s": 3.0, "busy_pct": 5.0}
+    read, sleep, clock = fake([0.8] * 100)
+    got = wait_quiet(timeout_s=5, read=read, sleep=sleep, clock=clock)
+    assert got == {"quiet": False, "waited_s": 5.0, "busy_pct": 80.0}
