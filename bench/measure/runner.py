@@ -331,7 +331,7 @@ class Runner:
         self.progress.say("measuring the probes' overhead: waiting for a quiet machine")
         # Measured once, related to every point: not beside other work (bench.measure.quiet).
         quiet = wait_quiet()
-        self.progress.say("measuring the probes' overhead")
+        self.progress.say("measuring the probes' overhead" + _not_quiet(quiet))
         # The bursts are udp-established: their 16 flows' source ports lie below every
         # new flow's (bench.measure.traffic), so they take nothing from the cluster's flow space.
         out = measure_overhead(bed.cluster, target, self.workdir,
@@ -371,7 +371,7 @@ class Runner:
         self.progress.say("the cpu probe's own share of its figure: waiting for a quiet machine")
         t0 = time.monotonic()
         quiet = wait_quiet()  # measured once, it moves every figure: not beside other work
-        self.progress.say("the cpu probe's own share of its figure")
+        self.progress.say("the cpu probe's own share of its figure" + _not_quiet(quiet))
         try:
             pods = [p for p in bed.layout.pods if p.udp_ports]
             if not pods:
@@ -522,3 +522,11 @@ class Runner:
             missing=dict(probes.missing), probe_overhead=self.overhead, status=status,
             error=None if reps else f"every repetition failed: {failed[0]['error']}",
             control=controls if sc.control_packets else None, failed_repetitions=failed)
+
+
+def _not_quiet(quiet: dict[str, Any]) -> str:
+    """What a progress line adds when the quiet gate gave up (bench.measure.quiet)."""
+    if quiet.get("quiet"):
+        return ""
+    return (f" (the machine stayed {quiet.get('busy_pct')} % busy for {quiet.get('waited_s')} s:"
+            " measured anyway, recorded as probe_overhead.quiet)")

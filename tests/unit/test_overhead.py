@@ -261,3 +261,8 @@ def test_the_quiet_gate_waits_for_an_idle_window_and_gives_up_in_bounded_time() 
     read, sleep, clock = fake([0.8] * 100)
     got = wait_quiet(timeout_s=5, read=read, sleep=sleep, clock=clock)
     assert got == {"quiet": False, "waited_s": 5.0, "busy_pct": 80.0}
+    # The runner's progress line says when it gave up and measured anyway.
+    from bench.measure.runner import _not_quiet
+
+    assert _not_quiet({"quiet": True, "waited_s": 1.0, "busy_pct": 2.0}) == ""
+    assert "80.0 % busy for 5.0 s: measured anyway" in _not_quiet(got)
