@@ -3,6 +3,7 @@ spread."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -134,18 +135,16 @@ def test_the_tc_attach_mode_can_be_forced_and_a_bad_value_is_named(
     assert loader.tc_mode() is None  # not decided: no namespace to find out in
 
 
-def test_the_statistics_own_cost_is_the_least_of_a_sample_at_every_burst(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """measure_in_window takes out of every program run the statistics' own cost, a
-    constant of the machine that only ever reads higher: sampled at every burst, the
-    least. One sample taken at a slow moment (here the first, 70 ns against 47) would
-    take 23 ns too much out of each run and put the set below what its programs cost."""
+def _in_window_with_fake_bursts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                own_cost: Callable[..., float],
+                                burst: Callable[..., object], rounds: int) -> dict:  # type: ignore[type-arg]
+    """measure_in_window of one set ``set`` with no kernel: the statistics' cost sampled from
+    ``own_cost``, every burst's figures from ``burst`` (net_rx_ns_per_packet's place)."""
     import contextlib
 
     from bench.measure import overhead as O
 
-    costs = iter([70.0] + [47.0, 48.5, 52.0] * 20)
-    monkeypatch.setattr(O.bpf_stats, "own_cost_ns", lambda **_: next(costs))
+    monkeypatch.setattr(O.bpf_stats, "own_cost_ns", own_cost)
     monkeypatch.setattr(O.bpf_stats, "enabled", contextlib.nullcontext)
 
     class Reporter:
@@ -159,6 +158,25 @@ def test_the_statistics_own_cost_is_the_least_of_a_sample_at_every_burst(
             return []
 
     monkeypatch.setattr(O, "CpuProbe", Reporter)
+    monkeypatch.setattr(O, "net_rx_ns_per_packet", burst)
+
+    class FakeTarget:
+        def build_pcap(self, *a: object, **k: object) -> Path:
+            return tmp_path / "x.pcap"
+
+    return O.measure_in_window(None, FakeTarget(), tmp_path, 10_000,  # type: ignore[arg-type]
+                               {"set": lambda: []}, rounds=rounds,
+                               share={"left_ns_per_packet": 1, "taken_ns_per_packet": 2,
+                                      "bound_ns_per_packet": 3})
+
+
+def test_the_statistics_own_cost_is_the_least_of_a_sample_at_every_burst(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """measure_in_window takes out of every program run the statistics' own cost, a
+    constant of the machine that only ever reads higher: sampled at every burst, the
+    least. One sample taken at a slow moment (here the first, 70 ns against 47) would
+    take 23 ns too much out of each run and put the set below what its programs cost."""
+    costs = iter([70.0] + [47.0, 48.5, 52.0] * 20)
 
     def burst(cluster, target, pcap, rate, packets, reporter, groups):
         # Every set's programs: 10 runs a packet of 20 ns each, as the kernel records them
@@ -166,16 +184,8 @@ def test_the_statistics_own_cost_is_the_least_of_a_sample_at_every_burst(
         return 3000.0, {"reporter": (2 * (30 + 47.0), 2.0), "set": (10 * (20 + 47.0), 10.0),
                         "outside": (2 * (20 + 47.0), 2.0)}
 
-    monkeypatch.setattr(O, "net_rx_ns_per_packet", burst)
-
-    class FakeTarget:
-        def build_pcap(self, *a: object, **k: object) -> Path:
-            return tmp_path / "x.pcap"
-
-    out = O.measure_in_window(None, FakeTarget(), tmp_path, 10_000,  # type: ignore[arg-type]
-                              {"set": lambda: []}, rounds=3, share={"left_ns_per_packet": 1,
-                                                                    "taken_ns_per_packet": 2,
-                                                                    "bound_ns_per_packet": 3})
+    out = _in_window_with_fake_bursts(monkeypatch, tmp_path, lambda **_: next(costs), burst,
+                                      rounds=3)
     assert out["stats_ns_per_run"] == 47.0
     assert len(out["stats_ns_per_run_samples"]) == 7  # the warm-up and 2 sets x 3 rounds
     assert out["set_programs_ns_per_packet"] == pytest.approx(200)
@@ -188,24 +198,6 @@ def test_a_set_s_program_figure_is_its_quietest_round(
     """What else runs beside a burst only slows the programs in it: the quietest of the
     rounds is the figure (medians kept apart). Here three rounds of five are slowed,
     as the breakdown set's rounds were at a default run's first point (214-821 ns)."""
-    import contextlib
-
-    from bench.measure import overhead as O
-
-    monkeypatch.setattr(O.bpf_stats, "own_cost_ns", lambda **_: 40.0)
-    monkeypatch.setattr(O.bpf_stats, "enabled", contextlib.nullcontext)
-
-    class Reporter:
-        def __enter__(self) -> Reporter:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            pass
-
-        def prog_fds(self) -> list[int]:
-            return []
-
-    monkeypatch.setattr(O, "CpuProbe", Reporter)
     # The warm-up, then each round's two bursts (none and the set) slowed alike: three
     # of five rounds slowed, so the median is too.
     slowdown = iter([1.0] + [1.0, 1.0, 3.0, 3.0, 2.0, 2.0, 1.0, 1.0, 1.5, 1.5])
@@ -217,16 +209,7 @@ def test_a_set_s_program_figure_is_its_quietest_round(
                             "set": (10 * (20 * k + 40), 10.0),
                             "outside": (2 * (20 * k + 40), 2.0)}
 
-    monkeypatch.setattr(O, "net_rx_ns_per_packet", burst)
-
-    class FakeTarget:
-        def build_pcap(self, *a: object, **k: object) -> Path:
-            return tmp_path / "x.pcap"
-
-    out = O.measure_in_window(None, FakeTarget(), tmp_path, 10_000,  # type: ignore[arg-type]
-                              {"set": lambda: []}, rounds=5, share={"left_ns_per_packet": 1,
-                                                                    "taken_ns_per_packet": 2,
-                                                                    "bound_ns_per_packet": 3})
+    out = _in_window_with_fake_bursts(monkeypatch, tmp_path, lambda **_: 40.0, burst, rounds=5)
     assert out["set_programs_ns_per_packet"] == pytest.approx(200)  # the unslowed rounds
     assert out["set_programs_in_figure_ns_per_packet"] == pytest.approx(160)
     assert out["set_programs_outside_ns_per_packet"] == pytest.approx(40)
