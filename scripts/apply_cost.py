@@ -2,7 +2,7 @@
 figure of a change without the change's traffic or the syscall probe beside it.
 
     .venv/bin/python scripts/apply_cost.py [--services 10000] [--rounds 5]
-        [--datapaths ebpf-tc userspace] [--traffic PPS]
+        [--datapaths ebpf-tc userspace] [--traffic PPS] [--syscalls] [--sleep S]
 
 Builds the sync scenario's cluster (``--services`` x 10 endpoints, UDP, 2 nodes,
 backend pods for the measured and the spare Service; the states of
@@ -12,7 +12,10 @@ timed as the runner times it (garbage collector paused; CPU thread time of
 this process and wall time), "warm" (right after the render) and "cold" (about
 50 MB written and read between render and apply), then the change put back (not
 timed). With ``--traffic PPS``, tcpreplay sends new flows to the measured
-Service from the client pod throughout, as the runner's effect traffic.
+Service from the client pod throughout, as the runner's effect traffic; with
+``--syscalls`` the syscall probe watches the applying thread, as in the runner;
+with ``--sleep S`` each timed apply follows S seconds asleep (the runner's
+pre-roll of traffic before a change).
 
 Where the apply happens in this process (ebpf-tc: map writes through libbpf's
 batch calls), CPU is its cost; where another process applies (userspace: the
@@ -23,9 +26,11 @@ scenario's ``sync.apply`` of the same changes. Prints fastest and median, in ms.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -35,6 +40,7 @@ from render_cost import evict, states, summary, timed
 
 from bench.cluster.testbed import Testbed
 from bench.datapaths import make_variant
+from bench.measure.probes.syscalls import SyscallProbe
 from bench.measure.sync_runner import SRC_SPAN
 from bench.measure.traffic import Target
 
@@ -48,6 +54,10 @@ def main() -> None:
     ap.add_argument("--datapaths", nargs="+", default=["ebpf-tc", "userspace"])
     ap.add_argument("--traffic", type=int, default=0, metavar="PPS",
                     help="new flows to the measured Service at PPS throughout (0: none)")
+    ap.add_argument("--syscalls", action="store_true",
+                    help="the syscall probe attached and watching this thread, as the runner")
+    ap.add_argument("--sleep", type=float, default=0.0, metavar="S",
+                    help="sleep S seconds before each timed apply (the runner's pre-roll)")
     args = ap.parse_args()
     st = states(args.services)
     measured = st.base.services[args.services - 1]
@@ -57,7 +67,11 @@ def main() -> None:
         dp = make_variant(variant)
         bed = Testbed(dp, st.services, st.slices, 2, pod_services=st.backed, echo=False,
                       sync_on_enter=False)
-        with bed, tempfile.TemporaryDirectory() as tmp:
+        probe = SyscallProbe() if args.syscalls else None
+        with bed, tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+            if probe is not None:
+                probe.attach()
+                stack.callback(probe.detach)
             ctx, ns = bed.node_context(0), bed.cluster.node_ns(0)
             dp.apply(dp.render(st.base_views, ctx), ns)
             stop = threading.Event()
@@ -79,7 +93,14 @@ def main() -> None:
                             delta = dp.render_partial(views, ctx, changed)
                             if cold:
                                 evict()
+                            if args.sleep:
+                                time.sleep(args.sleep)
+                            if probe is not None:
+                                probe.start()
+                                probe.watch(threading.get_native_id())
                             out.append(timed(dp.apply_partial, delta, ns))
+                            if probe is not None:
+                                probe.unwatch(threading.get_native_id())
                             dp.apply_partial(dp.render_partial(st.base_views, ctx, changed), ns)
                         temp = "cold" if cold else "warm"
                         print(f"{variant:10} {temp} {kind:20} {summary(out)}", flush=True)

@@ -40,8 +40,26 @@ def run_netns(netns: str, argv: Sequence[str], *, stdin: str | None = None,
                           text=True, timeout=timeout, check=check)
 
 
+def dying_with_parent(argv: Sequence[str]) -> list[str]:
+    """``argv`` started so that it gets SIGTERM when the thread that started it dies (no
+    process a run started outlives a SIGKILLed run), without a ``preexec_fn``.
+
+    A ``preexec_fn`` makes Python fork() the whole harness (hundreds of MB at 10,000
+    services) instead of vfork(): every page of it is then copy-on-write, and the next
+    write to each faults (a few µs apiece). The sync runner started its change's traffic
+    right before the timed apply, whose first ~140 pages written were such faults: up to
+    half of ebpf-tc's one-change apply figure. util-linux's setpriv sets the same
+    parent-death signal and execs ``argv`` (the setting survives the exec); unlike the
+    ``preexec_fn`` it is set a moment after Popen returns (setpriv's own start), so a
+    harness killed within that moment leaves the child (``kpbench clean`` removes its
+    namespace).
+    """
+    return ["setpriv", "--pdeathsig", "TERM", *argv]
+
+
 def die_with_parent() -> None:
     """In a child before it execs (``preexec_fn``): SIGTERM it when its parent dies, so no
-    process a run started outlives a SIGKILLed run."""
+    process a run started outlives a SIGKILLed run. For children that must do more before
+    their exec (enter a cgroup); otherwise :func:`dying_with_parent` (no fork)."""
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

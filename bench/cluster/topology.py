@@ -35,7 +35,7 @@ from pyroute2 import NetNS, netns
 from bench import interrupts
 from bench.cluster import cgroups
 from bench.cluster.netlink import in_netns
-from bench.cluster.netns_exec import die_with_parent, run_netns
+from bench.cluster.netns_exec import dying_with_parent, run_netns
 from bench.errors import FeatureMissing, KpbenchError
 from bench.model import layout as L
 from bench.model.layout import Layout, PodSpec
@@ -217,8 +217,8 @@ class Cluster:
         if not spec:
             return
         self._echo = subprocess.Popen(
-            [sys.executable, "-m", "bench.cluster.echo"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
+            dying_with_parent([sys.executable, "-m", "bench.cluster.echo"]),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self._echo.stdin is not None and self._echo.stdout is not None
         self._echo.stdin.write(json.dumps(spec))
         self._echo.stdin.close()

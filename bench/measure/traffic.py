@@ -57,7 +57,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from bench import interrupts
-from bench.cluster.netns_exec import die_with_parent, netns_argv
+from bench.cluster.netns_exec import dying_with_parent, netns_argv
 from bench.cluster.topology import CLIENT_POD_IF, NODE_UNDERLAY_IF, Cluster, in_netns
 from bench.errors import KpbenchError
 from bench.model import layout as L
@@ -399,8 +399,8 @@ def replay(netns: str, ifname: str, pcap: Path, pps: int | None,
     if pps is not None and pps <= 0:
         raise ValueError(f"pps must be positive or None (top speed), not {pps}")
     rate = [f"--pps={pps}"] if pps is not None else ["--topspeed"]
-    argv = netns_argv(netns, ["tcpreplay", f"--intf1={ifname}", "--preload-pcap", *rate,
-                              str(pcap)])
+    argv = dying_with_parent(netns_argv(netns, ["tcpreplay", f"--intf1={ifname}",
+                                                "--preload-pcap", *rate, str(pcap)]))
     proc: subprocess.Popen[str] | None = None
     timed_out = False
     deadline = time.monotonic() + timeout
@@ -409,7 +409,7 @@ def replay(netns: str, ifname: str, pcap: Path, pps: int | None,
         # waits until proc is known, so the finally below stops it.
         with interrupts.deferred():
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    text=True, preexec_fn=die_with_parent)
+                                    text=True)
         while True:
             left = deadline - time.monotonic()
             try:
