@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
 import os
 import socket
 import threading
@@ -32,6 +31,7 @@ from collections.abc import Iterator
 from pyroute2 import IPRoute, NetNS
 
 from bench import interrupts
+from bench.cluster.netns_exec import libc
 
 
 @contextlib.contextmanager
@@ -71,7 +71,7 @@ def _route_socket_in(name: str) -> int:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                if _libc().setns(fd, _CLONE_NEWNET) != 0:
+                if libc().setns(fd, _CLONE_NEWNET) != 0:
                     err = ctypes.get_errno()
                     raise OSError(err, f"setns into {name}: {os.strerror(err)}")
             finally:
@@ -87,8 +87,3 @@ def _route_socket_in(name: str) -> int:
     if failed:
         raise failed[0]
     return made[0]
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL("libc.so.6", use_errno=True)

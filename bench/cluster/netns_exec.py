@@ -11,6 +11,7 @@ is started is the command's own (sync timing traces it by pid).
 from __future__ import annotations
 
 import ctypes
+import functools
 import signal
 import subprocess
 from collections.abc import Sequence
@@ -62,4 +63,10 @@ def die_with_parent() -> None:
     process a run started outlives a SIGKILLed run. For children that must do more before
     their exec (enter a cgroup); otherwise :func:`dying_with_parent` (no fork)."""
     PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    libc().prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@functools.cache
+def libc() -> ctypes.CDLL:
+    """The C library, for the calls Python 3.11 does not wrap (prctl, setns)."""
+    return ctypes.CDLL("libc.so.6", use_errno=True)

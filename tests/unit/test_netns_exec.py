@@ -1,5 +1,5 @@
 """Children started with dying_with_parent end when the process that started them is
-killed, and starting them does not fork the harness."""
+killed (that they start without a fork of the harness: tests/integration/test_sync.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-
-from bench.cluster.netns_exec import dying_with_parent, netns_argv
 
 PARENT = """
 import subprocess, sys, time
@@ -57,16 +55,3 @@ def test_a_child_ends_when_its_parent_is_killed() -> None:
     finally:
         if _alive(child):
             os.kill(child, signal.SIGKILL)
-
-
-def test_starting_one_does_not_fork_this_process() -> None:
-    forks: list[int] = []
-    os.register_at_fork(before=lambda: forks.append(1))
-    subprocess.run(dying_with_parent(["true"]), check=True)
-    assert not forks
-
-
-def test_it_wraps_a_namespaced_command_whole() -> None:
-    argv = dying_with_parent(netns_argv("kpb-x-node0", ["tcpreplay", "-V"]))
-    assert argv[:3] == ["setpriv", "--pdeathsig", "TERM"]
-    assert argv[3:] == ["ip", "netns", "exec", "kpb-x-node0", "tcpreplay", "-V"]
