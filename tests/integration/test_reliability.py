@@ -132,6 +132,7 @@ def test_default_run_leaves_the_host_untouched(tmp_path: Path) -> None:
 # Runs interrupted at random moments (each lasts up to a whole tiny run: with the cpu
 # passes, 14 take about as long as 20 did before them).
 INTERRUPTS = 14
+AT_PHASE = ("x 4 endpoints: building", "services: full sync")  # interrupts 0 and 1
 
 
 def test_interrupts_at_random_moments_leave_nothing_and_valid_results(
@@ -152,10 +153,21 @@ def test_interrupts_at_random_moments_leave_nothing_and_valid_results(
         proc = subprocess.Popen([*KPBENCH, "run", str(tiny), "--results", str(out),
                                  "--no-export"], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
-        time.sleep(at)
+        seen = ""
+        if i < len(AT_PHASE):
+            # The short phases (set-up takes a fifth of a second a scale) are hit on
+            # purpose, at their progress line; the rest at random moments.
+            assert proc.stderr is not None
+            while AT_PHASE[i] not in seen:
+                line = proc.stderr.readline()
+                assert line, f"the run ended before {AT_PHASE[i]!r}: {seen}"
+                seen += line
+        else:
+            time.sleep(at)
         proc.send_signal(sig)
         sent = time.monotonic()
         _, err = proc.communicate(timeout=60)
+        err = seen + err
         took = time.monotonic() - sent
         progress = [ln for ln in err.splitlines() if ln.startswith("[")]
         phases.add(re.sub(r".*\] [^:]+: (\d+ services)?:? ?", "", progress[-1]).split(" ")[0]
