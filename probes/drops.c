@@ -74,8 +74,7 @@ struct kpb_slot {
 };
 /* The run's skbs in a direct-mapped table: a slot per (Fibonacci) hash of the
  * address, holding the whole address, so a look-up is one array load and one
- * compare (drops.c and transit.c hold the same few lines: BCC rewrites map
- * calls in a probe's own file only, not in a header it includes). */
+ * compare. */
 #ifndef KPB_TAG_BITS
 #define KPB_TAG_BITS 18
 #endif

@@ -29,8 +29,7 @@
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
-#include <uapi/linux/if_ether.h>
-#include <uapi/linux/in.h>
+#include "kpb_identity.h"
 
 #ifndef KPB_CAPACITY
 #define KPB_CAPACITY 1048576
@@ -38,7 +37,6 @@
 #ifndef KPB_DROP
 #define KPB_DROP 1
 #endif
-#define KPB_MAGIC 0x4b504231 /* "KPB1" read as a big-endian u32 */
 
 enum { C_SENT, C_DELIVERED, C_OUT_OF_RANGE, C_DUPLICATE, C_COPIED, C_SUNK, C_N };
 
@@ -63,90 +61,20 @@ static __always_inline void kpb_count(u32 which)
         (*c)++;
 }
 
-/* The slot of an identified packet from its bytes (-2: out of range). */
-static __always_inline int kpb_slot_of(u32 magic, u32 seq)
-{
-    if (magic != htonl(KPB_MAGIC))
-        return -1;
-    u32 zero = 0;
-    u32 *base = config.lookup(&zero);
-    u32 slot = ntohl(seq) - (base ? *base : 0);
-    return slot < KPB_CAPACITY ? (int)slot : -2;
-}
-
-/* Slow path: the headers are not all in the skb's linear data (a paged skb),
- * so copy them out with bpf_skb_load_bytes, one field at a time. */
-static __always_inline int kpb_slot_copied(struct __sk_buff *skb)
-{
-    u16 eth_type;
-    u8 vihl, proto, doff;
-    u16 frag;
-    u32 id[2], off;
-
-    kpb_count(C_COPIED);
-    /* The frame's own EtherType: skb->protocol of an AF_PACKET-injected frame
-     * depends on how the sender opened its socket. */
-    if (bpf_skb_load_bytes(skb, 12, &eth_type, 2) < 0 || eth_type != htons(ETH_P_IP))
-        return -1;
-    if (bpf_skb_load_bytes(skb, ETH_HLEN, &vihl, 1) < 0 || (vihl >> 4) != 4 || (vihl & 0xf) < 5)
-        return -1;
-    if (bpf_skb_load_bytes(skb, ETH_HLEN + 6, &frag, 2) < 0 || (ntohs(frag) & 0x1fff))
-        return -1;
-    if (bpf_skb_load_bytes(skb, ETH_HLEN + 9, &proto, 1) < 0)
-        return -1;
-    off = ETH_HLEN + (vihl & 0xf) * 4;
-    if (proto == IPPROTO_UDP) {
-        off += 8;
-    } else if (proto == IPPROTO_TCP) {
-        if (bpf_skb_load_bytes(skb, off + 12, &doff, 1) < 0 || (doff >> 4) < 5)
-            return -1;
-        off += (doff >> 4) * 4;
-    } else {
-        return -1;
-    }
-    if (bpf_skb_load_bytes(skb, off, id, sizeof(id)) < 0)
-        return -1;
-    return kpb_slot_of(id[0], id[1]);
-}
-
-/* The slot of an identified packet, -1 if it is none, -2 if out of range.
- * Fast path: direct reads of the linear packet data, no helper call (a frame
- * replayed from a pcap is linear end to end here). */
+/* The slot of an identified packet, -1 if it is none, -2 if out of range
+ * (kpb_identity.h: the linear data read in place, a paged skb copied). */
 static __always_inline int kpb_slot(struct __sk_buff *skb)
 {
-    u8 *p = (u8 *)(long)skb->data;
-    u8 *end = (u8 *)(long)skb->data_end;
-
-    if (p + ETH_HLEN + 20 > end)
-        return kpb_slot_copied(skb);
-    if (*(u16 *)(p + 12) != htons(ETH_P_IP))
+    u32 seq;
+    int how = kpb_identity(skb, &seq);
+    if (how == KPB_ID_NONE)
         return -1;
-    u8 vihl = p[ETH_HLEN];
-    if ((vihl >> 4) != 4 || (vihl & 0xf) < 5)
-        return -1;
-    if (ntohs(*(u16 *)(p + ETH_HLEN + 6)) & 0x1fff)
-        return -1; /* a non-first fragment */
-    u8 proto = p[ETH_HLEN + 9];
-    u8 *l4 = p + ETH_HLEN + (vihl & 0xf) * 4;
-    u8 *id;
-    if (proto == IPPROTO_UDP) {
-        id = l4 + 8;
-    } else if (proto == IPPROTO_TCP) {
-        /* One pointer, checked and read: the verifier tracks bounds per register. */
-        asm volatile("" : "+r"(l4));
-        if (l4 + 13 > end)
-            return kpb_slot_copied(skb);
-        u8 doff = l4[12] >> 4;
-        if (doff < 5)
-            return -1;
-        id = l4 + doff * 4;
-    } else {
-        return -1;
-    }
-    asm volatile("" : "+r"(id));
-    if (id + 8 > end)
-        return kpb_slot_copied(skb);
-    return kpb_slot_of(*(u32 *)id, *(u32 *)(id + 4));
+    if (how == KPB_ID_COPIED)
+        kpb_count(C_COPIED);
+    u32 zero = 0;
+    u32 *base = config.lookup(&zero);
+    u32 slot = seq - (base ? *base : 0);
+    return slot < KPB_CAPACITY ? (int)slot : -2;
 }
 
 static __always_inline int kpb_stamp(struct __sk_buff *skb, int is_arrival)

@@ -72,7 +72,8 @@ def as_a_run_compiles() -> dict[str, Callable[[], Probe]]:
         "oneway": lambda: OneWayProbe(client, [backend]),
         "cpu": CpuProbe,
         "drops": lambda: DropsProbe(client, [backend], sink=True),  # as the breakdown repetition
-        "transit": lambda: TransitProbe(client, sample_every=RUN_SAMPLE_EVERY),
+        "transit": lambda: TransitProbe([TcHook("<node>", "pc")], [TcHook("<node>", "p0")],
+                                        sample_every=RUN_SAMPLE_EVERY),
         "kfunc": KfuncProbe,
         "syscalls": SyscallProbe,
         "effect": lambda: EffectProbe([backend]),

@@ -285,9 +285,8 @@ class Runner:
                 bed.cluster, external=external, process_group=bed.datapath.process_cgroup,
                 sink=True)
         if "transit" in self.sc.probes:
-            others["transit"] = TransitProbe.for_cluster(
-                bed.cluster, external=external, sample_every=RUN_SAMPLE_EVERY,
-                process_group=bed.datapath.process_cgroup)
+            others["transit"] = TransitProbe.for_cluster(bed.cluster,
+                                                         sample_every=RUN_SAMPLE_EVERY)
         # Kernel-function time wherever the kernel has kprobes (e.g. in the VM);
         # elsewhere it is recorded as missing with the reason.
         others["kfunc"] = KfuncProbe()

@@ -29,9 +29,14 @@ def test_ebpf_prints_the_program_with_the_loaders_defines(
         capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["probes", "--ebpf", "latency"]) == 0
     out = capsys.readouterr().out
-    # A run's latency probe: one replay's worth of slots, identified packets dropped.
+    # A run's latency probe: one replay's worth of slots, identified packets dropped;
+    # the probes' own header written in place of its #include line (one whole text).
+    header = (PROBES_DIR / "kpb_identity.h").read_text().rstrip("\n")
+    source = (PROBES_DIR / "latency.c").read_text()
+    assert source.count('#include "kpb_identity.h"\n') == 1
     assert out == ("#define KPB_CAPACITY 2097152\n#define KPB_DROP 1\n"
-                   + (PROBES_DIR / "latency.c").read_text())
+                   + source.replace('#include "kpb_identity.h"', header))
+    assert "#include \"" not in out
     assert main(["probes", "--ebpf", "kfunc"]) == 0
     assert capsys.readouterr().out.startswith("#define KPB_NFUNCS 4\n/*\n * kfunc.c - ")
 

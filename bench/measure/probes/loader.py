@@ -130,7 +130,8 @@ def compile_probe(probe: str, cflags: Sequence[str] = ()) -> Any:
         raise FeatureMissing(f"{probe} probe: cannot import bcc ({e}); run scripts/setup.sh")
     src = PROBES_DIR / f"{probe}.c"
     try:
-        bpf = BPF(src_file=str(src).encode(), cflags=list(cflags))
+        # -I: the probes' shared header (kpb_identity.h) beside them.
+        bpf = BPF(src_file=str(src).encode(), cflags=[*cflags, f"-I{PROBES_DIR}"])
     except Exception as e:
         raise FeatureMissing(f"{probe} probe: cannot compile or attach {src.name}: "
                              f"{_first_line(e)}") from e
@@ -157,16 +158,23 @@ def _keep(bpf: Any, transient_maps: Sequence[str]) -> None:
     _POOL.setdefault(bpf.kpb_key, []).append(bpf)
 
 
+_LOCAL_INCLUDE = re.compile(r'^#include "([A-Za-z0-9_]+\.h)"$', re.M)
+
+
 def compiled_source(probe: str, cflags: Sequence[str]) -> str:
     """``probes/<probe>.c`` as the compiler gets it from the loader: its ``-D`` flags
-    written as the ``#define`` lines they are equivalent to, ahead of the source."""
+    written as the ``#define`` lines they are equivalent to, ahead of the source, and
+    each ``#include "x.h"`` of a header in ``probes/`` replaced by that header's text
+    (the whole program in one text)."""
     defines = []
     for flag in cflags:
         if not flag.startswith("-D"):
             raise ValueError(f"not a -D flag: {flag}")
         name, _, value = flag[2:].partition("=")
         defines.append(f"#define {name} {value or 1}\n")
-    return "".join(defines) + (PROBES_DIR / f"{probe}.c").read_text()
+    source = (PROBES_DIR / f"{probe}.c").read_text()
+    return "".join(defines) + _LOCAL_INCLUDE.sub(
+        lambda m: (PROBES_DIR / m.group(1)).read_text().rstrip("\n"), source)
 
 
 def release_compiled() -> None:

@@ -1,35 +1,31 @@
-"""The transit probe (``probes/transit.c``): node transit time, inbound hop ->
-outbound hop of the same skb, as a log-linear histogram.
+"""The transit probe (``probes/transit.c``): node transit time, a node's inbound hop
+-> its outbound hop of the same identified packet, as a log-linear histogram.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from bench.cluster.topology import Cluster
-from bench.errors import FeatureMissing
+from bench.cluster.topology import CLIENT_POD_IF, NODE_UNDERLAY_IF, Cluster
 from bench.measure.probes.loader import (
     TC_EGRESS,
+    TC_INGRESS,
     TC_PRIO,
     Probe,
     TcHook,
-    clear_live,
     compile_probe,
-    origin_hook,
     percpu_sum,
-    skb_offset_flags,
-    tracepoint_field,
 )
 
 TRANSIT_SUB_BITS = 4  # must match KPB_SUB_BITS in transit.c
 TRANSIT_BUCKETS = (62 - TRANSIT_SUB_BITS + 1) << TRANSIT_SUB_BITS  # as KPB_BUCKETS
 TRANSIT_HOPS = ("pc->pod", "pc->ul0", "ul0->pod", "ul0->ul0")
 # A run's breakdown repetition times 1 in this many of its packets (1,250 of the
-# default 10,000): a timed packet costs about 400 ns of programs on a pod -> node ->
-# pod path, one that is not about 15 ns a hit (docs/probes.md, "The breakdown set").
+# default 10,000): the others leave each hook's program after the parse
+# (docs/probes.md, "Transit at the nodes' own hooks").
 RUN_SAMPLE_EVERY = 8
 
 
@@ -50,9 +46,9 @@ class TransitReading:
     hist: np.ndarray  # counts per bucket, see transit_bucket_bounds()
     by_hops: dict[str, int]  # "pc->pod", "pc->ul0", "ul0->pod", "ul0->ul0"
     stale: int  # matches older than the probe's limit, not counted as samples
-    rx_seen: int  # packets received on a node's inbound hop
+    rx_seen: int  # timed packets received on a node's inbound hop
     seconds: float
-    sample_every: int = 1  # tagged: 1 in this many of the packets sent were timed
+    sample_every: int = 1  # 1 in this many of the packets sent were timed
     _bounds: tuple[np.ndarray, np.ndarray] = field(default_factory=transit_bucket_bounds,
                                                    repr=False)
 
@@ -72,75 +68,69 @@ class TransitReading:
 
 
 class TransitProbe(Probe):
-    """Node transit time, inbound hop -> outbound hop of the same skb (probes/transit.c).
+    """Node transit time of the run's identified packets, from a node's tc ingress
+    hook (``pc``, ``ul0``) to its tc egress hook (``p<n>``, ``ul0``): tc programs in
+    the run's node namespaces only, keyed by the packet's sequence number
+    (probes/transit.c).
 
-    With ``origin`` (the client's egress hook) only the skbs the client sent
-    count; without it, every packet through any kpbench node on the machine.
-    ``sample_every`` (with an origin): only 1 in that many of the IPv4 skbs the
-    client sends is tagged and timed; the others leave every hit at the tag
-    table's first compare, so the probe costs the packets it does not time little.
+    ``sample_every``: only the packets whose sequence number is a multiple of it are
+    timed; the others leave each hook's program after its parse.
     """
 
     name = "transit"
-    outside_cpu_figure = ("kpb_tag",)  # its client-egress program
     tc_prio = TC_PRIO + 2
-    transient_maps: tuple[str, ...] = ()
+    transient_maps = ("stamps",)  # kept for reuse, without the last window's stamps
 
-    def __init__(self, origin: TcHook | None = None, max_ns: int = 1_000_000_000,
-                 sample_every: int = 1, process_group: Path | None = None) -> None:
-        """``max_ns``: longer matches count as stale (an untracked skb's address reused).
-        ``process_group``: the cgroup of the datapath's own processes (a userspace
-        proxy): a run's skb that reaches their sockets is forgotten there, as it ends
-        without a tracepoint (needs ``origin``)."""
+    def __init__(self, inbound: Sequence[TcHook], outbound: Sequence[TcHook],
+                 max_ns: int = 1_000_000_000, sample_every: int = 1) -> None:
+        """``inbound`` / ``outbound``: the nodes' hops whose ingress / egress times a
+        packet (their ``ifname`` names the hop: ``pc``, ``ul0`` or ``p<n>``).
+        ``max_ns``: longer matches count as stale (a packet dropped inside a node whose
+        slot a later departure meets)."""
         super().__init__()
         if not 1 <= sample_every <= 1024:
             raise ValueError(f"sample_every {sample_every} out of range (1-1024)")
-        if sample_every > 1 and origin is None:
-            raise ValueError("sampling needs an origin hook (it tags the skbs it times)")
-        if process_group is not None and origin is None:
-            raise ValueError("a process group needs an origin hook (it forgets tagged skbs)")
-        self.origin = origin
-        self.process_group = process_group
+        if not inbound or not outbound:
+            raise ValueError("transit needs a node's inbound and outbound hops")
+        self.inbound = list(inbound)
+        self.outbound = list(outbound)
         self.max_ns = max_ns
         self.sample_every = sample_every
-        # Untagged: the skbs of the last window, stamped at a node's inbound hop.
-        # Tagged: the table of the run's skbs holds only live ones (ended ones are
-        # forgotten), and a stamp at least KPB_MAX_NS old counts as stale.
-        self.transient_maps = ("inflight",) if origin is None else ()
 
     @classmethod
-    def for_cluster(cls, cluster: Cluster, external: bool = False,
-                    sample_every: int = 1, process_group: Path | None = None) -> TransitProbe:
-        """Transit of the packets the client pod (or the external client) sends."""
-        return cls(origin_hook(cluster, external), sample_every=sample_every,
-                   process_group=process_group)
+    def for_cluster(cls, cluster: Cluster, sample_every: int = 1) -> TransitProbe:
+        """Transit through every node of ``cluster``: in at ``pc`` (node 0) and ``ul0``,
+        out at every pod's ``p<n>`` and ``ul0``."""
+        nodes = [cluster.node_ns(i) for i in range(cluster.node_count)]
+        inbound = [TcHook(cluster.node_ns(0), CLIENT_POD_IF),
+                   *(TcHook(ns, NODE_UNDERLAY_IF) for ns in nodes)]
+        outbound = [*(TcHook(cluster.node_ns(p.node), f"p{p.index}")
+                      for p in cluster.layout.pods),
+                    *(TcHook(ns, NODE_UNDERLAY_IF) for ns in nodes)]
+        return cls(inbound, outbound, sample_every=sample_every)
 
     def cflags(self) -> list[str]:
-        for event in ("netif_receive_skb", "net_dev_start_xmit"):
-            if tracepoint_field("net", event, "name") is None:
-                raise FeatureMissing(f"{self.name} probe: net:{event} has no device name")
-        tagged = self.origin is not None
-        return [f"-DKPB_MAX_NS={self.max_ns}ULL", f"-DKPB_TAGGED={int(tagged)}",
-                *([f"-DKPB_SAMPLE_EVERY={self.sample_every}"] if self.sample_every > 1 else ()),
-                *(skb_offset_flags(self.name) if tagged else ())]
+        return [f"-DKPB_MAX_NS={self.max_ns}ULL",
+                *([f"-DKPB_SAMPLE_EVERY={self.sample_every}"] if self.sample_every > 1 else ())]
 
     def _attach(self) -> None:
         self._bpf = compile_probe(self.name, self.cflags())
-        if self.origin is not None:
-            self._attach_tracepoint("skb:kfree_skb", "kpb_kfree_skb")
-            self._attach_tracepoint("skb:consume_skb", "kpb_consume_skb")
-            self._attach_tc("kpb_tag", [self.origin], TC_EGRESS)
-        if self.process_group is not None:
-            self._attach_cgroup_ingress("kpb_delivered_cg", self.process_group)
+        # Ingress ahead of a datapath's own programs at the hook (tcx links run before
+        # clsact filters; as clsact filters the datapaths' priorities are higher);
+        # egress behind them.
+        for hooks, parent, prefix, other in ((self.inbound, TC_INGRESS, "kpb_in_", "pc"),
+                                             (self.outbound, TC_EGRESS, "kpb_out_", "pod")):
+            ul0 = [h for h in hooks if h.ifname == NODE_UNDERLAY_IF]
+            rest = [h for h in hooks if h.ifname != NODE_UNDERLAY_IF]
+            for fn, group in ((prefix + "ul0", ul0), (prefix + other, rest)):
+                if group:
+                    self._attach_tc(fn, group, parent)
 
     def _zero(self) -> None:
-        for name in (b"hist", b"counts"):
+        # The stamps too: a stamp left by the last window (a packet dropped inside a
+        # node) must not meet this window's departures.
+        for name in (b"hist", b"counts", b"stamps"):
             self._bpf[name].clear()
-        if self.origin is None:
-            # Tagged entries belong to live skbs; untagged ones may be stale.
-            clear_live(self._bpf[b"inflight"])
-        elif self.sample_every > 1:
-            self._bpf[b"sent"].clear()  # every window times its 1st, (N+1)th, ... packet
 
     def read(self) -> TransitReading:
         """Transit histogram and counts since :meth:`start`."""
