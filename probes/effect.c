@@ -16,10 +16,7 @@
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
-#include <uapi/linux/if_ether.h>
-#include <uapi/linux/in.h>
-
-#define KPB_MAGIC 0x4b504231 /* "KPB1" read as a big-endian u32 */
+#include "kpb_identity.h"
 
 struct seen_t {
     u64 first_ns;
@@ -31,31 +28,10 @@ BPF_HASH(seen, u32, struct seen_t, 4096);  /* destination IPv4 (network order) -
 
 int kpb_effect(struct __sk_buff *skb)
 {
-    u16 eth_type, frag;
-    u8 vihl, proto, doff;
-    u32 daddr, magic, off;
+    u32 seq, daddr;
 
-    if (bpf_skb_load_bytes(skb, 12, &eth_type, 2) < 0 || eth_type != htons(ETH_P_IP))
-        return TC_ACT_OK;
-    if (bpf_skb_load_bytes(skb, ETH_HLEN, &vihl, 1) < 0 || (vihl >> 4) != 4 || (vihl & 0xf) < 5)
-        return TC_ACT_OK;
-    if (bpf_skb_load_bytes(skb, ETH_HLEN + 6, &frag, 2) < 0 || (ntohs(frag) & 0x1fff))
-        return TC_ACT_OK;
-    if (bpf_skb_load_bytes(skb, ETH_HLEN + 9, &proto, 1) < 0)
-        return TC_ACT_OK;
-    if (bpf_skb_load_bytes(skb, ETH_HLEN + 16, &daddr, 4) < 0)
-        return TC_ACT_OK;
-    off = ETH_HLEN + (vihl & 0xf) * 4;
-    if (proto == IPPROTO_UDP) {
-        off += 8;
-    } else if (proto == IPPROTO_TCP) {
-        if (bpf_skb_load_bytes(skb, off + 12, &doff, 1) < 0)
-            return TC_ACT_OK;
-        off += (doff >> 4) * 4;
-    } else {
-        return TC_ACT_OK;
-    }
-    if (off > 256 || bpf_skb_load_bytes(skb, off, &magic, 4) < 0 || ntohl(magic) != KPB_MAGIC)
+    if (kpb_identity(skb, &seq) == KPB_ID_NONE
+        || bpf_skb_load_bytes(skb, ETH_HLEN + 16, &daddr, 4) < 0)
         return TC_ACT_OK;
 
     u64 now = bpf_ktime_get_ns();

@@ -66,6 +66,14 @@ register an upgrade from the previous version with :func:`upgrade_from`):
   ``net_rx_softirqs``, the softirqs the pass timed). Without ``softirq_probe_ns`` the
   share was not taken out (earlier results, or a run that did not measure its probes'
   overhead): that figure keeps it, about 100-150 ns a softirq on the reference machine.
+  Transit at the nodes' hooks (same fields, still version 2; 2026-12-02):
+  ``transit_hist`` times a node's tc ingress to its tc egress of the same packet,
+  matched by its sequence number, so through a userspace proxy it spans the proxy;
+  its sample is the packets whose sequence number is a multiple of
+  ``transit_sample_every``. Earlier results timed ``net:netif_receive_skb`` to
+  ``net:net_dev_start_xmit`` of the same skb (on veth the same span for the
+  kernel's datapaths; no transit through a proxy, whose send is a new skb) on 1 in
+  ``transit_sample_every`` of the skbs the client sent.
 """
 
 from __future__ import annotations
