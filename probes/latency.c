@@ -2,7 +2,8 @@
  *
  * Measures: for every packet carrying the harness's identity (transport
  *   payload = "KPB1" + u32 big-endian sequence number), bpf_ktime_get_ns() as
- *   it leaves the client and as it reaches a backend pod. Both stamps are
+ *   it leaves the client and as it reaches a backend pod, and the IPv4
+ *   destination it reached the pod with (which pod, so which node's path). Both stamps are
  *   taken on the same host clock (CLOCK_MONOTONIC), so arrival - departure is
  *   the one-way latency through the node(s) and the datapath under test.
  * Attaches: tc clsact egress of the client's eth0 (kpb_depart) and tc clsact
@@ -43,6 +44,9 @@ enum { C_SENT, C_DELIVERED, C_OUT_OF_RANGE, C_DUPLICATE, C_COPIED, C_SUNK, C_N }
 /* Mmappable so userspace reads a million stamps in one copy, not a million syscalls. */
 BPF_F_TABLE("array", u32, u64, depart_ns, KPB_CAPACITY, BPF_F_MMAPABLE);
 BPF_F_TABLE("array", u32, u64, arrive_ns, KPB_CAPACITY, BPF_F_MMAPABLE);
+/* The IPv4 destination each identified packet arrived with (network order): which
+ * backend pod, so which node's path, it took. Written after the arrival stamp. */
+BPF_F_TABLE("array", u32, u32, arrive_dst, KPB_CAPACITY, BPF_F_MMAPABLE);
 BPF_PERCPU_ARRAY(counts, u64, C_N);
 /* [0] = sequence number stored at slot 0; [1] = 1: sink mode (see kpb_arrive). */
 BPF_ARRAY(config, u32, 2);
@@ -77,6 +81,7 @@ static __always_inline int kpb_slot(struct __sk_buff *skb)
     return slot < KPB_CAPACITY ? (int)slot : -2;
 }
 
+/* The stamped slot (>= 0), -1 for an unidentified packet, -2 for one out of range. */
 static __always_inline int kpb_stamp(struct __sk_buff *skb, int is_arrival)
 {
     int slot = kpb_slot(skb);
@@ -87,7 +92,7 @@ static __always_inline int kpb_stamp(struct __sk_buff *skb, int is_arrival)
     kpb_count(is_arrival ? C_DELIVERED : C_SENT);
     if (slot < 0) {
         kpb_count(C_OUT_OF_RANGE);
-        return 0;
+        return -2;
     }
     u32 key = slot;
     u64 *ts = is_arrival ? arrive_ns.lookup(&key) : depart_ns.lookup(&key);
@@ -96,7 +101,19 @@ static __always_inline int kpb_stamp(struct __sk_buff *skb, int is_arrival)
             kpb_count(C_DUPLICATE);
         *ts = now;
     }
-    return 0;
+    return slot;
+}
+
+/* The IPv4 destination address of an identified packet (network order; 0 if unread). */
+static __always_inline u32 kpb_daddr(struct __sk_buff *skb)
+{
+    u8 *p = (u8 *)(long)skb->data;
+    u8 *end = (u8 *)(long)skb->data_end;
+    u32 daddr = 0;
+    if (p + ETH_HLEN + 20 <= end)
+        return *(u32 *)(p + ETH_HLEN + 16);
+    bpf_skb_load_bytes(skb, ETH_HLEN + 16, &daddr, 4);
+    return daddr;
 }
 
 /* TC_ACT_UNSPEC, not TC_ACT_OK: OK would end classification and skip any
@@ -122,7 +139,14 @@ int kpb_arrive(struct __sk_buff *skb)
         kpb_count(C_SUNK);
         return KPB_DROP ? TC_ACT_SHOT : TC_ACT_UNSPEC;
     }
-    if (kpb_stamp(skb, 1) < 0)
+    int slot = kpb_stamp(skb, 1);
+    if (slot == -1)
         return TC_ACT_UNSPEC;
+    if (slot >= 0) {
+        u32 key = slot;
+        u32 *dst = arrive_dst.lookup(&key);
+        if (dst)
+            *dst = kpb_daddr(skb);
+    }
     return KPB_DROP ? TC_ACT_SHOT : TC_ACT_UNSPEC;
 }

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from bench.analysis import stats
 from bench.results.model import Point, Repetition, as_point
-from bench.results.schema import PointDoc, is_socket_point
+from bench.results.schema import LATENCY_PATHS, PointDoc, is_socket_point
 
 Better = Literal["lower", "higher"]
 #: A point read into the model, or its document (read into the model when asked).
@@ -126,6 +126,22 @@ _rep_loss = _per_repetition(lambda r: r.loss)
 def _summary_latency(q: str) -> Callable[[PointLike], float | None]:
     def pooled(point: PointLike) -> float | None:
         return (as_point(point).summary.get("latency_ns") or {}).get(q)
+    return pooled
+
+
+def _path_p50(key: str) -> Callable[[Repetition], float | None]:
+    """A repetition's p50 on one path (its ``key`` histogram, schema.LATENCY_PATHS)."""
+    def value(r: Repetition) -> float | None:
+        h = r.histogram(key)
+        return h.percentiles([50.0])["p50"] if h is not None and h.count else None
+    return value
+
+
+def _summary_path(path: str, summary_key: str = "latency_by_path_ns",
+                  q: str | None = "p50") -> Callable[[PointLike], float | None]:
+    def pooled(point: PointLike) -> float | None:
+        part = (as_point(point).summary.get(summary_key) or {}).get(path)  # type: ignore[attr-defined]
+        return part.get(q) if q is not None and isinstance(part, dict) else part
     return pooled
 
 
@@ -330,6 +346,12 @@ METRICS: tuple[Metric, ...] = (
            "99th percentile one-way latency", _BUCKET),
     Metric("p99.9_latency", _rep_latency("p99.9"), _summary_latency("p99.9"), "lower", "ns",
            "99.9th percentile one-way latency", _BUCKET),
+    # The same figure on each path a packet can take (schema.LATENCY_PATHS): the mix of
+    # the two is the Service's random choice (a udp-established point's 16 flows), so the
+    # pooled p50 can sit on either path's mode; each path's own p50 does not.
+    *(Metric(f"p50_latency_{path}", _per_repetition(_path_p50(key)), _summary_path(path),
+             "lower", "ns", f"median one-way latency of the packets to a pod on the "
+             f"{path.replace('_', ' ')}", _BUCKET) for path, key in LATENCY_PATHS),
     Metric("cpu_ns_per_packet", _rep_cpu, _summary("cpu_ns_per_packet"), "lower", "ns/packet",
            "CPU time per delivered packet: NET_RX softirq + the datapath's processes"),
     Metric("delivered_pps", _rep_delivered_pps, _summary("delivered_pps"), "higher",
@@ -357,6 +379,11 @@ METRICS: tuple[Metric, ...] = (
     Metric("service_minus_control_p99_ns", _paired(lambda r: r.latency_percentile("p99")),
            _summary("service_minus_control_p99_ns"), "lower", "ns",
            "99th percentile latency the Service adds over its paired control", difference=True),
+    *(Metric(f"service_minus_control_p50_{path}_ns", _paired(_path_p50(key)),
+             _summary_path(path, "service_minus_control_p50_by_path_ns", None), "lower",
+             "ns", f"median latency the Service adds over its paired control, packets to a "
+             f"pod on the {path.replace('_', ' ')}", difference=True)
+      for path, key in LATENCY_PATHS),
     Metric("service_minus_control_cpu_ns_per_packet", _paired(lambda r: r.softirq_ns_per_packet),
            _summary("service_minus_control_cpu_ns_per_packet"), "lower", "ns/packet",
            "CPU per packet the Service adds over its paired control", difference=True),

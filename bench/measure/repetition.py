@@ -11,6 +11,7 @@ repetition of the result, counting only the packets this repetition sent.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,10 +25,13 @@ from bench.analysis.stats import Histogram
 from bench.errors import FeatureMissing, KpbenchError
 from bench.measure.probes.cpu import CpuProbe, CpuReading
 from bench.measure.probes.drops import DropsProbe
-from bench.measure.probes.latency import LatencyProbe
+from bench.measure.probes.latency import LatencyProbe, LatencyReading
 from bench.measure.probes.loader import Probe
 from bench.measure.probes.transit import transit_bucket_bounds
-from bench.measure.traffic import SPORTS, ReplayStats
+from bench.measure.traffic import ESTABLISHED_FLOWS, SPORTS, ReplayStats
+
+#: Packets still in flight when tcpreplay returns drain in this long.
+DRAIN_SECONDS = 0.05
 
 log = logging.getLogger("kpbench")
 
@@ -172,6 +176,7 @@ def read_repetition(stats: Any, probes: ProbeSet, latency: bool = True,
     with its latency histogram; a breakdown repetition's latency is not reported).
     Its CPU figures come from its own cpu pass (:func:`cpu_fields`)."""
     counter = probes.counter
+    by_path: dict[str, Histogram | None] | None = None
     if counter.sink:
         # A window in sink mode (the breakdown repetition): nothing stamped; delivered
         # is what the backends took (IPv4 frames; the repetition's traffic is all there
@@ -187,6 +192,8 @@ def read_repetition(stats: Any, probes: ProbeSet, latency: bool = True,
         delivered = int(np.count_nonzero(mine))
         arrivals = lat.arrival_ns[mine] if lat.arrival_ns is not None else np.empty(0)
         latency_ns = lat.latency_ns[mine]
+        if latency and lat.arrival_dst is not None and isinstance(counter, LatencyProbe):
+            by_path = latency_by_path(latency_ns, counter.other_node(lat.arrival_dst[mine]))
     kw: dict[str, Any] = {}
     if "drops" in probes.others:
         drops = probes.others["drops"].read()  # type: ignore[attr-defined]
@@ -210,7 +217,33 @@ def read_repetition(stats: Any, probes: ProbeSet, latency: bool = True,
                          if len(arrivals) > 1 else None),
         latency_hist=(Histogram.from_samples(latency_ns)
                       if latency and len(latency_ns) else None),
-        **kw)
+        latency_by_path=by_path, **kw)
+
+
+def flow_endpoints(reading: LatencyReading) -> list[str] | None:
+    """The backend pod each established flow reached in ``reading`` (a udp-established
+    window: flow k's packets have sequence numbers k modulo ESTABLISHED_FLOWS), element
+    k for flow k; the last one's where a flow moved (a userspace proxy's session that
+    expired). None when a flow has no packet in it, or no destination was recorded."""
+    if reading.arrival_dst is None or not len(reading.seqs):
+        return None
+    order = np.argsort(reading.seqs, kind="stable")
+    pods: dict[int, int] = {}
+    for seq, dst in zip(reading.seqs[order], reading.arrival_dst[order], strict=True):
+        pods[int(seq) % ESTABLISHED_FLOWS] = int(dst)
+    if len(pods) != ESTABLISHED_FLOWS:
+        return None
+    return [str(ipaddress.IPv4Address(pods[k])) for k in range(ESTABLISHED_FLOWS)]
+
+
+def latency_by_path(latency_ns: np.ndarray,
+                    other: np.ndarray | None) -> dict[str, Histogram | None] | None:
+    """The latencies split by the path each packet took (``other``: True where it reached
+    a pod on another node than the entry node); None where the paths are not known."""
+    if other is None:
+        return None
+    parts = {"entry_node": latency_ns[~other], "other_node": latency_ns[other]}
+    return {path: Histogram.from_samples(v) if len(v) else None for path, v in parts.items()}
 
 
 def net_rx_less_probe(cpu: CpuReading, share_ns_per_softirq: float | None) -> dict[str, int]:

@@ -43,9 +43,11 @@ from bench.measure.probes.loader import Probe, tc_mode
 from bench.measure.probes.transit import RUN_SAMPLE_EVERY, TransitProbe
 from bench.measure.quiet import wait_quiet
 from bench.measure.repetition import (
+    DRAIN_SECONDS,
     ProbeSet,
     SeqSpace,
     cpu_fields,
+    flow_endpoints,
     read_repetition,
     replay_failure,
 )
@@ -61,7 +63,6 @@ from bench.model.objects import EndpointPort, EndpointSlice, Service
 # rate, until two consecutive medians agree within the scenario's tolerance.
 SETTLE_PACKETS = 300
 SETTLE_RATE_PPS = 3000
-DRAIN_SECONDS = 0.05  # packets still in flight when tcpreplay returns
 OVERHEAD_PACKETS = 50_000  # top-speed burst for the probe overhead (a few tenths of a second)
 OVERHEAD_ROUNDS = 5  # paired rounds of none / main / breakdown
 CPU_SHARE_BURSTS = 9  # bursts measuring the cpu probe's own share: its quietest is taken out
@@ -394,6 +395,26 @@ class Runner:
         Service spreads new flows over its endpoints."""
         return target.to_backend_pods(bed.layout, tcp=self._protocol() == "TCP")
 
+    def _same_endpoints(self, control: Target, probes: ProbeSet, packets: str,
+                        measured: bool) -> Target:
+        """The control of a udp-established repetition, warmed up: each of its flows to the
+        pod the Service's flow of the same number reached in the repetition just measured
+        (``measured``; the latency probe's last reading). The Service drew those pods at
+        random, so how many flows cross to the other node differs from point to point (and,
+        through a userspace proxy whose sessions expire between phases, from repetition to
+        repetition); round-robin would not follow. Round-robin is kept, and said, where the
+        repetition failed or left a flow without a packet."""
+        assert probes.latency is not None
+        reading = probes.latency.last_reading if measured else None
+        pods = flow_endpoints(reading) if reading is not None else None
+        if pods is None:
+            self.progress.say("the Service's established flows could not all be traced to "
+                              "their pods: the control spreads its flows round-robin")
+        else:
+            control = control.to_addresses(pods, control.dport)
+        self._warm_up(control, packets, 1)  # one packet per flow: the flows established
+        return control
+
     def _settle(self, target: Target, probes: ProbeSet,
                 workload: str = "udp-new") -> tuple[float, bool]:
         """Wait until new-flow latency stops drifting after the sync.
@@ -494,7 +515,10 @@ class Runner:
         sc = self.sc
         packets = workload.removeprefix(NODEPORT_PREFIX)
         self._warm_up(target, packets, sc.warmup_packets)
-        if sc.control_packets:
+        # A udp-established control follows each repetition's own flows (_same_endpoints),
+        # warmed up then.
+        same_flows = packets == "udp-established" and probes.latency is not None
+        if sc.control_packets and not same_flows:
             self._warm_up(control, packets, min(sc.warmup_packets, sc.control_packets))
         reps: list[R.RepetitionDoc] = []
         controls: list[R.RepetitionDoc] = []
@@ -509,7 +533,9 @@ class Runner:
                 reps.append(rep)
             if sc.control_packets:
                 # Interleaved, so the machine's drift moves both alike.
-                rep, error = self._traffic_rep(control, workload, sc.control_packets, probes)
+                paired = (self._same_endpoints(control, probes, packets, rep is not None)
+                          if same_flows else control)
+                rep, error = self._traffic_rep(paired, workload, sc.control_packets, probes)
                 if rep is None:
                     failed.append({"phase": "control", "index": r, "error": error})
                 else:

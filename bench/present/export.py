@@ -10,7 +10,11 @@ position, repetition, metric, value, unit, loop, flows, rate_tps.
   probes, ``<phase>-<i>`` with metric ``failed`` for a replay that failed
   (value: why). Per-repetition percentiles are exported for inspection only;
   aggregate with the "all" rows, never by averaging them. The "all" rows
-  include ``service_minus_control_*`` and ``control.*`` (the control pooled).
+  include ``service_minus_control_*`` and ``control.*`` (the control pooled), and
+  where the latency was split by path ``latency_entry_node_*`` /
+  ``latency_other_node_*`` (the backend pod on the node the traffic entered, or on
+  another; ``_share``: the path's fraction of the packets), their ``control.`` forms
+  and ``service_minus_control_p50_<path>_ns``.
 - ``rate_pps`` is empty for points measured at the generator's top speed.
 - Socket points (docs/sockets.md) fill ``loop``, ``flows`` and ``rate_tps``
   (empty for packet points, and ``rate_tps`` for a closed loop) and have no
@@ -58,7 +62,16 @@ def _dist_rows(prefix: str, dist: Mapping[str, Any] | None) -> Iterator[tuple[st
     for key, value in dist.items():
         if value is None:
             continue
-        yield f"{prefix}_{key}", value, "samples" if key == "count" else "ns"
+        yield f"{prefix}_{key}", value, _DIST_UNITS.get(key, "ns")
+
+
+_DIST_UNITS = {"count": "samples", "share": "fraction"}  # the rest are ns
+
+
+def _path_rows(prefix: str, by_path: Mapping[str, Any] | None) -> Iterator[tuple[str, Any, str]]:
+    """Rows of a latency split by path (summary latency_by_path_ns): ``<prefix>_<path>_*``."""
+    for path, dist in (by_path or {}).items():
+        yield from _dist_rows(f"{prefix}_{path}", dist)
 
 
 def _drops_rows(drops: Mapping[str, int] | None) -> Iterator[tuple[str, Any, str]]:
@@ -97,6 +110,10 @@ def summary_metrics(point: Point | PointDoc) -> Iterator[tuple[str, Any, str]]:
         if s.get(key) is not None:
             yield key, s[key], unit  # type: ignore[literal-required]
     yield from _dist_rows("latency", s.get("latency_ns"))
+    yield from _path_rows("latency", s.get("latency_by_path_ns"))
+    for path, value in sorted((s.get("service_minus_control_p50_by_path_ns") or {}).items()):
+        if value is not None:
+            yield f"service_minus_control_p50_{path}_ns", value, "ns"
     for key, unit in (("service_minus_control_p50_ns", "ns"),
                       ("service_minus_control_p99_ns", "ns"),
                       ("service_minus_control_cpu_ns_per_packet", "ns/packet")):
@@ -108,6 +125,7 @@ def summary_metrics(point: Point | PointDoc) -> Iterator[tuple[str, Any, str]]:
         if control.get(key) is not None:
             yield f"control.{key}", control[key], unit
     yield from _dist_rows("control.latency", control.get("latency_ns"))
+    yield from _path_rows("control.latency", control.get("latency_by_path_ns"))
     yield from _dist_rows("transit", s.get("transit_ns"))
     yield from _drops_rows(s.get("drops"))
     yield from _sync_rows(s.get("sync"))

@@ -74,12 +74,26 @@ register an upgrade from the previous version with :func:`upgrade_from`):
   ``net:net_dev_start_xmit`` of the same skb (on veth the same span for the
   kernel's datapaths; no transit through a proxy, whose send is a new skb) on 1 in
   ``transit_sample_every`` of the skbs the client sent.
+  Latency per path (optional fields, still version 2; 2026-12-03): a packet
+  repetition's ``latency_entry_node_hist`` / ``latency_other_node_hist`` split its
+  latency by the node of the backend pod each packet reached (the latency probe
+  records each packet's destination as it arrives); the summary's
+  ``latency_by_path_ns`` (with each path's ``share``), the control's, and
+  ``service_minus_control_p50_by_path_ns``. A udp-established point's control sends
+  each of its 16 flows to the pod the Service's flow of the same number reached in
+  the repetition it follows (earlier: round-robin over the pods, whatever the Service
+  chose).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, Literal, NotRequired, TypedDict
+
+#: The two paths a packet to a backend pod takes (repetition key of each one's latency
+#: histogram): to a pod on the node the traffic entered, or on to another node.
+LATENCY_PATHS: tuple[tuple[str, str], ...] = (
+    ("entry_node", "latency_entry_node_hist"), ("other_node", "latency_other_node_hist"))
 
 SCHEMA_VERSION = 2
 KIND = "kpbench-result"
@@ -183,6 +197,11 @@ class RepetitionDoc(TypedDict):
     # Disruption points (workload "disruption-<event>/<background>"): the event's figures
     # and the background's timeline (bench.measure.disruption, docs/disruption.md).
     disruption: NotRequired[dict[str, Any]]
+    # The latency of the packets that reached a backend pod on the node the traffic
+    # entered (entry_node) and on another node (other_node): two paths of different
+    # length, whose mix a Service's random choice sets (LATENCY_PATHS).
+    latency_entry_node_hist: NotRequired[dict[str, Any] | None]
+    latency_other_node_hist: NotRequired[dict[str, Any] | None]
     # Socket points: per-transaction round-trip times (ns), and the socket figures.
     rtt_hist: NotRequired[dict[str, Any] | None]
     socket: NotRequired[SocketRepetitionDoc]
@@ -235,6 +254,7 @@ class ControlSummaryDoc(TypedDict):
     cpu_ns_per_packet: float | None
     softirq_ns_per_packet: NotRequired[float | None]
     process_ns_per_packet: NotRequired[float | None]
+    latency_by_path_ns: NotRequired[dict[str, dict[str, float | int | None] | None]]
 
 
 class SummaryDoc(TypedDict):
@@ -243,6 +263,9 @@ class SummaryDoc(TypedDict):
     delivered_pps: float | None
     loss: float | None
     latency_ns: dict[str, float | int | None] | None
+    # Per path (LATENCY_PATHS): the merged histogram's summary and its ``share`` of the
+    # packets; a path no packet took is None.
+    latency_by_path_ns: NotRequired[dict[str, dict[str, float | int | None] | None]]
     cpu_ns_per_packet: float | None  # softirq + process
     softirq_ns_per_packet: NotRequired[float | None]
     process_ns_per_packet: NotRequired[float | None]
@@ -257,6 +280,8 @@ class SummaryDoc(TypedDict):
     service_minus_control_p50_ns: NotRequired[float | None]
     service_minus_control_p99_ns: NotRequired[float | None]
     service_minus_control_cpu_ns_per_packet: NotRequired[float | None]
+    # Per path (LATENCY_PATHS): the Service's p50 minus the control's on the same path.
+    service_minus_control_p50_by_path_ns: NotRequired[dict[str, float | None]]
     # Disruption points: per event figure, the median over the repetitions.
     disruption: NotRequired[dict[str, float | None]]
     # Socket points (bench.results.summarise.summarise_point documents each).

@@ -14,6 +14,7 @@ from typing import Any
 
 from bench.analysis import stats
 from bench.results.schema import (
+    LATENCY_PATHS,
     ControlSummaryDoc,
     PointDoc,
     RepetitionDoc,
@@ -69,7 +70,7 @@ def _traffic(reps: list[RepetitionDoc], hist: HistogramOf) -> dict[str, Any]:
         elif r.get("cpu_ns_per_packet") is not None:
             cpu_ns += r["cpu_ns_per_packet"] * n  # type: ignore[operator]
             cpu_pkts += n
-    return {
+    out = {
         "delivered_pps": spanned / span if span > 0 else None,
         "loss": 1 - delivered / sent if sent > 0 else None,
         "latency_ns": _merged(reps, "latency_hist", hist),
@@ -77,6 +78,24 @@ def _traffic(reps: list[RepetitionDoc], hist: HistogramOf) -> dict[str, Any]:
         "softirq_ns_per_packet": softirq_ns / softirq_pkts if softirq_pkts > 0 else None,
         "process_ns_per_packet": process_ns / process_pkts if process_pkts > 0 else None,
     }
+    by_path = _by_path(reps, hist)
+    if by_path is not None:
+        out["latency_by_path_ns"] = by_path
+    return out
+
+
+def _by_path(reps: list[RepetitionDoc],
+             hist: HistogramOf) -> dict[str, dict[str, float | int | None] | None] | None:
+    """Per path (LATENCY_PATHS): the merged latency summary and the path's ``share`` of
+    the packets of both; None when no repetition split its latency by path."""
+    if not any(key in r for r in reps for _, key in LATENCY_PATHS):
+        return None
+    parts = {path: _merged(reps, key, hist) for path, key in LATENCY_PATHS}
+    total = sum(int(p["count"] or 0) for p in parts.values() if p)
+    for p in parts.values():
+        if p:
+            p["share"] = int(p["count"] or 0) / total
+    return parts
 
 
 def _minus(a: float | int | None, b: float | int | None) -> float | None:
@@ -103,6 +122,8 @@ def summarise_point(point: PointDoc, hist: HistogramOf = parse_histogram) -> Sum
       (``probe_overhead``) as a percentage of cpu_ns_per_packet;
     - drops, transit_ns, kfunc_ns_per_packet: from the breakdown repetition
       (``point["breakdown"]``), which nothing else is pooled with;
+    - latency_by_path_ns: per path (schema.LATENCY_PATHS: the backend pod on the entry
+      node, or on another), the merged histograms' summary and the path's ``share``;
     - control, service_minus_control_*: the paired control's figures (the same
       pooling over ``point["control"]``) and the Service's minus them.
     """
@@ -143,6 +164,8 @@ def summarise_point(point: PointDoc, hist: HistogramOf = parse_histogram) -> Sum
         transit_ns=_merged(detail, "transit_hist", hist),
         **_kfunc_summary(detail),
     )
+    if "latency_by_path_ns" in traffic:
+        summary["latency_by_path_ns"] = traffic["latency_by_path_ns"]
     control = point.get("control")
     if control:
         c = _traffic(control, hist)
@@ -152,6 +175,12 @@ def summarise_point(point: PointDoc, hist: HistogramOf = parse_histogram) -> Sum
         summary["service_minus_control_p99_ns"] = _minus(lat.get("p99"), clat.get("p99"))
         summary["service_minus_control_cpu_ns_per_packet"] = _minus(
             summary["cpu_ns_per_packet"], c["cpu_ns_per_packet"])
+        paths, cpaths = traffic.get("latency_by_path_ns"), c.get("latency_by_path_ns")
+        if paths and cpaths:
+            summary["service_minus_control_p50_by_path_ns"] = {
+                path: _minus((paths.get(path) or {}).get("p50"),
+                             (cpaths.get(path) or {}).get("p50"))
+                for path, _ in LATENCY_PATHS}
     sync_keys = sorted({k for r in reps for k in (r.get("sync") or {})})
     if sync_keys:
         summary["sync"] = {}

@@ -26,6 +26,7 @@ from bench.analysis import stats
 from bench.errors import KpbenchError
 from bench.results.schema import (
     KIND,
+    LATENCY_PATHS,
     POINT_STATUSES,
     RUN_STATUSES,
     SCHEMA_VERSION,
@@ -56,10 +57,12 @@ def make_repetition(*, sent: int, delivered: int, offered_pps: float | None = No
                     arrival_seconds: float | None = None,
                     cpu_delivered: int | None = None,
                     transit_sample_every: int | None = None,
+                    latency_by_path: Mapping[str, stats.Histogram | None] | None = None,
                     ) -> RepetitionDoc:
     """One repetition of a point. Leave a measurement None when it was not taken.
 
     ``delivered`` counts only packets the repetition sent, so it never exceeds ``sent``.
+    ``latency_by_path``: the latency split by path (schema.LATENCY_PATHS' names).
     """
     if sent < 0 or delivered < 0:
         raise ValueError(f"sent ({sent}) and delivered ({delivered}) must be >= 0")
@@ -83,6 +86,9 @@ def make_repetition(*, sent: int, delivered: int, offered_pps: float | None = No
         rep["arrival_seconds"] = float(arrival_seconds)
     if cpu_delivered is not None:
         rep["cpu_delivered"] = int(cpu_delivered)
+    if latency_by_path is not None:
+        for path, key in LATENCY_PATHS:
+            rep[key] = _hist_json(latency_by_path.get(path))  # type: ignore[literal-required]
     return rep
 
 

@@ -13,6 +13,7 @@ packets' identity (it runs only at the run's node hooks).
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import re
@@ -105,6 +106,27 @@ def test_latency_sees_23_at_both_ends_and_a_small_positive_latency(
     # No datapath rules: one veth, one forward, one veth.
     assert (r.latency_ns > 0).all()
     assert 0 < r.percentiles()[50] < 1_000_000
+
+
+def test_latency_records_the_pod_each_packet_reached(cluster: Cluster, tmp_path: Path) -> None:
+    """Packets to both nodes' pods, interleaved by sequence number (one pcap of 40, even
+    numbers to node 0's pod, odd to node 1's): each sample names the pod it reached, and
+    the other node's pod is further (one more veth, the underlay, a second forward)."""
+    near, far = pod_on(cluster, 0), pod_on(cluster, 1)
+    target = T.Target.from_client_pod(cluster, near.ip, PORT).to_addresses(
+        [near.ip, far.ip], PORT)
+    pcap = target.build_pcap("udp-new", 40, tmp_path / "both.pcap", seq_start=700)
+    with LatencyProbe.for_cluster(cluster) as lat:
+        lat.start(seq_base=700)
+        assert target.replay(pcap, 1000, timeout=60).sent == 40
+        time.sleep(DRAIN)
+        r = lat.read()
+    assert list(r.seqs) == list(range(700, 740))
+    assert r.arrival_dst is not None
+    want = [int(ipaddress.IPv4Address(near.ip if s % 2 == 0 else far.ip)) for s in r.seqs]
+    assert r.arrival_dst.tolist() == want
+    to_far = r.arrival_dst == int(ipaddress.IPv4Address(far.ip))
+    assert np.median(r.latency_ns[to_far]) > np.median(r.latency_ns[~to_far])
 
 
 def udp_in_datagrams_and_no_ports(netns: str) -> tuple[int, int]:

@@ -504,3 +504,39 @@ def test_schema_1_breakdown_repetitions_leave_the_measured_ones() -> None:
             if p.get("per_run"):
                 assert sum(r["repetitions"] for r in p["per_run"]) == len(p["repetitions"])
     assert moved == len(doc["points"])
+
+
+def test_latency_by_path_is_pooled_per_path_and_paired_with_the_control() -> None:
+    """A Service whose flows took the other node's path 12 times in 16 against a control
+    that took it 6 times: the pooled p50s sit on different paths' modes, each path's own
+    p50 compares like with like."""
+    from bench.analysis.metrics import METRICS_BY_NAME
+    from bench.present.export import summary_metrics
+    from bench.results.model import as_point
+
+    def rep(near: int, far: int, near_ns: float, far_ns: float) -> Any:
+        near_s, far_s = np.full(near, near_ns), np.full(far, far_ns)
+        return make_repetition(
+            sent=near + far, delivered=near + far,
+            latency_hist=stats.Histogram.from_samples(np.concatenate([near_s, far_s])),
+            latency_by_path={"entry_node": stats.Histogram.from_samples(near_s),
+                             "other_node": stats.Histogram.from_samples(far_s)})
+
+    p = make_point(datapath="nftables", variant="nftables", services=10, endpoints=10,
+                   workload="udp-established", rate_pps=1000, position="last",
+                   position_index=9, repetitions=[rep(100, 300, 1900, 3800)] * 2,
+                   control=[rep(120, 80, 1850, 3700)] * 2)
+    s = summarise_point(p)
+    assert s["service_minus_control_p50_ns"] == pytest.approx(3800 - 1850, rel=0.02)
+    assert s["latency_by_path_ns"]["other_node"]["share"] == pytest.approx(0.75)
+    assert s["control"]["latency_by_path_ns"]["entry_node"]["share"] == pytest.approx(0.6)
+    by_path = s["service_minus_control_p50_by_path_ns"]
+    assert by_path["entry_node"] == pytest.approx(50, abs=40)
+    assert by_path["other_node"] == pytest.approx(100, abs=80)
+    assert METRICS_BY_NAME["p50_latency_other_node"].pooled(p) == pytest.approx(3800, rel=0.02)
+    assert METRICS_BY_NAME["service_minus_control_p50_other_node_ns"].samples(p) == \
+        pytest.approx([100, 100], abs=80)
+    rows = {m: (v, unit) for m, v, unit in summary_metrics(as_point(p))}
+    assert rows["latency_other_node_share"] == (pytest.approx(0.75), "fraction")
+    assert rows["control.latency_entry_node_p50"][0] == pytest.approx(1850, rel=0.02)
+    assert "service_minus_control_p50_other_node_ns" in rows

@@ -272,3 +272,32 @@ def test_a_breakdown_set_whose_drops_probe_cannot_attach_counts_with_the_latency
         assert probes.counter is made[0] and made[0].attached
         assert "drops" not in probes.others and "no reason field" in probes.missing["drops"]
     assert not made[0].attached
+
+
+def test_flow_endpoints_reads_each_flow_s_pod_and_the_last_where_it_moved() -> None:
+    import ipaddress
+
+    import numpy as np
+
+    from bench.measure.probes.latency import LatencyReading
+    from bench.measure.repetition import flow_endpoints
+    from bench.measure.traffic import ESTABLISHED_FLOWS
+
+    def ip(s: str) -> int:
+        return int(ipaddress.IPv4Address(s))
+
+    seqs = np.arange(32, 32 + 2 * ESTABLISHED_FLOWS, dtype=np.uint32)  # each flow twice
+    dst = np.array([ip(f"10.1.0.{s % 16 + 1}") for s in seqs], dtype=np.uint32)
+    dst[-1] = ip("10.2.0.9")  # flow 15's second packet reached another pod: a new session
+    order = np.random.default_rng(1).permutation(len(seqs))  # readings need not be sorted
+
+    def reading(keep: np.ndarray) -> LatencyReading:
+        return LatencyReading(seqs=seqs[keep], latency_ns=np.ones(len(keep), dtype=np.int64),
+                              sent_seen=0, delivered_seen=0, departed=0, lost=0,
+                              out_of_range=0, duplicates=0, seconds=1.0,
+                              arrival_dst=dst[keep])
+
+    pods = flow_endpoints(reading(order))
+    assert pods == [f"10.1.0.{k + 1}" for k in range(15)] + ["10.2.0.9"]
+    no_flow_5 = order[seqs[order] % ESTABLISHED_FLOWS != 5]
+    assert flow_endpoints(reading(no_flow_5)) is None  # a flow without a packet

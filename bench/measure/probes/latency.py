@@ -5,8 +5,9 @@ egress -> backend pod ingress, read back through memory-mapped stamp arrays.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import mmap
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +43,9 @@ class LatencyReading:
     seconds: float  # window length
     arrival_ns: np.ndarray | None = None  # arrival stamps (uint64), same order as seqs
     copied: int = 0  # packets parsed by the slow path (headers outside the linear data)
+    # The IPv4 destination each arrived with (uint32, host order: int(IPv4Address)),
+    # same order as seqs: the backend pod it reached.
+    arrival_dst: np.ndarray | None = None
 
     def percentiles(self, qs: Sequence[float] = (50, 90, 99, 99.9)) -> dict[float, float]:
         """Percentiles (ns) over the merged per-packet samples (empty: NaN)."""
@@ -60,11 +64,17 @@ class LatencyProbe(Probe):
 
     def __init__(self, client: TcHook, backends: Sequence[TcHook],
                  capacity: int = LATENCY_CAPACITY, drop: bool = True,
-                 sink: bool = False) -> None:
+                 sink: bool = False, pod_nodes: Mapping[str, int] | None = None,
+                 entry_node: int = 0) -> None:
         """``drop``: backends drop identified packets at ingress (no responder noise).
         ``sink``: windows open in sink mode (what the cpu passes run with, inside
-        :meth:`sinking`; made so, for measurements of its cost)."""
+        :meth:`sinking`; made so, for measurements of its cost).
+        ``pod_nodes``: each backend pod's address and node, ``entry_node`` the node the
+        traffic enters: with them a reading tells each packet's path (:meth:`other_node`)."""
         super().__init__()
+        self.pod_nodes = {int(ipaddress.IPv4Address(ip)): node
+                          for ip, node in (pod_nodes or {}).items()}
+        self.entry_node = entry_node
         self.sink = sink
         if not 1 <= capacity <= 1 << 24:
             raise ValueError(f"capacity {capacity} out of range (1-{1 << 24})")
@@ -77,15 +87,35 @@ class LatencyProbe(Probe):
         self._maps: list[mmap.mmap] = []
         self._depart: np.ndarray | None = None
         self._arrive: np.ndarray | None = None
+        self._dst: np.ndarray | None = None
         self._seq_base = 0
+        # The last window's reading (read()): what a caller after it may still ask of it.
+        self.last_reading: LatencyReading | None = None
 
     @classmethod
     def for_cluster(cls, cluster: Cluster, external: bool = False,
                     capacity: int = LATENCY_CAPACITY, drop: bool = True,
                     sink: bool = False) -> LatencyProbe:
-        """Client pod (or the external client) egress -> every backend pod's ingress."""
+        """Client pod (or the external client) egress -> every backend pod's ingress. The
+        traffic enters node 0 (the client pod lives there; NodePort traffic goes to it)."""
         pods = [TcHook(cluster.pod_ns(p)) for p in cluster.layout.pods]
-        return cls(origin_hook(cluster, external), pods, capacity, drop, sink)
+        return cls(origin_hook(cluster, external), pods, capacity, drop, sink,
+                   pod_nodes={p.ip: p.node for p in cluster.layout.pods}, entry_node=0)
+
+    def other_node(self, arrival_dst: np.ndarray) -> np.ndarray | None:
+        """Per packet of a reading (its ``arrival_dst``): True where the pod it reached
+        lives on another node than the entry node; None when the probe was not told the
+        pods' nodes, or a packet reached an address that is none of the pods'."""
+        if not self.pod_nodes:
+            return None
+        ips = np.fromiter(self.pod_nodes, dtype=np.uint32, count=len(self.pod_nodes))
+        nodes = np.fromiter(self.pod_nodes.values(), dtype=np.int64, count=len(ips))
+        order = np.argsort(ips)
+        ips, nodes = ips[order], nodes[order]
+        at = np.searchsorted(ips, arrival_dst).clip(0, len(ips) - 1)
+        if len(arrival_dst) and not (ips[at] == arrival_dst).all():
+            return None
+        return nodes[at] != self.entry_node
 
     def cflags(self) -> list[str]:
         return [f"-DKPB_CAPACITY={self.capacity}", f"-DKPB_DROP={int(self.drop)}"]
@@ -94,14 +124,17 @@ class LatencyProbe(Probe):
         self._bpf = compile_probe(self.name, self.cflags())
         self._depart = self._mmap("depart_ns")
         self._arrive = self._mmap("arrive_ns")
+        # Stored as the packet carries it (network order): read big-endian; an array
+        # map's elements are 8 bytes apart whatever their size, the u32 first.
+        self._dst = self._mmap("arrive_dst", ">u4", stride=8)
         self._attach_tc("kpb_depart", [self.client], TC_EGRESS)
         self._attach_tc("kpb_arrive", self.backends, TC_INGRESS)
 
-    def _mmap(self, name: str) -> np.ndarray:
+    def _mmap(self, name: str, dtype: str = "u8", stride: int = 8) -> np.ndarray:
         # Array maps made with BPF_F_MMAPABLE map straight into our memory: a
         # million stamps are one copy, not a million syscalls.
         table = self._bpf[name.encode()]
-        size = -(-self.capacity * 8 // mmap.PAGESIZE) * mmap.PAGESIZE
+        size = -(-self.capacity * stride // mmap.PAGESIZE) * mmap.PAGESIZE
         try:
             mm = mmap.mmap(table.map_fd, size, mmap.MAP_SHARED,
                            mmap.PROT_READ | mmap.PROT_WRITE)
@@ -109,11 +142,12 @@ class LatencyProbe(Probe):
             raise FeatureMissing(f"{self.name} probe: cannot mmap the {name} map "
                                  f"(BPF_F_MMAPABLE needs Linux 5.5): {e}") from e
         self._maps.append(mm)
-        return np.frombuffer(mm, dtype=np.uint64, count=self.capacity)
+        every = stride // np.dtype(dtype).itemsize
+        return np.frombuffer(mm, dtype=dtype, count=self.capacity * every)[::every]
 
     def detach(self) -> None:
         # numpy views must go before the mmaps they export can close.
-        self._depart = self._arrive = None
+        self._depart = self._arrive = self._dst = None
         while self._maps:
             self._maps.pop().close()
         super().detach()
@@ -149,27 +183,30 @@ class LatencyProbe(Probe):
             config[config.Key(1)] = config.Leaf(int(on))
 
     def _zero(self) -> None:
-        assert self._depart is not None and self._arrive is not None
+        assert self._depart is not None and self._arrive is not None and self._dst is not None
         self._depart[:] = 0
         self._arrive[:] = 0
+        self._dst[:] = 0
         self._bpf[b"counts"].clear()
 
     def read(self) -> LatencyReading:
         """Latencies and counts of the packets seen since :meth:`start`."""
         self._require()
-        assert self._depart is not None and self._arrive is not None
+        assert self._depart is not None and self._arrive is not None and self._dst is not None
         counts = self._bpf[b"counts"]
         depart, arrive = self._depart.copy(), self._arrive.copy()
         both = np.flatnonzero((depart != 0) & (arrive != 0))
+        dst = self._dst[both].astype(np.uint32)
         departed = int(np.count_nonzero(depart))
-        return LatencyReading(
+        self.last_reading = LatencyReading(
             seqs=(both + self._seq_base).astype(np.uint32),
             latency_ns=arrive[both].astype(np.int64) - depart[both].astype(np.int64),
             sent_seen=percpu_sum(counts, 0), delivered_seen=percpu_sum(counts, 1),
             departed=departed, lost=departed - len(both),
             out_of_range=percpu_sum(counts, 2), duplicates=percpu_sum(counts, 3),
             seconds=self._window(), arrival_ns=arrive[both],
-            copied=percpu_sum(counts, 4))
+            copied=percpu_sum(counts, 4), arrival_dst=dst)
+        return self.last_reading
 
     def sunk(self) -> int:
         """IPv4 frames the backends took in sink mode since the window opened
