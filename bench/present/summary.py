@@ -141,16 +141,19 @@ def points_table(result: ResultLike) -> Table:
     :func:`disruption_table`.
 
     ``svc-ctl`` columns: the Service's p50 and CPU per packet minus its paired
-    control's (the same traffic to the backend pods' own addresses).
+    control's (the same traffic to the backend pods' own addresses). ``p50 by path``:
+    the p50 of the packets to a pod on the entry node / on the other node, and the
+    other node's share of the packets (the Service's draw).
     """
     points = [p for p in as_result(result).points if not (p.is_socket or p.is_disruption)]
     coords = [(k, title) for k, title in OPTIONAL_COORDS
               if len({_coord(p, k) for p in points}) > 1]
     t = Table(["variant", "workload", "services", *(title for _, title in coords), "status",
-               "reps", "p50", "p90", "p99", "p99.9", "cpu/pkt", "softirq", "process",
+               "reps", "p50", "p90", "p99", "p99.9", "p50 by path", "cpu/pkt", "softirq",
+               "process",
                "svc-ctl p50", "svc-ctl cpu",
                "delivered", "loss", "sync", "settle"],
-              align=["l", "l", "r", *("r" for _ in coords), "l", *["r"] * 14])
+              align=["l", "l", "r", *("r" for _ in coords), "l", *["r"] * 15])
     for p in points:
         s: Any = p.summary
         lat = s.get("latency_ns") or {}
@@ -159,6 +162,7 @@ def points_table(result: ResultLike) -> Table:
                *(_coord(p, k) for k, _ in coords),
                status[:60], len(p.repetitions),
                *(fmt_value(lat.get(q), "ns") for q in ("p50", "p90", "p99", "p99.9")),
+               _by_path(s.get("latency_by_path_ns")),
                fmt_value(s.get("cpu_ns_per_packet"), "ns/packet"),
                fmt_value(s.get("softirq_ns_per_packet"), "ns/packet"),
                fmt_value(s.get("process_ns_per_packet"), "ns/packet"),
@@ -170,6 +174,16 @@ def points_table(result: ResultLike) -> Table:
                _settle(p.setup)],
               css="" if p.ok else "failed")
     return t
+
+
+def _by_path(by_path: Any) -> str:
+    """``entry p50 / other p50 (other's share)``; a path no packet took is ``—``."""
+    if not by_path:
+        return "—"
+    entry, other = by_path.get("entry_node") or {}, by_path.get("other_node") or {}
+    share = other.get("share") or 0.0
+    return (f"{fmt_value(entry.get('p50'), 'ns')} / {fmt_value(other.get('p50'), 'ns')} "
+            f"({share:.0%})")
 
 
 def _load(p: Point) -> str:
