@@ -12,7 +12,7 @@ import copy
 import numpy as np
 
 from bench.analysis import stats
-from bench.results.schema import ResultDoc
+from bench.results.schema import LATENCY_PATHS, ResultDoc
 
 
 def _hist_samples(h: stats.Histogram) -> np.ndarray:
@@ -43,8 +43,9 @@ def slowed_down(doc: ResultDoc, factor: float) -> ResultDoc:
         if p["setup"].get("sync_seconds") is not None:
             p["setup"]["sync_seconds"] *= factor  # type: ignore[operator]
         for r in p["repetitions"]:
-            if r.get("latency_hist"):
-                r["latency_hist"] = _scaled(r["latency_hist"], factor)  # type: ignore[arg-type]
+            for key in ("latency_hist", *(k for _, k in LATENCY_PATHS)):
+                if r.get(key):
+                    r[key] = _scaled(r[key], factor)  # type: ignore[literal-required,arg-type]
             if r.get("rtt_hist"):
                 r["rtt_hist"] = _scaled(r["rtt_hist"], factor)  # type: ignore[typeddict-item,arg-type]
             sock = r.get("socket")
