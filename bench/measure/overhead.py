@@ -48,9 +48,9 @@ from bench.kernel import bpf_stats
 from bench.measure.probes.cpu import CpuProbe
 from bench.measure.probes.latency import LatencyProbe
 from bench.measure.probes.loader import Probe
+from bench.measure.repetition import DRAIN_SECONDS
 from bench.measure.traffic import Target
 
-DRAIN_SECONDS = 0.05
 WORKLOAD = "udp-established"  # 16 flows: no conntrack entry per packet, none left behind
 
 

@@ -227,13 +227,15 @@ def flow_endpoints(reading: LatencyReading) -> list[str] | None:
     expired). None when a flow has no packet in it, or no destination was recorded."""
     if reading.arrival_dst is None or not len(reading.seqs):
         return None
-    order = np.argsort(reading.seqs, kind="stable")
-    pods: dict[int, int] = {}
-    for seq, dst in zip(reading.seqs[order], reading.arrival_dst[order], strict=True):
-        pods[int(seq) % ESTABLISHED_FLOWS] = int(dst)
-    if len(pods) != ESTABLISHED_FLOWS:
+    seqs = np.asarray(reading.seqs, dtype=np.int64)
+    order = np.argsort(seqs, kind="stable")
+    # Latest first: np.unique's first index of each flow is then its last packet's.
+    flows = (seqs[order] % ESTABLISHED_FLOWS)[::-1]
+    dsts = np.asarray(reading.arrival_dst)[order][::-1]
+    found, first = np.unique(flows, return_index=True)
+    if len(found) != ESTABLISHED_FLOWS:
         return None
-    return [str(ipaddress.IPv4Address(pods[k])) for k in range(ESTABLISHED_FLOWS)]
+    return [str(ipaddress.IPv4Address(int(d))) for d in dsts[first]]
 
 
 def latency_by_path(latency_ns: np.ndarray,

@@ -74,6 +74,12 @@ class LatencyProbe(Probe):
         super().__init__()
         self.pod_nodes = {int(ipaddress.IPv4Address(ip)): node
                           for ip, node in (pod_nodes or {}).items()}
+        # The pods' addresses sorted, and their nodes in that order (other_node's table).
+        ips = np.fromiter(self.pod_nodes, dtype=np.uint32, count=len(self.pod_nodes))
+        order = np.argsort(ips)
+        self._pod_ips = ips[order]
+        self._pod_node = np.fromiter(self.pod_nodes.values(), dtype=np.int64,
+                                     count=len(ips))[order]
         self.entry_node = entry_node
         self.sink = sink
         if not 1 <= capacity <= 1 << 24:
@@ -108,10 +114,7 @@ class LatencyProbe(Probe):
         pods' nodes, or a packet reached an address that is none of the pods'."""
         if not self.pod_nodes:
             return None
-        ips = np.fromiter(self.pod_nodes, dtype=np.uint32, count=len(self.pod_nodes))
-        nodes = np.fromiter(self.pod_nodes.values(), dtype=np.int64, count=len(ips))
-        order = np.argsort(ips)
-        ips, nodes = ips[order], nodes[order]
+        ips, nodes = self._pod_ips, self._pod_node
         at = np.searchsorted(ips, arrival_dst).clip(0, len(ips) - 1)
         if len(arrival_dst) and not (ips[at] == arrival_dst).all():
             return None
