@@ -22,8 +22,10 @@ Workloads (:data:`WORKLOADS`):
     warm-up pcap (one packet per flow) has been replayed.
 
 Flow spaces never overlap: per source address, new flows use source ports
-:data:`SPORT_FIRST`-65535, the established flows the ports just below them,
-and the new-flow warm-up port :data:`SPORT_FIRST` - 1 lies between. The
+:data:`SPORT_FIRST`-65535, the established flows the ports just below them
+(and the paired control's established flows the 16 ports below those,
+:data:`CONTROL_SPORT_FIRST`), and the new-flow warm-up port
+:data:`SPORT_FIRST` - 1 lies between. The
 flow of a new-flow packet is a function of its sequence number (flow =
 seq mod 64,512 x ``src_span``), so traffic that takes consecutive,
 non-overlapping sequence ranges (bench.measure.repetition's ``SeqSpace``) uses fresh
@@ -74,6 +76,12 @@ SPORTS = 65536 - SPORT_FIRST  # source ports per source address for new flows
 NEW_FLOW_WARMUP_SPORT = SPORT_FIRST - 1  # the new-flow warm-up's one flow
 # The established flows' ports lie below both: no new flow ever reuses their entries.
 ESTABLISHED_SPORT_FIRST = NEW_FLOW_WARMUP_SPORT - ESTABLISHED_FLOWS
+# The paired control's established flows have ports of their own, just below. With the
+# Service's ports, control flow k sent to the pod Service flow k reached would have the
+# reply tuple of that flow's conntrack entry at the node (pod:port -> client:sport);
+# netfilter then remaps the control's source port (an implicit SNAT, nf_nat's unique
+# tuple), so the "untranslated" control was translated on every netfilter datapath.
+CONTROL_SPORT_FIRST = ESTABLISHED_SPORT_FIRST - ESTABLISHED_FLOWS
 MAX_SRC_SPAN = 128  # source addresses a new-flow pcap may step through
 MAX_FRAME = 1514
 NETNS_DIR = Path("/run/netns")
@@ -107,6 +115,8 @@ class Target:
     dst_ip: str
     dport: int
     dst_ips: tuple[str, ...] | None = None  # several destinations (see the module doc)
+    # The first source port of the established flows (CONTROL_SPORT_FIRST for a control).
+    established_sport_first: int = ESTABLISHED_SPORT_FIRST
 
     @classmethod
     def from_client_pod(cls, cluster: Cluster, dst_ip: str, dport: int) -> Target:
@@ -134,14 +144,16 @@ class Target:
         """:func:`build_pcap` for this target."""
         return build_pcap(workload, self.src_mac, self.dst_mac, self.src_ip, self.dst_ip,
                           self.dport, count, path, seq_start, payload_len, src_span,
-                          magic=magic, dst_ips=self.dst_ips)
+                          magic=magic, dst_ips=self.dst_ips,
+                          established_sport_first=self.established_sport_first)
 
     def build_warmup_pcap(self, workload: str, path: Path,
                           payload_len: int = IDENTITY_LEN) -> Path:
         """:func:`build_warmup_pcap` for this target."""
         return build_warmup_pcap(workload, self.src_mac, self.dst_mac, self.src_ip,
                                  self.dst_ip, self.dport, path, payload_len,
-                                 dst_ips=self.dst_ips)
+                                 dst_ips=self.dst_ips,
+                                 established_sport_first=self.established_sport_first)
 
     def to_addresses(self, dst_ips: Sequence[str], dport: int) -> Target:
         """The same frames from the same place, spread over ``dst_ips`` on ``dport``."""
@@ -151,13 +163,15 @@ class Target:
 
     def to_backend_pods(self, layout: L.Layout, tcp: bool) -> Target:
         """The same frames to the backend pods' own addresses (no Service translation), on
-        the port they serve, spread over the pods as a Service spreads new flows."""
+        the port they serve, spread over the pods as a Service spreads new flows; the
+        established flows on source ports of their own (:data:`CONTROL_SPORT_FIRST`)."""
         pods = [p for p in layout.pods if (p.tcp_ports if tcp else p.udp_ports)]
         if not pods:
             raise KpbenchError("the measured service has no backend pod serving "
                                f"{'TCP' if tcp else 'UDP'} to send to")
         port = (pods[0].tcp_ports if tcp else pods[0].udp_ports)[0]
-        return self.to_addresses([p.ip for p in pods], port)
+        return replace(self.to_addresses([p.ip for p in pods], port),
+                       established_sport_first=CONTROL_SPORT_FIRST)
 
     def replay(self, pcap: Path, pps: int | None, timeout: float,
                stop: threading.Event | None = None) -> ReplayStats:
@@ -184,7 +198,8 @@ def link_mac(netns: str, ifname: str) -> str:
 def build_pcap(workload: str, src_mac: str, dst_mac: str, src_ip: str, dst_ip: str,
                dport: int, count: int, path: Path, seq_start: int = 0,
                payload_len: int = IDENTITY_LEN, src_span: int = 1, *,
-               magic: bytes = MAGIC, dst_ips: Sequence[str] | None = None) -> Path:
+               magic: bytes = MAGIC, dst_ips: Sequence[str] | None = None,
+               established_sport_first: int = ESTABLISHED_SPORT_FIRST) -> Path:
     """Write ``count`` frames of ``workload`` to the pcap ``path``; returns ``path``.
 
     Packet ``i`` carries sequence number ``seq_start + i`` after ``magic``
@@ -194,9 +209,11 @@ def build_pcap(workload: str, src_mac: str, dst_mac: str, src_ip: str, dst_ip: s
     with ``src_span`` > 1 the source address among ``src_span`` consecutive
     addresses from ``src_ip``, from the sequence number. With ``dst_ips``,
     a new-flow packet goes to ``dst_ips[seq mod n]`` and an established flow
-    ``k`` to ``dst_ips[k mod n]`` (``dst_ip`` is then unused).
+    ``k`` to ``dst_ips[k mod n]`` (``dst_ip`` is then unused), from source port
+    ``established_sport_first + k``.
     """
     _check(workload, count, seq_start, payload_len)
+    _check_sports(established_sport_first)
     if not 1 <= src_span <= MAX_SRC_SPAN:
         raise ValueError(f"src_span {src_span} out of range (1-{MAX_SRC_SPAN})")
     if workload in NEW_FLOW_WORKLOADS and count > SPORTS * src_span:
@@ -221,7 +238,7 @@ def build_pcap(workload: str, src_mac: str, dst_mac: str, src_ip: str, dst_ip: s
                 dst = dsts[seq % np.uint64(len(dsts))]
             else:
                 flow = seq % np.uint64(ESTABLISHED_FLOWS)
-                sport = flow + np.uint64(ESTABLISHED_SPORT_FIRST)
+                sport = flow + np.uint64(established_sport_first)
                 src = np.full(len(seq), base_src, dtype=np.uint64)
                 dst = dsts[flow % np.uint64(len(dsts))]
             frames = _patch(template, proto, seq.astype(np.uint32), sport.astype(np.uint16),
@@ -232,7 +249,8 @@ def build_pcap(workload: str, src_mac: str, dst_mac: str, src_ip: str, dst_ip: s
 
 def build_warmup_pcap(workload: str, src_mac: str, dst_mac: str, src_ip: str, dst_ip: str,
                       dport: int, path: Path, payload_len: int = IDENTITY_LEN, *,
-                      dst_ips: Sequence[str] | None = None) -> Path:
+                      dst_ips: Sequence[str] | None = None,
+                      established_sport_first: int = ESTABLISHED_SPORT_FIRST) -> Path:
     """Write the warm-up frames of ``workload`` (magic :data:`WARMUP_MAGIC`) to ``path``.
 
     ``udp-established`` gets one packet per flow (to the same destination as
@@ -243,6 +261,7 @@ def build_warmup_pcap(workload: str, src_mac: str, dst_mac: str, src_ip: str, ds
     pay for ARP.
     """
     _check(workload, 1, 0, payload_len)
+    _check_sports(established_sport_first)
     proto = "tcp" if workload == "tcp-syn" else "udp"
     template = _template(proto, src_mac, dst_mac, src_ip, dst_ip, dport, payload_len,
                          WARMUP_MAGIC)
@@ -250,7 +269,7 @@ def build_warmup_pcap(workload: str, src_mac: str, dst_mac: str, src_ip: str, ds
                     dtype=np.uint32)
     if workload == "udp-established":
         flow = np.arange(ESTABLISHED_FLOWS, dtype=np.uint32)
-        sport = (flow + ESTABLISHED_SPORT_FIRST).astype(np.uint16)
+        sport = (flow + established_sport_first).astype(np.uint16)
         dst = dsts[flow % len(dsts)]
     else:
         # Just below the new-flow port space, so no measured packet shares its flow.
@@ -268,6 +287,13 @@ def build_warmup_pcap(workload: str, src_mac: str, dst_mac: str, src_ip: str, ds
 def frame_len(workload: str, payload_len: int = IDENTITY_LEN) -> int:
     """The length of every frame of ``workload`` (Ethernet header included)."""
     return _L4 + (20 if workload == "tcp-syn" else 8) + payload_len
+
+
+def _check_sports(first: int) -> None:
+    """The established flows' ports must stay out of the new flows' (and be ports)."""
+    if not 1 <= first <= NEW_FLOW_WARMUP_SPORT - ESTABLISHED_FLOWS:
+        raise ValueError(f"established_sport_first {first} out of range "
+                         f"(1-{NEW_FLOW_WARMUP_SPORT - ESTABLISHED_FLOWS})")
 
 
 def _check(workload: str, count: int, seq_start: int, payload_len: int) -> None:

@@ -109,6 +109,24 @@ def test_flows_spread_over_destinations_and_warm_up_opens_each(tmp_path: Path) -
         == flows
 
 
+def test_the_control_s_established_flows_have_source_ports_of_their_own(
+        tmp_path: Path) -> None:
+    """The paired control's flows never share a source port with the Service's, warm-up
+    included (a shared one remaps the control's at the node: test_established_paths)."""
+    first = T.CONTROL_SPORT_FIRST
+    est = build(tmp_path, "udp-established", 32, established_sport_first=first)
+    ports = {p[UDP].sport for p in est}
+    assert ports == set(range(first, first + T.ESTABLISHED_FLOWS))
+    warm = T.build_warmup_pcap("udp-established", SRC_MAC, DST_MAC, L.client_pod_ip(), VIP,
+                               PORT, tmp_path / "w.pcap", established_sport_first=first)
+    assert {Ether(bytes(x))[UDP].sport for x in rdpcap(str(warm))} == ports
+    service = {p[UDP].sport for p in build(tmp_path, "udp-established", 32)}
+    assert not ports & service and max(service) < T.NEW_FLOW_WARMUP_SPORT
+    for bad in (0, T.ESTABLISHED_SPORT_FIRST + 1):  # no port; into the warm-up port
+        with pytest.raises(ValueError, match="established_sport_first"):
+            build(tmp_path, "udp-established", 1, established_sport_first=bad)
+
+
 def test_warm_up_frames_carry_the_warm_up_magic(tmp_path: Path) -> None:
     pkts = build(tmp_path, "udp-new", 3, magic=T.WARMUP_MAGIC)
     assert {identity(p)[0] for p in pkts} == {T.WARMUP_MAGIC}
