@@ -30,7 +30,10 @@ exact test cannot go below p = 2 / C(n+m, n): when that is above ``alpha``
 (e.g. one sync time per side, or 3 vs 3 repetitions) and there are no runs to
 test either, the change is reported as *untested* with the numbers needed,
 never as "no change". A metric measured once per run (the full sync of a
-packet scenario) is judged by the run test alone. This module gathers that
+packet scenario) is judged by the run test alone, and once per set-up: the
+points of one datapath and scale hold copies of its one sync and settle figure
+(Metric.per_setup), which are one test and one gate failure, not one per
+workload. This module gathers that
 evidence; bench.analysis.verdict turns it into the verdict and its reason.
 
 Numbers from different environments are not comparable: :func:`compare_runs`
@@ -116,6 +119,16 @@ class MetricChange:
     judgement: Judgement | None = None  # set once every test is in (compare_runs)
     # BASE's figure a difference metric's change is a % of (Metric.relative_to), if any.
     scale: float | None = None
+    # Other points holding the same figure (a per-set-up metric: the scale's one sync).
+    shared_with: list[PointKey] = field(default_factory=list)
+
+    @property
+    def where(self) -> str:
+        """The point's name for messages; a figure several points share says so."""
+        label = key_label(self.key)
+        n = len(self.shared_with)
+        return label if not n else (f"{label} (one figure of its set-up, held by "
+                                    f"{n} more point{'s' if n > 1 else ''})")
 
     @property
     def effect(self) -> float | None:
@@ -214,7 +227,7 @@ class Comparison:
         for gate, mc in self.gate_failures(gates):
             evidence = (f"p={mc.p_value:.3g}" if mc.p_value is not None else
                         f"runs q={mc.run_q_value:.3g}")
-            out.append(f"regression beyond --fail-on {gate}: {key_label(mc.key)}: "
+            out.append(f"regression beyond --fail-on {gate}: {mc.where}: "
                        f"{mc.effect_text()} ({evidence})")
         if fail_on_missing:
             out += [f"--fail-on-missing: {key_label(p.key)}: {p.what}"
@@ -294,6 +307,17 @@ def compare_metric(key: PointKey, metric: Metric, base: PointDoc, new: PointDoc,
     return MetricChange(**common, change_pct=change_pct, change_abs=change_abs,  # type: ignore[arg-type]
                         p_value=p, runs_base=len(rb), runs_new=len(rn), run_stats=st,
                         scale=scale)
+
+
+def _setup_figure(key: PointKey, metric: Metric, base: PointDoc, new: PointDoc,
+                  base_runs: Sequence[Any], new_runs: Sequence[Any]) -> tuple[Any, ...]:
+    """What identifies a per-set-up figure (Metric.per_setup): the datapath, scale and
+    position of its point, and the figure itself on both sides, per repetition and per
+    run — copies of one measurement are equal, two measurements practically never."""
+    variant, _, services, endpoints, _, position = key
+    return (metric.name, variant, services, endpoints, position,
+            tuple(metric.samples(base)), tuple(metric.samples(new)),
+            tuple(run_values(metric, base_runs)), tuple(run_values(metric, new_runs)))
 
 
 def across_runs(changes: Sequence[MetricChange]) -> None:
@@ -400,6 +424,7 @@ def compare_runs(base: ResultDoc, new: ResultDoc, *, base_source: str = "BASE",
     bp = _index(base, "BASE", c.warnings)
     np_ = _index(new, "NEW", c.warnings)
     keys = list(bp) + [k for k in np_ if k not in bp]
+    setup_figures: dict[tuple[Any, ...], MetricChange] = {}
     for key in keys:
         b, n = bp.get(key), np_.get(key)
         status = _status_change(key, b, n)
@@ -414,9 +439,16 @@ def compare_runs(base: ResultDoc, new: ResultDoc, *, base_source: str = "BASE",
             continue
         b_runs, n_runs = runs_of(b), runs_of(n)
         for metric in metrics:
+            if metric.per_setup:
+                held = setup_figures.get(_setup_figure(key, metric, b, n, b_runs, n_runs))
+                if held is not None:  # a copy of a figure already compared
+                    held.shared_with.append(key)
+                    continue
             mc = compare_metric(key, metric, b, n, alpha, b_runs, n_runs)
             if mc is not None:
                 c.changes.append(mc)
+                if metric.per_setup:
+                    setup_figures[_setup_figure(key, metric, b, n, b_runs, n_runs)] = mc
     across_runs(c.changes)
     for mc in c.changes:
         mc.judgement = judge_change(mc, thresholds)

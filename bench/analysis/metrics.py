@@ -59,6 +59,10 @@ class Metric:
     # its change is judged as a % of this figure of BASE's point (the direct path's
     # rate), against the relative minimum effect and a % gate.
     relative_to: Callable[[PointLike], float | None] | None = None
+    # One figure per set-up: a packet scenario syncs and settles once per datapath and
+    # scale, and every point measured on that set-up holds a copy (compare judges it
+    # once: bench.analysis.compare.compare_runs).
+    per_setup: bool = False
 
     @property
     def absolute(self) -> bool:
@@ -360,7 +364,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("loss", _rep_loss, _summary("loss"), "lower", "fraction",
            "fraction of sent packets not delivered"),
     Metric("sync_full", _full_sync_samples, _full_sync_pooled, "lower", "s",
-           "node 0's apply time of a full rule sync (tool + kernel; kpbench's render apart)"),
+           "node 0's apply time of a full rule sync (tool + kernel; kpbench's render apart)",
+           per_setup=True),
     Metric("sync_change", _rep_sync("apply", _change), _summary_sync("apply"), "lower", "s",
            "node 0's apply time of a partial sync of one change (sync-<change> points)"),
     Metric("sync_kernel", _rep_sync("kernel", _any), _summary_sync("kernel"), "lower", "s",
@@ -370,7 +375,8 @@ METRICS: tuple[Metric, ...] = (
     # Settling is timed in rounds of the runner's probe traffic, two at the least: one
     # round more or less is half the shortest figure.
     Metric("settle", _settle_samples, _settle_pooled, "lower", "s",
-           "time until new-flow latency stopped drifting after the sync", 0.5),
+           "time until new-flow latency stopped drifting after the sync", 0.5,
+           per_setup=True),
     # The paired control (the same traffic to the backend pods' own addresses, right after
     # each repetition): what the Service adds, with the machine's drift cancelled.
     Metric("service_minus_control_p50_ns", _paired(lambda r: r.latency_percentile("p50")),

@@ -29,7 +29,9 @@ metrics (lower is better unless said): p50_latency, p99_latency,
 p99.9_latency, p50_latency_entry_node and p50_latency_other_node (the packets to a
 pod on the node the traffic entered, and on the other node: two paths whose mix the
 Service's random choice sets), cpu_ns_per_packet, delivered_pps (higher is
-better), loss, sync_full, settle; against the paired control (the same traffic to
+better), loss, sync_full, settle (one figure per datapath and scale that all its
+points share: judged once, at the first of them, naming the others); against the
+paired control (the same traffic to
 the backend pods' own addresses), differences near zero whose change, minimum
 effect (--min-effect-ns) and gate are in ns: service_minus_control_p50_ns,
 service_minus_control_p50_entry_node_ns, service_minus_control_p50_other_node_ns,

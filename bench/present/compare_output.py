@@ -18,7 +18,7 @@ from bench.results.environment import commit_label
 CSV_COLUMNS = ("base_file", "new_file", "variant", "workload", "services", "endpoints",
                "rate_pps", "position", "metric", "unit", "better", "base", "new", "change_pct",
                "change_abs", "n_base", "n_new", "p_value", "runs_base", "runs_new",
-               "run_p_value", "run_q_value", "verdict", "reason", "note")
+               "run_p_value", "run_q_value", "verdict", "reason", "note", "shared_with_n")
 SHOWN_WHEN_CHANGED = (Verdict.REGRESSION, Verdict.IMPROVEMENT, Verdict.ONLY_IN_BASE,
                       Verdict.ONLY_IN_NEW)
 
@@ -44,7 +44,9 @@ def changes_table(c: Comparison, changed_only: bool = False) -> Table:
         if changed_only and mc.verdict not in SHOWN_WHEN_CHANGED:
             continue
         label = key_label(mc.key)
-        t.add([label if label != last else "", mc.metric.name,
+        # A per-set-up figure (the scale's one sync) is listed once, at its first point.
+        shared = f" (of {len(mc.shared_with) + 1} points)" if mc.shared_with else ""
+        t.add([label if label != last else "", mc.metric.name + shared,
                fmt_value(mc.base, mc.metric.unit), fmt_value(mc.new, mc.metric.unit),
                fmt_effect(mc), _p(mc), mc.label],
               css=str(mc.verdict) if mc.verdict in (Verdict.REGRESSION, Verdict.IMPROVEMENT)
@@ -147,6 +149,9 @@ def change_record(c: Comparison, mc: MetricChange) -> dict[str, Any]:
         "p_value": mc.p_value, "runs_base": mc.runs_base, "runs_new": mc.runs_new,
         "run_p_value": mc.run_p_value, "run_q_value": mc.run_q_value,
         "verdict": str(mc.verdict), "reason": str(mc.reason), "note": mc.note,
+        # Other points holding this figure (the set-up's one sync or settle), and how many.
+        "shared_with": [key_label(k) for k in mc.shared_with],
+        "shared_with_n": len(mc.shared_with),
     }
 
 
@@ -167,6 +172,7 @@ def comparison_json(c: Comparison, gates: Sequence[Gate]) -> dict[str, Any]:
                    for p in c.points],
         "warnings": c.warnings,
         "gate_failures": [{"gate": str(g), "point": key_label(mc.key),
+                           "shared_with": [key_label(k) for k in mc.shared_with],
                            "change_pct": mc.change_pct, "change_abs": mc.change_abs,
                            "p_value": mc.p_value}
                           for g, mc in c.gate_failures(gates)],

@@ -41,7 +41,7 @@ def junit_xml(comparisons: Sequence[Comparison], gates: Sequence[Gate],
         for gate in gates:
             for mc in (m for m in c.changes if m.metric.name == gate.metric):
                 case = ET.SubElement(suite, "testcase", classname=f"kpbench.{scenario}",
-                                     name=f"{key_label(mc.key)}: {gate.metric} within "
+                                     name=f"{mc.where}: {gate.metric} within "
                                           f"+{gate.threshold_text}")
                 counts["tests"] += 1
                 if (gate, id(mc)) in failed:

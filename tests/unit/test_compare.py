@@ -544,3 +544,32 @@ def test_socket_points_slowed_down_are_regressions(baseline: ResultDoc) -> None:
             name, [(mc.key, mc.change_pct) for mc in rows])
         flagged = [mc for mc in rows if mc.verdict == "regression"]
         assert len(flagged) > 0.6 * len(rows), (name, [(mc.key, mc.verdict) for mc in rows])
+
+
+def test_a_sync_shared_by_a_scale_s_points_is_judged_once(baseline: ResultDoc) -> None:
+    """A packet scenario syncs once per datapath and scale and every workload's point holds
+    a copy of that figure: one test and one gate failure, naming the points that share it
+    — not one per workload (which also put five copies of one p-value into the
+    Benjamini-Hochberg correction). Different scales stay apart."""
+    rest, run = left_out(baseline, 0)
+    c = compare.compare_runs(rest, slowed_down(run, 2.0))
+    syncs = changes(c, "sync_full")
+    setups = {(k[0], k[2], k[3], k[5]) for k in
+              (compare.point_key(p) for p in run["points"] if p["status"] == "ok"
+               and p["setup"].get("sync_seconds") is not None)}
+    assert len(syncs) == len(setups)  # one per set-up, however many workloads it served
+    assert {(mc.key[0], mc.key[2], mc.key[3], mc.key[5]) for mc in syncs} == setups
+    shared = [mc for mc in syncs if mc.shared_with]
+    assert shared and all(len({k[1] for k in [mc.key, *mc.shared_with]}) == 1
+                          + len(mc.shared_with) for mc in shared)  # other workloads
+    assert all(k[0] == mc.key[0] and k[2:4] == mc.key[2:4] for mc in shared
+               for k in mc.shared_with)
+    gate = compare.parse_gate("sync_full:20%")
+    lines = [f for f in c.failures([gate]) if "sync_full" in f]
+    failed = [mc for g, mc in c.gate_failures([gate])]
+    assert lines and len(lines) == len(failed) == len({id(mc) for mc in failed})
+    assert all("held by" in line for line, mc in zip(lines, failed, strict=True)
+               if mc.shared_with)
+    # A settle is one per target of a set-up (the ClusterIP points', the NodePort point's).
+    settles = changes(c, "settle")
+    assert any(mc.shared_with for mc in settles) and len(settles) <= 2 * len(setups)
