@@ -17,11 +17,12 @@ reversed every other round). What other processes do only adds CPU time to a
 burst (their softirqs run in the sender's context and are charged to it), so
 each set's figure is its quietest burst less the quietest burst without
 probes; the median and range of the per-round paired differences are kept as
-the spread (:func:`estimate`). The latency probe runs
-with ``drop=False`` here so the backend's stack does the same work in every
-configuration. What this counts is every nanosecond the probes add on the
-packet path, including the client-egress program, which runs before the
-NET_RX softirq the CPU probe reports: an upper bound on what the probes add
+the spread (:func:`estimate`). Every probe runs passing packets on
+(:meth:`~bench.measure.probes.loader.Probe.pass_through`: no latency-probe drop, no
+drops-probe sink) so the backend's stack does the same work in every configuration.
+What this counts is every nanosecond the probes add on the packet path, including
+the client-egress program, which runs before the NET_RX softirq the CPU probe
+reports: an upper bound on what the probes add
 to the reported CPU per packet.
 
 :func:`measure_in_window` measures at the scenario's own rate what the probes'
@@ -46,7 +47,6 @@ from bench.cluster.topology import Cluster
 from bench.errors import FeatureMissing
 from bench.kernel import bpf_stats
 from bench.measure.probes.cpu import CpuProbe
-from bench.measure.probes.latency import LatencyProbe
 from bench.measure.probes.loader import Probe
 from bench.measure.repetition import DRAIN_SECONDS
 from bench.measure.traffic import Target
@@ -112,9 +112,11 @@ def paired_rounds(burst: Callable[[str, Sequence[Probe]], float],
 
     ``burst`` gets the set's name and its attached probes. Returns the samples per set and
     {probe: reason} of probes that could not attach
-    (the set is measured without them, as the measured repetitions would run). The
-    latency probe runs with ``drop=False``: the backend's stack does the same work in
-    every set.
+    (the set is measured without them, as the measured repetitions would run). Every
+    probe passes what reaches the backends on (:meth:`Probe.pass_through`: the latency
+    probe with ``drop=False``, the drops probe without its sink), so the backends' stack
+    does the same work in every set; a set that dropped there would read the stack's
+    work it skipped as a negative cost (the breakdown set did: -0.4 to -0.7 us a packet).
     """
     samples: dict[str, list[float]] = {"none": [], **{name: [] for name in configs}}
     missing: dict[str, str] = {}
@@ -128,8 +130,7 @@ def paired_rounds(burst: Callable[[str, Sequence[Probe]], float],
             with contextlib.ExitStack() as stack:
                 attached: list[Probe] = []
                 for probe in configs[name]() if name != "none" else ():
-                    if isinstance(probe, LatencyProbe):
-                        probe.drop = False
+                    probe.pass_through()
                     try:
                         stack.enter_context(probe)
                     except FeatureMissing as e:

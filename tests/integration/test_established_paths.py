@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import statistics
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -132,11 +131,13 @@ def test_the_summary_and_the_metrics_read_each_path(point: dict[str, Any]) -> No
         if point["variant"] == "iptables-legacy":
             # One service of iptables-legacy adds tens of ns on a path; the two paths
             # differ by one more node (about 2 us here): the same path on both sides.
-            # Per pair (a repetition and its control), the median of three: a slow moment
-            # of the host in one phase moved a pooled difference of these small
-            # repetitions by 1.9 us (1 of 5 runs); a pairing on the wrong path moves all.
+            # Per pair (a repetition and its control), the closest of three: a slow moment
+            # of the host in one phase moves that pair's difference by microseconds (1.9
+            # us in 1 of 5 runs; two pairs of three, -3.3 and -4.3 us, in a CI run of a
+            # noisy afternoon), only ever some pairs; a pairing on the wrong path moves
+            # every pair by the other node's 2 us.
             pairs = METRICS_BY_NAME[f"service_minus_control_p50_{path}_ns"].samples(point)
-            assert len(pairs) == REPS and statistics.median(map(abs, pairs)) < 1000, pairs
+            assert len(pairs) == REPS and min(map(abs, pairs)) < 1000, pairs
         metric = METRICS_BY_NAME[f"p50_latency_{path}"]
         assert metric.pooled(point) == by_path[path]["p50"]
         assert len(metric.samples(point)) == REPS

@@ -87,6 +87,9 @@ class DropsProbe(Probe):
         pods = [TcHook(cluster.pod_ns(p)) for p in cluster.layout.pods]
         return cls(origin_hook(cluster, external), pods, process_group, sink)
 
+    def pass_through(self) -> None:
+        self.sink = False  # the backend hooks count what reaches them and let it pass
+
     def cflags(self) -> list[str]:
         reason = tracepoint_field("skb", "kfree_skb", "reason")
         protocol = tracepoint_field("skb", "kfree_skb", "protocol")

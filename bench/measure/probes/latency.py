@@ -120,6 +120,9 @@ class LatencyProbe(Probe):
             return None
         return nodes[at] != self.entry_node
 
+    def pass_through(self) -> None:
+        self.drop = False  # identified packets go on to the backend's stack
+
     def cflags(self) -> list[str]:
         return [f"-DKPB_CAPACITY={self.capacity}", f"-DKPB_DROP={int(self.drop)}"]
 

@@ -371,6 +371,12 @@ class Probe:
     def attached(self) -> bool:
         return self._bpf is not None
 
+    def pass_through(self) -> None:
+        """Leave every packet to the stack after the probe's hooks (before attaching):
+        what the probes' overhead is measured with (bench.measure.overhead.paired_rounds),
+        so the backends do the same work with and without the probe. A probe that drops
+        or sinks what reaches the backends overrides this."""
+
     def attach(self) -> None:
         """Compile and attach; raises FeatureMissing (naming the probe) if it cannot.
 
