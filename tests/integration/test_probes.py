@@ -683,7 +683,7 @@ def test_the_overhead_rounds_leave_the_backends_stack_its_work(cluster: Cluster,
     breakdown set's drops probe sinks (drops) what reaches the backends in its own
     repetition; in the overhead's rounds it must pass it on, or the set skips the pod's
     stack the set without probes runs and its cost reads below zero (it did: -0.4 to
-    -0.7 us a packet in every default run). The latency probe likewise, with drop=False."""
+    -0.7 us a packet in 12 of 13 default runs). The latency probe likewise, with drop=False."""
     from bench.measure import overhead
 
     pod = pod_on(cluster, 0)
