@@ -439,16 +439,17 @@ def compare_runs(base: ResultDoc, new: ResultDoc, *, base_source: str = "BASE",
             continue
         b_runs, n_runs = runs_of(b), runs_of(n)
         for metric in metrics:
-            if metric.per_setup:
-                held = setup_figures.get(_setup_figure(key, metric, b, n, b_runs, n_runs))
-                if held is not None:  # a copy of a figure already compared
-                    held.shared_with.append(key)
-                    continue
+            figure = (_setup_figure(key, metric, b, n, b_runs, n_runs)
+                      if metric.per_setup else None)
+            held = setup_figures.get(figure) if figure is not None else None
+            if held is not None:  # a copy of a figure already compared
+                held.shared_with.append(key)
+                continue
             mc = compare_metric(key, metric, b, n, alpha, b_runs, n_runs)
             if mc is not None:
                 c.changes.append(mc)
-                if metric.per_setup:
-                    setup_figures[_setup_figure(key, metric, b, n, b_runs, n_runs)] = mc
+                if figure is not None:
+                    setup_figures[figure] = mc
     across_runs(c.changes)
     for mc in c.changes:
         mc.judgement = judge_change(mc, thresholds)

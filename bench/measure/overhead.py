@@ -22,8 +22,7 @@ the spread (:func:`estimate`). Every probe runs passing packets on
 drops-probe sink) so the backend's stack does the same work in every configuration.
 What this counts is every nanosecond the probes add on the packet path, including
 the client-egress program, which runs before the NET_RX softirq the CPU probe
-reports: an upper bound on what the probes add
-to the reported CPU per packet.
+reports: an upper bound on what the probes add to the reported CPU per packet.
 
 :func:`measure_in_window` measures at the scenario's own rate what the probes'
 programs themselves take per packet, by the kernel's own BPF run-time statistics
