@@ -130,6 +130,11 @@ class MetricChange:
         return label if not n else (f"{label} (one figure of its set-up, held by "
                                     f"{n} more point{'s' if n > 1 else ''})")
 
+    def held_by(self) -> str:
+        """' (of N points)' for a figure N points share (a set-up's one sync), else ''."""
+        n = len(self.shared_with)
+        return f" (of {n + 1} points)" if n else ""
+
     @property
     def effect(self) -> float | None:
         """The change the minimum effect and the gates judge: % (absolute for a difference;
@@ -246,10 +251,14 @@ class Comparison:
             beyond = [c for c in rows if c.verdict is Verdict.UNTESTED and c.worse
                       and g.exceeded_by(c.effect)]
             if beyond:
-                shown = ", ".join(f"{key_label(c.key)} {c.effect_text()} "
+                shown = ", ".join(f"{key_label(c.key)}{c.held_by()} {c.effect_text()} "
                                   f"(n={c.n_base}/{c.n_new})" for c in beyond[:5])
                 more = f" and {len(beyond) - 5} more" if len(beyond) > 5 else ""
-                out.append(f"--fail-on {g}: {len(beyond)} points got worse beyond it but are "
+                # A set-up's one sync is one figure however many points hold it.
+                held = sum(1 + len(c.shared_with) for c in beyond)
+                what = (f"{len(beyond)} points" if held == len(beyond) else
+                        f"{len(beyond)} figures (held by {held} points)")
+                out.append(f"--fail-on {g}: {what} got worse beyond it but are "
                            f"untested for too few repetitions, not counted as failures: "
                            f"{shown}{more}")
         return out

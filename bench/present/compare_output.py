@@ -45,8 +45,7 @@ def changes_table(c: Comparison, changed_only: bool = False) -> Table:
             continue
         label = key_label(mc.key)
         # A per-set-up figure (the scale's one sync) is listed once, at its first point.
-        shared = f" (of {len(mc.shared_with) + 1} points)" if mc.shared_with else ""
-        t.add([label if label != last else "", mc.metric.name + shared,
+        t.add([label if label != last else "", mc.metric.name + mc.held_by(),
                fmt_value(mc.base, mc.metric.unit), fmt_value(mc.new, mc.metric.unit),
                fmt_effect(mc), _p(mc), mc.label],
               css=str(mc.verdict) if mc.verdict in (Verdict.REGRESSION, Verdict.IMPROVEMENT)

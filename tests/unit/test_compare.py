@@ -573,3 +573,22 @@ def test_a_sync_shared_by_a_scale_s_points_is_judged_once(baseline: ResultDoc) -
     # A settle is one per target of a set-up (the ClusterIP points', the NodePort point's).
     settles = changes(c, "settle")
     assert any(mc.shared_with for mc in settles) and len(settles) <= 2 * len(setups)
+
+
+def test_an_untested_shared_sync_is_counted_once_in_the_gate_s_warning(
+        baseline: ResultDoc) -> None:
+    """A gate's warning about changes it could not test (one run each side: one sample of
+    a sync) counts a set-up's one sync once, and says how many points hold it."""
+    _, one = left_out(baseline, 0)
+    _, other = left_out(baseline, 1)
+    c = compare.compare_runs(one, slowed_down(other, 2.0))
+    gate = compare.parse_gate("sync_full:20%")
+    syncs = [mc for mc in changes(c, "sync_full") if mc.verdict is compare.Verdict.UNTESTED
+             and mc.worse and gate.exceeded_by(mc.effect)]
+    assert syncs and syncs[0].shared_with
+    [warning] = c.gate_warnings([gate])
+    held = sum(1 + len(mc.shared_with) for mc in syncs)
+    assert warning.split(": ", 1)[1].startswith(
+        f"{len(syncs)} figures (held by {held} points) got worse")
+    first = syncs[0]
+    assert f"{compare.key_label(first.key)} (of {len(first.shared_with) + 1} points)" in warning
