@@ -355,14 +355,15 @@ def quietest(rounds: Sequence[float]) -> float:
 def in_window_figures(window: Mapping[str, Any]) -> dict[str, float]:
     """What the probes cost per packet at the scenario's rate, from
     :func:`measure_in_window` with the sets ``latency`` and ``breakdown``: their BPF
-    programs' run time per packet with the cpu probe's own (the reporter's) added:
-    ``programs_main_ns_per_packet`` (latency + cpu: the measured repetitions' probes)
-    and ``programs_breakdown_ns_per_packet`` (the breakdown set + cpu), and of each the
-    part inside the reported CPU figure, ``programs_<set>_in_figure_ns_per_packet``
-    (less the client-egress programs; with what the cpu probe's compensation leaves of
-    its own share, ``reporter_in_figure_ns_per_packet``). Each point
-    relates them to its own CPU per packet (``probe_overhead_pct.programs_main_in_figure``:
-    what the probes add to the figure it reports).
+    programs' run time per packet, ``programs_main_ns_per_packet`` (latency + the cpu
+    probe's own, the reporter's: the measured repetitions' probes) and
+    ``programs_breakdown_ns_per_packet`` (the breakdown set alone: its repetition runs
+    no cpu probe), and of each the part inside the reported CPU figure,
+    ``programs_<set>_in_figure_ns_per_packet`` (less the client-egress programs; the
+    main set's with what the cpu probe's compensation leaves of its own share,
+    ``reporter_in_figure_ns_per_packet``). Each point relates them to its own CPU per
+    packet (``probe_overhead_pct.programs_main_in_figure``: what the probes add to the
+    figure it reports).
     """
     own = window.get("reporter_programs_ns_per_packet")
     out: dict[str, float] = {}
@@ -373,10 +374,15 @@ def in_window_figures(window: Mapping[str, Any]) -> dict[str, float]:
     # is taken out; runs before the compensation stored the share itself there), else its
     # programs' whole time.
     own_inside = window.get("reporter_in_figure_ns_per_packet", own)
+    # The cpu probe is in the measured repetitions' cpu passes, not in the breakdown
+    # repetition (bench.measure.runner: its probe set has no cpu probe, its CPU figure is
+    # None); until 2026-12-03 its time was added to the breakdown set's figures too.
+    reporter = {"main": (own, own_inside), "breakdown": (0.0, 0.0)}
     for name, key in (("main", "latency"), ("breakdown", "breakdown")):
+        whole, inside_own = reporter[name]
         added = window.get(f"{key}_programs_ns_per_packet")
         if added is not None:
-            out[f"programs_{name}_ns_per_packet"] = added + own
+            out[f"programs_{name}_ns_per_packet"] = added + whole
         # The measured repetitions' CPU figure comes from their cpu passes, where the
         # latency probe is in sink mode (the set "sink"; runs before those passes were
         # split have none: the latency probe stamping, as they ran).
@@ -384,7 +390,7 @@ def in_window_figures(window: Mapping[str, Any]) -> dict[str, float]:
             else key
         inside = window.get(f"{in_key}_programs_in_figure_ns_per_packet")
         if inside is not None:
-            out[f"programs_{name}_in_figure_ns_per_packet"] = inside + own_inside
+            out[f"programs_{name}_in_figure_ns_per_packet"] = inside + inside_own
     return out
 
 
