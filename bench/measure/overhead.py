@@ -17,7 +17,7 @@ reversed every other round). What other processes do only adds CPU time to a
 burst (their softirqs run in the sender's context and are charged to it), so
 each set's figure is its quietest burst less the quietest burst without
 probes; the median and range of the per-round paired differences are kept as
-the spread (:func:`estimate`). Every probe runs passing packets on
+the spread (:func:`estimate`). In these bursts every probe passes packets on
 (:meth:`~bench.measure.probes.loader.Probe.pass_through`: no latency-probe drop, no
 drops-probe sink) so the backend's stack does the same work in every configuration.
 What this counts is every nanosecond the probes add on the packet path, including
@@ -92,7 +92,7 @@ def measure(cluster: Cluster, target: Target, workdir: Path,
     try:
         samples, missing = paired_rounds(
             lambda *_: sender_ns_per_packet(cluster, target, pcap, group)[0], configs, rounds,
-            "probe overhead", say)
+            "probe overhead", say, pass_through=True)
     finally:
         cgroups.remove(group)
     out: dict[str, Any] = {"workload": WORKLOAD, "packets": packets, "rounds": rounds,
@@ -103,6 +103,7 @@ def measure(cluster: Cluster, target: Target, workdir: Path,
 def paired_rounds(burst: Callable[[str, Sequence[Probe]], float],
                   configs: Mapping[str, Callable[[], Sequence[Probe]]], rounds: int,
                   what: str, say: Callable[[str], None] = lambda _: None,
+                  pass_through: bool = False,
                   ) -> tuple[dict[str, list[float]], dict[str, str]]:
     """``burst("warm-up", [])`` once unmeasured, then ``rounds`` rounds of one burst per
     probe set
@@ -111,11 +112,17 @@ def paired_rounds(burst: Callable[[str, Sequence[Probe]], float],
 
     ``burst`` gets the set's name and its attached probes. Returns the samples per set and
     {probe: reason} of probes that could not attach
-    (the set is measured without them, as the measured repetitions would run). Every
-    probe passes what reaches the backends on (:meth:`Probe.pass_through`: the latency
-    probe with ``drop=False``, the drops probe without its sink), so the backends' stack
-    does the same work in every set; a set that dropped there would read the stack's
-    work it skipped as a negative cost (the breakdown set did: -0.4 to -0.7 us a packet).
+    (the set is measured without them, as the measured repetitions would run).
+
+    ``pass_through``: every probe passes what reaches the backends on
+    (:meth:`Probe.pass_through`: the latency probe with ``drop=False``, the drops probe
+    without its sink), so the backends' stack does the same work in every set. For a
+    figure of the whole path's CPU (:func:`measure`): a set that dropped there would
+    read the stack's work it skipped as a negative cost (the breakdown set did: -0.4 to
+    -0.7 us a packet). Without it the probes run as the repetitions run them, which is
+    what a figure of the probes' own programs must time (:func:`measure_in_window`:
+    the breakdown set's drops probe passing packets on ran its skb-end program later
+    and dearer, 6-14 ns a packet above what its repetition costs, 2026-12-03).
     """
     samples: dict[str, list[float]] = {"none": [], **{name: [] for name in configs}}
     missing: dict[str, str] = {}
@@ -129,7 +136,8 @@ def paired_rounds(burst: Callable[[str, Sequence[Probe]], float],
             with contextlib.ExitStack() as stack:
                 attached: list[Probe] = []
                 for probe in configs[name]() if name != "none" else ():
-                    probe.pass_through()
+                    if pass_through:
+                        probe.pass_through()
                     try:
                         stack.enter_context(probe)
                     except FeatureMissing as e:
@@ -251,7 +259,9 @@ def measure_in_window(cluster: Cluster, target: Target, workdir: Path, rate_pps:
 
     A cpu probe (the reporter, attached first and throughout) times NET_RX softirqs
     while bursts of ``rate_pps`` (the measured repetitions' own rate) run with each set
-    attached besides it, paired and interleaved as :func:`paired_rounds`.
+    attached besides it, paired and interleaved as :func:`paired_rounds`, every probe
+    as its repetitions run it (the latency probe dropping what it identified at the
+    backends, the breakdown set's drops probe sinking what reaches them).
 
     - Programs (``<set>_programs_ns_per_packet``, and ``reporter_programs_ns_per_packet``
       for the reporter's own): the run time of the set's BPF programs per delivered
@@ -270,8 +280,9 @@ def measure_in_window(cluster: Cluster, target: Target, workdir: Path, rate_pps:
     - The reported figure (``<set>_ns_per_packet``, :func:`estimate`): each set's
       quietest burst of NET_RX per packet less the quietest without it. At a rate that
       leaves the CPUs idle between packets this moves by tens of percent from burst to
-      burst here, far more than the probes cost: kept as the raw samples and that
-      estimate, not as a figure to relate points to.
+      burst here, far more than the probes cost, and a set that drops at the backends
+      skips the pods' stack the set without probes runs: kept as the raw samples and
+      that estimate, not as a figure to relate points to.
     """
     packets = max(int(rate_pps * seconds), 1000)
     pcap = target.build_pcap(WORKLOAD, packets, workdir / "in-window.pcap", seq_start=0)
@@ -377,9 +388,8 @@ def in_window_figures(window: Mapping[str, Any]) -> dict[str, float]:
     # The cpu probe is in the measured repetitions' cpu passes, not in the breakdown
     # repetition (bench.measure.runner: its probe set has no cpu probe, its CPU figure is
     # None); until 2026-12-03 its time was added to the breakdown set's figures too.
-    reporter = {"main": (own, own_inside), "breakdown": (0.0, 0.0)}
-    for name, key in (("main", "latency"), ("breakdown", "breakdown")):
-        whole, inside_own = reporter[name]
+    for name, key, whole, inside_own in (("main", "latency", own, own_inside),
+                                         ("breakdown", "breakdown", 0.0, 0.0)):
         added = window.get(f"{key}_programs_ns_per_packet")
         if added is not None:
             out[f"programs_{name}_ns_per_packet"] = added + whole

@@ -704,10 +704,47 @@ def test_the_overhead_rounds_leave_the_backends_stack_its_work(cluster: Cluster,
         "breakdown": lambda: [DropsProbe.for_cluster(cluster, sink=True)],
         "latency": lambda: [LatencyProbe.for_cluster(cluster)],  # drop=True, as measured
     }
-    _, missing = overhead.paired_rounds(burst, configs, 2, "pass-through")
+    _, missing = overhead.paired_rounds(burst, configs, 2, "pass-through", pass_through=True)
     assert not missing, missing
     for name in ("none", *configs):
         assert reached[name] and all(n == count for n in reached[name]), reached
+
+
+def test_the_in_window_rounds_run_the_probes_as_their_repetitions_do(
+        cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench.measure.overhead.measure_in_window times the probes' own programs: it must run
+    them as the repetitions do, the breakdown set's drops probe sinking and the latency
+    probe dropping what reaches the backends, not passing it on as the sender-CPU rounds
+    (the test above) must. Passing on, the drops probe's skb-end program ran later and
+    dearer: the breakdown figure read 6-14 ns a packet above what its repetition costs."""
+    from bench.measure import overhead
+
+    pod = pod_on(cluster, 0)
+    target = T.Target.from_client_pod(cluster, pod.ip, PORT)
+    reached: dict[str, list[int]] = {}
+    real = overhead.paired_rounds
+
+    def counted(burst, configs, rounds, what, say=lambda _: None, **kw):  # type: ignore[no-untyped-def]
+        def one(name: str, attached: object) -> float:
+            before = udp_stack_packets(cluster.pod_ns(pod))
+            out = burst(name, attached)
+            time.sleep(DRAIN)
+            reached.setdefault(name, []).append(udp_stack_packets(cluster.pod_ns(pod)) - before)
+            return out
+        return real(one, configs, rounds, what, say, **kw)
+
+    monkeypatch.setattr(overhead, "paired_rounds", counted)
+    share = {"left_ns_per_packet": 0.0, "taken_ns_per_packet": 0.0, "bound_ns_per_packet": 0.0}
+    window = overhead.measure_in_window(
+        cluster, target, tmp_path, 10_000,
+        {"breakdown": lambda: [DropsProbe.for_cluster(cluster, sink=True)],
+         "latency": lambda: [LatencyProbe.for_cluster(cluster)]},
+        rounds=2, seconds=0.2, share=share)
+    packets = window["packets"]
+    assert not window["missing"], window["missing"]
+    # Without a probe every burst reaches the pod's UDP layer; with either set none of it.
+    assert reached["none"] == [packets, packets], reached
+    assert reached["breakdown"] == [0, 0] and reached["latency"] == [0, 0], reached
 
 
 # --- the probes' share of the figure they report ---------------------------------------
