@@ -13,7 +13,8 @@ set's BPF programs' run time per packet by the kernel's statistics
 runs' programs_main/programs_breakdown figures (in_window_figures) when the sets
 latency and breakdown are there, and the NET_RX per packet a cpu probe reports
 beside each set. SET is one of: latency, cpu (a second cpu probe in --in-window),
-main (latency + cpu), drops, null (an empty program at the backends' ingress:
+main (latency + cpu), sink (the latency probe in sink mode, as the cpu passes
+run it), drops, null (an empty program at the backends' ingress:
 a known workload, whose figure should read about 0), transit, breakdown (drops sinking + transit, as
 the runner's breakdown repetition), breakdown-latency (the latency probe sinking
 beside drops + transit: the set before); SET@tcx or SET@clsact attaches that set's tc
@@ -64,13 +65,15 @@ with Testbed(make_variant(a.variant), services, slices, nodes=2, pod_services={s
         "latency": lambda: [LatencyProbe.for_cluster(c)],
         "cpu": lambda: [CpuProbe(group)],
         "main": lambda: [LatencyProbe.for_cluster(c), CpuProbe(group)],
+        # The latency probe as the measured repetitions' cpu passes run it.
+        "sink": lambda: [LatencyProbe.for_cluster(c, sink=True)],
         "drops": lambda: [DropsProbe.for_cluster(c)],
         # An empty program at the backends' ingress: its figure is the calibration's error.
         "null": lambda: [NullProbe.for_cluster(c)],
         # Sampled as the runner's breakdown repetition samples it.
         "transit": lambda: [TransitProbe.for_cluster(c, sample_every=RUN_SAMPLE_EVERY)],
         # As the runner's breakdown repetition: the drops probe sinks (no latency probe).
-        "breakdown": lambda: [DropsProbe.for_cluster(c, sink=True),
+        "breakdown": lambda: [DropsProbe.for_cluster(c, sink=True, machine_wide=False),
                               TransitProbe.for_cluster(c, sample_every=RUN_SAMPLE_EVERY)],
         # The set before 2026-12-02 (afternoon): the latency probe sinking beside drops.
         "breakdown-latency": lambda: [LatencyProbe.for_cluster(c, sink=True),

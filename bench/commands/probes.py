@@ -71,7 +71,8 @@ def as_a_run_compiles() -> dict[str, Callable[[], Probe]]:
         "latency": lambda: LatencyProbe(client, [backend]),
         "oneway": lambda: OneWayProbe(client, [backend]),
         "cpu": CpuProbe,
-        "drops": lambda: DropsProbe(client, [backend], sink=True),  # as the breakdown repetition
+        # As the breakdown repetition: sinking, the run's drops only.
+        "drops": lambda: DropsProbe(client, [backend], sink=True, machine_wide=False),
         "transit": lambda: TransitProbe([TcHook("<node>", "pc")], [TcHook("<node>", "p0")],
                                         sample_every=RUN_SAMPLE_EVERY),
         "kfunc": KfuncProbe,

@@ -32,8 +32,9 @@ CORE_REASONS = 512  # drops.c KPB_CORE_REASONS
 class DropsReading:
     """skb drops by the kernel's own reason names."""
 
-    by_reason: dict[str, int]  # machine-wide, every protocol
-    ipv4_by_reason: dict[str, int]  # machine-wide, IPv4
+    # Machine-wide (None: the probe was made without them, ``machine_wide=False``).
+    by_reason: dict[str, int] | None  # every protocol
+    ipv4_by_reason: dict[str, int] | None  # IPv4
     # Packets sent from the origin hook, dropped before a backend hook (with backend
     # hooks: the datapath's drops only); None: no origin.
     run_by_reason: dict[str, int] | None
@@ -41,7 +42,9 @@ class DropsReading:
 
     @property
     def total(self) -> int:
-        return sum(self.by_reason.values())
+        """Every drop the probe counted: machine-wide, else the run's."""
+        return sum((self.by_reason if self.by_reason is not None
+                    else self.run_by_reason or {}).values())
 
 
 class DropsProbe(Probe):
@@ -58,7 +61,7 @@ class DropsProbe(Probe):
 
     def __init__(self, origin: TcHook | None = None,
                  backends: Sequence[TcHook] = (), process_group: Path | None = None,
-                 sink: bool = False) -> None:
+                 sink: bool = False, machine_wide: bool = True) -> None:
         """``backends``: where the run's packets end their crossing of the datapath
         (the backend pods' ingress); a run's packet that reaches one is no longer
         counted, whatever happens to it there (needs ``origin``). ``process_group``:
@@ -66,13 +69,19 @@ class DropsProbe(Probe):
         sockets are such an end too. ``sink``: the backend hooks also count every IPv4
         frame that reaches them and drop it (:meth:`sunk`; the latency probe's sink
         mode, for a repetition whose latency is not reported: one program a packet
-        there instead of two)."""
+        there instead of two). ``machine_wide=False`` (needs ``origin``): count the run's
+        drops only, not every skb drop of the machine beside them; the program at the
+        skb's end then skips two counter updates a packet (what the breakdown
+        repetition, which stores the run's drops only, runs)."""
         super().__init__()
         if (backends or process_group) and origin is None:
             raise ValueError("backend hooks need an origin hook (they forget tagged skbs)")
         if sink and not backends:
             raise ValueError("sinking needs backend hooks (it counts what reaches them)")
+        if not machine_wide and origin is None:
+            raise ValueError("without machine-wide counts a drops probe needs an origin hook")
         self.sink = sink
+        self.machine_wide = machine_wide
         self.origin = origin
         self.backends = list(backends)
         self.process_group = process_group
@@ -80,12 +89,13 @@ class DropsProbe(Probe):
 
     @classmethod
     def for_cluster(cls, cluster: Cluster, external: bool = False,
-                    process_group: Path | None = None, sink: bool = False) -> DropsProbe:
+                    process_group: Path | None = None, sink: bool = False,
+                    machine_wide: bool = True) -> DropsProbe:
         """The datapath's drops of the run's own packets (sent by the client pod or the
         external client, not yet at a backend pod or the datapath's own processes),
         with machine-wide counts beside."""
         pods = [TcHook(cluster.pod_ns(p)) for p in cluster.layout.pods]
-        return cls(origin_hook(cluster, external), pods, process_group, sink)
+        return cls(origin_hook(cluster, external), pods, process_group, sink, machine_wide)
 
     def pass_through(self) -> None:
         self.sink = False  # the backend hooks count what reaches them and let it pass
@@ -102,6 +112,7 @@ class DropsProbe(Probe):
         tagged = self.origin is not None
         return [f"-DKPB_OFF_REASON={reason[0]}", f"-DKPB_OFF_PROTOCOL={protocol[0]}",
                 f"-DKPB_TAGGED={int(tagged)}", f"-DKPB_SINK={int(self.sink)}",
+                f"-DKPB_MACHINE={int(self.machine_wide)}",
                 *skb_offset_flags(self.name)]
 
     def _attach(self) -> None:
@@ -156,5 +167,6 @@ class DropsProbe(Probe):
                 counts[kind][self.reason_name(reason)] = n
         for k, v in self._bpf[b"drops"].items():
             counts[k.value >> 32][self.reason_name(k.value & 0xFFFFFFFF)] = int(sum(v))
-        return DropsReading(counts[0], counts[1],
+        machine = self.machine_wide
+        return DropsReading(counts[0] if machine else None, counts[1] if machine else None,
                             counts[2] if self.origin is not None else None, self._window())
