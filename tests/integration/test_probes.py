@@ -51,6 +51,7 @@ from bench.model.generate import GenSpec, generate
 from bench.model.layout import PodSpec, plan_layout
 from bench.model.objects import service_port_views
 from tests.conftest import held_bpf_programs, require_feature
+from tests.helpers.snmp import udp_counters, udp_stack_packets
 
 pytestmark = pytest.mark.privileged
 
@@ -130,11 +131,9 @@ def test_latency_records_the_pod_each_packet_reached(cluster: Cluster, tmp_path:
 
 
 def udp_in_datagrams_and_no_ports(netns: str) -> tuple[int, int]:
-    """The pod's own UDP counters (/proc/net/snmp): datagrams its stack took in, and those
-    for a port nothing listens on."""
-    out = run_netns(netns, ["cat", "/proc/net/snmp"]).stdout
-    head, values = [ln.split()[1:] for ln in out.splitlines() if ln.startswith("Udp:")][:2]
-    row = dict(zip(head, map(int, values), strict=True))
+    """The pod's own UDP counters: datagrams its stack took in, and those for a port
+    nothing listens on."""
+    row = udp_counters(netns)
     return row["InDatagrams"], row["NoPorts"]
 
 
@@ -679,15 +678,6 @@ def test_overhead_same_workload_with_and_without_probes(cluster: Cluster,
         Path(out).write_text(json.dumps({"packets": count, "reps": reps, "workload":
                                          "udp-established, top speed, no datapath",
                                          "results": report}, indent=2))
-
-
-def udp_stack_packets(netns: str) -> int:
-    """Datagrams that reached the UDP layer of ``netns`` (to a socket, to no socket, or
-    in error), from its /proc/net/snmp."""
-    rows = [ln.split()[1:] for ln in run_netns(netns, ["cat", "/proc/net/snmp"]).stdout
-            .splitlines() if ln.startswith("Udp:")]
-    counts = dict(zip(rows[0], map(int, rows[1]), strict=True))
-    return counts["InDatagrams"] + counts["NoPorts"] + counts["InErrors"]
 
 
 def test_the_overhead_rounds_leave_the_backends_stack_its_work(cluster: Cluster,
