@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from bench.cluster.netlink import in_netns
+from bench.cluster.netlink import rx_packets
 from bench.measure import runner as runner_mod
 from bench.measure import traffic as T
 from bench.measure.probes.transit import RUN_SAMPLE_EVERY
@@ -47,12 +47,6 @@ def conntrack_entries(netns: str) -> int:
 def keep_entries(netns: str) -> None:
     subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-q", "-w",
                     "net.netfilter.nf_conntrack_udp_timeout=600"], check=True)
-
-
-def rx_packets(netns: str) -> int:
-    with in_netns(netns) as ns:
-        (link,) = ns.get_links(ifname="eth0")
-        return int(link.get_attr("IFLA_STATS64")["rx_packets"])
 
 
 @dataclass

@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 from bench.cluster import cgroups
-from bench.cluster.netlink import in_netns
+from bench.cluster.netlink import rx_packets
 from bench.cluster.topology import Cluster, run_netns
 from bench.commands import probes as probes_cmd
 from bench.errors import FeatureMissing
@@ -622,12 +622,6 @@ def test_the_printed_program_compiles_as_it_stands(name: str) -> None:
 def tc(netns: str, *argv: str) -> str:
     return subprocess.run(["ip", "netns", "exec", netns, "tc", *argv], capture_output=True,
                           text=True, check=True).stdout
-
-
-def rx_packets(netns: str, ifname: str) -> int:
-    with in_netns(netns) as ns:
-        link = ns.link("get", index=ns.link_lookup(ifname=ifname)[0])[0]
-        return int(link.get("stats64")["rx_packets"])
 
 
 def test_overhead_same_workload_with_and_without_probes(cluster: Cluster,
