@@ -93,7 +93,7 @@ class DropsProbe(Probe):
                     machine_wide: bool = True) -> DropsProbe:
         """The datapath's drops of the run's own packets (sent by the client pod or the
         external client, not yet at a backend pod or the datapath's own processes),
-        with machine-wide counts beside."""
+        with machine-wide counts beside unless ``machine_wide=False``."""
         pods = [TcHook(cluster.pod_ns(p)) for p in cluster.layout.pods]
         return cls(origin_hook(cluster, external), pods, process_group, sink, machine_wide)
 
