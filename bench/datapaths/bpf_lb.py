@@ -324,6 +324,7 @@ class LoadedLb:
     tuned: list[tuple[str, str, dict[str, bool]]] = field(default_factory=list)
     # cgroup attachments: (directory fd, program, attach type); the fd is ours to close
     cgroups: list[tuple[int, Any, int]] = field(default_factory=list)
+    fds: dict[str, int] = field(default_factory=dict)  # sync map fds by rendering name
 
     def program(self, maps: M.Maps) -> dict[str, int]:
         """Make the sync maps hold exactly ``maps`` (a full sync: rendering name -> packed
@@ -344,28 +345,23 @@ class LoadedLb:
             want = maps[m]
             plans[m] = ([(k, v) for k, v in want.items() if held.get(k) != v],
                         [k for k in held if k not in want])
-        # Slot 0 of a frontend last: its count must never name a slot not written yet.
-        plans["svc"][0].sort(key=lambda kv: _slot0(kv[0]))
-        for m in M.MAPS:
-            self._write_packed(m, plans[m][0])
-        for m in reversed(M.MAPS):
-            # Slot 0 first: a shrinking frontend stops naming a slot before it goes.
-            self._delete_packed(m, sorted(plans[m][1], key=lambda k: not _slot0(k)))
-        return {"written": sum(len(p[0]) for p in plans.values()),
-                "deleted": sum(len(p[1]) for p in plans.values())}
+        return self.program_delta(M.batches({m: p[0] for m, p in plans.items()},
+                                            {m: p[1] for m, p in plans.items()}))
 
-    def program_delta(self, writes: M.Maps, deletes: dict[str, list[bytes]]) -> dict[str, int]:
-        """Write and delete the entries of a partial sync (ebpf_maps.render_delta) only."""
+    def program_delta(self, batches: Sequence[M.Batch]) -> dict[str, int]:
+        """Make the kernel calls ``batches`` (ebpf_maps.batches: a partial sync's come
+        packed and ordered by the render, ``MapsDelta.batches``), one per map and kind;
+        returns entries written/deleted."""
         self.generation = None  # until this write completes
-        for m in M.MAPS:
-            items = list(writes[m].items())
-            if m == "svc":
-                items.sort(key=lambda kv: _slot0(kv[0]))
-            self._write_packed(m, items)
-        for m in reversed(M.MAPS):
-            self._delete_packed(m, sorted(deletes[m], key=lambda k: not _slot0(k)))
-        return {"written": sum(map(len, writes.values())),
-                "deleted": sum(map(len, deletes.values()))}
+        written = deleted = 0
+        for b in batches:
+            if b.delete:
+                self._delete_batch(b.m, b.keys, b.count)
+                deleted += b.count
+            else:
+                self._write_batch(b.m, b.keys, b.values, b.count)
+                written += b.count
+        return {"written": written, "deleted": deleted}
 
     def dump(self, m: str) -> dict[bytes, bytes]:
         """Every entry of sync map ``m`` as the kernel holds it (key bytes -> value bytes),
@@ -399,28 +395,41 @@ class LoadedLb:
     def _table(self, m: str) -> Any:
         return self.bpf[M.MAPS[m].encode()]
 
-    def _write_packed(self, m: str, items: Sequence[tuple[bytes, bytes]]) -> None:
-        if not items:
-            return
-        table = self._table(m)
-        n = len(items)
-        try:
-            table.items_update_batch(
-                (table.Key * n).from_buffer_copy(b"".join(k for k, _ in items)),
-                (table.Leaf * n).from_buffer_copy(b"".join(v for _, v in items)))
-        except Exception as e:  # BCC raises bare Exception
-            raise ApplyError(f"writing {n} {M.MAPS[m]} entries in {self.netns}: "
-                             f"{first_line(e)}") from e
+    def _fd(self, m: str) -> int:
+        fd = self.fds.get(m)
+        if fd is None:
+            fd = self.fds[m] = self._table(m).map_fd
+        return fd
 
-    def _delete_packed(self, m: str, keys: Sequence[bytes]) -> None:
-        if not keys:
-            return
-        table = self._table(m)
-        try:
-            table.items_delete_batch((table.Key * len(keys)).from_buffer_copy(b"".join(keys)))
-        except Exception as e:  # BCC raises bare Exception
-            raise ApplyError(f"deleting {len(keys)} {M.MAPS[m]} entries in {self.netns}: "
-                             f"{first_line(e)}") from e
+    # The two calls below hand the packed bytes to libbpf as they are: BCC's table layer
+    # (a ctypes array type per call, copies, checks) and the joins before took about as
+    # long as the kernel's own work in a one-change sync, and the apply is the datapath's
+    # figure.
+
+    def _write_batch(self, m: str, keys: bytes, values: bytes, n: int) -> None:
+        """One BPF_MAP_UPDATE_BATCH of ``n`` entries into sync map ``m``."""
+        from bcc.libbcc import lib
+
+        key_layout, value_layout = M.LAYOUTS[m]
+        if len(keys) != n * key_layout.size or len(values) != n * value_layout.size:
+            raise ApplyError(f"writing {M.MAPS[m]} in {self.netns}: the entries are not "
+                             f"{n} {key_layout.size}/{value_layout.size}-byte keys/values")
+        count = ctypes.c_uint32(n)
+        if lib.bpf_update_batch(self._fd(m), keys, values, ctypes.byref(count)) != 0:
+            raise ApplyError(f"writing {n} {M.MAPS[m]} entries in {self.netns} (stopped "
+                             f"after {count.value}): {os.strerror(ctypes.get_errno())}")
+
+    def _delete_batch(self, m: str, keys: bytes, n: int) -> None:
+        """One BPF_MAP_DELETE_BATCH of ``n`` keys from sync map ``m``."""
+        from bcc.libbcc import lib
+
+        if len(keys) != n * M.LAYOUTS[m][0].size:
+            raise ApplyError(f"deleting from {M.MAPS[m]} in {self.netns}: the keys are not "
+                             f"{n} {M.LAYOUTS[m][0].size}-byte keys")
+        count = ctypes.c_uint32(n)
+        if lib.bpf_delete_batch(self._fd(m), keys, ctypes.byref(count)) != 0:
+            raise ApplyError(f"deleting {n} {M.MAPS[m]} entries in {self.netns} (stopped "
+                             f"after {count.value}): {os.strerror(ctypes.get_errno())}")
 
     def stats(self) -> dict[str, int]:
         """What the programs counted (lb4_stats), summed over CPUs."""
@@ -456,12 +465,6 @@ class LoadedLb:
         self.cgroups.clear()
         self.tuned.clear()
         self.bpf.cleanup()
-
-
-def _slot0(svc_key: bytes) -> bool:
-    """Whether a packed lb4_key is a frontend's slot 0 (its u16 backend_slot, after the
-    address and port, is zero)."""
-    return svc_key[6:8] == b"\0\0"
 
 
 def ctypes_sizes_match(bpf: Any) -> None:

@@ -397,14 +397,16 @@ DELTA_HEADER = "# kpbench lb4 maps delta for "
 
 class MapsDelta:
     """What a partial sync writes (``writes``) and deletes (``deletes``) in each map,
-    packed, taking node ``node`` from render generation ``start`` to ``end``."""
+    packed, taking node ``node`` from render generation ``start`` to ``end``;
+    ``batches`` is the same as the kernel takes it (see :func:`batches`)."""
 
-    __slots__ = ("node", "start", "end", "writes", "deletes")
+    __slots__ = ("node", "start", "end", "writes", "deletes", "batches")
 
     def __init__(self, node: str, start: int, end: int, writes: Maps,
                  deletes: dict[str, list[bytes]]) -> None:
         self.node, self.start, self.end = node, start, end
         self.writes, self.deletes = writes, deletes
+        self.batches = batches(writes, deletes)
 
     def counts(self) -> dict[str, int]:
         return {"written": sum(map(len, self.writes.values())),
@@ -416,6 +418,52 @@ class MapsDelta:
         lines += [f"delete {m} {k}" for m in MAPS
                   for k, _ in _unpacked(m, dict.fromkeys(self.deletes[m], b""))]
         return "\n".join(lines) + "\n"
+
+
+class Batch(NamedTuple):
+    """One kernel call of a sync: ``count`` entries of map ``m`` (a rendering name),
+    their keys (and, for a write, values) packed back to back, in their order."""
+
+    delete: bool
+    m: str
+    keys: bytes
+    values: bytes  # b"" for a delete
+    count: int
+
+
+def _item_slot0(item: tuple[bytes, bytes]) -> bool:
+    return item[0][6:8] == b"\0\0"
+
+
+def _not_slot0(svc_key: bytes) -> bool:
+    """Whether a packed lb4_key is not a frontend's slot 0 (its u16 backend_slot, after
+    the address and port, is not zero)."""
+    return svc_key[6:8] != b"\0\0"
+
+
+def batches(writes: dict[str, dict[bytes, bytes]] | dict[str, list[tuple[bytes, bytes]]],
+            deletes: dict[str, list[bytes]]) -> tuple[Batch, ...]:
+    """The kernel calls that make ``writes`` (by map: key -> value, or (key, value)
+    pairs) and ``deletes``, in the order they must run:
+    the writes map by map (what a frontend points to before the frontend; a frontend's
+    slot 0 last, so its count never names a slot not written yet), then the deletes in
+    the reverse order (slot 0 first: a shrinking frontend stops naming a slot before it
+    goes). Packing them is the render's work; the apply only hands them to the kernel."""
+    out = []
+    for m in MAPS:
+        w = writes[m]
+        if w:
+            items = w.items() if isinstance(w, dict) else w
+            if m == "svc":
+                items = sorted(items, key=_item_slot0)
+            out.append(Batch(False, m, b"".join([k for k, _ in items]),
+                             b"".join([v for _, v in items]), len(w)))
+    for m in reversed(MAPS):
+        d = deletes[m]
+        if d:
+            out.append(Batch(True, m, b"".join(sorted(d, key=_not_slot0) if m == "svc" else d),
+                             b"", len(d)))
+    return tuple(out)
 
 
 def _hostport(addr: bytes, port: bytes) -> str:

@@ -124,7 +124,7 @@ class EbpfTcDatapath(Datapath):
             held = "no maps" if node is None else f"generation {node.generation}"
             raise ApplyError(f"a partial sync of {netns} from generation {rendered.start} "
                              f"cannot apply: the node holds {held}; run a full sync first")
-        self.last_sync[netns] = node.program_delta(rendered.writes, rendered.deletes)
+        self.last_sync[netns] = node.program_delta(rendered.batches)
         node.generation = rendered.end
 
     def _load(self, netns: str, counts: dict[str, int]) -> B.LoadedLb:

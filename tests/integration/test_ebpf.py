@@ -322,7 +322,7 @@ def test_a_delta_sync_leaves_the_maps_a_fresh_full_sync_leaves() -> None:
         full = dp.render(views, ctx)
         dp.apply(full, ns)
         some = next(iter(node.dump("svc")))
-        node._delete_packed("svc", [some])
+        node._delete_batch("svc", some, 1)
         dp.apply(full, ns)
         assert dp.last_sync[ns] == {"written": 1, "deleted": 0}  # type: ignore[attr-defined]
         prefix = new_prefix()

@@ -518,3 +518,45 @@ def test_view_names_are_the_views_names() -> None:
     assert views[1].name.endswith(":http")
     plain = service_port_views(*generate(GenSpec(services=5, endpoints=2)), "node-0")
     assert view_names(plain) == [v.name for v in plain]
+
+
+def test_a_deltas_kernel_calls_keep_every_frontend_whole_at_each_step() -> None:
+    """A partial sync's batches (packed by the render, made by the apply one call each)
+    write what a frontend points to before the frontend and its count slot after its
+    other slots, and delete the count slot first: between two calls no count names a
+    slot that is not there. Each batch is its entries packed back to back."""
+    services, slices = generate(GenSpec(services=3, endpoints=4))
+    dp = EbpfTcDatapath()
+    dp.render(service_port_views(services, slices, "node-0"), ctx(0))
+    grown = [replace(s, endpoints=(*s.endpoints, replace(s.endpoints[0],
+                                                         addresses=("10.244.9.9",))))
+             if s.service_key == services[1].key else s for s in slices]
+    for new_services, new_slices, changed in (
+            (services[:1], slices, {services[1].key, services[2].key}),  # two removed
+            (services, slices, {services[1].key, services[2].key}),  # both added back
+            (services, grown, {services[1].key}),  # its endpoints changed
+            (services, slices, {services[1].key})):  # and back
+        delta = dp.render_partial(service_port_views(new_services, new_slices, "node-0"),
+                                  ctx(0), changed)
+        assert isinstance(delta, M.MapsDelta)
+        calls = [(b.delete, b.m) for b in delta.batches]
+        writes = [m for d, m in calls if not d]
+        deletes = [m for d, m in calls if d]
+        assert calls == [(False, m) for m in writes] + [(True, m) for m in deletes]
+        assert writes == [m for m in M.MAPS if m in writes]
+        assert deletes == [m for m in reversed(M.MAPS) if m in deletes]
+        for b in delta.batches:
+            size = M.LAYOUTS[b.m][0].size
+            keys = [b.keys[i:i + size] for i in range(0, len(b.keys), size)]
+            assert len(keys) == b.count
+            if b.delete:
+                assert sorted(keys) == sorted(delta.deletes[b.m]) and not b.values
+            else:
+                vsize = M.LAYOUTS[b.m][1].size
+                values = [b.values[i:i + vsize] for i in range(0, len(b.values), vsize)]
+                assert dict(zip(keys, values, strict=True)) == delta.writes[b.m]
+            if b.m == "svc":
+                count_slots = [k[6:8] == b"\0\0" for k in keys]
+                # written last, deleted first
+                want = sorted(count_slots, reverse=b.delete)
+                assert count_slots == want, (b.delete, count_slots)
