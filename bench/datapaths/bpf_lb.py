@@ -343,8 +343,13 @@ class LoadedLb:
         for m in M.MAPS:
             held = self.dump(m)
             want = maps[m]
-            plans[m] = ([(k, v) for k, v in want.items() if held.get(k) != v],
-                        [k for k in held if k not in want])
+            if held == want:  # (compared in C) a resync of what the maps hold: nothing
+                plans[m] = ([], [])
+            elif not held:  # a first sync: everything
+                plans[m] = (list(want.items()), [])
+            else:
+                plans[m] = ([(k, v) for k, v in want.items() if held.get(k) != v],
+                            [k for k in held if k not in want])
         return self.program_delta(M.batches({m: p[0] for m, p in plans.items()},
                                             {m: p[1] for m, p in plans.items()}))
 
@@ -388,9 +393,10 @@ class LoadedLb:
                     break  # the whole map was read
                 raise ApplyError(f"reading {M.MAPS[m]} in {self.netns}: {os.strerror(err)}")
             token.value, first = nxt.value, False
-        kb, vb = keys.raw[:ksize * total], values.raw[:vsize * total]
-        return {kb[i * ksize:(i + 1) * ksize]: vb[i * vsize:(i + 1) * vsize]
-                for i in range(total)}
+        # Cut into one bytes object an entry by numpy's C loop, not a Python slice each.
+        np = M.numpy()
+        return dict(zip(np.frombuffer(keys, f"V{ksize}", total).tolist(),
+                        np.frombuffer(values, f"V{vsize}", total).tolist(), strict=True))
 
     def _table(self, m: str) -> Any:
         return self.bpf[M.MAPS[m].encode()]

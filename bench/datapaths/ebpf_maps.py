@@ -262,6 +262,11 @@ def _pack(fe: _Fe, backends: Backends) -> _Packed:
                    tuple([k + rev + b"\0\0" for k in ids]) if fe.flags & SVC_F_AFFINITY else ())
 
 
+def numpy() -> Any:
+    """The numpy module, imported on first use (see :func:`_records`)."""
+    return _records()[0]
+
+
 def prepare() -> None:
     """Import what a full render packs with (numpy) now, not in the first render."""
     _records()
@@ -621,7 +626,7 @@ def _plain_run(views: list[ServicePortView], proto: str, backends: Backends,
     ClusterIP one without external IPs and with ``internalTrafficPolicy: Cluster``: one
     frontend each (the ClusterIP), its backends the cluster endpoints, never ``drop``.
     The ids are made as port by port, in one pass over all their endpoints."""
-    np = _records()[0]
+    np = numpy()
     num = PROTO_NUMBERS[proto]
     n = len(views)
     cluster = list(map(_endpoints_of, views))
@@ -712,7 +717,7 @@ def _backend_values(addresses: list[str], proto: int) -> list[bytes]:
     """lb4_backend of each ``ip:port``, as Backends.of packs them: the addresses (dotted
     decimal, as the input's validation leaves them) parsed as one text by numpy rather
     than one inet_aton each; any other form is packed one by one."""
-    np = _records()[0]
+    np = numpy()
     k = len(addresses)
     if not k:
         return []
