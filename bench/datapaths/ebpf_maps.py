@@ -547,6 +547,7 @@ class NodeRender:
     # a full render assembles the maps again.
     shared: bool = False
     rendering: MapsRendering | None = None  # the last full rendering, while current
+    views: list[ServicePortView] | None = None  # the ports ``rendering`` was made of
     generation: int = 0
     rendered_entries: int = 0  # entries the last render built anew (not from the cache)
 
@@ -746,7 +747,11 @@ def render_maps(ports: Sequence[ServicePortView], ctx: NodeContext, backends: Ba
     deltas), that rendering is returned without assembling anything.
     """
     state = NodeRender() if state is None else state
-    same_context(state, ctx)
+    if same_context(state, ctx) and state.rendering is not None and state.views == ports:
+        # The ports of the current rendering, object by object (list equality tries
+        # ``is`` first, in C): a resync of an unchanged state, nothing to look up.
+        state.rendered_entries = 0
+        return state.rendering
     cache = state.cache
     names = view_names(ports)
     fresh = misses = 0
@@ -775,7 +780,7 @@ def render_maps(ports: Sequence[ServicePortView], ctx: NodeContext, backends: Ba
         if state.rendering is None:
             state.rendering = MapsRendering(ctx.node_name, state.maps, len(state.owner),
                                             state.generation)
-        state.names = names
+        state.names, state.views = names, list(ports)
         return state.rendering
     index = getattr(ports, "by_service", None)  # objects.PortViews: nothing to build
     ports_of: dict[str, list[str]] = {}
@@ -806,6 +811,7 @@ def render_maps(ports: Sequence[ServicePortView], ctx: NodeContext, backends: Ba
     state.by_service = index
     # (An earlier rendering keeps the dictionaries replaced here: nothing changes them.)
     state.rendering = MapsRendering(ctx.node_name, maps, len(owner), state.generation)
+    state.views = list(ports)
     return state.rendering
 
 
@@ -951,7 +957,7 @@ def _delta(state: NodeRender, ctx: NodeContext, writes: Maps,
     """The partial sync's delta, left in ``state.pending`` for the next full render."""
     if state.rendering is not None:
         state.rendering.retire()  # its dictionaries change when the delta is folded in
-        state.rendering = None
+        state.rendering = state.views = None
     pending = state.pending
     pending.append((writes, deletes))
     if len(pending) > MAX_PENDING:
