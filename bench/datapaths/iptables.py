@@ -63,6 +63,8 @@ import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from bench.datapaths.base import Datapath, NodeContext, run_in_netns
 from bench.datapaths.kube_proxy import (
     KUBE_FORWARD,
@@ -137,13 +139,34 @@ def _shifts(chars: int) -> tuple[int, ...]:
     return tuple(range(chars * 5 - 10, -1, -10))
 
 
+_B32_BYTES = np.frombuffer(_B32.encode(), np.uint8)
+_BYTE_SHIFTS = np.array([32, 24, 16, 8, 0], dtype=np.uint64)  # 5 bytes -> one 40-bit group
+_CHAR_SHIFTS = np.arange(35, -1, -5, dtype=np.uint64)  # one 40-bit group -> 8 characters
+
+
+def port_proto_hashes(keys: Sequence[str]) -> list[str]:
+    """Upstream's ``portProtoHash`` of each key: base32(sha256(key))[:16].
+
+    A key is a service port's name + its lowercase protocol (+ ``ip:port`` for
+    an endpoint's chain). The 16 characters are the digest's first 10 bytes,
+    encoded here for all keys in one numpy pass: one Python call per name was
+    a third of a first render at 10,000 services (110,000 names).
+    """
+    if not keys:
+        return []
+    sha = hashlib.sha256
+    heads = np.frombuffer(b"".join([sha(k.encode()).digest()[:10] for k in keys]), np.uint8)
+    groups = (heads.reshape(-1, 5).astype(np.uint64) << _BYTE_SHIFTS).sum(axis=1)
+    text = _B32_BYTES[(groups[:, None] >> _CHAR_SHIFTS) & 31].tobytes().decode("ascii")
+    return [text[i:i + 16] for i in range(0, len(text), 16)]
+
+
 def port_proto_hash(service_port_name: str, protocol: str) -> str:
-    """Upstream's ``portProtoHash``: base32(sha256(name + protocol))[:16].
+    """Upstream's ``portProtoHash`` of one service port.
 
     ``protocol`` is lowercase (``tcp``), as kube-proxy passes it.
     """
-    digest = hashlib.sha256((service_port_name + protocol).encode()).digest()
-    return b32_prefix(digest, 16)
+    return port_proto_hashes([service_port_name + protocol])[0]
 
 
 def endpoint_chain_name(service_port_name: str, protocol: str, endpoint: str) -> str:
@@ -325,14 +348,17 @@ class IptablesDatapath(Datapath):
         service_filter: list[str] = []
         service_nat: list[str] = []
         service_chains: list[str] = []
+        todo = []
         for view in ports:
-            name = view.name
-            hit = cache.get(name)
+            hit = cache.get(view.name)
             trusted = changed is not None and view.service.key not in changed
             if hit is None or not (trusted or hit[0] is view or hit[0] == view):
-                hit = (view, _PortText.of(_render_service_port(view, flags)))
-                cache[name] = hit
-            text = hit[1]
+                todo.append(view)
+        hashes = _chain_hashes(todo)
+        for view in todo:
+            cache[view.name] = (view, _PortText.of(_render_service_port(view, flags, hashes)))
+        for view in ports:
+            text = cache[view.name][1]
             if text.filter:
                 service_filter.append(text.filter)
             active.update(text.chains)
@@ -449,12 +475,26 @@ class IptablesDatapath(Datapath):
                            timeout=self.apply_timeout)
 
 
-def _render_service_port(view: ServicePortView, flags: _Flags) -> _PortRules:
-    """One service port's rules, following upstream's per-service loop step by step."""
+def _chain_hashes(views: Sequence[ServicePortView]) -> dict[str, str]:
+    """Every chain hash rendering ``views`` needs, by key (see ``port_proto_hashes``)."""
+    keys = []
+    for view in views:
+        key = view.name + view.port.protocol.lower()
+        keys.append(key)
+        keys += [key + ep.address for ep in view.endpoints]
+    return dict(zip(keys, port_proto_hashes(keys), strict=True))
+
+
+def _render_service_port(view: ServicePortView, flags: _Flags,
+                         hashes: dict[str, str]) -> _PortRules:
+    """One service port's rules, following upstream's per-service loop step by step.
+
+    ``hashes`` holds its chain hashes (``_chain_hashes``).
+    """
     svc, sp = view.service, view.port
     name = view.name
     proto = sp.protocol.lower()
-    h = port_proto_hash(name, proto)
+    h = hashes[name + proto]
     svc_chain, svl_chain, ext_chain, fw_chain = (
         f"KUBE-SVC-{h}", f"KUBE-SVL-{h}", f"KUBE-EXT-{h}", f"KUBE-FW-{h}")
     cip, port, node_port = svc.cluster_ip, sp.port, sp.node_port or 0
@@ -575,8 +615,7 @@ def _render_service_port(view: ServicePortView, flags: _Flags) -> _PortRules:
             rules += [f"{head} -s {ip} -j {ext_chain}" for ip in lb_ips]
         rules.append(f'-A {fw_chain} -m comment --comment "other traffic to {name} will be '
                      'dropped by KUBE-PROXY-FIREWALL"')
-    # Each endpoint's chain name is a SHA-256: computed once per endpoint.
-    sep_names = {a: endpoint_chain_name(name, proto, a)
+    sep_names = {a: "KUBE-SEP-" + hashes[name + proto + a]
                  for a in {ep.address for ep in (*reachable, *cluster_eps, *local_eps)}}
     if cluster_eps:
         chains.append(svc_chain)

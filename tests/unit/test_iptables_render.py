@@ -15,6 +15,8 @@ bench.datapaths.iptables). After a deliberate change, regenerate with
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -28,6 +30,7 @@ from bench.datapaths.iptables import (
     count_rules,
     endpoint_chain_name,
     port_proto_hash,
+    port_proto_hashes,
     probability,
     with_stale_chains_deleted,
 )
@@ -112,6 +115,19 @@ def test_chain_names_hash_like_kube_proxy() -> None:
     rendered = _render([_svc()], [_slice("svc1", Endpoint(("10.180.0.1",)))])
     assert ":KUBE-SVC-XPGD46QRK7WJZT7O - [0:0]" in rendered
     assert ":KUBE-SEP-SXIVWICOYRO3J4NJ - [0:0]" in rendered
+
+
+def test_chain_hashes_in_one_batch_equal_the_standard_library_ones() -> None:
+    """The batch encoder (one numpy pass for every name of a render) gives, for each
+    key, base32(sha256(key))[:16] as the standard library computes it: every byte
+    value at every place of the 10 encoded bytes, many names at once, none at all."""
+    keys = [f"ns{i}/svc{i}:p{i % 7}udp10.{i % 256}.{i // 256 % 256}.{i % 13}:{i}"
+            for i in range(5000)]
+    expected = [base64.b32encode(hashlib.sha256(k.encode()).digest()).decode()[:16]
+                for k in keys]
+    assert port_proto_hashes(keys) == expected
+    assert port_proto_hashes([]) == []
+    assert all(len(h) == 16 for h in port_proto_hashes(keys[:3]))
 
 
 def test_unnamed_port_is_hashed_without_colon() -> None:
