@@ -348,21 +348,33 @@ class IptablesDatapath(Datapath):
         service_filter: list[str] = []
         service_nat: list[str] = []
         service_chains: list[str] = []
-        todo = []
-        for view in ports:
+        # The ports to render are found first, so that their chain names are hashed in
+        # one batch; ``rewrite`` marks the ports whose own chains this sync writes.
+        texts: list[_PortText | None] = []
+        rewrite: list[bool] = []
+        todo: list[int] = []
+        for i, view in enumerate(ports):
             hit = cache.get(view.name)
-            trusted = changed is not None and view.service.key not in changed
-            if hit is None or not (trusted or hit[0] is view or hit[0] == view):
-                todo.append(view)
-        hashes = _chain_hashes(todo)
-        for view in todo:
-            cache[view.name] = (view, _PortText.of(_render_service_port(view, flags, hashes)))
-        for view in ports:
-            text = cache[view.name][1]
+            fresh = changed is None or view.service.key in changed
+            rewrite.append(fresh)
+            if hit is not None and (not fresh or hit[0] is view or hit[0] == view):
+                texts.append(hit[1])
+            else:
+                texts.append(None)
+                todo.append(i)
+        if todo:
+            hashes = _chain_hashes([ports[i] for i in todo])
+            for i in todo:
+                view = ports[i]
+                hit = (view, _PortText.of(_render_service_port(view, flags, hashes)))
+                cache[view.name] = hit
+                texts[i] = hit[1]
+        for text, fresh in zip(texts, rewrite, strict=True):
+            assert text is not None
             if text.filter:
                 service_filter.append(text.filter)
             active.update(text.chains)
-            if changed is None or view.service.key in changed:
+            if fresh:
                 if text.chain_decls:
                     service_chains.append(text.chain_decls)
                 if text.capture_and_rules:
