@@ -396,8 +396,9 @@ class IptablesDatapath(Datapath):
                *filter_rules[:n_fixed_filter], *service_filter, *filter_rules[n_fixed_filter:],
                "COMMIT",
                "*nat", *(f":{c} - [0:0]" for c in nat_chains), *service_chains,
-               *nat_rules[:n_fixed_nat], *service_nat, *nat_rules[n_fixed_nat:], "COMMIT"]
-        text = "\n".join(out) + "\n"
+               *nat_rules[:n_fixed_nat], *service_nat, *nat_rules[n_fixed_nat:], "COMMIT",
+               ""]  # the final newline, without copying 30 MB to append it
+        text = "\n".join(out)
         self._last_render = (text, frozenset(active))
         return text
 

@@ -603,7 +603,7 @@ def render_full_sync(
     again. It is refreshed in place (ports that went away are dropped).
     """
     skeleton, parts = _full_sync_parts(ports, ctx, service_cidrs, cache)
-    return "\n".join([*skeleton, *(p.text for p in parts if p.text)]) + "\n"
+    return "\n".join([*skeleton, *(p.text for p in parts if p.text), ""])
 
 
 def _full_sync_parts(
@@ -842,7 +842,7 @@ class NftablesDatapath(Datapath):
             text = render_chunked_sync(skeleton, parts, self.chunk,
                                        None if store is None else dict(store.values))
         else:
-            text = "\n".join([*skeleton, *(p.text for p in parts if p.text)]) + "\n"
+            text = "\n".join([*skeleton, *(p.text for p in parts if p.text), ""])
         self._ports[node] = (ctx, cache)
         by_port: dict[str, list[Element]] = {}
         ports_of: dict[str, set[str]] = {}
