@@ -63,8 +63,6 @@ import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from bench.datapaths.base import Datapath, NodeContext, run_in_netns
 from bench.datapaths.kube_proxy import (
     KUBE_FORWARD,
@@ -139,11 +137,6 @@ def _shifts(chars: int) -> tuple[int, ...]:
     return tuple(range(chars * 5 - 10, -1, -10))
 
 
-_B32_BYTES = np.frombuffer(_B32.encode(), np.uint8)
-_BYTE_SHIFTS = np.array([32, 24, 16, 8, 0], dtype=np.uint64)  # 5 bytes -> one 40-bit group
-_CHAR_SHIFTS = np.arange(35, -1, -5, dtype=np.uint64)  # one 40-bit group -> 8 characters
-
-
 def port_proto_hashes(keys: Sequence[str]) -> list[str]:
     """Upstream's ``portProtoHash`` of each key: base32(sha256(key))[:16].
 
@@ -154,10 +147,15 @@ def port_proto_hashes(keys: Sequence[str]) -> list[str]:
     """
     if not keys:
         return []
+    import numpy as np  # here, not at the top: the CLI's parser must not import numpy
+
+    alphabet = np.frombuffer(_B32.encode(), np.uint8)
+    byte_shifts = np.array([32, 24, 16, 8, 0], dtype=np.uint64)  # 5 bytes -> 40 bits
+    char_shifts = np.arange(35, -1, -5, dtype=np.uint64)  # 40 bits -> 8 characters
     sha = hashlib.sha256
     heads = np.frombuffer(b"".join([sha(k.encode()).digest()[:10] for k in keys]), np.uint8)
-    groups = (heads.reshape(-1, 5).astype(np.uint64) << _BYTE_SHIFTS).sum(axis=1)
-    text = _B32_BYTES[(groups[:, None] >> _CHAR_SHIFTS) & 31].tobytes().decode("ascii")
+    groups = (heads.reshape(-1, 5).astype(np.uint64) << byte_shifts).sum(axis=1)
+    text = alphabet[(groups[:, None] >> char_shifts) & 31].tobytes().decode("ascii")
     return [text[i:i + 16] for i in range(0, len(text), 16)]
 
 
