@@ -228,6 +228,9 @@ class _PortText:
                    "\n".join(f":{c} - [0:0]" for c in pr.nat_chains), tuple(pr.nat_chains))
 
 
+_NOT_YET = _PortText("", "", "", "", ())  # a place held for a port rendered further on
+
+
 @dataclass(frozen=True)
 class _Flags:
     """The kube-proxy flags and host facts one render depends on."""
@@ -348,7 +351,7 @@ class IptablesDatapath(Datapath):
         service_chains: list[str] = []
         # The ports to render are found first, so that their chain names are hashed in
         # one batch; ``rewrite`` marks the ports whose own chains this sync writes.
-        texts: list[_PortText | None] = []
+        texts: list[_PortText] = []
         rewrite: list[bool] = []
         todo: list[int] = []
         for i, view in enumerate(ports):
@@ -358,7 +361,7 @@ class IptablesDatapath(Datapath):
             if hit is not None and (not fresh or hit[0] is view or hit[0] == view):
                 texts.append(hit[1])
             else:
-                texts.append(None)
+                texts.append(_NOT_YET)
                 todo.append(i)
         if todo:
             hashes = _chain_hashes([ports[i] for i in todo])
@@ -368,7 +371,6 @@ class IptablesDatapath(Datapath):
                 cache[view.name] = hit
                 texts[i] = hit[1]
         for text, fresh in zip(texts, rewrite, strict=True):
-            assert text is not None
             if text.filter:
                 service_filter.append(text.filter)
             active.update(text.chains)
@@ -487,7 +489,8 @@ class IptablesDatapath(Datapath):
 
 
 def _chain_hashes(views: Sequence[ServicePortView]) -> dict[str, str]:
-    """Every chain hash rendering ``views`` needs, by key (see ``port_proto_hashes``)."""
+    """The chain hashes rendering ``views`` may need, by key (see ``port_proto_hashes``):
+    each port's and each of its endpoints', ready or not (a rule is written for some)."""
     keys = []
     for view in views:
         key = view.name + view.port.protocol.lower()
